@@ -1,1 +1,27 @@
-//! storage
+//! Fjord's partition log, owned by one shard and driven through that shard's
+//! io_uring ring (glommio, O_DIRECT). Nothing here blocks the executor.
+//!
+//! The append path is a short walk: [`log::Log::append`] validates a batch,
+//! assigns its offsets and stages it in the active [`segment`]'s
+//! [`appender`]; the log's flusher task writes what is staged (group commit)
+//! and, per the fsync policy, `fdatasync`s it; then written batches enter the
+//! shard's [`cache`] and durability handles resolve. [`recovery`] rebuilds a
+//! log from its files after a clean stop or a crash.
+
+pub mod appender;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod log;
+pub mod recovery;
+pub mod segment;
+pub mod shard;
+pub mod slice;
+
+pub use cache::BatchCache;
+pub use config::LogConfig;
+pub use error::StorageError;
+pub use log::{Appended, Durable, Log, LogRead, LogStats};
+pub use shard::DataDir;
+pub use slice::BatchSlice;

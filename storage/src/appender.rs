@@ -1,0 +1,283 @@
+//! Appends bytes to an O_DIRECT file through aligned DMA buffers.
+//!
+//! O_DIRECT writes whole blocks at aligned positions, but a log ends
+//! mid-block. The appender keeps the file's partial last block in memory at
+//! the head of its open buffer and rewrites that block, now longer, with the
+//! next write. Staged bytes go straight into the open buffer (the only copy on
+//! the append path); a flush seals it and hands the caller the writes to
+//! issue, in file order. Consecutive writes share the partial block, so they
+//! are issued one after another, never concurrently: a reordered pair could
+//! leave the older, shorter copy of that block on disk.
+
+use crate::error::{Result, StorageError};
+use glommio::io::{DmaBuffer, DmaFile};
+use std::path::Path;
+use std::rc::Rc;
+
+/// Write alignment: the page size, which every O_DIRECT device accepts.
+pub const BLOCK: u64 = 4096;
+/// Smallest buffer the appender allocates.
+const BUFFER_BYTES_MIN: usize = 16 * 1024;
+
+/// Rounds `v` down to a block boundary.
+pub fn align_down(v: u64) -> u64 {
+    v & !(BLOCK - 1)
+}
+
+/// Rounds `v` up to a block boundary.
+pub fn align_up(v: u64) -> u64 {
+    align_down(v + BLOCK - 1)
+}
+
+/// A buffer covering the file from `position` (aligned) on.
+struct Chunk {
+    buffer: DmaBuffer,
+    position: u64,
+    /// Valid bytes in `buffer`.
+    len: usize,
+    /// Leading bytes that were already written when the chunk was made.
+    written: usize,
+}
+
+/// One sealed buffer to write at `position`; `len` bytes of it are data, the
+/// rest of its last block is zeros.
+#[derive(Clone)]
+pub struct Write {
+    /// Aligned file position of the buffer's first byte.
+    pub position: u64,
+    /// Data bytes in the buffer.
+    pub len: usize,
+    /// The buffer, shared so the batch cache can keep what was written.
+    pub buffer: Rc<DmaBuffer>,
+}
+
+/// The I/O of one flush, taken out of the appender so that no borrow of it
+/// is held across an await.
+pub struct Flush {
+    file: Rc<DmaFile>,
+    path: Rc<Path>,
+    /// The writes, in file order.
+    pub writes: Vec<Write>,
+    /// Logical file length once all writes are done.
+    pub len: u64,
+    allocate_to: Option<u64>,
+}
+
+impl Flush {
+    /// Issues the writes in order, growing the file first when needed.
+    pub async fn run(&self) -> Result<()> {
+        if let Some(size) = self.allocate_to {
+            self.file
+                .pre_allocate(size, false)
+                .await
+                .map_err(StorageError::io("fallocate", &*self.path))?;
+        }
+        for write in &self.writes {
+            let done = self
+                .file
+                .write_rc_at(write.buffer.clone(), write.position)
+                .await
+                .map_err(StorageError::io("write", &*self.path))?;
+            if done != write.buffer.len() {
+                return Err(StorageError::Io {
+                    op: "write",
+                    path: self.path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write: {done} of {}", write.buffer.len()),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends to one file; see the module doc.
+pub struct Appender {
+    file: Rc<DmaFile>,
+    path: Rc<Path>,
+    /// Logical length once everything staged is written.
+    len: u64,
+    /// Logical length already written.
+    len_written: u64,
+    /// The file has been fallocated up to here.
+    allocated: u64,
+    preallocate_bytes: u64,
+    open: Chunk,
+    /// Chunks that filled up, waiting for the next flush, in file order.
+    sealed: Vec<Write>,
+    /// Capacity of the next buffer: follows the size of recent flushes, so a
+    /// trickle of small appends does not pin large buffers in the cache.
+    buffer_bytes: usize,
+    buffer_bytes_max: usize,
+}
+
+impl Appender {
+    /// Appends to `file`, whose first `len` bytes are valid and on disk and
+    /// whose size is `allocated`. Reads the partial last block back.
+    pub async fn resume(
+        file: Rc<DmaFile>,
+        path: &Path,
+        len: u64,
+        allocated: u64,
+        preallocate_bytes: u64,
+        buffer_bytes_max: usize,
+    ) -> Result<Appender> {
+        let path: Rc<Path> = path.into();
+        let position = align_down(len);
+        let head = (len - position) as usize;
+        let mut buffer = file.alloc_dma_buffer(BUFFER_BYTES_MIN);
+        if head > 0 {
+            let read = file
+                .read_at_aligned(position, BLOCK as usize)
+                .await
+                .map_err(StorageError::io("read", &*path))?;
+            if read.len() < head {
+                return Err(StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    position,
+                    reason: "file shorter than its valid length".into(),
+                });
+            }
+            buffer.as_bytes_mut()[..head].copy_from_slice(&read[..head]);
+        }
+        Ok(Appender {
+            file,
+            path,
+            len,
+            len_written: len,
+            allocated,
+            preallocate_bytes: preallocate_bytes.max(BLOCK),
+            open: Chunk {
+                buffer,
+                position,
+                len: head,
+                written: head,
+            },
+            sealed: Vec::new(),
+            buffer_bytes: BUFFER_BYTES_MIN,
+            buffer_bytes_max: buffer_bytes_max.max(BUFFER_BYTES_MIN),
+        })
+    }
+
+    /// The file, for reads and syncs.
+    pub fn file(&self) -> &Rc<DmaFile> {
+        &self.file
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Rc<Path> {
+        &self.path
+    }
+
+    /// The file, its path and its logical length, for a final truncate.
+    pub fn file_state(&self) -> (Rc<DmaFile>, Rc<Path>, u64) {
+        (self.file.clone(), self.path.clone(), self.len)
+    }
+
+    /// Logical length including staged bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when nothing was ever appended.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Logical length already written.
+    pub fn len_written(&self) -> u64 {
+        self.len_written
+    }
+
+    /// Reserves `n` bytes at the end of the file and returns their logical
+    /// position and the buffer space to fill. The bytes go out with the next
+    /// flush; they are contiguous in one buffer.
+    pub fn reserve(&mut self, n: usize) -> (u64, &mut [u8]) {
+        if self.open.len + n > self.open.buffer.len() {
+            let capacity = self.buffer_bytes.max(align_up(
+                (self.open.len - align_down(self.open.len as u64) as usize + n) as u64,
+            ) as usize);
+            let next = self.next_chunk(capacity);
+            let full = std::mem::replace(&mut self.open, next);
+            if full.len > full.written {
+                self.sealed.push(seal(full));
+            }
+        }
+        let at = self.open.len;
+        let position = self.open.position + at as u64;
+        debug_assert_eq!(position, self.len);
+        self.open.len += n;
+        self.len += n as u64;
+        (position, &mut self.open.buffer.as_bytes_mut()[at..at + n])
+    }
+
+    /// Seals everything staged since the last flush into writes; `None` when
+    /// nothing is staged. Call [`Appender::complete`] once they are done.
+    pub fn take_flush(&mut self) -> Option<Flush> {
+        if self.open.len == self.open.written && self.sealed.is_empty() {
+            return None;
+        }
+        let staged = (self.len - self.len_written) as usize;
+        self.buffer_bytes = (staged * 2)
+            .next_power_of_two()
+            .clamp(BUFFER_BYTES_MIN, self.buffer_bytes_max);
+        let mut writes = std::mem::take(&mut self.sealed);
+        if self.open.len > self.open.written {
+            let next = self.next_chunk(self.buffer_bytes);
+            writes.push(seal(std::mem::replace(&mut self.open, next)));
+        }
+        let end = align_up(self.len);
+        let allocate_to = (end > self.allocated)
+            .then(|| end.div_ceil(self.preallocate_bytes) * self.preallocate_bytes);
+        if let Some(size) = allocate_to {
+            self.allocated = size;
+        }
+        Some(Flush {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            writes,
+            len: self.len,
+            allocate_to,
+        })
+    }
+
+    /// Records that a flush taken earlier is on disk.
+    pub fn complete(&mut self, flush: &Flush) {
+        assert!(flush.len >= self.len_written && flush.len <= self.len);
+        self.len_written = flush.len;
+    }
+
+    /// A chunk that continues the file after the open one: it starts at the
+    /// open chunk's last block and carries that block's bytes.
+    fn next_chunk(&self, capacity: usize) -> Chunk {
+        let keep_from = align_down(self.open.len as u64) as usize;
+        let head = self.open.len - keep_from;
+        let mut buffer = self
+            .file
+            .alloc_dma_buffer(align_up(capacity as u64) as usize);
+        buffer.as_bytes_mut()[..head]
+            .copy_from_slice(&self.open.buffer.as_bytes()[keep_from..self.open.len]);
+        // The carried bytes are on disk, or about to be: the open chunk is
+        // only ever replaced when it is sealed for writing or has nothing new.
+        Chunk {
+            buffer,
+            position: self.open.position + keep_from as u64,
+            len: head,
+            written: head,
+        }
+    }
+}
+
+/// Zeroes the tail of the last block and trims the buffer to whole blocks.
+fn seal(mut chunk: Chunk) -> Write {
+    let padded = align_up(chunk.len as u64) as usize;
+    chunk.buffer.as_bytes_mut()[chunk.len..padded].fill(0);
+    chunk.buffer.trim_to_size(padded);
+    Write {
+        position: chunk.position,
+        len: chunk.len,
+        buffer: Rc::new(chunk.buffer),
+    }
+}

@@ -1,0 +1,921 @@
+//! A partition log: segments strung together, the append path with group
+//! commit, reads, timestamp lookup, roll and retention.
+//!
+//! Offsets and visibility move through three marks, always in this order:
+//! `offset_durable <= offset_written <= offset_next`. An append assigns
+//! offsets and stages the batch (`offset_next`); the flusher writes it
+//! (`offset_written`: readable, and survives a process crash since writes are
+//! O_DIRECT) and, per the fsync policy, fdatasyncs it (`offset_durable`:
+//! survives power loss). Appends arriving while the flusher is busy join its
+//! next round: that is the group commit.
+
+use crate::appender::Flush;
+use crate::cache::{BatchCache, CacheKey};
+use crate::config::LogConfig;
+use crate::error::{Result, StorageError};
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::{self, Segment, SegmentReader, Visit, WalkEnd};
+use crate::slice::BatchSlice;
+use fjord_core::FsyncPolicy;
+use fjord_core::batch::{self, Batch};
+use futures::channel::oneshot;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::io::DmaFile;
+use glommio::sync::Semaphore;
+use glommio::task::JoinHandle;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Bytes read per step when a read or a timestamp search walks a segment.
+const READ_WINDOW_BYTES: usize = 256 * 1024;
+
+/// Where an append landed, and when it is safe.
+#[derive(Debug)]
+pub struct Appended {
+    /// Offset assigned to the first record.
+    pub base_offset: u64,
+    /// Offset assigned to the last record.
+    pub last_offset: u64,
+    /// Resolves when the batch is written (and, under `fsync=always`, synced).
+    pub durable: Durable,
+}
+
+/// Resolves once an append is as safe as the log's fsync policy promises.
+#[derive(Debug)]
+pub struct Durable(oneshot::Receiver<Result<(), String>>);
+
+impl Future for Durable {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StorageError::Failed(message)),
+            Err(oneshot::Canceled) => Err(StorageError::Closed),
+        })
+    }
+}
+
+/// Batches returned by a read.
+#[derive(Debug)]
+pub struct LogRead {
+    /// Whole batches, in offset order; each slice holds one or more.
+    pub slices: Vec<BatchSlice>,
+    /// Offset after the last batch returned (the next offset to read).
+    pub offset_next: u64,
+    /// The log's first offset at the time of the read.
+    pub offset_start: u64,
+    /// The log's readable end at the time of the read.
+    pub offset_written: u64,
+}
+
+impl LogRead {
+    /// Total bytes returned.
+    pub fn len_bytes(&self) -> usize {
+        self.slices.iter().map(|s| s.len()).sum()
+    }
+}
+
+struct Waiter {
+    /// Offsets below this must be safe.
+    offset_end: u64,
+    /// Needs fdatasync, not only the write.
+    needs_sync: bool,
+    tx: oneshot::Sender<Result<(), String>>,
+}
+
+/// A batch staged since the last flush, to be cached once written.
+struct Staged {
+    segment: u64,
+    base_offset: u64,
+    last_offset: u64,
+    position: u64,
+    len: usize,
+}
+
+struct State {
+    /// By base offset; the last one is active.
+    segments: BTreeMap<u64, Segment>,
+    /// Rolled segments the flusher has not yet finished.
+    sealing: Vec<u64>,
+    /// Segments written since the last fdatasync.
+    unsynced: Vec<u64>,
+    offset_next: u64,
+    offset_written: u64,
+    offset_durable: u64,
+    staged: Vec<Staged>,
+    waiters: VecDeque<Waiter>,
+    synced_at: Instant,
+    failed: Option<String>,
+    closed: bool,
+    leader_epoch: i32,
+    stats: LogStats,
+}
+
+/// Counters of a log's write path.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches appended.
+    pub appends: u64,
+    /// Group commits that wrote something.
+    pub flushes: u64,
+    /// fdatasync rounds.
+    pub syncs: u64,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn offset_start(&self) -> u64 {
+        self.segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.offset_next)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if let Some(message) = &self.failed {
+            return Err(StorageError::Failed(message.clone()));
+        }
+        if self.closed {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Resolves every waiter whose offsets are now safe; waiters are in
+    /// offset order, so this stops at the first that is not.
+    fn release_waiters(&mut self) {
+        while let Some(w) = self.waiters.front() {
+            let mark = if w.needs_sync {
+                self.offset_durable
+            } else {
+                self.offset_written
+            };
+            if w.offset_end > mark {
+                break;
+            }
+            if let Some(w) = self.waiters.pop_front() {
+                let _ = w.tx.send(Ok(()));
+            }
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        for w in self.waiters.drain(..) {
+            let _ = w.tx.send(Err(message.clone()));
+        }
+        self.failed.get_or_insert(message);
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: LogConfig,
+    cache: Rc<BatchCache>,
+    cache_key: CacheKey,
+    state: RefCell<State>,
+    /// Serializes appends, so offsets follow call order even across a roll.
+    append_turn: Semaphore,
+    /// Bytes that may be staged but not yet written: appends wait for room.
+    staged_room: Semaphore,
+}
+
+/// A partition log. Owned by one shard; share it on that shard with `Rc`.
+pub struct Log {
+    inner: Rc<Inner>,
+    kick: LocalSender<()>,
+    flusher: RefCell<Option<JoinHandle<()>>>,
+    recovery: RecoveryReport,
+}
+
+/// Wall-clock milliseconds since the epoch, the unit of Kafka timestamps.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if missing and recovering it if
+    /// not: see [`crate::recovery`]. Must run on the shard that will own it.
+    pub async fn open(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        cache: Rc<BatchCache>,
+    ) -> Result<Log> {
+        let dir = dir.into();
+        let config = config.normalized();
+        let now = now_ms();
+        let (mut segments, recovery) = recovery::recover(&dir, &config, now).await?;
+        if segments.is_empty() {
+            segments.push(Segment::create(&dir, 0, now, &config).await?);
+        }
+        let offset_next = segments.last().map_or(0, |s| s.offset_next);
+        let state = State {
+            segments: segments.into_iter().map(|s| (s.base_offset, s)).collect(),
+            sealing: Vec::new(),
+            unsynced: Vec::new(),
+            offset_next,
+            offset_written: offset_next,
+            offset_durable: offset_next,
+            staged: Vec::new(),
+            waiters: VecDeque::new(),
+            synced_at: Instant::now(),
+            failed: None,
+            closed: false,
+            leader_epoch: 0,
+            stats: LogStats::default(),
+        };
+        let inner = Rc::new(Inner {
+            staged_room: Semaphore::new(config.staged_bytes_max as u64),
+            dir,
+            config,
+            cache_key: cache.register(),
+            cache,
+            state: RefCell::new(state),
+            append_turn: Semaphore::new(1),
+        });
+        let (kick, kicked) = local_channel::new_bounded(1);
+        let flusher = glommio::spawn_local(run_flusher(inner.clone(), kicked)).detach();
+        Ok(Log {
+            inner,
+            kick,
+            flusher: RefCell::new(Some(flusher)),
+            recovery,
+        })
+    }
+
+    /// What recovery did when the log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Sets the leader epoch written into the batches appended from now on.
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        self.inner.state.borrow_mut().leader_epoch = epoch;
+    }
+
+    /// First offset still in the log.
+    pub fn offset_start(&self) -> u64 {
+        self.inner.state.borrow().offset_start()
+    }
+
+    /// Next offset an append will assign.
+    pub fn offset_next(&self) -> u64 {
+        self.inner.state.borrow().offset_next
+    }
+
+    /// Offsets below this are written and readable.
+    pub fn offset_written(&self) -> u64 {
+        self.inner.state.borrow().offset_written
+    }
+
+    /// Offsets below this are fdatasynced.
+    pub fn offset_durable(&self) -> u64 {
+        self.inner.state.borrow().offset_durable
+    }
+
+    /// Bytes of batches in the log, staged ones included.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .values()
+            .map(|s| s.log.len())
+            .sum()
+    }
+
+    /// Counters of the write path.
+    pub fn stats(&self) -> LogStats {
+        self.inner.state.borrow().stats
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.inner.state.borrow().segments.len()
+    }
+
+    /// Validates `batch`, assigns its offsets and stages it for the next
+    /// group commit. Returns once staged: offsets follow the order in which
+    /// appends are called. Waits only for a roll or when too many bytes are
+    /// staged (backpressure).
+    pub async fn append(&self, batch: &[u8]) -> Result<Appended> {
+        let inner = &self.inner;
+        if batch.len() > inner.config.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge {
+                len: batch.len(),
+                max: inner.config.max_batch_bytes,
+            });
+        }
+        let parsed = Batch::validate(batch)?;
+        if parsed.len() != batch.len() {
+            return Err(StorageError::InvalidBatch(
+                fjord_core::BatchError::LengthOutOfRange(batch.len() as i64),
+            ));
+        }
+        let _turn = inner
+            .append_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        inner.state.borrow().check_writable()?;
+        inner
+            .staged_room
+            .acquire(batch.len() as u64)
+            .await
+            .map_err(|_| inner.closed_or_failed())?;
+        let now = now_ms();
+        if inner.roll_due(batch.len(), now) {
+            inner.roll(now).await?;
+        }
+        let appended = {
+            let mut st = inner.state.borrow_mut();
+            // Checked again: the log may have failed while this append waited.
+            st.check_writable()?;
+            let base_offset = st.offset_next;
+            let epoch = st.leader_epoch;
+            let active = st.active_mut();
+            let (position, space) = active.log.reserve(batch.len());
+            space.copy_from_slice(batch);
+            batch::set_base_offset(space, base_offset as i64);
+            batch::set_partition_leader_epoch(space, epoch);
+            active.note_batch(
+                position,
+                base_offset,
+                parsed.offset_count(),
+                parsed.max_timestamp(),
+            );
+            let segment = active.base_offset;
+            let last_offset = base_offset + parsed.offset_count() - 1;
+            st.offset_next = last_offset + 1;
+            st.stats.appends += 1;
+            st.staged.push(Staged {
+                segment,
+                base_offset,
+                last_offset,
+                position,
+                len: batch.len(),
+            });
+            let (tx, rx) = oneshot::channel();
+            let needs_sync = inner.config.fsync == FsyncPolicy::Always;
+            st.waiters.push_back(Waiter {
+                offset_end: last_offset + 1,
+                needs_sync,
+                tx,
+            });
+            Appended {
+                base_offset,
+                last_offset,
+                durable: Durable(rx),
+            }
+        };
+        // A full channel means a flush is already due: nothing is lost.
+        let _ = self.kick.try_send(());
+        Ok(appended)
+    }
+
+    /// Writes and fdatasyncs everything appended so far, whatever the policy.
+    pub async fn flush(&self) -> Result<()> {
+        let rx = {
+            let mut st = self.inner.state.borrow_mut();
+            st.check_writable()?;
+            let (tx, rx) = oneshot::channel();
+            let offset_end = st.offset_next;
+            st.waiters.push_back(Waiter {
+                offset_end,
+                needs_sync: true,
+                tx,
+            });
+            rx
+        };
+        let _ = self.kick.try_send(());
+        Durable(rx).await
+    }
+
+    /// Reads whole batches from the one containing `offset`, up to
+    /// `max_bytes` (at least one batch, whatever its size, as Kafka does).
+    /// Only written batches are visible. Served from the shard's cache when
+    /// the batch is there, else from disk.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<LogRead> {
+        let (reader, position, expected_base, offset_start, offset_written) = {
+            let st = self.inner.state.borrow();
+            let offset_start = st.offset_start();
+            let offset_written = st.offset_written;
+            if offset < offset_start || offset > offset_written {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    start: offset_start,
+                    end: offset_written,
+                });
+            }
+            if offset == offset_written {
+                return Ok(LogRead {
+                    slices: Vec::new(),
+                    offset_next: offset,
+                    offset_start,
+                    offset_written,
+                });
+            }
+            if let Some((slices, offset_next)) =
+                self.inner
+                    .cache
+                    .read(self.inner.cache_key, offset, max_bytes)
+            {
+                return Ok(LogRead {
+                    slices,
+                    offset_next,
+                    offset_start,
+                    offset_written,
+                });
+            }
+            let segment = st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s)
+                .ok_or(StorageError::OffsetOutOfRange {
+                    offset,
+                    start: offset_start,
+                    end: offset_written,
+                })?;
+            let (position, expected_base) = segment.seek(offset);
+            (
+                segment.reader(),
+                position,
+                expected_base,
+                offset_start,
+                offset_written,
+            )
+        };
+        let (slices, offset_next) =
+            read_segment(&reader, position, expected_base, offset, max_bytes).await?;
+        Ok(LogRead {
+            slices,
+            offset_next,
+            offset_start,
+            offset_written,
+        })
+    }
+
+    /// The first record at or after `timestamp`: its offset and timestamp,
+    /// or `None` when every record is older. Within a compressed batch the
+    /// answer is the batch's base offset and max timestamp.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
+        let candidates: Vec<(SegmentReader, u64, u64)> = {
+            let st = self.inner.state.borrow();
+            st.segments
+                .values()
+                .filter(|s| s.max_timestamp >= timestamp)
+                .map(|s| {
+                    let (position, base) = s.seek_timestamp(timestamp);
+                    (s.reader(), position, base)
+                })
+                .collect()
+        };
+        for (reader, position, _) in candidates {
+            let mut found = None;
+            segment::walk(&reader, position, READ_WINDOW_BYTES, |_, batch, _, _| {
+                if batch.max_timestamp() < timestamp {
+                    return Visit::Next;
+                }
+                let first_record = batch.records().ok().and_then(|records| {
+                    records
+                        .filter_map(|r| r.ok())
+                        .find(|r| r.timestamp >= timestamp)
+                        .map(|r| (r.offset as u64, r.timestamp))
+                });
+                found = Some(
+                    first_record.unwrap_or((batch.base_offset() as u64, batch.max_timestamp())),
+                );
+                Visit::Stop
+            })
+            .await?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole segments past `retention.bytes` or `retention.ms`
+    /// (never the active one) and moves the log start. Returns how many.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        let doomed: Vec<u64> = {
+            let mut st = self.inner.state.borrow_mut();
+            let config = &self.inner.config;
+            let mut total: u64 = st.segments.values().map(|s| s.log.len()).sum();
+            let active = st.active().base_offset;
+            let mut doomed = Vec::new();
+            for segment in st.segments.values() {
+                if segment.base_offset == active || st.sealing.contains(&segment.base_offset) {
+                    break;
+                }
+                let over_size = config
+                    .retention_bytes
+                    .is_some_and(|limit| total - segment.log.len() >= limit);
+                let expired = config
+                    .retention_age
+                    .is_some_and(|age| segment.max_timestamp < now_ms - age.as_millis() as i64);
+                if !over_size && !expired {
+                    break;
+                }
+                total -= segment.log.len();
+                doomed.push(segment.base_offset);
+            }
+            for base in &doomed {
+                st.segments.remove(base);
+                st.unsynced.retain(|b| b != base);
+            }
+            let start = st.offset_start();
+            self.inner.cache.forget_below(self.inner.cache_key, start);
+            doomed
+        };
+        for &base in &doomed {
+            // Readers holding the open file keep reading it; the name goes now.
+            let (log, index) = segment::file_paths(&self.inner.dir, base);
+            recovery::remove(&log).await?;
+            recovery::remove(&index).await?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Stops appends, writes and syncs everything staged, finishes the
+    /// active segment's files and stops the flusher.
+    pub async fn close(&self) -> Result<()> {
+        let flushed = self.flush().await;
+        self.inner.append_turn.close();
+        self.inner.staged_room.close();
+        self.inner.state.borrow_mut().closed = true;
+        let _ = self.kick.try_send(());
+        let flusher = self.flusher.borrow_mut().take();
+        if let Some(flusher) = flusher {
+            flusher.await;
+        }
+        self.inner.cache.forget(self.inner.cache_key);
+        flushed?;
+        // Finish the active segment as a roll would, so that a clean reopen
+        // finds nothing to repair.
+        {
+            let mut st = self.inner.state.borrow_mut();
+            let active = st.active().base_offset;
+            st.sealing.push(active);
+        }
+        self.inner.finish_segments().await?;
+        let finished = {
+            let st = self.inner.state.borrow();
+            st.failed.clone()
+        };
+        match finished {
+            Some(message) => Err(StorageError::Failed(message)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // The flusher finishes what is staged and exits once the kick
+        // channel closes with this handle.
+        self.inner.state.borrow_mut().closed = true;
+        self.inner.cache.forget(self.inner.cache_key);
+    }
+}
+
+impl Inner {
+    fn closed_or_failed(&self) -> StorageError {
+        match &self.state.borrow().failed {
+            Some(message) => StorageError::Failed(message.clone()),
+            None => StorageError::Closed,
+        }
+    }
+
+    fn roll_due(&self, batch_len: usize, now_ms: i64) -> bool {
+        let st = self.state.borrow();
+        let active = st.active();
+        if active.is_empty() {
+            return false;
+        }
+        let full = active.log.len() + batch_len as u64 > self.config.segment_bytes;
+        let old = self
+            .config
+            .segment_age
+            .is_some_and(|age| now_ms - active.created_ms >= age.as_millis() as i64);
+        full || old
+    }
+
+    /// Starts a new active segment at the next offset. The flusher finishes
+    /// the old one once its last bytes are written.
+    async fn roll(&self, now_ms: i64) -> Result<()> {
+        let base = self.state.borrow().offset_next;
+        let segment = Segment::create(&self.dir, base, now_ms, &self.config).await?;
+        let mut st = self.state.borrow_mut();
+        let old = st.active().base_offset;
+        st.sealing.push(old);
+        st.segments.insert(base, segment);
+        Ok(())
+    }
+
+    /// One group commit: write what every unfinished segment has staged, in
+    /// offset order, sync per policy, then publish the new marks.
+    async fn flush_once(&self) -> Result<()> {
+        let (flushes, offset_end) = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let active = st.active().base_offset;
+            let mut flushes: Vec<(u64, Flush)> = Vec::new();
+            for base in st.sealing.iter().copied().chain(std::iter::once(active)) {
+                if let Some(flush) = st.segments.get_mut(&base).and_then(|s| s.log.take_flush()) {
+                    if !st.unsynced.contains(&base) {
+                        st.unsynced.push(base);
+                    }
+                    flushes.push((base, flush));
+                }
+            }
+            (flushes, st.offset_next)
+        };
+        for (_, flush) in &flushes {
+            flush.run().await?;
+        }
+        let sync_files = {
+            let st = self.state.borrow();
+            let due = match self.config.fsync {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Interval(every) => st.synced_at.elapsed() >= every,
+                FsyncPolicy::Never => false,
+            };
+            // `flush()` callers wait with `needs_sync`, whatever the policy.
+            let wanted = due || st.waiters.iter().any(|w| w.needs_sync);
+            (wanted && !st.unsynced.is_empty()).then(|| {
+                st.unsynced
+                    .iter()
+                    .filter_map(|b| st.segments.get(b))
+                    .map(|s| s.reader())
+                    .collect::<Vec<_>>()
+            })
+        };
+        if let Some(files) = &sync_files {
+            for file in files {
+                file.file
+                    .fdatasync()
+                    .await
+                    .map_err(StorageError::io("fdatasync", &*file.path))?;
+            }
+        }
+        self.publish(&flushes, offset_end, sync_files.is_some());
+        self.finish_segments().await
+    }
+
+    /// After a flush: move the marks, cache what was written, resolve waiters.
+    fn publish(&self, flushes: &[(u64, Flush)], offset_end: u64, synced: bool) {
+        let mut st = self.state.borrow_mut();
+        let mut written_bytes = 0;
+        for (base, flush) in flushes {
+            if let Some(segment) = st.segments.get_mut(base) {
+                written_bytes += flush.len - segment.log.len_written();
+                segment.log.complete(flush);
+            }
+        }
+        let staged = std::mem::take(&mut st.staged);
+        let (now_staged, done): (Vec<Staged>, Vec<Staged>) = staged
+            .into_iter()
+            .partition(|s| s.base_offset >= offset_end);
+        st.staged = now_staged;
+        self.cache_written(&done, flushes);
+        assert!(offset_end >= st.offset_written);
+        st.offset_written = offset_end;
+        st.stats.flushes += u64::from(!flushes.is_empty());
+        st.stats.syncs += u64::from(synced);
+        if synced {
+            // The flusher is the only writer and it synced every unsynced
+            // file after its writes: nothing written is unsynced now.
+            st.unsynced.clear();
+            st.synced_at = Instant::now();
+        }
+        if st.unsynced.is_empty() {
+            st.offset_durable = offset_end;
+        }
+        st.release_waiters();
+        self.staged_room.signal(written_bytes);
+    }
+
+    fn cache_written(&self, done: &[Staged], flushes: &[(u64, Flush)]) {
+        for (base, flush) in flushes {
+            let mut batches = done.iter().filter(|s| s.segment == *base).peekable();
+            for write in &flush.writes {
+                let end = write.position + write.len as u64;
+                let in_write: Vec<&Staged> =
+                    std::iter::from_fn(|| batches.next_if(|s| s.position + s.len as u64 <= end))
+                        .collect();
+                let Some(share) = write.buffer.len().checked_div(in_write.len()) else {
+                    continue;
+                };
+                for staged in in_write {
+                    debug_assert!(staged.position >= write.position);
+                    let start = (staged.position - write.position) as usize;
+                    let slice = BatchSlice::from_memory(write.buffer.clone(), start, staged.len);
+                    self.cache.insert(
+                        self.cache_key,
+                        staged.base_offset,
+                        staged.last_offset,
+                        slice,
+                        share,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Writes due index entries, and completes rolled segments whose data is
+    /// all written: index flushed, file cut to its length.
+    async fn finish_segments(&self) -> Result<()> {
+        let (index_flushes, finished) = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let mut finished = Vec::new();
+            for &base in &st.sealing {
+                if st
+                    .segments
+                    .get(&base)
+                    .is_some_and(|s| s.log.len_written() == s.log.len())
+                {
+                    finished.push(base);
+                }
+            }
+            let mut flushes = Vec::new();
+            for (base, segment) in st.segments.iter_mut() {
+                if finished.contains(base) || segment.index.flush_due() {
+                    if let Some(flush) = segment.index.file_mut().take_flush() {
+                        flushes.push((*base, flush));
+                    }
+                }
+            }
+            // Both files are cut to their length: a clean stop leaves nothing
+            // for recovery to repair.
+            let finished: Vec<(u64, [(Rc<DmaFile>, Rc<Path>, u64); 2])> = finished
+                .iter()
+                .filter_map(|b| {
+                    st.segments
+                        .get_mut(b)
+                        .map(|s| (*b, [s.log.file_state(), s.index.file_mut().file_state()]))
+                })
+                .collect();
+            (flushes, finished)
+        };
+        for (_, flush) in &index_flushes {
+            flush.run().await?;
+        }
+        for (file, path, len) in finished.iter().flat_map(|(_, files)| files) {
+            file.truncate(*len)
+                .await
+                .map_err(StorageError::io("truncate", &**path))?;
+        }
+        let mut st = self.state.borrow_mut();
+        for (base, flush) in &index_flushes {
+            if let Some(segment) = st.segments.get_mut(base) {
+                segment.index.file_mut().complete(flush);
+            }
+        }
+        st.sealing.retain(|b| !finished.iter().any(|(f, _)| f == b));
+        Ok(())
+    }
+
+    /// When the interval policy owes a sync, the instant it falls due.
+    fn sync_deadline(&self) -> Option<Instant> {
+        let st = self.state.borrow();
+        match self.config.fsync {
+            FsyncPolicy::Interval(every) if !st.unsynced.is_empty() => Some(st.synced_at + every),
+            _ => None,
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        let st = self.state.borrow();
+        st.offset_written < st.offset_next
+            || st.waiters.iter().any(|w| w.needs_sync)
+            || !st.sealing.is_empty()
+    }
+}
+
+/// The flusher task: one per log, on the log's shard. Runs a group commit
+/// whenever appends kick it, or when an interval sync falls due.
+async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
+    loop {
+        let open = match inner.sync_deadline() {
+            Some(deadline) => {
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_micros(100));
+                let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                let kick = std::pin::pin!(kicked.recv());
+                match futures::future::select(kick, timer).await {
+                    futures::future::Either::Left((kick, _)) => kick.is_some(),
+                    futures::future::Either::Right(_) => true,
+                }
+            }
+            None => kicked.recv().await.is_some(),
+        };
+        let closing = !open || inner.state.borrow().closed;
+        if closing && !inner.has_work() {
+            break;
+        }
+        if let Err(e) = inner.flush_once().await {
+            let mut st = inner.state.borrow_mut();
+            st.fail(e.to_string());
+            drop(st);
+            inner.append_turn.close();
+            inner.staged_room.close();
+            break;
+        }
+        if closing && !inner.has_work() {
+            break;
+        }
+    }
+}
+
+/// Reads batches from `position` in a segment until `max_bytes`, skipping
+/// those before `offset`. Checks each batch's base offset against the one
+/// expected, so a wrong index entry or damaged file shows as an error, not as
+/// wrong data.
+async fn read_segment(
+    reader: &SegmentReader,
+    position: u64,
+    mut expected_base: u64,
+    offset: u64,
+    max_bytes: usize,
+) -> Result<(Vec<BatchSlice>, u64)> {
+    let mut slices: Vec<BatchSlice> = Vec::new();
+    let mut bytes = 0usize;
+    let window = max_bytes.clamp(
+        crate::appender::BLOCK as usize,
+        READ_WINDOW_BYTES.max(max_bytes.min(8 << 20)),
+    );
+    let walk = segment::walk(reader, position, window, |_, batch, read, at| {
+        if batch.base_offset() as u64 != expected_base {
+            return Visit::Invalid(format!(
+                "batch at offset {} where {expected_base} was expected",
+                batch.base_offset()
+            ));
+        }
+        if (batch.last_offset() as u64) < offset {
+            expected_base = batch.last_offset() as u64 + 1;
+            return Visit::Next;
+        }
+        if !slices.is_empty() && bytes + batch.len() > max_bytes {
+            return Visit::Stop;
+        }
+        expected_base = batch.last_offset() as u64 + 1;
+        bytes += batch.len();
+        let slice = BatchSlice::from_disk(read.clone(), at, batch.len());
+        if !slices
+            .last_mut()
+            .is_some_and(|last| last.try_extend(&slice))
+        {
+            slices.push(slice);
+        }
+        if bytes >= max_bytes {
+            Visit::Stop
+        } else {
+            Visit::Next
+        }
+    })
+    .await?;
+    if let WalkEnd::Invalid(reason) = walk.end {
+        return Err(StorageError::Corrupt {
+            path: reader.path.to_path_buf(),
+            position: walk.position,
+            reason,
+        });
+    }
+    let offset_next = if slices.is_empty() {
+        offset
+    } else {
+        expected_base
+    };
+    Ok((slices, offset_next))
+}

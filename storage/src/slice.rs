@@ -1,0 +1,79 @@
+//! Reference-counted views of batch bytes, wherever they live: a buffer read
+//! from disk or a buffer that was appended and is still cached. A fetch hands
+//! these to the socket as they are: no copy into an intermediate `Vec`.
+
+use glommio::io::{DmaBuffer, ReadResult};
+use std::ops::Deref;
+use std::rc::Rc;
+
+#[derive(Clone)]
+enum Backing {
+    Disk(ReadResult),
+    Memory(Rc<DmaBuffer>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Disk(read) => read,
+            Backing::Memory(buffer) => buffer.as_bytes(),
+        }
+    }
+}
+
+/// Whole batches, contiguous in one buffer.
+#[derive(Clone)]
+pub struct BatchSlice {
+    backing: Backing,
+    start: usize,
+    len: usize,
+}
+
+impl BatchSlice {
+    pub(crate) fn from_disk(read: ReadResult, start: usize, len: usize) -> Self {
+        assert!(start + len <= read.len());
+        BatchSlice {
+            backing: Backing::Disk(read),
+            start,
+            len,
+        }
+    }
+
+    pub(crate) fn from_memory(buffer: Rc<DmaBuffer>, start: usize, len: usize) -> Self {
+        assert!(start + len <= buffer.len());
+        BatchSlice {
+            backing: Backing::Memory(buffer),
+            start,
+            len,
+        }
+    }
+
+    /// Extends this slice by `next` when `next` starts where this one ends in
+    /// the same buffer, so adjacent batches go out as one piece.
+    pub(crate) fn try_extend(&mut self, next: &BatchSlice) -> bool {
+        let same = std::ptr::eq(self.backing.bytes().as_ptr(), next.backing.bytes().as_ptr());
+        if same && self.start + self.len == next.start {
+            self.len += next.len;
+            return true;
+        }
+        false
+    }
+}
+
+impl Deref for BatchSlice {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.backing.bytes()[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for BatchSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.backing {
+            Backing::Disk(_) => "disk",
+            Backing::Memory(_) => "memory",
+        };
+        write!(f, "BatchSlice({kind}, {} bytes)", self.len)
+    }
+}

@@ -1,0 +1,412 @@
+//! The partition log against a real disk: append, read, group commit,
+//! roll, retention, timestamps, reopen.
+
+mod common;
+
+use common::*;
+use fjord_core::FsyncPolicy;
+use fjord_core::batch::Batch;
+use fjord_storage::{BatchCache, LogConfig, StorageError};
+use std::time::Duration;
+
+#[test]
+fn appends_assign_contiguous_offsets_and_read_back_byte_identical() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, |dir| async move {
+        let cache = BatchCache::new(0); // disk path only
+        let log = open(&dir, "p0", LogConfig::default(), &cache).await;
+        let mut expected = Vec::new();
+        for seed in 0..200u64 {
+            let records = 1 + (seed % 7) as usize;
+            let bytes = batch(seed, records, 10 + seed as usize * 3, 1_000 + seed as i64);
+            let appended = log.append(&bytes).await.expect("append");
+            assert_eq!(
+                appended.last_offset - appended.base_offset + 1,
+                records as u64
+            );
+            appended.durable.await.expect("durable");
+            let mut patched = bytes.clone();
+            fjord_core::batch::set_base_offset(&mut patched, appended.base_offset as i64);
+            fjord_core::batch::set_partition_leader_epoch(&mut patched, 0);
+            expected.push(patched);
+        }
+        let read = read_all(&log, 0).await;
+        assert_eq!(read.len(), expected.len());
+        assert_eq!(read, expected, "bytes read back differ from bytes appended");
+        let mut next = 0;
+        for bytes in &read {
+            let b = Batch::validate(bytes).expect("valid on read");
+            assert_eq!(b.base_offset(), next);
+            next = b.last_offset() + 1;
+        }
+        assert_eq!(log.offset_next(), next as u64);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn read_starts_at_the_batch_holding_the_offset_and_respects_max_bytes() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, |dir| async move {
+        for budget in [0, 64 << 20] {
+            let cache = BatchCache::new(budget);
+            let log = open(
+                &dir,
+                &format!("p{budget}"),
+                LogConfig {
+                    index_interval_bytes: 512,
+                    ..LogConfig::default()
+                },
+                &cache,
+            )
+            .await;
+            for seed in 0..100 {
+                log.append(&batch(seed, 5, 100, 0))
+                    .await
+                    .expect("append")
+                    .durable
+                    .await
+                    .expect("durable");
+            }
+            // Offset 53 lies inside the batch 50..=54.
+            let read = log.read(53, 1).await.expect("read");
+            let first = fjord_core::batch::batches(&read.slices[0])
+                .next()
+                .expect("a batch");
+            assert_eq!(first.base_offset(), 50, "cache budget {budget}");
+            assert_eq!(
+                read.offset_next, 55,
+                "at least one batch, even past max_bytes"
+            );
+            let read = log.read(0, 3000).await.expect("read");
+            assert!(read.len_bytes() <= 3000 && read.len_bytes() > 3000 - 700);
+            // The readable end: empty; past it: out of range.
+            assert!(
+                log.read(500, 1000)
+                    .await
+                    .expect("read at end")
+                    .slices
+                    .is_empty()
+            );
+            assert!(matches!(
+                log.read(501, 1000).await,
+                Err(StorageError::OffsetOutOfRange { .. })
+            ));
+            log.close().await.expect("close");
+        }
+    });
+}
+
+#[test]
+fn tail_reads_come_from_the_cache_within_its_budget() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, |dir| async move {
+        let cache = BatchCache::new(1 << 20);
+        let log = open(&dir, "p0", LogConfig::default(), &cache).await;
+        for seed in 0..64 {
+            log.append(&batch(seed, 10, 4000, 0))
+                .await
+                .expect("append")
+                .durable
+                .await
+                .expect("durable");
+        }
+        assert!(
+            cache.used_bytes() > 0 && cache.used_bytes() <= 1 << 20,
+            "used {}",
+            cache.used_bytes()
+        );
+        let tail = log
+            .read(log.offset_written() - 1, 1 << 20)
+            .await
+            .expect("tail read");
+        assert!(
+            format!("{:?}", tail.slices[0]).contains("memory"),
+            "tail read not served from cache"
+        );
+        let head = log.read(0, 1 << 20).await.expect("head read");
+        assert!(
+            format!("{:?}", head.slices[0]).contains("disk"),
+            "evicted head still in cache"
+        );
+        // Both paths return the same bytes for the same offsets.
+        assert_eq!(read_all(&log, 0).await.len(), 64);
+        log.close().await.expect("close");
+        assert_eq!(
+            cache.used_bytes(),
+            0,
+            "a closed log leaves nothing in the cache"
+        );
+    });
+}
+
+#[test]
+fn concurrent_appends_share_group_commits_under_fsync_always() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, |dir| async move {
+        let cache = BatchCache::new(16 << 20);
+        let config = LogConfig {
+            fsync: FsyncPolicy::Always,
+            ..LogConfig::default()
+        };
+        let log = std::rc::Rc::new(open(&dir, "p0", config, &cache).await);
+        let mut tasks = Vec::new();
+        for writer in 0..16u64 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut offsets = Vec::new();
+                for i in 0..50u64 {
+                    let appended = log
+                        .append(&batch(writer * 1000 + i, 4, 200, 0))
+                        .await
+                        .expect("append");
+                    appended.durable.await.expect("durable");
+                    assert!(
+                        log.offset_durable() > appended.last_offset,
+                        "acknowledged before fdatasync"
+                    );
+                    offsets.push(appended.base_offset);
+                }
+                offsets
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            let offsets = task.await;
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "one writer's appends out of order"
+            );
+            all.extend(offsets);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..800).map(|i| i * 4).collect::<Vec<_>>());
+        let stats = log.stats();
+        assert_eq!(stats.appends, 800);
+        assert!(
+            stats.syncs < stats.appends / 2,
+            "no group commit: {stats:?}"
+        );
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn segments_roll_by_size_and_age_and_retention_moves_the_start() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, |dir| async move {
+        let cache = BatchCache::new(0);
+        let config = LogConfig {
+            segment_bytes: 64 * 1024,
+            retention_bytes: Some(200 * 1024),
+            retention_age: None,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, "p0", config.clone(), &cache).await;
+        for seed in 0..100 {
+            log.append(&batch(seed, 10, 1000, 1_000))
+                .await
+                .expect("append")
+                .durable
+                .await
+                .expect("durable");
+        }
+        assert!(
+            log.segment_count() >= 10,
+            "segments: {}",
+            log.segment_count()
+        );
+        let before = read_all(&log, 0).await;
+        log.flush().await.expect("flush");
+        let deleted = log
+            .enforce_retention(fjord_storage::log::now_ms())
+            .await
+            .expect("retention");
+        assert!(deleted > 0);
+        let start = log.offset_start();
+        assert!(
+            start > 0
+                && log.size_bytes() >= 200 * 1024
+                && log.size_bytes() < 200 * 1024 + 2 * 64 * 1024,
+            "start {start} size {}",
+            log.size_bytes()
+        );
+        assert!(matches!(
+            log.read(0, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        let after = read_all(&log, start).await;
+        assert_eq!(
+            after[..],
+            before[before.len() - after.len()..],
+            "retained batches changed"
+        );
+        let files = std::fs::read_dir(dir.path().join("p0"))
+            .expect("ls")
+            .count();
+        assert_eq!(
+            files,
+            2 * log.segment_count(),
+            "deleted segments left files"
+        );
+        log.close().await.expect("close");
+
+        // Age: every batch is stamped in 1970, so all but the active segment expire.
+        let config = LogConfig {
+            retention_bytes: None,
+            retention_age: Some(Duration::from_secs(3600)),
+            ..config
+        };
+        let log = open(&dir, "p0", config, &cache).await;
+        assert_eq!(
+            log.offset_start(),
+            start,
+            "log start changed across restart"
+        );
+        log.enforce_retention(fjord_storage::log::now_ms())
+            .await
+            .expect("retention");
+        assert_eq!(log.segment_count(), 1);
+        let end = log.offset_next();
+        log.close().await.expect("close");
+
+        // segment.ms: an old active segment rolls on the next append.
+        let config = LogConfig {
+            segment_age: Some(Duration::from_millis(50)),
+            ..LogConfig::default()
+        };
+        let log = open(&dir, "p1", config, &cache).await;
+        log.append(&batch(1, 1, 10, fjord_storage::log::now_ms()))
+            .await
+            .expect("append");
+        glommio::timer::sleep(Duration::from_millis(80)).await;
+        log.append(&batch(2, 1, 10, fjord_storage::log::now_ms()))
+            .await
+            .expect("append");
+        assert_eq!(log.segment_count(), 2);
+        log.close().await.expect("close");
+        assert!(end > start);
+    });
+}
+
+#[test]
+fn offsets_for_timestamps() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, |dir| async move {
+        let cache = BatchCache::new(0);
+        let config = LogConfig {
+            segment_bytes: 64 * 1024,
+            index_interval_bytes: 1024,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, "p0", config, &cache).await;
+        // Batch n holds 4 records stamped 10n .. 10n+3.
+        for n in 0..300i64 {
+            log.append(&batch(n as u64, 4, 100, 10 * n))
+                .await
+                .expect("append");
+        }
+        eprintln!("appended");
+        log.flush().await.expect("flush");
+        eprintln!("flushed");
+        assert_eq!(
+            log.offset_for_timestamp(0).await.expect("lookup"),
+            Some((0, 0))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1502).await.expect("lookup"),
+            Some((602, 1502))
+        );
+        // Between batches: the next batch's first record.
+        assert_eq!(
+            log.offset_for_timestamp(1505).await.expect("lookup"),
+            Some((604, 1510))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(2993).await.expect("lookup"),
+            Some((1199, 2993))
+        );
+        assert_eq!(log.offset_for_timestamp(2994).await.expect("lookup"), None);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn clean_reopen_restores_offsets_exactly_and_repairs_nothing() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, |dir| async move {
+        let cache = BatchCache::new(0);
+        let config = LogConfig {
+            segment_bytes: 128 * 1024,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, "p0", config.clone(), &cache).await;
+        for seed in 0..120 {
+            log.append(&batch(seed, 3, 500, 0)).await.expect("append");
+        }
+        log.close().await.expect("close");
+        let (start, next, content) = (log.offset_start(), log.offset_next(), ());
+        let _ = content;
+        drop(log);
+        let log = open(&dir, "p0", config, &cache).await;
+        assert_eq!(
+            (log.offset_start(), log.offset_next(), log.offset_written()),
+            (start, next, next)
+        );
+        assert_eq!(
+            log.recovery_report(),
+            &Default::default(),
+            "a clean stop needed repairs"
+        );
+        assert_eq!(read_all(&log, 0).await.len(), 120);
+        // Appends continue from where the log left off.
+        assert_eq!(
+            log.append(&batch(999, 1, 10, 0))
+                .await
+                .expect("append")
+                .base_offset,
+            next
+        );
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn bad_batches_are_rejected_and_change_nothing() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, |dir| async move {
+        let cache = BatchCache::new(0);
+        let log = open(
+            &dir,
+            "p0",
+            LogConfig {
+                max_batch_bytes: 10_000,
+                ..LogConfig::default()
+            },
+            &cache,
+        )
+        .await;
+        log.append(&batch(1, 1, 10, 0)).await.expect("append");
+        let mut corrupt = batch(2, 1, 10, 0);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(matches!(
+            log.append(&corrupt).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+        assert!(matches!(
+            log.append(&batch(3, 1, 20_000, 0)).await,
+            Err(StorageError::BatchTooLarge { .. })
+        ));
+        let mut trailing = batch(4, 1, 10, 0);
+        trailing.push(0);
+        assert!(log.append(&trailing).await.is_err());
+        assert!(log.append(&[0u8; 7]).await.is_err());
+        assert_eq!(log.offset_next(), 1);
+        log.close().await.expect("close");
+        assert!(matches!(
+            log.append(&batch(5, 1, 10, 0)).await,
+            Err(StorageError::Closed)
+        ));
+    });
+}
