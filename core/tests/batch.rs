@@ -104,10 +104,8 @@ proptest! {
             let crc = crc32c::crc32c(&bytes[21..]);
             bytes[17..21].copy_from_slice(&crc.to_be_bytes());
         }
-        if let Ok(batch) = Batch::validate(&bytes) {
-            if let Ok(records) = batch.records() {
-                let _ = records.collect::<Vec<_>>();
-            }
+        if let Ok(records) = Batch::validate(&bytes).and_then(|b| b.records()) {
+            let _ = records.collect::<Vec<_>>();
         }
     }
 }

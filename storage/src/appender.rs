@@ -93,6 +93,23 @@ impl Flush {
     }
 }
 
+/// A file and the length it should have once finished.
+pub struct FileEnd {
+    file: Rc<DmaFile>,
+    path: Rc<Path>,
+    len: u64,
+}
+
+impl FileEnd {
+    /// Cuts the file to its logical length, dropping preallocated space.
+    pub async fn truncate(&self) -> Result<()> {
+        self.file
+            .truncate(self.len)
+            .await
+            .map_err(StorageError::io("truncate", &*self.path))
+    }
+}
+
 /// Appends to one file; see the module doc.
 pub struct Appender {
     file: Rc<DmaFile>,
@@ -171,9 +188,13 @@ impl Appender {
         &self.path
     }
 
-    /// The file, its path and its logical length, for a final truncate.
-    pub fn file_state(&self) -> (Rc<DmaFile>, Rc<Path>, u64) {
-        (self.file.clone(), self.path.clone(), self.len)
+    /// The file and its logical length, for a final truncate.
+    pub fn file_end(&self) -> FileEnd {
+        FileEnd {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            len: self.len,
+        }
     }
 
     /// Logical length including staged bytes.

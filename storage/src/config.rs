@@ -51,7 +51,7 @@ impl Default for LogConfig {
 impl LogConfig {
     /// Clamps values into the ranges the storage layout can represent.
     pub(crate) fn normalized(mut self) -> Self {
-        self.segment_bytes = self.segment_bytes.clamp(64 * 1024, SEGMENT_BYTES_MAX);
+        self.segment_bytes = self.segment_bytes.clamp(4096, SEGMENT_BYTES_MAX);
         self.index_interval_bytes = self.index_interval_bytes.max(1);
         self.max_batch_bytes = self.max_batch_bytes.min(fjord_core::batch::BATCH_LEN_MAX);
         // A staged batch must always fit, or an append would wait forever.

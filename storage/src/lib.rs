@@ -10,6 +10,7 @@
 
 pub mod appender;
 pub mod cache;
+mod commit;
 pub mod config;
 pub mod error;
 pub mod index;

@@ -9,8 +9,8 @@
 //! survives power loss). Appends arriving while the flusher is busy join its
 //! next round: that is the group commit.
 
-use crate::appender::Flush;
-use crate::cache::{BatchCache, CacheKey};
+use crate::cache::BatchCache;
+use crate::commit::{Inner, Staged, State, Waiter, run_flusher};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::recovery::{self, RecoveryReport};
@@ -19,18 +19,17 @@ use crate::slice::BatchSlice;
 use fjord_core::FsyncPolicy;
 use fjord_core::batch::{self, Batch};
 use futures::channel::oneshot;
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::io::DmaFile;
+use glommio::channels::local_channel::{self, LocalSender};
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes read per step when a read or a timestamp search walks a segment.
 const READ_WINDOW_BYTES: usize = 256 * 1024;
@@ -82,42 +81,6 @@ impl LogRead {
     }
 }
 
-struct Waiter {
-    /// Offsets below this must be safe.
-    offset_end: u64,
-    /// Needs fdatasync, not only the write.
-    needs_sync: bool,
-    tx: oneshot::Sender<Result<(), String>>,
-}
-
-/// A batch staged since the last flush, to be cached once written.
-struct Staged {
-    segment: u64,
-    base_offset: u64,
-    last_offset: u64,
-    position: u64,
-    len: usize,
-}
-
-struct State {
-    /// By base offset; the last one is active.
-    segments: BTreeMap<u64, Segment>,
-    /// Rolled segments the flusher has not yet finished.
-    sealing: Vec<u64>,
-    /// Segments written since the last fdatasync.
-    unsynced: Vec<u64>,
-    offset_next: u64,
-    offset_written: u64,
-    offset_durable: u64,
-    staged: Vec<Staged>,
-    waiters: VecDeque<Waiter>,
-    synced_at: Instant,
-    failed: Option<String>,
-    closed: bool,
-    leader_epoch: i32,
-    stats: LogStats,
-}
-
 /// Counters of a log's write path.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LogStats {
@@ -127,77 +90,6 @@ pub struct LogStats {
     pub flushes: u64,
     /// fdatasync rounds.
     pub syncs: u64,
-}
-
-impl State {
-    fn active(&self) -> &Segment {
-        self.segments
-            .values()
-            .next_back()
-            .expect("a log always has an active segment")
-    }
-
-    fn active_mut(&mut self) -> &mut Segment {
-        self.segments
-            .values_mut()
-            .next_back()
-            .expect("a log always has an active segment")
-    }
-
-    fn offset_start(&self) -> u64 {
-        self.segments
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.offset_next)
-    }
-
-    fn check_writable(&self) -> Result<()> {
-        if let Some(message) = &self.failed {
-            return Err(StorageError::Failed(message.clone()));
-        }
-        if self.closed {
-            return Err(StorageError::Closed);
-        }
-        Ok(())
-    }
-
-    /// Resolves every waiter whose offsets are now safe; waiters are in
-    /// offset order, so this stops at the first that is not.
-    fn release_waiters(&mut self) {
-        while let Some(w) = self.waiters.front() {
-            let mark = if w.needs_sync {
-                self.offset_durable
-            } else {
-                self.offset_written
-            };
-            if w.offset_end > mark {
-                break;
-            }
-            if let Some(w) = self.waiters.pop_front() {
-                let _ = w.tx.send(Ok(()));
-            }
-        }
-    }
-
-    fn fail(&mut self, message: String) {
-        for w in self.waiters.drain(..) {
-            let _ = w.tx.send(Err(message.clone()));
-        }
-        self.failed.get_or_insert(message);
-    }
-}
-
-struct Inner {
-    dir: PathBuf,
-    config: LogConfig,
-    cache: Rc<BatchCache>,
-    cache_key: CacheKey,
-    state: RefCell<State>,
-    /// Serializes appends, so offsets follow call order even across a roll.
-    append_turn: Semaphore,
-    /// Bytes that may be staged but not yet written: appends wait for room.
-    staged_room: Semaphore,
 }
 
 /// A partition log. Owned by one shard; share it on that shard with `Rc`.
@@ -604,257 +496,6 @@ impl Drop for Log {
         // channel closes with this handle.
         self.inner.state.borrow_mut().closed = true;
         self.inner.cache.forget(self.inner.cache_key);
-    }
-}
-
-impl Inner {
-    fn closed_or_failed(&self) -> StorageError {
-        match &self.state.borrow().failed {
-            Some(message) => StorageError::Failed(message.clone()),
-            None => StorageError::Closed,
-        }
-    }
-
-    fn roll_due(&self, batch_len: usize, now_ms: i64) -> bool {
-        let st = self.state.borrow();
-        let active = st.active();
-        if active.is_empty() {
-            return false;
-        }
-        let full = active.log.len() + batch_len as u64 > self.config.segment_bytes;
-        let old = self
-            .config
-            .segment_age
-            .is_some_and(|age| now_ms - active.created_ms >= age.as_millis() as i64);
-        full || old
-    }
-
-    /// Starts a new active segment at the next offset. The flusher finishes
-    /// the old one once its last bytes are written.
-    async fn roll(&self, now_ms: i64) -> Result<()> {
-        let base = self.state.borrow().offset_next;
-        let segment = Segment::create(&self.dir, base, now_ms, &self.config).await?;
-        let mut st = self.state.borrow_mut();
-        let old = st.active().base_offset;
-        st.sealing.push(old);
-        st.segments.insert(base, segment);
-        Ok(())
-    }
-
-    /// One group commit: write what every unfinished segment has staged, in
-    /// offset order, sync per policy, then publish the new marks.
-    async fn flush_once(&self) -> Result<()> {
-        let (flushes, offset_end) = {
-            let mut st = self.state.borrow_mut();
-            let st = &mut *st;
-            let active = st.active().base_offset;
-            let mut flushes: Vec<(u64, Flush)> = Vec::new();
-            for base in st.sealing.iter().copied().chain(std::iter::once(active)) {
-                if let Some(flush) = st.segments.get_mut(&base).and_then(|s| s.log.take_flush()) {
-                    if !st.unsynced.contains(&base) {
-                        st.unsynced.push(base);
-                    }
-                    flushes.push((base, flush));
-                }
-            }
-            (flushes, st.offset_next)
-        };
-        for (_, flush) in &flushes {
-            flush.run().await?;
-        }
-        let sync_files = {
-            let st = self.state.borrow();
-            let due = match self.config.fsync {
-                FsyncPolicy::Always => true,
-                FsyncPolicy::Interval(every) => st.synced_at.elapsed() >= every,
-                FsyncPolicy::Never => false,
-            };
-            // `flush()` callers wait with `needs_sync`, whatever the policy.
-            let wanted = due || st.waiters.iter().any(|w| w.needs_sync);
-            (wanted && !st.unsynced.is_empty()).then(|| {
-                st.unsynced
-                    .iter()
-                    .filter_map(|b| st.segments.get(b))
-                    .map(|s| s.reader())
-                    .collect::<Vec<_>>()
-            })
-        };
-        if let Some(files) = &sync_files {
-            for file in files {
-                file.file
-                    .fdatasync()
-                    .await
-                    .map_err(StorageError::io("fdatasync", &*file.path))?;
-            }
-        }
-        self.publish(&flushes, offset_end, sync_files.is_some());
-        self.finish_segments().await
-    }
-
-    /// After a flush: move the marks, cache what was written, resolve waiters.
-    fn publish(&self, flushes: &[(u64, Flush)], offset_end: u64, synced: bool) {
-        let mut st = self.state.borrow_mut();
-        let mut written_bytes = 0;
-        for (base, flush) in flushes {
-            if let Some(segment) = st.segments.get_mut(base) {
-                written_bytes += flush.len - segment.log.len_written();
-                segment.log.complete(flush);
-            }
-        }
-        let staged = std::mem::take(&mut st.staged);
-        let (now_staged, done): (Vec<Staged>, Vec<Staged>) = staged
-            .into_iter()
-            .partition(|s| s.base_offset >= offset_end);
-        st.staged = now_staged;
-        self.cache_written(&done, flushes);
-        assert!(offset_end >= st.offset_written);
-        st.offset_written = offset_end;
-        st.stats.flushes += u64::from(!flushes.is_empty());
-        st.stats.syncs += u64::from(synced);
-        if synced {
-            // The flusher is the only writer and it synced every unsynced
-            // file after its writes: nothing written is unsynced now.
-            st.unsynced.clear();
-            st.synced_at = Instant::now();
-        }
-        if st.unsynced.is_empty() {
-            st.offset_durable = offset_end;
-        }
-        st.release_waiters();
-        self.staged_room.signal(written_bytes);
-    }
-
-    fn cache_written(&self, done: &[Staged], flushes: &[(u64, Flush)]) {
-        for (base, flush) in flushes {
-            let mut batches = done.iter().filter(|s| s.segment == *base).peekable();
-            for write in &flush.writes {
-                let end = write.position + write.len as u64;
-                let in_write: Vec<&Staged> =
-                    std::iter::from_fn(|| batches.next_if(|s| s.position + s.len as u64 <= end))
-                        .collect();
-                let Some(share) = write.buffer.len().checked_div(in_write.len()) else {
-                    continue;
-                };
-                for staged in in_write {
-                    debug_assert!(staged.position >= write.position);
-                    let start = (staged.position - write.position) as usize;
-                    let slice = BatchSlice::from_memory(write.buffer.clone(), start, staged.len);
-                    self.cache.insert(
-                        self.cache_key,
-                        staged.base_offset,
-                        staged.last_offset,
-                        slice,
-                        share,
-                    );
-                }
-            }
-        }
-    }
-
-    /// Writes due index entries, and completes rolled segments whose data is
-    /// all written: index flushed, file cut to its length.
-    async fn finish_segments(&self) -> Result<()> {
-        let (index_flushes, finished) = {
-            let mut st = self.state.borrow_mut();
-            let st = &mut *st;
-            let mut finished = Vec::new();
-            for &base in &st.sealing {
-                if st
-                    .segments
-                    .get(&base)
-                    .is_some_and(|s| s.log.len_written() == s.log.len())
-                {
-                    finished.push(base);
-                }
-            }
-            let mut flushes = Vec::new();
-            for (base, segment) in st.segments.iter_mut() {
-                if finished.contains(base) || segment.index.flush_due() {
-                    if let Some(flush) = segment.index.file_mut().take_flush() {
-                        flushes.push((*base, flush));
-                    }
-                }
-            }
-            // Both files are cut to their length: a clean stop leaves nothing
-            // for recovery to repair.
-            let finished: Vec<(u64, [(Rc<DmaFile>, Rc<Path>, u64); 2])> = finished
-                .iter()
-                .filter_map(|b| {
-                    st.segments
-                        .get_mut(b)
-                        .map(|s| (*b, [s.log.file_state(), s.index.file_mut().file_state()]))
-                })
-                .collect();
-            (flushes, finished)
-        };
-        for (_, flush) in &index_flushes {
-            flush.run().await?;
-        }
-        for (file, path, len) in finished.iter().flat_map(|(_, files)| files) {
-            file.truncate(*len)
-                .await
-                .map_err(StorageError::io("truncate", &**path))?;
-        }
-        let mut st = self.state.borrow_mut();
-        for (base, flush) in &index_flushes {
-            if let Some(segment) = st.segments.get_mut(base) {
-                segment.index.file_mut().complete(flush);
-            }
-        }
-        st.sealing.retain(|b| !finished.iter().any(|(f, _)| f == b));
-        Ok(())
-    }
-
-    /// When the interval policy owes a sync, the instant it falls due.
-    fn sync_deadline(&self) -> Option<Instant> {
-        let st = self.state.borrow();
-        match self.config.fsync {
-            FsyncPolicy::Interval(every) if !st.unsynced.is_empty() => Some(st.synced_at + every),
-            _ => None,
-        }
-    }
-
-    fn has_work(&self) -> bool {
-        let st = self.state.borrow();
-        st.offset_written < st.offset_next
-            || st.waiters.iter().any(|w| w.needs_sync)
-            || !st.sealing.is_empty()
-    }
-}
-
-/// The flusher task: one per log, on the log's shard. Runs a group commit
-/// whenever appends kick it, or when an interval sync falls due.
-async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
-    loop {
-        let open = match inner.sync_deadline() {
-            Some(deadline) => {
-                let wait = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(100));
-                let timer = std::pin::pin!(glommio::timer::sleep(wait));
-                let kick = std::pin::pin!(kicked.recv());
-                match futures::future::select(kick, timer).await {
-                    futures::future::Either::Left((kick, _)) => kick.is_some(),
-                    futures::future::Either::Right(_) => true,
-                }
-            }
-            None => kicked.recv().await.is_some(),
-        };
-        let closing = !open || inner.state.borrow().closed;
-        if closing && !inner.has_work() {
-            break;
-        }
-        if let Err(e) = inner.flush_once().await {
-            let mut st = inner.state.borrow_mut();
-            st.fail(e.to_string());
-            drop(st);
-            inner.append_turn.close();
-            inner.staged_room.close();
-            break;
-        }
-        if closing && !inner.has_work() {
-            break;
-        }
     }
 }
 

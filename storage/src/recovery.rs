@@ -1,9 +1,10 @@
 //! Rebuilds a log from its files, after a clean stop or a crash.
 //!
 //! For each segment, in offset order: load the index's valid prefix, walk
-//! the log from the last entry to the end validating every batch in full
+//! the log from an entry at least one group-commit write before the last
+//! (a crash tears at most the writes in flight) to the end, validating every batch in full
 //! (framing, CRC-32C, contiguous offsets), cut the file at the first batch
-//! that fails, and rebuild the index entries past that point. If the last
+//! that fails, and rebuild the index entries past that point. If that
 //! entry does not lead to a valid batch, the index is distrusted and rebuilt
 //! from the start of the segment. A segment that does not begin where the
 //! previous one ends is unreachable, as is everything after it: those files
@@ -101,15 +102,26 @@ async fn recover_segment(
     let valid_prefix = entries.len();
     entries.truncate(entries.partition_point(|e| u64::from(e.position) < size));
 
+    // Validate at least one group-commit write back from the last entry: a
+    // crash can tear the last write, and that write may start before it.
+    let tail_bytes = config.write_buffer_bytes as u64;
+    let resume_from = entries.last().map_or(0, |last| {
+        u64::from(last.position).saturating_sub(tail_bytes)
+    });
+    let resume = entries.partition_point(|e| u64::from(e.position) <= resume_from);
     let interval = u64::from(config.index_interval_bytes);
-    let mut scan = scan_from(&reader, base, &entries, interval).await?;
-    if scan.rejected_start && !entries.is_empty() {
-        entries.clear();
-        scan = scan_from(&reader, base, &entries, interval).await?;
+    let mut scan = scan_from(&reader, base, &entries[..resume], interval).await?;
+    let mut kept = resume;
+    if scan.rejected_start && resume > 0 {
+        kept = 0;
+        scan = scan_from(&reader, base, &[], interval).await?;
     }
-    let index_changed = entries.len() != valid_prefix
-        || !scan.new_entries.is_empty()
+    // The walk regenerates every entry after the ones kept; the file needs
+    // a rewrite only if those differ from what it holds.
+    let index_changed = scan.new_entries[..] != entries[kept..]
+        || entries.len() != valid_prefix
         || index_size != (valid_prefix * ENTRY_LEN) as u64;
+    entries.truncate(kept);
     entries.extend(scan.new_entries);
 
     if scan.end != size {

@@ -345,8 +345,7 @@ fn clean_reopen_restores_offsets_exactly_and_repairs_nothing() {
             log.append(&batch(seed, 3, 500, 0)).await.expect("append");
         }
         log.close().await.expect("close");
-        let (start, next, content) = (log.offset_start(), log.offset_next(), ());
-        let _ = content;
+        let (start, next) = (log.offset_start(), log.offset_next());
         drop(log);
         let log = open(&dir, "p0", config, &cache).await;
         assert_eq!(

@@ -1,0 +1,379 @@
+//! The log's shared state and its group commit.
+//!
+//! Appends stage batches into the active segment; the flusher task, one per
+//! log on the log's shard, takes everything staged at once, writes it in
+//! file order, syncs it per the fsync policy and then publishes the new
+//! marks: that round is one group commit, and appends that arrive while it
+//! runs join the next. Waiters resolve in offset order as the marks pass them.
+
+use crate::appender::{FileEnd, Flush};
+use crate::cache::{BatchCache, CacheKey};
+use crate::config::LogConfig;
+use crate::error::{Result, StorageError};
+use crate::log::LogStats;
+use crate::segment::Segment;
+use crate::slice::BatchSlice;
+use fjord_core::FsyncPolicy;
+use futures::channel::oneshot;
+use glommio::channels::local_channel::LocalReceiver;
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub(crate) struct Waiter {
+    /// Offsets below this must be safe.
+    pub(crate) offset_end: u64,
+    /// Needs fdatasync, not only the write.
+    pub(crate) needs_sync: bool,
+    pub(crate) tx: oneshot::Sender<Result<(), String>>,
+}
+
+/// A batch staged since the last flush, to be cached once written.
+pub(crate) struct Staged {
+    pub(crate) segment: u64,
+    pub(crate) base_offset: u64,
+    pub(crate) last_offset: u64,
+    pub(crate) position: u64,
+    pub(crate) len: usize,
+}
+
+pub(crate) struct State {
+    /// By base offset; the last one is active.
+    pub(crate) segments: BTreeMap<u64, Segment>,
+    /// Rolled segments the flusher has not yet finished.
+    pub(crate) sealing: Vec<u64>,
+    /// Segments written since the last fdatasync.
+    pub(crate) unsynced: Vec<u64>,
+    pub(crate) offset_next: u64,
+    pub(crate) offset_written: u64,
+    pub(crate) offset_durable: u64,
+    pub(crate) staged: Vec<Staged>,
+    pub(crate) waiters: VecDeque<Waiter>,
+    pub(crate) synced_at: Instant,
+    pub(crate) failed: Option<String>,
+    pub(crate) closed: bool,
+    pub(crate) leader_epoch: i32,
+    pub(crate) stats: LogStats,
+}
+
+impl State {
+    pub(crate) fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    pub(crate) fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    pub(crate) fn offset_start(&self) -> u64 {
+        self.segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.offset_next)
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if let Some(message) = &self.failed {
+            return Err(StorageError::Failed(message.clone()));
+        }
+        if self.closed {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Resolves every waiter whose offsets are now safe; waiters are in
+    /// offset order, so this stops at the first that is not.
+    pub(crate) fn release_waiters(&mut self) {
+        while let Some(w) = self.waiters.front() {
+            let mark = if w.needs_sync {
+                self.offset_durable
+            } else {
+                self.offset_written
+            };
+            if w.offset_end > mark {
+                break;
+            }
+            if let Some(w) = self.waiters.pop_front() {
+                let _ = w.tx.send(Ok(()));
+            }
+        }
+    }
+
+    pub(crate) fn fail(&mut self, message: String) {
+        for w in self.waiters.drain(..) {
+            let _ = w.tx.send(Err(message.clone()));
+        }
+        self.failed.get_or_insert(message);
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) cache: Rc<BatchCache>,
+    pub(crate) cache_key: CacheKey,
+    pub(crate) state: RefCell<State>,
+    /// Serializes appends, so offsets follow call order even across a roll.
+    pub(crate) append_turn: Semaphore,
+    /// Bytes that may be staged but not yet written: appends wait for room.
+    pub(crate) staged_room: Semaphore,
+}
+
+impl Inner {
+    pub(crate) fn closed_or_failed(&self) -> StorageError {
+        match &self.state.borrow().failed {
+            Some(message) => StorageError::Failed(message.clone()),
+            None => StorageError::Closed,
+        }
+    }
+
+    pub(crate) fn roll_due(&self, batch_len: usize, now_ms: i64) -> bool {
+        let st = self.state.borrow();
+        let active = st.active();
+        if active.is_empty() {
+            return false;
+        }
+        let full = active.log.len() + batch_len as u64 > self.config.segment_bytes;
+        let old = self
+            .config
+            .segment_age
+            .is_some_and(|age| now_ms - active.created_ms >= age.as_millis() as i64);
+        full || old
+    }
+
+    /// Starts a new active segment at the next offset. The flusher finishes
+    /// the old one once its last bytes are written.
+    pub(crate) async fn roll(&self, now_ms: i64) -> Result<()> {
+        let base = self.state.borrow().offset_next;
+        let segment = Segment::create(&self.dir, base, now_ms, &self.config).await?;
+        let mut st = self.state.borrow_mut();
+        let old = st.active().base_offset;
+        st.sealing.push(old);
+        st.segments.insert(base, segment);
+        Ok(())
+    }
+
+    /// One group commit: write what every unfinished segment has staged, in
+    /// offset order, sync per policy, then publish the new marks.
+    pub(crate) async fn flush_once(&self) -> Result<()> {
+        let (flushes, offset_end) = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let active = st.active().base_offset;
+            let mut flushes: Vec<(u64, Flush)> = Vec::new();
+            for base in st.sealing.iter().copied().chain(std::iter::once(active)) {
+                if let Some(flush) = st.segments.get_mut(&base).and_then(|s| s.log.take_flush()) {
+                    if !st.unsynced.contains(&base) {
+                        st.unsynced.push(base);
+                    }
+                    flushes.push((base, flush));
+                }
+            }
+            (flushes, st.offset_next)
+        };
+        for (_, flush) in &flushes {
+            flush.run().await?;
+        }
+        let sync_files = {
+            let st = self.state.borrow();
+            let due = match self.config.fsync {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Interval(every) => st.synced_at.elapsed() >= every,
+                FsyncPolicy::Never => false,
+            };
+            // `flush()` callers wait with `needs_sync`, whatever the policy.
+            let wanted = due || st.waiters.iter().any(|w| w.needs_sync);
+            (wanted && !st.unsynced.is_empty()).then(|| {
+                st.unsynced
+                    .iter()
+                    .filter_map(|b| st.segments.get(b))
+                    .map(|s| s.reader())
+                    .collect::<Vec<_>>()
+            })
+        };
+        if let Some(files) = &sync_files {
+            for file in files {
+                file.file
+                    .fdatasync()
+                    .await
+                    .map_err(StorageError::io("fdatasync", &*file.path))?;
+            }
+        }
+        self.publish(&flushes, offset_end, sync_files.is_some());
+        self.finish_segments().await
+    }
+
+    /// After a flush: move the marks, cache what was written, resolve waiters.
+    pub(crate) fn publish(&self, flushes: &[(u64, Flush)], offset_end: u64, synced: bool) {
+        let mut st = self.state.borrow_mut();
+        let mut written_bytes = 0;
+        for (base, flush) in flushes {
+            if let Some(segment) = st.segments.get_mut(base) {
+                written_bytes += flush.len - segment.log.len_written();
+                segment.log.complete(flush);
+            }
+        }
+        let staged = std::mem::take(&mut st.staged);
+        let (now_staged, done): (Vec<Staged>, Vec<Staged>) = staged
+            .into_iter()
+            .partition(|s| s.base_offset >= offset_end);
+        st.staged = now_staged;
+        self.cache_written(&done, flushes);
+        assert!(offset_end >= st.offset_written);
+        st.offset_written = offset_end;
+        st.stats.flushes += u64::from(!flushes.is_empty());
+        st.stats.syncs += u64::from(synced);
+        if synced {
+            // The flusher is the only writer and it synced every unsynced
+            // file after its writes: nothing written is unsynced now.
+            st.unsynced.clear();
+            st.synced_at = Instant::now();
+        }
+        if st.unsynced.is_empty() {
+            st.offset_durable = offset_end;
+        }
+        st.release_waiters();
+        self.staged_room.signal(written_bytes);
+    }
+
+    pub(crate) fn cache_written(&self, done: &[Staged], flushes: &[(u64, Flush)]) {
+        for (base, flush) in flushes {
+            let mut batches = done.iter().filter(|s| s.segment == *base).peekable();
+            for write in &flush.writes {
+                let end = write.position + write.len as u64;
+                let in_write: Vec<&Staged> =
+                    std::iter::from_fn(|| batches.next_if(|s| s.position + s.len as u64 <= end))
+                        .collect();
+                let Some(share) = write.buffer.len().checked_div(in_write.len()) else {
+                    continue;
+                };
+                for staged in in_write {
+                    debug_assert!(staged.position >= write.position);
+                    let start = (staged.position - write.position) as usize;
+                    let slice = BatchSlice::from_memory(write.buffer.clone(), start, staged.len);
+                    self.cache.insert(
+                        self.cache_key,
+                        staged.base_offset,
+                        staged.last_offset,
+                        slice,
+                        share,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Writes due index entries, and completes rolled segments whose data is
+    /// all written: index flushed, file cut to its length.
+    pub(crate) async fn finish_segments(&self) -> Result<()> {
+        let (index_flushes, finished) = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let mut finished = Vec::new();
+            for &base in &st.sealing {
+                if st
+                    .segments
+                    .get(&base)
+                    .is_some_and(|s| s.log.len_written() == s.log.len())
+                {
+                    finished.push(base);
+                }
+            }
+            let mut flushes = Vec::new();
+            for (base, segment) in st.segments.iter_mut() {
+                let due = finished.contains(base) || segment.index.flush_due();
+                if let Some(flush) = due.then(|| segment.index.file_mut().take_flush()).flatten() {
+                    flushes.push((*base, flush));
+                }
+            }
+            // Both files are cut to their length: a clean stop leaves nothing
+            // for recovery to repair.
+            let finished: Vec<(u64, [FileEnd; 2])> = finished
+                .iter()
+                .filter_map(|b| {
+                    st.segments
+                        .get_mut(b)
+                        .map(|s| (*b, [s.log.file_end(), s.index.file_mut().file_end()]))
+                })
+                .collect();
+            (flushes, finished)
+        };
+        for (_, flush) in &index_flushes {
+            flush.run().await?;
+        }
+        for file in finished.iter().flat_map(|(_, files)| files) {
+            file.truncate().await?;
+        }
+        let mut st = self.state.borrow_mut();
+        for (base, flush) in &index_flushes {
+            if let Some(segment) = st.segments.get_mut(base) {
+                segment.index.file_mut().complete(flush);
+            }
+        }
+        st.sealing.retain(|b| !finished.iter().any(|(f, _)| f == b));
+        Ok(())
+    }
+
+    /// When the interval policy owes a sync, the instant it falls due.
+    pub(crate) fn sync_deadline(&self) -> Option<Instant> {
+        let st = self.state.borrow();
+        match self.config.fsync {
+            FsyncPolicy::Interval(every) if !st.unsynced.is_empty() => Some(st.synced_at + every),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn has_work(&self) -> bool {
+        let st = self.state.borrow();
+        st.offset_written < st.offset_next
+            || st.waiters.iter().any(|w| w.needs_sync)
+            || !st.sealing.is_empty()
+    }
+}
+
+/// The flusher task: one per log, on the log's shard. Runs a group commit
+/// whenever appends kick it, or when an interval sync falls due.
+pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
+    loop {
+        let open = match inner.sync_deadline() {
+            Some(deadline) => {
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_micros(100));
+                let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                let kick = std::pin::pin!(kicked.recv());
+                match futures::future::select(kick, timer).await {
+                    futures::future::Either::Left((kick, _)) => kick.is_some(),
+                    futures::future::Either::Right(_) => true,
+                }
+            }
+            None => kicked.recv().await.is_some(),
+        };
+        let closing = !open || inner.state.borrow().closed;
+        if closing && !inner.has_work() {
+            break;
+        }
+        if let Err(e) = inner.flush_once().await {
+            let mut st = inner.state.borrow_mut();
+            st.fail(e.to_string());
+            drop(st);
+            inner.append_turn.close();
+            inner.staged_room.close();
+            break;
+        }
+        if closing && !inner.has_work() {
+            break;
+        }
+    }
+}
