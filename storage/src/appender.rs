@@ -64,30 +64,43 @@ pub struct Flush {
 }
 
 impl Flush {
-    /// Issues the writes in order, growing the file first when needed.
-    pub async fn run(&self) -> Result<()> {
+    /// Grows the file first when the writes need room.
+    pub async fn preallocate(&self) -> Result<()> {
         if let Some(size) = self.allocate_to {
             self.file
                 .pre_allocate(size, false)
                 .await
                 .map_err(StorageError::io("fallocate", &*self.path))?;
         }
+        Ok(())
+    }
+
+    /// Issues one of the writes. Call in order, each after the previous one
+    /// completed: consecutive writes share a block.
+    pub async fn write(&self, write: &Write) -> Result<()> {
+        let done = self
+            .file
+            .write_rc_at(write.buffer.clone(), write.position)
+            .await
+            .map_err(StorageError::io("write", &*self.path))?;
+        if done != write.buffer.len() {
+            return Err(StorageError::Io {
+                op: "write",
+                path: self.path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {done} of {}", write.buffer.len()),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Preallocates and issues every write, in order.
+    pub async fn run(&self) -> Result<()> {
+        self.preallocate().await?;
         for write in &self.writes {
-            let done = self
-                .file
-                .write_rc_at(write.buffer.clone(), write.position)
-                .await
-                .map_err(StorageError::io("write", &*self.path))?;
-            if done != write.buffer.len() {
-                return Err(StorageError::Io {
-                    op: "write",
-                    path: self.path.to_path_buf(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short write: {done} of {}", write.buffer.len()),
-                    ),
-                });
-            }
+            self.write(write).await?;
         }
         Ok(())
     }
@@ -250,9 +263,24 @@ impl Appender {
             writes.push(seal(std::mem::replace(&mut self.open, next)));
         }
         let end = align_up(self.len);
-        let allocate_to = (end > self.allocated)
-            .then(|| end.div_ceil(self.preallocate_bytes) * self.preallocate_bytes);
-        if let Some(size) = allocate_to {
+        let mut allocate_to = None;
+        if end + self.preallocate_bytes / 2 > self.allocated {
+            let size = (end + self.preallocate_bytes).div_ceil(self.preallocate_bytes)
+                * self.preallocate_bytes;
+            if end > self.allocated {
+                // No room for these writes: they wait for the fallocate.
+                allocate_to = Some(size);
+            } else {
+                // Half a step is left: grow the file now, beside the writes,
+                // so that they never wait for block allocation. A failure
+                // costs only speed: writes past the allocation extend the
+                // file themselves, and a full disk fails them.
+                let file = self.file.clone();
+                glommio::spawn_local(async move {
+                    let _ = file.pre_allocate(size, false).await;
+                })
+                .detach();
+            }
             self.allocated = size;
         }
         Some(Flush {
@@ -266,8 +294,18 @@ impl Appender {
 
     /// Records that a flush taken earlier is on disk.
     pub fn complete(&mut self, flush: &Flush) {
-        assert!(flush.len >= self.len_written && flush.len <= self.len);
-        self.len_written = flush.len;
+        self.complete_to(flush.len);
+    }
+
+    /// Records that the file is written up to `len`.
+    pub fn complete_to(&mut self, len: u64) {
+        assert!(
+            len >= self.len_written && len <= self.len,
+            "written length {len} outside [{}, {}]",
+            self.len_written,
+            self.len
+        );
+        self.len_written = len;
     }
 
     /// A chunk that continues the file after the open one: it starts at the

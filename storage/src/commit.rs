@@ -6,7 +6,7 @@
 //! marks: that round is one group commit, and appends that arrive while it
 //! runs join the next. Waiters resolve in offset order as the marks pass them.
 
-use crate::appender::{FileEnd, Flush};
+use crate::appender::{FileEnd, Flush, Write};
 use crate::cache::{BatchCache, CacheKey};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
@@ -165,9 +165,10 @@ impl Inner {
     }
 
     /// One group commit: write what every unfinished segment has staged, in
-    /// offset order, sync per policy, then publish the new marks.
+    /// offset order, publishing each write as it completes; then sync per
+    /// policy and publish durability.
     pub(crate) async fn flush_once(&self) -> Result<()> {
-        let (flushes, offset_end) = {
+        let flushes = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
             let active = st.active().base_offset;
@@ -180,10 +181,14 @@ impl Inner {
                     flushes.push((base, flush));
                 }
             }
-            (flushes, st.offset_next)
+            flushes
         };
-        for (_, flush) in &flushes {
-            flush.run().await?;
+        for (base, flush) in &flushes {
+            flush.preallocate().await?;
+            for write in &flush.writes {
+                flush.write(write).await?;
+                self.publish_write(*base, write);
+            }
         }
         let sync_files = {
             let st = self.state.borrow();
@@ -210,68 +215,63 @@ impl Inner {
                     .map_err(StorageError::io("fdatasync", &*file.path))?;
             }
         }
-        self.publish(&flushes, offset_end, sync_files.is_some());
+        {
+            let mut st = self.state.borrow_mut();
+            st.stats.flushes += u64::from(!flushes.is_empty());
+            if sync_files.is_some() {
+                // The flusher is the only writer and it synced every unsynced
+                // file after its writes: nothing written is unsynced now.
+                st.stats.syncs += 1;
+                st.unsynced.clear();
+                st.synced_at = Instant::now();
+            }
+            if st.unsynced.is_empty() {
+                st.offset_durable = st.offset_written;
+            }
+            st.release_waiters();
+        }
         self.finish_segments().await
     }
 
-    /// After a flush: move the marks, cache what was written, resolve waiters.
-    pub(crate) fn publish(&self, flushes: &[(u64, Flush)], offset_end: u64, synced: bool) {
+    /// After one write: move `offset_written` past the batches it completed,
+    /// cache them, resolve the waiters that needed only the write, and give
+    /// their bytes back to the staging budget.
+    fn publish_write(&self, segment_base: u64, write: &Write) {
         let mut st = self.state.borrow_mut();
-        let mut written_bytes = 0;
-        for (base, flush) in flushes {
-            if let Some(segment) = st.segments.get_mut(base) {
-                written_bytes += flush.len - segment.log.len_written();
-                segment.log.complete(flush);
-            }
+        let end = write.position + write.len as u64;
+        let Some(segment) = st.segments.get_mut(&segment_base) else {
+            return;
+        };
+        let written_bytes = end.saturating_sub(segment.log.len_written());
+        segment.log.complete_to(end);
+        // Segments are written in offset order, so the batches this write
+        // completed are a prefix of the staged ones.
+        let done = st
+            .staged
+            .iter()
+            .take_while(|b| b.segment == segment_base && b.position + b.len as u64 <= end)
+            .count();
+        let share = write.buffer.len().checked_div(done).unwrap_or(0);
+        for staged in st.staged.drain(..done) {
+            debug_assert!(staged.position >= write.position);
+            let start = (staged.position - write.position) as usize;
+            let slice = BatchSlice::from_memory(write.buffer.clone(), start, staged.len);
+            self.cache.insert(
+                self.cache_key,
+                staged.base_offset,
+                staged.last_offset,
+                slice,
+                share,
+            );
         }
-        let staged = std::mem::take(&mut st.staged);
-        let (now_staged, done): (Vec<Staged>, Vec<Staged>) = staged
-            .into_iter()
-            .partition(|s| s.base_offset >= offset_end);
-        st.staged = now_staged;
-        self.cache_written(&done, flushes);
-        assert!(offset_end >= st.offset_written);
-        st.offset_written = offset_end;
-        st.stats.flushes += u64::from(!flushes.is_empty());
-        st.stats.syncs += u64::from(synced);
-        if synced {
-            // The flusher is the only writer and it synced every unsynced
-            // file after its writes: nothing written is unsynced now.
-            st.unsynced.clear();
-            st.synced_at = Instant::now();
-        }
-        if st.unsynced.is_empty() {
-            st.offset_durable = offset_end;
-        }
+        let offset_written = st.staged.first().map_or(st.offset_next, |b| b.base_offset);
+        assert!(
+            offset_written >= st.offset_written,
+            "written mark moved back"
+        );
+        st.offset_written = offset_written;
         st.release_waiters();
         self.staged_room.signal(written_bytes);
-    }
-
-    pub(crate) fn cache_written(&self, done: &[Staged], flushes: &[(u64, Flush)]) {
-        for (base, flush) in flushes {
-            let mut batches = done.iter().filter(|s| s.segment == *base).peekable();
-            for write in &flush.writes {
-                let end = write.position + write.len as u64;
-                let in_write: Vec<&Staged> =
-                    std::iter::from_fn(|| batches.next_if(|s| s.position + s.len as u64 <= end))
-                        .collect();
-                let Some(share) = write.buffer.len().checked_div(in_write.len()) else {
-                    continue;
-                };
-                for staged in in_write {
-                    debug_assert!(staged.position >= write.position);
-                    let start = (staged.position - write.position) as usize;
-                    let slice = BatchSlice::from_memory(write.buffer.clone(), start, staged.len);
-                    self.cache.insert(
-                        self.cache_key,
-                        staged.base_offset,
-                        staged.last_offset,
-                        slice,
-                        share,
-                    );
-                }
-            }
-        }
     }
 
     /// Writes due index entries, and completes rolled segments whose data is

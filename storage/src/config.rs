@@ -41,7 +41,7 @@ impl Default for LogConfig {
             max_batch_bytes: 1024 * 1024 + 12,
             fsync: FsyncPolicy::Never,
             index_interval_bytes: 4096,
-            preallocate_bytes: 32 << 20,
+            preallocate_bytes: 64 << 20,
             write_buffer_bytes: 4 << 20,
             staged_bytes_max: 64 << 20,
         }

@@ -1,0 +1,143 @@
+//! Criterion benchmarks of Fjord's hot paths: CRC-32C, batch validation,
+//! log append (1 KiB / 16 KiB / 1 MiB batches, fsync never and always), tail
+//! reads from the batch cache and cold reads from disk.
+//!
+//! Run: `cargo bench -p fjord-perf`. Log benches write under `target/bench`.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fjord_core::{Batch, FsyncPolicy};
+use fjord_perf::append::{self, Scenario};
+use fjord_storage::{BatchCache, DataDir, Log, LogConfig};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// As in the `probe` binary: jemalloc keeps DMA buffers' pages warm.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+}
+
+fn crc32c(c: &mut Criterion) {
+    let mut group = c.benchmark_group("crc32c");
+    for size in [1 << 10, 16 << 10, 1 << 20] {
+        let data = vec![0xa5u8; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, data| {
+            b.iter(|| crc32c::crc32c(data))
+        });
+    }
+    group.finish();
+}
+
+fn validate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batch_validate");
+    for size in [1 << 10, 16 << 10, 1 << 20] {
+        let batch = append::batch_of(size);
+        group.throughput(Throughput::Bytes(batch.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &batch, |b, batch| {
+            b.iter(|| Batch::validate(batch).map(|b| b.record_count()))
+        });
+    }
+    group.finish();
+}
+
+fn log_append(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log_append");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for fsync in [FsyncPolicy::Never, FsyncPolicy::Always] {
+        for size in [1 << 10, 16 << 10, 1 << 20] {
+            // Always: 8 appenders, each waiting for its ack (group commit's
+            // case); never: one appender pipelining 64 appends.
+            let (appenders, in_flight) = if fsync == FsyncPolicy::Always {
+                (8, 1)
+            } else {
+                (1, 64)
+            };
+            group.throughput(Throughput::Bytes(size as u64));
+            group.bench_function(BenchmarkId::new(fsync.to_string(), size), |b| {
+                b.iter_custom(|iters| {
+                    let scenario = Scenario {
+                        batch_bytes: size,
+                        appenders,
+                        in_flight,
+                        fsync,
+                        total_bytes: iters * size as u64,
+                    };
+                    let outcome =
+                        append::run(&bench_dir(), scenario, None).expect("append scenario");
+                    Duration::from_secs_f64(
+                        outcome.rate.seconds * iters as f64 / outcome.appends.max(1) as f64,
+                    )
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Reads `reads` times 1 MiB from a log of 64 MiB in 16 KiB batches, from the
+/// tail (cache) or from the start (disk, cache disabled).
+fn read_scenario(from_cache: bool, reads: u64) -> Duration {
+    let data = DataDir::create(bench_dir()).expect("bench dir");
+    fjord_storage::shard::executor("bench-read", glommio::Placement::Unbound)
+        .spawn(move || async move {
+            data.prime().await.expect("prime");
+            let dir = data.path().join(if from_cache {
+                "read-cache"
+            } else {
+                "read-disk"
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+            let cache = BatchCache::new(if from_cache { 256 << 20 } else { 0 });
+            let log = Rc::new(
+                Log::open(&dir, LogConfig::default(), cache)
+                    .await
+                    .expect("open"),
+            );
+            let batch = append::batch_of(16 << 10);
+            for _ in 0..(64 << 20) / batch.len() {
+                log.append(&batch).await.expect("append");
+            }
+            log.flush().await.expect("flush");
+            let end = log.offset_written();
+            let per_read =
+                (1 << 20) / batch.len() as u64 * (end / ((64 << 20) / batch.len() as u64)).max(1);
+            let start = Instant::now();
+            for i in 0..reads {
+                let offset = if from_cache {
+                    end.saturating_sub(per_read)
+                } else {
+                    (i * per_read) % end.saturating_sub(per_read).max(1)
+                };
+                let read = log.read(offset, 1 << 20).await.expect("read");
+                assert!(read.len_bytes() > 0);
+            }
+            let elapsed = start.elapsed();
+            log.close().await.expect("close");
+            std::fs::remove_dir_all(&dir).expect("cleanup");
+            elapsed
+        })
+        .expect("executor")
+        .join()
+        .expect("join")
+}
+
+fn log_read(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log_read_1MiB");
+    group.sample_size(10).throughput(Throughput::Bytes(1 << 20));
+    group.bench_function("tail_from_cache", |b| {
+        b.iter_custom(|iters| read_scenario(true, iters))
+    });
+    group.bench_function("cold_from_disk", |b| {
+        b.iter_custom(|iters| read_scenario(false, iters))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, crc32c, validate, log_append, log_read);
+criterion_main!(benches);

@@ -1,0 +1,155 @@
+//! `probe`: measures this machine's I/O ceilings with raw io_uring, then
+//! (unless `--limits-only`) Fjord's partition log under the same loads, and
+//! prints each Fjord figure as a fraction of its ceiling from the same run.
+
+use clap::Parser;
+use fjord_core::FsyncPolicy;
+use fjord_perf::append::{self, Scenario};
+use fjord_perf::limits;
+use std::path::PathBuf;
+
+/// DMA buffers are large, short-lived heap allocations; jemalloc reuses
+/// their warm pages where glibc unmapped and refaulted them (measured: a
+/// fifth of the shard's time in page faults).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(about = "Probe the machine's I/O limits and Fjord's log against them")]
+struct Args {
+    /// Directory for probe files, on the disk to measure.
+    #[arg(long, default_value = "target/probe")]
+    dir: PathBuf,
+    /// Bytes written by each throughput run.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// Queue depth of the raw O_DIRECT write probe.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    /// fdatasync samples.
+    #[arg(long, default_value_t = 2000)]
+    syncs: u64,
+    /// Only the raw probes, not Fjord's log.
+    #[arg(long)]
+    limits_only: bool,
+    /// Run only the log scenario with this index (0-based), e.g. to profile it.
+    #[arg(long)]
+    only: Option<usize>,
+    /// Write the figures as JSON here.
+    #[arg(long, default_value = "target/probe.json")]
+    json: PathBuf,
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir)?;
+    let write = limits::direct_write(
+        &args.dir.join("probe-write"),
+        1 << 20,
+        args.depth,
+        args.bytes,
+    )?;
+    let sync = limits::fdatasync_latency(&args.dir.join("probe-sync"), args.syncs)?;
+    let tcp = limits::loopback_tcp(256 * 1024, args.bytes.max(1 << 30))?;
+    println!("machine limits (raw io_uring)");
+    println!(
+        "  {:<44} {:>10.3} GB/s",
+        format!("O_DIRECT sequential write, 1 MiB x QD{}", args.depth),
+        write.gb_per_sec()
+    );
+    println!(
+        "  {:<44} p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  max {:.0} us",
+        "fdatasync after 4 KiB write", sync.p50_us, sync.p99_us, sync.p999_us, sync.max_us
+    );
+    println!(
+        "  {:<44} {:>10.3} GB/s",
+        "loopback TCP, one connection",
+        tcp.gb_per_sec()
+    );
+
+    let mut report = serde_json::json!({
+        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "fdatasync": sync, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
+    });
+    if !args.limits_only {
+        let scenarios = [
+            Scenario {
+                batch_bytes: 1 << 20,
+                appenders: 1,
+                in_flight: 32,
+                fsync: FsyncPolicy::Never,
+                total_bytes: args.bytes,
+            },
+            Scenario {
+                batch_bytes: 16 << 10,
+                appenders: 1,
+                in_flight: 64,
+                fsync: FsyncPolicy::Never,
+                total_bytes: args.bytes / 2,
+            },
+            Scenario {
+                batch_bytes: 1 << 10,
+                appenders: 1,
+                in_flight: 256,
+                fsync: FsyncPolicy::Never,
+                total_bytes: args.bytes / 8,
+            },
+            Scenario {
+                batch_bytes: 16 << 10,
+                appenders: 8,
+                in_flight: 1,
+                fsync: FsyncPolicy::Always,
+                total_bytes: args.bytes / 4,
+            },
+            Scenario {
+                batch_bytes: 16 << 10,
+                appenders: 32,
+                in_flight: 1,
+                fsync: FsyncPolicy::Always,
+                total_bytes: args.bytes / 4,
+            },
+            Scenario {
+                batch_bytes: 1 << 20,
+                appenders: 8,
+                in_flight: 1,
+                fsync: FsyncPolicy::Always,
+                total_bytes: args.bytes,
+            },
+        ];
+        println!("fjord partition log (one shard)");
+        let mut outcomes = Vec::new();
+        for (_, scenario) in scenarios
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| args.only.is_none_or(|only| only == *i))
+        {
+            let outcome = append::run(&args.dir, scenario, None)?;
+            let label = format!(
+                "{} KiB batches, {} appender(s) x {} in flight, fsync={}",
+                scenario.batch_bytes >> 10,
+                scenario.appenders,
+                scenario.in_flight,
+                scenario.fsync
+            );
+            println!(
+                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit; ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs",
+                outcome.rate.gb_per_sec(),
+                100.0 * outcome.rate.bytes_per_sec() / write.bytes_per_sec(),
+                outcome.latency.p50_us,
+                outcome.latency.p99_us,
+                outcome.appends,
+                outcome.flushes,
+                outcome.syncs
+            );
+            outcomes.push(serde_json::json!({
+                "scenario": scenario,
+                "outcome": outcome,
+                "gb_per_sec": outcome.rate.gb_per_sec(),
+                "fraction_of_write_limit": outcome.rate.bytes_per_sec() / write.bytes_per_sec(),
+            }));
+        }
+        report["log_append"] = serde_json::Value::Array(outcomes);
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("figures written to {}", args.json.display());
+    Ok(())
+}

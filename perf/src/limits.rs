@@ -1,0 +1,195 @@
+//! Raw io_uring probes of the machine's ceilings. Each probe uses its own
+//! ring and plain file descriptors: nothing of Fjord or glommio, so the
+//! figures bound what any software on this machine can do.
+
+use crate::aligned::AlignedBuf;
+use crate::{Latency, Rate};
+use io_uring::{IoUring, opcode, types};
+use std::fs::OpenOptions;
+use std::io::{self, Read};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+fn file_for_probe(path: &Path, size: u64) -> io::Result<std::fs::File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    // Preallocate as Fjord's segments are, so both pay the same extent costs.
+    // SAFETY: fallocate on a valid fd with no pointers involved.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+fn completion_result(cqe: &io_uring::cqueue::Entry, expected: usize) -> io::Result<()> {
+    match cqe.result() {
+        r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+        r if r as usize != expected => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short I/O: {r} of {expected}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// O_DIRECT sequential writes of `block` bytes, `depth` in flight, until
+/// `total` bytes are written to a fresh preallocated file at `path`.
+pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
+    assert!(block.is_multiple_of(crate::aligned::ALIGN) && depth > 0);
+    let file = file_for_probe(path, total)?;
+    let fd = types::Fd(file.as_raw_fd());
+    let mut ring = IoUring::new(depth.next_power_of_two() as u32 * 2)?;
+    let mut buffers: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(block)).collect();
+    for (i, b) in buffers.iter_mut().enumerate() {
+        b.as_mut_slice().fill(i as u8 | 0x80);
+    }
+    let blocks = total / block as u64;
+    let (mut submitted, mut completed) = (0u64, 0u64);
+    let start = Instant::now();
+    while completed < blocks {
+        while submitted < blocks && submitted - completed < depth as u64 {
+            let buffer = &buffers[(submitted % depth as u64) as usize];
+            let entry = opcode::Write::new(fd, buffer.as_ptr(), block as u32)
+                .offset(submitted * block as u64)
+                .build()
+                .user_data(submitted);
+            // SAFETY: the buffer outlives the operation: it is only reused
+            // once its completion has been reaped below.
+            unsafe {
+                ring.submission()
+                    .push(&entry)
+                    .map_err(|_| io::Error::other("submission queue full"))?
+            };
+            submitted += 1;
+        }
+        ring.submit_and_wait(1)?;
+        for cqe in ring.completion() {
+            completion_result(&cqe, block)?;
+            completed += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(Rate {
+        bytes: blocks * block as u64,
+        seconds,
+    })
+}
+
+/// Latency of fdatasync after each O_DIRECT 4 KiB append, `samples` times.
+pub fn fdatasync_latency(path: &Path, samples: u64) -> io::Result<Latency> {
+    const WRITE: usize = 4096;
+    let file = file_for_probe(path, samples * WRITE as u64)?;
+    let fd = types::Fd(file.as_raw_fd());
+    let mut ring = IoUring::new(8)?;
+    let mut buffer = AlignedBuf::new(WRITE);
+    buffer.as_mut_slice().fill(0x5a);
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).map_err(io::Error::other)?;
+    let mut run = |entry: io_uring::squeue::Entry, expected: usize| -> io::Result<u64> {
+        let start = Instant::now();
+        // SAFETY: `buffer` outlives the operation, which is reaped before returning.
+        unsafe {
+            ring.submission()
+                .push(&entry)
+                .map_err(|_| io::Error::other("submission queue full"))?
+        };
+        ring.submit_and_wait(1)?;
+        let cqe = ring
+            .completion()
+            .next()
+            .ok_or_else(|| io::Error::other("no completion"))?;
+        completion_result(&cqe, expected)?;
+        Ok(start.elapsed().as_nanos() as u64)
+    };
+    for i in 0..samples {
+        run(
+            opcode::Write::new(fd, buffer.as_ptr(), WRITE as u32)
+                .offset(i * WRITE as u64)
+                .build(),
+            WRITE,
+        )?;
+        let nanos = run(
+            opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            0,
+        )?;
+        histogram.record(nanos.max(1)).map_err(io::Error::other)?;
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(Latency::from_histogram_ns(&histogram))
+}
+
+/// Loopback TCP throughput: one connection, the sender submitting `chunk`
+/// byte sends through io_uring, four in flight, until `total` bytes are sent;
+/// a plain reader thread drains the other end.
+pub fn loopback_tcp(chunk: usize, total: u64) -> io::Result<Rate> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> io::Result<u64> {
+        let (mut socket, _) = listener.accept()?;
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut received = 0u64;
+        loop {
+            match socket.read(&mut buffer)? {
+                0 => return Ok(received),
+                n => received += n as u64,
+            }
+        }
+    });
+    let socket = TcpStream::connect(address)?;
+    socket.set_nodelay(true)?;
+    let fd = types::Fd(socket.as_raw_fd());
+    const DEPTH: u64 = 4;
+    let mut ring = IoUring::new(8)?;
+    let buffer = vec![0x42u8; chunk];
+    // Every byte is the same, so a short send needs no resend of its tail:
+    // the shortfall is simply owed by later sends.
+    let (mut sent, mut in_flight, mut in_flight_bytes) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while sent < total {
+        while in_flight < DEPTH && sent + in_flight_bytes < total {
+            let len = chunk.min((total - sent - in_flight_bytes) as usize);
+            let entry = opcode::Send::new(fd, buffer.as_ptr(), len as u32)
+                .build()
+                .user_data(len as u64);
+            // SAFETY: `buffer` is never written and outlives every send.
+            unsafe {
+                ring.submission()
+                    .push(&entry)
+                    .map_err(|_| io::Error::other("submission queue full"))?
+            };
+            in_flight += 1;
+            in_flight_bytes += len as u64;
+        }
+        ring.submit_and_wait(1)?;
+        for cqe in ring.completion() {
+            if cqe.result() < 0 {
+                return Err(io::Error::from_raw_os_error(-cqe.result()));
+            }
+            in_flight -= 1;
+            in_flight_bytes -= cqe.user_data();
+            sent += cqe.result() as u64;
+        }
+    }
+    drop(socket);
+    let received = reader
+        .join()
+        .map_err(|_| io::Error::other("reader panicked"))??;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Rate {
+        bytes: received,
+        seconds,
+    })
+}
