@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench -p fjord-perf`. Log benches write under `target/bench`.
 
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fjord_core::{Batch, FsyncPolicy};
 use fjord_perf::append::{self, Scenario};

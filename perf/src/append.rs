@@ -78,14 +78,17 @@ async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
         max_batch_bytes: scenario.batch_bytes + 4096,
         ..LogConfig::default()
     };
+    // Unique per run: concurrent runs (two benches, a bench and a probe)
+    // must not share a log directory.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = data
+        .path()
+        .join(format!("perf-{}-{run}", std::process::id()));
     let log = Rc::new(
-        Log::open(
-            data.path().join("perf-0"),
-            config,
-            BatchCache::new(64 << 20),
-        )
-        .await
-        .map_err(io::Error::other)?,
+        Log::open(&dir, config, BatchCache::new(64 << 20))
+            .await
+            .map_err(io::Error::other)?,
     );
     let batch = Rc::new(batch_of(scenario.batch_bytes));
     let batches = (scenario.total_bytes / batch.len() as u64).max(1);
@@ -118,7 +121,7 @@ async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
     let seconds = start.elapsed().as_secs_f64();
     let stats = log.stats();
     log.close().await.map_err(io::Error::other)?;
-    std::fs::remove_dir_all(data.path().join("perf-0"))?;
+    std::fs::remove_dir_all(&dir)?;
     Ok(Outcome {
         rate: Rate {
             bytes: stats.appends * batch.len() as u64,

@@ -193,3 +193,31 @@ pub fn loopback_tcp(chunk: usize, total: u64) -> io::Result<Rate> {
         seconds,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_dir() -> std::path::PathBuf {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/probe-test");
+        std::fs::create_dir_all(&dir).expect("probe dir");
+        dir
+    }
+
+    #[test]
+    fn probes_move_the_bytes_they_claim_and_clean_up() {
+        let dir = probe_dir();
+        let write = direct_write(&dir.join("w"), 64 * 1024, 4, 4 << 20).expect("direct write");
+        assert_eq!(write.bytes, 4 << 20);
+        assert!(write.seconds > 0.0 && !dir.join("w").exists());
+        let sync = fdatasync_latency(&dir.join("s"), 20).expect("fdatasync");
+        assert_eq!(sync.samples, 20);
+        assert!(sync.p50_us > 0.0 && sync.p50_us <= sync.max_us);
+        let tcp = loopback_tcp(64 * 1024, 8 << 20).expect("loopback");
+        assert_eq!(
+            tcp.bytes,
+            8 << 20,
+            "the reader must receive every byte sent"
+        );
+    }
+}

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 #[test]
 fn appends_assign_contiguous_offsets_and_read_back_byte_identical() {
-    let (_tmp, dir) = data_dir();
-    run(&dir, |dir| async move {
+    run_fresh(|dir| async move {
         let cache = BatchCache::new(0); // disk path only
         let log = open(&dir, "p0", LogConfig::default(), &cache).await;
         let mut expected = Vec::new();
@@ -46,8 +45,7 @@ fn appends_assign_contiguous_offsets_and_read_back_byte_identical() {
 
 #[test]
 fn read_starts_at_the_batch_holding_the_offset_and_respects_max_bytes() {
-    let (_tmp, dir) = data_dir();
-    run(&dir, |dir| async move {
+    run_fresh(|dir| async move {
         for budget in [0, 64 << 20] {
             let cache = BatchCache::new(budget);
             let log = open(
@@ -99,8 +97,7 @@ fn read_starts_at_the_batch_holding_the_offset_and_respects_max_bytes() {
 
 #[test]
 fn tail_reads_come_from_the_cache_within_its_budget() {
-    let (_tmp, dir) = data_dir();
-    run(&dir, |dir| async move {
+    run_fresh(|dir| async move {
         let cache = BatchCache::new(1 << 20);
         let log = open(&dir, "p0", LogConfig::default(), &cache).await;
         for seed in 0..64 {
@@ -142,8 +139,7 @@ fn tail_reads_come_from_the_cache_within_its_budget() {
 
 #[test]
 fn concurrent_appends_share_group_commits_under_fsync_always() {
-    let (_tmp, dir) = data_dir();
-    run(&dir, |dir| async move {
+    run_fresh(|dir| async move {
         let cache = BatchCache::new(16 << 20);
         let config = LogConfig {
             fsync: FsyncPolicy::Always,
@@ -193,8 +189,7 @@ fn concurrent_appends_share_group_commits_under_fsync_always() {
 
 #[test]
 fn segments_roll_by_size_and_age_and_retention_moves_the_start() {
-    let (_tmp, dir) = data_dir();
-    run(&dir, |dir| async move {
+    run_fresh(|dir| async move {
         let cache = BatchCache::new(0);
         let config = LogConfig {
             segment_bytes: 64 * 1024,
@@ -291,8 +286,7 @@ fn segments_roll_by_size_and_age_and_retention_moves_the_start() {
 
 #[test]
 fn offsets_for_timestamps() {
-    let (_tmp, dir) = data_dir();
-    run(&dir, |dir| async move {
+    run_fresh(|dir| async move {
         let cache = BatchCache::new(0);
         let config = LogConfig {
             segment_bytes: 64 * 1024,
@@ -333,8 +327,7 @@ fn offsets_for_timestamps() {
 
 #[test]
 fn clean_reopen_restores_offsets_exactly_and_repairs_nothing() {
-    let (_tmp, dir) = data_dir();
-    run(&dir, |dir| async move {
+    run_fresh(|dir| async move {
         let cache = BatchCache::new(0);
         let config = LogConfig {
             segment_bytes: 128 * 1024,
@@ -372,8 +365,7 @@ fn clean_reopen_restores_offsets_exactly_and_repairs_nothing() {
 
 #[test]
 fn bad_batches_are_rejected_and_change_nothing() {
-    let (_tmp, dir) = data_dir();
-    run(&dir, |dir| async move {
+    run_fresh(|dir| async move {
         let cache = BatchCache::new(0);
         let log = open(
             &dir,

@@ -34,6 +34,16 @@ where
         .expect("executor");
 }
 
+/// Runs `test` on a fresh data directory that is removed afterwards.
+pub fn run_fresh<F, Fut>(test: F)
+where
+    F: FnOnce(DataDir) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let (_tmp, dir) = data_dir();
+    run(&dir, test);
+}
+
 /// The payload of record `i` of batch `seed`: deterministic, so a reader can
 /// check bytes without keeping what was written.
 pub fn payload(seed: u64, i: usize, len: usize) -> Vec<u8> {
