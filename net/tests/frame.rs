@@ -177,24 +177,37 @@ fn garbage_headers_fail_verification() {
     ));
 }
 
+/// Decodes `bytes` and touches every field a broker would read; any
+/// failure must be an error value.
+fn walk(bytes: &[u8]) {
+    let Ok(Some((frame, used))) = frame::decode(bytes, &Limits::default()) else {
+        return;
+    };
+    assert!(used <= bytes.len());
+    let Ok(header) = frame.request_header() else {
+        return;
+    };
+    let _ = header.client_id();
+    let Some(produce) = header.body_as_produce_request() else {
+        return;
+    };
+    for topic in produce.topics().into_iter().flatten() {
+        let _ = topic.name();
+        for range in topic
+            .partitions()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.records())
+        {
+            let _ = frame.payload_range(range);
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        if let Ok(Some((frame, used))) = frame::decode(&bytes, &Limits::default()) {
-            prop_assert!(used <= bytes.len());
-            if let Ok(header) = frame.request_header() {
-                let _ = header.client_id();
-                if let Some(produce) = header.body_as_produce_request() {
-                    for topic in produce.topics().into_iter().flatten() {
-                        for partition in topic.partitions().into_iter().flatten() {
-                            if let Some(range) = partition.records() {
-                                let _ = frame.payload_range(range);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        walk(&bytes);
     }
 
     #[test]
@@ -204,19 +217,6 @@ proptest! {
             let at = at.index(bytes.len());
             bytes[at] = value;
         }
-        if let Ok(Some((frame, _))) = frame::decode(&bytes, &Limits::default()) {
-            if let Ok(header) = frame.request_header() {
-                if let Some(produce) = header.body_as_produce_request() {
-                    for topic in produce.topics().into_iter().flatten() {
-                        let _ = topic.name();
-                        for partition in topic.partitions().into_iter().flatten() {
-                            if let Some(range) = partition.records() {
-                                let _ = frame.payload_range(range);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        walk(&bytes);
     }
 }
