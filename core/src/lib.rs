@@ -6,9 +6,11 @@ pub mod batch;
 pub mod builder;
 pub mod config;
 pub mod record;
+pub mod topic;
 mod varint;
 
 pub use batch::{Batch, BatchError, Compression, HEADER_LEN};
 pub use builder::{BatchBuilder, Header as RecordHeader};
 pub use config::FsyncPolicy;
 pub use record::{Record, Records};
+pub use topic::{TopicConfig, TopicError};

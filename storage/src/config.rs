@@ -1,6 +1,6 @@
 //! Per-log settings, named after the Kafka topic configs they implement.
 
-use fjord_core::FsyncPolicy;
+use fjord_core::{FsyncPolicy, TopicConfig};
 use std::time::Duration;
 
 /// How a partition log rolls, retains, indexes and syncs.
@@ -33,22 +33,28 @@ pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
 
 impl Default for LogConfig {
     fn default() -> Self {
+        LogConfig::for_topic(&TopicConfig::default())
+    }
+}
+
+impl LogConfig {
+    /// The settings of a partition log of a topic configured so; the
+    /// storage-only settings keep their defaults.
+    pub fn for_topic(topic: &TopicConfig) -> LogConfig {
         LogConfig {
-            segment_bytes: 1 << 30,
-            segment_age: Some(Duration::from_secs(7 * 24 * 3600)),
-            retention_bytes: None,
-            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
-            max_batch_bytes: 1024 * 1024 + 12,
-            fsync: FsyncPolicy::Never,
+            segment_bytes: topic.segment_bytes,
+            segment_age: Some(topic.segment_age),
+            retention_bytes: topic.retention_bytes,
+            retention_age: topic.retention,
+            max_batch_bytes: topic.max_message_bytes as usize,
+            fsync: topic.fsync,
             index_interval_bytes: 4096,
             preallocate_bytes: 64 << 20,
             write_buffer_bytes: 4 << 20,
             staged_bytes_max: 64 << 20,
         }
     }
-}
 
-impl LogConfig {
     /// Clamps values into the ranges the storage layout can represent.
     pub(crate) fn normalized(mut self) -> Self {
         self.segment_bytes = self.segment_bytes.clamp(4096, SEGMENT_BYTES_MAX);

@@ -401,3 +401,36 @@ fn bad_batches_are_rejected_and_change_nothing() {
         ));
     });
 }
+
+#[test]
+fn kafka_topic_configs_drive_the_log() {
+    run_fresh(|dir| async move {
+        let topic = fjord_core::TopicConfig::from_pairs([
+            ("segment.bytes", "65536"),
+            ("max.message.bytes", "4000"),
+            ("fsync", "always"),
+        ])
+        .expect("configs");
+        let cache = BatchCache::new(0);
+        let log = open(&dir, "p0", LogConfig::for_topic(&topic), &cache).await;
+        assert!(matches!(
+            log.append(&batch(1, 1, 5000, 0)).await,
+            Err(StorageError::BatchTooLarge { .. })
+        ));
+        for seed in 0..40 {
+            let appended = log.append(&batch(seed, 1, 3000, 0)).await.expect("append");
+            appended.durable.await.expect("durable");
+            assert!(
+                log.offset_durable() > appended.last_offset,
+                "fsync=always acknowledged before sync"
+            );
+        }
+        // 40 batches of ~3 KiB in 64 KiB segments.
+        assert!(
+            log.segment_count() >= 2,
+            "segment.bytes ignored: {} segments",
+            log.segment_count()
+        );
+        log.close().await.expect("close");
+    });
+}
