@@ -31,8 +31,13 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Bytes read per step when a read or a timestamp search walks a segment.
+/// Bytes read per step when a timestamp search walks a segment.
 const READ_WINDOW_BYTES: usize = 256 * 1024;
+/// Largest single disk read a fetch makes; larger fetches read in steps.
+const READ_BYTES_MAX: usize = 8 << 20;
+/// Read beyond `max_bytes`: an index interval skipped before the offset, and
+/// room for the batch that crosses the end.
+const READ_SLACK_BYTES: usize = 64 * 1024;
 
 /// Where an append landed, and when it is safe.
 #[derive(Debug)]
@@ -512,10 +517,12 @@ async fn read_segment(
 ) -> Result<(Vec<BatchSlice>, u64)> {
     let mut slices: Vec<BatchSlice> = Vec::new();
     let mut bytes = 0usize;
-    let window = max_bytes.clamp(
-        crate::appender::BLOCK as usize,
-        READ_WINDOW_BYTES.max(max_bytes.min(8 << 20)),
-    );
+    // One read should usually do: the reply, plus the batches skipped
+    // between the index entry and `offset`, plus the batch that straddles
+    // the end. Too tight a window costs a second read of the same size.
+    let window = max_bytes
+        .min(READ_BYTES_MAX)
+        .saturating_add(READ_SLACK_BYTES);
     let walk = segment::walk(reader, position, window, |_, batch, read, at| {
         if batch.base_offset() as u64 != expected_base {
             return Visit::Invalid(format!(
