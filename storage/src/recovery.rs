@@ -68,6 +68,12 @@ pub async fn recover(
         }
         segments.push(recover_segment(dir, base, config, now_ms, &mut report).await?);
     }
+    // Only the active segment rolls by age; sealed ones never look at it.
+    if let Some(active) = segments.last_mut()
+        && let Some(first) = first_timestamp(&active.reader()).await?
+    {
+        active.created_ms = first;
+    }
     Ok((segments, report))
 }
 
@@ -159,12 +165,11 @@ async fn recover_segment(
             .await?,
         )
     };
-    let created_ms = first_timestamp(&reader, scan.end).await?.unwrap_or(now_ms);
     Ok(Segment::new(
         base,
         scan.offset_next,
         scan.max_timestamp,
-        created_ms,
+        now_ms,
         log,
         index,
         config,
@@ -256,23 +261,21 @@ async fn rewrite_index(
     Ok(index)
 }
 
-async fn first_timestamp(reader: &SegmentReader, end: u64) -> Result<Option<i64>> {
-    if end == 0 {
-        return Ok(None);
-    }
-    let header = reader
-        .file
-        .read_at(0, HEADER_LEN)
-        .await
-        .map_err(StorageError::io("read", &*reader.path))?;
-    Ok(Batch::parse(&header)
-        .ok()
-        .map(|b| b.max_timestamp())
-        .or_else(|| {
-            // A header alone does not frame a batch longer than it; read the field.
-            (header.len() >= 43)
-                .then(|| i64::from_be_bytes(header[35..43].try_into().unwrap_or_default()))
-        }))
+/// The largest timestamp of the segment's first batch: the active segment
+/// counts its age for `segment.ms` from it, as Kafka does.
+async fn first_timestamp(reader: &SegmentReader) -> Result<Option<i64>> {
+    let mut first = None;
+    segment::walk(
+        reader,
+        0,
+        crate::appender::BLOCK as usize,
+        |_, batch, _, _| {
+            first = Some(batch.max_timestamp());
+            Visit::Stop
+        },
+    )
+    .await?;
+    Ok(first)
 }
 
 async fn read_all(file: &glommio::io::DmaFile, path: &Path, len: u64) -> Result<Vec<u8>> {
