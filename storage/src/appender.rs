@@ -11,6 +11,7 @@
 
 use crate::error::{Result, StorageError};
 use glommio::io::{DmaBuffer, DmaFile};
+use glommio::task::JoinHandle;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -111,11 +112,17 @@ pub struct FileEnd {
     file: Rc<DmaFile>,
     path: Rc<Path>,
     len: u64,
+    preallocating: Option<JoinHandle<()>>,
 }
 
 impl FileEnd {
     /// Cuts the file to its logical length, dropping preallocated space.
-    pub async fn truncate(&self) -> Result<()> {
+    /// Waits for a background preallocation first, which would otherwise
+    /// grow the file again after the cut.
+    pub async fn truncate(self) -> Result<()> {
+        if let Some(preallocating) = self.preallocating {
+            preallocating.await;
+        }
         self.file
             .truncate(self.len)
             .await
@@ -131,8 +138,10 @@ pub struct Appender {
     len: u64,
     /// Logical length already written.
     len_written: u64,
-    /// The file has been fallocated up to here.
+    /// The file has been fallocated up to here, or will be once the
+    /// background preallocation is done.
     allocated: u64,
+    preallocating: Option<JoinHandle<()>>,
     preallocate_bytes: u64,
     open: Chunk,
     /// Chunks that filled up, waiting for the next flush, in file order.
@@ -178,6 +187,7 @@ impl Appender {
             len,
             len_written: len,
             allocated,
+            preallocating: None,
             preallocate_bytes: preallocate_bytes.max(BLOCK),
             open: Chunk {
                 buffer,
@@ -202,11 +212,12 @@ impl Appender {
     }
 
     /// The file and its logical length, for a final truncate.
-    pub fn file_end(&self) -> FileEnd {
+    pub fn file_end(&mut self) -> FileEnd {
         FileEnd {
             file: self.file.clone(),
             path: self.path.clone(),
             len: self.len,
+            preallocating: self.preallocating.take(),
         }
     }
 
@@ -276,10 +287,14 @@ impl Appender {
                 // costs only speed: writes past the allocation extend the
                 // file themselves, and a full disk fails them.
                 let file = self.file.clone();
-                glommio::spawn_local(async move {
+                let previous = self.preallocating.take();
+                let task = glommio::spawn_local(async move {
+                    if let Some(previous) = previous {
+                        previous.await;
+                    }
                     let _ = file.pre_allocate(size, false).await;
-                })
-                .detach();
+                });
+                self.preallocating = Some(task.detach());
             }
             self.allocated = size;
         }

@@ -312,7 +312,8 @@ impl Inner {
         for (_, flush) in &index_flushes {
             flush.run().await?;
         }
-        for file in finished.iter().flat_map(|(_, files)| files) {
+        let finished_bases: Vec<u64> = finished.iter().map(|(b, _)| *b).collect();
+        for file in finished.into_iter().flat_map(|(_, files)| files) {
             file.truncate().await?;
         }
         let mut st = self.state.borrow_mut();
@@ -321,7 +322,7 @@ impl Inner {
                 segment.index.file_mut().complete(flush);
             }
         }
-        st.sealing.retain(|b| !finished.iter().any(|(f, _)| f == b));
+        st.sealing.retain(|b| !finished_bases.contains(b));
         Ok(())
     }
 
