@@ -1,3 +1,5 @@
-//! Producer, consumer and admin for applications.
-//!
-//! Empty until its issue lands; DESIGN.md §7 says what it will hold.
+//! Producer, consumer and admin for applications. Today: the partitioner
+//! (Kafka-compatible key hashing and sticky partitioning for null keys); the
+//! transport and the APIs come with the broker.
+
+pub mod partitioner;
