@@ -41,11 +41,22 @@ fn completion_result(cqe: &io_uring::cqueue::Entry, expected: usize) -> io::Resu
     }
 }
 
-/// O_DIRECT sequential writes of `block` bytes, `depth` in flight, until
-/// `total` bytes are written to a fresh preallocated file at `path`.
-pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// Sequential O_DIRECT I/O over the first `total` bytes of `file` in
+/// `block`-byte operations, `depth` in flight.
+fn sequential(
+    file: &std::fs::File,
+    direction: Direction,
+    block: usize,
+    depth: usize,
+    total: u64,
+) -> io::Result<Rate> {
     assert!(block.is_multiple_of(crate::aligned::ALIGN) && depth > 0);
-    let file = file_for_probe(path, total)?;
     let fd = types::Fd(file.as_raw_fd());
     let mut ring = IoUring::new(depth.next_power_of_two() as u32 * 2)?;
     let mut buffers: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(block)).collect();
@@ -57,16 +68,23 @@ pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::
     let start = Instant::now();
     while completed < blocks {
         while submitted < blocks && submitted - completed < depth as u64 {
-            let buffer = &buffers[(submitted % depth as u64) as usize];
-            let entry = opcode::Write::new(fd, buffer.as_ptr(), block as u32)
-                .offset(submitted * block as u64)
-                .build()
-                .user_data(submitted);
+            let buffer = buffers[(submitted % depth as u64) as usize]
+                .as_mut_slice()
+                .as_mut_ptr();
+            let offset = submitted * block as u64;
+            let entry = match direction {
+                Direction::Write => opcode::Write::new(fd, buffer, block as u32)
+                    .offset(offset)
+                    .build(),
+                Direction::Read => opcode::Read::new(fd, buffer, block as u32)
+                    .offset(offset)
+                    .build(),
+            };
             // SAFETY: the buffer outlives the operation: it is only reused
             // once its completion has been reaped below.
             unsafe {
                 ring.submission()
-                    .push(&entry)
+                    .push(&entry.user_data(submitted))
                     .map_err(|_| io::Error::other("submission queue full"))?
             };
             submitted += 1;
@@ -77,13 +95,31 @@ pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::
             completed += 1;
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(path)?;
     Ok(Rate {
         bytes: blocks * block as u64,
-        seconds,
+        seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// O_DIRECT sequential writes of `block` bytes, `depth` in flight, until
+/// `total` bytes are written to a fresh preallocated file at `path`.
+pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
+    let file = file_for_probe(path, total)?;
+    let rate = sequential(&file, Direction::Write, block, depth, total)?;
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(rate)
+}
+
+/// O_DIRECT sequential reads of `block` bytes, `depth` in flight, of a file
+/// of `total` bytes written just before (O_DIRECT: no page cache involved).
+pub fn direct_read(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
+    let file = file_for_probe(path, total)?;
+    sequential(&file, Direction::Write, 4 << 20, 4, total)?;
+    let rate = sequential(&file, Direction::Read, block, depth, total)?;
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(rate)
 }
 
 /// Latency of fdatasync after each O_DIRECT 4 KiB append, `samples` times.
@@ -210,6 +246,9 @@ mod tests {
         let write = direct_write(&dir.join("w"), 64 * 1024, 4, 4 << 20).expect("direct write");
         assert_eq!(write.bytes, 4 << 20);
         assert!(write.seconds > 0.0 && !dir.join("w").exists());
+        let read = direct_read(&dir.join("r"), 64 * 1024, 1, 4 << 20).expect("direct read");
+        assert_eq!(read.bytes, 4 << 20);
+        assert!(!dir.join("r").exists());
         let sync = fdatasync_latency(&dir.join("s"), 20).expect("fdatasync");
         assert_eq!(sync.samples, 20);
         assert!(sync.p50_us > 0.0 && sync.p50_us <= sync.max_us);

@@ -52,6 +52,8 @@ fn main() -> std::io::Result<()> {
     // Fjord's log issues one write at a time (consecutive writes share a
     // block): the same load at depth 1 shows what that costs.
     let write_serial = limits::direct_write(&args.dir.join("probe-write"), 4 << 20, 1, args.bytes)?;
+    // Fjord's cold fetch reads one window of about `max_bytes` at a time.
+    let read_serial = limits::direct_read(&args.dir.join("probe-read"), 1 << 20, 1, args.bytes)?;
     let sync = limits::fdatasync_latency(&args.dir.join("probe-sync"), args.syncs)?;
     let tcp = limits::loopback_tcp(256 * 1024, args.bytes.max(1 << 30))?;
     println!("machine limits (raw io_uring)");
@@ -66,6 +68,11 @@ fn main() -> std::io::Result<()> {
         write_serial.gb_per_sec()
     );
     println!(
+        "  {:<44} {:>10.3} GB/s",
+        "O_DIRECT sequential read, 1 MiB x QD1",
+        read_serial.gb_per_sec()
+    );
+    println!(
         "  {:<44} p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  max {:.0} us",
         "fdatasync after 4 KiB write", sync.p50_us, sync.p99_us, sync.p999_us, sync.max_us
     );
@@ -76,7 +83,7 @@ fn main() -> std::io::Result<()> {
     );
 
     let mut report = serde_json::json!({
-        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "fdatasync": sync, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
+        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
     });
     if !args.limits_only {
         let scenarios = [
