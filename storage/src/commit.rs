@@ -131,11 +131,13 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Why an append found the log's semaphores closed.
     pub(crate) fn closed_or_failed(&self) -> StorageError {
-        match &self.state.borrow().failed {
-            Some(message) => StorageError::Failed(message.clone()),
-            None => StorageError::Closed,
-        }
+        self.state
+            .borrow()
+            .check_writable()
+            .err()
+            .unwrap_or(StorageError::Closed)
     }
 
     pub(crate) fn roll_due(&self, batch_len: usize, now_ms: i64) -> bool {

@@ -300,9 +300,7 @@ fn offsets_for_timestamps() {
                 .await
                 .expect("append");
         }
-        eprintln!("appended");
         log.flush().await.expect("flush");
-        eprintln!("flushed");
         assert_eq!(
             log.offset_for_timestamp(0).await.expect("lookup"),
             Some((0, 0))
