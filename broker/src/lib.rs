@@ -1,3 +1,12 @@
-//! The fjord binary: shards, routing, controller shard, admin CLI.
-//!
-//! Empty until its issue lands; DESIGN.md §7 says what it will hold.
+//! The `fjord` binary's library: the node (`fjord serve`) and the command
+//! line tools that talk to one.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod controller;
+pub mod mesh;
+pub mod node;
+pub mod partition;
+pub mod shard;

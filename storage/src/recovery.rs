@@ -289,9 +289,9 @@ async fn read_all(file: &glommio::io::DmaFile, path: &Path, len: u64) -> Result<
     Ok(read.to_vec())
 }
 
-/// Lists a directory's file names on glommio's blocking pool: there is no
-/// io_uring readdir, and the shard must not block.
-pub(crate) async fn list_dir(dir: &Path) -> Result<Vec<String>> {
+/// Lists a directory's file names (creating it if missing) on glommio's
+/// blocking pool: there is no io_uring readdir, and the shard must not block.
+pub async fn list_dir(dir: &Path) -> Result<Vec<String>> {
     let owned: PathBuf = dir.to_path_buf();
     glommio::executor()
         .spawn_blocking(move || -> std::io::Result<Vec<String>> {
@@ -325,4 +325,21 @@ pub(crate) async fn remove(path: &Path) -> Result<()> {
             }
         }
     }
+}
+
+/// Removes `dir` and everything under it (missing is fine), on glommio's
+/// blocking pool: no shard thread waits on the unlinks.
+pub async fn remove_tree(dir: &Path) -> Result<()> {
+    let owned = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || match std::fs::remove_dir_all(&owned) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await
+        .map_err(|source| StorageError::Io {
+            op: "remove",
+            path: dir.to_path_buf(),
+            source,
+        })
 }

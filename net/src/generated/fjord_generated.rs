@@ -141,6 +141,220 @@ impl<'a> flatbuffers::Verifiable for Request {
 impl flatbuffers::SimpleToVerifyInSlice for Request {}
 pub struct RequestUnionTableOffset {}
 
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestT {
+  NONE,
+  ApiVersionsRequest(Box<ApiVersionsRequestT>),
+  MetadataRequest(Box<MetadataRequestT>),
+  CreateTopicsRequest(Box<CreateTopicsRequestT>),
+  DeleteTopicsRequest(Box<DeleteTopicsRequestT>),
+  DescribeTopicsRequest(Box<DescribeTopicsRequestT>),
+  ProduceRequest(Box<ProduceRequestT>),
+  FetchRequest(Box<FetchRequestT>),
+  ListOffsetsRequest(Box<ListOffsetsRequestT>),
+}
+impl Default for RequestT {
+  fn default() -> Self {
+    Self::NONE
+  }
+}
+impl RequestT {
+  pub fn request_type(&self) -> Request {
+    match self {
+      Self::NONE => Request::NONE,
+      Self::ApiVersionsRequest(_) => Request::ApiVersionsRequest,
+      Self::MetadataRequest(_) => Request::MetadataRequest,
+      Self::CreateTopicsRequest(_) => Request::CreateTopicsRequest,
+      Self::DeleteTopicsRequest(_) => Request::DeleteTopicsRequest,
+      Self::DescribeTopicsRequest(_) => Request::DescribeTopicsRequest,
+      Self::ProduceRequest(_) => Request::ProduceRequest,
+      Self::FetchRequest(_) => Request::FetchRequest,
+      Self::ListOffsetsRequest(_) => Request::ListOffsetsRequest,
+    }
+  }
+  pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
+    match self {
+      Self::NONE => None,
+      Self::ApiVersionsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MetadataRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::CreateTopicsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DeleteTopicsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DescribeTopicsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::ProduceRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::FetchRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::ListOffsetsRequest(v) => Some(v.pack(fbb).as_union_value()),
+    }
+  }
+  /// If the union variant matches, return the owned ApiVersionsRequestT, setting the union to NONE.
+  pub fn take_api_versions_request(&mut self) -> Option<Box<ApiVersionsRequestT>> {
+    if let Self::ApiVersionsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ApiVersionsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ApiVersionsRequestT.
+  pub fn as_api_versions_request(&self) -> Option<&ApiVersionsRequestT> {
+    if let Self::ApiVersionsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ApiVersionsRequestT.
+  pub fn as_api_versions_request_mut(&mut self) -> Option<&mut ApiVersionsRequestT> {
+    if let Self::ApiVersionsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned MetadataRequestT, setting the union to NONE.
+  pub fn take_metadata_request(&mut self) -> Option<Box<MetadataRequestT>> {
+    if let Self::MetadataRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::MetadataRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MetadataRequestT.
+  pub fn as_metadata_request(&self) -> Option<&MetadataRequestT> {
+    if let Self::MetadataRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MetadataRequestT.
+  pub fn as_metadata_request_mut(&mut self) -> Option<&mut MetadataRequestT> {
+    if let Self::MetadataRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned CreateTopicsRequestT, setting the union to NONE.
+  pub fn take_create_topics_request(&mut self) -> Option<Box<CreateTopicsRequestT>> {
+    if let Self::CreateTopicsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::CreateTopicsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the CreateTopicsRequestT.
+  pub fn as_create_topics_request(&self) -> Option<&CreateTopicsRequestT> {
+    if let Self::CreateTopicsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the CreateTopicsRequestT.
+  pub fn as_create_topics_request_mut(&mut self) -> Option<&mut CreateTopicsRequestT> {
+    if let Self::CreateTopicsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DeleteTopicsRequestT, setting the union to NONE.
+  pub fn take_delete_topics_request(&mut self) -> Option<Box<DeleteTopicsRequestT>> {
+    if let Self::DeleteTopicsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::DeleteTopicsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DeleteTopicsRequestT.
+  pub fn as_delete_topics_request(&self) -> Option<&DeleteTopicsRequestT> {
+    if let Self::DeleteTopicsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DeleteTopicsRequestT.
+  pub fn as_delete_topics_request_mut(&mut self) -> Option<&mut DeleteTopicsRequestT> {
+    if let Self::DeleteTopicsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DescribeTopicsRequestT, setting the union to NONE.
+  pub fn take_describe_topics_request(&mut self) -> Option<Box<DescribeTopicsRequestT>> {
+    if let Self::DescribeTopicsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::DescribeTopicsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DescribeTopicsRequestT.
+  pub fn as_describe_topics_request(&self) -> Option<&DescribeTopicsRequestT> {
+    if let Self::DescribeTopicsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DescribeTopicsRequestT.
+  pub fn as_describe_topics_request_mut(&mut self) -> Option<&mut DescribeTopicsRequestT> {
+    if let Self::DescribeTopicsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned ProduceRequestT, setting the union to NONE.
+  pub fn take_produce_request(&mut self) -> Option<Box<ProduceRequestT>> {
+    if let Self::ProduceRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ProduceRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ProduceRequestT.
+  pub fn as_produce_request(&self) -> Option<&ProduceRequestT> {
+    if let Self::ProduceRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ProduceRequestT.
+  pub fn as_produce_request_mut(&mut self) -> Option<&mut ProduceRequestT> {
+    if let Self::ProduceRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned FetchRequestT, setting the union to NONE.
+  pub fn take_fetch_request(&mut self) -> Option<Box<FetchRequestT>> {
+    if let Self::FetchRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::FetchRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the FetchRequestT.
+  pub fn as_fetch_request(&self) -> Option<&FetchRequestT> {
+    if let Self::FetchRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the FetchRequestT.
+  pub fn as_fetch_request_mut(&mut self) -> Option<&mut FetchRequestT> {
+    if let Self::FetchRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned ListOffsetsRequestT, setting the union to NONE.
+  pub fn take_list_offsets_request(&mut self) -> Option<Box<ListOffsetsRequestT>> {
+    if let Self::ListOffsetsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ListOffsetsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ListOffsetsRequestT.
+  pub fn as_list_offsets_request(&self) -> Option<&ListOffsetsRequestT> {
+    if let Self::ListOffsetsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ListOffsetsRequestT.
+  pub fn as_list_offsets_request_mut(&mut self) -> Option<&mut ListOffsetsRequestT> {
+    if let Self::ListOffsetsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
@@ -256,6 +470,220 @@ impl<'a> flatbuffers::Verifiable for Response {
 impl flatbuffers::SimpleToVerifyInSlice for Response {}
 pub struct ResponseUnionTableOffset {}
 
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseT {
+  NONE,
+  ApiVersionsResponse(Box<ApiVersionsResponseT>),
+  MetadataResponse(Box<MetadataResponseT>),
+  CreateTopicsResponse(Box<CreateTopicsResponseT>),
+  DeleteTopicsResponse(Box<DeleteTopicsResponseT>),
+  DescribeTopicsResponse(Box<DescribeTopicsResponseT>),
+  ProduceResponse(Box<ProduceResponseT>),
+  FetchResponse(Box<FetchResponseT>),
+  ListOffsetsResponse(Box<ListOffsetsResponseT>),
+}
+impl Default for ResponseT {
+  fn default() -> Self {
+    Self::NONE
+  }
+}
+impl ResponseT {
+  pub fn response_type(&self) -> Response {
+    match self {
+      Self::NONE => Response::NONE,
+      Self::ApiVersionsResponse(_) => Response::ApiVersionsResponse,
+      Self::MetadataResponse(_) => Response::MetadataResponse,
+      Self::CreateTopicsResponse(_) => Response::CreateTopicsResponse,
+      Self::DeleteTopicsResponse(_) => Response::DeleteTopicsResponse,
+      Self::DescribeTopicsResponse(_) => Response::DescribeTopicsResponse,
+      Self::ProduceResponse(_) => Response::ProduceResponse,
+      Self::FetchResponse(_) => Response::FetchResponse,
+      Self::ListOffsetsResponse(_) => Response::ListOffsetsResponse,
+    }
+  }
+  pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
+    match self {
+      Self::NONE => None,
+      Self::ApiVersionsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MetadataResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::CreateTopicsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DeleteTopicsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DescribeTopicsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::ProduceResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::FetchResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::ListOffsetsResponse(v) => Some(v.pack(fbb).as_union_value()),
+    }
+  }
+  /// If the union variant matches, return the owned ApiVersionsResponseT, setting the union to NONE.
+  pub fn take_api_versions_response(&mut self) -> Option<Box<ApiVersionsResponseT>> {
+    if let Self::ApiVersionsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ApiVersionsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ApiVersionsResponseT.
+  pub fn as_api_versions_response(&self) -> Option<&ApiVersionsResponseT> {
+    if let Self::ApiVersionsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ApiVersionsResponseT.
+  pub fn as_api_versions_response_mut(&mut self) -> Option<&mut ApiVersionsResponseT> {
+    if let Self::ApiVersionsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned MetadataResponseT, setting the union to NONE.
+  pub fn take_metadata_response(&mut self) -> Option<Box<MetadataResponseT>> {
+    if let Self::MetadataResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::MetadataResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MetadataResponseT.
+  pub fn as_metadata_response(&self) -> Option<&MetadataResponseT> {
+    if let Self::MetadataResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MetadataResponseT.
+  pub fn as_metadata_response_mut(&mut self) -> Option<&mut MetadataResponseT> {
+    if let Self::MetadataResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned CreateTopicsResponseT, setting the union to NONE.
+  pub fn take_create_topics_response(&mut self) -> Option<Box<CreateTopicsResponseT>> {
+    if let Self::CreateTopicsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::CreateTopicsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the CreateTopicsResponseT.
+  pub fn as_create_topics_response(&self) -> Option<&CreateTopicsResponseT> {
+    if let Self::CreateTopicsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the CreateTopicsResponseT.
+  pub fn as_create_topics_response_mut(&mut self) -> Option<&mut CreateTopicsResponseT> {
+    if let Self::CreateTopicsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DeleteTopicsResponseT, setting the union to NONE.
+  pub fn take_delete_topics_response(&mut self) -> Option<Box<DeleteTopicsResponseT>> {
+    if let Self::DeleteTopicsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::DeleteTopicsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DeleteTopicsResponseT.
+  pub fn as_delete_topics_response(&self) -> Option<&DeleteTopicsResponseT> {
+    if let Self::DeleteTopicsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DeleteTopicsResponseT.
+  pub fn as_delete_topics_response_mut(&mut self) -> Option<&mut DeleteTopicsResponseT> {
+    if let Self::DeleteTopicsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DescribeTopicsResponseT, setting the union to NONE.
+  pub fn take_describe_topics_response(&mut self) -> Option<Box<DescribeTopicsResponseT>> {
+    if let Self::DescribeTopicsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::DescribeTopicsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DescribeTopicsResponseT.
+  pub fn as_describe_topics_response(&self) -> Option<&DescribeTopicsResponseT> {
+    if let Self::DescribeTopicsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DescribeTopicsResponseT.
+  pub fn as_describe_topics_response_mut(&mut self) -> Option<&mut DescribeTopicsResponseT> {
+    if let Self::DescribeTopicsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned ProduceResponseT, setting the union to NONE.
+  pub fn take_produce_response(&mut self) -> Option<Box<ProduceResponseT>> {
+    if let Self::ProduceResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ProduceResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ProduceResponseT.
+  pub fn as_produce_response(&self) -> Option<&ProduceResponseT> {
+    if let Self::ProduceResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ProduceResponseT.
+  pub fn as_produce_response_mut(&mut self) -> Option<&mut ProduceResponseT> {
+    if let Self::ProduceResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned FetchResponseT, setting the union to NONE.
+  pub fn take_fetch_response(&mut self) -> Option<Box<FetchResponseT>> {
+    if let Self::FetchResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::FetchResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the FetchResponseT.
+  pub fn as_fetch_response(&self) -> Option<&FetchResponseT> {
+    if let Self::FetchResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the FetchResponseT.
+  pub fn as_fetch_response_mut(&mut self) -> Option<&mut FetchResponseT> {
+    if let Self::FetchResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned ListOffsetsResponseT, setting the union to NONE.
+  pub fn take_list_offsets_response(&mut self) -> Option<Box<ListOffsetsResponseT>> {
+    if let Self::ListOffsetsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ListOffsetsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ListOffsetsResponseT.
+  pub fn as_list_offsets_response(&self) -> Option<&ListOffsetsResponseT> {
+    if let Self::ListOffsetsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ListOffsetsResponseT.
+  pub fn as_list_offsets_response_mut(&mut self) -> Option<&mut ListOffsetsResponseT> {
+    if let Self::ListOffsetsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+}
 /// A byte range of the frame's payload section.
 // struct PayloadRange, aligned to 4
 #[repr(transparent)]
@@ -379,6 +807,26 @@ impl<'a> PayloadRange {
     }
   }
 
+  pub fn unpack(&self) -> PayloadRangeT {
+    PayloadRangeT {
+      offset: self.offset(),
+      len: self.len(),
+    }
+  }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PayloadRangeT {
+  pub offset: u32,
+  pub len: u32,
+}
+impl PayloadRangeT {
+  pub fn pack(&self) -> PayloadRange {
+    PayloadRange::new(
+      self.offset,
+      self.len,
+    )
+  }
 }
 
 pub enum ApiVersionsRequestOffset {}
@@ -411,6 +859,10 @@ impl<'a> ApiVersionsRequest<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ApiVersionsRequestT {
+    ApiVersionsRequestT {
+    }
+  }
 }
 
 impl flatbuffers::Verifiable for ApiVersionsRequest<'_> {
@@ -460,6 +912,24 @@ impl core::fmt::Debug for ApiVersionsRequest<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiVersionsRequestT {
+}
+impl Default for ApiVersionsRequestT {
+  fn default() -> Self {
+    Self {
+    }
+  }
+}
+impl ApiVersionsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ApiVersionsRequest<'b>> {
+    ApiVersionsRequest::create(_fbb, &ApiVersionsRequestArgs{
+    })
+  }
+}
 pub enum ApiVersionOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -496,6 +966,16 @@ impl<'a> ApiVersion<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ApiVersionT {
+    let api = self.api();
+    let min_version = self.min_version();
+    let max_version = self.max_version();
+    ApiVersionT {
+      api,
+      min_version,
+      max_version,
+    }
+  }
 
   #[inline]
   pub fn api(&self) -> u8 {
@@ -591,6 +1071,36 @@ impl core::fmt::Debug for ApiVersion<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiVersionT {
+  pub api: u8,
+  pub min_version: u16,
+  pub max_version: u16,
+}
+impl Default for ApiVersionT {
+  fn default() -> Self {
+    Self {
+      api: 0,
+      min_version: 0,
+      max_version: 0,
+    }
+  }
+}
+impl ApiVersionT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ApiVersion<'b>> {
+    let api = self.api;
+    let min_version = self.min_version;
+    let max_version = self.max_version;
+    ApiVersion::create(_fbb, &ApiVersionArgs{
+      api,
+      min_version,
+      max_version,
+    })
+  }
+}
 pub enum ApiVersionsResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -625,6 +1135,16 @@ impl<'a> ApiVersionsResponse<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ApiVersionsResponseT {
+    let error_code = self.error_code();
+    let versions = self.versions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ApiVersionsResponseT {
+      error_code,
+      versions,
+    }
+  }
 
   #[inline]
   pub fn error_code(&self) -> i16 {
@@ -705,6 +1225,34 @@ impl core::fmt::Debug for ApiVersionsResponse<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiVersionsResponseT {
+  pub error_code: i16,
+  pub versions: Option<Vec<ApiVersionT>>,
+}
+impl Default for ApiVersionsResponseT {
+  fn default() -> Self {
+    Self {
+      error_code: 0,
+      versions: None,
+    }
+  }
+}
+impl ApiVersionsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ApiVersionsResponse<'b>> {
+    let error_code = self.error_code;
+    let versions = self.versions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ApiVersionsResponse::create(_fbb, &ApiVersionsResponseArgs{
+      error_code,
+      versions,
+    })
+  }
+}
 pub enum MetadataRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -737,6 +1285,14 @@ impl<'a> MetadataRequest<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> MetadataRequestT {
+    let topics = self.topics().map(|x| {
+      x.iter().map(|s| s.to_string()).collect()
+    });
+    MetadataRequestT {
+      topics,
+    }
+  }
 
   #[inline]
   pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
@@ -802,6 +1358,30 @@ impl core::fmt::Debug for MetadataRequest<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetadataRequestT {
+  pub topics: Option<Vec<String>>,
+}
+impl Default for MetadataRequestT {
+  fn default() -> Self {
+    Self {
+      topics: None,
+    }
+  }
+}
+impl MetadataRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<MetadataRequest<'b>> {
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
+    });
+    MetadataRequest::create(_fbb, &MetadataRequestArgs{
+      topics,
+    })
+  }
+}
 pub enum BrokerInfoOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -840,6 +1420,22 @@ impl<'a> BrokerInfo<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> BrokerInfoT {
+    let node_id = self.node_id();
+    let host = self.host().map(|x| {
+      x.to_string()
+    });
+    let port = self.port();
+    let shard_ports = self.shard_ports().map(|x| {
+      x.into_iter().collect()
+    });
+    BrokerInfoT {
+      node_id,
+      host,
+      port,
+      shard_ports,
+    }
+  }
 
   #[inline]
   pub fn node_id(&self) -> i32 {
@@ -950,6 +1546,44 @@ impl core::fmt::Debug for BrokerInfo<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerInfoT {
+  pub node_id: i32,
+  pub host: Option<String>,
+  pub port: u16,
+  pub shard_ports: Option<Vec<u16>>,
+}
+impl Default for BrokerInfoT {
+  fn default() -> Self {
+    Self {
+      node_id: 0,
+      host: None,
+      port: 0,
+      shard_ports: None,
+    }
+  }
+}
+impl BrokerInfoT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<BrokerInfo<'b>> {
+    let node_id = self.node_id;
+    let host = self.host.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let port = self.port;
+    let shard_ports = self.shard_ports.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    BrokerInfo::create(_fbb, &BrokerInfoArgs{
+      node_id,
+      host,
+      port,
+      shard_ports,
+    })
+  }
+}
 pub enum PartitionInfoOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -990,6 +1624,20 @@ impl<'a> PartitionInfo<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> PartitionInfoT {
+    let partition = self.partition();
+    let error_code = self.error_code();
+    let leader = self.leader();
+    let shard = self.shard();
+    let leader_epoch = self.leader_epoch();
+    PartitionInfoT {
+      partition,
+      error_code,
+      leader,
+      shard,
+      leader_epoch,
+    }
+  }
 
   #[inline]
   pub fn partition(&self) -> i32 {
@@ -1115,6 +1763,44 @@ impl core::fmt::Debug for PartitionInfo<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionInfoT {
+  pub partition: i32,
+  pub error_code: i16,
+  pub leader: i32,
+  pub shard: u16,
+  pub leader_epoch: i32,
+}
+impl Default for PartitionInfoT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      error_code: 0,
+      leader: 0,
+      shard: 0,
+      leader_epoch: 0,
+    }
+  }
+}
+impl PartitionInfoT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<PartitionInfo<'b>> {
+    let partition = self.partition;
+    let error_code = self.error_code;
+    let leader = self.leader;
+    let shard = self.shard;
+    let leader_epoch = self.leader_epoch;
+    PartitionInfo::create(_fbb, &PartitionInfoArgs{
+      partition,
+      error_code,
+      leader,
+      shard,
+      leader_epoch,
+    })
+  }
+}
 pub enum TopicInfoOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1151,6 +1837,20 @@ impl<'a> TopicInfo<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> TopicInfoT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let error_code = self.error_code();
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    TopicInfoT {
+      name,
+      error_code,
+      partitions,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -1246,6 +1946,40 @@ impl core::fmt::Debug for TopicInfo<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicInfoT {
+  pub name: Option<String>,
+  pub error_code: i16,
+  pub partitions: Option<Vec<PartitionInfoT>>,
+}
+impl Default for TopicInfoT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      error_code: 0,
+      partitions: None,
+    }
+  }
+}
+impl TopicInfoT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<TopicInfo<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let error_code = self.error_code;
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    TopicInfo::create(_fbb, &TopicInfoArgs{
+      name,
+      error_code,
+      partitions,
+    })
+  }
+}
 pub enum MetadataResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1282,6 +2016,20 @@ impl<'a> MetadataResponse<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> MetadataResponseT {
+    let brokers = self.brokers().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    let controller = self.controller();
+    MetadataResponseT {
+      brokers,
+      topics,
+      controller,
+    }
+  }
 
   #[inline]
   pub fn brokers(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<BrokerInfo<'a>>>> {
@@ -1377,6 +2125,40 @@ impl core::fmt::Debug for MetadataResponse<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetadataResponseT {
+  pub brokers: Option<Vec<BrokerInfoT>>,
+  pub topics: Option<Vec<TopicInfoT>>,
+  pub controller: i32,
+}
+impl Default for MetadataResponseT {
+  fn default() -> Self {
+    Self {
+      brokers: None,
+      topics: None,
+      controller: 0,
+    }
+  }
+}
+impl MetadataResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<MetadataResponse<'b>> {
+    let brokers = self.brokers.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    let controller = self.controller;
+    MetadataResponse::create(_fbb, &MetadataResponseArgs{
+      brokers,
+      topics,
+      controller,
+    })
+  }
+}
 pub enum TopicConfigOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1411,6 +2193,18 @@ impl<'a> TopicConfig<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> TopicConfigT {
+    let key = self.key().map(|x| {
+      x.to_string()
+    });
+    let value = self.value().map(|x| {
+      x.to_string()
+    });
+    TopicConfigT {
+      key,
+      value,
+    }
+  }
 
   #[inline]
   pub fn key(&self) -> Option<&'a str> {
@@ -1491,6 +2285,36 @@ impl core::fmt::Debug for TopicConfig<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicConfigT {
+  pub key: Option<String>,
+  pub value: Option<String>,
+}
+impl Default for TopicConfigT {
+  fn default() -> Self {
+    Self {
+      key: None,
+      value: None,
+    }
+  }
+}
+impl TopicConfigT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<TopicConfig<'b>> {
+    let key = self.key.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let value = self.value.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    TopicConfig::create(_fbb, &TopicConfigArgs{
+      key,
+      value,
+    })
+  }
+}
 pub enum NewTopicOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1527,6 +2351,20 @@ impl<'a> NewTopic<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> NewTopicT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions();
+    let configs = self.configs().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    NewTopicT {
+      name,
+      partitions,
+      configs,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -1622,6 +2460,40 @@ impl core::fmt::Debug for NewTopic<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTopicT {
+  pub name: Option<String>,
+  pub partitions: i32,
+  pub configs: Option<Vec<TopicConfigT>>,
+}
+impl Default for NewTopicT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: 0,
+      configs: None,
+    }
+  }
+}
+impl NewTopicT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<NewTopic<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions;
+    let configs = self.configs.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    NewTopic::create(_fbb, &NewTopicArgs{
+      name,
+      partitions,
+      configs,
+    })
+  }
+}
 pub enum CreateTopicsRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1656,6 +2528,16 @@ impl<'a> CreateTopicsRequest<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> CreateTopicsRequestT {
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    let timeout_ms = self.timeout_ms();
+    CreateTopicsRequestT {
+      topics,
+      timeout_ms,
+    }
+  }
 
   #[inline]
   pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NewTopic<'a>>>> {
@@ -1736,6 +2618,34 @@ impl core::fmt::Debug for CreateTopicsRequest<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateTopicsRequestT {
+  pub topics: Option<Vec<NewTopicT>>,
+  pub timeout_ms: i32,
+}
+impl Default for CreateTopicsRequestT {
+  fn default() -> Self {
+    Self {
+      topics: None,
+      timeout_ms: 0,
+    }
+  }
+}
+impl CreateTopicsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<CreateTopicsRequest<'b>> {
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    let timeout_ms = self.timeout_ms;
+    CreateTopicsRequest::create(_fbb, &CreateTopicsRequestArgs{
+      topics,
+      timeout_ms,
+    })
+  }
+}
 pub enum TopicResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1772,6 +2682,20 @@ impl<'a> TopicResult<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> TopicResultT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let error_code = self.error_code();
+    let error_message = self.error_message().map(|x| {
+      x.to_string()
+    });
+    TopicResultT {
+      name,
+      error_code,
+      error_message,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -1867,6 +2791,40 @@ impl core::fmt::Debug for TopicResult<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicResultT {
+  pub name: Option<String>,
+  pub error_code: i16,
+  pub error_message: Option<String>,
+}
+impl Default for TopicResultT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      error_code: 0,
+      error_message: None,
+    }
+  }
+}
+impl TopicResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<TopicResult<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let error_code = self.error_code;
+    let error_message = self.error_message.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    TopicResult::create(_fbb, &TopicResultArgs{
+      name,
+      error_code,
+      error_message,
+    })
+  }
+}
 pub enum CreateTopicsResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1899,6 +2857,14 @@ impl<'a> CreateTopicsResponse<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> CreateTopicsResponseT {
+    let results = self.results().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    CreateTopicsResponseT {
+      results,
+    }
+  }
 
   #[inline]
   pub fn results(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicResult<'a>>>> {
@@ -1964,6 +2930,30 @@ impl core::fmt::Debug for CreateTopicsResponse<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateTopicsResponseT {
+  pub results: Option<Vec<TopicResultT>>,
+}
+impl Default for CreateTopicsResponseT {
+  fn default() -> Self {
+    Self {
+      results: None,
+    }
+  }
+}
+impl CreateTopicsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<CreateTopicsResponse<'b>> {
+    let results = self.results.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    CreateTopicsResponse::create(_fbb, &CreateTopicsResponseArgs{
+      results,
+    })
+  }
+}
 pub enum DeleteTopicsRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1998,6 +2988,16 @@ impl<'a> DeleteTopicsRequest<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> DeleteTopicsRequestT {
+    let names = self.names().map(|x| {
+      x.iter().map(|s| s.to_string()).collect()
+    });
+    let timeout_ms = self.timeout_ms();
+    DeleteTopicsRequestT {
+      names,
+      timeout_ms,
+    }
+  }
 
   #[inline]
   pub fn names(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
@@ -2078,6 +3078,34 @@ impl core::fmt::Debug for DeleteTopicsRequest<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteTopicsRequestT {
+  pub names: Option<Vec<String>>,
+  pub timeout_ms: i32,
+}
+impl Default for DeleteTopicsRequestT {
+  fn default() -> Self {
+    Self {
+      names: None,
+      timeout_ms: 0,
+    }
+  }
+}
+impl DeleteTopicsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DeleteTopicsRequest<'b>> {
+    let names = self.names.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
+    });
+    let timeout_ms = self.timeout_ms;
+    DeleteTopicsRequest::create(_fbb, &DeleteTopicsRequestArgs{
+      names,
+      timeout_ms,
+    })
+  }
+}
 pub enum DeleteTopicsResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2110,6 +3138,14 @@ impl<'a> DeleteTopicsResponse<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> DeleteTopicsResponseT {
+    let results = self.results().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    DeleteTopicsResponseT {
+      results,
+    }
+  }
 
   #[inline]
   pub fn results(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicResult<'a>>>> {
@@ -2175,6 +3211,30 @@ impl core::fmt::Debug for DeleteTopicsResponse<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteTopicsResponseT {
+  pub results: Option<Vec<TopicResultT>>,
+}
+impl Default for DeleteTopicsResponseT {
+  fn default() -> Self {
+    Self {
+      results: None,
+    }
+  }
+}
+impl DeleteTopicsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DeleteTopicsResponse<'b>> {
+    let results = self.results.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    DeleteTopicsResponse::create(_fbb, &DeleteTopicsResponseArgs{
+      results,
+    })
+  }
+}
 pub enum DescribeTopicsRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2207,6 +3267,14 @@ impl<'a> DescribeTopicsRequest<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> DescribeTopicsRequestT {
+    let names = self.names().map(|x| {
+      x.iter().map(|s| s.to_string()).collect()
+    });
+    DescribeTopicsRequestT {
+      names,
+    }
+  }
 
   #[inline]
   pub fn names(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
@@ -2272,6 +3340,30 @@ impl core::fmt::Debug for DescribeTopicsRequest<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribeTopicsRequestT {
+  pub names: Option<Vec<String>>,
+}
+impl Default for DescribeTopicsRequestT {
+  fn default() -> Self {
+    Self {
+      names: None,
+    }
+  }
+}
+impl DescribeTopicsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DescribeTopicsRequest<'b>> {
+    let names = self.names.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
+    });
+    DescribeTopicsRequest::create(_fbb, &DescribeTopicsRequestArgs{
+      names,
+    })
+  }
+}
 pub enum PartitionDescriptionOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2312,6 +3404,20 @@ impl<'a> PartitionDescription<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> PartitionDescriptionT {
+    let partition = self.partition();
+    let error_code = self.error_code();
+    let log_start_offset = self.log_start_offset();
+    let log_end_offset = self.log_end_offset();
+    let size_bytes = self.size_bytes();
+    PartitionDescriptionT {
+      partition,
+      error_code,
+      log_start_offset,
+      log_end_offset,
+      size_bytes,
+    }
+  }
 
   #[inline]
   pub fn partition(&self) -> i32 {
@@ -2437,6 +3543,44 @@ impl core::fmt::Debug for PartitionDescription<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionDescriptionT {
+  pub partition: i32,
+  pub error_code: i16,
+  pub log_start_offset: i64,
+  pub log_end_offset: i64,
+  pub size_bytes: i64,
+}
+impl Default for PartitionDescriptionT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      error_code: 0,
+      log_start_offset: 0,
+      log_end_offset: 0,
+      size_bytes: 0,
+    }
+  }
+}
+impl PartitionDescriptionT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<PartitionDescription<'b>> {
+    let partition = self.partition;
+    let error_code = self.error_code;
+    let log_start_offset = self.log_start_offset;
+    let log_end_offset = self.log_end_offset;
+    let size_bytes = self.size_bytes;
+    PartitionDescription::create(_fbb, &PartitionDescriptionArgs{
+      partition,
+      error_code,
+      log_start_offset,
+      log_end_offset,
+      size_bytes,
+    })
+  }
+}
 pub enum TopicDescriptionOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2475,6 +3619,24 @@ impl<'a> TopicDescription<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> TopicDescriptionT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let error_code = self.error_code();
+    let configs = self.configs().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    TopicDescriptionT {
+      name,
+      error_code,
+      configs,
+      partitions,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -2585,6 +3747,46 @@ impl core::fmt::Debug for TopicDescription<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicDescriptionT {
+  pub name: Option<String>,
+  pub error_code: i16,
+  pub configs: Option<Vec<TopicConfigT>>,
+  pub partitions: Option<Vec<PartitionDescriptionT>>,
+}
+impl Default for TopicDescriptionT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      error_code: 0,
+      configs: None,
+      partitions: None,
+    }
+  }
+}
+impl TopicDescriptionT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<TopicDescription<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let error_code = self.error_code;
+    let configs = self.configs.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    TopicDescription::create(_fbb, &TopicDescriptionArgs{
+      name,
+      error_code,
+      configs,
+      partitions,
+    })
+  }
+}
 pub enum DescribeTopicsResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2617,6 +3819,14 @@ impl<'a> DescribeTopicsResponse<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> DescribeTopicsResponseT {
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    DescribeTopicsResponseT {
+      topics,
+    }
+  }
 
   #[inline]
   pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicDescription<'a>>>> {
@@ -2682,6 +3892,30 @@ impl core::fmt::Debug for DescribeTopicsResponse<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribeTopicsResponseT {
+  pub topics: Option<Vec<TopicDescriptionT>>,
+}
+impl Default for DescribeTopicsResponseT {
+  fn default() -> Self {
+    Self {
+      topics: None,
+    }
+  }
+}
+impl DescribeTopicsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DescribeTopicsResponse<'b>> {
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    DescribeTopicsResponse::create(_fbb, &DescribeTopicsResponseArgs{
+      topics,
+    })
+  }
+}
 pub enum ProducePartitionOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2717,6 +3951,16 @@ impl<'a> ProducePartition<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ProducePartitionT {
+    let partition = self.partition();
+    let records = self.records().map(|x| {
+      x.unpack()
+    });
+    ProducePartitionT {
+      partition,
+      records,
+    }
+  }
 
   #[inline]
   pub fn partition(&self) -> i32 {
@@ -2797,6 +4041,33 @@ impl core::fmt::Debug for ProducePartition<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProducePartitionT {
+  pub partition: i32,
+  pub records: Option<PayloadRangeT>,
+}
+impl Default for ProducePartitionT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      records: None,
+    }
+  }
+}
+impl ProducePartitionT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ProducePartition<'b>> {
+    let partition = self.partition;
+    let records_tmp = self.records.as_ref().map(|x| x.pack());
+    let records = records_tmp.as_ref();
+    ProducePartition::create(_fbb, &ProducePartitionArgs{
+      partition,
+      records,
+    })
+  }
+}
 pub enum ProduceTopicOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2831,6 +4102,18 @@ impl<'a> ProduceTopic<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ProduceTopicT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ProduceTopicT {
+      name,
+      partitions,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -2911,6 +4194,36 @@ impl core::fmt::Debug for ProduceTopic<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProduceTopicT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<ProducePartitionT>>,
+}
+impl Default for ProduceTopicT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl ProduceTopicT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ProduceTopic<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ProduceTopic::create(_fbb, &ProduceTopicArgs{
+      name,
+      partitions,
+    })
+  }
+}
 pub enum ProduceRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2947,6 +4260,18 @@ impl<'a> ProduceRequest<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ProduceRequestT {
+    let acks = self.acks();
+    let timeout_ms = self.timeout_ms();
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ProduceRequestT {
+      acks,
+      timeout_ms,
+      topics,
+    }
+  }
 
   #[inline]
   pub fn acks(&self) -> i16 {
@@ -3042,6 +4367,38 @@ impl core::fmt::Debug for ProduceRequest<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProduceRequestT {
+  pub acks: i16,
+  pub timeout_ms: i32,
+  pub topics: Option<Vec<ProduceTopicT>>,
+}
+impl Default for ProduceRequestT {
+  fn default() -> Self {
+    Self {
+      acks: 0,
+      timeout_ms: 0,
+      topics: None,
+    }
+  }
+}
+impl ProduceRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ProduceRequest<'b>> {
+    let acks = self.acks;
+    let timeout_ms = self.timeout_ms;
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ProduceRequest::create(_fbb, &ProduceRequestArgs{
+      acks,
+      timeout_ms,
+      topics,
+    })
+  }
+}
 pub enum ProducePartitionResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3080,6 +4437,18 @@ impl<'a> ProducePartitionResult<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ProducePartitionResultT {
+    let partition = self.partition();
+    let error_code = self.error_code();
+    let base_offset = self.base_offset();
+    let log_start_offset = self.log_start_offset();
+    ProducePartitionResultT {
+      partition,
+      error_code,
+      base_offset,
+      log_start_offset,
+    }
+  }
 
   #[inline]
   pub fn partition(&self) -> i32 {
@@ -3190,6 +4559,40 @@ impl core::fmt::Debug for ProducePartitionResult<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProducePartitionResultT {
+  pub partition: i32,
+  pub error_code: i16,
+  pub base_offset: i64,
+  pub log_start_offset: i64,
+}
+impl Default for ProducePartitionResultT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      error_code: 0,
+      base_offset: 0,
+      log_start_offset: 0,
+    }
+  }
+}
+impl ProducePartitionResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ProducePartitionResult<'b>> {
+    let partition = self.partition;
+    let error_code = self.error_code;
+    let base_offset = self.base_offset;
+    let log_start_offset = self.log_start_offset;
+    ProducePartitionResult::create(_fbb, &ProducePartitionResultArgs{
+      partition,
+      error_code,
+      base_offset,
+      log_start_offset,
+    })
+  }
+}
 pub enum ProduceTopicResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3224,6 +4627,18 @@ impl<'a> ProduceTopicResult<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ProduceTopicResultT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ProduceTopicResultT {
+      name,
+      partitions,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -3304,6 +4719,36 @@ impl core::fmt::Debug for ProduceTopicResult<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProduceTopicResultT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<ProducePartitionResultT>>,
+}
+impl Default for ProduceTopicResultT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl ProduceTopicResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ProduceTopicResult<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ProduceTopicResult::create(_fbb, &ProduceTopicResultArgs{
+      name,
+      partitions,
+    })
+  }
+}
 pub enum ProduceResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3336,6 +4781,14 @@ impl<'a> ProduceResponse<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ProduceResponseT {
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ProduceResponseT {
+      topics,
+    }
+  }
 
   #[inline]
   pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ProduceTopicResult<'a>>>> {
@@ -3401,6 +4854,30 @@ impl core::fmt::Debug for ProduceResponse<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProduceResponseT {
+  pub topics: Option<Vec<ProduceTopicResultT>>,
+}
+impl Default for ProduceResponseT {
+  fn default() -> Self {
+    Self {
+      topics: None,
+    }
+  }
+}
+impl ProduceResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ProduceResponse<'b>> {
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ProduceResponse::create(_fbb, &ProduceResponseArgs{
+      topics,
+    })
+  }
+}
 pub enum FetchPartitionOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3437,6 +4914,16 @@ impl<'a> FetchPartition<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> FetchPartitionT {
+    let partition = self.partition();
+    let fetch_offset = self.fetch_offset();
+    let max_bytes = self.max_bytes();
+    FetchPartitionT {
+      partition,
+      fetch_offset,
+      max_bytes,
+    }
+  }
 
   #[inline]
   pub fn partition(&self) -> i32 {
@@ -3532,6 +5019,36 @@ impl core::fmt::Debug for FetchPartition<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchPartitionT {
+  pub partition: i32,
+  pub fetch_offset: i64,
+  pub max_bytes: i32,
+}
+impl Default for FetchPartitionT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      fetch_offset: 0,
+      max_bytes: 0,
+    }
+  }
+}
+impl FetchPartitionT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<FetchPartition<'b>> {
+    let partition = self.partition;
+    let fetch_offset = self.fetch_offset;
+    let max_bytes = self.max_bytes;
+    FetchPartition::create(_fbb, &FetchPartitionArgs{
+      partition,
+      fetch_offset,
+      max_bytes,
+    })
+  }
+}
 pub enum FetchTopicOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3566,6 +5083,18 @@ impl<'a> FetchTopic<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> FetchTopicT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    FetchTopicT {
+      name,
+      partitions,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -3646,6 +5175,36 @@ impl core::fmt::Debug for FetchTopic<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchTopicT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<FetchPartitionT>>,
+}
+impl Default for FetchTopicT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl FetchTopicT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<FetchTopic<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    FetchTopic::create(_fbb, &FetchTopicArgs{
+      name,
+      partitions,
+    })
+  }
+}
 pub enum FetchRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3684,6 +5243,20 @@ impl<'a> FetchRequest<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> FetchRequestT {
+    let max_wait_ms = self.max_wait_ms();
+    let min_bytes = self.min_bytes();
+    let max_bytes = self.max_bytes();
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    FetchRequestT {
+      max_wait_ms,
+      min_bytes,
+      max_bytes,
+      topics,
+    }
+  }
 
   #[inline]
   pub fn max_wait_ms(&self) -> i32 {
@@ -3794,6 +5367,42 @@ impl core::fmt::Debug for FetchRequest<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchRequestT {
+  pub max_wait_ms: i32,
+  pub min_bytes: i32,
+  pub max_bytes: i32,
+  pub topics: Option<Vec<FetchTopicT>>,
+}
+impl Default for FetchRequestT {
+  fn default() -> Self {
+    Self {
+      max_wait_ms: 0,
+      min_bytes: 0,
+      max_bytes: 0,
+      topics: None,
+    }
+  }
+}
+impl FetchRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<FetchRequest<'b>> {
+    let max_wait_ms = self.max_wait_ms;
+    let min_bytes = self.min_bytes;
+    let max_bytes = self.max_bytes;
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    FetchRequest::create(_fbb, &FetchRequestArgs{
+      max_wait_ms,
+      min_bytes,
+      max_bytes,
+      topics,
+    })
+  }
+}
 pub enum FetchPartitionResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3835,6 +5444,22 @@ impl<'a> FetchPartitionResult<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> FetchPartitionResultT {
+    let partition = self.partition();
+    let error_code = self.error_code();
+    let high_watermark = self.high_watermark();
+    let log_start_offset = self.log_start_offset();
+    let records = self.records().map(|x| {
+      x.unpack()
+    });
+    FetchPartitionResultT {
+      partition,
+      error_code,
+      high_watermark,
+      log_start_offset,
+      records,
+    }
+  }
 
   #[inline]
   pub fn partition(&self) -> i32 {
@@ -3960,6 +5585,45 @@ impl core::fmt::Debug for FetchPartitionResult<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchPartitionResultT {
+  pub partition: i32,
+  pub error_code: i16,
+  pub high_watermark: i64,
+  pub log_start_offset: i64,
+  pub records: Option<PayloadRangeT>,
+}
+impl Default for FetchPartitionResultT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      error_code: 0,
+      high_watermark: 0,
+      log_start_offset: 0,
+      records: None,
+    }
+  }
+}
+impl FetchPartitionResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<FetchPartitionResult<'b>> {
+    let partition = self.partition;
+    let error_code = self.error_code;
+    let high_watermark = self.high_watermark;
+    let log_start_offset = self.log_start_offset;
+    let records_tmp = self.records.as_ref().map(|x| x.pack());
+    let records = records_tmp.as_ref();
+    FetchPartitionResult::create(_fbb, &FetchPartitionResultArgs{
+      partition,
+      error_code,
+      high_watermark,
+      log_start_offset,
+      records,
+    })
+  }
+}
 pub enum FetchTopicResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3994,6 +5658,18 @@ impl<'a> FetchTopicResult<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> FetchTopicResultT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    FetchTopicResultT {
+      name,
+      partitions,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -4074,6 +5750,36 @@ impl core::fmt::Debug for FetchTopicResult<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchTopicResultT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<FetchPartitionResultT>>,
+}
+impl Default for FetchTopicResultT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl FetchTopicResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<FetchTopicResult<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    FetchTopicResult::create(_fbb, &FetchTopicResultArgs{
+      name,
+      partitions,
+    })
+  }
+}
 pub enum FetchResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4108,6 +5814,16 @@ impl<'a> FetchResponse<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> FetchResponseT {
+    let error_code = self.error_code();
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    FetchResponseT {
+      error_code,
+      topics,
+    }
+  }
 
   #[inline]
   pub fn error_code(&self) -> i16 {
@@ -4188,6 +5904,34 @@ impl core::fmt::Debug for FetchResponse<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchResponseT {
+  pub error_code: i16,
+  pub topics: Option<Vec<FetchTopicResultT>>,
+}
+impl Default for FetchResponseT {
+  fn default() -> Self {
+    Self {
+      error_code: 0,
+      topics: None,
+    }
+  }
+}
+impl FetchResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<FetchResponse<'b>> {
+    let error_code = self.error_code;
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    FetchResponse::create(_fbb, &FetchResponseArgs{
+      error_code,
+      topics,
+    })
+  }
+}
 pub enum ListOffsetsPartitionOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4223,6 +5967,14 @@ impl<'a> ListOffsetsPartition<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ListOffsetsPartitionT {
+    let partition = self.partition();
+    let timestamp = self.timestamp();
+    ListOffsetsPartitionT {
+      partition,
+      timestamp,
+    }
+  }
 
   #[inline]
   pub fn partition(&self) -> i32 {
@@ -4303,6 +6055,32 @@ impl core::fmt::Debug for ListOffsetsPartition<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListOffsetsPartitionT {
+  pub partition: i32,
+  pub timestamp: i64,
+}
+impl Default for ListOffsetsPartitionT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      timestamp: 0,
+    }
+  }
+}
+impl ListOffsetsPartitionT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ListOffsetsPartition<'b>> {
+    let partition = self.partition;
+    let timestamp = self.timestamp;
+    ListOffsetsPartition::create(_fbb, &ListOffsetsPartitionArgs{
+      partition,
+      timestamp,
+    })
+  }
+}
 pub enum ListOffsetsTopicOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4337,6 +6115,18 @@ impl<'a> ListOffsetsTopic<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ListOffsetsTopicT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ListOffsetsTopicT {
+      name,
+      partitions,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -4417,6 +6207,36 @@ impl core::fmt::Debug for ListOffsetsTopic<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListOffsetsTopicT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<ListOffsetsPartitionT>>,
+}
+impl Default for ListOffsetsTopicT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl ListOffsetsTopicT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ListOffsetsTopic<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ListOffsetsTopic::create(_fbb, &ListOffsetsTopicArgs{
+      name,
+      partitions,
+    })
+  }
+}
 pub enum ListOffsetsRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4449,6 +6269,14 @@ impl<'a> ListOffsetsRequest<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ListOffsetsRequestT {
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ListOffsetsRequestT {
+      topics,
+    }
+  }
 
   #[inline]
   pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ListOffsetsTopic<'a>>>> {
@@ -4514,6 +6342,30 @@ impl core::fmt::Debug for ListOffsetsRequest<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListOffsetsRequestT {
+  pub topics: Option<Vec<ListOffsetsTopicT>>,
+}
+impl Default for ListOffsetsRequestT {
+  fn default() -> Self {
+    Self {
+      topics: None,
+    }
+  }
+}
+impl ListOffsetsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ListOffsetsRequest<'b>> {
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ListOffsetsRequest::create(_fbb, &ListOffsetsRequestArgs{
+      topics,
+    })
+  }
+}
 pub enum ListOffsetsPartitionResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4552,6 +6404,18 @@ impl<'a> ListOffsetsPartitionResult<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ListOffsetsPartitionResultT {
+    let partition = self.partition();
+    let error_code = self.error_code();
+    let offset = self.offset();
+    let timestamp = self.timestamp();
+    ListOffsetsPartitionResultT {
+      partition,
+      error_code,
+      offset,
+      timestamp,
+    }
+  }
 
   #[inline]
   pub fn partition(&self) -> i32 {
@@ -4662,6 +6526,40 @@ impl core::fmt::Debug for ListOffsetsPartitionResult<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListOffsetsPartitionResultT {
+  pub partition: i32,
+  pub error_code: i16,
+  pub offset: i64,
+  pub timestamp: i64,
+}
+impl Default for ListOffsetsPartitionResultT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      error_code: 0,
+      offset: 0,
+      timestamp: 0,
+    }
+  }
+}
+impl ListOffsetsPartitionResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ListOffsetsPartitionResult<'b>> {
+    let partition = self.partition;
+    let error_code = self.error_code;
+    let offset = self.offset;
+    let timestamp = self.timestamp;
+    ListOffsetsPartitionResult::create(_fbb, &ListOffsetsPartitionResultArgs{
+      partition,
+      error_code,
+      offset,
+      timestamp,
+    })
+  }
+}
 pub enum ListOffsetsTopicResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4696,6 +6594,18 @@ impl<'a> ListOffsetsTopicResult<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ListOffsetsTopicResultT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ListOffsetsTopicResultT {
+      name,
+      partitions,
+    }
+  }
 
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -4776,6 +6686,36 @@ impl core::fmt::Debug for ListOffsetsTopicResult<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListOffsetsTopicResultT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<ListOffsetsPartitionResultT>>,
+}
+impl Default for ListOffsetsTopicResultT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl ListOffsetsTopicResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ListOffsetsTopicResult<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ListOffsetsTopicResult::create(_fbb, &ListOffsetsTopicResultArgs{
+      name,
+      partitions,
+    })
+  }
+}
 pub enum ListOffsetsResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4808,6 +6748,14 @@ impl<'a> ListOffsetsResponse<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ListOffsetsResponseT {
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ListOffsetsResponseT {
+      topics,
+    }
+  }
 
   #[inline]
   pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ListOffsetsTopicResult<'a>>>> {
@@ -4873,6 +6821,30 @@ impl core::fmt::Debug for ListOffsetsResponse<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListOffsetsResponseT {
+  pub topics: Option<Vec<ListOffsetsTopicResultT>>,
+}
+impl Default for ListOffsetsResponseT {
+  fn default() -> Self {
+    Self {
+      topics: None,
+    }
+  }
+}
+impl ListOffsetsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ListOffsetsResponse<'b>> {
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ListOffsetsResponse::create(_fbb, &ListOffsetsResponseArgs{
+      topics,
+    })
+  }
+}
 pub enum RequestHeaderOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4914,6 +6886,63 @@ impl<'a> RequestHeader<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> RequestHeaderT {
+    let version = self.version();
+    let correlation_id = self.correlation_id();
+    let client_id = self.client_id().map(|x| {
+      x.to_string()
+    });
+    let body = match self.body_type() {
+      Request::NONE => RequestT::NONE,
+      Request::ApiVersionsRequest => RequestT::ApiVersionsRequest(Box::new(
+        self.body_as_api_versions_request()
+            .expect("Invalid union table, expected `Request::ApiVersionsRequest`.")
+            .unpack()
+      )),
+      Request::MetadataRequest => RequestT::MetadataRequest(Box::new(
+        self.body_as_metadata_request()
+            .expect("Invalid union table, expected `Request::MetadataRequest`.")
+            .unpack()
+      )),
+      Request::CreateTopicsRequest => RequestT::CreateTopicsRequest(Box::new(
+        self.body_as_create_topics_request()
+            .expect("Invalid union table, expected `Request::CreateTopicsRequest`.")
+            .unpack()
+      )),
+      Request::DeleteTopicsRequest => RequestT::DeleteTopicsRequest(Box::new(
+        self.body_as_delete_topics_request()
+            .expect("Invalid union table, expected `Request::DeleteTopicsRequest`.")
+            .unpack()
+      )),
+      Request::DescribeTopicsRequest => RequestT::DescribeTopicsRequest(Box::new(
+        self.body_as_describe_topics_request()
+            .expect("Invalid union table, expected `Request::DescribeTopicsRequest`.")
+            .unpack()
+      )),
+      Request::ProduceRequest => RequestT::ProduceRequest(Box::new(
+        self.body_as_produce_request()
+            .expect("Invalid union table, expected `Request::ProduceRequest`.")
+            .unpack()
+      )),
+      Request::FetchRequest => RequestT::FetchRequest(Box::new(
+        self.body_as_fetch_request()
+            .expect("Invalid union table, expected `Request::FetchRequest`.")
+            .unpack()
+      )),
+      Request::ListOffsetsRequest => RequestT::ListOffsetsRequest(Box::new(
+        self.body_as_list_offsets_request()
+            .expect("Invalid union table, expected `Request::ListOffsetsRequest`.")
+            .unpack()
+      )),
+      _ => RequestT::NONE,
+    };
+    RequestHeaderT {
+      version,
+      correlation_id,
+      client_id,
+      body,
+    }
+  }
 
   #[inline]
   pub fn version(&self) -> u16 {
@@ -5231,6 +7260,44 @@ impl core::fmt::Debug for RequestHeader<'_> {
       ds.finish()
   }
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestHeaderT {
+  pub version: u16,
+  pub correlation_id: u32,
+  pub client_id: Option<String>,
+  pub body: RequestT,
+}
+impl Default for RequestHeaderT {
+  fn default() -> Self {
+    Self {
+      version: 0,
+      correlation_id: 0,
+      client_id: None,
+      body: RequestT::NONE,
+    }
+  }
+}
+impl RequestHeaderT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<RequestHeader<'b>> {
+    let version = self.version;
+    let correlation_id = self.correlation_id;
+    let client_id = self.client_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let body_type = self.body.request_type();
+    let body = self.body.pack(_fbb);
+    RequestHeader::create(_fbb, &RequestHeaderArgs{
+      version,
+      correlation_id,
+      client_id,
+      body_type,
+      body,
+    })
+  }
+}
 pub enum ResponseHeaderOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5271,6 +7338,59 @@ impl<'a> ResponseHeader<'a> {
     builder.finish()
   }
 
+  pub fn unpack(&self) -> ResponseHeaderT {
+    let correlation_id = self.correlation_id();
+    let error_code = self.error_code();
+    let body = match self.body_type() {
+      Response::NONE => ResponseT::NONE,
+      Response::ApiVersionsResponse => ResponseT::ApiVersionsResponse(Box::new(
+        self.body_as_api_versions_response()
+            .expect("Invalid union table, expected `Response::ApiVersionsResponse`.")
+            .unpack()
+      )),
+      Response::MetadataResponse => ResponseT::MetadataResponse(Box::new(
+        self.body_as_metadata_response()
+            .expect("Invalid union table, expected `Response::MetadataResponse`.")
+            .unpack()
+      )),
+      Response::CreateTopicsResponse => ResponseT::CreateTopicsResponse(Box::new(
+        self.body_as_create_topics_response()
+            .expect("Invalid union table, expected `Response::CreateTopicsResponse`.")
+            .unpack()
+      )),
+      Response::DeleteTopicsResponse => ResponseT::DeleteTopicsResponse(Box::new(
+        self.body_as_delete_topics_response()
+            .expect("Invalid union table, expected `Response::DeleteTopicsResponse`.")
+            .unpack()
+      )),
+      Response::DescribeTopicsResponse => ResponseT::DescribeTopicsResponse(Box::new(
+        self.body_as_describe_topics_response()
+            .expect("Invalid union table, expected `Response::DescribeTopicsResponse`.")
+            .unpack()
+      )),
+      Response::ProduceResponse => ResponseT::ProduceResponse(Box::new(
+        self.body_as_produce_response()
+            .expect("Invalid union table, expected `Response::ProduceResponse`.")
+            .unpack()
+      )),
+      Response::FetchResponse => ResponseT::FetchResponse(Box::new(
+        self.body_as_fetch_response()
+            .expect("Invalid union table, expected `Response::FetchResponse`.")
+            .unpack()
+      )),
+      Response::ListOffsetsResponse => ResponseT::ListOffsetsResponse(Box::new(
+        self.body_as_list_offsets_response()
+            .expect("Invalid union table, expected `Response::ListOffsetsResponse`.")
+            .unpack()
+      )),
+      _ => ResponseT::NONE,
+    };
+    ResponseHeaderT {
+      correlation_id,
+      error_code,
+      body,
+    }
+  }
 
   #[inline]
   pub fn correlation_id(&self) -> u32 {
@@ -5571,6 +7691,38 @@ impl core::fmt::Debug for ResponseHeader<'_> {
         },
       };
       ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseHeaderT {
+  pub correlation_id: u32,
+  pub error_code: i16,
+  pub body: ResponseT,
+}
+impl Default for ResponseHeaderT {
+  fn default() -> Self {
+    Self {
+      correlation_id: 0,
+      error_code: 0,
+      body: ResponseT::NONE,
+    }
+  }
+}
+impl ResponseHeaderT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ResponseHeader<'b>> {
+    let correlation_id = self.correlation_id;
+    let error_code = self.error_code;
+    let body_type = self.body.response_type();
+    let body = self.body.pack(_fbb);
+    ResponseHeader::create(_fbb, &ResponseHeaderArgs{
+      correlation_id,
+      error_code,
+      body_type,
+      body,
+    })
   }
 }
 #[inline]

@@ -1,0 +1,234 @@
+//! Metadata and topic administration: Metadata, CreateTopics, DeleteTopics,
+//! DescribeTopics.
+
+use super::{Reply, code};
+use crate::controller::CommandError;
+use crate::mesh::PartitionOp;
+use crate::shard::Shard;
+use fjord_core::TopicError;
+use fjord_net::{ErrorCode, wire};
+use fjord_replication::metadata::{Command, CreateTopic, MetadataError};
+
+/// The node's id until clusters have more than one.
+pub const NODE_ID: i32 = 0;
+
+pub(super) fn metadata(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::MetadataRequestT,
+) -> Reply {
+    let metadata = shard.metadata();
+    let names: Vec<String> = match request.topics {
+        Some(names) => names,
+        None => metadata.topics.keys().cloned().collect(),
+    };
+    let topics = names
+        .into_iter()
+        .map(|name| match metadata.topics.get(&name) {
+            Some(topic) => wire::TopicInfoT {
+                name: Some(name.clone()),
+                error_code: 0,
+                partitions: Some(
+                    topic
+                        .partitions
+                        .iter()
+                        .enumerate()
+                        .map(|(p, meta)| wire::PartitionInfoT {
+                            partition: p as i32,
+                            error_code: 0,
+                            leader: NODE_ID,
+                            shard: shard.owner(meta.shard) as u16,
+                            leader_epoch: meta.leader_epoch,
+                        })
+                        .collect(),
+                ),
+            },
+            None => wire::TopicInfoT {
+                name: Some(name),
+                error_code: ErrorCode::UnknownTopicOrPartition.code(),
+                partitions: None,
+            },
+        })
+        .collect();
+    let listen = shard.config.listen;
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        listen.ip().to_string()
+    };
+    let broker = wire::BrokerInfoT {
+        node_id: NODE_ID,
+        host: Some(host),
+        port: listen.port(),
+        shard_ports: Some(shard.shard_ports.clone()),
+    };
+    let body = wire::MetadataResponseT {
+        brokers: Some(vec![broker]),
+        topics: Some(topics),
+        controller: NODE_ID,
+    };
+    Reply::new(
+        correlation_id,
+        wire::ResponseT::MetadataResponse(Box::new(body)),
+        Vec::new(),
+    )
+}
+
+pub(super) async fn create_topics(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::CreateTopicsRequestT,
+) -> Reply {
+    let mut results = Vec::new();
+    for topic in request.topics.unwrap_or_default() {
+        let name = topic.name.unwrap_or_default();
+        let configs = topic
+            .configs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
+            .collect();
+        let outcome = match u32::try_from(topic.partitions) {
+            Ok(partitions) => {
+                let command = Command::CreateTopic(CreateTopic {
+                    name: name.clone(),
+                    partitions,
+                    configs,
+                });
+                shard.command(command).await
+            }
+            Err(_) => Err(MetadataError::InvalidPartitions(0).into()),
+        };
+        results.push(topic_result(name, outcome));
+    }
+    let body = wire::CreateTopicsResponseT {
+        results: Some(results),
+    };
+    Reply::new(
+        correlation_id,
+        wire::ResponseT::CreateTopicsResponse(Box::new(body)),
+        Vec::new(),
+    )
+}
+
+pub(super) async fn delete_topics(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::DeleteTopicsRequestT,
+) -> Reply {
+    let mut results = Vec::new();
+    for name in request.names.unwrap_or_default() {
+        let outcome = shard.command(Command::DeleteTopic(name.clone())).await;
+        results.push(topic_result(name, outcome));
+    }
+    let body = wire::DeleteTopicsResponseT {
+        results: Some(results),
+    };
+    Reply::new(
+        correlation_id,
+        wire::ResponseT::DeleteTopicsResponse(Box::new(body)),
+        Vec::new(),
+    )
+}
+
+fn topic_result(name: String, outcome: Result<(), CommandError>) -> wire::TopicResultT {
+    let (error_code, error_message) = match outcome {
+        Ok(()) => (0, None),
+        Err(e) => (command_error_code(&e).code(), Some(e.to_string())),
+    };
+    wire::TopicResultT {
+        name: Some(name),
+        error_code,
+        error_message,
+    }
+}
+
+fn command_error_code(error: &CommandError) -> ErrorCode {
+    match error {
+        CommandError::Refused(refused) => match refused {
+            MetadataError::Topic(TopicError::InvalidName { .. }) => {
+                ErrorCode::InvalidTopicException
+            }
+            MetadataError::Topic(_) => ErrorCode::InvalidConfig,
+            MetadataError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+            MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
+            MetadataError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            MetadataError::OutOfOrder { .. } => ErrorCode::UnknownServerError,
+        },
+        CommandError::Unavailable => ErrorCode::BrokerNotAvailable,
+        CommandError::Storage(_) => ErrorCode::KafkaStorageError,
+    }
+}
+
+pub(super) async fn describe_topics(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::DescribeTopicsRequestT,
+) -> Reply {
+    let metadata = shard.metadata();
+    let names: Vec<String> = match request.names {
+        Some(names) => names,
+        None => metadata.topics.keys().cloned().collect(),
+    };
+    let mut topics = Vec::new();
+    for name in names {
+        let Some(topic) = metadata.topics.get(&name) else {
+            topics.push(wire::TopicDescriptionT {
+                name: Some(name),
+                error_code: ErrorCode::UnknownTopicOrPartition.code(),
+                ..Default::default()
+            });
+            continue;
+        };
+        let configs = topic
+            .config()
+            .pairs()
+            .into_iter()
+            .map(|(key, value)| wire::TopicConfigT {
+                key: Some(key.to_owned()),
+                value: Some(value),
+            })
+            .collect();
+        let mut partitions = Vec::new();
+        for p in 0..topic.partitions.len() as i32 {
+            let described = shard
+                .on_owner(
+                    &name,
+                    p,
+                    async |partition| Ok(partition.describe()),
+                    |reply| PartitionOp::Describe { reply },
+                )
+                .await;
+            partitions.push(match described {
+                Ok(d) => wire::PartitionDescriptionT {
+                    partition: p,
+                    error_code: 0,
+                    log_start_offset: d.log_start_offset,
+                    log_end_offset: d.log_end_offset,
+                    size_bytes: d.size_bytes,
+                },
+                Err(e) => wire::PartitionDescriptionT {
+                    partition: p,
+                    error_code: code(Err(e)),
+                    log_start_offset: -1,
+                    log_end_offset: -1,
+                    size_bytes: -1,
+                },
+            });
+        }
+        topics.push(wire::TopicDescriptionT {
+            name: Some(name),
+            error_code: 0,
+            configs: Some(configs),
+            partitions: Some(partitions),
+        });
+    }
+    let body = wire::DescribeTopicsResponseT {
+        topics: Some(topics),
+    };
+    Reply::new(
+        correlation_id,
+        wire::ResponseT::DescribeTopicsResponse(Box::new(body)),
+        Vec::new(),
+    )
+}

@@ -1,0 +1,184 @@
+//! Fetch with long polling: answer once `min_bytes` are there or
+//! `max_wait_ms` has passed. Batches of this shard's partitions go to the
+//! socket from the buffers they sit in; those of other shards are copied
+//! once, out of the owner's buffers (which cannot leave its thread).
+
+use super::{Piece, Reply};
+use crate::mesh::{Fetched, PartitionOp};
+use crate::shard::Shard;
+use fjord_net::{ErrorCode, wire};
+use std::time::{Duration, Instant};
+
+/// Longest long poll a request may ask for.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+/// Most bytes one fetch response carries (Kafka's `fetch.max.bytes`).
+const RESPONSE_BYTES_MAX: usize = 64 << 20;
+
+struct Wanted {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+}
+
+struct Got {
+    error: Option<ErrorCode>,
+    high_watermark: i64,
+    log_start_offset: i64,
+    pieces: Vec<Piece>,
+    len: usize,
+}
+
+pub(super) async fn fetch(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::FetchRequestT,
+) -> Reply {
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(WAIT_MAX);
+    let deadline = Instant::now() + wait;
+    let response_max = usize::try_from(request.max_bytes)
+        .ok()
+        .filter(|&b| b > 0)
+        .map_or(RESPONSE_BYTES_MAX, |b| b.min(RESPONSE_BYTES_MAX));
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let mut wanted = Vec::new();
+    for topic in request.topics.unwrap_or_default() {
+        let name = topic.name.unwrap_or_default();
+        for p in topic.partitions.unwrap_or_default() {
+            wanted.push(Wanted {
+                topic: name.clone(),
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: usize::try_from(p.max_bytes).unwrap_or(0),
+            });
+        }
+    }
+    loop {
+        let mut budget = response_max;
+        let mut got = Vec::with_capacity(wanted.len());
+        for w in &wanted {
+            let g = read(shard, w, w.max_bytes.min(budget)).await;
+            budget = budget.saturating_sub(g.len);
+            got.push(g);
+        }
+        let total: usize = got.iter().map(|g| g.len).sum();
+        let now = Instant::now();
+        if total >= min_bytes.max(1)
+            || now >= deadline
+            || got.iter().any(|g| g.error.is_some())
+            || shard.closing.get()
+            || wanted.is_empty()
+        {
+            return respond(correlation_id, &wanted, got);
+        }
+        let left = deadline - now;
+        let waits = wanted
+            .iter()
+            .map(|w| Box::pin(shard.wait_past(&w.topic, w.partition, w.offset, left)));
+        futures::future::select_all(waits).await;
+    }
+}
+
+async fn read(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> Got {
+    let local = shard.owner_of(&wanted.topic, wanted.partition) == Ok(shard.id);
+    if local && max_bytes > 0 {
+        if let Some(partition) = shard.partition(&wanted.topic, wanted.partition) {
+            return match partition.read(wanted.offset, max_bytes).await {
+                Ok(read) => Got {
+                    error: None,
+                    high_watermark: read.offset_written as i64,
+                    log_start_offset: read.offset_start as i64,
+                    len: read.len_bytes(),
+                    pieces: read.slices.into_iter().map(Piece::Slice).collect(),
+                },
+                Err(e) => failed(e),
+            };
+        }
+    }
+    // Remote, or out of budget (then only the offsets are wanted).
+    let offset = wanted.offset;
+    let fetched = shard
+        .on_owner(
+            &wanted.topic,
+            wanted.partition,
+            async |p| {
+                let d = p.describe();
+                Ok(Fetched {
+                    records: Vec::new(),
+                    high_watermark: d.log_end_offset,
+                    log_start_offset: d.log_start_offset,
+                })
+            },
+            |reply| PartitionOp::Fetch {
+                offset,
+                max_bytes,
+                reply,
+            },
+        )
+        .await;
+    match fetched {
+        Ok(f) if max_bytes == 0 => Got {
+            error: None,
+            high_watermark: f.high_watermark,
+            log_start_offset: f.log_start_offset,
+            pieces: Vec::new(),
+            len: 0,
+        },
+        Ok(f) => Got {
+            error: None,
+            high_watermark: f.high_watermark,
+            log_start_offset: f.log_start_offset,
+            len: f.records.len(),
+            pieces: vec![Piece::Bytes(f.records)],
+        },
+        Err(e) => failed(e),
+    }
+}
+
+fn failed(error: ErrorCode) -> Got {
+    Got {
+        error: Some(error),
+        high_watermark: -1,
+        log_start_offset: -1,
+        pieces: Vec::new(),
+        len: 0,
+    }
+}
+
+fn respond(correlation_id: u32, wanted: &[Wanted], got: Vec<Got>) -> Reply {
+    let mut topics: Vec<wire::FetchTopicResultT> = Vec::new();
+    let mut payload = Vec::new();
+    let mut position = 0usize;
+    for (w, g) in wanted.iter().zip(got) {
+        let result = wire::FetchPartitionResultT {
+            partition: w.partition,
+            error_code: g.error.map_or(0, |e| e.code()),
+            high_watermark: g.high_watermark,
+            log_start_offset: g.log_start_offset,
+            records: Some(wire::PayloadRangeT {
+                offset: position as u32,
+                len: g.len as u32,
+            }),
+        };
+        position += g.len;
+        payload.extend(g.pieces);
+        match topics.last_mut() {
+            Some(last) if last.name.as_deref() == Some(w.topic.as_str()) => {
+                last.partitions.get_or_insert_default().push(result);
+            }
+            _ => topics.push(wire::FetchTopicResultT {
+                name: Some(w.topic.clone()),
+                partitions: Some(vec![result]),
+            }),
+        }
+    }
+    let body = wire::FetchResponseT {
+        error_code: 0,
+        topics: Some(topics),
+    };
+    Reply::new(
+        correlation_id,
+        wire::ResponseT::FetchResponse(Box::new(body)),
+        payload,
+    )
+}

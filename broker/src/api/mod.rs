@@ -1,0 +1,144 @@
+//! The native APIs: one request frame in, at most one response out. The
+//! frame arrives whole, in a buffer of its own; produce moves that buffer to
+//! the partitions' shards instead of copying batches out of it.
+
+mod admin;
+mod fetch;
+mod offsets;
+mod produce;
+
+use crate::shard::Shard;
+use fjord_net::{ErrorCode, api, frame, wire};
+use fjord_storage::BatchSlice;
+use std::rc::Rc;
+
+/// A piece of a response payload: batches still in the shard's buffers, or
+/// bytes copied from another shard.
+pub enum Piece {
+    /// Batches from this shard's cache or disk reads.
+    Slice(BatchSlice),
+    /// Batches read on another shard.
+    Bytes(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Piece::Slice(slice) => slice,
+            Piece::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+/// A response frame, ready to write.
+pub struct Reply {
+    /// Prefix, lengths and header.
+    pub head: Vec<u8>,
+    /// The payload, in order.
+    pub payload: Vec<Piece>,
+    /// Close the connection after writing: the stream cannot be trusted.
+    pub close: bool,
+}
+
+impl Reply {
+    fn new(correlation_id: u32, body: wire::ResponseT, payload: Vec<Piece>) -> Reply {
+        let len = payload.iter().map(|p| p.as_ref().len()).sum();
+        let header = wire::ResponseHeaderT {
+            correlation_id,
+            error_code: 0,
+            body,
+        };
+        Reply {
+            head: api::response_head(&header, len),
+            payload,
+            close: false,
+        }
+    }
+
+    /// An error for the request as a whole.
+    pub fn error(correlation_id: u32, code: ErrorCode) -> Reply {
+        Reply {
+            head: api::error_head(correlation_id, code),
+            payload: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// An error after which the connection closes.
+    pub fn fatal(correlation_id: u32, code: ErrorCode) -> Reply {
+        Reply {
+            close: true,
+            ..Reply::error(correlation_id, code)
+        }
+    }
+}
+
+/// Serves one request frame (prefix included). `None`: no response is due
+/// (produce with acks 0).
+pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
+    let limits = frame::Limits {
+        frame_bytes_max: shard.config.max_frame_bytes,
+        ..frame::Limits::default()
+    };
+    // The frame was read whole under the same limits; only the header can
+    // still be wrong, and a stream with a wrong header is not trusted on.
+    let Ok(Some((frame, _))) = frame::decode(&buf, &limits) else {
+        return Some(Reply::fatal(0, ErrorCode::InvalidRequest));
+    };
+    let Ok(header) = frame.request_header() else {
+        return Some(Reply::fatal(0, ErrorCode::InvalidRequest));
+    };
+    let correlation_id = header.correlation_id();
+    match api::supports(header.body_type(), header.version()) {
+        None => return Some(Reply::error(correlation_id, ErrorCode::InvalidRequest)),
+        Some(false) => return Some(Reply::error(correlation_id, ErrorCode::UnsupportedVersion)),
+        Some(true) => {}
+    }
+    let payload_start = buf.len() - frame.payload.len();
+    let payload_len = frame.payload.len();
+    let request = header.unpack().body;
+    use wire::RequestT as R;
+    let reply = match request {
+        R::ApiVersionsRequest(_) => Reply::new(correlation_id, api_versions(), Vec::new()),
+        R::MetadataRequest(request) => admin::metadata(&shard, correlation_id, *request),
+        R::CreateTopicsRequest(request) => {
+            admin::create_topics(&shard, correlation_id, *request).await
+        }
+        R::DeleteTopicsRequest(request) => {
+            admin::delete_topics(&shard, correlation_id, *request).await
+        }
+        R::DescribeTopicsRequest(request) => {
+            admin::describe_topics(&shard, correlation_id, *request).await
+        }
+        R::ListOffsetsRequest(request) => {
+            offsets::list_offsets(&shard, correlation_id, *request).await
+        }
+        R::FetchRequest(request) => fetch::fetch(&shard, correlation_id, *request).await,
+        R::ProduceRequest(request) => {
+            let payload = payload_start..payload_start + payload_len;
+            return produce::produce(&shard, correlation_id, *request, buf, payload).await;
+        }
+        R::NONE => Reply::error(correlation_id, ErrorCode::InvalidRequest),
+    };
+    Some(reply)
+}
+
+fn api_versions() -> wire::ResponseT {
+    let versions = api::VERSIONS
+        .iter()
+        .map(|(api, min, max)| wire::ApiVersionT {
+            api: api.0,
+            min_version: *min,
+            max_version: *max,
+        })
+        .collect();
+    wire::ResponseT::ApiVersionsResponse(Box::new(wire::ApiVersionsResponseT {
+        error_code: 0,
+        versions: Some(versions),
+    }))
+}
+
+/// Kafka's numeric code of an error, 0 for none.
+fn code(result: Result<(), ErrorCode>) -> i16 {
+    result.err().map_or(0, |e| e.code())
+}

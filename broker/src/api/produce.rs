@@ -1,0 +1,98 @@
+//! Produce: batches for many partitions in one request, each appended on
+//! its partition's shard. The request buffer moves (`Arc`) to other shards;
+//! batches are never copied out of it before the log's own write buffer.
+
+use super::{Reply, code};
+use crate::mesh::PartitionOp;
+use crate::shard::Shard;
+use fjord_net::{ErrorCode, api, wire};
+use std::ops::Range;
+use std::sync::Arc;
+
+pub(super) async fn produce(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::ProduceRequestT,
+    frame: Vec<u8>,
+    payload: Range<usize>,
+) -> Option<Reply> {
+    let acks = request.acks;
+    if ![api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&acks) {
+        return Some(Reply::error(correlation_id, ErrorCode::InvalidRequiredAcks));
+    }
+    // Where each partition's batches lie in the frame, checked once here.
+    let mut plan = Vec::new();
+    for topic in request.topics.unwrap_or_default() {
+        let name = topic.name.unwrap_or_default();
+        for p in topic.partitions.unwrap_or_default() {
+            let range = p
+                .records
+                .and_then(|r| {
+                    let start = payload.start.checked_add(r.offset as usize)?;
+                    let end = start.checked_add(r.len as usize)?;
+                    (end <= payload.end).then_some(start..end)
+                })
+                .ok_or(ErrorCode::CorruptMessage);
+            plan.push((name.clone(), p.partition, range));
+        }
+    }
+    let frame = Arc::new(frame);
+    let wait = acks != api::ACKS_NONE;
+    let outcomes = futures::future::join_all(plan.iter().map(|(topic, partition, range)| {
+        let frame = frame.clone();
+        async move {
+            let range = range.clone()?;
+            shard
+                .on_owner(
+                    topic,
+                    *partition,
+                    async |p| p.produce(&frame[range.clone()], wait).await,
+                    |reply| PartitionOp::Produce {
+                        frame: frame.clone(),
+                        range: range.clone(),
+                        wait,
+                        reply,
+                    },
+                )
+                .await
+        }
+    }))
+    .await;
+    if !wait {
+        return None;
+    }
+    let mut topics: Vec<wire::ProduceTopicResultT> = Vec::new();
+    for ((topic, partition, _), outcome) in plan.into_iter().zip(outcomes) {
+        let result = match outcome {
+            Ok(produced) => wire::ProducePartitionResultT {
+                partition,
+                error_code: 0,
+                base_offset: produced.base_offset,
+                log_start_offset: produced.log_start_offset,
+            },
+            Err(e) => wire::ProducePartitionResultT {
+                partition,
+                error_code: code(Err(e)),
+                base_offset: -1,
+                log_start_offset: -1,
+            },
+        };
+        match topics.last_mut() {
+            Some(last) if last.name.as_deref() == Some(topic.as_str()) => {
+                last.partitions.get_or_insert_default().push(result);
+            }
+            _ => topics.push(wire::ProduceTopicResultT {
+                name: Some(topic),
+                partitions: Some(vec![result]),
+            }),
+        }
+    }
+    let body = wire::ProduceResponseT {
+        topics: Some(topics),
+    };
+    Some(Reply::new(
+        correlation_id,
+        wire::ResponseT::ProduceResponse(Box::new(body)),
+        Vec::new(),
+    ))
+}

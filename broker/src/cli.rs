@@ -1,0 +1,265 @@
+//! The command-line tools: `fjord topic …`, `fjord produce`, `fjord
+//! consume`. They run on the main thread with the client crate's blocking
+//! style (`block_on`); errors say what failed and where.
+
+use fjord_client::{
+    Admin, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    RecordMetadata, Seek,
+};
+use fjord_net::api;
+use futures::StreamExt;
+use futures::executor::block_on;
+use futures::stream::FuturesOrdered;
+use std::io::{BufRead, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// Records a `produce` keeps unanswered before it waits for the oldest.
+const PRODUCE_OUTSTANDING_MAX: usize = 100_000;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The bootstrap address is not usable.
+    #[error("invalid broker address {0:?}")]
+    Address(String),
+    /// Talking to the broker failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A `key=value` argument is malformed.
+    #[error("invalid config {0:?}: expected key=value")]
+    Config(String),
+    /// Reading stdin or writing stdout failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Some records were not acknowledged.
+    #[error("{failed} of {sent} records were not acknowledged; first error: {first}")]
+    NotAcknowledged {
+        /// Records that failed.
+        failed: usize,
+        /// Records sent.
+        sent: usize,
+        /// The first failure.
+        first: ClientError,
+    },
+}
+
+/// Connects a client to `bootstrap` (`HOST:PORT`).
+pub fn connect(bootstrap: &str) -> Result<Client, CliError> {
+    let addr: SocketAddr = bootstrap
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| CliError::Address(bootstrap.to_owned()))?;
+    let mut config = ClientConfig::new(addr);
+    config.client_id = "fjord-cli".into();
+    config.request_timeout = Duration::from_secs(15);
+    Ok(Client::new(config)?)
+}
+
+/// `topic create`.
+pub fn topic_create(
+    client: &Client,
+    name: &str,
+    partitions: i32,
+    configs: &[String],
+) -> Result<(), CliError> {
+    let configs = configs
+        .iter()
+        .map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| CliError::Config(c.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    block_on(Admin::new(client.clone()).create_topic(name, partitions, &configs))?;
+    println!("created topic {name} with {partitions} partitions");
+    Ok(())
+}
+
+/// `topic delete`.
+pub fn topic_delete(client: &Client, name: &str) -> Result<(), CliError> {
+    block_on(Admin::new(client.clone()).delete_topic(name))?;
+    println!("deleted topic {name}");
+    Ok(())
+}
+
+/// `topic list`.
+pub fn topic_list(client: &Client) -> Result<(), CliError> {
+    let topics = block_on(Admin::new(client.clone()).list_topics())?;
+    let rows: Vec<Vec<String>> = topics
+        .into_iter()
+        .map(|t| vec![t.name, t.partitions.to_string()])
+        .collect();
+    print_table(&["TOPIC", "PARTITIONS"], &rows);
+    Ok(())
+}
+
+/// `topic describe`.
+pub fn topic_describe(client: &Client, name: &str) -> Result<(), CliError> {
+    let topic = block_on(Admin::new(client.clone()).describe_topic(name))?;
+    println!(
+        "topic {} ({} partitions)\n",
+        topic.name,
+        topic.partitions.len()
+    );
+    let configs: Vec<Vec<String>> = topic.configs.into_iter().map(|(k, v)| vec![k, v]).collect();
+    print_table(&["CONFIG", "VALUE"], &configs);
+    println!();
+    let partitions: Vec<Vec<String>> = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.partition.to_string(),
+                p.log_start_offset.to_string(),
+                p.log_end_offset.to_string(),
+                p.size_bytes.to_string(),
+                p.error.map_or_else(|| "-".into(), |e| format!("{e:?}")),
+            ]
+        })
+        .collect();
+    print_table(
+        &["PARTITION", "START", "END", "BYTES", "ERROR"],
+        &partitions,
+    );
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Options of `produce`.
+pub struct ProduceArgs {
+    /// Topic.
+    pub topic: String,
+    /// Splits a line into key and value at its first occurrence.
+    pub key_separator: Option<String>,
+    /// 0, 1 or -1 (all).
+    pub acks: i16,
+    /// Send every record to this partition.
+    pub partition: Option<i32>,
+}
+
+/// `produce`: stdin lines as records. Returns how many were acknowledged.
+pub fn produce(
+    client: &Client,
+    args: &ProduceArgs,
+    input: impl BufRead,
+) -> Result<usize, CliError> {
+    let config = ProducerConfig {
+        acks: args.acks,
+        stop_on_error: true,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config)?;
+    let mut pending = FuturesOrdered::new();
+    let (mut sent, mut acked) = (0usize, 0usize);
+    let mut first_error: Option<ClientError> = None;
+    let mut settle = |outcome: Result<RecordMetadata, ClientError>| match outcome {
+        Ok(_) => acked += 1,
+        Err(e) => {
+            first_error.get_or_insert(e);
+        }
+    };
+    for line in input.lines() {
+        let line = line?;
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(k.as_bytes()), v.as_bytes()),
+                None => (None, line.as_bytes()),
+            },
+            None => (None, line.as_bytes()),
+        };
+        pending.push_back(producer.send(&args.topic, args.partition, key, Some(value), &[]));
+        sent += 1;
+        while pending.len() >= PRODUCE_OUTSTANDING_MAX {
+            if let Some(outcome) = block_on(pending.next()) {
+                settle(outcome);
+            }
+        }
+    }
+    block_on(producer.flush())?;
+    while let Some(outcome) = block_on(pending.next()) {
+        settle(outcome);
+    }
+    if args.acks == api::ACKS_NONE {
+        eprintln!("sent {sent} records (acks=0: the broker does not acknowledge)");
+        return Ok(0);
+    }
+    eprintln!("{acked} of {sent} records acknowledged");
+    match first_error {
+        Some(first) => Err(CliError::NotAcknowledged {
+            failed: sent - acked,
+            sent,
+            first,
+        }),
+        None => Ok(acked),
+    }
+}
+
+/// Options of `consume`.
+pub struct ConsumeArgs {
+    /// Topic.
+    pub topic: String,
+    /// Where to start.
+    pub seek: Seek,
+    /// Only this partition.
+    pub partition: Option<i32>,
+    /// Stop after this many records.
+    pub max_messages: Option<usize>,
+    /// Print `key<TAB>` before each value.
+    pub print_key: bool,
+    /// Print `partition:offset<TAB>` first.
+    pub print_offset: bool,
+}
+
+/// `consume`: prints records until `max_messages` or until interrupted.
+pub fn consume(
+    client: &Client,
+    args: &ConsumeArgs,
+    out: &mut impl Write,
+) -> Result<usize, CliError> {
+    let mut consumer = Consumer::new(client, ConsumerConfig::default());
+    let partitions = args.partition.map(|p| vec![p]);
+    block_on(consumer.assign(&args.topic, partitions.as_deref(), args.seek))?;
+    let mut printed = 0;
+    loop {
+        let records = block_on(consumer.poll(Duration::from_millis(500)))?;
+        for record in records {
+            if args.print_offset {
+                write!(out, "{}:{}\t", record.partition, record.offset)?;
+            }
+            if args.print_key {
+                let key = record.key.as_deref().map(String::from_utf8_lossy);
+                write!(out, "{}\t", key.as_deref().unwrap_or("null"))?;
+            }
+            let value = record.value.as_deref().map(String::from_utf8_lossy);
+            writeln!(out, "{}", value.as_deref().unwrap_or("null"))?;
+            printed += 1;
+            if args.max_messages.is_some_and(|max| printed >= max) {
+                out.flush()?;
+                return Ok(printed);
+            }
+        }
+        out.flush()?;
+    }
+}

@@ -1,0 +1,127 @@
+//! `fjord serve`'s settings: defaults that work on a laptop, overridden by a
+//! TOML file, overridden by flags. Every key of the file is also a flag.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The default native port: Kafka's listener keeps 9092, so the native
+/// protocol takes the next one.
+pub const DEFAULT_PORT: u16 = 9093;
+
+/// What a broker runs with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Where partition logs and cluster metadata live.
+    pub data_dir: PathBuf,
+    /// The node's native listener; every shard accepts on it (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// First shard port: shard `i` also listens on `shard_port_base + i`.
+    /// `None`: the port after `listen`'s. `0`: free ports picked at start.
+    pub shard_port_base: Option<u16>,
+    /// Shards (pinned cores); `None`: every core.
+    pub cores: Option<usize>,
+    /// Whether the controller shard (0) also hosts partitions; `None`: only
+    /// when there are two cores or fewer.
+    pub controller_hosts_partitions: Option<bool>,
+    /// Open connections a shard accepts; more are closed at once.
+    pub max_connections_per_shard: usize,
+    /// Largest request frame; larger frames close the connection.
+    pub max_frame_bytes: usize,
+    /// Request bytes a connection may have in flight before the broker
+    /// stops reading from it (backpressure).
+    pub max_inflight_bytes: usize,
+    /// Per-shard batch cache for tail reads.
+    pub cache_bytes_per_shard: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            data_dir: PathBuf::from("fjord-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            shard_port_base: None,
+            cores: None,
+            controller_hosts_partitions: None,
+            max_connections_per_shard: 10_000,
+            max_frame_bytes: 65 << 20,
+            max_inflight_bytes: 128 << 20,
+            cache_bytes_per_shard: 256 << 20,
+        }
+    }
+}
+
+/// Why settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of these keys.
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl ServeConfig {
+    /// Reads a TOML file of these keys (snake_case, as the flags).
+    pub fn from_file(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// Shards to run: the setting, or one per core.
+    pub fn shard_count(&self) -> usize {
+        self.cores
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let shards = self.shard_count();
+        if shards == 0 || shards > 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "cores = {shards}: must be 1 to 1024"
+            )));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid("max_frame_bytes below 1024".into()));
+        }
+        if self.max_inflight_bytes < self.max_frame_bytes {
+            return Err(ConfigError::Invalid(
+                "max_inflight_bytes must hold at least one max_frame_bytes frame".into(),
+            ));
+        }
+        if !self.hosts_partitions_on_controller() && shards < 2 {
+            return Err(ConfigError::Invalid(
+                "controller_hosts_partitions = false needs at least two cores".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether shard 0 hosts partitions as well as the controller.
+    pub fn hosts_partitions_on_controller(&self) -> bool {
+        self.controller_hosts_partitions
+            .unwrap_or(self.shard_count() <= 2)
+    }
+}

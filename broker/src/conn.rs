@@ -1,0 +1,161 @@
+//! Client connections: accept, then per connection a reader that decodes
+//! frames and starts each request's handler at once (pipelining), and a
+//! writer that sends the answers in request order.
+//!
+//! Limits: a shard holds at most `max_connections_per_shard` connections
+//! (more are closed on accept); a connection has at most
+//! `max_inflight_bytes` of requests being served and [`PIPELINE_MAX`]
+//! requests queued — beyond either the reader stops reading, and TCP pushes
+//! back on the client. A connection that stops reading its answers stalls
+//! only its own writer.
+
+use crate::api::{self, Reply};
+use crate::shard::Shard;
+use fjord_net::frame::Limits;
+use fjord_net::io::{ReadError, read_frame, write_frame};
+use fjord_net::{ErrorCode, frame};
+use futures::FutureExt;
+use futures::future::{Either, Shared, select};
+use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use glommio::channels::local_channel;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+use glommio::task::JoinHandle;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Requests of one connection being served or waiting to be answered.
+pub const PIPELINE_MAX: usize = 128;
+/// Socket write buffer: small answers of pipelined requests share a send.
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
+/// Fires when the node shuts down.
+pub type Stop = Shared<futures::channel::oneshot::Receiver<()>>;
+
+/// Accepts connections until `stop` fires.
+pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
+    loop {
+        let accepted = match select(Box::pin(listener.accept()), stop.clone()).await {
+            Either::Left((accepted, _)) => accepted,
+            Either::Right(_) => return,
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: back off rather than spin.
+                eprintln!("shard {}: accept: {e}", shard.id);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= shard.config.max_connections_per_shard {
+            drop(stream);
+            continue;
+        }
+        shard.connections.set(shard.connections.get() + 1);
+        let shard = shard.clone();
+        let stop = stop.clone();
+        glommio::spawn_local(async move {
+            serve(&shard, stream, stop).await;
+            shard.connections.set(shard.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+type Pending = (JoinHandle<Option<Reply>>, usize);
+
+async fn serve(shard: &Rc<Shard>, stream: TcpStream, stop: Stop) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.split();
+    let budget = Rc::new(Semaphore::new(shard.config.max_inflight_bytes as u64));
+    let (tx, rx) = local_channel::new_bounded::<Pending>(PIPELINE_MAX);
+    let limits = Limits {
+        frame_bytes_max: shard.config.max_frame_bytes,
+        ..Limits::default()
+    };
+    let writing = glommio::spawn_local(write_replies(writer, rx, budget.clone()));
+    loop {
+        let read = match select(Box::pin(read_frame(&mut reader, &limits)), stop.clone()).await {
+            Either::Left((read, _)) => read,
+            Either::Right(_) => break,
+        };
+        let buf = match read {
+            Ok(Some(buf)) => buf,
+            Ok(None) | Err(ReadError::Io(_)) => break,
+            Err(ReadError::Frame(e)) => {
+                // The stream is out of step: say why, then close.
+                let code = match e {
+                    frame::FrameError::TooLarge { .. } => ErrorCode::MessageTooLarge,
+                    _ => ErrorCode::InvalidRequest,
+                };
+                let reply = glommio::spawn_local(async move { Some(Reply::fatal(0, code)) });
+                let _ = tx.send((reply.detach(), 0)).await;
+                break;
+            }
+        };
+        let len = buf.len();
+        // Charged now, released once answered: with the budget spent the
+        // loop waits here, and unread bytes back up into the client.
+        if budget.acquire(len as u64).await.is_err() {
+            break;
+        }
+        let handler = glommio::spawn_local(api::handle(shard.clone(), buf)).detach();
+        if tx.send((handler, len)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    writing.await;
+}
+
+async fn write_replies<W: futures::io::AsyncWrite + Unpin>(
+    writer: W,
+    rx: local_channel::LocalReceiver<Pending>,
+    budget: Rc<Semaphore>,
+) {
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+    loop {
+        // Answers already done are written back to back and share one
+        // send; before waiting on anything, what is written is flushed.
+        let next = match rx.recv().now_or_never() {
+            Some(next) => next,
+            None => {
+                if writer.flush().await.is_err() {
+                    break;
+                }
+                rx.recv().await
+            }
+        };
+        let Some((mut handler, len)) = next else {
+            break;
+        };
+        let reply = match (&mut handler).now_or_never() {
+            Some(reply) => reply,
+            None => {
+                if writer.flush().await.is_err() {
+                    break;
+                }
+                handler.await
+            }
+        };
+        budget.signal(len as u64);
+        let Some(reply) = reply.flatten() else {
+            continue;
+        };
+        let pieces: Vec<&[u8]> = reply.payload.iter().map(|p| p.as_ref()).collect();
+        if write_frame(&mut writer, &reply.head, &pieces)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if reply.close {
+            let _ = writer.flush().await;
+            break;
+        }
+    }
+    // A reader waiting for budget must not wait for a writer that is gone.
+    budget.close();
+    let _ = writer.close().await;
+}

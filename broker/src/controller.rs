@@ -1,0 +1,264 @@
+//! The controller: cluster metadata, kept on shard 0 as a log of commands
+//! plus a snapshot, and pushed to every shard after each change.
+//!
+//! The log is an ordinary Fjord partition log (`cluster/metadata`, fsync
+//! always) whose record values are rkyv-encoded [`Command`]s; a command's
+//! index is its offset + 1. That is exactly the shape Raft group 0 needs:
+//! with replication the same log becomes the Raft log and `commit` waits for
+//! a quorum instead of the local fdatasync. The snapshot (rkyv, CRC'd) only
+//! shortens replay: it is written after the log, so it is never ahead of it,
+//! and a lost or stale snapshot costs a longer replay, never state.
+
+use crate::shard::{Shard, topic_dir_name, topics_dir};
+use fjord_core::{BatchBuilder, FsyncPolicy, batch};
+use fjord_replication::metadata::{ClusterMetadata, Command, MetadataError};
+use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
+use futures::AsyncWriteExt;
+use glommio::io::{DmaFile, DmaStreamWriterBuilder};
+use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Commands between snapshots.
+const SNAPSHOT_EVERY: u64 = 256;
+/// Largest metadata snapshot read back: a bound on what a damaged file can
+/// make the controller allocate.
+const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+/// Bytes read per replay step.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// Why a command was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    /// The state machine refused it.
+    #[error(transparent)]
+    Refused(#[from] MetadataError),
+    /// The controller is not running (shutting down).
+    #[error("the controller is not available")]
+    Unavailable,
+    /// The metadata log could not take it.
+    #[error("metadata log: {0}")]
+    Storage(String),
+}
+
+impl From<StorageError> for CommandError {
+    fn from(e: StorageError) -> Self {
+        CommandError::Storage(e.to_string())
+    }
+}
+
+/// The controller of one node.
+pub struct Controller {
+    log: Log,
+    state: RefCell<ClusterMetadata>,
+    /// Commands commit one at a time, in arrival order.
+    turn: Semaphore,
+    snapshot_path: PathBuf,
+    since_snapshot: Cell<u64>,
+}
+
+impl Controller {
+    /// Opens the metadata log under `data/cluster`, restores the snapshot and
+    /// replays the commands after it.
+    pub async fn open(
+        data: &Path,
+        data_shards: u16,
+        cache: Rc<BatchCache>,
+    ) -> Result<Controller, CommandError> {
+        let dir = data.join("cluster");
+        let snapshot_path = dir.join("snapshot");
+        let mut config = LogConfig::default();
+        config.fsync = FsyncPolicy::Always;
+        let log = Log::open(dir.join("metadata"), config, cache).await?;
+        let mut state = match read_snapshot(&snapshot_path).await? {
+            Some(state) => state,
+            None => ClusterMetadata::new(data_shards),
+        };
+        if log.offset_written() < state.applied_index {
+            return Err(CommandError::Storage(format!(
+                "metadata log ends at {} but the snapshot has applied {}",
+                log.offset_written(),
+                state.applied_index
+            )));
+        }
+        let replayed = replay(&log, &mut state).await?;
+        eprintln!(
+            "controller: {} topics (snapshot at {}, {replayed} commands replayed)",
+            state.topics.len(),
+            state.applied_index - replayed,
+        );
+        Ok(Controller {
+            log,
+            state: RefCell::new(state),
+            turn: Semaphore::new(1),
+            snapshot_path,
+            since_snapshot: Cell::new(replayed),
+        })
+    }
+
+    /// The current metadata.
+    pub fn metadata(&self) -> ClusterMetadata {
+        self.state.borrow().clone()
+    }
+
+    /// Removes topic directories the metadata does not list: leftovers of a
+    /// delete interrupted by a crash.
+    pub async fn remove_stale_topics(&self, data: &Path) -> Result<(), CommandError> {
+        let dir = topics_dir(data);
+        let live: Vec<String> = self
+            .state
+            .borrow()
+            .topics
+            .iter()
+            .map(|(name, t)| topic_dir_name(name, t.id))
+            .collect();
+        for name in fjord_storage::recovery::list_dir(&dir).await? {
+            if !live.contains(&name) {
+                eprintln!("controller: removing stale topic directory {name}");
+                fjord_storage::recovery::remove_tree(&dir.join(&name)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates `command`, logs it durably, applies it, and pushes the new
+    /// metadata to every shard before answering.
+    pub async fn commit(&self, shard: &Shard, command: Command) -> Result<(), CommandError> {
+        let _turn = self
+            .turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| CommandError::Unavailable)?;
+        let mut next = self.state.borrow().clone();
+        let index = next.applied_index + 1;
+        next.apply(index, &command)?;
+        assert_eq!(
+            self.log.offset_next(),
+            index - 1,
+            "metadata log offsets follow command indexes"
+        );
+        let mut builder = BatchBuilder::new();
+        builder.push(
+            fjord_storage::log::now_ms(),
+            None,
+            Some(&command.encode()),
+            &[],
+        );
+        let appended = self.log.append(&builder.build()).await?;
+        appended.durable.await?;
+        *self.state.borrow_mut() = next.clone();
+        self.since_snapshot.set(self.since_snapshot.get() + 1);
+        if self.since_snapshot.get() >= SNAPSHOT_EVERY {
+            self.snapshot(&next).await;
+        }
+        shard.push_metadata(&next).await;
+        if let Command::DeleteTopic(_) = command {
+            // Every shard has deleted its partitions; the topic's own
+            // directory goes last.
+            self.remove_stale_topics(shard.data().path()).await?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&self, state: &ClusterMetadata) {
+        match write_snapshot(&self.snapshot_path, &state.snapshot()).await {
+            Ok(()) => self.since_snapshot.set(0),
+            // The log still holds everything: a failed snapshot costs replay.
+            Err(e) => eprintln!("controller: snapshot failed: {e}"),
+        }
+    }
+
+    /// Snapshots and closes the log.
+    pub async fn close(&self) {
+        let Ok(_turn) = self.turn.acquire_permit(1).await else {
+            return;
+        };
+        self.turn.close();
+        if self.since_snapshot.get() > 0 {
+            let state = self.state.borrow().clone();
+            self.snapshot(&state).await;
+        }
+        if let Err(e) = self.log.close().await {
+            eprintln!("controller: closing the metadata log: {e}");
+        }
+    }
+}
+
+/// Applies every logged command after `state.applied_index`; returns how many.
+async fn replay(log: &Log, state: &mut ClusterMetadata) -> Result<u64, CommandError> {
+    let start = state.applied_index;
+    let mut offset = state.applied_index;
+    while offset < log.offset_written() {
+        let read = log.read(offset, REPLAY_READ_BYTES).await?;
+        for slice in &read.slices {
+            for batch in batch::batches(slice) {
+                let records = batch.records().map_err(StorageError::from)?;
+                for record in records {
+                    let record = record.map_err(StorageError::from)?;
+                    let index = record.offset as u64 + 1;
+                    if index <= state.applied_index {
+                        continue;
+                    }
+                    let command = Command::decode(record.value.unwrap_or_default())
+                        .map_err(|e| CommandError::Storage(e.to_string()))?;
+                    // Only accepted commands are logged; a refusal here means
+                    // the state machine changed its rules, which it must not.
+                    state.apply(index, &command)?;
+                }
+            }
+        }
+        assert!(read.offset_next > offset, "replay makes progress");
+        offset = read.offset_next;
+    }
+    Ok(state.applied_index - start)
+}
+
+async fn read_snapshot(path: &Path) -> Result<Option<ClusterMetadata>, CommandError> {
+    let storage = |op| {
+        move |e: glommio::GlommioError<()>| {
+            CommandError::Storage(format!("{op} {}: {e}", path.display()))
+        }
+    };
+    let file = match DmaFile::open(path).await {
+        Ok(file) => file,
+        Err(e) => {
+            let e: std::io::Error = e.into();
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Ok(None);
+            }
+            return Err(CommandError::Storage(format!(
+                "open {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let size = file.file_size().await.map_err(storage("stat"))?;
+    if size > SNAPSHOT_BYTES_MAX {
+        return Err(CommandError::Storage(format!(
+            "{} is {size} bytes, more than a snapshot can be",
+            path.display()
+        )));
+    }
+    let bytes = file
+        .read_at(0, size as usize)
+        .await
+        .map_err(storage("read"))?;
+    let _ = file.close().await;
+    ClusterMetadata::restore(&bytes)
+        .map(Some)
+        .map_err(|e| CommandError::Storage(format!("{}: {e}", path.display())))
+}
+
+/// Writes `bytes` to a temporary file, syncs it and renames it over `path`:
+/// a crash leaves the old snapshot or the new one, never a torn one.
+async fn write_snapshot(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let file = DmaFile::create(&tmp).await?;
+    let mut writer = DmaStreamWriterBuilder::new(file).build();
+    writer.write_all(bytes).await?;
+    writer.sync().await?;
+    writer.close().await?;
+    glommio::io::rename(&tmp, path).await?;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! `fjord`: the broker (`fjord serve`) and its command-line tools.
+
+use clap::{Parser, Subcommand};
+use fjord_broker::cli::{self, CliError, ConsumeArgs, ProduceArgs};
+use fjord_broker::config::ServeConfig;
+use fjord_client::Seek;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+// glibc's allocator maps and unmaps the large DMA buffers on every write;
+// jemalloc keeps them (BENCHMARKS.md has the page-fault profile).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9093";
+
+#[derive(Parser)]
+#[command(
+    name = "fjord",
+    version,
+    about = "A streaming broker in the Kafka mould"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker node.
+    Serve(ServeArgs),
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+        /// A broker's native address.
+        #[arg(long, global = true, default_value = DEFAULT_BOOTSTRAP)]
+        bootstrap: String,
+    },
+    /// Produce stdin's lines as records.
+    Produce {
+        /// Topic.
+        topic: String,
+        /// Split each line into key and value at the first SEP.
+        #[arg(long, value_name = "SEP")]
+        key_separator: Option<String>,
+        /// 0, 1 or all.
+        #[arg(long, default_value = "all")]
+        acks: String,
+        /// Send every record to this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// A broker's native address.
+        #[arg(long, default_value = DEFAULT_BOOTSTRAP)]
+        bootstrap: String,
+    },
+    /// Print a topic's records.
+    Consume {
+        /// Topic.
+        topic: String,
+        /// Start at the first offset held (default: only new records).
+        #[arg(long, conflicts_with = "offset")]
+        from_beginning: bool,
+        /// Start at this offset.
+        #[arg(long)]
+        offset: Option<i64>,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// Stop after this many records.
+        #[arg(long)]
+        max_messages: Option<usize>,
+        /// Print each record's key.
+        #[arg(long)]
+        print_key: bool,
+        /// Print each record's partition and offset.
+        #[arg(long)]
+        print_offset: bool,
+        /// A broker's native address.
+        #[arg(long, default_value = DEFAULT_BOOTSTRAP)]
+        bootstrap: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Name.
+        name: String,
+        /// Partition count.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// A topic config, `key=value` (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's configs and partitions.
+    Describe {
+        /// Name.
+        name: String,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+/// Every key of the config file, as a flag; flags win over the file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A TOML file of these settings (snake_case keys).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where data lives [default: fjord-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Native listener [default: 127.0.0.1:9093].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Shard i listens on BASE+i [default: listen port + 1; 0: free ports].
+    #[arg(long)]
+    shard_port_base: Option<u16>,
+    /// Shards (pinned cores) [default: all cores].
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Whether shard 0 hosts partitions too [default: when cores <= 2].
+    #[arg(long)]
+    controller_hosts_partitions: Option<bool>,
+    /// Connections per shard [default: 10000].
+    #[arg(long)]
+    max_connections_per_shard: Option<usize>,
+    /// Largest request frame [default: 65 MiB].
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// Request bytes in flight per connection [default: 128 MiB].
+    #[arg(long)]
+    max_inflight_bytes: Option<usize>,
+    /// Batch cache per shard [default: 256 MiB].
+    #[arg(long)]
+    cache_bytes_per_shard: Option<usize>,
+}
+
+impl ServeArgs {
+    fn config(self) -> Result<ServeConfig, fjord_broker::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => ServeConfig::from_file(path)?,
+            None => ServeConfig::default(),
+        };
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if self.shard_port_base.is_some() {
+            config.shard_port_base = self.shard_port_base;
+        }
+        if self.cores.is_some() {
+            config.cores = self.cores;
+        }
+        if self.controller_hosts_partitions.is_some() {
+            config.controller_hosts_partitions = self.controller_hosts_partitions;
+        }
+        if let Some(v) = self.max_connections_per_shard {
+            config.max_connections_per_shard = v;
+        }
+        if let Some(v) = self.max_frame_bytes {
+            config.max_frame_bytes = v;
+        }
+        if let Some(v) = self.max_inflight_bytes {
+            config.max_inflight_bytes = v;
+        }
+        if let Some(v) = self.cache_bytes_per_shard {
+            config.cache_bytes_per_shard = v;
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve(args) => match args.config() {
+            Ok(config) => fjord_broker::node::serve(config).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Command::Topic { command, bootstrap } => {
+            run_topic(command, &bootstrap).map_err(|e| e.to_string())
+        }
+        Command::Produce {
+            topic,
+            key_separator,
+            acks,
+            partition,
+            bootstrap,
+        } => run_produce(topic, key_separator, &acks, partition, &bootstrap),
+        Command::Consume {
+            topic,
+            from_beginning,
+            offset,
+            partition,
+            max_messages,
+            print_key,
+            print_offset,
+            bootstrap,
+        } => {
+            let seek = match (from_beginning, offset) {
+                (_, Some(offset)) => Seek::Offset(offset),
+                (true, None) => Seek::Earliest,
+                (false, None) => Seek::Latest,
+            };
+            let args = ConsumeArgs {
+                topic,
+                seek,
+                partition,
+                max_messages,
+                print_key,
+                print_offset,
+            };
+            cli::connect(&bootstrap)
+                .and_then(|client| cli::consume(&client, &args, &mut std::io::stdout().lock()))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("fjord: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_topic(command: TopicCommand, bootstrap: &str) -> Result<(), CliError> {
+    let client = cli::connect(bootstrap)?;
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            configs,
+        } => cli::topic_create(&client, &name, partitions, &configs),
+        TopicCommand::List => cli::topic_list(&client),
+        TopicCommand::Describe { name } => cli::topic_describe(&client, &name),
+        TopicCommand::Delete { name } => cli::topic_delete(&client, &name),
+    }
+}
+
+fn run_produce(
+    topic: String,
+    key_separator: Option<String>,
+    acks: &str,
+    partition: Option<i32>,
+    bootstrap: &str,
+) -> Result<(), String> {
+    let acks = match acks {
+        "0" => fjord_net::api::ACKS_NONE,
+        "1" => fjord_net::api::ACKS_LEADER,
+        "all" | "-1" => fjord_net::api::ACKS_ALL,
+        other => return Err(format!("invalid --acks {other:?}: expected 0, 1 or all")),
+    };
+    let args = ProduceArgs {
+        topic,
+        key_separator,
+        acks,
+        partition,
+    };
+    let client = cli::connect(bootstrap).map_err(|e| e.to_string())?;
+    cli::produce(&client, &args, std::io::stdin().lock())
+        .map(drop)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,128 @@
+//! What shards say to each other over glommio's channel mesh. Every message
+//! that expects an answer carries a oneshot sender: the answer travels back
+//! without a second mesh hop, and the waiting task is woken on its own shard.
+
+use crate::controller::CommandError;
+use crate::partition::{Described, Produced};
+use fjord_net::ErrorCode;
+use fjord_replication::metadata::{ClusterMetadata, Command};
+use futures::channel::oneshot;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A message between shards.
+pub enum ShardMsg {
+    /// Controller to every shard: converge to this metadata (open new
+    /// partitions, close and delete removed ones), then answer.
+    Metadata {
+        /// The state to converge to.
+        metadata: ClusterMetadata,
+        /// Answered once converged.
+        done: oneshot::Sender<()>,
+    },
+    /// Any shard to the controller: commit a command.
+    Command {
+        /// The change.
+        command: Command,
+        /// The outcome.
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    /// Any shard to a partition's owner.
+    Partition {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: i32,
+        /// What to do.
+        op: PartitionOp,
+    },
+}
+
+/// An operation on a partition owned by another shard.
+pub enum PartitionOp {
+    /// Append the batches at `range` of a request frame, which moved here
+    /// whole (no copy); `wait`: answer once durable.
+    Produce {
+        /// The request frame.
+        frame: Arc<Vec<u8>>,
+        /// Where the batches lie in it.
+        range: Range<usize>,
+        /// Whether the producer waits.
+        wait: bool,
+        /// The outcome.
+        reply: oneshot::Sender<Result<Produced, ErrorCode>>,
+    },
+    /// Read from `offset`; the bytes are copied out of the owner's buffers,
+    /// which cannot leave its shard.
+    Fetch {
+        /// First offset wanted.
+        offset: i64,
+        /// Byte budget.
+        max_bytes: usize,
+        /// Batches, the high watermark and the log start.
+        reply: oneshot::Sender<Result<Fetched, ErrorCode>>,
+    },
+    /// Answer once batches past `offset` are readable, or after `wait`.
+    WaitPast {
+        /// The offset already seen.
+        offset: i64,
+        /// The longest wait.
+        wait: Duration,
+        /// Resolved on either.
+        reply: oneshot::Sender<Result<(), ErrorCode>>,
+    },
+    /// Offsets and size.
+    Describe {
+        /// The answer.
+        reply: oneshot::Sender<Result<Described, ErrorCode>>,
+    },
+    /// `ListOffsets` for one timestamp.
+    OffsetFor {
+        /// Timestamp, or EARLIEST/LATEST.
+        timestamp: i64,
+        /// `(offset, timestamp)`.
+        reply: oneshot::Sender<Result<(i64, i64), ErrorCode>>,
+    },
+}
+
+/// Batches read on another shard.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Whole batches.
+    pub records: Vec<u8>,
+    /// Offset after the last written batch.
+    pub high_watermark: i64,
+    /// First offset held.
+    pub log_start_offset: i64,
+}
+
+impl Fetched {
+    /// Copies a read's batches out of the shard's buffers.
+    pub fn copied(read: &fjord_storage::LogRead) -> Fetched {
+        let mut records = Vec::with_capacity(read.len_bytes());
+        for slice in &read.slices {
+            records.extend_from_slice(slice);
+        }
+        Fetched {
+            records,
+            high_watermark: read.offset_written as i64,
+            log_start_offset: read.offset_start as i64,
+        }
+    }
+}
+
+impl PartitionOp {
+    /// Answers the operation with `code` without running it: the partition
+    /// is not on this shard (anymore).
+    pub fn fail(self, code: ErrorCode) {
+        // A requester that went away needs no answer.
+        match self {
+            PartitionOp::Produce { reply, .. } => drop(reply.send(Err(code))),
+            PartitionOp::Fetch { reply, .. } => drop(reply.send(Err(code))),
+            PartitionOp::WaitPast { reply, .. } => drop(reply.send(Err(code))),
+            PartitionOp::Describe { reply } => drop(reply.send(Err(code))),
+            PartitionOp::OffsetFor { reply, .. } => drop(reply.send(Err(code))),
+        }
+    }
+}

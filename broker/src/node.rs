@@ -1,0 +1,228 @@
+//! `fjord serve`: one pinned glommio executor per shard, joined by a channel
+//! mesh; shard 0 runs the controller. The main thread only starts the
+//! shards, waits for signals and joins them.
+
+use crate::config::{ConfigError, ServeConfig};
+use crate::conn::{self, Stop};
+use crate::controller::Controller;
+use crate::mesh::ShardMsg;
+use crate::shard::{Shard, data_shards};
+use fjord_storage::DataDir;
+use futures::FutureExt;
+use futures::channel::oneshot;
+use glommio::Placement;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Messages queued between two shards before the sender waits.
+const MESH_CHANNEL_LEN: usize = 1024;
+/// How long a shutdown waits for connections to finish what they started.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A shard failed to start or run.
+    #[error("shard {shard}: {message}")]
+    Shard {
+        /// Which.
+        shard: usize,
+        /// What failed.
+        message: String,
+    },
+    /// Signal handling could not be set up.
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+enum Event {
+    Ready,
+    Failed(usize, String),
+    Signal(i32),
+}
+
+/// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
+pub fn serve(config: ServeConfig) -> Result<(), NodeError> {
+    config.validate()?;
+    let data = DataDir::create(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let count = config.shard_count();
+    let shard_ports = shard_ports(&config, count)?;
+    let (events, inbox) = mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(NodeError::Signals)?;
+    let signal_events = events.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal_events.send(Event::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    });
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mesh = MeshBuilder::<ShardMsg, Full>::full(count, MESH_CHANNEL_LEN);
+    let mut stops = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..count {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let (mesh, config, ports, data, events) = (
+            mesh.clone(),
+            config.clone(),
+            shard_ports.clone(),
+            data.clone(),
+            events.clone(),
+        );
+        let handle =
+            fjord_storage::shard::executor(&format!("shard-{i}"), Placement::Fixed(i % cpus))
+                .spawn(move || async move {
+                    let failed = events.clone();
+                    if let Err(message) =
+                        run_shard(mesh, config, ports, data, stop_rx.shared(), events).await
+                    {
+                        let _ = failed.send(Event::Failed(i, message));
+                    }
+                })
+                .map_err(|e| NodeError::Shard {
+                    shard: i,
+                    message: format!("cannot start executor: {e}"),
+                })?;
+        handles.push(handle);
+    }
+    drop(events);
+    let mut ready = 0;
+    let mut outcome = Ok(());
+    while let Ok(event) = inbox.recv() {
+        match event {
+            Event::Ready => {
+                ready += 1;
+                if ready == count {
+                    println!(
+                        "fjord: serving {} on {} with {count} shards (shard ports {:?})",
+                        config.data_dir.display(),
+                        config.listen,
+                        shard_ports
+                    );
+                }
+            }
+            Event::Failed(shard, message) => {
+                outcome = Err(NodeError::Shard { shard, message });
+                break;
+            }
+            Event::Signal(signal) => {
+                eprintln!("fjord: signal {signal}: shutting down");
+                break;
+            }
+        }
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    if outcome.is_ok() {
+        eprintln!("fjord: stopped cleanly");
+    }
+    outcome
+}
+
+fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError> {
+    let base = config
+        .shard_port_base
+        .unwrap_or_else(|| config.listen.port().saturating_add(1));
+    if base == 0 {
+        // Free ports, found by binding and releasing them: for tests and for
+        // nodes whose clients only ever learn ports from Metadata.
+        return (0..count)
+            .map(|_| {
+                std::net::TcpListener::bind(SocketAddr::new(config.listen.ip(), 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| NodeError::Shard {
+                        shard: 0,
+                        message: format!("cannot find a free shard port: {e}"),
+                    })
+            })
+            .collect();
+    }
+    (0..count)
+        .map(|i| {
+            u16::try_from(usize::from(base) + i).map_err(|_| {
+                NodeError::Config(ConfigError::Invalid(format!(
+                    "shard_port_base {base} leaves no port for shard {i}"
+                )))
+            })
+        })
+        .collect()
+}
+
+async fn run_shard(
+    mesh: MeshBuilder<ShardMsg, Full>,
+    config: ServeConfig,
+    shard_ports: Vec<u16>,
+    data: DataDir,
+    stop: Stop,
+    events: mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|e| format!("cannot join the mesh: {e}"))?;
+    data.prime().await.map_err(|e| e.to_string())?;
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let shard = Rc::new(Shard::new(senders, config, shard_ports, data, ready_tx));
+    shard.serve_mesh(receivers);
+    if shard.id == 0 {
+        let data_shards = data_shards(&shard.config, shard.count);
+        let controller = Controller::open(shard.data().path(), data_shards, shard.cache().clone())
+            .await
+            .map_err(|e| format!("controller: {e}"))?;
+        controller
+            .remove_stale_topics(shard.data().path())
+            .await
+            .map_err(|e| format!("controller: {e}"))?;
+        let metadata = controller.metadata();
+        shard.set_controller(Rc::new(controller));
+        shard.push_metadata(&metadata).await;
+    }
+    if ready_rx.await.is_err() {
+        return Err("no metadata from the controller".into());
+    }
+    let own = SocketAddr::new(shard.config.listen.ip(), shard.shard_ports[shard.id]);
+    for addr in [shard.config.listen, own] {
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        glommio::spawn_local(conn::accept(shard.clone(), listener, stop.clone())).detach();
+    }
+    glommio::spawn_local(shard.clone().enforce_retention()).detach();
+    let _ = events.send(Event::Ready);
+    let _ = stop.clone().await;
+    shard.begin_close();
+    let deadline = Instant::now() + DRAIN_MAX;
+    while shard.connections.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    shard.close().await;
+    Ok(())
+}

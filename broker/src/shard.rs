@@ -1,0 +1,430 @@
+//! A shard: one pinned core's share of the node. It owns its partitions and
+//! a copy of the cluster metadata pushed by the controller, routes work on
+//! partitions it does not own to their shard over the mesh, and runs what
+//! other shards send it.
+
+use crate::config::ServeConfig;
+use crate::controller::{CommandError, Controller};
+use crate::mesh::{Fetched, PartitionOp, ShardMsg};
+use crate::partition::Partition;
+use fjord_net::ErrorCode;
+use fjord_replication::metadata::{ClusterMetadata, Command};
+use fjord_storage::{BatchCache, DataDir, Log, LogConfig};
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How often each shard applies retention to its partitions.
+const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Partitions by (topic, partition).
+type PartitionMap = HashMap<(String, i32), Rc<Partition>>;
+
+/// One shard's state; shared by its tasks with `Rc`, never across threads.
+pub struct Shard {
+    /// This shard's index (its mesh peer id).
+    pub id: usize,
+    /// Shards in the node.
+    pub count: usize,
+    /// The node's settings.
+    pub config: ServeConfig,
+    /// Each shard's own port, by shard index.
+    pub shard_ports: Vec<u16>,
+    data: DataDir,
+    cache: Rc<BatchCache>,
+    metadata: RefCell<Rc<ClusterMetadata>>,
+    partitions: RefCell<PartitionMap>,
+    mesh: Senders<ShardMsg>,
+    controller: RefCell<Option<Rc<Controller>>>,
+    /// Metadata convergences run one at a time, in arrival order.
+    converge_turn: Semaphore,
+    /// Set once the first metadata is installed; listeners wait for it.
+    ready: RefCell<Option<oneshot::Sender<()>>>,
+    /// Set when the node shuts down: long polls answer at once.
+    pub closing: Cell<bool>,
+    /// Open client connections.
+    pub connections: Cell<usize>,
+}
+
+impl Shard {
+    /// A shard with empty metadata; `ready` fires when the first arrives.
+    pub fn new(
+        mesh: Senders<ShardMsg>,
+        config: ServeConfig,
+        shard_ports: Vec<u16>,
+        data: DataDir,
+        ready: oneshot::Sender<()>,
+    ) -> Shard {
+        let id = mesh.peer_id();
+        let count = mesh.nr_consumers();
+        assert!(id < count && count == shard_ports.len());
+        let cache = BatchCache::new(config.cache_bytes_per_shard);
+        let data_shards = data_shards(&config, count);
+        Shard {
+            id,
+            count,
+            config,
+            shard_ports,
+            data,
+            cache,
+            metadata: RefCell::new(Rc::new(ClusterMetadata::new(data_shards))),
+            partitions: RefCell::new(HashMap::new()),
+            mesh,
+            controller: RefCell::new(None),
+            converge_turn: Semaphore::new(1),
+            ready: RefCell::new(Some(ready)),
+            closing: Cell::new(false),
+            connections: Cell::new(0),
+        }
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The shard cache (for logs this shard opens).
+    pub fn cache(&self) -> &Rc<BatchCache> {
+        &self.cache
+    }
+
+    /// The metadata as last pushed.
+    pub fn metadata(&self) -> Rc<ClusterMetadata> {
+        self.metadata.borrow().clone()
+    }
+
+    /// Installs the controller (shard 0 only).
+    pub fn set_controller(&self, controller: Rc<Controller>) {
+        assert_eq!(self.id, 0, "the controller runs on shard 0");
+        *self.controller.borrow_mut() = Some(controller);
+    }
+
+    /// The shard that owns partitions assigned to metadata shard `assigned`.
+    /// Assignments are kept modulo the shards running now, so a node
+    /// restarted with fewer cores still serves every partition.
+    pub fn owner(&self, assigned: u16) -> usize {
+        let assigned = usize::from(assigned);
+        if self.config.hosts_partitions_on_controller() {
+            assigned % self.count
+        } else {
+            1 + assigned % (self.count - 1)
+        }
+    }
+
+    /// The owning shard of a partition, by the metadata.
+    pub fn owner_of(&self, topic: &str, partition: i32) -> Result<usize, ErrorCode> {
+        let metadata = self.metadata.borrow();
+        let meta = metadata
+            .topics
+            .get(topic)
+            .and_then(|t| {
+                usize::try_from(partition)
+                    .ok()
+                    .and_then(|p| t.partitions.get(p))
+            })
+            .ok_or(ErrorCode::UnknownTopicOrPartition)?;
+        Ok(self.owner(meta.shard))
+    }
+
+    /// A partition this shard owns.
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_owned(), partition))
+            .cloned()
+    }
+
+    /// Runs `local` here when this shard owns the partition; otherwise sends
+    /// the operation `remote` builds to the owner and waits for its answer.
+    pub async fn on_owner<T>(
+        &self,
+        topic: &str,
+        partition: i32,
+        local: impl AsyncFnOnce(Rc<Partition>) -> Result<T, ErrorCode>,
+        remote: impl FnOnce(oneshot::Sender<Result<T, ErrorCode>>) -> PartitionOp,
+    ) -> Result<T, ErrorCode> {
+        let owner = self.owner_of(topic, partition)?;
+        if owner == self.id {
+            let partition = self
+                .partition(topic, partition)
+                .ok_or(ErrorCode::UnknownTopicOrPartition)?;
+            return local(partition).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let msg = ShardMsg::Partition {
+            topic: topic.to_owned(),
+            partition,
+            op: remote(tx),
+        };
+        if self.mesh.send_to(owner, msg).await.is_err() {
+            return Err(ErrorCode::BrokerNotAvailable);
+        }
+        // Dropped unanswered: the owner is shutting down.
+        rx.await.unwrap_or(Err(ErrorCode::BrokerNotAvailable))
+    }
+
+    /// Waits until batches past `offset` are readable, or `wait` passes.
+    pub async fn wait_past(&self, topic: &str, partition: i32, offset: i64, wait: Duration) {
+        // An error (partition gone, owner stopping) ends the wait as well.
+        let _ = self
+            .on_owner(
+                topic,
+                partition,
+                async |p| {
+                    p.wait_past(offset, wait).await;
+                    Ok(())
+                },
+                |reply| PartitionOp::WaitPast {
+                    offset,
+                    wait,
+                    reply,
+                },
+            )
+            .await;
+    }
+
+    /// Commits a metadata command through the controller (shard 0).
+    pub async fn command(&self, command: Command) -> Result<(), CommandError> {
+        let controller = self.controller.borrow().clone();
+        if let Some(controller) = controller {
+            return controller.commit(self, command).await;
+        }
+        let (reply, rx) = oneshot::channel();
+        let unavailable = || CommandError::Unavailable;
+        if self
+            .mesh
+            .send_to(0, ShardMsg::Command { command, reply })
+            .await
+            .is_err()
+        {
+            return Err(unavailable());
+        }
+        rx.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+
+    /// Pushes `metadata` to every shard, this one included, and waits until
+    /// all have converged.
+    pub async fn push_metadata(&self, metadata: &ClusterMetadata) {
+        let mut pending = Vec::new();
+        for to in (0..self.count).filter(|&to| to != self.id) {
+            let (done, rx) = oneshot::channel();
+            let msg = ShardMsg::Metadata {
+                metadata: metadata.clone(),
+                done,
+            };
+            if self.mesh.send_to(to, msg).await.is_ok() {
+                pending.push(rx);
+            }
+        }
+        self.converge(metadata.clone()).await;
+        // A shard that stopped answering is shutting down; nothing to wait for.
+        let _ = futures::future::join_all(pending).await;
+    }
+
+    /// Opens the partitions the metadata gives this shard and closes and
+    /// deletes those it no longer lists, then installs it.
+    pub async fn converge(&self, metadata: ClusterMetadata) {
+        let Ok(_turn) = self.converge_turn.acquire_permit(1).await else {
+            return;
+        };
+        let mut wanted = HashMap::new();
+        for (name, topic) in &metadata.topics {
+            for (p, meta) in topic.partitions.iter().enumerate() {
+                if self.owner(meta.shard) == self.id {
+                    wanted.insert((name.clone(), p as i32), topic);
+                }
+            }
+        }
+        let doomed: Vec<((String, i32), Rc<Partition>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(key, p)| wanted.get(*key).is_none_or(|t| t.id != p.topic_id))
+            .map(|(key, p)| (key.clone(), p.clone()))
+            .collect();
+        for (key, partition) in doomed {
+            self.partitions.borrow_mut().remove(&key);
+            if let Err(e) = partition.close().await {
+                eprintln!("shard {}: closing {}-{}: {e}", self.id, key.0, key.1);
+            }
+            let dir = partition.log().dir().to_path_buf();
+            if let Err(e) = fjord_storage::recovery::remove_tree(&dir).await {
+                eprintln!("shard {}: deleting {}: {e}", self.id, dir.display());
+            }
+        }
+        for ((name, p), topic) in wanted {
+            if self.partition(&name, p).is_some() {
+                continue;
+            }
+            let dir = partition_dir(self.data.path(), &name, topic.id, p);
+            let config = LogConfig::for_topic(&topic.config());
+            match Log::open(&dir, config, self.cache.clone()).await {
+                Ok(log) => {
+                    let partition = Rc::new(Partition::new(topic.id, log));
+                    self.partitions.borrow_mut().insert((name, p), partition);
+                }
+                Err(e) => eprintln!("shard {}: opening {name}-{p}: {e}", self.id),
+            }
+        }
+        *self.metadata.borrow_mut() = Rc::new(metadata);
+        if let Some(ready) = self.ready.borrow_mut().take() {
+            let _ = ready.send(());
+        }
+    }
+
+    /// Serves what other shards send, each message in a task of its own so a
+    /// long poll never holds up the next message.
+    pub fn serve_mesh(self: &Rc<Self>, mut receivers: Receivers<ShardMsg>) {
+        for (_, receiver) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = receiver.recv().await {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move { shard.run(msg).await }).detach();
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn run(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Metadata { metadata, done } => {
+                self.converge(metadata).await;
+                let _ = done.send(());
+            }
+            ShardMsg::Command { command, reply } => {
+                let _ = reply.send(self.command(command).await);
+            }
+            ShardMsg::Partition {
+                topic,
+                partition,
+                op,
+            } => match self.partition(&topic, partition) {
+                Some(p) => run_op(&p, op).await,
+                None => op.fail(ErrorCode::UnknownTopicOrPartition),
+            },
+        }
+    }
+
+    /// Applies retention to every partition, forever.
+    pub async fn enforce_retention(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(RETENTION_CHECK_INTERVAL).await;
+            let partitions: Vec<Rc<Partition>> =
+                self.partitions.borrow().values().cloned().collect();
+            let now = fjord_storage::log::now_ms();
+            for partition in partitions {
+                if let Err(e) = partition.log().enforce_retention(now).await {
+                    eprintln!("shard {}: retention: {e}", self.id);
+                }
+            }
+        }
+    }
+
+    /// Marks the shard as closing and releases every long poll, so that
+    /// connections drain quickly.
+    pub fn begin_close(&self) {
+        self.closing.set(true);
+        for partition in self.partitions.borrow().values() {
+            partition.wake_parked();
+        }
+    }
+
+    /// Stops long polls and closes every partition (flushing what is staged).
+    pub async fn close(&self) {
+        self.closing.set(true);
+        let partitions: Vec<((String, i32), Rc<Partition>)> =
+            self.partitions.borrow_mut().drain().collect();
+        for ((topic, p), partition) in partitions {
+            if let Err(e) = partition.close().await {
+                eprintln!("shard {}: closing {topic}-{p}: {e}", self.id);
+            }
+        }
+        let controller = self.controller.borrow_mut().take();
+        if let Some(controller) = controller {
+            controller.close().await;
+        }
+    }
+}
+
+async fn run_op(partition: &Partition, op: PartitionOp) {
+    // A requester that went away needs no answer: sends may fail.
+    match op {
+        PartitionOp::Produce {
+            frame,
+            range,
+            wait,
+            reply,
+        } => {
+            let produced = match frame.get(range) {
+                Some(records) => partition.produce(records, wait).await,
+                None => Err(ErrorCode::InvalidRequest),
+            };
+            let _ = reply.send(produced);
+        }
+        PartitionOp::Fetch {
+            offset,
+            max_bytes,
+            reply,
+        } => {
+            let fetched = partition
+                .read(offset, max_bytes)
+                .await
+                .map(|read| Fetched::copied(&read));
+            let _ = reply.send(fetched);
+        }
+        PartitionOp::WaitPast {
+            offset,
+            wait,
+            reply,
+        } => {
+            partition.wait_past(offset, wait).await;
+            let _ = reply.send(Ok(()));
+        }
+        PartitionOp::Describe { reply } => {
+            let _ = reply.send(Ok(partition.describe()));
+        }
+        PartitionOp::OffsetFor { timestamp, reply } => {
+            let _ = reply.send(partition.offset_for(timestamp).await);
+        }
+    }
+}
+
+/// Shards that host partitions.
+pub fn data_shards(config: &ServeConfig, count: usize) -> u16 {
+    let data = if config.hosts_partitions_on_controller() {
+        count
+    } else {
+        count - 1
+    };
+    u16::try_from(data).unwrap_or(u16::MAX)
+}
+
+/// Where topics' partitions live: `topics/<name>.<topic id>/<partition>`;
+/// the id keeps a re-created topic apart from the deleted one's leftovers.
+pub fn partition_dir(
+    data: &std::path::Path,
+    topic: &str,
+    topic_id: u64,
+    partition: i32,
+) -> PathBuf {
+    topics_dir(data)
+        .join(topic_dir_name(topic, topic_id))
+        .join(partition.to_string())
+}
+
+/// The directory that holds every topic.
+pub fn topics_dir(data: &std::path::Path) -> PathBuf {
+    data.join("topics")
+}
+
+/// A topic's directory name.
+pub fn topic_dir_name(topic: &str, topic_id: u64) -> String {
+    format!("{topic}.{topic_id}")
+}

@@ -1,0 +1,201 @@
+//! A real `fjord serve` process on a loopback port, for integration tests.
+
+#![allow(dead_code)]
+
+use fjord_client::{Client, ClientConfig};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The `fjord` binary under test.
+pub const FJORD: &str = env!("CARGO_BIN_EXE_fjord");
+
+/// A running broker and its data directory.
+pub struct Broker {
+    dir: tempfile::TempDir,
+    /// The node's native address.
+    pub addr: SocketAddr,
+    cores: usize,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+/// A loopback port nobody listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Broker {
+    /// Starts a broker with `cores` shards in a fresh directory.
+    pub fn start(cores: usize) -> Broker {
+        Broker::start_with(cores, &[])
+    }
+
+    /// Starts a broker with extra `serve` flags.
+    pub fn start_with(cores: usize, extra: &[&str]) -> Broker {
+        let mut broker = Broker {
+            dir: tempfile::tempdir().expect("temp dir"),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            cores,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(FJORD)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .args(["--shard-port-base", "0", "--cores"])
+            .arg(self.cores.to_string())
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn fjord serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("fjord: serving") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!("fjord serve did not come up: {:?}", child.wait());
+        }
+        self.child = Some(child);
+    }
+
+    /// Sends `signal` and waits for the exit.
+    pub fn stop(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let sent = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(sent, 0, "kill failed");
+        child.wait().expect("wait for fjord")
+    }
+
+    /// SIGTERM, then checks the clean exit.
+    pub fn terminate(&mut self) {
+        let status = self.stop(libc::SIGTERM);
+        assert!(status.success(), "clean shutdown exits 0, got {status}");
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        self.stop(libc::SIGKILL);
+    }
+
+    /// Starts again on the same directory and port.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// A client of this broker.
+    pub fn client(&self) -> Client {
+        let mut config = ClientConfig::new(self.addr);
+        config.request_timeout = Duration::from_secs(10);
+        Client::new(config).expect("client")
+    }
+
+    /// Runs `fjord ARGS --bootstrap ADDR` with `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
+        cli(self.addr, args, stdin)
+    }
+
+    /// The directory of a topic's partition (`topics/<name>.<id>/<p>`).
+    pub fn partition_dirs(&self, topic: &str) -> Vec<PathBuf> {
+        let topics = self.dir.path().join("topics");
+        let mut dirs = Vec::new();
+        for entry in std::fs::read_dir(&topics).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.rsplit_once('.').map(|(t, _)| t) == Some(topic) {
+                for p in std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    dirs.push(p.path());
+                }
+            }
+        }
+        dirs.sort();
+        dirs
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the CLI against `addr`.
+pub fn cli(addr: SocketAddr, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(FJORD)
+        .args(args)
+        .arg("--bootstrap")
+        .arg(addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fjord");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let output = child.wait_with_output().expect("fjord output");
+    let _ = writer.join();
+    output
+}
+
+/// Everything in the segment files under `dir`, concatenated.
+pub fn segment_bytes(dir: &Path) -> Vec<u8> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("partition dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|p| std::fs::read(p).expect("segment"))
+        .collect()
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

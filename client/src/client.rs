@@ -1,0 +1,194 @@
+//! The client handle: settings, the transport, and the cluster's routing
+//! table as Metadata reports it.
+
+use crate::error::{ClientError, Result};
+use crate::transport::{self, Job, Response};
+use fjord_net::{ErrorCode, wire};
+use futures::channel::{mpsc, oneshot};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default native port of a broker.
+pub const DEFAULT_PORT: u16 = 9093;
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// A broker to ask for metadata.
+    pub bootstrap: SocketAddr,
+    /// Sent with every request, for the broker's logs.
+    pub client_id: String,
+    /// Longest wait for an answer (long polls add their own wait to it).
+    pub request_timeout: Duration,
+    /// Pin the transport thread to this core.
+    pub pin_core: Option<usize>,
+}
+
+impl ClientConfig {
+    /// Defaults for a broker at `bootstrap`.
+    pub fn new(bootstrap: SocketAddr) -> ClientConfig {
+        ClientConfig {
+            bootstrap,
+            client_id: "fjord-client".into(),
+            request_timeout: Duration::from_secs(30),
+            pin_core: None,
+        }
+    }
+}
+
+/// A connection to a cluster; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Client {
+    jobs: mpsc::UnboundedSender<Job>,
+    config: Arc<ClientConfig>,
+}
+
+/// Where a partition lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The owning shard's address.
+    pub addr: SocketAddr,
+}
+
+/// A topic's partitions and their routes; `None` where the broker reported
+/// an error for the partition.
+#[derive(Debug, Clone, Default)]
+pub struct TopicRoutes {
+    /// By partition number.
+    pub partitions: Vec<Option<Route>>,
+}
+
+impl Client {
+    /// Starts the transport. Nothing is connected until the first request.
+    pub fn new(config: ClientConfig) -> Result<Client> {
+        let jobs = transport::start(config.request_timeout, config.pin_core).map_err(|e| {
+            ClientError::Connection {
+                addr: config.bootstrap,
+                message: format!("cannot start the transport: {e}"),
+            }
+        })?;
+        Ok(Client {
+            jobs,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Sends a request; resolves to the response (`None` when `expect` is
+    /// false and the request is written).
+    pub fn call(
+        &self,
+        addr: SocketAddr,
+        body: wire::RequestT,
+        payload: Vec<u8>,
+        expect: bool,
+    ) -> impl Future<Output = Result<Option<Response>>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let header = wire::RequestHeaderT {
+            version: 0,
+            correlation_id: 0,
+            client_id: Some(self.config.client_id.clone()),
+            body,
+        };
+        let sent = self.jobs.unbounded_send(Job::Call {
+            addr,
+            header,
+            payload,
+            expect,
+            reply,
+        });
+        async move {
+            sent.map_err(|_| ClientError::Closed)?;
+            rx.await.map_err(|_| ClientError::Closed)?
+        }
+    }
+
+    /// Sends a request and waits for its response.
+    pub fn request(
+        &self,
+        addr: SocketAddr,
+        body: wire::RequestT,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<Response>> + Send + 'static {
+        let call = self.call(addr, body, payload, true);
+        async move {
+            call.await?
+                .ok_or_else(|| ClientError::Protocol("no response".into()))
+        }
+    }
+
+    /// Runs `f` on the transport thread, where it may spawn glommio tasks.
+    pub(crate) fn spawn(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.jobs
+            .unbounded_send(Job::Spawn(Box::new(f)))
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Metadata for `topics` (all when `None`), from the bootstrap broker.
+    pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<wire::MetadataResponseT> {
+        let body = wire::RequestT::MetadataRequest(Box::new(wire::MetadataRequestT { topics }));
+        let response = self
+            .request(self.config.bootstrap, body, Vec::new())
+            .await?;
+        match response.unpack()?.0 {
+            wire::ResponseT::MetadataResponse(m) => Ok(*m),
+            _ => Err(ClientError::Protocol("expected a Metadata response".into())),
+        }
+    }
+
+    /// The routes of `topic`'s partitions; an unknown topic is an error.
+    pub async fn routes(&self, topic: &str) -> Result<TopicRoutes> {
+        let metadata = self.metadata(Some(vec![topic.to_owned()])).await?;
+        let brokers: HashMap<i32, &wire::BrokerInfoT> = metadata
+            .brokers
+            .iter()
+            .flatten()
+            .map(|b| (b.node_id, b))
+            .collect();
+        let info = metadata
+            .topics
+            .iter()
+            .flatten()
+            .find(|t| t.name.as_deref() == Some(topic))
+            .ok_or_else(|| ClientError::Protocol(format!("no metadata for {topic}")))?;
+        if info.error_code != 0 {
+            let code =
+                ErrorCode::try_from_code(info.error_code).unwrap_or(ErrorCode::UnknownServerError);
+            return Err(ClientError::broker(code, format!("topic {topic}")));
+        }
+        let listed = info.partitions.as_deref().unwrap_or_default();
+        let mut partitions = vec![None; listed.len()];
+        for p in listed {
+            let route = (|| {
+                if p.error_code != 0 {
+                    return None;
+                }
+                let broker = brokers.get(&p.leader)?;
+                let ip: IpAddr = broker.host.as_deref()?.parse().ok()?;
+                let port = broker
+                    .shard_ports
+                    .as_ref()
+                    .and_then(|ports| ports.get(usize::from(p.shard)).copied())
+                    .unwrap_or(broker.port);
+                Some(Route {
+                    addr: SocketAddr::new(ip, port),
+                })
+            })();
+            let slot = usize::try_from(p.partition)
+                .ok()
+                .and_then(|i| partitions.get_mut(i))
+                .ok_or_else(|| {
+                    ClientError::Protocol(format!("partition {} out of range", p.partition))
+                })?;
+            *slot = route;
+        }
+        Ok(TopicRoutes { partitions })
+    }
+}

@@ -1,0 +1,320 @@
+//! The transport: one thread of its own running a glommio executor (so the
+//! sockets are io_uring ops like the broker's), holding one pipelined
+//! connection per broker address. Applications talk to it through channels
+//! whose futures work in any runtime, or none: futures from tokio, from
+//! glommio, or `block_on` all complete the same way.
+
+use crate::error::{ClientError, Result};
+use fjord_net::io::{read_frame, write_frame};
+use fjord_net::{ErrorCode, api, frame, wire};
+use futures::channel::{mpsc, oneshot};
+use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use futures::{FutureExt, StreamExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Locked memory glommio registers for the transport's ring: sockets need
+/// none of it, and `ulimit -l` is small on many machines.
+const IO_MEMORY_BYTES: usize = 256 << 10;
+/// Socket write buffer: pipelined requests share a send.
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
+/// A response frame, verified.
+#[derive(Debug)]
+pub struct Response {
+    buf: Vec<u8>,
+}
+
+impl Response {
+    fn verify(buf: Vec<u8>) -> Result<Response> {
+        let response = Response { buf };
+        response.frame()?.response_header().map_err(protocol)?;
+        Ok(response)
+    }
+
+    fn frame(&self) -> Result<frame::Frame<'_>> {
+        let limits = frame::Limits {
+            frame_bytes_max: usize::MAX,
+            ..frame::Limits::default()
+        };
+        match frame::decode(&self.buf, &limits) {
+            Ok(Some((frame, _))) => Ok(frame),
+            Ok(None) => Err(ClientError::Protocol("incomplete frame".into())),
+            Err(e) => Err(protocol(e)),
+        }
+    }
+
+    /// The body, unpacked, and the payload it addresses. A response that
+    /// carries an error instead of a body is that error.
+    pub fn unpack(&self) -> Result<(wire::ResponseT, &[u8])> {
+        let frame = self.frame()?;
+        let header = frame.response_header().map_err(protocol)?;
+        if header.error_code() != 0 {
+            let code = ErrorCode::try_from_code(header.error_code())
+                .unwrap_or(ErrorCode::UnknownServerError);
+            return Err(ClientError::Broker {
+                code,
+                context: None,
+            });
+        }
+        Ok((header.unpack().body, frame.payload))
+    }
+
+    /// The bytes of a payload range, checked.
+    pub fn range<'a>(payload: &'a [u8], range: Option<&wire::PayloadRangeT>) -> Result<&'a [u8]> {
+        let Some(range) = range else { return Ok(&[]) };
+        let start = range.offset as usize;
+        start
+            .checked_add(range.len as usize)
+            .and_then(|end| payload.get(start..end))
+            .ok_or_else(|| ClientError::Protocol("payload range outside the payload".into()))
+    }
+}
+
+fn protocol(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+type Reply = oneshot::Sender<Result<Option<Response>>>;
+
+/// Work for the transport thread.
+pub(crate) enum Job {
+    /// Send a request; `expect`: a response is due (not for acks 0).
+    Call {
+        addr: SocketAddr,
+        header: wire::RequestHeaderT,
+        payload: Vec<u8>,
+        expect: bool,
+        reply: Reply,
+    },
+    /// Run a closure on the transport thread (it spawns local tasks there).
+    Spawn(Box<dyn FnOnce() + Send>),
+}
+
+/// Starts the transport thread; it ends when every sender is dropped.
+pub(crate) fn start(
+    timeout: Duration,
+    pin_core: Option<usize>,
+) -> std::io::Result<mpsc::UnboundedSender<Job>> {
+    let (tx, rx) = mpsc::unbounded();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fjord-client".into())
+        .spawn(move || {
+            if let Some(core) = pin_core {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            }
+            let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .name("fjord-client")
+                .io_memory(IO_MEMORY_BYTES)
+                .make();
+            match executor {
+                Ok(executor) => {
+                    let _ = started_tx.send(Ok(()));
+                    executor.run(run(rx, timeout));
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+        })?;
+    started_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("transport thread died"))??;
+    Ok(tx)
+}
+
+async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
+    let mut connections: HashMap<SocketAddr, Rc<Connection>> = HashMap::new();
+    while let Some(job) = jobs.next().await {
+        match job {
+            Job::Call {
+                addr,
+                header,
+                payload,
+                expect,
+                reply,
+            } => {
+                let connection = connections
+                    .entry(addr)
+                    .and_modify(|c| {
+                        if c.broken.borrow().is_some() {
+                            *c = Connection::open(addr, timeout);
+                        }
+                    })
+                    .or_insert_with(|| Connection::open(addr, timeout));
+                connection.call(header, payload, expect, reply, timeout);
+            }
+            Job::Spawn(f) => f(),
+        }
+    }
+}
+
+/// One pipelined connection: requests are written in call order and
+/// answered in that order, matched by correlation id.
+struct Connection {
+    addr: SocketAddr,
+    writes: LocalSender<(Vec<u8>, Vec<u8>)>,
+    pending: Rc<RefCell<VecDeque<(u32, Reply)>>>,
+    correlation_id: Cell<u32>,
+    broken: Rc<RefCell<Option<ClientError>>>,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr, timeout: Duration) -> Rc<Connection> {
+        let (writes, queued) = local_channel::new_unbounded();
+        let connection = Rc::new(Connection {
+            addr,
+            writes,
+            pending: Rc::new(RefCell::new(VecDeque::new())),
+            correlation_id: Cell::new(0),
+            broken: Rc::new(RefCell::new(None)),
+        });
+        let (pending, broken) = (connection.pending.clone(), connection.broken.clone());
+        glommio::spawn_local(async move {
+            let error = drive(addr, timeout, queued, pending.clone()).await;
+            // Everything still waiting fails with the connection's error.
+            for (_, reply) in pending.borrow_mut().drain(..) {
+                let _ = reply.send(Err(error.clone()));
+            }
+            *broken.borrow_mut() = Some(error);
+        })
+        .detach();
+        connection
+    }
+
+    fn call(
+        &self,
+        mut header: wire::RequestHeaderT,
+        payload: Vec<u8>,
+        expect: bool,
+        reply: Reply,
+        timeout: Duration,
+    ) {
+        if let Some(error) = self.broken.borrow().clone() {
+            let _ = reply.send(Err(error));
+            return;
+        }
+        let id = self.correlation_id.get().wrapping_add(1);
+        self.correlation_id.set(id);
+        header.correlation_id = id;
+        let head = api::request_head(&header, payload.len());
+        if expect {
+            // Bounded wait: the answer, or a timeout error in its place.
+            let (tx, rx) = oneshot::channel();
+            self.pending.borrow_mut().push_back((id, tx));
+            let addr = self.addr;
+            glommio::spawn_local(async move {
+                let timer = glommio::timer::sleep(timeout);
+                futures::pin_mut!(timer);
+                let outcome = match futures::future::select(rx, timer).await {
+                    futures::future::Either::Left((Ok(outcome), _)) => outcome,
+                    futures::future::Either::Left((Err(_), _)) => Err(ClientError::Connection {
+                        addr,
+                        message: "closed".into(),
+                    }),
+                    futures::future::Either::Right(_) => Err(ClientError::Timeout(addr)),
+                };
+                let _ = reply.send(outcome);
+            })
+            .detach();
+        } else {
+            let _ = reply.send(Ok(None));
+        }
+        // Unbounded: the caller's own flow control (linger, in-flight
+        // limits) bounds what is queued here.
+        let _ = self.writes.try_send((head, payload));
+    }
+}
+
+/// Connects, then writes queued requests and reads answers until either
+/// side fails; returns why it stopped.
+async fn drive(
+    addr: SocketAddr,
+    timeout: Duration,
+    queued: LocalReceiver<(Vec<u8>, Vec<u8>)>,
+    pending: Rc<RefCell<VecDeque<(u32, Reply)>>>,
+) -> ClientError {
+    let stream = match TcpStream::connect_timeout(addr, timeout).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            let e: std::io::Error = e.into();
+            return ClientError::Connect {
+                addr,
+                message: e.to_string(),
+            };
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.split();
+    let reading = async {
+        let limits = frame::Limits {
+            frame_bytes_max: usize::MAX >> 1,
+            ..frame::Limits::default()
+        };
+        loop {
+            let buf = match read_frame(&mut reader, &limits).await {
+                Ok(Some(buf)) => buf,
+                Ok(None) => return connection_error(addr, "closed by the broker"),
+                Err(e) => return connection_error(addr, e),
+            };
+            let response = match Response::verify(buf) {
+                Ok(r) => r,
+                Err(e) => return e,
+            };
+            let Some((id, reply)) = pending.borrow_mut().pop_front() else {
+                return connection_error(addr, "answer to no request");
+            };
+            let got = response
+                .frame()
+                .and_then(|f| f.response_header().map_err(protocol))
+                .map(|h| h.correlation_id());
+            if got.ok() != Some(id) {
+                // A broker that cannot read a frame answers with id 0 and
+                // closes: report what it said.
+                let said = response.unpack().err();
+                let _ = reply.send(Err(said
+                    .clone()
+                    .unwrap_or_else(|| connection_error(addr, "answers out of order"))));
+                return said.unwrap_or_else(|| connection_error(addr, "answers out of order"));
+            }
+            let _ = reply.send(Ok(Some(response)));
+        }
+    };
+    let writing = async {
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+        loop {
+            let next = match queued.recv().now_or_never() {
+                Some(next) => next,
+                None => {
+                    if let Err(e) = writer.flush().await {
+                        return connection_error(addr, e);
+                    }
+                    queued.recv().await
+                }
+            };
+            let Some((head, payload)) = next else {
+                return ClientError::Closed;
+            };
+            if let Err(e) = write_frame(&mut writer, &head, &[&payload]).await {
+                return connection_error(addr, e);
+            }
+        }
+    };
+    futures::pin_mut!(reading, writing);
+    match futures::future::select(reading, writing).await {
+        futures::future::Either::Left((e, _)) | futures::future::Either::Right((e, _)) => e,
+    }
+}
+
+fn connection_error(addr: SocketAddr, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Connection {
+        addr,
+        message: e.to_string(),
+    }
+}

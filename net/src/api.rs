@@ -1,0 +1,116 @@
+//! The native APIs: their numbers, the versions this build speaks, and the
+//! encoding of whole headers into frame heads.
+//!
+//! An API's number is its tag in the `Request`/`Response` unions of the
+//! schema, so a request names its API by the body it carries.
+
+use crate::frame;
+use crate::wire;
+
+/// Every API's version range (min, max) as this build speaks it.
+pub const VERSIONS: &[(wire::Request, u16, u16)] = &[
+    (wire::Request::ApiVersionsRequest, 0, 0),
+    (wire::Request::MetadataRequest, 0, 0),
+    (wire::Request::CreateTopicsRequest, 0, 0),
+    (wire::Request::DeleteTopicsRequest, 0, 0),
+    (wire::Request::DescribeTopicsRequest, 0, 0),
+    (wire::Request::ProduceRequest, 0, 0),
+    (wire::Request::FetchRequest, 0, 0),
+    (wire::Request::ListOffsetsRequest, 0, 0),
+];
+
+/// Whether `version` of `api` is spoken; `None` when the API is unknown.
+pub fn supports(api: wire::Request, version: u16) -> Option<bool> {
+    VERSIONS
+        .iter()
+        .find(|(a, _, _)| *a == api)
+        .map(|(_, min, max)| (*min..=*max).contains(&version))
+}
+
+/// `ListOffsets` timestamp asking for the log start.
+pub const EARLIEST: i64 = -2;
+/// `ListOffsets` timestamp asking for the log end.
+pub const LATEST: i64 = -1;
+
+/// Produce `acks`: no response at all.
+pub const ACKS_NONE: i16 = 0;
+/// Produce `acks`: answer once the leader has the batch.
+pub const ACKS_LEADER: i16 = 1;
+/// Produce `acks`: answer once a quorum has it (the leader alone until
+/// replication lands).
+pub const ACKS_ALL: i16 = -1;
+
+/// The head (prefix, length and header) of a request frame whose payload
+/// of `payload_len` bytes is sent after it.
+pub fn request_head(header: &wire::RequestHeaderT, payload_len: usize) -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::with_capacity(256);
+    let root = header.pack(&mut fbb);
+    fbb.finish(root, None);
+    head(fbb.finished_data(), payload_len)
+}
+
+/// The head of a response frame; see [`request_head`].
+pub fn response_head(header: &wire::ResponseHeaderT, payload_len: usize) -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::with_capacity(256);
+    let root = header.pack(&mut fbb);
+    fbb.finish(root, None);
+    head(fbb.finished_data(), payload_len)
+}
+
+fn head(header: &[u8], payload_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame::PREFIX_LEN + 4 + header.len());
+    frame::encode_head(header, payload_len, &mut out);
+    out
+}
+
+/// A response header carrying only an error: the request could not be
+/// understood, so there is no body.
+pub fn error_head(correlation_id: u32, code: crate::ErrorCode) -> Vec<u8> {
+    response_head(
+        &wire::ResponseHeaderT {
+            correlation_id,
+            error_code: code.code(),
+            body: wire::ResponseT::NONE,
+        },
+        0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_cover_every_request() {
+        for api in wire::Request::ENUM_VALUES {
+            if *api == wire::Request::NONE {
+                assert_eq!(supports(*api, 0), None);
+            } else {
+                assert_eq!(supports(*api, 0), Some(true), "{api:?}");
+                assert_eq!(supports(*api, 1), Some(false), "{api:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn heads_decode_back() {
+        let head = request_head(
+            &wire::RequestHeaderT {
+                version: 0,
+                correlation_id: 7,
+                client_id: Some("t".into()),
+                body: wire::RequestT::MetadataRequest(Box::default()),
+            },
+            3,
+        );
+        let mut bytes = head.clone();
+        bytes.extend_from_slice(b"abc");
+        let limits = frame::Limits::default();
+        let (frame, used) = frame::decode(&bytes, &limits).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(frame.payload, b"abc");
+        let header = frame.request_header().unwrap();
+        assert_eq!(header.correlation_id(), 7);
+        assert_eq!(header.body_type(), wire::Request::MetadataRequest);
+    }
+}
