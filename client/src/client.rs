@@ -89,7 +89,7 @@ impl Client {
         body: wire::RequestT,
         payload: Vec<u8>,
         expect: bool,
-    ) -> impl Future<Output = Result<Option<Response>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<Response>>> + Send + use<> {
         let (reply, rx) = oneshot::channel();
         let header = wire::RequestHeaderT {
             version: 0,
@@ -116,7 +116,7 @@ impl Client {
         addr: SocketAddr,
         body: wire::RequestT,
         payload: Vec<u8>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'static {
+    ) -> impl Future<Output = Result<Response>> + Send + use<> {
         let call = self.call(addr, body, payload, true);
         async move {
             call.await?

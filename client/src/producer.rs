@@ -115,7 +115,7 @@ impl Producer {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(&str, Option<&[u8]>)],
-    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
+    ) -> impl Future<Output = Result<RecordMetadata>> + Send + use<> {
         let (reply, rx) = oneshot::channel();
         let record = Record {
             topic: topic.to_owned(),

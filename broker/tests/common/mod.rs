@@ -180,7 +180,8 @@ pub fn cli(addr: SocketAddr, args: &[&str], stdin: &str) -> Output {
     output
 }
 
-/// Everything in the segment files under `dir`, concatenated.
+/// What the segment files under `dir` hold, concatenated, each without
+/// its preallocated (zero) tail.
 pub fn segment_bytes(dir: &Path) -> Vec<u8> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("partition dir")
@@ -191,7 +192,12 @@ pub fn segment_bytes(dir: &Path) -> Vec<u8> {
     names.sort();
     names
         .iter()
-        .flat_map(|p| std::fs::read(p).expect("segment"))
+        .flat_map(|p| {
+            let mut bytes = std::fs::read(p).expect("segment");
+            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            bytes.truncate(end);
+            bytes
+        })
         .collect()
 }
 

@@ -1,0 +1,152 @@
+//! Per-key ordering and a stable key → partition mapping (Kafka's murmur2),
+//! through the client crate against a real broker; requests that land on
+//! the wrong shard are forwarded.
+
+mod common;
+
+use common::Broker;
+use fjord_client::partitioner::partition_for_key;
+use fjord_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Seek};
+use fjord_net::wire;
+use futures::executor::block_on;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const PARTITIONS: i32 = 4;
+const KEYS: usize = 13;
+
+fn produce(broker: &Broker, round: usize) -> Vec<(String, i32)> {
+    let client = broker.client();
+    let producer = Producer::new(&client, ProducerConfig::default()).unwrap();
+    let sends: Vec<_> = (0..2000)
+        .map(|i| {
+            let key = format!("key-{}", i % KEYS);
+            let value = format!("{round}:{i}");
+            let sent = producer.send(
+                "events",
+                None,
+                Some(key.as_bytes()),
+                Some(value.as_bytes()),
+                &[],
+            );
+            (key, sent)
+        })
+        .collect();
+    block_on(producer.flush()).unwrap();
+    sends
+        .into_iter()
+        .map(|(key, sent)| (key, block_on(sent).unwrap().partition))
+        .collect()
+}
+
+fn consume_all(broker: &Broker, expected: usize) -> Vec<fjord_client::ConsumerRecord> {
+    let client = broker.client();
+    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+    block_on(consumer.assign("events", None, Seek::Earliest)).unwrap();
+    let mut records = Vec::new();
+    while records.len() < expected {
+        let polled = block_on(consumer.poll(Duration::from_secs(5))).unwrap();
+        assert!(
+            !polled.is_empty(),
+            "records missing: {} of {expected}",
+            records.len()
+        );
+        records.extend(polled);
+    }
+    assert_eq!(records.len(), expected);
+    records
+}
+
+#[test]
+fn keys_keep_their_partition_and_their_order_across_restarts() {
+    let mut broker = Broker::start(2);
+    block_on(Admin::new(broker.client()).create_topic("events", PARTITIONS, &[])).unwrap();
+    let first = produce(&broker, 0);
+    broker.terminate();
+    broker.restart();
+    let second = produce(&broker, 1);
+
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    for (key, partition) in first.iter().chain(&second) {
+        assert_eq!(
+            *partition,
+            partition_for_key(key.as_bytes(), PARTITIONS as u32) as i32,
+            "murmur2 mapping for {key}"
+        );
+        assert_eq!(
+            *partition_of.entry(key.clone()).or_insert(*partition),
+            *partition
+        );
+    }
+
+    let records = consume_all(&broker, 4000);
+    let mut last: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
+    let mut offsets: HashMap<i32, i64> = HashMap::new();
+    for r in &records {
+        let key = r.key.clone().unwrap();
+        assert_eq!(
+            partition_of[&String::from_utf8(key.clone()).unwrap()],
+            r.partition
+        );
+        let value = String::from_utf8(r.value.clone().unwrap()).unwrap();
+        let (round, i) = value.split_once(':').unwrap();
+        let seq = (round.parse::<usize>().unwrap(), i.parse::<usize>().unwrap());
+        if let Some(previous) = last.insert(key, seq) {
+            assert!(previous < seq, "per-key order: {previous:?} then {seq:?}");
+        }
+        let next = offsets.entry(r.partition).or_insert(0);
+        assert_eq!(r.offset, *next, "offsets are dense per partition");
+        *next += 1;
+    }
+}
+
+#[test]
+fn requests_on_the_wrong_shard_are_forwarded() {
+    let broker = Broker::start(2);
+    let client = broker.client();
+    block_on(Admin::new(client.clone()).create_topic("events", 2, &[])).unwrap();
+    let metadata = block_on(client.metadata(None)).unwrap();
+    let ports = metadata.brokers.unwrap()[0].shard_ports.clone().unwrap();
+    let shards: Vec<u16> = metadata.topics.unwrap()[0]
+        .partitions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.shard)
+        .collect();
+    assert_ne!(shards[0], shards[1], "two partitions on two shards");
+    // Partition 0's batch goes to the shard that owns partition 1, and the
+    // node port (any shard) too.
+    let wrong = std::net::SocketAddr::from(([127, 0, 0, 1], ports[usize::from(shards[1])]));
+    for (i, addr) in [wrong, broker.addr].into_iter().enumerate() {
+        let mut builder = fjord_core::BatchBuilder::new();
+        builder.push(1, None, Some(format!("forwarded {i}").as_bytes()), &[]);
+        let batch = builder.build();
+        let body = wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
+            acks: 1,
+            timeout_ms: 1000,
+            topics: Some(vec![wire::ProduceTopicT {
+                name: Some("events".into()),
+                partitions: Some(vec![wire::ProducePartitionT {
+                    partition: 0,
+                    records: Some(wire::PayloadRangeT {
+                        offset: 0,
+                        len: batch.len() as u32,
+                    }),
+                }]),
+            }]),
+        }));
+        let response = block_on(client.request(addr, body, batch)).unwrap();
+        let wire::ResponseT::ProduceResponse(body) = response.unpack().unwrap().0 else {
+            panic!("not a produce response")
+        };
+        let result = body.topics.unwrap()[0].partitions.as_ref().unwrap()[0].clone();
+        assert_eq!(result.error_code, 0);
+        assert_eq!(result.base_offset, i as i64);
+    }
+    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+    block_on(consumer.assign("events", Some(&[0]), Seek::Earliest)).unwrap();
+    let records = block_on(consumer.poll(Duration::from_secs(5))).unwrap();
+    let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+    assert_eq!(values, [b"forwarded 0".to_vec(), b"forwarded 1".to_vec()]);
+}

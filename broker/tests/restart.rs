@@ -1,0 +1,159 @@
+//! Restarts: after SIGTERM every topic and record is back; after SIGKILL
+//! every acknowledged record of an `fsync=always` topic is back, and its
+//! bytes are in the segment files.
+
+mod common;
+
+use common::{Broker, contains, segment_bytes};
+use fjord_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Seek};
+use futures::executor::block_on;
+use std::time::Duration;
+
+fn consume(broker: &Broker, topic: &str, expected: usize) -> Vec<Vec<u8>> {
+    let client = broker.client();
+    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+    block_on(consumer.assign(topic, None, Seek::Earliest)).unwrap();
+    let mut values = Vec::new();
+    while values.len() < expected {
+        let polled = block_on(consumer.poll(Duration::from_secs(3))).unwrap();
+        if polled.is_empty() {
+            break;
+        }
+        values.extend(polled.into_iter().map(|r| r.value.unwrap()));
+    }
+    values
+}
+
+#[test]
+fn sigterm_restart_keeps_topics_configs_and_records() {
+    let mut broker = Broker::start(2);
+    let admin = Admin::new(broker.client());
+    block_on(admin.create_topic("a", 3, &[("retention.ms".into(), "3600000".into())])).unwrap();
+    block_on(admin.create_topic("b", 1, &[])).unwrap();
+    block_on(admin.create_topic("gone", 1, &[])).unwrap();
+    block_on(admin.delete_topic("gone")).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    for i in 0..500 {
+        drop(producer.send("a", None, None, Some(format!("a{i}").as_bytes()), &[]));
+    }
+    block_on(producer.flush()).unwrap();
+    broker.terminate();
+    broker.restart();
+
+    let admin = Admin::new(broker.client());
+    let names: Vec<String> = block_on(admin.list_topics())
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let a = block_on(admin.describe_topic("a")).unwrap();
+    assert!(
+        a.configs
+            .contains(&("retention.ms".into(), "3600000".into()))
+    );
+    assert_eq!(
+        a.partitions.iter().map(|p| p.log_end_offset).sum::<i64>(),
+        500
+    );
+    let mut values = consume(&broker, "a", 500);
+    values.sort();
+    let mut want: Vec<Vec<u8>> = (0..500).map(|i| format!("a{i}").into_bytes()).collect();
+    want.sort();
+    assert_eq!(values, want);
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_record_under_fsync_always() {
+    let mut broker = Broker::start(2);
+    block_on(Admin::new(broker.client()).create_topic(
+        "durable",
+        2,
+        &[("fsync".into(), "always".into())],
+    ))
+    .unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    let acked: Vec<Vec<u8>> = (0..400)
+        .map(|i| {
+            let value = format!("durable-{i:04}");
+            let sent = producer.send("durable", Some(i % 2), None, Some(value.as_bytes()), &[]);
+            (value, sent)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .filter_map(|(value, sent)| block_on(sent).ok().map(|_| value.into_bytes()))
+        .collect();
+    assert_eq!(acked.len(), 400);
+    // Produce more without waiting, then kill in the middle of it.
+    for i in 400..2000 {
+        drop(producer.send(
+            "durable",
+            Some(i % 2),
+            None,
+            Some(format!("durable-{i:04}").as_bytes()),
+            &[],
+        ));
+    }
+    broker.kill();
+
+    let on_disk: Vec<u8> = broker
+        .partition_dirs("durable")
+        .iter()
+        .flat_map(|d| segment_bytes(d))
+        .collect();
+    for value in &acked {
+        assert!(
+            contains(&on_disk, value),
+            "{} not on disk",
+            String::from_utf8_lossy(value)
+        );
+    }
+
+    broker.restart();
+    let values = consume(&broker, "durable", 2000);
+    for value in &acked {
+        assert!(
+            values.contains(value),
+            "acked {} lost",
+            String::from_utf8_lossy(value)
+        );
+    }
+    // Per partition, what survived is a prefix of what was sent.
+    for p in 0..2 {
+        let mine: Vec<&Vec<u8>> = values
+            .iter()
+            .filter(|v| {
+                let i: i32 = String::from_utf8_lossy(&v[8..]).parse().unwrap();
+                i % 2 == p
+            })
+            .collect();
+        for (n, v) in mine.iter().enumerate() {
+            assert_eq!(**v, format!("durable-{:04}", n as i32 * 2 + p).into_bytes());
+        }
+    }
+}
+
+#[test]
+fn delete_removes_the_data_and_a_new_topic_starts_empty() {
+    let broker = Broker::start(2);
+    let admin = Admin::new(broker.client());
+    block_on(admin.create_topic("t", 2, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    for i in 0..100 {
+        drop(producer.send("t", None, None, Some(format!("old {i}").as_bytes()), &[]));
+    }
+    block_on(producer.flush()).unwrap();
+    let dirs = broker.partition_dirs("t");
+    assert_eq!(dirs.len(), 2);
+    block_on(admin.delete_topic("t")).unwrap();
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} still exists", dir.display());
+        assert!(!dir.parent().unwrap().exists());
+    }
+    assert!(block_on(admin.describe_topic("t")).is_err());
+    block_on(admin.create_topic("t", 1, &[])).unwrap();
+    let t = block_on(admin.describe_topic("t")).unwrap();
+    assert_eq!(t.partitions.len(), 1);
+    assert_eq!(t.partitions[0].log_end_offset, 0);
+    assert_eq!(t.partitions[0].size_bytes, 0);
+}
