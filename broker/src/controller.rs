@@ -68,8 +68,10 @@ impl Controller {
     ) -> Result<Controller, CommandError> {
         let dir = data.join("cluster");
         let snapshot_path = dir.join("snapshot");
-        let mut config = LogConfig::default();
-        config.fsync = FsyncPolicy::Always;
+        let config = LogConfig {
+            fsync: FsyncPolicy::Always,
+            ..LogConfig::default()
+        };
         let log = Log::open(dir.join("metadata"), config, cache).await?;
         let mut state = match read_snapshot(&snapshot_path).await? {
             Some(state) => state,

@@ -2,6 +2,9 @@
 //! through the client crate against a real broker; requests that land on
 //! the wrong shard are forwarded.
 
+// In a test a failed unwrap is a failed test, with its line.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Broker;

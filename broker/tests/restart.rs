@@ -2,6 +2,9 @@
 //! every acknowledged record of an `fsync=always` topic is back, and its
 //! bytes are in the segment files.
 
+// In a test a failed unwrap is a failed test, with its line.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Broker, contains, segment_bytes};

@@ -1,6 +1,9 @@
 //! The seeds' workflow with the CLI against a real broker: create a topic
 //! with partitions, produce keyed lines, consume them from the beginning.
 
+// In a test a failed unwrap is a failed test, with its line.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Broker, cli, free_port};

@@ -402,15 +402,15 @@ impl Core {
                 Some(error) => Err(error),
                 None => self.send_batch(&topic, &queue, &batch.bytes).await,
             };
-            if let Err(error) = &outcome {
-                if self.config.stop_on_error {
-                    *queue.failed.borrow_mut() = Some(error.clone());
-                    // The open batch was accepted before the failure was
-                    // known: it fails with it.
-                    if let Some(open) = queue.open.borrow_mut().take() {
-                        for reply in open.replies {
-                            self.answer(reply, Err(error.clone()));
-                        }
+            if let Err(error) = &outcome
+                && self.config.stop_on_error
+            {
+                *queue.failed.borrow_mut() = Some(error.clone());
+                // The open batch was accepted before the failure was
+                // known: it fails with it.
+                if let Some(open) = queue.open.borrow_mut().take() {
+                    for reply in open.replies {
+                        self.answer(reply, Err(error.clone()));
                     }
                 }
             }

@@ -81,8 +81,11 @@ pub(super) async fn fetch(
 
 async fn read(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> Got {
     let local = shard.owner_of(&wanted.topic, wanted.partition) == Ok(shard.id);
-    if local && max_bytes > 0 {
-        if let Some(partition) = shard.partition(&wanted.topic, wanted.partition) {
+    if local
+        && max_bytes > 0
+        && let Some(partition) = shard.partition(&wanted.topic, wanted.partition)
+    {
+        {
             return match partition.read(wanted.offset, max_bytes).await {
                 Ok(read) => Got {
                     error: None,
