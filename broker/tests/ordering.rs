@@ -9,6 +9,7 @@ mod common;
 
 use common::Broker;
 use fjord_client::partitioner::partition_for_key;
+use fjord_client::transport::Lane;
 use fjord_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Seek};
 use fjord_net::wire;
 use futures::executor::block_on;
@@ -139,7 +140,7 @@ fn requests_on_the_wrong_shard_are_forwarded() {
                 }]),
             }]),
         }));
-        let response = block_on(client.request(addr, body, batch)).unwrap();
+        let response = block_on(client.request(addr, Lane::Prompt, body, batch)).unwrap();
         let wire::ResponseT::ProduceResponse(body) = response.unpack().unwrap().0 else {
             panic!("not a produce response")
         };

@@ -2,6 +2,7 @@
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
+use crate::transport::Lane;
 use fjord_net::{ErrorCode, wire};
 
 /// Administers a cluster's topics.
@@ -68,7 +69,12 @@ impl Admin {
     async fn ask(&self, body: wire::RequestT) -> Result<wire::ResponseT> {
         let response = self
             .client
-            .request(self.client.config().bootstrap, body, Vec::new())
+            .request(
+                self.client.config().bootstrap,
+                Lane::Prompt,
+                body,
+                Vec::new(),
+            )
             .await?;
         Ok(response.unpack()?.0)
     }

@@ -2,7 +2,7 @@
 //! table as Metadata reports it.
 
 use crate::error::{ClientError, Result};
-use crate::transport::{self, Job, Response};
+use crate::transport::{self, Job, Lane, Response};
 use fjord_net::{ErrorCode, wire};
 use futures::channel::{mpsc, oneshot};
 use std::collections::HashMap;
@@ -86,6 +86,7 @@ impl Client {
     pub fn call(
         &self,
         addr: SocketAddr,
+        lane: Lane,
         body: wire::RequestT,
         payload: Vec<u8>,
         expect: bool,
@@ -99,6 +100,7 @@ impl Client {
         };
         let sent = self.jobs.unbounded_send(Job::Call {
             addr,
+            lane,
             header,
             payload,
             expect,
@@ -114,10 +116,11 @@ impl Client {
     pub fn request(
         &self,
         addr: SocketAddr,
+        lane: Lane,
         body: wire::RequestT,
         payload: Vec<u8>,
     ) -> impl Future<Output = Result<Response>> + Send + use<> {
-        let call = self.call(addr, body, payload, true);
+        let call = self.call(addr, lane, body, payload, true);
         async move {
             call.await?
                 .ok_or_else(|| ClientError::Protocol("no response".into()))
@@ -135,7 +138,7 @@ impl Client {
     pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<wire::MetadataResponseT> {
         let body = wire::RequestT::MetadataRequest(Box::new(wire::MetadataRequestT { topics }));
         let response = self
-            .request(self.config.bootstrap, body, Vec::new())
+            .request(self.config.bootstrap, Lane::Prompt, body, Vec::new())
             .await?;
         match response.unpack()?.0 {
             wire::ResponseT::MetadataResponse(m) => Ok(*m),

@@ -5,7 +5,7 @@
 
 use crate::client::{Client, Route};
 use crate::error::{ClientError, Result};
-use crate::transport::Response;
+use crate::transport::{Lane, Response};
 use fjord_core::batch;
 use fjord_net::{ErrorCode, api, wire};
 use futures::FutureExt;
@@ -170,7 +170,10 @@ impl Consumer {
                 }]),
             }]),
         }));
-        let response = self.client.request(a.route.addr, body, Vec::new()).await?;
+        let response = self
+            .client
+            .request(a.route.addr, Lane::Prompt, body, Vec::new())
+            .await?;
         let wire::ResponseT::ListOffsetsResponse(body) = response.unpack()?.0 else {
             return Err(ClientError::Protocol(
                 "expected a ListOffsets response".into(),
@@ -244,7 +247,7 @@ impl Consumer {
                     max_bytes: self.config.fetch_bytes_max,
                     topics: Some(topics),
                 }));
-                self.client.request(addr, body, Vec::new())
+                self.client.request(addr, Lane::LongPoll, body, Vec::new())
             })
             .collect();
         futures::future::join_all(calls).boxed()

@@ -12,6 +12,7 @@
 use crate::client::{Client, Route};
 use crate::error::{ClientError, Result};
 use crate::partitioner::{Sticky, partition_for_key};
+use crate::transport::Lane;
 use fjord_core::{BatchBuilder, RecordHeader};
 use fjord_net::{ErrorCode, api, wire};
 use futures::StreamExt;
@@ -479,7 +480,7 @@ impl Core {
         let expect = self.config.acks != api::ACKS_NONE;
         let response = self
             .client
-            .call(route.addr, body, batch.to_vec(), expect)
+            .call(route.addr, Lane::Prompt, body, batch.to_vec(), expect)
             .await?;
         let Some(response) = response else {
             return Ok(-1);

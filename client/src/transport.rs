@@ -82,11 +82,23 @@ fn protocol(e: impl std::fmt::Display) -> ClientError {
 
 type Reply = oneshot::Sender<Result<Option<Response>>>;
 
+/// Which connection to a broker a request takes. Answers come in request
+/// order, so a long poll would hold up everything queued behind it on its
+/// connection: long polls get a connection of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Requests answered at once.
+    Prompt,
+    /// Fetches that may wait for data.
+    LongPoll,
+}
+
 /// Work for the transport thread.
 pub(crate) enum Job {
     /// Send a request; `expect`: a response is due (not for acks 0).
     Call {
         addr: SocketAddr,
+        lane: Lane,
         header: wire::RequestHeaderT,
         payload: Vec<u8>,
         expect: bool,
@@ -130,18 +142,19 @@ pub(crate) fn start(
 }
 
 async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
-    let mut connections: HashMap<SocketAddr, Rc<Connection>> = HashMap::new();
+    let mut connections: HashMap<(SocketAddr, Lane), Rc<Connection>> = HashMap::new();
     while let Some(job) = jobs.next().await {
         match job {
             Job::Call {
                 addr,
+                lane,
                 header,
                 payload,
                 expect,
                 reply,
             } => {
                 let connection = connections
-                    .entry(addr)
+                    .entry((addr, lane))
                     .and_modify(|c| {
                         if c.broken.borrow().is_some() {
                             *c = Connection::open(addr, timeout);
