@@ -133,3 +133,73 @@ fn errors_say_what_failed_and_where() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("InvalidTopicException"));
 }
+
+#[test]
+fn consume_follows_new_records_and_acks_zero_sends() {
+    let broker = Broker::start(2);
+    stdout(&broker.cli(&["topic", "create", "live", "--partitions", "2"], ""));
+    // A consumer from the end, started before anything is produced: its
+    // long polls must pick the records up as they arrive.
+    let follower = std::process::Command::new(common::FJORD)
+        .args(["consume", "live", "--max-messages", "3", "--bootstrap"])
+        .arg(broker.addr.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let produced = broker.cli(&["produce", "live", "--acks", "0"], "one\ntwo\nthree\n");
+    assert!(produced.status.success());
+    assert!(String::from_utf8_lossy(&produced.stderr).contains("sent 3 records"));
+    let output = follower.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let mut got: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    got.sort();
+    assert_eq!(got, ["one", "three", "two"]);
+}
+
+#[test]
+fn serve_reads_a_config_file_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let config = dir.path().join("fjord.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nshard_port_base = 0\ncores = 2\nmax_connections_per_shard = 7\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::FJORD)
+        .args(["serve", "--cores", "1", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.contains(&format!("127.0.0.1:{port} with 1 shards")),
+        "{line}"
+    );
+    assert!(data.join("cluster").exists(), "data_dir from the file");
+
+    std::fs::write(&config, "no_such_key = 1\n").unwrap();
+    let output = std::process::Command::new(common::FJORD)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_key"));
+}
