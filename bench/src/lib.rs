@@ -1,3 +1,87 @@
-//! The bench load generator: produce, consume, e2e.
-//!
-//! Empty until its issue lands; DESIGN.md §7 says what it will hold.
+//! The `bench` load generator: open-loop `produce` at a target rate,
+//! `consume` as fast as possible, and `e2e` (produce while consuming).
+//! Latencies go into hdrhistogram; every run prints a progress line a
+//! second, a summary, and optionally a JSON report.
+
+pub mod consume;
+pub mod e2e;
+pub mod local;
+pub mod produce;
+pub mod report;
+pub mod units;
+
+use fjord_client::{Admin, Client, ClientConfig, ClientError};
+use futures::executor::block_on;
+use report::Progress;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A client for one producer or consumer, its transport pinned to `cpu`.
+pub fn client(addr: SocketAddr, cpu: Option<usize>) -> Result<Client, String> {
+    let mut config = ClientConfig::new(addr);
+    config.client_id = "fjord-bench".into();
+    config.pin_core = cpu;
+    Client::new(config).map_err(|e| e.to_string())
+}
+
+/// Creates `topic` with `partitions` (one per data shard when `None`) and
+/// `configs` unless it exists; returns each partition's shard address.
+pub fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: Option<i32>,
+    configs: &[(String, String)],
+) -> Result<Vec<SocketAddr>, String> {
+    let partitions = match partitions {
+        Some(p) => p,
+        None => {
+            let metadata =
+                block_on(client.metadata(Some(Vec::new()))).map_err(|e| e.to_string())?;
+            let shards = metadata
+                .brokers
+                .iter()
+                .flatten()
+                .map(|b| b.shard_ports.as_ref().map_or(1, |p| p.len()))
+                .max()
+                .unwrap_or(1);
+            shards as i32
+        }
+    };
+    match block_on(Admin::new(client.clone()).create_topic(topic, partitions, configs)) {
+        Ok(()) => eprintln!("bench: created topic {topic} with {partitions} partitions"),
+        Err(ClientError::Broker {
+            code: fjord_net::ErrorCode::TopicAlreadyExists,
+            ..
+        }) => {}
+        Err(e) => return Err(format!("cannot create topic {topic}: {e}")),
+    }
+    let routes = block_on(client.routes(topic)).map_err(|e| e.to_string())?;
+    routes
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(p, r)| {
+            r.map(|r| r.addr)
+                .ok_or(format!("partition {p} of {topic} has no route"))
+        })
+        .collect()
+}
+
+/// Prints a progress line every second until `done`.
+pub fn watch(progress: &Progress, start: Instant, done: impl Fn() -> bool) {
+    let mut last = (0, 0);
+    let mut last_at = start;
+    while !done() {
+        std::thread::sleep(Duration::from_millis(20));
+        if last_at.elapsed() >= Duration::from_secs(1) {
+            let now = Instant::now();
+            eprintln!("{}", progress.line(start.elapsed(), last, now - last_at));
+            last = (
+                progress.messages.load(Ordering::Relaxed),
+                progress.bytes.load(Ordering::Relaxed),
+            );
+            last_at = now;
+        }
+    }
+}

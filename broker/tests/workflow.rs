@@ -138,10 +138,20 @@ fn errors_say_what_failed_and_where() {
 fn consume_follows_new_records_and_acks_zero_sends() {
     let broker = Broker::start(2);
     stdout(&broker.cli(&["topic", "create", "live", "--partitions", "2"], ""));
-    // A consumer from the end, started before anything is produced: its
-    // long polls must pick the records up as they arrive.
-    let follower = std::process::Command::new(common::FJORD)
-        .args(["consume", "live", "--max-messages", "3", "--bootstrap"])
+    // A consumer started before anything is produced: its long polls must
+    // pick the records up as they arrive. (`--offset 0`, not the default
+    // "latest": a consumer still starting when the records land would
+    // rightly skip them.)
+    let mut follower = std::process::Command::new(common::FJORD)
+        .args([
+            "consume",
+            "live",
+            "--offset",
+            "0",
+            "--max-messages",
+            "3",
+            "--bootstrap",
+        ])
         .arg(broker.addr.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -150,6 +160,14 @@ fn consume_follows_new_records_and_acks_zero_sends() {
     let produced = broker.cli(&["produce", "live", "--acks", "0"], "one\ntwo\nthree\n");
     assert!(produced.status.success());
     assert!(String::from_utf8_lossy(&produced.stderr).contains("sent 3 records"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while follower.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = follower.kill();
+            panic!("the consumer did not get the records");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let output = follower.wait_with_output().unwrap();
     assert!(output.status.success());
     let mut got: Vec<&str> = std::str::from_utf8(&output.stdout)

@@ -198,20 +198,56 @@ impl Consumer {
     /// Records after the positions, waiting up to `timeout` for the first;
     /// empty when none came. Advances the positions past what it returns.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        let polled = self.poll_batches(timeout).await?;
+        let mut records = Vec::new();
+        for part in polled.parts() {
+            for batch in part.batches() {
+                let batch_records = batch.records().map_err(|e| part.bad(e))?;
+                for record in batch_records {
+                    let record = record.map_err(|e| part.bad(e))?;
+                    // A batch starts before the position when the position
+                    // is inside it: skip what was read.
+                    if record.offset < part.position {
+                        continue;
+                    }
+                    records.push(ConsumerRecord {
+                        topic: part.topic.to_owned(),
+                        partition: part.partition,
+                        offset: record.offset,
+                        timestamp: record.timestamp,
+                        key: record.key.map(<[u8]>::to_vec),
+                        value: record.value.map(<[u8]>::to_vec),
+                        headers: record
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+                            .collect(),
+                    });
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// Like [`Consumer::poll`], but hands out the batches where they arrived
+    /// (in the fetch responses) instead of copying each record out: for
+    /// consumers that count, forward or decode lazily. Batch CRCs were not
+    /// checked; [`fjord_core::Batch::validate`] does it when wanted.
+    pub async fn poll_batches(&mut self, timeout: Duration) -> Result<Polled> {
         if self.assigned.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Polled::default());
         }
         let positions: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
         let (fetching, sent_for) = match self.fetching.take() {
             Some((fetching, sent_for)) if sent_for == positions => (fetching, sent_for),
             _ => (self.fetch(timeout), positions),
         };
-        let responses = fetching.await;
-        let records = self.take_records(&responses, &sent_for)?;
+        let responses = fetching.await.into_iter().collect::<Result<Vec<_>>>()?;
+        let polled = self.take_batches(responses, &sent_for)?;
         // Pipelining: the next fetch travels while the caller works.
         let positions: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
         self.fetching = Some((self.fetch(timeout), positions));
-        Ok(records)
+        Ok(polled)
     }
 
     /// One fetch request per shard address, all sent now.
@@ -253,14 +289,9 @@ impl Consumer {
         futures::future::join_all(calls).boxed()
     }
 
-    fn take_records(
-        &mut self,
-        responses: &[Result<Response>],
-        sent_for: &[i64],
-    ) -> Result<Vec<ConsumerRecord>> {
-        let mut records = Vec::new();
-        for response in responses {
-            let response = response.as_ref().map_err(Clone::clone)?;
+    fn take_batches(&mut self, responses: Vec<Response>, sent_for: &[i64]) -> Result<Polled> {
+        let mut parts = Vec::new();
+        for (r, response) in responses.iter().enumerate() {
             let (body, payload) = response.unpack()?;
             let wire::ResponseT::FetchResponse(body) = body else {
                 return Err(ClientError::Protocol("expected a Fetch response".into()));
@@ -278,48 +309,103 @@ impl Consumer {
                     if let Some(code) = ErrorCode::try_from_code(p.error_code) {
                         return Err(ClientError::broker(code, format!("{name}-{}", p.partition)));
                     }
-                    let position = sent_for[index];
                     let bytes = Response::range(payload, p.records.as_ref())?;
-                    let mut next = position;
-                    for batch in batch::batches(bytes) {
-                        let batch_records = batch.records().map_err(|e| {
-                            ClientError::Protocol(format!(
-                                "bad batch from {name}-{}: {e}",
-                                p.partition
-                            ))
-                        })?;
-                        for record in batch_records {
-                            let record = record.map_err(|e| {
-                                ClientError::Protocol(format!(
-                                    "bad record from {name}-{}: {e}",
-                                    p.partition
-                                ))
-                            })?;
-                            // A batch starts before the position when the
-                            // position is inside it: skip what was read.
-                            if record.offset < position {
-                                continue;
-                            }
-                            records.push(ConsumerRecord {
-                                topic: name.clone(),
-                                partition: p.partition,
-                                offset: record.offset,
-                                timestamp: record.timestamp,
-                                key: record.key.map(<[u8]>::to_vec),
-                                value: record.value.map(<[u8]>::to_vec),
-                                headers: record
-                                    .headers
-                                    .iter()
-                                    .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
-                                    .collect(),
-                            });
-                        }
-                        next = next.max(batch.last_offset() + 1);
-                    }
+                    let start = bytes.as_ptr() as usize - payload.as_ptr() as usize;
+                    let position = sent_for[index];
+                    let next = batch::batches(bytes)
+                        .last()
+                        .map_or(position, |b| position.max(b.last_offset() + 1));
                     self.assigned[index].position = next;
+                    parts.push(PartRef {
+                        response: r,
+                        topic: index,
+                        partition: p.partition,
+                        range: start..start + bytes.len(),
+                        position,
+                    });
                 }
             }
         }
-        Ok(records)
+        let topics = self.assigned.iter().map(|a| a.topic.clone()).collect();
+        Ok(Polled {
+            responses,
+            topics,
+            parts,
+        })
+    }
+}
+
+/// The batches of one poll, still in the fetch responses that carried them.
+#[derive(Debug, Default)]
+pub struct Polled {
+    responses: Vec<Response>,
+    topics: Vec<String>,
+    parts: Vec<PartRef>,
+}
+
+#[derive(Debug)]
+struct PartRef {
+    response: usize,
+    topic: usize,
+    partition: i32,
+    range: std::ops::Range<usize>,
+    position: i64,
+}
+
+/// One partition's batches in a [`Polled`].
+#[derive(Debug, Clone, Copy)]
+pub struct PolledPart<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// The position the fetch started at: records before it (in the first
+    /// batch) were returned by an earlier poll.
+    pub position: i64,
+    /// The batches, laid end to end.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> PolledPart<'a> {
+    /// The whole batches.
+    pub fn batches(&self) -> impl Iterator<Item = batch::Batch<'a>> + use<'a> {
+        batch::batches(self.bytes)
+    }
+
+    fn bad(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Protocol(format!(
+            "bad batch from {}-{}: {e}",
+            self.topic, self.partition
+        ))
+    }
+}
+
+impl Polled {
+    /// Each partition's batches.
+    pub fn parts(&self) -> impl Iterator<Item = PolledPart<'_>> {
+        self.parts.iter().map(|part| PolledPart {
+            topic: &self.topics[part.topic],
+            partition: part.partition,
+            position: part.position,
+            bytes: &self.responses[part.response].payload()[part.range.clone()],
+        })
+    }
+
+    /// Records in the batches from each part's position on.
+    pub fn record_count(&self) -> u64 {
+        self.parts()
+            .flat_map(|part| {
+                part.batches().map(move |b| {
+                    let skipped =
+                        (part.position - b.base_offset()).clamp(0, i64::from(b.record_count()));
+                    u64::try_from(i64::from(b.record_count()) - skipped).unwrap_or(0)
+                })
+            })
+            .sum()
+    }
+
+    /// Bytes of batches.
+    pub fn len_bytes(&self) -> usize {
+        self.parts().map(|p| p.bytes.len()).sum()
     }
 }

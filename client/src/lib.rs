@@ -16,6 +16,6 @@ pub mod transport;
 
 pub use admin::{Admin, PartitionDescription, TopicDescription, TopicListing};
 pub use client::{Client, ClientConfig, DEFAULT_PORT};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Seek};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Polled, PolledPart, Seek};
 pub use error::{ClientError, Result};
 pub use producer::{Producer, ProducerConfig, RecordMetadata};

@@ -28,13 +28,24 @@ const WRITE_BUFFER_BYTES: usize = 64 << 10;
 #[derive(Debug)]
 pub struct Response {
     buf: Vec<u8>,
+    payload_start: usize,
 }
 
 impl Response {
     fn verify(buf: Vec<u8>) -> Result<Response> {
-        let response = Response { buf };
-        response.frame()?.response_header().map_err(protocol)?;
+        let mut response = Response {
+            buf,
+            payload_start: 0,
+        };
+        let frame = response.frame()?;
+        frame.response_header().map_err(protocol)?;
+        response.payload_start = response.buf.len() - frame.payload.len();
         Ok(response)
+    }
+
+    /// The payload section.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[self.payload_start..]
     }
 
     fn frame(&self) -> Result<frame::Frame<'_>> {

@@ -1,0 +1,98 @@
+//! The embedded local broker: with no `--bootstrap`, `bench` runs a real
+//! `fjord serve` as a child process (this same executable, re-entered
+//! through a hidden subcommand) on a temporary data directory, waits until
+//! it serves, and stops it and removes the directory at the end.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The hidden subcommand that runs the broker in the child.
+pub const SERVE_SUBCOMMAND: &str = "serve-local";
+
+/// A local broker and its temporary directory.
+pub struct LocalBroker {
+    /// Its native address.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl LocalBroker {
+    /// Starts one and waits until every shard serves.
+    pub fn start() -> Result<LocalBroker, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("fjord-bench-")
+            .tempdir_in(std::env::temp_dir())
+            .map_err(|e| format!("cannot create a temporary data dir: {e}"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot find a free port: {e}"))?
+            .port();
+        let mut broker = LocalBroker {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            child: None,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+        let mut child = Command::new(exe)
+            .arg(SERVE_SUBCOMMAND)
+            .arg(self.dir.path())
+            .arg(self.addr.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the local broker: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("no stdout from the local broker")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("fjord: serving") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the local broker did not come up within 30 s".into());
+        }
+        eprintln!(
+            "bench: local broker at {} (data in {})",
+            self.addr,
+            self.dir.path().display()
+        );
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops it cleanly (SIGTERM) and starts it again on the same data: its
+    /// caches start cold.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid touches no memory.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,304 @@
+//! `bench`: Fjord's load generator. See the README for every flag and the
+//! JSON report's fields.
+
+use clap::{Args, Parser, Subcommand};
+use fjord_bench::local::{LocalBroker, SERVE_SUBCOMMAND};
+use fjord_bench::produce::{ProduceConfig, STAMP_LEN};
+use fjord_bench::report::{JsonReport, Progress, Summary, write_json};
+use fjord_bench::units::{parse_duration, parse_rate};
+use fjord_bench::{client, consume, e2e, ensure_topic, produce};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(name = "bench", version, about = "Fjord's load generator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Produce at a target rate (open loop) and report acknowledgement latency.
+    Produce(ProduceArgs),
+    /// Read a topic from the beginning as fast as possible.
+    Consume(ConsumeArgs),
+    /// Produce at a rate while consuming; latency from send to delivery.
+    E2e(ProduceArgs),
+    /// (internal) the embedded local broker's process.
+    #[command(name = SERVE_SUBCOMMAND, hide = true)]
+    ServeLocal {
+        /// Data directory.
+        dir: PathBuf,
+        /// Listener.
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// A broker's native address; without it, a local broker is started.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Topic (created if missing).
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Partitions of a created topic [default: one per data shard].
+    #[arg(long)]
+    partitions: Option<i32>,
+    /// Config of a created topic, `key=value` (e.g. fsync=always); repeatable.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE")]
+    topic_configs: Vec<String>,
+    /// Value bytes per message.
+    #[arg(long, default_value_t = 100)]
+    message_size: usize,
+    /// Cores to pin bench threads to, e.g. `1` or `0,1` (round robin).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ProduceArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Messages per second: 500k, 1M, 2.5M, …
+    #[arg(long, value_parser = parse_rate, default_value = "1M")]
+    rate: f64,
+    /// Producers, each with its own connections and thread.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// 0, 1 or all.
+    #[arg(long, default_value = "1")]
+    acks: String,
+    /// Seal a batch at this many bytes.
+    #[arg(long, default_value_t = 16 << 10)]
+    batch_size: usize,
+    /// Or this long after its first message.
+    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
+    linger: Duration,
+    /// Requests in flight per partition per producer.
+    #[arg(long, default_value_t = 5)]
+    max_in_flight: usize,
+    /// How long to produce.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", conflicts_with = "count")]
+    duration: Duration,
+    /// Or how many messages.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+#[derive(Args, Clone)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// First produce this many messages (as fast as possible).
+    #[arg(long)]
+    fill: Option<u64>,
+    /// Restart the local broker between fill and read, so reads come from
+    /// disk, not from its batch cache.
+    #[arg(long)]
+    cold: bool,
+}
+
+fn main() -> ExitCode {
+    let outcome = match Cli::parse().command {
+        Command::Produce(args) => run_produce(args, false),
+        Command::E2e(args) => run_produce(args, true),
+        Command::Consume(args) => run_consume(args),
+        Command::ServeLocal { dir, listen } => {
+            let config = fjord_broker::config::ServeConfig {
+                data_dir: dir,
+                listen,
+                shard_port_base: Some(0),
+                ..Default::default()
+            };
+            fjord_broker::node::serve(config)
+                .map(|()| true)
+                .map_err(|e| e.to_string())
+        }
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The broker to use: the one given, or a local one kept alive by the guard.
+fn broker(common: &Common) -> Result<(SocketAddr, Option<LocalBroker>), String> {
+    match &common.bootstrap {
+        Some(addr) => {
+            let addr = addr
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("invalid broker address {addr:?}"))?;
+            Ok((addr, None))
+        }
+        None => {
+            let local = LocalBroker::start()?;
+            Ok((local.addr, Some(local)))
+        }
+    }
+}
+
+fn topic_configs(common: &Common) -> Result<Vec<(String, String)>, String> {
+    common
+        .topic_configs
+        .iter()
+        .map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("invalid --topic-config {c:?}: expected key=value"))
+        })
+        .collect()
+}
+
+fn produce_config(args: &ProduceArgs, partitions: usize) -> Result<ProduceConfig, String> {
+    let acks = match args.acks.as_str() {
+        "0" => fjord_net::api::ACKS_NONE,
+        "1" => fjord_net::api::ACKS_LEADER,
+        "all" | "-1" => fjord_net::api::ACKS_ALL,
+        other => return Err(format!("invalid --acks {other:?}: 0, 1 or all")),
+    };
+    if args.producers == 0 || args.max_in_flight == 0 {
+        return Err("--producers and --max-in-flight must be at least 1".into());
+    }
+    let (messages, duration_sec) = match args.count {
+        Some(count) => (count, f64::INFINITY),
+        None => (
+            (args.rate * args.duration.as_secs_f64()).ceil() as u64,
+            args.duration.as_secs_f64(),
+        ),
+    };
+    Ok(ProduceConfig {
+        rate: args.rate,
+        message_size: args.common.message_size.max(STAMP_LEN),
+        topic: args.common.topic.clone(),
+        partitions: partitions as i32,
+        producers: args.producers,
+        acks,
+        batch_size: args.batch_size,
+        linger_ms: args.linger.as_secs_f64() * 1e3,
+        max_in_flight: args.max_in_flight,
+        messages,
+        duration_sec,
+        cpus: args.common.cpus.clone(),
+    })
+}
+
+fn clients(
+    addr: SocketAddr,
+    n: usize,
+    cpus: &[usize],
+) -> Result<Vec<fjord_client::Client>, String> {
+    (0..n)
+        .map(|k| client(addr, (!cpus.is_empty()).then(|| cpus[k % cpus.len()])))
+        .collect()
+}
+
+fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
+    let (addr, _local) = broker(&args.common)?;
+    let admin = client(addr, None)?;
+    let routes = ensure_topic(
+        &admin,
+        &args.common.topic,
+        args.common.partitions,
+        &topic_configs(&args.common)?,
+    )?;
+    let config = produce_config(&args, routes.len())?;
+    let producers = clients(addr, config.producers, &config.cpus)?;
+    let acked = Arc::new(Progress::default());
+    let (what, summary) = if e2e {
+        let delivered = Arc::new(Progress::default());
+        let elapsed = e2e::run(&config, producers, &admin, routes, &acked, &delivered)?;
+        let produced = Summary::new(&acked, elapsed, config.rate);
+        produced.print("produce");
+        (
+            "e2e",
+            Summary {
+                sustained: produced.sustained,
+                ..Summary::new(&delivered, elapsed, config.rate)
+            },
+        )
+    } else {
+        let elapsed = produce::run(&config, producers, routes, &acked)?;
+        ("produce", Summary::new(&acked, elapsed, config.rate))
+    };
+    summary.print(what);
+    if let Some(path) = &args.common.json {
+        write_json(
+            path,
+            &JsonReport {
+                command: what,
+                config: &config,
+                summary: &summary,
+            },
+        )?;
+    }
+    Ok(summary.sustained && summary.errors == 0)
+}
+
+fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
+    let (addr, mut local) = broker(&args.common)?;
+    let admin = client(addr, None)?;
+    let routes = ensure_topic(
+        &admin,
+        &args.common.topic,
+        args.common.partitions,
+        &topic_configs(&args.common)?,
+    )?;
+    if let Some(fill) = args.fill {
+        let fill_args = ProduceArgs {
+            common: args.common.clone(),
+            rate: 1e9,
+            producers: 1,
+            acks: "1".into(),
+            batch_size: 256 << 10,
+            linger: Duration::from_millis(1),
+            max_in_flight: 5,
+            duration: Duration::from_secs(3600),
+            count: Some(fill),
+        };
+        let config = produce_config(&fill_args, routes.len())?;
+        let filled = Arc::new(Progress::default());
+        let elapsed = produce::run(&config, clients(addr, 1, &config.cpus)?, routes, &filled)?;
+        Summary::new(&filled, elapsed, 0.0).print("fill");
+    }
+    if args.cold {
+        match local.as_mut() {
+            Some(local) => local.restart()?,
+            None => return Err("--cold restarts the local broker: it needs no --bootstrap".into()),
+        }
+    }
+    let reader = client(addr, args.common.cpus.first().copied())?;
+    let progress = Arc::new(Progress::default());
+    let elapsed = consume::run(&reader, &args.common.topic, &progress)?;
+    let summary = Summary::new(&progress, elapsed, 0.0);
+    summary.print("consume");
+    if let Some(path) = &args.common.json {
+        let config =
+            serde_json::json!({ "topic": args.common.topic, "fill": args.fill, "cold": args.cold });
+        write_json(
+            path,
+            &JsonReport {
+                command: "consume",
+                config: &config,
+                summary: &summary,
+            },
+        )?;
+    }
+    Ok(summary.errors == 0)
+}

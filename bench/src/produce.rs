@@ -1,0 +1,375 @@
+//! The open-loop producer. Message `j` of a producer is due at
+//! `j / rate`; the generator wakes every [`TICK`], appends every message due
+//! by then to the open batch of the current partition (sticky, as Kafka's
+//! producer for null keys), seals batches at `batch_size` or after
+//! `linger`, and sends them with at most `max_in_flight` requests per
+//! partition. Each message's latency runs from its *due* time to its
+//! acknowledgement: when the broker falls behind, messages wait (and the
+//! generator stalls once two sealed batches queue per partition), and the
+//! wait is counted as latency instead of lowering the rate
+//! (no coordinated omission).
+
+use crate::report::{Progress, histogram};
+use fjord_client::Client;
+use fjord_client::transport::Lane;
+use fjord_core::BatchBuilder;
+use fjord_net::{ErrorCode, api, wire};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often the generator wakes: messages due within one tick go out
+/// together, so a tick bounds the latency it adds itself.
+const TICK: Duration = Duration::from_micros(50);
+/// Sealed batches waiting per partition before the generator stalls.
+const QUEUED_MAX: usize = 2;
+/// Bytes at the start of each value: its due time, ns since the epoch
+/// (what `e2e` measures from).
+pub const STAMP_LEN: usize = 8;
+
+/// The settings of a produce run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProduceConfig {
+    /// Messages per second, all producers together.
+    pub rate: f64,
+    /// Value bytes per message.
+    pub message_size: usize,
+    /// Topic.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: i32,
+    /// Producers, each with its own client (connections and thread).
+    pub producers: usize,
+    /// 0, 1 or -1 (all).
+    pub acks: i16,
+    /// A batch is sealed at this many bytes.
+    pub batch_size: usize,
+    /// Or this long after its first message.
+    pub linger_ms: f64,
+    /// Requests in flight per partition per producer.
+    pub max_in_flight: usize,
+    /// Messages to send in all; generation also stops at `duration_sec`.
+    pub messages: u64,
+    /// Longest run of generation, in seconds.
+    pub duration_sec: f64,
+    /// Cores the producer threads are pinned to, round robin.
+    pub cpus: Vec<usize>,
+}
+
+/// Runs the producers to the end; returns the wall time from start to the
+/// last acknowledgement.
+pub fn run(
+    config: &ProduceConfig,
+    clients: Vec<Client>,
+    routes: Vec<SocketAddr>,
+    progress: &Arc<Progress>,
+) -> Result<Duration, String> {
+    assert_eq!(clients.len(), config.producers);
+    let start = Instant::now();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for (k, client) in clients.into_iter().enumerate() {
+        let placement = match config.cpus.get(k % config.cpus.len().max(1)) {
+            Some(&cpu) => glommio::Placement::Fixed(cpu),
+            None => glommio::Placement::Unbound,
+        };
+        let (config, routes, progress, finished) = (
+            config.clone(),
+            routes.clone(),
+            progress.clone(),
+            finished.clone(),
+        );
+        let handle = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("producer-{k}"))
+            .io_memory(256 << 10)
+            .spawn(move || async move {
+                let engine = Rc::new(Engine::new(k, config, client, routes, progress));
+                engine.generate().await;
+                finished.fetch_add(1, Ordering::Relaxed);
+            })
+            .map_err(|e| format!("cannot start producer {k}: {e}"))?;
+        threads.push(handle);
+    }
+    let producers = threads.len();
+    crate::watch(progress, start, || {
+        finished.load(Ordering::Relaxed) == producers
+    });
+    for thread in threads {
+        thread.join().map_err(|e| format!("producer failed: {e}"))?;
+    }
+    Ok(start.elapsed())
+}
+
+struct Part {
+    addr: SocketAddr,
+    partition: i32,
+    open: RefCell<Option<Open>>,
+    queued: RefCell<VecDeque<Sealed>>,
+    in_flight: Cell<usize>,
+}
+
+struct Open {
+    builder: BatchBuilder,
+    first: u64,
+    opened_ns: u64,
+}
+
+struct Sealed {
+    bytes: Vec<u8>,
+    first: u64,
+    count: u64,
+}
+
+struct Engine {
+    config: ProduceConfig,
+    client: Client,
+    parts: Vec<Rc<Part>>,
+    progress: Arc<Progress>,
+    latencies: RefCell<Histogram<u64>>,
+    start: Instant,
+    ns_per_msg: f64,
+    /// Messages this producer sends.
+    total: u64,
+    first_partition: usize,
+}
+
+impl Engine {
+    fn new(
+        k: usize,
+        config: ProduceConfig,
+        client: Client,
+        routes: Vec<SocketAddr>,
+        progress: Arc<Progress>,
+    ) -> Engine {
+        let producers = config.producers as u64;
+        let total =
+            config.messages / producers + u64::from((k as u64) < config.messages % producers);
+        let parts = routes
+            .iter()
+            .enumerate()
+            .map(|(p, addr)| {
+                Rc::new(Part {
+                    addr: *addr,
+                    partition: p as i32,
+                    open: RefCell::new(None),
+                    queued: RefCell::new(VecDeque::new()),
+                    in_flight: Cell::new(0),
+                })
+            })
+            .collect();
+        Engine {
+            ns_per_msg: 1e9 * config.producers as f64 / config.rate,
+            config,
+            client,
+            parts,
+            progress,
+            latencies: RefCell::new(histogram()),
+            start: Instant::now(),
+            total,
+            first_partition: k,
+        }
+    }
+
+    fn due_ns(&self, j: u64) -> u64 {
+        (j as f64 * self.ns_per_msg) as u64
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    async fn generate(self: &Rc<Self>) {
+        let wall_start_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let stop_ns = (self.config.duration_sec * 1e9) as u64;
+        let linger_ns = (self.config.linger_ms * 1e6) as u64;
+        let mut value = vec![b'x'; self.config.message_size];
+        let mut p = self.first_partition % self.parts.len();
+        let mut j = 0u64;
+        let mut last_merge = Instant::now();
+        loop {
+            let now_ns = self.now_ns();
+            let generating = now_ns < stop_ns;
+            let due = if generating {
+                ((now_ns as f64 / self.ns_per_msg) as u64 + 1).min(self.total)
+            } else {
+                j
+            };
+            while j < due {
+                let part = &self.parts[p];
+                if part.queued.borrow().len() >= QUEUED_MAX {
+                    break;
+                }
+                if let Some(stamp) = value.get_mut(..STAMP_LEN) {
+                    stamp.copy_from_slice(&(wall_start_ns + self.due_ns(j)).to_be_bytes());
+                }
+                let full = {
+                    let mut open = part.open.borrow_mut();
+                    let open = open.get_or_insert_with(|| Open {
+                        builder: BatchBuilder::new(),
+                        first: j,
+                        opened_ns: now_ns,
+                    });
+                    open.builder
+                        .push((wall_start_ns / 1_000_000) as i64, None, Some(&value), &[]);
+                    open.builder.encoded_len() >= self.config.batch_size
+                };
+                j += 1;
+                if full {
+                    self.seal(part);
+                    p = (p + 1) % self.parts.len();
+                }
+            }
+            let finishing = j >= self.total || !generating;
+            for (i, part) in self.parts.iter().enumerate() {
+                let expired = part
+                    .open
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|o| finishing || now_ns >= o.opened_ns + linger_ns);
+                if expired {
+                    self.seal(part);
+                    if i == p {
+                        p = (p + 1) % self.parts.len();
+                    }
+                }
+            }
+            if last_merge.elapsed() >= Duration::from_secs(1) {
+                self.progress.merge(&mut self.latencies.borrow_mut());
+                last_merge = Instant::now();
+            }
+            let idle = self
+                .parts
+                .iter()
+                .all(|p| p.in_flight.get() == 0 && p.queued.borrow().is_empty());
+            if finishing && idle {
+                break;
+            }
+            glommio::timer::sleep(TICK).await;
+        }
+        self.progress.merge(&mut self.latencies.borrow_mut());
+    }
+
+    fn seal(self: &Rc<Self>, part: &Rc<Part>) {
+        let Some(open) = part.open.borrow_mut().take() else {
+            return;
+        };
+        let count = open.builder.len() as u64;
+        part.queued.borrow_mut().push_back(Sealed {
+            bytes: open.builder.build(),
+            first: open.first,
+            count,
+        });
+        self.pump(part);
+    }
+
+    /// Sends queued batches while the partition has room in flight.
+    fn pump(self: &Rc<Self>, part: &Rc<Part>) {
+        while part.in_flight.get() < self.config.max_in_flight {
+            let Some(sealed) = part.queued.borrow_mut().pop_front() else {
+                return;
+            };
+            part.in_flight.set(part.in_flight.get() + 1);
+            let engine = self.clone();
+            let part = part.clone();
+            let call = self.client.call(
+                part.addr,
+                Lane::Prompt,
+                produce_request(
+                    &self.config.topic,
+                    part.partition,
+                    self.config.acks,
+                    sealed.bytes.len(),
+                ),
+                sealed.bytes,
+                self.config.acks != api::ACKS_NONE,
+            );
+            glommio::spawn_local(async move {
+                let outcome = match call.await {
+                    Ok(Some(response)) => produce_error(&response, part.partition),
+                    Ok(None) => None,
+                    Err(e) => Some(e.to_string()),
+                };
+                let done_ns = engine.now_ns();
+                match outcome {
+                    None => {
+                        let mut latencies = engine.latencies.borrow_mut();
+                        for j in sealed.first..sealed.first + sealed.count {
+                            let us = done_ns.saturating_sub(engine.due_ns(j)) / 1000;
+                            let _ = latencies.record(us.max(1));
+                        }
+                        engine
+                            .progress
+                            .messages
+                            .fetch_add(sealed.count, Ordering::Relaxed);
+                        engine.progress.bytes.fetch_add(
+                            sealed.count * engine.config.message_size as u64,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    Some(error) => {
+                        if engine
+                            .progress
+                            .errors
+                            .fetch_add(sealed.count, Ordering::Relaxed)
+                            == 0
+                        {
+                            eprintln!("bench: produce failed: {error}");
+                        }
+                    }
+                }
+                part.in_flight.set(part.in_flight.get() - 1);
+                engine.pump(&part);
+            })
+            .detach();
+        }
+    }
+}
+
+fn produce_request(topic: &str, partition: i32, acks: i16, len: usize) -> wire::RequestT {
+    wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
+        acks,
+        timeout_ms: 30_000,
+        topics: Some(vec![wire::ProduceTopicT {
+            name: Some(topic.to_owned()),
+            partitions: Some(vec![wire::ProducePartitionT {
+                partition,
+                records: Some(wire::PayloadRangeT {
+                    offset: 0,
+                    len: len as u32,
+                }),
+            }]),
+        }]),
+    }))
+}
+
+/// The partition's error in a produce response, if any.
+fn produce_error(response: &fjord_client::transport::Response, partition: i32) -> Option<String> {
+    let body = match response.unpack() {
+        Ok((wire::ResponseT::ProduceResponse(body), _)) => body,
+        Ok(_) => return Some("not a produce response".into()),
+        Err(e) => return Some(e.to_string()),
+    };
+    let code = body
+        .topics
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.partitions.into_iter().flatten())
+        .find(|r| r.partition == partition)
+        .map(|r| r.error_code);
+    match code {
+        Some(0) => None,
+        Some(code) => Some(format!(
+            "{:?}",
+            ErrorCode::try_from_code(code).unwrap_or(ErrorCode::UnknownServerError)
+        )),
+        None => Some("no result for the partition".into()),
+    }
+}

@@ -1,0 +1,195 @@
+//! What a run reports: a progress line a second, a final summary, and the
+//! same figures as JSON (field names documented in the README).
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Latencies are recorded in microseconds, 1 µs to 60 s, 3 significant
+/// digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Counters and latencies shared by a run's threads. Threads record into
+/// histograms of their own and merge them here once a second, so the lock
+/// is taken rarely and never by the broker (which is another process).
+pub struct Progress {
+    /// Messages acknowledged (or delivered, for consumers).
+    pub messages: AtomicU64,
+    /// Their payload bytes.
+    pub bytes: AtomicU64,
+    /// Messages that failed.
+    pub errors: AtomicU64,
+    latencies: Mutex<Histogram<u64>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latencies: Mutex::new(histogram()),
+        }
+    }
+}
+
+impl Progress {
+    /// Adds a thread's latencies and clears them.
+    pub fn merge(&self, local: &mut Histogram<u64>) {
+        if let Ok(mut all) = self.latencies.lock() {
+            // Same bounds everywhere: adding cannot fail.
+            let _ = all.add(&*local);
+        }
+        local.reset();
+    }
+
+    /// A copy of the latencies so far.
+    pub fn latencies(&self) -> Histogram<u64> {
+        self.latencies
+            .lock()
+            .map_or_else(|_| histogram(), |h| h.clone())
+    }
+
+    /// The one-line progress report.
+    pub fn line(&self, elapsed: Duration, last: (u64, u64), interval: Duration) -> String {
+        let messages = self.messages.load(Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let seconds = interval.as_secs_f64().max(1e-9);
+        let h = self.latencies();
+        let quantile = |q| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            }
+        };
+        format!(
+            "{:6.1}s  {:>10.0} msg/s  {:>8.1} MB/s  p50 {:>7} µs  p99 {:>7} µs  errors {}",
+            elapsed.as_secs_f64(),
+            (messages - last.0) as f64 / seconds,
+            (bytes - last.1) as f64 / seconds / 1e6,
+            quantile(0.5),
+            quantile(0.99),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The final figures of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The rate asked for (0 when "as fast as possible").
+    pub target_msgs_per_sec: f64,
+    /// Messages acknowledged (delivered) per second over the run.
+    pub achieved_msgs_per_sec: f64,
+    /// Payload megabytes (10^6) per second.
+    pub mb_per_sec: f64,
+    /// Messages acknowledged (delivered).
+    pub messages: u64,
+    /// Messages that failed.
+    pub errors: u64,
+    /// Wall time of the run, in seconds.
+    pub elapsed_sec: f64,
+    /// Latency percentiles in µs (0 when nothing was measured).
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// 99.99th percentile.
+    pub p9999_us: u64,
+    /// Largest latency.
+    pub max_us: u64,
+    /// Whether the target rate was held (always true without a target).
+    pub sustained: bool,
+}
+
+impl Summary {
+    /// Summarises a run of `elapsed` against `target` (0: none).
+    pub fn new(progress: &Progress, elapsed: Duration, target: f64) -> Summary {
+        let messages = progress.messages.load(Ordering::Relaxed);
+        let bytes = progress.bytes.load(Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        let h = progress.latencies();
+        let q = |q| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            }
+        };
+        let achieved = messages as f64 / seconds;
+        Summary {
+            target_msgs_per_sec: target,
+            achieved_msgs_per_sec: achieved,
+            mb_per_sec: bytes as f64 / seconds / 1e6,
+            messages,
+            errors: progress.errors.load(Ordering::Relaxed),
+            elapsed_sec: seconds,
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            p9999_us: q(0.9999),
+            max_us: if h.is_empty() { 0 } else { h.max() },
+            // Held: within 2 % of the target (the run's start and its last
+            // acknowledgements cost a little), and nothing failed.
+            sustained: target == 0.0 || (achieved >= 0.98 * target),
+        }
+    }
+
+    /// The human report.
+    pub fn print(&self, what: &str) {
+        println!("{what}:");
+        if self.target_msgs_per_sec > 0.0 {
+            println!("  target      {:>12.0} msg/s", self.target_msgs_per_sec);
+        }
+        println!(
+            "  achieved    {:>12.0} msg/s  {:.1} MB/s  ({} messages in {:.2} s, {} errors)",
+            self.achieved_msgs_per_sec,
+            self.mb_per_sec,
+            self.messages,
+            self.elapsed_sec,
+            self.errors
+        );
+        if self.max_us > 0 {
+            println!(
+                "  latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+                self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.p9999_us, self.max_us
+            );
+        }
+        if !self.sustained {
+            println!(
+                "  NOT SUSTAINED: {:.0} msg/s is below the target of {:.0}",
+                self.achieved_msgs_per_sec, self.target_msgs_per_sec
+            );
+        }
+    }
+}
+
+/// A run's JSON report: what was asked and what came out.
+#[derive(Debug, Serialize)]
+pub struct JsonReport<'a, C: Serialize> {
+    /// `produce`, `consume` or `e2e`.
+    pub command: &'a str,
+    /// The settings of the run.
+    pub config: &'a C,
+    /// The figures.
+    #[serde(flatten)]
+    pub summary: &'a Summary,
+}
+
+/// Writes the JSON report.
+pub fn write_json<C: Serialize>(
+    path: &std::path::Path,
+    report: &JsonReport<'_, C>,
+) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
