@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// jemalloc, keeping freed pages: see fjord_storage::alloc.
+fjord_storage::global_allocator!();
 
 #[derive(Parser)]
 #[command(name = "bench", version, about = "Fjord's load generator")]

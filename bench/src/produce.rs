@@ -73,36 +73,31 @@ pub fn run(
     assert_eq!(clients.len(), config.producers);
     let start = Instant::now();
     let finished = Arc::new(AtomicUsize::new(0));
-    let mut threads = Vec::new();
     for (k, client) in clients.into_iter().enumerate() {
-        let placement = match config.cpus.get(k % config.cpus.len().max(1)) {
-            Some(&cpu) => glommio::Placement::Fixed(cpu),
-            None => glommio::Placement::Unbound,
-        };
         let (config, routes, progress, finished) = (
             config.clone(),
             routes.clone(),
             progress.clone(),
             finished.clone(),
         );
-        let handle = glommio::LocalExecutorBuilder::new(placement)
-            .name(&format!("producer-{k}"))
-            .io_memory(256 << 10)
-            .spawn(move || async move {
-                let engine = Rc::new(Engine::new(k, config, client, routes, progress));
-                engine.generate().await;
-                finished.fetch_add(1, Ordering::Relaxed);
+        let transport = client.clone();
+        // The generator runs on the client's transport thread: its requests
+        // and their answers never cross threads.
+        transport
+            .run_on_transport(move || {
+                glommio::spawn_local(async move {
+                    let engine = Rc::new(Engine::new(k, config, client, routes, progress));
+                    engine.generate().await;
+                    finished.fetch_add(1, Ordering::Relaxed);
+                })
+                .detach();
             })
             .map_err(|e| format!("cannot start producer {k}: {e}"))?;
-        threads.push(handle);
     }
-    let producers = threads.len();
+    let producers = config.producers;
     crate::watch(progress, start, || {
         finished.load(Ordering::Relaxed) == producers
     });
-    for thread in threads {
-        thread.join().map_err(|e| format!("producer failed: {e}"))?;
-    }
     Ok(start.elapsed())
 }
 

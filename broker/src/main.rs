@@ -8,10 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-// glibc's allocator maps and unmaps the large DMA buffers on every write;
-// jemalloc keeps them (BENCHMARKS.md has the page-fault profile).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// jemalloc, keeping freed pages: see fjord_storage::alloc.
+fjord_storage::global_allocator!();
 
 const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9093";
 

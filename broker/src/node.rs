@@ -57,8 +57,12 @@ enum Event {
 }
 
 /// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
-pub fn serve(config: ServeConfig) -> Result<(), NodeError> {
+pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     config.validate()?;
+    // Resolved once: `available_parallelism` reads cgroup files, far too
+    // slow for the routing path that asks which shard owns a partition.
+    config.cores = Some(config.shard_count());
+    config.controller_hosts_partitions = Some(config.hosts_partitions_on_controller());
     let data = DataDir::create(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
         source,

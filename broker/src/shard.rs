@@ -63,6 +63,10 @@ impl Shard {
         let id = mesh.peer_id();
         let count = mesh.nr_consumers();
         assert!(id < count && count == shard_ports.len());
+        assert!(
+            config.cores.is_some() && config.controller_hosts_partitions.is_some(),
+            "the node resolves its shape before shards start"
+        );
         let cache = BatchCache::new(config.cache_bytes_per_shard);
         let data_shards = data_shards(&config, count);
         Shard {

@@ -98,9 +98,16 @@ impl Client {
             client_id: Some(self.config.client_id.clone()),
             body,
         };
+        let wait = match &header.body {
+            wire::RequestT::FetchRequest(fetch) => {
+                Duration::from_millis(fetch.max_wait_ms.max(0) as u64)
+            }
+            _ => Duration::ZERO,
+        };
         let sent = self.jobs.unbounded_send(Job::Call {
             addr,
             lane,
+            wait,
             header,
             payload,
             expect,
@@ -127,8 +134,11 @@ impl Client {
         }
     }
 
-    /// Runs `f` on the transport thread, where it may spawn glommio tasks.
-    pub(crate) fn spawn(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    /// Runs `f` on the transport thread, where it may spawn glommio tasks
+    /// (`glommio::spawn_local`). Requests such tasks make are answered on
+    /// the same thread, with no cross-thread wake-up: for load generators
+    /// and other code that wants the transport's core to itself.
+    pub fn run_on_transport(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
         self.jobs
             .unbounded_send(Job::Spawn(Box::new(f)))
             .map_err(|_| ClientError::Closed)

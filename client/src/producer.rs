@@ -92,7 +92,7 @@ impl Producer {
     pub fn new(client: &Client, config: ProducerConfig) -> Result<Producer> {
         let (tx, rx) = mpsc::unbounded();
         let task_client = client.clone();
-        client.spawn(move || {
+        client.run_on_transport(move || {
             let core = Rc::new(Core {
                 client: task_client,
                 config,

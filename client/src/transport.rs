@@ -16,7 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Locked memory glommio registers for the transport's ring: sockets need
 /// none of it, and `ulimit -l` is small on many machines.
@@ -110,6 +110,9 @@ pub(crate) enum Job {
     Call {
         addr: SocketAddr,
         lane: Lane,
+        /// How long the broker may hold the request on purpose (a long
+        /// poll), on top of the request timeout.
+        wait: Duration,
         header: wire::RequestHeaderT,
         payload: Vec<u8>,
         expect: bool,
@@ -159,6 +162,7 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
             Job::Call {
                 addr,
                 lane,
+                wait,
                 header,
                 payload,
                 expect,
@@ -172,19 +176,38 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
                         }
                     })
                     .or_insert_with(|| Connection::open(addr, timeout));
-                connection.call(header, payload, expect, reply, timeout);
+                connection.call(
+                    header,
+                    payload,
+                    expect,
+                    reply,
+                    Instant::now() + timeout + wait,
+                );
             }
             Job::Spawn(f) => f(),
         }
     }
 }
 
+/// A request waiting for its answer.
+struct Pending {
+    id: u32,
+    reply: Reply,
+    /// Past this the connection is declared stuck.
+    deadline: Instant,
+}
+
+/// How often a connection checks its oldest request against its deadline.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+
 /// One pipelined connection: requests are written in call order and
-/// answered in that order, matched by correlation id.
+/// answered in that order, matched by correlation id. Answers come in
+/// order, so one overdue answer means the connection is stuck: a sweeper
+/// checks only the oldest request (no timer per request) and, when it is
+/// overdue, fails everything waiting and closes the connection.
 struct Connection {
-    addr: SocketAddr,
     writes: LocalSender<(Vec<u8>, Vec<u8>)>,
-    pending: Rc<RefCell<VecDeque<(u32, Reply)>>>,
+    pending: Rc<RefCell<VecDeque<Pending>>>,
     correlation_id: Cell<u32>,
     broken: Rc<RefCell<Option<ClientError>>>,
 }
@@ -193,7 +216,6 @@ impl Connection {
     fn open(addr: SocketAddr, timeout: Duration) -> Rc<Connection> {
         let (writes, queued) = local_channel::new_unbounded();
         let connection = Rc::new(Connection {
-            addr,
             writes,
             pending: Rc::new(RefCell::new(VecDeque::new())),
             correlation_id: Cell::new(0),
@@ -201,12 +223,19 @@ impl Connection {
         });
         let (pending, broken) = (connection.pending.clone(), connection.broken.clone());
         glommio::spawn_local(async move {
-            let error = drive(addr, timeout, queued, pending.clone()).await;
+            // Not detached: dropping it (when the sweeper wins) closes the
+            // socket.
+            let driving = glommio::spawn_local(drive(addr, timeout, queued, pending.clone()));
+            let sweeping = Box::pin(sweep(addr, pending.clone()));
+            let error = match futures::future::select(driving, sweeping).await {
+                futures::future::Either::Left((error, _)) => error,
+                futures::future::Either::Right((error, _)) => error,
+            };
+            *broken.borrow_mut() = Some(error.clone());
             // Everything still waiting fails with the connection's error.
-            for (_, reply) in pending.borrow_mut().drain(..) {
-                let _ = reply.send(Err(error.clone()));
+            for waiting in pending.borrow_mut().drain(..) {
+                let _ = waiting.reply.send(Err(error.clone()));
             }
-            *broken.borrow_mut() = Some(error);
         })
         .detach();
         connection
@@ -218,7 +247,7 @@ impl Connection {
         payload: Vec<u8>,
         expect: bool,
         reply: Reply,
-        timeout: Duration,
+        deadline: Instant,
     ) {
         if let Some(error) = self.broken.borrow().clone() {
             let _ = reply.send(Err(error));
@@ -229,24 +258,11 @@ impl Connection {
         header.correlation_id = id;
         let head = api::request_head(&header, payload.len());
         if expect {
-            // Bounded wait: the answer, or a timeout error in its place.
-            let (tx, rx) = oneshot::channel();
-            self.pending.borrow_mut().push_back((id, tx));
-            let addr = self.addr;
-            glommio::spawn_local(async move {
-                let timer = glommio::timer::sleep(timeout);
-                futures::pin_mut!(timer);
-                let outcome = match futures::future::select(rx, timer).await {
-                    futures::future::Either::Left((Ok(outcome), _)) => outcome,
-                    futures::future::Either::Left((Err(_), _)) => Err(ClientError::Connection {
-                        addr,
-                        message: "closed".into(),
-                    }),
-                    futures::future::Either::Right(_) => Err(ClientError::Timeout(addr)),
-                };
-                let _ = reply.send(outcome);
-            })
-            .detach();
+            self.pending.borrow_mut().push_back(Pending {
+                id,
+                reply,
+                deadline,
+            });
         } else {
             let _ = reply.send(Ok(None));
         }
@@ -256,13 +272,27 @@ impl Connection {
     }
 }
 
+/// Returns once the oldest waiting request is overdue.
+async fn sweep(addr: SocketAddr, pending: Rc<RefCell<VecDeque<Pending>>>) -> ClientError {
+    loop {
+        glommio::timer::sleep(SWEEP_INTERVAL).await;
+        let overdue = pending
+            .borrow()
+            .front()
+            .is_some_and(|p| p.deadline <= Instant::now());
+        if overdue {
+            return ClientError::Timeout(addr);
+        }
+    }
+}
+
 /// Connects, then writes queued requests and reads answers until either
 /// side fails; returns why it stopped.
 async fn drive(
     addr: SocketAddr,
     timeout: Duration,
     queued: LocalReceiver<(Vec<u8>, Vec<u8>)>,
-    pending: Rc<RefCell<VecDeque<(u32, Reply)>>>,
+    pending: Rc<RefCell<VecDeque<Pending>>>,
 ) -> ClientError {
     let stream = match TcpStream::connect_timeout(addr, timeout).await {
         Ok(stream) => stream,
@@ -291,7 +321,7 @@ async fn drive(
                 Ok(r) => r,
                 Err(e) => return e,
             };
-            let Some((id, reply)) = pending.borrow_mut().pop_front() else {
+            let Some(Pending { id, reply, .. }) = pending.borrow_mut().pop_front() else {
                 return connection_error(addr, "answer to no request");
             };
             let got = response

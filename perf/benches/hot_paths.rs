@@ -15,9 +15,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// As in the `probe` binary: jemalloc keeps DMA buffers' pages warm.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// jemalloc, keeping freed pages: see fjord_storage::alloc.
+fjord_storage::global_allocator!();
 
 fn bench_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench")

@@ -122,13 +122,23 @@ pub fn direct_read(path: &Path, block: usize, depth: usize, total: u64) -> io::R
     Ok(rate)
 }
 
-/// Latency of fdatasync after each O_DIRECT 4 KiB append, `samples` times.
+/// fdatasync latency: 4 KiB O_DIRECT writes, each followed by an
+/// fdatasync whose time is recorded (the floor under `fsync=always` acks).
 pub fn fdatasync_latency(path: &Path, samples: u64) -> io::Result<Latency> {
-    const WRITE: usize = 4096;
-    let file = file_for_probe(path, samples * WRITE as u64)?;
+    write_latency(path, 4096, samples, true)
+}
+
+/// Latency of single O_DIRECT appends of `block` bytes, one at a time (the
+/// floor under an `acks=1` answer, which waits for its write).
+pub fn direct_write_latency(path: &Path, block: usize, samples: u64) -> io::Result<Latency> {
+    write_latency(path, block, samples, false)
+}
+
+fn write_latency(path: &Path, block: usize, samples: u64, sync: bool) -> io::Result<Latency> {
+    let file = file_for_probe(path, samples * block as u64)?;
     let fd = types::Fd(file.as_raw_fd());
     let mut ring = IoUring::new(8)?;
-    let mut buffer = AlignedBuf::new(WRITE);
+    let mut buffer = AlignedBuf::new(block);
     buffer.as_mut_slice().fill(0x5a);
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).map_err(io::Error::other)?;
     let mut run = |entry: io_uring::squeue::Entry, expected: usize| -> io::Result<u64> {
@@ -148,18 +158,20 @@ pub fn fdatasync_latency(path: &Path, samples: u64) -> io::Result<Latency> {
         Ok(start.elapsed().as_nanos() as u64)
     };
     for i in 0..samples {
-        run(
-            opcode::Write::new(fd, buffer.as_ptr(), WRITE as u32)
-                .offset(i * WRITE as u64)
+        let mut nanos = run(
+            opcode::Write::new(fd, buffer.as_ptr(), block as u32)
+                .offset(i * block as u64)
                 .build(),
-            WRITE,
+            block,
         )?;
-        let nanos = run(
-            opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
-            0,
-        )?;
+        if sync {
+            nanos = run(
+                opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+                0,
+            )?;
+        }
         histogram.record(nanos.max(1)).map_err(io::Error::other)?;
     }
     drop(file);

@@ -8,6 +8,7 @@
 //! shard's [`cache`] and durability handles resolve. [`recovery`] rebuilds a
 //! log from its files after a clean stop or a crash.
 
+pub mod alloc;
 pub mod appender;
 pub mod cache;
 mod commit;

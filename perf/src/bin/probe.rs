@@ -8,11 +8,8 @@ use fjord_perf::append::{self, Scenario};
 use fjord_perf::limits;
 use std::path::PathBuf;
 
-/// DMA buffers are large, short-lived heap allocations; jemalloc reuses
-/// their warm pages where glibc unmapped and refaulted them (measured: a
-/// fifth of the shard's time in page faults).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// jemalloc, keeping freed pages: see fjord_storage::alloc.
+fjord_storage::global_allocator!();
 
 #[derive(Parser)]
 #[command(about = "Probe the machine's I/O limits and Fjord's log against them")]
@@ -55,6 +52,8 @@ fn main() -> std::io::Result<()> {
     // Fjord's cold fetch reads one window of about `max_bytes` at a time.
     let read_serial = limits::direct_read(&args.dir.join("probe-read"), 1 << 20, 1, args.bytes)?;
     let sync = limits::fdatasync_latency(&args.dir.join("probe-sync"), args.syncs)?;
+    let write_latency =
+        limits::direct_write_latency(&args.dir.join("probe-write-latency"), 64 << 10, args.syncs)?;
     let tcp = limits::loopback_tcp(256 * 1024, args.bytes.max(1 << 30))?;
     println!("machine limits (raw io_uring)");
     println!(
@@ -77,13 +76,21 @@ fn main() -> std::io::Result<()> {
         "fdatasync after 4 KiB write", sync.p50_us, sync.p99_us, sync.p999_us, sync.max_us
     );
     println!(
+        "  {:<44} p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  max {:.0} us",
+        "O_DIRECT 64 KiB append, QD1",
+        write_latency.p50_us,
+        write_latency.p99_us,
+        write_latency.p999_us,
+        write_latency.max_us
+    );
+    println!(
         "  {:<44} {:>10.3} GB/s",
         "loopback TCP, one connection",
         tcp.gb_per_sec()
     );
 
     let mut report = serde_json::json!({
-        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
+        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "direct_write_latency_64k": write_latency, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
     });
     if !args.limits_only {
         let scenarios = [
