@@ -17,12 +17,25 @@ fn produce_reports_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("produce.json");
     let output = Command::new(BENCH)
-        .args(["produce", "--rate", "20k", "--count", "20000", "--message-size", "64", "--json"])
+        .args([
+            "produce",
+            "--rate",
+            "20k",
+            "--count",
+            "20000",
+            "--message-size",
+            "64",
+            "--json",
+        ])
         .arg(&report)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("achieved"), "{stdout}");
     let r = json(&report);
     assert_eq!(r["command"], "produce");
@@ -30,15 +43,32 @@ fn produce_reports_what_was_acknowledged() {
     assert_eq!(r["errors"], 0);
     assert_eq!(r["config"]["message_size"], 64);
     assert_eq!(r["sustained"], true);
-    let (p50, p99, max) = (r["p50_us"].as_u64().unwrap(), r["p99_us"].as_u64().unwrap(), r["max_us"].as_u64().unwrap());
+    let (p50, p99, max) = (
+        r["p50_us"].as_u64().unwrap(),
+        r["p99_us"].as_u64().unwrap(),
+        r["max_us"].as_u64().unwrap(),
+    );
     assert!(0 < p50 && p50 <= p99 && p99 <= max, "{r}");
-    assert!((r["mb_per_sec"].as_f64().unwrap() - r["achieved_msgs_per_sec"].as_f64().unwrap() * 64.0 / 1e6).abs() < 0.01);
+    assert!(
+        (r["mb_per_sec"].as_f64().unwrap()
+            - r["achieved_msgs_per_sec"].as_f64().unwrap() * 64.0 / 1e6)
+            .abs()
+            < 0.01
+    );
 }
 
 #[test]
 fn an_unreachable_rate_is_reported_and_fails() {
     let output = Command::new(BENCH)
-        .args(["produce", "--rate", "100M", "--duration", "1s", "--max-in-flight", "1"])
+        .args([
+            "produce",
+            "--rate",
+            "100M",
+            "--duration",
+            "1s",
+            "--max-in-flight",
+            "1",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -55,7 +85,11 @@ fn consume_reads_everything_filled() {
         .arg(&report)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let r = json(&report);
     assert_eq!(r["command"], "consume");
     assert_eq!(r["messages"], 30000);
@@ -71,7 +105,11 @@ fn e2e_measures_delivery() {
         .arg(&report)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let r = json(&report);
     assert_eq!(r["command"], "e2e");
     assert_eq!(r["messages"], 10000, "every produced record delivered: {r}");

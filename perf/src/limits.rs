@@ -125,16 +125,30 @@ pub fn direct_read(path: &Path, block: usize, depth: usize, total: u64) -> io::R
 /// fdatasync latency: 4 KiB O_DIRECT writes, each followed by an
 /// fdatasync whose time is recorded (the floor under `fsync=always` acks).
 pub fn fdatasync_latency(path: &Path, samples: u64) -> io::Result<Latency> {
-    write_latency(path, 4096, samples, true)
+    write_latency(path, 4096, samples, true, None)
 }
 
 /// Latency of single O_DIRECT appends of `block` bytes, one at a time (the
-/// floor under an `acks=1` answer, which waits for its write).
-pub fn direct_write_latency(path: &Path, block: usize, samples: u64) -> io::Result<Latency> {
-    write_latency(path, block, samples, false)
+/// floor under an `acks=1` answer, which waits for its write); with `every`,
+/// one write is started every `every` (paced like a steady producer) rather
+/// than back to back.
+pub fn direct_write_latency(
+    path: &Path,
+    block: usize,
+    samples: u64,
+    every: Option<std::time::Duration>,
+) -> io::Result<Latency> {
+    write_latency(path, block, samples, false, every)
 }
 
-fn write_latency(path: &Path, block: usize, samples: u64, sync: bool) -> io::Result<Latency> {
+fn write_latency(
+    path: &Path,
+    block: usize,
+    samples: u64,
+    sync: bool,
+    every: Option<std::time::Duration>,
+) -> io::Result<Latency> {
+    let paced_from = Instant::now();
     let file = file_for_probe(path, samples * block as u64)?;
     let fd = types::Fd(file.as_raw_fd());
     let mut ring = IoUring::new(8)?;
@@ -158,6 +172,11 @@ fn write_latency(path: &Path, block: usize, samples: u64, sync: bool) -> io::Res
         Ok(start.elapsed().as_nanos() as u64)
     };
     for i in 0..samples {
+        if let Some(every) = every {
+            // Blocking sleep is fine here: the probe is its own thread.
+            let due = paced_from + every * i as u32;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let mut nanos = run(
             opcode::Write::new(fd, buffer.as_ptr(), block as u32)
                 .offset(i * block as u64)
