@@ -208,7 +208,10 @@ impl Engine {
                 let full = {
                     let mut open = part.open.borrow_mut();
                     let open = open.get_or_insert_with(|| Open {
-                        builder: BatchBuilder::new(),
+                        // Room for a full batch and the record that fills it.
+                        builder: BatchBuilder::with_capacity(
+                            self.config.batch_size + self.config.message_size + 64,
+                        ),
                         first: j,
                         opened_ns: now_ns,
                     });

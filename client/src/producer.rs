@@ -334,7 +334,7 @@ impl Core {
             let mut open = queue.open.borrow_mut();
             let opened = open.is_none();
             let batch = open.get_or_insert_with(|| OpenBatch {
-                builder: BatchBuilder::new(),
+                builder: BatchBuilder::with_capacity(self.config.batch_size),
                 replies: Vec::new(),
                 sticky: false,
             });

@@ -15,7 +15,11 @@ pub struct Header<'a> {
 /// Accumulates records and encodes them as one RecordBatch v2.
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
-    records: Vec<u8>,
+    /// The batch as it will be sent: `HEADER_LEN` bytes of header, filled
+    /// in by `build`, then the records. Encoding records after the room for
+    /// the header lets an uncompressed batch be finished in place, with no
+    /// copy of its records.
+    buf: Vec<u8>,
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
@@ -34,8 +38,16 @@ impl Default for BatchBuilder {
 impl BatchBuilder {
     /// An empty builder for a non-idempotent producer.
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty builder with room for `bytes` of encoded batch, so that a
+    /// batch filled up to a known size never reallocates.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes.max(HEADER_LEN));
+        buf.resize(HEADER_LEN, 0);
         BatchBuilder {
-            records: Vec::new(),
+            buf,
             count: 0,
             base_timestamp: 0,
             max_timestamp: -1,
@@ -72,7 +84,7 @@ impl BatchBuilder {
 
     /// Size of the uncompressed batch if built now.
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.records.len()
+        self.buf.len()
     }
 
     /// Size the batch grows by if this record is pushed, for size limits.
@@ -101,26 +113,28 @@ impl BatchBuilder {
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let body = self.record_body_len(timestamp, key, value, headers);
-        let start = self.records.len();
-        write_varlong(&mut self.records, body as i64);
-        self.records.push(0); // record attributes: unused in v2
-        write_varlong(&mut self.records, timestamp - self.base_timestamp);
-        write_varlong(&mut self.records, i64::from(self.count));
-        write_nullable(&mut self.records, key);
-        write_nullable(&mut self.records, value);
-        write_varlong(&mut self.records, headers.len() as i64);
+        let start = self.buf.len();
+        write_varlong(&mut self.buf, body as i64);
+        self.buf.push(0); // record attributes: unused in v2
+        write_varlong(&mut self.buf, timestamp - self.base_timestamp);
+        write_varlong(&mut self.buf, i64::from(self.count));
+        write_nullable(&mut self.buf, key);
+        write_nullable(&mut self.buf, value);
+        write_varlong(&mut self.buf, headers.len() as i64);
         for header in headers {
-            write_nullable(&mut self.records, Some(header.key));
-            write_nullable(&mut self.records, header.value);
+            write_nullable(&mut self.buf, Some(header.key));
+            write_nullable(&mut self.buf, header.value);
         }
-        debug_assert_eq!(self.records.len() - start, varlong_len(body as i64) + body);
+        debug_assert_eq!(self.buf.len() - start, varlong_len(body as i64) + body);
         self.count += 1;
     }
 
     /// Encodes the batch uncompressed with base offset 0 and leader epoch -1;
     /// the broker assigns both.
-    pub fn build(self) -> Vec<u8> {
-        self.build_with(Compression::None, |records| records.to_vec())
+    pub fn build(mut self) -> Vec<u8> {
+        // The records are already in place after the room for the header.
+        let out = std::mem::take(&mut self.buf);
+        self.finish(out, Compression::None)
     }
 
     /// Encodes the batch with its records section passed through `compress`,
@@ -131,10 +145,18 @@ impl BatchBuilder {
         compression: Compression,
         compress: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Vec<u8> {
-        assert!(self.count > 0, "a batch needs at least one record");
-        let body = compress(&self.records);
-        let mut out = vec![0u8; HEADER_LEN];
+        let body = compress(&self.buf[HEADER_LEN..]);
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&self.buf[..HEADER_LEN]);
         out.extend_from_slice(&body);
+        self.finish(out, compression)
+    }
+
+    /// Fills in the header of `out` (header room, then the records section)
+    /// and its CRC.
+    fn finish(&self, mut out: Vec<u8>, compression: Compression) -> Vec<u8> {
+        assert!(self.count > 0, "a batch needs at least one record");
+        assert!(out.len() >= HEADER_LEN);
         let batch_length =
             i32::try_from(out.len() - LOG_OVERHEAD).expect("batch longer than i32::MAX");
         let mut attributes = compression.attribute_bits();
