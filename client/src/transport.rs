@@ -189,6 +189,10 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
     }
 }
 
+/// A frame to write: head, payload, and for a request with no answer due,
+/// whom to tell once it is written.
+type Queued = (Vec<u8>, Vec<u8>, Option<Reply>);
+
 /// A request waiting for its answer.
 struct Pending {
     id: u32,
@@ -206,7 +210,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 /// checks only the oldest request (no timer per request) and, when it is
 /// overdue, fails everything waiting and closes the connection.
 struct Connection {
-    writes: LocalSender<(Vec<u8>, Vec<u8>)>,
+    writes: LocalSender<Queued>,
     pending: Rc<RefCell<VecDeque<Pending>>>,
     correlation_id: Cell<u32>,
     broken: Rc<RefCell<Option<ClientError>>>,
@@ -257,18 +261,21 @@ impl Connection {
         self.correlation_id.set(id);
         header.correlation_id = id;
         let head = api::request_head(&header, payload.len());
-        if expect {
+        // With no answer due, the caller hears back once the frame is on
+        // the socket: a process that exits after that loses nothing queued.
+        let written = if expect {
             self.pending.borrow_mut().push_back(Pending {
                 id,
                 reply,
                 deadline,
             });
+            None
         } else {
-            let _ = reply.send(Ok(None));
-        }
+            Some(reply)
+        };
         // Unbounded: the caller's own flow control (linger, in-flight
         // limits) bounds what is queued here.
-        let _ = self.writes.try_send((head, payload));
+        let _ = self.writes.try_send((head, payload, written));
     }
 }
 
@@ -291,7 +298,7 @@ async fn sweep(addr: SocketAddr, pending: Rc<RefCell<VecDeque<Pending>>>) -> Cli
 async fn drive(
     addr: SocketAddr,
     timeout: Duration,
-    queued: LocalReceiver<(Vec<u8>, Vec<u8>)>,
+    queued: LocalReceiver<Queued>,
     pending: Rc<RefCell<VecDeque<Pending>>>,
 ) -> ClientError {
     let stream = match TcpStream::connect_timeout(addr, timeout).await {
@@ -352,11 +359,17 @@ async fn drive(
                     queued.recv().await
                 }
             };
-            let Some((head, payload)) = next else {
+            let Some((head, payload, written)) = next else {
                 return ClientError::Closed;
             };
             if let Err(e) = write_frame(&mut writer, &head, &[&payload]).await {
                 return connection_error(addr, e);
+            }
+            if let Some(reply) = written {
+                if let Err(e) = writer.flush().await {
+                    return connection_error(addr, e);
+                }
+                let _ = reply.send(Ok(None));
             }
         }
     };
