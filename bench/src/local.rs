@@ -3,10 +3,8 @@
 //! through a hidden subcommand) on a temporary data directory, waits until
 //! it serves, and stops it and removes the directory at the end.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// The hidden subcommand that runs the broker in the child.
@@ -49,22 +47,11 @@ impl LocalBroker {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start the local broker: {e}"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or("no stdout from the local broker")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("fjord: serving") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if let Err(e) = fjord_broker::node::wait_until_serving(&mut child, Duration::from_secs(30))
+        {
             let _ = child.kill();
             let _ = child.wait();
-            return Err("the local broker did not come up within 30 s".into());
+            return Err(format!("local broker: {e}"));
         }
         eprintln!(
             "bench: local broker at {} (data in {})",

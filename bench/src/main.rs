@@ -209,15 +209,39 @@ fn clients(
         .collect()
 }
 
-fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
-    let (addr, _local) = broker(&args.common)?;
+/// The broker (kept alive by the guard), an admin client, and the topic's
+/// partition routes, the topic created if missing.
+struct Setup {
+    addr: SocketAddr,
+    local: Option<LocalBroker>,
+    admin: fjord_client::Client,
+    routes: Vec<SocketAddr>,
+}
+
+fn setup(common: &Common) -> Result<Setup, String> {
+    let (addr, local) = broker(common)?;
     let admin = client(addr, None)?;
     let routes = ensure_topic(
         &admin,
-        &args.common.topic,
-        args.common.partitions,
-        &topic_configs(&args.common)?,
+        &common.topic,
+        common.partitions,
+        &topic_configs(common)?,
     )?;
+    Ok(Setup {
+        addr,
+        local,
+        admin,
+        routes,
+    })
+}
+
+fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
+    let Setup {
+        addr,
+        local: _local,
+        admin,
+        routes,
+    } = setup(&args.common)?;
     let config = produce_config(&args, routes.len())?;
     let producers = clients(addr, config.producers, &config.cpus)?;
     let acked = Arc::new(Progress::default());
@@ -252,14 +276,12 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
 }
 
 fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
-    let (addr, mut local) = broker(&args.common)?;
-    let admin = client(addr, None)?;
-    let routes = ensure_topic(
-        &admin,
-        &args.common.topic,
-        args.common.partitions,
-        &topic_configs(&args.common)?,
-    )?;
+    let Setup {
+        addr,
+        mut local,
+        admin: _,
+        routes,
+    } = setup(&args.common)?;
     if let Some(fill) = args.fill {
         let fill_args = ProduceArgs {
             common: args.common.clone(),

@@ -8,36 +8,37 @@ use std::process::Command;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_bench");
 
-fn json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+/// Runs `bench ARGS --json FILE`, checks it succeeded, returns the report.
+fn run(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let output = Command::new(BENCH)
+        .args(args)
+        .arg("--json")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("achieved"));
+    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
 }
 
 #[test]
 fn produce_reports_what_was_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("produce.json");
-    let output = Command::new(BENCH)
-        .args([
-            "produce",
-            "--rate",
-            "20k",
-            "--count",
-            "20000",
-            "--message-size",
-            "64",
-            "--json",
-        ])
-        .arg(&report)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("achieved"), "{stdout}");
-    let r = json(&report);
+    let r = run(&[
+        "produce",
+        "--rate",
+        "20k",
+        "--count",
+        "20000",
+        "--message-size",
+        "64",
+    ]);
     assert_eq!(r["command"], "produce");
     assert_eq!(r["messages"], 20000);
     assert_eq!(r["errors"], 0);
@@ -78,19 +79,7 @@ fn an_unreachable_rate_is_reported_and_fails() {
 
 #[test]
 fn consume_reads_everything_filled() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("consume.json");
-    let output = Command::new(BENCH)
-        .args(["consume", "--fill", "30000", "--cold", "--json"])
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let r = json(&report);
+    let r = run(&["consume", "--fill", "30000", "--cold"]);
     assert_eq!(r["command"], "consume");
     assert_eq!(r["messages"], 30000);
     assert_eq!(r["config"]["cold"], true);
@@ -98,19 +87,7 @@ fn consume_reads_everything_filled() {
 
 #[test]
 fn e2e_measures_delivery() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("e2e.json");
-    let output = Command::new(BENCH)
-        .args(["e2e", "--rate", "5k", "--count", "10000", "--json"])
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let r = json(&report);
+    let r = run(&["e2e", "--rate", "5k", "--count", "10000"]);
     assert_eq!(r["command"], "e2e");
     assert_eq!(r["messages"], 10000, "every produced record delivered: {r}");
     assert!(r["p50_us"].as_u64().unwrap() > 0);

@@ -18,6 +18,36 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// What `fjord serve` prints on stdout once every shard accepts connections.
+pub const READY_LINE_PREFIX: &str = "fjord: serving";
+
+/// Waits until a `fjord serve` child process says it serves, for scripts
+/// and tests that start one: reads its stdout (on a thread of its own,
+/// which keeps draining it afterwards) for [`READY_LINE_PREFIX`].
+pub fn wait_until_serving(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Result<(), String> {
+    use std::io::BufRead;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("the broker's stdout is not piped")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with(READY_LINE_PREFIX) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(timeout)
+        .map_err(|_| format!("the broker did not come up within {timeout:?}"))
+}
+
 /// Messages queued between two shards before the sender waits.
 const MESH_CHANNEL_LEN: usize = 1024;
 /// How long a shutdown waits for connections to finish what they started.
@@ -122,7 +152,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
                 ready += 1;
                 if ready == count {
                     println!(
-                        "fjord: serving {} on {} with {count} shards (shard ports {:?})",
+                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?})",
                         config.data_dir.display(),
                         config.listen,
                         shard_ports

@@ -3,11 +3,10 @@
 #![allow(dead_code)]
 
 use fjord_client::{Client, ClientConfig};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// The `fjord` binary under test.
@@ -69,18 +68,10 @@ impl Broker {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn fjord serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("fjord: serving") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if let Err(e) = fjord_broker::node::wait_until_serving(&mut child, Duration::from_secs(30))
+        {
             let _ = child.kill();
-            panic!("fjord serve did not come up: {:?}", child.wait());
+            panic!("fjord serve: {e}: {:?}", child.wait());
         }
         self.child = Some(child);
     }
