@@ -98,20 +98,34 @@ async fn read(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> Got {
             };
         }
     }
-    // Remote, or out of budget (then only the offsets are wanted).
+    if max_bytes == 0 {
+        // Out of budget: only the offsets are wanted.
+        let described = shard
+            .on_owner(
+                &wanted.topic,
+                wanted.partition,
+                async |p| Ok(p.describe()),
+                |reply| PartitionOp::Describe { reply },
+            )
+            .await;
+        return match described {
+            Ok(d) => Got {
+                error: None,
+                high_watermark: d.log_end_offset,
+                log_start_offset: d.log_start_offset,
+                pieces: Vec::new(),
+                len: 0,
+            },
+            Err(e) => failed(e),
+        };
+    }
+    // Another shard's partition: its batches are copied out once.
     let offset = wanted.offset;
     let fetched = shard
         .on_owner(
             &wanted.topic,
             wanted.partition,
-            async |p| {
-                let d = p.describe();
-                Ok(Fetched {
-                    records: Vec::new(),
-                    high_watermark: d.log_end_offset,
-                    log_start_offset: d.log_start_offset,
-                })
-            },
+            async |p| p.read(offset, max_bytes).await.map(|r| Fetched::copied(&r)),
             |reply| PartitionOp::Fetch {
                 offset,
                 max_bytes,
@@ -120,13 +134,6 @@ async fn read(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> Got {
         )
         .await;
     match fetched {
-        Ok(f) if max_bytes == 0 => Got {
-            error: None,
-            high_watermark: f.high_watermark,
-            log_start_offset: f.log_start_offset,
-            pieces: Vec::new(),
-            len: 0,
-        },
         Ok(f) => Got {
             error: None,
             high_watermark: f.high_watermark,

@@ -1,0 +1,143 @@
+//! Fetch against a real broker: long polls that answer when data arrives or
+//! when the wait is over, the response byte budget, and fetches served by
+//! another shard than the partition's.
+
+// In a test a failed unwrap is a failed test, with its line.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Broker;
+use fjord_client::transport::{Lane, Response};
+use fjord_client::{Admin, Client, Producer, ProducerConfig};
+use fjord_net::wire;
+use futures::executor::block_on;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn fetch(
+    client: &Client,
+    addr: SocketAddr,
+    wait_ms: i32,
+    max_bytes: i32,
+    partitions: &[i32],
+) -> Response {
+    let body = wire::RequestT::FetchRequest(Box::new(wire::FetchRequestT {
+        max_wait_ms: wait_ms,
+        min_bytes: 1,
+        max_bytes,
+        topics: Some(vec![wire::FetchTopicT {
+            name: Some("t".into()),
+            partitions: Some(
+                partitions
+                    .iter()
+                    .map(|&partition| wire::FetchPartitionT {
+                        partition,
+                        fetch_offset: 0,
+                        max_bytes: 1 << 20,
+                    })
+                    .collect(),
+            ),
+        }]),
+    }));
+    block_on(client.request(addr, Lane::LongPoll, body, Vec::new())).unwrap()
+}
+
+/// Per partition: (error code, high watermark, batch bytes).
+fn results(response: &Response) -> Vec<(i16, i64, Vec<u8>)> {
+    let (body, payload) = response.unpack().unwrap();
+    let wire::ResponseT::FetchResponse(body) = body else {
+        panic!("not a fetch response")
+    };
+    body.topics.unwrap()[0]
+        .partitions
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            let bytes = Response::range(payload, p.records.as_ref())
+                .unwrap()
+                .to_vec();
+            (p.error_code, p.high_watermark, bytes)
+        })
+        .collect()
+}
+
+fn setup() -> (Broker, Client, Producer) {
+    let broker = Broker::start(2);
+    let client = broker.client();
+    block_on(Admin::new(client.clone()).create_topic("t", 2, &[])).unwrap();
+    let producer = Producer::new(&client, ProducerConfig::default()).unwrap();
+    (broker, client, producer)
+}
+
+#[test]
+fn long_poll_answers_when_data_arrives_or_the_wait_ends() {
+    let (broker, client, producer) = setup();
+    // Nothing there: the answer comes after the wait, empty.
+    let start = Instant::now();
+    let response = fetch(&client, broker.addr, 300, 1 << 20, &[0]);
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(results(&response), [(0, 0, Vec::new())]);
+
+    // Data produced during a long wait ends it.
+    let late = producer.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        block_on(late.send("t", Some(0), None, Some(b"late"), &[])).unwrap();
+    });
+    let start = Instant::now();
+    let response = fetch(&client, broker.addr, 20_000, 1 << 20, &[0]);
+    writer.join().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "answered by the data, not the wait"
+    );
+    let got = results(&response);
+    assert_eq!((got[0].0, got[0].1), (0, 1));
+    let batch = fjord_core::Batch::validate(&got[0].2).unwrap();
+    assert_eq!(
+        batch.records().unwrap().next().unwrap().unwrap().value,
+        Some(&b"late"[..])
+    );
+}
+
+#[test]
+fn the_response_budget_and_other_shards_partitions() {
+    let (broker, client, producer) = setup();
+    for p in [0, 1] {
+        for i in 0..3 {
+            block_on(producer.send("t", Some(p), None, Some(format!("{p}-{i}").as_bytes()), &[]))
+                .unwrap();
+        }
+    }
+    // A 1-byte budget: the first partition still gets a batch (as Kafka),
+    // the second only its offsets.
+    let got = results(&fetch(&client, broker.addr, 0, 1, &[0, 1]));
+    assert!(!got[0].2.is_empty());
+    assert_eq!((got[1].0, got[1].1, got[1].2.len()), (0, 3, 0));
+
+    // Both partitions through each shard's own port: one of the two is the
+    // other shard's and is copied across; the bytes are the same.
+    let metadata = block_on(client.metadata(None)).unwrap();
+    let ports = metadata.brokers.unwrap()[0].shard_ports.clone().unwrap();
+    let mut answers = Vec::new();
+    for port in ports {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        answers.push(results(&fetch(&client, addr, 0, 1 << 20, &[0, 1])));
+    }
+    assert_eq!(answers[0], answers[1]);
+    for (p, (code, high_watermark, bytes)) in answers[0].iter().enumerate() {
+        assert_eq!((*code, *high_watermark), (0, 3));
+        let values: Vec<Vec<u8>> = fjord_core::batch::batches(bytes)
+            .flat_map(|b| {
+                b.records()
+                    .unwrap()
+                    .map(|r| r.unwrap().value.unwrap().to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let want: Vec<Vec<u8>> = (0..3).map(|i| format!("{p}-{i}").into_bytes()).collect();
+        assert_eq!(values, want);
+    }
+}
