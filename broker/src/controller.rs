@@ -135,11 +135,15 @@ impl Controller {
         let mut next = self.state.borrow().clone();
         let index = next.applied_index + 1;
         next.apply(index, &command)?;
-        assert_eq!(
-            self.log.offset_next(),
-            index - 1,
-            "metadata log offsets follow command indexes"
-        );
+        // Offsets follow command indexes; they part only if an append was
+        // staged and then failed to become durable, after which the log is
+        // read-only anyway. Refuse rather than log out of step.
+        if self.log.offset_next() != index - 1 {
+            return Err(CommandError::Storage(format!(
+                "metadata log at offset {} but the next command is {index}",
+                self.log.offset_next()
+            )));
+        }
         let mut builder = BatchBuilder::new();
         builder.push(
             fjord_storage::log::now_ms(),
