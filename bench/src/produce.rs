@@ -86,7 +86,7 @@ pub fn run(
         transport
             .run_on_transport(move || {
                 glommio::spawn_local(async move {
-                    let engine = Rc::new(Engine::new(k, config, client, routes, progress));
+                    let engine = Rc::new(Engine::new(k, config, client, routes, progress, start));
                     engine.generate().await;
                     finished.fetch_add(1, Ordering::Relaxed);
                 })
@@ -127,7 +127,10 @@ struct Engine {
     parts: Vec<Rc<Part>>,
     progress: Arc<Progress>,
     latencies: RefCell<Histogram<u64>>,
+    /// When this producer began: due times count from here.
     start: Instant,
+    /// When the run began (all producers): rates count from here.
+    run_start: Instant,
     ns_per_msg: f64,
     /// Messages this producer sends.
     total: u64,
@@ -141,6 +144,7 @@ impl Engine {
         client: Client,
         routes: Vec<SocketAddr>,
         progress: Arc<Progress>,
+        run_start: Instant,
     ) -> Engine {
         let producers = config.producers as u64;
         let total =
@@ -166,6 +170,7 @@ impl Engine {
             progress,
             latencies: RefCell::new(histogram()),
             start: Instant::now(),
+            run_start,
             total,
             first_partition: k,
         }
@@ -275,6 +280,10 @@ impl Engine {
                 return;
             };
             part.in_flight.set(part.in_flight.get() + 1);
+            let sent_ns = self.run_start.elapsed().as_nanos() as u64;
+            self.progress
+                .sent_until_ns
+                .fetch_max(sent_ns, Ordering::Relaxed);
             let engine = self.clone();
             let part = part.clone();
             let call = self.client.call(

@@ -23,6 +23,10 @@ pub struct Progress {
     pub bytes: AtomicU64,
     /// Messages that failed.
     pub errors: AtomicU64,
+    /// Producers: when the last batch went out, in ns since the run began.
+    /// Rates are taken over this span, so that the wait for the last
+    /// answers does not read as a lower rate.
+    pub sent_until_ns: AtomicU64,
     latencies: Mutex<Histogram<u64>>,
 }
 
@@ -32,6 +36,7 @@ impl Default for Progress {
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            sent_until_ns: AtomicU64::new(0),
             latencies: Mutex::new(histogram()),
         }
     }
@@ -84,7 +89,8 @@ impl Progress {
 pub struct Summary {
     /// The rate asked for (0 when "as fast as possible").
     pub target_msgs_per_sec: f64,
-    /// Messages acknowledged (delivered) per second over the run.
+    /// Messages acknowledged (delivered) per second, over the span in which
+    /// batches were sent (producers) or the whole run (consumers).
     pub achieved_msgs_per_sec: f64,
     /// Payload megabytes (10^6) per second.
     pub mb_per_sec: f64,
@@ -116,6 +122,12 @@ impl Summary {
         let messages = progress.messages.load(Ordering::Relaxed);
         let bytes = progress.bytes.load(Ordering::Relaxed);
         let seconds = elapsed.as_secs_f64().max(1e-9);
+        let sent_until = progress.sent_until_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let span = if sent_until > 0.0 {
+            sent_until
+        } else {
+            seconds
+        };
         let h = progress.latencies();
         let q = |q| {
             if h.is_empty() {
@@ -124,11 +136,11 @@ impl Summary {
                 h.value_at_quantile(q)
             }
         };
-        let achieved = messages as f64 / seconds;
+        let achieved = messages as f64 / span;
         Summary {
             target_msgs_per_sec: target,
             achieved_msgs_per_sec: achieved,
-            mb_per_sec: bytes as f64 / seconds / 1e6,
+            mb_per_sec: bytes as f64 / span / 1e6,
             messages,
             errors: progress.errors.load(Ordering::Relaxed),
             elapsed_sec: seconds,

@@ -33,14 +33,14 @@ fn produce_reports_what_was_acknowledged() {
     let r = run(&[
         "produce",
         "--rate",
-        "20k",
+        "10k",
         "--count",
-        "20000",
+        "10000",
         "--message-size",
         "64",
     ]);
     assert_eq!(r["command"], "produce");
-    assert_eq!(r["messages"], 20000);
+    assert_eq!(r["messages"], 10000);
     assert_eq!(r["errors"], 0);
     assert_eq!(r["config"]["message_size"], 64);
     assert_eq!(r["sustained"], true);
