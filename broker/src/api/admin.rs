@@ -67,10 +67,9 @@ pub(super) fn metadata(
         topics: Some(topics),
         controller: NODE_ID,
     };
-    Reply::new(
+    Reply::body(
         correlation_id,
         wire::ResponseT::MetadataResponse(Box::new(body)),
-        Vec::new(),
     )
 }
 
@@ -104,10 +103,9 @@ pub(super) async fn create_topics(
     let body = wire::CreateTopicsResponseT {
         results: Some(results),
     };
-    Reply::new(
+    Reply::body(
         correlation_id,
         wire::ResponseT::CreateTopicsResponse(Box::new(body)),
-        Vec::new(),
     )
 }
 
@@ -124,10 +122,9 @@ pub(super) async fn delete_topics(
     let body = wire::DeleteTopicsResponseT {
         results: Some(results),
     };
-    Reply::new(
+    Reply::body(
         correlation_id,
         wire::ResponseT::DeleteTopicsResponse(Box::new(body)),
-        Vec::new(),
     )
 }
 
@@ -226,9 +223,8 @@ pub(super) async fn describe_topics(
     let body = wire::DescribeTopicsResponseT {
         topics: Some(topics),
     };
-    Reply::new(
+    Reply::body(
         correlation_id,
         wire::ResponseT::DescribeTopicsResponse(Box::new(body)),
-        Vec::new(),
     )
 }

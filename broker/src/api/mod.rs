@@ -55,6 +55,11 @@ impl Reply {
         }
     }
 
+    /// A response with no payload.
+    fn body(correlation_id: u32, body: wire::ResponseT) -> Reply {
+        Reply::new(correlation_id, body, Vec::new())
+    }
+
     /// An error for the request as a whole.
     pub fn error(correlation_id: u32, code: ErrorCode) -> Reply {
         Reply {
@@ -99,7 +104,7 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
     let request = header.unpack().body;
     use wire::RequestT as R;
     let reply = match request {
-        R::ApiVersionsRequest(_) => Reply::new(correlation_id, api_versions(), Vec::new()),
+        R::ApiVersionsRequest(_) => Reply::body(correlation_id, api_versions()),
         R::MetadataRequest(request) => admin::metadata(&shard, correlation_id, *request),
         R::CreateTopicsRequest(request) => {
             admin::create_topics(&shard, correlation_id, *request).await

@@ -41,9 +41,8 @@ pub(super) async fn list_offsets(
     let body = wire::ListOffsetsResponseT {
         topics: Some(topics),
     };
-    Reply::new(
+    Reply::body(
         correlation_id,
         wire::ResponseT::ListOffsetsResponse(Box::new(body)),
-        Vec::new(),
     )
 }

@@ -90,9 +90,8 @@ pub(super) async fn produce(
     let body = wire::ProduceResponseT {
         topics: Some(topics),
     };
-    Some(Reply::new(
+    Some(Reply::body(
         correlation_id,
         wire::ResponseT::ProduceResponse(Box::new(body)),
-        Vec::new(),
     ))
 }
