@@ -70,6 +70,8 @@ impl Controller {
         let snapshot_path = dir.join("snapshot");
         let config = LogConfig {
             fsync: FsyncPolicy::Always,
+            // Commands are small and rare: grow the file in small steps.
+            preallocate_bytes: 1 << 20,
             ..LogConfig::default()
         };
         let log = Log::open(dir.join("metadata"), config, cache).await?;

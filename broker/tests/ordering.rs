@@ -154,3 +154,48 @@ fn requests_on_the_wrong_shard_are_forwarded() {
     let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
     assert_eq!(values, [b"forwarded 0".to_vec(), b"forwarded 1".to_vec()]);
 }
+
+/// Bytes the files under `dir` take on disk (allocated blocks, not length).
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            disk_usage(&entry.path())
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    total
+}
+
+#[test]
+fn a_topic_of_a_thousand_partitions() {
+    let broker = Broker::start(2);
+    let client = broker.client();
+    block_on(Admin::new(client.clone()).create_topic("wide", 1000, &[])).unwrap();
+    let producer = Producer::new(&client, ProducerConfig::default()).unwrap();
+    let sends: Vec<_> = (0..3000)
+        .map(|i| {
+            let key = format!("k{i}");
+            producer.send("wide", None, Some(key.as_bytes()), Some(b"v"), &[])
+        })
+        .collect();
+    let mut partitions = std::collections::HashSet::new();
+    for sent in sends {
+        partitions.insert(block_on(sent).unwrap().partition);
+    }
+    assert!(
+        partitions.len() > 900,
+        "keys spread over the partitions: {}",
+        partitions.len()
+    );
+    // Each written partition preallocates from a small first step, not a
+    // full 64 MiB one: a thousand of them stay far below 64 GB.
+    let used = disk_usage(broker.data_dir());
+    assert!(used < 4 << 30, "{used} bytes on disk for 3000 tiny records");
+    let described = block_on(Admin::new(client).describe_topic("wide")).unwrap();
+    let total: i64 = described.partitions.iter().map(|p| p.log_end_offset).sum();
+    assert_eq!(total, 3000);
+}

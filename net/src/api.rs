@@ -93,6 +93,39 @@ mod tests {
     }
 
     #[test]
+    fn a_metadata_answer_for_ten_thousand_partitions_verifies() {
+        let partitions = (0..10_000)
+            .map(|p| wire::PartitionInfoT {
+                partition: p,
+                ..Default::default()
+            })
+            .collect();
+        let header = wire::ResponseHeaderT {
+            correlation_id: 1,
+            error_code: 0,
+            body: wire::ResponseT::MetadataResponse(Box::new(wire::MetadataResponseT {
+                topics: Some(vec![wire::TopicInfoT {
+                    name: Some("wide".into()),
+                    error_code: 0,
+                    partitions: Some(partitions),
+                }]),
+                ..Default::default()
+            })),
+        };
+        let bytes = response_head(&header, 0);
+        let (frame, _) = frame::decode(&bytes, &frame::Limits::default())
+            .unwrap()
+            .unwrap();
+        let verified = frame.response_header().unwrap();
+        let topics = verified
+            .body_as_metadata_response()
+            .unwrap()
+            .topics()
+            .unwrap();
+        assert_eq!(topics.get(0).partitions().unwrap().len(), 10_000);
+    }
+
+    #[test]
     fn heads_decode_back() {
         let head = request_head(
             &wire::RequestHeaderT {

@@ -123,11 +123,14 @@ impl<'a> Frame<'a> {
 
 /// Verifier limits scaled to the header: no table nesting or count a valid
 /// Fjord header needs can exceed them, and none can make verification slow.
+/// The apparent size counts a shared vtable once per table that uses it, so
+/// a header of many small tables (a Metadata answer for a topic of 1000
+/// partitions) appears several times its length.
 fn verifier_options(header_len: usize) -> flatbuffers::VerifierOptions {
     flatbuffers::VerifierOptions {
         max_depth: 16,
         max_tables: header_len / 4 + 16,
-        max_apparent_size: header_len.saturating_mul(2).max(1024),
+        max_apparent_size: header_len.saturating_mul(16).max(1024),
         ignore_missing_null_terminator: false,
     }
 }

@@ -18,6 +18,8 @@ use std::rc::Rc;
 /// Write alignment: the page size, which every O_DIRECT device accepts.
 pub const BLOCK: u64 = 4096;
 /// Smallest buffer the appender allocates.
+/// The first preallocation step of a file; see `take_flush`.
+const PREALLOCATE_STEP_MIN: u64 = 1 << 20;
 const BUFFER_BYTES_MIN: usize = 16 * 1024;
 
 /// Rounds `v` down to a block boundary.
@@ -275,9 +277,16 @@ impl Appender {
         }
         let end = align_up(self.len);
         let mut allocate_to = None;
-        if end + self.preallocate_bytes / 2 > self.allocated {
-            let size = (end + self.preallocate_bytes).div_ceil(self.preallocate_bytes)
-                * self.preallocate_bytes;
+        // Steps double with the file, from PREALLOCATE_STEP_MIN up to the
+        // configured step: a quiet partition (of the thousands a node may
+        // hold) keeps little unused space, a busy one reaches full steps
+        // within a few.
+        let step = self.allocated.next_power_of_two().clamp(
+            PREALLOCATE_STEP_MIN.min(self.preallocate_bytes),
+            self.preallocate_bytes,
+        );
+        if end + step / 2 > self.allocated {
+            let size = (end + step).div_ceil(step) * step;
             if end > self.allocated {
                 // No room for these writes: they wait for the fallocate.
                 allocate_to = Some(size);
