@@ -141,3 +141,63 @@ fn the_response_budget_and_other_shards_partitions() {
         assert_eq!(values, want);
     }
 }
+
+#[test]
+fn one_produce_request_for_partitions_on_both_shards() {
+    let (broker, client, _producer) = setup();
+    let batches: Vec<Vec<u8>> = (0..2)
+        .map(|p| {
+            let mut builder = fjord_core::BatchBuilder::new();
+            builder.push(1, None, Some(format!("to {p}").as_bytes()), &[]);
+            builder.build()
+        })
+        .collect();
+    let payload = [batches[0].clone(), batches[1].clone()].concat();
+    let body = wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
+        acks: 1,
+        timeout_ms: 1000,
+        topics: Some(vec![wire::ProduceTopicT {
+            name: Some("t".into()),
+            partitions: Some(
+                (0..2)
+                    .map(|p| wire::ProducePartitionT {
+                        partition: p,
+                        records: Some(wire::PayloadRangeT {
+                            offset: (p as usize * batches[0].len()) as u32,
+                            len: batches[p as usize].len() as u32,
+                        }),
+                    })
+                    .collect(),
+            ),
+        }]),
+    }));
+    // On the node port: whichever shard takes it, one partition is the
+    // other shard's.
+    let response = block_on(client.request(broker.addr, Lane::Prompt, body, payload)).unwrap();
+    let wire::ResponseT::ProduceResponse(body) = response.unpack().unwrap().0 else {
+        panic!("not a produce response")
+    };
+    let produced = body.topics.unwrap()[0].partitions.clone().unwrap();
+    assert_eq!(produced.len(), 2);
+    for (p, result) in produced.iter().enumerate() {
+        assert_eq!(
+            (result.partition, result.error_code, result.base_offset),
+            (p as i32, 0, 0)
+        );
+    }
+    let got = results(&fetch(&client, broker.addr, 0, 1 << 20, &[0, 1]));
+    for (p, (_, high_watermark, bytes)) in got.iter().enumerate() {
+        assert_eq!(*high_watermark, 1);
+        let batch = fjord_core::Batch::validate(bytes).unwrap();
+        let value = batch
+            .records()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .value
+            .unwrap()
+            .to_vec();
+        assert_eq!(value, format!("to {p}").into_bytes());
+    }
+}
