@@ -94,9 +94,11 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream, stop: Stop) {
                 break;
             }
         };
-        let len = buf.len();
         // Charged now, released once answered: with the budget spent the
-        // loop waits here, and unread bytes back up into the client.
+        // loop waits here, and unread bytes back up into the client. A frame
+        // larger than the whole budget (its prefix can tip a maximal frame
+        // over) takes all of it rather than waiting forever.
+        let len = buf.len().min(shard.config.max_inflight_bytes);
         if budget.acquire(len as u64).await.is_err() {
             break;
         }
