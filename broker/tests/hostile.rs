@@ -310,3 +310,38 @@ fn a_stalled_reader_stalls_nobody_else() {
     assert_serves(&mut other, 3);
     drop(stalled);
 }
+
+#[test]
+fn a_frame_of_the_largest_size_is_served_and_one_byte_more_is_refused() {
+    let broker = Broker::start_with(
+        1,
+        &["--max-frame-bytes", "2048", "--max-inflight-bytes", "2048"],
+    );
+    // ApiVersions padded with payload to a frame_len of exactly the limit:
+    // with its 4-byte prefix it is larger than the in-flight budget.
+    let head_len = api_versions(1).len();
+    let fill = vec![0u8; 2048 + 4 - head_len];
+    let largest = request(
+        1,
+        0,
+        wire::RequestT::ApiVersionsRequest(Box::default()),
+        &fill,
+    );
+    assert_eq!(largest.len(), 2048 + 4);
+    let mut s = connect(&broker);
+    s.write_all(&largest).unwrap();
+    let (id, code, _) = read_response(&mut s).expect("served");
+    assert_eq!((id, code), (1, 0));
+    assert_serves(&mut s, 2);
+
+    let too_large = request(
+        3,
+        0,
+        wire::RequestT::ApiVersionsRequest(Box::default()),
+        &[fill, vec![0]].concat(),
+    );
+    s.write_all(&too_large).unwrap();
+    let (_, code, _) = read_response(&mut s).expect("an error before closing");
+    assert_eq!(code, ErrorCode::MessageTooLarge.code());
+    assert_closed(&mut s);
+}
