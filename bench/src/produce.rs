@@ -27,6 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How often the generator wakes: messages due within one tick go out
 /// together, so a tick bounds the latency it adds itself.
 const TICK: Duration = Duration::from_micros(50);
+/// How far behind schedule the generator may be at the deadline and still
+/// send every message due before it.
+const CATCH_UP_MAX: Duration = Duration::from_millis(500);
 /// Sealed batches waiting per partition before the generator stalls.
 const QUEUED_MAX: usize = 2;
 /// Bytes at the start of each value: its due time, ns since the epoch
@@ -194,13 +197,27 @@ impl Engine {
         let mut p = self.first_partition % self.parts.len();
         let mut j = 0u64;
         let mut last_merge = Instant::now();
+        // Messages owed once the deadline passes: those due before it, if
+        // the generator is only a little behind (a run ending inside a
+        // stall still sends what it scheduled); none if it is hopelessly
+        // behind (a rate far above capacity stops at the deadline).
+        let mut owed: Option<u64> = None;
         loop {
             let now_ns = self.now_ns();
             let generating = now_ns < stop_ns;
             let due = if generating {
                 ((now_ns as f64 / self.ns_per_msg) as u64 + 1).min(self.total)
             } else {
-                j
+                *owed.get_or_insert_with(|| {
+                    let scheduled =
+                        ((stop_ns as f64 / self.ns_per_msg).ceil() as u64).min(self.total);
+                    let lag_ns = self.due_ns(scheduled.saturating_sub(j));
+                    if lag_ns <= CATCH_UP_MAX.as_nanos() as u64 {
+                        scheduled
+                    } else {
+                        j
+                    }
+                })
             };
             while j < due {
                 let part = &self.parts[p];
@@ -230,7 +247,7 @@ impl Engine {
                     p = (p + 1) % self.parts.len();
                 }
             }
-            let finishing = j >= self.total || !generating;
+            let finishing = j >= self.total || owed.is_some_and(|owed| j >= owed);
             for (i, part) in self.parts.iter().enumerate() {
                 let expired = part
                     .open
