@@ -9,7 +9,7 @@ mod common;
 
 use common::Broker;
 use fjord_client::transport::{Lane, Response};
-use fjord_client::{Admin, Client, Producer, ProducerConfig};
+use fjord_client::{Admin, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, Seek};
 use fjord_net::wire;
 use futures::executor::block_on;
 use std::net::SocketAddr;
@@ -200,4 +200,49 @@ fn one_produce_request_for_partitions_on_both_shards() {
             .to_vec();
         assert_eq!(value, format!("to {p}").into_bytes());
     }
+}
+
+#[test]
+fn a_position_outside_the_log_resets_or_fails_as_configured() {
+    let (_broker, client, producer) = setup();
+    for i in 0..5 {
+        block_on(producer.send("t", Some(0), None, Some(format!("r{i}").as_bytes()), &[])).unwrap();
+    }
+    let consumer_at_100 = |reset| {
+        let config = ConsumerConfig {
+            offset_reset: reset,
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(&client, config);
+        block_on(consumer.assign("t", Some(&[0]), Seek::Offset(100))).unwrap();
+        consumer
+    };
+    // Kafka's auto.offset.reset=earliest: the poll that finds the position
+    // outside the log moves it to the start; the records follow.
+    let mut consumer = consumer_at_100(Some(Seek::Earliest));
+    let mut offsets = Vec::new();
+    for _ in 0..3 {
+        if offsets.len() == 5 {
+            break;
+        }
+        offsets.extend(
+            block_on(consumer.poll(Duration::from_secs(2)))
+                .unwrap()
+                .into_iter()
+                .map(|r| r.offset),
+        );
+    }
+    assert_eq!(offsets, [0, 1, 2, 3, 4]);
+    // None: the poll fails with OFFSET_OUT_OF_RANGE.
+    let error = block_on(consumer_at_100(None).poll(Duration::from_secs(2))).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            fjord_client::ClientError::Broker {
+                code: fjord_net::ErrorCode::OffsetOutOfRange,
+                ..
+            }
+        ),
+        "{error}"
+    );
 }

@@ -35,6 +35,10 @@ pub struct ConsumerConfig {
     pub partition_bytes_max: i32,
     /// Bytes per fetch response.
     pub fetch_bytes_max: i32,
+    /// Where a partition's position moves when it falls outside the log
+    /// (below the start after retention, or past the end): Kafka's
+    /// `auto.offset.reset`. `None`: the poll fails with OFFSET_OUT_OF_RANGE.
+    pub offset_reset: Option<Seek>,
 }
 
 impl Default for ConsumerConfig {
@@ -42,6 +46,7 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             partition_bytes_max: 1 << 20,
             fetch_bytes_max: 50 << 20,
+            offset_reset: Some(Seek::Latest),
         }
     }
 }
@@ -243,7 +248,22 @@ impl Consumer {
             _ => (self.fetch(timeout), positions),
         };
         let responses = fetching.await.into_iter().collect::<Result<Vec<_>>>()?;
-        let polled = self.take_batches(responses, &sent_for)?;
+        let (polled, out_of_range) = self.take_batches(responses, &sent_for)?;
+        for index in out_of_range {
+            let (topic, partition) = (
+                self.assigned[index].topic.clone(),
+                self.assigned[index].partition,
+            );
+            match self.config.offset_reset {
+                Some(reset) => self.seek(&topic, partition, reset).await?,
+                None => {
+                    return Err(ClientError::broker(
+                        ErrorCode::OffsetOutOfRange,
+                        format!("{topic}-{partition}"),
+                    ));
+                }
+            }
+        }
         // Pipelining: the next fetch travels while the caller works.
         let positions: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
         self.fetching = Some((self.fetch(timeout), positions));
@@ -289,8 +309,15 @@ impl Consumer {
         futures::future::join_all(calls).boxed()
     }
 
-    fn take_batches(&mut self, responses: Vec<Response>, sent_for: &[i64]) -> Result<Polled> {
+    /// The batches of `responses`, and the partitions whose position fell
+    /// outside their log.
+    fn take_batches(
+        &mut self,
+        responses: Vec<Response>,
+        sent_for: &[i64],
+    ) -> Result<(Polled, Vec<usize>)> {
         let mut parts = Vec::new();
+        let mut out_of_range = Vec::new();
         for (r, response) in responses.iter().enumerate() {
             let (body, payload) = response.unpack()?;
             let wire::ResponseT::FetchResponse(body) = body else {
@@ -306,8 +333,18 @@ impl Consumer {
                     else {
                         continue;
                     };
-                    if let Some(code) = ErrorCode::try_from_code(p.error_code) {
-                        return Err(ClientError::broker(code, format!("{name}-{}", p.partition)));
+                    match ErrorCode::try_from_code(p.error_code) {
+                        None => {}
+                        Some(ErrorCode::OffsetOutOfRange) => {
+                            out_of_range.push(index);
+                            continue;
+                        }
+                        Some(code) => {
+                            return Err(ClientError::broker(
+                                code,
+                                format!("{name}-{}", p.partition),
+                            ));
+                        }
                     }
                     let bytes = Response::range(payload, p.records.as_ref())?;
                     let start = bytes.as_ptr() as usize - payload.as_ptr() as usize;
@@ -327,11 +364,12 @@ impl Consumer {
             }
         }
         let topics = self.assigned.iter().map(|a| a.topic.clone()).collect();
-        Ok(Polled {
+        let polled = Polled {
             responses,
             topics,
             parts,
-        })
+        };
+        Ok((polled, out_of_range))
     }
 }
 
