@@ -34,6 +34,9 @@ pub struct ServeConfig {
     pub max_inflight_bytes: usize,
     /// Per-shard batch cache for tail reads.
     pub cache_bytes_per_shard: usize,
+    /// How often each shard deletes segments past their topic's retention
+    /// (Kafka's `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -48,6 +51,7 @@ impl Default for ServeConfig {
             max_frame_bytes: 65 << 20,
             max_inflight_bytes: 128 << 20,
             cache_bytes_per_shard: 256 << 20,
+            retention_check_interval_ms: 30_000,
         }
     }
 }
@@ -102,6 +106,11 @@ impl ServeConfig {
             return Err(ConfigError::Invalid(format!(
                 "cores = {shards}: must be 1 to 1024"
             )));
+        }
+        if self.retention_check_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "retention_check_interval_ms must be above 0".into(),
+            ));
         }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid("max_frame_bytes below 1024".into()));

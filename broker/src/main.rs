@@ -141,6 +141,9 @@ struct ServeArgs {
     /// Batch cache per shard [default: 256 MiB].
     #[arg(long)]
     cache_bytes_per_shard: Option<usize>,
+    /// How often retention runs [default: 30000 ms].
+    #[arg(long)]
+    retention_check_interval_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -175,6 +178,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.cache_bytes_per_shard {
             config.cache_bytes_per_shard = v;
+        }
+        if let Some(v) = self.retention_check_interval_ms {
+            config.retention_check_interval_ms = v;
         }
         Ok(config)
     }

@@ -19,9 +19,6 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// How often each shard applies retention to its partitions.
-const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
-
 /// Partitions by (topic, partition).
 type PartitionMap = HashMap<(String, i32), Rc<Partition>>;
 
@@ -319,7 +316,10 @@ impl Shard {
     /// Applies retention to every partition, forever.
     pub async fn enforce_retention(self: Rc<Self>) {
         loop {
-            glommio::timer::sleep(RETENTION_CHECK_INTERVAL).await;
+            glommio::timer::sleep(Duration::from_millis(
+                self.config.retention_check_interval_ms,
+            ))
+            .await;
             let partitions: Vec<Rc<Partition>> =
                 self.partitions.borrow().values().cloned().collect();
             let now = fjord_storage::log::now_ms();

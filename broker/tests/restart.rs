@@ -160,3 +160,52 @@ fn delete_removes_the_data_and_a_new_topic_starts_empty() {
     assert_eq!(t.partitions[0].log_end_offset, 0);
     assert_eq!(t.partitions[0].size_bytes, 0);
 }
+
+#[test]
+fn retention_deletes_old_segments_on_the_broker() {
+    let broker = Broker::start_with(1, &["--retention-check-interval-ms", "100"]);
+    let admin = Admin::new(broker.client());
+    let configs = [
+        ("segment.bytes".to_owned(), "4096".to_owned()),
+        ("retention.bytes".to_owned(), "8192".to_owned()),
+    ];
+    block_on(admin.create_topic("short", 1, &configs)).unwrap();
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&broker.client(), config).unwrap();
+    for i in 0..200 {
+        // One batch each: about 1 KiB, so segments of 4 KiB roll often.
+        block_on(producer.send("short", None, None, Some(&[i as u8; 1000]), &[])).unwrap();
+    }
+    // Retention deletes in the background: wait until the log start has
+    // moved and then held still across several checks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = block_on(admin.describe_topic("short")).unwrap().partitions[0];
+    let mut still = 0;
+    while still < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = block_on(admin.describe_topic("short")).unwrap().partitions[0];
+        still = if now == last && now.log_start_offset > 0 {
+            still + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    let p = last;
+    assert_eq!(p.log_end_offset, 200);
+    assert!(
+        p.log_start_offset >= 150,
+        "old segments deleted: start {}",
+        p.log_start_offset
+    );
+    // retention.bytes counts whole segments besides the active one.
+    assert!(p.size_bytes <= 32 << 10, "{} bytes kept", p.size_bytes);
+    // A consumer from the earliest offset starts at the new log start.
+    let kept = (200 - p.log_start_offset) as usize;
+    let values = consume(&broker, "short", kept);
+    assert_eq!(values.len(), kept);
+    assert_eq!(values[0], vec![p.log_start_offset as u8; 1000]);
+}
