@@ -11,9 +11,10 @@
 
 use crate::report::{Progress, histogram};
 use fjord_client::Client;
+use fjord_client::producer::{produce_request, produce_result};
 use fjord_client::transport::Lane;
 use fjord_core::BatchBuilder;
-use fjord_net::{ErrorCode, api, wire};
+use fjord_net::api;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
@@ -317,7 +318,11 @@ impl Engine {
             );
             glommio::spawn_local(async move {
                 let outcome = match call.await {
-                    Ok(Some(response)) => produce_error(&response, part.partition),
+                    Ok(Some(response)) => {
+                        produce_result(&response, &engine.config.topic, part.partition)
+                            .err()
+                            .map(|e| e.to_string())
+                    }
                     Ok(None) => None,
                     Err(e) => Some(e.to_string()),
                 };
@@ -354,46 +359,5 @@ impl Engine {
             })
             .detach();
         }
-    }
-}
-
-fn produce_request(topic: &str, partition: i32, acks: i16, len: usize) -> wire::RequestT {
-    wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
-        acks,
-        timeout_ms: 30_000,
-        topics: Some(vec![wire::ProduceTopicT {
-            name: Some(topic.to_owned()),
-            partitions: Some(vec![wire::ProducePartitionT {
-                partition,
-                records: Some(wire::PayloadRangeT {
-                    offset: 0,
-                    len: len as u32,
-                }),
-            }]),
-        }]),
-    }))
-}
-
-/// The partition's error in a produce response, if any.
-fn produce_error(response: &fjord_client::transport::Response, partition: i32) -> Option<String> {
-    let body = match response.unpack() {
-        Ok((wire::ResponseT::ProduceResponse(body), _)) => body,
-        Ok(_) => return Some("not a produce response".into()),
-        Err(e) => return Some(e.to_string()),
-    };
-    let code = body
-        .topics
-        .into_iter()
-        .flatten()
-        .flat_map(|t| t.partitions.into_iter().flatten())
-        .find(|r| r.partition == partition)
-        .map(|r| r.error_code);
-    match code {
-        Some(0) => None,
-        Some(code) => Some(format!(
-            "{:?}",
-            ErrorCode::try_from_code(code).unwrap_or(ErrorCode::UnknownServerError)
-        )),
-        None => Some("no result for the partition".into()),
     }
 }

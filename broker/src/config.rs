@@ -131,6 +131,6 @@ impl ServeConfig {
     /// Whether shard 0 hosts partitions as well as the controller.
     pub fn hosts_partitions_on_controller(&self) -> bool {
         self.controller_hosts_partitions
-            .unwrap_or(self.shard_count() <= 2)
+            .unwrap_or_else(|| self.shard_count() <= 2)
     }
 }

@@ -6,7 +6,7 @@ use crate::config::{ConfigError, ServeConfig};
 use crate::conn::{self, Stop};
 use crate::controller::Controller;
 use crate::mesh::ShardMsg;
-use crate::shard::{Shard, data_shards};
+use crate::shard::Shard;
 use fjord_storage::DataDir;
 use futures::FutureExt;
 use futures::channel::oneshot;
@@ -228,10 +228,13 @@ async fn run_shard(
     let shard = Rc::new(Shard::new(senders, config, shard_ports, data, ready_tx));
     shard.serve_mesh(receivers);
     if shard.id == 0 {
-        let data_shards = data_shards(&shard.config, shard.count);
-        let controller = Controller::open(shard.data().path(), data_shards, shard.cache().clone())
-            .await
-            .map_err(|e| format!("controller: {e}"))?;
+        let controller = Controller::open(
+            shard.data().path(),
+            shard.data_shards(),
+            shard.cache().clone(),
+        )
+        .await
+        .map_err(|e| format!("controller: {e}"))?;
         controller
             .remove_stale_topics(shard.data().path())
             .await

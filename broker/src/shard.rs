@@ -46,6 +46,10 @@ pub struct Shard {
     pub closing: Cell<bool>,
     /// Open client connections.
     pub connections: Cell<usize>,
+    /// Partitions live on shards `first_data_shard..count`: shard 0 is
+    /// left to the controller unless it hosts partitions too.
+    first_data_shard: usize,
+    data_shards: usize,
 }
 
 impl Shard {
@@ -65,7 +69,9 @@ impl Shard {
             "the node resolves its shape before shards start"
         );
         let cache = BatchCache::new(config.cache_bytes_per_shard);
-        let data_shards = data_shards(&config, count);
+        let first_data_shard = usize::from(!config.hosts_partitions_on_controller());
+        let data_shards = count - first_data_shard;
+        assert!(data_shards > 0, "validated: some shard hosts partitions");
         Shard {
             id,
             count,
@@ -73,7 +79,9 @@ impl Shard {
             shard_ports,
             data,
             cache,
-            metadata: RefCell::new(Rc::new(ClusterMetadata::new(data_shards))),
+            metadata: RefCell::new(Rc::new(ClusterMetadata::new(
+                u16::try_from(data_shards).unwrap_or(u16::MAX),
+            ))),
             partitions: RefCell::new(HashMap::new()),
             mesh,
             controller: RefCell::new(None),
@@ -81,6 +89,8 @@ impl Shard {
             ready: RefCell::new(Some(ready)),
             closing: Cell::new(false),
             connections: Cell::new(0),
+            first_data_shard,
+            data_shards,
         }
     }
 
@@ -109,12 +119,12 @@ impl Shard {
     /// Assignments are kept modulo the shards running now, so a node
     /// restarted with fewer cores still serves every partition.
     pub fn owner(&self, assigned: u16) -> usize {
-        let assigned = usize::from(assigned);
-        if self.config.hosts_partitions_on_controller() {
-            assigned % self.count
-        } else {
-            1 + assigned % (self.count - 1)
-        }
+        self.first_data_shard + usize::from(assigned) % self.data_shards
+    }
+
+    /// Shards that host partitions.
+    pub fn data_shards(&self) -> u16 {
+        u16::try_from(self.data_shards).unwrap_or(u16::MAX)
     }
 
     /// The owning shard of a partition, by the metadata.
@@ -398,16 +408,6 @@ async fn run_op(partition: &Partition, op: PartitionOp) {
             let _ = reply.send(partition.offset_for(timestamp).await);
         }
     }
-}
-
-/// Shards that host partitions.
-pub fn data_shards(config: &ServeConfig, count: usize) -> u16 {
-    let data = if config.hosts_partitions_on_controller() {
-        count
-    } else {
-        count - 1
-    };
-    u16::try_from(data).unwrap_or(u16::MAX)
 }
 
 /// Where topics' partitions live: `topics/<name>.<topic id>/<partition>`;

@@ -81,20 +81,7 @@ fn batch(value: &[u8]) -> Vec<u8> {
 }
 
 fn produce_request(correlation_id: u32, topic: &str, batch: &[u8]) -> Vec<u8> {
-    let body = wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
-        acks: 1,
-        timeout_ms: 1000,
-        topics: Some(vec![wire::ProduceTopicT {
-            name: Some(topic.into()),
-            partitions: Some(vec![wire::ProducePartitionT {
-                partition: 0,
-                records: Some(wire::PayloadRangeT {
-                    offset: 0,
-                    len: batch.len() as u32,
-                }),
-            }]),
-        }]),
-    }));
+    let body = fjord_client::producer::produce_request(topic, 0, 1, batch.len());
     request(correlation_id, 0, body, batch)
 }
 

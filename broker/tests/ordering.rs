@@ -9,9 +9,9 @@ mod common;
 
 use common::Broker;
 use fjord_client::partitioner::partition_for_key;
+use fjord_client::producer::{produce_request, produce_result};
 use fjord_client::transport::Lane;
 use fjord_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Seek};
-use fjord_net::wire;
 use futures::executor::block_on;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -126,27 +126,10 @@ fn requests_on_the_wrong_shard_are_forwarded() {
         let mut builder = fjord_core::BatchBuilder::new();
         builder.push(1, None, Some(format!("forwarded {i}").as_bytes()), &[]);
         let batch = builder.build();
-        let body = wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
-            acks: 1,
-            timeout_ms: 1000,
-            topics: Some(vec![wire::ProduceTopicT {
-                name: Some("events".into()),
-                partitions: Some(vec![wire::ProducePartitionT {
-                    partition: 0,
-                    records: Some(wire::PayloadRangeT {
-                        offset: 0,
-                        len: batch.len() as u32,
-                    }),
-                }]),
-            }]),
-        }));
+        let body = produce_request("events", 0, 1, batch.len());
         let response = block_on(client.request(addr, Lane::Prompt, body, batch)).unwrap();
-        let wire::ResponseT::ProduceResponse(body) = response.unpack().unwrap().0 else {
-            panic!("not a produce response")
-        };
-        let result = body.topics.unwrap()[0].partitions.as_ref().unwrap()[0].clone();
-        assert_eq!(result.error_code, 0);
-        assert_eq!(result.base_offset, i as i64);
+        // No error for the partition, and its offsets follow one another.
+        assert_eq!(produce_result(&response, "events", 0).unwrap(), i as i64);
     }
     let mut consumer = Consumer::new(&client, ConsumerConfig::default());
     block_on(consumer.assign("events", Some(&[0]), Seek::Earliest)).unwrap();

@@ -1,7 +1,7 @@
 //! Topic administration: create, delete, describe, list.
 
 use crate::client::Client;
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, check, error_code};
 use crate::transport::Lane;
 use fjord_net::{ErrorCode, wire};
 
@@ -44,16 +44,6 @@ pub struct TopicListing {
     pub name: String,
     /// Partition count.
     pub partitions: usize,
-}
-
-fn check(code: i16, context: impl FnOnce() -> String) -> Result<()> {
-    match code {
-        0 => Ok(()),
-        code => Err(ClientError::broker(
-            ErrorCode::try_from_code(code).unwrap_or(ErrorCode::UnknownServerError),
-            context(),
-        )),
-    }
 }
 
 fn unexpected() -> ClientError {
@@ -153,7 +143,7 @@ impl Admin {
                     log_start_offset: p.log_start_offset,
                     log_end_offset: p.log_end_offset,
                     size_bytes: p.size_bytes,
-                    error: ErrorCode::try_from_code(p.error_code),
+                    error: error_code(p.error_code),
                 })
                 .collect(),
         })

@@ -3,7 +3,7 @@
 
 use crate::error::{ClientError, Result};
 use crate::transport::{self, Job, Lane, Response};
-use fjord_net::{ErrorCode, wire};
+use fjord_net::wire;
 use futures::channel::{mpsc, oneshot};
 use std::collections::HashMap;
 use std::future::Future;
@@ -171,11 +171,7 @@ impl Client {
             .flatten()
             .find(|t| t.name.as_deref() == Some(topic))
             .ok_or_else(|| ClientError::Protocol(format!("no metadata for {topic}")))?;
-        if info.error_code != 0 {
-            let code =
-                ErrorCode::try_from_code(info.error_code).unwrap_or(ErrorCode::UnknownServerError);
-            return Err(ClientError::broker(code, format!("topic {topic}")));
-        }
+        crate::error::check(info.error_code, || format!("topic {topic}"))?;
         let listed = info.partitions.as_deref().unwrap_or_default();
         let mut partitions = vec![None; listed.len()];
         for p in listed {

@@ -4,7 +4,7 @@
 //! fetch is already in flight (pipelined), unless a seek invalidates it.
 
 use crate::client::{Client, Route};
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, check, error_code};
 use crate::transport::{Lane, Response};
 use fjord_core::batch;
 use fjord_net::{ErrorCode, api, wire};
@@ -191,13 +191,8 @@ impl Consumer {
             .flat_map(|t| t.partitions.into_iter().flatten())
             .next()
             .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
-        match ErrorCode::try_from_code(result.error_code) {
-            None => Ok((result.offset, result.timestamp)),
-            Some(code) => Err(ClientError::broker(
-                code,
-                format!("{}-{}", a.topic, a.partition),
-            )),
-        }
+        check(result.error_code, || format!("{}-{}", a.topic, a.partition))?;
+        Ok((result.offset, result.timestamp))
     }
 
     /// Records after the positions, waiting up to `timeout` for the first;
@@ -333,7 +328,7 @@ impl Consumer {
                     else {
                         continue;
                     };
-                    match ErrorCode::try_from_code(p.error_code) {
+                    match error_code(p.error_code) {
                         None => {}
                         Some(ErrorCode::OffsetOutOfRange) => {
                             out_of_range.push(index);

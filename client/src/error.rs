@@ -65,3 +65,18 @@ impl ClientError {
 
 /// The client's result.
 pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// The error a Kafka error code stands for; `None` for 0. A code this build
+/// does not know is still an error (UNKNOWN_SERVER_ERROR), never success.
+pub fn error_code(code: i16) -> Option<ErrorCode> {
+    (code != 0).then(|| ErrorCode::try_from_code(code).unwrap_or(ErrorCode::UnknownServerError))
+}
+
+/// `Ok` for code 0, else the broker's error with `context` (what it was
+/// about, e.g. `topic-3`).
+pub fn check(code: i16, context: impl FnOnce() -> String) -> Result<()> {
+    match error_code(code) {
+        None => Ok(()),
+        Some(code) => Err(ClientError::broker(code, context())),
+    }
+}

@@ -10,9 +10,10 @@
 //! without idempotence).
 
 use crate::client::{Client, Route};
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, check};
 use crate::partitioner::{Sticky, partition_for_key};
 use crate::transport::Lane;
+use crate::transport::Response;
 use fjord_core::{BatchBuilder, RecordHeader};
 use fjord_net::{ErrorCode, api, wire};
 use futures::StreamExt;
@@ -463,44 +464,15 @@ impl Core {
                 format!("{}-{} has no route", topic.name, queue.partition),
             )
         })?;
-        let body = wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
-            acks: self.config.acks,
-            timeout_ms: 30_000,
-            topics: Some(vec![wire::ProduceTopicT {
-                name: Some(topic.name.clone()),
-                partitions: Some(vec![wire::ProducePartitionT {
-                    partition: queue.partition,
-                    records: Some(wire::PayloadRangeT {
-                        offset: 0,
-                        len: batch.len() as u32,
-                    }),
-                }]),
-            }]),
-        }));
+        let body = produce_request(&topic.name, queue.partition, self.config.acks, batch.len());
         let expect = self.config.acks != api::ACKS_NONE;
         let response = self
             .client
             .call(route.addr, Lane::Prompt, body, batch.to_vec(), expect)
             .await?;
-        let Some(response) = response else {
-            return Ok(-1);
-        };
-        let wire::ResponseT::ProduceResponse(body) = response.unpack()?.0 else {
-            return Err(ClientError::Protocol("expected a Produce response".into()));
-        };
-        let result = body
-            .topics
-            .into_iter()
-            .flatten()
-            .flat_map(|t| t.partitions.into_iter().flatten())
-            .find(|p| p.partition == queue.partition)
-            .ok_or_else(|| ClientError::Protocol("no result for the partition".into()))?;
-        match ErrorCode::try_from_code(result.error_code) {
-            None => Ok(result.base_offset),
-            Some(code) => Err(ClientError::broker(
-                code,
-                format!("{}-{}", topic.name, queue.partition),
-            )),
+        match response {
+            Some(response) => produce_result(&response, &topic.name, queue.partition),
+            None => Ok(-1),
         }
     }
 
@@ -517,4 +489,39 @@ impl Core {
             }
         }
     }
+}
+
+/// A produce request for one partition whose batches are the whole payload
+/// of `len` bytes.
+pub fn produce_request(topic: &str, partition: i32, acks: i16, len: usize) -> wire::RequestT {
+    wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
+        acks,
+        timeout_ms: 30_000,
+        topics: Some(vec![wire::ProduceTopicT {
+            name: Some(topic.to_owned()),
+            partitions: Some(vec![wire::ProducePartitionT {
+                partition,
+                records: Some(wire::PayloadRangeT {
+                    offset: 0,
+                    len: len as u32,
+                }),
+            }]),
+        }]),
+    }))
+}
+
+/// The base offset a produce response gives `partition`, or its error.
+pub fn produce_result(response: &Response, topic: &str, partition: i32) -> Result<i64> {
+    let wire::ResponseT::ProduceResponse(body) = response.unpack()?.0 else {
+        return Err(ClientError::Protocol("expected a Produce response".into()));
+    };
+    let result = body
+        .topics
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.partitions.into_iter().flatten())
+        .find(|p| p.partition == partition)
+        .ok_or_else(|| ClientError::Protocol("no result for the partition".into()))?;
+    check(result.error_code, || format!("{topic}-{partition}"))?;
+    Ok(result.base_offset)
 }

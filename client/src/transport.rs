@@ -6,7 +6,7 @@
 
 use crate::error::{ClientError, Result};
 use fjord_net::io::{read_frame, write_frame};
-use fjord_net::{ErrorCode, api, frame, wire};
+use fjord_net::{api, frame, wire};
 use futures::channel::{mpsc, oneshot};
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use futures::{FutureExt, StreamExt};
@@ -24,56 +24,57 @@ const IO_MEMORY_BYTES: usize = 256 << 10;
 /// Socket write buffer: pipelined requests share a send.
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
 
-/// A response frame, verified.
+/// A response frame, verified once on arrival: its header's position and
+/// the fields the transport needs are kept, so nothing is decoded twice.
 #[derive(Debug)]
 pub struct Response {
     buf: Vec<u8>,
-    payload_start: usize,
+    header: std::ops::Range<usize>,
+    correlation_id: u32,
+    error_code: i16,
 }
 
 impl Response {
     fn verify(buf: Vec<u8>) -> Result<Response> {
-        let mut response = Response {
-            buf,
-            payload_start: 0,
-        };
-        let frame = response.frame()?;
-        frame.response_header().map_err(protocol)?;
-        response.payload_start = response.buf.len() - frame.payload.len();
-        Ok(response)
-    }
-
-    /// The payload section.
-    pub fn payload(&self) -> &[u8] {
-        &self.buf[self.payload_start..]
-    }
-
-    fn frame(&self) -> Result<frame::Frame<'_>> {
         let limits = frame::Limits {
             frame_bytes_max: usize::MAX,
             ..frame::Limits::default()
         };
-        match frame::decode(&self.buf, &limits) {
-            Ok(Some((frame, _))) => Ok(frame),
-            Ok(None) => Err(ClientError::Protocol("incomplete frame".into())),
-            Err(e) => Err(protocol(e)),
-        }
+        let (frame, _) = frame::decode(&buf, &limits)
+            .map_err(protocol)?
+            .ok_or_else(|| ClientError::Protocol("incomplete frame".into()))?;
+        let header = frame.response_header().map_err(protocol)?;
+        let start = frame.header.as_ptr() as usize - buf.as_ptr() as usize;
+        let (correlation_id, error_code) = (header.correlation_id(), header.error_code());
+        let header = start..start + frame.header.len();
+        Ok(Response {
+            buf,
+            header,
+            correlation_id,
+            error_code,
+        })
+    }
+
+    /// The payload section.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[self.header.end..]
     }
 
     /// The body, unpacked, and the payload it addresses. A response that
     /// carries an error instead of a body is that error.
     pub fn unpack(&self) -> Result<(wire::ResponseT, &[u8])> {
-        let frame = self.frame()?;
-        let header = frame.response_header().map_err(protocol)?;
-        if header.error_code() != 0 {
-            let code = ErrorCode::try_from_code(header.error_code())
-                .unwrap_or(ErrorCode::UnknownServerError);
+        if let Some(code) = crate::error::error_code(self.error_code) {
             return Err(ClientError::Broker {
                 code,
                 context: None,
             });
         }
-        Ok((header.unpack().body, frame.payload))
+        // SAFETY: these bytes passed the flatbuffers verifier in `verify`
+        // and `buf` has not changed since (it is never handed out mutably).
+        let header = unsafe {
+            flatbuffers::root_unchecked::<wire::ResponseHeader>(&self.buf[self.header.clone()])
+        };
+        Ok((header.unpack().body, self.payload()))
     }
 
     /// The bytes of a payload range, checked.
@@ -331,11 +332,7 @@ async fn drive(
             let Some(Pending { id, reply, .. }) = pending.borrow_mut().pop_front() else {
                 return connection_error(addr, "answer to no request");
             };
-            let got = response
-                .frame()
-                .and_then(|f| f.response_header().map_err(protocol))
-                .map(|h| h.correlation_id());
-            if got.ok() != Some(id) {
+            if response.correlation_id != id {
                 // A broker that cannot read a frame answers with id 0 and
                 // closes: report what it said.
                 let said = response.unpack().err();
