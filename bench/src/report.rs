@@ -28,6 +28,9 @@ pub struct Progress {
     /// answers does not read as a lower rate.
     pub sent_until_ns: AtomicU64,
     latencies: Mutex<Histogram<u64>>,
+    /// Latencies merged since the last progress line: the line shows the
+    /// last second, so a stall at the start does not read as a slow decay.
+    recent: Mutex<Histogram<u64>>,
 }
 
 impl Default for Progress {
@@ -38,6 +41,7 @@ impl Default for Progress {
             errors: AtomicU64::new(0),
             sent_until_ns: AtomicU64::new(0),
             latencies: Mutex::new(histogram()),
+            recent: Mutex::new(histogram()),
         }
     }
 }
@@ -45,9 +49,11 @@ impl Default for Progress {
 impl Progress {
     /// Adds a thread's latencies and clears them.
     pub fn merge(&self, local: &mut Histogram<u64>) {
-        if let Ok(mut all) = self.latencies.lock() {
-            // Same bounds everywhere: adding cannot fail.
-            let _ = all.add(&*local);
+        for into in [&self.latencies, &self.recent] {
+            if let Ok(mut all) = into.lock() {
+                // Same bounds everywhere: adding cannot fail.
+                let _ = all.add(&*local);
+            }
         }
         local.reset();
     }
@@ -59,12 +65,21 @@ impl Progress {
             .map_or_else(|_| histogram(), |h| h.clone())
     }
 
-    /// The one-line progress report.
+    /// The one-line progress report: rates and percentiles of the interval
+    /// since the previous line (threads merge once a second, so the
+    /// percentiles cover about the last second).
     pub fn line(&self, elapsed: Duration, last: (u64, u64), interval: Duration) -> String {
         let messages = self.messages.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed);
         let seconds = interval.as_secs_f64().max(1e-9);
-        let h = self.latencies();
+        let h = self.recent.lock().map_or_else(
+            |_| histogram(),
+            |mut recent| {
+                let h = recent.clone();
+                recent.reset();
+                h
+            },
+        );
         let quantile = |q| {
             if h.is_empty() {
                 0

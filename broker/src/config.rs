@@ -37,6 +37,12 @@ pub struct ServeConfig {
     /// How often each shard deletes segments past their topic's retention
     /// (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// Where each shard keeps its staging file (shared memory: it outlives
+    /// the process, not the machine).
+    pub staging_dir: PathBuf,
+    /// Bytes of acknowledged but unwritten batches a shard may stage; when
+    /// full, producers wait. 0: no staging (acks wait for the write).
+    pub staging_bytes_per_shard: usize,
 }
 
 impl Default for ServeConfig {
@@ -52,6 +58,8 @@ impl Default for ServeConfig {
             max_inflight_bytes: 128 << 20,
             cache_bytes_per_shard: 256 << 20,
             retention_check_interval_ms: 30_000,
+            staging_dir: PathBuf::from(fjord_storage::staging::DEFAULT_DIR),
+            staging_bytes_per_shard: 32 << 20,
         }
     }
 }
@@ -111,6 +119,14 @@ impl ServeConfig {
             return Err(ConfigError::Invalid(
                 "retention_check_interval_ms must be above 0".into(),
             ));
+        }
+        if self.staging_bytes_per_shard != 0
+            && self.staging_bytes_per_shard < fjord_storage::staging::BYTES_MIN
+        {
+            return Err(ConfigError::Invalid(format!(
+                "staging_bytes_per_shard must be 0 (off) or at least {}",
+                fjord_storage::staging::BYTES_MIN
+            )));
         }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid("max_frame_bytes below 1024".into()));

@@ -144,6 +144,12 @@ struct ServeArgs {
     /// How often retention runs [default: 30000 ms].
     #[arg(long)]
     retention_check_interval_ms: Option<u64>,
+    /// Shared-memory directory for the staging files [default: /dev/shm].
+    #[arg(long)]
+    staging_dir: Option<PathBuf>,
+    /// Staging bytes per shard; 0 turns staging off [default: 32 MiB].
+    #[arg(long)]
+    staging_bytes_per_shard: Option<usize>,
 }
 
 impl ServeArgs {
@@ -181,6 +187,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.retention_check_interval_ms {
             config.retention_check_interval_ms = v;
+        }
+        if let Some(v) = self.staging_dir {
+            config.staging_dir = v;
+        }
+        if let Some(v) = self.staging_bytes_per_shard {
+            config.staging_bytes_per_shard = v;
         }
         Ok(config)
     }

@@ -7,7 +7,8 @@ use crate::conn::{self, Stop};
 use crate::controller::Controller;
 use crate::mesh::ShardMsg;
 use crate::shard::Shard;
-use fjord_storage::DataDir;
+use fjord_storage::staging::{self, StagingError, StagingFile};
+use fjord_storage::{DataDir, Staging};
 use futures::FutureExt;
 use futures::channel::oneshot;
 use glommio::Placement;
@@ -78,6 +79,10 @@ pub enum NodeError {
     /// Signal handling could not be set up.
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    /// A staging file that must not be applied (another node's, another
+    /// layout's); the node does not start rather than lose or mix records.
+    #[error(transparent)]
+    Staging(StagingError),
 }
 
 enum Event {
@@ -99,6 +104,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     })?;
     let count = config.shard_count();
     let shard_ports = shard_ports(&config, count)?;
+    let (staging_files, staging_note) = open_staging(&config, count)?;
     let (events, inbox) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -117,7 +123,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     let mesh = MeshBuilder::<ShardMsg, Full>::full(count, MESH_CHANNEL_LEN);
     let mut stops = Vec::new();
     let mut handles = Vec::new();
-    for i in 0..count {
+    for (i, staging) in staging_files.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
         let (mesh, config, ports, data, events) = (
@@ -131,9 +137,9 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             fjord_storage::shard::executor(&format!("shard-{i}"), Placement::Fixed(i % cpus))
                 .spawn(move || async move {
                     let failed = events.clone();
-                    if let Err(message) =
-                        run_shard(mesh, config, ports, data, stop_rx.shared(), events).await
-                    {
+                    let shard =
+                        run_shard(mesh, config, ports, data, staging, stop_rx.shared(), events);
+                    if let Err(message) = shard.await {
                         let _ = failed.send(Event::Failed(i, message));
                     }
                 })
@@ -152,7 +158,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
                 ready += 1;
                 if ready == count {
                     println!(
-                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?})",
+                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?}; {staging_note})",
                         config.data_dir.display(),
                         config.listen,
                         shard_ports
@@ -179,6 +185,55 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         eprintln!("fjord: stopped cleanly");
     }
     outcome
+}
+
+/// Opens every shard's staging file on this (main) thread: mapping and
+/// sizing shared memory are blocking calls. Shared memory that is missing or
+/// too small turns staging off for the node, reported once; a file that
+/// belongs elsewhere stops the start. Returns the files by shard and a note
+/// for the ready line.
+fn open_staging(
+    config: &ServeConfig,
+    count: usize,
+) -> Result<(Vec<Option<StagingFile>>, String), NodeError> {
+    let off = |note: String| (std::iter::repeat_with(|| None).take(count).collect(), note);
+    if config.staging_bytes_per_shard == 0 {
+        return Ok(off("staging off".into()));
+    }
+    let id = staging::data_dir_id(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let mut files = Vec::with_capacity(count);
+    for shard in 0..count {
+        match StagingFile::open(
+            &config.staging_dir,
+            &config.data_dir,
+            id,
+            shard,
+            config.staging_bytes_per_shard,
+        ) {
+            Ok(file) => files.push(Some(file)),
+            Err(e @ StagingError::Refused { .. }) => return Err(NodeError::Staging(e)),
+            Err(e @ StagingError::Unavailable { .. }) => {
+                tracing::warn!(error = %e, "staging off: acks=1 waits for the disk write");
+                // Staging is all or nothing: no shard keeps a file it
+                // would not use, unless it holds batches to replay.
+                let note = format!("staging off: {e}");
+                let mut shards = files;
+                shards.resize_with(count, || None);
+                return Ok((shards, note));
+            }
+        }
+    }
+    let staged: usize = files.iter().flatten().map(|f| f.staged_batches()).sum();
+    let note = format!(
+        "staging {} B per shard in {}, {staged} batches to replay",
+        config.staging_bytes_per_shard,
+        config.staging_dir.display()
+    );
+    tracing::info!("{note}");
+    Ok((files, note))
 }
 
 fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError> {
@@ -216,6 +271,7 @@ async fn run_shard(
     config: ServeConfig,
     shard_ports: Vec<u16>,
     data: DataDir,
+    staging: Option<StagingFile>,
     stop: Stop,
     events: mpsc::Sender<Event>,
 ) -> Result<(), String> {
@@ -225,7 +281,15 @@ async fn run_shard(
         .map_err(|e| format!("cannot join the mesh: {e}"))?;
     data.prime().await.map_err(|e| e.to_string())?;
     let (ready_tx, ready_rx) = oneshot::channel();
-    let shard = Rc::new(Shard::new(senders, config, shard_ports, data, ready_tx));
+    let staging = staging.map(|file| Rc::new(Staging::new(file, data.path().to_path_buf())));
+    let shard = Rc::new(Shard::new(
+        senders,
+        config,
+        shard_ports,
+        data,
+        staging.clone(),
+        ready_tx,
+    ));
     shard.serve_mesh(receivers);
     if shard.id == 0 {
         let controller = Controller::open(
@@ -246,6 +310,18 @@ async fn run_shard(
     if ready_rx.await.is_err() {
         return Err("no metadata from the controller".into());
     }
+    if let Some(staging) = &staging {
+        // Every log the metadata gives this shard is open and has taken its
+        // staged batches; what is left belongs to deleted topics.
+        for (log, batches) in staging.release_unclaimed() {
+            tracing::warn!(
+                shard = shard.id,
+                log,
+                batches,
+                "staged batches of a log no longer listed: dropped"
+            );
+        }
+    }
     let own = SocketAddr::new(shard.config.listen.ip(), shard.shard_ports[shard.id]);
     for addr in [shard.config.listen, own] {
         let listener =
@@ -261,5 +337,12 @@ async fn run_shard(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     shard.close().await;
+    if let Some(staging) = &staging {
+        // Every log is closed, so everything staged is written: a clean
+        // stop leaves no file behind in shared memory.
+        if let Err(e) = staging.remove_if_empty().await {
+            tracing::warn!(shard = shard.id, error = %e, "cannot remove the staging file");
+        }
+    }
     Ok(())
 }

@@ -90,12 +90,12 @@ impl Partition {
             durable.push(appended.durable);
             rest = &rest[len..];
         }
-        // Readers parked on this partition can go once the bytes are written,
-        // whether or not the producer waits for the answer.
-        let outcome = futures::future::try_join_all(durable).await;
-        self.wake_parked();
+        // Parked readers wait on the log's written mark, not on this answer,
+        // which the staging area may give before the write.
         if wait {
-            outcome.map_err(|e| error_code(&e))?;
+            futures::future::try_join_all(durable)
+                .await
+                .map_err(|e| error_code(&e))?;
         }
         Ok(Produced {
             base_offset: base_offset.unwrap_or(0) as i64,
@@ -113,19 +113,20 @@ impl Partition {
             .map_err(|e| error_code(&e))
     }
 
-    /// Resolves when batches past `offset` are readable, or after `wait`.
+    /// Resolves when batches past `offset` are readable, or after `wait`, or
+    /// at shutdown.
     pub async fn wait_past(&self, offset: i64, wait: Duration) {
         if self.log.offset_written() as i64 > offset {
             return;
         }
         let (tx, rx) = oneshot::channel();
         self.parked.borrow_mut().push(tx);
-        let timeout = glommio::timer::sleep(wait);
-        futures::pin_mut!(timeout);
-        let _ = futures::future::select(rx, timeout).await;
+        let written = std::pin::pin!(self.log.wait_written(offset.max(0) as u64 + 1));
+        let timeout = std::pin::pin!(glommio::timer::sleep(wait));
+        let _ = futures::future::select(futures::future::select(rx, written), timeout).await;
     }
 
-    /// Releases every parked reader (new batches, or shutdown).
+    /// Releases every parked reader (shutdown).
     pub fn wake_parked(&self) {
         for tx in self.parked.borrow_mut().drain(..) {
             let _ = tx.send(());

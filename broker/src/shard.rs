@@ -9,7 +9,7 @@ use crate::mesh::{Fetched, PartitionOp, ShardMsg};
 use crate::partition::Partition;
 use fjord_net::ErrorCode;
 use fjord_replication::metadata::{ClusterMetadata, Command};
-use fjord_storage::{BatchCache, DataDir, Log, LogConfig};
+use fjord_storage::{BatchCache, DataDir, Log, LogConfig, Staging};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::sync::Semaphore;
@@ -33,6 +33,7 @@ pub struct Shard {
     /// Each shard's own port, by shard index.
     pub shard_ports: Vec<u16>,
     data: DataDir,
+    staging: Option<Rc<Staging>>,
     cache: Rc<BatchCache>,
     metadata: RefCell<Rc<ClusterMetadata>>,
     partitions: RefCell<PartitionMap>,
@@ -59,6 +60,7 @@ impl Shard {
         config: ServeConfig,
         shard_ports: Vec<u16>,
         data: DataDir,
+        staging: Option<Rc<Staging>>,
         ready: oneshot::Sender<()>,
     ) -> Shard {
         let id = mesh.peer_id();
@@ -78,6 +80,7 @@ impl Shard {
             config,
             shard_ports,
             data,
+            staging,
             cache,
             metadata: RefCell::new(Rc::new(ClusterMetadata::new(
                 u16::try_from(data_shards).unwrap_or(u16::MAX),
@@ -274,7 +277,8 @@ impl Shard {
             }
             let dir = partition_dir(self.data.path(), &name, topic.id, p);
             let config = LogConfig::for_topic(&topic.config());
-            match Log::open(&dir, config, self.cache.clone()).await {
+            let staging = self.staging.clone();
+            match Log::open_staged(&dir, config, self.cache.clone(), staging).await {
                 Ok(log) => {
                     let partition = Rc::new(Partition::new(topic.id, log));
                     self.partitions.borrow_mut().insert((name, p), partition);

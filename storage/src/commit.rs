@@ -13,6 +13,7 @@ use crate::error::{Result, StorageError};
 use crate::log::LogStats;
 use crate::segment::Segment;
 use crate::slice::BatchSlice;
+use crate::staging::{Staging, Ticket};
 use fjord_core::FsyncPolicy;
 use futures::channel::oneshot;
 use glommio::channels::local_channel::LocalReceiver;
@@ -38,6 +39,15 @@ pub(crate) struct Staged {
     pub(crate) last_offset: u64,
     pub(crate) position: u64,
     pub(crate) len: usize,
+    /// Its copy in the staging area, released once written.
+    pub(crate) ticket: Option<Ticket>,
+}
+
+/// A log's part of its shard's staging area.
+pub(crate) struct LogStaging {
+    pub(crate) area: Rc<Staging>,
+    /// The log's key in the area.
+    pub(crate) key: String,
 }
 
 pub(crate) struct State {
@@ -52,6 +62,8 @@ pub(crate) struct State {
     pub(crate) offset_durable: u64,
     pub(crate) staged: Vec<Staged>,
     pub(crate) waiters: VecDeque<Waiter>,
+    /// Readers waiting for `offset_written` to reach an offset.
+    pub(crate) readers: Vec<(u64, oneshot::Sender<()>)>,
     pub(crate) synced_at: Instant,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
@@ -128,6 +140,9 @@ pub(crate) struct Inner {
     pub(crate) append_turn: Semaphore,
     /// Bytes that may be staged but not yet written: appends wait for room.
     pub(crate) staged_room: Semaphore,
+    /// Where acknowledged batches wait for their write, when the log
+    /// answers before it (not under `fsync=always`).
+    pub(crate) staging: Option<LogStaging>,
 }
 
 impl Inner {
@@ -256,6 +271,9 @@ impl Inner {
         let share = write.buffer.len().checked_div(done).unwrap_or(0);
         for staged in st.staged.drain(..done) {
             debug_assert!(staged.position >= write.position);
+            if let (Some(ticket), Some(staging)) = (staged.ticket, &self.staging) {
+                staging.area.release(ticket);
+            }
             let start = (staged.position - write.position) as usize;
             let slice = BatchSlice::from_memory(write.buffer.clone(), start, staged.len);
             self.cache.insert(
@@ -273,6 +291,15 @@ impl Inner {
         );
         st.offset_written = offset_written;
         st.release_waiters();
+        if st.readers.iter().any(|(end, _)| *end <= offset_written) {
+            let (ready, waiting) = std::mem::take(&mut st.readers)
+                .into_iter()
+                .partition(|(end, _)| *end <= offset_written);
+            st.readers = waiting;
+            for (_, reader) in ready {
+                let _ = reader.send(());
+            }
+        }
         self.staged_room.signal(written_bytes);
     }
 

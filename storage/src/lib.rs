@@ -20,6 +20,7 @@ pub mod recovery;
 pub mod segment;
 pub mod shard;
 pub mod slice;
+pub mod staging;
 
 pub use cache::BatchCache;
 pub use config::LogConfig;
@@ -27,3 +28,4 @@ pub use error::StorageError;
 pub use log::{Appended, Durable, Log, LogRead, LogStats};
 pub use shard::DataDir;
 pub use slice::BatchSlice;
+pub use staging::{Staging, StagingError, StagingFile};

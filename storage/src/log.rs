@@ -10,12 +10,13 @@
 //! next round: that is the group commit.
 
 use crate::cache::BatchCache;
-use crate::commit::{Inner, Staged, State, Waiter, run_flusher};
+use crate::commit::{Inner, LogStaging, Staged, State, Waiter, run_flusher};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, Segment, SegmentReader, Visit, WalkEnd};
 use crate::slice::BatchSlice;
+use crate::staging::{self, Replay, Staging};
 use fjord_core::FsyncPolicy;
 use fjord_core::batch::{self, Batch};
 use futures::channel::oneshot;
@@ -46,19 +47,24 @@ pub struct Appended {
     pub base_offset: u64,
     /// Offset assigned to the last record.
     pub last_offset: u64,
-    /// Resolves when the batch is written (and, under `fsync=always`, synced).
+    /// Resolves when the batch is safe from a killed process: staged, or
+    /// else written (and, under `fsync=always`, synced).
     pub durable: Durable,
 }
 
-/// Resolves once an append is as safe as the log's fsync policy promises.
+/// Resolves once an append is as safe as the log's fsync policy promises;
+/// at once for a batch in the staging area.
 #[derive(Debug)]
-pub struct Durable(oneshot::Receiver<Result<(), String>>);
+pub struct Durable(Option<oneshot::Receiver<Result<(), String>>>);
 
 impl Future for Durable {
     type Output = Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Pin::new(&mut self.0).poll(cx).map(|r| match r {
+        let Some(rx) = self.0.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        Pin::new(rx).poll(cx).map(|r| match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(StorageError::Failed(message)),
             Err(oneshot::Canceled) => Err(StorageError::Closed),
@@ -120,10 +126,22 @@ impl Log {
         config: LogConfig,
         cache: Rc<BatchCache>,
     ) -> Result<Log> {
+        Log::open_staged(dir, config, cache, None).await
+    }
+
+    /// Like [`Log::open`], with the shard's staging area: the batches staged
+    /// for this log past its recovered end are appended again first, and
+    /// unless the policy is `fsync=always` appends answer once staged.
+    pub async fn open_staged(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        cache: Rc<BatchCache>,
+        staging: Option<Rc<Staging>>,
+    ) -> Result<Log> {
         let dir = dir.into();
         let config = config.normalized();
         let now = now_ms();
-        let (mut segments, recovery) = recovery::recover(&dir, &config, now).await?;
+        let (mut segments, mut recovery) = recovery::recover(&dir, &config, now).await?;
         if segments.is_empty() {
             segments.push(Segment::create(&dir, 0, now, &config).await?);
         }
@@ -137,13 +155,24 @@ impl Log {
             offset_durable: offset_next,
             staged: Vec::new(),
             waiters: VecDeque::new(),
+            readers: Vec::new(),
             synced_at: Instant::now(),
             failed: None,
             closed: false,
             leader_epoch: 0,
             stats: LogStats::default(),
         };
+        let replay = staging
+            .as_ref()
+            .map(|area| (area.clone(), area.take_replay(&dir)));
+        let staging = staging
+            .filter(|_| config.fsync != FsyncPolicy::Always)
+            .map(|area| LogStaging {
+                key: area.key(&dir),
+                area,
+            });
         let inner = Rc::new(Inner {
+            staging,
             staged_room: Semaphore::new(config.staged_bytes_max as u64),
             dir,
             config,
@@ -154,6 +183,9 @@ impl Log {
         });
         let (kick, kicked) = local_channel::new_bounded(1);
         let flusher = glommio::spawn_local(run_flusher(inner.clone(), kicked)).detach();
+        if let Some((area, replay)) = replay {
+            recovery.batches_replayed = replay_staged(&inner, &kick, &area, replay).await?;
+        }
         Ok(Log {
             inner,
             kick,
@@ -223,78 +255,29 @@ impl Log {
     /// appends are called. Waits only for a roll or when too many bytes are
     /// staged (backpressure).
     pub async fn append(&self, batch: &[u8]) -> Result<Appended> {
-        let inner = &self.inner;
-        if batch.len() > inner.config.max_batch_bytes {
-            return Err(StorageError::BatchTooLarge {
-                len: batch.len(),
-                max: inner.config.max_batch_bytes,
-            });
-        }
-        let parsed = Batch::validate(batch)?;
-        if parsed.len() != batch.len() {
-            return Err(StorageError::InvalidBatch(
-                fjord_core::BatchError::LengthOutOfRange(batch.len() as i64),
-            ));
-        }
-        let _turn = inner
-            .append_turn
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        inner.state.borrow().check_writable()?;
-        inner
-            .staged_room
-            .acquire(batch.len() as u64)
-            .await
-            .map_err(|_| inner.closed_or_failed())?;
-        let now = now_ms();
-        if inner.roll_due(batch.len(), now) {
-            inner.roll(now).await?;
-        }
-        let appended = {
-            let mut st = inner.state.borrow_mut();
-            // Checked again: the log may have failed while this append waited.
-            st.check_writable()?;
-            let base_offset = st.offset_next;
-            let epoch = st.leader_epoch;
-            let active = st.active_mut();
-            let (position, space) = active.log.reserve(batch.len());
-            space.copy_from_slice(batch);
-            batch::set_base_offset(space, base_offset as i64);
-            batch::set_partition_leader_epoch(space, epoch);
-            active.note_batch(
-                position,
-                base_offset,
-                parsed.offset_count(),
-                parsed.max_timestamp(),
-            );
-            let segment = active.base_offset;
-            let last_offset = base_offset + parsed.offset_count() - 1;
-            st.offset_next = last_offset + 1;
-            st.stats.appends += 1;
-            st.staged.push(Staged {
-                segment,
-                base_offset,
-                last_offset,
-                position,
-                len: batch.len(),
-            });
-            let (tx, rx) = oneshot::channel();
-            let needs_sync = inner.config.fsync == FsyncPolicy::Always;
-            st.waiters.push_back(Waiter {
-                offset_end: last_offset + 1,
-                needs_sync,
-                tx,
-            });
-            Appended {
-                base_offset,
-                last_offset,
-                durable: Durable(rx),
-            }
+        append(&self.inner, &self.kick, batch, None).await
+    }
+
+    /// Resolves once offsets below `offset_end` are written (readable), or
+    /// the log fails or closes.
+    pub fn wait_written(&self, offset_end: u64) -> impl Future<Output = ()> + 'static {
+        let rx = {
+            let mut st = self.inner.state.borrow_mut();
+            (st.offset_written < offset_end && st.check_writable().is_ok()).then(|| {
+                // Readers that gave up (a long poll's time ran out) go now,
+                // so a quiet log does not collect them.
+                st.readers.retain(|(_, tx)| !tx.is_canceled());
+                let (tx, rx) = oneshot::channel();
+                st.readers.push((offset_end, tx));
+                rx
+            })
         };
-        // A full channel means a flush is already due: nothing is lost.
-        let _ = self.kick.try_send(());
-        Ok(appended)
+        async move {
+            if let Some(rx) = rx {
+                // Dropped unanswered: the log failed or closed; stop waiting.
+                let _ = rx.await;
+            }
+        }
     }
 
     /// Writes and fdatasyncs everything appended so far, whatever the policy.
@@ -312,7 +295,7 @@ impl Log {
             rx
         };
         let _ = self.kick.try_send(());
-        Durable(rx).await
+        Durable(Some(rx)).await
     }
 
     /// Reads whole batches from the one containing `offset`, up to
@@ -566,4 +549,139 @@ async fn read_segment(
         expected_base
     };
     Ok((slices, offset_next))
+}
+
+/// The append path: see [`Log::append`]. `replay_epoch` is set when a batch
+/// found in the staging area at start is appended again: it keeps the leader
+/// epoch it was staged with, and does not wait for staging room (the ring
+/// may be full of entries of logs not yet open; it waits for its write
+/// instead).
+async fn append(
+    inner: &Inner,
+    kick: &LocalSender<()>,
+    batch: &[u8],
+    replay_epoch: Option<i32>,
+) -> Result<Appended> {
+    if batch.len() > inner.config.max_batch_bytes {
+        return Err(StorageError::BatchTooLarge {
+            len: batch.len(),
+            max: inner.config.max_batch_bytes,
+        });
+    }
+    let parsed = Batch::validate(batch)?;
+    if parsed.len() != batch.len() {
+        return Err(StorageError::InvalidBatch(
+            fjord_core::BatchError::LengthOutOfRange(batch.len() as i64),
+        ));
+    }
+    let _turn = inner
+        .append_turn
+        .acquire_permit(1)
+        .await
+        .map_err(|_| StorageError::Closed)?;
+    inner.state.borrow().check_writable()?;
+    inner
+        .staged_room
+        .acquire(batch.len() as u64)
+        .await
+        .map_err(|_| inner.closed_or_failed())?;
+    let now = now_ms();
+    if inner.roll_due(batch.len(), now) {
+        inner.roll(now).await?;
+    }
+    let staging = inner
+        .staging
+        .as_ref()
+        .filter(|s| s.area.fits(&s.key, batch.len()));
+    if let Some(s) = staging.filter(|_| replay_epoch.is_none()) {
+        // The last await before the batch is staged: no other append of
+        // this shard can take the room in between.
+        s.area.wait_room(&s.key, batch.len()).await;
+    }
+    let appended = {
+        let mut st = inner.state.borrow_mut();
+        // Checked again: the log may have failed while this append waited.
+        st.check_writable()?;
+        let base_offset = st.offset_next;
+        let epoch = replay_epoch.unwrap_or(st.leader_epoch);
+        let last_offset = base_offset + parsed.offset_count() - 1;
+        let active = st.active_mut();
+        let (position, space) = active.log.reserve(batch.len());
+        space.copy_from_slice(batch);
+        batch::set_base_offset(space, base_offset as i64);
+        batch::set_partition_leader_epoch(space, epoch);
+        // The second copy: the DMA buffer cannot live in shared memory
+        // (glommio allocates it), so the staged bytes are copied from it.
+        let ticket = staging.and_then(|s| s.area.stage(&s.key, base_offset, last_offset, space));
+        active.note_batch(
+            position,
+            base_offset,
+            parsed.offset_count(),
+            parsed.max_timestamp(),
+        );
+        let segment = active.base_offset;
+        st.offset_next = last_offset + 1;
+        st.stats.appends += 1;
+        let needs_sync = inner.config.fsync == FsyncPolicy::Always;
+        let durable = if ticket.is_some() && !needs_sync {
+            Durable(None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(Waiter {
+                offset_end: last_offset + 1,
+                needs_sync,
+                tx,
+            });
+            Durable(Some(rx))
+        };
+        st.staged.push(Staged {
+            segment,
+            base_offset,
+            last_offset,
+            position,
+            len: batch.len(),
+            ticket,
+        });
+        Appended {
+            base_offset,
+            last_offset,
+            durable,
+        }
+    };
+    // A full channel means a flush is already due: nothing is lost.
+    let _ = kick.try_send(());
+    Ok(appended)
+}
+
+/// Appends again the batches found in the staging area past the log's
+/// recovered end, before the log serves; each old entry is released once
+/// its batch is safe again (staged anew, or written). Returns how many were
+/// appended.
+async fn replay_staged(
+    inner: &Inner,
+    kick: &LocalSender<()>,
+    area: &Staging,
+    replay: Vec<Replay>,
+) -> Result<usize> {
+    let mut replayed = 0;
+    for entry in replay {
+        let offset_next = inner.state.borrow().offset_next;
+        if entry.last_offset < offset_next {
+            // Written before the process died.
+            area.release(entry.ticket);
+            continue;
+        }
+        if entry.base_offset != offset_next {
+            return Err(staging::gap(&inner.dir, &entry, offset_next));
+        }
+        let epoch = Batch::parse(&entry.batch)?.partition_leader_epoch();
+        let appended = append(inner, kick, &entry.batch, Some(epoch)).await?;
+        if appended.base_offset != entry.base_offset || appended.last_offset != entry.last_offset {
+            return Err(staging::gap(&inner.dir, &entry, appended.base_offset));
+        }
+        appended.durable.await?;
+        area.release(entry.ticket);
+        replayed += 1;
+    }
+    Ok(replayed)
 }

@@ -31,6 +31,9 @@ pub struct RecoveryReport {
     pub indexes_rebuilt: usize,
     /// Segments deleted because they lay after a gap.
     pub segments_deleted: usize,
+    /// Batches appended again from the staging area (acknowledged, not yet
+    /// written when the process died).
+    pub batches_replayed: usize,
 }
 
 /// Recovers the segments of the log in `dir`, oldest first.

@@ -1,0 +1,919 @@
+//! The staging area: a shard's staged-but-unwritten batches, kept in shared
+//! memory that outlives the process, so that `acks=1` can answer before the
+//! O_DIRECT write and a killed process still loses nothing it acknowledged
+//! (Kafka's page-cache promise, without the page cache; DESIGN §3).
+//!
+//! One file per shard, under `/dev/shm` by default, named after the data
+//! directory's path and mapped `MAP_SHARED`: the pages belong to tmpfs, not
+//! to the process, so a SIGKILL leaves them in place. Power loss clears
+//! them, exactly as it clears a page cache.
+//!
+//! Layout (little-endian): a 4 KiB header — magic, layout version, shard,
+//! the data directory's identity (a random id kept in `<data dir>/fjord.id`),
+//! capacity, a CRC-32C of those, then the mutable head (position and
+//! sequence of the oldest entry still needed). After it, a ring of entries,
+//! each 8-byte aligned:
+//!
+//! ```text
+//! magic u32 | crc u32 | seq u64 | kind u32 | key_len u32 | len u32 | 0 u32
+//! | base_offset u64 | last_offset u64 | key | batch | padding to 8
+//! ```
+//!
+//! The CRC-32C covers everything after itself. Sequence numbers rise by one
+//! per entry, so a walk from the head stops at the first entry that is torn
+//! (the process died while copying it: never acknowledged) or left over from
+//! an earlier lap. An entry is released once its log has written the batch;
+//! the head then moves past every released entry at the front. On start the
+//! walk hands each log the entries past its recovered end, and the log
+//! appends them again before the shard serves.
+//!
+//! Writes into the mapping are plain `memcpy`s: the region is memory, not a
+//! file the ring drives, so nothing here blocks or goes through io_uring.
+//! Mapping and sizing the file (`open`) are blocking calls, made on the
+//! main thread before the shards start.
+
+use crate::error::{Result as StorageResult, StorageError};
+use futures::channel::oneshot;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The layout written by this build; files of any other are refused.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Where staging files live unless configured otherwise.
+pub const DEFAULT_DIR: &str = "/dev/shm";
+/// A log's key (its directory under the data directory) is at most this long.
+pub const KEY_BYTES_MAX: usize = 4096;
+
+const MAGIC: [u8; 8] = *b"FJSTAGE\0";
+const HEADER_BYTES: usize = 4096;
+const HEADER_CRC_AT: usize = 40;
+const HEAD_POSITION_AT: usize = 48;
+const HEAD_SEQ_AT: usize = 56;
+const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"FJSE");
+const ENTRY_HEADER_BYTES: usize = 48;
+const KIND_BATCH: u32 = 1;
+/// The ring goes on at the start of the data region.
+const KIND_WRAP: u32 = 2;
+/// Smallest staging file worth having.
+pub const BYTES_MIN: usize = 1 << 20;
+const ID_FILE: &str = "fjord.id";
+
+/// Why a staging file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    /// Shared memory is missing or too small: the node runs without staging
+    /// (acks wait for the write).
+    #[error("staging unavailable at {}: {reason}", path.display())]
+    Unavailable {
+        /// The staging file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The file belongs to another node or data directory, or to another
+    /// layout, or its header is damaged. Nothing of it is applied: it may
+    /// hold acknowledged records of whatever wrote it.
+    #[error(
+        "staging file {} refused: {reason}; it may hold acknowledged records \
+         that are not in the logs yet: start the node that wrote it, or move \
+         the file away to start without them",
+        path.display()
+    )]
+    Refused {
+        /// The staging file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+}
+
+/// The identity of a data directory: a random id kept in `fjord.id`,
+/// created on first use. Blocking: call before the shards start.
+pub fn data_dir_id(data_dir: &Path) -> std::io::Result<u128> {
+    let path = data_dir.join(ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u128::from_str_radix(text.trim(), 16).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: not a data directory id", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut id = [0u8; 16];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut id)?;
+            let id = u128::from_le_bytes(id);
+            let tmp = data_dir.join(format!("{ID_FILE}.tmp"));
+            let mut file = std::fs::File::create(&tmp)?;
+            writeln!(file, "{id:032x}")?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The staging file of `shard` of the data directory at `data_dir`: named
+/// after its canonical path, so a node restarted on the same directory
+/// finds it.
+pub fn file_path(staging_dir: &Path, data_dir: &Path, shard: usize) -> PathBuf {
+    let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = canonical
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    staging_dir.join(format!("fjord-{hash:016x}-shard{shard}.staging"))
+}
+
+/// A shared, writable mapping of a whole staging file.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by one `Mapping`, which moves from the main
+// thread to its shard once and is used only there afterwards.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    fn map(file: &std::fs::File, len: usize) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh shared mapping of `len` bytes of an open file; the
+        // kernel picks the address, and nothing else aliases it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn bytes(&self, at: usize, len: usize) -> &[u8] {
+        assert!(at + len <= self.len, "staging read out of bounds");
+        // SAFETY: in bounds (asserted); the mapping lives as long as `self`,
+        // and writes go through `write`, never while this slice is held
+        // (one thread, no write between taking and dropping a slice).
+        unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) }
+    }
+
+    fn write(&self, at: usize, data: &[u8]) {
+        assert!(at + data.len() <= self.len, "staging write out of bounds");
+        // SAFETY: in bounds (asserted); the source is a separate allocation.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(at), data.len()) }
+    }
+
+    fn store_u64(&self, at: usize, value: u64) {
+        assert!(at % 8 == 0 && at + 8 <= self.len, "staging store misplaced");
+        // SAFETY: in bounds and 8-byte aligned (asserted; the mapping is
+        // page-aligned); only this thread touches the mapping.
+        let cell = unsafe { AtomicU64::from_ptr(self.ptr.add(at).cast()) };
+        cell.store(value.to_le(), Ordering::Release);
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.bytes(at, 4).try_into().unwrap_or([0; 4]))
+    }
+
+    fn u64_at(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.bytes(at, 8).try_into().unwrap_or([0; 8]))
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped; no slice outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// An entry found by the walk at start.
+#[derive(Debug, Clone)]
+struct Found {
+    seq: u64,
+    position: usize,
+    /// Bytes the entry takes in the ring.
+    len: usize,
+    batch_len: usize,
+    kind: u32,
+    key: String,
+    base_offset: u64,
+    last_offset: u64,
+}
+
+/// A staging file mapped and checked, with what it holds; made on the main
+/// thread, then handed to its shard ([`Staging::new`]).
+pub struct StagingFile {
+    path: PathBuf,
+    map: Mapping,
+    found: Vec<Found>,
+    next_seq: u64,
+}
+
+impl StagingFile {
+    /// Opens (creating or resizing when it holds nothing) the staging file
+    /// of `shard` of the data directory `data_dir` with identity `id`, with
+    /// room for `bytes`, and walks what it holds. Blocking.
+    pub fn open(
+        staging_dir: &Path,
+        data_dir: &Path,
+        id: u128,
+        shard: usize,
+        bytes: usize,
+    ) -> Result<StagingFile, StagingError> {
+        let path = file_path(staging_dir, data_dir, shard);
+        let unavailable = |reason: String| StagingError::Unavailable {
+            path: path.clone(),
+            reason,
+        };
+        let refused = |reason: String| StagingError::Refused {
+            path: path.clone(),
+            reason,
+        };
+        let bytes = bytes.max(BYTES_MIN) & !(4095);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| unavailable(e.to_string()))?
+            .len() as usize;
+        if len > 0 {
+            if len < HEADER_BYTES {
+                return Err(refused(format!("{len} bytes: too short for a header")));
+            }
+            let map = Mapping::map(&file, len).map_err(|e| unavailable(e.to_string()))?;
+            check_header(&map, id, shard, len).map_err(refused)?;
+            let (found, next_seq) = walk(&map);
+            let live = found.iter().any(|f| f.kind == KIND_BATCH);
+            if live || len == bytes {
+                return Ok(StagingFile {
+                    path,
+                    map,
+                    found,
+                    next_seq,
+                });
+            }
+            // Nothing staged and another size configured: start afresh.
+        }
+        file.set_len(0).map_err(|e| unavailable(e.to_string()))?;
+        // Reserve tmpfs pages now: a sparse file would raise SIGBUS on the
+        // first write that finds /dev/shm full.
+        // SAFETY: plain syscall on an open descriptor.
+        let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+        if err != 0 {
+            let _ = std::fs::remove_file(&path);
+            return Err(unavailable(format!(
+                "cannot reserve {bytes} bytes: {}",
+                std::io::Error::from_raw_os_error(err)
+            )));
+        }
+        let map = Mapping::map(&file, bytes).map_err(|e| unavailable(e.to_string()))?;
+        let mut header = [0u8; HEAD_POSITION_AT + 16];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&(shard as u32).to_le_bytes());
+        header[16..32].copy_from_slice(&id.to_le_bytes());
+        header[32..40].copy_from_slice(&(bytes as u64).to_le_bytes());
+        let crc = crc32c::crc32c(&header[..HEADER_CRC_AT]);
+        header[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        header[HEAD_POSITION_AT..HEAD_POSITION_AT + 8]
+            .copy_from_slice(&(HEADER_BYTES as u64).to_le_bytes());
+        header[HEAD_SEQ_AT..HEAD_SEQ_AT + 8].copy_from_slice(&1u64.to_le_bytes());
+        map.write(0, &header);
+        Ok(StagingFile {
+            path,
+            map,
+            found: Vec::new(),
+            next_seq: 1,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes the file holds, header included.
+    pub fn capacity(&self) -> usize {
+        self.map.len
+    }
+
+    /// Batches found staged (not yet known to be written).
+    pub fn staged_batches(&self) -> usize {
+        self.found.iter().filter(|f| f.kind == KIND_BATCH).count()
+    }
+}
+
+fn check_header(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(), String> {
+    if map.bytes(0, 8) != MAGIC {
+        return Err("not a Fjord staging file".into());
+    }
+    let version = map.u32_at(8);
+    if version != LAYOUT_VERSION {
+        return Err(format!(
+            "layout version {version}, this build reads {LAYOUT_VERSION}"
+        ));
+    }
+    if crc32c::crc32c(map.bytes(0, HEADER_CRC_AT)) != map.u32_at(HEADER_CRC_AT) {
+        return Err("header CRC mismatch".into());
+    }
+    let owner = u128::from_le_bytes(map.bytes(16, 16).try_into().unwrap_or([0; 16]));
+    if owner != id {
+        return Err(format!(
+            "written for data directory {owner:032x}, this one is {id:032x}"
+        ));
+    }
+    let owner_shard = map.u32_at(12) as usize;
+    if owner_shard != shard {
+        return Err(format!("written by shard {owner_shard}, not {shard}"));
+    }
+    if map.u64_at(32) != len as u64 {
+        return Err(format!(
+            "header says {} bytes, the file has {len}",
+            map.u64_at(32)
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes an entry of `key_len` + `len` takes in the ring.
+fn entry_bytes(key_len: usize, len: usize) -> usize {
+    (ENTRY_HEADER_BYTES + key_len + len).next_multiple_of(8)
+}
+
+/// Walks the ring from the head: the entry there, then every entry with
+/// the next sequence number and a good CRC, up to the first that has not.
+/// Returns them and the next sequence number.
+fn walk(map: &Mapping) -> (Vec<Found>, u64) {
+    let end = map.len;
+    let mut position = map.u64_at(HEAD_POSITION_AT) as usize;
+    // A hint only (see `advance_head`): it keeps sequence numbers rising
+    // across runs when nothing is found.
+    let seq_hint = map.u64_at(HEAD_SEQ_AT).max(1);
+    let mut found: Vec<Found> = Vec::new();
+    if position < HEADER_BYTES || position >= end || position % 8 != 0 {
+        return (found, seq_hint);
+    }
+    loop {
+        if end - position < ENTRY_HEADER_BYTES {
+            position = HEADER_BYTES;
+        }
+        let seq = found.last().map(|f| f.seq + 1);
+        let Some(entry) = read_entry(map, position, seq) else {
+            break;
+        };
+        position = if entry.kind == KIND_WRAP {
+            HEADER_BYTES
+        } else {
+            position + entry.len
+        };
+        found.push(entry);
+        // Sequence numbers rise, so no walk goes round the ring twice; this
+        // bounds one over a damaged file all the same.
+        if found.len() > end / ENTRY_HEADER_BYTES {
+            found.clear();
+            break;
+        }
+    }
+    let next_seq = found.last().map_or(seq_hint, |f| f.seq + 1);
+    (found, next_seq)
+}
+
+/// The entry at `position`, if whole and, when given, numbered `seq`.
+fn read_entry(map: &Mapping, position: usize, seq: Option<u64>) -> Option<Found> {
+    let end = map.len;
+    let found_seq = map.u64_at(position + 8);
+    if map.u32_at(position) != ENTRY_MAGIC || seq.is_some_and(|s| s != found_seq) {
+        return None;
+    }
+    let kind = map.u32_at(position + 16);
+    let key_len = map.u32_at(position + 20) as usize;
+    let len = map.u32_at(position + 24) as usize;
+    let total = entry_bytes(key_len, len);
+    if key_len > KEY_BYTES_MAX || total > end - position {
+        return None;
+    }
+    let crc = crc32c::crc32c(map.bytes(position + 8, total - 8));
+    if crc != map.u32_at(position + 4) {
+        return None;
+    }
+    let key_at = position + ENTRY_HEADER_BYTES;
+    let key = std::str::from_utf8(map.bytes(key_at, key_len))
+        .ok()?
+        .to_owned();
+    match kind {
+        KIND_WRAP | KIND_BATCH => Some(Found {
+            seq: found_seq,
+            position,
+            len: total,
+            batch_len: len,
+            kind,
+            key,
+            base_offset: map.u64_at(position + 32),
+            last_offset: map.u64_at(position + 40),
+        }),
+        _ => None,
+    }
+}
+
+/// A staged batch's place in the ring; give it back with
+/// [`Staging::release`] once the batch is written.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+/// A batch found staged at start, for its log to append again.
+#[derive(Debug)]
+pub struct Replay {
+    /// Offset of its first record.
+    pub base_offset: u64,
+    /// Offset of its last record.
+    pub last_offset: u64,
+    /// The batch, as staged (base offset and leader epoch patched).
+    pub batch: Vec<u8>,
+    /// Its old place, to release once staged again (or known written).
+    pub ticket: Ticket,
+}
+
+struct Slot {
+    position: usize,
+    released: bool,
+}
+
+struct Ring {
+    /// From the head, one per sequence number from `head_seq`.
+    slots: VecDeque<Slot>,
+    head_seq: u64,
+    /// Where the next entry goes.
+    tail: usize,
+    /// Found at start and not yet taken by their log, by key.
+    replay: HashMap<String, Vec<Found>>,
+    /// Appends waiting for room.
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+/// A shard's staging area; see the module doc.
+pub struct Staging {
+    path: PathBuf,
+    root: PathBuf,
+    map: Mapping,
+    ring: RefCell<Ring>,
+}
+
+impl Staging {
+    /// Takes over a staging file on its shard. `root` is the data
+    /// directory: keys are log directories relative to it.
+    pub fn new(file: StagingFile, root: PathBuf) -> Staging {
+        let StagingFile {
+            path,
+            map,
+            found,
+            next_seq,
+        } = file;
+        let head_seq = found.first().map_or(next_seq, |f| f.seq);
+        let mut slots = VecDeque::new();
+        let mut replay: HashMap<String, Vec<Found>> = HashMap::new();
+        let mut tail = map.u64_at(HEAD_POSITION_AT) as usize;
+        for f in found {
+            tail = if f.kind == KIND_WRAP {
+                HEADER_BYTES
+            } else {
+                let after = f.position + f.len;
+                if map.len - after < ENTRY_HEADER_BYTES {
+                    HEADER_BYTES
+                } else {
+                    after
+                }
+            };
+            slots.push_back(Slot {
+                position: f.position,
+                released: f.kind == KIND_WRAP,
+            });
+            if f.kind == KIND_BATCH {
+                replay.entry(f.key.clone()).or_default().push(f);
+            }
+        }
+        if slots.is_empty() || !(HEADER_BYTES..map.len).contains(&tail) {
+            slots.clear();
+            tail = HEADER_BYTES;
+        }
+        let staging = Staging {
+            path,
+            root,
+            map,
+            ring: RefCell::new(Ring {
+                slots,
+                head_seq,
+                tail,
+                replay,
+                waiting: Vec::new(),
+            }),
+        };
+        // The head in the file may lag (released entries) or point where
+        // nothing was found: set it to what this run will write after.
+        staging.record_head(&mut staging.ring.borrow_mut());
+        staging.advance_head();
+        staging
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The key of the log in `dir`: its path under the data directory.
+    pub fn key(&self, dir: &Path) -> String {
+        dir.strip_prefix(&self.root)
+            .unwrap_or(dir)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Whether a batch of `len` bytes can ever be staged: at most half the
+    /// ring, so one stalled batch cannot hold all of it.
+    pub fn fits(&self, key: &str, len: usize) -> bool {
+        key.len() <= KEY_BYTES_MAX
+            && entry_bytes(key.len(), len) <= (self.map.len - HEADER_BYTES) / 2
+    }
+
+    /// Where an entry of `n` bytes would go now: its position and whether
+    /// the ring wraps first. `None` when there is no room.
+    fn place(&self, ring: &Ring, n: usize) -> Option<(usize, bool)> {
+        let end = self.map.len;
+        let Some(head) = ring.slots.front().map(|s| s.position) else {
+            return (HEADER_BYTES + n <= end).then_some((HEADER_BYTES, false));
+        };
+        let tail = ring.tail;
+        if tail > head {
+            if tail + n <= end {
+                Some((tail, false))
+            } else {
+                (HEADER_BYTES + n <= head).then_some((HEADER_BYTES, true))
+            }
+        } else {
+            (tail + n <= head).then_some((tail, false))
+        }
+    }
+
+    /// Waits until an entry for `len` bytes of batch would fit
+    /// (backpressure while a stall holds the ring full).
+    pub async fn wait_room(&self, key: &str, len: usize) {
+        let n = entry_bytes(key.len(), len);
+        loop {
+            let rx = {
+                let mut ring = self.ring.borrow_mut();
+                if self.place(&ring, n).is_some() {
+                    return;
+                }
+                let (tx, rx) = oneshot::channel();
+                ring.waiting.push(tx);
+                rx
+            };
+            // Woken on every release; a dropped sender only means retry.
+            let _ = rx.await;
+        }
+    }
+
+    /// Copies `batch` (offsets `base_offset..=last_offset` of the log
+    /// `key`) into the ring. `None` when there is no room now: the caller
+    /// then waits for the write instead.
+    pub fn stage(
+        &self,
+        key: &str,
+        base_offset: u64,
+        last_offset: u64,
+        batch: &[u8],
+    ) -> Option<Ticket> {
+        debug_assert!(self.fits(key, batch.len()));
+        let n = entry_bytes(key.len(), batch.len());
+        let mut ring = self.ring.borrow_mut();
+        let (mut position, wrap) = self.place(&ring, n)?;
+        if wrap {
+            let tail = ring.tail;
+            let len = self.map.len - tail;
+            // A tail closer to the end than a header was moved to the start.
+            assert!(
+                len >= ENTRY_HEADER_BYTES,
+                "wrap without room for its marker"
+            );
+            let seq = ring.head_seq + ring.slots.len() as u64;
+            self.write_entry(tail, seq, KIND_WRAP, "", 0, 0, &[]);
+            ring.slots.push_back(Slot {
+                position: tail,
+                released: true,
+            });
+            position = HEADER_BYTES;
+        }
+        let seq = ring.head_seq + ring.slots.len() as u64;
+        self.write_entry(
+            position,
+            seq,
+            KIND_BATCH,
+            key,
+            base_offset,
+            last_offset,
+            batch,
+        );
+        let mut len = n;
+        if self.map.len - (position + n) < ENTRY_HEADER_BYTES {
+            len = self.map.len - position;
+        }
+        ring.slots.push_back(Slot {
+            position,
+            released: false,
+        });
+        ring.tail = if position + len >= self.map.len {
+            HEADER_BYTES
+        } else {
+            position + len
+        };
+        Some(Ticket(seq))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_entry(
+        &self,
+        position: usize,
+        seq: u64,
+        kind: u32,
+        key: &str,
+        base_offset: u64,
+        last_offset: u64,
+        batch: &[u8],
+    ) {
+        let total = entry_bytes(key.len(), batch.len());
+        let mut header = [0u8; ENTRY_HEADER_BYTES];
+        header[..4].copy_from_slice(&ENTRY_MAGIC.to_le_bytes());
+        header[8..16].copy_from_slice(&seq.to_le_bytes());
+        header[16..20].copy_from_slice(&kind.to_le_bytes());
+        header[20..24].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        header[24..28].copy_from_slice(&(batch.len() as u32).to_le_bytes());
+        header[32..40].copy_from_slice(&base_offset.to_le_bytes());
+        header[40..48].copy_from_slice(&last_offset.to_le_bytes());
+        let padding = [0u8; 8];
+        let pad = total - ENTRY_HEADER_BYTES - key.len() - batch.len();
+        let mut crc = crc32c::crc32c(&header[8..]);
+        crc = crc32c::crc32c_append(crc, key.as_bytes());
+        crc = crc32c::crc32c_append(crc, batch);
+        crc = crc32c::crc32c_append(crc, &padding[..pad]);
+        header[4..8].copy_from_slice(&crc.to_le_bytes());
+        let body = position + ENTRY_HEADER_BYTES;
+        self.map.write(body, key.as_bytes());
+        self.map.write(body + key.len(), batch);
+        self.map
+            .write(body + key.len() + batch.len(), &padding[..pad]);
+        // The header last: a walk that finds a whole header with the next
+        // sequence number and a matching CRC finds the whole entry.
+        self.map.write(position, &header);
+    }
+
+    /// Gives back a staged batch's place: its log has written it.
+    pub fn release(&self, ticket: Ticket) {
+        {
+            let mut ring = self.ring.borrow_mut();
+            let index = ticket.0.checked_sub(ring.head_seq).map(|i| i as usize);
+            let slot = index.and_then(|i| ring.slots.get_mut(i));
+            let slot = slot.unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
+            assert!(!slot.released, "ticket {} released twice", ticket.0);
+            slot.released = true;
+        }
+        self.advance_head();
+    }
+
+    /// Drops released entries from the front, records the new head in the
+    /// file and wakes appends waiting for room.
+    fn advance_head(&self) {
+        let mut ring = self.ring.borrow_mut();
+        let mut moved = false;
+        while ring.slots.front().is_some_and(|s| s.released) {
+            ring.slots.pop_front();
+            ring.head_seq += 1;
+            moved = true;
+        }
+        if moved {
+            self.record_head(&mut ring);
+            for waiter in ring.waiting.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Writes the head into the file's header.
+    fn record_head(&self, ring: &mut Ring) {
+        if ring.slots.is_empty() {
+            // An empty ring starts again at the front (as `place` assumes).
+            ring.tail = HEADER_BYTES;
+        }
+        let position = ring.slots.front().map_or(HEADER_BYTES, |s| s.position);
+        // The walk at start trusts only the position, one aligned 8-byte
+        // atomic store that a kill cannot tear, and reads the sequence
+        // number from the entry there; the stored sequence is a hint that
+        // keeps numbers rising across runs.
+        self.map
+            .store_u64(HEAD_SEQ_AT, ring.head_seq + ring.slots.len() as u64);
+        self.map.store_u64(HEAD_POSITION_AT, position as u64);
+    }
+
+    /// The batches found staged at start for the log in `dir`, in offset
+    /// order; each is handed out once.
+    pub fn take_replay(&self, dir: &Path) -> Vec<Replay> {
+        let key = self.key(dir);
+        let found = self.ring.borrow_mut().replay.remove(&key);
+        found
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| {
+                let at = f.position + ENTRY_HEADER_BYTES + f.key.len();
+                Replay {
+                    base_offset: f.base_offset,
+                    last_offset: f.last_offset,
+                    batch: self.map.bytes(at, f.batch_len).to_vec(),
+                    ticket: Ticket(f.seq),
+                }
+            })
+            .collect()
+    }
+
+    /// Releases what no log took at start (logs the metadata no longer
+    /// lists); returns the keys and batch counts.
+    pub fn release_unclaimed(&self) -> Vec<(String, usize)> {
+        let unclaimed: Vec<(String, Vec<Found>)> = self.ring.borrow_mut().replay.drain().collect();
+        let mut report = Vec::new();
+        for (key, found) in unclaimed {
+            report.push((key, found.len()));
+            for f in found {
+                self.release(Ticket(f.seq));
+            }
+        }
+        report
+    }
+
+    /// Batches staged and not yet released.
+    pub fn staged_batches(&self) -> usize {
+        self.ring
+            .borrow()
+            .slots
+            .iter()
+            .filter(|s| !s.released)
+            .count()
+    }
+
+    /// Removes the file when nothing is staged (a clean stop): the next
+    /// start makes a fresh one. Called once every log is closed.
+    pub async fn remove_if_empty(&self) -> StorageResult<bool> {
+        if self.staged_batches() > 0 {
+            return Ok(false);
+        }
+        crate::recovery::remove(&self.path).await?;
+        Ok(true)
+    }
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging").field("path", &self.path).finish()
+    }
+}
+
+/// A staged entry's base offset is not where its log ends: replaying it
+/// would leave a gap.
+pub(crate) fn gap(path: &Path, replay: &Replay, offset_next: u64) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        position: replay.base_offset,
+        reason: format!(
+            "staged batch at offsets {}..={} but the log ends at {offset_next}",
+            replay.base_offset, replay.last_offset
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn file(dir: &Path, id: u128, bytes: usize) -> Result<StagingFile, StagingError> {
+        StagingFile::open(dir, dir, id, 0, bytes)
+    }
+
+    #[test]
+    fn entries_survive_reopen_and_released_ones_do_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
+        let a = staging.stage("t/0", 0, 4, &[1; 100]).unwrap();
+        let _b = staging.stage("t/0", 5, 9, &[2; 200]).unwrap();
+        let _c = staging.stage("u/1", 0, 0, &[3; 50]).unwrap();
+        staging.release(a);
+        drop(staging);
+        let reopened = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
+        let t = reopened.take_replay(&tmp.path().join("t/0"));
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].base_offset, t[0].last_offset), (5, 9));
+        assert_eq!(t[0].batch, vec![2; 200]);
+        assert_eq!(reopened.release_unclaimed(), vec![("u/1".into(), 1)]);
+        for r in t {
+            reopened.release(r.ticket);
+        }
+        assert_eq!(reopened.staged_batches(), 0);
+    }
+
+    #[test]
+    fn the_ring_wraps_and_waits_for_room() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Staging::new(file(tmp.path(), 1, BYTES_MIN).unwrap(), tmp.path().into());
+        let batch = vec![9u8; 100_000];
+        let mut live = VecDeque::new();
+        let mut staged = 0u64;
+        for round in 0..50u64 {
+            while let Some(ticket) = staging.stage("k", round, round, &batch) {
+                live.push_back((ticket, round));
+                staged += 1;
+            }
+            // Full: release the oldest two, as the log's writes would.
+            for _ in 0..2 {
+                staging.release(live.pop_front().unwrap().0);
+            }
+        }
+        assert!(staged > 100);
+        let expected: Vec<u64> = live.iter().map(|(_, r)| *r).collect();
+        drop(staging);
+        let reopened = Staging::new(file(tmp.path(), 1, BYTES_MIN).unwrap(), tmp.path().into());
+        let found: Vec<u64> = reopened
+            .take_replay(&tmp.path().join("k"))
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.batch, batch);
+                r.base_offset
+            })
+            .collect();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn a_torn_entry_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
+        staging.stage("k", 0, 0, &[1; 64]).unwrap();
+        staging.stage("k", 1, 1, &[2; 64]).unwrap();
+        let path = staging.path().to_path_buf();
+        drop(staging);
+        // The process died while copying the second batch: its tail is old.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = HEADER_BYTES + entry_bytes(1, 64);
+        bytes[second + ENTRY_HEADER_BYTES + 1 + 10] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let reopened = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
+        let found = reopened.take_replay(&tmp.path().join("k"));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].batch, vec![1; 64]);
+        // The ring goes on after the good entry.
+        assert!(reopened.stage("k", 1, 1, &[5; 64]).is_some());
+    }
+
+    #[test]
+    fn a_foreign_or_older_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
+        staging.stage("k", 0, 0, &[1; 64]).unwrap();
+        let path = staging.path().to_path_buf();
+        drop(staging);
+        let err = file(tmp.path(), 4, BYTES_MIN).err().unwrap();
+        assert!(matches!(err, StagingError::Refused { .. }), "{err}");
+        assert!(
+            err.to_string().contains("written for data directory"),
+            "{err}"
+        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&0u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = file(tmp.path(), 3, BYTES_MIN).err().unwrap();
+        assert!(err.to_string().contains("layout version 0"), "{err}");
+        // Refusing changed nothing: the entry is still there for its owner.
+        bytes[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(file(tmp.path(), 3, BYTES_MIN).unwrap().staged_batches(), 1);
+    }
+}
