@@ -249,6 +249,7 @@ impl StagingFile {
             reason,
         };
         let bytes = bytes.max(BYTES_MIN) & !(4095);
+        std::fs::create_dir_all(staging_dir).map_err(|e| unavailable(e.to_string()))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)

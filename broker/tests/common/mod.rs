@@ -54,17 +54,29 @@ impl Broker {
         self.dir.path()
     }
 
+    /// Where the staging files go: inside the test's directory, so a
+    /// killed broker leaves nothing in /dev/shm.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.dir.path().join("staging")
+    }
+
+    /// The `serve` arguments of this broker.
+    pub fn serve_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
+        args.push(self.dir.path().display().to_string());
+        args.extend(["--listen".into(), self.addr.to_string()]);
+        args.extend(["--shard-port-base".into(), "0".into()]);
+        args.extend(["--cores".into(), self.cores.to_string()]);
+        args.push("--staging-dir".into());
+        args.push(self.staging_dir().display().to_string());
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let mut child = Command::new(FJORD)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .args(["--shard-port-base", "0", "--cores"])
-            .arg(self.cores.to_string())
-            .args(&self.extra)
+            .args(self.serve_args())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn fjord serve");
