@@ -182,7 +182,10 @@ impl Mapping {
     }
 
     fn store_u64(&self, at: usize, value: u64) {
-        assert!(at % 8 == 0 && at + 8 <= self.len, "staging store misplaced");
+        assert!(
+            at.is_multiple_of(8) && at + 8 <= self.len,
+            "staging store misplaced"
+        );
         // SAFETY: in bounds and 8-byte aligned (asserted; the mapping is
         // page-aligned); only this thread touches the mapping.
         let cell = unsafe { AtomicU64::from_ptr(self.ptr.add(at).cast()) };
@@ -375,7 +378,7 @@ fn walk(map: &Mapping) -> (Vec<Found>, u64) {
     // across runs when nothing is found.
     let seq_hint = map.u64_at(HEAD_SEQ_AT).max(1);
     let mut found: Vec<Found> = Vec::new();
-    if position < HEADER_BYTES || position >= end || position % 8 != 0 {
+    if position < HEADER_BYTES || position >= end || !position.is_multiple_of(8) {
         return (found, seq_hint);
     }
     loop {

@@ -1,0 +1,299 @@
+//! The staging area on a real broker: with the default `fsync=never` and
+//! `acks=1`, answers come once a batch is in shared memory, so a SIGKILL
+//! under load must lose nothing acknowledged; batches staged past a log's
+//! end are appended again at start and a torn one is dropped; a staging
+//! file of another data directory or layout stops the start with a clear
+//! error and changes nothing.
+
+// In a test a failed unwrap is a failed test, with its line.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Broker, FJORD};
+use fjord_client::{
+    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, RecordMetadata, Seek,
+};
+use fjord_core::{BatchBuilder, batch};
+use fjord_storage::staging::{self, Staging, StagingFile};
+use futures::executor::block_on;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const ROUNDS: u64 = 6;
+/// The broker's default staging size, so that opening a file to look at it
+/// leaves it as it is.
+const STAGING_BYTES: usize = 32 << 20;
+
+type Ack = Pin<Box<dyn Future<Output = fjord_client::Result<RecordMetadata>> + Send>>;
+
+/// A value that names its round and sequence number, padded so that batches
+/// are a few KiB.
+fn value(round: u64, i: u64) -> Vec<u8> {
+    let mut v = format!("{round:02}-{i:09}-").into_bytes();
+    v.extend((0..100u64).map(|k| (i.wrapping_mul(31).wrapping_add(k) % 251) as u8));
+    v
+}
+
+fn sequence_of(value: &[u8]) -> (u64, u64) {
+    let text = String::from_utf8_lossy(&value[..13]);
+    let (round, i) = text.split_once('-').unwrap();
+    (
+        round.parse().unwrap(),
+        i.trim_end_matches('-').parse().unwrap(),
+    )
+}
+
+/// Every record of `topic`'s partition `p`, by offset.
+fn consume_all(broker: &Broker, topic: &str, p: i32) -> BTreeMap<i64, Vec<u8>> {
+    let client = broker.client();
+    let end = block_on(Admin::new(client.clone()).describe_topic(topic))
+        .unwrap()
+        .partitions[p as usize]
+        .log_end_offset;
+    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+    block_on(consumer.assign(topic, Some(&[p]), Seek::Earliest)).unwrap();
+    let mut records = BTreeMap::new();
+    while (records.len() as i64) < end {
+        let polled = block_on(consumer.poll(Duration::from_secs(5))).unwrap();
+        assert!(
+            !polled.is_empty(),
+            "partition {p} ends early: {} of {end}",
+            records.len()
+        );
+        for r in polled {
+            assert!(records.insert(r.offset, r.value.unwrap()).is_none());
+        }
+    }
+    records
+}
+
+/// Batches found in the broker's staging files (not yet known written).
+fn staged_batches(broker: &Broker, shards: usize) -> usize {
+    let id = staging::data_dir_id(broker.data_dir()).unwrap();
+    (0..shards)
+        .map(|shard| {
+            StagingFile::open(
+                &broker.staging_dir(),
+                broker.data_dir(),
+                id,
+                shard,
+                STAGING_BYTES,
+            )
+            .map_or(0, |f| f.staged_batches())
+        })
+        .sum()
+}
+
+fn random_below(n: u64) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    u64::from(nanos.wrapping_mul(2_654_435_761)) % n
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_record() {
+    let mut broker = Broker::start(2);
+    block_on(Admin::new(broker.client()).create_topic("staged", 2, &[])).unwrap();
+    let mut acked: Vec<BTreeMap<i64, Vec<u8>>> = vec![BTreeMap::new(), BTreeMap::new()];
+    let mut staged_at_kills = 0;
+    for round in 0..ROUNDS {
+        let config = ProducerConfig {
+            acks: fjord_net::api::ACKS_LEADER,
+            retries: 0,
+            linger: Duration::from_millis(1),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(&broker.client(), config).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let sender = std::thread::spawn(move || {
+            let mut sent: Vec<(i32, Vec<u8>, Ack)> = Vec::new();
+            let mut answered = Vec::new();
+            let mut i = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                for _ in 0..400 {
+                    let (p, v) = ((i % 2) as i32, value(round, i));
+                    let ack = producer.send("staged", Some(p), None, Some(&v), &[]);
+                    sent.push((p, v, Box::pin(ack)));
+                    i += 1;
+                }
+                // Closed loop by chunks: the broker stays busy, the client
+                // queue bounded. A failed answer means the broker is gone.
+                let Some((p, v, last)) = sent.pop() else {
+                    break;
+                };
+                let outcome = block_on(last);
+                let gone = outcome.is_err();
+                answered.push((p, v, outcome));
+                if gone {
+                    break;
+                }
+            }
+            answered.extend(sent.into_iter().map(|(p, v, ack)| (p, v, block_on(ack))));
+            answered
+        });
+        std::thread::sleep(Duration::from_millis(200 + random_below(1300)));
+        broker.kill();
+        stop.store(true, Ordering::Relaxed);
+        let answered = sender.join().unwrap();
+        let mut this_round = 0;
+        for (p, v, outcome) in answered {
+            if let Ok(landed) = outcome {
+                assert_eq!(landed.partition, p);
+                let previous = acked[p as usize].insert(landed.offset, v);
+                assert!(
+                    previous.is_none(),
+                    "offset {} acknowledged twice",
+                    landed.offset
+                );
+                this_round += 1;
+            }
+        }
+        let staged = staged_batches(&broker, 2);
+        staged_at_kills += staged;
+        broker.restart();
+        for (p, want) in acked.iter().enumerate() {
+            let got = consume_all(&broker, "staged", p as i32);
+            for (offset, value) in want {
+                let found = got.get(offset).unwrap_or_else(|| {
+                    panic!("round {round}: acknowledged offset {offset} of partition {p} lost")
+                });
+                assert!(found == value, "round {round}: offset {offset} differs");
+            }
+            // In order: each partition's records in the order they were sent.
+            let order: Vec<(u64, u64)> = got.values().map(|v| sequence_of(v)).collect();
+            assert!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "partition {p} out of order"
+            );
+        }
+        eprintln!(
+            "round {round}: {this_round} acknowledged, {} in all, {staged} staged batches at the kill",
+            acked.iter().map(|a| a.len()).sum::<usize>()
+        );
+    }
+    assert!(
+        acked.iter().map(|a| a.len()).sum::<usize>() > 1000,
+        "too few acknowledgements to mean anything"
+    );
+    eprintln!("{staged_at_kills} staged batches found at {ROUNDS} kills");
+}
+
+/// A batch of `records` values `tag-<i>`, its base offset set to `base`.
+fn batch_at(tag: &str, base: u64, records: usize) -> Vec<u8> {
+    let mut builder = BatchBuilder::new();
+    for i in 0..records {
+        builder.push(0, None, Some(format!("{tag}-{i}").as_bytes()), &[]);
+    }
+    let mut bytes = builder.build();
+    batch::set_base_offset(&mut bytes, base as i64);
+    bytes
+}
+
+fn values(broker: &Broker, topic: &str) -> Vec<String> {
+    consume_all(broker, topic, 0)
+        .into_values()
+        .map(|v| String::from_utf8(v).unwrap())
+        .collect()
+}
+
+#[test]
+fn staged_batches_past_the_end_are_replayed_and_a_torn_one_dropped() {
+    let mut broker = Broker::start(1);
+    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"first"), &[])).unwrap();
+    broker.kill();
+    // What a broker killed mid-stall leaves: two batches staged past the
+    // log's end, and a third torn while it was being copied.
+    let dir = broker.partition_dirs("t").remove(0);
+    let id = staging::data_dir_id(broker.data_dir()).unwrap();
+    let file = StagingFile::open(
+        &broker.staging_dir(),
+        broker.data_dir(),
+        id,
+        0,
+        STAGING_BYTES,
+    )
+    .unwrap();
+    let path = file.path().to_path_buf();
+    let area = Staging::new(file, broker.data_dir().to_path_buf());
+    let key = area.key(&dir);
+    area.stage(&key, 1, 2, &batch_at("second", 1, 2)).unwrap();
+    area.stage(&key, 3, 3, &batch_at("third", 3, 1)).unwrap();
+    let torn = batch_at("torn", 4, 1);
+    area.stage(&key, 4, 4, &torn).unwrap();
+    drop(area);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(torn.len())
+        .rposition(|w| w == torn.as_slice())
+        .unwrap();
+    bytes[at + torn.len() - 1] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    broker.restart();
+    assert_eq!(
+        values(&broker, "t"),
+        ["first", "second-0", "second-1", "third-0"]
+    );
+    // The log goes on after them.
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    let landed = block_on(producer.send("t", Some(0), None, Some(b"after"), &[])).unwrap();
+    assert_eq!(landed.offset, 4);
+    broker.terminate();
+    assert!(
+        !path.exists(),
+        "a clean stop removes the empty staging file"
+    );
+}
+
+#[test]
+fn a_staging_file_of_another_data_dir_or_layout_is_refused() {
+    let mut broker = Broker::start(1);
+    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"kept"), &[])).unwrap();
+    broker.kill();
+    let serve = |broker: &Broker| {
+        let out = Command::new(FJORD)
+            .args(broker.serve_args())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started with a foreign staging file");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let path = staging::file_path(&broker.staging_dir(), broker.data_dir(), 0);
+    let original = std::fs::read(&path).unwrap();
+
+    // The data directory was replaced by another one at the same path.
+    let id_file = broker.data_dir().join("fjord.id");
+    let id = std::fs::read(&id_file).unwrap();
+    std::fs::write(&id_file, format!("{:032x}\n", 42)).unwrap();
+    let stderr = serve(&broker);
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert!(stderr.contains("written for data directory"), "{stderr}");
+    std::fs::write(&id_file, &id).unwrap();
+
+    // A file of an older layout.
+    let mut old = original.clone();
+    old[8..12].copy_from_slice(&0u32.to_le_bytes());
+    std::fs::write(&path, &old).unwrap();
+    let stderr = serve(&broker);
+    assert!(stderr.contains("layout version 0"), "{stderr}");
+
+    // Refusing applied nothing and kept the file: with it back, the node
+    // starts and has its record.
+    assert_eq!(std::fs::read(&path).unwrap(), old);
+    std::fs::write(&path, &original).unwrap();
+    broker.restart();
+    assert_eq!(values(&broker, "t"), ["kept"]);
+}
