@@ -23,7 +23,7 @@ pub struct Produced {
 pub struct Described {
     /// First offset held.
     pub log_start_offset: i64,
-    /// Next offset to be written (the high watermark on one node).
+    /// Next offset to be readable (the high watermark on one node).
     pub log_end_offset: i64,
     /// Bytes on disk.
     pub size_bytes: i64,
@@ -90,8 +90,7 @@ impl Partition {
             durable.push(appended.durable);
             rest = &rest[len..];
         }
-        // Parked readers wait on the log's written mark, not on this answer,
-        // which the staging area may give before the write.
+        // Parked readers wait on the log's visible mark, not on this answer.
         if wait {
             futures::future::try_join_all(durable)
                 .await
@@ -116,14 +115,14 @@ impl Partition {
     /// Resolves when batches past `offset` are readable, or after `wait`, or
     /// at shutdown.
     pub async fn wait_past(&self, offset: i64, wait: Duration) {
-        if self.log.offset_written() as i64 > offset {
+        if self.log.offset_visible() as i64 > offset {
             return;
         }
         let (tx, rx) = oneshot::channel();
         self.parked.borrow_mut().push(tx);
-        let written = std::pin::pin!(self.log.wait_written(offset.max(0) as u64 + 1));
+        let visible = std::pin::pin!(self.log.wait_visible(offset.max(0) as u64 + 1));
         let timeout = std::pin::pin!(glommio::timer::sleep(wait));
-        let _ = futures::future::select(futures::future::select(rx, written), timeout).await;
+        let _ = futures::future::select(futures::future::select(rx, visible), timeout).await;
     }
 
     /// Releases every parked reader (shutdown).
@@ -137,7 +136,7 @@ impl Partition {
     pub fn describe(&self) -> Described {
         Described {
             log_start_offset: self.log.offset_start() as i64,
-            log_end_offset: self.log.offset_written() as i64,
+            log_end_offset: self.log.offset_visible() as i64,
             size_bytes: self.log.size_bytes() as i64,
         }
     }
@@ -148,7 +147,7 @@ impl Partition {
     pub async fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ErrorCode> {
         match timestamp {
             fjord_net::api::EARLIEST => Ok((self.log.offset_start() as i64, -1)),
-            fjord_net::api::LATEST => Ok((self.log.offset_written() as i64, -1)),
+            fjord_net::api::LATEST => Ok((self.log.offset_visible() as i64, -1)),
             t if t < 0 => Err(ErrorCode::InvalidRequest),
             t => match self.log.offset_for_timestamp(t).await {
                 Ok(Some((offset, timestamp))) => Ok((offset as i64, timestamp)),

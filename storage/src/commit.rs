@@ -59,10 +59,13 @@ pub(crate) struct State {
     pub(crate) unsynced: Vec<u64>,
     pub(crate) offset_next: u64,
     pub(crate) offset_written: u64,
+    /// Offsets below this are readable: written, or safe in the staging
+    /// area (`offset_written <= offset_visible <= offset_next`).
+    pub(crate) offset_visible: u64,
     pub(crate) offset_durable: u64,
     pub(crate) staged: Vec<Staged>,
     pub(crate) waiters: VecDeque<Waiter>,
-    /// Readers waiting for `offset_written` to reach an offset.
+    /// Readers waiting for `offset_visible` to reach an offset.
     pub(crate) readers: Vec<(u64, oneshot::Sender<()>)>,
     pub(crate) synced_at: Instant,
     pub(crate) failed: Option<String>,
@@ -118,6 +121,32 @@ impl State {
             }
             if let Some(w) = self.waiters.pop_front() {
                 let _ = w.tx.send(Ok(()));
+            }
+        }
+    }
+
+    /// Moves `offset_visible` over the written batches and the staged ones
+    /// right after them, and wakes the readers it passes.
+    pub(crate) fn advance_visible(&mut self) {
+        let mut visible = self.offset_visible.max(self.offset_written);
+        if visible < self.offset_next {
+            let first = self.staged.partition_point(|b| b.last_offset < visible);
+            for b in &self.staged[first..] {
+                if b.base_offset != visible || b.ticket.is_none() {
+                    break;
+                }
+                visible = b.last_offset + 1;
+            }
+        }
+        assert!(visible <= self.offset_next, "visible past the log's end");
+        self.offset_visible = visible;
+        if self.readers.iter().any(|(end, _)| *end <= visible) {
+            let (ready, waiting) = std::mem::take(&mut self.readers)
+                .into_iter()
+                .partition(|(end, _)| *end <= visible);
+            self.readers = waiting;
+            for (_, reader) in ready {
+                let _ = reader.send(());
             }
         }
     }
@@ -291,15 +320,7 @@ impl Inner {
         );
         st.offset_written = offset_written;
         st.release_waiters();
-        if st.readers.iter().any(|(end, _)| *end <= offset_written) {
-            let (ready, waiting) = std::mem::take(&mut st.readers)
-                .into_iter()
-                .partition(|(end, _)| *end <= offset_written);
-            st.readers = waiting;
-            for (_, reader) in ready {
-                let _ = reader.send(());
-            }
-        }
+        st.advance_visible();
         self.staged_room.signal(written_bytes);
     }
 

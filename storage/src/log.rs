@@ -81,7 +81,8 @@ pub struct LogRead {
     pub offset_next: u64,
     /// The log's first offset at the time of the read.
     pub offset_start: u64,
-    /// The log's readable end at the time of the read.
+    /// The log's readable end at the time of the read (`offset_visible`:
+    /// the high watermark of a node on its own).
     pub offset_written: u64,
 }
 
@@ -152,6 +153,7 @@ impl Log {
             unsynced: Vec::new(),
             offset_next,
             offset_written: offset_next,
+            offset_visible: offset_next,
             offset_durable: offset_next,
             staged: Vec::new(),
             waiters: VecDeque::new(),
@@ -219,9 +221,15 @@ impl Log {
         self.inner.state.borrow().offset_next
     }
 
-    /// Offsets below this are written and readable.
+    /// Offsets below this are written.
     pub fn offset_written(&self) -> u64 {
         self.inner.state.borrow().offset_written
+    }
+
+    /// Offsets below this are readable: written, or acknowledged from the
+    /// staging area (where a killed process leaves them for the restart).
+    pub fn offset_visible(&self) -> u64 {
+        self.inner.state.borrow().offset_visible
     }
 
     /// Offsets below this are fdatasynced.
@@ -258,12 +266,12 @@ impl Log {
         append(&self.inner, &self.kick, batch, None).await
     }
 
-    /// Resolves once offsets below `offset_end` are written (readable), or
-    /// the log fails or closes.
-    pub fn wait_written(&self, offset_end: u64) -> impl Future<Output = ()> + 'static {
+    /// Resolves once offsets below `offset_end` are readable, or the log
+    /// fails or closes.
+    pub fn wait_visible(&self, offset_end: u64) -> impl Future<Output = ()> + 'static {
         let rx = {
             let mut st = self.inner.state.borrow_mut();
-            (st.offset_written < offset_end && st.check_writable().is_ok()).then(|| {
+            (st.offset_visible < offset_end && st.check_writable().is_ok()).then(|| {
                 // Readers that gave up (a long poll's time ran out) go now,
                 // so a quiet log does not collect them.
                 st.readers.retain(|(_, tx)| !tx.is_canceled());
@@ -300,13 +308,14 @@ impl Log {
 
     /// Reads whole batches from the one containing `offset`, up to
     /// `max_bytes` (at least one batch, whatever its size, as Kafka does).
-    /// Only written batches are visible. Served from the shard's cache when
-    /// the batch is there, else from disk.
+    /// Batches below `offset_visible` are readable: written ones from the
+    /// shard's cache or from disk, staged ones copied out of the staging
+    /// area.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<LogRead> {
         let (reader, position, expected_base, offset_start, offset_written) = {
             let st = self.inner.state.borrow();
             let offset_start = st.offset_start();
-            let offset_written = st.offset_written;
+            let offset_written = st.offset_visible;
             if offset < offset_start || offset > offset_written {
                 return Err(StorageError::OffsetOutOfRange {
                     offset,
@@ -318,6 +327,17 @@ impl Log {
                 return Ok(LogRead {
                     slices: Vec::new(),
                     offset_next: offset,
+                    offset_start,
+                    offset_written,
+                });
+            }
+            if offset >= st.offset_written
+                && let Some(staging) = &self.inner.staging
+            {
+                let (slice, offset_next) = staging.area.read(&st.staged, offset, max_bytes);
+                return Ok(LogRead {
+                    slices: vec![slice],
+                    offset_next,
                     offset_start,
                     offset_written,
                 });
@@ -623,7 +643,8 @@ async fn append(
         st.offset_next = last_offset + 1;
         st.stats.appends += 1;
         let needs_sync = inner.config.fsync == FsyncPolicy::Always;
-        let durable = if ticket.is_some() && !needs_sync {
+        let staged = ticket.is_some();
+        let durable = if staged && !needs_sync {
             Durable(None)
         } else {
             let (tx, rx) = oneshot::channel();
@@ -642,6 +663,9 @@ async fn append(
             len: batch.len(),
             ticket,
         });
+        if staged {
+            st.advance_visible();
+        }
         Appended {
             base_offset,
             last_offset,

@@ -10,6 +10,8 @@ use std::rc::Rc;
 enum Backing {
     Disk(ReadResult),
     Memory(Rc<DmaBuffer>),
+    /// Copied out of the staging area: acknowledged, not yet written.
+    Copy(Rc<[u8]>),
 }
 
 impl Backing {
@@ -17,6 +19,7 @@ impl Backing {
         match self {
             Backing::Disk(read) => read,
             Backing::Memory(buffer) => buffer.as_bytes(),
+            Backing::Copy(bytes) => bytes,
         }
     }
 }
@@ -48,6 +51,15 @@ impl BatchSlice {
         }
     }
 
+    pub(crate) fn from_copy(bytes: Vec<u8>) -> Self {
+        let len = bytes.len();
+        BatchSlice {
+            backing: Backing::Copy(bytes.into()),
+            start: 0,
+            len,
+        }
+    }
+
     /// Extends this slice by `next` when `next` starts where this one ends in
     /// the same buffer, so adjacent batches go out as one piece.
     pub(crate) fn try_extend(&mut self, next: &BatchSlice) -> bool {
@@ -73,6 +85,7 @@ impl std::fmt::Debug for BatchSlice {
         let kind = match self.backing {
             Backing::Disk(_) => "disk",
             Backing::Memory(_) => "memory",
+            Backing::Copy(_) => "copy",
         };
         write!(f, "BatchSlice({kind}, {} bytes)", self.len)
     }

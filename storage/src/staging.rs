@@ -32,7 +32,9 @@
 //! Mapping and sizing the file (`open`) are blocking calls, made on the
 //! main thread before the shards start.
 
+use crate::commit::Staged;
 use crate::error::{Result as StorageResult, StorageError};
+use crate::slice::BatchSlice;
 use futures::channel::oneshot;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -772,6 +774,48 @@ impl Staging {
             }
         }
         report
+    }
+
+    /// The staged batches of `staged` from the one holding `offset`, copied
+    /// out (at least one, then up to `max_bytes`), and the offset after
+    /// them: reads of acknowledged batches whose write is still to come.
+    /// The first must be staged (below the log's `offset_visible`).
+    pub(crate) fn read(
+        &self,
+        staged: &[Staged],
+        offset: u64,
+        max_bytes: usize,
+    ) -> (BatchSlice, u64) {
+        let first = staged.partition_point(|b| b.last_offset < offset);
+        let mut bytes = Vec::new();
+        let mut offset_next = offset;
+        for b in &staged[first..] {
+            let Some(ticket) = &b.ticket else {
+                break;
+            };
+            if !bytes.is_empty() && bytes.len() + b.len > max_bytes {
+                break;
+            }
+            bytes.extend_from_slice(self.batch(ticket));
+            offset_next = b.last_offset + 1;
+        }
+        assert!(!bytes.is_empty(), "offset {offset} is not staged");
+        (BatchSlice::from_copy(bytes), offset_next)
+    }
+
+    /// A staged batch's bytes, in the ring.
+    fn batch(&self, ticket: &Ticket) -> &[u8] {
+        let ring = self.ring.borrow();
+        let slot = ticket
+            .0
+            .checked_sub(ring.head_seq)
+            .and_then(|i| ring.slots.get(i as usize))
+            .unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
+        assert!(!slot.released, "ticket {} already released", ticket.0);
+        let key_len = self.map.u32_at(slot.position + 20) as usize;
+        let len = self.map.u32_at(slot.position + 24) as usize;
+        self.map
+            .bytes(slot.position + ENTRY_HEADER_BYTES + key_len, len)
     }
 
     /// Batches staged and not yet released.

@@ -1,0 +1,128 @@
+//! A log with a staging area: appends are acknowledged once staged and
+//! readable at once, the write releases them, and at open the batches
+//! staged past the log's end are appended again — or refused when they
+//! would leave a gap.
+
+mod common;
+
+use common::*;
+use fjord_core::batch;
+use fjord_storage::staging::{Staging, StagingFile};
+use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
+use futures::FutureExt;
+use std::rc::Rc;
+
+const STAGING_BYTES: usize = 4 << 20;
+
+fn staging_file(dir: &fjord_storage::DataDir) -> StagingFile {
+    StagingFile::open(&dir.path().join("staging"), dir.path(), 1, 0, STAGING_BYTES)
+        .expect("staging file")
+}
+
+/// `batch(seed)` as the log stores it at `base`.
+fn stored(seed: u64, base: u64) -> Vec<u8> {
+    let mut bytes = batch(seed, 3, 40, 1000);
+    batch::set_base_offset(&mut bytes, base as i64);
+    batch::set_partition_leader_epoch(&mut bytes, 0);
+    bytes
+}
+
+#[test]
+fn staged_appends_are_acknowledged_and_readable_before_their_write() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+        let cache = BatchCache::new(8 << 20);
+        let log = Log::open_staged(
+            dir.path().join("p"),
+            LogConfig::default(),
+            cache,
+            Some(area.clone()),
+        )
+        .await
+        .expect("open");
+        let mut want = Vec::new();
+        for seed in 0..20 {
+            let appended = log.append(&batch(seed, 3, 40, 1000)).await.expect("append");
+            // Safe from a killed process already: no wait for the disk.
+            appended
+                .durable
+                .now_or_never()
+                .expect("acknowledged once staged")
+                .expect("durable");
+            want.push(stored(seed, appended.base_offset));
+        }
+        assert_eq!(log.offset_visible(), 60);
+        assert!(log.offset_written() < 60, "the flusher has not run yet");
+        assert_eq!(
+            area.staged_batches(),
+            20 - log.offset_written() as usize / 3
+        );
+        let mut got = Vec::new();
+        let mut offset = 0;
+        while offset < log.offset_visible() {
+            let read = log.read(offset, 1000).await.expect("read");
+            for slice in &read.slices {
+                got.extend(batch::batches(slice).map(|b| b.as_bytes().to_vec()));
+            }
+            offset = read.offset_next;
+        }
+        assert!(got == want, "staged batches read back differ");
+        log.close().await.expect("close");
+        assert_eq!(area.staged_batches(), 0, "written batches are released");
+    });
+}
+
+#[test]
+fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+        let cache = BatchCache::new(8 << 20);
+        let path = dir.path().join("p");
+        let log = Log::open(&path, LogConfig::default(), cache.clone())
+            .await
+            .expect("open");
+        log.append(&batch(0, 3, 40, 1000)).await.expect("append");
+        log.close().await.expect("close");
+        drop(log);
+        // What a process killed mid-stall leaves: one batch already
+        // written (0..=2), then two the log never wrote.
+        let key = area.key(&path);
+        area.stage(&key, 0, 2, &stored(0, 0)).expect("stage");
+        area.stage(&key, 3, 5, &stored(1, 3)).expect("stage");
+        area.stage(&key, 6, 8, &stored(2, 6)).expect("stage");
+        // And for another log, one that would leave a gap.
+        let other = dir.path().join("q");
+        area.stage(&area.key(&other), 5, 7, &stored(3, 5))
+            .expect("stage");
+        drop(area);
+        let area = Rc::new(Staging::new(
+            StagingFile::open(&dir.path().join("staging"), dir.path(), 1, 0, STAGING_BYTES)
+                .expect("reopen"),
+            dir.path().to_path_buf(),
+        ));
+        let log = Log::open_staged(
+            &path,
+            LogConfig::default(),
+            cache.clone(),
+            Some(area.clone()),
+        )
+        .await
+        .expect("open with staging");
+        assert_eq!(log.recovery_report().batches_replayed, 2);
+        assert_eq!(log.offset_visible(), 9);
+        log.flush().await.expect("flush");
+        let all = read_all(&log, 0).await;
+        assert!(all == [stored(0, 0), stored(1, 3), stored(2, 6)]);
+        let gap = Log::open_staged(&other, LogConfig::default(), cache, Some(area.clone())).await;
+        assert!(
+            matches!(&gap, Err(StorageError::Corrupt { reason, .. }) if reason.contains("the log ends at 0")),
+            "{:?}",
+            gap.err()
+        );
+        log.close().await.expect("close");
+    });
+}
