@@ -1,13 +1,15 @@
 //! A partition log: segments strung together, the append path with group
 //! commit, reads, timestamp lookup, roll and retention.
 //!
-//! Offsets and visibility move through three marks, always in this order:
-//! `offset_durable <= offset_written <= offset_next`. An append assigns
-//! offsets and stages the batch (`offset_next`); the flusher writes it
-//! (`offset_written`: readable, and survives a process crash since writes are
-//! O_DIRECT) and, per the fsync policy, fdatasyncs it (`offset_durable`:
-//! survives power loss). Appends arriving while the flusher is busy join its
-//! next round: that is the group commit.
+//! Offsets and visibility move through four marks, always in this order:
+//! `offset_durable <= offset_written <= offset_visible <= offset_next`. An
+//! append assigns offsets and stages the batch (`offset_next`), with a copy
+//! in the shard's staging area when it has one (`offset_visible`: readable,
+//! and survives a process crash); the flusher writes it (`offset_written`:
+//! survives a process crash since writes are O_DIRECT) and, per the fsync
+//! policy, fdatasyncs it (`offset_durable`: survives power loss). Appends
+//! arriving while the flusher is busy join its next round: that is the
+//! group commit.
 
 use crate::cache::BatchCache;
 use crate::commit::{Inner, LogStaging, Staged, State, Waiter, run_flusher};
