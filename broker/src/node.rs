@@ -204,6 +204,10 @@ fn open_staging(
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    staging::check_extra_shards(&config.staging_dir, &config.data_dir, id, count)
+        .map_err(NodeError::Staging)?;
+    let first_data_shard = usize::from(!config.hosts_partitions_on_controller());
+    let topology = staging::topology(count, first_data_shard);
     let mut files = Vec::with_capacity(count);
     for shard in 0..count {
         match StagingFile::open(
@@ -211,6 +215,7 @@ fn open_staging(
             &config.data_dir,
             id,
             shard,
+            topology,
             config.staging_bytes_per_shard,
         ) {
             Ok(file) => files.push(Some(file)),

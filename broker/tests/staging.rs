@@ -2,8 +2,8 @@
 //! `acks=1`, answers come once a batch is in shared memory, so a SIGKILL
 //! under load must lose nothing acknowledged; batches staged past a log's
 //! end are appended again at start and a torn one is dropped; a staging
-//! file of another data directory or layout stops the start with a clear
-//! error and changes nothing.
+//! file of another data directory, layout or node shape stops the start
+//! with a clear error and changes nothing.
 
 // In a test a failed unwrap is a failed test, with its line.
 #![allow(clippy::unwrap_used)]
@@ -83,6 +83,7 @@ fn staged_batches(broker: &Broker, shards: usize) -> usize {
                 broker.data_dir(),
                 id,
                 shard,
+                staging::topology(shards, 0),
                 STAGING_BYTES,
             )
             .map_or(0, |f| f.staged_batches())
@@ -221,6 +222,7 @@ fn staged_batches_past_the_end_are_replayed_and_a_torn_one_dropped() {
         broker.data_dir(),
         id,
         0,
+        staging::topology(1, 0),
         STAGING_BYTES,
     )
     .unwrap();
@@ -239,6 +241,15 @@ fn staged_batches_past_the_end_are_replayed_and_a_torn_one_dropped() {
         .unwrap();
     bytes[at + torn.len() - 1] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
+
+    // A node of another shape would open the log on another shard: refused.
+    let mut args = broker.serve_args();
+    let cores = args.iter().position(|a| a == "--cores").unwrap() + 1;
+    args[cores] = "2".into();
+    let out = Command::new(FJORD).args(&args).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another shape"), "{stderr}");
 
     broker.restart();
     assert_eq!(

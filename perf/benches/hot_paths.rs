@@ -1,6 +1,7 @@
 //! Criterion benchmarks of Fjord's hot paths: CRC-32C, batch validation,
-//! log append (1 KiB / 16 KiB / 1 MiB batches, fsync never and always), tail
-//! reads from the batch cache and cold reads from disk.
+//! log append (1 KiB / 16 KiB / 1 MiB batches, fsync never and always), the
+//! staging area's copy (stage and release one batch), tail reads from the
+//! batch cache and cold reads from disk.
 //!
 //! Run: `cargo bench -p fjord-perf`. Log benches write under `target/bench`.
 
@@ -44,6 +45,32 @@ fn validate(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// What staging adds to each acks=1 append: the copy into shared memory and
+/// its CRC-32C, then the release once written.
+fn staging(c: &mut Criterion) {
+    use fjord_storage::staging::{self, Staging, StagingFile};
+    let mut group = c.benchmark_group("staging_stage");
+    let data_dir = bench_dir().join("staging-data");
+    std::fs::create_dir_all(&data_dir).expect("bench dir");
+    let shm = PathBuf::from(staging::DEFAULT_DIR);
+    let file = StagingFile::open(&shm, &data_dir, 1, 0, 2, 64 << 20).expect("staging file");
+    let path = file.path().to_path_buf();
+    let area = Staging::new(file, data_dir);
+    for size in [1 << 10, 16 << 10, 1 << 20] {
+        let batch = append::batch_of(size);
+        group.throughput(Throughput::Bytes(batch.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &batch, |b, batch| {
+            b.iter(|| {
+                let ticket = area.stage("topics/t.1/0", 0, 0, batch).expect("room");
+                area.release(ticket);
+            })
+        });
+    }
+    group.finish();
+    drop(area);
+    std::fs::remove_file(path).expect("remove staging file");
 }
 
 fn log_append(c: &mut Criterion) {
@@ -141,5 +168,5 @@ fn log_read(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, crc32c, validate, log_append, log_read);
+criterion_group!(benches, crc32c, validate, staging, log_append, log_read);
 criterion_main!(benches);

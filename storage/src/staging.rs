@@ -10,8 +10,10 @@
 //!
 //! Layout (little-endian): a 4 KiB header — magic, layout version, shard,
 //! the data directory's identity (a random id kept in `<data dir>/fjord.id`),
-//! capacity, a CRC-32C of those, then the mutable head (position and
-//! sequence of the oldest entry still needed). After it, a ring of entries,
+//! capacity, the node's topology (how partitions map to shards: a node
+//! started with another one would open a log on another shard, which would
+//! not find its entries), a CRC-32C of those, then the mutable head
+//! (position and sequence of the oldest entry still needed). After it, a ring of entries,
 //! each 8-byte aligned:
 //!
 //! ```text
@@ -53,7 +55,8 @@ pub const KEY_BYTES_MAX: usize = 4096;
 
 const MAGIC: [u8; 8] = *b"FJSTAGE\0";
 const HEADER_BYTES: usize = 4096;
-const HEADER_CRC_AT: usize = 40;
+const TOPOLOGY_AT: usize = 40;
+const HEADER_CRC_AT: usize = 44;
 const HEAD_POSITION_AT: usize = 48;
 const HEAD_SEQ_AT: usize = 56;
 const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"FJSE");
@@ -64,6 +67,8 @@ const KIND_WRAP: u32 = 2;
 /// Smallest staging file worth having.
 pub const BYTES_MIN: usize = 1 << 20;
 const ID_FILE: &str = "fjord.id";
+/// Shards a node may run (the broker's own bound on `cores`).
+const SHARDS_MAX: usize = 1024;
 
 /// Why a staging file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +123,13 @@ pub fn data_dir_id(data_dir: &Path) -> std::io::Result<u128> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// A node's topology as the header records it: shards, and the first that
+/// hosts partitions (partition `p` of a topic lives on a shard computed from
+/// both).
+pub fn topology(shards: usize, first_data_shard: usize) -> u32 {
+    (shards as u32) << 1 | u32::from(first_data_shard > 0)
 }
 
 /// The staging file of `shard` of the data directory at `data_dir`: named
@@ -235,21 +247,19 @@ pub struct StagingFile {
 
 impl StagingFile {
     /// Opens (creating or resizing when it holds nothing) the staging file
-    /// of `shard` of the data directory `data_dir` with identity `id`, with
-    /// room for `bytes`, and walks what it holds. Blocking.
+    /// of `shard` of the data directory `data_dir` with identity `id`, on a
+    /// node of `topology` (an opaque value: partition-to-shard mapping),
+    /// with room for `bytes`, and walks what it holds. Blocking.
     pub fn open(
         staging_dir: &Path,
         data_dir: &Path,
         id: u128,
         shard: usize,
+        topology: u32,
         bytes: usize,
     ) -> Result<StagingFile, StagingError> {
         let path = file_path(staging_dir, data_dir, shard);
         let unavailable = |reason: String| StagingError::Unavailable {
-            path: path.clone(),
-            reason,
-        };
-        let refused = |reason: String| StagingError::Refused {
             path: path.clone(),
             reason,
         };
@@ -262,27 +272,23 @@ impl StagingFile {
             .truncate(false)
             .open(&path)
             .map_err(|e| unavailable(e.to_string()))?;
-        let len = file
-            .metadata()
-            .map_err(|e| unavailable(e.to_string()))?
-            .len() as usize;
-        if len > 0 {
-            if len < HEADER_BYTES {
-                return Err(refused(format!("{len} bytes: too short for a header")));
-            }
-            let map = Mapping::map(&file, len).map_err(|e| unavailable(e.to_string()))?;
-            check_header(&map, id, shard, len).map_err(refused)?;
-            let (found, next_seq) = walk(&map);
-            let live = found.iter().any(|f| f.kind == KIND_BATCH);
-            if live || len == bytes {
-                return Ok(StagingFile {
+        if let Some(existing) = inspect(&path, &file, id, shard)? {
+            let staged = existing.staged_batches();
+            let written_by = existing.map.u32_at(TOPOLOGY_AT);
+            if staged > 0 && written_by != topology {
+                return Err(StagingError::Refused {
                     path,
-                    map,
-                    found,
-                    next_seq,
+                    reason: format!(
+                        "{staged} batches staged by a node of another shape (topology \
+                         {written_by:#x}, this one {topology:#x}): start it with the same \
+                         cores and controller_hosts_partitions to replay them"
+                    ),
                 });
             }
-            // Nothing staged and another size configured: start afresh.
+            if staged > 0 || existing.map.len == bytes && written_by == topology {
+                return Ok(existing);
+            }
+            // Nothing staged, and another size or shape: start afresh.
         }
         file.set_len(0).map_err(|e| unavailable(e.to_string()))?;
         // Reserve tmpfs pages now: a sparse file would raise SIGBUS on the
@@ -303,6 +309,7 @@ impl StagingFile {
         header[12..16].copy_from_slice(&(shard as u32).to_le_bytes());
         header[16..32].copy_from_slice(&id.to_le_bytes());
         header[32..40].copy_from_slice(&(bytes as u64).to_le_bytes());
+        header[TOPOLOGY_AT..TOPOLOGY_AT + 4].copy_from_slice(&topology.to_le_bytes());
         let crc = crc32c::crc32c(&header[..HEADER_CRC_AT]);
         header[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
         header[HEAD_POSITION_AT..HEAD_POSITION_AT + 8]
@@ -331,6 +338,79 @@ impl StagingFile {
     pub fn staged_batches(&self) -> usize {
         self.found.iter().filter(|f| f.kind == KIND_BATCH).count()
     }
+}
+
+/// Maps and checks an existing staging file and walks it; `None` when the
+/// file is new (empty).
+fn inspect(
+    path: &Path,
+    file: &std::fs::File,
+    id: u128,
+    shard: usize,
+) -> Result<Option<StagingFile>, StagingError> {
+    let refused = |reason: String| StagingError::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| StagingError::Unavailable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .len() as usize;
+    if len == 0 {
+        return Ok(None);
+    }
+    if len < HEADER_BYTES {
+        return Err(refused(format!("{len} bytes: too short for a header")));
+    }
+    let map = Mapping::map(file, len).map_err(|e| StagingError::Unavailable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    check_header(&map, id, shard, len).map_err(refused)?;
+    let (found, next_seq) = walk(&map);
+    Ok(Some(StagingFile {
+        path: path.to_path_buf(),
+        map,
+        found,
+        next_seq,
+    }))
+}
+
+/// Checks the staging files of shards `shards..` of this data directory,
+/// left by a node that ran more shards: one holding staged batches stops
+/// the start (no shard of this node would replay them); empty ones are
+/// removed. Blocking.
+pub fn check_extra_shards(
+    staging_dir: &Path,
+    data_dir: &Path,
+    id: u128,
+    shards: usize,
+) -> Result<(), StagingError> {
+    for shard in shards..SHARDS_MAX {
+        let path = file_path(staging_dir, data_dir, shard);
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+            continue;
+        };
+        let staged = inspect(&path, &file, id, shard)?.map_or(0, |f| f.staged_batches());
+        if staged > 0 {
+            return Err(StagingError::Refused {
+                path,
+                reason: format!(
+                    "shard {shard} staged {staged} batches, and this node runs {shards} \
+                     shards: start it with at least {} cores to replay them",
+                    shard + 1
+                ),
+            });
+        }
+        std::fs::remove_file(&path).map_err(|e| StagingError::Unavailable {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 fn check_header(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(), String> {
@@ -864,7 +944,7 @@ mod tests {
     use super::*;
 
     fn file(dir: &Path, id: u128, bytes: usize) -> Result<StagingFile, StagingError> {
-        StagingFile::open(dir, dir, id, 0, bytes)
+        StagingFile::open(dir, dir, id, 0, 2, bytes)
     }
 
     #[test]

@@ -15,8 +15,15 @@ use std::rc::Rc;
 const STAGING_BYTES: usize = 4 << 20;
 
 fn staging_file(dir: &fjord_storage::DataDir) -> StagingFile {
-    StagingFile::open(&dir.path().join("staging"), dir.path(), 1, 0, STAGING_BYTES)
-        .expect("staging file")
+    StagingFile::open(
+        &dir.path().join("staging"),
+        dir.path(),
+        1,
+        0,
+        2,
+        STAGING_BYTES,
+    )
+    .expect("staging file")
 }
 
 /// `batch(seed)` as the log stores it at `base`.
@@ -100,8 +107,15 @@ fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
             .expect("stage");
         drop(area);
         let area = Rc::new(Staging::new(
-            StagingFile::open(&dir.path().join("staging"), dir.path(), 1, 0, STAGING_BYTES)
-                .expect("reopen"),
+            StagingFile::open(
+                &dir.path().join("staging"),
+                dir.path(),
+                1,
+                0,
+                2,
+                STAGING_BYTES,
+            )
+            .expect("reopen"),
             dir.path().to_path_buf(),
         ));
         let log = Log::open_staged(
