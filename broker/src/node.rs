@@ -221,13 +221,15 @@ fn open_staging(
             Ok(file) => files.push(Some(file)),
             Err(e @ StagingError::Refused { .. }) => return Err(NodeError::Staging(e)),
             Err(e @ StagingError::Unavailable { .. }) => {
-                tracing::warn!(error = %e, "staging off: acks=1 waits for the disk write");
-                // Staging is all or nothing: no shard keeps a file it
-                // would not use, unless it holds batches to replay.
-                let note = format!("staging off: {e}");
-                let mut shards = files;
-                shards.resize_with(count, || None);
-                return Ok((shards, note));
+                // Shards already open keep their files (they may hold
+                // batches to replay); the others run without staging.
+                tracing::warn!(shard, error = %e, "staging off: acks=1 waits for the disk write");
+                let note = match shard {
+                    0 => format!("staging off: {e}"),
+                    _ => format!("staging on shards 0..{shard}, off from shard {shard}: {e}"),
+                };
+                files.resize_with(count, || None);
+                return Ok((files, note));
             }
         }
     }

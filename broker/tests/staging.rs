@@ -308,3 +308,30 @@ fn a_staging_file_of_another_data_dir_or_layout_is_refused() {
     broker.restart();
     assert_eq!(values(&broker, "t"), ["kept"]);
 }
+
+#[test]
+fn without_room_for_staging_the_node_says_so_and_acks_wait_for_the_write() {
+    // No tmpfs (or file system) holds 4 EiB: staging is off.
+    let huge = (1u64 << 62).to_string();
+    let mut broker = Broker::start_with(1, &["--staging-bytes-per-shard", &huge]);
+    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"written"), &[])).unwrap();
+    assert_eq!(values(&broker, "t"), ["written"]);
+    broker.kill();
+    let mut child = Command::new(FJORD)
+        .args(broker.serve_args())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.starts_with("fjord: serving"), "{line}");
+    assert!(line.contains("staging off: staging unavailable"), "{line}");
+}

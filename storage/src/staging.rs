@@ -365,10 +365,9 @@ fn inspect(
     if len < HEADER_BYTES {
         return Err(refused(format!("{len} bytes: too short for a header")));
     }
-    let map = Mapping::map(file, len).map_err(|e| StagingError::Unavailable {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    // It may hold acknowledged batches: not being able to read it stops the
+    // start, it does not turn staging off.
+    let map = Mapping::map(file, len).map_err(|e| refused(format!("cannot map it: {e}")))?;
     check_header(&map, id, shard, len).map_err(refused)?;
     let (found, next_seq) = walk(&map);
     Ok(Some(StagingFile {
