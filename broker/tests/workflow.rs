@@ -187,8 +187,9 @@ fn serve_reads_a_config_file_and_flags_override_it() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nshard_port_base = 0\ncores = 2\nmax_connections_per_shard = 7\n",
-            data.display().to_string()
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nshard_port_base = 0\ncores = 2\nmax_connections_per_shard = 7\nstaging_dir = {:?}\n",
+            data.display().to_string(),
+            dir.path().join("staging").display().to_string()
         ),
     )
     .unwrap();
@@ -211,6 +212,7 @@ fn serve_reads_a_config_file_and_flags_override_it() {
         "{line}"
     );
     assert!(data.join("cluster").exists(), "data_dir from the file");
+    assert!(dir.path().join("staging").exists(), "staging_dir from the file");
 
     std::fs::write(&config, "no_such_key = 1\n").unwrap();
     let output = std::process::Command::new(common::FJORD)
