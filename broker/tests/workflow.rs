@@ -212,7 +212,10 @@ fn serve_reads_a_config_file_and_flags_override_it() {
         "{line}"
     );
     assert!(data.join("cluster").exists(), "data_dir from the file");
-    assert!(dir.path().join("staging").exists(), "staging_dir from the file");
+    assert!(
+        dir.path().join("staging").exists(),
+        "staging_dir from the file"
+    );
 
     std::fs::write(&config, "no_such_key = 1\n").unwrap();
     let output = std::process::Command::new(common::FJORD)

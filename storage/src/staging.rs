@@ -45,6 +45,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The layout written by this build; files of any other are refused.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -67,6 +68,8 @@ const KIND_WRAP: u32 = 2;
 /// Smallest staging file worth having.
 pub const BYTES_MIN: usize = 1 << 20;
 const ID_FILE: &str = "fjord.id";
+/// A full staging area is reported at most this often.
+const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Shards a node may run (the broker's own bound on `cores`).
 const SHARDS_MAX: usize = 1024;
 
@@ -557,6 +560,9 @@ struct Ring {
     replay: HashMap<String, Vec<Found>>,
     /// Appends waiting for room.
     waiting: Vec<oneshot::Sender<()>>,
+    /// Appends that found the area full since the last report.
+    full_waits: u64,
+    full_reported_at: Option<Instant>,
 }
 
 /// A shard's staging area; see the module doc.
@@ -614,6 +620,8 @@ impl Staging {
                 tail,
                 replay,
                 waiting: Vec::new(),
+                full_waits: 0,
+                full_reported_at: None,
             }),
         };
         // The head in the file may lag (released entries) or point where
@@ -671,6 +679,21 @@ impl Staging {
                 let mut ring = self.ring.borrow_mut();
                 if self.place(&ring, n).is_some() {
                     return;
+                }
+                ring.full_waits += 1;
+                let due = ring
+                    .full_reported_at
+                    .is_none_or(|at| at.elapsed() >= FULL_REPORT_INTERVAL);
+                if due {
+                    // A stall longer than the area holds: service degrades
+                    // to the disk's pace. Said once per interval, counted.
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        appends_waited = ring.full_waits,
+                        "staging area full: acknowledgements wait for the disk"
+                    );
+                    ring.full_waits = 0;
+                    ring.full_reported_at = Some(Instant::now());
                 }
                 let (tx, rx) = oneshot::channel();
                 ring.waiting.push(tx);
