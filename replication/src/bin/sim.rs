@@ -32,6 +32,10 @@ struct Args {
     /// skip-check-quorum.
     #[arg(long = "bug")]
     bugs: Vec<String>,
+    /// Go on after a failure, counting failing seeds (for measuring how
+    /// quickly the checker finds a planted bug).
+    #[arg(long)]
+    keep_going: bool,
     /// Threads (default: every core).
     #[arg(long)]
     threads: Option<usize>,
@@ -47,6 +51,7 @@ struct Totals {
     faults: u64,
     recovery_sum: u64,
     recovery_max: u64,
+    failures: u64,
 }
 
 impl Totals {
@@ -83,20 +88,32 @@ fn main() {
             std::process::exit(2);
         }
     }
-    // A core assertion is reported as the seed's failure, not as a panic.
-    std::panic::set_hook(Box::new(|_| {}));
-    if let Some(seed) = args.seed {
-        match sim::run(seed, bugs) {
-            Ok(outcome) => {
-                if args.trace {
-                    let mut world = sim::world::World::new(seed, bugs, true);
-                    let _ = world.run();
-                    for line in world.trace() {
-                        println!("  {line}");
-                    }
-                }
-                println!("seed {seed} passed: {outcome:?}");
+    // A core assertion is the seed's failure. Where panics unwind, `run`
+    // reports it with the trace; where they abort (release builds), this
+    // hook names the seed and the replay before the process ends.
+    let replay_bugs = bugs;
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(seed) = sim::playing() {
+            let failure = Failure { seed, violation: format!("panic in the core: {info}"), trace: Vec::new() };
+            if cfg!(panic = "abort") {
+                report(&failure, &replay_bugs);
             }
+        }
+    }));
+    if let Some(seed) = args.seed {
+        if args.trace {
+            // Printed as it happens, so that an aborting panic keeps it.
+            let mut world = sim::world::World::new(seed, bugs, true);
+            world.print_trace = true;
+            if let Err(violation) = world.run() {
+                println!("FAILED seed {seed}: {violation}");
+                std::process::exit(1);
+            }
+            println!("seed {seed} passed");
+            return;
+        }
+        match sim::run(seed, bugs) {
+            Ok(outcome) => println!("seed {seed} passed: {outcome:?}"),
             Err(failure) => {
                 report(&failure, &bugs);
                 std::process::exit(1);
@@ -113,6 +130,7 @@ fn main() {
     let totals = Arc::new(Mutex::new(Totals::default()));
     let failure: Arc<Mutex<Option<Failure>>> = Arc::new(Mutex::new(None));
     let started = Instant::now();
+    let keep_going = args.keep_going;
     let workers: Vec<_> = (0..threads)
         .map(|_| {
             let (next, stop, totals, failure) = (next.clone(), stop.clone(), totals.clone(), failure.clone());
@@ -126,14 +144,15 @@ fn main() {
                     match sim::run(seed, bugs) {
                         Ok(outcome) => local.add(&outcome),
                         Err(f) => {
-                            stop.store(true, Ordering::Relaxed);
+                            local.failures += 1;
+                            stop.store(!keep_going, Ordering::Relaxed);
                             let mut slot = failure.lock().unwrap_or_else(|e| e.into_inner());
                             if slot.as_ref().is_none_or(|g| g.seed > f.seed) {
                                 *slot = Some(f);
                             }
                         }
                     }
-                    if local.seeds == 1000 {
+                    if local.seeds + local.failures == 1000 {
                         let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
                         merge(&mut t, &local);
                         println!(
@@ -168,6 +187,9 @@ fn main() {
         t.recovery_sum as f64 / t.seeds.max(1) as f64,
         t.recovery_max,
     );
+    if t.failures > 0 {
+        println!("{} of {} seeds failed", t.failures, t.seeds + t.failures);
+    }
     if let Some(f) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
         report(&f, &bugs);
         std::process::exit(1);
@@ -183,4 +205,5 @@ fn merge(into: &mut Totals, from: &Totals) {
     into.faults += from.faults;
     into.recovery_sum += from.recovery_sum;
     into.recovery_max = into.recovery_max.max(from.recovery_max);
+    into.failures += from.failures;
 }

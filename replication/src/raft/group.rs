@@ -79,7 +79,8 @@ impl Config {
 #[cfg(feature = "sim")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bugs {
-    /// Commit any entry a majority holds, of whatever term (Figure 8).
+    /// Commit any entry a majority holds, of whatever term (Figure 8), and
+    /// so append no leader mark on election.
     pub commit_old_term_by_count: bool,
     /// Answer before the term and vote are persisted.
     pub skip_hard_state_persistence: bool,
@@ -611,8 +612,20 @@ impl Group {
         self.heard_at = self.now;
         out.push(Output::Event(Event::BecameLeader { term: self.hard.term }));
         self.set_leader(Some(self.cfg.id), out);
-        // Entries of earlier terms commit only under one of this term.
-        self.append_as_leader(1, CONTROL_BATCH_BYTES, EntryKind::LeaderMark, out);
+        // Entries of earlier terms commit only under one of this term. (An
+        // implementation that commits them by counting sees no need for the
+        // mark: the planted bug leaves it out, as such code would.)
+        #[cfg(feature = "sim")]
+        let mark = !self.cfg.bugs.commit_old_term_by_count;
+        #[cfg(not(feature = "sim"))]
+        let mark = true;
+        if mark {
+            self.append_as_leader(1, CONTROL_BATCH_BYTES, EntryKind::LeaderMark, out);
+        } else {
+            for to in self.peers() {
+                self.send_append(to, out);
+            }
+        }
         self.maybe_commit(out);
     }
 

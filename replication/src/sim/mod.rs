@@ -13,7 +13,18 @@ pub mod network;
 pub mod world;
 
 use crate::raft::Bugs;
+use std::cell::Cell;
 pub use world::Outcome;
+
+thread_local! {
+    static PLAYING: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// The seed this thread is playing, for a panic hook to name when panics
+/// abort the process (release builds) instead of unwinding into [`run`].
+pub fn playing() -> Option<u64> {
+    PLAYING.with(Cell::get)
+}
 
 /// A seed that broke an invariant.
 #[derive(Debug)]
@@ -83,7 +94,9 @@ pub fn run(seed: u64, bugs: Bugs) -> Result<Outcome, Failure> {
 
 fn play(seed: u64, bugs: Bugs, trace: bool) -> Result<Outcome, (String, Vec<String>)> {
     let mut world = world::World::new(seed, bugs, trace);
+    PLAYING.with(|p| p.set(Some(seed)));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run()));
+    PLAYING.with(|p| p.set(None));
     let violation = match result {
         Ok(Ok(outcome)) => return Ok(outcome),
         Ok(Err(violation)) => violation,

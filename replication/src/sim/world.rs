@@ -11,8 +11,8 @@
 //! must then hold every committed entry and every `acks=all` acknowledgement.
 
 use crate::raft::{
-    AppendRequest, Bugs, Config, Durability, Entry, Event, Group, HardState, Membership, Message,
-    NodeId, Offset, Output, Role, Term,
+    AppendRequest, Bugs, Config, Durability, Entry, Event, Group, HardState, Membership,
+    MembershipChange, Message, NodeId, Offset, Output, Role, Term,
 };
 use crate::sim::checker::{Checker, Violation};
 use crate::sim::disk::{Completed, Disk, Stored, Time};
@@ -70,6 +70,7 @@ enum Ev {
     Fault,
     Heal,
     StopClients,
+    Crash(usize, u64),
 }
 
 #[derive(Debug)]
@@ -106,11 +107,17 @@ pub struct World {
     checker: Checker,
     bugs: Bugs,
     trace: Option<Vec<String>>,
+    /// Print trace lines as they happen (a replay that may abort).
+    pub print_trace: bool,
     payload_next: u64,
     outcome: Outcome,
     healed_at: Option<Time>,
     clients_on: bool,
     max_append_bytes: u64,
+    fault_gap_max: Time,
+    client_gap_max: Time,
+    crash_weight: u32,
+    buggify: bool,
 }
 
 impl World {
@@ -120,16 +127,25 @@ impl World {
         let mut rng = StdRng::seed_from_u64(seed);
         let count = if rng.gen_bool(0.5) { 3 } else { 5 };
         let durability = if rng.gen_bool(0.5) { Durability::Written } else { Durability::Synced };
+        // Swarm testing: each seed draws its own fault mix, so some runs are
+        // calm and some are storms, and rare interleavings get their turn.
         let net = Network::new(
-            rng.gen_range(0.0..0.1),
+            [0.0, 0.05, 0.3][rng.gen_range(0..3)] * rng.gen_range(0.0..1.0),
             rng.gen_range(0.0..0.05),
             rng.gen_range(2..12),
             rng.gen_range(0.0..0.05),
         );
+        let fault_gap_max = [60, 300][rng.gen_range(0..2)];
+        let client_gap_max = [30, 300][rng.gen_range(0..2)];
+        let crash_weight = rng.gen_range(0..4);
+        let buggify = rng.gen_bool(0.5);
         // One batch per message makes replication slow and fine-grained:
         // more interleavings of old-term entries and new leaders' marks.
         let max_append_bytes = [1, 16 << 10, 64 << 10][rng.gen_range(0..3)];
-        let ids: Vec<NodeId> = (0..count).collect();
+        // Some five-node runs start with three voters, and replicas move in
+        // and out of the group (membership changes) as a fault.
+        let voters = if count == 5 && rng.gen_bool(0.5) { 3 } else { count };
+        let ids: Vec<NodeId> = (0..voters).collect();
         let membership = Membership::of_voters(&ids);
         let nodes = (0..count)
             .map(|_| Node {
@@ -157,15 +173,28 @@ impl World {
             checker: Checker::new(bound),
             bugs,
             trace: trace.then(Vec::new),
+            print_trace: false,
             payload_next: 1,
             outcome: Outcome::default(),
             healed_at: None,
             clients_on: true,
             max_append_bytes,
+            fault_gap_max,
+            client_gap_max,
+            crash_weight,
+            buggify,
         };
         note!(world, 
             "seed {seed}: {count} nodes, {durability:?}, net {:?}",
             world.net
+        );
+        note!(
+            world,
+            "faults every {} at most, crash weight {}, produce every {} at most, buggify {}",
+            world.fault_gap_max,
+            world.crash_weight,
+            world.client_gap_max,
+            world.buggify
         );
         for n in 0..world.nodes.len() {
             world.start(n);
@@ -204,7 +233,19 @@ impl World {
     }
 
     fn finish(&mut self) -> Result<Outcome, Violation> {
+        // Replicas of the group as its final leader sees it must hold
+        // everything; a replica moved out keeps what it had.
+        let members = self
+            .nodes
+            .iter()
+            .filter_map(|node| node.group.as_ref())
+            .find(|g| g.role() == Role::Leader)
+            .map(|g| g.membership().clone())
+            .ok_or_else(|| "no leader at the end".to_string())?;
         for (n, node) in self.nodes.iter().enumerate() {
+            if !members.contains(n as NodeId) {
+                continue;
+            }
             self.checker.final_log(n as NodeId, node.disk.view()).map_err(|v| {
                 let states: Vec<String> = self
                     .nodes
@@ -234,8 +275,11 @@ impl World {
     }
 
     fn push_trace(&mut self, line: String) {
-        if let Some(trace) = &mut self.trace {
-            trace.push(format!("t={:>5} {line}", self.now));
+        let line = format!("t={:>5} {line}", self.now);
+        if self.print_trace {
+            println!("  {line}");
+        } else if let Some(trace) = &mut self.trace {
+            trace.push(line);
         }
     }
 
@@ -345,6 +389,12 @@ impl World {
             Ev::Client => self.client(),
             Ev::Read => self.read(),
             Ev::Fault => self.fault(),
+            Ev::Crash(n, inc) => {
+                if self.nodes[n].incarnation == inc {
+                    self.crash(n);
+                }
+                Ok(())
+            }
             Ev::Heal => self.heal(),
             Ev::StopClients => {
                 self.clients_on = false;
@@ -462,6 +512,7 @@ impl World {
     fn on_event(&mut self, n: usize, event: Event) -> Result<(), Violation> {
         match event {
             Event::BecameLeader { term } => {
+                self.buggify(n, 30);
                 let view = self.nodes[n].disk.view();
                 let end = view.last().map_or(0, |s| s.entry.end);
                 note!(self, "n{n} leads term {term}, log end {end}");
@@ -477,10 +528,25 @@ impl World {
                 self.checker.committed(n as NodeId, self.nodes[n].disk.view(), before, commit)?;
                 self.nodes[n].commit = commit;
                 self.acknowledge(n, commit, true)?;
+                if self.nodes[n].group.as_ref().is_some_and(|g| g.role() == Role::Leader) {
+                    self.buggify(n, 3);
+                }
             }
             Event::LeaderDurable { end } => self.acknowledge(n, end, false)?,
         }
         Ok(())
+    }
+
+    /// Crashes a node soon after a moment of interest (a new leader, a
+    /// leader's commit), in the seeds that draw it: such moments are rare
+    /// in time but are where the protocol's hardest cases start
+    /// (FoundationDB calls this buggify).
+    fn buggify(&mut self, n: usize, within: Time) {
+        if self.buggify && self.healed_at.is_none() && self.rng.gen_bool(0.3) {
+            let after = self.rng.gen_range(0..within);
+            let inc = self.nodes[n].incarnation;
+            self.schedule(after, Ev::Crash(n, inc));
+        }
     }
 
     fn acknowledge(&mut self, n: usize, below: Offset, all: bool) -> Result<(), Violation> {
@@ -502,7 +568,7 @@ impl World {
         if !self.clients_on {
             return Ok(());
         }
-        let gap = self.rng.gen_range(3..30);
+        let gap = self.rng.gen_range(3..self.client_gap_max);
         self.schedule(gap, Ev::Client);
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|&n| {
@@ -525,6 +591,7 @@ impl World {
         let Ok(entry) = group.propose(records, bytes, &mut out) else { return Ok(()) };
         let Entry { offset, end, .. } = entry;
         self.nodes[n].waiting.push(Waiting { offset, end, payload, all, term });
+        self.buggify(n, 8);
         self.carry_out(n, &[(offset, payload)], out)
     }
 
@@ -554,31 +621,23 @@ impl World {
         if self.healed_at.is_some() {
             return Ok(());
         }
-        let gap = self.rng.gen_range(20..300);
+        let gap = self.rng.gen_range(10..self.fault_gap_max);
         self.schedule(gap, Ev::Fault);
         self.outcome.faults += 1;
         let count = self.nodes.len();
-        let n = self.rng.gen_range(0..count);
+        // Half the faults aim at a leader: that is where the protocol is
+        // most exposed (a deposed leader, an uncommitted tail, a new term).
+        let leader = (0..count).find(|&l| {
+            self.nodes[l].group.as_ref().is_some_and(|g| g.role() == Role::Leader)
+        });
+        let n = match leader {
+            Some(l) if self.rng.gen_bool(0.5) => l,
+            _ => self.rng.gen_range(0..count),
+        };
         let election = Time::from(ELECTION_TICKS) * TICK;
-        match self.rng.gen_range(0..8) {
-            0 | 7 => {
-                if self.nodes[n].group.is_none() {
-                    return Ok(());
-                }
-                let power = self.durability == Durability::Synced;
-                note!(self, "n{n} crashes (power loss: {power})");
-                let node = &mut self.nodes[n];
-                node.group = None;
-                node.incarnation += 1;
-                node.waiting.clear();
-                node.disk.crash(power, &mut self.rng);
-                let after = if self.rng.gen_bool(0.5) {
-                    self.rng.gen_range(5..40)
-                } else {
-                    self.rng.gen_range(40..600)
-                };
-                self.schedule(after, Ev::Restart(n));
-            }
+        let kind = self.rng.gen_range(0..7 + self.crash_weight);
+        match kind {
+            0 | 7.. => self.crash(n),
             1 => {
                 if self.nodes[n].paused_until.is_some() || self.nodes[n].group.is_none() {
                     return Ok(());
@@ -591,7 +650,10 @@ impl World {
             2 => {
                 self.net.heal();
                 let one_way = self.rng.gen_bool(0.3);
-                let side: Vec<usize> = (0..count).filter(|_| self.rng.gen_bool(0.4)).collect();
+                let mut side: Vec<usize> = (0..count).filter(|_| self.rng.gen_bool(0.4)).collect();
+                if !side.contains(&n) {
+                    side.push(n);
+                }
                 for &a in &side {
                     for b in (0..count).filter(|b| !side.contains(b)) {
                         self.net.cut(a as NodeId, b as NodeId);
@@ -612,9 +674,6 @@ impl World {
                 self.nodes[n].disk.slow_until = until;
             }
             5 => {
-                let leader = (0..count).find(|&l| {
-                    self.nodes[l].group.as_ref().is_some_and(|g| g.role() == Role::Leader)
-                });
                 if let Some(l) = leader {
                     note!(self, "n{l} hands leadership to n{n}");
                     self.drive(l, &[], |g, out| {
@@ -622,9 +681,68 @@ impl World {
                     })?;
                 }
             }
+            6 => {
+                if let Some(l) = leader {
+                    self.change_membership(l)?;
+                }
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// One step of moving replicas: add a learner, promote it, or remove a
+    /// voter while there are more than three.
+    fn change_membership(&mut self, l: usize) -> Result<(), Violation> {
+        let Some(group) = self.nodes[l].group.as_ref() else { return Ok(()) };
+        let m = group.membership().clone();
+        let outside: Vec<NodeId> =
+            (0..self.nodes.len() as NodeId).filter(|&id| !m.contains(id)).collect();
+        let mut options: Vec<MembershipChange> =
+            outside.iter().map(|&id| MembershipChange::AddLearner(id)).collect();
+        options.extend(m.learners.iter().map(|&id| MembershipChange::Promote(id)));
+        if m.voters.len() > 3 {
+            options.extend(m.voters.iter().map(|&id| MembershipChange::Remove(id)));
+        }
+        if options.is_empty() {
+            return Ok(());
+        }
+        let change = options[self.rng.gen_range(0..options.len())];
+        note!(self, "n{l} proposes {change:?} to {m:?}");
+        self.drive(l, &[], |g, out| {
+            let _ = g.change_membership(change, out);
+        })
+    }
+
+    fn crash(&mut self, n: usize) {
+        if self.nodes[n].group.is_none() || self.healed_at.is_some() {
+            return;
+        }
+        let power = self.durability == Durability::Synced;
+        note!(self, "n{n} crashes (power loss: {power})");
+        let node = &mut self.nodes[n];
+        node.group = None;
+        node.incarnation += 1;
+        node.waiting.clear();
+        node.disk.crash(power, &mut self.rng);
+        // What the process had queued but the kernel had not sent dies too.
+        let unsent: Vec<(Time, u64)> = self
+            .queue
+            .iter()
+            .filter(|(_, ev)| matches!(ev, Ev::Deliver { from, .. } if *from == n))
+            .map(|(&key, _)| key)
+            .collect();
+        for key in unsent {
+            if self.rng.gen_bool(0.5) {
+                self.queue.remove(&key);
+            }
+        }
+        let after = if self.rng.gen_bool(0.5) {
+            self.rng.gen_range(5..40)
+        } else {
+            self.rng.gen_range(40..600)
+        };
+        self.schedule(after, Ev::Restart(n));
     }
 
     fn heal(&mut self) -> Result<(), Violation> {
