@@ -13,6 +13,8 @@ mod log;
 mod message;
 pub mod mux;
 mod progress;
+#[cfg(test)]
+mod tests;
 mod types;
 
 #[cfg(feature = "sim")]

@@ -681,12 +681,11 @@ impl World {
                     })?;
                 }
             }
-            6 => {
+            _ => {
                 if let Some(l) = leader {
                     self.change_membership(l)?;
                 }
             }
-            _ => {}
         }
         Ok(())
     }
