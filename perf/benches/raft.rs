@@ -19,14 +19,34 @@ use std::hint::black_box;
 fn leader(seed: u64) -> Group {
     let membership = Membership::of_voters(&[0, 1, 2]);
     let cfg = Config::new(0, Durability::Written, seed);
-    let mut g = Group::new(cfg, HardState::default(), LogState::default(), membership, 0);
+    let mut g = Group::new(
+        cfg,
+        HardState::default(),
+        LogState::default(),
+        membership,
+        0,
+    );
     let mut out = Vec::new();
     while g.role() == Role::Follower {
         g.tick(&mut out);
     }
-    g.receive(1, Message::PreVoteResponse(VoteResponse { term: 1, granted: true }), &mut out);
+    g.receive(
+        1,
+        Message::PreVoteResponse(VoteResponse {
+            term: 1,
+            granted: true,
+        }),
+        &mut out,
+    );
     g.hard_state_persisted(1, &mut out);
-    g.receive(1, Message::VoteResponse(VoteResponse { term: 1, granted: true }), &mut out);
+    g.receive(
+        1,
+        Message::VoteResponse(VoteResponse {
+            term: 1,
+            granted: true,
+        }),
+        &mut out,
+    );
     assert_eq!(g.role(), Role::Leader);
     g
 }
@@ -68,7 +88,10 @@ fn idle_groups(c: &mut Criterion) {
             mux.tick(&mut outbox);
             outbox.batches.clear();
             for peer in [1, 2] {
-                let batch = PeerBatch { heartbeat_responses: answers.clone(), ..PeerBatch::default() };
+                let batch = PeerBatch {
+                    heartbeat_responses: answers.clone(),
+                    ..PeerBatch::default()
+                };
                 mux.receive(peer, batch, &mut outbox);
             }
             black_box(outbox.local.len());

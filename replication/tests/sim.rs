@@ -54,7 +54,10 @@ fn play(seeds: Range<u64>, bugs: Bugs) -> (u64, Option<Failure>) {
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
     });
     let first = failures.into_iter().min_by_key(|f| f.seed);
     (passed.load(Ordering::Relaxed), first)
@@ -73,7 +76,10 @@ fn describe(failure: &Failure, bugs: &Bugs) -> String {
 
 #[test]
 fn two_thousand_seeds_keep_every_promise() {
-    let count = std::env::var("FJORD_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let count = std::env::var("FJORD_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     let (passed, failure) = play(0..count, Bugs::default());
     if let Some(failure) = failure {
         panic!("{}", describe(&failure, &Bugs::default()));
@@ -95,37 +101,64 @@ fn caught(bugs: Bugs, bound: u64) -> Failure {
 
 #[test]
 fn checker_catches_a_follower_serving_its_unflushed_tail() {
-    let bugs = Bugs { follower_reads_unflushed_tail: true, ..Bugs::default() };
+    let bugs = Bugs {
+        follower_reads_unflushed_tail: true,
+        ..Bugs::default()
+    };
     let failure = caught(bugs, 50);
-    assert!(failure.violation.contains("not committed"), "{}", describe(&failure, &bugs));
+    assert!(
+        failure.violation.contains("not committed"),
+        "{}",
+        describe(&failure, &bugs)
+    );
 }
 
 #[test]
 fn checker_catches_skipped_check_quorum() {
-    let bugs = Bugs { skip_check_quorum: true, ..Bugs::default() };
+    let bugs = Bugs {
+        skip_check_quorum: true,
+        ..Bugs::default()
+    };
     let failure = caught(bugs, 1000);
-    assert!(failure.violation.contains("deposed"), "{}", describe(&failure, &bugs));
+    assert!(
+        failure.violation.contains("deposed"),
+        "{}",
+        describe(&failure, &bugs)
+    );
 }
 
 #[test]
 fn checker_catches_skipped_vote_persistence() {
-    let bugs = Bugs { skip_hard_state_persistence: true, ..Bugs::default() };
+    let bugs = Bugs {
+        skip_hard_state_persistence: true,
+        ..Bugs::default()
+    };
     caught(bugs, 1000);
 }
 
 #[test]
 fn checker_catches_commit_of_an_old_term_by_counting() {
-    let bugs = Bugs { commit_old_term_by_count: true, ..Bugs::default() };
+    let bugs = Bugs {
+        commit_old_term_by_count: true,
+        ..Bugs::default()
+    };
     caught(bugs, 40_000);
 }
 
 #[test]
 fn a_failing_seed_replays_exactly() {
-    let bugs = Bugs { skip_check_quorum: true, ..Bugs::default() };
+    let bugs = Bugs {
+        skip_check_quorum: true,
+        ..Bugs::default()
+    };
     let first = caught(bugs, 1000);
     let again = sim::run(first.seed, bugs).expect_err("the same seed fails again");
     assert_eq!(first.violation, again.violation);
     assert_eq!(first.trace, again.trace);
     assert!(!first.trace.is_empty(), "a failure carries its trace");
-    assert!(first.replay_command(&bugs).contains(&format!("--seed {}", first.seed)));
+    assert!(
+        first
+            .replay_command(&bugs)
+            .contains(&format!("--seed {}", first.seed))
+    );
 }

@@ -84,7 +84,10 @@ fn main() {
     let mut bugs = Bugs::default();
     for name in &args.bugs {
         if !sim::plant(&mut bugs, name) {
-            eprintln!("sim: unknown bug {name:?}; known: {}", sim::BUG_NAMES.join(", "));
+            eprintln!(
+                "sim: unknown bug {name:?}; known: {}",
+                sim::BUG_NAMES.join(", ")
+            );
             std::process::exit(2);
         }
     }
@@ -94,7 +97,11 @@ fn main() {
     let replay_bugs = bugs;
     std::panic::set_hook(Box::new(move |info| {
         if let Some(seed) = sim::playing() {
-            let failure = Failure { seed, violation: format!("panic in the core: {info}"), trace: Vec::new() };
+            let failure = Failure {
+                seed,
+                violation: format!("panic in the core: {info}"),
+                trace: Vec::new(),
+            };
             if cfg!(panic = "abort") {
                 report(&failure, &replay_bugs);
             }
@@ -133,7 +140,8 @@ fn main() {
     let keep_going = args.keep_going;
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, stop, totals, failure) = (next.clone(), stop.clone(), totals.clone(), failure.clone());
+            let (next, stop, totals, failure) =
+                (next.clone(), stop.clone(), totals.clone(), failure.clone());
             std::thread::spawn(move || {
                 let mut local = Totals::default();
                 while !stop.load(Ordering::Relaxed) {

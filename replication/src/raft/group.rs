@@ -22,8 +22,8 @@ use crate::raft::message::{
 };
 use crate::raft::progress::{Mode, Progress};
 use crate::raft::types::{
-    Durability, Entry, EntryKind, HardState, Membership, MembershipChange, MembershipError,
-    NodeId, Offset, Term,
+    Durability, Entry, EntryKind, HardState, Membership, MembershipChange, MembershipError, NodeId,
+    Offset, Term,
 };
 use std::collections::{BTreeMap, VecDeque};
 
@@ -129,18 +129,29 @@ struct Votes {
 
 impl Votes {
     fn new(me: NodeId) -> Votes {
-        Votes { granted: vec![me], refused: Vec::new() }
+        Votes {
+            granted: vec![me],
+            refused: Vec::new(),
+        }
     }
 
     fn record(&mut self, from: NodeId, granted: bool) {
         if self.granted.contains(&from) || self.refused.contains(&from) {
             return;
         }
-        if granted { self.granted.push(from) } else { self.refused.push(from) }
+        if granted {
+            self.granted.push(from)
+        } else {
+            self.refused.push(from)
+        }
     }
 
     fn won(&self, membership: &Membership) -> bool {
-        self.granted.iter().filter(|&&id| membership.is_voter(id)).count() >= membership.quorum()
+        self.granted
+            .iter()
+            .filter(|&&id| membership.is_voter(id))
+            .count()
+            >= membership.quorum()
     }
 }
 
@@ -205,10 +216,20 @@ impl Group {
         base_membership: Membership,
         commit: Offset,
     ) -> Group {
-        assert!(cfg.election_ticks > cfg.heartbeat_ticks, "elections must outlast heartbeats");
-        assert!(cfg.heartbeat_ticks > 0 && cfg.max_append_bytes > 0, "zero limits in {cfg:?}");
+        assert!(
+            cfg.election_ticks > cfg.heartbeat_ticks,
+            "elections must outlast heartbeats"
+        );
+        assert!(
+            cfg.heartbeat_ticks > 0 && cfg.max_append_bytes > 0,
+            "zero limits in {cfg:?}"
+        );
         let log = LogView::new(log);
-        assert!(commit <= log.end(), "commit {commit} past the log end {}", log.end());
+        assert!(
+            commit <= log.end(),
+            "commit {commit} past the log end {}",
+            log.end()
+        );
         let end = log.end();
         let mut group = Group {
             rng: cfg.seed ^ (u64::from(cfg.id) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
@@ -310,9 +331,11 @@ impl Group {
     /// A leader's view of its followers: `(id, matched, durable)`.
     pub fn followers(&self) -> Vec<(NodeId, Offset, Offset)> {
         match &self.role {
-            RoleState::Leader(l) => {
-                l.progress.iter().map(|(&id, p)| (id, p.matched, p.durable)).collect()
-            }
+            RoleState::Leader(l) => l
+                .progress
+                .iter()
+                .map(|(&id, p)| (id, p.matched, p.durable))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -330,7 +353,9 @@ impl Group {
         }
         let heartbeat_ticks = self.cfg.heartbeat_ticks;
         let heartbeat_due = {
-            let RoleState::Leader(l) = &mut self.role else { unreachable!() };
+            let RoleState::Leader(l) = &mut self.role else {
+                unreachable!()
+            };
             l.heartbeat_elapsed += 1;
             let heartbeat_due = l.heartbeat_elapsed >= heartbeat_ticks;
             if heartbeat_due {
@@ -348,7 +373,10 @@ impl Group {
         }
         self.resume_stalled_pipelines();
         if heartbeat_due {
-            let beat = Heartbeat { term: self.hard.term, commit: self.commit };
+            let beat = Heartbeat {
+                term: self.hard.term,
+                commit: self.commit,
+            };
             for to in self.peers() {
                 self.send(to, Message::Heartbeat(beat), out);
             }
@@ -374,7 +402,10 @@ impl Group {
         } else if term < self.hard.term {
             // A stale sender learns the newer term from the answer, so a
             // deposed leader or a partitioned candidate rejoins.
-            let refusal = VoteResponse { term: self.hard.term, granted: false };
+            let refusal = VoteResponse {
+                term: self.hard.term,
+                granted: false,
+            };
             match message {
                 Message::PreVote(_) => self.send(from, Message::PreVoteResponse(refusal), out),
                 Message::Vote(_) => self.send(from, Message::VoteResponse(refusal), out),
@@ -426,7 +457,10 @@ impl Group {
     ) -> Result<Entry, ProposeError> {
         self.check_can_propose()?;
         let committed_in_term = self.log.term_at_end(self.commit) == Some(self.hard.term);
-        let pending = self.log.last_config().is_some_and(|&(o, _)| o >= self.commit);
+        let pending = self
+            .log
+            .last_config()
+            .is_some_and(|&(o, _)| o >= self.commit);
         if !committed_in_term || pending {
             return Err(ProposeError::ChangePending);
         }
@@ -442,7 +476,9 @@ impl Group {
         }
         let deadline = self.now + u64::from(self.cfg.election_ticks);
         let end = self.log.end();
-        let RoleState::Leader(l) = &mut self.role else { return false };
+        let RoleState::Leader(l) = &mut self.role else {
+            return false;
+        };
         l.transfer = Some((target, deadline));
         let caught_up = l.progress.get(&target).is_some_and(|p| p.matched == end);
         if caught_up {
@@ -484,7 +520,10 @@ impl Group {
 
     /// The hard state of `version` is on stable storage.
     pub fn hard_state_persisted(&mut self, version: u64, out: &mut Vec<Output>) {
-        assert!(version <= self.hard_version, "persisted a future version {version}");
+        assert!(
+            version <= self.hard_version,
+            "persisted a future version {version}"
+        );
         self.persisted_version = self.persisted_version.max(version);
         if self.hard_state_durable() {
             for (to, message) in std::mem::take(&mut self.held) {
@@ -530,7 +569,13 @@ impl Group {
         let was_leader = matches!(self.role, RoleState::Leader(_));
         assert!(!was_leader, "a leader does not stand for election");
         self.reset_election_timer();
-        self.set_hard(HardState { term: self.hard.term + 1, vote: Some(self.cfg.id) }, out);
+        self.set_hard(
+            HardState {
+                term: self.hard.term + 1,
+                vote: Some(self.cfg.id),
+            },
+            out,
+        );
         self.verified = self.commit;
         self.durable_sent = 0;
         self.set_leader(None, out);
@@ -543,24 +588,46 @@ impl Group {
     }
 
     fn vote_request(&self, term: Term, transfer: bool) -> VoteRequest {
-        VoteRequest { term, last_term: self.log.last_term(), end: self.log.end(), transfer }
+        VoteRequest {
+            term,
+            last_term: self.log.last_term(),
+            end: self.log.end(),
+            transfer,
+        }
     }
 
     fn on_pre_vote(&mut self, from: NodeId, r: VoteRequest, out: &mut Vec<Output>) {
-        let granted = r.term > self.hard.term && !self.leader_is_recent() && self.log_is_current(&r);
+        let granted =
+            r.term > self.hard.term && !self.leader_is_recent() && self.log_is_current(&r);
         let term = if granted { r.term } else { self.hard.term };
-        self.send(from, Message::PreVoteResponse(VoteResponse { term, granted }), out);
+        self.send(
+            from,
+            Message::PreVoteResponse(VoteResponse { term, granted }),
+            out,
+        );
     }
 
     fn on_vote(&mut self, from: NodeId, r: VoteRequest, out: &mut Vec<Output>) {
-        debug_assert_eq!(r.term, self.hard.term, "terms are reconciled before dispatch");
+        debug_assert_eq!(
+            r.term, self.hard.term,
+            "terms are reconciled before dispatch"
+        );
         let free = self.hard.vote.is_none_or(|v| v == from);
         let granted = free && self.leader.is_none() && self.log_is_current(&r);
         if granted {
-            self.set_hard(HardState { term: self.hard.term, vote: Some(from) }, out);
+            self.set_hard(
+                HardState {
+                    term: self.hard.term,
+                    vote: Some(from),
+                },
+                out,
+            );
             self.reset_election_timer();
         }
-        let answer = VoteResponse { term: self.hard.term, granted };
+        let answer = VoteResponse {
+            term: self.hard.term,
+            granted,
+        };
         self.send(from, Message::VoteResponse(answer), out);
     }
 
@@ -610,7 +677,9 @@ impl Group {
             durable_reported: self.durable_end(),
         }));
         self.heard_at = self.now;
-        out.push(Output::Event(Event::BecameLeader { term: self.hard.term }));
+        out.push(Output::Event(Event::BecameLeader {
+            term: self.hard.term,
+        }));
         self.set_leader(Some(self.cfg.id), out);
         // Entries of earlier terms commit only under one of this term. (An
         // implementation that commits them by counting sees no need for the
@@ -636,7 +705,9 @@ impl Group {
             self.durable_sent = 0;
         }
         if let RoleState::Leader(_) = self.role {
-            out.push(Output::Event(Event::SteppedDown { term: self.hard.term }));
+            out.push(Output::Event(Event::SteppedDown {
+                term: self.hard.term,
+            }));
         }
         self.role = RoleState::Follower;
         self.reset_election_timer();
@@ -655,13 +726,18 @@ impl Group {
         // Checked every tick against each voter's last answer, so a leader
         // that resumes after a long pause steps down on its first tick.
         let window = u64::from(self.cfg.election_ticks);
-        let RoleState::Leader(l) = &self.role else { return true };
+        let RoleState::Leader(l) = &self.role else {
+            return true;
+        };
         let heard = self
             .membership
             .voters
             .iter()
             .filter(|&&id| {
-                id == self.cfg.id || l.progress.get(&id).is_some_and(|p| self.now - p.heard_at < window)
+                id == self.cfg.id
+                    || l.progress
+                        .get(&id)
+                        .is_some_and(|p| self.now - p.heard_at < window)
             })
             .count();
         let ok = heard >= self.membership.quorum();
@@ -674,7 +750,10 @@ impl Group {
     fn set_leader(&mut self, leader: Option<NodeId>, out: &mut Vec<Output>) {
         if self.leader != leader {
             self.leader = leader;
-            out.push(Output::Event(Event::LeaderChanged { term: self.hard.term, leader }));
+            out.push(Output::Event(Event::LeaderChanged {
+                term: self.hard.term,
+                leader,
+            }));
         }
     }
 
@@ -718,10 +797,16 @@ impl Group {
             for e in appended {
                 self.log.append(e);
             }
-            if appended.iter().any(|e| matches!(e.kind, EntryKind::Config(_))) {
+            if appended
+                .iter()
+                .any(|e| matches!(e.kind, EntryKind::Config(_)))
+            {
                 self.refresh_membership();
             }
-            out.push(Output::Append { entries: appended.to_vec(), generation: self.generation });
+            out.push(Output::Append {
+                entries: appended.to_vec(),
+                generation: self.generation,
+            });
         }
         self.verified = self.verified.max(r.end());
         self.advance_commit_to(r.commit.min(self.verified), out);
@@ -746,7 +831,10 @@ impl Group {
         // request's start: say what this log holds there.
         let end = rejected.map_or(self.log.end(), |prev| prev.min(self.log.end()));
         let last_term = self.log.term_at_end(end).unwrap_or(0);
-        let term_start = self.log.epoch_range(last_term).map_or(self.log.start(), |(s, _)| s);
+        let term_start = self
+            .log
+            .epoch_range(last_term)
+            .map_or(self.log.start(), |(s, _)| s);
         AppendResponse {
             term: self.hard.term,
             rejected,
@@ -765,13 +853,19 @@ impl Group {
             self.cfg.id,
             self.commit
         );
-        assert!(end >= self.verified, "truncating the leader's own entries at {end}");
+        assert!(
+            end >= self.verified,
+            "truncating the leader's own entries at {end}"
+        );
         self.log.truncate(end);
         self.generation += 1;
         self.written = self.written.min(end);
         self.synced = self.synced.min(end);
         self.sync_requested = self.sync_requested.min(end);
-        out.push(Output::Truncate { end, generation: self.generation });
+        out.push(Output::Truncate {
+            end,
+            generation: self.generation,
+        });
         self.refresh_membership();
     }
 
@@ -779,7 +873,11 @@ impl Group {
         if commit <= self.commit {
             return;
         }
-        assert!(commit <= self.log.end(), "commit {commit} past the log end {}", self.log.end());
+        assert!(
+            commit <= self.log.end(),
+            "commit {commit} past the log end {}",
+            self.log.end()
+        );
         self.commit = commit;
         self.log.compact_configs(commit);
         out.push(Output::Event(Event::Committed { commit }));
@@ -821,11 +919,22 @@ impl Group {
         out: &mut Vec<Output>,
     ) -> Entry {
         let offset = self.log.end();
-        let entry = Entry { offset, end: offset + records, term: self.hard.term, bytes, kind };
+        let entry = Entry {
+            offset,
+            end: offset + records,
+            term: self.hard.term,
+            bytes,
+            kind,
+        };
         self.log.append(&entry);
         let config = matches!(entry.kind, EntryKind::Config(_));
-        out.push(Output::Append { entries: vec![entry.clone()], generation: self.generation });
-        let RoleState::Leader(l) = &mut self.role else { unreachable!("checked by the caller") };
+        out.push(Output::Append {
+            entries: vec![entry.clone()],
+            generation: self.generation,
+        });
+        let RoleState::Leader(l) = &mut self.role else {
+            unreachable!("checked by the caller")
+        };
         l.recent.push_back((entry.offset, entry.end, entry.bytes));
         if l.recent.len() > RECENT_ENTRIES_MAX {
             if let Some((_, end, _)) = l.recent.pop_front() {
@@ -850,8 +959,12 @@ impl Group {
     fn on_append_response(&mut self, from: NodeId, r: AppendResponse, out: &mut Vec<Output>) {
         let now = self.now;
         let end = self.log.end();
-        let RoleState::Leader(l) = &mut self.role else { return };
-        let Some(p) = l.progress.get_mut(&from) else { return };
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let Some(p) = l.progress.get_mut(&from) else {
+            return;
+        };
         p.heard_at = now;
         // A follower's claims never exceed what this leader has.
         let matched = r.matched.min(end);
@@ -883,12 +996,14 @@ impl Group {
         self.maybe_finish_transfer(from, out);
     }
 
-
-
     fn maybe_finish_transfer(&mut self, from: NodeId, out: &mut Vec<Output>) {
         let end = self.log.end();
-        let RoleState::Leader(l) = &self.role else { return };
-        let Some((target, _)) = l.transfer else { return };
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        let Some((target, _)) = l.transfer else {
+            return;
+        };
         if target == from && l.progress.get(&from).is_some_and(|p| p.matched == end) {
             let term = self.hard.term;
             self.send(target, Message::TimeoutNow { term }, out);
@@ -902,8 +1017,12 @@ impl Group {
         let now = self.now;
         let max_append = self.cfg.max_append_bytes;
         let max_inflight = self.cfg.max_inflight_bytes;
-        let RoleState::Leader(l) = &mut self.role else { return };
-        let Some(p) = l.progress.get_mut(&to) else { return };
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let Some(p) = l.progress.get_mut(&to) else {
+            return;
+        };
         let mut requests = Vec::new();
         match p.mode {
             Mode::Probe { inflight: true } => return,
@@ -942,7 +1061,15 @@ impl Group {
                 // this log's start, which retention-aware replication adds.
                 return;
             };
-            out.push(Output::Replicate { to, term, from, prev_term, end, max_bytes, commit });
+            out.push(Output::Replicate {
+                to,
+                term,
+                from,
+                prev_term,
+                end,
+                max_bytes,
+                commit,
+            });
         }
     }
 
@@ -951,7 +1078,9 @@ impl Group {
     fn resume_stalled_pipelines(&mut self) {
         let stall = 2 * u64::from(self.cfg.heartbeat_ticks);
         let now = self.now;
-        let RoleState::Leader(l) = &mut self.role else { return };
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
         for p in l.progress.values_mut() {
             match p.mode {
                 Mode::Replicate if !p.inflight.is_empty() && now - p.progressed_at > stall => {
@@ -968,7 +1097,9 @@ impl Group {
     }
 
     fn maybe_commit(&mut self, out: &mut Vec<Output>) {
-        let RoleState::Leader(l) = &self.role else { return };
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
         let mut durable: Vec<Offset> = self
             .membership
             .voters
@@ -995,7 +1126,10 @@ impl Group {
         self.advance_commit_to(candidate, out);
         self.trim_recent();
         if !self.membership.is_voter(self.cfg.id)
-            && self.log.last_config().is_some_and(|&(o, _)| o < self.commit)
+            && self
+                .log
+                .last_config()
+                .is_some_and(|&(o, _)| o < self.commit)
         {
             // Removed, and the removal is committed: let the others elect.
             self.step_down(self.hard.term, None, out);
@@ -1003,7 +1137,9 @@ impl Group {
     }
 
     fn trim_recent(&mut self) {
-        let RoleState::Leader(l) = &mut self.role else { return };
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
         let needed = l
             .progress
             .values()
@@ -1032,25 +1168,36 @@ impl Group {
         if let RoleState::Leader(l) = &mut self.role {
             l.progress.retain(|id, _| peers.contains(id));
             for id in peers {
-                l.progress.entry(id).or_insert_with(|| Progress::new(end, now));
+                l.progress
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(end, now));
             }
         }
     }
 
     /// Every other replica.
     fn peers(&self) -> Vec<NodeId> {
-        self.membership.replicas().filter(|&id| id != self.cfg.id).collect()
+        self.membership
+            .replicas()
+            .filter(|&id| id != self.cfg.id)
+            .collect()
     }
 
     /// Every other voter.
     fn voters(&self) -> Vec<NodeId> {
-        self.membership.voters.iter().copied().filter(|&id| id != self.cfg.id).collect()
+        self.membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|&id| id != self.cfg.id)
+            .collect()
     }
 
     fn set_hard(&mut self, state: HardState, out: &mut Vec<Output>) {
         assert!(
             state.term > self.hard.term
-                || (state.term == self.hard.term && (self.hard.vote.is_none() || self.hard.vote == state.vote)),
+                || (state.term == self.hard.term
+                    && (self.hard.vote.is_none() || self.hard.vote == state.vote)),
             "hard state may only move forward: {:?} -> {state:?}",
             self.hard
         );
@@ -1059,7 +1206,10 @@ impl Group {
         }
         self.hard = state;
         self.hard_version += 1;
-        out.push(Output::PersistHardState { state, version: self.hard_version });
+        out.push(Output::PersistHardState {
+            state,
+            version: self.hard_version,
+        });
     }
 
     fn hard_state_durable(&self) -> bool {

@@ -32,14 +32,25 @@ pub struct LogView {
 impl LogView {
     /// The view of a log with this state.
     pub fn new(state: LogState) -> LogView {
-        assert!(state.start <= state.end, "log start {} past end {}", state.start, state.end);
         assert!(
-            state.epochs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
+            state.start <= state.end,
+            "log start {} past end {}",
+            state.start,
+            state.end
+        );
+        assert!(
+            state
+                .epochs
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
             "epochs must ascend: {:?}",
             state.epochs
         );
         assert!(
-            state.epochs.iter().all(|&(_, o)| o >= state.start && o < state.end),
+            state
+                .epochs
+                .iter()
+                .all(|&(_, o)| o >= state.start && o < state.end),
             "epochs outside the log: {:?}",
             state.epochs
         );
@@ -58,7 +69,10 @@ impl LogView {
 
     /// Term of the last entry (the start term when empty).
     pub fn last_term(&self) -> Term {
-        self.state.epochs.last().map_or(self.state.start_term, |&(t, _)| t)
+        self.state
+            .epochs
+            .last()
+            .map_or(self.state.start_term, |&(t, _)| t)
     }
 
     /// Term of the entry ending at `end`, i.e. holding offset `end - 1`;
@@ -77,8 +91,16 @@ impl LogView {
 
     /// The first offset and the end of `term`'s entries, if any are present.
     pub fn epoch_range(&self, term: Term) -> Option<(Offset, Offset)> {
-        let at = self.state.epochs.binary_search_by_key(&term, |&(t, _)| t).ok()?;
-        let end = self.state.epochs.get(at + 1).map_or(self.state.end, |&(_, o)| o);
+        let at = self
+            .state
+            .epochs
+            .binary_search_by_key(&term, |&(t, _)| t)
+            .ok()?;
+        let end = self
+            .state
+            .epochs
+            .get(at + 1)
+            .map_or(self.state.end, |&(_, o)| o);
         Some((self.state.epochs[at].1, end))
     }
 
@@ -90,7 +112,11 @@ impl LogView {
         if at == 0 {
             return (self.state.start_term, self.state.start);
         }
-        let end = self.state.epochs.get(at).map_or(self.state.end, |&(_, o)| o);
+        let end = self
+            .state
+            .epochs
+            .get(at)
+            .map_or(self.state.end, |&(_, o)| o);
         (self.state.epochs[at - 1].0, end)
     }
 
@@ -98,15 +124,25 @@ impl LogView {
     /// the first term): a position that is an entry boundary for certain.
     pub fn epoch_start_at_or_below(&self, offset: Offset) -> Offset {
         let at = self.state.epochs.partition_point(|&(_, o)| o <= offset);
-        if at == 0 { self.state.start } else { self.state.epochs[at - 1].1 }
+        if at == 0 {
+            self.state.start
+        } else {
+            self.state.epochs[at - 1].1
+        }
     }
 
     /// Records an appended entry.
     pub fn append(&mut self, entry: &Entry) {
-        assert_eq!(entry.offset, self.state.end, "append must continue the log: {entry:?}");
+        assert_eq!(
+            entry.offset, self.state.end,
+            "append must continue the log: {entry:?}"
+        );
         assert!(entry.is_well_formed(), "malformed entry {entry:?}");
         let last = self.last_term();
-        assert!(entry.term >= last, "term went back: {entry:?} after term {last}");
+        assert!(
+            entry.term >= last,
+            "term went back: {entry:?} after term {last}"
+        );
         if entry.term > last || self.state.epochs.is_empty() {
             self.state.epochs.push((entry.term, entry.offset));
         }
@@ -118,7 +154,10 @@ impl LogView {
 
     /// Forgets every entry at or after `end`.
     pub fn truncate(&mut self, end: Offset) {
-        assert!(end >= self.state.start && end <= self.state.end, "truncate to {end} outside the log");
+        assert!(
+            end >= self.state.start && end <= self.state.end,
+            "truncate to {end} outside the log"
+        );
         self.state.epochs.retain(|&(_, o)| o < end);
         self.state.configs.retain(|&(o, _)| o < end);
         self.state.end = end;
@@ -144,7 +183,13 @@ mod tests {
     use super::*;
 
     fn entry(offset: Offset, end: Offset, term: Term) -> Entry {
-        Entry { offset, end, term, bytes: 100, kind: EntryKind::Data }
+        Entry {
+            offset,
+            end,
+            term,
+            bytes: 100,
+            kind: EntryKind::Data,
+        }
     }
 
     #[test]

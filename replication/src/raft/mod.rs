@@ -25,6 +25,6 @@ pub use message::{
     AppendRequest, AppendResponse, Event, Heartbeat, Message, Output, VoteRequest, VoteResponse,
 };
 pub use types::{
-    Durability, Entry, EntryKind, HardState, Membership, MembershipChange, MembershipError,
-    NodeId, Offset, Term,
+    Durability, Entry, EntryKind, HardState, Membership, MembershipChange, MembershipError, NodeId,
+    Offset, Term,
 };

@@ -29,7 +29,9 @@ pub struct PeerBatch {
 impl PeerBatch {
     /// Whether there is nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.heartbeats.is_empty() && self.heartbeat_responses.is_empty() && self.messages.is_empty()
+        self.heartbeats.is_empty()
+            && self.heartbeat_responses.is_empty()
+            && self.messages.is_empty()
     }
 
     fn push(&mut self, group: GroupId, message: Message) {
@@ -113,9 +115,14 @@ impl Mux {
     /// Delivers a peer's batch; messages for unknown groups are dropped (the
     /// group was deleted or is not created here yet).
     pub fn receive(&mut self, from: NodeId, batch: PeerBatch, outbox: &mut Outbox) {
-        let heartbeats = batch.heartbeats.into_iter().map(|(g, h)| (g, Message::Heartbeat(h)));
-        let responses =
-            batch.heartbeat_responses.into_iter().map(|(g, r)| (g, Message::HeartbeatResponse(r)));
+        let heartbeats = batch
+            .heartbeats
+            .into_iter()
+            .map(|(g, h)| (g, Message::Heartbeat(h)));
+        let responses = batch
+            .heartbeat_responses
+            .into_iter()
+            .map(|(g, r)| (g, Message::HeartbeatResponse(r)));
         for (id, message) in heartbeats.chain(responses).chain(batch.messages) {
             if let Some(group) = self.groups.get_mut(&id) {
                 group.receive(from, message, &mut self.scratch);

@@ -68,7 +68,10 @@ impl Progress {
     /// Records an acknowledgement of everything below `matched` (durable
     /// below `durable`); returns whether `matched` moved.
     pub fn acknowledge(&mut self, matched: Offset, durable: Offset, now: u64) -> bool {
-        debug_assert!(durable <= matched, "durable {durable} past matched {matched}");
+        debug_assert!(
+            durable <= matched,
+            "durable {durable} past matched {matched}"
+        );
         self.durable = self.durable.max(durable);
         if matched <= self.matched {
             return false;

@@ -5,7 +5,7 @@
 use crate::raft::mux::{Mux, Outbox};
 use crate::raft::{
     AppendRequest, Config, Durability, Entry, Event, Group, HardState, LogState, Membership,
-    MembershipChange, Message, NodeId, Output, ProposeError, Role,
+    MembershipChange, Message, NodeId, Output, ProposeError, Role, VoteResponse,
 };
 
 struct Cluster {
@@ -25,11 +25,22 @@ impl Cluster {
             .iter()
             .map(|&id| {
                 let cfg = Config::new(id, durability, 7);
-                Group::new(cfg, HardState::default(), LogState::default(), membership.clone(), 0)
+                Group::new(
+                    cfg,
+                    HardState::default(),
+                    LogState::default(),
+                    membership.clone(),
+                    0,
+                )
             })
             .collect();
         let count = count as usize;
-        Cluster { groups, pending: vec![Vec::new(); count], logs: vec![Vec::new(); count], events: Vec::new() }
+        Cluster {
+            groups,
+            pending: vec![Vec::new(); count],
+            logs: vec![Vec::new(); count],
+            events: Vec::new(),
+        }
     }
 
     /// Carries out outputs: messages delivered at once, storage queued.
@@ -43,13 +54,30 @@ impl Cluster {
                         self.groups[to as usize].receive(n as NodeId, message, &mut out);
                         queue.push((to as usize, out));
                     }
-                    Output::Replicate { to, term, from, prev_term, commit, .. } => {
+                    Output::Replicate {
+                        to,
+                        term,
+                        from,
+                        prev_term,
+                        commit,
+                        ..
+                    } => {
                         // Entries travel as metadata only here: the leader's
                         // log view is the source of truth for the test.
                         let entries = self.entries_of(n, from);
-                        let request = AppendRequest { term, prev_end: from, prev_term, commit, entries };
+                        let request = AppendRequest {
+                            term,
+                            prev_end: from,
+                            prev_term,
+                            commit,
+                            entries,
+                        };
                         let mut out = Vec::new();
-                        self.groups[to as usize].receive(n as NodeId, Message::Append(request), &mut out);
+                        self.groups[to as usize].receive(
+                            n as NodeId,
+                            Message::Append(request),
+                            &mut out,
+                        );
                         queue.push((to as usize, out));
                     }
                     Output::Event(e) => self.events.push((n as NodeId, e)),
@@ -65,7 +93,11 @@ impl Cluster {
     }
 
     fn entries_of(&self, n: usize, from: u64) -> Vec<Entry> {
-        self.logs[n].iter().filter(|e| e.offset >= from).cloned().collect()
+        self.logs[n]
+            .iter()
+            .filter(|e| e.offset >= from)
+            .cloned()
+            .collect()
     }
 
     /// Completes every storage action of node `n`.
@@ -75,12 +107,19 @@ impl Cluster {
             let mut out = Vec::new();
             for action in actions {
                 match action {
-                    Output::Append { entries, generation } => {
+                    Output::Append {
+                        entries,
+                        generation,
+                    } => {
                         let end = entries.last().map_or(0, |e| e.end);
                         self.groups[n].log_written(end, generation, &mut out);
                     }
-                    Output::Sync { end, generation } => self.groups[n].log_synced(end, generation, &mut out),
-                    Output::PersistHardState { version, .. } => self.groups[n].hard_state_persisted(version, &mut out),
+                    Output::Sync { end, generation } => {
+                        self.groups[n].log_synced(end, generation, &mut out)
+                    }
+                    Output::PersistHardState { version, .. } => {
+                        self.groups[n].hard_state_persisted(version, &mut out)
+                    }
                     _ => {}
                 }
             }
@@ -109,7 +148,11 @@ impl Cluster {
 fn elect(cluster: &mut Cluster, n: usize) {
     // Node n's timeout is at most twice the election ticks.
     cluster.tick(n, 20);
-    assert_eq!(cluster.groups[n].role(), Role::Leader, "node {n} should lead");
+    assert_eq!(
+        cluster.groups[n].role(),
+        Role::Leader,
+        "node {n} should lead"
+    );
 }
 
 #[test]
@@ -119,10 +162,16 @@ fn a_lone_replica_elects_itself_and_commits_once_written() {
     let mut out = Vec::new();
     let entry = c.groups[0].propose(3, 1000, &mut out).expect("leader");
     c.route(0, out);
-    assert!(c.groups[0].commit() < entry.end, "not committed before the write completes");
+    assert!(
+        c.groups[0].commit() < entry.end,
+        "not committed before the write completes"
+    );
     c.flush(0);
     assert_eq!(c.groups[0].commit(), entry.end);
-    assert!(c.events.contains(&(0, Event::LeaderDurable { end: entry.end })));
+    assert!(
+        c.events
+            .contains(&(0, Event::LeaderDurable { end: entry.end }))
+    );
 }
 
 #[test]
@@ -133,9 +182,16 @@ fn acks_all_waits_for_a_quorum_synced_under_fsync_always() {
     let entry = c.groups[0].propose(1, 100, &mut out).expect("leader");
     c.route(0, out);
     c.flush(0);
-    assert!(c.groups[0].commit() < entry.end, "the leader alone is no quorum");
+    assert!(
+        c.groups[0].commit() < entry.end,
+        "the leader alone is no quorum"
+    );
     c.flush(1);
-    assert_eq!(c.groups[0].commit(), entry.end, "leader and one follower synced: committed");
+    assert_eq!(
+        c.groups[0].commit(),
+        entry.end,
+        "leader and one follower synced: committed"
+    );
     // The follower learns the commit with the next message.
     c.tick(0, 2);
     assert_eq!(c.groups[1].commit(), entry.end);
@@ -147,7 +203,10 @@ fn followers_refuse_proposals_and_name_the_leader() {
     let mut c = Cluster::new(3, Durability::Written);
     elect(&mut c, 0);
     let mut out = Vec::new();
-    assert_eq!(c.groups[1].propose(1, 10, &mut out), Err(ProposeError::NotLeader(Some(0))));
+    assert_eq!(
+        c.groups[1].propose(1, 10, &mut out),
+        Err(ProposeError::NotLeader(Some(0)))
+    );
 }
 
 #[test]
@@ -168,13 +227,19 @@ fn one_membership_change_at_a_time() {
     let mut c = Cluster::new(3, Durability::Written);
     elect(&mut c, 0);
     let mut out = Vec::new();
-    c.groups[0].change_membership(MembershipChange::AddLearner(3), &mut out).expect("first change");
+    c.groups[0]
+        .change_membership(MembershipChange::AddLearner(3), &mut out)
+        .expect("first change");
     assert_eq!(
         c.groups[0].change_membership(MembershipChange::Promote(3), &mut out),
         Err(ProposeError::ChangePending),
         "the learner is not committed yet"
     );
-    assert_eq!(c.groups[0].membership().learners, vec![3], "in effect once appended");
+    assert_eq!(
+        c.groups[0].membership().learners,
+        vec![3],
+        "in effect once appended"
+    );
 }
 
 #[test]
@@ -186,9 +251,14 @@ fn a_leader_cut_off_from_its_quorum_steps_down() {
     for _ in 0..40 {
         let mut out = Vec::new();
         c.groups[0].tick(&mut out);
-        stepped_down |= out.iter().any(|o| matches!(o, Output::Event(Event::SteppedDown { .. })));
+        stepped_down |= out
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::SteppedDown { .. })));
     }
-    assert!(stepped_down, "check-quorum must depose a leader that hears nobody");
+    assert!(
+        stepped_down,
+        "check-quorum must depose a leader that hears nobody"
+    );
     assert_ne!(c.groups[0].role(), Role::Leader);
 }
 
@@ -198,17 +268,35 @@ fn the_mux_sends_one_batch_per_peer_per_tick() {
     let mut mux = Mux::new();
     for id in 0..1000 {
         let cfg = Config::new(0, Durability::Written, id);
-        let mut g = Group::new(cfg, HardState::default(), LogState::default(), membership.clone(), 0);
+        let mut g = Group::new(
+            cfg,
+            HardState::default(),
+            LogState::default(),
+            membership.clone(),
+            0,
+        );
         // Make each group a leader: time out, then grant it the votes.
         let mut out = Vec::new();
         for _ in 0..20 {
             g.tick(&mut out);
         }
-        for granted in [Message::PreVoteResponse(crate::raft::VoteResponse { term: 1, granted: true })] {
-            g.receive(1, granted, &mut out);
-        }
+        g.receive(
+            1,
+            Message::PreVoteResponse(VoteResponse {
+                term: 1,
+                granted: true,
+            }),
+            &mut out,
+        );
         g.hard_state_persisted(1, &mut out);
-        g.receive(1, Message::VoteResponse(crate::raft::VoteResponse { term: 1, granted: true }), &mut out);
+        g.receive(
+            1,
+            Message::VoteResponse(VoteResponse {
+                term: 1,
+                granted: true,
+            }),
+            &mut out,
+        );
         assert_eq!(g.role(), Role::Leader);
         mux.insert(id, g);
     }
@@ -217,6 +305,10 @@ fn the_mux_sends_one_batch_per_peer_per_tick() {
     mux.tick(&mut outbox);
     assert_eq!(outbox.batches.len(), 2, "one batch per peer");
     for batch in outbox.batches.values() {
-        assert_eq!(batch.heartbeats.len(), 1000, "every group's heartbeat in the one batch");
+        assert_eq!(
+            batch.heartbeats.len(),
+            1000,
+            "every group's heartbeat in the one batch"
+        );
     }
 }

@@ -65,7 +65,10 @@ impl Membership {
         let mut voters = voters.to_vec();
         voters.sort_unstable();
         voters.dedup();
-        Membership { voters, learners: Vec::new() }
+        Membership {
+            voters,
+            learners: Vec::new(),
+        }
     }
 
     /// Whether `id` votes.

@@ -42,7 +42,10 @@ pub struct Checker {
 impl Checker {
     /// A checker allowing a deposed leader `deposed_ack_bound` to notice.
     pub fn new(deposed_ack_bound: Time) -> Checker {
-        Checker { deposed_ack_bound, ..Checker::default() }
+        Checker {
+            deposed_ack_bound,
+            ..Checker::default()
+        }
     }
 
     /// Highest commit position any replica reported.
@@ -56,16 +59,23 @@ impl Checker {
     }
 
     /// `node` became leader of `term` with this log.
-    pub fn became_leader(&mut self, node: NodeId, term: Term, now: Time, log: &[Stored]) -> Result<(), Violation> {
-        if let Some(&(other, _)) = self.leaders.get(&term) {
-            if other != node {
-                return Err(format!("two leaders in term {term}: n{other} and n{node}"));
-            }
+    pub fn became_leader(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        now: Time,
+        log: &[Stored],
+    ) -> Result<(), Violation> {
+        if let Some(&(other, _)) = self.leaders.get(&term)
+            && other != node
+        {
+            return Err(format!("two leaders in term {term}: n{other} and n{node}"));
         }
         self.leaders.insert(term, (node, now));
         for (&offset, &(t, payload, end)) in &self.committed {
             let held = find(log, offset);
-            if held.is_none_or(|s| s.entry.term != t || s.payload != payload || s.entry.end != end) {
+            if held.is_none_or(|s| s.entry.term != t || s.payload != payload || s.entry.end != end)
+            {
                 return Err(format!(
                     "n{node} leads term {term} without committed entry {offset}..{end} (term {t}, payload {payload}); it has {held:?}"
                 ));
@@ -75,8 +85,18 @@ impl Checker {
     }
 
     /// `node` appended `entry` (payload `payload`) after an entry of `prev_term`.
-    pub fn appended(&mut self, node: NodeId, entry: &Entry, payload: u64, prev_term: Term) -> Result<(), Violation> {
-        let known = Known { payload, end: entry.end, prev_term };
+    pub fn appended(
+        &mut self,
+        node: NodeId,
+        entry: &Entry,
+        payload: u64,
+        prev_term: Term,
+    ) -> Result<(), Violation> {
+        let known = Known {
+            payload,
+            end: entry.end,
+            prev_term,
+        };
         match self.entries.get(&(entry.offset, entry.term)) {
             Some(k) if *k != known => Err(format!(
                 "log matching: n{node} has {}..{} term {} as {known:?}, another replica as {k:?}",
@@ -93,8 +113,12 @@ impl Checker {
     /// `node` truncates its log (`log`, before the cut) to `end`.
     pub fn truncating(&self, node: NodeId, log: &[Stored], end: Offset) -> Result<(), Violation> {
         for s in log.iter().filter(|s| s.entry.offset >= end) {
-            if self.committed.get(&s.entry.offset) == Some(&(s.entry.term, s.payload, s.entry.end)) {
-                return Err(format!("n{node} truncates to {end}, removing committed entry {:?}", s.entry));
+            if self.committed.get(&s.entry.offset) == Some(&(s.entry.term, s.payload, s.entry.end))
+            {
+                return Err(format!(
+                    "n{node} truncates to {end}, removing committed entry {:?}",
+                    s.entry
+                ));
             }
         }
         Ok(())
@@ -102,9 +126,17 @@ impl Checker {
 
     /// `node` reports its high watermark moved from `before` to `commit`,
     /// over this log.
-    pub fn committed(&mut self, node: NodeId, log: &[Stored], before: Offset, commit: Offset) -> Result<(), Violation> {
+    pub fn committed(
+        &mut self,
+        node: NodeId,
+        log: &[Stored],
+        before: Offset,
+        commit: Offset,
+    ) -> Result<(), Violation> {
         if commit < before {
-            return Err(format!("n{node}'s high watermark moved back from {before} to {commit}"));
+            return Err(format!(
+                "n{node}'s high watermark moved back from {before} to {commit}"
+            ));
         }
         let mut at = before;
         for s in log.iter().skip_while(|s| s.entry.end <= before) {
@@ -112,7 +144,10 @@ impl Checker {
                 break;
             }
             if s.entry.offset != at || s.entry.end > commit {
-                return Err(format!("n{node} commit {commit} is not at an entry boundary ({:?})", s.entry));
+                return Err(format!(
+                    "n{node} commit {commit} is not at an entry boundary ({:?})",
+                    s.entry
+                ));
             }
             at = s.entry.end;
             let mine = (s.entry.term, s.payload, s.entry.end);
@@ -130,7 +165,9 @@ impl Checker {
             }
         }
         if at != commit {
-            return Err(format!("n{node} commits to {commit} but its log ends at {at}"));
+            return Err(format!(
+                "n{node} commits to {commit} but its log ends at {at}"
+            ));
         }
         self.committed_end = self.committed_end.max(commit);
         Ok(())
@@ -148,13 +185,21 @@ impl Checker {
     }
 
     /// `node`, leading `term`, acknowledged `payload` at `offset`.
-    pub fn acknowledged(&mut self, node: NodeId, term: Term, all: bool, offset: Offset, payload: u64, now: Time) -> Result<(), Violation> {
-        if let Some((&later, &(leader, at))) = self.leaders.range(term + 1..).next() {
-            if now > at + self.deposed_ack_bound {
-                return Err(format!(
-                    "n{node} deposed from term {term} still acknowledges at {now}: n{leader} leads term {later} since {at}"
-                ));
-            }
+    pub fn acknowledged(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        all: bool,
+        offset: Offset,
+        payload: u64,
+        now: Time,
+    ) -> Result<(), Violation> {
+        if let Some((&later, &(leader, at))) = self.leaders.range(term + 1..).next()
+            && now > at + self.deposed_ack_bound
+        {
+            return Err(format!(
+                "n{node} deposed from term {term} still acknowledges at {now}: n{leader} leads term {later} since {at}"
+            ));
         }
         if all {
             self.acks.1 += 1;
@@ -179,11 +224,14 @@ impl Checker {
     pub fn final_log(&self, node: NodeId, log: &[Stored]) -> Result<(), Violation> {
         for (&payload, &offset) in &self.acked_all {
             if find(log, offset).is_none_or(|s| s.payload != payload) {
-                return Err(format!("acks=all payload {payload} at {offset} is missing on n{node}"));
+                return Err(format!(
+                    "acks=all payload {payload} at {offset} is missing on n{node}"
+                ));
             }
         }
         for (&offset, &(t, p, e)) in &self.committed {
-            if find(log, offset).is_none_or(|s| (s.entry.term, s.payload, s.entry.end) != (t, p, e)) {
+            if find(log, offset).is_none_or(|s| (s.entry.term, s.payload, s.entry.end) != (t, p, e))
+            {
                 return Err(format!("committed entry at {offset} differs on n{node}"));
             }
         }

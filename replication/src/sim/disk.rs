@@ -71,7 +71,9 @@ fn apply(image: &mut Vec<Stored>, op: &LogOp) {
             let Some(first) = entries.first() else { return };
             image.retain(|s| s.entry.offset < first.entry.offset);
             debug_assert!(
-                image.last().is_none_or(|s| s.entry.end == first.entry.offset),
+                image
+                    .last()
+                    .is_none_or(|s| s.entry.end == first.entry.offset),
                 "an append continues the image"
             );
             image.extend(entries.iter().cloned());
@@ -93,7 +95,11 @@ impl Disk {
     }
 
     fn latency(&self, now: Time, rng: &mut StdRng) -> Time {
-        if now < self.slow_until { rng.gen_range(30..150) } else { rng.gen_range(1..7) }
+        if now < self.slow_until {
+            rng.gen_range(30..150)
+        } else {
+            rng.gen_range(1..7)
+        }
     }
 
     fn issue(&mut self, op: LogOp, generation: u64, now: Time, rng: &mut StdRng) -> Time {
@@ -101,12 +107,22 @@ impl Disk {
         let end = self.view.last().map_or(0, |s| s.entry.end);
         let done_at = self.last_done_at.max(now + self.latency(now, rng));
         self.last_done_at = done_at;
-        self.inflight.push_back(InFlight { op, generation, end });
+        self.inflight.push_back(InFlight {
+            op,
+            generation,
+            end,
+        });
         done_at
     }
 
     /// Appends; returns when the write completes.
-    pub fn append(&mut self, entries: Vec<Stored>, generation: u64, now: Time, rng: &mut StdRng) -> Time {
+    pub fn append(
+        &mut self,
+        entries: Vec<Stored>,
+        generation: u64,
+        now: Time,
+        rng: &mut StdRng,
+    ) -> Time {
         self.issue(LogOp::Append(entries), generation, now, rng)
     }
 
@@ -145,7 +161,13 @@ impl Disk {
 
     /// Starts writing the hard state; returns when it completes. A write
     /// plus fdatasync of its own: slower than a log write.
-    pub fn persist_hard_state(&mut self, state: HardState, version: u64, now: Time, rng: &mut StdRng) -> Time {
+    pub fn persist_hard_state(
+        &mut self,
+        state: HardState,
+        version: u64,
+        now: Time,
+        rng: &mut StdRng,
+    ) -> Time {
         self.hard_inflight = Some((state, version));
         now + 4 * self.latency(now, rng) + rng.gen_range(5..30)
     }
@@ -165,8 +187,16 @@ impl Disk {
     /// written; writes in flight may have reached the disk, in order, the
     /// last one possibly torn.
     pub fn crash(&mut self, power: bool, rng: &mut StdRng) {
-        let mut image = if power { self.synced.clone() } else { self.written.clone() };
-        let mut maybe: Vec<LogOp> = if power { std::mem::take(&mut self.unsynced) } else { Vec::new() };
+        let mut image = if power {
+            self.synced.clone()
+        } else {
+            self.written.clone()
+        };
+        let mut maybe: Vec<LogOp> = if power {
+            std::mem::take(&mut self.unsynced)
+        } else {
+            Vec::new()
+        };
         maybe.extend(self.inflight.drain(..).map(|f| f.op));
         let landed = rng.gen_range(0..=maybe.len());
         for (i, op) in maybe.into_iter().take(landed).enumerate() {
@@ -179,10 +209,10 @@ impl Disk {
                 op => apply(&mut image, &op),
             }
         }
-        if let Some((state, _)) = self.hard_inflight.take() {
-            if rng.gen_bool(0.5) {
-                self.complete_hard_state(state);
-            }
+        if let Some((state, _)) = self.hard_inflight.take()
+            && rng.gen_bool(0.5)
+        {
+            self.complete_hard_state(state);
         }
         self.view = image.clone();
         self.written = image.clone();

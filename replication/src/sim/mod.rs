@@ -40,8 +40,10 @@ pub struct Failure {
 impl Failure {
     /// The command that replays this failure.
     pub fn replay_command(&self, bugs: &Bugs) -> String {
-        let mut command =
-            format!("cargo run --release -p fjord-replication --bin sim -- --seed {} --trace", self.seed);
+        let mut command = format!(
+            "cargo run --release -p fjord-replication --bin sim -- --seed {} --trace",
+            self.seed
+        );
         for name in bug_names(bugs) {
             command.push_str(" --bug ");
             command.push_str(name);
@@ -77,7 +79,12 @@ fn bug_names(bugs: &Bugs) -> Vec<&'static str> {
         bugs.follower_reads_unflushed_tail,
         bugs.skip_check_quorum,
     ];
-    BUG_NAMES.iter().zip(on).filter(|&(_, on)| on).map(|(&name, _)| name).collect()
+    BUG_NAMES
+        .iter()
+        .zip(on)
+        .filter(|&(_, on)| on)
+        .map(|(&name, _)| name)
+        .collect()
 }
 
 /// Plays `seed`. On a violation (or a panic in the core) the seed is played
@@ -87,7 +94,11 @@ pub fn run(seed: u64, bugs: Bugs) -> Result<Outcome, Failure> {
         Ok(outcome) => Ok(outcome),
         Err((violation, _)) => {
             let (_, trace) = play(seed, bugs, true).err().unwrap_or_default();
-            Err(Failure { seed, violation, trace })
+            Err(Failure {
+                seed,
+                violation,
+                trace,
+            })
         }
     }
 }

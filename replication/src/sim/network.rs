@@ -25,7 +25,13 @@ pub struct Network {
 impl Network {
     /// A network with these rates and no partition.
     pub fn new(drop: f64, duplicate: f64, delay_max: Time, delay_long: f64) -> Network {
-        Network { drop, duplicate, delay_max, delay_long, cut: BTreeSet::new() }
+        Network {
+            drop,
+            duplicate,
+            delay_max,
+            delay_long,
+            cut: BTreeSet::new(),
+        }
     }
 
     /// Cuts `from -> to`.

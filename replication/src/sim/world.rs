@@ -60,7 +60,12 @@ pub struct Outcome {
 #[derive(Debug)]
 enum Ev {
     Tick(usize, u64),
-    Deliver { from: usize, to: usize, message: Message, payloads: Vec<u64> },
+    Deliver {
+        from: usize,
+        to: usize,
+        message: Message,
+        payloads: Vec<u64>,
+    },
     LogDone(usize, u64),
     HardDone(usize, u64, HardState, u64),
     Restart(usize),
@@ -126,7 +131,11 @@ impl World {
     pub fn new(seed: u64, bugs: Bugs, trace: bool) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
         let count = if rng.gen_bool(0.5) { 3 } else { 5 };
-        let durability = if rng.gen_bool(0.5) { Durability::Written } else { Durability::Synced };
+        let durability = if rng.gen_bool(0.5) {
+            Durability::Written
+        } else {
+            Durability::Synced
+        };
         // Swarm testing: each seed draws its own fault mix, so some runs are
         // calm and some are storms, and rare interleavings get their turn.
         let net = Network::new(
@@ -144,7 +153,11 @@ impl World {
         let max_append_bytes = [1, 16 << 10, 64 << 10][rng.gen_range(0..3)];
         // Some five-node runs start with three voters, and replicas move in
         // and out of the group (membership changes) as a fault.
-        let voters = if count == 5 && rng.gen_bool(0.5) { 3 } else { count };
+        let voters = if count == 5 && rng.gen_bool(0.5) {
+            3
+        } else {
+            count
+        };
         let ids: Vec<NodeId> = (0..voters).collect();
         let membership = Membership::of_voters(&ids);
         let nodes = (0..count)
@@ -184,7 +197,8 @@ impl World {
             crash_weight,
             buggify,
         };
-        note!(world, 
+        note!(
+            world,
             "seed {seed}: {count} nodes, {durability:?}, net {:?}",
             world.net
         );
@@ -221,12 +235,13 @@ impl World {
             self.now = at;
             self.outcome.events += 1;
             self.step(ev)?;
-            if let Some(healed) = self.healed_at {
-                if self.outcome.recovery == 0 && self.now > healed + LIVENESS_BOUND {
-                    return Err(format!(
-                        "liveness: no acks=all acknowledgement within {LIVENESS_BOUND} of healing at {healed}"
-                    ));
-                }
+            if let Some(healed) = self.healed_at
+                && self.outcome.recovery == 0
+                && self.now > healed + LIVENESS_BOUND
+            {
+                return Err(format!(
+                    "liveness: no acks=all acknowledgement within {LIVENESS_BOUND} of healing at {healed}"
+                ));
             }
         }
         self.finish()
@@ -246,26 +261,28 @@ impl World {
             if !members.contains(n as NodeId) {
                 continue;
             }
-            self.checker.final_log(n as NodeId, node.disk.view()).map_err(|v| {
-                let states: Vec<String> = self
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, node)| {
-                        let g = node.group.as_ref()?;
-                        Some(format!(
-                            "n{i}: {:?} term {} commit {} end {} durable {} followers {:?}",
-                            g.role(),
-                            g.term(),
-                            g.commit(),
-                            g.log_end(),
-                            g.durable_end(),
-                            g.followers()
-                        ))
-                    })
-                    .collect();
-                format!("{v}; at the end: {}", states.join("; "))
-            })?;
+            self.checker
+                .final_log(n as NodeId, node.disk.view())
+                .map_err(|v| {
+                    let states: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, node)| {
+                            let g = node.group.as_ref()?;
+                            Some(format!(
+                                "n{i}: {:?} term {} commit {} end {} durable {} followers {:?}",
+                                g.role(),
+                                g.term(),
+                                g.commit(),
+                                g.log_end(),
+                                g.durable_end(),
+                                g.followers()
+                            ))
+                        })
+                        .collect();
+                    format!("{v}; at the end: {}", states.join("; "))
+                })?;
         }
         self.outcome.elections = self.checker.leaders().len() as u64;
         self.outcome.acks_one = self.checker.acks.0;
@@ -294,7 +311,10 @@ impl World {
         cfg.heartbeat_ticks = HEARTBEAT_TICKS;
         cfg.max_append_bytes = self.max_append_bytes;
         cfg.max_inflight_bytes = 4 * self.max_append_bytes;
-        cfg.seed = self.seed ^ self.nodes[n].incarnation.wrapping_mul(0x5851_F42D_4C95_7F2D);
+        cfg.seed = self.seed
+            ^ self.nodes[n]
+                .incarnation
+                .wrapping_mul(0x5851_F42D_4C95_7F2D);
         cfg.bugs = self.bugs;
         cfg
     }
@@ -311,7 +331,12 @@ impl World {
         node.paused_until = None;
         node.missed_ticks = 0;
         let (every, inc) = (node.tick_every, node.incarnation);
-        note!(self, "n{n} starts: term {} vote {:?} log end {end}", hard.term, hard.vote);
+        note!(
+            self,
+            "n{n} starts: term {} vote {:?} log end {end}",
+            hard.term,
+            hard.vote
+        );
         self.schedule(every, Ev::Tick(n, inc));
     }
 
@@ -329,23 +354,41 @@ impl World {
                 }
                 self.drive(n, &[], |g, out| g.tick(out))
             }
-            Ev::Deliver { from, to, message, payloads } => {
+            Ev::Deliver {
+                from,
+                to,
+                message,
+                payloads,
+            } => {
                 if self.nodes[to].group.is_none() {
                     return Ok(());
                 }
                 if let Some(until) = self.nodes[to].paused_until {
                     let later = until - self.now + 1;
-                    self.schedule(later, Ev::Deliver { from, to, message, payloads });
+                    self.schedule(
+                        later,
+                        Ev::Deliver {
+                            from,
+                            to,
+                            message,
+                            payloads,
+                        },
+                    );
                     return Ok(());
                 }
                 note!(self, "n{from} -> n{to} {}", describe(&message));
                 let carried: Vec<(Offset, u64)> = match &message {
-                    Message::Append(r) => {
-                        r.entries.iter().map(|e| e.offset).zip(payloads.iter().copied()).collect()
-                    }
+                    Message::Append(r) => r
+                        .entries
+                        .iter()
+                        .map(|e| e.offset)
+                        .zip(payloads.iter().copied())
+                        .collect(),
                     _ => Vec::new(),
                 };
-                self.drive(to, &carried, |g, out| g.receive(from as NodeId, message, out))
+                self.drive(to, &carried, |g, out| {
+                    g.receive(from as NodeId, message, out)
+                })
             }
             Ev::LogDone(n, inc) => {
                 if self.nodes[n].incarnation != inc {
@@ -425,19 +468,37 @@ impl World {
         f: impl FnOnce(&mut Group, &mut Vec<Output>),
     ) -> Result<(), Violation> {
         let mut out = Vec::new();
-        let Some(group) = self.nodes[n].group.as_mut() else { return Ok(()) };
+        let Some(group) = self.nodes[n].group.as_mut() else {
+            return Ok(());
+        };
         f(group, &mut out);
         self.carry_out(n, payloads, out)
     }
 
-    fn carry_out(&mut self, n: usize, payloads: &[(Offset, u64)], out: Vec<Output>) -> Result<(), Violation> {
+    fn carry_out(
+        &mut self,
+        n: usize,
+        payloads: &[(Offset, u64)],
+        out: Vec<Output>,
+    ) -> Result<(), Violation> {
         let inc = self.nodes[n].incarnation;
         for output in out {
             match output {
                 Output::Send { to, message } => self.send(n, to as usize, message, Vec::new()),
-                Output::Replicate { to, term, from, prev_term, end, max_bytes, commit } => {
+                Output::Replicate {
+                    to,
+                    term,
+                    from,
+                    prev_term,
+                    end,
+                    max_bytes,
+                    commit,
+                } => {
                     let group = self.nodes[n].group.as_ref();
-                    assert!(group.is_some_and(|g| g.is_leader_in(term)), "replicate read by a non-leader");
+                    assert!(
+                        group.is_some_and(|g| g.is_leader_in(term)),
+                        "replicate read by a non-leader"
+                    );
                     let view = self.nodes[n].disk.view();
                     let skip = view.partition_point(|s| s.entry.offset < from);
                     let mut entries = Vec::new();
@@ -455,10 +516,19 @@ impl World {
                         entries.first().is_none_or(|e| e.offset == from),
                         "n{n} asked to replicate from {from}, which is not an entry start"
                     );
-                    let request = AppendRequest { term, prev_end: from, prev_term, commit, entries };
+                    let request = AppendRequest {
+                        term,
+                        prev_end: from,
+                        prev_term,
+                        commit,
+                        entries,
+                    };
                     self.send(n, to as usize, Message::Append(request), carried);
                 }
-                Output::Append { entries, generation } => {
+                Output::Append {
+                    entries,
+                    generation,
+                } => {
                     let mut stored = Vec::with_capacity(entries.len());
                     for entry in entries {
                         let payload = payloads
@@ -470,16 +540,24 @@ impl World {
                             .last()
                             .or(view.last())
                             .map_or(0, |s: &Stored| s.entry.term);
-                        self.checker.appended(n as NodeId, &entry, payload, prev_term)?;
+                        self.checker
+                            .appended(n as NodeId, &entry, payload, prev_term)?;
                         stored.push(Stored { entry, payload });
                     }
-                    let done = self.nodes[n].disk.append(stored, generation, self.now, &mut self.rng);
+                    let done =
+                        self.nodes[n]
+                            .disk
+                            .append(stored, generation, self.now, &mut self.rng);
                     self.queue_at(done, Ev::LogDone(n, inc));
                 }
                 Output::Truncate { end, generation } => {
-                    self.checker.truncating(n as NodeId, self.nodes[n].disk.view(), end)?;
+                    self.checker
+                        .truncating(n as NodeId, self.nodes[n].disk.view(), end)?;
                     note!(self, "n{n} truncates to {end}");
-                    let done = self.nodes[n].disk.truncate(end, generation, self.now, &mut self.rng);
+                    let done =
+                        self.nodes[n]
+                            .disk
+                            .truncate(end, generation, self.now, &mut self.rng);
                     self.queue_at(done, Ev::LogDone(n, inc));
                 }
                 Output::Sync { generation, .. } => {
@@ -487,7 +565,12 @@ impl World {
                     self.queue_at(done, Ev::LogDone(n, inc));
                 }
                 Output::PersistHardState { state, version } => {
-                    let done = self.nodes[n].disk.persist_hard_state(state, version, self.now, &mut self.rng);
+                    let done = self.nodes[n].disk.persist_hard_state(
+                        state,
+                        version,
+                        self.now,
+                        &mut self.rng,
+                    );
                     self.queue_at(done, Ev::HardDone(n, inc, state, version));
                 }
                 Output::Event(event) => self.on_event(n, event)?,
@@ -502,9 +585,16 @@ impl World {
     }
 
     fn send(&mut self, from: usize, to: usize, message: Message, payloads: Vec<u64>) {
-        let arrivals = self.net.arrivals(from as NodeId, to as NodeId, self.now, &mut self.rng);
+        let arrivals = self
+            .net
+            .arrivals(from as NodeId, to as NodeId, self.now, &mut self.rng);
         for at in arrivals {
-            let ev = Ev::Deliver { from, to, message: message.clone(), payloads: payloads.clone() };
+            let ev = Ev::Deliver {
+                from,
+                to,
+                message: message.clone(),
+                payloads: payloads.clone(),
+            };
             self.queue_at(at, ev);
         }
     }
@@ -516,7 +606,12 @@ impl World {
                 let view = self.nodes[n].disk.view();
                 let end = view.last().map_or(0, |s| s.entry.end);
                 note!(self, "n{n} leads term {term}, log end {end}");
-                self.checker.became_leader(n as NodeId, term, self.now, self.nodes[n].disk.view())?;
+                self.checker.became_leader(
+                    n as NodeId,
+                    term,
+                    self.now,
+                    self.nodes[n].disk.view(),
+                )?;
             }
             Event::SteppedDown { term } => {
                 note!(self, "n{n} steps down from term {term}");
@@ -525,10 +620,15 @@ impl World {
             Event::LeaderChanged { .. } => {}
             Event::Committed { commit } => {
                 let before = self.nodes[n].commit;
-                self.checker.committed(n as NodeId, self.nodes[n].disk.view(), before, commit)?;
+                self.checker
+                    .committed(n as NodeId, self.nodes[n].disk.view(), before, commit)?;
                 self.nodes[n].commit = commit;
                 self.acknowledge(n, commit, true)?;
-                if self.nodes[n].group.as_ref().is_some_and(|g| g.role() == Role::Leader) {
+                if self.nodes[n]
+                    .group
+                    .as_ref()
+                    .is_some_and(|g| g.role() == Role::Leader)
+                {
                     self.buggify(n, 3);
                 }
             }
@@ -551,14 +651,20 @@ impl World {
 
     fn acknowledge(&mut self, n: usize, below: Offset, all: bool) -> Result<(), Violation> {
         let waiting = std::mem::take(&mut self.nodes[n].waiting);
-        let (done, rest): (Vec<Waiting>, Vec<Waiting>) =
-            waiting.into_iter().partition(|w| w.all == all && w.end <= below);
+        let (done, rest): (Vec<Waiting>, Vec<Waiting>) = waiting
+            .into_iter()
+            .partition(|w| w.all == all && w.end <= below);
         self.nodes[n].waiting = rest;
         for w in done {
-            self.checker.acknowledged(n as NodeId, w.term, all, w.offset, w.payload, self.now)?;
+            self.checker
+                .acknowledged(n as NodeId, w.term, all, w.offset, w.payload, self.now)?;
             if all && self.healed_at.is_some() && self.outcome.recovery == 0 {
                 self.outcome.recovery = self.now - self.healed_at.unwrap_or(self.now);
-                note!(self, "first acks=all after healing: {}", self.outcome.recovery);
+                note!(
+                    self,
+                    "first acks=all after healing: {}",
+                    self.outcome.recovery
+                );
             }
         }
         Ok(())
@@ -573,7 +679,10 @@ impl World {
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|&n| {
                 self.nodes[n].paused_until.is_none()
-                    && self.nodes[n].group.as_ref().is_some_and(|g| g.role() == Role::Leader)
+                    && self.nodes[n]
+                        .group
+                        .as_ref()
+                        .is_some_and(|g| g.role() == Role::Leader)
             })
             .collect();
         if leaders.is_empty() {
@@ -586,11 +695,21 @@ impl World {
         let bytes = self.rng.gen_range(100..20_000);
         let records = self.rng.gen_range(1..5);
         let mut out = Vec::new();
-        let Some(group) = self.nodes[n].group.as_mut() else { return Ok(()) };
+        let Some(group) = self.nodes[n].group.as_mut() else {
+            return Ok(());
+        };
         let term = group.term();
-        let Ok(entry) = group.propose(records, bytes, &mut out) else { return Ok(()) };
+        let Ok(entry) = group.propose(records, bytes, &mut out) else {
+            return Ok(());
+        };
         let Entry { offset, end, .. } = entry;
-        self.nodes[n].waiting.push(Waiting { offset, end, payload, all, term });
+        self.nodes[n].waiting.push(Waiting {
+            offset,
+            end,
+            payload,
+            all,
+            term,
+        });
         self.buggify(n, 8);
         self.carry_out(n, &[(offset, payload)], out)
     }
@@ -600,7 +719,9 @@ impl World {
         self.schedule(gap, Ev::Read);
         let n = self.rng.gen_range(0..self.nodes.len());
         let node = &self.nodes[n];
-        let Some(group) = node.group.as_ref() else { return Ok(()) };
+        let Some(group) = node.group.as_ref() else {
+            return Ok(());
+        };
         let limit = group.read_limit();
         if limit == 0 || node.paused_until.is_some() {
             return Ok(());
@@ -628,7 +749,10 @@ impl World {
         // Half the faults aim at a leader: that is where the protocol is
         // most exposed (a deposed leader, an uncommitted tail, a new term).
         let leader = (0..count).find(|&l| {
-            self.nodes[l].group.as_ref().is_some_and(|g| g.role() == Role::Leader)
+            self.nodes[l]
+                .group
+                .as_ref()
+                .is_some_and(|g| g.role() == Role::Leader)
         });
         let n = match leader {
             Some(l) if self.rng.gen_bool(0.5) => l,
@@ -662,7 +786,10 @@ impl World {
                         }
                     }
                 }
-                note!(self, "partition {side:?} from the rest (one way: {one_way})");
+                note!(
+                    self,
+                    "partition {side:?} from the rest (one way: {one_way})"
+                );
             }
             3 => {
                 note!(self, "partitions heal");
@@ -693,12 +820,17 @@ impl World {
     /// One step of moving replicas: add a learner, promote it, or remove a
     /// voter while there are more than three.
     fn change_membership(&mut self, l: usize) -> Result<(), Violation> {
-        let Some(group) = self.nodes[l].group.as_ref() else { return Ok(()) };
+        let Some(group) = self.nodes[l].group.as_ref() else {
+            return Ok(());
+        };
         let m = group.membership().clone();
-        let outside: Vec<NodeId> =
-            (0..self.nodes.len() as NodeId).filter(|&id| !m.contains(id)).collect();
-        let mut options: Vec<MembershipChange> =
-            outside.iter().map(|&id| MembershipChange::AddLearner(id)).collect();
+        let outside: Vec<NodeId> = (0..self.nodes.len() as NodeId)
+            .filter(|&id| !m.contains(id))
+            .collect();
+        let mut options: Vec<MembershipChange> = outside
+            .iter()
+            .map(|&id| MembershipChange::AddLearner(id))
+            .collect();
         options.extend(m.learners.iter().map(|&id| MembershipChange::Promote(id)));
         if m.voters.len() > 3 {
             options.extend(m.voters.iter().map(|&id| MembershipChange::Remove(id)));
@@ -777,7 +909,11 @@ fn describe(message: &Message) -> String {
         ),
         Message::AppendResponse(r) | Message::HeartbeatResponse(r) => format!(
             "{} t{} rejected {:?} end {}/t{} (t from {}) matched {} durable {}",
-            if matches!(message, Message::AppendResponse(_)) { "append-ok" } else { "beat-ok" },
+            if matches!(message, Message::AppendResponse(_)) {
+                "append-ok"
+            } else {
+                "beat-ok"
+            },
             r.term,
             r.rejected,
             r.end,
