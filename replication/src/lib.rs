@@ -6,6 +6,8 @@
 //!   runs the real core under network, disk and process faults, with the
 //!   checker that proves what it promises. `cargo run -p fjord-replication
 //!   --bin sim -- --seeds 100000`.
+//! - [`wire`]: the peer wire format carrying a shard's batch of messages
+//!   (and the record batches they replicate) to a peer replica.
 //! - [`metadata`]: the controller's metadata state machine, a deterministic
 //!   `apply` over commands: Raft group 0's state machine.
 
@@ -13,3 +15,4 @@ pub mod metadata;
 pub mod raft;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod wire;

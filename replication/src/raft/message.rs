@@ -9,7 +9,7 @@
 use crate::raft::types::{Entry, HardState, NodeId, Offset, Term};
 
 /// A message from one replica of a group to another.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Message {
     /// "Would you vote for me in `term`?" — asked without changing any term,
     /// so a replica that cannot win does not disrupt a working leader
@@ -52,7 +52,7 @@ impl Message {
 }
 
 /// A (pre-)vote request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct VoteRequest {
     /// The term the candidate stands in.
     pub term: Term,
@@ -66,7 +66,7 @@ pub struct VoteRequest {
 }
 
 /// The answer to a (pre-)vote request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct VoteResponse {
     /// The request's term when granted; the voter's term when refused.
     pub term: Term,
@@ -75,7 +75,7 @@ pub struct VoteResponse {
 }
 
 /// Entries for a follower, or a probe when `entries` is empty.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AppendRequest {
     /// The leader's term.
     pub term: Term,
@@ -111,7 +111,7 @@ impl AppendRequest {
 }
 
 /// A heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Heartbeat {
     /// The leader's term.
     pub term: Term,
@@ -120,7 +120,7 @@ pub struct Heartbeat {
 }
 
 /// A follower's answer to an append or a heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AppendResponse {
     /// The follower's term.
     pub term: Term,

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 pub type GroupId = u64;
 
 /// Everything one shard sends one peer replica in one go.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(
+    Debug, Default, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct PeerBatch {
     /// Heartbeats, by group.
     pub heartbeats: Vec<(GroupId, Heartbeat)>,

@@ -16,7 +16,7 @@ pub type Term = u64;
 pub type Offset = u64;
 
 /// What a batch is to the protocol. The payload itself never enters the core.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum EntryKind {
     /// Records from a producer.
     Data,
@@ -28,7 +28,7 @@ pub enum EntryKind {
 }
 
 /// The metadata of one batch in the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Entry {
     /// Base offset.
     pub offset: Offset,
@@ -51,7 +51,9 @@ impl Entry {
 
 /// The replicas of a group. Voters form quorums; learners only receive the
 /// log (a replica being added catches up as a learner before it votes).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct Membership {
     /// Sorted, no duplicates.
     pub voters: Vec<NodeId>,
