@@ -8,10 +8,13 @@
 //!   --bin sim -- --seeds 100000`.
 //! - [`wire`]: the peer wire format carrying a shard's batch of messages
 //!   (and the record batches they replicate) to a peer replica.
+//! - [`placement`]: where a new partition's replicas go ((node, shard)
+//!   pairs, replicas and preferred leaders balanced).
 //! - [`metadata`]: the controller's metadata state machine, a deterministic
 //!   `apply` over commands: Raft group 0's state machine.
 
 pub mod metadata;
+pub mod placement;
 pub mod raft;
 #[cfg(feature = "sim")]
 pub mod sim;
