@@ -312,3 +312,12 @@ fn the_mux_sends_one_batch_per_peer_per_tick() {
         );
     }
 }
+
+#[test]
+fn an_idle_group_is_small() {
+    // 10,000 partitions x RF 3 on 3 nodes means 10,000 groups per node: the
+    // struct plus a few small vectors, far under the 64 KiB a partition may
+    // cost in all.
+    let size = std::mem::size_of::<Group>();
+    assert!(size < 1024, "Group is {size} bytes");
+}
