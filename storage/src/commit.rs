@@ -212,9 +212,11 @@ impl Inner {
         if let Some(files) = &sync_files {
             for file in files {
                 file.file
+                    .get()
+                    .await?
                     .fdatasync()
                     .await
-                    .map_err(StorageError::io("fdatasync", &*file.path))?;
+                    .map_err(StorageError::io("fdatasync", &**file.file.path()))?;
             }
         }
         {

@@ -14,6 +14,7 @@ pub mod cache;
 mod commit;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod index;
 pub mod log;
 pub mod recovery;

@@ -555,7 +555,7 @@ async fn read_segment(
     .await?;
     if let WalkEnd::Invalid(reason) = walk.end {
         return Err(StorageError::Corrupt {
-            path: reader.path.to_path_buf(),
+            path: reader.file.path().to_path_buf(),
             position: walk.position,
             reason,
         });
