@@ -18,15 +18,15 @@ pub enum ShardMsg {
     Metadata {
         /// The state to converge to.
         metadata: ClusterMetadata,
-        /// Answered once converged.
-        done: oneshot::Sender<()>,
+        /// Answered once converged, with the partitions it could not open.
+        done: oneshot::Sender<Vec<NotServed>>,
     },
     /// Any shard to the controller: commit a command.
     Command {
         /// The change.
         command: Command,
-        /// The outcome.
-        reply: oneshot::Sender<Result<(), CommandError>>,
+        /// The outcome: the partitions not served, or why it failed.
+        reply: oneshot::Sender<Result<Vec<NotServed>, CommandError>>,
     },
     /// Any shard to a partition's owner.
     Partition {
@@ -37,6 +37,18 @@ pub enum ShardMsg {
         /// What to do.
         op: PartitionOp,
     },
+}
+
+/// A partition the metadata gives a shard that the shard could not open;
+/// it tries again every [`crate::shard::RETRY_UNSERVED_INTERVAL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotServed {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// Why, as the storage layer said.
+    pub reason: String,
 }
 
 /// An operation on a partition owned by another shard.

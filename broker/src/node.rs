@@ -5,7 +5,9 @@
 use crate::config::{ConfigError, ServeConfig};
 use crate::conn::{self, Stop};
 use crate::controller::Controller;
+use crate::logging;
 use crate::mesh::ShardMsg;
+use crate::process::{DirLock, LockError};
 use crate::shard::Shard;
 use fjord_storage::DataDir;
 use futures::FutureExt;
@@ -78,6 +80,9 @@ pub enum NodeError {
     /// Signal handling could not be set up.
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    /// Another process serves the data directory.
+    #[error(transparent)]
+    Locked(#[from] LockError),
 }
 
 enum Event {
@@ -89,6 +94,7 @@ enum Event {
 /// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
 pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     config.validate()?;
+    logging::init(config.log_format);
     // Resolved once: `available_parallelism` reads cgroup files, far too
     // slow for the routing path that asks which shard owns a partition.
     config.cores = Some(config.shard_count());
@@ -97,7 +103,10 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    // Held until this function returns; the kernel lets go on any exit.
+    let _lock = DirLock::acquire(data.path())?;
     let count = config.shard_count();
+    let files_per_shard = file_budget(count);
     let shard_ports = shard_ports(&config, count)?;
     let (events, inbox) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -131,6 +140,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             fjord_storage::shard::executor(&format!("shard-{i}"), Placement::Fixed(i % cpus))
                 .spawn(move || async move {
                     let failed = events.clone();
+                    fjord_storage::files::set_budget(files_per_shard);
                     if let Err(message) =
                         run_shard(mesh, config, ports, data, stop_rx.shared(), events).await
                     {
@@ -164,7 +174,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
                 break;
             }
             Event::Signal(signal) => {
-                eprintln!("fjord: signal {signal}: shutting down");
+                tracing::info!(signal, "shutting down");
                 break;
             }
         }
@@ -176,9 +186,44 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         let _ = handle.join();
     }
     if outcome.is_ok() {
-        eprintln!("fjord: stopped cleanly");
+        tracing::info!("stopped cleanly");
     }
     outcome
+}
+
+/// Raises the descriptor limit to the hard limit and splits it: half for
+/// segment files, shared by the shards (each closes idle files past its
+/// share), the rest for sockets, the rings and what the runtime opens.
+fn file_budget(shards: usize) -> usize {
+    /// Descriptors kept aside for the process itself (rings, eventfds,
+    /// listeners, the blocking pool's directory reads).
+    const RESERVED: u64 = 64;
+    /// Fewest segment files a shard may hold: a log's active pair and a few
+    /// readers.
+    const PER_SHARD_MIN: usize = 16;
+    let limit = match crate::process::raise_nofile_limit() {
+        Ok((before, after)) => {
+            tracing::info!(
+                soft_before = before,
+                soft_now = after,
+                "file descriptor limit raised to the hard limit"
+            );
+            after
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the file descriptor limit");
+            1024
+        }
+    };
+    let files = (limit / 2).saturating_sub(RESERVED);
+    let per_shard = usize::try_from(files).unwrap_or(usize::MAX) / shards.max(1);
+    let per_shard = per_shard.max(PER_SHARD_MIN);
+    tracing::info!(
+        descriptor_limit = limit,
+        segment_files_per_shard = per_shard,
+        "idle segment files close past each shard's budget"
+    );
+    per_shard
 }
 
 fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError> {
@@ -228,20 +273,32 @@ async fn run_shard(
     let shard = Rc::new(Shard::new(senders, config, shard_ports, data, ready_tx));
     shard.serve_mesh(receivers);
     if shard.id == 0 {
-        let controller = Controller::open(
-            shard.data().path(),
-            shard.data_shards(),
-            shard.cache().clone(),
-        )
-        .await
-        .map_err(|e| format!("controller: {e}"))?;
+        let controller = Rc::new(
+            Controller::open(
+                shard.data().path(),
+                shard.data_shards(),
+                shard.cache().clone(),
+                shard.config.metadata_reserve_bytes,
+            )
+            .await
+            .map_err(|e| format!("controller: {e}"))?,
+        );
         controller
             .remove_stale_topics(shard.data().path())
             .await
             .map_err(|e| format!("controller: {e}"))?;
         let metadata = controller.metadata();
-        shard.set_controller(Rc::new(controller));
-        shard.push_metadata(&metadata).await;
+        shard.set_controller(controller.clone());
+        let not_served = shard.push_metadata(&metadata).await;
+        if !not_served.is_empty() {
+            tracing::warn!(
+                shard = 0,
+                partitions = not_served.len(),
+                "some partitions could not be opened at start: not served, retried"
+            );
+        }
+        let interval = Duration::from_millis(shard.config.disk_check_interval_ms);
+        glommio::spawn_local(controller.keep_reserve(shard.space().clone(), interval)).detach();
     }
     if ready_rx.await.is_err() {
         return Err("no metadata from the controller".into());
@@ -253,6 +310,8 @@ async fn run_shard(
         glommio::spawn_local(conn::accept(shard.clone(), listener, stop.clone())).detach();
     }
     glommio::spawn_local(shard.clone().enforce_retention()).detach();
+    glommio::spawn_local(shard.clone().retry_unserved()).detach();
+    glommio::spawn_local(shard.clone().watch_space()).detach();
     let _ = events.send(Event::Ready);
     let _ = stop.clone().await;
     shard.begin_close();

@@ -21,6 +21,7 @@ pub mod recovery;
 pub mod segment;
 pub mod shard;
 pub mod slice;
+pub mod space;
 
 pub use cache::BatchCache;
 pub use config::LogConfig;

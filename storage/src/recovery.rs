@@ -164,14 +164,7 @@ async fn recover_segment(
         let len = (entries.len() * ENTRY_LEN) as u64;
         Index::new(
             entries,
-            Appender::resume(
-                index_file,
-                len,
-                len,
-                crate::appender::BLOCK * 16,
-                16 * 1024,
-            )
-            .await?,
+            Appender::resume(index_file, len, len, crate::appender::BLOCK * 16, 16 * 1024).await?,
         )
     };
     Ok(Segment::new(
@@ -248,10 +241,7 @@ async fn scan_from(
     })
 }
 
-async fn rewrite_index(
-    file: Rc<SegmentFile>,
-    entries: Vec<IndexEntry>,
-) -> Result<Index> {
+async fn rewrite_index(file: Rc<SegmentFile>, entries: Vec<IndexEntry>) -> Result<Index> {
     file.get()
         .await?
         .truncate(0)

@@ -111,14 +111,7 @@ impl Segment {
             .map_err(StorageError::io("truncate", &index_path))?;
         let index = Index::new(
             Vec::new(),
-            Appender::resume(
-                index_file,
-                0,
-                0,
-                appender::BLOCK * 16,
-                16 * 1024,
-            )
-            .await?,
+            Appender::resume(index_file, 0, 0, appender::BLOCK * 16, 16 * 1024).await?,
         );
         Ok(Segment::new(
             base_offset,

@@ -3,7 +3,7 @@
 
 use super::{Reply, code};
 use crate::controller::CommandError;
-use crate::mesh::PartitionOp;
+use crate::mesh::{NotServed, PartitionOp};
 use crate::shard::Shard;
 use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
@@ -116,7 +116,10 @@ pub(super) async fn delete_topics(
 ) -> Reply {
     let mut results = Vec::new();
     for name in request.names.unwrap_or_default() {
-        let outcome = shard.command(Command::DeleteTopic(name.clone())).await;
+        let outcome = shard
+            .command(Command::DeleteTopic(name.clone()))
+            .await
+            .map(|_| Vec::new());
         results.push(topic_result(name, outcome));
     }
     let body = wire::DeleteTopicsResponseT {
@@ -128,9 +131,18 @@ pub(super) async fn delete_topics(
     )
 }
 
-fn topic_result(name: String, outcome: Result<(), CommandError>) -> wire::TopicResultT {
+/// Partitions named in full in a "not served" message; the rest are counted.
+const NOT_SERVED_LISTED_MAX: usize = 10;
+
+fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> wire::TopicResultT {
     let (error_code, error_message) = match outcome {
-        Ok(()) => (0, None),
+        Ok(not_served) if not_served.is_empty() => (0, None),
+        // The topic exists (the command is committed) but is not served
+        // whole: never "created". Retriable: the shards retry the opens.
+        Ok(not_served) => (
+            ErrorCode::KafkaStorageError.code(),
+            Some(not_served_message(&not_served)),
+        ),
         Err(e) => (command_error_code(&e).code(), Some(e.to_string())),
     };
     wire::TopicResultT {
@@ -153,8 +165,30 @@ fn command_error_code(error: &CommandError) -> ErrorCode {
             MetadataError::OutOfOrder { .. } => ErrorCode::UnknownServerError,
         },
         CommandError::Unavailable => ErrorCode::BrokerNotAvailable,
-        CommandError::Storage(_) => ErrorCode::KafkaStorageError,
+        CommandError::Storage(_) | CommandError::OutOfRoom(_) => ErrorCode::KafkaStorageError,
     }
+}
+
+/// "topic created, but N of its partitions are not served yet: p: reason; …"
+fn not_served_message(not_served: &[NotServed]) -> String {
+    let listed: Vec<String> = not_served
+        .iter()
+        .take(NOT_SERVED_LISTED_MAX)
+        .map(|n| format!("{}-{}: {}", n.topic, n.partition, n.reason))
+        .collect();
+    let more = not_served.len().saturating_sub(NOT_SERVED_LISTED_MAX);
+    let tail = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "topic created, but {} partition(s) could not be opened and are not served \
+         (the broker retries every {} s): {}{tail}",
+        not_served.len(),
+        crate::shard::RETRY_UNSERVED_INTERVAL.as_secs(),
+        listed.join("; ")
+    )
 }
 
 pub(super) async fn describe_topics(
@@ -197,9 +231,15 @@ pub(super) async fn describe_topics(
                 )
                 .await;
             partitions.push(match described {
+                // Read-only partitions (disk low, or a log waiting for room)
+                // say so with the code produce would get; offsets are real.
                 Ok(d) => wire::PartitionDescriptionT {
                     partition: p,
-                    error_code: 0,
+                    error_code: if d.read_only {
+                        ErrorCode::KafkaStorageError.code()
+                    } else {
+                        0
+                    },
                     log_start_offset: d.log_start_offset,
                     log_end_offset: d.log_end_offset,
                     size_bytes: d.size_bytes,
