@@ -44,6 +44,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// connections go on; it is logged once per interval with a count.
 pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
     let failures = Repeated::default();
+    let refused = Repeated::default();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = match select(Box::pin(listener.accept()), stop.clone()).await {
@@ -75,6 +76,14 @@ pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
         };
         if shard.connections.get() >= shard.config.max_connections_per_shard {
             drop(stream);
+            if let Some(count) = refused.hit() {
+                tracing::warn!(
+                    shard = shard.id,
+                    max_connections_per_shard = shard.config.max_connections_per_shard,
+                    refused_connections = count,
+                    "connection limit reached: new connections closed"
+                );
+            }
             continue;
         }
         shard.connections.set(shard.connections.get() + 1);

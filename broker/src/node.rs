@@ -106,7 +106,16 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     // Held until this function returns; the kernel lets go on any exit.
     let _lock = DirLock::acquire(data.path())?;
     let count = config.shard_count();
-    let files_per_shard = file_budget(count);
+    let budget = descriptor_budget(count);
+    let files_per_shard = budget.files_per_shard;
+    if budget.connections_per_shard < config.max_connections_per_shard {
+        tracing::info!(
+            configured = config.max_connections_per_shard,
+            now = budget.connections_per_shard,
+            "max_connections_per_shard lowered to what the descriptor limit holds"
+        );
+        config.max_connections_per_shard = budget.connections_per_shard;
+    }
     let shard_ports = shard_ports(&config, count)?;
     let (events, inbox) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -191,10 +200,20 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     outcome
 }
 
-/// Raises the descriptor limit to the hard limit and splits it: half for
-/// segment files, shared by the shards (each closes idle files past its
-/// share), the rest for sockets, the rings and what the runtime opens.
-fn file_budget(shards: usize) -> usize {
+/// How a shard may spend file descriptors.
+struct DescriptorBudget {
+    /// Segment files open at once; idle ones close past it.
+    files_per_shard: usize,
+    /// Client connections; more are closed on accept.
+    connections_per_shard: usize,
+}
+
+/// Raises the descriptor limit to the hard limit and splits it: a few kept
+/// for the process itself, then half of the rest for segment files and half
+/// for connections, each shared evenly by the shards. Neither can starve
+/// the other: a flood of connections never leaves a log unable to open a
+/// file, and tens of thousands of partitions never leave no room to accept.
+fn descriptor_budget(shards: usize) -> DescriptorBudget {
     /// Descriptors kept aside for the process itself (rings, eventfds,
     /// listeners, the blocking pool's directory reads).
     const RESERVED: u64 = 64;
@@ -215,15 +234,18 @@ fn file_budget(shards: usize) -> usize {
             1024
         }
     };
-    let files = (limit / 2).saturating_sub(RESERVED);
-    let per_shard = usize::try_from(files).unwrap_or(usize::MAX) / shards.max(1);
-    let per_shard = per_shard.max(PER_SHARD_MIN);
+    let half = usize::try_from(limit.saturating_sub(RESERVED) / 2).unwrap_or(usize::MAX);
+    let per_shard = (half / shards.max(1)).max(PER_SHARD_MIN);
     tracing::info!(
         descriptor_limit = limit,
         segment_files_per_shard = per_shard,
-        "idle segment files close past each shard's budget"
+        connections_per_shard = per_shard,
+        "descriptor budget: idle segment files close past each shard's share"
     );
-    per_shard
+    DescriptorBudget {
+        files_per_shard: per_shard,
+        connections_per_shard: per_shard,
+    }
 }
 
 fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError> {
