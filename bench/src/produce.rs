@@ -21,8 +21,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often the generator wakes: messages due within one tick go out
@@ -218,7 +218,10 @@ impl Engine {
                 .unwrap_or_else(|| "no answer".into())
         };
         if self.parts.iter().all(|p| p.failing.get()) {
-            return Some(format!("every partition failed; last error: {}", last_error()));
+            return Some(format!(
+                "every partition failed; last error: {}",
+                last_error()
+            ));
         }
         let waiting = self
             .parts

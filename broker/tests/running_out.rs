@@ -113,7 +113,11 @@ fn ten_thousand_partitions_are_served_under_a_low_descriptor_limit() {
             seen.insert(record.partition, value);
         }
     }
-    assert_eq!(seen.len(), PARTITIONS as usize, "a record from every partition");
+    assert_eq!(
+        seen.len(),
+        PARTITIONS as usize,
+        "a record from every partition"
+    );
     for (p, value) in &seen {
         assert_eq!(value, &format!("v{p}"));
     }
@@ -157,18 +161,30 @@ fn a_flood_of_connections_leaves_a_client_served_and_stderr_quiet() {
         records.extend(block_on(consumer.poll(Duration::from_secs(1))).expect("poll"));
     }
     assert_eq!(records.len(), 2);
-    let lines_before = std::fs::read_to_string(log.path()).expect("log").lines().count();
+    let lines_before = std::fs::read_to_string(log.path())
+        .expect("log")
+        .lines()
+        .count();
 
     // Four times what the broker may hold, all at once and held open.
     let flood: Vec<std::net::TcpStream> = (0..4 * NOFILE)
         .filter_map(|_| std::net::TcpStream::connect(broker.addr).ok())
         .collect();
-    assert!(flood.len() as u64 > NOFILE, "the flood got through the backlog");
+    assert!(
+        flood.len() as u64 > NOFILE,
+        "the flood got through the backlog"
+    );
     std::thread::sleep(Duration::from_secs(1));
     for i in 0..20 {
         for p in 0..2 {
-            block_on(producer.send("calm", Some(p), None, Some(format!("during{i}").as_bytes()), &[]))
-                .expect("the well-behaved client is served during the flood");
+            block_on(producer.send(
+                "calm",
+                Some(p),
+                None,
+                Some(format!("during{i}").as_bytes()),
+                &[],
+            ))
+            .expect("the well-behaved client is served during the flood");
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -185,7 +201,10 @@ fn a_flood_of_connections_leaves_a_client_served_and_stderr_quiet() {
     let text = std::fs::read_to_string(log.path()).expect("log");
     let new_lines = text.lines().count() - lines_before;
     // One line per shard and listener per 10 s at most, not one per refusal.
-    assert!(new_lines <= 12, "stderr flooded: {new_lines} lines:\n{text}");
+    assert!(
+        new_lines <= 12,
+        "stderr flooded: {new_lines} lines:\n{text}"
+    );
     eprintln!("broker stderr during a flood of {} connections:", flood_len);
     for line in text.lines().skip(lines_before) {
         eprintln!("  {line}");
@@ -228,9 +247,18 @@ impl SmallDisk {
         };
         run(
             "mkfs.ext4",
-            &[Path::new("-q"), Path::new("-F"), Path::new("-m"), Path::new("0"), &image],
+            &[
+                Path::new("-q"),
+                Path::new("-F"),
+                Path::new("-m"),
+                Path::new("0"),
+                &image,
+            ],
         )?;
-        run("mount", &[Path::new("-o"), Path::new("loop"), &image, &mount])?;
+        run(
+            "mount",
+            &[Path::new("-o"), Path::new("loop"), &image, &mount],
+        )?;
         Ok(SmallDisk { _dir: dir, mount })
     }
 }
@@ -241,15 +269,19 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Produces 256 KiB batches to `topic` until the broker refuses one; returns
-/// the refusal's code after checking it is the storage error.
+/// Produces 256 KiB batches to `topic` until the broker refuses one (with
+/// the storage error); returns how many it took.
 fn fill(producer: &Producer, topic: &str) -> usize {
     let value = vec![b'x'; 256 << 10];
     for sent in 0.. {
         match block_on(producer.send(topic, Some(0), None, Some(&value), &[])) {
             Ok(_) => {}
             Err(ClientError::Broker { code, .. }) => {
-                assert_eq!(code, ErrorCode::KafkaStorageError, "a full disk refuses produce");
+                assert_eq!(
+                    code,
+                    ErrorCode::KafkaStorageError,
+                    "a full disk refuses produce"
+                );
                 return sent;
             }
             Err(e) => panic!("produce failed otherwise: {e}"),
@@ -310,11 +342,15 @@ fn a_full_disk_refuses_produce_and_a_topic_delete_brings_it_back() {
         let producer = Producer::new(&client, no_retries()).expect("producer");
         block_on(producer.send("keep", Some(0), None, Some(b"first"), &[])).expect("keep");
         let filled = fill(&producer, "filler");
-        assert!(filled > 10, "min_free {min_free}: only {filled} batches fit");
-        // Produce to any partition is refused; the state shows.
-        let refused = block_on(producer.send("keep", Some(0), None, Some(b"x"), &[]));
-        assert!(refused.is_err(), "min_free {min_free}: produce refused on a full disk");
-        let described = broker.cli(&["topic", "describe", "filler"], "");
+        assert!(
+            filled > 10,
+            "min_free {min_free}: only {filled} batches fit"
+        );
+        // Every partition refuses produce once the disk is full: at once
+        // below a threshold; after what its preallocated room still holds
+        // without one, when its write hits ENOSPC and its log stops.
+        fill(&producer, "keep");
+        let described = broker.cli(&["topic", "describe", "keep"], "");
         let text = String::from_utf8_lossy(&described.stdout);
         assert!(
             text.contains("read-only"),
@@ -323,12 +359,51 @@ fn a_full_disk_refuses_produce_and_a_topic_delete_brings_it_back() {
         // Reads go on.
         let mut consumer = Consumer::new(&client, ConsumerConfig::default());
         block_on(consumer.assign("keep", None, Seek::Earliest)).expect("assign");
-        let records = block_on(consumer.poll(Duration::from_secs(5))).expect("fetch on a full disk");
-        assert_eq!(records.first().and_then(|r| r.value.clone()), Some(b"first".to_vec()));
+        let records =
+            block_on(consumer.poll(Duration::from_secs(5))).expect("fetch on a full disk");
+        assert_eq!(
+            records.first().and_then(|r| r.value.clone()),
+            Some(b"first".to_vec())
+        );
         // The operator's way out works on a full disk.
         block_on(admin.delete_topic("filler")).expect("delete on a full disk");
         produce_resumes(&producer, "keep");
         drop(producer);
         drop(broker);
     }
+}
+
+#[test]
+fn partitions_that_cannot_be_opened_are_reported_by_create_and_retried() {
+    let broker = Broker::start(2);
+    // Topic ids count from 1: the partitions of "blocked" go under
+    // topics/blocked.1/, which a plain file makes impossible to create.
+    let topics = broker.data_dir().join("topics");
+    std::fs::create_dir_all(&topics).expect("topics dir");
+    let blocker = topics.join("blocked.1");
+    std::fs::write(&blocker, b"not a directory").expect("blocker");
+
+    let created = broker.cli(&["topic", "create", "blocked", "--partitions", "3"], "");
+    let stdout = String::from_utf8_lossy(&created.stdout);
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(!created.status.success(), "never \"created\": {stdout}");
+    assert!(!stdout.contains("created topic"), "{stdout}");
+    assert!(
+        stderr.contains("KafkaStorageError")
+            && stderr.contains("3 partition(s) could not be opened")
+            && stderr.contains("blocked-0: "),
+        "each partition is named with its reason: {stderr}"
+    );
+    let described = broker.cli(&["topic", "describe", "blocked"], "");
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(text.contains("not served"), "describe: {text}");
+    let producer = Producer::new(&broker.client(), no_retries()).expect("producer");
+    match block_on(producer.send("blocked", Some(0), None, Some(b"x"), &[])) {
+        Err(ClientError::Broker { code, .. }) => assert_eq!(code, ErrorCode::KafkaStorageError),
+        other => panic!("produce to a partition not served: {other:?}"),
+    }
+
+    // Once the cause is gone, the shards' retry opens them.
+    std::fs::remove_file(&blocker).expect("unblock");
+    produce_resumes(&producer, "blocked");
 }

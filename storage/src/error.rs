@@ -89,7 +89,12 @@ impl StorageError {
         move |e| StorageError::Io {
             op,
             path,
-            source: e.into(),
+            source: match e {
+                // The OS error itself, errno intact (glommio's conversion
+                // keeps only its kind); the op and path are ours already.
+                glommio::GlommioError::EnhancedIoError { source, .. } => source,
+                other => other.into(),
+            },
         }
     }
 }
