@@ -92,3 +92,25 @@ fn e2e_measures_delivery() {
     assert_eq!(r["messages"], 10000, "every produced record delivered: {r}");
     assert!(r["p50_us"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_run_that_cannot_make_progress_ends_at_once_with_the_error() {
+    // Every batch is larger than the topic accepts: every partition fails.
+    let started = std::time::Instant::now();
+    let output = Command::new(BENCH)
+        .args(["produce", "--rate", "1k", "--duration", "60s"])
+        .args(["--message-size", "200", "--topic-config", "max.message.bytes=100"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot make progress") && stderr.contains("every partition failed"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "ended long before its 60 s: {:?}",
+        started.elapsed()
+    );
+}
