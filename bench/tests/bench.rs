@@ -99,7 +99,12 @@ fn a_run_that_cannot_make_progress_ends_at_once_with_the_error() {
     let started = std::time::Instant::now();
     let output = Command::new(BENCH)
         .args(["produce", "--rate", "1k", "--duration", "60s"])
-        .args(["--message-size", "200", "--topic-config", "max.message.bytes=100"])
+        .args([
+            "--message-size",
+            "200",
+            "--topic-config",
+            "max.message.bytes=100",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -271,6 +271,12 @@ impl Controller {
         interval: std::time::Duration,
     ) {
         let failures = crate::logging::Repeated::default();
+        if space.is_low() {
+            // A reserve left by an earlier run is not known as held yet.
+            if let Err(e) = self.reserve.release().await {
+                tracing::warn!(shard = 0, error = %e, "controller: cannot release the metadata reserve");
+            }
+        }
         loop {
             let sample = space.space();
             let floor = space.threshold().floor(sample);

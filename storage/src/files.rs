@@ -119,11 +119,6 @@ impl SegmentFile {
         }
     }
 
-    /// Whether a descriptor is held now.
-    pub fn is_open(&self) -> bool {
-        self.file.borrow().is_some()
-    }
-
     async fn reopen(self: &Rc<Self>, create: bool) -> Result<Rc<DmaFile>> {
         make_room();
         let file = Rc::new(

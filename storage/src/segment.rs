@@ -239,13 +239,13 @@ pub async fn walk(
     mut visit: impl FnMut(u64, Batch<'_>, &ReadResult, usize) -> Visit,
 ) -> Result<Walk> {
     let mut want = window_bytes.max(appender::BLOCK as usize);
+    // Held for the whole walk: the budget never closes a file mid-read, and
+    // a segment that retention deletes meanwhile stays readable.
+    let file = reader.file.get().await?;
     while position < reader.limit {
         let window_start = appender::align_down(position);
         let window_end = appender::align_up((position + want as u64).min(reader.limit));
-        let read = reader
-            .file
-            .get()
-            .await?
+        let read = file
             .read_at_aligned(window_start, (window_end - window_start) as usize)
             .await
             .map_err(StorageError::io("read", &**reader.file.path()))?;
