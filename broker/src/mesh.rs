@@ -51,6 +51,34 @@ pub struct NotServed {
     pub reason: String,
 }
 
+impl NotServed {
+    /// Partitions named in full in a summary; the rest are counted.
+    const LISTED_MAX: usize = 10;
+
+    /// "N partition(s) could not be opened and are not served (…): t-0:
+    /// reason; …", for an answer or a log line.
+    pub fn summary(not_served: &[NotServed]) -> String {
+        let listed: Vec<String> = not_served
+            .iter()
+            .take(Self::LISTED_MAX)
+            .map(|n| format!("{}-{}: {}", n.topic, n.partition, n.reason))
+            .collect();
+        let more = not_served.len().saturating_sub(Self::LISTED_MAX);
+        let tail = if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        };
+        format!(
+            "{} partition(s) could not be opened and are not served \
+             (the broker retries every {} s): {}{tail}",
+            not_served.len(),
+            crate::shard::RETRY_UNSERVED_INTERVAL.as_secs(),
+            listed.join("; ")
+        )
+    }
+}
+
 /// An operation on a partition owned by another shard.
 pub enum PartitionOp {
     /// Append the batches at `range` of a request frame, which moved here

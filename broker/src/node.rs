@@ -315,8 +315,8 @@ async fn run_shard(
         if !not_served.is_empty() {
             tracing::warn!(
                 shard = 0,
-                partitions = not_served.len(),
-                "some partitions could not be opened at start: not served, retried"
+                "at start, {}",
+                crate::mesh::NotServed::summary(&not_served)
             );
         }
         let interval = Duration::from_millis(shard.config.disk_check_interval_ms);

@@ -131,9 +131,6 @@ pub(super) async fn delete_topics(
     )
 }
 
-/// Partitions named in full in a "not served" message; the rest are counted.
-const NOT_SERVED_LISTED_MAX: usize = 10;
-
 fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> wire::TopicResultT {
     let (error_code, error_message) = match outcome {
         Ok(not_served) if not_served.is_empty() => (0, None),
@@ -141,7 +138,10 @@ fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> 
         // whole: never "created". Retriable: the shards retry the opens.
         Ok(not_served) => (
             ErrorCode::KafkaStorageError.code(),
-            Some(not_served_message(&not_served)),
+            Some(format!(
+                "topic created, but {}",
+                NotServed::summary(&not_served)
+            )),
         ),
         Err(e) => (command_error_code(&e).code(), Some(e.to_string())),
     };
@@ -167,28 +167,6 @@ fn command_error_code(error: &CommandError) -> ErrorCode {
         CommandError::Unavailable => ErrorCode::BrokerNotAvailable,
         CommandError::Storage(_) | CommandError::OutOfRoom(_) => ErrorCode::KafkaStorageError,
     }
-}
-
-/// "topic created, but N of its partitions are not served yet: p: reason; …"
-fn not_served_message(not_served: &[NotServed]) -> String {
-    let listed: Vec<String> = not_served
-        .iter()
-        .take(NOT_SERVED_LISTED_MAX)
-        .map(|n| format!("{}-{}: {}", n.topic, n.partition, n.reason))
-        .collect();
-    let more = not_served.len().saturating_sub(NOT_SERVED_LISTED_MAX);
-    let tail = if more > 0 {
-        format!("; and {more} more")
-    } else {
-        String::new()
-    };
-    format!(
-        "topic created, but {} partition(s) could not be opened and are not served \
-         (the broker retries every {} s): {}{tail}",
-        not_served.len(),
-        crate::shard::RETRY_UNSERVED_INTERVAL.as_secs(),
-        listed.join("; ")
-    )
 }
 
 pub(super) async fn describe_topics(
