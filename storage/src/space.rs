@@ -183,3 +183,44 @@ impl Reserve {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_is_the_larger_of_bytes_and_percentage() {
+        let space = |free_bytes| Space {
+            free_bytes,
+            total_bytes: 1000 << 20,
+        };
+        let bytes_only = Threshold {
+            min_free_bytes: 100 << 20,
+            min_free_percent: 0,
+        };
+        assert_eq!(bytes_only.floor(space(0)), 100 << 20);
+        assert!(bytes_only.is_low(space((100 << 20) - 1)));
+        assert!(!bytes_only.is_low(space(100 << 20)));
+        let percent = Threshold {
+            min_free_bytes: 1 << 20,
+            min_free_percent: 20,
+        };
+        assert_eq!(percent.floor(space(0)), 200 << 20);
+        assert!(percent.is_low(space(150 << 20)));
+        let off = Threshold {
+            min_free_bytes: 0,
+            min_free_percent: 0,
+        };
+        assert!(
+            !off.is_low(space(0)),
+            "no threshold: only ENOSPC stops writes"
+        );
+    }
+
+    #[test]
+    fn statvfs_of_a_real_directory() {
+        let space = space_of(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("statvfs");
+        assert!(space.total_bytes > 0 && space.free_bytes <= space.total_bytes);
+        assert!(space_of(Path::new("/no/such/dir")).is_err());
+    }
+}
