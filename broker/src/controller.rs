@@ -247,11 +247,12 @@ impl Controller {
         Ok(reopened)
     }
 
+    /// Deletes the reserve's file. Also when it is not known as held: a
+    /// file left by an earlier run goes too (a missing file is no error).
     async fn release_reserve(&self) {
-        if !self.reserve.is_held() {
-            return;
-        }
+        let held = self.reserve.is_held();
         match self.reserve.release().await {
+            Ok(()) if !held => {}
             Ok(()) => tracing::warn!(
                 shard = 0,
                 "controller: metadata reserve released: the disk is full or low"
@@ -271,12 +272,6 @@ impl Controller {
         interval: std::time::Duration,
     ) {
         let failures = crate::logging::Repeated::default();
-        if space.is_low() {
-            // A reserve left by an earlier run is not known as held yet.
-            if let Err(e) = self.reserve.release().await {
-                tracing::warn!(shard = 0, error = %e, "controller: cannot release the metadata reserve");
-            }
-        }
         loop {
             let sample = space.space();
             let floor = space.threshold().floor(sample);
