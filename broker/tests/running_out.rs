@@ -211,6 +211,69 @@ fn a_flood_of_connections_leaves_a_client_served_and_stderr_quiet() {
     }
 }
 
+#[test]
+fn accepts_failing_for_want_of_descriptors_back_off_quietly() {
+    // So few descriptors that the table fills before the connection limit
+    // (16, the least a shard gets): accept fails with EMFILE.
+    const NOFILE: u64 = 32;
+    let log = tempfile::NamedTempFile::new().expect("stderr file");
+    let broker = Broker::launch(
+        1,
+        &[],
+        Launch {
+            nofile: Some(NOFILE),
+            stderr: Some(log.path().to_path_buf()),
+            ..Launch::default()
+        },
+    );
+    let client = broker.client();
+    block_on(Admin::new(client.clone()).create_topic("tight", 1, &[])).expect("create");
+    let producer = Producer::new(&client, no_retries()).expect("producer");
+    block_on(producer.send("tight", Some(0), None, Some(b"before"), &[])).expect("produce");
+    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+    block_on(consumer.assign("tight", None, Seek::Earliest)).expect("assign");
+    let mut records = block_on(consumer.poll(Duration::from_secs(5))).expect("poll");
+    assert_eq!(records.len(), 1);
+
+    let flood: Vec<std::net::TcpStream> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(broker.addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        descriptors(broker.pid()) >= NOFILE as usize - 1,
+        "the descriptor table is full"
+    );
+    for i in 0..10 {
+        block_on(producer.send(
+            "tight",
+            Some(0),
+            None,
+            Some(format!("during{i}").as_bytes()),
+            &[],
+        ))
+        .expect("an existing connection is served while accepts fail");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records.len() < 11 && Instant::now() < deadline {
+        records.extend(block_on(consumer.poll(Duration::from_secs(1))).expect("poll"));
+    }
+    assert_eq!(records.len(), 11);
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(1500));
+    block_on(Admin::new(broker.client()).create_topic("after", 1, &[])).expect("accepted again");
+
+    let text = std::fs::read_to_string(log.path()).expect("log");
+    let failing: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("accept failing"))
+        .collect();
+    assert!(
+        !failing.is_empty() && failing.len() <= 2,
+        "accept errors logged once per interval: {text}"
+    );
+    assert!(failing[0].contains("Too many open files"), "{}", failing[0]);
+}
+
 /// A small ext4 filesystem on a loop device, unmounted on drop.
 struct SmallDisk {
     _dir: tempfile::TempDir,
