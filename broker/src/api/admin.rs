@@ -94,7 +94,12 @@ pub(super) async fn create_topics(
                     partitions,
                     configs,
                 });
-                shard.command(command).await
+                // Partitions of other topics still failing their retry are
+                // not this create's news.
+                shard
+                    .command(command)
+                    .await
+                    .map(|not_served| not_served.into_iter().filter(|n| n.topic == name).collect())
             }
             Err(_) => Err(MetadataError::InvalidPartitions(0).into()),
         };
