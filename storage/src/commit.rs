@@ -236,12 +236,16 @@ impl Inner {
         };
         if let Some(files) = &sync_files {
             for file in files {
+                // A failed fdatasync is never "out of room", whatever its
+                // errno: what reached the disk is unknown, so the log stays
+                // read-only rather than being reopened.
                 file.file
                     .get()
                     .await?
                     .fdatasync()
                     .await
-                    .map_err(StorageError::io("fdatasync", &**file.file.path()))?;
+                    .map_err(StorageError::io("fdatasync", &**file.file.path()))
+                    .map_err(|e| StorageError::Failed(e.to_string()))?;
             }
         }
         {
