@@ -236,16 +236,18 @@ impl Inner {
         };
         if let Some(files) = &sync_files {
             for file in files {
-                // A failed fdatasync is never "out of room", whatever its
-                // errno: what reached the disk is unknown, so the log stays
-                // read-only rather than being reopened.
+                // An fdatasync that finds no room (ext4 converting the
+                // preallocated extents it wrote into) leaves the log to be
+                // reopened like a failed write: the files are O_DIRECT, so
+                // no page cache holds data the disk lost, and recovery
+                // reads back exactly what the disk kept. Nothing that waited
+                // on this sync was acknowledged.
                 file.file
                     .get()
                     .await?
                     .fdatasync()
                     .await
-                    .map_err(StorageError::io("fdatasync", &**file.file.path()))
-                    .map_err(|e| StorageError::Failed(e.to_string()))?;
+                    .map_err(StorageError::io("fdatasync", &**file.file.path()))?;
             }
         }
         {
