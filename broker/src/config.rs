@@ -1,6 +1,7 @@
 //! `fjord serve`'s settings: defaults that work on a laptop, overridden by a
 //! TOML file, overridden by flags. Every key of the file is also a flag.
 
+use crate::logging::LogFormat;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,19 @@ pub struct ServeConfig {
     /// How often each shard deletes segments past their topic's retention
     /// (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// Produce is refused while the data directory's filesystem has less
+    /// free space than this (or than `disk_min_free_percent`).
+    pub disk_min_free_bytes: u64,
+    /// Produce is refused below this percentage of the filesystem free
+    /// (0: only `disk_min_free_bytes` counts).
+    pub disk_min_free_percent: u8,
+    /// How often each shard samples free space.
+    pub disk_check_interval_ms: u64,
+    /// Space the controller keeps preallocated for metadata commands, given
+    /// up when the disk is low so that a topic delete always finds room.
+    pub metadata_reserve_bytes: u64,
+    /// Log lines as `text` or `json`.
+    pub log_format: LogFormat,
 }
 
 impl Default for ServeConfig {
@@ -52,6 +66,11 @@ impl Default for ServeConfig {
             max_inflight_bytes: 128 << 20,
             cache_bytes_per_shard: 256 << 20,
             retention_check_interval_ms: 30_000,
+            disk_min_free_bytes: 256 << 20,
+            disk_min_free_percent: 0,
+            disk_check_interval_ms: 500,
+            metadata_reserve_bytes: 8 << 20,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -99,6 +118,14 @@ impl ServeConfig {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
+    /// The free-space threshold.
+    pub fn disk_threshold(&self) -> fjord_storage::space::Threshold {
+        fjord_storage::space::Threshold {
+            min_free_bytes: self.disk_min_free_bytes,
+            min_free_percent: self.disk_min_free_percent,
+        }
+    }
+
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let shards = self.shard_count();
@@ -110,6 +137,21 @@ impl ServeConfig {
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "retention_check_interval_ms must be above 0".into(),
+            ));
+        }
+        if self.disk_check_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "disk_check_interval_ms must be above 0".into(),
+            ));
+        }
+        if self.disk_min_free_percent > 100 {
+            return Err(ConfigError::Invalid(
+                "disk_min_free_percent must be 0 to 100".into(),
+            ));
+        }
+        if self.metadata_reserve_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "metadata_reserve_bytes must be above 0".into(),
             ));
         }
         if self.max_frame_bytes < 1024 {

@@ -10,7 +10,7 @@
 //! next round: that is the group commit.
 
 use crate::cache::BatchCache;
-use crate::commit::{Inner, Staged, State, Waiter, run_flusher};
+use crate::commit::{Failure, Inner, Staged, State, Waiter, run_flusher};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::recovery::{self, RecoveryReport};
@@ -52,7 +52,7 @@ pub struct Appended {
 
 /// Resolves once an append is as safe as the log's fsync policy promises.
 #[derive(Debug)]
-pub struct Durable(oneshot::Receiver<Result<(), String>>);
+pub struct Durable(oneshot::Receiver<Result<(), Failure>>);
 
 impl Future for Durable {
     type Output = Result<()>;
@@ -60,7 +60,7 @@ impl Future for Durable {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         Pin::new(&mut self.0).poll(cx).map(|r| match r {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StorageError::Failed(message)),
+            Ok(Err(failure)) => Err(failure.error()),
             Err(oneshot::Canceled) => Err(StorageError::Closed),
         })
     }
@@ -213,6 +213,18 @@ impl Log {
         self.inner.state.borrow().stats
     }
 
+    /// Whether the log stopped taking appends for want of room (disk space,
+    /// descriptors): its owner may drop it and open the directory again once
+    /// room is back, and appends resume.
+    pub fn is_out_of_room(&self) -> bool {
+        self.inner
+            .state
+            .borrow()
+            .failed
+            .as_ref()
+            .is_some_and(|f| f.out_of_room)
+    }
+
     /// Number of segments.
     pub fn segment_count(&self) -> usize {
         self.inner.state.borrow().segments.len()
@@ -248,8 +260,12 @@ impl Log {
             .await
             .map_err(|_| inner.closed_or_failed())?;
         let now = now_ms();
-        if inner.roll_due(batch.len(), now) {
-            inner.roll(now).await?;
+        if inner.roll_due(batch.len(), now)
+            && let Err(e) = inner.roll(now).await
+        {
+            // Nothing was staged: the room goes back.
+            inner.staged_room.signal(batch.len() as u64);
+            return Err(e);
         }
         let appended = {
             let mut st = inner.state.borrow_mut();
@@ -489,7 +505,7 @@ impl Log {
             st.failed.clone()
         };
         match finished {
-            Some(message) => Err(StorageError::Failed(message)),
+            Some(failure) => Err(failure.error()),
             None => Ok(()),
         }
     }
@@ -555,7 +571,7 @@ async fn read_segment(
     .await?;
     if let WalkEnd::Invalid(reason) = walk.end {
         return Err(StorageError::Corrupt {
-            path: reader.path.to_path_buf(),
+            path: reader.file.path().to_path_buf(),
             position: walk.position,
             reason,
         });
