@@ -21,8 +21,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often the generator wakes: messages due within one tick go out
@@ -33,6 +33,9 @@ const TICK: Duration = Duration::from_micros(50);
 const CATCH_UP_MAX: Duration = Duration::from_millis(500);
 /// Sealed batches waiting per partition before the generator stalls.
 const QUEUED_MAX: usize = 2;
+/// A run in which nothing was acknowledged for this long, with requests
+/// outstanding, cannot make progress: it ends with an error.
+pub const STALL_MAX: Duration = Duration::from_secs(10);
 /// Bytes at the start of each value: its due time, ns since the epoch
 /// (what `e2e` measures from).
 pub const STAMP_LEN: usize = 8;
@@ -77,12 +80,14 @@ pub fn run(
     assert_eq!(clients.len(), config.producers);
     let start = Instant::now();
     let finished = Arc::new(AtomicUsize::new(0));
+    let stuck = Arc::new(OnceLock::new());
     for (k, client) in clients.into_iter().enumerate() {
-        let (config, routes, progress, finished) = (
+        let (config, routes, progress, finished, stuck) = (
             config.clone(),
             routes.clone(),
             progress.clone(),
             finished.clone(),
+            stuck.clone(),
         );
         let transport = client.clone();
         // The generator runs on the client's transport thread: its requests
@@ -91,7 +96,9 @@ pub fn run(
             .run_on_transport(move || {
                 glommio::spawn_local(async move {
                     let engine = Rc::new(Engine::new(k, config, client, routes, progress, start));
-                    engine.generate().await;
+                    if let Err(why) = engine.generate().await {
+                        let _ = stuck.set(why);
+                    }
                     finished.fetch_add(1, Ordering::Relaxed);
                 })
                 .detach();
@@ -100,9 +107,12 @@ pub fn run(
     }
     let producers = config.producers;
     crate::watch(progress, start, || {
-        finished.load(Ordering::Relaxed) == producers
+        finished.load(Ordering::Relaxed) == producers || stuck.get().is_some()
     });
-    Ok(start.elapsed())
+    match stuck.get() {
+        Some(why) => Err(format!("the run cannot make progress: {why}")),
+        None => Ok(start.elapsed()),
+    }
 }
 
 struct Part {
@@ -111,6 +121,8 @@ struct Part {
     open: RefCell<Option<Open>>,
     queued: RefCell<VecDeque<Sealed>>,
     in_flight: Cell<usize>,
+    /// Its last answer was an error.
+    failing: Cell<bool>,
 }
 
 struct Open {
@@ -139,6 +151,10 @@ struct Engine {
     /// Messages this producer sends.
     total: u64,
     first_partition: usize,
+    /// When a request last succeeded (or the run began).
+    acked_at: Cell<Instant>,
+    /// The last error a request got.
+    last_error: RefCell<Option<String>>,
 }
 
 impl Engine {
@@ -163,6 +179,7 @@ impl Engine {
                     open: RefCell::new(None),
                     queued: RefCell::new(VecDeque::new()),
                     in_flight: Cell::new(0),
+                    failing: Cell::new(false),
                 })
             })
             .collect();
@@ -177,6 +194,8 @@ impl Engine {
             run_start,
             total,
             first_partition: k,
+            acked_at: Cell::new(Instant::now()),
+            last_error: RefCell::new(None),
         }
     }
 
@@ -188,7 +207,37 @@ impl Engine {
         self.start.elapsed().as_nanos() as u64
     }
 
-    async fn generate(self: &Rc<Self>) {
+    /// Why the run cannot go on, if it cannot: every partition's last answer
+    /// was an error, or nothing was acknowledged for [`STALL_MAX`] while
+    /// requests were outstanding.
+    fn stuck(&self) -> Option<String> {
+        let last_error = || {
+            self.last_error
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "no answer".into())
+        };
+        if self.parts.iter().all(|p| p.failing.get()) {
+            return Some(format!(
+                "every partition failed; last error: {}",
+                last_error()
+            ));
+        }
+        let waiting = self
+            .parts
+            .iter()
+            .any(|p| p.in_flight.get() > 0 || !p.queued.borrow().is_empty());
+        let stalled = self.acked_at.get().elapsed();
+        (waiting && stalled >= STALL_MAX).then(|| {
+            format!(
+                "nothing acknowledged for {} s; last error: {}",
+                stalled.as_secs(),
+                last_error()
+            )
+        })
+    }
+
+    async fn generate(self: &Rc<Self>) -> Result<(), String> {
         let wall_start_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -273,9 +322,14 @@ impl Engine {
             if finishing && idle {
                 break;
             }
+            if let Some(why) = self.stuck() {
+                self.progress.merge(&mut self.latencies.borrow_mut());
+                return Err(why);
+            }
             glommio::timer::sleep(TICK).await;
         }
         self.progress.merge(&mut self.latencies.borrow_mut());
+        Ok(())
     }
 
     fn seal(self: &Rc<Self>, part: &Rc<Part>) {
@@ -327,8 +381,10 @@ impl Engine {
                     Err(e) => Some(e.to_string()),
                 };
                 let done_ns = engine.now_ns();
+                part.failing.set(outcome.is_some());
                 match outcome {
                     None => {
+                        engine.acked_at.set(Instant::now());
                         let mut latencies = engine.latencies.borrow_mut();
                         for j in sealed.first..sealed.first + sealed.count {
                             let us = done_ns.saturating_sub(engine.due_ns(j)) / 1000;
@@ -352,6 +408,7 @@ impl Engine {
                         {
                             eprintln!("bench: produce failed: {error}");
                         }
+                        *engine.last_error.borrow_mut() = Some(error);
                     }
                 }
                 part.in_flight.set(part.in_flight.get() - 1);

@@ -92,3 +92,86 @@ fn e2e_measures_delivery() {
     assert_eq!(r["messages"], 10000, "every produced record delivered: {r}");
     assert!(r["p50_us"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_run_that_cannot_make_progress_ends_at_once_with_the_error() {
+    // Every batch is larger than the topic accepts: every partition fails.
+    let started = std::time::Instant::now();
+    let output = Command::new(BENCH)
+        .args(["produce", "--rate", "1k", "--duration", "60s"])
+        .args([
+            "--message-size",
+            "200",
+            "--topic-config",
+            "max.message.bytes=100",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot make progress") && stderr.contains("every partition failed"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "ended long before its 60 s: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_run_whose_broker_stops_answering_ends_with_the_error() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut broker = Command::new(BENCH)
+        .arg("serve-local")
+        .arg(dir.path())
+        .arg(&addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    fjord_broker::node::wait_until_serving(&mut broker, Duration::from_secs(30)).unwrap();
+    let bench = Command::new(BENCH)
+        .args([
+            "produce",
+            "--rate",
+            "1k",
+            "--duration",
+            "120s",
+            "--bootstrap",
+            &addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // The broker freezes: nothing is refused, nothing is answered.
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(broker.id() as i32, libc::SIGSTOP) };
+    let frozen = Instant::now();
+    let output = bench.wait_with_output().unwrap();
+    let waited = frozen.elapsed();
+    // SAFETY: as above. SIGTERM, not SIGKILL: a clean stop removes the
+    // broker's staging files from /dev/shm.
+    unsafe {
+        libc::kill(broker.id() as i32, libc::SIGCONT);
+        libc::kill(broker.id() as i32, libc::SIGTERM);
+    }
+    let _ = broker.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot make progress"), "{stderr}");
+    assert!(
+        waited < Duration::from_secs(30),
+        "ended {waited:?} after the broker froze, not at the end of its 120 s"
+    );
+}

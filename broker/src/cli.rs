@@ -6,7 +6,7 @@ use fjord_client::{
     Admin, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig,
     RecordMetadata, Seek,
 };
-use fjord_net::api;
+use fjord_net::{ErrorCode, api};
 use futures::StreamExt;
 use futures::executor::block_on;
 use futures::stream::FuturesOrdered;
@@ -115,15 +115,29 @@ pub fn topic_describe(client: &Client, name: &str) -> Result<(), CliError> {
                 p.log_start_offset.to_string(),
                 p.log_end_offset.to_string(),
                 p.size_bytes.to_string(),
-                p.error.map_or_else(|| "-".into(), |e| format!("{e:?}")),
+                partition_state(p.error, p.log_end_offset),
             ]
         })
         .collect();
     print_table(
-        &["PARTITION", "START", "END", "BYTES", "ERROR"],
+        &["PARTITION", "START", "END", "BYTES", "STATE"],
         &partitions,
     );
     Ok(())
+}
+
+/// A partition's state as `describe` shows it. The broker says "storage
+/// error" both for a partition it could not open (no offsets) and for one
+/// that refuses produce for want of room (offsets known).
+fn partition_state(error: Option<ErrorCode>, log_end_offset: i64) -> String {
+    match error {
+        None => "ok".into(),
+        Some(ErrorCode::KafkaStorageError) if log_end_offset >= 0 => {
+            "read-only: disk low, produce refused".into()
+        }
+        Some(ErrorCode::KafkaStorageError) => "not served: cannot open, retrying".into(),
+        Some(e) => format!("{e:?}"),
+    }
 }
 
 fn print_table(header: &[&str], rows: &[Vec<String>]) {

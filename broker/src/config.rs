@@ -1,6 +1,7 @@
 //! `fjord serve`'s settings: defaults that work on a laptop, overridden by a
 //! TOML file, overridden by flags. Every key of the file is also a flag.
 
+use crate::logging::LogFormat;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,19 @@ pub struct ServeConfig {
     /// Bytes of acknowledged but unwritten batches a shard may stage; when
     /// full, producers wait. 0: no staging (acks wait for the write).
     pub staging_bytes_per_shard: usize,
+    /// Produce is refused while the data directory's filesystem has less
+    /// free space than this (or than `disk_min_free_percent`).
+    pub disk_min_free_bytes: u64,
+    /// Produce is refused below this percentage of the filesystem free
+    /// (0: only `disk_min_free_bytes` counts).
+    pub disk_min_free_percent: u8,
+    /// How often each shard samples free space.
+    pub disk_check_interval_ms: u64,
+    /// Space the controller keeps preallocated for metadata commands, given
+    /// up when the disk is low so that a topic delete always finds room.
+    pub metadata_reserve_bytes: u64,
+    /// Log lines as `text` or `json`.
+    pub log_format: LogFormat,
 }
 
 impl Default for ServeConfig {
@@ -60,6 +74,11 @@ impl Default for ServeConfig {
             retention_check_interval_ms: 30_000,
             staging_dir: PathBuf::from(fjord_storage::staging::DEFAULT_DIR),
             staging_bytes_per_shard: 32 << 20,
+            disk_min_free_bytes: 256 << 20,
+            disk_min_free_percent: 0,
+            disk_check_interval_ms: 500,
+            metadata_reserve_bytes: 8 << 20,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -107,6 +126,14 @@ impl ServeConfig {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
+    /// The free-space threshold.
+    pub fn disk_threshold(&self) -> fjord_storage::space::Threshold {
+        fjord_storage::space::Threshold {
+            min_free_bytes: self.disk_min_free_bytes,
+            min_free_percent: self.disk_min_free_percent,
+        }
+    }
+
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let shards = self.shard_count();
@@ -127,6 +154,21 @@ impl ServeConfig {
                 "staging_bytes_per_shard must be 0 (off) or at least {}",
                 fjord_storage::staging::BYTES_MIN
             )));
+        }
+        if self.disk_check_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "disk_check_interval_ms must be above 0".into(),
+            ));
+        }
+        if self.disk_min_free_percent > 100 {
+            return Err(ConfigError::Invalid(
+                "disk_min_free_percent must be 0 to 100".into(),
+            ));
+        }
+        if self.metadata_reserve_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "metadata_reserve_bytes must be above 0".into(),
+            ));
         }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid("max_frame_bytes below 1024".into()));

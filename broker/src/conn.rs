@@ -10,6 +10,7 @@
 //! only its own writer.
 
 use crate::api::{self, Reply};
+use crate::logging::Repeated;
 use crate::shard::Shard;
 use fjord_net::frame::Limits;
 use fjord_net::io::{ReadError, read_frame, write_frame};
@@ -32,24 +33,57 @@ const WRITE_BUFFER_BYTES: usize = 64 << 10;
 /// Fires when the node shuts down.
 pub type Stop = Shared<futures::channel::oneshot::Receiver<()>>;
 
-/// Accepts connections until `stop` fires.
+/// First pause after a failed accept; it doubles while accepts keep failing.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between accepts that fail.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts connections until `stop` fires. An accept that fails — out of
+/// descriptors (EMFILE, ENFILE), of socket buffers (ENOBUFS) — pauses this
+/// loop only, 5 ms doubling to 1 s as Go's net/http does, while existing
+/// connections go on; it is logged once per interval with a count.
 pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
+    let failures = Repeated::default();
+    let refused = Repeated::default();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = match select(Box::pin(listener.accept()), stop.clone()).await {
             Either::Left((accepted, _)) => accepted,
             Either::Right(_) => return,
         };
         let stream = match accepted {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                stream
+            }
             Err(e) => {
-                // Out of descriptors and the like: back off rather than spin.
-                eprintln!("shard {}: accept: {e}", shard.id);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                if let Some(count) = failures.hit() {
+                    tracing::warn!(
+                        shard = shard.id,
+                        error = %e,
+                        failed_accepts = count,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "accept failing: backing off, existing connections are served"
+                    );
+                }
+                let pause = std::pin::pin!(glommio::timer::sleep(backoff));
+                if let Either::Right(_) = select(pause, stop.clone()).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
         if shard.connections.get() >= shard.config.max_connections_per_shard {
             drop(stream);
+            if let Some(count) = refused.hit() {
+                tracing::warn!(
+                    shard = shard.id,
+                    max_connections_per_shard = shard.config.max_connections_per_shard,
+                    refused_connections = count,
+                    "connection limit reached: new connections closed"
+                );
+            }
             continue;
         }
         shard.connections.set(shard.connections.get() + 1);

@@ -8,10 +8,18 @@
 //! a quorum instead of the local fdatasync. The snapshot (rkyv, CRC'd) only
 //! shortens replay: it is written after the log, so it is never ahead of it,
 //! and a lost or stale snapshot costs a longer replay, never state.
+//!
+//! On a full disk metadata must still change — deleting a topic is how an
+//! operator makes room. The controller holds a preallocated reserve file
+//! (`cluster/reserve`) and gives it up when the disk is low or a metadata
+//! write finds no room; a metadata log that stopped for want of room is
+//! opened again (replaying what it holds) and the command retried once.
 
+use crate::mesh::NotServed;
 use crate::shard::{Shard, topic_dir_name, topics_dir};
 use fjord_core::{BatchBuilder, FsyncPolicy, batch};
 use fjord_replication::metadata::{ClusterMetadata, Command, MetadataError};
+use fjord_storage::space::{Reserve, SpaceWatch};
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
 use futures::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriterBuilder};
@@ -40,17 +48,28 @@ pub enum CommandError {
     /// The metadata log could not take it.
     #[error("metadata log: {0}")]
     Storage(String),
+    /// The metadata log found no room (disk full, no descriptors).
+    #[error("metadata log out of room: {0}")]
+    OutOfRoom(String),
 }
 
 impl From<StorageError> for CommandError {
     fn from(e: StorageError) -> Self {
-        CommandError::Storage(e.to_string())
+        if e.is_out_of_room() {
+            CommandError::OutOfRoom(e.to_string())
+        } else {
+            CommandError::Storage(e.to_string())
+        }
     }
 }
 
 /// The controller of one node.
 pub struct Controller {
-    log: Log,
+    log: RefCell<Rc<Log>>,
+    log_dir: PathBuf,
+    log_config: LogConfig,
+    cache: Rc<BatchCache>,
+    reserve: Reserve,
     state: RefCell<ClusterMetadata>,
     /// Commands commit one at a time, in arrival order.
     turn: Semaphore,
@@ -65,6 +84,7 @@ impl Controller {
         data: &Path,
         data_shards: u16,
         cache: Rc<BatchCache>,
+        reserve_bytes: u64,
     ) -> Result<Controller, CommandError> {
         let dir = data.join("cluster");
         let snapshot_path = dir.join("snapshot");
@@ -74,7 +94,8 @@ impl Controller {
             preallocate_bytes: 1 << 20,
             ..LogConfig::default()
         };
-        let log = Log::open(dir.join("metadata"), config, cache).await?;
+        let log_dir = dir.join("metadata");
+        let log = Log::open(&log_dir, config.clone(), cache.clone()).await?;
         let mut state = match read_snapshot(&snapshot_path).await? {
             Some(state) => state,
             None => ClusterMetadata::new(data_shards),
@@ -87,13 +108,19 @@ impl Controller {
             )));
         }
         let replayed = replay(&log, &mut state).await?;
-        eprintln!(
-            "controller: {} topics (snapshot at {}, {replayed} commands replayed)",
-            state.topics.len(),
-            state.applied_index - replayed,
+        tracing::info!(
+            shard = 0,
+            topics = state.topics.len(),
+            snapshot_at = state.applied_index - replayed,
+            replayed,
+            "controller: metadata restored"
         );
         Ok(Controller {
-            log,
+            log: RefCell::new(Rc::new(log)),
+            log_dir,
+            log_config: config,
+            cache,
+            reserve: Reserve::new(dir.join("reserve"), reserve_bytes),
             state: RefCell::new(state),
             turn: Semaphore::new(1),
             snapshot_path,
@@ -119,7 +146,7 @@ impl Controller {
             .collect();
         for name in fjord_storage::recovery::list_dir(&dir).await? {
             if !live.contains(&name) {
-                eprintln!("controller: removing stale topic directory {name}");
+                tracing::info!(shard = 0, directory = %name, "controller: removing stale topic directory");
                 fjord_storage::recovery::remove_tree(&dir.join(&name)).await?;
             }
         }
@@ -127,23 +154,60 @@ impl Controller {
     }
 
     /// Validates `command`, logs it durably, applies it, and pushes the new
-    /// metadata to every shard before answering.
-    pub async fn commit(&self, shard: &Shard, command: Command) -> Result<(), CommandError> {
+    /// metadata to every shard before answering; returns the partitions a
+    /// shard could not open (they are not served until a retry succeeds).
+    pub async fn commit(
+        &self,
+        shard: &Shard,
+        command: Command,
+    ) -> Result<Vec<NotServed>, CommandError> {
         let _turn = self
             .turn
             .acquire_permit(1)
             .await
             .map_err(|_| CommandError::Unavailable)?;
+        if shard.space().is_low() {
+            self.release_reserve().await;
+        }
+        let mut attempt = 0;
+        let next = loop {
+            match self.log_command(&command).await {
+                Ok(next) => break next,
+                Err(CommandError::OutOfRoom(_)) if attempt == 0 => {
+                    attempt += 1;
+                    self.release_reserve().await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        *self.state.borrow_mut() = next.clone();
+        self.since_snapshot.set(self.since_snapshot.get() + 1);
+        if self.since_snapshot.get() >= SNAPSHOT_EVERY {
+            self.snapshot(&next).await;
+        }
+        let not_served = shard.push_metadata(&next).await;
+        if let Command::DeleteTopic(_) = command {
+            // Every shard has deleted its partitions; the topic's own
+            // directory goes last.
+            self.remove_stale_topics(shard.data().path()).await?;
+        }
+        Ok(not_served)
+    }
+
+    /// Applies `command` to a copy of the state and appends it durably to
+    /// the metadata log (reopened first if it stopped for want of room).
+    async fn log_command(&self, command: &Command) -> Result<ClusterMetadata, CommandError> {
+        let log = self.writable_log().await?;
         let mut next = self.state.borrow().clone();
         let index = next.applied_index + 1;
-        next.apply(index, &command)?;
+        next.apply(index, command)?;
         // Offsets follow command indexes; they part only if an append was
         // staged and then failed to become durable, after which the log is
-        // read-only anyway. Refuse rather than log out of step.
-        if self.log.offset_next() != index - 1 {
+        // read-only until reopened. Refuse rather than log out of step.
+        if log.offset_next() != index - 1 {
             return Err(CommandError::Storage(format!(
                 "metadata log at offset {} but the next command is {index}",
-                self.log.offset_next()
+                log.offset_next()
             )));
         }
         let mut builder = BatchBuilder::new();
@@ -153,27 +217,93 @@ impl Controller {
             Some(&command.encode()),
             &[],
         );
-        let appended = self.log.append(&builder.build()).await?;
-        appended.durable.await?;
-        *self.state.borrow_mut() = next.clone();
-        self.since_snapshot.set(self.since_snapshot.get() + 1);
-        if self.since_snapshot.get() >= SNAPSHOT_EVERY {
-            self.snapshot(&next).await;
+        let durable = match log.append(&builder.build()).await {
+            Ok(appended) => appended.durable.await,
+            Err(e) => Err(e),
+        };
+        durable.map_err(CommandError::from)?;
+        Ok(next)
+    }
+
+    /// The metadata log; if it stopped for want of room, opened again from
+    /// disk and replayed (a command it took before failing is applied, as a
+    /// restart would).
+    async fn writable_log(&self) -> Result<Rc<Log>, CommandError> {
+        let log = self.log.borrow().clone();
+        if !log.is_out_of_room() {
+            return Ok(log);
         }
-        shard.push_metadata(&next).await;
-        if let Command::DeleteTopic(_) = command {
-            // Every shard has deleted its partitions; the topic's own
-            // directory goes last.
-            self.remove_stale_topics(shard.data().path()).await?;
+        let reopened =
+            Rc::new(Log::open(&self.log_dir, self.log_config.clone(), self.cache.clone()).await?);
+        let mut state = self.state.borrow().clone();
+        let replayed = replay(&reopened, &mut state).await?;
+        *self.state.borrow_mut() = state;
+        *self.log.borrow_mut() = reopened.clone();
+        tracing::info!(
+            shard = 0,
+            replayed,
+            "controller: metadata log reopened after running out of room"
+        );
+        Ok(reopened)
+    }
+
+    /// Deletes the reserve's file. Also when it is not known as held: a
+    /// file left by an earlier run goes too (a missing file is no error).
+    async fn release_reserve(&self) {
+        let held = self.reserve.is_held();
+        match self.reserve.release().await {
+            Ok(()) if !held => {}
+            Ok(()) => tracing::warn!(
+                shard = 0,
+                "controller: metadata reserve released: the disk is full or low"
+            ),
+            Err(e) => {
+                tracing::warn!(shard = 0, error = %e, "controller: cannot release the metadata reserve")
+            }
         }
-        Ok(())
+    }
+
+    /// Keeps the metadata reserve, forever: taken while the disk has room
+    /// for it with margin (twice its size above the threshold, so that
+    /// taking it does not make the disk low at once), released when low.
+    pub async fn keep_reserve(
+        self: Rc<Self>,
+        space: Rc<SpaceWatch>,
+        interval: std::time::Duration,
+    ) {
+        let failures = crate::logging::Repeated::default();
+        loop {
+            let sample = space.space();
+            let floor = space.threshold().floor(sample);
+            if space.is_low() {
+                self.release_reserve().await;
+            } else if !self.reserve.is_held()
+                && sample.free_bytes >= floor.saturating_add(2 * self.reserve.bytes())
+            {
+                match self.reserve.take().await {
+                    Ok(()) => tracing::info!(
+                        shard = 0,
+                        bytes = self.reserve.bytes(),
+                        "controller: metadata reserve held"
+                    ),
+                    Err(e) => {
+                        if let Some(count) = failures.hit() {
+                            tracing::warn!(shard = 0, error = %e, failures = count, "controller: cannot take the metadata reserve");
+                        }
+                    }
+                }
+            }
+            glommio::timer::sleep(interval).await;
+        }
     }
 
     async fn snapshot(&self, state: &ClusterMetadata) {
         match write_snapshot(&self.snapshot_path, &state.snapshot()).await {
             Ok(()) => self.since_snapshot.set(0),
             // The log still holds everything: a failed snapshot costs replay.
-            Err(e) => eprintln!("controller: snapshot failed: {e}"),
+            Err(e) => {
+                tracing::warn!(shard = 0, error = %e, "controller: snapshot failed (replay covers it)")
+            }
         }
     }
 
@@ -187,8 +317,9 @@ impl Controller {
             let state = self.state.borrow().clone();
             self.snapshot(&state).await;
         }
-        if let Err(e) = self.log.close().await {
-            eprintln!("controller: closing the metadata log: {e}");
+        let log = self.log.borrow().clone();
+        if let Err(e) = log.close().await {
+            tracing::warn!(shard = 0, error = %e, "controller: closing the metadata log");
         }
     }
 }

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use fjord_broker::cli::{self, CliError, ConsumeArgs, ProduceArgs};
 use fjord_broker::config::ServeConfig;
+use fjord_broker::logging::LogFormat;
 use fjord_client::Seek;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -150,6 +151,21 @@ struct ServeArgs {
     /// Staging bytes per shard; 0 turns staging off [default: 32 MiB].
     #[arg(long)]
     staging_bytes_per_shard: Option<usize>,
+    /// Refuse produce below this much free disk [default: 256 MiB].
+    #[arg(long)]
+    disk_min_free_bytes: Option<u64>,
+    /// Refuse produce below this percentage of the disk free [default: 0, off].
+    #[arg(long)]
+    disk_min_free_percent: Option<u8>,
+    /// How often free space is sampled [default: 500 ms].
+    #[arg(long)]
+    disk_check_interval_ms: Option<u64>,
+    /// Disk space held back for metadata commands [default: 8 MiB].
+    #[arg(long)]
+    metadata_reserve_bytes: Option<u64>,
+    /// Log lines as text or JSON (filter with RUST_LOG) [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
@@ -193,6 +209,21 @@ impl ServeArgs {
         }
         if let Some(v) = self.staging_bytes_per_shard {
             config.staging_bytes_per_shard = v;
+        }
+        if let Some(v) = self.disk_min_free_bytes {
+            config.disk_min_free_bytes = v;
+        }
+        if let Some(v) = self.disk_min_free_percent {
+            config.disk_min_free_percent = v;
+        }
+        if let Some(v) = self.disk_check_interval_ms {
+            config.disk_check_interval_ms = v;
+        }
+        if let Some(v) = self.metadata_reserve_bytes {
+            config.metadata_reserve_bytes = v;
+        }
+        if let Some(v) = self.log_format {
+            config.log_format = v;
         }
         Ok(config)
     }

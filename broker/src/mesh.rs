@@ -18,15 +18,15 @@ pub enum ShardMsg {
     Metadata {
         /// The state to converge to.
         metadata: ClusterMetadata,
-        /// Answered once converged.
-        done: oneshot::Sender<()>,
+        /// Answered once converged, with the partitions it could not open.
+        done: oneshot::Sender<Vec<NotServed>>,
     },
     /// Any shard to the controller: commit a command.
     Command {
         /// The change.
         command: Command,
-        /// The outcome.
-        reply: oneshot::Sender<Result<(), CommandError>>,
+        /// The outcome: the partitions not served, or why it failed.
+        reply: oneshot::Sender<Result<Vec<NotServed>, CommandError>>,
     },
     /// Any shard to a partition's owner.
     Partition {
@@ -37,6 +37,46 @@ pub enum ShardMsg {
         /// What to do.
         op: PartitionOp,
     },
+}
+
+/// A partition the metadata gives a shard that the shard could not open;
+/// it tries again every [`crate::shard::RETRY_UNSERVED_INTERVAL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotServed {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// Why, as the storage layer said.
+    pub reason: String,
+}
+
+impl NotServed {
+    /// Partitions named in full in a summary; the rest are counted.
+    const LISTED_MAX: usize = 10;
+
+    /// "N partition(s) could not be opened and are not served (…): t-0:
+    /// reason; …", for an answer or a log line.
+    pub fn summary(not_served: &[NotServed]) -> String {
+        let listed: Vec<String> = not_served
+            .iter()
+            .take(Self::LISTED_MAX)
+            .map(|n| format!("{}-{}: {}", n.topic, n.partition, n.reason))
+            .collect();
+        let more = not_served.len().saturating_sub(Self::LISTED_MAX);
+        let tail = if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        };
+        format!(
+            "{} partition(s) could not be opened and are not served \
+             (the broker retries every {} s): {}{tail}",
+            not_served.len(),
+            crate::shard::RETRY_UNSERVED_INTERVAL.as_secs(),
+            listed.join("; ")
+        )
+    }
 }
 
 /// An operation on a partition owned by another shard.

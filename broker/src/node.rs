@@ -5,7 +5,9 @@
 use crate::config::{ConfigError, ServeConfig};
 use crate::conn::{self, Stop};
 use crate::controller::Controller;
+use crate::logging;
 use crate::mesh::ShardMsg;
+use crate::process::{DirLock, LockError};
 use crate::shard::Shard;
 use fjord_storage::staging::{self, StagingError, StagingFile};
 use fjord_storage::{DataDir, Staging};
@@ -83,6 +85,9 @@ pub enum NodeError {
     /// layout's); the node does not start rather than lose or mix records.
     #[error(transparent)]
     Staging(StagingError),
+    /// Another process serves the data directory.
+    #[error(transparent)]
+    Locked(#[from] LockError),
 }
 
 enum Event {
@@ -94,6 +99,7 @@ enum Event {
 /// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
 pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     config.validate()?;
+    logging::init(config.log_format);
     // Resolved once: `available_parallelism` reads cgroup files, far too
     // slow for the routing path that asks which shard owns a partition.
     config.cores = Some(config.shard_count());
@@ -102,7 +108,19 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    // Held until this function returns; the kernel lets go on any exit.
+    let _lock = DirLock::acquire(data.path())?;
     let count = config.shard_count();
+    let budget = descriptor_budget(count);
+    let files_per_shard = budget.files_per_shard;
+    if budget.connections_per_shard < config.max_connections_per_shard {
+        tracing::info!(
+            configured = config.max_connections_per_shard,
+            now = budget.connections_per_shard,
+            "max_connections_per_shard lowered to what the descriptor limit holds"
+        );
+        config.max_connections_per_shard = budget.connections_per_shard;
+    }
     let shard_ports = shard_ports(&config, count)?;
     let (staging_files, staging_note) = open_staging(&config, count)?;
     let (events, inbox) = mpsc::channel();
@@ -137,6 +155,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             fjord_storage::shard::executor(&format!("shard-{i}"), Placement::Fixed(i % cpus))
                 .spawn(move || async move {
                     let failed = events.clone();
+                    fjord_storage::files::set_budget(files_per_shard);
                     let shard =
                         run_shard(mesh, config, ports, data, staging, stop_rx.shared(), events);
                     if let Err(message) = shard.await {
@@ -170,7 +189,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
                 break;
             }
             Event::Signal(signal) => {
-                eprintln!("fjord: signal {signal}: shutting down");
+                tracing::info!(signal, "shutting down");
                 break;
             }
         }
@@ -182,7 +201,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         let _ = handle.join();
     }
     if outcome.is_ok() {
-        eprintln!("fjord: stopped cleanly");
+        tracing::info!("stopped cleanly");
     }
     outcome
 }
@@ -243,6 +262,54 @@ fn open_staging(
     Ok((files, note))
 }
 
+/// How a shard may spend file descriptors.
+struct DescriptorBudget {
+    /// Segment files open at once; idle ones close past it.
+    files_per_shard: usize,
+    /// Client connections; more are closed on accept.
+    connections_per_shard: usize,
+}
+
+/// Raises the descriptor limit to the hard limit and splits it: a few kept
+/// for the process itself, then half of the rest for segment files and half
+/// for connections, each shared evenly by the shards. Neither can starve
+/// the other: a flood of connections never leaves a log unable to open a
+/// file, and tens of thousands of partitions never leave no room to accept.
+fn descriptor_budget(shards: usize) -> DescriptorBudget {
+    /// Descriptors kept aside for the process itself (rings, eventfds,
+    /// listeners, the blocking pool's directory reads).
+    const RESERVED: u64 = 64;
+    /// Fewest segment files a shard may hold: a log's active pair and a few
+    /// readers.
+    const PER_SHARD_MIN: usize = 16;
+    let limit = match crate::process::raise_nofile_limit() {
+        Ok((before, after)) => {
+            tracing::info!(
+                soft_before = before,
+                soft_now = after,
+                "file descriptor limit raised to the hard limit"
+            );
+            after
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the file descriptor limit");
+            1024
+        }
+    };
+    let half = usize::try_from(limit.saturating_sub(RESERVED) / 2).unwrap_or(usize::MAX);
+    let per_shard = (half / shards.max(1)).max(PER_SHARD_MIN);
+    tracing::info!(
+        descriptor_limit = limit,
+        segment_files_per_shard = per_shard,
+        connections_per_shard = per_shard,
+        "descriptor budget: idle segment files close past each shard's share"
+    );
+    DescriptorBudget {
+        files_per_shard: per_shard,
+        connections_per_shard: per_shard,
+    }
+}
+
 fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError> {
     let base = config
         .shard_port_base
@@ -299,28 +366,46 @@ async fn run_shard(
     ));
     shard.serve_mesh(receivers);
     if shard.id == 0 {
-        let controller = Controller::open(
-            shard.data().path(),
-            shard.data_shards(),
-            shard.cache().clone(),
-        )
-        .await
-        .map_err(|e| format!("controller: {e}"))?;
+        let controller = Rc::new(
+            Controller::open(
+                shard.data().path(),
+                shard.data_shards(),
+                shard.cache().clone(),
+                shard.config.metadata_reserve_bytes,
+            )
+            .await
+            .map_err(|e| format!("controller: {e}"))?,
+        );
         controller
             .remove_stale_topics(shard.data().path())
             .await
             .map_err(|e| format!("controller: {e}"))?;
         let metadata = controller.metadata();
-        shard.set_controller(Rc::new(controller));
-        shard.push_metadata(&metadata).await;
+        shard.set_controller(controller.clone());
+        let not_served = shard.push_metadata(&metadata).await;
+        if !not_served.is_empty() {
+            tracing::warn!(
+                shard = 0,
+                "at start, {}",
+                crate::mesh::NotServed::summary(&not_served)
+            );
+        }
+        let interval = Duration::from_millis(shard.config.disk_check_interval_ms);
+        glommio::spawn_local(controller.keep_reserve(shard.space().clone(), interval)).detach();
     }
     if ready_rx.await.is_err() {
         return Err("no metadata from the controller".into());
     }
     if let Some(staging) = &staging {
-        // Every log the metadata gives this shard is open and has taken its
-        // staged batches; what is left belongs to deleted topics.
-        for (log, batches) in staging.release_unclaimed() {
+        // Every log the metadata gives this shard has been opened and has
+        // taken its staged batches (one that failed keeps them for its
+        // retry); what is left belongs to deleted topics.
+        let listed: std::collections::HashSet<String> = shard
+            .owned_dirs()
+            .iter()
+            .map(|dir| staging.key(dir))
+            .collect();
+        for (log, batches) in staging.release_unclaimed(|key| listed.contains(key)) {
             tracing::warn!(
                 shard = shard.id,
                 log,
@@ -336,6 +421,8 @@ async fn run_shard(
         glommio::spawn_local(conn::accept(shard.clone(), listener, stop.clone())).detach();
     }
     glommio::spawn_local(shard.clone().enforce_retention()).detach();
+    glommio::spawn_local(shard.clone().retry_unserved()).detach();
+    glommio::spawn_local(shard.clone().watch_space()).detach();
     let _ = events.send(Event::Ready);
     let _ = stop.clone().await;
     shard.begin_close();

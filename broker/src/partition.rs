@@ -1,12 +1,21 @@
 //! One partition as its shard serves it: the log, plus the fetches parked
 //! until new batches are written. Errors are Kafka's codes, ready for the
 //! wire.
+//!
+//! Produce is refused while the shard's data directory is low on space
+//! (reads go on). A log that stopped for want of room (a write hit ENOSPC
+//! or EMFILE) is opened again from disk by the next produce once room is
+//! back — recovery keeps every whole batch — so it is never read-only for
+//! good.
 
 use fjord_core::Batch;
 use fjord_net::ErrorCode;
-use fjord_storage::{Log, LogRead, StorageError};
+use fjord_storage::space::SpaceWatch;
+use fjord_storage::{BatchCache, Log, LogConfig, LogRead, Staging, StorageError};
 use futures::channel::oneshot;
+use glommio::sync::Semaphore;
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// Where a produce landed.
@@ -27,13 +36,40 @@ pub struct Described {
     pub log_end_offset: i64,
     /// Bytes on disk.
     pub size_bytes: i64,
+    /// Produce is refused now (disk low, or the log waits for room).
+    pub read_only: bool,
+}
+
+/// Where a partition lives and what its log needs to be (re)opened.
+pub struct PartitionSetup {
+    /// Owning shard, for log lines.
+    pub shard: usize,
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// The topic's id.
+    pub topic_id: u64,
+    /// The log's directory.
+    pub dir: std::path::PathBuf,
+    /// The log's settings.
+    pub config: LogConfig,
+    /// The shard's batch cache.
+    pub cache: Rc<BatchCache>,
+    /// The shard's free-space watch.
+    pub space: Rc<SpaceWatch>,
+    /// The shard's staging area, if it has one.
+    pub staging: Option<Rc<Staging>>,
 }
 
 /// A partition on its owning shard.
 pub struct Partition {
     /// The topic's id: a partition of a re-created topic is a new partition.
     pub topic_id: u64,
-    log: Log,
+    setup: PartitionSetup,
+    log: RefCell<Rc<Log>>,
+    /// One reopen at a time.
+    reopen_turn: Semaphore,
     parked: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
@@ -46,23 +82,92 @@ pub fn error_code(error: &StorageError) -> ErrorCode {
         StorageError::Io { .. }
         | StorageError::Corrupt { .. }
         | StorageError::Failed(_)
+        | StorageError::OutOfRoom(_)
         | StorageError::Closed => ErrorCode::KafkaStorageError,
     }
 }
 
 impl Partition {
-    /// Wraps an open log.
-    pub fn new(topic_id: u64, log: Log) -> Partition {
-        Partition {
-            topic_id,
-            log,
+    /// Opens the partition's log.
+    pub async fn open(setup: PartitionSetup) -> Result<Partition, StorageError> {
+        let log = Log::open_staged(
+            &setup.dir,
+            setup.config.clone(),
+            setup.cache.clone(),
+            setup.staging.clone(),
+        )
+        .await?;
+        Ok(Partition {
+            topic_id: setup.topic_id,
+            setup,
+            log: RefCell::new(Rc::new(log)),
+            reopen_turn: Semaphore::new(1),
             parked: RefCell::new(Vec::new()),
-        }
+        })
     }
 
     /// The log.
-    pub fn log(&self) -> &Log {
-        &self.log
+    pub fn log(&self) -> Rc<Log> {
+        self.log.borrow().clone()
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.setup.dir
+    }
+
+    /// Whether produce is refused now: the disk is low, or the log stopped
+    /// for want of room.
+    pub fn is_read_only(&self) -> bool {
+        self.setup.space.is_low() || self.log.borrow().is_out_of_room()
+    }
+
+    /// The log, opened again from disk if it stopped for want of room and
+    /// the disk has room again; the refusal if not.
+    async fn writable_log(&self) -> Result<Rc<Log>, ErrorCode> {
+        if self.setup.space.is_low() {
+            return Err(ErrorCode::KafkaStorageError);
+        }
+        let log = self.log();
+        if !log.is_out_of_room() {
+            return Ok(log);
+        }
+        let _turn = self
+            .reopen_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ErrorCode::KafkaStorageError)?;
+        let current = self.log();
+        if !Rc::ptr_eq(&current, &log) {
+            return Ok(current); // Another produce reopened it meanwhile.
+        }
+        let s = &self.setup;
+        // Its batches acknowledged from the staging area but never written
+        // are appended again: they were promised.
+        match log.reopen().await {
+            Ok(reopened) => {
+                tracing::info!(
+                    shard = s.shard,
+                    topic = %s.topic,
+                    partition = s.partition,
+                    offset_next = reopened.offset_next(),
+                    "log reopened after running out of room: appends resume"
+                );
+                let reopened = Rc::new(reopened);
+                *self.log.borrow_mut() = reopened.clone();
+                Ok(reopened)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    shard = s.shard,
+                    topic = %s.topic,
+                    partition = s.partition,
+                    error = %e,
+                    "cannot reopen the log yet"
+                );
+                Err(error_code(&e))
+            }
+        }
     }
 
     /// Appends every batch in `records` (whole batches laid end to end) and,
@@ -73,6 +178,7 @@ impl Partition {
         if records.is_empty() {
             return Err(ErrorCode::InvalidRequest);
         }
+        let log = self.writable_log().await?;
         let mut rest = records;
         let mut base_offset = None;
         let mut durable = Vec::new();
@@ -81,11 +187,7 @@ impl Partition {
                 Ok(len) if len <= rest.len() => len,
                 _ => return Err(ErrorCode::CorruptMessage),
             };
-            let appended = self
-                .log
-                .append(&rest[..len])
-                .await
-                .map_err(|e| error_code(&e))?;
+            let appended = log.append(&rest[..len]).await.map_err(|e| error_code(&e))?;
             base_offset.get_or_insert(appended.base_offset);
             durable.push(appended.durable);
             rest = &rest[len..];
@@ -98,7 +200,7 @@ impl Partition {
         }
         Ok(Produced {
             base_offset: base_offset.unwrap_or(0) as i64,
-            log_start_offset: self.log.offset_start() as i64,
+            log_start_offset: log.offset_start() as i64,
         })
     }
 
@@ -106,7 +208,7 @@ impl Partition {
     /// Reading at the end returns nothing.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<LogRead, ErrorCode> {
         let offset = u64::try_from(offset).map_err(|_| ErrorCode::OffsetOutOfRange)?;
-        self.log
+        self.log()
             .read(offset, max_bytes)
             .await
             .map_err(|e| error_code(&e))
@@ -115,12 +217,12 @@ impl Partition {
     /// Resolves when batches past `offset` are readable, or after `wait`, or
     /// at shutdown.
     pub async fn wait_past(&self, offset: i64, wait: Duration) {
-        if self.log.offset_visible() as i64 > offset {
+        if self.log().offset_visible() as i64 > offset {
             return;
         }
         let (tx, rx) = oneshot::channel();
         self.parked.borrow_mut().push(tx);
-        let visible = std::pin::pin!(self.log.wait_visible(offset.max(0) as u64 + 1));
+        let visible = std::pin::pin!(self.log().wait_visible(offset.max(0) as u64 + 1));
         let timeout = std::pin::pin!(glommio::timer::sleep(wait));
         let _ = futures::future::select(futures::future::select(rx, visible), timeout).await;
     }
@@ -134,10 +236,12 @@ impl Partition {
 
     /// Offsets and size.
     pub fn describe(&self) -> Described {
+        let log = self.log();
         Described {
-            log_start_offset: self.log.offset_start() as i64,
-            log_end_offset: self.log.offset_visible() as i64,
-            size_bytes: self.log.size_bytes() as i64,
+            log_start_offset: log.offset_start() as i64,
+            log_end_offset: log.offset_visible() as i64,
+            size_bytes: log.size_bytes() as i64,
+            read_only: self.is_read_only(),
         }
     }
 
@@ -146,10 +250,10 @@ impl Partition {
     /// offset -1 when no record is that recent (as Kafka answers).
     pub async fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ErrorCode> {
         match timestamp {
-            fjord_net::api::EARLIEST => Ok((self.log.offset_start() as i64, -1)),
-            fjord_net::api::LATEST => Ok((self.log.offset_visible() as i64, -1)),
+            fjord_net::api::EARLIEST => Ok((self.log().offset_start() as i64, -1)),
+            fjord_net::api::LATEST => Ok((self.log().offset_visible() as i64, -1)),
             t if t < 0 => Err(ErrorCode::InvalidRequest),
-            t => match self.log.offset_for_timestamp(t).await {
+            t => match self.log().offset_for_timestamp(t).await {
                 Ok(Some((offset, timestamp))) => Ok((offset as i64, timestamp)),
                 Ok(None) => Ok((-1, -1)),
                 Err(e) => Err(error_code(&e)),
@@ -161,6 +265,6 @@ impl Partition {
     /// the log.
     pub async fn close(&self) -> Result<(), StorageError> {
         self.wake_parked();
-        self.log.close().await
+        self.log().close().await
     }
 }

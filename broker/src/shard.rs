@@ -5,19 +5,24 @@
 
 use crate::config::ServeConfig;
 use crate::controller::{CommandError, Controller};
-use crate::mesh::{Fetched, PartitionOp, ShardMsg};
-use crate::partition::Partition;
+use crate::logging::Repeated;
+use crate::mesh::{Fetched, NotServed, PartitionOp, ShardMsg};
+use crate::partition::{Partition, PartitionSetup};
 use fjord_net::ErrorCode;
 use fjord_replication::metadata::{ClusterMetadata, Command};
-use fjord_storage::{BatchCache, DataDir, Log, LogConfig, Staging};
+use fjord_storage::space::SpaceWatch;
+use fjord_storage::{BatchCache, DataDir, LogConfig, Staging};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
+
+/// How often a shard tries again to open partitions it could not.
+pub const RETRY_UNSERVED_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Partitions by (topic, partition).
 type PartitionMap = HashMap<(String, i32), Rc<Partition>>;
@@ -39,6 +44,14 @@ pub struct Shard {
     partitions: RefCell<PartitionMap>,
     mesh: Senders<ShardMsg>,
     controller: RefCell<Option<Rc<Controller>>>,
+    /// Free space of the data directory, sampled on a timer.
+    space: Rc<SpaceWatch>,
+    /// Partitions the metadata gives this shard that failed to open, and why.
+    unserved: RefCell<BTreeMap<(String, i32), String>>,
+    /// Failed opens, for the rate-limited log line.
+    open_failures: Repeated,
+    /// Failed retention runs, likewise.
+    retention_failures: Repeated,
     /// Metadata convergences run one at a time, in arrival order.
     converge_turn: Semaphore,
     /// Set once the first metadata is installed; listeners wait for it.
@@ -71,6 +84,7 @@ impl Shard {
             "the node resolves its shape before shards start"
         );
         let cache = BatchCache::new(config.cache_bytes_per_shard);
+        let space = SpaceWatch::new(data.path(), config.disk_threshold());
         let first_data_shard = usize::from(!config.hosts_partitions_on_controller());
         let data_shards = count - first_data_shard;
         assert!(data_shards > 0, "validated: some shard hosts partitions");
@@ -88,6 +102,10 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             mesh,
             controller: RefCell::new(None),
+            space,
+            unserved: RefCell::new(BTreeMap::new()),
+            open_failures: Repeated::default(),
+            retention_failures: Repeated::default(),
             converge_turn: Semaphore::new(1),
             ready: RefCell::new(Some(ready)),
             closing: Cell::new(false),
@@ -105,6 +123,31 @@ impl Shard {
     /// The shard cache (for logs this shard opens).
     pub fn cache(&self) -> &Rc<BatchCache> {
         &self.cache
+    }
+
+    /// The data directory's free-space watch.
+    pub fn space(&self) -> &Rc<SpaceWatch> {
+        &self.space
+    }
+
+    /// Why this shard does not serve a partition the metadata gives it, if
+    /// it tried and failed to open it.
+    pub fn not_served(&self, topic: &str, partition: i32) -> Option<String> {
+        self.unserved
+            .borrow()
+            .get(&(topic.to_owned(), partition))
+            .cloned()
+    }
+
+    /// The code for a partition this shard should own but has not open:
+    /// retriable `KAFKA_STORAGE_ERROR` if opening it failed (it is retried),
+    /// else unknown (not created yet, or deleted).
+    fn missing(&self, topic: &str, partition: i32) -> ErrorCode {
+        if self.not_served(topic, partition).is_some() {
+            ErrorCode::KafkaStorageError
+        } else {
+            ErrorCode::UnknownTopicOrPartition
+        }
     }
 
     /// The metadata as last pushed.
@@ -164,10 +207,11 @@ impl Shard {
     ) -> Result<T, ErrorCode> {
         let owner = self.owner_of(topic, partition)?;
         if owner == self.id {
-            let partition = self
-                .partition(topic, partition)
-                .ok_or(ErrorCode::UnknownTopicOrPartition)?;
-            return local(partition).await;
+            let found = self.partition(topic, partition);
+            return match found {
+                Some(p) => local(p).await,
+                None => Err(self.missing(topic, partition)),
+            };
         }
         let (tx, rx) = oneshot::channel();
         let msg = ShardMsg::Partition {
@@ -203,7 +247,7 @@ impl Shard {
     }
 
     /// Commits a metadata command through the controller (shard 0).
-    pub async fn command(&self, command: Command) -> Result<(), CommandError> {
+    pub async fn command(&self, command: Command) -> Result<Vec<NotServed>, CommandError> {
         let controller = self.controller.borrow().clone();
         if let Some(controller) = controller {
             return controller.commit(self, command).await;
@@ -222,8 +266,8 @@ impl Shard {
     }
 
     /// Pushes `metadata` to every shard, this one included, and waits until
-    /// all have converged.
-    pub async fn push_metadata(&self, metadata: &ClusterMetadata) {
+    /// all have converged; returns the partitions some shard could not open.
+    pub async fn push_metadata(&self, metadata: &ClusterMetadata) -> Vec<NotServed> {
         let mut pending = Vec::new();
         for to in (0..self.count).filter(|&to| to != self.id) {
             let (done, rx) = oneshot::channel();
@@ -235,16 +279,20 @@ impl Shard {
                 pending.push(rx);
             }
         }
-        self.converge(metadata.clone()).await;
+        let mut not_served = self.converge(metadata.clone()).await;
         // A shard that stopped answering is shutting down; nothing to wait for.
-        let _ = futures::future::join_all(pending).await;
+        for answer in futures::future::join_all(pending).await {
+            not_served.extend(answer.unwrap_or_default());
+        }
+        not_served
     }
 
     /// Opens the partitions the metadata gives this shard and closes and
-    /// deletes those it no longer lists, then installs it.
-    pub async fn converge(&self, metadata: ClusterMetadata) {
+    /// deletes those it no longer lists, then installs it. Returns the
+    /// partitions it could not open (kept, and retried on a timer).
+    pub async fn converge(&self, metadata: ClusterMetadata) -> Vec<NotServed> {
         let Ok(_turn) = self.converge_turn.acquire_permit(1).await else {
-            return;
+            return Vec::new();
         };
         let mut wanted = HashMap::new();
         for (name, topic) in &metadata.topics {
@@ -264,32 +312,131 @@ impl Shard {
         for (key, partition) in doomed {
             self.partitions.borrow_mut().remove(&key);
             if let Err(e) = partition.close().await {
-                eprintln!("shard {}: closing {}-{}: {e}", self.id, key.0, key.1);
+                tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "closing");
             }
-            let dir = partition.log().dir().to_path_buf();
+            let dir = partition.dir().to_path_buf();
             if let Err(e) = fjord_storage::recovery::remove_tree(&dir).await {
-                eprintln!("shard {}: deleting {}: {e}", self.id, dir.display());
+                tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "deleting");
             }
         }
+        self.unserved
+            .borrow_mut()
+            .retain(|key, _| wanted.contains_key(key));
+        let mut not_served = Vec::new();
+        let mut wanted: Vec<_> = wanted.into_iter().collect();
+        wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((name, p), topic) in wanted {
             if self.partition(&name, p).is_some() {
                 continue;
             }
-            let dir = partition_dir(self.data.path(), &name, topic.id, p);
-            let config = LogConfig::for_topic(&topic.config());
-            let staging = self.staging.clone();
-            match Log::open_staged(&dir, config, self.cache.clone(), staging).await {
-                Ok(log) => {
-                    let partition = Rc::new(Partition::new(topic.id, log));
-                    self.partitions.borrow_mut().insert((name, p), partition);
+            let setup = PartitionSetup {
+                shard: self.id,
+                dir: partition_dir(self.data.path(), &name, topic.id, p),
+                topic: name.clone(),
+                partition: p,
+                topic_id: topic.id,
+                config: LogConfig::for_topic(&topic.config()),
+                cache: self.cache.clone(),
+                space: self.space.clone(),
+                staging: self.staging.clone(),
+            };
+            match Partition::open(setup).await {
+                Ok(partition) => {
+                    if self
+                        .unserved
+                        .borrow_mut()
+                        .remove(&(name.clone(), p))
+                        .is_some()
+                    {
+                        tracing::info!(shard = self.id, topic = %name, partition = p, "opened on retry: served");
+                    }
+                    self.partitions
+                        .borrow_mut()
+                        .insert((name, p), Rc::new(partition));
                 }
-                Err(e) => eprintln!("shard {}: opening {name}-{p}: {e}", self.id),
+                Err(e) => {
+                    let reason = e.to_string();
+                    if let Some(count) = self.open_failures.hit() {
+                        tracing::warn!(
+                            shard = self.id,
+                            topic = %name,
+                            partition = p,
+                            error = %reason,
+                            failed_opens = count,
+                            "cannot open partition: not served, retried every {}s",
+                            RETRY_UNSERVED_INTERVAL.as_secs()
+                        );
+                    }
+                    self.unserved
+                        .borrow_mut()
+                        .insert((name.clone(), p), reason.clone());
+                    not_served.push(NotServed {
+                        topic: name,
+                        partition: p,
+                        reason,
+                    });
+                }
             }
         }
         *self.metadata.borrow_mut() = Rc::new(metadata);
         if let Some(ready) = self.ready.borrow_mut().take() {
             let _ = ready.send(());
         }
+        not_served
+    }
+
+    /// The directories of the partitions the metadata gives this shard.
+    pub fn owned_dirs(&self) -> Vec<PathBuf> {
+        let metadata = self.metadata();
+        let mut dirs = Vec::new();
+        for (name, topic) in &metadata.topics {
+            for (p, meta) in topic.partitions.iter().enumerate() {
+                if self.owner(meta.shard) == self.id {
+                    dirs.push(partition_dir(self.data.path(), name, topic.id, p as i32));
+                }
+            }
+        }
+        dirs
+    }
+
+    /// Tries again, every [`RETRY_UNSERVED_INTERVAL`], to open partitions
+    /// that failed to open, forever.
+    pub async fn retry_unserved(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(RETRY_UNSERVED_INTERVAL).await;
+            if self.unserved.borrow().is_empty() {
+                continue;
+            }
+            let metadata = (*self.metadata()).clone();
+            self.converge(metadata).await;
+        }
+    }
+
+    /// Samples the data directory's free space on a timer, forever, and says
+    /// when the shard starts or stops refusing produce.
+    pub async fn watch_space(self: Rc<Self>) {
+        let interval = Duration::from_millis(self.config.disk_check_interval_ms);
+        let id = self.id;
+        let floor = |space| self.space.threshold().floor(space);
+        self.space
+            .clone()
+            .run(interval, |low, space| {
+                if low {
+                    tracing::warn!(
+                        shard = id,
+                        free_bytes = space.free_bytes,
+                        min_free_bytes = floor(space),
+                        "disk space low: produce refused (KAFKA_STORAGE_ERROR); fetch, metadata and deletes go on"
+                    );
+                } else {
+                    tracing::info!(
+                        shard = id,
+                        free_bytes = space.free_bytes,
+                        "disk space back above the threshold: produce accepted again"
+                    );
+                }
+            })
+            .await;
     }
 
     /// Serves what other shards send, each message in a task of its own so a
@@ -310,8 +457,7 @@ impl Shard {
     async fn run(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::Metadata { metadata, done } => {
-                self.converge(metadata).await;
-                let _ = done.send(());
+                let _ = done.send(self.converge(metadata).await);
             }
             ShardMsg::Command { command, reply } => {
                 let _ = reply.send(self.command(command).await);
@@ -322,7 +468,7 @@ impl Shard {
                 op,
             } => match self.partition(&topic, partition) {
                 Some(p) => run_op(&p, op).await,
-                None => op.fail(ErrorCode::UnknownTopicOrPartition),
+                None => op.fail(self.missing(&topic, partition)),
             },
         }
     }
@@ -338,8 +484,10 @@ impl Shard {
                 self.partitions.borrow().values().cloned().collect();
             let now = fjord_storage::log::now_ms();
             for partition in partitions {
-                if let Err(e) = partition.log().enforce_retention(now).await {
-                    eprintln!("shard {}: retention: {e}", self.id);
+                if let Err(e) = partition.log().enforce_retention(now).await
+                    && let Some(count) = self.retention_failures.hit()
+                {
+                    tracing::warn!(shard = self.id, error = %e, failures = count, "retention");
                 }
             }
         }
@@ -361,7 +509,7 @@ impl Shard {
             self.partitions.borrow_mut().drain().collect();
         for ((topic, p), partition) in partitions {
             if let Err(e) = partition.close().await {
-                eprintln!("shard {}: closing {topic}-{p}: {e}", self.id);
+                tracing::warn!(shard = self.id, %topic, partition = p, error = %e, "closing");
             }
         }
         let controller = self.controller.borrow_mut().take();

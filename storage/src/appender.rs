@@ -10,9 +10,9 @@
 //! leave the older, shorter copy of that block on disk.
 
 use crate::error::{Result, StorageError};
-use glommio::io::{DmaBuffer, DmaFile};
+use crate::files::SegmentFile;
+use glommio::io::DmaBuffer;
 use glommio::task::JoinHandle;
-use std::path::Path;
 use std::rc::Rc;
 
 /// Write alignment: the page size, which every O_DIRECT device accepts.
@@ -57,8 +57,7 @@ pub struct Write {
 /// The I/O of one flush, taken out of the appender so that no borrow of it
 /// is held across an await.
 pub struct Flush {
-    file: Rc<DmaFile>,
-    path: Rc<Path>,
+    file: Rc<SegmentFile>,
     /// The writes, in file order.
     pub writes: Vec<Write>,
     /// Logical file length once all writes are done.
@@ -71,9 +70,11 @@ impl Flush {
     pub async fn preallocate(&self) -> Result<()> {
         if let Some(size) = self.allocate_to {
             self.file
+                .get()
+                .await?
                 .pre_allocate(size, false)
                 .await
-                .map_err(StorageError::io("fallocate", &*self.path))?;
+                .map_err(StorageError::io("fallocate", &**self.file.path()))?;
         }
         Ok(())
     }
@@ -83,13 +84,15 @@ impl Flush {
     pub async fn write(&self, write: &Write) -> Result<()> {
         let done = self
             .file
+            .get()
+            .await?
             .write_rc_at(write.buffer.clone(), write.position)
             .await
-            .map_err(StorageError::io("write", &*self.path))?;
+            .map_err(StorageError::io("write", &**self.file.path()))?;
         if done != write.buffer.len() {
             return Err(StorageError::Io {
                 op: "write",
-                path: self.path.to_path_buf(),
+                path: self.file.path().to_path_buf(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::WriteZero,
                     format!("short write: {done} of {}", write.buffer.len()),
@@ -111,8 +114,7 @@ impl Flush {
 
 /// A file and the length it should have once finished.
 pub struct FileEnd {
-    file: Rc<DmaFile>,
-    path: Rc<Path>,
+    file: Rc<SegmentFile>,
     len: u64,
     preallocating: Option<JoinHandle<()>>,
 }
@@ -126,16 +128,17 @@ impl FileEnd {
             preallocating.await;
         }
         self.file
+            .get()
+            .await?
             .truncate(self.len)
             .await
-            .map_err(StorageError::io("truncate", &*self.path))
+            .map_err(StorageError::io("truncate", &**self.file.path()))
     }
 }
 
 /// Appends to one file; see the module doc.
 pub struct Appender {
-    file: Rc<DmaFile>,
-    path: Rc<Path>,
+    file: Rc<SegmentFile>,
     /// Logical length once everything staged is written.
     len: u64,
     /// Logical length already written.
@@ -158,25 +161,25 @@ impl Appender {
     /// Appends to `file`, whose first `len` bytes are valid and on disk and
     /// whose size is `allocated`. Reads the partial last block back.
     pub async fn resume(
-        file: Rc<DmaFile>,
-        path: &Path,
+        file: Rc<SegmentFile>,
         len: u64,
         allocated: u64,
         preallocate_bytes: u64,
         buffer_bytes_max: usize,
     ) -> Result<Appender> {
-        let path: Rc<Path> = path.into();
         let position = align_down(len);
         let head = (len - position) as usize;
-        let mut buffer = file.alloc_dma_buffer(BUFFER_BYTES_MIN);
+        let mut buffer = glommio::allocate_dma_buffer(BUFFER_BYTES_MIN);
         if head > 0 {
             let read = file
+                .get()
+                .await?
                 .read_at_aligned(position, BLOCK as usize)
                 .await
-                .map_err(StorageError::io("read", &*path))?;
+                .map_err(StorageError::io("read", &**file.path()))?;
             if read.len() < head {
                 return Err(StorageError::Corrupt {
-                    path: path.to_path_buf(),
+                    path: file.path().to_path_buf(),
                     position,
                     reason: "file shorter than its valid length".into(),
                 });
@@ -185,7 +188,6 @@ impl Appender {
         }
         Ok(Appender {
             file,
-            path,
             len,
             len_written: len,
             allocated,
@@ -204,20 +206,14 @@ impl Appender {
     }
 
     /// The file, for reads and syncs.
-    pub fn file(&self) -> &Rc<DmaFile> {
+    pub fn file(&self) -> &Rc<SegmentFile> {
         &self.file
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Rc<Path> {
-        &self.path
     }
 
     /// The file and its logical length, for a final truncate.
     pub fn file_end(&mut self) -> FileEnd {
         FileEnd {
             file: self.file.clone(),
-            path: self.path.clone(),
             len: self.len,
             preallocating: self.preallocating.take(),
         }
@@ -301,7 +297,9 @@ impl Appender {
                     if let Some(previous) = previous {
                         previous.await;
                     }
-                    let _ = file.pre_allocate(size, false).await;
+                    if let Ok(file) = file.get().await {
+                        let _ = file.pre_allocate(size, false).await;
+                    }
                 });
                 self.preallocating = Some(task.detach());
             }
@@ -309,7 +307,6 @@ impl Appender {
         }
         Some(Flush {
             file: self.file.clone(),
-            path: self.path.clone(),
             writes,
             len: self.len,
             allocate_to,
@@ -337,9 +334,7 @@ impl Appender {
     fn next_chunk(&self, capacity: usize) -> Chunk {
         let keep_from = align_down(self.open.len as u64) as usize;
         let head = self.open.len - keep_from;
-        let mut buffer = self
-            .file
-            .alloc_dma_buffer(align_up(capacity as u64) as usize);
+        let mut buffer = glommio::allocate_dma_buffer(align_up(capacity as u64) as usize);
         buffer.as_bytes_mut()[..head]
             .copy_from_slice(&self.open.buffer.as_bytes()[keep_from..self.open.len]);
         // The carried bytes are on disk, or about to be: the open chunk is

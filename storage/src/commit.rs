@@ -29,7 +29,32 @@ pub(crate) struct Waiter {
     pub(crate) offset_end: u64,
     /// Needs fdatasync, not only the write.
     pub(crate) needs_sync: bool,
-    pub(crate) tx: oneshot::Sender<Result<(), String>>,
+    pub(crate) tx: oneshot::Sender<Result<(), Failure>>,
+}
+
+/// Why a log stopped taking appends: the flusher's error, and whether it
+/// was for want of room (the log may be reopened) or damage (it may not).
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) out_of_room: bool,
+}
+
+impl Failure {
+    pub(crate) fn of(error: &StorageError) -> Failure {
+        Failure {
+            message: error.to_string(),
+            out_of_room: error.is_out_of_room(),
+        }
+    }
+
+    pub(crate) fn error(&self) -> StorageError {
+        if self.out_of_room {
+            StorageError::OutOfRoom(self.message.clone())
+        } else {
+            StorageError::Failed(self.message.clone())
+        }
+    }
 }
 
 /// A batch staged since the last flush, to be cached once written.
@@ -68,7 +93,7 @@ pub(crate) struct State {
     /// Readers waiting for `offset_visible` to reach an offset.
     pub(crate) readers: Vec<(u64, oneshot::Sender<()>)>,
     pub(crate) synced_at: Instant,
-    pub(crate) failed: Option<String>,
+    pub(crate) failed: Option<Failure>,
     pub(crate) closed: bool,
     pub(crate) leader_epoch: i32,
     pub(crate) stats: LogStats,
@@ -98,8 +123,8 @@ impl State {
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
-        if let Some(message) = &self.failed {
-            return Err(StorageError::Failed(message.clone()));
+        if let Some(failure) = &self.failed {
+            return Err(failure.error());
         }
         if self.closed {
             return Err(StorageError::Closed);
@@ -151,11 +176,11 @@ impl State {
         }
     }
 
-    pub(crate) fn fail(&mut self, message: String) {
+    pub(crate) fn fail(&mut self, failure: Failure) {
         for w in self.waiters.drain(..) {
-            let _ = w.tx.send(Err(message.clone()));
+            let _ = w.tx.send(Err(failure.clone()));
         }
-        self.failed.get_or_insert(message);
+        self.failed.get_or_insert(failure);
     }
 }
 
@@ -175,6 +200,17 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Gives back the staging places of every batch staged and not
+    /// written: another log holds them now (see `Log::reopen`).
+    pub(crate) fn release_staged(&self) {
+        let staged = std::mem::take(&mut self.state.borrow_mut().staged);
+        if let Some(s) = &self.staging {
+            for ticket in staged.into_iter().filter_map(|b| b.ticket) {
+                s.area.release(ticket);
+            }
+        }
+    }
+
     /// Why an append found the log's semaphores closed.
     pub(crate) fn closed_or_failed(&self) -> StorageError {
         self.state
@@ -255,10 +291,18 @@ impl Inner {
         };
         if let Some(files) = &sync_files {
             for file in files {
+                // An fdatasync that finds no room (ext4 converting the
+                // preallocated extents it wrote into) leaves the log to be
+                // reopened like a failed write: the files are O_DIRECT, so
+                // no page cache holds data the disk lost, and recovery
+                // reads back exactly what the disk kept. Nothing that waited
+                // on this sync was acknowledged.
                 file.file
+                    .get()
+                    .await?
                     .fdatasync()
                     .await
-                    .map_err(StorageError::io("fdatasync", &*file.path))?;
+                    .map_err(StorageError::io("fdatasync", &**file.file.path()))?;
             }
         }
         {
@@ -415,9 +459,15 @@ pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
         if closing && !inner.has_work() {
             break;
         }
+        // One of the shard's group-commit slots while files are busy.
+        let slots = crate::files::flush_slots_of_shard();
+        let _slot = match &slots {
+            Some(slots) => slots.acquire_permit(1).await.ok(),
+            None => None,
+        };
         if let Err(e) = inner.flush_once().await {
             let mut st = inner.state.borrow_mut();
-            st.fail(e.to_string());
+            st.fail(Failure::of(&e));
             drop(st);
             inner.append_turn.close();
             inner.staged_room.close();

@@ -51,12 +51,36 @@ pub enum StorageError {
     /// (after a failed fsync the page state is unknown, so retrying is unsafe).
     #[error("log failed earlier and is read-only: {0}")]
     Failed(String),
+    /// A write found no room — the disk full, or no descriptor to open a
+    /// file with. Nothing is wrong with what is on disk: the log takes no
+    /// appends until its owner reopens it (recovery keeps every whole batch),
+    /// which it does once room is back.
+    #[error("no room to write, appends paused until the log is reopened: {0}")]
+    OutOfRoom(String),
     /// The log was closed.
     #[error("log is closed")]
     Closed,
 }
 
+/// Whether an I/O error means "no room" (disk space, quota, descriptors)
+/// rather than damage: the operation may succeed once room is made.
+pub fn is_out_of_room(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE)
+    )
+}
+
 impl StorageError {
+    /// Whether this is a failure for want of room; see [`is_out_of_room`].
+    pub fn is_out_of_room(&self) -> bool {
+        match self {
+            StorageError::OutOfRoom(_) => true,
+            StorageError::Io { source, .. } => is_out_of_room(source),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,
@@ -65,7 +89,12 @@ impl StorageError {
         move |e| StorageError::Io {
             op,
             path,
-            source: e.into(),
+            source: match e {
+                // The OS error itself, errno intact (glommio's conversion
+                // keeps only its kind); the op and path are ours already.
+                glommio::GlommioError::EnhancedIoError { source, .. } => source,
+                other => other.into(),
+            },
         }
     }
 }

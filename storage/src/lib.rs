@@ -14,12 +14,14 @@ pub mod cache;
 mod commit;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod index;
 pub mod log;
 pub mod recovery;
 pub mod segment;
 pub mod shard;
 pub mod slice;
+pub mod space;
 pub mod staging;
 
 pub use cache::BatchCache;

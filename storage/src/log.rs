@@ -12,7 +12,7 @@
 //! group commit.
 
 use crate::cache::BatchCache;
-use crate::commit::{Inner, LogStaging, Staged, State, Waiter, run_flusher};
+use crate::commit::{Failure, Inner, LogStaging, Staged, State, Waiter, run_flusher};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::recovery::{self, RecoveryReport};
@@ -57,7 +57,7 @@ pub struct Appended {
 /// Resolves once an append is as safe as the log's fsync policy promises;
 /// at once for a batch in the staging area.
 #[derive(Debug)]
-pub struct Durable(Option<oneshot::Receiver<Result<(), String>>>);
+pub struct Durable(Option<oneshot::Receiver<Result<(), Failure>>>);
 
 impl Future for Durable {
     type Output = Result<()>;
@@ -68,7 +68,7 @@ impl Future for Durable {
         };
         Pin::new(rx).poll(cx).map(|r| match r {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StorageError::Failed(message)),
+            Ok(Err(failure)) => Err(failure.error()),
             Err(oneshot::Canceled) => Err(StorageError::Closed),
         })
     }
@@ -141,7 +141,57 @@ impl Log {
         cache: Rc<BatchCache>,
         staging: Option<Rc<Staging>>,
     ) -> Result<Log> {
-        let dir = dir.into();
+        Log::open_with(dir.into(), config, cache, staging, Vec::new()).await
+    }
+
+    /// Opens this log's directory again after it stopped for want of room
+    /// (`is_out_of_room`), with its settings and staging area. The batches
+    /// it acknowledged from the staging area but never wrote are appended
+    /// again after recovery, like those found at start.
+    pub async fn reopen(&self) -> Result<Log> {
+        let inner = &self.inner;
+        let staging = inner.staging.as_ref().map(|s| s.area.clone());
+        let carried: Vec<Replay> = match &staging {
+            Some(area) => inner
+                .state
+                .borrow()
+                .staged
+                .iter()
+                .filter_map(|b| {
+                    let ticket = b.ticket.as_ref()?;
+                    Some(area.replay_of(ticket, b.base_offset, b.last_offset))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let carrying = !carried.is_empty();
+        let log = Log::open_with(
+            inner.dir.clone(),
+            inner.config.clone(),
+            inner.cache.clone(),
+            staging,
+            carried,
+        )
+        .await?;
+        // The log has resumed only once what it carried is on disk: until
+        // then a full disk would take acknowledgements it cannot write.
+        if carrying && let Err(e) = log.flush().await {
+            // This log's copies go; the failed one keeps the originals for
+            // the next attempt (or the next start).
+            log.inner.release_staged();
+            return Err(e);
+        }
+        inner.release_staged();
+        Ok(log)
+    }
+
+    async fn open_with(
+        dir: PathBuf,
+        config: LogConfig,
+        cache: Rc<BatchCache>,
+        staging: Option<Rc<Staging>>,
+        mut replay: Vec<Replay>,
+    ) -> Result<Log> {
         let config = config.normalized();
         let now = now_ms();
         let (mut segments, mut recovery) = recovery::recover(&dir, &config, now).await?;
@@ -166,9 +216,10 @@ impl Log {
             leader_epoch: 0,
             stats: LogStats::default(),
         };
-        let replay = staging
-            .as_ref()
-            .map(|area| (area.clone(), area.take_replay(&dir)));
+        let replay = staging.as_ref().map(|area| {
+            replay.extend(area.take_replay(&dir));
+            (area.clone(), replay)
+        });
         let staging = staging
             .filter(|_| config.fsync != FsyncPolicy::Always)
             .map(|area| LogStaging {
@@ -188,7 +239,19 @@ impl Log {
         let (kick, kicked) = local_channel::new_bounded(1);
         let flusher = glommio::spawn_local(run_flusher(inner.clone(), kicked)).detach();
         if let Some((area, replay)) = replay {
-            recovery.batches_replayed = replay_staged(&inner, &kick, &area, replay).await?;
+            let carried = replay.iter().all(|r| !r.is_owned());
+            match replay_staged(&inner, &kick, &area, replay).await {
+                Ok(replayed) => recovery.batches_replayed = replayed,
+                Err(e) => {
+                    // Carried batches keep their originals in the failed log
+                    // this one replaces: drop the copies. Batches found at
+                    // start have no other copy: they stay for the next start.
+                    if carried {
+                        inner.release_staged();
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(Log {
             inner,
@@ -253,6 +316,18 @@ impl Log {
     /// Counters of the write path.
     pub fn stats(&self) -> LogStats {
         self.inner.state.borrow().stats
+    }
+
+    /// Whether the log stopped taking appends for want of room (disk space,
+    /// descriptors): its owner may drop it and open the directory again once
+    /// room is back, and appends resume.
+    pub fn is_out_of_room(&self) -> bool {
+        self.inner
+            .state
+            .borrow()
+            .failed
+            .as_ref()
+            .is_some_and(|f| f.out_of_room)
     }
 
     /// Number of segments.
@@ -494,7 +569,7 @@ impl Log {
             st.failed.clone()
         };
         match finished {
-            Some(message) => Err(StorageError::Failed(message)),
+            Some(failure) => Err(failure.error()),
             None => Ok(()),
         }
     }
@@ -560,7 +635,7 @@ async fn read_segment(
     .await?;
     if let WalkEnd::Invalid(reason) = walk.end {
         return Err(StorageError::Corrupt {
-            path: reader.path.to_path_buf(),
+            path: reader.file.path().to_path_buf(),
             position: walk.position,
             reason,
         });
@@ -608,8 +683,12 @@ async fn append(
         .await
         .map_err(|_| inner.closed_or_failed())?;
     let now = now_ms();
-    if inner.roll_due(batch.len(), now) {
-        inner.roll(now).await?;
+    if inner.roll_due(batch.len(), now)
+        && let Err(e) = inner.roll(now).await
+    {
+        // Nothing was staged: the room goes back.
+        inner.staged_room.signal(batch.len() as u64);
+        return Err(e);
     }
     let staging = inner
         .staging
@@ -694,7 +773,7 @@ async fn replay_staged(
         let offset_next = inner.state.borrow().offset_next;
         if entry.last_offset < offset_next {
             // Written before the process died.
-            area.release(entry.ticket);
+            area.release_replayed(entry);
             continue;
         }
         if entry.base_offset != offset_next {
@@ -706,7 +785,7 @@ async fn replay_staged(
             return Err(staging::gap(&inner.dir, &entry, appended.base_offset));
         }
         appended.durable.await?;
-        area.release(entry.ticket);
+        area.release_replayed(entry);
         replayed += 1;
     }
     Ok(replayed)

@@ -13,6 +13,7 @@
 use crate::appender::Appender;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
+use crate::files::SegmentFile;
 use crate::index::{self, ENTRY_LEN, Index, IndexEntry};
 use crate::segment::{self, Segment, SegmentReader, Visit, WalkEnd};
 use fjord_core::{Batch, batch::HEADER_LEN};
@@ -88,25 +89,33 @@ async fn recover_segment(
     report: &mut RecoveryReport,
 ) -> Result<Segment> {
     let (log_path, index_path) = segment::file_paths(dir, base);
-    let log_file = Rc::new(segment::open_file(&log_path, false).await?);
+    let log_file = SegmentFile::open(&log_path, false).await?;
     let size = log_file
+        .get()
+        .await?
         .file_size()
         .await
         .map_err(StorageError::io("stat", &log_path))?;
     let reader = SegmentReader {
         file: log_file.clone(),
-        path: log_path.as_path().into(),
         limit: size,
     };
 
-    let index_file = Rc::new(segment::open_file(&index_path, true).await?);
+    let index_file = SegmentFile::open(&index_path, true).await?;
     let index_size = index_file
+        .get()
+        .await?
         .file_size()
         .await
         .map_err(StorageError::io("stat", &index_path))?;
     // No valid index holds more entries than the log holds batches.
     let index_bytes_max = (size / HEADER_LEN as u64 + 1) * ENTRY_LEN as u64;
-    let on_disk = read_all(&index_file, &index_path, index_size.min(index_bytes_max)).await?;
+    let on_disk = read_all(
+        &*index_file.get().await?,
+        &index_path,
+        index_size.min(index_bytes_max),
+    )
+    .await?;
     let mut entries = index::decode_prefix(&on_disk);
     let valid_prefix = entries.len();
     entries.truncate(entries.partition_point(|e| u64::from(e.position) < size));
@@ -135,6 +144,8 @@ async fn recover_segment(
 
     if scan.end != size {
         log_file
+            .get()
+            .await?
             .truncate(scan.end)
             .await
             .map_err(StorageError::io("truncate", &log_path))?;
@@ -142,7 +153,6 @@ async fn recover_segment(
     }
     let log = Appender::resume(
         log_file,
-        &log_path,
         scan.end,
         scan.end,
         config.preallocate_bytes,
@@ -152,20 +162,12 @@ async fn recover_segment(
 
     let index = if index_changed {
         report.indexes_rebuilt += 1;
-        rewrite_index(index_file, &index_path, entries).await?
+        rewrite_index(index_file, entries).await?
     } else {
         let len = (entries.len() * ENTRY_LEN) as u64;
         Index::new(
             entries,
-            Appender::resume(
-                index_file,
-                &index_path,
-                len,
-                len,
-                crate::appender::BLOCK * 16,
-                16 * 1024,
-            )
-            .await?,
+            Appender::resume(index_file, len, len, crate::appender::BLOCK * 16, 16 * 1024).await?,
         )
     };
     Ok(Segment::new(
@@ -242,17 +244,15 @@ async fn scan_from(
     })
 }
 
-async fn rewrite_index(
-    file: Rc<glommio::io::DmaFile>,
-    path: &Path,
-    entries: Vec<IndexEntry>,
-) -> Result<Index> {
-    file.truncate(0)
+async fn rewrite_index(file: Rc<SegmentFile>, entries: Vec<IndexEntry>) -> Result<Index> {
+    file.get()
+        .await?
+        .truncate(0)
         .await
-        .map_err(StorageError::io("truncate", path))?;
+        .map_err(StorageError::io("truncate", &**file.path()))?;
     let mut index = Index::new(
         Vec::new(),
-        Appender::resume(file, path, 0, 0, crate::appender::BLOCK * 16, 16 * 1024).await?,
+        Appender::resume(file, 0, 0, crate::appender::BLOCK * 16, 16 * 1024).await?,
     );
     for entry in entries {
         index.push(entry);

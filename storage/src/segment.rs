@@ -5,9 +5,10 @@
 use crate::appender::{self, Appender};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
+use crate::files::SegmentFile;
 use crate::index::{Index, IndexEntry};
 use fjord_core::Batch;
-use glommio::io::{DmaFile, OpenOptions, ReadResult};
+use glommio::io::ReadResult;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -44,17 +45,6 @@ pub fn index_entry_due(
         position: u32::try_from(position).unwrap_or(u32::MAX),
         max_timestamp,
     })
-}
-
-/// Opens (or creates) a segment file for O_DIRECT reads and writes.
-pub async fn open_file(path: &Path, create: bool) -> Result<DmaFile> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .dma_open(path)
-        .await
-        .map_err(StorageError::io("open", path))
 }
 
 /// One segment of a log.
@@ -105,30 +95,23 @@ impl Segment {
     ) -> Result<Segment> {
         let (log_path, index_path) = file_paths(dir, base_offset);
         let log = Appender::resume(
-            Rc::new(open_file(&log_path, true).await?),
-            &log_path,
+            SegmentFile::open(&log_path, true).await?,
             0,
             0,
             config.preallocate_bytes,
             config.write_buffer_bytes,
         )
         .await?;
-        let index_file = open_file(&index_path, true).await?;
+        let index_file = SegmentFile::open(&index_path, true).await?;
         index_file
+            .get()
+            .await?
             .truncate(0)
             .await
             .map_err(StorageError::io("truncate", &index_path))?;
         let index = Index::new(
             Vec::new(),
-            Appender::resume(
-                Rc::new(index_file),
-                &index_path,
-                0,
-                0,
-                appender::BLOCK * 16,
-                16 * 1024,
-            )
-            .await?,
+            Appender::resume(index_file, 0, 0, appender::BLOCK * 16, 16 * 1024).await?,
         );
         Ok(Segment::new(
             base_offset,
@@ -202,7 +185,6 @@ impl Segment {
     pub fn reader(&self) -> SegmentReader {
         SegmentReader {
             file: self.log.file().clone(),
-            path: self.log.path().clone(),
             limit: self.log.len_written(),
         }
     }
@@ -213,9 +195,7 @@ impl Segment {
 #[derive(Clone)]
 pub struct SegmentReader {
     /// The log file.
-    pub file: Rc<DmaFile>,
-    /// Its path, for errors.
-    pub path: Rc<Path>,
+    pub file: Rc<SegmentFile>,
     /// Bytes of the file that hold written batches.
     pub limit: u64,
 }
@@ -259,14 +239,16 @@ pub async fn walk(
     mut visit: impl FnMut(u64, Batch<'_>, &ReadResult, usize) -> Visit,
 ) -> Result<Walk> {
     let mut want = window_bytes.max(appender::BLOCK as usize);
+    // Held for the whole walk: the budget never closes a file mid-read, and
+    // a segment that retention deletes meanwhile stays readable.
+    let file = reader.file.get().await?;
     while position < reader.limit {
         let window_start = appender::align_down(position);
         let window_end = appender::align_up((position + want as u64).min(reader.limit));
-        let read = reader
-            .file
+        let read = file
             .read_at_aligned(window_start, (window_end - window_start) as usize)
             .await
-            .map_err(StorageError::io("read", &*reader.path))?;
+            .map_err(StorageError::io("read", &**reader.file.path()))?;
         let skip = (position - window_start) as usize;
         let usable = ((reader.limit - window_start) as usize).min(read.len());
         if usable <= skip {

@@ -543,6 +543,9 @@ pub struct Replay {
     pub batch: Vec<u8>,
     /// Its old place, to release once staged again (or known written).
     pub ticket: Ticket,
+    /// Whether releasing the old place is the replay's job (entries found
+    /// at start), or its caller's (a log opened again carries its own).
+    owned: bool,
 }
 
 struct Slot {
@@ -859,15 +862,23 @@ impl Staging {
                     last_offset: f.last_offset,
                     batch: self.map.bytes(at, f.batch_len).to_vec(),
                     ticket: Ticket(f.seq),
+                    owned: true,
                 }
             })
             .collect()
     }
 
-    /// Releases what no log took at start (logs the metadata no longer
-    /// lists); returns the keys and batch counts.
-    pub fn release_unclaimed(&self) -> Vec<(String, usize)> {
-        let unclaimed: Vec<(String, Vec<Found>)> = self.ring.borrow_mut().replay.drain().collect();
+    /// Releases what no log took at start and `listed` does not name (logs
+    /// the metadata no longer lists); returns the keys and batch counts. A
+    /// listed log that failed to open keeps its entries for a later open.
+    pub fn release_unclaimed(&self, listed: impl Fn(&str) -> bool) -> Vec<(String, usize)> {
+        let unclaimed: Vec<(String, Vec<Found>)> = {
+            let mut ring = self.ring.borrow_mut();
+            let keys: Vec<String> = ring.replay.keys().filter(|k| !listed(k)).cloned().collect();
+            keys.into_iter()
+                .filter_map(|k| ring.replay.remove_entry(&k))
+                .collect()
+        };
         let mut report = Vec::new();
         for (key, found) in unclaimed {
             report.push((key, found.len()));
@@ -905,6 +916,26 @@ impl Staging {
         (BatchSlice::from_copy(bytes), offset_next)
     }
 
+    /// A staged batch as a [`Replay`] (its bytes copied out) for a log
+    /// opened again after a failure: the failed log keeps the place until
+    /// the new one holds the batch.
+    pub(crate) fn replay_of(&self, ticket: &Ticket, base_offset: u64, last_offset: u64) -> Replay {
+        Replay {
+            base_offset,
+            last_offset,
+            batch: self.batch(ticket).to_vec(),
+            ticket: Ticket(ticket.0),
+            owned: false,
+        }
+    }
+
+    /// Releases `replay`'s old place if that is the replay's job.
+    pub(crate) fn release_replayed(&self, replay: Replay) {
+        if replay.owned {
+            self.release(replay.ticket);
+        }
+    }
+
     /// A staged batch's bytes, in the ring.
     fn batch(&self, ticket: &Ticket) -> &[u8] {
         let ring = self.ring.borrow();
@@ -938,6 +969,13 @@ impl Staging {
         }
         crate::recovery::remove(&self.path).await?;
         Ok(true)
+    }
+}
+
+impl Replay {
+    /// Whether releasing the old place is the replay's job.
+    pub(crate) fn is_owned(&self) -> bool {
+        self.owned
     }
 }
 
@@ -983,7 +1021,10 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!((t[0].base_offset, t[0].last_offset), (5, 9));
         assert_eq!(t[0].batch, vec![2; 200]);
-        assert_eq!(reopened.release_unclaimed(), vec![("u/1".into(), 1)]);
+        assert_eq!(
+            reopened.release_unclaimed(|_| false),
+            vec![("u/1".into(), 1)]
+        );
         for r in t {
             reopened.release(r.ticket);
         }
@@ -1066,7 +1107,7 @@ mod tests {
                                 *old = replay.ticket;
                             }
                         }
-                        assert!(staging.release_unclaimed().is_empty());
+                        assert!(staging.release_unclaimed(|_| false).is_empty());
                     }
                 }
             }

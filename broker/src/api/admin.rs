@@ -3,7 +3,7 @@
 
 use super::{Reply, code};
 use crate::controller::CommandError;
-use crate::mesh::PartitionOp;
+use crate::mesh::{NotServed, PartitionOp};
 use crate::shard::Shard;
 use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
@@ -94,7 +94,12 @@ pub(super) async fn create_topics(
                     partitions,
                     configs,
                 });
-                shard.command(command).await
+                // Partitions of other topics still failing their retry are
+                // not this create's news.
+                shard
+                    .command(command)
+                    .await
+                    .map(|not_served| not_served.into_iter().filter(|n| n.topic == name).collect())
             }
             Err(_) => Err(MetadataError::InvalidPartitions(0).into()),
         };
@@ -116,7 +121,10 @@ pub(super) async fn delete_topics(
 ) -> Reply {
     let mut results = Vec::new();
     for name in request.names.unwrap_or_default() {
-        let outcome = shard.command(Command::DeleteTopic(name.clone())).await;
+        let outcome = shard
+            .command(Command::DeleteTopic(name.clone()))
+            .await
+            .map(|_| Vec::new());
         results.push(topic_result(name, outcome));
     }
     let body = wire::DeleteTopicsResponseT {
@@ -128,9 +136,18 @@ pub(super) async fn delete_topics(
     )
 }
 
-fn topic_result(name: String, outcome: Result<(), CommandError>) -> wire::TopicResultT {
+fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> wire::TopicResultT {
     let (error_code, error_message) = match outcome {
-        Ok(()) => (0, None),
+        Ok(not_served) if not_served.is_empty() => (0, None),
+        // The topic exists (the command is committed) but is not served
+        // whole: never "created". Retriable: the shards retry the opens.
+        Ok(not_served) => (
+            ErrorCode::KafkaStorageError.code(),
+            Some(format!(
+                "topic created, but {}",
+                NotServed::summary(&not_served)
+            )),
+        ),
         Err(e) => (command_error_code(&e).code(), Some(e.to_string())),
     };
     wire::TopicResultT {
@@ -153,7 +170,7 @@ fn command_error_code(error: &CommandError) -> ErrorCode {
             MetadataError::OutOfOrder { .. } => ErrorCode::UnknownServerError,
         },
         CommandError::Unavailable => ErrorCode::BrokerNotAvailable,
-        CommandError::Storage(_) => ErrorCode::KafkaStorageError,
+        CommandError::Storage(_) | CommandError::OutOfRoom(_) => ErrorCode::KafkaStorageError,
     }
 }
 
@@ -197,9 +214,15 @@ pub(super) async fn describe_topics(
                 )
                 .await;
             partitions.push(match described {
+                // Read-only partitions (disk low, or a log waiting for room)
+                // say so with the code produce would get; offsets are real.
                 Ok(d) => wire::PartitionDescriptionT {
                     partition: p,
-                    error_code: 0,
+                    error_code: if d.read_only {
+                        ErrorCode::KafkaStorageError.code()
+                    } else {
+                        0
+                    },
                     log_start_offset: d.log_start_offset,
                     log_end_offset: d.log_end_offset,
                     size_bytes: d.size_bytes,

@@ -19,7 +19,19 @@ pub struct Broker {
     pub addr: SocketAddr,
     cores: usize,
     extra: Vec<String>,
+    launch: Launch,
     child: Option<Child>,
+}
+
+/// How a test's broker process is set up beyond its flags.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// RLIMIT_NOFILE (soft and hard) of the process.
+    pub nofile: Option<u64>,
+    /// Where its stderr goes (appended); inherited when `None`.
+    pub stderr: Option<PathBuf>,
+    /// Serve this directory instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A loopback port nobody listens on (bound, then released).
@@ -38,11 +50,17 @@ impl Broker {
 
     /// Starts a broker with extra `serve` flags.
     pub fn start_with(cores: usize, extra: &[&str]) -> Broker {
+        Broker::launch(cores, extra, Launch::default())
+    }
+
+    /// Starts a broker with extra `serve` flags and process settings.
+    pub fn launch(cores: usize, extra: &[&str], launch: Launch) -> Broker {
         let mut broker = Broker {
             dir: tempfile::tempdir().expect("temp dir"),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             cores,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            launch,
             child: None,
         };
         broker.spawn();
@@ -51,7 +69,12 @@ impl Broker {
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        self.launch.data_dir.as_deref().unwrap_or(self.dir.path())
+    }
+
+    /// The broker's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Where the staging files go: inside the test's directory, so a
@@ -63,7 +86,7 @@ impl Broker {
     /// The `serve` arguments of this broker.
     pub fn serve_args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
-        args.push(self.dir.path().display().to_string());
+        args.push(self.data_dir().display().to_string());
         args.extend(["--listen".into(), self.addr.to_string()]);
         args.extend(["--shard-port-base".into(), "0".into()]);
         args.extend(["--cores".into(), self.cores.to_string()]);
@@ -74,12 +97,35 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
+        use std::os::unix::process::CommandExt;
         assert!(self.child.is_none(), "already running");
-        let mut child = Command::new(FJORD)
-            .args(self.serve_args())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn fjord serve");
+        let mut command = Command::new(FJORD);
+        command.args(self.serve_args()).stdout(Stdio::piped());
+        if let Some(path) = &self.launch.stderr {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("stderr file");
+            command.stderr(file);
+        }
+        if let Some(nofile) = self.launch.nofile {
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child's own limits, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn fjord serve");
         if let Err(e) = fjord_broker::node::wait_until_serving(&mut child, Duration::from_secs(30))
         {
             let _ = child.kill();
