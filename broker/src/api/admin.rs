@@ -7,7 +7,7 @@ use crate::mesh::{NotServed, PartitionOp};
 use crate::shard::Shard;
 use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
-use fjord_replication::metadata::{Command, CreateTopic, MetadataError};
+use fjord_replication::metadata::{AlterTopicConfig, Command, CreateTopic, MetadataError};
 
 /// The node's id until clusters have more than one.
 pub const NODE_ID: i32 = 0;
@@ -133,6 +133,36 @@ pub(super) async fn delete_topics(
     Reply::body(
         correlation_id,
         wire::ResponseT::DeleteTopicsResponse(Box::new(body)),
+    )
+}
+
+pub(super) async fn alter_configs(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::AlterConfigsRequestT,
+) -> Reply {
+    let mut results = Vec::new();
+    for topic in request.topics.unwrap_or_default() {
+        let name = topic.name.unwrap_or_default();
+        let configs = topic
+            .configs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
+            .collect();
+        let command = Command::AlterTopicConfig(AlterTopicConfig {
+            name: name.clone(),
+            configs,
+        });
+        let outcome = shard.command(command).await.map(|_| Vec::new());
+        results.push(topic_result(name, outcome));
+    }
+    let body = wire::AlterConfigsResponseT {
+        results: Some(results),
+    };
+    Reply::body(
+        correlation_id,
+        wire::ResponseT::AlterConfigsResponse(Box::new(body)),
     )
 }
 
