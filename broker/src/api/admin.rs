@@ -81,12 +81,7 @@ pub(super) async fn create_topics(
     let mut results = Vec::new();
     for topic in request.topics.unwrap_or_default() {
         let name = topic.name.unwrap_or_default();
-        let configs = topic
-            .configs
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
-            .collect();
+        let configs = config_pairs(topic.configs);
         let outcome = match u32::try_from(topic.partitions) {
             Ok(partitions) => {
                 let command = Command::CreateTopic(CreateTopic {
@@ -144,12 +139,7 @@ pub(super) async fn alter_configs(
     let mut results = Vec::new();
     for topic in request.topics.unwrap_or_default() {
         let name = topic.name.unwrap_or_default();
-        let configs = topic
-            .configs
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
-            .collect();
+        let configs = config_pairs(topic.configs);
         let command = Command::AlterTopicConfig(AlterTopicConfig {
             name: name.clone(),
             configs,
@@ -164,6 +154,15 @@ pub(super) async fn alter_configs(
         correlation_id,
         wire::ResponseT::AlterConfigsResponse(Box::new(body)),
     )
+}
+
+/// Configs from the wire as `(key, value)` pairs.
+fn config_pairs(configs: Option<Vec<wire::TopicConfigT>>) -> Vec<(String, String)> {
+    configs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
+        .collect()
 }
 
 fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> wire::TopicResultT {
