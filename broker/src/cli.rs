@@ -64,16 +64,39 @@ pub fn topic_create(
     partitions: i32,
     configs: &[String],
 ) -> Result<(), CliError> {
-    let configs = configs
+    let configs = config_pairs(configs)?;
+    block_on(Admin::new(client.clone()).create_topic(name, partitions, &configs))?;
+    println!("created topic {name} with {partitions} partitions");
+    Ok(())
+}
+
+/// `key=value` arguments as pairs.
+fn config_pairs(configs: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    configs
         .iter()
         .map(|c| {
             c.split_once('=')
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                 .ok_or_else(|| CliError::Config(c.clone()))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    block_on(Admin::new(client.clone()).create_topic(name, partitions, &configs))?;
-    println!("created topic {name} with {partitions} partitions");
+        .collect()
+}
+
+/// `topic alter`: `--config key=value` sets, `--delete-config key` removes.
+pub fn topic_alter(
+    client: &Client,
+    name: &str,
+    configs: &[String],
+    deleted: &[String],
+) -> Result<(), CliError> {
+    let mut pairs = config_pairs(configs)?;
+    pairs.extend(
+        deleted
+            .iter()
+            .map(|key| (key.trim().to_owned(), String::new())),
+    );
+    block_on(Admin::new(client.clone()).alter_topic_config(name, &pairs))?;
+    println!("altered topic {name}");
     Ok(())
 }
 

@@ -107,6 +107,17 @@ enum TopicCommand {
         /// Name.
         name: String,
     },
+    /// Change a topic's configs (retention.* apply at once).
+    Alter {
+        /// Name.
+        name: String,
+        /// A config to set, `key=value` (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// A config to remove, back to its default (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        deleted: Vec<String>,
+    },
 }
 
 /// Every key of the config file, as a flag; flags win over the file.
@@ -295,6 +306,11 @@ fn run_topic(command: TopicCommand, bootstrap: &str) -> Result<(), CliError> {
         TopicCommand::List => cli::topic_list(&client),
         TopicCommand::Describe { name } => cli::topic_describe(&client, &name),
         TopicCommand::Delete { name } => cli::topic_delete(&client, &name),
+        TopicCommand::Alter {
+            name,
+            configs,
+            deleted,
+        } => cli::topic_alter(&client, &name, &configs, &deleted),
     }
 }
 

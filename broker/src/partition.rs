@@ -111,6 +111,29 @@ impl Partition {
         self.log.borrow().clone()
     }
 
+    /// Takes a topic's altered `retention.*` at once, and runs retention
+    /// right away when they changed, so that lowering them frees space now.
+    pub async fn apply_retention(&self, config: &fjord_core::TopicConfig) {
+        let log = self.log();
+        let wanted = (config.retention_bytes, config.retention);
+        if log.retention() == wanted {
+            return;
+        }
+        log.set_retention(wanted.0, wanted.1);
+        let s = &self.setup;
+        tracing::info!(
+            shard = s.shard,
+            topic = %s.topic,
+            partition = s.partition,
+            retention_bytes = ?wanted.0,
+            retention_ms = ?wanted.1.map(|d| d.as_millis()),
+            "retention changed"
+        );
+        if let Err(e) = log.enforce_retention(fjord_storage::log::now_ms()).await {
+            tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "retention");
+        }
+    }
+
     /// The log's directory.
     pub fn dir(&self) -> &std::path::Path {
         &self.setup.dir
@@ -153,6 +176,8 @@ impl Partition {
                     offset_next = reopened.offset_next(),
                     "log reopened after running out of room: appends resume"
                 );
+                let (bytes, age) = log.retention();
+                reopened.set_retention(bytes, age);
                 let reopened = Rc::new(reopened);
                 *self.log.borrow_mut() = reopened.clone();
                 Ok(reopened)

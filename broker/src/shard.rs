@@ -326,7 +326,8 @@ impl Shard {
         let mut wanted: Vec<_> = wanted.into_iter().collect();
         wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((name, p), topic) in wanted {
-            if self.partition(&name, p).is_some() {
+            if let Some(partition) = self.partition(&name, p) {
+                partition.apply_retention(&topic.config()).await;
                 continue;
             }
             let setup = PartitionSetup {

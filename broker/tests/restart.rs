@@ -209,3 +209,62 @@ fn retention_deletes_old_segments_on_the_broker() {
     assert_eq!(values.len(), kept);
     assert_eq!(values[0], vec![p.log_start_offset as u8; 1000]);
 }
+
+#[test]
+fn lowering_retention_frees_space_at_once_without_a_restart() {
+    // The retention timer is far away: only the alter itself can free space.
+    let broker = Broker::start_with(1, &["--retention-check-interval-ms", "3600000"]);
+    let admin = Admin::new(broker.client());
+    let configs = [("segment.bytes".to_owned(), "4096".to_owned())];
+    block_on(admin.create_topic("grow", 1, &configs)).unwrap();
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&broker.client(), config).unwrap();
+    for i in 0..100 {
+        block_on(producer.send("grow", None, None, Some(&[i as u8; 1000]), &[])).unwrap();
+    }
+    let before = block_on(admin.describe_topic("grow")).unwrap().partitions[0];
+    assert_eq!(before.log_start_offset, 0);
+    assert!(before.size_bytes >= 100_000, "{} bytes", before.size_bytes);
+
+    // The CLI, as an operator would; an invalid value changes nothing.
+    let fjord = |args: &[&str]| broker.cli(args, "");
+    let refused = fjord(&["topic", "alter", "grow", "--config", "retention.bytes=lots"]);
+    assert!(!refused.status.success());
+    let altered = fjord(&["topic", "alter", "grow", "--config", "retention.bytes=8192"]);
+    assert!(
+        altered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&altered.stderr)
+    );
+
+    let after = block_on(admin.describe_topic("grow")).unwrap();
+    let p = after.partitions[0];
+    assert!(
+        p.log_start_offset >= 80,
+        "old segments deleted at once: start {}",
+        p.log_start_offset
+    );
+    assert!(p.size_bytes <= 32 << 10, "{} bytes kept", p.size_bytes);
+    assert!(
+        after
+            .configs
+            .contains(&("retention.bytes".into(), "8192".into()))
+    );
+    // Back to the default (no size limit) with --delete-config.
+    let reverted = fjord(&[
+        "topic",
+        "alter",
+        "grow",
+        "--delete-config",
+        "retention.bytes",
+    ]);
+    assert!(reverted.status.success());
+    let configs = block_on(admin.describe_topic("grow")).unwrap().configs;
+    assert!(
+        configs.contains(&("retention.bytes".into(), "-1".into())),
+        "{configs:?}"
+    );
+}

@@ -111,6 +111,28 @@ impl Admin {
         topic_result(response.results, name)
     }
 
+    /// Changes a topic's configs: `(key, value)` sets, an empty value
+    /// removes the key (back to the default). All or nothing.
+    pub async fn alter_topic_config(&self, name: &str, configs: &[(String, String)]) -> Result<()> {
+        let configs = configs
+            .iter()
+            .map(|(key, value)| wire::TopicConfigT {
+                key: Some(key.clone()),
+                value: Some(value.clone()),
+            })
+            .collect();
+        let body = wire::RequestT::AlterConfigsRequest(Box::new(wire::AlterConfigsRequestT {
+            topics: Some(vec![wire::AlterTopicConfigsT {
+                name: Some(name.to_owned()),
+                configs: Some(configs),
+            }]),
+        }));
+        let wire::ResponseT::AlterConfigsResponse(response) = self.ask(body).await? else {
+            return Err(unexpected());
+        };
+        topic_result(response.results, name)
+    }
+
     /// A topic's configs and its partitions' offsets and sizes.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
         let body = wire::RequestT::DescribeTopicsRequest(Box::new(wire::DescribeTopicsRequestT {

@@ -17,6 +17,7 @@ pub const VERSIONS: &[(wire::Request, u16, u16)] = &[
     (wire::Request::ProduceRequest, 0, 0),
     (wire::Request::FetchRequest, 0, 0),
     (wire::Request::ListOffsetsRequest, 0, 0),
+    (wire::Request::AlterConfigsRequest, 0, 0),
 ];
 
 /// Whether `version` of `api` is spoken; `None` when the API is unknown.

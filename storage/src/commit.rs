@@ -187,6 +187,9 @@ impl State {
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) config: LogConfig,
+    /// `retention.bytes` and `retention.ms`: changed on a live log when the
+    /// topic's configs are altered (the rest of `config` is fixed at open).
+    pub(crate) retention: std::cell::Cell<(Option<u64>, Option<std::time::Duration>)>,
     pub(crate) cache: Rc<BatchCache>,
     pub(crate) cache_key: CacheKey,
     pub(crate) state: RefCell<State>,

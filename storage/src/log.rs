@@ -229,6 +229,7 @@ impl Log {
         let inner = Rc::new(Inner {
             staging,
             staged_room: Semaphore::new(config.staged_bytes_max as u64),
+            retention: std::cell::Cell::new((config.retention_bytes, config.retention_age)),
             dir,
             config,
             cache_key: cache.register(),
@@ -269,6 +270,17 @@ impl Log {
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Changes `retention.bytes` and `retention.ms` on the live log (the
+    /// topic's configs were altered); the next retention run applies them.
+    pub fn set_retention(&self, bytes: Option<u64>, age: Option<std::time::Duration>) {
+        self.inner.retention.set((bytes, age));
+    }
+
+    /// The `retention.bytes` and `retention.ms` in force.
+    pub fn retention(&self) -> (Option<u64>, Option<std::time::Duration>) {
+        self.inner.retention.get()
     }
 
     /// Sets the leader epoch written into the batches appended from now on.
@@ -505,7 +517,7 @@ impl Log {
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
         let doomed: Vec<u64> = {
             let mut st = self.inner.state.borrow_mut();
-            let config = &self.inner.config;
+            let (retention_bytes, retention_age) = self.inner.retention.get();
             let mut total: u64 = st.segments.values().map(|s| s.log.len()).sum();
             let active = st.active().base_offset;
             let mut doomed = Vec::new();
@@ -513,11 +525,9 @@ impl Log {
                 if segment.base_offset == active || st.sealing.contains(&segment.base_offset) {
                     break;
                 }
-                let over_size = config
-                    .retention_bytes
-                    .is_some_and(|limit| total - segment.log.len() >= limit);
-                let expired = config
-                    .retention_age
+                let over_size =
+                    retention_bytes.is_some_and(|limit| total - segment.log.len() >= limit);
+                let expired = retention_age
                     .is_some_and(|age| segment.max_timestamp < now_ms - age.as_millis() as i64);
                 if !over_size && !expired {
                     break;

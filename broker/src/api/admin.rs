@@ -7,7 +7,7 @@ use crate::mesh::{NotServed, PartitionOp};
 use crate::shard::Shard;
 use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
-use fjord_replication::metadata::{Command, CreateTopic, MetadataError};
+use fjord_replication::metadata::{AlterTopicConfig, Command, CreateTopic, MetadataError};
 
 /// The node's id until clusters have more than one.
 pub const NODE_ID: i32 = 0;
@@ -81,12 +81,7 @@ pub(super) async fn create_topics(
     let mut results = Vec::new();
     for topic in request.topics.unwrap_or_default() {
         let name = topic.name.unwrap_or_default();
-        let configs = topic
-            .configs
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
-            .collect();
+        let configs = config_pairs(topic.configs);
         let outcome = match u32::try_from(topic.partitions) {
             Ok(partitions) => {
                 let command = Command::CreateTopic(CreateTopic {
@@ -134,6 +129,40 @@ pub(super) async fn delete_topics(
         correlation_id,
         wire::ResponseT::DeleteTopicsResponse(Box::new(body)),
     )
+}
+
+pub(super) async fn alter_configs(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::AlterConfigsRequestT,
+) -> Reply {
+    let mut results = Vec::new();
+    for topic in request.topics.unwrap_or_default() {
+        let name = topic.name.unwrap_or_default();
+        let configs = config_pairs(topic.configs);
+        let command = Command::AlterTopicConfig(AlterTopicConfig {
+            name: name.clone(),
+            configs,
+        });
+        let outcome = shard.command(command).await.map(|_| Vec::new());
+        results.push(topic_result(name, outcome));
+    }
+    let body = wire::AlterConfigsResponseT {
+        results: Some(results),
+    };
+    Reply::body(
+        correlation_id,
+        wire::ResponseT::AlterConfigsResponse(Box::new(body)),
+    )
+}
+
+/// Configs from the wire as `(key, value)` pairs.
+fn config_pairs(configs: Option<Vec<wire::TopicConfigT>>) -> Vec<(String, String)> {
+    configs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
+        .collect()
 }
 
 fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> wire::TopicResultT {

@@ -112,6 +112,9 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
         R::DeleteTopicsRequest(request) => {
             admin::delete_topics(&shard, correlation_id, *request).await
         }
+        R::AlterConfigsRequest(request) => {
+            admin::alter_configs(&shard, correlation_id, *request).await
+        }
         R::DescribeTopicsRequest(request) => {
             admin::describe_topics(&shard, correlation_id, *request).await
         }

@@ -29,10 +29,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 8;
+pub const ENUM_MAX_REQUEST: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 9] = [
+pub const ENUM_VALUES_REQUEST: [Request; 10] = [
   Request::NONE,
   Request::ApiVersionsRequest,
   Request::MetadataRequest,
@@ -42,6 +42,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 9] = [
   Request::ProduceRequest,
   Request::FetchRequest,
   Request::ListOffsetsRequest,
+  Request::AlterConfigsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -58,9 +59,10 @@ impl Request {
   pub const ProduceRequest: Self = Self(6);
   pub const FetchRequest: Self = Self(7);
   pub const ListOffsetsRequest: Self = Self(8);
+  pub const AlterConfigsRequest: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsRequest,
@@ -71,6 +73,7 @@ impl Request {
     Self::ProduceRequest,
     Self::FetchRequest,
     Self::ListOffsetsRequest,
+    Self::AlterConfigsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -84,6 +87,7 @@ impl Request {
       Self::ProduceRequest => Some("ProduceRequest"),
       Self::FetchRequest => Some("FetchRequest"),
       Self::ListOffsetsRequest => Some("ListOffsetsRequest"),
+      Self::AlterConfigsRequest => Some("AlterConfigsRequest"),
       _ => None,
     }
   }
@@ -153,6 +157,7 @@ pub enum RequestT {
   ProduceRequest(Box<ProduceRequestT>),
   FetchRequest(Box<FetchRequestT>),
   ListOffsetsRequest(Box<ListOffsetsRequestT>),
+  AlterConfigsRequest(Box<AlterConfigsRequestT>),
 }
 impl Default for RequestT {
   fn default() -> Self {
@@ -171,6 +176,7 @@ impl RequestT {
       Self::ProduceRequest(_) => Request::ProduceRequest,
       Self::FetchRequest(_) => Request::FetchRequest,
       Self::ListOffsetsRequest(_) => Request::ListOffsetsRequest,
+      Self::AlterConfigsRequest(_) => Request::AlterConfigsRequest,
     }
   }
   pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
@@ -184,6 +190,7 @@ impl RequestT {
       Self::ProduceRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::FetchRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::ListOffsetsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::AlterConfigsRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned ApiVersionsRequestT, setting the union to NONE.
@@ -354,14 +361,35 @@ impl RequestT {
   pub fn as_list_offsets_request_mut(&mut self) -> Option<&mut ListOffsetsRequestT> {
     if let Self::ListOffsetsRequest(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned AlterConfigsRequestT, setting the union to NONE.
+  pub fn take_alter_configs_request(&mut self) -> Option<Box<AlterConfigsRequestT>> {
+    if let Self::AlterConfigsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::AlterConfigsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the AlterConfigsRequestT.
+  pub fn as_alter_configs_request(&self) -> Option<&AlterConfigsRequestT> {
+    if let Self::AlterConfigsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the AlterConfigsRequestT.
+  pub fn as_alter_configs_request_mut(&mut self) -> Option<&mut AlterConfigsRequestT> {
+    if let Self::AlterConfigsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE: u8 = 8;
+pub const ENUM_MAX_RESPONSE: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE: [Response; 9] = [
+pub const ENUM_VALUES_RESPONSE: [Response; 10] = [
   Response::NONE,
   Response::ApiVersionsResponse,
   Response::MetadataResponse,
@@ -371,6 +399,7 @@ pub const ENUM_VALUES_RESPONSE: [Response; 9] = [
   Response::ProduceResponse,
   Response::FetchResponse,
   Response::ListOffsetsResponse,
+  Response::AlterConfigsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -387,9 +416,10 @@ impl Response {
   pub const ProduceResponse: Self = Self(6);
   pub const FetchResponse: Self = Self(7);
   pub const ListOffsetsResponse: Self = Self(8);
+  pub const AlterConfigsResponse: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsResponse,
@@ -400,6 +430,7 @@ impl Response {
     Self::ProduceResponse,
     Self::FetchResponse,
     Self::ListOffsetsResponse,
+    Self::AlterConfigsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -413,6 +444,7 @@ impl Response {
       Self::ProduceResponse => Some("ProduceResponse"),
       Self::FetchResponse => Some("FetchResponse"),
       Self::ListOffsetsResponse => Some("ListOffsetsResponse"),
+      Self::AlterConfigsResponse => Some("AlterConfigsResponse"),
       _ => None,
     }
   }
@@ -482,6 +514,7 @@ pub enum ResponseT {
   ProduceResponse(Box<ProduceResponseT>),
   FetchResponse(Box<FetchResponseT>),
   ListOffsetsResponse(Box<ListOffsetsResponseT>),
+  AlterConfigsResponse(Box<AlterConfigsResponseT>),
 }
 impl Default for ResponseT {
   fn default() -> Self {
@@ -500,6 +533,7 @@ impl ResponseT {
       Self::ProduceResponse(_) => Response::ProduceResponse,
       Self::FetchResponse(_) => Response::FetchResponse,
       Self::ListOffsetsResponse(_) => Response::ListOffsetsResponse,
+      Self::AlterConfigsResponse(_) => Response::AlterConfigsResponse,
     }
   }
   pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
@@ -513,6 +547,7 @@ impl ResponseT {
       Self::ProduceResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::FetchResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::ListOffsetsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::AlterConfigsResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned ApiVersionsResponseT, setting the union to NONE.
@@ -682,6 +717,27 @@ impl ResponseT {
   /// If the union variant matches, return a mutable reference to the ListOffsetsResponseT.
   pub fn as_list_offsets_response_mut(&mut self) -> Option<&mut ListOffsetsResponseT> {
     if let Self::ListOffsetsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned AlterConfigsResponseT, setting the union to NONE.
+  pub fn take_alter_configs_response(&mut self) -> Option<Box<AlterConfigsResponseT>> {
+    if let Self::AlterConfigsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::AlterConfigsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the AlterConfigsResponseT.
+  pub fn as_alter_configs_response(&self) -> Option<&AlterConfigsResponseT> {
+    if let Self::AlterConfigsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the AlterConfigsResponseT.
+  pub fn as_alter_configs_response_mut(&mut self) -> Option<&mut AlterConfigsResponseT> {
+    if let Self::AlterConfigsResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }
 /// A byte range of the frame's payload section.
@@ -6845,6 +6901,422 @@ impl ListOffsetsResponseT {
     })
   }
 }
+pub enum AlterTopicConfigsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Configs to change on a topic; an empty value removes the key (back to the
+/// default). All of a topic's changes apply together or not at all.
+pub struct AlterTopicConfigs<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for AlterTopicConfigs<'a> {
+  type Inner = AlterTopicConfigs<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> AlterTopicConfigs<'a> {
+  pub const VT_NAME: flatbuffers::VOffsetT = 4;
+  pub const VT_CONFIGS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    AlterTopicConfigs { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args AlterTopicConfigsArgs<'args>
+  ) -> flatbuffers::WIPOffset<AlterTopicConfigs<'bldr>> {
+    let mut builder = AlterTopicConfigsBuilder::new(_fbb);
+    if let Some(x) = args.configs { builder.add_configs(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> AlterTopicConfigsT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let configs = self.configs().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    AlterTopicConfigsT {
+      name,
+      configs,
+    }
+  }
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(AlterTopicConfigs::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn configs(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicConfig<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicConfig>>>>(AlterTopicConfigs::VT_CONFIGS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for AlterTopicConfigs<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicConfig>>>>("configs", Self::VT_CONFIGS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterTopicConfigsArgs<'a> {
+    pub name: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub configs: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicConfig<'a>>>>>,
+}
+impl<'a> Default for AlterTopicConfigsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterTopicConfigsArgs {
+      name: None,
+      configs: None,
+    }
+  }
+}
+
+pub struct AlterTopicConfigsBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> AlterTopicConfigsBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_name(&mut self, name: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(AlterTopicConfigs::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_configs(&mut self, configs: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TopicConfig<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(AlterTopicConfigs::VT_CONFIGS, configs);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> AlterTopicConfigsBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    AlterTopicConfigsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<AlterTopicConfigs<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for AlterTopicConfigs<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("AlterTopicConfigs");
+      ds.field("name", &self.name());
+      ds.field("configs", &self.configs());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterTopicConfigsT {
+  pub name: Option<String>,
+  pub configs: Option<Vec<TopicConfigT>>,
+}
+impl Default for AlterTopicConfigsT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      configs: None,
+    }
+  }
+}
+impl AlterTopicConfigsT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<AlterTopicConfigs<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let configs = self.configs.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    AlterTopicConfigs::create(_fbb, &AlterTopicConfigsArgs{
+      name,
+      configs,
+    })
+  }
+}
+pub enum AlterConfigsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterConfigsRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for AlterConfigsRequest<'a> {
+  type Inner = AlterConfigsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> AlterConfigsRequest<'a> {
+  pub const VT_TOPICS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    AlterConfigsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args AlterConfigsRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<AlterConfigsRequest<'bldr>> {
+    let mut builder = AlterConfigsRequestBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> AlterConfigsRequestT {
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    AlterConfigsRequestT {
+      topics,
+    }
+  }
+
+  #[inline]
+  pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<AlterTopicConfigs<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<AlterTopicConfigs>>>>(AlterConfigsRequest::VT_TOPICS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for AlterConfigsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<AlterTopicConfigs>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterConfigsRequestArgs<'a> {
+    pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<AlterTopicConfigs<'a>>>>>,
+}
+impl<'a> Default for AlterConfigsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterConfigsRequestArgs {
+      topics: None,
+    }
+  }
+}
+
+pub struct AlterConfigsRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> AlterConfigsRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_topics(&mut self, topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<AlterTopicConfigs<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(AlterConfigsRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> AlterConfigsRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    AlterConfigsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<AlterConfigsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for AlterConfigsRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("AlterConfigsRequest");
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterConfigsRequestT {
+  pub topics: Option<Vec<AlterTopicConfigsT>>,
+}
+impl Default for AlterConfigsRequestT {
+  fn default() -> Self {
+    Self {
+      topics: None,
+    }
+  }
+}
+impl AlterConfigsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<AlterConfigsRequest<'b>> {
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    AlterConfigsRequest::create(_fbb, &AlterConfigsRequestArgs{
+      topics,
+    })
+  }
+}
+pub enum AlterConfigsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterConfigsResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for AlterConfigsResponse<'a> {
+  type Inner = AlterConfigsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> AlterConfigsResponse<'a> {
+  pub const VT_RESULTS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    AlterConfigsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args AlterConfigsResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<AlterConfigsResponse<'bldr>> {
+    let mut builder = AlterConfigsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> AlterConfigsResponseT {
+    let results = self.results().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    AlterConfigsResponseT {
+      results,
+    }
+  }
+
+  #[inline]
+  pub fn results(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicResult>>>>(AlterConfigsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for AlterConfigsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterConfigsResponseArgs<'a> {
+    pub results: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicResult<'a>>>>>,
+}
+impl<'a> Default for AlterConfigsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterConfigsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct AlterConfigsResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> AlterConfigsResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_results(&mut self, results: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(AlterConfigsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> AlterConfigsResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    AlterConfigsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<AlterConfigsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for AlterConfigsResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("AlterConfigsResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterConfigsResponseT {
+  pub results: Option<Vec<TopicResultT>>,
+}
+impl Default for AlterConfigsResponseT {
+  fn default() -> Self {
+    Self {
+      results: None,
+    }
+  }
+}
+impl AlterConfigsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<AlterConfigsResponse<'b>> {
+    let results = self.results.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    AlterConfigsResponse::create(_fbb, &AlterConfigsResponseArgs{
+      results,
+    })
+  }
+}
 pub enum RequestHeaderOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6932,6 +7404,11 @@ impl<'a> RequestHeader<'a> {
       Request::ListOffsetsRequest => RequestT::ListOffsetsRequest(Box::new(
         self.body_as_list_offsets_request()
             .expect("Invalid union table, expected `Request::ListOffsetsRequest`.")
+            .unpack()
+      )),
+      Request::AlterConfigsRequest => RequestT::AlterConfigsRequest(Box::new(
+        self.body_as_alter_configs_request()
+            .expect("Invalid union table, expected `Request::AlterConfigsRequest`.")
             .unpack()
       )),
       _ => RequestT::NONE,
@@ -7099,6 +7576,21 @@ impl<'a> RequestHeader<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_configs_request(&self) -> Option<AlterConfigsRequest<'a>> {
+    if self.body_type() == Request::AlterConfigsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterConfigsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for RequestHeader<'_> {
@@ -7121,6 +7613,7 @@ impl flatbuffers::Verifiable for RequestHeader<'_> {
           Request::ProduceRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ProduceRequest>>("Request::ProduceRequest", pos),
           Request::FetchRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<FetchRequest>>("Request::FetchRequest", pos),
           Request::ListOffsetsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListOffsetsRequest>>("Request::ListOffsetsRequest", pos),
+          Request::AlterConfigsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<AlterConfigsRequest>>("Request::AlterConfigsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -7247,6 +7740,13 @@ impl core::fmt::Debug for RequestHeader<'_> {
         },
         Request::ListOffsetsRequest => {
           if let Some(x) = self.body_as_list_offsets_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::AlterConfigsRequest => {
+          if let Some(x) = self.body_as_alter_configs_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -7381,6 +7881,11 @@ impl<'a> ResponseHeader<'a> {
       Response::ListOffsetsResponse => ResponseT::ListOffsetsResponse(Box::new(
         self.body_as_list_offsets_response()
             .expect("Invalid union table, expected `Response::ListOffsetsResponse`.")
+            .unpack()
+      )),
+      Response::AlterConfigsResponse => ResponseT::AlterConfigsResponse(Box::new(
+        self.body_as_alter_configs_response()
+            .expect("Invalid union table, expected `Response::AlterConfigsResponse`.")
             .unpack()
       )),
       _ => ResponseT::NONE,
@@ -7540,6 +8045,21 @@ impl<'a> ResponseHeader<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_configs_response(&self) -> Option<AlterConfigsResponse<'a>> {
+    if self.body_type() == Response::AlterConfigsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterConfigsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for ResponseHeader<'_> {
@@ -7561,6 +8081,7 @@ impl flatbuffers::Verifiable for ResponseHeader<'_> {
           Response::ProduceResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ProduceResponse>>("Response::ProduceResponse", pos),
           Response::FetchResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<FetchResponse>>("Response::FetchResponse", pos),
           Response::ListOffsetsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListOffsetsResponse>>("Response::ListOffsetsResponse", pos),
+          Response::AlterConfigsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<AlterConfigsResponse>>("Response::AlterConfigsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -7680,6 +8201,13 @@ impl core::fmt::Debug for ResponseHeader<'_> {
         },
         Response::ListOffsetsResponse => {
           if let Some(x) = self.body_as_list_offsets_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::AlterConfigsResponse => {
+          if let Some(x) = self.body_as_alter_configs_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -56,14 +56,29 @@ struct Totals {
 
 impl Totals {
     fn add(&mut self, o: &Outcome) {
-        self.seeds += 1;
-        self.events += o.events;
-        self.elections += o.elections;
-        self.acks_one += o.acks_one;
-        self.acks_all += o.acks_all;
-        self.faults += o.faults;
-        self.recovery_sum += o.recovery;
-        self.recovery_max = self.recovery_max.max(o.recovery);
+        self.merge(&Totals {
+            seeds: 1,
+            events: o.events,
+            elections: o.elections,
+            acks_one: o.acks_one,
+            acks_all: o.acks_all,
+            faults: o.faults,
+            recovery_sum: o.recovery,
+            recovery_max: o.recovery,
+            failures: 0,
+        });
+    }
+
+    fn merge(&mut self, from: &Totals) {
+        self.seeds += from.seeds;
+        self.events += from.events;
+        self.elections += from.elections;
+        self.acks_one += from.acks_one;
+        self.acks_all += from.acks_all;
+        self.faults += from.faults;
+        self.recovery_sum += from.recovery_sum;
+        self.recovery_max = self.recovery_max.max(from.recovery_max);
+        self.failures += from.failures;
     }
 }
 
@@ -162,7 +177,7 @@ fn main() {
                     }
                     if local.seeds + local.failures == 1000 {
                         let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
-                        merge(&mut t, &local);
+                        t.merge(&local);
                         println!(
                             "{} seeds, {:.0} s, {:.0} seeds/s",
                             t.seeds,
@@ -173,7 +188,7 @@ fn main() {
                     }
                 }
                 let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
-                merge(&mut t, &local);
+                t.merge(&local);
             })
         })
         .collect();
@@ -202,16 +217,4 @@ fn main() {
         report(&f, &bugs);
         std::process::exit(1);
     }
-}
-
-fn merge(into: &mut Totals, from: &Totals) {
-    into.seeds += from.seeds;
-    into.events += from.events;
-    into.elections += from.elections;
-    into.acks_one += from.acks_one;
-    into.acks_all += from.acks_all;
-    into.faults += from.faults;
-    into.recovery_sum += from.recovery_sum;
-    into.recovery_max = into.recovery_max.max(from.recovery_max);
-    into.failures += from.failures;
 }

@@ -18,7 +18,8 @@
 
 use crate::raft::log::{LogState, LogView};
 use crate::raft::message::{
-    AppendRequest, AppendResponse, Event, Heartbeat, Message, Output, VoteRequest, VoteResponse,
+    AppendRequest, AppendResponse, Event, Heartbeat, Message, Output, Replicate, VoteRequest,
+    VoteResponse,
 };
 use crate::raft::progress::{Mode, Progress};
 use crate::raft::types::{
@@ -1061,7 +1062,7 @@ impl Group {
                 // this log's start, which retention-aware replication adds.
                 return;
             };
-            out.push(Output::Replicate {
+            out.push(Output::Replicate(Replicate {
                 to,
                 term,
                 from,
@@ -1069,7 +1070,7 @@ impl Group {
                 end,
                 max_bytes,
                 commit,
-            });
+            }));
         }
     }
 

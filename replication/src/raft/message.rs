@@ -151,27 +151,8 @@ pub enum Output {
         /// The message.
         message: Message,
     },
-    /// Read the log from `from` (whole batches, below `end`, at most
-    /// `max_bytes` but at least one batch) and send them to `to` as a
-    /// [`Message::Append`] with these fields. Send it only while the group is
-    /// still leader in `term` ([`crate::raft::Group::is_leader_in`]): a log read
-    /// after a step-down may have been truncated under the request.
-    Replicate {
-        /// Destination replica.
-        to: NodeId,
-        /// The leader's term.
-        term: Term,
-        /// First offset to send.
-        from: Offset,
-        /// Term of the entry ending at `from`.
-        prev_term: Term,
-        /// Send nothing at or past this offset.
-        end: Offset,
-        /// Byte budget for the message.
-        max_bytes: u64,
-        /// The leader's commit position.
-        commit: Offset,
-    },
+    /// Read the log and send it to `to` (see [`Replicate`]).
+    Replicate(Replicate),
     /// Append these entries to the log (the payloads are the caller's: the
     /// produce request's, or the append message's). Report with
     /// [`crate::raft::Group::log_written`] (and, under
@@ -205,6 +186,46 @@ pub enum Output {
     },
     /// The group's state changed in a way its owner cares about.
     Event(Event),
+}
+
+/// A read of the leader's log to send to a follower: whole batches from
+/// `from`, below `end`, at most `max_bytes` but at least one batch, sent as
+/// [`Replicate::request`]. Send it only while the group is still leader in
+/// `term` ([`crate::raft::Group::is_leader_in`]): a log read after a
+/// step-down may have been truncated under the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replicate {
+    /// Destination replica.
+    pub to: NodeId,
+    /// The leader's term.
+    pub term: Term,
+    /// First offset to send.
+    pub from: Offset,
+    /// Term of the entry ending at `from`.
+    pub prev_term: Term,
+    /// Send nothing at or past this offset.
+    pub end: Offset,
+    /// Byte budget for the message.
+    pub max_bytes: u64,
+    /// The leader's commit position.
+    pub commit: Offset,
+}
+
+impl Replicate {
+    /// The append request carrying `entries`, the batches read from `from`.
+    pub fn request(&self, entries: Vec<Entry>) -> AppendRequest {
+        debug_assert!(
+            entries.first().is_none_or(|e| e.offset == self.from),
+            "a replication read starts at an entry start"
+        );
+        AppendRequest {
+            term: self.term,
+            prev_end: self.from,
+            prev_term: self.prev_term,
+            commit: self.commit,
+            entries,
+        }
+    }
 }
 
 /// State changes for the owner of the group (the shard, the simulator).

@@ -4,8 +4,8 @@
 
 use crate::raft::mux::{Mux, Outbox};
 use crate::raft::{
-    AppendRequest, Config, Durability, Entry, Event, Group, HardState, LogState, Membership,
-    MembershipChange, Message, NodeId, Output, ProposeError, Role, VoteResponse,
+    Config, Durability, Entry, Event, Group, HardState, LogState, Membership, MembershipChange,
+    Message, NodeId, Output, ProposeError, Role, VoteResponse,
 };
 
 struct Cluster {
@@ -54,24 +54,11 @@ impl Cluster {
                         self.groups[to as usize].receive(n as NodeId, message, &mut out);
                         queue.push((to as usize, out));
                     }
-                    Output::Replicate {
-                        to,
-                        term,
-                        from,
-                        prev_term,
-                        commit,
-                        ..
-                    } => {
+                    Output::Replicate(read) => {
                         // Entries travel as metadata only here: the leader's
                         // log view is the source of truth for the test.
-                        let entries = self.entries_of(n, from);
-                        let request = AppendRequest {
-                            term,
-                            prev_end: from,
-                            prev_term,
-                            commit,
-                            entries,
-                        };
+                        let to = read.to;
+                        let request = read.request(self.entries_of(n, read.from));
                         let mut out = Vec::new();
                         self.groups[to as usize].receive(
                             n as NodeId,

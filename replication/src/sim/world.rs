@@ -11,8 +11,8 @@
 //! must then hold every committed entry and every `acks=all` acknowledgement.
 
 use crate::raft::{
-    AppendRequest, Bugs, Config, Durability, Entry, Event, Group, HardState, Membership,
-    MembershipChange, Message, NodeId, Offset, Output, Role, Term,
+    Bugs, Config, Durability, Entry, Event, Group, HardState, Membership, MembershipChange,
+    Message, NodeId, Offset, Output, Role, Term,
 };
 use crate::sim::checker::{Checker, Violation};
 use crate::sim::disk::{Completed, Disk, Stored, Time};
@@ -485,27 +485,23 @@ impl World {
         for output in out {
             match output {
                 Output::Send { to, message } => self.send(n, to as usize, message, Vec::new()),
-                Output::Replicate {
-                    to,
-                    term,
-                    from,
-                    prev_term,
-                    end,
-                    max_bytes,
-                    commit,
-                } => {
+                Output::Replicate(read) => {
                     let group = self.nodes[n].group.as_ref();
                     assert!(
-                        group.is_some_and(|g| g.is_leader_in(term)),
+                        group.is_some_and(|g| g.is_leader_in(read.term)),
                         "replicate read by a non-leader"
                     );
                     let view = self.nodes[n].disk.view();
-                    let skip = view.partition_point(|s| s.entry.offset < from);
+                    let skip = view.partition_point(|s| s.entry.offset < read.from);
                     let mut entries = Vec::new();
                     let mut carried = Vec::new();
                     let mut bytes = 0;
-                    for s in view[skip..].iter().take_while(|s| s.entry.offset < end) {
-                        if !entries.is_empty() && bytes + u64::from(s.entry.bytes) > max_bytes {
+                    for s in view[skip..]
+                        .iter()
+                        .take_while(|s| s.entry.offset < read.end)
+                    {
+                        if !entries.is_empty() && bytes + u64::from(s.entry.bytes) > read.max_bytes
+                        {
                             break;
                         }
                         bytes += u64::from(s.entry.bytes);
@@ -513,17 +509,12 @@ impl World {
                         carried.push(s.payload);
                     }
                     assert!(
-                        entries.first().is_none_or(|e| e.offset == from),
-                        "n{n} asked to replicate from {from}, which is not an entry start"
+                        entries.first().is_none_or(|e| e.offset == read.from),
+                        "n{n} asked to replicate from {}, which is not an entry start",
+                        read.from
                     );
-                    let request = AppendRequest {
-                        term,
-                        prev_end: from,
-                        prev_term,
-                        commit,
-                        entries,
-                    };
-                    self.send(n, to as usize, Message::Append(request), carried);
+                    let request = read.request(entries);
+                    self.send(n, read.to as usize, Message::Append(request), carried);
                 }
                 Output::Append {
                     entries,
