@@ -12,7 +12,10 @@
 //!   pairs, replicas and preferred leaders balanced).
 //! - [`metadata`]: the controller's metadata state machine, a deterministic
 //!   `apply` over commands: Raft group 0's state machine.
+//! - [`control`]: what nodes ask the controller (follow the metadata,
+//!   commit a command) over their peer connections.
 
+pub mod control;
 pub mod metadata;
 pub mod placement;
 pub mod raft;

@@ -1,5 +1,6 @@
-//! Cluster metadata as the controller keeps it: topics, their partitions'
-//! shard assignment and leader epochs, and their configs.
+//! Cluster metadata as the controller keeps it: the nodes of the cluster,
+//! topics, their partitions' replicas (or, on a node of its own, shard) and
+//! their configs.
 //!
 //! Every change is a [`Command`] applied at a log index by
 //! [`ClusterMetadata::apply`], which validates and mutates deterministically:
@@ -8,22 +9,58 @@
 //! in rkyv form behind a magic and a CRC-32, so a torn or foreign file is
 //! refused, never half-read.
 
+use crate::placement::{self, Load, NodeSlots, PlacementError, Replica};
 use fjord_core::{TopicConfig, TopicError, topic};
 use std::collections::BTreeMap;
 
 /// Most partitions one topic may have: a bound on what one command allocates.
 pub const PARTITIONS_MAX: u32 = 10_000;
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FJMETA01";
+/// Version 2 added nodes and replicas; a version 1 snapshot is not read
+/// (the log it shortened is replayed instead).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FJMETA02";
 const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 8;
 
 /// One partition's placement.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct PartitionMeta {
-    /// The shard (core) that owns the partition on every node.
+    /// The shard (core) that owns the partition on a node of its own
+    /// (no replicas listed).
     pub shard: u16,
-    /// Leader epoch; becomes the Raft term with replication.
+    /// Leader epoch of an unreplicated partition (replicated ones keep
+    /// theirs in the Raft term).
     pub leader_epoch: i32,
+    /// The replicas, preferred leader first; empty on a node of its own,
+    /// where the partition is a plain log on `shard`. A replica's shard
+    /// counts the node's partition-hosting shards from 0.
+    pub replicas: Vec<Replica>,
+}
+
+/// A member of the cluster, as it registered.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NodeInfo {
+    /// The node's id (`--node-id`), unique in the cluster.
+    pub id: u32,
+    /// The address clients and peers reach it at (`--advertise`).
+    pub host: String,
+    /// Its native listener port.
+    pub port: u16,
+    /// Each shard's own port, by shard index.
+    pub shard_ports: Vec<u16>,
+    /// The first shard that hosts partitions (1 when the controller shard
+    /// keeps to itself).
+    pub first_data_shard: u16,
+    /// How many shards host partitions.
+    pub data_shards: u16,
+}
+
+impl NodeInfo {
+    /// The port of the shard that hosts a replica placed on `shard`.
+    pub fn replica_port(&self, shard: u16) -> Option<u16> {
+        let data_shards = self.data_shards.max(1);
+        let index = usize::from(self.first_data_shard + shard % data_shards);
+        self.shard_ports.get(index).copied()
+    }
 }
 
 /// A topic.
@@ -58,7 +95,24 @@ pub struct CreateTopic {
     pub configs: Vec<(String, String)>,
 }
 
+/// A replicated topic to create, with its replicas placed by the
+/// controller before the command is logged (the log records the decision,
+/// so replay never depends on how placement weighed the load).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CreateReplicatedTopic {
+    /// Name, by Kafka's rules.
+    pub name: String,
+    /// Configs, as [`CreateTopic::configs`].
+    pub configs: Vec<(String, String)>,
+    /// Replicas of each partition, preferred leader first.
+    pub replicas: Vec<Vec<Replica>>,
+}
+
 /// A change to the metadata.
+///
+/// Logged commands are read back from the end of their bytes, so the
+/// archived enum must keep its size: variants added later carry their
+/// fields boxed (a relative pointer, smaller than `CreateTopic`).
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Command {
     /// Create a topic.
@@ -67,6 +121,10 @@ pub enum Command {
     DeleteTopic(String),
     /// Change a topic's configs (Kafka's IncrementalAlterConfigs).
     AlterTopicConfig(AlterTopicConfig),
+    /// A node joins, or comes back with new addresses.
+    RegisterNode(Box<NodeInfo>),
+    /// Create a topic whose partitions are replicated.
+    CreateReplicatedTopic(Box<CreateReplicatedTopic>),
 }
 
 /// Configs to change on a topic.
@@ -113,6 +171,13 @@ pub enum MetadataError {
     /// Partition count out of range (Kafka: INVALID_PARTITIONS).
     #[error("invalid partition count {0}: must be 1 to {PARTITIONS_MAX}")]
     InvalidPartitions(u32),
+    /// Replicas cannot be placed (Kafka: INVALID_REPLICATION_FACTOR).
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    /// A replica on a node that never registered, two replicas of one
+    /// partition on one node, or no replica at all.
+    #[error("invalid replicas: {0}")]
+    InvalidReplicas(String),
     /// Commands must be applied in log order.
     #[error("command at index {index} applied after index {applied}")]
     OutOfOrder {
@@ -142,6 +207,8 @@ pub enum SnapshotError {
 pub struct ClusterMetadata {
     /// Topics by name.
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Registered nodes by id (none on a node of its own).
+    pub nodes: BTreeMap<u32, NodeInfo>,
     /// Shards that host partitions on each node.
     pub data_shards: u16,
     /// Last log index applied.
@@ -155,6 +222,7 @@ impl ClusterMetadata {
         assert!(data_shards > 0, "at least one shard hosts partitions");
         ClusterMetadata {
             topics: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             data_shards,
             applied_index: 0,
             next_topic_id: 1,
@@ -181,7 +249,85 @@ impl ClusterMetadata {
                 .map(|_| ())
                 .ok_or_else(|| MetadataError::UnknownTopic(name.clone())),
             Command::AlterTopicConfig(alter) => self.alter_topic_config(alter),
+            Command::RegisterNode(node) => {
+                self.nodes.insert(node.id, (**node).clone());
+                Ok(())
+            }
+            Command::CreateReplicatedTopic(topic) => self.create_replicated_topic(topic),
         }
+    }
+
+    /// Places the replicas of a new topic of `partitions` partitions over
+    /// the registered nodes in `live` (all when `None`), balancing replicas
+    /// and preferred leaders with what is placed already; the command to
+    /// log. Deterministic, but only the controller calls it: the log keeps
+    /// its answer.
+    pub fn place_topic(
+        &self,
+        create: &CreateTopic,
+        factor: usize,
+        live: Option<&[u32]>,
+    ) -> Result<Command, MetadataError> {
+        if !(1..=PARTITIONS_MAX).contains(&create.partitions) {
+            return Err(MetadataError::InvalidPartitions(create.partitions));
+        }
+        let nodes: Vec<NodeSlots> = self
+            .nodes
+            .values()
+            .filter(|n| live.is_none_or(|live| live.contains(&n.id)))
+            .map(|n| NodeSlots {
+                node: n.id,
+                first_shard: 0,
+                data_shards: n.data_shards.max(1),
+            })
+            .collect();
+        let mut load = Load::default();
+        for topic in self.topics.values() {
+            for p in &topic.partitions {
+                load.add(&p.replicas);
+            }
+        }
+        let replicas = placement::place(&nodes, factor, create.partitions, &mut load)?;
+        Ok(Command::CreateReplicatedTopic(Box::new(
+            CreateReplicatedTopic {
+                name: create.name.clone(),
+                configs: create.configs.clone(),
+                replicas,
+            },
+        )))
+    }
+
+    fn create_replicated_topic(
+        &mut self,
+        create: &CreateReplicatedTopic,
+    ) -> Result<(), MetadataError> {
+        for (p, replicas) in create.replicas.iter().enumerate() {
+            let mut nodes: Vec<u32> = replicas.iter().map(|r| r.node).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            if replicas.is_empty() || nodes.len() != replicas.len() {
+                return Err(MetadataError::InvalidReplicas(format!(
+                    "partition {p}: {replicas:?}"
+                )));
+            }
+            if let Some(r) = replicas.iter().find(|r| !self.nodes.contains_key(&r.node)) {
+                return Err(MetadataError::InvalidReplicas(format!(
+                    "partition {p}: node {} is not registered",
+                    r.node
+                )));
+            }
+        }
+        let partitions = u32::try_from(create.replicas.len()).unwrap_or(u32::MAX);
+        self.create_topic(&create.name, partitions, &create.configs)?;
+        let topic = self
+            .topics
+            .get_mut(&create.name)
+            .expect("created just above");
+        for (meta, replicas) in topic.partitions.iter_mut().zip(&create.replicas) {
+            meta.shard = replicas[0].shard;
+            meta.replicas = replicas.clone();
+        }
+        Ok(())
     }
 
     fn alter_topic_config(&mut self, alter: &AlterTopicConfig) -> Result<(), MetadataError> {
@@ -231,6 +377,7 @@ impl ClusterMetadata {
             .map(|p| PartitionMeta {
                 shard: ((id + p) % shards) as u16,
                 leader_epoch: 0,
+                replicas: Vec::new(),
             })
             .collect();
         self.topics.insert(
@@ -399,6 +546,61 @@ mod tests {
             std::mem::size_of::<ArchivedCommand>(),
             std::mem::size_of::<ArchivedCreateTopic>() + 4
         );
+    }
+
+    fn node(id: u32) -> Command {
+        Command::RegisterNode(Box::new(NodeInfo {
+            id,
+            host: "127.0.0.1".into(),
+            port: 9000 + id as u16,
+            shard_ports: vec![9100 + id as u16, 9200 + id as u16],
+            first_data_shard: 0,
+            data_shards: 2,
+        }))
+    }
+
+    #[test]
+    fn replicated_topics_are_placed_over_registered_nodes() {
+        let mut meta = ClusterMetadata::new(2);
+        for id in 1..=3 {
+            meta.apply(u64::from(id), &node(id)).expect("register");
+        }
+        let Command::CreateTopic(request) = create("r", 6, &[]) else {
+            unreachable!()
+        };
+        let placed = meta.place_topic(&request, 3, None).expect("placed");
+        assert_eq!(Command::decode(&placed.encode()), Ok(placed.clone()));
+        meta.apply(4, &placed).expect("create");
+        let topic = &meta.topics["r"];
+        assert_eq!(topic.partitions.len(), 6);
+        for p in &topic.partitions {
+            assert_eq!(p.replicas.len(), 3);
+            assert_eq!(p.shard, p.replicas[0].shard);
+        }
+        let leaders: std::collections::BTreeSet<u32> =
+            topic.partitions.iter().map(|p| p.replicas[0].node).collect();
+        assert_eq!(leaders.len(), 3, "preferred leaders spread over the nodes");
+        assert!(matches!(
+            meta.place_topic(&request, 4, None),
+            Err(MetadataError::Placement(_))
+        ));
+        assert!(matches!(
+            meta.place_topic(&request, 2, Some(&[1])),
+            Err(MetadataError::Placement(_))
+        ));
+        // A replica on an unknown node is refused, and nothing changes.
+        let Command::CreateReplicatedTopic(mut bad) = placed else {
+            unreachable!()
+        };
+        bad.name = "s".into();
+        bad.replicas[0][0].node = 9;
+        let before = meta.topics.clone();
+        assert!(matches!(
+            meta.apply(5, &Command::CreateReplicatedTopic(bad)),
+            Err(MetadataError::InvalidReplicas(_))
+        ));
+        assert_eq!(meta.topics, before);
+        assert_eq!(ClusterMetadata::restore(&meta.snapshot()), Ok(meta.clone()));
     }
 
     #[test]

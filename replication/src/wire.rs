@@ -2,17 +2,22 @@
 //! travels over their connection, with the record batches it replicates.
 //!
 //! ```text
+//! connection = "FJRP" (once: tells a shard port it is a peer) | frame*
 //! frame  = len:u32be | crc32:u32be | body            (len = 4 + body length)
-//! body   = magic "FJRP" | version:u8 | from:u32be | header_len:u32be
-//!          | header (rkyv PeerBatch) | payload
+//! body   = magic "FJRP" | version:u8 | kind:u8 | from:u32be | header_len:u32be
+//!          | header (rkyv: PeerBatch, ControlRequest or ControlResponse)
+//!          | payload
 //! ```
-//! The payload is the bytes of every batch the header's append requests
-//! carry, in order; each entry's `bytes` says how long its batch is, and the
-//! sum must equal the payload's length. Everything from the network is
+//! A Raft frame's payload is the bytes of every batch the header's append
+//! requests carry, in order; each entry's `bytes` says how long its batch
+//! is, and the sum must equal the payload's length. Control frames (a node
+//! registering and following the controller's metadata, commands forwarded
+//! to the controller) carry no payload. Everything from the network is
 //! hostile: lengths are bounded before anything is allocated, the CRC is
 //! checked, rkyv validates the header, and append requests are checked for
 //! shape — an error, never a panic.
 
+use crate::control::{ControlRequest, ControlResponse};
 use crate::raft::mux::PeerBatch;
 use crate::raft::{Message, NodeId};
 
@@ -20,11 +25,18 @@ use crate::raft::{Message, NodeId};
 /// then some): bounds what one read allocates.
 pub const FRAME_BYTES_MAX: usize = 72 << 20;
 
+/// What a peer writes first on a connection to a shard port. Read as a
+/// native frame length it is over a gigabyte, which no native client sends.
+pub const CONNECTION_MAGIC: [u8; 4] = *b"FJRP";
 const MAGIC: &[u8; 4] = b"FJRP";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// len + crc.
 pub const PREFIX_BYTES: usize = 8;
-const BODY_FIXED: usize = 4 + 1 + 4 + 4;
+const BODY_FIXED: usize = 4 + 1 + 1 + 4 + 4;
+
+const KIND_RAFT: u8 = 0;
+const KIND_REQUEST: u8 = 1;
+const KIND_RESPONSE: u8 = 2;
 
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,15 +62,26 @@ pub enum WireError {
 /// A decoded frame: the sender, its messages, and the payload they index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    /// The sending replica.
+    /// The sending node.
     pub from: NodeId,
-    /// Its messages.
-    pub batch: PeerBatch,
+    /// What it says.
+    pub body: Body,
     /// The batches of its append requests, back to back.
     pub payload: Vec<u8>,
 }
 
-/// Encodes a frame; `payload` must hold exactly the batches the append
+/// What a frame carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Raft messages of the groups between two shards.
+    Raft(PeerBatch),
+    /// A request to a node's controller shard.
+    Request(ControlRequest),
+    /// Its answer, on the same connection.
+    Response(ControlResponse),
+}
+
+/// Encodes a Raft frame; `payload` must hold exactly the batches the append
 /// requests in `batch` describe, in order.
 pub fn encode(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
     debug_assert_eq!(
@@ -68,15 +91,34 @@ pub fn encode(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
     );
     let header =
         rkyv::to_bytes::<rkyv::rancor::Error>(batch).expect("peer batches always serialize");
+    frame(KIND_RAFT, from, &header, payload)
+}
+
+/// Encodes a control request.
+pub fn encode_request(from: NodeId, request: &ControlRequest) -> Vec<u8> {
+    let header =
+        rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("requests always serialize");
+    frame(KIND_REQUEST, from, &header, &[])
+}
+
+/// Encodes a control response.
+pub fn encode_response(from: NodeId, response: &ControlResponse) -> Vec<u8> {
+    let header =
+        rkyv::to_bytes::<rkyv::rancor::Error>(response).expect("responses always serialize");
+    frame(KIND_RESPONSE, from, &header, &[])
+}
+
+fn frame(kind: u8, from: NodeId, header: &[u8], payload: &[u8]) -> Vec<u8> {
     let body_len = BODY_FIXED + header.len() + payload.len();
     let mut frame = Vec::with_capacity(PREFIX_BYTES + body_len);
     frame.extend_from_slice(&((4 + body_len) as u32).to_be_bytes());
     frame.extend_from_slice(&[0; 4]);
     frame.extend_from_slice(MAGIC);
     frame.push(VERSION);
+    frame.push(kind);
     frame.extend_from_slice(&from.to_be_bytes());
     frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&header);
+    frame.extend_from_slice(header);
     frame.extend_from_slice(payload);
     let crc = crc32fast::hash(&frame[PREFIX_BYTES..]);
     frame[4..8].copy_from_slice(&crc.to_be_bytes());
@@ -105,8 +147,9 @@ pub fn decode(rest: &[u8]) -> Result<Frame, WireError> {
     if &body[..4] != MAGIC || body[4] != VERSION {
         return Err(WireError::Magic);
     }
-    let from = u32::from_be_bytes([body[5], body[6], body[7], body[8]]);
-    let header_len = u32::from_be_bytes([body[9], body[10], body[11], body[12]]) as usize;
+    let kind = body[5];
+    let from = u32::from_be_bytes([body[6], body[7], body[8], body[9]]);
+    let header_len = u32::from_be_bytes([body[10], body[11], body[12], body[13]]) as usize;
     let rest = &body[BODY_FIXED..];
     if header_len > rest.len() {
         return Err(WireError::Length(header_len));
@@ -115,8 +158,31 @@ pub fn decode(rest: &[u8]) -> Result<Frame, WireError> {
     // rkyv reads in place and needs its alignment.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(header.len());
     aligned.extend_from_slice(header);
-    let batch = rkyv::from_bytes::<PeerBatch, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| WireError::Header(e.to_string()))?;
+    let invalid = |e: rkyv::rancor::Error| WireError::Header(e.to_string());
+    let control = |body: Body| {
+        if !payload.is_empty() {
+            return Err(WireError::Payload("a control frame carries no payload".into()));
+        }
+        Ok(Frame {
+            from,
+            body,
+            payload: Vec::new(),
+        })
+    };
+    let batch = match kind {
+        KIND_RAFT => rkyv::from_bytes::<PeerBatch, rkyv::rancor::Error>(&aligned).map_err(invalid)?,
+        KIND_REQUEST => {
+            let request = rkyv::from_bytes::<ControlRequest, rkyv::rancor::Error>(&aligned)
+                .map_err(invalid)?;
+            return control(Body::Request(request));
+        }
+        KIND_RESPONSE => {
+            let response = rkyv::from_bytes::<ControlResponse, rkyv::rancor::Error>(&aligned)
+                .map_err(invalid)?;
+            return control(Body::Response(response));
+        }
+        _ => return Err(WireError::Magic),
+    };
     for (group, message) in &batch.messages {
         if let Message::Append(r) = message
             && !r.is_well_formed()
@@ -137,7 +203,7 @@ pub fn decode(rest: &[u8]) -> Result<Frame, WireError> {
     }
     Ok(Frame {
         from,
-        batch,
+        body: Body::Raft(batch),
         payload: payload.to_vec(),
     })
 }
@@ -206,7 +272,7 @@ mod tests {
             decoded,
             Frame {
                 from: 9,
-                batch,
+                body: Body::Raft(batch),
                 payload
             }
         );
@@ -237,6 +303,7 @@ mod tests {
             // With a valid CRC and magic around garbage, validation refuses it.
             let mut body = MAGIC.to_vec();
             body.push(VERSION);
+            body.push(KIND_RAFT);
             body.extend_from_slice(&1u32.to_be_bytes());
             body.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
             body.extend_from_slice(&bytes);
