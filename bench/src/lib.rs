@@ -17,9 +17,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// A client for one producer or consumer, its transport pinned to `cpu`.
-pub fn client(addr: SocketAddr, cpu: Option<usize>) -> Result<Client, String> {
-    let mut config = ClientConfig::new(addr);
+/// A client for one producer or consumer, its transport pinned to `cpu`,
+/// reaching the cluster through any of `bootstrap`.
+pub fn client(bootstrap: &[SocketAddr], cpu: Option<usize>) -> Result<Client, String> {
+    let mut config = ClientConfig::with_bootstrap(bootstrap.to_vec());
     config.client_id = "fjord-bench".into();
     config.pin_core = cpu;
     Client::new(config).map_err(|e| e.to_string())

@@ -43,7 +43,8 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// A broker's native address; without it, a local broker is started.
+    /// Brokers' native addresses, HOST:PORT[,HOST:PORT...]; without it, a
+    /// local broker is started.
     #[arg(long)]
     bootstrap: Option<String>,
     /// Topic (created if missing).
@@ -136,20 +137,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// The broker to use: the one given, or a local one kept alive by the guard.
-fn broker(common: &Common) -> Result<(SocketAddr, Option<LocalBroker>), String> {
+/// The brokers to use: those given, or a local one kept alive by the guard.
+fn broker(common: &Common) -> Result<(Vec<SocketAddr>, Option<LocalBroker>), String> {
     match &common.bootstrap {
-        Some(addr) => {
-            let addr = addr
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| format!("invalid broker address {addr:?}"))?;
-            Ok((addr, None))
+        Some(list) => {
+            let addrs = list
+                .split(',')
+                .map(|one| {
+                    one.trim()
+                        .to_socket_addrs()
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .ok_or_else(|| format!("invalid broker address {one:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((addrs, None))
         }
         None => {
             let local = LocalBroker::start()?;
-            Ok((local.addr, Some(local)))
+            Ok((vec![local.addr], Some(local)))
         }
     }
 }
@@ -200,7 +206,7 @@ fn produce_config(args: &ProduceArgs, partitions: usize) -> Result<ProduceConfig
 }
 
 fn clients(
-    addr: SocketAddr,
+    addr: &[SocketAddr],
     n: usize,
     cpus: &[usize],
 ) -> Result<Vec<fjord_client::Client>, String> {
@@ -212,7 +218,7 @@ fn clients(
 /// The broker (kept alive by the guard), an admin client, and the topic's
 /// partition routes, the topic created if missing.
 struct Setup {
-    addr: SocketAddr,
+    addr: Vec<SocketAddr>,
     local: Option<LocalBroker>,
     admin: fjord_client::Client,
     routes: Vec<SocketAddr>,
@@ -220,7 +226,7 @@ struct Setup {
 
 fn setup(common: &Common) -> Result<Setup, String> {
     let (addr, local) = broker(common)?;
-    let admin = client(addr, None)?;
+    let admin = client(&addr, None)?;
     let routes = ensure_topic(
         &admin,
         &common.topic,
@@ -243,7 +249,7 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
         routes,
     } = setup(&args.common)?;
     let config = produce_config(&args, routes.len())?;
-    let producers = clients(addr, config.producers, &config.cpus)?;
+    let producers = clients(&addr, config.producers, &config.cpus)?;
     let acked = Arc::new(Progress::default());
     let (what, summary) = if e2e {
         let delivered = Arc::new(Progress::default());
@@ -296,7 +302,7 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
         };
         let config = produce_config(&fill_args, routes.len())?;
         let filled = Arc::new(Progress::default());
-        let elapsed = produce::run(&config, clients(addr, 1, &config.cpus)?, routes, &filled)?;
+        let elapsed = produce::run(&config, clients(&addr, 1, &config.cpus)?, routes, &filled)?;
         Summary::new(&filled, elapsed, 0.0).print("fill");
     }
     if args.cold {
@@ -305,7 +311,7 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
             None => return Err("--cold restarts the local broker: it needs no --bootstrap".into()),
         }
     }
-    let reader = client(addr, args.common.cpus.first().copied())?;
+    let reader = client(&addr, args.common.cpus.first().copied())?;
     let progress = Arc::new(Progress::default());
     let elapsed = consume::run(&reader, &args.common.topic, &progress)?;
     let summary = Summary::new(&progress, elapsed, 0.0);

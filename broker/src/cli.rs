@@ -44,14 +44,20 @@ pub enum CliError {
     },
 }
 
-/// Connects a client to `bootstrap` (`HOST:PORT`).
+/// Connects a client to a cluster through `bootstrap`
+/// (`HOST:PORT[,HOST:PORT...]`, Kafka's `bootstrap.servers`).
 pub fn connect(bootstrap: &str) -> Result<Client, CliError> {
-    let addr: SocketAddr = bootstrap
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| CliError::Address(bootstrap.to_owned()))?;
-    let mut config = ClientConfig::new(addr);
+    let addrs = bootstrap
+        .split(',')
+        .map(|one| {
+            one.trim()
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| CliError::Address(one.to_owned()))
+        })
+        .collect::<Result<Vec<SocketAddr>, CliError>>()?;
+    let mut config = ClientConfig::with_bootstrap(addrs);
     config.client_id = "fjord-cli".into();
     config.request_timeout = Duration::from_secs(15);
     Ok(Client::new(config)?)
@@ -62,11 +68,50 @@ pub fn topic_create(
     client: &Client,
     name: &str,
     partitions: i32,
+    replication_factor: Option<i16>,
     configs: &[String],
 ) -> Result<(), CliError> {
     let configs = config_pairs(configs)?;
-    block_on(Admin::new(client.clone()).create_topic(name, partitions, &configs))?;
+    block_on(Admin::new(client.clone()).create_replicated_topic(
+        name,
+        partitions,
+        replication_factor,
+        &configs,
+    ))?;
     println!("created topic {name} with {partitions} partitions");
+    Ok(())
+}
+
+/// `cluster status`.
+pub fn cluster_status(client: &Client) -> Result<(), CliError> {
+    let status = block_on(Admin::new(client.clone()).cluster_status())?;
+    println!("controller: node {}\n", status.controller);
+    let rows: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.address.clone(),
+                if n.alive { "alive" } else { "away" }.to_owned(),
+                n.shard_ports.len().to_string(),
+                status.replicas.get(&n.id).copied().unwrap_or(0).to_string(),
+                status.leaders.get(&n.id).copied().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["NODE", "ADDRESS", "STATE", "SHARDS", "REPLICAS", "LEADERS"],
+        &rows,
+    );
+    if !status.leaderless.is_empty() {
+        let listed: Vec<String> = status
+            .leaderless
+            .iter()
+            .map(|(t, p)| format!("{t}-{p}"))
+            .collect();
+        println!("\nwithout a leader: {}", listed.join(", "));
+    }
     Ok(())
 }
 
@@ -129,23 +174,53 @@ pub fn topic_describe(client: &Client, name: &str) -> Result<(), CliError> {
     let configs: Vec<Vec<String>> = topic.configs.into_iter().map(|(k, v)| vec![k, v]).collect();
     print_table(&["CONFIG", "VALUE"], &configs);
     println!();
+    let replicated = topic.partitions.iter().any(|p| !p.replicas.is_empty());
+    let ids = |ids: &[i32]| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let partitions: Vec<Vec<String>> = topic
         .partitions
         .iter()
         .map(|p| {
-            vec![
+            let mut row = vec![
                 p.partition.to_string(),
                 p.log_start_offset.to_string(),
                 p.log_end_offset.to_string(),
                 p.size_bytes.to_string(),
-                partition_state(p.error, p.log_end_offset),
-            ]
+            ];
+            if replicated {
+                let ends: Vec<String> = p.replica_log_ends.iter().map(|e| e.to_string()).collect();
+                row.extend([
+                    if p.leader >= 0 {
+                        p.leader.to_string()
+                    } else {
+                        "none".into()
+                    },
+                    p.leader_epoch.to_string(),
+                    ids(&p.replicas),
+                    ids(&p.in_sync),
+                    ends.join(","),
+                ]);
+            }
+            let mut state = partition_state(p.error, p.log_end_offset);
+            if replicated && p.error.is_none() && p.in_sync.len() < p.replicas.len() {
+                state = "under-replicated".into();
+            }
+            row.push(state);
+            row
         })
         .collect();
-    print_table(
-        &["PARTITION", "START", "END", "BYTES", "STATE"],
-        &partitions,
-    );
+    let mut header = vec!["PARTITION", "START", "HIGH-WATERMARK", "BYTES"];
+    if replicated {
+        header.extend(["LEADER", "EPOCH", "REPLICAS", "IN-SYNC", "LOG-ENDS"]);
+    } else {
+        header[2] = "END";
+    }
+    header.push("STATE");
+    print_table(&header, &partitions);
     Ok(())
 }
 

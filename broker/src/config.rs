@@ -57,6 +57,30 @@ pub struct ServeConfig {
     pub metadata_reserve_bytes: u64,
     /// Log lines as `text` or `json`.
     pub log_format: LogFormat,
+    /// This node's id in a cluster (`--node-id`); `None`: a node of its
+    /// own, with unreplicated partitions, as before clusters.
+    pub node_id: Option<u32>,
+    /// Listeners of other nodes to join the cluster through (Kafka's
+    /// bootstrap servers, for nodes): any one that is up will do.
+    pub seeds: Vec<SocketAddr>,
+    /// The address clients and peers reach this node at; `listen`'s when
+    /// unset.
+    pub advertise: Option<SocketAddr>,
+    /// The nodes that run the controller. Empty: this node when it has no
+    /// seeds, else whichever node the seeds name.
+    pub controller_voters: Vec<u32>,
+    /// A partition's followers start an election after this long without
+    /// hearing from the leader (each waits a random 1–2× of it).
+    pub election_timeout_ms: u64,
+    /// The Raft clock: heartbeats go every 3 ticks.
+    pub raft_tick_ms: u64,
+    /// Replicas of a new topic when the request names none; `None`: 3 on a
+    /// cluster of 3 or more nodes, else 1 (Kafka's
+    /// `default.replication.factor`).
+    pub default_replication_factor: Option<u16>,
+    /// A replica that has not caught up with the leader for this long is
+    /// not in sync (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -79,6 +103,14 @@ impl Default for ServeConfig {
             disk_check_interval_ms: 500,
             metadata_reserve_bytes: 8 << 20,
             log_format: LogFormat::Text,
+            node_id: None,
+            seeds: Vec::new(),
+            advertise: None,
+            controller_voters: Vec::new(),
+            election_timeout_ms: 1000,
+            raft_tick_ms: 50,
+            default_replication_factor: None,
+            replica_lag_time_max_ms: 30_000,
         }
     }
 }
@@ -178,12 +210,56 @@ impl ServeConfig {
                 "max_inflight_bytes must hold at least one max_frame_bytes frame".into(),
             ));
         }
+        if self.node_id.is_none()
+            && (!self.seeds.is_empty() || !self.controller_voters.is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "seeds and controller_voters need a node_id".into(),
+            ));
+        }
+        if self.node_id == Some(0) {
+            return Err(ConfigError::Invalid("node_id must be above 0".into()));
+        }
+        if self.controller_voters.len() > 1 {
+            // The controller quorum (metadata as Raft group 0 over 3 or 5
+            // nodes) is not built yet: one node runs the controller.
+            return Err(ConfigError::Invalid(
+                "controller_voters: one node for now (a controller quorum is not supported yet)"
+                    .into(),
+            ));
+        }
+        if self.raft_tick_ms == 0 || self.election_timeout_ms < 4 * self.raft_tick_ms {
+            return Err(ConfigError::Invalid(
+                "election_timeout_ms must be at least 4 raft ticks (raft_tick_ms above 0)".into(),
+            ));
+        }
+        if self.default_replication_factor == Some(0) {
+            return Err(ConfigError::Invalid(
+                "default_replication_factor must be above 0".into(),
+            ));
+        }
         if !self.hosts_partitions_on_controller() && shards < 2 {
             return Err(ConfigError::Invalid(
                 "controller_hosts_partitions = false needs at least two cores".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Whether this node runs the controller: a node of its own always; in a
+    /// cluster, a listed voter, or any node without seeds when none is
+    /// listed.
+    pub fn runs_controller(&self) -> bool {
+        match self.node_id {
+            None => true,
+            Some(_) if self.controller_voters.is_empty() => self.seeds.is_empty(),
+            Some(id) => self.controller_voters.contains(&id),
+        }
+    }
+
+    /// The address this node gives clients and peers.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
     }
 
     /// Whether shard 0 hosts partitions as well as the controller.

@@ -99,8 +99,12 @@ pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
 
 type Pending = (JoinHandle<Option<Reply>>, usize);
 
-async fn serve(shard: &Rc<Shard>, stream: TcpStream, stop: Stop) {
+async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop) {
     let _ = stream.set_nodelay(true);
+    if is_peer(&mut stream).await {
+        crate::peer::serve(shard.clone(), stream).await;
+        return;
+    }
     let (mut reader, writer) = stream.split();
     let budget = Rc::new(Semaphore::new(shard.config.max_inflight_bytes as u64));
     let (tx, rx) = local_channel::new_bounded::<Pending>(PIPELINE_MAX);
@@ -143,6 +147,19 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream, stop: Stop) {
     }
     drop(tx);
     writing.await;
+}
+
+/// Whether the connection is another node's: it opens with the peer magic,
+/// which it then has consumed. A native client's first bytes are a frame
+/// length, which never equals it (over a gigabyte).
+async fn is_peer(stream: &mut TcpStream) -> bool {
+    let mut first = [0u8; 4];
+    match stream.peek(&mut first).await {
+        Ok(4) if first == fjord_replication::wire::CONNECTION_MAGIC => {
+            stream.read_exact(&mut first).await.is_ok()
+        }
+        _ => false,
+    }
 }
 
 async fn write_replies<W: futures::io::AsyncWrite + Unpin>(

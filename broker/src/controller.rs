@@ -18,7 +18,11 @@
 use crate::mesh::NotServed;
 use crate::shard::{Shard, topic_dir_name, topics_dir};
 use fjord_core::{BatchBuilder, FsyncPolicy, batch};
+use fjord_replication::control::Proposal;
 use fjord_replication::metadata::{ClusterMetadata, Command, MetadataError};
+use futures::channel::oneshot;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use fjord_storage::space::{Reserve, SpaceWatch};
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
 use futures::AsyncWriteExt;
@@ -51,6 +55,10 @@ pub enum CommandError {
     /// The metadata log found no room (disk full, no descriptors).
     #[error("metadata log out of room: {0}")]
     OutOfRoom(String),
+    /// The cluster's controller refused the command or could not be
+    /// reached: Kafka's code, and why.
+    #[error("{1}")]
+    Remote(fjord_net::ErrorCode, String),
 }
 
 impl From<StorageError> for CommandError {
@@ -75,7 +83,15 @@ pub struct Controller {
     turn: Semaphore,
     snapshot_path: PathBuf,
     since_snapshot: Cell<u64>,
+    /// When each node was last heard from (its follow rounds).
+    heard: RefCell<HashMap<u32, Instant>>,
+    /// Follow rounds waiting for the metadata (or a leader) to change.
+    watchers: RefCell<Vec<oneshot::Sender<()>>>,
 }
+
+/// A node not heard from for this long is not live: new replicas are not
+/// placed on it.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Controller {
     /// Opens the metadata log under `data/cluster`, restores the snapshot and
@@ -125,6 +141,8 @@ impl Controller {
             turn: Semaphore::new(1),
             snapshot_path,
             since_snapshot: Cell::new(replayed),
+            heard: RefCell::new(HashMap::new()),
+            watchers: RefCell::new(Vec::new()),
         })
     }
 
@@ -153,19 +171,76 @@ impl Controller {
         Ok(())
     }
 
-    /// Validates `command`, logs it durably, applies it, and pushes the new
-    /// metadata to every shard before answering; returns the partitions a
-    /// shard could not open (they are not served until a retry succeeds).
+    /// Notes that node `id` was heard from now.
+    pub fn heard(&self, id: u32) {
+        self.heard.borrow_mut().insert(id, Instant::now());
+    }
+
+    /// Nodes heard from within [`LIVENESS_TIMEOUT`], this one included.
+    pub fn live(&self, me: u32) -> Vec<u32> {
+        let now = Instant::now();
+        let mut live: Vec<u32> = self
+            .heard
+            .borrow()
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) < LIVENESS_TIMEOUT)
+            .map(|(&id, _)| id)
+            .chain(std::iter::once(me))
+            .collect();
+        live.sort_unstable();
+        live.dedup();
+        live
+    }
+
+    /// Resolves at the next change of the metadata or of a leader.
+    pub fn changed(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut watchers = self.watchers.borrow_mut();
+        watchers.retain(|w| !w.is_canceled());
+        watchers.push(tx);
+        rx
+    }
+
+    /// Wakes every follow round waiting for a change.
+    pub fn notify(&self) {
+        for watcher in self.watchers.borrow_mut().drain(..) {
+            let _ = watcher.send(());
+        }
+    }
+
+    /// The command to log for `proposal`: in a cluster a topic create is
+    /// placed over the live nodes first.
+    fn resolve(&self, shard: &Shard, proposal: Proposal) -> Result<Command, CommandError> {
+        let Command::CreateTopic(create) = &proposal.command else {
+            return Ok(proposal.command);
+        };
+        let Some(me) = shard.config.node_id else {
+            return Ok(proposal.command);
+        };
+        let state = self.state.borrow();
+        let factor = proposal
+            .replication_factor
+            .or(shard.config.default_replication_factor)
+            .unwrap_or(if state.nodes.len() >= 3 { 3 } else { 1 });
+        let live = self.live(me);
+        Ok(state.place_topic(create, usize::from(factor), Some(&live))?)
+    }
+
+    /// Validates a proposal's command, logs it durably, applies it, and
+    /// pushes the new metadata to every shard before answering; returns the
+    /// partitions a shard could not open (they are not served until a retry
+    /// succeeds).
     pub async fn commit(
         &self,
         shard: &Shard,
-        command: Command,
+        proposal: Proposal,
     ) -> Result<Vec<NotServed>, CommandError> {
         let _turn = self
             .turn
             .acquire_permit(1)
             .await
             .map_err(|_| CommandError::Unavailable)?;
+        let command = self.resolve(shard, proposal)?;
         if shard.space().is_low() {
             self.release_reserve().await;
         }
@@ -185,6 +260,7 @@ impl Controller {
         if self.since_snapshot.get() >= SNAPSHOT_EVERY {
             self.snapshot(&next).await;
         }
+        self.notify();
         let not_served = shard.push_metadata(&next).await;
         if let Command::DeleteTopic(_) = command {
             // Every shard has deleted its partitions; the topic's own

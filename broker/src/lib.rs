@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod controller;
@@ -10,5 +11,7 @@ pub mod logging;
 pub mod mesh;
 pub mod node;
 pub mod partition;
+pub mod peer;
 pub mod process;
+pub mod replica;
 pub mod shard;

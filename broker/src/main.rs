@@ -33,7 +33,15 @@ enum Command {
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
-        /// A broker's native address.
+        /// Brokers' native addresses, HOST:PORT[,HOST:PORT...].
+        #[arg(long, global = true, default_value = DEFAULT_BOOTSTRAP)]
+        bootstrap: String,
+    },
+    /// The cluster's nodes, controller and partition leaders.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        /// Brokers' native addresses, HOST:PORT[,HOST:PORT...].
         #[arg(long, global = true, default_value = DEFAULT_BOOTSTRAP)]
         bootstrap: String,
     },
@@ -50,7 +58,7 @@ enum Command {
         /// Send every record to this partition.
         #[arg(long)]
         partition: Option<i32>,
-        /// A broker's native address.
+        /// Brokers' native addresses, HOST:PORT[,HOST:PORT...].
         #[arg(long, default_value = DEFAULT_BOOTSTRAP)]
         bootstrap: String,
     },
@@ -76,10 +84,16 @@ enum Command {
         /// Print each record's partition and offset.
         #[arg(long)]
         print_offset: bool,
-        /// A broker's native address.
+        /// Brokers' native addresses, HOST:PORT[,HOST:PORT...].
         #[arg(long, default_value = DEFAULT_BOOTSTRAP)]
         bootstrap: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Nodes (alive, address, shards, replicas, leaders) and the controller.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +105,9 @@ enum TopicCommand {
         /// Partition count.
         #[arg(long, default_value_t = 1)]
         partitions: i32,
+        /// Replicas per partition [default: the cluster's].
+        #[arg(long)]
+        replication_factor: Option<i16>,
         /// A topic config, `key=value` (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
@@ -177,6 +194,31 @@ struct ServeArgs {
     /// Log lines as text or JSON (filter with RUST_LOG) [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// This node's id in a cluster [default: none, a node of its own].
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// Other nodes' listeners to join through, HOST:PORT,... .
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<SocketAddr>>,
+    /// Address clients and peers reach this node at [default: listen].
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Node ids that run the controller, N,... [default: this node without
+    /// seeds, else the seeds' controller].
+    #[arg(long, value_delimiter = ',')]
+    controller_voters: Option<Vec<u32>>,
+    /// Followers elect a new leader after this silence [default: 1000 ms].
+    #[arg(long)]
+    election_timeout_ms: Option<u64>,
+    /// The Raft clock tick [default: 50 ms].
+    #[arg(long)]
+    raft_tick_ms: Option<u64>,
+    /// Replicas of a new topic [default: 3 with 3 or more nodes, else 1].
+    #[arg(long)]
+    default_replication_factor: Option<u16>,
+    /// A replica this far behind is out of sync [default: 30000 ms].
+    #[arg(long)]
+    replica_lag_time_max_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -236,6 +278,30 @@ impl ServeArgs {
         if let Some(v) = self.log_format {
             config.log_format = v;
         }
+        if self.node_id.is_some() {
+            config.node_id = self.node_id;
+        }
+        if let Some(v) = self.seeds {
+            config.seeds = v;
+        }
+        if self.advertise.is_some() {
+            config.advertise = self.advertise;
+        }
+        if let Some(v) = self.controller_voters {
+            config.controller_voters = v;
+        }
+        if let Some(v) = self.election_timeout_ms {
+            config.election_timeout_ms = v;
+        }
+        if let Some(v) = self.raft_tick_ms {
+            config.raft_tick_ms = v;
+        }
+        if self.default_replication_factor.is_some() {
+            config.default_replication_factor = self.default_replication_factor;
+        }
+        if let Some(v) = self.replica_lag_time_max_ms {
+            config.replica_lag_time_max_ms = v;
+        }
         Ok(config)
     }
 }
@@ -250,6 +316,12 @@ fn main() -> ExitCode {
         Command::Topic { command, bootstrap } => {
             run_topic(command, &bootstrap).map_err(|e| e.to_string())
         }
+        Command::Cluster {
+            command: ClusterCommand::Status,
+            bootstrap,
+        } => cli::connect(&bootstrap)
+            .and_then(|client| cli::cluster_status(&client))
+            .map_err(|e| e.to_string()),
         Command::Produce {
             topic,
             key_separator,
@@ -301,8 +373,9 @@ fn run_topic(command: TopicCommand, bootstrap: &str) -> Result<(), CliError> {
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
-        } => cli::topic_create(&client, &name, partitions, &configs),
+        } => cli::topic_create(&client, &name, partitions, replication_factor, &configs),
         TopicCommand::List => cli::topic_list(&client),
         TopicCommand::Describe { name } => cli::topic_describe(&client, &name),
         TopicCommand::Delete { name } => cli::topic_delete(&client, &name),

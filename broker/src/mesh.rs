@@ -5,7 +5,8 @@
 use crate::controller::CommandError;
 use crate::partition::{Described, Produced};
 use fjord_net::ErrorCode;
-use fjord_replication::metadata::{ClusterMetadata, Command};
+use fjord_replication::control::{LeaderReport, Proposal};
+use fjord_replication::metadata::ClusterMetadata;
 use futures::channel::oneshot;
 use std::ops::Range;
 use std::sync::Arc;
@@ -24,10 +25,15 @@ pub enum ShardMsg {
     /// Any shard to the controller: commit a command.
     Command {
         /// The change.
-        command: Command,
+        proposal: Proposal,
         /// The outcome: the partitions not served, or why it failed.
         reply: oneshot::Sender<Result<Vec<NotServed>, CommandError>>,
     },
+    /// Leaders of replicated partitions, as a shard (or the controller)
+    /// learned them: every shard answers Metadata.
+    Leaders(Vec<LeaderReport>),
+    /// Shard 0 to the others: the nodes live now.
+    Live(Vec<u32>),
     /// Any shard to a partition's owner.
     Partition {
         /// Topic name.
@@ -88,8 +94,8 @@ pub enum PartitionOp {
         frame: Arc<Vec<u8>>,
         /// Where the batches lie in it.
         range: Range<usize>,
-        /// Whether the producer waits.
-        wait: bool,
+        /// What the producer waits for (Kafka's acks).
+        acks: i16,
         /// The outcome.
         reply: oneshot::Sender<Result<Produced, ErrorCode>>,
     },

@@ -356,6 +356,7 @@ async fn run_shard(
     data.prime().await.map_err(|e| e.to_string())?;
     let (ready_tx, ready_rx) = oneshot::channel();
     let staging = staging.map(|file| Rc::new(Staging::new(file, data.path().to_path_buf())));
+    let (reports, reported) = glommio::channels::local_channel::new_unbounded();
     let shard = Rc::new(Shard::new(
         senders,
         config,
@@ -363,9 +364,21 @@ async fn run_shard(
         data,
         staging.clone(),
         ready_tx,
+        reports,
     ));
     shard.serve_mesh(receivers);
-    if shard.id == 0 {
+    let clustered = shard.config.node_id.is_some();
+    if clustered {
+        glommio::spawn_local(shard.replication().clone().run_ticks()).detach();
+        glommio::spawn_local(share_leaders(shard.clone(), reported)).detach();
+        if shard.id == 0 {
+            glommio::spawn_local(crate::cluster::share_liveness(shard.clone())).detach();
+        }
+    }
+    if shard.id == 0 && !shard.config.runs_controller() {
+        glommio::spawn_local(crate::cluster::follow(shard.clone())).detach();
+    }
+    if shard.id == 0 && shard.config.runs_controller() {
         let controller = Rc::new(
             Controller::open(
                 shard.data().path(),
@@ -392,6 +405,11 @@ async fn run_shard(
         }
         let interval = Duration::from_millis(shard.config.disk_check_interval_ms);
         glommio::spawn_local(controller.keep_reserve(shard.space().clone(), interval)).detach();
+        if clustered {
+            crate::cluster::register_self(&shard)
+                .await
+                .map_err(|e| format!("controller: cannot register this node: {e}"))?;
+        }
     }
     if ready_rx.await.is_err() {
         return Err("no metadata from the controller".into());
@@ -425,6 +443,12 @@ async fn run_shard(
     glommio::spawn_local(shard.clone().watch_space()).detach();
     let _ = events.send(Event::Ready);
     let _ = stop.clone().await;
+    if clustered {
+        // Leaders hand over before the node goes: clients see a leader
+        // change (and retry), not a timeout.
+        let wait = Duration::from_millis(shard.config.election_timeout_ms);
+        shard.replication().transfer_all(wait).await;
+    }
     shard.begin_close();
     let deadline = Instant::now() + DRAIN_MAX;
     while shard.connections.get() > 0 && Instant::now() < deadline {
@@ -439,4 +463,26 @@ async fn run_shard(
         }
     }
     Ok(())
+}
+
+/// Takes this shard's leader changes to every shard of the node (and, on
+/// the controller's shard, to the nodes following it).
+async fn share_leaders(
+    shard: Rc<Shard>,
+    reported: glommio::channels::local_channel::LocalReceiver<
+        fjord_replication::control::LeaderReport,
+    >,
+) {
+    while let Some(report) = reported.recv().await {
+        let mut reports = vec![report];
+        while let Some(Some(more)) = futures::FutureExt::now_or_never(reported.recv()) {
+            reports.push(more);
+        }
+        if shard.merge_leaders(&reports)
+            && let Some(controller) = shard.controller()
+        {
+            controller.notify();
+        }
+        shard.broadcast_leaders(reports).await;
+    }
 }

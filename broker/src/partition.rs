@@ -8,8 +8,9 @@
 //! back — recovery keeps every whole batch — so it is never read-only for
 //! good.
 
+use crate::replica::{Replica, Replication};
 use fjord_core::Batch;
-use fjord_net::ErrorCode;
+use fjord_net::{ErrorCode, api};
 use fjord_storage::space::SpaceWatch;
 use fjord_storage::{BatchCache, Log, LogConfig, LogRead, Staging, StorageError};
 use futures::channel::oneshot;
@@ -28,7 +29,7 @@ pub struct Produced {
 }
 
 /// A partition's offsets and size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Described {
     /// First offset held.
     pub log_start_offset: i64,
@@ -38,6 +39,8 @@ pub struct Described {
     pub size_bytes: i64,
     /// Produce is refused now (disk low, or the log waits for room).
     pub read_only: bool,
+    /// A replicated partition's state, as this replica sees it.
+    pub replication: Option<crate::replica::Status>,
 }
 
 /// Where a partition lives and what its log needs to be (re)opened.
@@ -60,6 +63,8 @@ pub struct PartitionSetup {
     pub space: Rc<SpaceWatch>,
     /// The shard's staging area, if it has one.
     pub staging: Option<Rc<Staging>>,
+    /// A replicated partition's replica, and the shard's replication.
+    pub replica: Option<(Replica, Rc<Replication>)>,
 }
 
 /// A partition on its owning shard.
@@ -88,6 +93,11 @@ pub fn error_code(error: &StorageError) -> ErrorCode {
 }
 
 impl Partition {
+    /// The replica, if the partition is replicated.
+    pub fn replica(&self) -> Option<&Replica> {
+        self.setup.replica.as_ref().map(|(r, _)| r)
+    }
+
     /// Opens the partition's log.
     pub async fn open(setup: PartitionSetup) -> Result<Partition, StorageError> {
         let log = Log::open_staged(
@@ -195,14 +205,28 @@ impl Partition {
         }
     }
 
-    /// Appends every batch in `records` (whole batches laid end to end) and,
-    /// when `wait` is set, waits until they are as durable as the topic's
-    /// fsync policy promises. Either every batch is accepted or the first
-    /// refusal is the answer; batches before it stay appended, as in Kafka.
-    pub async fn produce(&self, records: &[u8], wait: bool) -> Result<Produced, ErrorCode> {
+    /// Appends every batch in `records` (whole batches laid end to end) and
+    /// waits as `acks` says: not at all (0); until they are as durable as
+    /// the topic's fsync policy promises on the leader (1); until a quorum
+    /// of the replicas has them so (-1, all; the leader alone when the
+    /// partition is not replicated). Either every batch is accepted or the
+    /// first refusal is the answer; batches before it stay appended, as in
+    /// Kafka.
+    pub async fn produce(&self, records: &[u8], acks: i16) -> Result<Produced, ErrorCode> {
         if records.is_empty() {
             return Err(ErrorCode::InvalidRequest);
         }
+        if let Some((_, replication)) = &self.setup.replica {
+            if self.setup.space.is_low() {
+                return Err(ErrorCode::KafkaStorageError);
+            }
+            let base_offset = replication.produce(self, records, acks).await?;
+            return Ok(Produced {
+                base_offset: base_offset as i64,
+                log_start_offset: self.log().offset_start() as i64,
+            });
+        }
+        let wait = acks != api::ACKS_NONE;
         let log = self.writable_log().await?;
         let mut rest = records;
         let mut base_offset = None;
@@ -233,15 +257,39 @@ impl Partition {
     /// Reading at the end returns nothing.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<LogRead, ErrorCode> {
         let offset = u64::try_from(offset).map_err(|_| ErrorCode::OffsetOutOfRange)?;
-        self.log()
-            .read(offset, max_bytes)
-            .await
-            .map_err(|e| error_code(&e))
+        let Some(replica) = self.replica() else {
+            return self
+                .log()
+                .read(offset, max_bytes)
+                .await
+                .map_err(|e| error_code(&e));
+        };
+        // Consumers read from the leader, up to the high watermark.
+        if !replica.is_leader() {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
+        let log = self.log();
+        let high_watermark = replica.high_watermark();
+        if offset >= high_watermark && offset <= log.offset_next() {
+            return Ok(LogRead {
+                slices: Vec::new(),
+                offset_next: offset,
+                offset_start: log.offset_start(),
+                offset_written: high_watermark,
+            });
+        }
+        let mut read = log.read(offset, max_bytes).await.map_err(|e| error_code(&e))?;
+        cut_at(&mut read, high_watermark);
+        Ok(read)
     }
 
     /// Resolves when batches past `offset` are readable, or after `wait`, or
     /// at shutdown.
     pub async fn wait_past(&self, offset: i64, wait: Duration) {
+        if let Some(replica) = self.replica() {
+            replica.wait_past(offset.max(0) as u64, wait).await;
+            return;
+        }
         if self.log().offset_visible() as i64 > offset {
             return;
         }
@@ -257,6 +305,18 @@ impl Partition {
         for tx in self.parked.borrow_mut().drain(..) {
             let _ = tx.send(());
         }
+        if let Some(replica) = self.replica() {
+            replica.wake_readers();
+        }
+    }
+
+    /// The end readers may read to: the high watermark of a replicated
+    /// partition, the visible end of a log of its own.
+    fn readable_end(&self) -> u64 {
+        match self.replica() {
+            Some(replica) => replica.high_watermark(),
+            None => self.log().offset_visible(),
+        }
     }
 
     /// Offsets and size.
@@ -264,9 +324,14 @@ impl Partition {
         let log = self.log();
         Described {
             log_start_offset: log.offset_start() as i64,
-            log_end_offset: log.offset_visible() as i64,
+            log_end_offset: self.readable_end() as i64,
             size_bytes: log.size_bytes() as i64,
             read_only: self.is_read_only(),
+            replication: self
+                .setup
+                .replica
+                .as_ref()
+                .and_then(|(replica, replication)| replication.status(replica.group)),
         }
     }
 
@@ -276,7 +341,7 @@ impl Partition {
     pub async fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ErrorCode> {
         match timestamp {
             fjord_net::api::EARLIEST => Ok((self.log().offset_start() as i64, -1)),
-            fjord_net::api::LATEST => Ok((self.log().offset_visible() as i64, -1)),
+            fjord_net::api::LATEST => Ok((self.readable_end() as i64, -1)),
             t if t < 0 => Err(ErrorCode::InvalidRequest),
             t => match self.log().offset_for_timestamp(t).await {
                 Ok(Some((offset, timestamp))) => Ok((offset as i64, timestamp)),
@@ -289,7 +354,35 @@ impl Partition {
     /// Wakes parked readers (they find nothing new and answer) and closes
     /// the log.
     pub async fn close(&self) -> Result<(), StorageError> {
+        if let Some((replica, replication)) = &self.setup.replica {
+            replication.remove(replica.group);
+        }
         self.wake_parked();
         self.log().close().await
     }
+}
+
+/// Cuts a read at `end`: batches at or past it are not returned.
+fn cut_at(read: &mut LogRead, end: u64) {
+    let mut kept = Vec::with_capacity(read.slices.len());
+    for slice in read.slices.drain(..) {
+        let mut len = 0;
+        let mut whole = true;
+        for batch in fjord_core::batch::batches(&slice) {
+            if batch.base_offset() as u64 >= end {
+                whole = false;
+                break;
+            }
+            len += batch.len();
+        }
+        if len > 0 {
+            kept.push(if whole { slice } else { slice.prefix(len) });
+        }
+        if !whole {
+            break;
+        }
+    }
+    read.slices = kept;
+    read.offset_next = read.offset_next.min(end);
+    read.offset_written = end;
 }

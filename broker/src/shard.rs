@@ -8,8 +8,12 @@ use crate::controller::{CommandError, Controller};
 use crate::logging::Repeated;
 use crate::mesh::{Fetched, NotServed, PartitionOp, ShardMsg};
 use crate::partition::{Partition, PartitionSetup};
+use crate::replica::{Replica, Replication};
 use fjord_net::ErrorCode;
-use fjord_replication::metadata::{ClusterMetadata, Command};
+use fjord_replication::control::{LeaderReport, Proposal, group_id};
+use fjord_replication::metadata::{ClusterMetadata, TopicMeta};
+use fjord_replication::raft::mux::GroupId;
+use fjord_replication::raft::{Durability, NodeId};
 use fjord_storage::space::SpaceWatch;
 use fjord_storage::{BatchCache, DataDir, LogConfig, Staging};
 use futures::channel::oneshot;
@@ -64,6 +68,12 @@ pub struct Shard {
     /// left to the controller unless it hosts partitions too.
     first_data_shard: usize,
     data_shards: usize,
+    /// This shard's replicated partitions.
+    replication: Rc<Replication>,
+    /// Who leads each replicated partition, as last heard (newest term).
+    leaders: RefCell<HashMap<GroupId, LeaderReport>>,
+    /// Nodes the controller heard from lately.
+    live: RefCell<Vec<NodeId>>,
 }
 
 impl Shard {
@@ -75,6 +85,7 @@ impl Shard {
         data: DataDir,
         staging: Option<Rc<Staging>>,
         ready: oneshot::Sender<()>,
+        reports: glommio::channels::local_channel::LocalSender<LeaderReport>,
     ) -> Shard {
         let id = mesh.peer_id();
         let count = mesh.nr_consumers();
@@ -88,6 +99,17 @@ impl Shard {
         let first_data_shard = usize::from(!config.hosts_partitions_on_controller());
         let data_shards = count - first_data_shard;
         assert!(data_shards > 0, "validated: some shard hosts partitions");
+        let tick = Duration::from_millis(config.raft_tick_ms);
+        let replication = Rc::new(Replication::new(
+            crate::replica::Settings {
+                node: config.node_id.unwrap_or(0),
+                shard: id,
+                tick,
+                election_ticks: u32::try_from(config.election_timeout_ms / config.raft_tick_ms)
+                    .unwrap_or(u32::MAX),
+            },
+            reports,
+        ));
         Shard {
             id,
             count,
@@ -112,7 +134,93 @@ impl Shard {
             connections: Cell::new(0),
             first_data_shard,
             data_shards,
+            replication,
+            leaders: RefCell::new(HashMap::new()),
+            live: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The controller, on the shard that runs it.
+    pub fn controller(&self) -> Option<Rc<Controller>> {
+        self.controller.borrow().clone()
+    }
+
+    /// Nodes the controller heard from lately.
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.live.borrow().clone()
+    }
+
+    /// Records which nodes are live.
+    pub fn set_live(&self, live: Vec<NodeId>) {
+        *self.live.borrow_mut() = live;
+    }
+
+    /// Sends a message to another shard of the node.
+    pub async fn send_to(&self, to: usize, msg: ShardMsg) -> Result<(), ()> {
+        self.mesh.send_to(to, msg).await.map_err(|_| ())
+    }
+
+    /// This node's id in the cluster (0 on a node of its own).
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id.unwrap_or(0)
+    }
+
+    /// The shard's replicated partitions.
+    pub fn replication(&self) -> &Rc<Replication> {
+        &self.replication
+    }
+
+    /// The leader of a replicated partition and its term, as last heard.
+    pub fn leader_of(&self, group: GroupId) -> Option<LeaderReport> {
+        self.leaders.borrow().get(&group).copied()
+    }
+
+    /// Every leader this shard knows of.
+    pub fn leaders(&self) -> Vec<LeaderReport> {
+        self.leaders.borrow().values().copied().collect()
+    }
+
+    /// Takes in leader reports, the newest term winning; returns whether
+    /// anything changed.
+    pub fn merge_leaders(&self, reports: &[LeaderReport]) -> bool {
+        let mut leaders = self.leaders.borrow_mut();
+        let mut changed = false;
+        for report in reports {
+            let newer = leaders.get(&report.group).is_none_or(|known| {
+                (report.term, report.leader.is_some()) > (known.term, known.leader.is_some())
+            });
+            if newer {
+                leaders.insert(report.group, *report);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Tells every other shard of the node about leader reports.
+    pub async fn broadcast_leaders(&self, reports: Vec<LeaderReport>) {
+        if reports.is_empty() {
+            return;
+        }
+        for to in (0..self.count).filter(|&to| to != self.id) {
+            // A shard that stopped listening is shutting down.
+            let _ = self
+                .mesh
+                .send_to(to, ShardMsg::Leaders(reports.clone()))
+                .await;
+        }
+    }
+
+    /// The shard that hosts this node's replica of a partition, if it has one.
+    fn replica_shard(&self, meta: &fjord_replication::metadata::PartitionMeta) -> Option<usize> {
+        if meta.replicas.is_empty() {
+            return Some(self.owner(meta.shard));
+        }
+        let me = self.node_id();
+        meta.replicas
+            .iter()
+            .find(|r| r.node == me)
+            .map(|r| self.owner(r.shard))
     }
 
     /// The data directory.
@@ -185,7 +293,9 @@ impl Shard {
                     .and_then(|p| t.partitions.get(p))
             })
             .ok_or(ErrorCode::UnknownTopicOrPartition)?;
-        Ok(self.owner(meta.shard))
+        // Not a replica here: the client's metadata is stale.
+        self.replica_shard(meta)
+            .ok_or(ErrorCode::NotLeaderOrFollower)
     }
 
     /// A partition this shard owns.
@@ -246,17 +356,21 @@ impl Shard {
             .await;
     }
 
-    /// Commits a metadata command through the controller (shard 0).
-    pub async fn command(&self, command: Command) -> Result<Vec<NotServed>, CommandError> {
+    /// Commits a metadata command through the controller: this node's
+    /// (shard 0), or, on a node that does not run it, the cluster's.
+    pub async fn command(&self, proposal: Proposal) -> Result<Vec<NotServed>, CommandError> {
         let controller = self.controller.borrow().clone();
         if let Some(controller) = controller {
-            return controller.commit(self, command).await;
+            return controller.commit(self, proposal).await;
+        }
+        if self.id == 0 && !self.config.runs_controller() {
+            return crate::cluster::forward(self, proposal).await;
         }
         let (reply, rx) = oneshot::channel();
         let unavailable = || CommandError::Unavailable;
         if self
             .mesh
-            .send_to(0, ShardMsg::Command { command, reply })
+            .send_to(0, ShardMsg::Command { proposal, reply })
             .await
             .is_err()
         {
@@ -297,7 +411,7 @@ impl Shard {
         let mut wanted = HashMap::new();
         for (name, topic) in &metadata.topics {
             for (p, meta) in topic.partitions.iter().enumerate() {
-                if self.owner(meta.shard) == self.id {
+                if self.replica_shard(meta) == Some(self.id) {
                     wanted.insert((name.clone(), p as i32), topic);
                 }
             }
@@ -327,6 +441,9 @@ impl Shard {
         wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((name, p), topic) in wanted {
             if let Some(partition) = self.partition(&name, p) {
+                if let Some(replica) = partition.replica() {
+                    replica.set_peers(self.peers_of(&metadata, topic, p));
+                }
                 partition.apply_retention(&topic.config()).await;
                 continue;
             }
@@ -340,8 +457,23 @@ impl Shard {
                 cache: self.cache.clone(),
                 space: self.space.clone(),
                 staging: self.staging.clone(),
+                replica: self.replica_for(&metadata, topic, p),
             };
-            match Partition::open(setup).await {
+            let opened = match Partition::open(setup).await {
+                Ok(partition) => {
+                    let partition = Rc::new(partition);
+                    match partition.replica() {
+                        Some(_) => self
+                            .replication
+                            .add(partition.clone())
+                            .await
+                            .map(|()| partition),
+                        None => Ok(partition),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match opened {
                 Ok(partition) => {
                     if self
                         .unserved
@@ -351,9 +483,7 @@ impl Shard {
                     {
                         tracing::info!(shard = self.id, topic = %name, partition = p, "opened on retry: served");
                     }
-                    self.partitions
-                        .borrow_mut()
-                        .insert((name, p), Rc::new(partition));
+                    self.partitions.borrow_mut().insert((name, p), partition);
                 }
                 Err(e) => {
                     let reason = e.to_string();
@@ -386,13 +516,59 @@ impl Shard {
         not_served
     }
 
+    /// Where this shard reaches the other replicas of a partition.
+    fn peers_of(
+        &self,
+        metadata: &ClusterMetadata,
+        topic: &TopicMeta,
+        p: i32,
+    ) -> HashMap<NodeId, std::net::SocketAddr> {
+        let me = self.node_id();
+        let Some(meta) = topic.partitions.get(p as usize) else {
+            return HashMap::new();
+        };
+        meta.replicas
+            .iter()
+            .filter(|r| r.node != me)
+            .filter_map(|r| {
+                let node = metadata.nodes.get(&r.node)?;
+                let ip: std::net::IpAddr = node.host.parse().ok()?;
+                Some((r.node, std::net::SocketAddr::new(ip, node.replica_port(r.shard)?)))
+            })
+            .collect()
+    }
+
+    /// The replica side of a partition this shard opens, if it is replicated.
+    fn replica_for(
+        &self,
+        metadata: &ClusterMetadata,
+        topic: &TopicMeta,
+        p: i32,
+    ) -> Option<(Replica, Rc<Replication>)> {
+        let meta = topic.partitions.get(p as usize)?;
+        if meta.replicas.is_empty() {
+            return None;
+        }
+        let durability = match topic.config().fsync {
+            fjord_core::FsyncPolicy::Always => Durability::Synced,
+            _ => Durability::Written,
+        };
+        let replica = Replica::new(
+            group_id(topic.id, p as u32),
+            meta.replicas.iter().map(|r| r.node).collect(),
+            self.peers_of(metadata, topic, p),
+            durability,
+        );
+        Some((replica, self.replication.clone()))
+    }
+
     /// The directories of the partitions the metadata gives this shard.
     pub fn owned_dirs(&self) -> Vec<PathBuf> {
         let metadata = self.metadata();
         let mut dirs = Vec::new();
         for (name, topic) in &metadata.topics {
             for (p, meta) in topic.partitions.iter().enumerate() {
-                if self.owner(meta.shard) == self.id {
+                if self.replica_shard(meta) == Some(self.id) {
                     dirs.push(partition_dir(self.data.path(), name, topic.id, p as i32));
                 }
             }
@@ -460,8 +636,16 @@ impl Shard {
             ShardMsg::Metadata { metadata, done } => {
                 let _ = done.send(self.converge(metadata).await);
             }
-            ShardMsg::Command { command, reply } => {
-                let _ = reply.send(self.command(command).await);
+            ShardMsg::Command { proposal, reply } => {
+                let _ = reply.send(self.command(proposal).await);
+            }
+            ShardMsg::Live(live) => self.set_live(live),
+            ShardMsg::Leaders(reports) => {
+                if self.merge_leaders(&reports)
+                    && let Some(controller) = self.controller.borrow().as_ref()
+                {
+                    controller.notify();
+                }
             }
             ShardMsg::Partition {
                 topic,
@@ -526,11 +710,11 @@ async fn run_op(partition: &Partition, op: PartitionOp) {
         PartitionOp::Produce {
             frame,
             range,
-            wait,
+            acks,
             reply,
         } => {
             let produced = match frame.get(range) {
-                Some(records) => partition.produce(records, wait).await,
+                Some(records) => partition.produce(records, acks).await,
                 None => Err(ErrorCode::InvalidRequest),
             };
             let _ = reply.send(produced);

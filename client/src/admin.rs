@@ -22,19 +22,58 @@ pub struct TopicDescription {
     pub partitions: Vec<PartitionDescription>,
 }
 
-/// One partition's offsets and size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One partition's offsets and size, and its replicas when replicated
+/// (as its leader sees them).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionDescription {
     /// Number.
     pub partition: i32,
     /// First offset held.
     pub log_start_offset: i64,
-    /// Next offset to be written.
+    /// The end consumers read to (the high watermark when replicated).
     pub log_end_offset: i64,
     /// Bytes on disk.
     pub size_bytes: i64,
     /// Set when the partition could not be described.
     pub error: Option<ErrorCode>,
+    /// The leader's node id; -1 when unknown or not replicated.
+    pub leader: i32,
+    /// The leader epoch (Raft term); -1 when not replicated.
+    pub leader_epoch: i32,
+    /// Node ids of the replicas; empty when not replicated.
+    pub replicas: Vec<i32>,
+    /// Replicas caught up to the high watermark.
+    pub in_sync: Vec<i32>,
+    /// Each replica's log end, in `replicas` order (-1: unknown).
+    pub replica_log_ends: Vec<i64>,
+}
+
+/// A node of the cluster, as Metadata lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Its id.
+    pub id: i32,
+    /// Where it listens.
+    pub address: String,
+    /// Its shards' own ports.
+    pub shard_ports: Vec<u16>,
+    /// Heard from by the controller lately.
+    pub alive: bool,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Every registered node.
+    pub nodes: Vec<NodeStatus>,
+    /// The node that runs the controller (-1: unknown).
+    pub controller: i32,
+    /// Partitions each node leads.
+    pub leaders: std::collections::BTreeMap<i32, usize>,
+    /// Replicas each node holds.
+    pub replicas: std::collections::BTreeMap<i32, usize>,
+    /// `(topic, partition)` without a known leader.
+    pub leaderless: Vec<(String, i32)>,
 }
 
 /// A topic in a listing.
@@ -57,28 +96,35 @@ impl Admin {
     }
 
     async fn ask(&self, body: wire::RequestT) -> Result<wire::ResponseT> {
-        let response = self
-            .client
-            .request(
-                self.client.config().bootstrap,
-                Lane::Prompt,
-                body,
-                Vec::new(),
-            )
-            .await?;
+        let response = self.client.ask_any(body).await?;
         Ok(response.unpack()?.0)
     }
 
-    /// Creates a topic with `partitions` partitions and `key=value` configs.
+    /// Creates a topic with `partitions` partitions and `key=value` configs,
+    /// replicated as the cluster's default says.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
         configs: &[(String, String)],
     ) -> Result<()> {
+        self.create_replicated_topic(name, partitions, None, configs)
+            .await
+    }
+
+    /// Creates a topic of `replication_factor` replicas per partition
+    /// (Kafka's `replication.factor`; `None`: the cluster's default).
+    pub async fn create_replicated_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: Option<i16>,
+        configs: &[(String, String)],
+    ) -> Result<()> {
         let topic = wire::NewTopicT {
             name: Some(name.to_owned()),
             partitions,
+            replication_factor: replication_factor.unwrap_or(-1),
             configs: Some(
                 configs
                     .iter()
@@ -138,37 +184,92 @@ impl Admin {
         let body = wire::RequestT::DescribeTopicsRequest(Box::new(wire::DescribeTopicsRequestT {
             names: Some(vec![name.to_owned()]),
         }));
-        let wire::ResponseT::DescribeTopicsResponse(response) = self.ask(body).await? else {
+        let wire::ResponseT::DescribeTopicsResponse(response) = self.ask(body.clone()).await?
+        else {
             return Err(unexpected());
         };
-        let topic = response
-            .topics
+        let mut described = description(*response, name)?;
+        // In a cluster each node describes the replicas it holds; the
+        // leader's view of a partition is the whole one.
+        let metadata = self.client.metadata(Some(vec![name.to_owned()])).await?;
+        let brokers = metadata.brokers.unwrap_or_default();
+        let mut settled = vec![brokers.len() <= 1; described.partitions.len()];
+        for broker in brokers {
+            if settled.iter().all(|&s| s) {
+                break;
+            }
+            let Some(addr) = broker
+                .host
+                .as_deref()
+                .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+                .map(|ip| std::net::SocketAddr::new(ip, broker.port))
+            else {
+                continue;
+            };
+            let Ok(response) = self
+                .client
+                .request(addr, Lane::Prompt, body.clone(), Vec::new())
+                .await
+            else {
+                continue; // That node is away; its partitions stay as seen.
+            };
+            let Ok((wire::ResponseT::DescribeTopicsResponse(response), _)) = response.unpack()
+            else {
+                continue;
+            };
+            let Ok(theirs) = description(*response, name) else {
+                continue;
+            };
+            for ((mine, theirs), settled) in described
+                .partitions
+                .iter_mut()
+                .zip(theirs.partitions)
+                .zip(settled.iter_mut())
+            {
+                if theirs.leader_is(broker.node_id) {
+                    *mine = theirs;
+                    *settled = true;
+                }
+            }
+        }
+        Ok(described)
+    }
+
+    /// The nodes, the controller, and how partitions spread over the nodes.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        let metadata = self.client.metadata(None).await?;
+        let nodes = metadata
+            .brokers
             .into_iter()
             .flatten()
-            .find(|t| t.name.as_deref() == Some(name))
-            .ok_or_else(|| ClientError::Protocol(format!("no description of {name}")))?;
-        check(topic.error_code, || format!("topic {name}"))?;
-        Ok(TopicDescription {
-            name: name.to_owned(),
-            configs: topic
-                .configs
-                .into_iter()
-                .flatten()
-                .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
-                .collect(),
-            partitions: topic
-                .partitions
-                .into_iter()
-                .flatten()
-                .map(|p| PartitionDescription {
-                    partition: p.partition,
-                    log_start_offset: p.log_start_offset,
-                    log_end_offset: p.log_end_offset,
-                    size_bytes: p.size_bytes,
-                    error: error_code(p.error_code),
-                })
-                .collect(),
-        })
+            .map(|b| NodeStatus {
+                id: b.node_id,
+                address: format!("{}:{}", b.host.unwrap_or_default(), b.port),
+                shard_ports: b.shard_ports.unwrap_or_default(),
+                alive: b.alive,
+            })
+            .collect();
+        let mut status = ClusterStatus {
+            nodes,
+            controller: metadata.controller,
+            leaders: Default::default(),
+            replicas: Default::default(),
+            leaderless: Vec::new(),
+        };
+        for topic in metadata.topics.into_iter().flatten() {
+            let name = topic.name.unwrap_or_default();
+            for p in topic.partitions.into_iter().flatten() {
+                for r in p.replicas.iter().flatten() {
+                    *status.replicas.entry(*r).or_default() += 1;
+                }
+                if p.leader >= 0 && p.error_code == 0 {
+                    *status.leaders.entry(p.leader).or_default() += 1;
+                } else {
+                    status.leaderless.push((name.clone(), p.partition));
+                }
+            }
+        }
+        Ok(status)
     }
 
     /// Every topic, by name.
@@ -186,6 +287,50 @@ impl Admin {
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(topics)
     }
+}
+
+impl PartitionDescription {
+    /// Whether this is the leader's own description of the partition.
+    fn leader_is(&self, node: i32) -> bool {
+        self.error.is_none() && self.leader >= 0 && self.leader == node
+    }
+}
+
+/// A topic's description from one node's answer.
+fn description(response: wire::DescribeTopicsResponseT, name: &str) -> Result<TopicDescription> {
+    let topic = response
+        .topics
+        .into_iter()
+        .flatten()
+        .find(|t| t.name.as_deref() == Some(name))
+        .ok_or_else(|| ClientError::Protocol(format!("no description of {name}")))?;
+    check(topic.error_code, || format!("topic {name}"))?;
+    Ok(TopicDescription {
+        name: name.to_owned(),
+        configs: topic
+            .configs
+            .into_iter()
+            .flatten()
+            .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
+            .collect(),
+        partitions: topic
+            .partitions
+            .into_iter()
+            .flatten()
+            .map(|p| PartitionDescription {
+                partition: p.partition,
+                log_start_offset: p.log_start_offset,
+                log_end_offset: p.log_end_offset,
+                size_bytes: p.size_bytes,
+                error: error_code(p.error_code),
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                replicas: p.replicas.unwrap_or_default(),
+                in_sync: p.in_sync.unwrap_or_default(),
+                replica_log_ends: p.replica_log_ends.unwrap_or_default(),
+            })
+            .collect(),
+    })
 }
 
 fn topic_result(results: Option<Vec<wire::TopicResultT>>, name: &str) -> Result<()> {

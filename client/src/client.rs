@@ -17,8 +17,9 @@ pub const DEFAULT_PORT: u16 = 9093;
 /// How a client connects.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// A broker to ask for metadata.
-    pub bootstrap: SocketAddr,
+    /// Brokers to ask for metadata (Kafka's `bootstrap.servers`): any one
+    /// that answers will do, tried in turn.
+    pub bootstrap: Vec<SocketAddr>,
     /// Sent with every request, for the broker's logs.
     pub client_id: String,
     /// Longest wait for an answer (long polls add their own wait to it).
@@ -30,6 +31,12 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Defaults for a broker at `bootstrap`.
     pub fn new(bootstrap: SocketAddr) -> ClientConfig {
+        ClientConfig::with_bootstrap(vec![bootstrap])
+    }
+
+    /// Defaults for a cluster reached through any of `bootstrap`.
+    pub fn with_bootstrap(bootstrap: Vec<SocketAddr>) -> ClientConfig {
+        assert!(!bootstrap.is_empty(), "at least one bootstrap broker");
         ClientConfig {
             bootstrap,
             client_id: "fjord-client".into(),
@@ -44,6 +51,8 @@ impl ClientConfig {
 pub struct Client {
     jobs: mpsc::UnboundedSender<Job>,
     config: Arc<ClientConfig>,
+    /// The bootstrap broker that answered last: asked first next time.
+    preferred: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Where a partition lives.
@@ -66,13 +75,14 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Client> {
         let jobs = transport::start(config.request_timeout, config.pin_core).map_err(|e| {
             ClientError::Connection {
-                addr: config.bootstrap,
+                addr: config.bootstrap[0],
                 message: format!("cannot start the transport: {e}"),
             }
         })?;
         Ok(Client {
             jobs,
             config: Arc::new(config),
+            preferred: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }
 
@@ -144,12 +154,35 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Metadata for `topics` (all when `None`), from the bootstrap broker.
+    /// Sends `body` to the bootstrap brokers in turn, from the one that
+    /// answered last, until one answers; the last failure if none does.
+    pub async fn ask_any(&self, body: wire::RequestT) -> Result<Response> {
+        use std::sync::atomic::Ordering;
+        let count = self.config.bootstrap.len();
+        let first = self.preferred.load(Ordering::Relaxed) % count;
+        let mut failure = None;
+        for i in 0..count {
+            let at = (first + i) % count;
+            let addr = self.config.bootstrap[at];
+            match self
+                .request(addr, Lane::Prompt, body.clone(), Vec::new())
+                .await
+            {
+                Ok(response) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(e) if e.is_retriable() => failure = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failure.unwrap_or(ClientError::Closed))
+    }
+
+    /// Metadata for `topics` (all when `None`), from a bootstrap broker.
     pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<wire::MetadataResponseT> {
         let body = wire::RequestT::MetadataRequest(Box::new(wire::MetadataRequestT { topics }));
-        let response = self
-            .request(self.config.bootstrap, Lane::Prompt, body, Vec::new())
-            .await?;
+        let response = self.ask_any(body).await?;
         match response.unpack()?.0 {
             wire::ResponseT::MetadataResponse(m) => Ok(*m),
             _ => Err(ClientError::Protocol("expected a Metadata response".into())),

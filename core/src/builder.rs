@@ -27,6 +27,7 @@ pub struct BatchBuilder {
     producer_epoch: i16,
     base_sequence: i32,
     transactional: bool,
+    control: bool,
 }
 
 impl Default for BatchBuilder {
@@ -55,6 +56,7 @@ impl BatchBuilder {
             producer_epoch: -1,
             base_sequence: -1,
             transactional: false,
+            control: false,
         }
     }
 
@@ -63,6 +65,13 @@ impl BatchBuilder {
         self.producer_id = producer_id;
         self.producer_epoch = producer_epoch;
         self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Marks the batch as a control batch (Kafka's markers, and the leader
+    /// change a new partition leader writes): consumers skip it.
+    pub fn control(mut self, control: bool) -> Self {
+        self.control = control;
         self
     }
 
@@ -162,6 +171,9 @@ impl BatchBuilder {
         let mut attributes = compression.attribute_bits();
         if self.transactional {
             attributes |= 0x10;
+        }
+        if self.control {
+            attributes |= 0x20;
         }
         out[OFFSET_BATCH_LENGTH..OFFSET_BATCH_LENGTH + 4]
             .copy_from_slice(&batch_length.to_be_bytes());

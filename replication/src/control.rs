@@ -18,7 +18,27 @@ pub enum ControlRequest {
     /// One round of following the metadata.
     Follow(Follow),
     /// Commit a command.
-    Command(Command),
+    Command(Proposal),
+}
+
+/// A command for the controller, with what it needs to complete it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Proposal {
+    /// The change.
+    pub command: Command,
+    /// For a topic create: replicas per partition; `None`: the cluster's
+    /// default. The controller places them and logs the placement.
+    pub replication_factor: Option<u16>,
+}
+
+impl Proposal {
+    /// A proposal of `command` alone.
+    pub fn of(command: Command) -> Proposal {
+        Proposal {
+            command,
+            replication_factor: None,
+        }
+    }
 }
 
 /// A follower's round.
@@ -55,8 +75,9 @@ pub enum ControlResponse {
     Followed(Followed),
     /// The command committed at this metadata index.
     Committed(u64),
-    /// The command was refused or could not commit.
-    Failed(String),
+    /// The command was refused or could not commit: Kafka's error code,
+    /// and why.
+    Failed(i16, String),
     /// This node is not the controller; here it is, if known.
     NotController(Option<(String, u16)>),
 }
@@ -97,6 +118,7 @@ mod tests {
             shard_ports: vec![9094, 9095],
             first_data_shard: 0,
             data_shards: 2,
+            controller: false,
         };
         let request = ControlRequest::Follow(Follow {
             node,

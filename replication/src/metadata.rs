@@ -52,6 +52,8 @@ pub struct NodeInfo {
     pub first_data_shard: u16,
     /// How many shards host partitions.
     pub data_shards: u16,
+    /// Whether it runs the controller.
+    pub controller: bool,
 }
 
 impl NodeInfo {
@@ -255,6 +257,11 @@ impl ClusterMetadata {
             }
             Command::CreateReplicatedTopic(topic) => self.create_replicated_topic(topic),
         }
+    }
+
+    /// The node that runs the controller, as registered.
+    pub fn controller(&self) -> Option<&NodeInfo> {
+        self.nodes.values().find(|n| n.controller)
     }
 
     /// Places the replicas of a new topic of `partitions` partitions over
@@ -556,6 +563,7 @@ mod tests {
             shard_ports: vec![9100 + id as u16, 9200 + id as u16],
             first_data_shard: 0,
             data_shards: 2,
+            controller: id == 1,
         }))
     }
 

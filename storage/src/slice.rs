@@ -60,6 +60,17 @@ impl BatchSlice {
         }
     }
 
+    /// The first `len` bytes (whole batches, the caller's to ensure), sharing
+    /// the buffer: a read cut at the high watermark.
+    pub fn prefix(&self, len: usize) -> BatchSlice {
+        assert!(len <= self.len, "prefix {len} of a {}-byte slice", self.len);
+        BatchSlice {
+            backing: self.backing.clone(),
+            start: self.start,
+            len,
+        }
+    }
+
     /// Extends this slice by `next` when `next` starts where this one ends in
     /// the same buffer, so adjacent batches go out as one piece.
     pub(crate) fn try_extend(&mut self, next: &BatchSlice) -> bool {

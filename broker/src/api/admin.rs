@@ -7,9 +7,10 @@ use crate::mesh::{NotServed, PartitionOp};
 use crate::shard::Shard;
 use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
+use fjord_replication::control::Proposal;
 use fjord_replication::metadata::{AlterTopicConfig, Command, CreateTopic, MetadataError};
 
-/// The node's id until clusters have more than one.
+/// The node's id on a node of its own.
 pub const NODE_ID: i32 = 0;
 
 pub(super) fn metadata(
@@ -33,13 +34,7 @@ pub(super) fn metadata(
                         .partitions
                         .iter()
                         .enumerate()
-                        .map(|(p, meta)| wire::PartitionInfoT {
-                            partition: p as i32,
-                            error_code: 0,
-                            leader: NODE_ID,
-                            shard: shard.owner(meta.shard) as u16,
-                            leader_epoch: meta.leader_epoch,
-                        })
+                        .map(|(p, meta)| partition_info(shard, &metadata, topic.id, p, meta))
                         .collect(),
                 ),
             },
@@ -50,27 +45,95 @@ pub(super) fn metadata(
             },
         })
         .collect();
-    let listen = shard.config.listen;
-    let host = if listen.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
+    let (brokers, controller) = if metadata.nodes.is_empty() {
+        let advertised = shard.config.advertised();
+        let host = if advertised.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            advertised.ip().to_string()
+        };
+        let broker = wire::BrokerInfoT {
+            node_id: NODE_ID,
+            host: Some(host),
+            port: advertised.port(),
+            shard_ports: Some(shard.shard_ports.clone()),
+            alive: true,
+        };
+        (vec![broker], NODE_ID)
     } else {
-        listen.ip().to_string()
-    };
-    let broker = wire::BrokerInfoT {
-        node_id: NODE_ID,
-        host: Some(host),
-        port: listen.port(),
-        shard_ports: Some(shard.shard_ports.clone()),
+        let live = shard.live_nodes();
+        let brokers = metadata
+            .nodes
+            .values()
+            .map(|n| wire::BrokerInfoT {
+                node_id: n.id as i32,
+                host: Some(n.host.clone()),
+                port: n.port,
+                shard_ports: Some(n.shard_ports.clone()),
+                alive: live.contains(&n.id),
+            })
+            .collect();
+        let controller = metadata.controller().map_or(-1, |n| n.id as i32);
+        (brokers, controller)
     };
     let body = wire::MetadataResponseT {
-        brokers: Some(vec![broker]),
+        brokers: Some(brokers),
         topics: Some(topics),
-        controller: NODE_ID,
+        controller,
     };
     Reply::body(
         correlation_id,
         wire::ResponseT::MetadataResponse(Box::new(body)),
     )
+}
+
+/// A partition's leader and where it is served: on a node of its own, the
+/// owning shard; replicated, the leader as last heard, on the shard that
+/// holds its replica (`LEADER_NOT_AVAILABLE` while none is known).
+fn partition_info(
+    shard: &Shard,
+    metadata: &fjord_replication::metadata::ClusterMetadata,
+    topic_id: u64,
+    p: usize,
+    meta: &fjord_replication::metadata::PartitionMeta,
+) -> wire::PartitionInfoT {
+    if meta.replicas.is_empty() {
+        return wire::PartitionInfoT {
+            partition: p as i32,
+            error_code: 0,
+            leader: NODE_ID,
+            shard: shard.owner(meta.shard) as u16,
+            leader_epoch: meta.leader_epoch,
+            replicas: None,
+        };
+    }
+    let replicas = Some(meta.replicas.iter().map(|r| r.node as i32).collect());
+    let group = fjord_replication::control::group_id(topic_id, p as u32);
+    let known = shard.leader_of(group).and_then(|report| {
+        let leader = report.leader?;
+        let replica = meta.replicas.iter().find(|r| r.node == leader)?;
+        let node = metadata.nodes.get(&leader)?;
+        let index = node.first_data_shard + replica.shard % node.data_shards.max(1);
+        Some((leader, index, report.term))
+    });
+    match known {
+        Some((leader, index, term)) => wire::PartitionInfoT {
+            partition: p as i32,
+            error_code: 0,
+            leader: leader as i32,
+            shard: index,
+            leader_epoch: i32::try_from(term).unwrap_or(i32::MAX),
+            replicas,
+        },
+        None => wire::PartitionInfoT {
+            partition: p as i32,
+            error_code: ErrorCode::LeaderNotAvailable.code(),
+            leader: -1,
+            shard: 0,
+            leader_epoch: -1,
+            replicas,
+        },
+    }
 }
 
 pub(super) async fn create_topics(
@@ -89,10 +152,16 @@ pub(super) async fn create_topics(
                     partitions,
                     configs,
                 });
+                let proposal = Proposal {
+                    command,
+                    replication_factor: u16::try_from(topic.replication_factor)
+                        .ok()
+                        .filter(|&f| f > 0),
+                };
                 // Partitions of other topics still failing their retry are
                 // not this create's news.
                 shard
-                    .command(command)
+                    .command(proposal)
                     .await
                     .map(|not_served| not_served.into_iter().filter(|n| n.topic == name).collect())
             }
@@ -117,7 +186,7 @@ pub(super) async fn delete_topics(
     let mut results = Vec::new();
     for name in request.names.unwrap_or_default() {
         let outcome = shard
-            .command(Command::DeleteTopic(name.clone()))
+            .command(Proposal::of(Command::DeleteTopic(name.clone())))
             .await
             .map(|_| Vec::new());
         results.push(topic_result(name, outcome));
@@ -144,7 +213,10 @@ pub(super) async fn alter_configs(
             name: name.clone(),
             configs,
         });
-        let outcome = shard.command(command).await.map(|_| Vec::new());
+        let outcome = shard
+            .command(Proposal::of(command))
+            .await
+            .map(|_| Vec::new());
         results.push(topic_result(name, outcome));
     }
     let body = wire::AlterConfigsResponseT {
@@ -186,7 +258,8 @@ fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> 
     }
 }
 
-fn command_error_code(error: &CommandError) -> ErrorCode {
+/// Kafka's code for a command that did not commit.
+pub fn command_error_code(error: &CommandError) -> ErrorCode {
     match error {
         CommandError::Refused(refused) => match refused {
             MetadataError::Topic(TopicError::InvalidName { .. }) => {
@@ -197,7 +270,10 @@ fn command_error_code(error: &CommandError) -> ErrorCode {
             MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
             MetadataError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
             MetadataError::OutOfOrder { .. } => ErrorCode::UnknownServerError,
+            MetadataError::Placement(_) => ErrorCode::InvalidReplicationFactor,
+            MetadataError::InvalidReplicas(_) => ErrorCode::InvalidReplicaAssignment,
         },
+        CommandError::Remote(code, _) => *code,
         CommandError::Unavailable => ErrorCode::BrokerNotAvailable,
         CommandError::Storage(_) | CommandError::OutOfRoom(_) => ErrorCode::KafkaStorageError,
     }
@@ -255,6 +331,28 @@ pub(super) async fn describe_topics(
                     log_start_offset: d.log_start_offset,
                     log_end_offset: d.log_end_offset,
                     size_bytes: d.size_bytes,
+                    leader: d.replication.as_ref().map_or(-1, |r| {
+                        r.leader.map_or(-1, |l| l as i32)
+                    }),
+                    leader_epoch: d.replication.as_ref().map_or(-1, |r| r.term as i32),
+                    high_watermark: d
+                        .replication
+                        .as_ref()
+                        .map_or(-1, |r| r.high_watermark as i64),
+                    replicas: d
+                        .replication
+                        .as_ref()
+                        .map(|r| r.replicas.iter().map(|&(n, _)| n as i32).collect()),
+                    in_sync: d
+                        .replication
+                        .as_ref()
+                        .map(|r| r.in_sync.iter().map(|&n| n as i32).collect()),
+                    replica_log_ends: d.replication.as_ref().map(|r| {
+                        r.replicas
+                            .iter()
+                            .map(|&(_, end)| end.map_or(-1, |e| e as i64))
+                            .collect()
+                    }),
                 },
                 Err(e) => wire::PartitionDescriptionT {
                     partition: p,
@@ -262,6 +360,7 @@ pub(super) async fn describe_topics(
                     log_start_offset: -1,
                     log_end_offset: -1,
                     size_bytes: -1,
+                    ..Default::default()
                 },
             });
         }

@@ -3,6 +3,7 @@
 //! the partitions' shards instead of copying batches out of it.
 
 mod admin;
+pub use admin::command_error_code;
 mod fetch;
 mod offsets;
 mod produce;

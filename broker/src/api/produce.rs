@@ -37,7 +37,6 @@ pub(super) async fn produce(
         }
     }
     let frame = Arc::new(frame);
-    let wait = acks != api::ACKS_NONE;
     let outcomes = futures::future::join_all(plan.iter().map(|(topic, partition, range)| {
         let frame = frame.clone();
         async move {
@@ -46,11 +45,11 @@ pub(super) async fn produce(
                 .on_owner(
                     topic,
                     *partition,
-                    async |p| p.produce(&frame[range.clone()], wait).await,
+                    async |p| p.produce(&frame[range.clone()], acks).await,
                     |reply| PartitionOp::Produce {
                         frame: frame.clone(),
                         range: range.clone(),
-                        wait,
+                        acks,
                         reply,
                     },
                 )
@@ -58,7 +57,7 @@ pub(super) async fn produce(
         }
     }))
     .await;
-    if !wait {
+    if acks == api::ACKS_NONE {
         return None;
     }
     let mut topics: Vec<wire::ProduceTopicResultT> = Vec::new();

@@ -1458,6 +1458,7 @@ impl<'a> BrokerInfo<'a> {
   pub const VT_HOST: flatbuffers::VOffsetT = 6;
   pub const VT_PORT: flatbuffers::VOffsetT = 8;
   pub const VT_SHARD_PORTS: flatbuffers::VOffsetT = 10;
+  pub const VT_ALIVE: flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1473,6 +1474,7 @@ impl<'a> BrokerInfo<'a> {
     if let Some(x) = args.host { builder.add_host(x); }
     builder.add_node_id(args.node_id);
     builder.add_port(args.port);
+    builder.add_alive(args.alive);
     builder.finish()
   }
 
@@ -1485,11 +1487,13 @@ impl<'a> BrokerInfo<'a> {
     let shard_ports = self.shard_ports().map(|x| {
       x.into_iter().collect()
     });
+    let alive = self.alive();
     BrokerInfoT {
       node_id,
       host,
       port,
       shard_ports,
+      alive,
     }
   }
 
@@ -1521,6 +1525,13 @@ impl<'a> BrokerInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u16>>>(BrokerInfo::VT_SHARD_PORTS, None)}
   }
+  #[inline]
+  pub fn alive(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(BrokerInfo::VT_ALIVE, Some(true)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for BrokerInfo<'_> {
@@ -1534,6 +1545,7 @@ impl flatbuffers::Verifiable for BrokerInfo<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
      .visit_field::<u16>("port", Self::VT_PORT, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u16>>>("shard_ports", Self::VT_SHARD_PORTS, false)?
+     .visit_field::<bool>("alive", Self::VT_ALIVE, false)?
      .finish();
     Ok(())
   }
@@ -1543,6 +1555,7 @@ pub struct BrokerInfoArgs<'a> {
     pub host: Option<flatbuffers::WIPOffset<&'a str>>,
     pub port: u16,
     pub shard_ports: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u16>>>,
+    pub alive: bool,
 }
 impl<'a> Default for BrokerInfoArgs<'a> {
   #[inline]
@@ -1552,6 +1565,7 @@ impl<'a> Default for BrokerInfoArgs<'a> {
       host: None,
       port: 0,
       shard_ports: None,
+      alive: true,
     }
   }
 }
@@ -1578,6 +1592,10 @@ impl<'a: 'b, 'b> BrokerInfoBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(BrokerInfo::VT_SHARD_PORTS, shard_ports);
   }
   #[inline]
+  pub fn add_alive(&mut self, alive: bool) {
+    self.fbb_.push_slot::<bool>(BrokerInfo::VT_ALIVE, alive, true);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> BrokerInfoBuilder<'a, 'b> {
     let start = _fbb.start_table();
     BrokerInfoBuilder {
@@ -1599,6 +1617,7 @@ impl core::fmt::Debug for BrokerInfo<'_> {
       ds.field("host", &self.host());
       ds.field("port", &self.port());
       ds.field("shard_ports", &self.shard_ports());
+      ds.field("alive", &self.alive());
       ds.finish()
   }
 }
@@ -1608,6 +1627,7 @@ pub struct BrokerInfoT {
   pub host: Option<String>,
   pub port: u16,
   pub shard_ports: Option<Vec<u16>>,
+  pub alive: bool,
 }
 impl Default for BrokerInfoT {
   fn default() -> Self {
@@ -1616,6 +1636,7 @@ impl Default for BrokerInfoT {
       host: None,
       port: 0,
       shard_ports: None,
+      alive: true,
     }
   }
 }
@@ -1632,11 +1653,13 @@ impl BrokerInfoT {
     let shard_ports = self.shard_ports.as_ref().map(|x|{
       _fbb.create_vector(x)
     });
+    let alive = self.alive;
     BrokerInfo::create(_fbb, &BrokerInfoArgs{
       node_id,
       host,
       port,
       shard_ports,
+      alive,
     })
   }
 }
@@ -1661,6 +1684,7 @@ impl<'a> PartitionInfo<'a> {
   pub const VT_LEADER: flatbuffers::VOffsetT = 8;
   pub const VT_SHARD: flatbuffers::VOffsetT = 10;
   pub const VT_LEADER_EPOCH: flatbuffers::VOffsetT = 12;
+  pub const VT_REPLICAS: flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1669,9 +1693,10 @@ impl<'a> PartitionInfo<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
     _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
-    args: &'args PartitionInfoArgs
+    args: &'args PartitionInfoArgs<'args>
   ) -> flatbuffers::WIPOffset<PartitionInfo<'bldr>> {
     let mut builder = PartitionInfoBuilder::new(_fbb);
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
     builder.add_leader_epoch(args.leader_epoch);
     builder.add_leader(args.leader);
     builder.add_partition(args.partition);
@@ -1686,12 +1711,16 @@ impl<'a> PartitionInfo<'a> {
     let leader = self.leader();
     let shard = self.shard();
     let leader_epoch = self.leader_epoch();
+    let replicas = self.replicas().map(|x| {
+      x.into_iter().collect()
+    });
     PartitionInfoT {
       partition,
       error_code,
       leader,
       shard,
       leader_epoch,
+      replicas,
     }
   }
 
@@ -1730,6 +1759,13 @@ impl<'a> PartitionInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(PartitionInfo::VT_LEADER_EPOCH, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn replicas(&self) -> Option<flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, i32>>>(PartitionInfo::VT_REPLICAS, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for PartitionInfo<'_> {
@@ -1744,18 +1780,20 @@ impl flatbuffers::Verifiable for PartitionInfo<'_> {
      .visit_field::<i32>("leader", Self::VT_LEADER, false)?
      .visit_field::<u16>("shard", Self::VT_SHARD, false)?
      .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, i32>>>("replicas", Self::VT_REPLICAS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct PartitionInfoArgs {
+pub struct PartitionInfoArgs<'a> {
     pub partition: i32,
     pub error_code: i16,
     pub leader: i32,
     pub shard: u16,
     pub leader_epoch: i32,
+    pub replicas: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, i32>>>,
 }
-impl<'a> Default for PartitionInfoArgs {
+impl<'a> Default for PartitionInfoArgs<'a> {
   #[inline]
   fn default() -> Self {
     PartitionInfoArgs {
@@ -1764,6 +1802,7 @@ impl<'a> Default for PartitionInfoArgs {
       leader: 0,
       shard: 0,
       leader_epoch: 0,
+      replicas: None,
     }
   }
 }
@@ -1794,6 +1833,10 @@ impl<'a: 'b, 'b> PartitionInfoBuilder<'a, 'b> {
     self.fbb_.push_slot::<i32>(PartitionInfo::VT_LEADER_EPOCH, leader_epoch, 0);
   }
   #[inline]
+  pub fn add_replicas(&mut self, replicas: flatbuffers::WIPOffset<flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionInfo::VT_REPLICAS, replicas);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PartitionInfoBuilder<'a, 'b> {
     let start = _fbb.start_table();
     PartitionInfoBuilder {
@@ -1816,6 +1859,7 @@ impl core::fmt::Debug for PartitionInfo<'_> {
       ds.field("leader", &self.leader());
       ds.field("shard", &self.shard());
       ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("replicas", &self.replicas());
       ds.finish()
   }
 }
@@ -1826,6 +1870,7 @@ pub struct PartitionInfoT {
   pub leader: i32,
   pub shard: u16,
   pub leader_epoch: i32,
+  pub replicas: Option<Vec<i32>>,
 }
 impl Default for PartitionInfoT {
   fn default() -> Self {
@@ -1835,6 +1880,7 @@ impl Default for PartitionInfoT {
       leader: 0,
       shard: 0,
       leader_epoch: 0,
+      replicas: None,
     }
   }
 }
@@ -1848,12 +1894,16 @@ impl PartitionInfoT {
     let leader = self.leader;
     let shard = self.shard;
     let leader_epoch = self.leader_epoch;
+    let replicas = self.replicas.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     PartitionInfo::create(_fbb, &PartitionInfoArgs{
       partition,
       error_code,
       leader,
       shard,
       leader_epoch,
+      replicas,
     })
   }
 }
@@ -2390,6 +2440,7 @@ impl<'a> NewTopic<'a> {
   pub const VT_NAME: flatbuffers::VOffsetT = 4;
   pub const VT_PARTITIONS: flatbuffers::VOffsetT = 6;
   pub const VT_CONFIGS: flatbuffers::VOffsetT = 8;
+  pub const VT_REPLICATION_FACTOR: flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2404,6 +2455,7 @@ impl<'a> NewTopic<'a> {
     if let Some(x) = args.configs { builder.add_configs(x); }
     builder.add_partitions(args.partitions);
     if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_replication_factor(args.replication_factor);
     builder.finish()
   }
 
@@ -2415,10 +2467,12 @@ impl<'a> NewTopic<'a> {
     let configs = self.configs().map(|x| {
       x.iter().map(|t| t.unpack()).collect()
     });
+    let replication_factor = self.replication_factor();
     NewTopicT {
       name,
       partitions,
       configs,
+      replication_factor,
     }
   }
 
@@ -2443,6 +2497,13 @@ impl<'a> NewTopic<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicConfig>>>>(NewTopic::VT_CONFIGS, None)}
   }
+  #[inline]
+  pub fn replication_factor(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(NewTopic::VT_REPLICATION_FACTOR, Some(-1)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for NewTopic<'_> {
@@ -2455,6 +2516,7 @@ impl flatbuffers::Verifiable for NewTopic<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<i32>("partitions", Self::VT_PARTITIONS, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicConfig>>>>("configs", Self::VT_CONFIGS, false)?
+     .visit_field::<i16>("replication_factor", Self::VT_REPLICATION_FACTOR, false)?
      .finish();
     Ok(())
   }
@@ -2463,6 +2525,7 @@ pub struct NewTopicArgs<'a> {
     pub name: Option<flatbuffers::WIPOffset<&'a str>>,
     pub partitions: i32,
     pub configs: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicConfig<'a>>>>>,
+    pub replication_factor: i16,
 }
 impl<'a> Default for NewTopicArgs<'a> {
   #[inline]
@@ -2471,6 +2534,7 @@ impl<'a> Default for NewTopicArgs<'a> {
       name: None,
       partitions: 0,
       configs: None,
+      replication_factor: -1,
     }
   }
 }
@@ -2493,6 +2557,10 @@ impl<'a: 'b, 'b> NewTopicBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(NewTopic::VT_CONFIGS, configs);
   }
   #[inline]
+  pub fn add_replication_factor(&mut self, replication_factor: i16) {
+    self.fbb_.push_slot::<i16>(NewTopic::VT_REPLICATION_FACTOR, replication_factor, -1);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> NewTopicBuilder<'a, 'b> {
     let start = _fbb.start_table();
     NewTopicBuilder {
@@ -2513,6 +2581,7 @@ impl core::fmt::Debug for NewTopic<'_> {
       ds.field("name", &self.name());
       ds.field("partitions", &self.partitions());
       ds.field("configs", &self.configs());
+      ds.field("replication_factor", &self.replication_factor());
       ds.finish()
   }
 }
@@ -2521,6 +2590,7 @@ pub struct NewTopicT {
   pub name: Option<String>,
   pub partitions: i32,
   pub configs: Option<Vec<TopicConfigT>>,
+  pub replication_factor: i16,
 }
 impl Default for NewTopicT {
   fn default() -> Self {
@@ -2528,6 +2598,7 @@ impl Default for NewTopicT {
       name: None,
       partitions: 0,
       configs: None,
+      replication_factor: -1,
     }
   }
 }
@@ -2543,10 +2614,12 @@ impl NewTopicT {
     let configs = self.configs.as_ref().map(|x|{
       let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
     });
+    let replication_factor = self.replication_factor;
     NewTopic::create(_fbb, &NewTopicArgs{
       name,
       partitions,
       configs,
+      replication_factor,
     })
   }
 }
@@ -3441,6 +3514,12 @@ impl<'a> PartitionDescription<'a> {
   pub const VT_LOG_START_OFFSET: flatbuffers::VOffsetT = 8;
   pub const VT_LOG_END_OFFSET: flatbuffers::VOffsetT = 10;
   pub const VT_SIZE_BYTES: flatbuffers::VOffsetT = 12;
+  pub const VT_LEADER: flatbuffers::VOffsetT = 14;
+  pub const VT_LEADER_EPOCH: flatbuffers::VOffsetT = 16;
+  pub const VT_HIGH_WATERMARK: flatbuffers::VOffsetT = 18;
+  pub const VT_REPLICAS: flatbuffers::VOffsetT = 20;
+  pub const VT_IN_SYNC: flatbuffers::VOffsetT = 22;
+  pub const VT_REPLICA_LOG_ENDS: flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -3449,12 +3528,18 @@ impl<'a> PartitionDescription<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
     _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
-    args: &'args PartitionDescriptionArgs
+    args: &'args PartitionDescriptionArgs<'args>
   ) -> flatbuffers::WIPOffset<PartitionDescription<'bldr>> {
     let mut builder = PartitionDescriptionBuilder::new(_fbb);
+    builder.add_high_watermark(args.high_watermark);
     builder.add_size_bytes(args.size_bytes);
     builder.add_log_end_offset(args.log_end_offset);
     builder.add_log_start_offset(args.log_start_offset);
+    if let Some(x) = args.replica_log_ends { builder.add_replica_log_ends(x); }
+    if let Some(x) = args.in_sync { builder.add_in_sync(x); }
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_leader(args.leader);
     builder.add_partition(args.partition);
     builder.add_error_code(args.error_code);
     builder.finish()
@@ -3466,12 +3551,30 @@ impl<'a> PartitionDescription<'a> {
     let log_start_offset = self.log_start_offset();
     let log_end_offset = self.log_end_offset();
     let size_bytes = self.size_bytes();
+    let leader = self.leader();
+    let leader_epoch = self.leader_epoch();
+    let high_watermark = self.high_watermark();
+    let replicas = self.replicas().map(|x| {
+      x.into_iter().collect()
+    });
+    let in_sync = self.in_sync().map(|x| {
+      x.into_iter().collect()
+    });
+    let replica_log_ends = self.replica_log_ends().map(|x| {
+      x.into_iter().collect()
+    });
     PartitionDescriptionT {
       partition,
       error_code,
       log_start_offset,
       log_end_offset,
       size_bytes,
+      leader,
+      leader_epoch,
+      high_watermark,
+      replicas,
+      in_sync,
+      replica_log_ends,
     }
   }
 
@@ -3510,6 +3613,48 @@ impl<'a> PartitionDescription<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i64>(PartitionDescription::VT_SIZE_BYTES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn leader(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionDescription::VT_LEADER, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionDescription::VT_LEADER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn high_watermark(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(PartitionDescription::VT_HIGH_WATERMARK, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn replicas(&self) -> Option<flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, i32>>>(PartitionDescription::VT_REPLICAS, None)}
+  }
+  #[inline]
+  pub fn in_sync(&self) -> Option<flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, i32>>>(PartitionDescription::VT_IN_SYNC, None)}
+  }
+  #[inline]
+  pub fn replica_log_ends(&self) -> Option<flatbuffers::Vector<'a, i64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, i64>>>(PartitionDescription::VT_REPLICA_LOG_ENDS, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for PartitionDescription<'_> {
@@ -3524,18 +3669,30 @@ impl flatbuffers::Verifiable for PartitionDescription<'_> {
      .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
      .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
      .visit_field::<i64>("size_bytes", Self::VT_SIZE_BYTES, false)?
+     .visit_field::<i32>("leader", Self::VT_LEADER, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, i32>>>("replicas", Self::VT_REPLICAS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, i32>>>("in_sync", Self::VT_IN_SYNC, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, i64>>>("replica_log_ends", Self::VT_REPLICA_LOG_ENDS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct PartitionDescriptionArgs {
+pub struct PartitionDescriptionArgs<'a> {
     pub partition: i32,
     pub error_code: i16,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
     pub size_bytes: i64,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub high_watermark: i64,
+    pub replicas: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, i32>>>,
+    pub in_sync: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, i32>>>,
+    pub replica_log_ends: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, i64>>>,
 }
-impl<'a> Default for PartitionDescriptionArgs {
+impl<'a> Default for PartitionDescriptionArgs<'a> {
   #[inline]
   fn default() -> Self {
     PartitionDescriptionArgs {
@@ -3544,6 +3701,12 @@ impl<'a> Default for PartitionDescriptionArgs {
       log_start_offset: 0,
       log_end_offset: 0,
       size_bytes: 0,
+      leader: -1,
+      leader_epoch: -1,
+      high_watermark: -1,
+      replicas: None,
+      in_sync: None,
+      replica_log_ends: None,
     }
   }
 }
@@ -3574,6 +3737,30 @@ impl<'a: 'b, 'b> PartitionDescriptionBuilder<'a, 'b> {
     self.fbb_.push_slot::<i64>(PartitionDescription::VT_SIZE_BYTES, size_bytes, 0);
   }
   #[inline]
+  pub fn add_leader(&mut self, leader: i32) {
+    self.fbb_.push_slot::<i32>(PartitionDescription::VT_LEADER, leader, -1);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(PartitionDescription::VT_LEADER_EPOCH, leader_epoch, -1);
+  }
+  #[inline]
+  pub fn add_high_watermark(&mut self, high_watermark: i64) {
+    self.fbb_.push_slot::<i64>(PartitionDescription::VT_HIGH_WATERMARK, high_watermark, -1);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: flatbuffers::WIPOffset<flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionDescription::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn add_in_sync(&mut self, in_sync: flatbuffers::WIPOffset<flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionDescription::VT_IN_SYNC, in_sync);
+  }
+  #[inline]
+  pub fn add_replica_log_ends(&mut self, replica_log_ends: flatbuffers::WIPOffset<flatbuffers::Vector<'b , i64>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionDescription::VT_REPLICA_LOG_ENDS, replica_log_ends);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PartitionDescriptionBuilder<'a, 'b> {
     let start = _fbb.start_table();
     PartitionDescriptionBuilder {
@@ -3596,6 +3783,12 @@ impl core::fmt::Debug for PartitionDescription<'_> {
       ds.field("log_start_offset", &self.log_start_offset());
       ds.field("log_end_offset", &self.log_end_offset());
       ds.field("size_bytes", &self.size_bytes());
+      ds.field("leader", &self.leader());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("high_watermark", &self.high_watermark());
+      ds.field("replicas", &self.replicas());
+      ds.field("in_sync", &self.in_sync());
+      ds.field("replica_log_ends", &self.replica_log_ends());
       ds.finish()
   }
 }
@@ -3606,6 +3799,12 @@ pub struct PartitionDescriptionT {
   pub log_start_offset: i64,
   pub log_end_offset: i64,
   pub size_bytes: i64,
+  pub leader: i32,
+  pub leader_epoch: i32,
+  pub high_watermark: i64,
+  pub replicas: Option<Vec<i32>>,
+  pub in_sync: Option<Vec<i32>>,
+  pub replica_log_ends: Option<Vec<i64>>,
 }
 impl Default for PartitionDescriptionT {
   fn default() -> Self {
@@ -3615,6 +3814,12 @@ impl Default for PartitionDescriptionT {
       log_start_offset: 0,
       log_end_offset: 0,
       size_bytes: 0,
+      leader: -1,
+      leader_epoch: -1,
+      high_watermark: -1,
+      replicas: None,
+      in_sync: None,
+      replica_log_ends: None,
     }
   }
 }
@@ -3628,12 +3833,30 @@ impl PartitionDescriptionT {
     let log_start_offset = self.log_start_offset;
     let log_end_offset = self.log_end_offset;
     let size_bytes = self.size_bytes;
+    let leader = self.leader;
+    let leader_epoch = self.leader_epoch;
+    let high_watermark = self.high_watermark;
+    let replicas = self.replicas.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    let in_sync = self.in_sync.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    let replica_log_ends = self.replica_log_ends.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     PartitionDescription::create(_fbb, &PartitionDescriptionArgs{
       partition,
       error_code,
       log_start_offset,
       log_end_offset,
       size_bytes,
+      leader,
+      leader_epoch,
+      high_watermark,
+      replicas,
+      in_sync,
+      replica_log_ends,
     })
   }
 }

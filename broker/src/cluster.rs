@@ -1,0 +1,285 @@
+//! A node in a cluster, on its shard 0: the controller's side (answering the
+//! other nodes' follow rounds and forwarded commands) and a follower's side
+//! (following the controller's metadata, forwarding commands to it).
+//!
+//! One node runs the controller (`controller_voters`, or the node without
+//! seeds). Every other node finds it through its seeds — a seed that is not
+//! the controller names it — and then follows it in long-poll rounds that
+//! also register the node, report the leaders it knows and learn every
+//! other node's. A round's answer carries the controller's whole metadata
+//! when it is newer, and the node converges its shards to it, as the
+//! controller's own node does after each command.
+
+use crate::controller::CommandError;
+use crate::mesh::{NotServed, ShardMsg};
+use crate::peer::Caller;
+use crate::shard::Shard;
+use fjord_net::ErrorCode;
+use fjord_replication::control::{ControlRequest, ControlResponse, Follow, Followed, Proposal};
+use fjord_replication::metadata::{ClusterMetadata, Command, NodeInfo};
+use fjord_replication::raft::NodeId;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Longest a follow round waits at the controller for news.
+const FOLLOW_WAIT: Duration = Duration::from_millis(500);
+/// Pause before trying the next seed after a failed round.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Longest a forwarded command waits for the controller.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often shard 0 tells the other shards which nodes are live.
+const LIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// This node as it registers.
+pub fn node_info(shard: &Shard) -> NodeInfo {
+    let advertised = shard.config.advertised();
+    let host = if advertised.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        advertised.ip().to_string()
+    };
+    let first_data_shard = u16::from(!shard.config.hosts_partitions_on_controller());
+    NodeInfo {
+        id: shard.node_id(),
+        host,
+        port: advertised.port(),
+        shard_ports: shard.shard_ports.clone(),
+        first_data_shard,
+        data_shards: shard.data_shards(),
+        controller: shard.config.runs_controller(),
+    }
+}
+
+/// Registers the controller's own node when its entry is missing or stale.
+pub async fn register_self(shard: &Shard) -> Result<(), CommandError> {
+    let me = node_info(shard);
+    if shard.metadata().nodes.get(&me.id) == Some(&me) {
+        return Ok(());
+    }
+    shard
+        .command(Proposal::of(Command::RegisterNode(Box::new(me))))
+        .await
+        .map(|_| ())
+}
+
+/// The controller's answer to a peer's request (on shard 0).
+pub async fn answer(shard: &Rc<Shard>, from: NodeId, request: ControlRequest) -> ControlResponse {
+    let Some(controller) = shard.controller() else {
+        let known = shard
+            .metadata()
+            .controller()
+            .map(|n| (n.host.clone(), n.port));
+        return ControlResponse::NotController(known);
+    };
+    match request {
+        ControlRequest::Follow(follow) => {
+            if follow.node.id != from {
+                return ControlResponse::Failed(
+                    ErrorCode::InvalidRequest.code(),
+                    format!("node {from} follows as node {}", follow.node.id),
+                );
+            }
+            controller.heard(from);
+            let changed = shard.merge_leaders(&follow.leaders);
+            if changed {
+                shard.broadcast_leaders(follow.leaders.clone()).await;
+                controller.notify();
+            }
+            if shard.metadata().nodes.get(&from) != Some(&follow.node) {
+                let register = Proposal::of(Command::RegisterNode(Box::new(follow.node)));
+                if let Err(e) = shard.command(register).await {
+                    return failed(&e);
+                }
+            }
+            if shard.metadata().applied_index <= follow.applied_index {
+                let wait = Duration::from_millis(u64::from(follow.wait_ms)).min(FOLLOW_WAIT);
+                let changed = controller.changed();
+                let timeout = std::pin::pin!(glommio::timer::sleep(wait));
+                futures::future::select(changed, timeout).await;
+            }
+            let metadata = shard.metadata();
+            ControlResponse::Followed(Followed {
+                metadata: if metadata.applied_index > follow.applied_index {
+                    metadata.snapshot()
+                } else {
+                    Vec::new()
+                },
+                leaders: shard.leaders(),
+                live: controller.live(shard.node_id()),
+            })
+        }
+        ControlRequest::Command(proposal) => match shard.command(proposal).await {
+            Ok(not_served) if not_served.is_empty() => {
+                ControlResponse::Committed(shard.metadata().applied_index)
+            }
+            Ok(not_served) => ControlResponse::Failed(
+                ErrorCode::KafkaStorageError.code(),
+                format!("committed, but {}", NotServed::summary(&not_served)),
+            ),
+            Err(e) => failed(&e),
+        },
+    }
+}
+
+fn failed(error: &CommandError) -> ControlResponse {
+    ControlResponse::Failed(crate::api::command_error_code(error).code(), error.to_string())
+}
+
+/// Sends a command to the cluster's controller and waits until this node
+/// has applied it (so that what follows sees it).
+pub async fn forward(shard: &Shard, proposal: Proposal) -> Result<Vec<NotServed>, CommandError> {
+    let request = ControlRequest::Command(proposal);
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let mut caller = Caller::new(shard.node_id());
+    let mut target = controller_addr(shard);
+    let index = loop {
+        let Some(addr) = target else {
+            return Err(CommandError::Remote(
+                ErrorCode::NotController,
+                "the controller is not known yet".into(),
+            ));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match caller.call(addr, &request, left).await {
+            Ok(ControlResponse::Committed(index)) => break index,
+            Ok(ControlResponse::Failed(code, message)) => {
+                let code = ErrorCode::try_from_code(code).unwrap_or(ErrorCode::UnknownServerError);
+                return Err(CommandError::Remote(code, message));
+            }
+            Ok(ControlResponse::NotController(Some(at))) => target = resolve(&at),
+            Ok(_) => {
+                return Err(CommandError::Remote(
+                    ErrorCode::NotController,
+                    format!("{addr} does not run the controller"),
+                ));
+            }
+            Err(e) => {
+                return Err(CommandError::Remote(
+                    ErrorCode::RequestTimedOut,
+                    format!("controller: {e}"),
+                ));
+            }
+        }
+    };
+    while shard.metadata().applied_index < index {
+        if Instant::now() >= deadline {
+            return Err(CommandError::Remote(
+                ErrorCode::RequestTimedOut,
+                format!("committed at {index}, not yet applied here"),
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Vec::new())
+}
+
+fn controller_addr(shard: &Shard) -> Option<SocketAddr> {
+    let metadata = shard.metadata();
+    let node = metadata.controller()?;
+    resolve(&(node.host.clone(), *node.shard_ports.first()?))
+}
+
+fn resolve((host, port): &(String, u16)) -> Option<SocketAddr> {
+    Some(SocketAddr::new(host.parse().ok()?, *port))
+}
+
+/// Follows the controller for as long as the node runs (shard 0 of a node
+/// that does not run it): registers, reports leaders, installs metadata.
+pub async fn follow(shard: Rc<Shard>) {
+    let mut caller = Caller::new(shard.node_id());
+    let seeds = shard.config.seeds.clone();
+    let mut next_seed = 0;
+    let mut target: Option<SocketAddr> = None;
+    let failures = crate::logging::Repeated::default();
+    loop {
+        let addr = match target.or_else(|| controller_addr(&shard)) {
+            Some(addr) => addr,
+            None => {
+                let seed = seeds[next_seed % seeds.len()];
+                next_seed += 1;
+                // A seed is a node's listener; its shard 0 port answers
+                // peers, and any of its ports tells a peer by its magic.
+                seed
+            }
+        };
+        let me = shard.node_id();
+        let request = ControlRequest::Follow(Follow {
+            node: node_info(&shard),
+            applied_index: shard.metadata().applied_index,
+            wait_ms: FOLLOW_WAIT.as_millis() as u32,
+            leaders: shard
+                .leaders()
+                .into_iter()
+                .filter(|r| r.leader == Some(me))
+                .collect(),
+        });
+        match caller.call(addr, &request, FOLLOW_WAIT * 4).await {
+            Ok(ControlResponse::Followed(followed)) => {
+                target = Some(addr);
+                if let Err(e) = install(&shard, followed).await {
+                    tracing::warn!(shard = 0, controller = %addr, error = %e, "cannot install the controller's metadata");
+                    glommio::timer::sleep(RETRY_PAUSE).await;
+                }
+            }
+            Ok(ControlResponse::NotController(at)) => {
+                target = at.as_ref().and_then(resolve);
+                if target.is_none() {
+                    glommio::timer::sleep(RETRY_PAUSE).await;
+                }
+            }
+            Ok(other) => {
+                if let Some(count) = failures.hit() {
+                    tracing::warn!(shard = 0, peer = %addr, answer = ?other, failures = count, "controller refused the follow round");
+                }
+                target = None;
+                glommio::timer::sleep(RETRY_PAUSE).await;
+            }
+            Err(e) => {
+                if let Some(count) = failures.hit() {
+                    tracing::warn!(shard = 0, peer = %addr, error = %e, failures = count, "cannot reach the controller; trying the seeds");
+                }
+                target = None;
+                glommio::timer::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+async fn install(shard: &Rc<Shard>, followed: Followed) -> Result<(), String> {
+    if shard.merge_leaders(&followed.leaders) {
+        shard.broadcast_leaders(followed.leaders).await;
+    }
+    shard.set_live(followed.live);
+    if followed.metadata.is_empty() {
+        return Ok(());
+    }
+    let metadata = ClusterMetadata::restore(&followed.metadata).map_err(|e| e.to_string())?;
+    if metadata.applied_index <= shard.metadata().applied_index {
+        return Ok(());
+    }
+    let not_served = shard.push_metadata(&metadata).await;
+    if !not_served.is_empty() {
+        tracing::warn!(shard = 0, "{}", NotServed::summary(&not_served));
+    }
+    Ok(())
+}
+
+/// Tells every shard which nodes are live, every second, for as long as
+/// the node runs (shard 0).
+pub async fn share_liveness(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(LIVE_EVERY).await;
+        let live = match shard.controller() {
+            Some(controller) => {
+                let live = controller.live(shard.node_id());
+                shard.set_live(live.clone());
+                live
+            }
+            None => shard.live_nodes(),
+        };
+        for to in (1..shard.count).filter(|&to| to != shard.id) {
+            let _ = shard.send_to(to, ShardMsg::Live(live.clone())).await;
+        }
+    }
+}

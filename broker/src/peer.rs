@@ -1,0 +1,254 @@
+//! Connections between nodes, per shard: a shard sends Raft traffic to a
+//! peer replica's shard over one connection of its own per peer shard
+//! ([`Links`]), and answers what peers send it on connections they opened
+//! ([`serve`]). A shard port tells a peer from a native client by the
+//! connection's first four bytes ([`wire::CONNECTION_MAGIC`]).
+//!
+//! A link never blocks its sender: frames queue (bounded) while the link
+//! (re)connects and are dropped when the queue is full or the peer is
+//! away — Raft sends again what was not acknowledged.
+
+use crate::shard::Shard;
+use fjord_replication::control::{ControlRequest, ControlResponse};
+use fjord_replication::raft::NodeId;
+use fjord_replication::wire::{self, Body, Frame, WireError};
+use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use futures::{AsyncRead, FutureExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Frames queued for one peer shard before new ones are dropped.
+const LINK_QUEUE_LEN: usize = 1024;
+/// Longest wait for a connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between attempts to reach a peer that is away.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// Socket write buffer of a link: a tick's frames share a send.
+const WRITE_BUFFER_BYTES: usize = 256 << 10;
+
+/// Why a peer exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The connection failed or closed.
+    #[error("peer {addr}: {source}")]
+    Io {
+        /// The peer.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The peer sent something that is not a valid frame.
+    #[error("peer {addr}: {source}")]
+    Wire {
+        /// The peer.
+        addr: SocketAddr,
+        /// The cause.
+        source: WireError,
+    },
+    /// The peer answered with something other than a control response.
+    #[error("peer {0}: unexpected frame")]
+    Unexpected(SocketAddr),
+    /// No answer in time.
+    #[error("peer {0}: timed out")]
+    TimedOut(SocketAddr),
+}
+
+/// One shard's outgoing links, by peer shard address.
+#[derive(Default)]
+pub struct Links {
+    links: RefCell<HashMap<SocketAddr, LocalSender<Vec<u8>>>>,
+}
+
+impl Links {
+    /// Queues `frame` for the peer shard at `addr`, starting its link on
+    /// first use; dropped if the link's queue is full.
+    pub fn send(&self, addr: SocketAddr, frame: Vec<u8>) {
+        let mut links = self.links.borrow_mut();
+        let link = links.entry(addr).or_insert_with(|| {
+            let (tx, rx) = local_channel::new_bounded(LINK_QUEUE_LEN);
+            glommio::spawn_local(run_link(addr, rx)).detach();
+            tx
+        });
+        // Full: the peer is slow or away; Raft sends again.
+        let _ = link.try_send(frame);
+    }
+}
+
+/// Sends queued frames to `addr` for as long as the shard runs,
+/// reconnecting whenever the connection fails.
+async fn run_link(addr: SocketAddr, frames: LocalReceiver<Vec<u8>>) {
+    let failures = crate::logging::Repeated::default();
+    loop {
+        let stream = match connect(addr).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                if let Some(count) = failures.hit() {
+                    tracing::debug!(peer = %addr, error = %e, failures = count, "peer link: cannot connect");
+                }
+                // Frames for a peer that is away are dropped, not kept
+                // stale: Raft's next round sends what is current.
+                while frames.recv().now_or_never().flatten().is_some() {}
+                glommio::timer::sleep(RECONNECT_PAUSE).await;
+                continue;
+            }
+        };
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream);
+        loop {
+            let frame = match frames.recv().now_or_never() {
+                Some(Some(frame)) => frame,
+                Some(None) => return,
+                None => {
+                    if writer.flush().await.is_err() {
+                        break;
+                    }
+                    match frames.recv().await {
+                        Some(frame) => frame,
+                        None => return,
+                    }
+                }
+            };
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Opens a peer connection to `addr` and says it is one.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, PeerError> {
+    let io = |source| PeerError::Io { addr, source };
+    let mut stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| io(e.into()))?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(&wire::CONNECTION_MAGIC)
+        .await
+        .map_err(io)?;
+    Ok(stream)
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    addr: SocketAddr,
+) -> Result<Option<Frame>, PeerError> {
+    let io = |source| PeerError::Io { addr, source };
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < prefix.len() {
+        match reader.read(&mut prefix[got..]).await.map_err(io)? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(io(std::io::ErrorKind::UnexpectedEof.into())),
+            n => got += n,
+        }
+    }
+    let len = wire::frame_len(prefix).map_err(|source| PeerError::Wire { addr, source })?;
+    let mut rest = vec![0u8; len];
+    reader.read_exact(&mut rest).await.map_err(io)?;
+    wire::decode(&rest)
+        .map(Some)
+        .map_err(|source| PeerError::Wire { addr, source })
+}
+
+/// Serves a peer's connection to this shard (its magic already read):
+/// Raft frames go to the shard's replicas, control requests to its
+/// controller side, answered on the same connection in order.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let addr = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (mut reader, mut writer) = stream.split();
+    let errors = crate::logging::Repeated::default();
+    loop {
+        let frame = match read_frame(&mut reader, addr).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(e) => {
+                if let Some(count) = errors.hit() {
+                    tracing::warn!(shard = shard.id, peer = %addr, error = %e, errors = count, "peer connection closed");
+                }
+                return;
+            }
+        };
+        match frame.body {
+            Body::Raft(batch) => shard.replication().receive(frame.from, batch, frame.payload),
+            Body::Request(request) => {
+                let response = crate::cluster::answer(&shard, frame.from, request).await;
+                let bytes = wire::encode_response(shard.node_id(), &response);
+                if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+                    return;
+                }
+            }
+            Body::Response(_) => {
+                tracing::warn!(shard = shard.id, peer = %addr, "peer sent an answer nobody asked for: closing");
+                return;
+            }
+        }
+    }
+}
+
+/// A connection for control requests to one node, one request at a time.
+pub struct Caller {
+    from: NodeId,
+    conn: Option<(SocketAddr, TcpStream)>,
+}
+
+impl Caller {
+    /// A caller speaking for node `from`.
+    pub fn new(from: NodeId) -> Caller {
+        Caller { from, conn: None }
+    }
+
+    /// Sends `request` to `addr` and waits up to `timeout` for the answer.
+    /// The connection is kept for the next call to the same address.
+    pub async fn call(
+        &mut self,
+        addr: SocketAddr,
+        request: &ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlResponse, PeerError> {
+        if self.conn.as_ref().is_none_or(|(a, _)| *a != addr) {
+            self.conn = Some((addr, connect(addr).await?));
+        }
+        let Some((_, stream)) = self.conn.as_mut() else {
+            unreachable!("connected above");
+        };
+        let frame = wire::encode_request(self.from, request);
+        let exchange = async {
+            let io = |source| PeerError::Io { addr, source };
+            stream.write_all(&frame).await.map_err(io)?;
+            stream.flush().await.map_err(io)?;
+            match read_frame(stream, addr).await? {
+                Some(Frame {
+                    body: Body::Response(response),
+                    ..
+                }) => Ok(response),
+                Some(_) => Err(PeerError::Unexpected(addr)),
+                None => Err(PeerError::Io {
+                    addr,
+                    source: std::io::ErrorKind::UnexpectedEof.into(),
+                }),
+            }
+        };
+        let answer = match futures::future::select(
+            Box::pin(exchange),
+            Box::pin(glommio::timer::sleep(timeout)),
+        )
+        .await
+        {
+            futures::future::Either::Left((answer, _)) => answer,
+            futures::future::Either::Right(_) => Err(PeerError::TimedOut(addr)),
+        };
+        if answer.is_err() {
+            // Out of step or gone: the next call starts afresh.
+            self.conn = None;
+        }
+        answer
+    }
+}

@@ -1,0 +1,877 @@
+//! A shard's replicated partitions: one Raft group per partition replica
+//! (the `replication` crate's sans-I/O core, all of a shard's groups in one
+//! [`Mux`]), driven here with the shard's real clock, disk and sockets.
+//!
+//! - Messages leave per peer shard, one frame per tick and peer shard for
+//!   every group between them ([`Links`]); a leader's appends carry the
+//!   batches read back from its log, byte for byte.
+//! - Storage actions of a group run in order on a worker of its own
+//!   ([`StorageOp`]): appends at the offset the core chose (the log refuses
+//!   any other), truncations, syncs and the hard state (term and vote, in
+//!   `raft-state` beside the log, replaced atomically). Completions go back
+//!   into the core.
+//! - Events settle the producers waiting on a partition: `acks=1` once the
+//!   leader's copy is durable by the topic's policy, `acks=all` once
+//!   committed (the high watermark); a leader that steps down fails them
+//!   with `NOT_LEADER_OR_FOLLOWER`, and the client retries.
+//!
+//! Nothing here awaits while the mux is borrowed: a round of the core and
+//! the carrying out of its outputs is synchronous, and I/O runs in tasks
+//! that report back by starting a new round.
+
+use crate::partition::Partition;
+use crate::peer::Links;
+use fjord_core::BatchBuilder;
+use fjord_core::batch::{self, Batch};
+use fjord_net::{ErrorCode, api};
+use fjord_replication::control::LeaderReport;
+use fjord_replication::raft::mux::{GroupId, Mux, Outbox, PeerBatch};
+use fjord_replication::raft::{
+    Config, Durability, Entry, EntryKind, Event, Group, HardState, LogState, Membership, Message,
+    NodeId, Offset, Output, ProposeError, Replicate, Term,
+};
+use fjord_replication::wire;
+use fjord_storage::StorageError;
+use futures::channel::oneshot;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::ops::{Deref, Range};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Ticks between a leader's heartbeats.
+const HEARTBEAT_TICKS: u32 = 3;
+/// Longest a produce waits for its acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Name of a replica's hard-state file, in the partition's directory.
+const HARD_STATE_FILE: &str = "raft-state";
+/// Kafka's control record type for a new leader (KIP-595's LEADER_CHANGE):
+/// the batch a new leader appends so that earlier terms commit.
+const LEADER_CHANGE_TYPE: i16 = 2;
+
+/// A batch's bytes until its log takes them.
+pub enum Payload {
+    /// Copied out of a producer's request, or built here.
+    Owned(Vec<u8>),
+    /// In a peer's frame, shared by the frame's batches.
+    Shared(Rc<Vec<u8>>, Range<usize>),
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Owned(bytes) => bytes,
+            Payload::Shared(frame, range) => &frame[range.clone()],
+        }
+    }
+}
+
+/// What a group's storage worker does, in order.
+enum StorageOp {
+    Append {
+        entry: Entry,
+        payload: Payload,
+        generation: u64,
+    },
+    Truncate {
+        end: Offset,
+    },
+    Sync {
+        end: Offset,
+        generation: u64,
+    },
+    Persist {
+        state: HardState,
+        version: u64,
+    },
+}
+
+/// Where the payloads of a round's appends come from.
+enum Source<'a> {
+    None,
+    /// A producer's batch: the one entry `propose` appends.
+    Proposal(Option<Payload>),
+    /// A peer's frame: the batches of its append requests, by group and
+    /// offset.
+    Frame(&'a Rc<Vec<u8>>, &'a HashMap<(GroupId, Offset), Range<usize>>),
+}
+
+/// A producer waiting for its batches to be acknowledged.
+struct Ack {
+    end: Offset,
+    all: bool,
+    tx: oneshot::Sender<Result<(), ErrorCode>>,
+}
+
+/// What the shard knows of a group's state, for its requests.
+#[derive(Default)]
+struct View {
+    term: Term,
+    leader: Option<NodeId>,
+    leading: bool,
+    commit: Offset,
+    durable: Offset,
+    acks: Vec<Ack>,
+    readers: Vec<(Offset, oneshot::Sender<()>)>,
+    failed: bool,
+}
+
+/// The replication side of one partition replica.
+pub struct Replica {
+    /// The group.
+    pub group: GroupId,
+    /// The other replicas' shard addresses, by node.
+    peers: RefCell<HashMap<NodeId, SocketAddr>>,
+    voters: Vec<NodeId>,
+    durability: Durability,
+    view: RefCell<View>,
+    ops: LocalSender<StorageOp>,
+    worker: RefCell<Option<LocalReceiver<StorageOp>>>,
+}
+
+impl Replica {
+    /// A replica of `group` among `voters` (node ids), reaching the others
+    /// at `peers`.
+    pub fn new(
+        group: GroupId,
+        voters: Vec<NodeId>,
+        peers: HashMap<NodeId, SocketAddr>,
+        durability: Durability,
+    ) -> Replica {
+        let (ops, worker) = local_channel::new_unbounded();
+        Replica {
+            group,
+            peers: RefCell::new(peers),
+            voters,
+            durability,
+            view: RefCell::new(View::default()),
+            ops,
+            worker: RefCell::new(Some(worker)),
+        }
+    }
+
+    /// Updates where the other replicas are reached (a node re-registered).
+    pub fn set_peers(&self, peers: HashMap<NodeId, SocketAddr>) {
+        *self.peers.borrow_mut() = peers;
+    }
+
+    fn peer(&self, node: NodeId) -> Option<SocketAddr> {
+        self.peers.borrow().get(&node).copied()
+    }
+
+    /// The leader and its term, as this replica knows them.
+    pub fn leader(&self) -> (Option<NodeId>, Term) {
+        let view = self.view.borrow();
+        (view.leader, view.term)
+    }
+
+    /// The high watermark this replica knows.
+    pub fn high_watermark(&self) -> Offset {
+        self.view.borrow().commit
+    }
+
+    /// Whether this replica leads and serves requests.
+    pub fn is_leader(&self) -> bool {
+        let view = self.view.borrow();
+        view.leading && !view.failed
+    }
+
+    /// Resolves once the high watermark passes `offset`, or `wait` passes.
+    pub async fn wait_past(&self, offset: Offset, wait: Duration) {
+        let rx = {
+            let mut view = self.view.borrow_mut();
+            if view.commit > offset {
+                return;
+            }
+            view.readers.retain(|(_, tx)| !tx.is_canceled());
+            let (tx, rx) = oneshot::channel();
+            view.readers.push((offset, tx));
+            rx
+        };
+        let timeout = std::pin::pin!(glommio::timer::sleep(wait));
+        let _ = futures::future::select(rx, timeout).await;
+    }
+
+    /// Releases every parked reader (shutdown).
+    pub fn wake_readers(&self) {
+        self.view.borrow_mut().readers.clear();
+    }
+
+    fn fail_acks(view: &mut View, code: ErrorCode) {
+        for ack in view.acks.drain(..) {
+            let _ = ack.tx.send(Err(code));
+        }
+    }
+
+    fn on_event(&self, me: NodeId, event: &Event) {
+        let mut view = self.view.borrow_mut();
+        match *event {
+            Event::BecameLeader { term } => {
+                view.term = term;
+                view.leader = Some(me);
+                view.leading = true;
+            }
+            Event::SteppedDown { .. } => {
+                view.leading = false;
+                Self::fail_acks(&mut view, ErrorCode::NotLeaderOrFollower);
+            }
+            Event::LeaderChanged { term, leader } => {
+                view.term = term;
+                view.leader = leader;
+                if leader != Some(me) {
+                    view.leading = false;
+                    Self::fail_acks(&mut view, ErrorCode::NotLeaderOrFollower);
+                }
+            }
+            Event::Committed { commit } => {
+                view.commit = commit;
+                view.readers.retain(|(offset, _)| *offset >= commit);
+                settle(&mut view.acks, |ack| ack.all && ack.end <= commit);
+            }
+            Event::LeaderDurable { end } => {
+                view.durable = end;
+                settle(&mut view.acks, |ack| !ack.all && ack.end <= end);
+            }
+        }
+    }
+}
+
+/// Answers the acknowledgements `done` picks.
+fn settle(acks: &mut Vec<Ack>, done: impl Fn(&Ack) -> bool) {
+    let mut i = 0;
+    while i < acks.len() {
+        if done(&acks[i]) {
+            let _ = acks.swap_remove(i).tx.send(Ok(()));
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// A replicated partition as one replica sees it (fully on the leader).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Its term (the leader epoch).
+    pub term: Term,
+    /// The high watermark.
+    pub high_watermark: Offset,
+    /// Every voter and its log end as far as known (the leader knows all).
+    pub replicas: Vec<(NodeId, Option<Offset>)>,
+    /// Voters caught up to the high watermark (the leader's view).
+    pub in_sync: Vec<NodeId>,
+}
+
+/// Settings of a shard's groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// This node.
+    pub node: NodeId,
+    /// The shard, for log lines.
+    pub shard: usize,
+    /// The Raft clock.
+    pub tick: Duration,
+    /// The shortest election timeout, in ticks.
+    pub election_ticks: u32,
+}
+
+/// A shard's replicated partitions.
+pub struct Replication {
+    settings: Settings,
+    mux: RefCell<Mux>,
+    partitions: RefCell<HashMap<GroupId, Rc<Partition>>>,
+    links: Links,
+    reports: LocalSender<LeaderReport>,
+    seeds: std::collections::hash_map::RandomState,
+    rounds: Cell<u64>,
+}
+
+impl Replication {
+    /// A shard's replication, reporting leader changes on `reports`.
+    pub fn new(settings: Settings, reports: LocalSender<LeaderReport>) -> Replication {
+        assert!(
+            settings.election_ticks > HEARTBEAT_TICKS,
+            "elections outlast heartbeats"
+        );
+        Replication {
+            settings,
+            mux: RefCell::new(Mux::new()),
+            partitions: RefCell::new(HashMap::new()),
+            links: Links::default(),
+            reports,
+            seeds: std::collections::hash_map::RandomState::new(),
+            rounds: Cell::new(0),
+        }
+    }
+
+    /// Starts the group of a partition just opened: restores its hard state
+    /// and its log's shape, and starts its storage worker.
+    pub async fn add(self: &Rc<Self>, partition: Rc<Partition>) -> Result<(), StorageError> {
+        let replica = partition.replica().expect("a replicated partition");
+        let hard = read_hard_state(partition.dir()).await?;
+        let log = partition.log();
+        let start = log.offset_start();
+        let epochs: Vec<(Term, Offset)> = log
+            .epochs()
+            .into_iter()
+            .filter(|&(epoch, _)| epoch > 0)
+            .map(|(epoch, offset)| (epoch as Term, offset))
+            .collect();
+        let state = LogState {
+            start,
+            start_term: if start == 0 {
+                0
+            } else {
+                epochs.first().map_or(0, |e| e.0)
+            },
+            end: log.offset_next(),
+            epochs,
+            configs: Vec::new(),
+        };
+        let mut config = Config::new(
+            self.settings.node,
+            replica.durability,
+            self.seeds.hash_one(replica.group),
+        );
+        config.election_ticks = self.settings.election_ticks;
+        config.heartbeat_ticks = HEARTBEAT_TICKS;
+        let group = Group::new(
+            config,
+            hard,
+            state,
+            Membership::of_voters(&replica.voters),
+            0,
+        );
+        let id = replica.group;
+        let worker = replica
+            .worker
+            .borrow_mut()
+            .take()
+            .expect("a replica starts once");
+        self.partitions.borrow_mut().insert(id, partition.clone());
+        self.mux.borrow_mut().insert(id, group);
+        glommio::spawn_local(self.clone().run_storage(partition, worker)).detach();
+        Ok(())
+    }
+
+    /// A group's state, for describe.
+    pub fn status(&self, group: GroupId) -> Option<Status> {
+        let mux = self.mux.borrow();
+        let g = mux.get(group)?;
+        let me = self.settings.node;
+        let followers = g.followers();
+        let leading = g.leader() == Some(me);
+        let replicas: Vec<(NodeId, Option<Offset>)> = g
+            .membership()
+            .voters
+            .iter()
+            .map(|&n| {
+                let end = if n == me {
+                    Some(g.log_end())
+                } else {
+                    followers.iter().find(|f| f.0 == n).map(|f| f.1)
+                };
+                (n, end)
+            })
+            .collect();
+        let in_sync = if leading {
+            replicas
+                .iter()
+                .filter(|(_, end)| end.is_some_and(|e| e >= g.commit()))
+                .map(|&(n, _)| n)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(Status {
+            leader: g.leader(),
+            term: g.term(),
+            high_watermark: g.commit(),
+            replicas,
+            in_sync,
+        })
+    }
+
+    /// Stops a group (its partition is closing): waiting producers fail.
+    pub fn remove(&self, group: GroupId) {
+        self.mux.borrow_mut().remove(group);
+        if let Some(partition) = self.partitions.borrow_mut().remove(&group)
+            && let Some(replica) = partition.replica()
+        {
+            let mut view = replica.view.borrow_mut();
+            view.leading = false;
+            Replica::fail_acks(&mut view, ErrorCode::NotLeaderOrFollower);
+        }
+    }
+
+    /// Ticks every group, forever.
+    pub async fn run_ticks(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(self.settings.tick).await;
+            if self.mux.borrow().is_empty() {
+                continue;
+            }
+            let mut outbox = Outbox::default();
+            self.mux.borrow_mut().tick(&mut outbox);
+            self.dispatch(outbox, Source::None);
+        }
+    }
+
+    /// A peer's frame.
+    pub fn receive(self: &Rc<Self>, from: NodeId, batch: PeerBatch, payload: Vec<u8>) {
+        let payload = Rc::new(payload);
+        // Where each carried batch lies in the payload (the wire decoder
+        // checked that the entries' lengths add up to it).
+        let mut positions = HashMap::new();
+        let mut at = 0usize;
+        for (group, message) in &batch.messages {
+            if let Message::Append(request) = message {
+                for entry in &request.entries {
+                    let end = at + entry.bytes as usize;
+                    positions.insert((*group, entry.offset), at..end);
+                    at = end;
+                }
+            }
+        }
+        let mut outbox = Outbox::default();
+        self.mux.borrow_mut().receive(from, batch, &mut outbox);
+        self.dispatch(outbox, Source::Frame(&payload, &positions));
+    }
+
+    /// Appends `records` (whole batches) as the leader of `partition`'s
+    /// group and waits as `acks` says: not at all, until the leader's copy
+    /// is durable, or until committed.
+    pub async fn produce(
+        self: &Rc<Self>,
+        partition: &Partition,
+        records: &[u8],
+        acks: i16,
+    ) -> Result<Offset, ErrorCode> {
+        let replica = partition.replica().ok_or(ErrorCode::UnknownServerError)?;
+        if !replica.is_leader() {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
+        let mut rest = records;
+        let mut base = None;
+        let mut end = 0;
+        while !rest.is_empty() {
+            let len = match Batch::peek_len(rest) {
+                Ok(len) if len <= rest.len() => len,
+                _ => return Err(ErrorCode::CorruptMessage),
+            };
+            let parsed = Batch::validate(&rest[..len]).map_err(|_| ErrorCode::CorruptMessage)?;
+            let count = u32::try_from(parsed.offset_count()).map_err(|_| ErrorCode::CorruptMessage)?;
+            let source = Source::Proposal(Some(Payload::Owned(rest[..len].to_vec())));
+            let entry = self
+                .round(replica.group, source, |group, out| {
+                    group.propose(count, len as u32, out)
+                })
+                .ok_or(ErrorCode::NotLeaderOrFollower)?
+                .map_err(|e| match e {
+                    ProposeError::NotLeader(_) | ProposeError::Transferring => {
+                        ErrorCode::NotLeaderOrFollower
+                    }
+                    _ => ErrorCode::UnknownServerError,
+                })?;
+            base.get_or_insert(entry.offset);
+            end = entry.end;
+            rest = &rest[len..];
+        }
+        let base = base.ok_or(ErrorCode::InvalidRequest)?;
+        if acks == api::ACKS_NONE {
+            return Ok(base);
+        }
+        let rx = {
+            let mut view = replica.view.borrow_mut();
+            let all = acks == api::ACKS_ALL;
+            let (tx, rx) = oneshot::channel();
+            let done = if all {
+                view.commit >= end
+            } else {
+                view.durable >= end
+            };
+            if done {
+                return Ok(base);
+            }
+            view.acks.push(Ack { end, all, tx });
+            rx
+        };
+        let timeout = std::pin::pin!(glommio::timer::sleep(ACK_TIMEOUT));
+        match futures::future::select(rx, timeout).await {
+            futures::future::Either::Left((Ok(Ok(())), _)) => Ok(base),
+            futures::future::Either::Left((Ok(Err(code)), _)) => Err(code),
+            futures::future::Either::Left((Err(_), _)) => Err(ErrorCode::NotLeaderOrFollower),
+            futures::future::Either::Right(_) => Err(ErrorCode::RequestTimedOut),
+        }
+    }
+
+    /// Hands leadership of every group this shard leads to another voter
+    /// (a node stopping), and waits up to `wait` for them to take it.
+    pub async fn transfer_all(self: &Rc<Self>, wait: Duration) {
+        let groups: Vec<(GroupId, Vec<NodeId>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter_map(|(&id, p)| {
+                let replica = p.replica()?;
+                replica.is_leader().then(|| (id, replica.voters.clone()))
+            })
+            .collect();
+        if groups.is_empty() {
+            return;
+        }
+        for (id, voters) in &groups {
+            let me = self.settings.node;
+            // The most caught-up other voter takes over.
+            let best = self.mux.borrow().get(*id).and_then(|g| {
+                g.followers()
+                    .into_iter()
+                    .filter(|(n, _, _)| *n != me && voters.contains(n))
+                    .max_by_key(|&(_, matched, _)| matched)
+                    .map(|(n, _, _)| n)
+            });
+            if let Some(target) = best {
+                self.round(*id, Source::None, |g, out| g.transfer_leadership(target, out));
+            }
+        }
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline
+            && groups.iter().any(|(id, _)| {
+                self.partitions
+                    .borrow()
+                    .get(id)
+                    .and_then(|p| p.replica().map(|r| r.is_leader()))
+                    .unwrap_or(false)
+            })
+        {
+            glommio::timer::sleep(self.settings.tick).await;
+        }
+    }
+
+    /// Runs `f` on a group and carries out what it outputs.
+    fn round<R>(
+        self: &Rc<Self>,
+        group: GroupId,
+        source: Source<'_>,
+        f: impl FnOnce(&mut Group, &mut Vec<Output>) -> R,
+    ) -> Option<R> {
+        let mut outbox = Outbox::default();
+        let result = self.mux.borrow_mut().with(group, &mut outbox, f)?;
+        self.dispatch(outbox, source);
+        Some(result)
+    }
+
+    fn dispatch(self: &Rc<Self>, outbox: Outbox, mut source: Source<'_>) {
+        self.rounds.set(self.rounds.get() + 1);
+        for (node, batch) in outbox.batches {
+            self.send(node, batch);
+        }
+        for (group, output) in outbox.local {
+            self.carry_out(group, output, &mut source);
+        }
+    }
+
+    /// Sends a round's messages for `node`: one frame per peer shard.
+    fn send(&self, node: NodeId, batch: PeerBatch) {
+        let partitions = self.partitions.borrow();
+        let addr = |group: &GroupId| partitions.get(group)?.replica()?.peer(node);
+        let mut frames: HashMap<SocketAddr, PeerBatch> = HashMap::new();
+        for (group, heartbeat) in batch.heartbeats {
+            if let Some(a) = addr(&group) {
+                frames.entry(a).or_default().heartbeats.push((group, heartbeat));
+            }
+        }
+        for (group, response) in batch.heartbeat_responses {
+            if let Some(a) = addr(&group) {
+                frames
+                    .entry(a)
+                    .or_default()
+                    .heartbeat_responses
+                    .push((group, response));
+            }
+        }
+        for (group, message) in batch.messages {
+            if let Some(a) = addr(&group) {
+                frames.entry(a).or_default().messages.push((group, message));
+            }
+        }
+        for (a, batch) in frames {
+            self.links
+                .send(a, wire::encode(self.settings.node, &batch, &[]));
+        }
+    }
+
+    fn carry_out(self: &Rc<Self>, group: GroupId, output: Output, source: &mut Source<'_>) {
+        let Some(partition) = self.partitions.borrow().get(&group).cloned() else {
+            return;
+        };
+        let Some(replica) = partition.replica() else {
+            return;
+        };
+        let op = match output {
+            Output::Send { .. } => unreachable!("the outbox routes messages"),
+            Output::Replicate(read) => {
+                glommio::spawn_local(self.clone().replicate(partition.clone(), group, read))
+                    .detach();
+                return;
+            }
+            Output::Append {
+                entries,
+                generation,
+            } => {
+                for entry in entries {
+                    let Some(payload) = payload_of(group, &entry, source) else {
+                        tracing::error!(
+                            shard = self.settings.shard,
+                            group,
+                            offset = entry.offset,
+                            "no bytes for an entry to append: replica stopped"
+                        );
+                        replica.view.borrow_mut().failed = true;
+                        return;
+                    };
+                    let _ = replica.ops.try_send(StorageOp::Append {
+                        entry,
+                        payload,
+                        generation,
+                    });
+                }
+                return;
+            }
+            Output::Truncate { end, .. } => StorageOp::Truncate { end },
+            Output::Sync { end, generation } => StorageOp::Sync { end, generation },
+            Output::PersistHardState { state, version } => StorageOp::Persist { state, version },
+            Output::Event(event) => {
+                replica.on_event(self.settings.node, &event);
+                if let Event::LeaderChanged { term, leader } = event {
+                    let _ = self.reports.try_send(LeaderReport {
+                        group,
+                        term,
+                        leader,
+                    });
+                }
+                return;
+            }
+        };
+        // Unbounded: the core bounds what it asks for in flight.
+        let _ = replica.ops.try_send(op);
+    }
+
+    /// Reads the range `read` asks for from the leader's log and sends it
+    /// to the follower, if this replica still leads that term.
+    async fn replicate(self: Rc<Self>, partition: Rc<Partition>, group: GroupId, read: Replicate) {
+        let log = partition.log();
+        if read.from < read.end {
+            // The leader's own append of the range may still be on its way
+            // to the log; the first batch must be readable.
+            let visible = std::pin::pin!(log.wait_visible(read.from + 1));
+            let timeout = std::pin::pin!(glommio::timer::sleep(
+                self.settings.tick * self.settings.election_ticks
+            ));
+            futures::future::select(visible, timeout).await;
+        }
+        let max_bytes = usize::try_from(read.max_bytes).unwrap_or(usize::MAX);
+        let mut entries = Vec::new();
+        let mut payload = Vec::new();
+        if read.from < read.end {
+            let got = match log.read(read.from, max_bytes).await {
+                Ok(got) => got,
+                Err(e) => {
+                    tracing::debug!(shard = self.settings.shard, group, from = read.from, error = %e, "replication read");
+                    return;
+                }
+            };
+            'read: for slice in &got.slices {
+                for batch in batch::batches(slice) {
+                    let base = batch.base_offset() as u64;
+                    let full = !entries.is_empty() && payload.len() + batch.len() > max_bytes;
+                    if base >= read.end || full {
+                        break 'read;
+                    }
+                    entries.push(Entry {
+                        offset: base,
+                        end: batch.last_offset() as u64 + 1,
+                        term: batch.partition_leader_epoch().max(0) as Term,
+                        bytes: batch.len() as u32,
+                        kind: if batch.is_control() {
+                            EntryKind::LeaderMark
+                        } else {
+                            EntryKind::Data
+                        },
+                    });
+                    payload.extend_from_slice(batch.as_bytes());
+                }
+            }
+            if entries.is_empty() {
+                return; // Not readable yet: the core asks again.
+            }
+        }
+        let leads = self
+            .mux
+            .borrow()
+            .get(group)
+            .is_some_and(|g| g.is_leader_in(read.term));
+        let Some(addr) = partition.replica().and_then(|r| r.peer(read.to)) else {
+            return;
+        };
+        if !leads {
+            return; // Deposed meanwhile: the log may have changed under the read.
+        }
+        let batch = PeerBatch {
+            messages: vec![(group, Message::Append(read.request(entries)))],
+            ..PeerBatch::default()
+        };
+        self.links
+            .send(addr, wire::encode(self.settings.node, &batch, &payload));
+    }
+
+    /// Carries out a group's storage actions in order, reporting each
+    /// completion back to the core, until the partition closes.
+    async fn run_storage(self: Rc<Self>, partition: Rc<Partition>, ops: LocalReceiver<StorageOp>) {
+        let Some(replica) = partition.replica() else {
+            return;
+        };
+        let group = replica.group;
+        let synced_with_write = replica.durability == Durability::Synced;
+        while let Some(op) = ops.recv().await {
+            let log = partition.log();
+            let outcome: Result<(), StorageError> = match op {
+                StorageOp::Append {
+                    entry,
+                    payload,
+                    generation,
+                } => match log
+                    .append_at(&payload, entry.offset, Some(entry.term as i32))
+                    .await
+                {
+                    Ok(appended) => {
+                        let this = self.clone();
+                        glommio::spawn_local(async move {
+                            if appended.durable.await.is_ok() {
+                                this.round(group, Source::None, |g, out| {
+                                    g.log_written(entry.end, generation, out);
+                                    // `fsync=always` appends resolve once synced.
+                                    if synced_with_write {
+                                        g.log_synced(entry.end, generation, out);
+                                    }
+                                });
+                            }
+                        })
+                        .detach();
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                StorageOp::Truncate { end } => log.truncate(end).await,
+                StorageOp::Sync { end, generation } => log.flush().await.map(|()| {
+                    self.round(group, Source::None, |g, out| {
+                        g.log_synced(end, generation, out)
+                    });
+                }),
+                StorageOp::Persist { state, version } => {
+                    write_hard_state(partition.dir(), state).await.map(|()| {
+                        self.round(group, Source::None, |g, out| {
+                            g.hard_state_persisted(version, out)
+                        });
+                    })
+                }
+            };
+            if let Err(e) = outcome {
+                // The core's view of the log and the log no longer agree:
+                // the replica stops (the others go on without it) rather
+                // than answer from a log it cannot trust.
+                tracing::error!(
+                    shard = self.settings.shard,
+                    group,
+                    dir = %partition.dir().display(),
+                    error = %e,
+                    "replica storage failed: replica stopped until the partition is opened again"
+                );
+                replica.view.borrow_mut().failed = true;
+                self.remove(group);
+                return;
+            }
+        }
+    }
+}
+
+/// The bytes of an entry the core asks to append.
+fn payload_of(group: GroupId, entry: &Entry, source: &mut Source<'_>) -> Option<Payload> {
+    match source {
+        Source::Frame(frame, positions) => positions
+            .get(&(group, entry.offset))
+            .map(|range| Payload::Shared(Rc::clone(frame), range.clone())),
+        Source::Proposal(payload) if entry.kind == EntryKind::Data => payload.take(),
+        _ if entry.kind == EntryKind::LeaderMark => Some(Payload::Owned(leader_change_batch())),
+        _ => None,
+    }
+}
+
+/// The control batch a new leader appends (Kafka clients skip it).
+fn leader_change_batch() -> Vec<u8> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&LEADER_CHANGE_TYPE.to_be_bytes());
+    let mut builder = BatchBuilder::new().control(true);
+    builder.push(fjord_storage::log::now_ms(), Some(&key), Some(&[]), &[]);
+    builder.build()
+}
+
+
+/// The hard state file of the replica in `dir`.
+fn hard_state_path(dir: &Path) -> PathBuf {
+    dir.join(HARD_STATE_FILE)
+}
+
+fn encode_hard_state(state: HardState) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(13);
+    bytes.extend_from_slice(&state.term.to_be_bytes());
+    match state.vote {
+        Some(vote) => {
+            bytes.push(1);
+            bytes.extend_from_slice(&vote.to_be_bytes());
+        }
+        None => bytes.extend_from_slice(&[0; 5]),
+    }
+    bytes
+}
+
+async fn read_hard_state(dir: &Path) -> Result<HardState, StorageError> {
+    let path = hard_state_path(dir);
+    let Some(bytes) = fjord_storage::checkpoint::read(&path).await? else {
+        return Ok(HardState::default());
+    };
+    let corrupt = || StorageError::Corrupt {
+        path: path.clone(),
+        position: 0,
+        reason: format!("hard state of {} bytes", bytes.len()),
+    };
+    if bytes.len() != 13 {
+        return Err(corrupt());
+    }
+    let term = u64::from_be_bytes(bytes[..8].try_into().map_err(|_| corrupt())?);
+    let vote = u32::from_be_bytes(bytes[9..13].try_into().map_err(|_| corrupt())?);
+    Ok(HardState {
+        term,
+        vote: (bytes[8] == 1).then_some(vote),
+    })
+}
+
+async fn write_hard_state(dir: &Path, state: HardState) -> Result<(), StorageError> {
+    let path = hard_state_path(dir);
+    fjord_storage::checkpoint::write(&path, &encode_hard_state(state))
+        .await
+        .map_err(|source| StorageError::Io {
+            op: "write hard state",
+            path,
+            source,
+        })
+}
+
