@@ -124,15 +124,29 @@ impl FileEnd {
     /// Waits for a background preallocation first, which would otherwise
     /// grow the file again after the cut.
     pub async fn truncate(self) -> Result<()> {
+        self.cut(false).await
+    }
+
+    /// Like [`FileEnd::truncate`], then fdatasyncs the file: the cut
+    /// survives power loss.
+    pub async fn truncate_synced(self) -> Result<()> {
+        self.cut(true).await
+    }
+
+    async fn cut(self, sync: bool) -> Result<()> {
         if let Some(preallocating) = self.preallocating {
             preallocating.await;
         }
-        self.file
-            .get()
-            .await?
-            .truncate(self.len)
+        let file = self.file.get().await?;
+        file.truncate(self.len)
             .await
-            .map_err(StorageError::io("truncate", &**self.file.path()))
+            .map_err(StorageError::io("truncate", &**self.file.path()))?;
+        if sync {
+            file.fdatasync()
+                .await
+                .map_err(StorageError::io("fdatasync", &**self.file.path()))?;
+        }
+        Ok(())
     }
 }
 
@@ -311,6 +325,30 @@ impl Appender {
             len: self.len,
             allocate_to,
         })
+    }
+
+    /// Drops everything past logical length `len`, staged or written, and
+    /// makes `head` (the bytes of `len`'s block before `len`) the start of
+    /// the next write. The file itself is cut by [`Appender::file_end`]'s
+    /// `truncate`, which the caller runs next; no flush may be in flight.
+    pub fn cut(&mut self, len: u64, head: &[u8]) {
+        assert!(len <= self.len, "cut at {len} past the end {}", self.len);
+        let position = align_down(len);
+        assert_eq!(head.len() as u64, len - position, "head of the cut block");
+        self.len = len;
+        self.len_written = self.len_written.min(len);
+        // The truncate drops the preallocated space: allocate again.
+        self.allocated = len;
+        self.sealed.clear();
+        let mut buffer = glommio::allocate_dma_buffer(BUFFER_BYTES_MIN);
+        buffer.as_bytes_mut()[..head.len()].copy_from_slice(head);
+        let written = (self.len_written.saturating_sub(position) as usize).min(head.len());
+        self.open = Chunk {
+            buffer,
+            position,
+            len: head.len(),
+            written,
+        };
     }
 
     /// Records that a flush taken earlier is on disk.

@@ -151,6 +151,17 @@ impl BatchCache {
         inner.entries -= dropped.len();
     }
 
+    /// Drops a log's batches at or after `offset` (the log was truncated).
+    pub(crate) fn forget_from(&self, key: CacheKey, offset: u64) {
+        let mut inner = self.inner.borrow_mut();
+        let Some(log) = inner.logs.get_mut(&key) else {
+            return;
+        };
+        let dropped = log.split_off(&offset);
+        inner.used_bytes -= dropped.values().map(|e| e.charge).sum::<usize>();
+        inner.entries -= dropped.len();
+    }
+
     /// Drops all of a log's batches (the log closed or was deleted).
     pub(crate) fn forget(&self, key: CacheKey) {
         let mut inner = self.inner.borrow_mut();

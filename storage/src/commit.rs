@@ -9,6 +9,7 @@
 use crate::appender::{FileEnd, Flush, Write};
 use crate::cache::{BatchCache, CacheKey};
 use crate::config::LogConfig;
+use crate::epochs::EpochCache;
 use crate::error::{Result, StorageError};
 use crate::log::LogStats;
 use crate::segment::Segment;
@@ -29,6 +30,9 @@ pub(crate) struct Waiter {
     pub(crate) offset_end: u64,
     /// Needs fdatasync, not only the write.
     pub(crate) needs_sync: bool,
+    /// Waits for its own batch (an append), not for a mark (a flush): a
+    /// truncate that cuts the batch off fails it.
+    pub(crate) batch: bool,
     pub(crate) tx: oneshot::Sender<Result<(), Failure>>,
 }
 
@@ -38,6 +42,8 @@ pub(crate) struct Waiter {
 pub(crate) struct Failure {
     pub(crate) message: String,
     pub(crate) out_of_room: bool,
+    /// Not a failure of the log: `truncate` cut the batch off at this end.
+    pub(crate) truncated: Option<u64>,
 }
 
 impl Failure {
@@ -45,11 +51,22 @@ impl Failure {
         Failure {
             message: error.to_string(),
             out_of_room: error.is_out_of_room(),
+            truncated: None,
+        }
+    }
+
+    pub(crate) fn truncated(end: u64) -> Failure {
+        Failure {
+            message: String::new(),
+            out_of_room: false,
+            truncated: Some(end),
         }
     }
 
     pub(crate) fn error(&self) -> StorageError {
-        if self.out_of_room {
+        if let Some(end) = self.truncated {
+            StorageError::Truncated { end }
+        } else if self.out_of_room {
             StorageError::OutOfRoom(self.message.clone())
         } else {
             StorageError::Failed(self.message.clone())
@@ -96,6 +113,15 @@ pub(crate) struct State {
     pub(crate) failed: Option<Failure>,
     pub(crate) closed: bool,
     pub(crate) leader_epoch: i32,
+    /// First offset of each leader epoch in the log.
+    pub(crate) epochs: EpochCache,
+    /// The entry of an append whose batch opens a new epoch, from before
+    /// the epoch file is written until the batch is staged: every write of
+    /// the file includes it, so the file is never behind the data.
+    pub(crate) epoch_pending: Option<(i32, u64)>,
+    /// A truncate is under way: retention waits (it would remove segments
+    /// the truncate is working on).
+    pub(crate) truncating: bool,
     pub(crate) stats: LogStats,
 }
 
@@ -194,7 +220,14 @@ pub(crate) struct Inner {
     pub(crate) cache_key: CacheKey,
     pub(crate) state: RefCell<State>,
     /// Serializes appends, so offsets follow call order even across a roll.
+    /// A truncate holds it too: no append meanwhile.
     pub(crate) append_turn: Semaphore,
+    /// Held by the flusher for a group commit, and by a truncate so that
+    /// no write is in flight while it cuts.
+    pub(crate) flush_turn: Semaphore,
+    /// Serializes writes of the leader-epoch file: the last one written
+    /// must be the latest state.
+    pub(crate) epochs_write: Semaphore,
     /// Bytes that may be staged but not yet written: appends wait for room.
     pub(crate) staged_room: Semaphore,
     /// Where acknowledged batches wait for their write, when the log
@@ -212,6 +245,24 @@ impl Inner {
                 s.area.release(ticket);
             }
         }
+    }
+
+    /// Writes the leader-epoch file from the cache (and the pending entry).
+    pub(crate) async fn write_epochs(&self) -> Result<()> {
+        let _turn = self
+            .epochs_write
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        // Taken under the turn: the last write carries the latest state.
+        let cache = {
+            let st = self.state.borrow();
+            match st.epoch_pending {
+                Some((epoch, offset)) => st.epochs.with(epoch, offset),
+                None => st.epochs.clone(),
+            }
+        };
+        crate::epochs::persist(&self.dir, &cache).await
     }
 
     /// Why an append found the log's semaphores closed.
@@ -467,6 +518,9 @@ pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
         let _slot = match &slots {
             Some(slots) => slots.acquire_permit(1).await.ok(),
             None => None,
+        };
+        let Ok(_turn) = inner.flush_turn.acquire_permit(1).await else {
+            break;
         };
         if let Err(e) = inner.flush_once().await {
             let mut st = inner.state.borrow_mut();

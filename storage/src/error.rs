@@ -60,6 +60,34 @@ pub enum StorageError {
     /// The log was closed.
     #[error("log is closed")]
     Closed,
+    /// `append_at` named an offset other than the log's next one.
+    #[error("append at offset {expected}, but the log's next offset is {next}")]
+    OffsetMismatch {
+        /// The offset the caller wanted the batch at.
+        expected: u64,
+        /// The log's next offset.
+        next: u64,
+    },
+    /// A batch's leader epoch is lower than the log's last one.
+    #[error("leader epoch {epoch} is below the log's last epoch {last}")]
+    EpochRegression {
+        /// The batch's epoch.
+        epoch: i32,
+        /// The epoch of the log's last batch.
+        last: i32,
+    },
+    /// `truncate` was asked to cut inside a batch.
+    #[error("offset {offset} is inside a batch, not at its start")]
+    NotBatchBoundary {
+        /// The requested cut.
+        offset: u64,
+    },
+    /// The batch was removed by `truncate` before it was safe.
+    #[error("the log was truncated at {end} before the batch was safe")]
+    Truncated {
+        /// Where the log was cut.
+        end: u64,
+    },
 }
 
 /// Whether an I/O error means "no room" (disk space, quota, descriptors)

@@ -124,6 +124,26 @@ impl Index {
         after.checked_sub(1).map(|i| self.entries[i])
     }
 
+    /// Drops the entries of batches at or after `offset_delta` and cuts
+    /// the file's appender after the last one kept; see [`Appender::cut`].
+    pub fn cut(&mut self, offset_delta: u32) {
+        let kept = self
+            .entries
+            .partition_point(|e| e.offset_delta < offset_delta);
+        self.entries.truncate(kept);
+        let len = kept * ENTRY_LEN;
+        let block_start = crate::appender::align_down(len as u64) as usize;
+        // The cut block's bytes, encoded again from the entries in memory
+        // (some may not be written yet).
+        let first = block_start / ENTRY_LEN;
+        let encoded: Vec<u8> = self.entries[first..]
+            .iter()
+            .flat_map(|e| e.encode())
+            .collect();
+        let skip = block_start - first * ENTRY_LEN;
+        self.file.cut(len as u64, &encoded[skip..]);
+    }
+
     /// True when enough entries are staged to be worth a write.
     pub fn flush_due(&self) -> bool {
         self.file.len() - self.file.len_written() >= (FLUSH_ENTRIES * ENTRY_LEN) as u64

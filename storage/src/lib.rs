@@ -11,8 +11,10 @@
 pub mod alloc;
 pub mod appender;
 pub mod cache;
+pub mod checkpoint;
 mod commit;
 pub mod config;
+pub mod epochs;
 pub mod error;
 pub mod files;
 pub mod index;
@@ -23,6 +25,7 @@ pub mod shard;
 pub mod slice;
 pub mod space;
 pub mod staging;
+mod truncate;
 
 pub use cache::BatchCache;
 pub use config::LogConfig;

@@ -14,6 +14,7 @@
 use crate::cache::BatchCache;
 use crate::commit::{Failure, Inner, LogStaging, Staged, State, Waiter, run_flusher};
 use crate::config::LogConfig;
+use crate::epochs::EpochCheck;
 use crate::error::{Result, StorageError};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, Segment, SegmentReader, Visit, WalkEnd};
@@ -199,6 +200,10 @@ impl Log {
             segments.push(Segment::create(&dir, 0, now, &config).await?);
         }
         let offset_next = segments.last().map_or(0, |s| s.offset_next);
+        let offset_start = segments.first().map_or(offset_next, |s| s.base_offset);
+        let readers: Vec<_> = segments.iter().map(|s| s.reader()).collect();
+        let epochs = crate::epochs::load(&dir, &readers, offset_start, offset_next).await?;
+        drop(readers);
         let state = State {
             segments: segments.into_iter().map(|s| (s.base_offset, s)).collect(),
             sealing: Vec::new(),
@@ -214,6 +219,9 @@ impl Log {
             failed: None,
             closed: false,
             leader_epoch: 0,
+            epochs,
+            epoch_pending: None,
+            truncating: false,
             stats: LogStats::default(),
         };
         let replay = staging.as_ref().map(|area| {
@@ -236,6 +244,8 @@ impl Log {
             cache,
             state: RefCell::new(state),
             append_turn: Semaphore::new(1),
+            flush_turn: Semaphore::new(1),
+            epochs_write: Semaphore::new(1),
         });
         let (kick, kicked) = local_channel::new_bounded(1);
         let flusher = glommio::spawn_local(run_flusher(inner.clone(), kicked)).detach();
@@ -352,7 +362,85 @@ impl Log {
     /// appends are called. Waits only for a roll or when too many bytes are
     /// staged (backpressure).
     pub async fn append(&self, batch: &[u8]) -> Result<Appended> {
-        append(&self.inner, &self.kick, batch, None).await
+        append(&self.inner, &self.kick, batch, None, Epoch::OfLog, false).await
+    }
+
+    /// Like [`Log::append`], at offset `base_offset`: fails with
+    /// [`StorageError::OffsetMismatch`], staging nothing, unless that is the
+    /// log's next offset when the append takes its turn. `epoch: Some(e)`
+    /// writes `e` as the batch's partition leader epoch (a leader's append);
+    /// `None` keeps the batch's own byte for byte (a follower appending its
+    /// leader's batch). An epoch below the log's last is refused with
+    /// [`StorageError::EpochRegression`].
+    pub async fn append_at(
+        &self,
+        batch: &[u8],
+        base_offset: u64,
+        epoch: Option<i32>,
+    ) -> Result<Appended> {
+        let epoch = epoch.map_or(Epoch::Kept, Epoch::Set);
+        append(
+            &self.inner,
+            &self.kick,
+            batch,
+            Some(base_offset),
+            epoch,
+            false,
+        )
+        .await
+    }
+
+    /// Removes every batch at or after offset `end`, staged or written, so
+    /// that the next append lands at `end`; durable once it returns (a
+    /// restart never brings a removed batch back). `end` must start a batch
+    /// in `[offset_start, offset_next]`; at or past `offset_next` it is a
+    /// no-op. Appends wait meanwhile; appends of removed batches still
+    /// waiting for their write fail with [`StorageError::Truncated`].
+    ///
+    /// When `end` lies in the part not yet written, everything staged is
+    /// written first (removed batches included) and then cut: the rare case,
+    /// kept simple. Cutting below a segment's start deletes that segment
+    /// and makes the previous one active again.
+    pub async fn truncate(&self, end: u64) -> Result<()> {
+        let _turn = self
+            .inner
+            .append_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| self.inner.closed_or_failed())?;
+        let unwritten = {
+            let st = self.inner.state.borrow();
+            st.check_writable()?;
+            if end >= st.offset_next {
+                return Ok(());
+            }
+            let start = st.offset_start();
+            if end < start {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset: end,
+                    start,
+                    end: st.offset_next,
+                });
+            }
+            if end > st.offset_written && !st.staged.iter().any(|b| b.base_offset == end) {
+                return Err(StorageError::NotBatchBoundary { offset: end });
+            }
+            end > st.offset_written
+        };
+        if unwritten {
+            self.flush().await?;
+        }
+        let cut = crate::truncate::cut(&self.inner, end).await;
+        // Flushes waiting for marks past the cut wait for `end` now.
+        let _ = self.kick.try_send(());
+        cut
+    }
+
+    /// The leader-epoch cache: for each leader epoch in the log, ascending,
+    /// the first offset written under it, covering `[offset_start,
+    /// offset_next)`.
+    pub fn epochs(&self) -> Vec<(i32, u64)> {
+        self.inner.state.borrow().epochs.entries().to_vec()
     }
 
     /// Resolves once offsets below `offset_end` are readable, or the log
@@ -387,6 +475,7 @@ impl Log {
             st.waiters.push_back(Waiter {
                 offset_end,
                 needs_sync: true,
+                batch: false,
                 tx,
             });
             rx
@@ -515,8 +604,12 @@ impl Log {
     /// Deletes whole segments past `retention.bytes` or `retention.ms`
     /// (never the active one) and moves the log start. Returns how many.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
-        let doomed: Vec<u64> = {
+        let (doomed, epochs_trimmed) = {
             let mut st = self.inner.state.borrow_mut();
+            if st.truncating {
+                // The next run applies retention.
+                return Ok(0);
+            }
             let (retention_bytes, retention_age) = self.inner.retention.get();
             let mut total: u64 = st.segments.values().map(|s| s.log.len()).sum();
             let active = st.active().base_offset;
@@ -541,13 +634,17 @@ impl Log {
             }
             let start = st.offset_start();
             self.inner.cache.forget_below(self.inner.cache_key, start);
-            doomed
+            let epochs_trimmed = st.epochs.truncate_start(start);
+            (doomed, epochs_trimmed)
         };
         for &base in &doomed {
             // Readers holding the open file keep reading it; the name goes now.
             let (log, index) = segment::file_paths(&self.inner.dir, base);
             recovery::remove(&log).await?;
             recovery::remove(&index).await?;
+        }
+        if epochs_trimmed {
+            self.inner.write_epochs().await?;
         }
         Ok(doomed.len())
     }
@@ -658,16 +755,29 @@ async fn read_segment(
     Ok((slices, offset_next))
 }
 
-/// The append path: see [`Log::append`]. `replay_epoch` is set when a batch
-/// found in the staging area at start is appended again: it keeps the leader
-/// epoch it was staged with, and does not wait for staging room (the ring
-/// may be full of entries of logs not yet open; it waits for its write
-/// instead).
+/// The leader epoch an append writes into its batch.
+#[derive(Debug, Clone, Copy)]
+enum Epoch {
+    /// The log's (`set_leader_epoch`).
+    OfLog,
+    /// This one.
+    Set(i32),
+    /// The batch's own, untouched.
+    Kept,
+}
+
+/// The one append path: see [`Log::append`] and [`Log::append_at`].
+/// `base_offset`, when given, is the offset the batch must get. `replay` is
+/// set when a batch found in the staging area at start is appended again:
+/// it does not wait for staging room (the ring may be full of entries of
+/// logs not yet open; it waits for its write instead).
 async fn append(
     inner: &Inner,
     kick: &LocalSender<()>,
     batch: &[u8],
-    replay_epoch: Option<i32>,
+    base_offset: Option<u64>,
+    epoch: Epoch,
+    replay: bool,
 ) -> Result<Appended> {
     if batch.len() > inner.config.max_batch_bytes {
         return Err(StorageError::BatchTooLarge {
@@ -686,7 +796,31 @@ async fn append(
         .acquire_permit(1)
         .await
         .map_err(|_| StorageError::Closed)?;
-    inner.state.borrow().check_writable()?;
+    // Holding the turn, nothing else moves `offset_next` or the epochs
+    // until this batch is staged.
+    let (epoch, new_epoch) = {
+        let st = inner.state.borrow();
+        st.check_writable()?;
+        if let Some(expected) = base_offset
+            && expected != st.offset_next
+        {
+            return Err(StorageError::OffsetMismatch {
+                expected,
+                next: st.offset_next,
+            });
+        }
+        let epoch = match epoch {
+            Epoch::OfLog => st.leader_epoch,
+            Epoch::Set(e) => e,
+            Epoch::Kept => parsed.partition_leader_epoch(),
+        };
+        match st.epochs.check(epoch) {
+            EpochCheck::Regression(last) => {
+                return Err(StorageError::EpochRegression { epoch, last });
+            }
+            check => (epoch, check == EpochCheck::New),
+        }
+    };
     inner
         .staged_room
         .acquire(batch.len() as u64)
@@ -700,21 +834,39 @@ async fn append(
         inner.staged_room.signal(batch.len() as u64);
         return Err(e);
     }
+    if new_epoch {
+        // The file first: it must never be behind the data.
+        let offset_next = inner.state.borrow().offset_next;
+        inner.state.borrow_mut().epoch_pending = Some((epoch, offset_next));
+        if let Err(e) = inner.write_epochs().await {
+            inner.state.borrow_mut().epoch_pending = None;
+            inner.staged_room.signal(batch.len() as u64);
+            return Err(e);
+        }
+    }
     let staging = inner
         .staging
         .as_ref()
         .filter(|s| s.area.fits(&s.key, batch.len()));
-    if let Some(s) = staging.filter(|_| replay_epoch.is_none()) {
+    if let Some(s) = staging.filter(|_| !replay) {
         // The last await before the batch is staged: no other append of
         // this shard can take the room in between.
         s.area.wait_room(&s.key, batch.len()).await;
     }
     let appended = {
         let mut st = inner.state.borrow_mut();
+        let pending = st.epoch_pending.take();
         // Checked again: the log may have failed while this append waited.
         st.check_writable()?;
         let base_offset = st.offset_next;
-        let epoch = replay_epoch.unwrap_or(st.leader_epoch);
+        if new_epoch {
+            assert_eq!(
+                pending,
+                Some((epoch, base_offset)),
+                "epoch entry written ahead"
+            );
+            st.epochs.push(epoch, base_offset);
+        }
         let last_offset = base_offset + parsed.offset_count() - 1;
         let active = st.active_mut();
         let (position, space) = active.log.reserve(batch.len());
@@ -742,6 +894,7 @@ async fn append(
             st.waiters.push_back(Waiter {
                 offset_end: last_offset + 1,
                 needs_sync,
+                batch: true,
                 tx,
             });
             Durable(Some(rx))
@@ -789,8 +942,15 @@ async fn replay_staged(
         if entry.base_offset != offset_next {
             return Err(staging::gap(&inner.dir, &entry, offset_next));
         }
-        let epoch = Batch::parse(&entry.batch)?.partition_leader_epoch();
-        let appended = append(inner, kick, &entry.batch, Some(epoch)).await?;
+        let appended = append(
+            inner,
+            kick,
+            &entry.batch,
+            Some(entry.base_offset),
+            Epoch::Kept,
+            true,
+        )
+        .await?;
         if appended.base_offset != entry.base_offset || appended.last_offset != entry.last_offset {
             return Err(staging::gap(&inner.dir, &entry, appended.base_offset));
         }

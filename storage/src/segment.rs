@@ -154,6 +154,31 @@ impl Segment {
         }
     }
 
+    /// Drops the batches from offset `end` on, which start at file position
+    /// `position`; `max_timestamp` is that of the batches kept and `head`
+    /// the bytes of `position`'s block before it. Returns the two files to
+    /// cut on disk (log, index).
+    pub fn cut(
+        &mut self,
+        end: u64,
+        position: u64,
+        max_timestamp: i64,
+        head: &[u8],
+    ) -> [appender::FileEnd; 2] {
+        assert!(
+            (self.base_offset..=self.offset_next).contains(&end),
+            "cut at {end} outside the segment [{}, {}]",
+            self.base_offset,
+            self.offset_next
+        );
+        self.offset_next = end;
+        self.max_timestamp = max_timestamp;
+        self.log.cut(position, head);
+        self.index
+            .cut(u32::try_from(end - self.base_offset).unwrap_or(u32::MAX));
+        [self.log.file_end(), self.index.file_mut().file_end()]
+    }
+
     /// Where a read of `offset` starts: a position at a batch boundary and
     /// the base offset of the batch there.
     pub fn seek(&self, offset: u64) -> (u64, u64) {

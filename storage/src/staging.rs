@@ -24,8 +24,11 @@
 //! The CRC-32C covers everything after itself. Sequence numbers rise by one
 //! per entry, so a walk from the head stops at the first entry that is torn
 //! (the process died while copying it: never acknowledged) or left over from
-//! an earlier lap. An entry is released once its log has written the batch;
-//! the head then moves past every released entry at the front. On start the
+//! an earlier lap. An entry is released once its log has written the batch
+//! (or cut it off: `Log::truncate`); its magic then changes to the released
+//! one (outside the CRC: one aligned store), so a walk that meets it behind
+//! an older live entry steps over it and never replays it, and the head
+//! moves past every released entry at the front. On start the
 //! walk hands each log the entries past its recovered end, and the log
 //! appends them again before the shard serves.
 //!
@@ -47,8 +50,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The layout written by this build; files of any other are refused.
-pub const LAYOUT_VERSION: u32 = 1;
+/// The layout written by this build; files of any other are refused, but
+/// for version 1, which differs only in never marking entries released.
+pub const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION_READABLE: u32 = 1;
 /// Where staging files live unless configured otherwise.
 pub const DEFAULT_DIR: &str = "/dev/shm";
 /// A log's key (its directory under the data directory) is at most this long.
@@ -61,6 +66,8 @@ const HEADER_CRC_AT: usize = 44;
 const HEAD_POSITION_AT: usize = 48;
 const HEAD_SEQ_AT: usize = 56;
 const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"FJSE");
+/// The magic of an entry whose batch its log no longer needs.
+const ENTRY_MAGIC_RELEASED: u32 = u32::from_le_bytes(*b"FJSR");
 const ENTRY_HEADER_BYTES: usize = 48;
 const KIND_BATCH: u32 = 1;
 /// The ring goes on at the start of the data region.
@@ -234,6 +241,8 @@ struct Found {
     len: usize,
     batch_len: usize,
     kind: u32,
+    /// Marked released: its log wrote it or cut it off.
+    released: bool,
     key: String,
     base_offset: u64,
     last_offset: u64,
@@ -339,7 +348,10 @@ impl StagingFile {
 
     /// Batches found staged (not yet known to be written).
     pub fn staged_batches(&self) -> usize {
-        self.found.iter().filter(|f| f.kind == KIND_BATCH).count()
+        self.found
+            .iter()
+            .filter(|f| f.kind == KIND_BATCH && !f.released)
+            .count()
     }
 }
 
@@ -420,7 +432,7 @@ fn check_header(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(),
         return Err("not a Fjord staging file".into());
     }
     let version = map.u32_at(8);
-    if version != LAYOUT_VERSION {
+    if version != LAYOUT_VERSION && version != LAYOUT_VERSION_READABLE {
         return Err(format!(
             "layout version {version}, this build reads {LAYOUT_VERSION}"
         ));
@@ -494,7 +506,9 @@ fn walk(map: &Mapping) -> (Vec<Found>, u64) {
 fn read_entry(map: &Mapping, position: usize, seq: Option<u64>) -> Option<Found> {
     let end = map.len;
     let found_seq = map.u64_at(position + 8);
-    if map.u32_at(position) != ENTRY_MAGIC || seq.is_some_and(|s| s != found_seq) {
+    let magic = map.u32_at(position);
+    if magic != ENTRY_MAGIC && magic != ENTRY_MAGIC_RELEASED || seq.is_some_and(|s| s != found_seq)
+    {
         return None;
     }
     let kind = map.u32_at(position + 16);
@@ -519,6 +533,7 @@ fn read_entry(map: &Mapping, position: usize, seq: Option<u64>) -> Option<Found>
             len: total,
             batch_len: len,
             kind,
+            released: magic == ENTRY_MAGIC_RELEASED,
             key,
             base_offset: map.u64_at(position + 32),
             last_offset: map.u64_at(position + 40),
@@ -603,9 +618,9 @@ impl Staging {
             };
             slots.push_back(Slot {
                 position: f.position,
-                released: f.kind == KIND_WRAP,
+                released: f.kind == KIND_WRAP || f.released,
             });
-            if f.kind == KIND_BATCH {
+            if f.kind == KIND_BATCH && !f.released {
                 replay.entry(f.key.clone()).or_default().push(f);
             }
         }
@@ -809,6 +824,11 @@ impl Staging {
             let slot = slot.unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
             assert!(!slot.released, "ticket {} released twice", ticket.0);
             slot.released = true;
+            // Marked in the file too: found behind an older live entry
+            // after a kill, it must not come back (its log may have cut
+            // these offsets off and written others there).
+            self.map
+                .write(slot.position, &ENTRY_MAGIC_RELEASED.to_le_bytes());
         }
         self.advance_head();
     }
@@ -1076,22 +1096,14 @@ mod tests {
                         drop(staging);
                         staging = open();
                         for (k, key) in keys.iter().enumerate() {
-                            // Released entries may be found too, when an older
-                            // live one held the head: they lie below the log's
-                            // end, and replay skips and releases them.
+                            // Released entries are marked so: never found again,
+                            // even behind an older live one that held the head.
                             let end = live[k].first().map_or(offsets[k], |(_, o, _)| *o);
                             let (stale, found): (Vec<Replay>, Vec<Replay>) = staging
                                 .take_replay(&tmp.path().join(key))
                                 .into_iter()
                                 .partition(|r| r.base_offset < end);
-                            assert!(
-                                stale
-                                    .windows(2)
-                                    .all(|w| w[0].base_offset < w[1].base_offset)
-                            );
-                            for r in stale {
-                                staging.release(r.ticket);
-                            }
+                            assert!(stale.is_empty(), "step {step}: released entries found");
                             let got: Vec<(u64, &Vec<u8>)> =
                                 found.iter().map(|r| (r.base_offset, &r.batch)).collect();
                             let want: Vec<(u64, &Vec<u8>)> =
