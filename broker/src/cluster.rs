@@ -123,7 +123,10 @@ pub async fn answer(shard: &Rc<Shard>, from: NodeId, request: ControlRequest) ->
 }
 
 fn failed(error: &CommandError) -> ControlResponse {
-    ControlResponse::Failed(crate::api::command_error_code(error).code(), error.to_string())
+    ControlResponse::Failed(
+        crate::api::command_error_code(error).code(),
+        error.to_string(),
+    )
 }
 
 /// Sends a command to the cluster's controller and waits until this node

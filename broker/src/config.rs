@@ -210,8 +210,7 @@ impl ServeConfig {
                 "max_inflight_bytes must hold at least one max_frame_bytes frame".into(),
             ));
         }
-        if self.node_id.is_none()
-            && (!self.seeds.is_empty() || !self.controller_voters.is_empty())
+        if self.node_id.is_none() && (!self.seeds.is_empty() || !self.controller_voters.is_empty())
         {
             return Err(ConfigError::Invalid(
                 "seeds and controller_voters need a node_id".into(),

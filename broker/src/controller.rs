@@ -20,17 +20,17 @@ use crate::shard::{Shard, topic_dir_name, topics_dir};
 use fjord_core::{BatchBuilder, FsyncPolicy, batch};
 use fjord_replication::control::Proposal;
 use fjord_replication::metadata::{ClusterMetadata, Command, MetadataError};
-use futures::channel::oneshot;
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
 use fjord_storage::space::{Reserve, SpaceWatch};
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
 use futures::AsyncWriteExt;
+use futures::channel::oneshot;
 use glommio::io::{DmaFile, DmaStreamWriterBuilder};
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Commands between snapshots.
 const SNAPSHOT_EVERY: u64 = 256;

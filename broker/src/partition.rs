@@ -84,6 +84,11 @@ pub fn error_code(error: &StorageError) -> ErrorCode {
         StorageError::InvalidBatch(_) => ErrorCode::CorruptMessage,
         StorageError::BatchTooLarge { .. } => ErrorCode::MessageTooLarge,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        // Replication's appends and cuts: the replica stops on these.
+        StorageError::OffsetMismatch { .. }
+        | StorageError::EpochRegression { .. }
+        | StorageError::NotBatchBoundary { .. }
+        | StorageError::Truncated { .. } => ErrorCode::NotLeaderOrFollower,
         StorageError::Io { .. }
         | StorageError::Corrupt { .. }
         | StorageError::Failed(_)
@@ -278,7 +283,10 @@ impl Partition {
                 offset_written: high_watermark,
             });
         }
-        let mut read = log.read(offset, max_bytes).await.map_err(|e| error_code(&e))?;
+        let mut read = log
+            .read(offset, max_bytes)
+            .await
+            .map_err(|e| error_code(&e))?;
         cut_at(&mut read, high_watermark);
         Ok(read)
     }

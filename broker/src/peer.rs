@@ -177,7 +177,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         match frame.body {
-            Body::Raft(batch) => shard.replication().receive(frame.from, batch, frame.payload),
+            Body::Raft(batch) => shard
+                .replication()
+                .receive(frame.from, batch, frame.payload),
             Body::Request(request) => {
                 let response = crate::cluster::answer(&shard, frame.from, request).await;
                 let bytes = wire::encode_response(shard.node_id(), &response);

@@ -99,7 +99,10 @@ enum Source<'a> {
     Proposal(Option<Payload>),
     /// A peer's frame: the batches of its append requests, by group and
     /// offset.
-    Frame(&'a Rc<Vec<u8>>, &'a HashMap<(GroupId, Offset), Range<usize>>),
+    Frame(
+        &'a Rc<Vec<u8>>,
+        &'a HashMap<(GroupId, Offset), Range<usize>>,
+    ),
 }
 
 /// A producer waiting for its batches to be acknowledged.
@@ -467,7 +470,8 @@ impl Replication {
                 _ => return Err(ErrorCode::CorruptMessage),
             };
             let parsed = Batch::validate(&rest[..len]).map_err(|_| ErrorCode::CorruptMessage)?;
-            let count = u32::try_from(parsed.offset_count()).map_err(|_| ErrorCode::CorruptMessage)?;
+            let count =
+                u32::try_from(parsed.offset_count()).map_err(|_| ErrorCode::CorruptMessage)?;
             let source = Source::Proposal(Some(Payload::Owned(rest[..len].to_vec())));
             let entry = self
                 .round(replica.group, source, |group, out| {
@@ -538,7 +542,9 @@ impl Replication {
                     .map(|(n, _, _)| n)
             });
             if let Some(target) = best {
-                self.round(*id, Source::None, |g, out| g.transfer_leadership(target, out));
+                self.round(*id, Source::None, |g, out| {
+                    g.transfer_leadership(target, out)
+                });
             }
         }
         let deadline = std::time::Instant::now() + wait;
@@ -585,7 +591,11 @@ impl Replication {
         let mut frames: HashMap<SocketAddr, PeerBatch> = HashMap::new();
         for (group, heartbeat) in batch.heartbeats {
             if let Some(a) = addr(&group) {
-                frames.entry(a).or_default().heartbeats.push((group, heartbeat));
+                frames
+                    .entry(a)
+                    .or_default()
+                    .heartbeats
+                    .push((group, heartbeat));
             }
         }
         for (group, response) in batch.heartbeat_responses {
@@ -802,14 +812,18 @@ impl Replication {
     }
 }
 
-/// The bytes of an entry the core asks to append.
+/// The bytes of an entry the core asks to append: a follower's come in the
+/// peer's frame; a leader's are the producer's batch, or the leader-change
+/// batch it writes on taking over (in whatever round it won the vote).
 fn payload_of(group: GroupId, entry: &Entry, source: &mut Source<'_>) -> Option<Payload> {
-    match source {
-        Source::Frame(frame, positions) => positions
-            .get(&(group, entry.offset))
-            .map(|range| Payload::Shared(Rc::clone(frame), range.clone())),
-        Source::Proposal(payload) if entry.kind == EntryKind::Data => payload.take(),
-        _ if entry.kind == EntryKind::LeaderMark => Some(Payload::Owned(leader_change_batch())),
+    if let Source::Frame(frame, positions) = source
+        && let Some(range) = positions.get(&(group, entry.offset))
+    {
+        return Some(Payload::Shared(Rc::clone(frame), range.clone()));
+    }
+    match (source, &entry.kind) {
+        (Source::Proposal(payload), EntryKind::Data) => payload.take(),
+        (_, EntryKind::LeaderMark) => Some(Payload::Owned(leader_change_batch())),
         _ => None,
     }
 }
@@ -823,7 +837,6 @@ fn leader_change_batch() -> Vec<u8> {
     builder.push(fjord_storage::log::now_ms(), Some(&key), Some(&[]), &[]);
     builder.build()
 }
-
 
 /// The hard state file of the replica in `dir`.
 fn hard_state_path(dir: &Path) -> PathBuf {
@@ -874,4 +887,3 @@ async fn write_hard_state(dir: &Path, state: HardState) -> Result<(), StorageErr
             source,
         })
 }
-

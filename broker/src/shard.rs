@@ -533,7 +533,10 @@ impl Shard {
             .filter_map(|r| {
                 let node = metadata.nodes.get(&r.node)?;
                 let ip: std::net::IpAddr = node.host.parse().ok()?;
-                Some((r.node, std::net::SocketAddr::new(ip, node.replica_port(r.shard)?)))
+                Some((
+                    r.node,
+                    std::net::SocketAddr::new(ip, node.replica_port(r.shard)?),
+                ))
             })
             .collect()
     }

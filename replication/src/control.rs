@@ -56,9 +56,7 @@ pub struct Follow {
 }
 
 /// Who leads a group, in which term, as some replica knows it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct LeaderReport {
     /// The partition's group.
     pub group: GroupId,

@@ -585,8 +585,11 @@ mod tests {
             assert_eq!(p.replicas.len(), 3);
             assert_eq!(p.shard, p.replicas[0].shard);
         }
-        let leaders: std::collections::BTreeSet<u32> =
-            topic.partitions.iter().map(|p| p.replicas[0].node).collect();
+        let leaders: std::collections::BTreeSet<u32> = topic
+            .partitions
+            .iter()
+            .map(|p| p.replicas[0].node)
+            .collect();
         assert_eq!(leaders.len(), 3, "preferred leaders spread over the nodes");
         assert!(matches!(
             meta.place_topic(&request, 4, None),

@@ -96,8 +96,7 @@ pub fn encode(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
 
 /// Encodes a control request.
 pub fn encode_request(from: NodeId, request: &ControlRequest) -> Vec<u8> {
-    let header =
-        rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("requests always serialize");
+    let header = rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("requests always serialize");
     frame(KIND_REQUEST, from, &header, &[])
 }
 
@@ -161,7 +160,9 @@ pub fn decode(rest: &[u8]) -> Result<Frame, WireError> {
     let invalid = |e: rkyv::rancor::Error| WireError::Header(e.to_string());
     let control = |body: Body| {
         if !payload.is_empty() {
-            return Err(WireError::Payload("a control frame carries no payload".into()));
+            return Err(WireError::Payload(
+                "a control frame carries no payload".into(),
+            ));
         }
         Ok(Frame {
             from,
@@ -170,7 +171,9 @@ pub fn decode(rest: &[u8]) -> Result<Frame, WireError> {
         })
     };
     let batch = match kind {
-        KIND_RAFT => rkyv::from_bytes::<PeerBatch, rkyv::rancor::Error>(&aligned).map_err(invalid)?,
+        KIND_RAFT => {
+            rkyv::from_bytes::<PeerBatch, rkyv::rancor::Error>(&aligned).map_err(invalid)?
+        }
         KIND_REQUEST => {
             let request = rkyv::from_bytes::<ControlRequest, rkyv::rancor::Error>(&aligned)
                 .map_err(invalid)?;

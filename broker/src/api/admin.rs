@@ -331,9 +331,10 @@ pub(super) async fn describe_topics(
                     log_start_offset: d.log_start_offset,
                     log_end_offset: d.log_end_offset,
                     size_bytes: d.size_bytes,
-                    leader: d.replication.as_ref().map_or(-1, |r| {
-                        r.leader.map_or(-1, |l| l as i32)
-                    }),
+                    leader: d
+                        .replication
+                        .as_ref()
+                        .map_or(-1, |r| r.leader.map_or(-1, |l| l as i32)),
                     leader_epoch: d.replication.as_ref().map_or(-1, |r| r.term as i32),
                     high_watermark: d
                         .replication
