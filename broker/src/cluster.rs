@@ -194,15 +194,23 @@ pub async fn follow(shard: Rc<Shard>) {
     let seeds = shard.config.seeds.clone();
     let mut next_seed = 0;
     let mut target: Option<SocketAddr> = None;
+    // After a failed round the seeds are asked: the controller may have
+    // come back on other ports, which only it can tell.
+    let mut ask_seed = false;
     let failures = crate::logging::Repeated::default();
     loop {
-        let addr = match target.or_else(|| controller_addr(&shard)) {
+        let known = if ask_seed {
+            None
+        } else {
+            target.or_else(|| controller_addr(&shard))
+        };
+        let addr = match known {
             Some(addr) => addr,
             None => {
+                // A seed is a node's listener: any shard behind it tells a
+                // peer by its magic, and names the controller if it is not.
                 let seed = seeds[next_seed % seeds.len()];
                 next_seed += 1;
-                // A seed is a node's listener; its shard 0 port answers
-                // peers, and any of its ports tells a peer by its magic.
                 seed
             }
         };
@@ -220,6 +228,7 @@ pub async fn follow(shard: Rc<Shard>) {
         match caller.call(addr, &request, FOLLOW_WAIT * 4).await {
             Ok(ControlResponse::Followed(followed)) => {
                 target = Some(addr);
+                ask_seed = false;
                 if let Err(e) = install(&shard, followed).await {
                     tracing::warn!(shard = 0, controller = %addr, error = %e, "cannot install the controller's metadata");
                     glommio::timer::sleep(RETRY_PAUSE).await;
@@ -227,6 +236,7 @@ pub async fn follow(shard: Rc<Shard>) {
             }
             Ok(ControlResponse::NotController(at)) => {
                 target = at.as_ref().and_then(resolve);
+                ask_seed = target.is_none();
                 if target.is_none() {
                     glommio::timer::sleep(RETRY_PAUSE).await;
                 }
@@ -236,6 +246,7 @@ pub async fn follow(shard: Rc<Shard>) {
                     tracing::warn!(shard = 0, peer = %addr, answer = ?other, failures = count, "controller refused the follow round");
                 }
                 target = None;
+                ask_seed = !ask_seed;
                 glommio::timer::sleep(RETRY_PAUSE).await;
             }
             Err(e) => {
@@ -243,6 +254,7 @@ pub async fn follow(shard: Rc<Shard>) {
                     tracing::warn!(shard = 0, peer = %addr, error = %e, failures = count, "cannot reach the controller; trying the seeds");
                 }
                 target = None;
+                ask_seed = !ask_seed;
                 glommio::timer::sleep(RETRY_PAUSE).await;
             }
         }

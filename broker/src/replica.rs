@@ -268,7 +268,8 @@ pub struct Status {
     pub high_watermark: Offset,
     /// Every voter and its log end as far as known (the leader knows all).
     pub replicas: Vec<(NodeId, Option<Offset>)>,
-    /// Voters caught up to the high watermark (the leader's view).
+    /// Voters in sync (the leader's view): heard from, and caught up or
+    /// catching up, within `replica_lag_time_max_ms`.
     pub in_sync: Vec<NodeId>,
 }
 
@@ -283,6 +284,8 @@ pub struct Settings {
     pub tick: Duration,
     /// The shortest election timeout, in ticks.
     pub election_ticks: u32,
+    /// `replica_lag_time_max_ms`, in ticks.
+    pub lag_ticks: u64,
 }
 
 /// A shard's replicated partitions.
@@ -385,11 +388,7 @@ impl Replication {
             })
             .collect();
         let in_sync = if leading {
-            replicas
-                .iter()
-                .filter(|(_, end)| end.is_some_and(|e| e >= g.commit()))
-                .map(|&(n, _)| n)
-                .collect()
+            g.in_sync(self.settings.lag_ticks)
         } else {
             Vec::new()
         };

@@ -107,6 +107,7 @@ impl Shard {
                 tick,
                 election_ticks: u32::try_from(config.election_timeout_ms / config.raft_tick_ms)
                     .unwrap_or(u32::MAX),
+                lag_ticks: config.replica_lag_time_max_ms / config.raft_tick_ms,
             },
             reports,
         ));

@@ -179,6 +179,24 @@ impl Client {
         Err(failure.unwrap_or(ClientError::Closed))
     }
 
+    /// Resolves after `duration`, timed on the transport thread: a pause any
+    /// runtime can await (retry backoff).
+    pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + use<> {
+        let (tx, rx) = oneshot::channel::<()>();
+        let spawned = self.run_on_transport(move || {
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(duration).await;
+                let _ = tx.send(());
+            })
+            .detach();
+        });
+        async move {
+            if spawned.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+
     /// Metadata for `topics` (all when `None`), from a bootstrap broker.
     pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<wire::MetadataResponseT> {
         let body = wire::RequestT::MetadataRequest(Box::new(wire::MetadataRequestT { topics }));

@@ -77,7 +77,11 @@ struct Assigned {
     position: i64,
 }
 
-type Fetching = BoxFuture<'static, Vec<Result<Response>>>;
+/// Fetches in flight, one per shard address.
+type Fetching = BoxFuture<'static, Vec<(SocketAddr, Result<Response>)>>;
+
+/// Pause before fetching again from partitions whose leader moved.
+const REROUTE_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Reads assigned partitions.
 pub struct Consumer {
@@ -242,8 +246,23 @@ impl Consumer {
             Some((fetching, sent_for)) if sent_for == positions => (fetching, sent_for),
             _ => (self.fetch(timeout), positions),
         };
-        let responses = fetching.await.into_iter().collect::<Result<Vec<_>>>()?;
-        let (polled, out_of_range) = self.take_batches(responses, &sent_for)?;
+        let mut responses = Vec::new();
+        let mut moved: Vec<usize> = Vec::new();
+        for (addr, response) in fetching.await {
+            match response {
+                Ok(response) => responses.push(response),
+                // The node is away: its partitions' leaders move elsewhere.
+                Err(e) if e.is_retriable() => moved.extend(
+                    (0..self.assigned.len()).filter(|&i| self.assigned[i].route.addr == addr),
+                ),
+                Err(e) => return Err(e),
+            }
+        }
+        let (polled, out_of_range, not_led) = self.take_batches(responses, &sent_for)?;
+        moved.extend(not_led);
+        if !moved.is_empty() {
+            self.reroute(&moved).await;
+        }
         for index in out_of_range {
             let (topic, partition) = (
                 self.assigned[index].topic.clone(),
@@ -263,6 +282,36 @@ impl Consumer {
         let positions: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
         self.fetching = Some((self.fetch(timeout), positions));
         Ok(polled)
+    }
+
+    /// Asks again where partitions are led (a leader moved or went away),
+    /// after a pause so that an election can finish.
+    async fn reroute(&mut self, moved: &[usize]) {
+        self.client.sleep(REROUTE_BACKOFF).await;
+        let mut topics: Vec<String> = moved
+            .iter()
+            .map(|&i| self.assigned[i].topic.clone())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        for topic in topics {
+            // Not known yet: the old route is kept and tried again.
+            let Ok(routes) = self.client.routes(&topic).await else {
+                continue;
+            };
+            for &i in moved {
+                let a = &mut self.assigned[i];
+                if a.topic != topic {
+                    continue;
+                }
+                if let Some(route) = usize::try_from(a.partition)
+                    .ok()
+                    .and_then(|p| routes.partitions.get(p).copied().flatten())
+                {
+                    a.route = route;
+                }
+            }
+        }
     }
 
     /// One fetch request per shard address, all sent now.
@@ -298,21 +347,23 @@ impl Consumer {
                     max_bytes: self.config.fetch_bytes_max,
                     topics: Some(topics),
                 }));
-                self.client.request(addr, Lane::LongPoll, body, Vec::new())
+                let call = self.client.request(addr, Lane::LongPoll, body, Vec::new());
+                async move { (addr, call.await) }
             })
             .collect();
         futures::future::join_all(calls).boxed()
     }
 
-    /// The batches of `responses`, and the partitions whose position fell
-    /// outside their log.
+    /// The batches of `responses`, the partitions whose position fell
+    /// outside their log, and those whose node no longer leads them.
     fn take_batches(
         &mut self,
         responses: Vec<Response>,
         sent_for: &[i64],
-    ) -> Result<(Polled, Vec<usize>)> {
+    ) -> Result<(Polled, Vec<usize>, Vec<usize>)> {
         let mut parts = Vec::new();
         let mut out_of_range = Vec::new();
+        let mut not_led = Vec::new();
         for (r, response) in responses.iter().enumerate() {
             let (body, payload) = response.unpack()?;
             let wire::ResponseT::FetchResponse(body) = body else {
@@ -330,6 +381,15 @@ impl Consumer {
                     };
                     match error_code(p.error_code) {
                         None => {}
+                        Some(
+                            ErrorCode::NotLeaderOrFollower
+                            | ErrorCode::LeaderNotAvailable
+                            | ErrorCode::FencedLeaderEpoch
+                            | ErrorCode::KafkaStorageError,
+                        ) => {
+                            not_led.push(index);
+                            continue;
+                        }
                         Some(ErrorCode::OffsetOutOfRange) => {
                             out_of_range.push(index);
                             continue;
@@ -364,7 +424,7 @@ impl Consumer {
             topics,
             parts,
         };
-        Ok((polled, out_of_range))
+        Ok((polled, out_of_range, not_led))
     }
 }
 
@@ -400,9 +460,11 @@ pub struct PolledPart<'a> {
 }
 
 impl<'a> PolledPart<'a> {
-    /// The whole batches.
+    /// The whole data batches. Control batches (a new leader's mark,
+    /// transaction markers) are skipped, as Kafka's consumers skip them;
+    /// their offsets are still consumed.
     pub fn batches(&self) -> impl Iterator<Item = batch::Batch<'a>> + use<'a> {
-        batch::batches(self.bytes)
+        batch::batches(self.bytes).filter(|b| !b.is_control())
     }
 
     fn bad(&self, e: impl std::fmt::Display) -> ClientError {

@@ -33,8 +33,12 @@ pub struct ProducerConfig {
     pub batch_size: usize,
     /// 0: no answer; 1: the leader has it; -1 (`all`): a quorum has it.
     pub acks: i16,
-    /// How often a batch is sent again after a retriable error.
+    /// How often a batch is sent again after a retriable error (Kafka's
+    /// `retries`: no limit but `delivery_timeout` by default).
     pub retries: u32,
+    /// Longest a batch is retried for (Kafka's `delivery.timeout.ms`); a
+    /// leader election or a node's restart is waited out well within it.
+    pub delivery_timeout: Duration,
     /// Wait before a retry.
     pub retry_backoff: Duration,
     /// After a batch fails for good, fail every later record of that
@@ -49,7 +53,8 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             batch_size: 16 << 10,
             acks: api::ACKS_ALL,
-            retries: 10,
+            retries: u32::MAX,
+            delivery_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_millis(100),
             stop_on_error: false,
         }
@@ -431,10 +436,15 @@ impl Core {
     /// -1 under acks 0.
     async fn send_batch(&self, topic: &Topic, queue: &PartitionQueue, batch: &[u8]) -> Result<i64> {
         let mut attempt = 0;
+        let deadline = std::time::Instant::now() + self.config.delivery_timeout;
         loop {
             let outcome = self.produce_once(topic, queue, batch).await;
             match outcome {
-                Err(e) if e.is_retriable() && attempt < self.config.retries => {
+                Err(e)
+                    if e.is_retriable()
+                        && attempt < self.config.retries
+                        && std::time::Instant::now() < deadline =>
+                {
                     attempt += 1;
                     glommio::timer::sleep(self.config.retry_backoff).await;
                     // The partition may have moved: ask again where it is.

@@ -341,6 +341,32 @@ impl Group {
         }
     }
 
+    /// A leader's in-sync voters (itself included): those heard from within
+    /// `max_lag_ticks` whose log has reached the leader's end, or moved
+    /// toward it, within that time (Kafka's `replica.lag.time.max.ms`).
+    /// Empty when not leading.
+    pub fn in_sync(&self, max_lag_ticks: u64) -> Vec<NodeId> {
+        let RoleState::Leader(l) = &self.role else {
+            return Vec::new();
+        };
+        let end = self.log.end();
+        let recent = |tick: u64| self.now.saturating_sub(tick) < max_lag_ticks;
+        let mut in_sync: Vec<NodeId> = l
+            .progress
+            .iter()
+            .filter(|(id, p)| {
+                self.membership.is_voter(**id)
+                    && recent(p.heard_at)
+                    && (p.matched == end || recent(p.progressed_at))
+            })
+            .map(|(&id, _)| id)
+            .chain(std::iter::once(self.cfg.id))
+            .collect();
+        in_sync.sort_unstable();
+        in_sync.dedup();
+        in_sync
+    }
+
     // ----- inputs -----------------------------------------------------------
 
     /// One clock tick.
