@@ -32,6 +32,7 @@ pub fn ensure_topic(
     client: &Client,
     topic: &str,
     partitions: Option<i32>,
+    replication_factor: Option<i16>,
     configs: &[(String, String)],
 ) -> Result<Vec<SocketAddr>, String> {
     let partitions = match partitions {
@@ -39,17 +40,18 @@ pub fn ensure_topic(
         None => {
             let metadata =
                 block_on(client.metadata(Some(Vec::new()))).map_err(|e| e.to_string())?;
-            let shards = metadata
+            // Every shard of every node.
+            let shards: usize = metadata
                 .brokers
                 .iter()
                 .flatten()
                 .map(|b| b.shard_ports.as_ref().map_or(1, |p| p.len()))
-                .max()
-                .unwrap_or(1);
-            shards as i32
+                .sum();
+            shards.max(1) as i32
         }
     };
-    match block_on(Admin::new(client.clone()).create_topic(topic, partitions, configs)) {
+    let admin = Admin::new(client.clone());
+    match block_on(admin.create_replicated_topic(topic, partitions, replication_factor, configs)) {
         Ok(()) => eprintln!("bench: created topic {topic} with {partitions} partitions"),
         Err(ClientError::Broker {
             code: fjord_net::ErrorCode::TopicAlreadyExists,
@@ -57,17 +59,28 @@ pub fn ensure_topic(
         }) => {}
         Err(e) => return Err(format!("cannot create topic {topic}: {e}")),
     }
-    let routes = block_on(client.routes(topic)).map_err(|e| e.to_string())?;
-    routes
-        .partitions
-        .iter()
-        .enumerate()
-        .map(|(p, r)| {
-            r.map(|r| r.addr)
-                .ok_or(format!("partition {p} of {topic} has no route"))
-        })
-        .collect()
+    // A replicated topic's partitions have leaders once elected.
+    let deadline = Instant::now() + LEADERS_WAIT;
+    loop {
+        let routes = block_on(client.routes(topic)).map_err(|e| e.to_string())?;
+        let found: Result<Vec<SocketAddr>, String> = routes
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, r)| {
+                r.map(|r| r.addr)
+                    .ok_or(format!("partition {p} of {topic} has no leader"))
+            })
+            .collect();
+        match found {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            found => return found,
+        }
+    }
 }
+
+/// Longest wait for a new topic's partitions to elect leaders.
+const LEADERS_WAIT: Duration = Duration::from_secs(15);
 
 /// Prints a progress line every second until `done`.
 pub fn watch(progress: &Progress, start: Instant, done: impl Fn() -> bool) {

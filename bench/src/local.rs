@@ -1,7 +1,9 @@
 //! The embedded local broker: with no `--bootstrap`, `bench` runs a real
 //! `fjord serve` as a child process (this same executable, re-entered
 //! through a hidden subcommand) on a temporary data directory, waits until
-//! it serves, and stops it and removes the directory at the end.
+//! it serves, and stops it and removes the directory at the end. With
+//! `--nodes N` it runs N such nodes as one cluster (node 1 runs the
+//! controller, the others join through it).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -16,11 +18,40 @@ pub struct LocalBroker {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `--node-id` and `--seeds` in a cluster; the shards it runs.
+    cluster: Option<(u32, Option<SocketAddr>, usize)>,
+}
+
+/// Local brokers forming one cluster.
+pub struct LocalCluster {
+    /// Node 1 first.
+    pub nodes: Vec<LocalBroker>,
+}
+
+impl LocalCluster {
+    /// Starts `count` nodes of `cores` shards each, node 1 first.
+    pub fn start(count: usize, cores: usize) -> Result<LocalCluster, String> {
+        let mut nodes: Vec<LocalBroker> = Vec::with_capacity(count);
+        for id in 1..=count as u32 {
+            let seed = nodes.first().map(|n| n.addr);
+            nodes.push(LocalBroker::start_with(Some((id, seed, cores)))?);
+        }
+        Ok(LocalCluster { nodes })
+    }
+
+    /// Every node's address.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
 }
 
 impl LocalBroker {
     /// Starts one and waits until every shard serves.
     pub fn start() -> Result<LocalBroker, String> {
+        LocalBroker::start_with(None)
+    }
+
+    fn start_with(cluster: Option<(u32, Option<SocketAddr>, usize)>) -> Result<LocalBroker, String> {
         let dir = tempfile::Builder::new()
             .prefix("fjord-bench-")
             .tempdir_in(std::env::temp_dir())
@@ -33,6 +64,7 @@ impl LocalBroker {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
             child: None,
+            cluster,
         };
         broker.spawn()?;
         Ok(broker)
@@ -40,10 +72,18 @@ impl LocalBroker {
 
     fn spawn(&mut self) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg(SERVE_SUBCOMMAND)
             .arg(self.dir.path())
-            .arg(self.addr.to_string())
+            .arg(self.addr.to_string());
+        if let Some((id, seed, cores)) = self.cluster {
+            command.args(["--node-id", &id.to_string(), "--cores", &cores.to_string()]);
+            if let Some(seed) = seed {
+                command.args(["--seeds", &seed.to_string()]);
+            }
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start the local broker: {e}"))?;

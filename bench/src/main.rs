@@ -2,7 +2,7 @@
 //! JSON report's fields.
 
 use clap::{Args, Parser, Subcommand};
-use fjord_bench::local::{LocalBroker, SERVE_SUBCOMMAND};
+use fjord_bench::local::{LocalBroker, LocalCluster, SERVE_SUBCOMMAND};
 use fjord_bench::produce::{ProduceConfig, STAMP_LEN};
 use fjord_bench::report::{JsonReport, Progress, Summary, write_json};
 use fjord_bench::units::{parse_duration, parse_rate};
@@ -38,6 +38,15 @@ enum Command {
         dir: PathBuf,
         /// Listener.
         listen: SocketAddr,
+        /// A cluster node's id.
+        #[arg(long)]
+        node_id: Option<u32>,
+        /// The node to join through.
+        #[arg(long)]
+        seeds: Option<SocketAddr>,
+        /// Shards.
+        #[arg(long)]
+        cores: Option<usize>,
     },
 }
 
@@ -47,6 +56,16 @@ struct Common {
     /// local broker is started.
     #[arg(long)]
     bootstrap: Option<String>,
+    /// Local nodes to start as one cluster (without --bootstrap); 1: a
+    /// node of its own, as before clusters.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Shards of each local cluster node [default: 1 when --nodes > 1].
+    #[arg(long)]
+    node_cores: Option<usize>,
+    /// Replicas per partition of a created topic [default: the cluster's].
+    #[arg(long)]
+    replication_factor: Option<i16>,
     /// Topic (created if missing).
     #[arg(long, default_value = "bench")]
     topic: String,
@@ -115,11 +134,25 @@ fn main() -> ExitCode {
         Command::Produce(args) => run_produce(args, false),
         Command::E2e(args) => run_produce(args, true),
         Command::Consume(args) => run_consume(args),
-        Command::ServeLocal { dir, listen } => {
+        Command::ServeLocal {
+            dir,
+            listen,
+            node_id,
+            seeds,
+            cores,
+        } => {
             let config = fjord_broker::config::ServeConfig {
-                data_dir: dir,
+                data_dir: dir.clone(),
                 listen,
                 shard_port_base: Some(0),
+                node_id,
+                seeds: seeds.into_iter().collect(),
+                cores,
+                // Each node of a local cluster stages in its own directory.
+                staging_dir: match node_id {
+                    Some(_) => dir.join("staging"),
+                    None => fjord_broker::config::ServeConfig::default().staging_dir,
+                },
                 ..Default::default()
             };
             fjord_broker::node::serve(config)
@@ -137,8 +170,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// The brokers to use: those given, or a local one kept alive by the guard.
-fn broker(common: &Common) -> Result<(Vec<SocketAddr>, Option<LocalBroker>), String> {
+/// What keeps local brokers running for the length of a run.
+enum Local {
+    Broker(LocalBroker),
+    Cluster(LocalCluster),
+}
+
+/// The brokers to use: those given, or local ones kept alive by the guard.
+fn broker(common: &Common) -> Result<(Vec<SocketAddr>, Option<Local>), String> {
+    if common.bootstrap.is_none() && common.nodes > 1 {
+        let cluster = LocalCluster::start(common.nodes, common.node_cores.unwrap_or(1))?;
+        return Ok((cluster.addrs(), Some(Local::Cluster(cluster))));
+    }
     match &common.bootstrap {
         Some(list) => {
             let addrs = list
@@ -155,7 +198,7 @@ fn broker(common: &Common) -> Result<(Vec<SocketAddr>, Option<LocalBroker>), Str
         }
         None => {
             let local = LocalBroker::start()?;
-            Ok((vec![local.addr], Some(local)))
+            Ok((vec![local.addr], Some(Local::Broker(local))))
         }
     }
 }
@@ -219,7 +262,7 @@ fn clients(
 /// partition routes, the topic created if missing.
 struct Setup {
     addr: Vec<SocketAddr>,
-    local: Option<LocalBroker>,
+    local: Option<Local>,
     admin: fjord_client::Client,
     routes: Vec<SocketAddr>,
 }
@@ -231,6 +274,7 @@ fn setup(common: &Common) -> Result<Setup, String> {
         &admin,
         &common.topic,
         common.partitions,
+        common.replication_factor,
         &topic_configs(common)?,
     )?;
     Ok(Setup {
@@ -307,8 +351,12 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
     }
     if args.cold {
         match local.as_mut() {
-            Some(local) => local.restart()?,
-            None => return Err("--cold restarts the local broker: it needs no --bootstrap".into()),
+            Some(Local::Broker(local)) => local.restart()?,
+            _ => {
+                return Err(
+                    "--cold restarts the local broker: it needs no --bootstrap or --nodes".into(),
+                );
+            }
         }
     }
     let reader = client(&addr, args.common.cpus.first().copied())?;

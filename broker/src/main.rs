@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, describe and delete topics.
     Topic {
         #[command(subcommand)]
@@ -309,7 +309,7 @@ impl ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(args) => match args.config() {
+        Command::Serve(args) => match (*args).config() {
             Ok(config) => fjord_broker::node::serve(config).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },

@@ -182,11 +182,11 @@ fn retention_deletes_old_segments_on_the_broker() {
     // Retention deletes in the background: wait until the log start has
     // moved and then held still across several checks.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut last = block_on(admin.describe_topic("short")).unwrap().partitions[0];
+    let mut last = block_on(admin.describe_topic("short")).unwrap().partitions[0].clone();
     let mut still = 0;
     while still < 5 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        let now = block_on(admin.describe_topic("short")).unwrap().partitions[0];
+        let now = block_on(admin.describe_topic("short")).unwrap().partitions[0].clone();
         still = if now == last && now.log_start_offset > 0 {
             still + 1
         } else {
@@ -225,7 +225,7 @@ fn lowering_retention_frees_space_at_once_without_a_restart() {
     for i in 0..100 {
         block_on(producer.send("grow", None, None, Some(&[i as u8; 1000]), &[])).unwrap();
     }
-    let before = block_on(admin.describe_topic("grow")).unwrap().partitions[0];
+    let before = block_on(admin.describe_topic("grow")).unwrap().partitions[0].clone();
     assert_eq!(before.log_start_offset, 0);
     assert!(before.size_bytes >= 100_000, "{} bytes", before.size_bytes);
 
@@ -241,7 +241,7 @@ fn lowering_retention_frees_space_at_once_without_a_restart() {
     );
 
     let after = block_on(admin.describe_topic("grow")).unwrap();
-    let p = after.partitions[0];
+    let p = &after.partitions[0];
     assert!(
         p.log_start_offset >= 80,
         "old segments deleted at once: start {}",

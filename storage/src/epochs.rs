@@ -55,6 +55,11 @@ impl EpochCache {
 
     /// Whether a batch of `epoch` may follow the log's batches.
     pub fn check(&self, epoch: i32) -> EpochCheck {
+        if epoch < 0 {
+            // Kafka's "no epoch" (-1, batches from before epochs): not
+            // tracked, never a regression, as Kafka's epoch cache does.
+            return EpochCheck::Same;
+        }
         match self.last_epoch() {
             Some(last) if epoch < last => EpochCheck::Regression(last),
             Some(last) if epoch == last => EpochCheck::Same,
@@ -256,6 +261,7 @@ mod tests {
         cache.push(1, 0);
         assert_eq!(cache.check(1), EpochCheck::Same);
         assert_eq!(cache.check(0), EpochCheck::Regression(1));
+        assert_eq!(cache.check(-1), EpochCheck::Same, "no epoch: not tracked");
         cache.push(3, 10);
         cache.push(4, 20);
         // An epoch that never got a batch is replaced.
