@@ -51,7 +51,9 @@ impl LocalBroker {
         LocalBroker::start_with(None)
     }
 
-    fn start_with(cluster: Option<(u32, Option<SocketAddr>, usize)>) -> Result<LocalBroker, String> {
+    fn start_with(
+        cluster: Option<(u32, Option<SocketAddr>, usize)>,
+    ) -> Result<LocalBroker, String> {
         let dir = tempfile::Builder::new()
             .prefix("fjord-bench-")
             .tempdir_in(std::env::temp_dir())

@@ -170,17 +170,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// What keeps local brokers running for the length of a run.
-enum Local {
-    Broker(LocalBroker),
-    Cluster(LocalCluster),
-}
-
-/// The brokers to use: those given, or local ones kept alive by the guard.
-fn broker(common: &Common) -> Result<(Vec<SocketAddr>, Option<Local>), String> {
+/// The brokers to use: those given, or local ones, kept running by the
+/// returned guards (none, one, or a cluster's nodes).
+fn broker(common: &Common) -> Result<(Vec<SocketAddr>, Vec<LocalBroker>), String> {
     if common.bootstrap.is_none() && common.nodes > 1 {
         let cluster = LocalCluster::start(common.nodes, common.node_cores.unwrap_or(1))?;
-        return Ok((cluster.addrs(), Some(Local::Cluster(cluster))));
+        return Ok((cluster.addrs(), cluster.nodes));
     }
     match &common.bootstrap {
         Some(list) => {
@@ -194,11 +189,11 @@ fn broker(common: &Common) -> Result<(Vec<SocketAddr>, Option<Local>), String> {
                         .ok_or_else(|| format!("invalid broker address {one:?}"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((addrs, None))
+            Ok((addrs, Vec::new()))
         }
         None => {
             let local = LocalBroker::start()?;
-            Ok((vec![local.addr], Some(Local::Broker(local))))
+            Ok((vec![local.addr], vec![local]))
         }
     }
 }
@@ -262,7 +257,7 @@ fn clients(
 /// partition routes, the topic created if missing.
 struct Setup {
     addr: Vec<SocketAddr>,
-    local: Option<Local>,
+    local: Vec<LocalBroker>,
     admin: fjord_client::Client,
     routes: Vec<SocketAddr>,
 }
@@ -350,8 +345,8 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
         Summary::new(&filled, elapsed, 0.0).print("fill");
     }
     if args.cold {
-        match local.as_mut() {
-            Some(Local::Broker(local)) => local.restart()?,
+        match local.as_mut_slice() {
+            [local] => local.restart()?,
             _ => {
                 return Err(
                     "--cold restarts the local broker: it needs no --bootstrap or --nodes".into(),

@@ -66,10 +66,11 @@ pub async fn register_self(shard: &Shard) -> Result<(), CommandError> {
 /// The controller's answer to a peer's request (on shard 0).
 pub async fn answer(shard: &Rc<Shard>, from: NodeId, request: ControlRequest) -> ControlResponse {
     let Some(controller) = shard.controller() else {
+        // Its shard 0's own port: the node's listener may land on any shard.
         let known = shard
             .metadata()
             .controller()
-            .map(|n| (n.host.clone(), n.port));
+            .and_then(|n| Some((n.host.clone(), *n.shard_ports.first()?)));
         return ControlResponse::NotController(known);
     };
     match request {
@@ -235,7 +236,7 @@ pub async fn follow(shard: Rc<Shard>) {
                 }
             }
             Ok(ControlResponse::NotController(at)) => {
-                target = at.as_ref().and_then(resolve);
+                target = at.as_ref().and_then(resolve).filter(|&named| named != addr);
                 ask_seed = target.is_none();
                 if target.is_none() {
                     glommio::timer::sleep(RETRY_PAUSE).await;

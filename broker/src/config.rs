@@ -81,6 +81,10 @@ pub struct ServeConfig {
     /// A replica that has not caught up with the leader for this long is
     /// not in sync (Kafka's `replica.lag.time.max.ms`).
     pub replica_lag_time_max_ms: u64,
+    /// How often a leader that is not its partition's preferred leader
+    /// hands over to it, once caught up (Kafka's
+    /// `leader.imbalance.check.interval.seconds`); 0: never.
+    pub leader_rebalance_interval_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -111,6 +115,7 @@ impl Default for ServeConfig {
             raft_tick_ms: 50,
             default_replication_factor: None,
             replica_lag_time_max_ms: 30_000,
+            leader_rebalance_interval_ms: 30_000,
         }
     }
 }
@@ -218,6 +223,16 @@ impl ServeConfig {
         }
         if self.node_id == Some(0) {
             return Err(ConfigError::Invalid("node_id must be above 0".into()));
+        }
+        if self.node_id.is_some() && !self.runs_controller() && self.seeds.is_empty() {
+            return Err(ConfigError::Invalid(
+                "a node that does not run the controller needs seeds to find it".into(),
+            ));
+        }
+        if self.node_id.is_some() && self.advertised().ip().is_unspecified() {
+            return Err(ConfigError::Invalid(
+                "listening on an unspecified address: set advertise to the address peers and clients reach this node at".into(),
+            ));
         }
         if self.controller_voters.len() > 1 {
             // The controller quorum (metadata as Raft group 0 over 3 or 5

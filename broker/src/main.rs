@@ -219,6 +219,9 @@ struct ServeArgs {
     /// A replica this far behind is out of sync [default: 30000 ms].
     #[arg(long)]
     replica_lag_time_max_ms: Option<u64>,
+    /// How often leadership returns to preferred leaders [default: 30000 ms; 0: never].
+    #[arg(long)]
+    leader_rebalance_interval_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -301,6 +304,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.replica_lag_time_max_ms {
             config.replica_lag_time_max_ms = v;
+        }
+        if let Some(v) = self.leader_rebalance_interval_ms {
+            config.leader_rebalance_interval_ms = v;
         }
         Ok(config)
     }

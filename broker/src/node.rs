@@ -356,7 +356,6 @@ async fn run_shard(
     data.prime().await.map_err(|e| e.to_string())?;
     let (ready_tx, ready_rx) = oneshot::channel();
     let staging = staging.map(|file| Rc::new(Staging::new(file, data.path().to_path_buf())));
-    let (reports, reported) = glommio::channels::local_channel::new_unbounded();
     let shard = Rc::new(Shard::new(
         senders,
         config,
@@ -364,16 +363,12 @@ async fn run_shard(
         data,
         staging.clone(),
         ready_tx,
-        reports,
     ));
     shard.serve_mesh(receivers);
+    shard.start_replication();
     let clustered = shard.config.node_id.is_some();
-    if clustered {
-        glommio::spawn_local(shard.replication().clone().run_ticks()).detach();
-        glommio::spawn_local(share_leaders(shard.clone(), reported)).detach();
-        if shard.id == 0 {
-            glommio::spawn_local(crate::cluster::share_liveness(shard.clone())).detach();
-        }
+    if clustered && shard.id == 0 {
+        glommio::spawn_local(crate::cluster::share_liveness(shard.clone())).detach();
     }
     if shard.id == 0 && !shard.config.runs_controller() {
         glommio::spawn_local(crate::cluster::follow(shard.clone())).detach();
@@ -463,26 +458,4 @@ async fn run_shard(
         }
     }
     Ok(())
-}
-
-/// Takes this shard's leader changes to every shard of the node (and, on
-/// the controller's shard, to the nodes following it).
-async fn share_leaders(
-    shard: Rc<Shard>,
-    reported: glommio::channels::local_channel::LocalReceiver<
-        fjord_replication::control::LeaderReport,
-    >,
-) {
-    while let Some(report) = reported.recv().await {
-        let mut reports = vec![report];
-        while let Some(Some(more)) = futures::FutureExt::now_or_never(reported.recv()) {
-            reports.push(more);
-        }
-        if shard.merge_leaders(&reports)
-            && let Some(controller) = shard.controller()
-        {
-            controller.notify();
-        }
-        shard.broadcast_leaders(reports).await;
-    }
 }

@@ -144,9 +144,20 @@ impl Partition {
             retention_ms = ?wanted.1.map(|d| d.as_millis()),
             "retention changed"
         );
-        if let Err(e) = log.enforce_retention(fjord_storage::log::now_ms()).await {
+        if let Err(e) = self.enforce_retention(fjord_storage::log::now_ms()).await {
             tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "retention");
         }
+    }
+
+    /// Deletes segments past the topic's retention; a replicated partition
+    /// keeps what its followers (and consumers below the high watermark)
+    /// still need.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
+        let keep_from = match &self.setup.replica {
+            Some((replica, replication)) => replication.retention_floor(replica.group),
+            None => u64::MAX,
+        };
+        self.log().enforce_retention_below(now_ms, keep_from).await
     }
 
     /// The log's directory.
@@ -225,7 +236,8 @@ impl Partition {
             if self.setup.space.is_low() {
                 return Err(ErrorCode::KafkaStorageError);
             }
-            let base_offset = replication.produce(self, records, acks).await?;
+            let max = self.setup.config.max_batch_bytes;
+            let base_offset = replication.produce(self, records, acks, max).await?;
             return Ok(Produced {
                 base_offset: base_offset as i64,
                 log_start_offset: self.log().offset_start() as i64,

@@ -28,6 +28,8 @@ const LINK_QUEUE_LEN: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach a peer that is away.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// Initial buffer of a frame being read.
+const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Socket write buffer of a link: a tick's frames share a send.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
@@ -149,8 +151,17 @@ async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     let len = wire::frame_len(prefix).map_err(|source| PeerError::Wire { addr, source })?;
-    let mut rest = vec![0u8; len];
-    reader.read_exact(&mut rest).await.map_err(io)?;
+    // Grown as bytes arrive, not allocated at the announced length: a peer
+    // that announces much and sends little holds little.
+    let mut rest = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
+    let read = (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut rest)
+        .await
+        .map_err(io)?;
+    if read != len {
+        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     wire::decode(&rest)
         .map(Some)
         .map_err(|source| PeerError::Wire { addr, source })

@@ -34,7 +34,8 @@ use fjord_replication::wire;
 use fjord_storage::StorageError;
 use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use std::cell::{Cell, RefCell};
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ use std::time::Duration;
 
 /// Ticks between a leader's heartbeats.
 const HEARTBEAT_TICKS: u32 = 3;
+/// Bytes of proposals a leader holds before its log takes them.
+const PROPOSED_BYTES_MAX: u64 = 64 << 20;
 /// Longest a produce waits for its acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Name of a replica's hard-state file, in the partition's directory.
@@ -55,7 +58,9 @@ const LEADER_CHANGE_TYPE: i16 = 2;
 
 /// A batch's bytes until its log takes them.
 pub enum Payload {
-    /// Copied out of a producer's request, or built here.
+    /// Copied out of a producer's request: it holds the leader's room.
+    Proposed(Vec<u8>),
+    /// Built here (a new leader's control batch).
     Owned(Vec<u8>),
     /// In a peer's frame, shared by the frame's batches.
     Shared(Rc<Vec<u8>>, Range<usize>),
@@ -66,7 +71,7 @@ impl Deref for Payload {
 
     fn deref(&self) -> &[u8] {
         match self {
-            Payload::Owned(bytes) => bytes,
+            Payload::Proposed(bytes) | Payload::Owned(bytes) => bytes,
             Payload::Shared(frame, range) => &frame[range.clone()],
         }
     }
@@ -134,8 +139,12 @@ pub struct Replica {
     voters: Vec<NodeId>,
     durability: Durability,
     view: RefCell<View>,
-    ops: LocalSender<StorageOp>,
+    /// Dropped when the group stops: its worker then ends.
+    ops: RefCell<Option<LocalSender<StorageOp>>>,
     worker: RefCell<Option<LocalReceiver<StorageOp>>>,
+    /// Bytes of a leader's proposals not yet staged by the log: producers
+    /// wait for room (acks=0 included), as on an unreplicated log.
+    room: Semaphore,
 }
 
 impl Replica {
@@ -154,8 +163,17 @@ impl Replica {
             voters,
             durability,
             view: RefCell::new(View::default()),
-            ops,
+            ops: RefCell::new(Some(ops)),
             worker: RefCell::new(Some(worker)),
+            room: Semaphore::new(PROPOSED_BYTES_MAX),
+        }
+    }
+
+    fn push(&self, op: StorageOp) {
+        // Unbounded: followers' appends are bounded by the leader's
+        // in-flight budget, a leader's by `room`. Gone: the group stopped.
+        if let Some(ops) = self.ops.borrow().as_ref() {
+            let _ = ops.try_send(op);
         }
     }
 
@@ -215,13 +233,18 @@ impl Replica {
     fn on_event(&self, me: NodeId, event: &Event) {
         let mut view = self.view.borrow_mut();
         match *event {
+            // The leader's durable mark is of its term: a new term starts
+            // it afresh (the log may have been cut meanwhile), or an acks=1
+            // could be answered by a mark of an earlier term.
             Event::BecameLeader { term } => {
                 view.term = term;
                 view.leader = Some(me);
                 view.leading = true;
+                view.durable = 0;
             }
             Event::SteppedDown { .. } => {
                 view.leading = false;
+                view.durable = 0;
                 Self::fail_acks(&mut view, ErrorCode::NotLeaderOrFollower);
             }
             Event::LeaderChanged { term, leader } => {
@@ -229,6 +252,7 @@ impl Replica {
                 view.leader = leader;
                 if leader != Some(me) {
                     view.leading = false;
+                    view.durable = 0;
                     Self::fail_acks(&mut view, ErrorCode::NotLeaderOrFollower);
                 }
             }
@@ -286,6 +310,9 @@ pub struct Settings {
     pub election_ticks: u32,
     /// `replica_lag_time_max_ms`, in ticks.
     pub lag_ticks: u64,
+    /// Ticks between checks that hand leadership back to preferred leaders
+    /// (`leader_rebalance_interval_ms`); 0: never.
+    pub rebalance_ticks: u64,
 }
 
 /// A shard's replicated partitions.
@@ -295,13 +322,20 @@ pub struct Replication {
     partitions: RefCell<HashMap<GroupId, Rc<Partition>>>,
     links: Links,
     reports: LocalSender<LeaderReport>,
+    /// Partitions whose replica failed, for the shard to open again.
+    failed: LocalSender<Rc<Partition>>,
     seeds: std::collections::hash_map::RandomState,
-    rounds: Cell<u64>,
+    /// Refused peer messages, for the rate-limited log line.
+    refusals: crate::logging::Repeated,
 }
 
 impl Replication {
     /// A shard's replication, reporting leader changes on `reports`.
-    pub fn new(settings: Settings, reports: LocalSender<LeaderReport>) -> Replication {
+    pub fn new(
+        settings: Settings,
+        reports: LocalSender<LeaderReport>,
+        failed: LocalSender<Rc<Partition>>,
+    ) -> Replication {
         assert!(
             settings.election_ticks > HEARTBEAT_TICKS,
             "elections outlast heartbeats"
@@ -312,8 +346,9 @@ impl Replication {
             partitions: RefCell::new(HashMap::new()),
             links: Links::default(),
             reports,
+            failed,
             seeds: std::collections::hash_map::RandomState::new(),
-            rounds: Cell::new(0),
+            refusals: crate::logging::Repeated::default(),
         }
     }
 
@@ -367,6 +402,19 @@ impl Replication {
         Ok(())
     }
 
+    /// Below what offset a replica's log may delete segments: its high
+    /// watermark, and on a leader what every follower has.
+    pub fn retention_floor(&self, group: GroupId) -> Offset {
+        let mux = self.mux.borrow();
+        let Some(g) = mux.get(group) else {
+            return 0;
+        };
+        g.followers()
+            .iter()
+            .map(|&(_, matched, _)| matched)
+            .fold(g.commit(), Offset::min)
+    }
+
     /// A group's state, for describe.
     pub fn status(&self, group: GroupId) -> Option<Status> {
         let mux = self.mux.borrow();
@@ -404,17 +452,27 @@ impl Replication {
     /// Stops a group (its partition is closing): waiting producers fail.
     pub fn remove(&self, group: GroupId) {
         self.mux.borrow_mut().remove(group);
-        if let Some(partition) = self.partitions.borrow_mut().remove(&group)
-            && let Some(replica) = partition.replica()
-        {
+        let removed = self.partitions.borrow_mut().remove(&group);
+        if let Some(replica) = removed.as_ref().and_then(|p| p.replica()) {
+            replica.ops.borrow_mut().take();
+            replica.room.close();
             let mut view = replica.view.borrow_mut();
             view.leading = false;
+            view.leader = None;
             Replica::fail_acks(&mut view, ErrorCode::NotLeaderOrFollower);
+            // Whoever reads the leaders table stops sending here.
+            let _ = self.reports.try_send(LeaderReport {
+                group,
+                term: view.term,
+                leader: None,
+            });
         }
     }
 
-    /// Ticks every group, forever.
+    /// Ticks every group, forever; now and then hands leadership back to
+    /// preferred leaders.
     pub async fn run_ticks(self: Rc<Self>) {
+        let mut ticks = 0u64;
         loop {
             glommio::timer::sleep(self.settings.tick).await;
             if self.mux.borrow().is_empty() {
@@ -423,24 +481,122 @@ impl Replication {
             let mut outbox = Outbox::default();
             self.mux.borrow_mut().tick(&mut outbox);
             self.dispatch(outbox, Source::None);
+            ticks += 1;
+            let every = self.settings.rebalance_ticks;
+            if every > 0 && ticks.is_multiple_of(every) {
+                self.rebalance();
+            }
         }
     }
 
-    /// A peer's frame.
-    pub fn receive(self: &Rc<Self>, from: NodeId, batch: PeerBatch, payload: Vec<u8>) {
+    /// Hands each group this shard leads but is not the preferred leader of
+    /// (the first replica placed) to the preferred one, once it has the
+    /// whole log: after a failover leaders drift to the nodes that stayed
+    /// up; this brings them back, as Kafka's preferred-leader election does.
+    fn rebalance(self: &Rc<Self>) {
+        let me = self.settings.node;
+        let moves: Vec<(GroupId, NodeId)> = {
+            let mux = self.mux.borrow();
+            self.partitions
+                .borrow()
+                .iter()
+                .filter_map(|(&id, p)| {
+                    let preferred = *p.replica()?.voters.first()?;
+                    let g = mux.get(id)?;
+                    let caught_up = g
+                        .followers()
+                        .iter()
+                        .any(|&(n, matched, _)| n == preferred && matched == g.log_end());
+                    (g.leader() == Some(me) && preferred != me && caught_up)
+                        .then_some((id, preferred))
+                })
+                .collect()
+        };
+        for (id, preferred) in moves {
+            tracing::info!(
+                shard = self.settings.shard,
+                group = id,
+                to = preferred,
+                "leadership back to the preferred leader"
+            );
+            self.round(id, Source::None, |g, out| {
+                g.transfer_leadership(preferred, out)
+            });
+        }
+    }
+
+    /// A peer's frame. What the core must not see is dropped here: messages
+    /// from a node that is not a voter of the group, terms beyond a leader
+    /// epoch's range, and append requests whose batches do not match what
+    /// they announce (offsets, epoch, CRC) — the leader sends again.
+    pub fn receive(self: &Rc<Self>, from: NodeId, mut batch: PeerBatch, payload: Vec<u8>) {
         let payload = Rc::new(payload);
         // Where each carried batch lies in the payload (the wire decoder
         // checked that the entries' lengths add up to it).
         let mut positions = HashMap::new();
         let mut at = 0usize;
-        for (group, message) in &batch.messages {
-            if let Message::Append(request) = message {
-                for entry in &request.entries {
-                    let end = at + entry.bytes as usize;
-                    positions.insert((*group, entry.offset), at..end);
-                    at = end;
+        let mut refused = 0usize;
+        {
+            let partitions = self.partitions.borrow();
+            let member = |group: &GroupId| {
+                partitions
+                    .get(group)
+                    .and_then(|p| p.replica())
+                    .is_some_and(|r| r.voters.contains(&from))
+            };
+            let sane_term = |term: Term| term <= i32::MAX as Term;
+            batch
+                .heartbeats
+                .retain(|(g, h)| member(g) && sane_term(h.term));
+            batch
+                .heartbeat_responses
+                .retain(|(g, r)| member(g) && sane_term(r.term));
+            batch.messages.retain(|(group, message)| {
+                let Message::Append(request) = message else {
+                    return member(group) && sane_term(message.term());
+                };
+                let start = at;
+                at += request
+                    .entries
+                    .iter()
+                    .map(|e| e.bytes as usize)
+                    .sum::<usize>();
+                let mut position = start;
+                let matches = request.entries.iter().all(|entry| {
+                    let Some(bytes) = payload.get(position..position + entry.bytes as usize) else {
+                        return false;
+                    };
+                    position += entry.bytes as usize;
+                    Batch::validate(bytes).is_ok_and(|b| {
+                        b.base_offset() as u64 == entry.offset
+                            && b.last_offset() as u64 + 1 == entry.end
+                            && i64::from(b.partition_leader_epoch()) == entry.term as i64
+                    })
+                });
+                let keep = member(group) && sane_term(request.term) && matches;
+                if keep {
+                    let mut position = start;
+                    for entry in &request.entries {
+                        let end = position + entry.bytes as usize;
+                        positions.insert((*group, entry.offset), position..end);
+                        position = end;
+                    }
+                } else {
+                    refused += 1;
                 }
-            }
+                keep
+            });
+        }
+        if refused > 0
+            && let Some(count) = self.refusals.hit()
+        {
+            tracing::warn!(
+                shard = self.settings.shard,
+                from,
+                refused,
+                refusals = count,
+                "peer messages refused: not a voter, a term out of range, or batches that do not match their entries"
+            );
         }
         let mut outbox = Outbox::default();
         self.mux.borrow_mut().receive(from, batch, &mut outbox);
@@ -455,6 +611,7 @@ impl Replication {
         partition: &Partition,
         records: &[u8],
         acks: i16,
+        max_batch_bytes: usize,
     ) -> Result<Offset, ErrorCode> {
         let replica = partition.replica().ok_or(ErrorCode::UnknownServerError)?;
         if !replica.is_leader() {
@@ -468,15 +625,31 @@ impl Replication {
                 Ok(len) if len <= rest.len() => len,
                 _ => return Err(ErrorCode::CorruptMessage),
             };
+            // Refused here, not by the log: a batch every replica's log
+            // refuses must never enter the Raft log.
+            if len > max_batch_bytes {
+                return Err(ErrorCode::MessageTooLarge);
+            }
             let parsed = Batch::validate(&rest[..len]).map_err(|_| ErrorCode::CorruptMessage)?;
             let count =
                 u32::try_from(parsed.offset_count()).map_err(|_| ErrorCode::CorruptMessage)?;
-            let source = Source::Proposal(Some(Payload::Owned(rest[..len].to_vec())));
+            let room = std::pin::pin!(replica.room.acquire(len as u64));
+            let timeout = std::pin::pin!(glommio::timer::sleep(ACK_TIMEOUT));
+            match futures::future::select(room, timeout).await {
+                futures::future::Either::Left((Ok(()), _)) => {}
+                futures::future::Either::Left((Err(_), _)) => {
+                    return Err(ErrorCode::NotLeaderOrFollower);
+                }
+                futures::future::Either::Right(_) => return Err(ErrorCode::RequestTimedOut),
+            }
+            let source = Source::Proposal(Some(Payload::Proposed(rest[..len].to_vec())));
             let entry = self
                 .round(replica.group, source, |group, out| {
                     group.propose(count, len as u32, out)
                 })
-                .ok_or(ErrorCode::NotLeaderOrFollower)?
+                .ok_or(ErrorCode::NotLeaderOrFollower)
+                .inspect_err(|_| replica.room.signal(len as u64))?
+                .inspect_err(|_| replica.room.signal(len as u64))
                 .map_err(|e| match e {
                     ProposeError::NotLeader(_) | ProposeError::Transferring => {
                         ErrorCode::NotLeaderOrFollower
@@ -503,6 +676,8 @@ impl Replication {
             if done {
                 return Ok(base);
             }
+            // Producers that gave up (timed out) go now.
+            view.acks.retain(|ack| !ack.tx.is_canceled());
             view.acks.push(Ack { end, all, tx });
             rx
         };
@@ -574,7 +749,6 @@ impl Replication {
     }
 
     fn dispatch(self: &Rc<Self>, outbox: Outbox, mut source: Source<'_>) {
-        self.rounds.set(self.rounds.get() + 1);
         for (node, batch) in outbox.batches {
             self.send(node, batch);
         }
@@ -643,10 +817,13 @@ impl Replication {
                             offset = entry.offset,
                             "no bytes for an entry to append: replica stopped"
                         );
-                        replica.view.borrow_mut().failed = true;
+                        self.fail(
+                            &partition,
+                            &StorageError::Failed("an entry came without its batch".into()),
+                        );
                         return;
                     };
-                    let _ = replica.ops.try_send(StorageOp::Append {
+                    replica.push(StorageOp::Append {
                         entry,
                         payload,
                         generation,
@@ -669,8 +846,7 @@ impl Replication {
                 return;
             }
         };
-        // Unbounded: the core bounds what it asks for in flight.
-        let _ = replica.ops.try_send(op);
+        replica.push(op);
     }
 
     /// Reads the range `read` asks for from the leader's log and sends it
@@ -756,29 +932,44 @@ impl Replication {
                     entry,
                     payload,
                     generation,
-                } => match log
-                    .append_at(&payload, entry.offset, Some(entry.term as i32))
-                    .await
-                {
-                    Ok(appended) => {
+                } => {
+                    let appended = log
+                        .append_at(&payload, entry.offset, Some(entry.term as i32))
+                        .await;
+                    if let Payload::Proposed(bytes) = &payload {
+                        replica.room.signal(bytes.len() as u64);
+                    }
+                    appended.map(|appended| {
                         let this = self.clone();
+                        let partition = partition.clone();
                         glommio::spawn_local(async move {
-                            if appended.durable.await.is_ok() {
-                                this.round(group, Source::None, |g, out| {
-                                    g.log_written(entry.end, generation, out);
-                                    // `fsync=always` appends resolve once synced.
-                                    if synced_with_write {
-                                        g.log_synced(entry.end, generation, out);
-                                    }
-                                });
+                            match appended.durable.await {
+                                Ok(()) => {
+                                    this.round(group, Source::None, |g, out| {
+                                        g.log_written(entry.end, generation, out);
+                                        // `fsync=always` appends resolve once synced.
+                                        if synced_with_write {
+                                            g.log_synced(entry.end, generation, out);
+                                        }
+                                    });
+                                }
+                                // Cut by a truncation: Raft asked for it.
+                                Err(StorageError::Truncated { .. }) => {}
+                                Err(e) => this.fail(&partition, &e),
                             }
                         })
                         .detach();
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
+                    })
+                }
                 StorageOp::Truncate { end } => log.truncate(end).await,
+                // Under `fsync=always` every append is synced before it is
+                // reported written: nothing is left to sync.
+                StorageOp::Sync { end, generation } if synced_with_write => {
+                    self.round(group, Source::None, |g, out| {
+                        g.log_synced(end, generation, out)
+                    });
+                    Ok(())
+                }
                 StorageOp::Sync { end, generation } => log.flush().await.map(|()| {
                     self.round(group, Source::None, |g, out| {
                         g.log_synced(end, generation, out)
@@ -793,21 +984,33 @@ impl Replication {
                 }
             };
             if let Err(e) = outcome {
-                // The core's view of the log and the log no longer agree:
-                // the replica stops (the others go on without it) rather
-                // than answer from a log it cannot trust.
-                tracing::error!(
-                    shard = self.settings.shard,
-                    group,
-                    dir = %partition.dir().display(),
-                    error = %e,
-                    "replica storage failed: replica stopped until the partition is opened again"
-                );
-                replica.view.borrow_mut().failed = true;
-                self.remove(group);
+                self.fail(&partition, &e);
                 return;
             }
         }
+    }
+
+    /// A group's storage failed: the core's view of the log and the log no
+    /// longer agree, so the replica stops (the others go on without it)
+    /// rather than answer from a log it cannot trust, and its shard opens
+    /// the partition again — recovery, then a group restored from what the
+    /// disk holds — as it retries any partition it could not open.
+    fn fail(&self, partition: &Rc<Partition>, error: &StorageError) {
+        let Some(replica) = partition.replica() else {
+            return;
+        };
+        if std::mem::replace(&mut replica.view.borrow_mut().failed, true) {
+            return;
+        }
+        tracing::error!(
+            shard = self.settings.shard,
+            group = replica.group,
+            dir = %partition.dir().display(),
+            error = %error,
+            "replica storage failed: replica stopped, the partition is opened again"
+        );
+        self.remove(replica.group);
+        let _ = self.failed.try_send(partition.clone());
     }
 }
 

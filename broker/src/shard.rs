@@ -18,6 +18,7 @@ use fjord_storage::space::SpaceWatch;
 use fjord_storage::{BatchCache, DataDir, LogConfig, Staging};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -74,7 +75,12 @@ pub struct Shard {
     leaders: RefCell<HashMap<GroupId, LeaderReport>>,
     /// Nodes the controller heard from lately.
     live: RefCell<Vec<NodeId>>,
+    /// What replication reports to the shard, until its tasks start.
+    replication_outlets: RefCell<Option<ReplicationOutlets>>,
 }
+
+/// Leader changes and failed replicas, as replication reports them.
+type ReplicationOutlets = (LocalReceiver<LeaderReport>, LocalReceiver<Rc<Partition>>);
 
 impl Shard {
     /// A shard with empty metadata; `ready` fires when the first arrives.
@@ -85,7 +91,6 @@ impl Shard {
         data: DataDir,
         staging: Option<Rc<Staging>>,
         ready: oneshot::Sender<()>,
-        reports: glommio::channels::local_channel::LocalSender<LeaderReport>,
     ) -> Shard {
         let id = mesh.peer_id();
         let count = mesh.nr_consumers();
@@ -100,6 +105,8 @@ impl Shard {
         let data_shards = count - first_data_shard;
         assert!(data_shards > 0, "validated: some shard hosts partitions");
         let tick = Duration::from_millis(config.raft_tick_ms);
+        let (reports, reported) = local_channel::new_unbounded();
+        let (failed, failures) = local_channel::new_unbounded();
         let replication = Rc::new(Replication::new(
             crate::replica::Settings {
                 node: config.node_id.unwrap_or(0),
@@ -108,8 +115,10 @@ impl Shard {
                 election_ticks: u32::try_from(config.election_timeout_ms / config.raft_tick_ms)
                     .unwrap_or(u32::MAX),
                 lag_ticks: config.replica_lag_time_max_ms / config.raft_tick_ms,
+                rebalance_ticks: config.leader_rebalance_interval_ms / config.raft_tick_ms,
             },
             reports,
+            failed,
         ));
         Shard {
             id,
@@ -138,6 +147,38 @@ impl Shard {
             replication,
             leaders: RefCell::new(HashMap::new()),
             live: RefCell::new(Vec::new()),
+            replication_outlets: RefCell::new(Some((reported, failures))),
+        }
+    }
+
+    /// Starts the tasks behind the shard's replicated partitions: the Raft
+    /// clock (in a cluster), sharing leader changes with the node's shards,
+    /// and reopening replicas whose storage failed.
+    pub fn start_replication(self: &Rc<Self>) {
+        let Some((reported, failures)) = self.replication_outlets.borrow_mut().take() else {
+            return;
+        };
+        if self.config.node_id.is_some() {
+            glommio::spawn_local(self.replication.clone().run_ticks()).detach();
+        }
+        glommio::spawn_local(self.clone().share_leaders(reported)).detach();
+        glommio::spawn_local(self.clone().reopen_failed(failures)).detach();
+    }
+
+    /// Takes this shard's leader changes to every shard of the node (and, on
+    /// the controller's shard, to the nodes following it).
+    async fn share_leaders(self: Rc<Self>, reported: LocalReceiver<LeaderReport>) {
+        while let Some(report) = reported.recv().await {
+            let mut reports = vec![report];
+            while let Some(Some(more)) = futures::FutureExt::now_or_never(reported.recv()) {
+                reports.push(more);
+            }
+            if self.merge_leaders(&reports)
+                && let Some(controller) = self.controller()
+            {
+                controller.notify();
+            }
+            self.broadcast_leaders(reports).await;
         }
     }
 
@@ -464,11 +505,15 @@ impl Shard {
                 Ok(partition) => {
                     let partition = Rc::new(partition);
                     match partition.replica() {
-                        Some(_) => self
-                            .replication
-                            .add(partition.clone())
-                            .await
-                            .map(|()| partition),
+                        Some(_) => match self.replication.add(partition.clone()).await {
+                            Ok(()) => Ok(partition),
+                            Err(e) => {
+                                // Its log is open: closed, or each retry
+                                // would open it once more.
+                                let _ = partition.close().await;
+                                Err(e)
+                            }
+                        },
                         None => Ok(partition),
                     }
                 }
@@ -580,6 +625,30 @@ impl Shard {
         dirs
     }
 
+    /// Closes partitions whose replica failed and leaves them to
+    /// [`Shard::retry_unserved`], which opens them again (recovery, then a
+    /// group restored from the disk), for as long as the shard runs.
+    async fn reopen_failed(self: Rc<Self>, failed: LocalReceiver<Rc<Partition>>) {
+        while let Some(partition) = failed.recv().await {
+            let key = self
+                .partitions
+                .borrow()
+                .iter()
+                .find(|(_, p)| Rc::ptr_eq(p, &partition))
+                .map(|(key, _)| key.clone());
+            let Some(key) = key else {
+                continue; // Closed meanwhile (deleted, or shutting down).
+            };
+            self.partitions.borrow_mut().remove(&key);
+            if let Err(e) = partition.close().await {
+                tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "closing a failed replica");
+            }
+            self.unserved
+                .borrow_mut()
+                .insert(key, "its replica failed; opened again".into());
+        }
+    }
+
     /// Tries again, every [`RETRY_UNSERVED_INTERVAL`], to open partitions
     /// that failed to open, forever.
     pub async fn retry_unserved(self: Rc<Self>) {
@@ -673,7 +742,7 @@ impl Shard {
                 self.partitions.borrow().values().cloned().collect();
             let now = fjord_storage::log::now_ms();
             for partition in partitions {
-                if let Err(e) = partition.log().enforce_retention(now).await
+                if let Err(e) = partition.enforce_retention(now).await
                     && let Some(count) = self.retention_failures.hit()
                 {
                     tracing::warn!(shard = self.id, error = %e, failures = count, "retention");

@@ -26,13 +26,75 @@ struct Cluster {
 impl Cluster {
     /// Node 1 runs the controller; 2 and 3 join through it.
     fn start() -> Cluster {
-        let first = Broker::start_with(1, &["--node-id", "1"]);
+        // Leadership goes back to preferred leaders within a second.
+        let rebalance = ["--leader-rebalance-interval-ms", "1000"];
+        let first = Broker::start_with(1, &[&["--node-id", "1"][..], &rebalance].concat());
         let seed = first.addr.to_string();
         let mut nodes = vec![first];
         for id in ["2", "3"] {
-            nodes.push(Broker::start_with(1, &["--node-id", id, "--seeds", &seed]));
+            let args = [&["--node-id", id, "--seeds", &seed][..], &rebalance].concat();
+            nodes.push(Broker::start_with(1, &args));
         }
         Cluster { nodes }
+    }
+
+    /// Every node holds the controller's metadata: the same nodes, topics
+    /// and replica assignments.
+    fn assert_metadata_equal(&mut self) {
+        let views: Vec<(SocketAddr, Vec<String>)> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.is_running().then_some(n.addr))
+            .map(|addr| {
+                let client = Client::new(ClientConfig::new(addr)).expect("client");
+                let metadata = block_on(client.metadata(None)).expect("metadata");
+                let mut view: Vec<String> = metadata
+                    .brokers
+                    .into_iter()
+                    .flatten()
+                    .map(|b| {
+                        format!(
+                            "node {} {:?}:{} {:?}",
+                            b.node_id, b.host, b.port, b.shard_ports
+                        )
+                    })
+                    .collect();
+                for t in metadata.topics.into_iter().flatten() {
+                    for p in t.partitions.into_iter().flatten() {
+                        view.push(format!("{:?}-{} {:?}", t.name, p.partition, p.replicas));
+                    }
+                }
+                (addr, view)
+            })
+            .collect();
+        for (addr, view) in &views[1..] {
+            assert_eq!(view, &views[0].1, "metadata of {addr} and {}", views[0].0);
+        }
+    }
+
+    /// Waits until every partition is led by its preferred leader (the
+    /// first replica placed).
+    fn assert_preferred_leaders_return(&self, client: &Client) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metadata = block_on(client.metadata(Some(vec![TOPIC.into()]))).expect("metadata");
+            let back = metadata.topics.into_iter().flatten().all(|t| {
+                t.partitions.into_iter().flatten().all(|p| {
+                    p.replicas
+                        .as_ref()
+                        .and_then(|r| r.first())
+                        .is_some_and(|&preferred| p.leader == preferred)
+                })
+            });
+            if back {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leaders did not return to the preferred replicas within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn bootstrap(&self) -> Vec<SocketAddr> {
@@ -103,23 +165,30 @@ impl Cluster {
         out
     }
 
-    /// Every node's copy of each partition holds the same bytes.
+    /// Every node's copy of each partition holds the same bytes, once the
+    /// batches acknowledged from staging are written (within 10 s).
     fn assert_replicas_identical(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
         for p in 0..PARTITIONS as usize {
-            let copies: Vec<Vec<u8>> = self
-                .nodes
-                .iter()
-                .map(|n| segment_bytes(&n.partition_dirs(TOPIC)[p]))
-                .collect();
-            assert!(!copies[0].is_empty(), "partition {p} holds batches");
-            for (i, copy) in copies.iter().enumerate().skip(1) {
+            loop {
+                let copies: Vec<Vec<u8>> = self
+                    .nodes
+                    .iter()
+                    .map(|n| segment_bytes(&n.partition_dirs(TOPIC)[p]))
+                    .collect();
+                assert!(!copies[0].is_empty(), "partition {p} holds batches");
+                let differing = copies.iter().position(|c| c != &copies[0]);
+                let Some(i) = differing else {
+                    break;
+                };
                 assert!(
-                    copy == &copies[0],
+                    Instant::now() < deadline,
                     "partition {p}: node {} holds {} bytes that differ from node 1's {}",
                     i + 1,
-                    copy.len(),
+                    copies[i].len(),
                     copies[0].len()
                 );
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
@@ -243,6 +312,8 @@ fn killing_leaders_loses_no_acknowledged_record() {
     assert_all_acknowledged_present(&acked, &got);
     cluster.caught_up(&client);
     cluster.assert_replicas_identical();
+    cluster.assert_metadata_equal();
+    cluster.assert_preferred_leaders_return(&client);
 }
 
 #[test]
@@ -327,4 +398,5 @@ fn a_rolling_restart_under_load_shows_no_error() {
     assert_all_acknowledged_present(&acked, &got);
     cluster.caught_up(&client);
     cluster.assert_replicas_identical();
+    cluster.assert_metadata_equal();
 }

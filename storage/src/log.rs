@@ -604,6 +604,13 @@ impl Log {
     /// Deletes whole segments past `retention.bytes` or `retention.ms`
     /// (never the active one) and moves the log start. Returns how many.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        self.enforce_retention_below(now_ms, u64::MAX).await
+    }
+
+    /// Like [`Log::enforce_retention`], but never deletes a segment holding
+    /// offsets at or past `keep_from`: a replicated log keeps what its
+    /// followers or its consumers below the high watermark still need.
+    pub async fn enforce_retention_below(&self, now_ms: i64, keep_from: u64) -> Result<usize> {
         let (doomed, epochs_trimmed) = {
             let mut st = self.inner.state.borrow_mut();
             if st.truncating {
@@ -613,9 +620,14 @@ impl Log {
             let (retention_bytes, retention_age) = self.inner.retention.get();
             let mut total: u64 = st.segments.values().map(|s| s.log.len()).sum();
             let active = st.active().base_offset;
+            let bases: Vec<u64> = st.segments.keys().copied().collect();
             let mut doomed = Vec::new();
-            for segment in st.segments.values() {
+            for (i, segment) in st.segments.values().enumerate() {
                 if segment.base_offset == active || st.sealing.contains(&segment.base_offset) {
+                    break;
+                }
+                // A segment ends where the next begins.
+                if bases.get(i + 1).is_none_or(|&end| end > keep_from) {
                     break;
                 }
                 let over_size =
