@@ -32,6 +32,16 @@ pub enum ShardMsg {
     /// Leaders of replicated partitions, as a shard (or the controller)
     /// learned them: every shard answers Metadata.
     Leaders(Vec<LeaderReport>),
+    /// Any shard to shard 0: read (`state: None`) or durably record a
+    /// replica's Raft hard state.
+    HardState {
+        /// The group.
+        group: fjord_replication::raft::mux::GroupId,
+        /// What to record, or `None` to read.
+        state: Option<fjord_replication::raft::HardState>,
+        /// The state now recorded, or why not.
+        reply: oneshot::Sender<Result<fjord_replication::raft::HardState, String>>,
+    },
     /// Shard 0 to the others: the nodes live now.
     Live(Vec<u32>),
     /// Any shard to a partition's owner.

@@ -364,9 +364,16 @@ async fn run_shard(
         staging.clone(),
         ready_tx,
     ));
+    let clustered = shard.config.node_id.is_some();
+    if clustered && shard.id == 0 {
+        // Before any partition opens: their groups start from it.
+        shard
+            .open_hard_states()
+            .await
+            .map_err(|e| format!("raft hard states: {e}"))?;
+    }
     shard.serve_mesh(receivers);
     shard.start_replication();
-    let clustered = shard.config.node_id.is_some();
     if clustered && shard.id == 0 {
         glommio::spawn_local(crate::cluster::share_liveness(shard.clone())).detach();
     }

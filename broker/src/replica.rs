@@ -40,7 +40,6 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::ops::{Deref, Range};
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -50,8 +49,6 @@ const HEARTBEAT_TICKS: u32 = 3;
 const PROPOSED_BYTES_MAX: u64 = 64 << 20;
 /// Longest a produce waits for its acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Name of a replica's hard-state file, in the partition's directory.
-const HARD_STATE_FILE: &str = "raft-state";
 /// Kafka's control record type for a new leader (KIP-595's LEADER_CHANGE):
 /// the batch a new leader appends so that earlier terms commit.
 const LEADER_CHANGE_TYPE: i16 = 2;
@@ -327,7 +324,12 @@ pub struct Replication {
     seeds: std::collections::hash_map::RandomState,
     /// Refused peer messages, for the rate-limited log line.
     refusals: crate::logging::Repeated,
+    store: RefCell<Option<HardStateStore>>,
 }
+
+/// Records a group's hard state durably; resolves once synced.
+pub type HardStateStore =
+    Rc<dyn Fn(GroupId, HardState) -> futures::future::LocalBoxFuture<'static, Result<(), String>>>;
 
 impl Replication {
     /// A shard's replication, reporting leader changes on `reports`.
@@ -349,14 +351,19 @@ impl Replication {
             failed,
             seeds: std::collections::hash_map::RandomState::new(),
             refusals: crate::logging::Repeated::default(),
+            store: RefCell::new(None),
         }
     }
 
-    /// Starts the group of a partition just opened: restores its hard state
-    /// and its log's shape, and starts its storage worker.
-    pub async fn add(self: &Rc<Self>, partition: Rc<Partition>) -> Result<(), StorageError> {
+    /// Where hard states are recorded (the node's [`crate::hardstate`] log).
+    pub fn set_hard_state_store(&self, store: HardStateStore) {
+        *self.store.borrow_mut() = Some(store);
+    }
+
+    /// Starts the group of a partition just opened, from its hard state and
+    /// its log's shape, and starts its storage worker.
+    pub fn add(self: &Rc<Self>, partition: Rc<Partition>, hard: HardState) {
         let replica = partition.replica().expect("a replicated partition");
-        let hard = read_hard_state(partition.dir()).await?;
         let log = partition.log();
         let start = log.offset_start();
         let epochs: Vec<(Term, Offset)> = log
@@ -399,7 +406,6 @@ impl Replication {
         self.partitions.borrow_mut().insert(id, partition.clone());
         self.mux.borrow_mut().insert(id, group);
         glommio::spawn_local(self.clone().run_storage(partition, worker)).detach();
-        Ok(())
     }
 
     /// Below what offset a replica's log may delete segments: its high
@@ -573,6 +579,7 @@ impl Replication {
                             && i64::from(b.partition_leader_epoch()) == entry.term as i64
                     })
                 });
+                let known = partitions.contains_key(group);
                 let keep = member(group) && sane_term(request.term) && matches;
                 if keep {
                     let mut position = start;
@@ -581,7 +588,9 @@ impl Replication {
                         positions.insert((*group, entry.offset), position..end);
                         position = end;
                     }
-                } else {
+                } else if known {
+                    // Unknown groups are not news: created here later, or
+                    // deleted already.
                     refused += 1;
                 }
                 keep
@@ -976,7 +985,12 @@ impl Replication {
                     });
                 }),
                 StorageOp::Persist { state, version } => {
-                    write_hard_state(partition.dir(), state).await.map(|()| {
+                    let store = self.store.borrow().clone();
+                    let persisted = match store {
+                        Some(store) => store(group, state).await,
+                        None => Err("no hard-state store".into()),
+                    };
+                    persisted.map_err(StorageError::Failed).map(|()| {
                         self.round(group, Source::None, |g, out| {
                             g.hard_state_persisted(version, out)
                         });
@@ -1038,54 +1052,4 @@ fn leader_change_batch() -> Vec<u8> {
     let mut builder = BatchBuilder::new().control(true);
     builder.push(fjord_storage::log::now_ms(), Some(&key), Some(&[]), &[]);
     builder.build()
-}
-
-/// The hard state file of the replica in `dir`.
-fn hard_state_path(dir: &Path) -> PathBuf {
-    dir.join(HARD_STATE_FILE)
-}
-
-fn encode_hard_state(state: HardState) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(13);
-    bytes.extend_from_slice(&state.term.to_be_bytes());
-    match state.vote {
-        Some(vote) => {
-            bytes.push(1);
-            bytes.extend_from_slice(&vote.to_be_bytes());
-        }
-        None => bytes.extend_from_slice(&[0; 5]),
-    }
-    bytes
-}
-
-async fn read_hard_state(dir: &Path) -> Result<HardState, StorageError> {
-    let path = hard_state_path(dir);
-    let Some(bytes) = fjord_storage::checkpoint::read(&path).await? else {
-        return Ok(HardState::default());
-    };
-    let corrupt = || StorageError::Corrupt {
-        path: path.clone(),
-        position: 0,
-        reason: format!("hard state of {} bytes", bytes.len()),
-    };
-    if bytes.len() != 13 {
-        return Err(corrupt());
-    }
-    let term = u64::from_be_bytes(bytes[..8].try_into().map_err(|_| corrupt())?);
-    let vote = u32::from_be_bytes(bytes[9..13].try_into().map_err(|_| corrupt())?);
-    Ok(HardState {
-        term,
-        vote: (bytes[8] == 1).then_some(vote),
-    })
-}
-
-async fn write_hard_state(dir: &Path, state: HardState) -> Result<(), StorageError> {
-    let path = hard_state_path(dir);
-    fjord_storage::checkpoint::write(&path, &encode_hard_state(state))
-        .await
-        .map_err(|source| StorageError::Io {
-            op: "write hard state",
-            path,
-            source,
-        })
 }

@@ -5,6 +5,7 @@
 
 use crate::config::ServeConfig;
 use crate::controller::{CommandError, Controller};
+use crate::hardstate::HardStates;
 use crate::logging::Repeated;
 use crate::mesh::{Fetched, NotServed, PartitionOp, ShardMsg};
 use crate::partition::{Partition, PartitionSetup};
@@ -13,9 +14,9 @@ use fjord_net::ErrorCode;
 use fjord_replication::control::{LeaderReport, Proposal, group_id};
 use fjord_replication::metadata::{ClusterMetadata, TopicMeta};
 use fjord_replication::raft::mux::GroupId;
-use fjord_replication::raft::{Durability, NodeId};
+use fjord_replication::raft::{Durability, HardState, NodeId};
 use fjord_storage::space::SpaceWatch;
-use fjord_storage::{BatchCache, DataDir, LogConfig, Staging};
+use fjord_storage::{BatchCache, DataDir, LogConfig, Staging, StorageError};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver};
@@ -75,6 +76,8 @@ pub struct Shard {
     leaders: RefCell<HashMap<GroupId, LeaderReport>>,
     /// Nodes the controller heard from lately.
     live: RefCell<Vec<NodeId>>,
+    /// The node's replicas' hard states (shard 0 of a cluster node).
+    hard_states: RefCell<Option<Rc<HardStates>>>,
     /// What replication reports to the shard, until its tasks start.
     replication_outlets: RefCell<Option<ReplicationOutlets>>,
 }
@@ -148,6 +151,7 @@ impl Shard {
             leaders: RefCell::new(HashMap::new()),
             live: RefCell::new(Vec::new()),
             replication_outlets: RefCell::new(Some((reported, failures))),
+            hard_states: RefCell::new(None),
         }
     }
 
@@ -158,6 +162,15 @@ impl Shard {
         let Some((reported, failures)) = self.replication_outlets.borrow_mut().take() else {
             return;
         };
+        let shard = Rc::downgrade(self);
+        self.replication
+            .set_hard_state_store(Rc::new(move |group, state| {
+                let shard = shard.clone();
+                Box::pin(async move {
+                    let shard = shard.upgrade().ok_or("the shard is gone")?;
+                    shard.hard_state(group, Some(state)).await.map(drop)
+                })
+            }));
         if self.config.node_id.is_some() {
             glommio::spawn_local(self.replication.clone().run_ticks()).detach();
         }
@@ -179,6 +192,52 @@ impl Shard {
                 controller.notify();
             }
             self.broadcast_leaders(reports).await;
+        }
+    }
+
+    /// Opens the node's hard-state log (shard 0 of a cluster node), before
+    /// any partition opens.
+    pub async fn open_hard_states(&self) -> Result<(), StorageError> {
+        assert_eq!(self.id, 0, "shard 0 keeps the hard states");
+        let states = HardStates::open(self.data.path(), self.cache.clone()).await?;
+        *self.hard_states.borrow_mut() = Some(Rc::new(states));
+        Ok(())
+    }
+
+    /// Reads (`state: None`) or durably records a group's hard state in the
+    /// node's hard-state log, on shard 0.
+    pub async fn hard_state(
+        &self,
+        group: GroupId,
+        state: Option<HardState>,
+    ) -> Result<HardState, String> {
+        if self.id != 0 {
+            let (reply, rx) = oneshot::channel();
+            let msg = ShardMsg::HardState {
+                group,
+                state,
+                reply,
+            };
+            self.mesh
+                .send_to(0, msg)
+                .await
+                .map_err(|_| "shard 0 is not answering".to_string())?;
+            return rx
+                .await
+                .unwrap_or_else(|_| Err("shard 0 is not answering".into()));
+        }
+        let states = self
+            .hard_states
+            .borrow()
+            .clone()
+            .ok_or("the hard-state log is not open")?;
+        match state {
+            None => Ok(states.get(group)),
+            Some(state) => states
+                .persist(group, state)
+                .await
+                .map(|()| state)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -504,14 +563,17 @@ impl Shard {
             let opened = match Partition::open(setup).await {
                 Ok(partition) => {
                     let partition = Rc::new(partition);
-                    match partition.replica() {
-                        Some(_) => match self.replication.add(partition.clone()).await {
-                            Ok(()) => Ok(partition),
+                    match partition.replica().map(|r| r.group) {
+                        Some(group) => match self.hard_state(group, None).await {
+                            Ok(hard) => {
+                                self.replication.add(partition.clone(), hard);
+                                Ok(partition)
+                            }
                             Err(e) => {
                                 // Its log is open: closed, or each retry
                                 // would open it once more.
                                 let _ = partition.close().await;
-                                Err(e)
+                                Err(StorageError::Failed(e))
                             }
                         },
                         None => Ok(partition),
@@ -713,6 +775,13 @@ impl Shard {
                 let _ = reply.send(self.command(proposal).await);
             }
             ShardMsg::Live(live) => self.set_live(live),
+            ShardMsg::HardState {
+                group,
+                state,
+                reply,
+            } => {
+                let _ = reply.send(self.hard_state(group, state).await);
+            }
             ShardMsg::Leaders(reports) => {
                 if self.merge_leaders(&reports)
                     && let Some(controller) = self.controller.borrow().as_ref()
@@ -773,6 +842,12 @@ impl Shard {
         let controller = self.controller.borrow_mut().take();
         if let Some(controller) = controller {
             controller.close().await;
+        }
+        let hard_states = self.hard_states.borrow_mut().take();
+        if let Some(states) = hard_states
+            && let Err(e) = states.close().await
+        {
+            tracing::warn!(shard = self.id, error = %e, "closing the hard-state log");
         }
     }
 }

@@ -400,3 +400,175 @@ fn a_rolling_restart_under_load_shows_no_error() {
     cluster.assert_replicas_identical();
     cluster.assert_metadata_equal();
 }
+
+/// Three network namespaces joined by a bridge: each node behind a veth
+/// whose bridge side can be set down (isolated) and up (healed).
+struct Netns {
+    bridge: String,
+    prefix: String,
+    spaces: Vec<String>,
+}
+
+impl Netns {
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sets up namespaces `fj<pid>-1..3` on 10.<a>.<b>.1..3, the test's own
+    /// side of the bridge at .254.
+    fn create() -> Netns {
+        let id = std::process::id();
+        let prefix = format!("10.{}.{}", 100 + (id >> 8) % 100, id % 256);
+        let bridge = format!("fjbr{}", id % 100_000);
+        Self::ip(&["link", "add", &bridge, "type", "bridge"]);
+        Self::ip(&["addr", "add", &format!("{prefix}.254/24"), "dev", &bridge]);
+        Self::ip(&["link", "set", &bridge, "up"]);
+        let mut spaces = Vec::new();
+        for n in 1..=3 {
+            let ns = format!("fj{id}-{n}");
+            let veth = format!("fjv{}{n}", id % 100_000);
+            Self::ip(&["netns", "add", &ns]);
+            Self::ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            Self::ip(&["link", "set", &veth, "master", &bridge, "up"]);
+            Self::ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{prefix}.{n}/24"),
+                "dev",
+                "eth0",
+            ]);
+            Self::ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            Self::ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            spaces.push(ns);
+        }
+        Netns {
+            bridge,
+            prefix,
+            spaces,
+        }
+    }
+
+    fn addr(&self, node: i32) -> SocketAddr {
+        format!("{}.{node}:9093", self.prefix)
+            .parse()
+            .expect("address")
+    }
+
+    /// Cuts node `node` off from every other node and from the test.
+    fn isolate(&self, node: i32, cut: bool) {
+        let veth = format!("fjv{}{node}", std::process::id() % 100_000);
+        Self::ip(&["link", "set", &veth, if cut { "down" } else { "up" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.spaces {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .output();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+#[test]
+fn an_isolated_leader_stops_acknowledging_and_the_cluster_heals() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let net = Netns::create();
+    let mut nodes = Vec::new();
+    for n in 1..=3 {
+        let id = n.to_string();
+        let seed = net.addr(1).to_string();
+        let mut args = vec!["--node-id", &id];
+        if n > 1 {
+            args.extend(["--seeds", &seed]);
+        }
+        let launch = common::Launch {
+            listen: Some(net.addr(n)),
+            netns: Some(net.spaces[n as usize - 1].clone()),
+            ..common::Launch::default()
+        };
+        nodes.push(Broker::launch(1, &args, launch));
+    }
+    let mut cluster = Cluster { nodes };
+    let client = cluster.client();
+    create_topic(&client);
+    let mut acked = produce(&client, 0..100);
+    let leader = cluster.leaders(&client)[0];
+    net.isolate(leader, true);
+    let isolated = Instant::now();
+    // On the minority side, the old leader acknowledges nothing: a client
+    // next to it (in its namespace) gets no answer but errors.
+    let ns = &net.spaces[leader as usize - 1];
+    let minority = std::process::Command::new("timeout")
+        .args([
+            "8",
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            common::FJORD,
+            "produce",
+            TOPIC,
+        ])
+        .args([
+            "--partition",
+            "0",
+            "--bootstrap",
+            &net.addr(leader).to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(b"from-the-minority\n")?;
+            child.wait_with_output()
+        })
+        .expect("the minority's producer");
+    assert!(
+        !minority.status.success(),
+        "the isolated leader acknowledged: {}",
+        String::from_utf8_lossy(&minority.stdout)
+    );
+    // The majority elected a leader and goes on.
+    merge(&mut acked, produce(&client, 100..200));
+    assert!(isolated.elapsed() < Duration::from_secs(30));
+    net.isolate(leader, false);
+    let total: usize = acked.values().map(Vec::len).sum();
+    let got = consume(&client, total);
+    assert_all_acknowledged_present(&acked, &got);
+    assert!(
+        got.values()
+            .flatten()
+            .all(|(_, v)| v != "from-the-minority"),
+        "a record only the minority took was committed"
+    );
+    cluster.caught_up(&client);
+    cluster.assert_replicas_identical();
+    cluster.assert_metadata_equal();
+}

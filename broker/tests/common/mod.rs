@@ -32,6 +32,10 @@ pub struct Launch {
     pub stderr: Option<PathBuf>,
     /// Serve this directory instead of a fresh temporary one.
     pub data_dir: Option<PathBuf>,
+    /// Listen here instead of a free loopback port.
+    pub listen: Option<SocketAddr>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 /// A loopback port nobody listens on (bound, then released).
@@ -57,7 +61,9 @@ impl Broker {
     pub fn launch(cores: usize, extra: &[&str], launch: Launch) -> Broker {
         let mut broker = Broker {
             dir: tempfile::tempdir().expect("temp dir"),
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            addr: launch
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port()))),
             cores,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             launch,
@@ -99,7 +105,14 @@ impl Broker {
     fn spawn(&mut self) {
         use std::os::unix::process::CommandExt;
         assert!(self.child.is_none(), "already running");
-        let mut command = Command::new(FJORD);
+        let mut command = match &self.launch.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, FJORD]);
+                command
+            }
+            None => Command::new(FJORD),
+        };
         command.args(self.serve_args()).stdout(Stdio::piped());
         if let Some(path) = &self.launch.stderr {
             let file = std::fs::OpenOptions::new()
