@@ -513,7 +513,14 @@ impl Replication {
                         .followers()
                         .iter()
                         .any(|&(n, matched, _)| n == preferred && matched == g.log_end());
-                    (g.leader() == Some(me) && preferred != me && caught_up)
+                    // Heard from within an election timeout: a stopped or
+                    // cut-off node, caught up when it went quiet, must not
+                    // be handed a leadership it cannot take (proposals wait
+                    // on a transfer).
+                    let answering = g
+                        .in_sync(u64::from(self.settings.election_ticks))
+                        .contains(&preferred);
+                    (g.leader() == Some(me) && preferred != me && caught_up && answering)
                         .then_some((id, preferred))
                 })
                 .collect()
@@ -771,29 +778,11 @@ impl Replication {
         let partitions = self.partitions.borrow();
         let addr = |group: &GroupId| partitions.get(group)?.replica()?.peer(node);
         let mut frames: HashMap<SocketAddr, PeerBatch> = HashMap::new();
-        for (group, heartbeat) in batch.heartbeats {
-            if let Some(a) = addr(&group) {
-                frames
-                    .entry(a)
-                    .or_default()
-                    .heartbeats
-                    .push((group, heartbeat));
-            }
-        }
-        for (group, response) in batch.heartbeat_responses {
-            if let Some(a) = addr(&group) {
-                frames
-                    .entry(a)
-                    .or_default()
-                    .heartbeat_responses
-                    .push((group, response));
-            }
-        }
-        for (group, message) in batch.messages {
-            if let Some(a) = addr(&group) {
-                frames.entry(a).or_default().messages.push((group, message));
-            }
-        }
+        route(batch.heartbeats, &addr, &mut frames, |b| &mut b.heartbeats);
+        route(batch.heartbeat_responses, &addr, &mut frames, |b| {
+            &mut b.heartbeat_responses
+        });
+        route(batch.messages, &addr, &mut frames, |b| &mut b.messages);
         for (a, batch) in frames {
             self.links
                 .send(a, wire::encode(self.settings.node, &batch, &[]));
@@ -1025,6 +1014,21 @@ impl Replication {
         );
         self.remove(replica.group);
         let _ = self.failed.try_send(partition.clone());
+    }
+}
+
+/// Puts each group's item into the frame for the peer shard that holds the
+/// group's replica (`addr`), in the list `field` picks.
+fn route<T>(
+    items: Vec<(GroupId, T)>,
+    addr: &impl Fn(&GroupId) -> Option<SocketAddr>,
+    frames: &mut HashMap<SocketAddr, PeerBatch>,
+    field: fn(&mut PeerBatch) -> &mut Vec<(GroupId, T)>,
+) {
+    for (group, item) in items {
+        if let Some(a) = addr(&group) {
+            field(frames.entry(a).or_default()).push((group, item));
+        }
     }
 }
 

@@ -115,40 +115,26 @@ impl Cluster {
     /// Waits until every partition of the topic has a leader, as the live
     /// nodes see it; returns the leaders by partition.
     fn leaders(&self, client: &Client) -> Vec<i32> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(topic) = block_on(Admin::new(client.clone()).describe_topic(TOPIC)) {
-                let leaders: Vec<i32> = topic.partitions.iter().map(|p| p.leader).collect();
-                if leaders.iter().all(|&l| l > 0) {
-                    return leaders;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leaders within 20 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        described_until(client, "every partition has a leader", |topic| {
+            let leaders: Vec<i32> = topic.partitions.iter().map(|p| p.leader).collect();
+            leaders.iter().all(|&l| l > 0).then_some(leaders)
+        })
     }
 
     /// Waits until every replica's log reached the high watermark.
     fn caught_up(&self, client: &Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(topic) = block_on(Admin::new(client.clone()).describe_topic(TOPIC)) {
-                let done = topic.partitions.iter().all(|p| {
+        described_until(client, "every replica caught up", |topic| {
+            topic
+                .partitions
+                .iter()
+                .all(|p| {
                     p.error.is_none()
                         && p.replicas.len() == 3
                         && p.in_sync.len() == 3
                         && p.replica_log_ends.iter().all(|&e| e == p.log_end_offset)
-                });
-                if done {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replicas did not catch up within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+                })
+                .then_some(())
+        })
     }
 
     /// What every live node says of the cluster, for a failure's message.
@@ -191,6 +177,24 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+/// Describes the topic until `done` finds what it waits for (30 s at most).
+fn described_until<T>(
+    client: &Client,
+    what: &str,
+    done: impl Fn(&fjord_client::TopicDescription) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(topic) = block_on(Admin::new(client.clone()).describe_topic(TOPIC))
+            && let Some(found) = done(&topic)
+        {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "not within 30 s: {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::checkpoint;
 use crate::error::{Result, StorageError};
-use crate::segment::{self, SegmentReader, Visit, WalkEnd};
+use crate::segment::{self, SegmentReader, Visit};
 use std::path::{Path, PathBuf};
 
 /// The cache file in a log directory.
@@ -221,7 +221,7 @@ async fn rebuild(segments: &[SegmentReader]) -> Result<EpochCache> {
     let mut cache = EpochCache::default();
     let mut regressions = 0u64;
     for reader in segments {
-        let walk = segment::walk(reader, 0, 1 << 20, |_, batch, _, _| {
+        segment::walk(reader, 0, 1 << 20, |_, batch, _, _| {
             let epoch = batch.partition_leader_epoch();
             match cache.check(epoch) {
                 EpochCheck::New => cache.push(epoch, batch.base_offset() as u64),
@@ -232,14 +232,8 @@ async fn rebuild(segments: &[SegmentReader]) -> Result<EpochCache> {
             }
             Visit::Next
         })
-        .await?;
-        if let WalkEnd::Invalid(reason) = walk.end {
-            return Err(StorageError::Corrupt {
-                path: reader.file.path().to_path_buf(),
-                position: walk.position,
-                reason,
-            });
-        }
+        .await?
+        .valid(reader)?;
     }
     if regressions > 0 {
         tracing::warn!(

@@ -17,7 +17,7 @@ use crate::config::LogConfig;
 use crate::epochs::EpochCheck;
 use crate::error::{Result, StorageError};
 use crate::recovery::{self, RecoveryReport};
-use crate::segment::{self, Segment, SegmentReader, Visit, WalkEnd};
+use crate::segment::{self, Segment, SegmentReader, Visit};
 use crate::slice::BatchSlice;
 use crate::staging::{self, Replay, Staging};
 use fjord_core::FsyncPolicy;
@@ -722,7 +722,7 @@ async fn read_segment(
     let window = max_bytes
         .min(READ_BYTES_MAX)
         .saturating_add(READ_SLACK_BYTES);
-    let walk = segment::walk(reader, position, window, |_, batch, read, at| {
+    segment::walk(reader, position, window, |_, batch, read, at| {
         if batch.base_offset() as u64 != expected_base {
             return Visit::Invalid(format!(
                 "batch at offset {} where {expected_base} was expected",
@@ -751,14 +751,8 @@ async fn read_segment(
             Visit::Next
         }
     })
-    .await?;
-    if let WalkEnd::Invalid(reason) = walk.end {
-        return Err(StorageError::Corrupt {
-            path: reader.file.path().to_path_buf(),
-            position: walk.position,
-            reason,
-        });
-    }
+    .await?
+    .valid(reader)?;
     let offset_next = if slices.is_empty() {
         offset
     } else {

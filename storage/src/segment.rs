@@ -254,6 +254,21 @@ pub struct Walk {
     pub end: WalkEnd,
 }
 
+impl Walk {
+    /// The walk as a read of whole, valid batches: bytes that do not frame
+    /// one (below what recovery kept) are corruption.
+    pub fn valid(self, reader: &SegmentReader) -> Result<Walk> {
+        if let WalkEnd::Invalid(reason) = self.end {
+            return Err(StorageError::Corrupt {
+                path: reader.file.path().to_path_buf(),
+                position: self.position,
+                reason,
+            });
+        }
+        Ok(self)
+    }
+}
+
 /// Reads batches from `position` up to `reader.limit` in windows of
 /// `window_bytes`, framing each with [`Batch::parse`] and handing it to
 /// `visit` with the window it lives in and its range there.
