@@ -72,7 +72,7 @@ pub struct ServeConfig {
     /// A partition's followers start an election after this long without
     /// hearing from the leader (each waits a random 1–2× of it).
     pub election_timeout_ms: u64,
-    /// The Raft clock: heartbeats go every 3 ticks.
+    /// The Raft clock (heartbeats go 4 times per election timeout).
     pub raft_tick_ms: u64,
     /// Replicas of a new topic when the request names none; `None`: 3 on a
     /// cluster of 3 or more nodes, else 1 (Kafka's

@@ -43,8 +43,10 @@ use std::ops::{Deref, Range};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Ticks between a leader's heartbeats.
-const HEARTBEAT_TICKS: u32 = 3;
+/// Heartbeats a leader sends per election timeout: enough that a lost one
+/// or two do not start an election, few enough that ten thousand idle
+/// groups cost little (each is a message through the core both ways).
+const HEARTBEATS_PER_ELECTION: u32 = 4;
 /// Bytes of proposals a leader holds before its log takes them.
 const PROPOSED_BYTES_MAX: u64 = 64 << 20;
 /// Longest a produce waits for its acknowledgement.
@@ -339,7 +341,7 @@ impl Replication {
         failed: LocalSender<Rc<Partition>>,
     ) -> Replication {
         assert!(
-            settings.election_ticks > HEARTBEAT_TICKS,
+            settings.election_ticks >= HEARTBEATS_PER_ELECTION,
             "elections outlast heartbeats"
         );
         Replication {
@@ -389,7 +391,7 @@ impl Replication {
             self.seeds.hash_one(replica.group),
         );
         config.election_ticks = self.settings.election_ticks;
-        config.heartbeat_ticks = HEARTBEAT_TICKS;
+        config.heartbeat_ticks = self.settings.election_ticks / HEARTBEATS_PER_ELECTION;
         let group = Group::new(
             config,
             hard,
