@@ -497,6 +497,13 @@ fn an_isolated_leader_stops_acknowledging_and_the_cluster_heals() {
         eprintln!("skipped: network namespaces need root");
         return;
     }
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output();
+    if !netns.is_ok_and(|out| out.status.success()) {
+        eprintln!("skipped: `ip netns` (iproute2) is not available");
+        return;
+    }
     let net = Netns::create();
     let mut nodes = Vec::new();
     for n in 1..=3 {
