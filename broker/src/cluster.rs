@@ -263,20 +263,66 @@ pub async fn follow(shard: Rc<Shard>) {
 }
 
 async fn install(shard: &Rc<Shard>, followed: Followed) -> Result<(), String> {
-    if shard.merge_leaders(&followed.leaders) {
-        shard.broadcast_leaders(followed.leaders).await;
+    let Followed {
+        metadata: snapshot,
+        leaders,
+        live,
+    } = followed;
+    if shard.merge_leaders(&leaders) {
+        shard.broadcast_leaders(leaders).await;
     }
-    shard.set_live(followed.live);
-    if followed.metadata.is_empty() {
+    shard.set_live(live);
+    if snapshot.is_empty() {
         return Ok(());
     }
-    let metadata = ClusterMetadata::restore(&followed.metadata).map_err(|e| e.to_string())?;
+    let metadata = ClusterMetadata::restore(&snapshot).map_err(|e| e.to_string())?;
     if metadata.applied_index <= shard.metadata().applied_index {
         return Ok(());
     }
     let not_served = shard.push_metadata(&metadata).await;
     if !not_served.is_empty() {
         tracing::warn!(shard = 0, "{}", NotServed::summary(&not_served));
+    }
+    // Kept for the next start: the node then serves its partitions at once,
+    // the controller reachable or not.
+    let path = followed_snapshot_path(shard);
+    if let Err(e) = crate::controller::write_snapshot(&path, &snapshot).await {
+        tracing::warn!(shard = 0, error = %e, "cannot keep the controller's metadata");
+    }
+    Ok(())
+}
+
+/// Where a follower keeps the last metadata it installed.
+fn followed_snapshot_path(shard: &Shard) -> std::path::PathBuf {
+    shard.data().path().join("cluster").join("followed")
+}
+
+/// Installs the metadata a follower kept at its last run, if any, so that
+/// it serves its partitions before the controller answers (which may be
+/// never, while the controller is down). Newer metadata replaces it once
+/// the controller answers.
+pub async fn restore_followed(shard: &Rc<Shard>) -> Result<(), String> {
+    let path = followed_snapshot_path(shard);
+    let parent = path.parent().expect("a file in the data directory");
+    // Created if missing (the controller's node creates it for its log).
+    fjord_storage::recovery::list_dir(parent)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(metadata) = crate::controller::read_snapshot(&path)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    tracing::info!(
+        shard = 0,
+        applied_index = metadata.applied_index,
+        topics = metadata.topics.len(),
+        "metadata of the last run restored; following the controller for newer"
+    );
+    let not_served = shard.push_metadata(&metadata).await;
+    if !not_served.is_empty() {
+        tracing::warn!(shard = 0, "at start, {}", NotServed::summary(&not_served));
     }
     Ok(())
 }

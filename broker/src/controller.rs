@@ -429,7 +429,8 @@ async fn replay(log: &Log, state: &mut ClusterMetadata) -> Result<u64, CommandEr
     Ok(state.applied_index - start)
 }
 
-async fn read_snapshot(path: &Path) -> Result<Option<ClusterMetadata>, CommandError> {
+/// Reads a metadata snapshot; `None` if there is none.
+pub async fn read_snapshot(path: &Path) -> Result<Option<ClusterMetadata>, CommandError> {
     let storage = |op| {
         move |e: glommio::GlommioError<()>| {
             CommandError::Storage(format!("{op} {}: {e}", path.display()))
@@ -467,7 +468,7 @@ async fn read_snapshot(path: &Path) -> Result<Option<ClusterMetadata>, CommandEr
 
 /// Writes `bytes` to a temporary file, syncs it and renames it over `path`:
 /// a crash leaves the old snapshot or the new one, never a torn one.
-async fn write_snapshot(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub async fn write_snapshot(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let file = DmaFile::create(&tmp).await?;
     let mut writer = DmaStreamWriterBuilder::new(file).build();

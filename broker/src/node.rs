@@ -378,6 +378,9 @@ async fn run_shard(
         glommio::spawn_local(crate::cluster::share_liveness(shard.clone())).detach();
     }
     if shard.id == 0 && !shard.config.runs_controller() {
+        crate::cluster::restore_followed(&shard)
+            .await
+            .map_err(|e| format!("metadata of the last run: {e}"))?;
         glommio::spawn_local(crate::cluster::follow(shard.clone())).detach();
     }
     if shard.id == 0 && shard.config.runs_controller() {

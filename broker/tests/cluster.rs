@@ -405,6 +405,27 @@ fn a_rolling_restart_under_load_shows_no_error() {
     cluster.assert_metadata_equal();
 }
 
+#[test]
+fn a_node_restarts_and_serves_while_the_controller_is_down() {
+    let mut cluster = Cluster::start();
+    let client = cluster.client();
+    create_topic(&client);
+    let mut acked = produce(&client, 0..100);
+    // Node 1 runs the controller.
+    cluster.node(1).kill();
+    // Node 2 comes back with the metadata it kept, without the controller.
+    cluster.node(2).terminate();
+    cluster.node(2).restart();
+    merge(&mut acked, produce(&client, 100..200));
+    let total: usize = acked.values().map(Vec::len).sum();
+    let got = consume(&client, total);
+    assert_all_acknowledged_present(&acked, &got);
+    cluster.node(1).restart();
+    cluster.caught_up(&client);
+    cluster.assert_replicas_identical();
+    cluster.assert_metadata_equal();
+}
+
 /// Three network namespaces joined by a bridge: each node behind a veth
 /// whose bridge side can be set down (isolated) and up (healed).
 struct Netns {

@@ -249,6 +249,13 @@ impl Client {
                 })?;
             *slot = route;
         }
+        if partitions.iter().any(Option::is_none) {
+            // That broker knows no leader for some partition (an election,
+            // or a node that cannot hear its peers): the next lookup asks
+            // another, as Kafka clients spread metadata requests.
+            self.preferred
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(TopicRoutes { partitions })
     }
 }

@@ -17,6 +17,8 @@ pub struct Broker {
     dir: tempfile::TempDir,
     /// The node's native address.
     pub addr: SocketAddr,
+    /// First shard port, kept across restarts as a real node's are.
+    shard_port_base: u16,
     cores: usize,
     extra: Vec<String>,
     launch: Launch,
@@ -46,6 +48,28 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The first of `count` consecutive ports nobody listens on at `ip` (each
+/// bound, then released). With `ip` in a network namespace of the test's
+/// own (not reachable from here), any base will do: 0 lets the node pick.
+fn free_ports(ip: std::net::IpAddr, count: usize) -> u16 {
+    if !ip.is_loopback() {
+        return 0;
+    }
+    for _ in 0..100 {
+        let base = free_port();
+        let all_free = (0..count).all(|i| {
+            u16::try_from(usize::from(base) + i)
+                .ok()
+                .and_then(|port| std::net::TcpListener::bind((ip, port)).ok())
+                .is_some()
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports");
+}
+
 impl Broker {
     /// Starts a broker with `cores` shards in a fresh directory.
     pub fn start(cores: usize) -> Broker {
@@ -59,11 +83,13 @@ impl Broker {
 
     /// Starts a broker with extra `serve` flags and process settings.
     pub fn launch(cores: usize, extra: &[&str], launch: Launch) -> Broker {
+        let addr = launch
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let mut broker = Broker {
             dir: tempfile::tempdir().expect("temp dir"),
-            addr: launch
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port()))),
+            shard_port_base: free_ports(addr.ip(), cores),
+            addr,
             cores,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             launch,
@@ -94,7 +120,7 @@ impl Broker {
         let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
         args.push(self.data_dir().display().to_string());
         args.extend(["--listen".into(), self.addr.to_string()]);
-        args.extend(["--shard-port-base".into(), "0".into()]);
+        args.extend(["--shard-port-base".into(), self.shard_port_base.to_string()]);
         args.extend(["--cores".into(), self.cores.to_string()]);
         args.push("--staging-dir".into());
         args.push(self.staging_dir().display().to_string());
