@@ -33,17 +33,11 @@ const LIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// This node as it registers.
 pub fn node_info(shard: &Shard) -> NodeInfo {
-    let advertised = shard.config.advertised();
-    let host = if advertised.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        advertised.ip().to_string()
-    };
     let first_data_shard = u16::from(!shard.config.hosts_partitions_on_controller());
     NodeInfo {
         id: shard.node_id(),
-        host,
-        port: advertised.port(),
+        host: shard.config.advertised_host(),
+        port: shard.config.advertised().port(),
         shard_ports: shard.shard_ports.clone(),
         first_data_shard,
         data_shards: shard.data_shards(),

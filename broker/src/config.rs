@@ -276,6 +276,18 @@ impl ServeConfig {
         self.advertise.unwrap_or(self.listen)
     }
 
+    /// The advertised address's host, as Metadata gives it: loopback for a
+    /// node listening on every address of a machine of its own (a cluster
+    /// node must advertise a reachable one: `validate` says so).
+    pub fn advertised_host(&self) -> String {
+        let ip = self.advertised().ip();
+        if ip.is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            ip.to_string()
+        }
+    }
+
     /// Whether shard 0 hosts partitions as well as the controller.
     pub fn hosts_partitions_on_controller(&self) -> bool {
         self.controller_hosts_partitions

@@ -185,12 +185,6 @@ impl Replica {
         self.peers.borrow().get(&node).copied()
     }
 
-    /// The leader and its term, as this replica knows them.
-    pub fn leader(&self) -> (Option<NodeId>, Term) {
-        let view = self.view.borrow();
-        (view.leader, view.term)
-    }
-
     /// The high watermark this replica knows.
     pub fn high_watermark(&self) -> Offset {
         self.view.borrow().commit

@@ -46,16 +46,10 @@ pub(super) fn metadata(
         })
         .collect();
     let (brokers, controller) = if metadata.nodes.is_empty() {
-        let advertised = shard.config.advertised();
-        let host = if advertised.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            advertised.ip().to_string()
-        };
         let broker = wire::BrokerInfoT {
             node_id: NODE_ID,
-            host: Some(host),
-            port: advertised.port(),
+            host: Some(shard.config.advertised_host()),
+            port: shard.config.advertised().port(),
             shard_ports: Some(shard.shard_ports.clone()),
             alive: true,
         };
