@@ -3,8 +3,10 @@
 //! (following the controller's metadata, forwarding commands to it).
 //!
 //! One node runs the controller (`controller_voters`, or the node without
-//! seeds). Every other node finds it through its seeds — a seed that is not
-//! the controller names it — and then follows it in long-poll rounds that
+//! seeds), or a quorum of voters does and the leader of their metadata
+//! group is the active one. Every other node — and every voter that does
+//! not lead — finds it through its seeds or the voters' listeners (one that
+//! is not the controller names it) and then follows it in long-poll rounds that
 //! also register the node, report the leaders it knows and learn every
 //! other node's. A round's answer carries the controller's whole metadata
 //! when it is newer, and the node converges its shards to it, as the
@@ -28,6 +30,8 @@ const FOLLOW_WAIT: Duration = Duration::from_millis(500);
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Longest a forwarded command waits for the controller.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one attempt to reach the controller with a command waits.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often shard 0 tells the other shards which nodes are live.
 const LIVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -59,13 +63,8 @@ pub async fn register_self(shard: &Shard) -> Result<(), CommandError> {
 
 /// The controller's answer to a peer's request (on shard 0).
 pub async fn answer(shard: &Rc<Shard>, from: NodeId, request: ControlRequest) -> ControlResponse {
-    let Some(controller) = shard.controller() else {
-        // Its shard 0's own port: the node's listener may land on any shard.
-        let known = shard
-            .metadata()
-            .controller()
-            .and_then(|n| Some((n.host.clone(), *n.shard_ports.first()?)));
-        return ControlResponse::NotController(known);
+    let Some(controller) = shard.controller().filter(|c| c.is_active()) else {
+        return ControlResponse::NotController(controller_hint(shard));
     };
     match request {
         ControlRequest::Follow(follow) => {
@@ -92,6 +91,10 @@ pub async fn answer(shard: &Rc<Shard>, from: NodeId, request: ControlRequest) ->
                 let changed = controller.changed();
                 let timeout = std::pin::pin!(glommio::timer::sleep(wait));
                 futures::future::select(changed, timeout).await;
+            }
+            if !controller.is_active() {
+                // Deposed while the round waited.
+                return ControlResponse::NotController(controller_hint(shard));
             }
             let metadata = shard.metadata();
             ControlResponse::Followed(Followed {
@@ -125,38 +128,56 @@ fn failed(error: &CommandError) -> ControlResponse {
 }
 
 /// Sends a command to the cluster's controller and waits until this node
-/// has applied it (so that what follows sees it).
+/// has applied it (so that what follows sees it). The controller is looked
+/// for as a follower looks for it: where it is known to be, else through
+/// the contact points; a deposed controller's refusal sends the command on
+/// to the new one.
 pub async fn forward(shard: &Shard, proposal: Proposal) -> Result<Vec<NotServed>, CommandError> {
     let request = ControlRequest::Command(proposal);
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     let mut caller = Caller::new(shard.node_id());
+    let points = shard.config.contact_points();
+    let mut next_point = 0;
     let mut target = controller_addr(shard);
+    let mut why = "the controller is not known yet".to_string();
     let index = loop {
-        let Some(addr) = target else {
-            return Err(CommandError::Remote(
-                ErrorCode::NotController,
-                "the controller is not known yet".into(),
-            ));
-        };
         let left = deadline.saturating_duration_since(Instant::now());
-        match caller.call(addr, &request, left).await {
+        if left.is_zero() {
+            return Err(CommandError::Remote(ErrorCode::NotController, why));
+        }
+        let addr = match target.take() {
+            Some(addr) => addr,
+            None if points.is_empty() => {
+                glommio::timer::sleep(RETRY_PAUSE).await;
+                target = controller_addr(shard);
+                continue;
+            }
+            None => {
+                next_point += 1;
+                points[(next_point - 1) % points.len()]
+            }
+        };
+        match caller.call(addr, &request, left.min(ATTEMPT_TIMEOUT)).await {
             Ok(ControlResponse::Committed(index)) => break index,
-            Ok(ControlResponse::Failed(code, message)) => {
+            Ok(ControlResponse::Failed(code, message))
+                if code != ErrorCode::NotController.code() =>
+            {
                 let code = ErrorCode::try_from_code(code).unwrap_or(ErrorCode::UnknownServerError);
                 return Err(CommandError::Remote(code, message));
             }
-            Ok(ControlResponse::NotController(Some(at))) => target = resolve(&at),
-            Ok(_) => {
-                return Err(CommandError::Remote(
-                    ErrorCode::NotController,
-                    format!("{addr} does not run the controller"),
-                ));
+            Ok(ControlResponse::NotController(Some(at))) => {
+                target = resolve(&at).filter(|&named| named != addr);
+                if target.is_none() {
+                    glommio::timer::sleep(RETRY_PAUSE).await;
+                }
+            }
+            Ok(other) => {
+                why = format!("{addr} does not run the active controller ({other:?})");
+                glommio::timer::sleep(RETRY_PAUSE).await;
             }
             Err(e) => {
-                return Err(CommandError::Remote(
-                    ErrorCode::RequestTimedOut,
-                    format!("controller: {e}"),
-                ));
+                why = format!("controller: {e}");
+                glommio::timer::sleep(RETRY_PAUSE).await;
             }
         }
     };
@@ -172,10 +193,31 @@ pub async fn forward(shard: &Shard, proposal: Proposal) -> Result<Vec<NotServed>
     Ok(Vec::new())
 }
 
+/// The shard-0 address of the node running the active controller, as far
+/// as this node knows.
 fn controller_addr(shard: &Shard) -> Option<SocketAddr> {
-    let metadata = shard.metadata();
-    let node = metadata.controller()?;
-    resolve(&(node.host.clone(), *node.shard_ports.first()?))
+    resolve(&controller_hint_on_0(shard)?)
+}
+
+/// Where a peer should ask for the controller: another shard sends it to
+/// its own shard 0, which knows.
+fn controller_hint(shard: &Shard) -> Option<(String, u16)> {
+    if shard.id != 0 {
+        return Some((shard.config.advertised_host(), *shard.shard_ports.first()?));
+    }
+    controller_hint_on_0(shard)
+}
+
+/// The active controller's node, by its registered shard 0, or a quorum
+/// voter's listener when it has not registered yet; never this node.
+fn controller_hint_on_0(shard: &Shard) -> Option<(String, u16)> {
+    let id = shard.controller_node().filter(|&id| id != shard.node_id())?;
+    if let Some(node) = shard.metadata().nodes.get(&id) {
+        return Some((node.host.clone(), *node.shard_ports.first()?));
+    }
+    let voter = shard.config.controller_voters.iter().find(|v| v.id == id)?;
+    let addr = voter.addr?;
+    Some((addr.ip().to_string(), addr.port()))
 }
 
 fn resolve((host, port): &(String, u16)) -> Option<SocketAddr> {
@@ -186,7 +228,7 @@ fn resolve((host, port): &(String, u16)) -> Option<SocketAddr> {
 /// that does not run it): registers, reports leaders, installs metadata.
 pub async fn follow(shard: Rc<Shard>) {
     let mut caller = Caller::new(shard.node_id());
-    let seeds = shard.config.seeds.clone();
+    let seeds = shard.config.contact_points();
     let mut next_seed = 0;
     let mut target: Option<SocketAddr> = None;
     // After a failed round the seeds are asked: the controller may have
@@ -194,6 +236,12 @@ pub async fn follow(shard: Rc<Shard>) {
     let mut ask_seed = false;
     let failures = crate::logging::Repeated::default();
     loop {
+        if shard.controller().is_some_and(|c| c.is_active()) {
+            // A quorum's leader: the controller is this node.
+            target = None;
+            glommio::timer::sleep(FOLLOW_WAIT).await;
+            continue;
+        }
         let known = if ask_seed {
             None
         } else {
@@ -266,7 +314,8 @@ async fn install(shard: &Rc<Shard>, followed: Followed) -> Result<(), String> {
         shard.broadcast_leaders(leaders).await;
     }
     shard.set_live(live);
-    if snapshot.is_empty() {
+    // A quorum's voter applies the metadata log itself.
+    if snapshot.is_empty() || shard.controller().is_some() {
         return Ok(());
     }
     let metadata = ClusterMetadata::restore(&snapshot).map_err(|e| e.to_string())?;
@@ -326,7 +375,7 @@ pub async fn restore_followed(shard: &Rc<Shard>) -> Result<(), String> {
 pub async fn share_liveness(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(LIVE_EVERY).await;
-        let live = match shard.controller() {
+        let live = match shard.controller().filter(|c| c.is_active()) {
             Some(controller) => {
                 let live = controller.live(shard.node_id());
                 shard.set_live(live.clone());

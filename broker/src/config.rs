@@ -66,9 +66,11 @@ pub struct ServeConfig {
     /// The address clients and peers reach this node at; `listen`'s when
     /// unset.
     pub advertise: Option<SocketAddr>,
-    /// The nodes that run the controller. Empty: this node when it has no
-    /// seeds, else whichever node the seeds name.
-    pub controller_voters: Vec<u32>,
+    /// The nodes that run the controller (Kafka's `controller.quorum.voters`):
+    /// `ID` for one, `ID@HOST:PORT` (each voter's listener) for a quorum of
+    /// 3 or 5 whose metadata log is Raft group 0. Empty: this node when it
+    /// has no seeds, else whichever node the seeds name.
+    pub controller_voters: Vec<Voter>,
     /// A partition's followers start an election after this long without
     /// hearing from the leader (each waits a random 1–2× of it).
     pub election_timeout_ms: u64,
@@ -117,6 +119,56 @@ impl Default for ServeConfig {
             replica_lag_time_max_ms: 30_000,
             leader_rebalance_interval_ms: 30_000,
         }
+    }
+}
+
+/// A node that runs the controller: its id, and for a quorum the address of
+/// its listener (`ID@HOST:PORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "VoterSpec")]
+pub struct Voter {
+    /// The node's id.
+    pub id: u32,
+    /// Its listener; `None` when the controller is one node.
+    pub addr: Option<SocketAddr>,
+}
+
+/// A voter as a file writes it: `3` or `"3@10.0.0.3:9093"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum VoterSpec {
+    Id(u32),
+    Text(String),
+}
+
+impl TryFrom<VoterSpec> for Voter {
+    type Error = String;
+
+    fn try_from(spec: VoterSpec) -> Result<Voter, String> {
+        match spec {
+            VoterSpec::Id(id) => Ok(Voter { id, addr: None }),
+            VoterSpec::Text(text) => text.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for Voter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Voter, String> {
+        let (id, addr) = match text.split_once('@') {
+            Some((id, addr)) => (id, Some(addr)),
+            None => (text, None),
+        };
+        let id = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("voter {text:?}: the id is not a number"))?;
+        let addr = addr
+            .map(|a| a.trim().parse())
+            .transpose()
+            .map_err(|_| format!("voter {text:?}: the address is not HOST:PORT"))?;
+        Ok(Voter { id, addr })
     }
 }
 
@@ -224,7 +276,7 @@ impl ServeConfig {
         if self.node_id == Some(0) {
             return Err(ConfigError::Invalid("node_id must be above 0".into()));
         }
-        if self.node_id.is_some() && !self.runs_controller() && self.seeds.is_empty() {
+        if self.node_id.is_some() && !self.runs_controller() && self.contact_points().is_empty() {
             return Err(ConfigError::Invalid(
                 "a node that does not run the controller needs seeds to find it".into(),
             ));
@@ -235,12 +287,22 @@ impl ServeConfig {
             ));
         }
         if self.controller_voters.len() > 1 {
-            // The controller quorum (metadata as Raft group 0 over 3 or 5
-            // nodes) is not built yet: one node runs the controller.
-            return Err(ConfigError::Invalid(
-                "controller_voters: one node for now (a controller quorum is not supported yet)"
-                    .into(),
-            ));
+            // A quorum's voters reach each other before any metadata says
+            // where they are: each needs its address.
+            if let Some(v) = self.controller_voters.iter().find(|v| v.addr.is_none()) {
+                return Err(ConfigError::Invalid(format!(
+                    "controller_voters: a quorum needs ID@HOST:PORT for every voter ({} has no address)",
+                    v.id
+                )));
+            }
+            let mut ids: Vec<u32> = self.controller_voters.iter().map(|v| v.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != self.controller_voters.len() || ids.contains(&0) {
+                return Err(ConfigError::Invalid(
+                    "controller_voters: ids must be distinct and above 0".into(),
+                ));
+            }
         }
         if self.raft_tick_ms == 0 || self.election_timeout_ms < 4 * self.raft_tick_ms {
             return Err(ConfigError::Invalid(
@@ -267,8 +329,27 @@ impl ServeConfig {
         match self.node_id {
             None => true,
             Some(_) if self.controller_voters.is_empty() => self.seeds.is_empty(),
-            Some(id) => self.controller_voters.contains(&id),
+            Some(id) => self.controller_voters.iter().any(|v| v.id == id),
         }
+    }
+
+    /// Where a node asks for the controller: its seeds, then the voters'
+    /// listeners (a quorum names them); never this node.
+    pub fn contact_points(&self) -> Vec<SocketAddr> {
+        let own = [self.listen, self.advertised()];
+        let mut points = Vec::new();
+        let voters = self.controller_voters.iter().filter_map(|v| v.addr);
+        for addr in self.seeds.iter().copied().chain(voters) {
+            if !points.contains(&addr) && !own.contains(&addr) {
+                points.push(addr);
+            }
+        }
+        points
+    }
+
+    /// Whether the controller is a quorum (its metadata log a Raft group).
+    pub fn controller_quorum(&self) -> bool {
+        self.controller_voters.len() > 1
     }
 
     /// The address this node gives clients and peers.

@@ -9,6 +9,17 @@
 //! shortens replay: it is written after the log, so it is never ahead of it,
 //! and a lost or stale snapshot costs a longer replay, never state.
 //!
+//! With a controller quorum (`controller_voters` of 3 or 5) the same log is
+//! Raft group 0 ([`METADATA_GROUP`]) over the voters' shard 0, driven by the
+//! shard's replication like any replicated partition: the group's leader is
+//! the active controller; it proposes each command as a batch and answers
+//! once the command is committed and applied. Every voter applies committed
+//! commands in log order ([`Controller::run_quorum`]) and keeps a snapshot
+//! of what it applied after each round, so that it serves at once after a
+//! restart; the log itself is not replayed at start, since its tail may not
+//! be committed. A command refused at apply time (checked against older
+//! state when it was proposed) is consumed the same way on every voter.
+//!
 //! On a full disk metadata must still change — deleting a topic is how an
 //! operator makes room. The controller holds a preallocated reserve file
 //! (`cluster/reserve`) and gives it up when the disk is low or a metadata
@@ -16,9 +27,13 @@
 //! opened again (replaying what it holds) and the command retried once.
 
 use crate::mesh::NotServed;
+use crate::partition::{Partition, PartitionSetup};
+use crate::replica::Replica;
 use crate::shard::{Shard, topic_dir_name, topics_dir};
 use fjord_core::{BatchBuilder, FsyncPolicy, batch};
-use fjord_replication::control::Proposal;
+use fjord_net::{ErrorCode, api};
+use fjord_replication::control::{METADATA_GROUP, Proposal};
+use fjord_replication::raft::{Durability, NodeId};
 use fjord_replication::metadata::{ClusterMetadata, Command, MetadataError};
 use fjord_storage::space::{Reserve, SpaceWatch};
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
@@ -39,6 +54,12 @@ const SNAPSHOT_EVERY: u64 = 256;
 const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
 /// Bytes read per replay step.
 const REPLAY_READ_BYTES: usize = 1 << 20;
+/// Longest a quorum's apply loop sleeps between leadership checks.
+const APPLY_POLL: Duration = Duration::from_millis(100);
+/// Longest a proposed command waits to be applied once committed.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The metadata log's name in log lines (KRaft's).
+const METADATA_LOG_NAME: &str = "__cluster_metadata";
 
 /// Why a command was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,16 +92,43 @@ impl From<StorageError> for CommandError {
     }
 }
 
+/// Where the metadata log lives.
+enum Backing {
+    /// One controller: the log is its own, each command durable before it
+    /// is applied.
+    Local {
+        log: RefCell<Rc<Log>>,
+        dir: PathBuf,
+        config: LogConfig,
+        cache: Rc<BatchCache>,
+    },
+    /// A quorum: the log is Raft group 0 over the voters.
+    Quorum(Quorum),
+}
+
+/// A voter's side of a controller quorum.
+struct Quorum {
+    /// The metadata log as a replicated partition.
+    partition: Rc<Partition>,
+    /// The next log offset to apply.
+    applied_next: Cell<u64>,
+    /// Commands proposed here, by the id in their record's key, until
+    /// applied: the outcome goes back to the proposer.
+    waiting: RefCell<HashMap<u64, oneshot::Sender<Result<Vec<NotServed>, CommandError>>>>,
+    next_id: Cell<u64>,
+    /// Since when this voter leads (is the active controller).
+    leading_since: Cell<Option<Instant>>,
+}
+
 /// The controller of one node.
 pub struct Controller {
-    log: RefCell<Rc<Log>>,
-    log_dir: PathBuf,
-    log_config: LogConfig,
-    cache: Rc<BatchCache>,
+    backing: Backing,
     reserve: Reserve,
     state: RefCell<ClusterMetadata>,
     /// Commands commit one at a time, in arrival order.
     turn: Semaphore,
+    /// Set by `close`: the apply loop ends.
+    closed: Cell<bool>,
     snapshot_path: PathBuf,
     since_snapshot: Cell<u64>,
     /// When each node was last heard from (its follow rounds).
@@ -104,12 +152,7 @@ impl Controller {
     ) -> Result<Controller, CommandError> {
         let dir = data.join("cluster");
         let snapshot_path = dir.join("snapshot");
-        let config = LogConfig {
-            fsync: FsyncPolicy::Always,
-            // Commands are small and rare: grow the file in small steps.
-            preallocate_bytes: 1 << 20,
-            ..LogConfig::default()
-        };
+        let config = metadata_log_config();
         let log_dir = dir.join("metadata");
         let log = Log::open(&log_dir, config.clone(), cache.clone()).await?;
         let mut state = match read_snapshot(&snapshot_path).await? {
@@ -131,19 +174,123 @@ impl Controller {
             replayed,
             "controller: metadata restored"
         );
-        Ok(Controller {
+        let backing = Backing::Local {
             log: RefCell::new(Rc::new(log)),
-            log_dir,
-            log_config: config,
+            dir: log_dir,
+            config,
             cache,
-            reserve: Reserve::new(dir.join("reserve"), reserve_bytes),
+        };
+        Ok(Controller::with(
+            backing,
+            Reserve::new(dir.join("reserve"), reserve_bytes),
+            state,
+            snapshot_path,
+            replayed,
+        ))
+    }
+
+    /// Opens a voter's side of a controller quorum on shard 0: the metadata
+    /// log as Raft group 0 over `voters` (id and listener), and the state
+    /// this voter last applied. Committed commands past it are applied by
+    /// [`Controller::run_quorum`].
+    pub async fn open_quorum(
+        shard: &Shard,
+        voters: &[(NodeId, std::net::SocketAddr)],
+    ) -> Result<Controller, CommandError> {
+        let data = shard.data().path();
+        let dir = data.join("cluster");
+        let snapshot_path = dir.join("snapshot");
+        let me = shard.node_id();
+        let peers = voters
+            .iter()
+            .filter(|(id, _)| *id != me)
+            .copied()
+            .collect();
+        let replica = Replica::new(
+            METADATA_GROUP,
+            voters.iter().map(|(id, _)| *id).collect(),
+            peers,
+            Durability::Synced,
+        );
+        let setup = PartitionSetup {
+            shard: 0,
+            topic: METADATA_LOG_NAME.into(),
+            partition: 0,
+            topic_id: 0,
+            dir: dir.join("metadata"),
+            config: metadata_log_config(),
+            cache: shard.cache().clone(),
+            space: shard.space().clone(),
+            staging: None,
+            replica: Some((replica, shard.replication().clone())),
+        };
+        let partition = Rc::new(Partition::open(setup).await?);
+        let hard = match shard.hard_state(METADATA_GROUP, None).await {
+            Ok(hard) => hard,
+            Err(e) => {
+                let _ = partition.close().await;
+                return Err(CommandError::Storage(e));
+            }
+        };
+        shard.replication().add(partition.clone(), hard);
+        let state = match read_snapshot(&snapshot_path).await? {
+            Some(state) => state,
+            None => ClusterMetadata::new(shard.data_shards()),
+        };
+        tracing::info!(
+            shard = 0,
+            topics = state.topics.len(),
+            applied_index = state.applied_index,
+            voters = ?voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+            "controller quorum: metadata restored; committed commands past it follow"
+        );
+        // Ids of commands proposed by an earlier run never meet these.
+        let first_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let backing = Backing::Quorum(Quorum {
+            partition,
+            applied_next: Cell::new(state.applied_index),
+            waiting: RefCell::new(HashMap::new()),
+            next_id: Cell::new(first_id),
+            leading_since: Cell::new(None),
+        });
+        Ok(Controller::with(
+            backing,
+            Reserve::new(dir.join("reserve"), shard.config.metadata_reserve_bytes),
+            state,
+            snapshot_path,
+            0,
+        ))
+    }
+
+    fn with(
+        backing: Backing,
+        reserve: Reserve,
+        state: ClusterMetadata,
+        snapshot_path: PathBuf,
+        since_snapshot: u64,
+    ) -> Controller {
+        Controller {
+            backing,
+            reserve,
             state: RefCell::new(state),
             turn: Semaphore::new(1),
+            closed: Cell::new(false),
             snapshot_path,
-            since_snapshot: Cell::new(replayed),
+            since_snapshot: Cell::new(since_snapshot),
             heard: RefCell::new(HashMap::new()),
             watchers: RefCell::new(Vec::new()),
-        })
+        }
+    }
+
+    /// Whether this controller commits commands now: always when it is the
+    /// only one; in a quorum, while it leads group 0.
+    pub fn is_active(&self) -> bool {
+        match &self.backing {
+            Backing::Local { .. } => true,
+            Backing::Quorum(q) => q.partition.replica().is_some_and(|r| r.is_leader()),
+        }
     }
 
     /// The current metadata.
@@ -240,6 +387,9 @@ impl Controller {
             .acquire_permit(1)
             .await
             .map_err(|_| CommandError::Unavailable)?;
+        if let Backing::Quorum(quorum) = &self.backing {
+            return self.commit_quorum(shard, quorum, proposal).await;
+        }
         let command = self.resolve(shard, proposal)?;
         if shard.space().is_low() {
             self.release_reserve().await;
@@ -268,6 +418,206 @@ impl Controller {
             self.remove_stale_topics(shard.data().path()).await?;
         }
         Ok(not_served)
+    }
+
+    /// A quorum's leader: proposes the command to group 0 and waits until it
+    /// is committed and applied here (pushed to every shard). The check
+    /// against the applied state refuses early what is plainly refused; the
+    /// state machine has the last word when the command is applied.
+    async fn commit_quorum(
+        &self,
+        shard: &Shard,
+        quorum: &Quorum,
+        proposal: Proposal,
+    ) -> Result<Vec<NotServed>, CommandError> {
+        if !self.is_active() {
+            return Err(not_controller());
+        }
+        self.await_followers(quorum).await;
+        let command = self.resolve(shard, proposal)?;
+        let mut check = self.state.borrow().clone();
+        check.apply(check.applied_index + 1, &command)?;
+        let id = quorum.next_id.get();
+        quorum.next_id.set(id.wrapping_add(1));
+        let (tx, rx) = oneshot::channel();
+        quorum.waiting.borrow_mut().insert(id, tx);
+        let mut builder = BatchBuilder::new();
+        builder.push(
+            fjord_storage::log::now_ms(),
+            Some(&id.to_be_bytes()),
+            Some(&command.encode()),
+            &[],
+        );
+        if let Err(code) = quorum.partition.produce(&builder.build(), api::ACKS_ALL).await {
+            quorum.waiting.borrow_mut().remove(&id);
+            return Err(match code {
+                ErrorCode::NotLeaderOrFollower => not_controller(),
+                code => CommandError::Remote(code, format!("metadata log: {code:?}")),
+            });
+        }
+        let timeout = std::pin::pin!(glommio::timer::sleep(APPLY_TIMEOUT));
+        match futures::future::select(rx, timeout).await {
+            futures::future::Either::Left((Ok(outcome), _)) => outcome,
+            _ => {
+                quorum.waiting.borrow_mut().remove(&id);
+                Err(CommandError::Unavailable)
+            }
+        }
+    }
+
+    /// A new leader's liveness view starts empty: nodes find it within a
+    /// few follow rounds. Until every registered node has, or a liveness
+    /// timeout has passed, placement waits (it would leave out live nodes).
+    async fn await_followers(&self, quorum: &Quorum) {
+        let Some(since) = quorum.leading_since.get() else {
+            return;
+        };
+        while since.elapsed() < LIVENESS_TIMEOUT {
+            let registered = self.state.borrow().nodes.len();
+            let heard = self.heard.borrow();
+            let now = Instant::now();
+            let fresh = heard
+                .values()
+                .filter(|at| now.duration_since(**at) < LIVENESS_TIMEOUT)
+                .count();
+            // This node is registered but not among those heard.
+            if fresh + 1 >= registered {
+                return;
+            }
+            drop(heard);
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A voter, for as long as the node runs: applies committed commands of
+    /// group 0 in order, pushes the metadata to every shard after each
+    /// round, snapshots it, answers commands proposed here; and follows this
+    /// voter's leadership (a new leader registers its node).
+    pub async fn run_quorum(self: Rc<Self>, shard: Rc<Shard>) {
+        let Backing::Quorum(quorum) = &self.backing else {
+            return;
+        };
+        let failures = crate::logging::Repeated::default();
+        loop {
+            if self.closed.get() {
+                return;
+            }
+            self.watch_leadership(&shard, quorum);
+            let Some(replica) = quorum.partition.replica() else {
+                return;
+            };
+            let next = quorum.applied_next.get();
+            if replica.high_watermark() <= next {
+                replica.wait_past(next, APPLY_POLL).await;
+                continue;
+            }
+            if let Err(e) = self.apply_committed(&shard, quorum).await {
+                if let Some(count) = failures.hit() {
+                    tracing::warn!(shard = 0, error = %e, failures = count, "controller quorum: cannot apply committed metadata yet");
+                }
+                glommio::timer::sleep(APPLY_POLL).await;
+            }
+        }
+    }
+
+    fn watch_leadership(&self, shard: &Rc<Shard>, quorum: &Quorum) {
+        let leading = self.is_active();
+        match (leading, quorum.leading_since.get()) {
+            (true, None) => {
+                quorum.leading_since.set(Some(Instant::now()));
+                self.heard.borrow_mut().clear();
+                tracing::info!(shard = 0, "controller quorum: this node is the active controller");
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    if let Err(e) = crate::cluster::register_self(&shard).await {
+                        tracing::warn!(shard = 0, error = %e, "controller: cannot register this node");
+                    }
+                })
+                .detach();
+                self.notify();
+            }
+            (false, Some(_)) => {
+                quorum.leading_since.set(None);
+                tracing::info!(shard = 0, "controller quorum: no longer the active controller");
+                // Follow rounds parked here go and find the new leader.
+                self.notify();
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies the committed commands readable from the applied mark.
+    async fn apply_committed(&self, shard: &Shard, quorum: &Quorum) -> Result<(), CommandError> {
+        let Some(replica) = quorum.partition.replica() else {
+            return Ok(());
+        };
+        let commit = replica.high_watermark();
+        let next = quorum.applied_next.get();
+        let log = quorum.partition.log();
+        let read = log.read(next, REPLAY_READ_BYTES).await?;
+        let mut state = self.state.borrow().clone();
+        let mut applied_next = next;
+        let mut outcomes = Vec::new();
+        let mut deleted = false;
+        'read: for slice in &read.slices {
+            for batch in batch::batches(slice) {
+                if batch.base_offset() as u64 >= commit {
+                    break 'read;
+                }
+                applied_next = batch.last_offset() as u64 + 1;
+                // A new leader's LEADER_CHANGE batch carries no command.
+                if batch.is_control() {
+                    continue;
+                }
+                for record in batch.records().map_err(StorageError::from)? {
+                    let record = record.map_err(StorageError::from)?;
+                    let command = Command::decode(record.value.unwrap_or_default())
+                        .map_err(|e| CommandError::Storage(e.to_string()))?;
+                    let outcome = state.apply(record.offset as u64 + 1, &command);
+                    match &outcome {
+                        Ok(()) => deleted |= matches!(command, Command::DeleteTopic(_)),
+                        Err(e) => tracing::info!(shard = 0, offset = record.offset, error = %e, "controller quorum: a committed command is refused by the state it meets"),
+                    }
+                    let id = record
+                        .key
+                        .and_then(|k| <[u8; 8]>::try_from(k).ok())
+                        .map(u64::from_be_bytes);
+                    outcomes.push((id, outcome));
+                }
+            }
+        }
+        if applied_next == next {
+            // Committed but not yet readable here: written very soon.
+            let visible = std::pin::pin!(log.wait_visible(next + 1));
+            let timeout = std::pin::pin!(glommio::timer::sleep(APPLY_POLL));
+            futures::future::select(visible, timeout).await;
+            return Ok(());
+        }
+        let changed = state.applied_index != self.state.borrow().applied_index;
+        *self.state.borrow_mut() = state.clone();
+        quorum.applied_next.set(applied_next);
+        let mut not_served = Vec::new();
+        if changed {
+            // Every round: a voter restarted by kill -9 serves at once what
+            // it applied, and never replays an uncommitted tail.
+            self.snapshot(&state).await;
+            self.notify();
+            not_served = shard.push_metadata(&state).await;
+            if deleted {
+                self.remove_stale_topics(shard.data().path()).await?;
+            }
+        }
+        for (id, outcome) in outcomes {
+            let waiter = id.and_then(|id| quorum.waiting.borrow_mut().remove(&id));
+            if let Some(tx) = waiter {
+                let _ = tx.send(
+                    outcome
+                        .map(|()| not_served.clone())
+                        .map_err(CommandError::from),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Applies `command` to a copy of the state and appends it durably to
@@ -305,16 +655,24 @@ impl Controller {
     /// disk and replayed (a command it took before failing is applied, as a
     /// restart would).
     async fn writable_log(&self) -> Result<Rc<Log>, CommandError> {
-        let log = self.log.borrow().clone();
+        let Backing::Local {
+            log: current,
+            dir,
+            config,
+            cache,
+        } = &self.backing
+        else {
+            unreachable!("a quorum's log is its group's");
+        };
+        let log = current.borrow().clone();
         if !log.is_out_of_room() {
             return Ok(log);
         }
-        let reopened =
-            Rc::new(Log::open(&self.log_dir, self.log_config.clone(), self.cache.clone()).await?);
+        let reopened = Rc::new(Log::open(dir, config.clone(), cache.clone()).await?);
         let mut state = self.state.borrow().clone();
         let replayed = replay(&reopened, &mut state).await?;
         *self.state.borrow_mut() = state;
-        *self.log.borrow_mut() = reopened.clone();
+        *current.borrow_mut() = reopened.clone();
         tracing::info!(
             shard = 0,
             replayed,
@@ -389,15 +747,43 @@ impl Controller {
             return;
         };
         self.turn.close();
+        self.closed.set(true);
         if self.since_snapshot.get() > 0 {
             let state = self.state.borrow().clone();
             self.snapshot(&state).await;
         }
-        let log = self.log.borrow().clone();
-        if let Err(e) = log.close().await {
+        let closed = match &self.backing {
+            Backing::Local { log, .. } => {
+                let log = log.borrow().clone();
+                log.close().await
+            }
+            Backing::Quorum(quorum) => {
+                quorum.waiting.borrow_mut().clear();
+                quorum.partition.close().await
+            }
+        };
+        if let Err(e) = closed {
             tracing::warn!(shard = 0, error = %e, "controller: closing the metadata log");
         }
     }
+}
+
+/// The metadata log's settings: every command synced before it counts.
+fn metadata_log_config() -> LogConfig {
+    LogConfig {
+        fsync: FsyncPolicy::Always,
+        // Commands are small and rare: grow the file in small steps.
+        preallocate_bytes: 1 << 20,
+        ..LogConfig::default()
+    }
+}
+
+/// What a voter that does not lead answers a command.
+fn not_controller() -> CommandError {
+    CommandError::Remote(
+        ErrorCode::NotController,
+        "this node is not the active controller".into(),
+    )
 }
 
 /// Applies every logged command after `state.applied_index`; returns how many.

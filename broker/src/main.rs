@@ -203,10 +203,11 @@ struct ServeArgs {
     /// Address clients and peers reach this node at [default: listen].
     #[arg(long)]
     advertise: Option<SocketAddr>,
-    /// Node ids that run the controller, N,... [default: this node without
+    /// Nodes that run the controller: ID for one, or ID@HOST:PORT,... (each
+    /// voter's listener) for a quorum of 3 or 5 [default: this node without
     /// seeds, else the seeds' controller].
     #[arg(long, value_delimiter = ',')]
-    controller_voters: Option<Vec<u32>>,
+    controller_voters: Option<Vec<fjord_broker::config::Voter>>,
     /// Followers elect a new leader after this silence [default: 1000 ms].
     #[arg(long)]
     election_timeout_ms: Option<u64>,

@@ -44,6 +44,16 @@ pub enum ShardMsg {
     },
     /// Shard 0 to the others: the nodes live now.
     Live(Vec<u32>),
+    /// A peer's Raft frame for the controller quorum's group, which lives
+    /// on shard 0, from the shard whose listener took the connection.
+    Peer {
+        /// The sending node.
+        from: fjord_replication::raft::NodeId,
+        /// The frame's messages.
+        batch: fjord_replication::raft::mux::PeerBatch,
+        /// The batches its appends carry.
+        payload: Vec<u8>,
+    },
     /// Any shard to a partition's owner.
     Partition {
         /// Topic name.

@@ -383,8 +383,17 @@ async fn run_shard(
             .map_err(|e| format!("metadata of the last run: {e}"))?;
         glommio::spawn_local(crate::cluster::follow(shard.clone())).detach();
     }
+    let quorum = shard.config.runs_controller() && shard.config.controller_quorum();
     if shard.id == 0 && shard.config.runs_controller() {
-        let controller = Rc::new(
+        let opened = if quorum {
+            let voters: Vec<(u32, SocketAddr)> = shard
+                .config
+                .controller_voters
+                .iter()
+                .filter_map(|v| Some((v.id, v.addr?)))
+                .collect();
+            Controller::open_quorum(&shard, &voters).await
+        } else {
             Controller::open(
                 shard.data().path(),
                 shard.data_shards(),
@@ -392,8 +401,8 @@ async fn run_shard(
                 shard.config.metadata_reserve_bytes,
             )
             .await
-            .map_err(|e| format!("controller: {e}"))?,
-        );
+        };
+        let controller = Rc::new(opened.map_err(|e| format!("controller: {e}"))?);
         controller
             .remove_stale_topics(shard.data().path())
             .await
@@ -409,8 +418,18 @@ async fn run_shard(
             );
         }
         let interval = Duration::from_millis(shard.config.disk_check_interval_ms);
-        glommio::spawn_local(controller.keep_reserve(shard.space().clone(), interval)).detach();
-        if clustered {
+        glommio::spawn_local(
+            controller
+                .clone()
+                .keep_reserve(shard.space().clone(), interval),
+        )
+        .detach();
+        if quorum {
+            // Applies what the quorum commits; the voter follows whichever
+            // voter leads, as any node does, to register and report.
+            glommio::spawn_local(controller.run_quorum(shard.clone())).detach();
+            glommio::spawn_local(crate::cluster::follow(shard.clone())).detach();
+        } else if clustered {
             crate::cluster::register_self(&shard)
                 .await
                 .map_err(|e| format!("controller: cannot register this node: {e}"))?;

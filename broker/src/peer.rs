@@ -9,8 +9,9 @@
 //! away — Raft sends again what was not acknowledged.
 
 use crate::shard::Shard;
-use fjord_replication::control::{ControlRequest, ControlResponse};
+use fjord_replication::control::{ControlRequest, ControlResponse, METADATA_GROUP};
 use fjord_replication::raft::NodeId;
+use fjord_replication::raft::mux::{GroupId, PeerBatch};
 use fjord_replication::wire::{self, Body, Frame, WireError};
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use futures::{AsyncRead, FutureExt};
@@ -188,6 +189,18 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         match frame.body {
+            // A voter's listener takes the quorum's traffic on any shard;
+            // its group lives on shard 0.
+            Body::Raft(batch) if shard.id != 0 && carries(&batch, METADATA_GROUP) => {
+                let msg = crate::mesh::ShardMsg::Peer {
+                    from: frame.from,
+                    batch,
+                    payload: frame.payload,
+                };
+                if shard.send_to(0, msg).await.is_err() {
+                    return; // Shutting down.
+                }
+            }
             Body::Raft(batch) => shard
                 .replication()
                 .receive(frame.from, batch, frame.payload),
@@ -204,6 +217,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         }
     }
+}
+
+/// Whether a frame carries anything for `group`.
+fn carries(batch: &PeerBatch, group: GroupId) -> bool {
+    batch.heartbeats.iter().any(|(g, _)| *g == group)
+        || batch.heartbeat_responses.iter().any(|(g, _)| *g == group)
+        || batch.messages.iter().any(|(g, _)| *g == group)
 }
 
 /// A connection for control requests to one node, one request at a time.

@@ -11,7 +11,7 @@ use crate::mesh::{Fetched, NotServed, PartitionOp, ShardMsg};
 use crate::partition::{Partition, PartitionSetup};
 use crate::replica::{Replica, Replication};
 use fjord_net::ErrorCode;
-use fjord_replication::control::{LeaderReport, Proposal, group_id};
+use fjord_replication::control::{LeaderReport, METADATA_GROUP, Proposal, group_id};
 use fjord_replication::metadata::{ClusterMetadata, TopicMeta};
 use fjord_replication::raft::mux::GroupId;
 use fjord_replication::raft::{Durability, HardState, NodeId};
@@ -271,6 +271,15 @@ impl Shard {
         &self.replication
     }
 
+    /// The node that runs the active controller, as this shard knows it:
+    /// in a quorum, the leader of the metadata group.
+    pub fn controller_node(&self) -> Option<NodeId> {
+        match self.leader_of(METADATA_GROUP) {
+            Some(report) => report.leader,
+            None => self.metadata().controller().map(|n| n.id),
+        }
+    }
+
     /// The leader of a replicated partition and its term, as last heard.
     pub fn leader_of(&self, group: GroupId) -> Option<LeaderReport> {
         self.leaders.borrow().get(&group).copied()
@@ -461,10 +470,12 @@ impl Shard {
     /// (shard 0), or, on a node that does not run it, the cluster's.
     pub async fn command(&self, proposal: Proposal) -> Result<Vec<NotServed>, CommandError> {
         let controller = self.controller.borrow().clone();
-        if let Some(controller) = controller {
+        if let Some(controller) = controller.filter(|c| c.is_active()) {
             return controller.commit(self, proposal).await;
         }
-        if self.id == 0 && !self.config.runs_controller() {
+        if self.id == 0 {
+            // Another node runs the active controller (or, in a quorum,
+            // another voter leads).
             return crate::cluster::forward(self, proposal).await;
         }
         let (reply, rx) = oneshot::channel();
@@ -775,6 +786,11 @@ impl Shard {
                 let _ = reply.send(self.command(proposal).await);
             }
             ShardMsg::Live(live) => self.set_live(live),
+            ShardMsg::Peer {
+                from,
+                batch,
+                payload,
+            } => self.replication.receive(from, batch, payload),
             ShardMsg::HardState {
                 group,
                 state,

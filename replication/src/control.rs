@@ -92,6 +92,10 @@ pub struct Followed {
     pub live: Vec<NodeId>,
 }
 
+/// The controller quorum's metadata log. Topic ids start at 1, so no
+/// partition's group is 0.
+pub const METADATA_GROUP: GroupId = 0;
+
 /// A group's id: the topic's id and the partition number, so that a
 /// re-created topic's partitions are new groups.
 pub fn group_id(topic_id: u64, partition: u32) -> GroupId {

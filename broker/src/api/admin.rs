@@ -67,7 +67,7 @@ pub(super) fn metadata(
                 alive: live.contains(&n.id),
             })
             .collect();
-        let controller = metadata.controller().map_or(-1, |n| n.id as i32);
+        let controller = shard.controller_node().map_or(-1, |n| n as i32);
         (brokers, controller)
     };
     let body = wire::MetadataResponseT {

@@ -1,0 +1,206 @@
+//! A controller quorum of three real `fjord serve` voters: the metadata log
+//! is Raft group 0 over them. The active controller is killed with SIGKILL;
+//! topic commands go on through the survivors, the new topic is served, and
+//! the old controller returns, catches up and takes commands again.
+
+mod common;
+
+use common::{Broker, Launch, free_port, segment_bytes};
+use fjord_client::{
+    Admin, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, Seek,
+};
+use futures::executor::block_on;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Three voters listening where the others were told.
+fn start_quorum() -> Vec<Broker> {
+    let addrs: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let voters: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}@{a}", i + 1))
+        .collect();
+    let voters = voters.join(",");
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            let id = (i + 1).to_string();
+            let launch = Launch {
+                listen: Some(addr),
+                ..Launch::default()
+            };
+            Broker::launch(
+                1,
+                &["--node-id", &id, "--controller-voters", &voters],
+                launch,
+            )
+        })
+        .collect()
+}
+
+fn client_of(addrs: Vec<SocketAddr>) -> Client {
+    let mut config = ClientConfig::with_bootstrap(addrs);
+    config.request_timeout = Duration::from_secs(40);
+    Client::new(config).expect("client")
+}
+
+/// Retries `what` until it succeeds, for up to `within`; the time it took.
+fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Result<T, String>) -> Duration {
+    let started = Instant::now();
+    loop {
+        match f() {
+            Ok(_) => return started.elapsed(),
+            Err(e) => assert!(
+                started.elapsed() < within,
+                "{what}: not within {within:?}: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The active controller's node id, as `addr` answers Metadata.
+fn controller_seen_by(addr: SocketAddr) -> Result<i32, String> {
+    let status = block_on(Admin::new(client_of(vec![addr])).cluster_status())
+        .map_err(|e| e.to_string())?;
+    match status.controller {
+        id if id > 0 => Ok(id),
+        _ => Err(format!("{addr} knows no controller")),
+    }
+}
+
+fn topics_seen_by(addr: SocketAddr) -> Vec<String> {
+    let mut names: Vec<String> = block_on(Admin::new(client_of(vec![addr])).list_topics())
+        .expect("list topics")
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn metadata_log(node: &Broker) -> PathBuf {
+    node.data_dir().join("cluster").join("metadata")
+}
+
+#[test]
+fn topic_commands_survive_the_active_controller_killed() {
+    let mut nodes = start_quorum();
+    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let client = client_of(all.clone());
+    let admin = Admin::new(client.clone());
+    // The voters elect a leader among themselves; the first command waits
+    // for it (forwarded by whichever node the client asked).
+    until("create before", Duration::from_secs(30), || {
+        block_on(admin.create_replicated_topic("before", 2, Some(3), &[]))
+            .map_err(|e| e.to_string())
+    });
+
+    let mut controller = 0;
+    until("a controller known", Duration::from_secs(10), || {
+        controller = controller_seen_by(all[0])?;
+        Ok(())
+    });
+    // Every voter logged the command in its copy of the metadata log.
+    for node in &nodes {
+        assert!(
+            common::contains(&segment_bytes(&metadata_log(node)), b"before"),
+            "node at {} has no `before` in its metadata log",
+            node.addr
+        );
+    }
+
+    let dead = (controller - 1) as usize;
+    nodes[dead].kill();
+    let survivors: Vec<SocketAddr> = all
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != dead)
+        .map(|(_, &a)| a)
+        .collect();
+    let client = client_of(survivors.clone());
+    let admin = Admin::new(client.clone());
+    // Two voters of three are a quorum: a new controller takes commands.
+    let took = until("create after", Duration::from_secs(30), || {
+        match block_on(admin.create_replicated_topic("after", 2, Some(2), &[])) {
+            Err(e) if e.to_string().contains("exists") => Ok(()),
+            other => other.map_err(|e| e.to_string()),
+        }
+    });
+    eprintln!("topic created {took:?} after the controller was killed");
+    let new_controller = controller_seen_by(survivors[0]).expect("controller");
+    assert_ne!(new_controller, controller, "a survivor leads the quorum");
+
+    // The new topic is served: acks=all records go in and come back.
+    let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+    let acks: Vec<_> = (0..50)
+        .map(|i| {
+            let value = format!("after-{i}");
+            producer.send("after", Some(i % 2), None, Some(value.as_bytes()), &[])
+        })
+        .collect();
+    for ack in acks {
+        block_on(ack).expect("acks=all produce to the topic made after failover");
+    }
+    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+    block_on(consumer.assign("after", None, Seek::Earliest)).expect("assign");
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got < 50 {
+        assert!(Instant::now() < deadline, "consumed {got} of 50");
+        got += block_on(consumer.poll(Duration::from_millis(500)))
+            .expect("poll")
+            .len();
+    }
+
+    // The old controller returns as a follower voter and catches up.
+    nodes[dead].restart();
+    let back = nodes[dead].addr;
+    until("the returned voter has caught up", Duration::from_secs(30), || {
+        let names = topics_seen_by(back);
+        (names == ["after", "before"])
+            .then_some(())
+            .ok_or(format!("{back} lists {names:?}"))
+    });
+    until(
+        "the returned voter logged `after`",
+        Duration::from_secs(10),
+        || {
+            common::contains(&segment_bytes(&metadata_log(&nodes[dead])), b"after")
+                .then_some(())
+                .ok_or("not yet".to_string())
+        },
+    );
+    // A command sent to it is forwarded to the active controller.
+    block_on(Admin::new(client_of(vec![back])).delete_topic("before")).expect("delete");
+    for &addr in &all {
+        until("every node forgot `before`", Duration::from_secs(10), || {
+            let names = topics_seen_by(addr);
+            (names == ["after"])
+                .then_some(())
+                .ok_or(format!("{addr} lists {names:?}"))
+        });
+    }
+}
+
+#[test]
+fn a_quorum_needs_every_voter_address() {
+    let out = std::process::Command::new(common::FJORD)
+        .args([
+            "serve",
+            "--node-id",
+            "1",
+            "--controller-voters",
+            "1@127.0.0.1:1,2,3@127.0.0.1:3",
+        ])
+        .output()
+        .expect("run fjord");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ID@HOST:PORT"), "{stderr}");
+}
