@@ -286,6 +286,14 @@ impl ServeConfig {
                 "listening on an unspecified address: set advertise to the address peers and clients reach this node at".into(),
             ));
         }
+        if ![0, 1, 3, 5].contains(&self.controller_voters.len()) {
+            // An even quorum tolerates no more failures than the odd one
+            // below it, and needs more votes for each decision.
+            return Err(ConfigError::Invalid(format!(
+                "controller_voters: 1, 3 or 5 voters, not {}",
+                self.controller_voters.len()
+            )));
+        }
         if self.controller_voters.len() > 1 {
             // A quorum's voters reach each other before any metadata says
             // where they are: each needs its address.

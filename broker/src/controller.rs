@@ -58,6 +58,9 @@ const REPLAY_READ_BYTES: usize = 1 << 20;
 const APPLY_POLL: Duration = Duration::from_millis(100);
 /// Longest a proposed command waits to be applied once committed.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new quorum leader waits for nodes to follow it before it
+/// places replicas.
+const NEW_LEADER_GRACE: Duration = Duration::from_secs(2);
 /// The metadata log's name in log lines (KRaft's).
 const METADATA_LOG_NAME: &str = "__cluster_metadata";
 
@@ -225,6 +228,16 @@ impl Controller {
             replica: Some((replica, shard.replication().clone())),
         };
         let partition = Rc::new(Partition::open(setup).await?);
+        let log = partition.log();
+        if log.offset_next() > 0 && log.epochs().is_empty() {
+            // Written by a single controller: its entries carry no Raft
+            // terms, and the other voters never saw them.
+            let _ = partition.close().await;
+            return Err(CommandError::Storage(format!(
+                "{} holds the metadata of a single controller; a controller quorum starts on fresh data directories",
+                dir.join("metadata").display()
+            )));
+        }
         let hard = match shard.hard_state(METADATA_GROUP, None).await {
             Ok(hard) => hard,
             Err(e) => {
@@ -466,13 +479,15 @@ impl Controller {
     }
 
     /// A new leader's liveness view starts empty: nodes find it within a
-    /// few follow rounds. Until every registered node has, or a liveness
-    /// timeout has passed, placement waits (it would leave out live nodes).
+    /// few follow rounds (a round to a dead controller fails at once, then
+    /// a voter's listener names the new one). Until every registered node
+    /// has, or [`NEW_LEADER_GRACE`] has passed, placement waits: it would
+    /// leave out live nodes.
     async fn await_followers(&self, quorum: &Quorum) {
         let Some(since) = quorum.leading_since.get() else {
             return;
         };
-        while since.elapsed() < LIVENESS_TIMEOUT {
+        while since.elapsed() < NEW_LEADER_GRACE {
             let registered = self.state.borrow().nodes.len();
             let heard = self.heard.borrow();
             let now = Instant::now();

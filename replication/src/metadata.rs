@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 /// Most partitions one topic may have: a bound on what one command allocates.
 pub const PARTITIONS_MAX: u32 = 10_000;
 
-/// Version 2 added nodes and replicas; a version 1 snapshot is not read
-/// (the log it shortened is replayed instead).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FJMETA02";
+/// Version 2 added nodes and replicas, version 3 replica moves; an older
+/// snapshot is not read (the log it shortened is replayed instead).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FJMETA03";
 const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 8;
 
 /// One partition's placement.
@@ -34,6 +34,22 @@ pub struct PartitionMeta {
     /// where the partition is a plain log on `shard`. A replica's shard
     /// counts the node's partition-hosting shards from 0.
     pub replicas: Vec<Replica>,
+    /// While the replicas move: the set they move to, preferred leader
+    /// first (empty otherwise). The partition's leader takes the group
+    /// there one membership change at a time and reports when it is.
+    pub target: Vec<Replica>,
+}
+
+impl PartitionMeta {
+    /// Every replica the partition has now: the current ones, and during a
+    /// move those being added.
+    pub fn hosts(&self) -> impl Iterator<Item = &Replica> {
+        let added = self
+            .target
+            .iter()
+            .filter(|t| !self.replicas.iter().any(|r| r.node == t.node));
+        self.replicas.iter().chain(added)
+    }
 }
 
 /// A member of the cluster, as it registered.
@@ -127,7 +143,41 @@ pub enum Command {
     RegisterNode(Box<NodeInfo>),
     /// Create a topic whose partitions are replicated.
     CreateReplicatedTopic(Box<CreateReplicatedTopic>),
+    /// Start moving a partition's replicas to another set.
+    MovePartition(Box<MovePartition>),
+    /// A partition's group has reached its move's target.
+    PartitionMoved(Box<PartitionMoved>),
 }
+
+/// Where a partition's replicas go (Kafka's AlterPartitionReassignments).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MovePartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The replicas it moves to, preferred leader first. A node that holds
+    /// a replica already keeps its shard; [`SHARD_ANY`] lets the controller
+    /// pick one on a new node.
+    pub replicas: Vec<Replica>,
+}
+
+/// A move that is complete: the group's committed membership is the target.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionMoved {
+    /// The topic.
+    pub topic: String,
+    /// Its id: a move of a topic deleted meanwhile does not touch a new one.
+    pub topic_id: u64,
+    /// The partition.
+    pub partition: u32,
+    /// The target reached (a later move may have replaced it).
+    pub replicas: Vec<Replica>,
+}
+
+/// A shard not yet picked: the controller places the replica on the new
+/// node's least loaded shard.
+pub const SHARD_ANY: u16 = u16::MAX;
 
 /// Configs to change on a topic.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -256,7 +306,112 @@ impl ClusterMetadata {
                 Ok(())
             }
             Command::CreateReplicatedTopic(topic) => self.create_replicated_topic(topic),
+            Command::MovePartition(the) => self.move_partition(the),
+            Command::PartitionMoved(the) => self.partition_moved(the),
         }
+    }
+
+    /// Starts a move: checks the target and records it. A move to where
+    /// the replicas are is a no-op; a move while another is under way
+    /// replaces its target (the leader goes on from the membership it has).
+    fn move_partition(&mut self, the: &MovePartition) -> Result<(), MetadataError> {
+        let invalid = |why: String| {
+            Err(MetadataError::InvalidReplicas(format!(
+                "{}-{}: {why}",
+                the.topic, the.partition
+            )))
+        };
+        let mut nodes: Vec<u32> = the.replicas.iter().map(|r| r.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if the.replicas.is_empty() || nodes.len() != the.replicas.len() {
+            return invalid(format!("{:?} is not a set of distinct nodes", nodes));
+        }
+        if let Some(r) = the.replicas.iter().find(|r| !self.nodes.contains_key(&r.node)) {
+            return invalid(format!("node {} is not registered", r.node));
+        }
+        if let Some(r) = the.replicas.iter().find(|r| r.shard == SHARD_ANY) {
+            return invalid(format!("no shard picked on node {}", r.node));
+        }
+        let topic = self
+            .topics
+            .get_mut(&the.topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(the.topic.clone()))?;
+        let Some(meta) = topic.partitions.get_mut(the.partition as usize) else {
+            return invalid("no such partition".into());
+        };
+        if meta.replicas.is_empty() {
+            return invalid("the topic is not replicated".into());
+        }
+        if let Some(r) = the.replicas.iter().find(|t| {
+            meta.hosts()
+                .any(|h| h.node == t.node && h.shard != t.shard)
+        }) {
+            return invalid(format!("node {} keeps its replica's shard", r.node));
+        }
+        let same_nodes = {
+            let mut current: Vec<u32> = meta.replicas.iter().map(|r| r.node).collect();
+            current.sort_unstable();
+            current == nodes
+        };
+        if same_nodes {
+            // Only the order (the preferred leader) changes.
+            meta.replicas = the.replicas.clone();
+            meta.target.clear();
+        } else {
+            meta.target = the.replicas.clone();
+        }
+        Ok(())
+    }
+
+    /// Ends a move whose target the group reached.
+    fn partition_moved(&mut self, the: &PartitionMoved) -> Result<(), MetadataError> {
+        let topic = self
+            .topics
+            .get_mut(&the.topic)
+            .filter(|t| t.id == the.topic_id)
+            .ok_or_else(|| MetadataError::UnknownTopic(the.topic.clone()))?;
+        let meta = topic
+            .partitions
+            .get_mut(the.partition as usize)
+            .ok_or_else(|| MetadataError::UnknownTopic(the.topic.clone()))?;
+        if meta.target != the.replicas {
+            return Err(MetadataError::InvalidReplicas(format!(
+                "{}-{}: the move to {:?} was replaced",
+                the.topic, the.partition, the.replicas
+            )));
+        }
+        meta.replicas = std::mem::take(&mut meta.target);
+        Ok(())
+    }
+
+    /// Picks a shard for each replica of a move whose shard is
+    /// [`SHARD_ANY`]: the shard the node already hosts the partition on, or
+    /// its shard holding the fewest replicas. Only the controller calls it.
+    pub fn place_move(&self, mut the: MovePartition) -> MovePartition {
+        let hosts: Vec<Replica> = self
+            .topics
+            .get(&the.topic)
+            .and_then(|t| t.partitions.get(the.partition as usize))
+            .map(|m| m.hosts().copied().collect())
+            .unwrap_or_default();
+        let mut load = Load::default();
+        for topic in self.topics.values() {
+            for p in &topic.partitions {
+                load.add(&p.replicas);
+            }
+        }
+        for r in the.replicas.iter_mut().filter(|r| r.shard == SHARD_ANY) {
+            if let Some(h) = hosts.iter().find(|h| h.node == r.node) {
+                r.shard = h.shard;
+                continue;
+            }
+            let shards = self.nodes.get(&r.node).map_or(1, |n| n.data_shards.max(1));
+            r.shard = (0..shards)
+                .min_by_key(|&shard| load.replicas_on(r.node, shard))
+                .unwrap_or(0);
+        }
+        the
     }
 
     /// The node that runs the controller, as registered.
@@ -385,6 +540,7 @@ impl ClusterMetadata {
                 shard: ((id + p) % shards) as u16,
                 leader_epoch: 0,
                 replicas: Vec::new(),
+                target: Vec::new(),
             })
             .collect();
         self.topics.insert(
@@ -612,6 +768,73 @@ mod tests {
         ));
         assert_eq!(meta.topics, before);
         assert_eq!(ClusterMetadata::restore(&meta.snapshot()), Ok(meta.clone()));
+    }
+
+    #[test]
+    fn a_move_records_its_target_until_the_group_reaches_it() {
+        let mut meta = ClusterMetadata::new(2);
+        for id in 1..=4 {
+            meta.apply(u64::from(id), &node(id)).expect("register");
+        }
+        let Command::CreateTopic(request) = create("m", 1, &[]) else {
+            unreachable!()
+        };
+        let placed = meta.place_topic(&request, 3, Some(&[1, 2, 3])).expect("placed");
+        meta.apply(5, &placed).expect("create");
+        let before = meta.topics["m"].partitions[0].clone();
+        let mut target: Vec<Replica> = before.replicas[..2].to_vec();
+        target.push(Replica {
+            node: 4,
+            shard: SHARD_ANY,
+        });
+        let the = MovePartition {
+            topic: "m".into(),
+            partition: 0,
+            replicas: target,
+        };
+        // The controller picks the new node's shard; unpicked is refused.
+        let unpicked = Command::MovePartition(Box::new(the.clone()));
+        assert!(matches!(
+            meta.apply(6, &unpicked),
+            Err(MetadataError::InvalidReplicas(_))
+        ));
+        let the = meta.place_move(the);
+        assert!(the.replicas.iter().all(|r| r.shard != SHARD_ANY));
+        let command = Command::MovePartition(Box::new(the.clone()));
+        assert_eq!(Command::decode(&command.encode()), Ok(command.clone()));
+        meta.apply(7, &command).expect("move");
+        let moving = &meta.topics["m"].partitions[0];
+        assert_eq!(moving.replicas, before.replicas);
+        assert_eq!(moving.target, the.replicas);
+        let hosts: Vec<u32> = moving.hosts().map(|r| r.node).collect();
+        assert_eq!(hosts.len(), 4, "the old replicas and the new one: {hosts:?}");
+        assert_eq!(ClusterMetadata::restore(&meta.snapshot()), Ok(meta.clone()));
+        // A report for another target (or topic) is refused.
+        let id = meta.topics["m"].id;
+        let stale = Command::PartitionMoved(Box::new(PartitionMoved {
+            topic: "m".into(),
+            topic_id: id,
+            partition: 0,
+            replicas: before.replicas.clone(),
+        }));
+        assert!(meta.apply(8, &stale).is_err());
+        let done = Command::PartitionMoved(Box::new(PartitionMoved {
+            topic: "m".into(),
+            topic_id: id,
+            partition: 0,
+            replicas: the.replicas.clone(),
+        }));
+        meta.apply(9, &done).expect("moved");
+        let moved = &meta.topics["m"].partitions[0];
+        assert_eq!(moved.replicas, the.replicas);
+        assert!(moved.target.is_empty());
+        // Two replicas on one node, or an unknown node, are refused.
+        let mut twice = the.clone();
+        twice.replicas[1].node = twice.replicas[0].node;
+        assert!(meta.apply(10, &Command::MovePartition(Box::new(twice))).is_err());
+        let mut unknown = the;
+        unknown.replicas[0].node = 9;
+        assert!(meta.apply(11, &Command::MovePartition(Box::new(unknown))).is_err());
     }
 
     #[test]

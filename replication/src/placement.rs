@@ -80,6 +80,11 @@ impl Load {
         }
     }
 
+    /// Replicas counted on one shard of a node.
+    pub fn replicas_on(&self, node: u32, shard: u16) -> u32 {
+        Self::of(&self.replicas, &Replica { node, shard })
+    }
+
     fn of<K: Ord>(map: &BTreeMap<K, u32>, key: &K) -> u32 {
         map.get(key).copied().unwrap_or(0)
     }
