@@ -32,6 +32,9 @@ pub enum CliError {
     /// Reading stdin or writing stdout failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A move could not be planned or did not finish.
+    #[error("{0}")]
+    Drain(String),
     /// Some records were not acknowledged.
     #[error("{failed} of {sent} records were not acknowledged; first error: {first}")]
     NotAcknowledged {
@@ -113,6 +116,111 @@ pub fn cluster_status(client: &Client) -> Result<(), CliError> {
         println!("\nwithout a leader: {}", listed.join(", "));
     }
     Ok(())
+}
+
+/// Longest `--wait` waits for moves to finish.
+const MOVE_WAIT_MAX: Duration = Duration::from_secs(600);
+
+/// `partition move`: moves a partition's replicas to `replicas` (node ids,
+/// preferred leader first); with `wait`, until the move is done.
+pub fn partition_move(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    replicas: &[i32],
+    wait: bool,
+) -> Result<(), CliError> {
+    block_on(Admin::new(client.clone()).move_partition(topic, partition, replicas))?;
+    println!("moving {topic}-{partition} to replicas {replicas:?}");
+    if wait {
+        let mut want = replicas.to_vec();
+        want.sort_unstable();
+        wait_for_moves(client, |t, p, now| {
+            t != topic || p != partition || sorted(now) == want
+        })?;
+        println!("moved {topic}-{partition}");
+    }
+    Ok(())
+}
+
+/// `cluster drain`: moves every replica off `node` (each to the live node
+/// holding the fewest replicas among those without one of that partition),
+/// so that the node can be removed; with `wait`, until it holds none.
+pub fn cluster_drain(client: &Client, node: i32, wait: bool) -> Result<(), CliError> {
+    let admin = Admin::new(client.clone());
+    let status = block_on(admin.cluster_status())?;
+    let mut load = status.replicas.clone();
+    let candidates: Vec<i32> = status
+        .nodes
+        .iter()
+        .filter(|n| n.alive && n.id != node)
+        .map(|n| n.id)
+        .collect();
+    let metadata = block_on(client.metadata(None))?;
+    let mut moved = 0;
+    for topic in metadata.topics.into_iter().flatten() {
+        let name = topic.name.unwrap_or_default();
+        for p in topic.partitions.into_iter().flatten() {
+            let replicas = p.replicas.unwrap_or_default();
+            if !replicas.contains(&node) {
+                continue;
+            }
+            let Some(&to) = candidates
+                .iter()
+                .filter(|c| !replicas.contains(c))
+                .min_by_key(|c| load.get(c).copied().unwrap_or(0))
+            else {
+                return Err(CliError::Drain(format!(
+                    "{name}-{}: no live node without a replica of it to move to",
+                    p.partition
+                )));
+            };
+            *load.entry(to).or_default() += 1;
+            let target: Vec<i32> = replicas
+                .iter()
+                .map(|&r| if r == node { to } else { r })
+                .collect();
+            block_on(admin.move_partition(&name, p.partition, &target))?;
+            println!("moving {name}-{} to replicas {target:?}", p.partition);
+            moved += 1;
+        }
+    }
+    println!("{moved} partition(s) moving off node {node}");
+    if wait && moved > 0 {
+        wait_for_moves(client, |_, _, now| !now.contains(&node))?;
+        println!("node {node} holds no replica");
+    }
+    Ok(())
+}
+
+/// Waits until `done(topic, partition, replicas)` holds for every
+/// partition, as Metadata lists replicas (during a move, old and new).
+fn wait_for_moves(client: &Client, done: impl Fn(&str, i32, &[i32]) -> bool) -> Result<(), CliError> {
+    let started = std::time::Instant::now();
+    loop {
+        let metadata = block_on(client.metadata(None))?;
+        let all_done = metadata.topics.into_iter().flatten().all(|t| {
+            let name = t.name.unwrap_or_default();
+            t.partitions.into_iter().flatten().all(|p| {
+                done(&name, p.partition, &p.replicas.unwrap_or_default())
+            })
+        });
+        if all_done {
+            return Ok(());
+        }
+        if started.elapsed() > MOVE_WAIT_MAX {
+            return Err(CliError::Drain(format!(
+                "moves not done after {MOVE_WAIT_MAX:?} (`topic describe` shows where they are)"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn sorted(ids: &[i32]) -> Vec<i32> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
 }
 
 /// `key=value` arguments as pairs.

@@ -28,7 +28,7 @@
 
 use crate::mesh::NotServed;
 use crate::partition::{Partition, PartitionSetup};
-use crate::replica::Replica;
+use crate::replica::{Layout, Replica};
 use crate::shard::{Shard, topic_dir_name, topics_dir};
 use fjord_core::{BatchBuilder, FsyncPolicy, batch};
 use fjord_net::{ErrorCode, api};
@@ -209,12 +209,15 @@ impl Controller {
             .filter(|(id, _)| *id != me)
             .copied()
             .collect();
-        let replica = Replica::new(
-            METADATA_GROUP,
-            voters.iter().map(|(id, _)| *id).collect(),
-            peers,
-            Durability::Synced,
-        );
+        let ids: Vec<NodeId> = voters.iter().map(|(id, _)| *id).collect();
+        let layout = Layout {
+            members: ids.clone(),
+            target: Vec::new(),
+            topic: METADATA_LOG_NAME.into(),
+            topic_id: 0,
+            partition: 0,
+        };
+        let replica = Replica::new(METADATA_GROUP, ids, layout, peers, Durability::Synced);
         let setup = PartitionSetup {
             shard: 0,
             topic: METADATA_LOG_NAME.into(),
@@ -238,14 +241,14 @@ impl Controller {
                 dir.join("metadata").display()
             )));
         }
-        let hard = match shard.hard_state(METADATA_GROUP, None).await {
-            Ok(hard) => hard,
+        let (hard, configs) = match shard.replica_state(&partition, METADATA_GROUP).await {
+            Ok(state) => state,
             Err(e) => {
                 let _ = partition.close().await;
-                return Err(CommandError::Storage(e));
+                return Err(e.into());
             }
         };
-        shard.replication().add(partition.clone(), hard);
+        shard.replication().add(partition.clone(), hard, configs);
         let state = match read_snapshot(&snapshot_path).await? {
             Some(state) => state,
             None => ClusterMetadata::new(shard.data_shards()),
@@ -369,8 +372,13 @@ impl Controller {
     }
 
     /// The command to log for `proposal`: in a cluster a topic create is
-    /// placed over the live nodes first.
+    /// placed over the live nodes first, and a move's new replicas get
+    /// shards.
     fn resolve(&self, shard: &Shard, proposal: Proposal) -> Result<Command, CommandError> {
+        if let Command::MovePartition(the) = proposal.command {
+            let placed = self.state.borrow().place_move(*the);
+            return Ok(Command::MovePartition(Box::new(placed)));
+        }
         let Command::CreateTopic(create) = &proposal.command else {
             return Ok(proposal.command);
         };

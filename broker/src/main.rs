@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, global = true, default_value = DEFAULT_BOOTSTRAP)]
         bootstrap: String,
     },
+    /// Move a partition's replicas.
+    Partition {
+        #[command(subcommand)]
+        command: PartitionCommand,
+        /// Brokers' native addresses, HOST:PORT[,HOST:PORT...].
+        #[arg(long, global = true, default_value = DEFAULT_BOOTSTRAP)]
+        bootstrap: String,
+    },
     /// The cluster's nodes, controller and partition leaders.
     Cluster {
         #[command(subcommand)]
@@ -94,6 +102,32 @@ enum Command {
 enum ClusterCommand {
     /// Nodes (alive, address, shards, replicas, leaders) and the controller.
     Status,
+    /// Move every replica off a node, so that it can be removed.
+    Drain {
+        /// The node's id.
+        node: i32,
+        /// Wait until the node holds no replica.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PartitionCommand {
+    /// Move a partition's replicas to other nodes (one at a time, through
+    /// Raft membership changes; the partition serves throughout).
+    Move {
+        /// Topic.
+        topic: String,
+        /// Partition number.
+        partition: i32,
+        /// Node ids, preferred leader first: N,N,... .
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<i32>,
+        /// Wait until the move is done.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -323,11 +357,23 @@ fn main() -> ExitCode {
         Command::Topic { command, bootstrap } => {
             run_topic(command, &bootstrap).map_err(|e| e.to_string())
         }
-        Command::Cluster {
-            command: ClusterCommand::Status,
+        Command::Cluster { command, bootstrap } => cli::connect(&bootstrap)
+            .and_then(|client| match command {
+                ClusterCommand::Status => cli::cluster_status(&client),
+                ClusterCommand::Drain { node, wait } => cli::cluster_drain(&client, node, wait),
+            })
+            .map_err(|e| e.to_string()),
+        Command::Partition {
+            command:
+                PartitionCommand::Move {
+                    topic,
+                    partition,
+                    replicas,
+                    wait,
+                },
             bootstrap,
         } => cli::connect(&bootstrap)
-            .and_then(|client| cli::cluster_status(&client))
+            .and_then(|client| cli::partition_move(&client, &topic, partition, &replicas, wait))
             .map_err(|e| e.to_string()),
         Command::Produce {
             topic,

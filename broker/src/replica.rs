@@ -19,9 +19,13 @@
 //! the carrying out of its outputs is synchronous, and I/O runs in tasks
 //! that report back by starting a new round.
 
+mod membership;
+mod moves;
+
+pub use membership::{Configs, read_configs};
+
 use crate::partition::Partition;
 use crate::peer::Links;
-use fjord_core::BatchBuilder;
 use fjord_core::batch::{self, Batch};
 use fjord_net::{ErrorCode, api};
 use fjord_replication::control::LeaderReport;
@@ -51,9 +55,6 @@ const HEARTBEATS_PER_ELECTION: u32 = 4;
 const PROPOSED_BYTES_MAX: u64 = 64 << 20;
 /// Longest a produce waits for its acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Kafka's control record type for a new leader (KIP-595's LEADER_CHANGE):
-/// the batch a new leader appends so that earlier terms commit.
-const LEADER_CHANGE_TYPE: i16 = 2;
 
 /// A batch's bytes until its log takes them.
 pub enum Payload {
@@ -135,7 +136,13 @@ pub struct Replica {
     pub group: GroupId,
     /// The other replicas' shard addresses, by node.
     peers: RefCell<HashMap<NodeId, SocketAddr>>,
-    voters: Vec<NodeId>,
+    /// The group's voters before any membership entry in its log (the
+    /// replicas it was created with, or had when this replica opened).
+    base: Vec<NodeId>,
+    /// Where the replicas are, as the metadata says.
+    layout: RefCell<Layout>,
+    /// The membership entries of the log (see [`membership`]).
+    configs: RefCell<Configs>,
     durability: Durability,
     view: RefCell<View>,
     /// Dropped when the group stops: its worker then ends.
@@ -146,12 +153,30 @@ pub struct Replica {
     room: Semaphore,
 }
 
+/// A replicated partition's replicas as the metadata places them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Every node holding a replica: the current ones, preferred leader
+    /// first, then those a move adds. Only their messages are taken.
+    pub members: Vec<NodeId>,
+    /// A move's target, preferred leader first; empty when not moving.
+    pub target: Vec<fjord_replication::placement::Replica>,
+    /// The partition, for the report that a move is done.
+    pub topic: String,
+    /// The topic's id.
+    pub topic_id: u64,
+    /// The partition number.
+    pub partition: u32,
+}
+
 impl Replica {
-    /// A replica of `group` among `voters` (node ids), reaching the others
-    /// at `peers`.
+    /// A replica of `group` whose voters were `base` (node ids) before any
+    /// membership entry, placed as `layout` says, reaching the others at
+    /// `peers`.
     pub fn new(
         group: GroupId,
-        voters: Vec<NodeId>,
+        base: Vec<NodeId>,
+        layout: Layout,
         peers: HashMap<NodeId, SocketAddr>,
         durability: Durability,
     ) -> Replica {
@@ -159,7 +184,9 @@ impl Replica {
         Replica {
             group,
             peers: RefCell::new(peers),
-            voters,
+            base,
+            layout: RefCell::new(layout),
+            configs: RefCell::new(Vec::new()),
             durability,
             view: RefCell::new(View::default()),
             ops: RefCell::new(Some(ops)),
@@ -176,9 +203,19 @@ impl Replica {
         }
     }
 
-    /// Updates where the other replicas are reached (a node re-registered).
-    pub fn set_peers(&self, peers: HashMap<NodeId, SocketAddr>) {
+    /// Updates where the other replicas are and are reached (a node
+    /// re-registered, a move started or ended).
+    pub fn set_placement(&self, layout: Layout, peers: HashMap<NodeId, SocketAddr>) {
+        *self.layout.borrow_mut() = layout;
         *self.peers.borrow_mut() = peers;
+    }
+
+    fn is_member(&self, node: NodeId) -> bool {
+        self.layout.borrow().members.contains(&node)
+    }
+
+    fn preferred_leader(&self) -> Option<NodeId> {
+        self.layout.borrow().members.first().copied()
     }
 
     fn peer(&self, node: NodeId) -> Option<SocketAddr> {
@@ -321,6 +358,10 @@ pub struct Replication {
     /// Refused peer messages, for the rate-limited log line.
     refusals: crate::logging::Repeated,
     store: RefCell<Option<HardStateStore>>,
+    /// Moves this shard's leaders finished, for the shard to report.
+    moved: LocalSender<fjord_replication::metadata::PartitionMoved>,
+    /// When each finished move was last reported.
+    reported_moves: RefCell<HashMap<GroupId, std::time::Instant>>,
 }
 
 /// Records a group's hard state durably; resolves once synced.
@@ -333,6 +374,7 @@ impl Replication {
         settings: Settings,
         reports: LocalSender<LeaderReport>,
         failed: LocalSender<Rc<Partition>>,
+        moved: LocalSender<fjord_replication::metadata::PartitionMoved>,
     ) -> Replication {
         assert!(
             settings.election_ticks >= HEARTBEATS_PER_ELECTION,
@@ -348,6 +390,8 @@ impl Replication {
             seeds: std::collections::hash_map::RandomState::new(),
             refusals: crate::logging::Repeated::default(),
             store: RefCell::new(None),
+            moved,
+            reported_moves: RefCell::new(HashMap::new()),
         }
     }
 
@@ -358,7 +402,7 @@ impl Replication {
 
     /// Starts the group of a partition just opened, from its hard state and
     /// its log's shape, and starts its storage worker.
-    pub fn add(self: &Rc<Self>, partition: Rc<Partition>, hard: HardState) {
+    pub fn add(self: &Rc<Self>, partition: Rc<Partition>, hard: HardState, configs: Configs) {
         let replica = partition.replica().expect("a replicated partition");
         let log = partition.log();
         let start = log.offset_start();
@@ -377,8 +421,9 @@ impl Replication {
             },
             end: log.offset_next(),
             epochs,
-            configs: Vec::new(),
+            configs: configs.clone(),
         };
+        *replica.configs.borrow_mut() = configs;
         let mut config = Config::new(
             self.settings.node,
             replica.durability,
@@ -390,7 +435,7 @@ impl Replication {
             config,
             hard,
             state,
-            Membership::of_voters(&replica.voters),
+            Membership::of_voters(&replica.base),
             0,
         );
         let id = replica.group;
@@ -426,9 +471,8 @@ impl Replication {
         let leading = g.leader() == Some(me);
         let replicas: Vec<(NodeId, Option<Offset>)> = g
             .membership()
-            .voters
-            .iter()
-            .map(|&n| {
+            .replicas()
+            .map(|n| {
                 let end = if n == me {
                     Some(g.log_end())
                 } else {
@@ -488,6 +532,9 @@ impl Replication {
             if every > 0 && ticks.is_multiple_of(every) {
                 self.rebalance();
             }
+            if ticks.is_multiple_of(moves::STEP_TICKS) {
+                self.step_moves();
+            }
         }
     }
 
@@ -503,7 +550,7 @@ impl Replication {
                 .borrow()
                 .iter()
                 .filter_map(|(&id, p)| {
-                    let preferred = *p.replica()?.voters.first()?;
+                    let preferred = p.replica()?.preferred_leader()?;
                     let g = mux.get(id)?;
                     let caught_up = g
                         .followers()
@@ -551,7 +598,7 @@ impl Replication {
                 partitions
                     .get(group)
                     .and_then(|p| p.replica())
-                    .is_some_and(|r| r.voters.contains(&from))
+                    .is_some_and(|r| r.is_member(from))
             };
             let sane_term = |term: Term| term <= i32::MAX as Term;
             batch
@@ -711,7 +758,8 @@ impl Replication {
             .iter()
             .filter_map(|(&id, p)| {
                 let replica = p.replica()?;
-                replica.is_leader().then(|| (id, replica.voters.clone()))
+                let voters = self.mux.borrow().get(id)?.membership().voters.clone();
+                replica.is_leader().then_some((id, voters))
             })
             .collect();
         if groups.is_empty() {
@@ -879,11 +927,7 @@ impl Replication {
                         end: batch.last_offset() as u64 + 1,
                         term: batch.partition_leader_epoch().max(0) as Term,
                         bytes: batch.len() as u32,
-                        kind: if batch.is_control() {
-                            EntryKind::LeaderMark
-                        } else {
-                            EntryKind::Data
-                        },
+                        kind: membership::entry_kind(&batch),
                     });
                     payload.extend_from_slice(batch.as_bytes());
                 }
@@ -926,7 +970,17 @@ impl Replication {
                     entry,
                     payload,
                     generation,
-                } => {
+                } => 'append: {
+                    // Listed before it is in the log: a restart keeps what
+                    // is below the log's end.
+                    if let EntryKind::Config(m) = &entry.kind {
+                        let mut configs = replica.configs.borrow().clone();
+                        configs.push((entry.offset, m.clone()));
+                        if let Err(e) = membership::write_configs(partition.dir(), &configs).await {
+                            break 'append Err(e);
+                        }
+                        *replica.configs.borrow_mut() = configs;
+                    }
                     let appended = log
                         .append_at(&payload, entry.offset, Some(entry.term as i32))
                         .await;
@@ -955,7 +1009,18 @@ impl Replication {
                         .detach();
                     })
                 }
-                StorageOp::Truncate { end } => log.truncate(end).await,
+                StorageOp::Truncate { end } => 'truncate: {
+                    let mut configs = replica.configs.borrow().clone();
+                    let before = configs.len();
+                    configs.retain(|&(offset, _)| offset < end);
+                    if configs.len() != before {
+                        if let Err(e) = membership::write_configs(partition.dir(), &configs).await {
+                            break 'truncate Err(e);
+                        }
+                        *replica.configs.borrow_mut() = configs;
+                    }
+                    log.truncate(end).await
+                }
                 // Under `fsync=always` every append is synced before it is
                 // reported written: nothing is left to sync.
                 StorageOp::Sync { end, generation } if synced_with_write => {
@@ -1029,8 +1094,9 @@ fn route<T>(
 }
 
 /// The bytes of an entry the core asks to append: a follower's come in the
-/// peer's frame; a leader's are the producer's batch, or the leader-change
-/// batch it writes on taking over (in whatever round it won the vote).
+/// peer's frame; a leader's are the producer's batch, the leader-change
+/// batch it writes on taking over (in whatever round it won the vote), or a
+/// membership entry of a move.
 fn payload_of(group: GroupId, entry: &Entry, source: &mut Source<'_>) -> Option<Payload> {
     if let Source::Frame(frame, positions) = source
         && let Some(range) = positions.get(&(group, entry.offset))
@@ -1039,17 +1105,8 @@ fn payload_of(group: GroupId, entry: &Entry, source: &mut Source<'_>) -> Option<
     }
     match (source, &entry.kind) {
         (Source::Proposal(payload), EntryKind::Data) => payload.take(),
-        (_, EntryKind::LeaderMark) => Some(Payload::Owned(leader_change_batch())),
+        (_, EntryKind::LeaderMark) => Some(Payload::Owned(membership::leader_change_batch())),
+        (_, EntryKind::Config(m)) => Some(Payload::Owned(membership::membership_batch(m))),
         _ => None,
     }
-}
-
-/// The control batch a new leader appends (Kafka clients skip it).
-fn leader_change_batch() -> Vec<u8> {
-    let mut key = Vec::with_capacity(4);
-    key.extend_from_slice(&0i16.to_be_bytes());
-    key.extend_from_slice(&LEADER_CHANGE_TYPE.to_be_bytes());
-    let mut builder = BatchBuilder::new().control(true);
-    builder.push(fjord_storage::log::now_ms(), Some(&key), Some(&[]), &[]);
-    builder.build()
 }

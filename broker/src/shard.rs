@@ -9,10 +9,10 @@ use crate::hardstate::HardStates;
 use crate::logging::Repeated;
 use crate::mesh::{Fetched, NotServed, PartitionOp, ShardMsg};
 use crate::partition::{Partition, PartitionSetup};
-use crate::replica::{Replica, Replication};
+use crate::replica::{Layout, Replica, Replication};
 use fjord_net::ErrorCode;
 use fjord_replication::control::{LeaderReport, METADATA_GROUP, Proposal, group_id};
-use fjord_replication::metadata::{ClusterMetadata, TopicMeta};
+use fjord_replication::metadata::{ClusterMetadata, Command, PartitionMoved, TopicMeta};
 use fjord_replication::raft::mux::GroupId;
 use fjord_replication::raft::{Durability, HardState, NodeId};
 use fjord_storage::space::SpaceWatch;
@@ -83,7 +83,11 @@ pub struct Shard {
 }
 
 /// Leader changes and failed replicas, as replication reports them.
-type ReplicationOutlets = (LocalReceiver<LeaderReport>, LocalReceiver<Rc<Partition>>);
+type ReplicationOutlets = (
+    LocalReceiver<LeaderReport>,
+    LocalReceiver<Rc<Partition>>,
+    LocalReceiver<PartitionMoved>,
+);
 
 impl Shard {
     /// A shard with empty metadata; `ready` fires when the first arrives.
@@ -110,6 +114,7 @@ impl Shard {
         let tick = Duration::from_millis(config.raft_tick_ms);
         let (reports, reported) = local_channel::new_unbounded();
         let (failed, failures) = local_channel::new_unbounded();
+        let (moved, moves) = local_channel::new_unbounded();
         let replication = Rc::new(Replication::new(
             crate::replica::Settings {
                 node: config.node_id.unwrap_or(0),
@@ -122,6 +127,7 @@ impl Shard {
             },
             reports,
             failed,
+            moved,
         ));
         Shard {
             id,
@@ -150,7 +156,7 @@ impl Shard {
             replication,
             leaders: RefCell::new(HashMap::new()),
             live: RefCell::new(Vec::new()),
-            replication_outlets: RefCell::new(Some((reported, failures))),
+            replication_outlets: RefCell::new(Some((reported, failures, moves))),
             hard_states: RefCell::new(None),
         }
     }
@@ -159,7 +165,7 @@ impl Shard {
     /// clock (in a cluster), sharing leader changes with the node's shards,
     /// and reopening replicas whose storage failed.
     pub fn start_replication(self: &Rc<Self>) {
-        let Some((reported, failures)) = self.replication_outlets.borrow_mut().take() else {
+        let Some((reported, failures, moves)) = self.replication_outlets.borrow_mut().take() else {
             return;
         };
         let shard = Rc::downgrade(self);
@@ -176,6 +182,23 @@ impl Shard {
         }
         glommio::spawn_local(self.clone().share_leaders(reported)).detach();
         glommio::spawn_local(self.clone().reopen_failed(failures)).detach();
+        glommio::spawn_local(self.clone().report_moves(moves)).detach();
+    }
+
+    /// Tells the controller of moves this shard's leaders finished, for as
+    /// long as the shard runs. A report the controller refuses (the move
+    /// was replaced) or misses is sent again while the move stands.
+    async fn report_moves(self: Rc<Self>, moves: LocalReceiver<PartitionMoved>) {
+        while let Some(moved) = moves.recv().await {
+            let what = format!("{}-{}", moved.topic, moved.partition);
+            let proposal = Proposal::of(Command::PartitionMoved(Box::new(moved)));
+            match self.command(proposal).await {
+                Ok(_) => tracing::info!(shard = self.id, partition = %what, "partition move done"),
+                Err(e) => {
+                    tracing::warn!(shard = self.id, partition = %what, error = %e, "partition move: cannot report it done yet")
+                }
+            }
+        }
     }
 
     /// Takes this shard's leader changes to every shard of the node (and, on
@@ -327,8 +350,7 @@ impl Shard {
             return Some(self.owner(meta.shard));
         }
         let me = self.node_id();
-        meta.replicas
-            .iter()
+        meta.hosts()
             .find(|r| r.node == me)
             .map(|r| self.owner(r.shard))
     }
@@ -554,7 +576,10 @@ impl Shard {
         for ((name, p), topic) in wanted {
             if let Some(partition) = self.partition(&name, p) {
                 if let Some(replica) = partition.replica() {
-                    replica.set_peers(self.peers_of(&metadata, topic, p));
+                    replica.set_placement(
+                        layout_of(&name, topic, p),
+                        self.peers_of(&metadata, topic, p),
+                    );
                 }
                 partition.apply_retention(&topic.config()).await;
                 continue;
@@ -569,22 +594,22 @@ impl Shard {
                 cache: self.cache.clone(),
                 space: self.space.clone(),
                 staging: self.staging.clone(),
-                replica: self.replica_for(&metadata, topic, p),
+                replica: self.replica_for(&metadata, &name, topic, p),
             };
             let opened = match Partition::open(setup).await {
                 Ok(partition) => {
                     let partition = Rc::new(partition);
                     match partition.replica().map(|r| r.group) {
-                        Some(group) => match self.hard_state(group, None).await {
-                            Ok(hard) => {
-                                self.replication.add(partition.clone(), hard);
+                        Some(group) => match self.replica_state(&partition, group).await {
+                            Ok((hard, configs)) => {
+                                self.replication.add(partition.clone(), hard, configs);
                                 Ok(partition)
                             }
                             Err(e) => {
                                 // Its log is open: closed, or each retry
                                 // would open it once more.
                                 let _ = partition.close().await;
-                                Err(StorageError::Failed(e))
+                                Err(e)
                             }
                         },
                         None => Ok(partition),
@@ -646,8 +671,7 @@ impl Shard {
         let Some(meta) = topic.partitions.get(p as usize) else {
             return HashMap::new();
         };
-        meta.replicas
-            .iter()
+        meta.hosts()
             .filter(|r| r.node != me)
             .filter_map(|r| {
                 let node = metadata.nodes.get(&r.node)?;
@@ -664,6 +688,7 @@ impl Shard {
     fn replica_for(
         &self,
         metadata: &ClusterMetadata,
+        name: &str,
         topic: &TopicMeta,
         p: i32,
     ) -> Option<(Replica, Rc<Replication>)> {
@@ -678,10 +703,27 @@ impl Shard {
         let replica = Replica::new(
             group_id(topic.id, p as u32),
             meta.replicas.iter().map(|r| r.node).collect(),
+            layout_of(name, topic, p),
             self.peers_of(metadata, topic, p),
             durability,
         );
         Some((replica, self.replication.clone()))
+    }
+
+    /// What a replica's group restarts from besides its log: the term and
+    /// vote, and the membership entries its log holds.
+    pub async fn replica_state(
+        &self,
+        partition: &Partition,
+        group: GroupId,
+    ) -> Result<(HardState, crate::replica::Configs), StorageError> {
+        let hard = self
+            .hard_state(group, None)
+            .await
+            .map_err(StorageError::Failed)?;
+        let end = partition.log().offset_next();
+        let configs = crate::replica::read_configs(partition.dir(), end).await?;
+        Ok((hard, configs))
     }
 
     /// The directories of the partitions the metadata gives this shard.
@@ -932,4 +974,16 @@ pub fn topics_dir(data: &std::path::Path) -> PathBuf {
 /// A topic's directory name.
 pub fn topic_dir_name(topic: &str, topic_id: u64) -> String {
     format!("{topic}.{topic_id}")
+}
+
+/// Where a replicated partition's replicas are, as a replica needs it.
+fn layout_of(name: &str, topic: &TopicMeta, p: i32) -> Layout {
+    let meta = topic.partitions.get(p as usize);
+    Layout {
+        members: meta.map_or_else(Vec::new, |m| m.hosts().map(|r| r.node).collect()),
+        target: meta.map_or_else(Vec::new, |m| m.target.clone()),
+        topic: name.to_owned(),
+        topic_id: topic.id,
+        partition: p as u32,
+    }
 }

@@ -179,6 +179,35 @@ impl Admin {
         topic_result(response.results, name)
     }
 
+    /// Moves a partition's replicas to `replicas` (node ids, preferred
+    /// leader first; Kafka's AlterPartitionReassignments). Returns once the
+    /// move is recorded; the partition's leader carries it out, one replica
+    /// at a time — `describe_topic` shows the replicas until it is done.
+    pub async fn move_partition(&self, topic: &str, partition: i32, replicas: &[i32]) -> Result<()> {
+        let body = wire::RequestT::MovePartitionsRequest(Box::new(wire::MovePartitionsRequestT {
+            moves: Some(vec![wire::PartitionMoveT {
+                topic: Some(topic.to_owned()),
+                partition,
+                replicas: Some(replicas.to_vec()),
+            }]),
+        }));
+        let wire::ResponseT::MovePartitionsResponse(response) = self.ask(body).await? else {
+            return Err(unexpected());
+        };
+        let result = response
+            .results
+            .into_iter()
+            .flatten()
+            .find(|r| r.topic.as_deref() == Some(topic) && r.partition == partition)
+            .ok_or_else(|| ClientError::Protocol(format!("no result for {topic}-{partition}")))?;
+        check(result.error_code, || {
+            result
+                .error_message
+                .clone()
+                .unwrap_or_else(|| format!("{topic}-{partition}"))
+        })
+    }
+
     /// A topic's configs and its partitions' offsets and sizes.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
         let body = wire::RequestT::DescribeTopicsRequest(Box::new(wire::DescribeTopicsRequestT {

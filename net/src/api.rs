@@ -18,6 +18,7 @@ pub const VERSIONS: &[(wire::Request, u16, u16)] = &[
     (wire::Request::FetchRequest, 0, 0),
     (wire::Request::ListOffsetsRequest, 0, 0),
     (wire::Request::AlterConfigsRequest, 0, 0),
+    (wire::Request::MovePartitionsRequest, 0, 0),
 ];
 
 /// Whether `version` of `api` is spoken; `None` when the API is unknown.

@@ -1,5 +1,5 @@
 //! Metadata and topic administration: Metadata, CreateTopics, DeleteTopics,
-//! DescribeTopics.
+//! DescribeTopics, AlterConfigs, MovePartitions.
 
 use super::{Reply, code};
 use crate::controller::CommandError;
@@ -8,7 +8,10 @@ use crate::shard::Shard;
 use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
 use fjord_replication::control::Proposal;
-use fjord_replication::metadata::{AlterTopicConfig, Command, CreateTopic, MetadataError};
+use fjord_replication::metadata::{
+    AlterTopicConfig, Command, CreateTopic, MetadataError, MovePartition, SHARD_ANY,
+};
+use fjord_replication::placement::Replica;
 
 /// The node's id on a node of its own.
 pub const NODE_ID: i32 = 0;
@@ -101,11 +104,12 @@ fn partition_info(
             replicas: None,
         };
     }
-    let replicas = Some(meta.replicas.iter().map(|r| r.node as i32).collect());
+    // During a move, the replicas being added too (as Kafka lists them).
+    let replicas = Some(meta.hosts().map(|r| r.node as i32).collect());
     let group = fjord_replication::control::group_id(topic_id, p as u32);
     let known = shard.leader_of(group).and_then(|report| {
         let leader = report.leader?;
-        let replica = meta.replicas.iter().find(|r| r.node == leader)?;
+        let replica = meta.hosts().find(|r| r.node == leader)?;
         let node = metadata.nodes.get(&leader)?;
         let index = node.first_data_shard + replica.shard % node.data_shards.max(1);
         Some((leader, index, report.term))
@@ -219,6 +223,63 @@ pub(super) async fn alter_configs(
     Reply::body(
         correlation_id,
         wire::ResponseT::AlterConfigsResponse(Box::new(body)),
+    )
+}
+
+/// Starts replica moves; each answered once recorded by the controller.
+pub(super) async fn move_partitions(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::MovePartitionsRequestT,
+) -> Reply {
+    let mut results = Vec::new();
+    for the in request.moves.unwrap_or_default() {
+        let topic = the.topic.unwrap_or_default();
+        let replicas: Option<Vec<Replica>> = the
+            .replicas
+            .unwrap_or_default()
+            .into_iter()
+            .map(|node| {
+                let node = u32::try_from(node).ok()?;
+                Some(Replica {
+                    node,
+                    shard: SHARD_ANY,
+                })
+            })
+            .collect();
+        let outcome = match (replicas, u32::try_from(the.partition)) {
+            (Some(replicas), Ok(partition)) => {
+                let command = Command::MovePartition(Box::new(MovePartition {
+                    topic: topic.clone(),
+                    partition,
+                    replicas,
+                }));
+                shard.command(Proposal::of(command)).await.map(|_| ())
+            }
+            _ => Err(CommandError::Refused(MetadataError::InvalidReplicas(
+                "negative partition or node id".into(),
+            ))),
+        };
+        let (error_code, error_message) = match outcome {
+            Ok(()) => (0, None),
+            Err(e) => (
+                command_error_code(&e).code(),
+                Some(e.to_string()),
+            ),
+        };
+        results.push(wire::PartitionMoveResultT {
+            topic: Some(topic),
+            partition: the.partition,
+            error_code,
+            error_message,
+        });
+    }
+    let body = wire::MovePartitionsResponseT {
+        results: Some(results),
+    };
+    Reply::body(
+        correlation_id,
+        wire::ResponseT::MovePartitionsResponse(Box::new(body)),
     )
 }
 

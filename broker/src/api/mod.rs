@@ -116,6 +116,9 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
         R::AlterConfigsRequest(request) => {
             admin::alter_configs(&shard, correlation_id, *request).await
         }
+        R::MovePartitionsRequest(request) => {
+            admin::move_partitions(&shard, correlation_id, *request).await
+        }
         R::DescribeTopicsRequest(request) => {
             admin::describe_topics(&shard, correlation_id, *request).await
         }

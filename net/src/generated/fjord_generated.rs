@@ -29,10 +29,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 9;
+pub const ENUM_MAX_REQUEST: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 10] = [
+pub const ENUM_VALUES_REQUEST: [Request; 11] = [
   Request::NONE,
   Request::ApiVersionsRequest,
   Request::MetadataRequest,
@@ -43,6 +43,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 10] = [
   Request::FetchRequest,
   Request::ListOffsetsRequest,
   Request::AlterConfigsRequest,
+  Request::MovePartitionsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -60,9 +61,10 @@ impl Request {
   pub const FetchRequest: Self = Self(7);
   pub const ListOffsetsRequest: Self = Self(8);
   pub const AlterConfigsRequest: Self = Self(9);
+  pub const MovePartitionsRequest: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsRequest,
@@ -74,6 +76,7 @@ impl Request {
     Self::FetchRequest,
     Self::ListOffsetsRequest,
     Self::AlterConfigsRequest,
+    Self::MovePartitionsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -88,6 +91,7 @@ impl Request {
       Self::FetchRequest => Some("FetchRequest"),
       Self::ListOffsetsRequest => Some("ListOffsetsRequest"),
       Self::AlterConfigsRequest => Some("AlterConfigsRequest"),
+      Self::MovePartitionsRequest => Some("MovePartitionsRequest"),
       _ => None,
     }
   }
@@ -158,6 +162,7 @@ pub enum RequestT {
   FetchRequest(Box<FetchRequestT>),
   ListOffsetsRequest(Box<ListOffsetsRequestT>),
   AlterConfigsRequest(Box<AlterConfigsRequestT>),
+  MovePartitionsRequest(Box<MovePartitionsRequestT>),
 }
 impl Default for RequestT {
   fn default() -> Self {
@@ -177,6 +182,7 @@ impl RequestT {
       Self::FetchRequest(_) => Request::FetchRequest,
       Self::ListOffsetsRequest(_) => Request::ListOffsetsRequest,
       Self::AlterConfigsRequest(_) => Request::AlterConfigsRequest,
+      Self::MovePartitionsRequest(_) => Request::MovePartitionsRequest,
     }
   }
   pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
@@ -191,6 +197,7 @@ impl RequestT {
       Self::FetchRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::ListOffsetsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::AlterConfigsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MovePartitionsRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned ApiVersionsRequestT, setting the union to NONE.
@@ -382,14 +389,35 @@ impl RequestT {
   pub fn as_alter_configs_request_mut(&mut self) -> Option<&mut AlterConfigsRequestT> {
     if let Self::AlterConfigsRequest(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned MovePartitionsRequestT, setting the union to NONE.
+  pub fn take_move_partitions_request(&mut self) -> Option<Box<MovePartitionsRequestT>> {
+    if let Self::MovePartitionsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::MovePartitionsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MovePartitionsRequestT.
+  pub fn as_move_partitions_request(&self) -> Option<&MovePartitionsRequestT> {
+    if let Self::MovePartitionsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MovePartitionsRequestT.
+  pub fn as_move_partitions_request_mut(&mut self) -> Option<&mut MovePartitionsRequestT> {
+    if let Self::MovePartitionsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE: u8 = 9;
+pub const ENUM_MAX_RESPONSE: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE: [Response; 10] = [
+pub const ENUM_VALUES_RESPONSE: [Response; 11] = [
   Response::NONE,
   Response::ApiVersionsResponse,
   Response::MetadataResponse,
@@ -400,6 +428,7 @@ pub const ENUM_VALUES_RESPONSE: [Response; 10] = [
   Response::FetchResponse,
   Response::ListOffsetsResponse,
   Response::AlterConfigsResponse,
+  Response::MovePartitionsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -417,9 +446,10 @@ impl Response {
   pub const FetchResponse: Self = Self(7);
   pub const ListOffsetsResponse: Self = Self(8);
   pub const AlterConfigsResponse: Self = Self(9);
+  pub const MovePartitionsResponse: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsResponse,
@@ -431,6 +461,7 @@ impl Response {
     Self::FetchResponse,
     Self::ListOffsetsResponse,
     Self::AlterConfigsResponse,
+    Self::MovePartitionsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -445,6 +476,7 @@ impl Response {
       Self::FetchResponse => Some("FetchResponse"),
       Self::ListOffsetsResponse => Some("ListOffsetsResponse"),
       Self::AlterConfigsResponse => Some("AlterConfigsResponse"),
+      Self::MovePartitionsResponse => Some("MovePartitionsResponse"),
       _ => None,
     }
   }
@@ -515,6 +547,7 @@ pub enum ResponseT {
   FetchResponse(Box<FetchResponseT>),
   ListOffsetsResponse(Box<ListOffsetsResponseT>),
   AlterConfigsResponse(Box<AlterConfigsResponseT>),
+  MovePartitionsResponse(Box<MovePartitionsResponseT>),
 }
 impl Default for ResponseT {
   fn default() -> Self {
@@ -534,6 +567,7 @@ impl ResponseT {
       Self::FetchResponse(_) => Response::FetchResponse,
       Self::ListOffsetsResponse(_) => Response::ListOffsetsResponse,
       Self::AlterConfigsResponse(_) => Response::AlterConfigsResponse,
+      Self::MovePartitionsResponse(_) => Response::MovePartitionsResponse,
     }
   }
   pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
@@ -548,6 +582,7 @@ impl ResponseT {
       Self::FetchResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::ListOffsetsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::AlterConfigsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MovePartitionsResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned ApiVersionsResponseT, setting the union to NONE.
@@ -738,6 +773,27 @@ impl ResponseT {
   /// If the union variant matches, return a mutable reference to the AlterConfigsResponseT.
   pub fn as_alter_configs_response_mut(&mut self) -> Option<&mut AlterConfigsResponseT> {
     if let Self::AlterConfigsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned MovePartitionsResponseT, setting the union to NONE.
+  pub fn take_move_partitions_response(&mut self) -> Option<Box<MovePartitionsResponseT>> {
+    if let Self::MovePartitionsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::MovePartitionsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MovePartitionsResponseT.
+  pub fn as_move_partitions_response(&self) -> Option<&MovePartitionsResponseT> {
+    if let Self::MovePartitionsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MovePartitionsResponseT.
+  pub fn as_move_partitions_response_mut(&mut self) -> Option<&mut MovePartitionsResponseT> {
+    if let Self::MovePartitionsResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }
 /// A byte range of the frame's payload section.
@@ -7540,6 +7596,648 @@ impl AlterConfigsResponseT {
     })
   }
 }
+pub enum PartitionMoveOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Where one partition's replicas move (Kafka's AlterPartitionReassignments):
+/// node ids, preferred leader first. Answered once the move is recorded; the
+/// partition's leader then carries it out (`DescribeTopics` shows it).
+pub struct PartitionMove<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PartitionMove<'a> {
+  type Inner = PartitionMove<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PartitionMove<'a> {
+  pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 6;
+  pub const VT_REPLICAS: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PartitionMove { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PartitionMoveArgs<'args>
+  ) -> flatbuffers::WIPOffset<PartitionMove<'bldr>> {
+    let mut builder = PartitionMoveBuilder::new(_fbb);
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    builder.add_partition(args.partition);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> PartitionMoveT {
+    let topic = self.topic().map(|x| {
+      x.to_string()
+    });
+    let partition = self.partition();
+    let replicas = self.replicas().map(|x| {
+      x.into_iter().collect()
+    });
+    PartitionMoveT {
+      topic,
+      partition,
+      replicas,
+    }
+  }
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(PartitionMove::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionMove::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn replicas(&self) -> Option<flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, i32>>>(PartitionMove::VT_REPLICAS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for PartitionMove<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, i32>>>("replicas", Self::VT_REPLICAS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionMoveArgs<'a> {
+    pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partition: i32,
+    pub replicas: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, i32>>>,
+}
+impl<'a> Default for PartitionMoveArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionMoveArgs {
+      topic: None,
+      partition: 0,
+      replicas: None,
+    }
+  }
+}
+
+pub struct PartitionMoveBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PartitionMoveBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionMove::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(PartitionMove::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: flatbuffers::WIPOffset<flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionMove::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PartitionMoveBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PartitionMoveBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PartitionMove<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PartitionMove<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionMove");
+      ds.field("topic", &self.topic());
+      ds.field("partition", &self.partition());
+      ds.field("replicas", &self.replicas());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionMoveT {
+  pub topic: Option<String>,
+  pub partition: i32,
+  pub replicas: Option<Vec<i32>>,
+}
+impl Default for PartitionMoveT {
+  fn default() -> Self {
+    Self {
+      topic: None,
+      partition: 0,
+      replicas: None,
+    }
+  }
+}
+impl PartitionMoveT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<PartitionMove<'b>> {
+    let topic = self.topic.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partition = self.partition;
+    let replicas = self.replicas.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    PartitionMove::create(_fbb, &PartitionMoveArgs{
+      topic,
+      partition,
+      replicas,
+    })
+  }
+}
+pub enum MovePartitionsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MovePartitionsRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for MovePartitionsRequest<'a> {
+  type Inner = MovePartitionsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> MovePartitionsRequest<'a> {
+  pub const VT_MOVES: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    MovePartitionsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args MovePartitionsRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<MovePartitionsRequest<'bldr>> {
+    let mut builder = MovePartitionsRequestBuilder::new(_fbb);
+    if let Some(x) = args.moves { builder.add_moves(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> MovePartitionsRequestT {
+    let moves = self.moves().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    MovePartitionsRequestT {
+      moves,
+    }
+  }
+
+  #[inline]
+  pub fn moves(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PartitionMove<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PartitionMove>>>>(MovePartitionsRequest::VT_MOVES, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for MovePartitionsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PartitionMove>>>>("moves", Self::VT_MOVES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MovePartitionsRequestArgs<'a> {
+    pub moves: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PartitionMove<'a>>>>>,
+}
+impl<'a> Default for MovePartitionsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MovePartitionsRequestArgs {
+      moves: None,
+    }
+  }
+}
+
+pub struct MovePartitionsRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> MovePartitionsRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_moves(&mut self, moves: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PartitionMove<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(MovePartitionsRequest::VT_MOVES, moves);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> MovePartitionsRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    MovePartitionsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<MovePartitionsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for MovePartitionsRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("MovePartitionsRequest");
+      ds.field("moves", &self.moves());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovePartitionsRequestT {
+  pub moves: Option<Vec<PartitionMoveT>>,
+}
+impl Default for MovePartitionsRequestT {
+  fn default() -> Self {
+    Self {
+      moves: None,
+    }
+  }
+}
+impl MovePartitionsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<MovePartitionsRequest<'b>> {
+    let moves = self.moves.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    MovePartitionsRequest::create(_fbb, &MovePartitionsRequestArgs{
+      moves,
+    })
+  }
+}
+pub enum PartitionMoveResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PartitionMoveResult<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PartitionMoveResult<'a> {
+  type Inner = PartitionMoveResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PartitionMoveResult<'a> {
+  pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 6;
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 8;
+  pub const VT_ERROR_MESSAGE: flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PartitionMoveResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PartitionMoveResultArgs<'args>
+  ) -> flatbuffers::WIPOffset<PartitionMoveResult<'bldr>> {
+    let mut builder = PartitionMoveResultBuilder::new(_fbb);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_partition(args.partition);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> PartitionMoveResultT {
+    let topic = self.topic().map(|x| {
+      x.to_string()
+    });
+    let partition = self.partition();
+    let error_code = self.error_code();
+    let error_message = self.error_message().map(|x| {
+      x.to_string()
+    });
+    PartitionMoveResultT {
+      topic,
+      partition,
+      error_code,
+      error_message,
+    }
+  }
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(PartitionMoveResult::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionMoveResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(PartitionMoveResult::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(PartitionMoveResult::VT_ERROR_MESSAGE, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for PartitionMoveResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionMoveResultArgs<'a> {
+    pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partition: i32,
+    pub error_code: i16,
+    pub error_message: Option<flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PartitionMoveResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionMoveResultArgs {
+      topic: None,
+      partition: 0,
+      error_code: 0,
+      error_message: None,
+    }
+  }
+}
+
+pub struct PartitionMoveResultBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PartitionMoveResultBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionMoveResult::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(PartitionMoveResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(PartitionMoveResult::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionMoveResult::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PartitionMoveResultBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PartitionMoveResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PartitionMoveResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PartitionMoveResult<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionMoveResult");
+      ds.field("topic", &self.topic());
+      ds.field("partition", &self.partition());
+      ds.field("error_code", &self.error_code());
+      ds.field("error_message", &self.error_message());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionMoveResultT {
+  pub topic: Option<String>,
+  pub partition: i32,
+  pub error_code: i16,
+  pub error_message: Option<String>,
+}
+impl Default for PartitionMoveResultT {
+  fn default() -> Self {
+    Self {
+      topic: None,
+      partition: 0,
+      error_code: 0,
+      error_message: None,
+    }
+  }
+}
+impl PartitionMoveResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<PartitionMoveResult<'b>> {
+    let topic = self.topic.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partition = self.partition;
+    let error_code = self.error_code;
+    let error_message = self.error_message.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    PartitionMoveResult::create(_fbb, &PartitionMoveResultArgs{
+      topic,
+      partition,
+      error_code,
+      error_message,
+    })
+  }
+}
+pub enum MovePartitionsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MovePartitionsResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for MovePartitionsResponse<'a> {
+  type Inner = MovePartitionsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> MovePartitionsResponse<'a> {
+  pub const VT_RESULTS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    MovePartitionsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args MovePartitionsResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<MovePartitionsResponse<'bldr>> {
+    let mut builder = MovePartitionsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> MovePartitionsResponseT {
+    let results = self.results().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    MovePartitionsResponseT {
+      results,
+    }
+  }
+
+  #[inline]
+  pub fn results(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PartitionMoveResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PartitionMoveResult>>>>(MovePartitionsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for MovePartitionsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PartitionMoveResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MovePartitionsResponseArgs<'a> {
+    pub results: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PartitionMoveResult<'a>>>>>,
+}
+impl<'a> Default for MovePartitionsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MovePartitionsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct MovePartitionsResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> MovePartitionsResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_results(&mut self, results: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PartitionMoveResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(MovePartitionsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> MovePartitionsResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    MovePartitionsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<MovePartitionsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for MovePartitionsResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("MovePartitionsResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovePartitionsResponseT {
+  pub results: Option<Vec<PartitionMoveResultT>>,
+}
+impl Default for MovePartitionsResponseT {
+  fn default() -> Self {
+    Self {
+      results: None,
+    }
+  }
+}
+impl MovePartitionsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<MovePartitionsResponse<'b>> {
+    let results = self.results.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    MovePartitionsResponse::create(_fbb, &MovePartitionsResponseArgs{
+      results,
+    })
+  }
+}
 pub enum RequestHeaderOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7632,6 +8330,11 @@ impl<'a> RequestHeader<'a> {
       Request::AlterConfigsRequest => RequestT::AlterConfigsRequest(Box::new(
         self.body_as_alter_configs_request()
             .expect("Invalid union table, expected `Request::AlterConfigsRequest`.")
+            .unpack()
+      )),
+      Request::MovePartitionsRequest => RequestT::MovePartitionsRequest(Box::new(
+        self.body_as_move_partitions_request()
+            .expect("Invalid union table, expected `Request::MovePartitionsRequest`.")
             .unpack()
       )),
       _ => RequestT::NONE,
@@ -7814,6 +8517,21 @@ impl<'a> RequestHeader<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_move_partitions_request(&self) -> Option<MovePartitionsRequest<'a>> {
+    if self.body_type() == Request::MovePartitionsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MovePartitionsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for RequestHeader<'_> {
@@ -7837,6 +8555,7 @@ impl flatbuffers::Verifiable for RequestHeader<'_> {
           Request::FetchRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<FetchRequest>>("Request::FetchRequest", pos),
           Request::ListOffsetsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListOffsetsRequest>>("Request::ListOffsetsRequest", pos),
           Request::AlterConfigsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<AlterConfigsRequest>>("Request::AlterConfigsRequest", pos),
+          Request::MovePartitionsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<MovePartitionsRequest>>("Request::MovePartitionsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -7970,6 +8689,13 @@ impl core::fmt::Debug for RequestHeader<'_> {
         },
         Request::AlterConfigsRequest => {
           if let Some(x) = self.body_as_alter_configs_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::MovePartitionsRequest => {
+          if let Some(x) = self.body_as_move_partitions_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -8109,6 +8835,11 @@ impl<'a> ResponseHeader<'a> {
       Response::AlterConfigsResponse => ResponseT::AlterConfigsResponse(Box::new(
         self.body_as_alter_configs_response()
             .expect("Invalid union table, expected `Response::AlterConfigsResponse`.")
+            .unpack()
+      )),
+      Response::MovePartitionsResponse => ResponseT::MovePartitionsResponse(Box::new(
+        self.body_as_move_partitions_response()
+            .expect("Invalid union table, expected `Response::MovePartitionsResponse`.")
             .unpack()
       )),
       _ => ResponseT::NONE,
@@ -8283,6 +9014,21 @@ impl<'a> ResponseHeader<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_move_partitions_response(&self) -> Option<MovePartitionsResponse<'a>> {
+    if self.body_type() == Response::MovePartitionsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MovePartitionsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for ResponseHeader<'_> {
@@ -8305,6 +9051,7 @@ impl flatbuffers::Verifiable for ResponseHeader<'_> {
           Response::FetchResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<FetchResponse>>("Response::FetchResponse", pos),
           Response::ListOffsetsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListOffsetsResponse>>("Response::ListOffsetsResponse", pos),
           Response::AlterConfigsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<AlterConfigsResponse>>("Response::AlterConfigsResponse", pos),
+          Response::MovePartitionsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<MovePartitionsResponse>>("Response::MovePartitionsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -8431,6 +9178,13 @@ impl core::fmt::Debug for ResponseHeader<'_> {
         },
         Response::AlterConfigsResponse => {
           if let Some(x) = self.body_as_alter_configs_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::MovePartitionsResponse => {
+          if let Some(x) = self.body_as_move_partitions_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -475,6 +475,14 @@ impl Group {
         Ok(self.append_as_leader(u64::from(records), bytes, EntryKind::Data, out))
     }
 
+    /// Whether a membership entry is in the log but not yet committed: no
+    /// other change may start until it is.
+    pub fn pending_membership(&self) -> bool {
+        self.log
+            .last_config()
+            .is_some_and(|&(offset, _)| offset >= self.commit)
+    }
+
     /// Starts a membership change as leader: one replica at a time, once
     /// the leader has committed in its term and no other change is pending.
     pub fn change_membership(
@@ -484,11 +492,7 @@ impl Group {
     ) -> Result<Entry, ProposeError> {
         self.check_can_propose()?;
         let committed_in_term = self.log.term_at_end(self.commit) == Some(self.hard.term);
-        let pending = self
-            .log
-            .last_config()
-            .is_some_and(|&(o, _)| o >= self.commit);
-        if !committed_in_term || pending {
+        if !committed_in_term || self.pending_membership() {
             return Err(ProposeError::ChangePending);
         }
         let next = self.membership.apply(change)?;
