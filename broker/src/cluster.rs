@@ -32,6 +32,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest one attempt to reach the controller with a command waits.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest time between two follow rounds cut short to report leaders.
+const REPORT_PAUSE: Duration = Duration::from_millis(100);
 /// How often shard 0 tells the other shards which nodes are live.
 const LIVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -235,6 +237,7 @@ pub async fn follow(shard: Rc<Shard>) {
     // come back on other ports, which only it can tell.
     let mut ask_seed = false;
     let failures = crate::logging::Repeated::default();
+    let mut last_cut = Instant::now();
     loop {
         if shard.controller().is_some_and(|c| c.is_active()) {
             // A quorum's leader: the controller is this node.
@@ -268,7 +271,29 @@ pub async fn follow(shard: Rc<Shard>) {
                 .filter(|r| r.leader == Some(me))
                 .collect(),
         });
-        match caller.call(addr, &request, FOLLOW_WAIT * 4).await {
+        // A round parks at the controller; a leader change here ends it at
+        // once, so the controller (and every client) learns a new leader
+        // now rather than at the round's end. At most every REPORT_PAUSE:
+        // a node electing thousands of leaders reports them in batches.
+        let changed = if last_cut.elapsed() >= REPORT_PAUSE {
+            futures::future::Either::Left(shard.leaders_changed())
+        } else {
+            futures::future::Either::Right(futures::future::pending())
+        };
+        let answer = {
+            let call = std::pin::pin!(caller.call(addr, &request, FOLLOW_WAIT * 4));
+            match futures::future::select(call, changed).await {
+                futures::future::Either::Left((answer, _)) => Some(answer),
+                futures::future::Either::Right(_) => None,
+            }
+        };
+        let Some(answer) = answer else {
+            caller.reset();
+            last_cut = Instant::now();
+            target = Some(addr);
+            continue;
+        };
+        match answer {
             Ok(ControlResponse::Followed(followed)) => {
                 target = Some(addr);
                 ask_seed = false;

@@ -72,7 +72,7 @@ pub struct ServeConfig {
     /// has no seeds, else whichever node the seeds name.
     pub controller_voters: Vec<Voter>,
     /// A partition's followers start an election after this long without
-    /// hearing from the leader (each waits a random 1–2× of it).
+    /// hearing from the leader (each waits a random 1–1.5× of it).
     pub election_timeout_ms: u64,
     /// The Raft clock (heartbeats go 4 times per election timeout).
     pub raft_tick_ms: u64,

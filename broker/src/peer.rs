@@ -238,6 +238,11 @@ impl Caller {
         Caller { from, conn: None }
     }
 
+    /// Drops the connection: a call given up midway left it out of step.
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
     /// Sends `request` to `addr` and waits up to `timeout` for the answer.
     /// The connection is kept for the next call to the same address.
     pub async fn call(

@@ -430,6 +430,10 @@ impl Replication {
             self.seeds.hash_one(replica.group),
         );
         config.election_ticks = self.settings.election_ticks;
+        // Failover within 1.5 election timeouts (Raft's default spread
+        // allows 2): a killed leader's partitions serve again within 2 s
+        // with the default 1 s timeout, new leaders' news included.
+        config.election_jitter_ticks = Some((self.settings.election_ticks / 2).max(1));
         config.heartbeat_ticks = self.settings.election_ticks / HEARTBEATS_PER_ELECTION;
         let group = Group::new(
             config,

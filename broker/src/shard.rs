@@ -74,6 +74,8 @@ pub struct Shard {
     replication: Rc<Replication>,
     /// Who leads each replicated partition, as last heard (newest term).
     leaders: RefCell<HashMap<GroupId, LeaderReport>>,
+    /// Woken when the leaders table changes (the follow loop reports it).
+    leader_watchers: RefCell<Vec<oneshot::Sender<()>>>,
     /// Nodes the controller heard from lately.
     live: RefCell<Vec<NodeId>>,
     /// The node's replicas' hard states (shard 0 of a cluster node).
@@ -155,6 +157,7 @@ impl Shard {
             data_shards,
             replication,
             leaders: RefCell::new(HashMap::new()),
+            leader_watchers: RefCell::new(Vec::new()),
             live: RefCell::new(Vec::new()),
             replication_outlets: RefCell::new(Some((reported, failures, moves))),
             hard_states: RefCell::new(None),
@@ -308,6 +311,15 @@ impl Shard {
         self.leaders.borrow().get(&group).copied()
     }
 
+    /// Resolves at the next change of the leaders table.
+    pub fn leaders_changed(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut watchers = self.leader_watchers.borrow_mut();
+        watchers.retain(|w| !w.is_canceled());
+        watchers.push(tx);
+        rx
+    }
+
     /// Every leader this shard knows of.
     pub fn leaders(&self) -> Vec<LeaderReport> {
         self.leaders.borrow().values().copied().collect()
@@ -325,6 +337,11 @@ impl Shard {
             if newer {
                 leaders.insert(report.group, *report);
                 changed = true;
+            }
+        }
+        if changed {
+            for watcher in self.leader_watchers.borrow_mut().drain(..) {
+                let _ = watcher.send(());
             }
         }
         changed

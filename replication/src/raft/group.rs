@@ -42,8 +42,12 @@ pub struct Config {
     /// This replica.
     pub id: NodeId,
     /// The shortest election timeout, in ticks; each timeout is drawn from
-    /// `[election_ticks, 2 * election_ticks)`.
+    /// `[election_ticks, election_ticks + jitter)`.
     pub election_ticks: u32,
+    /// The spread of election timeouts, in ticks; `None`: `election_ticks`
+    /// (Raft's `[T, 2T)`). A narrower spread bounds failover sooner; wide
+    /// enough that two followers rarely time out together.
+    pub election_jitter_ticks: Option<u32>,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: u32,
     /// When a copy counts toward the quorum.
@@ -65,6 +69,7 @@ impl Config {
         Config {
             id,
             election_ticks: 10,
+            election_jitter_ticks: None,
             heartbeat_ticks: 2,
             durability,
             max_inflight_bytes: 4 << 20,
@@ -577,8 +582,13 @@ impl Group {
         self.rng ^= self.rng >> 27;
         let draw = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
         let base = u64::from(self.cfg.election_ticks);
+        let jitter = self
+            .cfg
+            .election_jitter_ticks
+            .map_or(base, u64::from)
+            .max(1);
         self.heard_at = self.now;
-        self.timeout = base + draw % base;
+        self.timeout = base + draw % jitter;
     }
 
     fn log_is_current(&self, r: &VoteRequest) -> bool {
