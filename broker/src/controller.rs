@@ -454,7 +454,7 @@ impl Controller {
         if !self.is_active() {
             return Err(not_controller());
         }
-        self.await_followers(quorum).await;
+        self.await_followers(shard, quorum).await;
         let command = self.resolve(shard, proposal)?;
         let mut check = self.state.borrow().clone();
         check.apply(check.applied_index + 1, &command)?;
@@ -489,25 +489,40 @@ impl Controller {
     /// A new leader's liveness view starts empty: nodes find it within a
     /// few follow rounds (a round to a dead controller fails at once, then
     /// a voter's listener names the new one). Until every registered node
-    /// has, or [`NEW_LEADER_GRACE`] has passed, placement waits: it would
-    /// leave out live nodes.
-    async fn await_followers(&self, quorum: &Quorum) {
+    /// has — but voters the quorum does not hear from, which are down — or
+    /// [`NEW_LEADER_GRACE`] has passed, placement waits: it would leave out
+    /// live nodes.
+    async fn await_followers(&self, shard: &Shard, quorum: &Quorum) {
         let Some(since) = quorum.leading_since.get() else {
             return;
         };
+        let voters = quorum
+            .partition
+            .replica()
+            .map(|r| r.voters())
+            .unwrap_or_default();
         while since.elapsed() < NEW_LEADER_GRACE {
-            let registered = self.state.borrow().nodes.len();
-            let heard = self.heard.borrow();
+            // Voters the quorum does not hear from are not coming.
+            let answering = shard.replication().answering(METADATA_GROUP);
             let now = Instant::now();
-            let fresh = heard
-                .values()
-                .filter(|at| now.duration_since(**at) < LIVENESS_TIMEOUT)
+            let heard = self.heard.borrow();
+            let missing = self
+                .state
+                .borrow()
+                .nodes
+                .keys()
+                .filter(|&&id| id != shard.node_id())
+                .filter(|id| !voters.contains(id) || answering.contains(id))
+                .filter(|id| {
+                    heard
+                        .get(id)
+                        .is_none_or(|at| now.duration_since(*at) >= LIVENESS_TIMEOUT)
+                })
                 .count();
-            // This node is registered but not among those heard.
-            if fresh + 1 >= registered {
+            drop(heard);
+            if missing == 0 {
                 return;
             }
-            drop(heard);
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }
     }

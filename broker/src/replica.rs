@@ -210,6 +210,11 @@ impl Replica {
         *self.peers.borrow_mut() = peers;
     }
 
+    /// The group's voters before any membership entry.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.base.clone()
+    }
+
     fn is_member(&self, node: NodeId) -> bool {
         self.layout.borrow().members.contains(&node)
     }
@@ -464,6 +469,16 @@ impl Replication {
             .iter()
             .map(|&(_, matched, _)| matched)
             .fold(g.commit(), Offset::min)
+    }
+
+    /// The voters of a group this shard leads that answered within an
+    /// election timeout (the leader included); empty when it does not lead.
+    pub fn answering(&self, group: GroupId) -> Vec<NodeId> {
+        let mux = self.mux.borrow();
+        mux.get(group)
+            .filter(|g| g.leader() == Some(self.settings.node))
+            .map(|g| g.in_sync(u64::from(self.settings.election_ticks)))
+            .unwrap_or_default()
     }
 
     /// A group's state, for describe.
