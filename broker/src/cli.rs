@@ -195,15 +195,19 @@ pub fn cluster_drain(client: &Client, node: i32, wait: bool) -> Result<(), CliEr
 
 /// Waits until `done(topic, partition, replicas)` holds for every
 /// partition, as Metadata lists replicas (during a move, old and new).
-fn wait_for_moves(client: &Client, done: impl Fn(&str, i32, &[i32]) -> bool) -> Result<(), CliError> {
+fn wait_for_moves(
+    client: &Client,
+    done: impl Fn(&str, i32, &[i32]) -> bool,
+) -> Result<(), CliError> {
     let started = std::time::Instant::now();
     loop {
         let metadata = block_on(client.metadata(None))?;
         let all_done = metadata.topics.into_iter().flatten().all(|t| {
             let name = t.name.unwrap_or_default();
-            t.partitions.into_iter().flatten().all(|p| {
-                done(&name, p.partition, &p.replicas.unwrap_or_default())
-            })
+            t.partitions
+                .into_iter()
+                .flatten()
+                .all(|p| done(&name, p.partition, &p.replicas.unwrap_or_default()))
         });
         if all_done {
             return Ok(());

@@ -213,7 +213,9 @@ fn controller_hint(shard: &Shard) -> Option<(String, u16)> {
 /// The active controller's node, by its registered shard 0, or a quorum
 /// voter's listener when it has not registered yet; never this node.
 fn controller_hint_on_0(shard: &Shard) -> Option<(String, u16)> {
-    let id = shard.controller_node().filter(|&id| id != shard.node_id())?;
+    let id = shard
+        .controller_node()
+        .filter(|&id| id != shard.node_id())?;
     if let Some(node) = shard.metadata().nodes.get(&id) {
         return Some((node.host.clone(), *node.shard_ports.first()?));
     }

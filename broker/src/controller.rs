@@ -33,8 +33,8 @@ use crate::shard::{Shard, topic_dir_name, topics_dir};
 use fjord_core::{BatchBuilder, FsyncPolicy, batch};
 use fjord_net::{ErrorCode, api};
 use fjord_replication::control::{METADATA_GROUP, Proposal};
-use fjord_replication::raft::{Durability, NodeId};
 use fjord_replication::metadata::{ClusterMetadata, Command, MetadataError};
+use fjord_replication::raft::{Durability, NodeId};
 use fjord_storage::space::{Reserve, SpaceWatch};
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
 use futures::AsyncWriteExt;
@@ -204,11 +204,7 @@ impl Controller {
         let dir = data.join("cluster");
         let snapshot_path = dir.join("snapshot");
         let me = shard.node_id();
-        let peers = voters
-            .iter()
-            .filter(|(id, _)| *id != me)
-            .copied()
-            .collect();
+        let peers = voters.iter().filter(|(id, _)| *id != me).copied().collect();
         let ids: Vec<NodeId> = voters.iter().map(|(id, _)| *id).collect();
         let layout = Layout {
             members: ids.clone(),
@@ -469,7 +465,11 @@ impl Controller {
             Some(&command.encode()),
             &[],
         );
-        if let Err(code) = quorum.partition.produce(&builder.build(), api::ACKS_ALL).await {
+        if let Err(code) = quorum
+            .partition
+            .produce(&builder.build(), api::ACKS_ALL)
+            .await
+        {
             quorum.waiting.borrow_mut().remove(&id);
             return Err(match code {
                 ErrorCode::NotLeaderOrFollower => not_controller(),
@@ -564,7 +564,10 @@ impl Controller {
             (true, None) => {
                 quorum.leading_since.set(Some(Instant::now()));
                 self.heard.borrow_mut().clear();
-                tracing::info!(shard = 0, "controller quorum: this node is the active controller");
+                tracing::info!(
+                    shard = 0,
+                    "controller quorum: this node is the active controller"
+                );
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     if let Err(e) = crate::cluster::register_self(&shard).await {
@@ -576,7 +579,10 @@ impl Controller {
             }
             (false, Some(_)) => {
                 quorum.leading_since.set(None);
-                tracing::info!(shard = 0, "controller quorum: no longer the active controller");
+                tracing::info!(
+                    shard = 0,
+                    "controller quorum: no longer the active controller"
+                );
                 // Follow rounds parked here go and find the new leader.
                 self.notify();
             }
@@ -614,7 +620,9 @@ impl Controller {
                     let outcome = state.apply(record.offset as u64 + 1, &command);
                     match &outcome {
                         Ok(()) => deleted |= matches!(command, Command::DeleteTopic(_)),
-                        Err(e) => tracing::info!(shard = 0, offset = record.offset, error = %e, "controller quorum: a committed command is refused by the state it meets"),
+                        Err(e) => {
+                            tracing::info!(shard = 0, offset = record.offset, error = %e, "controller quorum: a committed command is refused by the state it meets")
+                        }
                     }
                     let id = record
                         .key

@@ -157,7 +157,35 @@ impl Partition {
             Some((replica, replication)) => replication.retention_floor(replica.group),
             None => u64::MAX,
         };
-        self.log().enforce_retention_below(now_ms, keep_from).await
+        let log = self.log();
+        let deleted = log.enforce_retention_below(now_ms, keep_from).await?;
+        if deleted > 0
+            && let Some((replica, replication)) = &self.setup.replica
+        {
+            replication.log_start_advanced(replica.group, log.offset_start());
+        }
+        Ok(deleted)
+    }
+
+    /// Drops the whole log and starts it again, empty, at `start`: a
+    /// replica whose leader's log starts past this one's end.
+    pub async fn reset_log(&self, start: u64) -> Result<(), StorageError> {
+        let _turn = self
+            .reopen_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let old = self.log();
+        let (bytes, age) = old.retention();
+        // Whatever it held is dropped: a failed close changes nothing.
+        let _ = old.close().await;
+        let s = &self.setup;
+        fjord_storage::recovery::reset(&s.dir, start).await?;
+        let log =
+            Log::open_staged(&s.dir, s.config.clone(), s.cache.clone(), s.staging.clone()).await?;
+        log.set_retention(bytes, age);
+        *self.log.borrow_mut() = Rc::new(log);
+        Ok(())
     }
 
     /// The log's directory.

@@ -95,6 +95,10 @@ enum StorageOp {
         state: HardState,
         version: u64,
     },
+    Reset {
+        start: Offset,
+        membership: Membership,
+    },
 }
 
 /// Where the payloads of a round's appends come from.
@@ -440,13 +444,7 @@ impl Replication {
         // with the default 1 s timeout, new leaders' news included.
         config.election_jitter_ticks = Some((self.settings.election_ticks / 2).max(1));
         config.heartbeat_ticks = self.settings.election_ticks / HEARTBEATS_PER_ELECTION;
-        let group = Group::new(
-            config,
-            hard,
-            state,
-            Membership::of_voters(&replica.base),
-            0,
-        );
+        let group = Group::new(config, hard, state, Membership::of_voters(&replica.base), 0);
         let id = replica.group;
         let worker = replica
             .worker
@@ -479,6 +477,12 @@ impl Replication {
             .filter(|g| g.leader() == Some(self.settings.node))
             .map(|g| g.in_sync(u64::from(self.settings.election_ticks)))
             .unwrap_or_default()
+    }
+
+    /// A group's log lost its first entries (retention): followers that
+    /// need them start their logs again at the new start.
+    pub fn log_start_advanced(self: &Rc<Self>, group: GroupId, start: Offset) {
+        self.round(group, Source::None, |g, _| g.log_start_advanced(start));
     }
 
     /// A group's state, for describe.
@@ -893,6 +897,9 @@ impl Replication {
                 return;
             }
             Output::Truncate { end, .. } => StorageOp::Truncate { end },
+            Output::Reset {
+                start, membership, ..
+            } => StorageOp::Reset { start, membership },
             Output::Sync { end, generation } => StorageOp::Sync { end, generation },
             Output::PersistHardState { state, version } => StorageOp::Persist { state, version },
             Output::Event(event) => {
@@ -1053,6 +1060,23 @@ impl Replication {
                         g.log_synced(end, generation, out)
                     });
                 }),
+                // The leader's log starts past this one's end: start again
+                // there, with the membership in effect there listed.
+                StorageOp::Reset { start, membership } => 'reset: {
+                    tracing::info!(
+                        shard = self.settings.shard,
+                        group,
+                        start,
+                        "replica behind its leader's log start: log starts again there"
+                    );
+                    if let Err(e) = partition.reset_log(start).await {
+                        break 'reset Err(e);
+                    }
+                    let configs = vec![(start.saturating_sub(1), membership)];
+                    let written = membership::write_configs(partition.dir(), &configs).await;
+                    *replica.configs.borrow_mut() = configs;
+                    written
+                }
                 StorageOp::Persist { state, version } => {
                     let store = self.store.borrow().clone();
                     let persisted = match store {

@@ -66,8 +66,8 @@ fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Result<T, Strin
 
 /// The active controller's node id, as `addr` answers Metadata.
 fn controller_seen_by(addr: SocketAddr) -> Result<i32, String> {
-    let status = block_on(Admin::new(client_of(vec![addr])).cluster_status())
-        .map_err(|e| e.to_string())?;
+    let status =
+        block_on(Admin::new(client_of(vec![addr])).cluster_status()).map_err(|e| e.to_string())?;
     match status.controller {
         id if id > 0 => Ok(id),
         _ => Err(format!("{addr} knows no controller")),
@@ -161,12 +161,16 @@ fn topic_commands_survive_the_active_controller_killed() {
     // The old controller returns as a follower voter and catches up.
     nodes[dead].restart();
     let back = nodes[dead].addr;
-    until("the returned voter has caught up", Duration::from_secs(30), || {
-        let names = topics_seen_by(back);
-        (names == ["after", "before"])
-            .then_some(())
-            .ok_or(format!("{back} lists {names:?}"))
-    });
+    until(
+        "the returned voter has caught up",
+        Duration::from_secs(30),
+        || {
+            let names = topics_seen_by(back);
+            (names == ["after", "before"])
+                .then_some(())
+                .ok_or(format!("{back} lists {names:?}"))
+        },
+    );
     until(
         "the returned voter logged `after`",
         Duration::from_secs(10),
@@ -179,12 +183,16 @@ fn topic_commands_survive_the_active_controller_killed() {
     // A command sent to it is forwarded to the active controller.
     block_on(Admin::new(client_of(vec![back])).delete_topic("before")).expect("delete");
     for &addr in &all {
-        until("every node forgot `before`", Duration::from_secs(10), || {
-            let names = topics_seen_by(addr);
-            (names == ["after"])
-                .then_some(())
-                .ok_or(format!("{addr} lists {names:?}"))
-        });
+        until(
+            "every node forgot `before`",
+            Duration::from_secs(10),
+            || {
+                let names = topics_seen_by(addr);
+                (names == ["after"])
+                    .then_some(())
+                    .ok_or(format!("{addr} lists {names:?}"))
+            },
+        );
     }
 }
 

@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 const TOPIC: &str = "moving";
 
 /// Node 1 runs the controller; 2, 3 and 4 join through it.
-fn start(nodes: u32) -> Vec<Broker> {
-    let first = Broker::start_with(1, &["--node-id", "1"]);
+fn start(nodes: u32, extra: &[&str]) -> Vec<Broker> {
+    let first = Broker::start_with(1, &[&["--node-id", "1"][..], extra].concat());
     let seed = first.addr.to_string();
     let mut all = vec![first];
     for id in 2..=nodes {
         let id = id.to_string();
-        all.push(Broker::start_with(1, &["--node-id", &id, "--seeds", &seed]));
+        let args = [&["--node-id", &id, "--seeds", &seed][..], extra].concat();
+        all.push(Broker::start_with(1, &args));
     }
     all
 }
@@ -80,7 +81,8 @@ fn assert_replicas_caught_up_and_identical(client: &Client, nodes: &[Broker], pa
                 .iter()
                 .map(|&id| {
                     let node = &nodes[(id - 1) as usize];
-                    let dir = node.partition_dirs(TOPIC)
+                    let dir = node
+                        .partition_dirs(TOPIC)
                         .into_iter()
                         .find(|d| d.ends_with(p.partition.to_string()))
                         .unwrap_or_else(|| panic!("node {id} holds {TOPIC}-{}", p.partition));
@@ -151,7 +153,12 @@ fn assert_all_read_back(client: &Client, acked: &[(i32, i64, String)]) {
     let mut got = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while got.len() < acked.len() {
-        assert!(Instant::now() < deadline, "read {} of {}", got.len(), acked.len());
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {}",
+            got.len(),
+            acked.len()
+        );
         for r in block_on(consumer.poll(Duration::from_millis(500))).expect("poll") {
             let value = String::from_utf8(r.value.unwrap_or_default()).expect("utf-8");
             got.insert((r.partition, r.offset, value));
@@ -164,7 +171,7 @@ fn assert_all_read_back(client: &Client, acked: &[(i32, i64, String)]) {
 
 #[test]
 fn replicas_move_under_load_and_a_node_drains() {
-    let nodes = start(4);
+    let nodes = start(4, &[]);
     let client = client_of(&nodes);
     block_on(Admin::new(client.clone()).create_replicated_topic(TOPIC, 2, Some(3), &[]))
         .expect("create");
@@ -175,7 +182,9 @@ fn replicas_move_under_load_and_a_node_drains() {
     });
     // Partition 0 moves off its leader onto the node that has no replica:
     // the leader hands over, then is removed.
-    let newcomer = (1..=4).find(|n| !before.replicas.contains(n)).expect("a 4th node");
+    let newcomer = (1..=4)
+        .find(|n| !before.replicas.contains(n))
+        .expect("a 4th node");
     let mut target: Vec<i32> = before
         .replicas
         .iter()
@@ -198,7 +207,15 @@ fn replicas_move_under_load_and_a_node_drains() {
     let addr: SocketAddr = nodes[1].addr;
     let out = common::cli(
         addr,
-        &["partition", "move", TOPIC, "0", "--replicas", &replicas, "--wait"],
+        &[
+            "partition",
+            "move",
+            TOPIC,
+            "0",
+            "--replicas",
+            &replicas,
+            "--wait",
+        ],
         "",
     );
     assert!(
@@ -245,4 +262,73 @@ fn replicas_move_under_load_and_a_node_drains() {
     }
     assert_all_read_back(&client, &acked);
     assert_replicas_caught_up_and_identical(&client, &nodes, 2);
+}
+
+#[test]
+fn a_replica_added_after_retention_starts_at_the_leaders_log_start() {
+    let nodes = start(4, &["--retention-check-interval-ms", "100"]);
+    let client = client_of(&nodes);
+    let configs = [
+        ("segment.bytes".to_owned(), "4096".to_owned()),
+        ("retention.bytes".to_owned(), "8192".to_owned()),
+    ];
+    let admin = Admin::new(client.clone());
+    block_on(admin.create_replicated_topic(TOPIC, 1, Some(3), &configs)).expect("create");
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config).expect("producer");
+    for i in 0..200u32 {
+        // About 1 KiB a batch: 4 KiB segments roll often and go.
+        let value = [(i % 251) as u8; 1000];
+        block_on(producer.send(TOPIC, Some(0), None, Some(&value), &[])).expect("produce");
+    }
+    let before = describe_until(&client, "retention moved the log start", |ps| {
+        ps.first().filter(|p| p.log_start_offset > 100).cloned()
+    });
+    let newcomer = (1..=4)
+        .find(|n| !before.replicas.contains(n))
+        .expect("a 4th node");
+    let mut target = before.replicas.clone();
+    let leaving = target.pop().expect("three replicas");
+    target.push(newcomer);
+    block_on(admin.move_partition(TOPIC, 0, &target)).expect("move");
+    let moved = describe_until(&client, "the move done, the newcomer caught up", |ps| {
+        ps.first()
+            .filter(|p| {
+                set(&p.replicas) == set(&target)
+                    && p.in_sync.len() == 3
+                    && p.replica_log_ends.iter().all(|&e| e == p.log_end_offset)
+            })
+            .cloned()
+    });
+    assert!(moved.log_end_offset >= 200);
+    assert_copy_deleted(&nodes[(leaving - 1) as usize], leaving, 0);
+    // The newcomer's log starts where the leader's did, not at 0.
+    let dir = nodes[(newcomer - 1) as usize]
+        .partition_dirs(TOPIC)
+        .pop()
+        .expect("the newcomer holds the partition");
+    let first_segment = std::fs::read_dir(&dir)
+        .expect("partition dir")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")
+                .and_then(|b| b.parse::<u64>().ok())
+        })
+        .min()
+        .expect("a segment");
+    assert!(
+        first_segment >= before.log_start_offset as u64,
+        "the newcomer's log starts at {first_segment}, the leader's at {}",
+        before.log_start_offset
+    );
+    // Its copy serves: it leads after the others hand over to it.
+    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+    block_on(consumer.assign(TOPIC, None, Seek::Earliest)).expect("assign");
+    let polled = block_on(consumer.poll(Duration::from_secs(2))).expect("poll");
+    assert!(!polled.is_empty(), "records from the log start");
+    assert!(polled[0].offset >= moved.log_start_offset);
 }

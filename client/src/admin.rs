@@ -183,7 +183,12 @@ impl Admin {
     /// leader first; Kafka's AlterPartitionReassignments). Returns once the
     /// move is recorded; the partition's leader carries it out, one replica
     /// at a time — `describe_topic` shows the replicas until it is done.
-    pub async fn move_partition(&self, topic: &str, partition: i32, replicas: &[i32]) -> Result<()> {
+    pub async fn move_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: &[i32],
+    ) -> Result<()> {
         let body = wire::RequestT::MovePartitionsRequest(Box::new(wire::MovePartitionsRequestT {
             moves: Some(vec![wire::PartitionMoveT {
                 topic: Some(topic.to_owned()),

@@ -327,7 +327,11 @@ impl ClusterMetadata {
         if the.replicas.is_empty() || nodes.len() != the.replicas.len() {
             return invalid(format!("{:?} is not a set of distinct nodes", nodes));
         }
-        if let Some(r) = the.replicas.iter().find(|r| !self.nodes.contains_key(&r.node)) {
+        if let Some(r) = the
+            .replicas
+            .iter()
+            .find(|r| !self.nodes.contains_key(&r.node))
+        {
             return invalid(format!("node {} is not registered", r.node));
         }
         if let Some(r) = the.replicas.iter().find(|r| r.shard == SHARD_ANY) {
@@ -343,10 +347,11 @@ impl ClusterMetadata {
         if meta.replicas.is_empty() {
             return invalid("the topic is not replicated".into());
         }
-        if let Some(r) = the.replicas.iter().find(|t| {
-            meta.hosts()
-                .any(|h| h.node == t.node && h.shard != t.shard)
-        }) {
+        if let Some(r) = the
+            .replicas
+            .iter()
+            .find(|t| meta.hosts().any(|h| h.node == t.node && h.shard != t.shard))
+        {
             return invalid(format!("node {} keeps its replica's shard", r.node));
         }
         let same_nodes = {
@@ -779,7 +784,9 @@ mod tests {
         let Command::CreateTopic(request) = create("m", 1, &[]) else {
             unreachable!()
         };
-        let placed = meta.place_topic(&request, 3, Some(&[1, 2, 3])).expect("placed");
+        let placed = meta
+            .place_topic(&request, 3, Some(&[1, 2, 3]))
+            .expect("placed");
         meta.apply(5, &placed).expect("create");
         let before = meta.topics["m"].partitions[0].clone();
         let mut target: Vec<Replica> = before.replicas[..2].to_vec();
@@ -807,7 +814,11 @@ mod tests {
         assert_eq!(moving.replicas, before.replicas);
         assert_eq!(moving.target, the.replicas);
         let hosts: Vec<u32> = moving.hosts().map(|r| r.node).collect();
-        assert_eq!(hosts.len(), 4, "the old replicas and the new one: {hosts:?}");
+        assert_eq!(
+            hosts.len(),
+            4,
+            "the old replicas and the new one: {hosts:?}"
+        );
         assert_eq!(ClusterMetadata::restore(&meta.snapshot()), Ok(meta.clone()));
         // A report for another target (or topic) is refused.
         let id = meta.topics["m"].id;
@@ -831,10 +842,16 @@ mod tests {
         // Two replicas on one node, or an unknown node, are refused.
         let mut twice = the.clone();
         twice.replicas[1].node = twice.replicas[0].node;
-        assert!(meta.apply(10, &Command::MovePartition(Box::new(twice))).is_err());
+        assert!(
+            meta.apply(10, &Command::MovePartition(Box::new(twice)))
+                .is_err()
+        );
         let mut unknown = the;
         unknown.replicas[0].node = 9;
-        assert!(meta.apply(11, &Command::MovePartition(Box::new(unknown))).is_err());
+        assert!(
+            meta.apply(11, &Command::MovePartition(Box::new(unknown)))
+                .is_err()
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub const FRAME_BYTES_MAX: usize = 72 << 20;
 /// native frame length it is over a gigabyte, which no native client sends.
 pub const CONNECTION_MAGIC: [u8; 4] = *b"FJRP";
 const MAGIC: &[u8; 4] = b"FJRP";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// len + crc.
 pub const PREFIX_BYTES: usize = 8;
 const BODY_FIXED: usize = 4 + 1 + 1 + 4 + 4;

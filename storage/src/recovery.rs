@@ -346,3 +346,29 @@ pub async fn remove_tree(dir: &Path) -> Result<()> {
             source,
         })
 }
+
+/// Empties a closed log's directory and starts the log again, empty, at
+/// `start` (one empty segment based there): a follower whose leader's log
+/// starts past its end continues from there, as Kafka's followers do.
+/// Durable (file and directories synced) when it returns.
+pub async fn reset(dir: &Path, start: u64) -> Result<()> {
+    remove_tree(dir).await?;
+    let (log, _) = segment::file_paths(dir, start);
+    let owned = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&owned)?;
+            std::fs::File::create(&log)?.sync_all()?;
+            std::fs::File::open(&owned)?.sync_all()?;
+            if let Some(parent) = owned.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|source| StorageError::Io {
+            op: "reset",
+            path: dir.to_path_buf(),
+            source,
+        })
+}

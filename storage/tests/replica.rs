@@ -440,3 +440,33 @@ fn checkpoint_files_round_trip_and_refuse_damage() {
         );
     });
 }
+
+#[test]
+fn a_reset_log_starts_empty_at_the_given_offset_and_goes_on_from_there() {
+    run_fresh(|dir| async move {
+        let cache = BatchCache::new(1 << 20);
+        let log = open(&dir, "p0", small_segments(), &cache).await;
+        append_all(&log, 0..10, 1).await;
+        let path = log.dir().to_path_buf();
+        log.close().await.expect("close");
+
+        fjord_storage::recovery::reset(&path, 1000)
+            .await
+            .expect("reset");
+        let log = open(&dir, "p0", small_segments(), &cache).await;
+        assert_eq!(log.offset_start(), 1000);
+        assert_eq!(log.offset_next(), 1000);
+        assert!(log.epochs().is_empty(), "no epoch survives a reset");
+        let appended = append_all(&log, 20..25, 4).await;
+        log.flush().await.expect("flush");
+        assert_eq!(read_all(&log, 1000).await, appended);
+        assert_eq!(log.epochs(), vec![(4, 1000)]);
+        log.close().await.expect("close");
+
+        // Reopened as a restart finds it.
+        let log = open(&dir, "p0", small_segments(), &cache).await;
+        assert_eq!(log.offset_start(), 1000);
+        assert_eq!(read_all(&log, 1000).await, appended);
+        log.close().await.expect("close");
+    });
+}

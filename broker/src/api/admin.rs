@@ -262,10 +262,7 @@ pub(super) async fn move_partitions(
         };
         let (error_code, error_message) = match outcome {
             Ok(()) => (0, None),
-            Err(e) => (
-                command_error_code(&e).code(),
-                Some(e.to_string()),
-            ),
+            Err(e) => (command_error_code(&e).code(), Some(e.to_string())),
         };
         results.push(wire::PartitionMoveResultT {
             topic: Some(topic),

@@ -48,7 +48,11 @@ impl Replication {
                     if g.leader() != Some(me) {
                         return None;
                     }
-                    let step = next_step(g, me, &layout.target.iter().map(|r| r.node).collect::<Vec<_>>())?;
+                    let step = next_step(
+                        g,
+                        me,
+                        &layout.target.iter().map(|r| r.node).collect::<Vec<_>>(),
+                    )?;
                     Some((
                         id,
                         match step {
@@ -68,9 +72,8 @@ impl Replication {
         for (id, step) in steps {
             match step {
                 Step::Change(change) => {
-                    let made = self.round(id, Source::None, |g, out| {
-                        g.change_membership(change, out)
-                    });
+                    let made =
+                        self.round(id, Source::None, |g, out| g.change_membership(change, out));
                     if let Some(Ok(entry)) = made {
                         tracing::info!(
                             shard = self.settings.shard,

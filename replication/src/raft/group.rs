@@ -18,8 +18,8 @@
 
 use crate::raft::log::{LogState, LogView};
 use crate::raft::message::{
-    AppendRequest, AppendResponse, Event, Heartbeat, Message, Output, Replicate, VoteRequest,
-    VoteResponse,
+    AppendRequest, AppendResponse, Event, Heartbeat, Message, Output, Replicate, ResetRequest,
+    VoteRequest, VoteResponse,
 };
 use crate::raft::progress::{Mode, Progress};
 use crate::raft::types::{
@@ -426,7 +426,10 @@ impl Group {
                 Message::PreVote(_) => {}
                 Message::PreVoteResponse(r) if r.granted => {}
                 Message::Vote(r) if !r.transfer && self.leader_is_recent() => return,
-                Message::Append(_) | Message::Heartbeat(_) | Message::TimeoutNow { .. } => {
+                Message::Append(_)
+                | Message::Heartbeat(_)
+                | Message::Reset(_)
+                | Message::TimeoutNow { .. } => {
                     self.become_follower(term, Some(from), out);
                 }
                 _ => self.become_follower(term, None, out),
@@ -441,7 +444,7 @@ impl Group {
             match message {
                 Message::PreVote(_) => self.send(from, Message::PreVoteResponse(refusal), out),
                 Message::Vote(_) => self.send(from, Message::VoteResponse(refusal), out),
-                Message::Append(_) | Message::Heartbeat(_) => {
+                Message::Append(_) | Message::Heartbeat(_) | Message::Reset(_) => {
                     let answer = self.append_response(None);
                     self.send(from, Message::AppendResponse(answer), out);
                 }
@@ -455,6 +458,7 @@ impl Group {
             Message::PreVoteResponse(r) => self.on_pre_vote_response(from, r, out),
             Message::VoteResponse(r) => self.on_vote_response(from, r, out),
             Message::Append(r) => self.on_append(from, r, out),
+            Message::Reset(r) => self.on_reset(from, r, out),
             Message::Heartbeat(h) => self.on_heartbeat(from, h, out),
             Message::AppendResponse(r) | Message::HeartbeatResponse(r) => {
                 self.on_append_response(from, r, out)
@@ -478,6 +482,14 @@ impl Group {
         assert!(records > 0, "a batch holds at least one record");
         self.check_can_propose()?;
         Ok(self.append_as_leader(u64::from(records), bytes, EntryKind::Data, out))
+    }
+
+    /// The log's entries below `start` are gone (retention deleted them,
+    /// below the commit position); followers that need them are reset.
+    pub fn log_start_advanced(&mut self, start: Offset) {
+        if start > self.log.start() && start <= self.commit.min(self.log.end()) {
+            self.log.advance_start(start);
+        }
     }
 
     /// Whether a membership entry is in the log but not yet committed: no
@@ -856,6 +868,58 @@ impl Group {
         self.send(from, Message::AppendResponse(answer), out);
     }
 
+    /// The leader's log starts past where this one can follow it: unless
+    /// this log already holds the leader's entry ending at its start, it
+    /// starts again, empty, there. Nothing committed here is lost: a log
+    /// that differs from the leader's at the start committed less.
+    fn on_reset(&mut self, from: NodeId, r: ResetRequest, out: &mut Vec<Output>) {
+        assert!(
+            !matches!(self.role, RoleState::Leader(_)),
+            "replica {} leads term {} and got a reset from {from} in it",
+            self.cfg.id,
+            self.hard.term
+        );
+        if !matches!(self.role, RoleState::Follower) || self.leader != Some(from) {
+            self.role = RoleState::Follower;
+            self.set_leader(Some(from), out);
+        }
+        self.heard_at = self.now;
+        let holds =
+            r.start >= self.log.start() && self.log.term_at_end(r.start) == Some(r.start_term);
+        if holds {
+            self.verified = self.verified.max(r.start);
+        } else if self.commit <= r.start && r.start_term <= r.term {
+            self.generation += 1;
+            self.log = LogView::new(LogState {
+                start: r.start,
+                start_term: r.start_term,
+                end: r.start,
+                epochs: Vec::new(),
+                configs: Vec::new(),
+            });
+            self.base_membership = r.membership.clone();
+            self.refresh_membership();
+            self.written = r.start;
+            self.synced = r.start;
+            self.sync_requested = r.start;
+            self.verified = r.start;
+            out.push(Output::Reset {
+                start: r.start,
+                term: r.start_term,
+                membership: r.membership,
+                generation: self.generation,
+            });
+        } else {
+            // Committed past the leader's start yet different there: not
+            // this group's leader's log. Nothing is dropped.
+            return;
+        }
+        self.advance_commit_to(r.commit.min(self.verified), out);
+        let answer = self.append_response(None);
+        self.durable_sent = answer.durable;
+        self.send(from, Message::AppendResponse(answer), out);
+    }
+
     fn on_heartbeat(&mut self, from: NodeId, h: Heartbeat, out: &mut Vec<Output>) {
         if !matches!(self.role, RoleState::Follower) || self.leader != Some(from) {
             self.role = RoleState::Follower;
@@ -920,7 +984,11 @@ impl Group {
             self.log.end()
         );
         self.commit = commit;
-        self.log.compact_configs(commit);
+        if let Some(before) = self.log.compact_configs(commit) {
+            // What was in effect before the entries kept (a reset follower
+            // is told it).
+            self.base_membership = before;
+        }
         out.push(Output::Event(Event::Committed { commit }));
     }
 
@@ -1018,6 +1086,16 @@ impl Group {
             if stale {
                 return;
             }
+            let start = self.log.start();
+            if prev <= start && start > 0 {
+                // The follower lacks this log's first entry, and nothing
+                // older is left to look for: it starts again here.
+                p.mode = Mode::Probe { inflight: true };
+                p.progressed_at = now;
+                let reset = self.reset_request();
+                self.send(from, Message::Reset(reset), out);
+                return;
+            }
             // Only the durable prefix is sure to be there: a follower that
             // restarted lost what it had matched but not yet written.
             let next = divergence_hint(&self.log, &r).max(p.durable);
@@ -1035,6 +1113,23 @@ impl Group {
         self.maybe_commit(out);
         self.send_append(from, out);
         self.maybe_finish_transfer(from, out);
+    }
+
+    /// What a follower whose log cannot continue this one's (it ends below
+    /// this log's start, or differs there) is told.
+    fn reset_request(&self) -> ResetRequest {
+        let start = self.log.start();
+        ResetRequest {
+            term: self.hard.term,
+            start,
+            start_term: self.log.term_at_end(start).unwrap_or(0),
+            membership: self
+                .log
+                .config_before(start)
+                .unwrap_or(&self.base_membership)
+                .clone(),
+            commit: self.commit,
+        }
     }
 
     fn maybe_finish_transfer(&mut self, from: NodeId, out: &mut Vec<Output>) {
@@ -1098,8 +1193,9 @@ impl Group {
         for (from, end, max_bytes) in requests {
             let prev_term = self.log.term_at_end(from);
             let Some(prev_term) = prev_term else {
-                // Below the log start: the follower needs the log reset to
-                // this log's start, which retention-aware replication adds.
+                // Below the log start (retention removed it): the follower
+                // starts its log again at this log's start.
+                self.send(to, Message::Reset(self.reset_request()), out);
                 return;
             };
             out.push(Output::Replicate(Replicate {

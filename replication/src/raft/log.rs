@@ -169,11 +169,43 @@ impl LogView {
     }
 
     /// Forgets membership entries older than the newest one at or below
-    /// `commit`: they can never be in effect again.
-    pub fn compact_configs(&mut self, commit: Offset) {
-        let keep_from = self.state.configs.iter().rposition(|&(o, _)| o < commit);
-        if let Some(at) = keep_from {
-            self.state.configs.drain(..at);
+    /// `commit`: they can never be in effect again. Returns the newest one
+    /// forgotten, in effect before every entry kept.
+    pub fn compact_configs(&mut self, commit: Offset) -> Option<Membership> {
+        let keep_from = self.state.configs.iter().rposition(|&(o, _)| o < commit)?;
+        self.state.configs.drain(..keep_from).last().map(|(_, m)| m)
+    }
+
+    /// The newest membership entry below `offset`.
+    pub fn config_before(&self, offset: Offset) -> Option<&Membership> {
+        self.state
+            .configs
+            .iter()
+            .rev()
+            .find(|&&(o, _)| o < offset)
+            .map(|(_, m)| m)
+    }
+
+    /// The log's first entries are gone (retention): it starts at `start`
+    /// now, which must be an entry boundary inside it.
+    pub fn advance_start(&mut self, start: Offset) {
+        assert!(
+            start >= self.state.start && start <= self.state.end,
+            "log start {start} outside the log"
+        );
+        let Some(term) = self.term_at_end(start) else {
+            unreachable!("checked inside the log")
+        };
+        self.state.start_term = term;
+        self.state.start = start;
+        // A term that began below the start now begins at it.
+        let at = self.state.epochs.partition_point(|&(_, o)| o <= start);
+        if at > 0 {
+            self.state.epochs.drain(..at - 1);
+            self.state.epochs[0].1 = start;
+        }
+        if self.state.end == start {
+            self.state.epochs.clear();
         }
     }
 }

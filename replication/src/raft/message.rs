@@ -6,7 +6,7 @@
 //! (batch cache or disk) and sends an [`Message::Append`] carrying the
 //! entries' metadata beside the payload.
 
-use crate::raft::types::{Entry, HardState, NodeId, Offset, Term};
+use crate::raft::types::{Entry, HardState, Membership, NodeId, Offset, Term};
 
 /// A message from one replica of a group to another.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -35,6 +35,10 @@ pub enum Message {
         /// The leader's term.
         term: Term,
     },
+    /// The leader's log no longer holds where the follower's ends (retention
+    /// removed it): start the log again at the leader's log start. Answered
+    /// as an append.
+    Reset(ResetRequest),
 }
 
 impl Message {
@@ -47,6 +51,7 @@ impl Message {
             Message::AppendResponse(r) | Message::HeartbeatResponse(r) => r.term,
             Message::Heartbeat(h) => h.term,
             Message::TimeoutNow { term } => *term,
+            Message::Reset(r) => r.term,
         }
     }
 }
@@ -110,6 +115,22 @@ impl AppendRequest {
     }
 }
 
+/// Where a follower's log starts again (Kafka's followers do the same when
+/// their leader's log start passed their end).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ResetRequest {
+    /// The leader's term.
+    pub term: Term,
+    /// The leader's log start: every entry below it is committed.
+    pub start: Offset,
+    /// The term of the entry ending at `start`.
+    pub start_term: Term,
+    /// The membership in effect at `start`.
+    pub membership: Membership,
+    /// The leader's commit position.
+    pub commit: Offset,
+}
+
 /// A heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Heartbeat {
@@ -168,6 +189,19 @@ pub enum Output {
         /// The new log end.
         end: Offset,
         /// The generation that starts with this truncation.
+        generation: u64,
+    },
+    /// Drop the whole log and start it again, empty, at `start`, the entry
+    /// ending there of `term`; `membership` is in effect there. Appends of
+    /// `generation` follow. Durable before anything after it (no report).
+    Reset {
+        /// The new log start and end.
+        start: Offset,
+        /// The term of the entry ending at `start`.
+        term: Term,
+        /// The membership in effect at `start`.
+        membership: Membership,
+        /// The generation that starts with this reset.
         generation: u64,
     },
     /// Make the log durable up to `end` (fdatasync) and report it.

@@ -22,8 +22,8 @@ pub use group::Bugs;
 pub use group::{CONTROL_BATCH_BYTES, Config, Group, ProposeError, Role};
 pub use log::{LogState, LogView};
 pub use message::{
-    AppendRequest, AppendResponse, Event, Heartbeat, Message, Output, Replicate, VoteRequest,
-    VoteResponse,
+    AppendRequest, AppendResponse, Event, Heartbeat, Message, Output, Replicate, ResetRequest,
+    VoteRequest, VoteResponse,
 };
 pub use types::{
     Durability, Entry, EntryKind, HardState, Membership, MembershipChange, MembershipError, NodeId,

@@ -15,6 +15,8 @@ struct Cluster {
     /// Each node's log as it sees it.
     logs: Vec<Vec<Entry>>,
     events: Vec<(NodeId, Event)>,
+    /// Nodes told to reset their logs, in order.
+    resets: Vec<usize>,
 }
 
 impl Cluster {
@@ -40,6 +42,7 @@ impl Cluster {
             pending: vec![Vec::new(); count],
             logs: vec![Vec::new(); count],
             events: Vec::new(),
+            resets: Vec::new(),
         }
     }
 
@@ -73,6 +76,10 @@ impl Cluster {
                         self.pending[n].push(output);
                     }
                     Output::Truncate { end, .. } => self.logs[n].retain(|e| e.offset < end),
+                    Output::Reset { .. } => {
+                        self.logs[n].clear();
+                        self.resets.push(n);
+                    }
                     storage => self.pending[n].push(storage),
                 }
             }
@@ -307,4 +314,53 @@ fn an_idle_group_is_small() {
     // cost in all.
     let size = std::mem::size_of::<Group>();
     assert!(size < 1024, "Group is {size} bytes");
+}
+
+#[test]
+fn a_replica_added_behind_the_leaders_log_start_starts_there() {
+    let mut c = Cluster::new(3, Durability::Written);
+    elect(&mut c, 0);
+    for _ in 0..4 {
+        let mut out = Vec::new();
+        c.groups[0].propose(2, 100, &mut out).expect("leader");
+        c.route(0, out);
+        c.flush_all();
+    }
+    assert_eq!(c.groups[0].commit(), c.groups[0].log_end());
+    // Retention removes the leader's first entries.
+    let start = c.logs[0][2].offset;
+    c.groups[0].log_start_advanced(start);
+    c.logs[0].retain(|e| e.offset >= start);
+    // A new replica (a move's learner) with an empty log joins.
+    let voters: Vec<NodeId> = (0..3).collect();
+    c.groups.push(Group::new(
+        Config::new(3, Durability::Written, 7),
+        HardState::default(),
+        LogState::default(),
+        Membership::of_voters(&voters),
+        0,
+    ));
+    c.pending.push(Vec::new());
+    c.logs.push(Vec::new());
+    let mut out = Vec::new();
+    c.groups[0]
+        .change_membership(MembershipChange::AddLearner(3), &mut out)
+        .expect("change");
+    c.route(0, out);
+    c.tick(0, 12);
+    assert_eq!(
+        c.resets,
+        vec![3],
+        "the new replica alone starts its log again"
+    );
+    assert_eq!(
+        c.groups[3].log_end(),
+        c.groups[0].log_end(),
+        "and catches up"
+    );
+    assert_eq!(c.logs[3].first().map(|e| e.offset), Some(start));
+    assert_eq!(c.groups[3].commit(), c.groups[0].commit());
+    assert!(c.groups[3].membership().learners.contains(&3));
+    // The others held the leader's log at its start: nothing dropped.
+    assert_eq!(c.logs[1].first().map(|e| e.offset), Some(0));
 }

@@ -565,6 +565,13 @@ impl World {
                     self.queue_at(done, Ev::HardDone(n, inc, state, version));
                 }
                 Output::Event(event) => self.on_event(n, event)?,
+                // Simulated logs keep every entry (no retention): no leader's
+                // log starts past a follower's end, so a reset is a fault.
+                Output::Reset { start, .. } => {
+                    return Err(format!(
+                        "n{n} told to reset its log to {start} though no log lost its start"
+                    ));
+                }
             }
         }
         Ok(())
