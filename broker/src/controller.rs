@@ -109,6 +109,9 @@ enum Backing {
     Quorum(Quorum),
 }
 
+/// Where a proposed command's outcome goes.
+type Outcome = oneshot::Sender<Result<Vec<NotServed>, CommandError>>;
+
 /// A voter's side of a controller quorum.
 struct Quorum {
     /// The metadata log as a replicated partition.
@@ -117,7 +120,7 @@ struct Quorum {
     applied_next: Cell<u64>,
     /// Commands proposed here, by the id in their record's key, until
     /// applied: the outcome goes back to the proposer.
-    waiting: RefCell<HashMap<u64, oneshot::Sender<Result<Vec<NotServed>, CommandError>>>>,
+    waiting: RefCell<HashMap<u64, Outcome>>,
     next_id: Cell<u64>,
     /// Since when this voter leads (is the active controller).
     leading_since: Cell<Option<Instant>>,
@@ -504,22 +507,22 @@ impl Controller {
         while since.elapsed() < NEW_LEADER_GRACE {
             // Voters the quorum does not hear from are not coming.
             let answering = shard.replication().answering(METADATA_GROUP);
-            let now = Instant::now();
-            let heard = self.heard.borrow();
-            let missing = self
-                .state
-                .borrow()
-                .nodes
-                .keys()
-                .filter(|&&id| id != shard.node_id())
-                .filter(|id| !voters.contains(id) || answering.contains(id))
-                .filter(|id| {
-                    heard
-                        .get(id)
-                        .is_none_or(|at| now.duration_since(*at) >= LIVENESS_TIMEOUT)
-                })
-                .count();
-            drop(heard);
+            let missing = {
+                let now = Instant::now();
+                let heard = self.heard.borrow();
+                let state = self.state.borrow();
+                state
+                    .nodes
+                    .keys()
+                    .filter(|&&id| id != shard.node_id())
+                    .filter(|id| !voters.contains(id) || answering.contains(id))
+                    .filter(|id| {
+                        heard
+                            .get(id)
+                            .is_none_or(|at| now.duration_since(*at) >= LIVENESS_TIMEOUT)
+                    })
+                    .count()
+            };
             if missing == 0 {
                 return;
             }

@@ -173,7 +173,11 @@ impl LogView {
     /// forgotten, in effect before every entry kept.
     pub fn compact_configs(&mut self, commit: Offset) -> Option<Membership> {
         let keep_from = self.state.configs.iter().rposition(|&(o, _)| o < commit)?;
-        self.state.configs.drain(..keep_from).last().map(|(_, m)| m)
+        self.state
+            .configs
+            .drain(..keep_from)
+            .next_back()
+            .map(|(_, m)| m)
     }
 
     /// The newest membership entry below `offset`.
