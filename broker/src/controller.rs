@@ -114,8 +114,11 @@ type Outcome = oneshot::Sender<Result<Vec<NotServed>, CommandError>>;
 
 /// A voter's side of a controller quorum.
 struct Quorum {
-    /// The metadata log as a replicated partition.
-    partition: Rc<Partition>,
+    /// The metadata log as a replicated partition (opened again if its
+    /// storage fails).
+    partition: RefCell<Rc<Partition>>,
+    /// The voters, to open it again.
+    voters: Vec<(NodeId, std::net::SocketAddr)>,
     /// The next log offset to apply.
     applied_next: Cell<u64>,
     /// Commands proposed here, by the id in their record's key, until
@@ -203,51 +206,9 @@ impl Controller {
         shard: &Shard,
         voters: &[(NodeId, std::net::SocketAddr)],
     ) -> Result<Controller, CommandError> {
-        let data = shard.data().path();
-        let dir = data.join("cluster");
+        let dir = shard.data().path().join("cluster");
         let snapshot_path = dir.join("snapshot");
-        let me = shard.node_id();
-        let peers = voters.iter().filter(|(id, _)| *id != me).copied().collect();
-        let ids: Vec<NodeId> = voters.iter().map(|(id, _)| *id).collect();
-        let layout = Layout {
-            members: ids.clone(),
-            target: Vec::new(),
-            topic: METADATA_LOG_NAME.into(),
-            topic_id: 0,
-            partition: 0,
-        };
-        let replica = Replica::new(METADATA_GROUP, ids, layout, peers, Durability::Synced);
-        let setup = PartitionSetup {
-            shard: 0,
-            topic: METADATA_LOG_NAME.into(),
-            partition: 0,
-            topic_id: 0,
-            dir: dir.join("metadata"),
-            config: metadata_log_config(),
-            cache: shard.cache().clone(),
-            space: shard.space().clone(),
-            staging: None,
-            replica: Some((replica, shard.replication().clone())),
-        };
-        let partition = Rc::new(Partition::open(setup).await?);
-        let log = partition.log();
-        if log.offset_next() > 0 && log.epochs().is_empty() {
-            // Written by a single controller: its entries carry no Raft
-            // terms, and the other voters never saw them.
-            let _ = partition.close().await;
-            return Err(CommandError::Storage(format!(
-                "{} holds the metadata of a single controller; a controller quorum starts on fresh data directories",
-                dir.join("metadata").display()
-            )));
-        }
-        let (hard, configs) = match shard.replica_state(&partition, METADATA_GROUP).await {
-            Ok(state) => state,
-            Err(e) => {
-                let _ = partition.close().await;
-                return Err(e.into());
-            }
-        };
-        shard.replication().add(partition.clone(), hard, configs);
+        let partition = open_metadata_group(shard, voters).await?;
         let state = match read_snapshot(&snapshot_path).await? {
             Some(state) => state,
             None => ClusterMetadata::new(shard.data_shards()),
@@ -264,7 +225,8 @@ impl Controller {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
         let backing = Backing::Quorum(Quorum {
-            partition,
+            partition: RefCell::new(partition),
+            voters: voters.to_vec(),
             applied_next: Cell::new(state.applied_index),
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(first_id),
@@ -299,12 +261,41 @@ impl Controller {
         }
     }
 
+    /// Opens the quorum's metadata log again after its storage failed (the
+    /// replica stopped): recovery, then a group restored from the disk.
+    /// `false` when `failed` is not this controller's log.
+    pub async fn reopen_failed(&self, shard: &Shard, failed: &Rc<Partition>) -> bool {
+        let Backing::Quorum(quorum) = &self.backing else {
+            return false;
+        };
+        if !Rc::ptr_eq(&quorum.partition(), failed) {
+            return false;
+        }
+        let _ = failed.close().await;
+        loop {
+            if self.closed.get() {
+                return true;
+            }
+            match open_metadata_group(shard, &quorum.voters).await {
+                Ok(partition) => {
+                    tracing::info!(shard = 0, "controller quorum: metadata log opened again");
+                    *quorum.partition.borrow_mut() = partition;
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = 0, error = %e, "controller quorum: cannot open the metadata log again yet");
+                    glommio::timer::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
     /// Whether this controller commits commands now: always when it is the
     /// only one; in a quorum, while it leads group 0.
     pub fn is_active(&self) -> bool {
         match &self.backing {
             Backing::Local { .. } => true,
-            Backing::Quorum(q) => q.partition.replica().is_some_and(|r| r.is_leader()),
+            Backing::Quorum(q) => q.partition().replica().is_some_and(|r| r.is_leader()),
         }
     }
 
@@ -468,11 +459,8 @@ impl Controller {
             Some(&command.encode()),
             &[],
         );
-        if let Err(code) = quorum
-            .partition
-            .produce(&builder.build(), api::ACKS_ALL)
-            .await
-        {
+        let partition = quorum.partition();
+        if let Err(code) = partition.produce(&builder.build(), api::ACKS_ALL).await {
             quorum.waiting.borrow_mut().remove(&id);
             return Err(match code {
                 ErrorCode::NotLeaderOrFollower => not_controller(),
@@ -499,11 +487,7 @@ impl Controller {
         let Some(since) = quorum.leading_since.get() else {
             return;
         };
-        let voters = quorum
-            .partition
-            .replica()
-            .map(|r| r.voters())
-            .unwrap_or_default();
+        let voters: Vec<NodeId> = quorum.voters.iter().map(|v| v.0).collect();
         while since.elapsed() < NEW_LEADER_GRACE {
             // Voters the quorum does not hear from are not coming.
             let answering = shard.replication().answering(METADATA_GROUP);
@@ -544,7 +528,8 @@ impl Controller {
                 return;
             }
             self.watch_leadership(&shard, quorum);
-            let Some(replica) = quorum.partition.replica() else {
+            let partition = quorum.partition();
+            let Some(replica) = partition.replica() else {
                 return;
             };
             let next = quorum.applied_next.get();
@@ -595,12 +580,13 @@ impl Controller {
 
     /// Applies the committed commands readable from the applied mark.
     async fn apply_committed(&self, shard: &Shard, quorum: &Quorum) -> Result<(), CommandError> {
-        let Some(replica) = quorum.partition.replica() else {
+        let partition = quorum.partition();
+        let Some(replica) = partition.replica() else {
             return Ok(());
         };
         let commit = replica.high_watermark();
         let next = quorum.applied_next.get();
-        let log = quorum.partition.log();
+        let log = partition.log();
         let read = log.read(next, REPLAY_READ_BYTES).await?;
         let mut state = self.state.borrow().clone();
         let mut applied_next = next;
@@ -808,13 +794,71 @@ impl Controller {
             }
             Backing::Quorum(quorum) => {
                 quorum.waiting.borrow_mut().clear();
-                quorum.partition.close().await
+                quorum.partition().close().await
             }
         };
         if let Err(e) = closed {
             tracing::warn!(shard = 0, error = %e, "controller: closing the metadata log");
         }
     }
+}
+
+impl Quorum {
+    fn partition(&self) -> Rc<Partition> {
+        self.partition.borrow().clone()
+    }
+}
+
+/// Opens the metadata log as Raft group 0 over `voters` and starts its
+/// group on shard 0's replication.
+async fn open_metadata_group(
+    shard: &Shard,
+    voters: &[(NodeId, std::net::SocketAddr)],
+) -> Result<Rc<Partition>, CommandError> {
+    let dir = shard.data().path().join("cluster").join("metadata");
+    let me = shard.node_id();
+    let peers = voters.iter().filter(|(id, _)| *id != me).copied().collect();
+    let ids: Vec<NodeId> = voters.iter().map(|(id, _)| *id).collect();
+    let layout = Layout {
+        members: ids.clone(),
+        target: Vec::new(),
+        topic: METADATA_LOG_NAME.into(),
+        topic_id: 0,
+        partition: 0,
+    };
+    let replica = Replica::new(METADATA_GROUP, ids, layout, peers, Durability::Synced);
+    let setup = PartitionSetup {
+        shard: 0,
+        topic: METADATA_LOG_NAME.into(),
+        partition: 0,
+        topic_id: 0,
+        dir: dir.clone(),
+        config: metadata_log_config(),
+        cache: shard.cache().clone(),
+        space: shard.space().clone(),
+        staging: None,
+        replica: Some((replica, shard.replication().clone())),
+    };
+    let partition = Rc::new(Partition::open(setup).await?);
+    let log = partition.log();
+    if log.offset_next() > 0 && log.epochs().is_empty() {
+        // Written by a single controller: its entries carry no Raft terms,
+        // and the other voters never saw them.
+        let _ = partition.close().await;
+        return Err(CommandError::Storage(format!(
+            "{} holds the metadata of a single controller; a controller quorum starts on fresh data directories",
+            dir.display()
+        )));
+    }
+    let (hard, configs) = match shard.replica_state(&partition, METADATA_GROUP).await {
+        Ok(state) => state,
+        Err(e) => {
+            let _ = partition.close().await;
+            return Err(e.into());
+        }
+    };
+    shard.replication().add(partition.clone(), hard, configs);
+    Ok(partition)
 }
 
 /// The metadata log's settings: every command synced before it counts.

@@ -214,11 +214,6 @@ impl Replica {
         *self.peers.borrow_mut() = peers;
     }
 
-    /// The group's voters before any membership entry.
-    pub fn voters(&self) -> Vec<NodeId> {
-        self.base.clone()
-    }
-
     fn is_member(&self, node: NodeId) -> bool {
         self.layout.borrow().members.contains(&node)
     }

@@ -769,7 +769,12 @@ impl Shard {
                 .find(|(_, p)| Rc::ptr_eq(p, &partition))
                 .map(|(key, _)| key.clone());
             let Some(key) = key else {
-                continue; // Closed meanwhile (deleted, or shutting down).
+                // The controller quorum's log, or closed meanwhile (deleted,
+                // or shutting down).
+                if let Some(controller) = self.controller() {
+                    controller.reopen_failed(&self, &partition).await;
+                }
+                continue;
             };
             self.partitions.borrow_mut().remove(&key);
             if let Err(e) = partition.close().await {
