@@ -102,7 +102,12 @@ type Pending = (JoinHandle<Option<Reply>>, usize);
 async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop) {
     let _ = stream.set_nodelay(true);
     if is_peer(&mut stream).await {
+        // Not a client: a stopping node's drain does not wait for it (peers
+        // keep their links open; Raft traffic flows until the process ends,
+        // leadership handovers included).
+        shard.connections.set(shard.connections.get() - 1);
         crate::peer::serve(shard.clone(), stream).await;
+        shard.connections.set(shard.connections.get() + 1);
         return;
     }
     let (mut reader, writer) = stream.split();

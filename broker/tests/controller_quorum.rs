@@ -1,7 +1,8 @@
 //! A controller quorum of three real `fjord serve` voters: the metadata log
 //! is Raft group 0 over them. The active controller is killed with SIGKILL;
 //! topic commands go on through the survivors, the new topic is served, and
-//! the old controller returns, catches up and takes commands again.
+//! the old controller returns, catches up and takes commands again; then
+//! every voter restarts in turn.
 
 mod common;
 
@@ -193,6 +194,39 @@ fn topic_commands_survive_the_active_controller_killed() {
                     .ok_or(format!("{addr} lists {names:?}"))
             },
         );
+    }
+
+    // A rolling restart of every voter (SIGTERM: an active controller hands
+    // over first): each comes back with what it applied, and commands work.
+    for node in nodes.iter_mut() {
+        node.terminate();
+        node.restart();
+        let back = node.addr;
+        until(
+            "the restarted voter serves its metadata",
+            Duration::from_secs(10),
+            || {
+                let names = topics_seen_by(back);
+                (names == ["after"])
+                    .then_some(())
+                    .ok_or(format!("{back} lists {names:?}"))
+            },
+        );
+    }
+    let admin = Admin::new(client_of(all.clone()));
+    until("create last", Duration::from_secs(30), || {
+        match block_on(admin.create_replicated_topic("last", 1, Some(3), &[])) {
+            Err(e) if e.to_string().contains("exists") => Ok(()),
+            other => other.map_err(|e| e.to_string()),
+        }
+    });
+    for &addr in &all {
+        until("every node lists `last`", Duration::from_secs(10), || {
+            let names = topics_seen_by(addr);
+            (names == ["after", "last"])
+                .then_some(())
+                .ok_or(format!("{addr} lists {names:?}"))
+        });
     }
 }
 
