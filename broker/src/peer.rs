@@ -82,8 +82,16 @@ impl Links {
     }
 }
 
-/// Sends queued frames to `addr` for as long as the shard runs,
-/// reconnecting whenever the connection fails.
+impl Links {
+    /// Closes the links to peer shards not in `used`: their sending tasks
+    /// end with them (a node moved, a replica went).
+    pub fn keep_only(&self, used: &std::collections::HashSet<SocketAddr>) {
+        self.links.borrow_mut().retain(|addr, _| used.contains(addr));
+    }
+}
+
+/// Sends queued frames to `addr` until its link is dropped, reconnecting
+/// whenever the connection fails.
 async fn run_link(addr: SocketAddr, frames: LocalReceiver<Vec<u8>>) {
     let failures = crate::logging::Repeated::default();
     loop {
@@ -95,7 +103,13 @@ async fn run_link(addr: SocketAddr, frames: LocalReceiver<Vec<u8>>) {
                 }
                 // Frames for a peer that is away are dropped, not kept
                 // stale: Raft's next round sends what is current.
-                while frames.recv().now_or_never().flatten().is_some() {}
+                loop {
+                    match frames.recv().now_or_never() {
+                        Some(Some(_)) => {}
+                        Some(None) => return, // The link was dropped.
+                        None => break,
+                    }
+                }
                 glommio::timer::sleep(RECONNECT_PAUSE).await;
                 continue;
             }

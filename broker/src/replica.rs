@@ -51,6 +51,8 @@ use std::time::Duration;
 /// or two do not start an election, few enough that ten thousand idle
 /// groups cost little (each is a message through the core both ways).
 const HEARTBEATS_PER_ELECTION: u32 = 4;
+/// Ticks between sweeps of links no replica uses.
+const LINK_SWEEP_TICKS: u64 = 200;
 /// Bytes of proposals a leader holds before its log takes them.
 const PROPOSED_BYTES_MAX: u64 = 64 << 20;
 /// Longest a produce waits for its acknowledgement.
@@ -553,7 +555,22 @@ impl Replication {
             if ticks.is_multiple_of(moves::STEP_TICKS) {
                 self.step_moves();
             }
+            if ticks.is_multiple_of(LINK_SWEEP_TICKS) {
+                self.sweep_links();
+            }
         }
+    }
+
+    /// Drops links to peer shards no replica here talks to any more.
+    fn sweep_links(&self) {
+        let used = self
+            .partitions
+            .borrow()
+            .values()
+            .filter_map(|p| p.replica())
+            .flat_map(|r| r.peers.borrow().values().copied().collect::<Vec<_>>())
+            .collect();
+        self.links.keep_only(&used);
     }
 
     /// Hands each group this shard leads but is not the preferred leader of
