@@ -138,7 +138,7 @@ pub async fn forward(shard: &Shard, proposal: Proposal) -> Result<Vec<NotServed>
     let request = ControlRequest::Command(proposal);
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     let mut caller = Caller::new(shard.node_id());
-    let points = shard.config.contact_points();
+    let points = contact_points(shard);
     let mut next_point = 0;
     let mut target = controller_addr(shard);
     let mut why = "the controller is not known yet".to_string();
@@ -224,6 +224,31 @@ fn controller_hint_on_0(shard: &Shard) -> Option<(String, u16)> {
     Some((addr.ip().to_string(), addr.port()))
 }
 
+/// Where to ask for the controller when it is not where it was: the seeds
+/// and voters' listeners the node was given, then every node the metadata
+/// lists (those that run the controller first) — so a node whose seeds are
+/// all down still finds a controller that moved.
+fn contact_points(shard: &Shard) -> Vec<SocketAddr> {
+    let mut points = shard.config.contact_points();
+    let metadata = shard.metadata();
+    let mut nodes: Vec<_> = metadata
+        .nodes
+        .values()
+        .filter(|n| n.id != shard.node_id())
+        .collect();
+    nodes.sort_by_key(|n| !n.controller);
+    for node in nodes {
+        let addr = node
+            .shard_ports
+            .first()
+            .and_then(|&port| resolve(&(node.host.clone(), port)));
+        if let Some(addr) = addr.filter(|a| !points.contains(a)) {
+            points.push(addr);
+        }
+    }
+    points
+}
+
 fn resolve((host, port): &(String, u16)) -> Option<SocketAddr> {
     Some(SocketAddr::new(host.parse().ok()?, *port))
 }
@@ -232,7 +257,7 @@ fn resolve((host, port): &(String, u16)) -> Option<SocketAddr> {
 /// that does not run it): registers, reports leaders, installs metadata.
 pub async fn follow(shard: Rc<Shard>) {
     let mut caller = Caller::new(shard.node_id());
-    let seeds = shard.config.contact_points();
+    let mut seeds = contact_points(&shard);
     let mut next_seed = 0;
     let mut target: Option<SocketAddr> = None;
     // After a failed round the seeds are asked: the controller may have
@@ -257,6 +282,10 @@ pub async fn follow(shard: Rc<Shard>) {
             None => {
                 // A seed is a node's listener: any shard behind it tells a
                 // peer by its magic, and names the controller if it is not.
+                if next_seed % seeds.len() == 0 {
+                    // Once round the list: what the metadata names now.
+                    seeds = contact_points(&shard);
+                }
                 let seed = seeds[next_seed % seeds.len()];
                 next_seed += 1;
                 seed

@@ -86,7 +86,9 @@ impl Links {
     /// Closes the links to peer shards not in `used`: their sending tasks
     /// end with them (a node moved, a replica went).
     pub fn keep_only(&self, used: &std::collections::HashSet<SocketAddr>) {
-        self.links.borrow_mut().retain(|addr, _| used.contains(addr));
+        self.links
+            .borrow_mut()
+            .retain(|addr, _| used.contains(addr));
     }
 }
 

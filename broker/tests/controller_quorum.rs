@@ -1,6 +1,7 @@
-//! A controller quorum of three real `fjord serve` voters: the metadata log
-//! is Raft group 0 over them. The active controller is killed with SIGKILL;
-//! topic commands go on through the survivors, the new topic is served, and
+//! A controller quorum of three real `fjord serve` voters (and a fourth node
+//! that is no voter): the metadata log is Raft group 0 over the voters. The
+//! active controller is killed with SIGKILL; topic commands go on through
+//! the node whose only seed it was, the new topic is served, and
 //! the old controller returns, catches up and takes commands again; then
 //! every voter restarts in turn.
 
@@ -116,6 +117,18 @@ fn topic_commands_survive_the_active_controller_killed() {
         );
     }
 
+    // A node that is no voter, given the active controller alone as seed:
+    // it must find the next one through the metadata it follows.
+    let seed = all[(controller - 1) as usize].to_string();
+    nodes.push(Broker::start_with(1, &["--node-id", "4", "--seeds", &seed]));
+    let member = nodes[3].addr;
+    until("node 4 follows", Duration::from_secs(10), || {
+        let names = topics_seen_by(member);
+        (names == ["before"])
+            .then_some(())
+            .ok_or(format!("node 4 lists {names:?}"))
+    });
+
     let dead = (controller - 1) as usize;
     nodes[dead].kill();
     let survivors: Vec<SocketAddr> = all
@@ -125,8 +138,9 @@ fn topic_commands_survive_the_active_controller_killed() {
         .map(|(_, &a)| a)
         .collect();
     let client = client_of(survivors.clone());
-    let admin = Admin::new(client.clone());
-    // Two voters of three are a quorum: a new controller takes commands.
+    // Two voters of three are a quorum: a new controller takes commands,
+    // here sent through the node whose only seed is gone.
+    let admin = Admin::new(client_of(vec![member]));
     let took = until("create after", Duration::from_secs(30), || {
         match block_on(admin.create_replicated_topic("after", 2, Some(2), &[])) {
             Err(e) if e.to_string().contains("exists") => Ok(()),
