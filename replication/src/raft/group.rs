@@ -812,10 +812,12 @@ impl Group {
 
     // ----- the follower's side of replication -------------------------------
 
-    fn on_append(&mut self, from: NodeId, r: AppendRequest, out: &mut Vec<Output>) {
+    /// A message only `from`, leading this term, sends: this replica
+    /// follows it (a leader of the same term is a broken invariant).
+    fn hear_leader(&mut self, from: NodeId, what: &str, out: &mut Vec<Output>) {
         assert!(
             !matches!(self.role, RoleState::Leader(_)),
-            "replica {} leads term {} and got an append from {from} in it",
+            "replica {} leads term {} and got {what} from {from} in it",
             self.cfg.id,
             self.hard.term
         );
@@ -824,6 +826,10 @@ impl Group {
             self.set_leader(Some(from), out);
         }
         self.heard_at = self.now;
+    }
+
+    fn on_append(&mut self, from: NodeId, r: AppendRequest, out: &mut Vec<Output>) {
+        self.hear_leader(from, "an append", out);
         if !r.is_well_formed() {
             return;
         }
@@ -873,17 +879,7 @@ impl Group {
     /// starts again, empty, there. Nothing committed here is lost: a log
     /// that differs from the leader's at the start committed less.
     fn on_reset(&mut self, from: NodeId, r: ResetRequest, out: &mut Vec<Output>) {
-        assert!(
-            !matches!(self.role, RoleState::Leader(_)),
-            "replica {} leads term {} and got a reset from {from} in it",
-            self.cfg.id,
-            self.hard.term
-        );
-        if !matches!(self.role, RoleState::Follower) || self.leader != Some(from) {
-            self.role = RoleState::Follower;
-            self.set_leader(Some(from), out);
-        }
-        self.heard_at = self.now;
+        self.hear_leader(from, "a reset", out);
         let holds =
             r.start >= self.log.start() && self.log.term_at_end(r.start) == Some(r.start_term);
         if holds {
