@@ -383,3 +383,39 @@ impl ServeConfig {
             .unwrap_or_else(|| self.shard_count() <= 2)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_voters_read_as_ids_or_id_at_address() {
+        let one: ServeConfig =
+            toml::from_str("node_id = 1\ncontroller_voters = [1]").expect("toml");
+        assert_eq!(one.controller_voters, [Voter { id: 1, addr: None }]);
+        assert!(one.runs_controller() && !one.controller_quorum());
+        let text = "node_id = 2\nlisten = \"10.0.0.2:9093\"\ncontroller_voters = [\"1@10.0.0.1:9093\", \"2@10.0.0.2:9093\", \"3@10.0.0.3:9093\"]";
+        let quorum: ServeConfig = toml::from_str(text).expect("toml");
+        assert_eq!(
+            quorum.controller_voters[1],
+            Voter {
+                id: 2,
+                addr: Some("10.0.0.2:9093".parse().expect("addr"))
+            }
+        );
+        assert!(quorum.runs_controller() && quorum.controller_quorum());
+        assert_eq!(
+            quorum.contact_points().len(),
+            2,
+            "its own listener is not one"
+        );
+        let mut two = quorum.clone();
+        two.controller_voters.pop();
+        assert!(two.validate().is_err(), "1, 3 or 5 voters");
+        let mut no_addr = quorum.clone();
+        no_addr.controller_voters[0].addr = None;
+        assert!(no_addr.validate().is_err(), "a quorum needs every address");
+        assert!("x@1.2.3.4:5".parse::<Voter>().is_err());
+        assert!("1@nowhere".parse::<Voter>().is_err());
+    }
+}
