@@ -116,7 +116,17 @@ async fn run_link(addr: SocketAddr, frames: LocalReceiver<Vec<u8>>) {
                 continue;
             }
         };
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream);
+        let (mut reader, writer) = stream.split();
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+        // A peer never writes on a link: a read ends only when the peer's
+        // process or connection is gone. Noticed then, the link reconnects
+        // at once; noticed at the next write instead, the first frames to a
+        // restarted peer (an election's votes) would vanish into the dead
+        // connection and cost a whole election timeout.
+        let mut gone = Box::pin(async move {
+            let mut byte = [0u8; 1];
+            let _ = reader.read(&mut byte).await;
+        });
         loop {
             let frame = match frames.recv().now_or_never() {
                 Some(Some(frame)) => frame,
@@ -125,9 +135,10 @@ async fn run_link(addr: SocketAddr, frames: LocalReceiver<Vec<u8>>) {
                     if writer.flush().await.is_err() {
                         break;
                     }
-                    match frames.recv().await {
-                        Some(frame) => frame,
-                        None => return,
+                    match futures::future::select(Box::pin(frames.recv()), &mut gone).await {
+                        futures::future::Either::Left((Some(frame), _)) => frame,
+                        futures::future::Either::Left((None, _)) => return,
+                        futures::future::Either::Right(_) => break,
                     }
                 }
             };

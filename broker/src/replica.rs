@@ -440,6 +440,8 @@ impl Replication {
         // allows 2): a killed leader's partitions serve again within 2 s
         // with the default 1 s timeout, new leaders' news included.
         config.election_jitter_ticks = Some((self.settings.election_ticks / 2).max(1));
+        // Three quarters of an election timeout: three heartbeats.
+        config.lease_ticks = Some((self.settings.election_ticks * 3 / 4).max(1));
         config.heartbeat_ticks = self.settings.election_ticks / HEARTBEATS_PER_ELECTION;
         let group = Group::new(config, hard, state, Membership::of_voters(&replica.base), 0);
         let id = replica.group;
@@ -917,6 +919,13 @@ impl Replication {
             Output::Event(event) => {
                 replica.on_event(self.settings.node, &event);
                 if let Event::LeaderChanged { term, leader } = event {
+                    tracing::debug!(
+                        shard = self.settings.shard,
+                        group,
+                        term,
+                        leader = ?leader,
+                        "leader changed"
+                    );
                     let _ = self.reports.try_send(LeaderReport {
                         group,
                         term,

@@ -48,6 +48,15 @@ pub struct Config {
     /// (Raft's `[T, 2T)`). A narrower spread bounds failover sooner; wide
     /// enough that two followers rarely time out together.
     pub election_jitter_ticks: Option<u32>,
+    /// How recently a replica must have heard its leader to refuse a
+    /// (pre-)vote (Raft thesis §4.2.3), in ticks; `None`: `election_ticks`.
+    /// Shorter than the election timeout, a follower that heard the last
+    /// heartbeat a tick after the candidate did no longer refuses it, which
+    /// would cost a whole second timeout; still several heartbeats long, so
+    /// a node cut off from a working leader cannot disrupt it. A leader
+    /// steps down after this long without a majority (check-quorum), so it
+    /// stops acknowledging before another can be elected.
+    pub lease_ticks: Option<u32>,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: u32,
     /// When a copy counts toward the quorum.
@@ -70,6 +79,7 @@ impl Config {
             id,
             election_ticks: 10,
             election_jitter_ticks: None,
+            lease_ticks: None,
             heartbeat_ticks: 2,
             durability,
             max_inflight_bytes: 4 << 20,
@@ -584,7 +594,8 @@ impl Group {
     // ----- elections --------------------------------------------------------
 
     fn leader_is_recent(&self) -> bool {
-        self.leader.is_some() && self.now - self.heard_at < u64::from(self.cfg.election_ticks)
+        let lease = self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks);
+        self.leader.is_some() && self.now - self.heard_at < u64::from(lease)
     }
 
     fn reset_election_timer(&mut self) {
@@ -777,8 +788,10 @@ impl Group {
             return true;
         }
         // Checked every tick against each voter's last answer, so a leader
-        // that resumes after a long pause steps down on its first tick.
-        let window = u64::from(self.cfg.election_ticks);
+        // that resumes after a long pause steps down on its first tick. The
+        // window is the voters' lease: by the time they may elect another
+        // leader, this one has stopped acknowledging.
+        let window = u64::from(self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks));
         let RoleState::Leader(l) = &self.role else {
             return true;
         };
