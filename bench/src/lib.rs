@@ -59,10 +59,22 @@ pub fn ensure_topic(
         }) => {}
         Err(e) => return Err(format!("cannot create topic {topic}: {e}")),
     }
-    // A replicated topic's partitions have leaders once elected.
+    // A replicated topic's partitions have leaders once elected, and in a
+    // cluster the other nodes learn of a new topic a moment after the
+    // controller answers.
     let deadline = Instant::now() + LEADERS_WAIT;
     loop {
-        let routes = block_on(client.routes(topic)).map_err(|e| e.to_string())?;
+        let routes = match block_on(client.routes(topic)) {
+            Ok(routes) => routes,
+            Err(ClientError::Broker {
+                code: fjord_net::ErrorCode::UnknownTopicOrPartition,
+                ..
+            }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let found: Result<Vec<SocketAddr>, String> = routes
             .partitions
             .iter()
