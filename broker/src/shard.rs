@@ -559,6 +559,12 @@ impl Shard {
         let Ok(_turn) = self.converge_turn.acquire_permit(1).await else {
             return Vec::new();
         };
+        // Pushes run as tasks of their own and may take their turns out of
+        // order (a command committed while the start's push is on its way):
+        // older metadata never replaces newer.
+        if metadata.applied_index < self.metadata().applied_index {
+            return Vec::new();
+        }
         let mut wanted = HashMap::new();
         for (name, topic) in &metadata.topics {
             for (p, meta) in topic.partitions.iter().enumerate() {

@@ -137,6 +137,17 @@ impl Cluster {
         })
     }
 
+    /// After a scenario: every acknowledged record is read back at the
+    /// offset it was acknowledged at, and every replica caught up and holds
+    /// the same bytes.
+    fn assert_all_kept(&self, client: &Client, acked: &BTreeMap<i32, Vec<(i64, String)>>) {
+        let total: usize = acked.values().map(Vec::len).sum();
+        let got = consume(client, total);
+        assert_all_acknowledged_present(acked, &got);
+        self.caught_up(client);
+        self.assert_replicas_identical();
+    }
+
     /// What every live node says of the cluster, for a failure's message.
     fn dump(&mut self) -> String {
         let mut out = String::new();
@@ -311,11 +322,7 @@ fn killing_leaders_loses_no_acknowledged_record() {
         );
         cluster.node(leader).restart();
     }
-    let total: usize = acked.values().map(Vec::len).sum();
-    let got = consume(&client, total);
-    assert_all_acknowledged_present(&acked, &got);
-    cluster.caught_up(&client);
-    cluster.assert_replicas_identical();
+    cluster.assert_all_kept(&client, &acked);
     cluster.assert_metadata_equal();
     cluster.assert_preferred_leaders_return(&client);
 }
@@ -373,11 +380,7 @@ fn killing_random_nodes_under_load_loses_and_reorders_nothing() {
             "partition {partition}: acknowledged records out of send order"
         );
     }
-    let total: usize = acked.values().map(Vec::len).sum();
-    let got = consume(&client, total);
-    assert_all_acknowledged_present(&acked, &got);
-    cluster.caught_up(&client);
-    cluster.assert_replicas_identical();
+    cluster.assert_all_kept(&client, &acked);
     cluster.assert_metadata_equal();
 }
 
@@ -424,11 +427,7 @@ fn a_stopped_leader_is_replaced_and_acknowledges_nothing() {
         answer.is_err(),
         "a deposed leader acknowledged a produce: {answer:?}"
     );
-    let total: usize = acked.values().map(Vec::len).sum();
-    let got = consume(&client, total);
-    assert_all_acknowledged_present(&acked, &got);
-    cluster.caught_up(&client);
-    cluster.assert_replicas_identical();
+    cluster.assert_all_kept(&client, &acked);
 }
 
 #[test]
@@ -459,10 +458,7 @@ fn a_rolling_restart_under_load_shows_no_error() {
         .expect("no produce failed during the rolling restart");
     let total: usize = acked.values().map(Vec::len).sum();
     assert_eq!(total, 30 * 50);
-    let got = consume(&client, total);
-    assert_all_acknowledged_present(&acked, &got);
-    cluster.caught_up(&client);
-    cluster.assert_replicas_identical();
+    cluster.assert_all_kept(&client, &acked);
     cluster.assert_metadata_equal();
 }
 
