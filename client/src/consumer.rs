@@ -112,15 +112,46 @@ impl Consumer {
         partitions: Option<&[i32]>,
         seek: Seek,
     ) -> Result<()> {
+        // A leader being elected (a node killed or restarting) is waited
+        // out, as Kafka's consumer does; an unknown topic is not.
+        let deadline = std::time::Instant::now() + LEADER_WAIT;
+        loop {
+            match self.assign_once(topic, partitions, seek).await {
+                Err(e) if leaderless(&e) && std::time::Instant::now() < deadline => {
+                    self.client.sleep(LEADER_RETRY_PAUSE).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn assign_once(
+        &mut self,
+        topic: &str,
+        partitions: Option<&[i32]>,
+        seek: Seek,
+    ) -> Result<()> {
         let routes = self.client.routes(topic).await?;
         let all: Vec<i32> = (0..routes.partitions.len() as i32).collect();
         for &p in partitions.unwrap_or(&all) {
-            let route = usize::try_from(p)
+            let route = match usize::try_from(p)
                 .ok()
-                .and_then(|i| routes.partitions.get(i).copied().flatten())
-                .ok_or_else(|| {
-                    ClientError::broker(ErrorCode::UnknownTopicOrPartition, format!("{topic}-{p}"))
-                })?;
+                .and_then(|i| routes.partitions.get(i))
+            {
+                Some(Some(route)) => *route,
+                Some(None) => {
+                    return Err(ClientError::broker(
+                        ErrorCode::LeaderNotAvailable,
+                        format!("{topic}-{p} has no leader yet"),
+                    ));
+                }
+                None => {
+                    return Err(ClientError::broker(
+                        ErrorCode::UnknownTopicOrPartition,
+                        format!("{topic}-{p}"),
+                    ));
+                }
+            };
             self.assigned
                 .retain(|a| !(a.topic == topic && a.partition == p));
             self.assigned.push(Assigned {
@@ -502,5 +533,23 @@ impl Polled {
     /// Bytes of batches.
     pub fn len_bytes(&self) -> usize {
         self.parts().map(|p| p.bytes.len()).sum()
+    }
+}
+/// Longest `assign` waits for a partition's leader to be elected.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Pause between `assign`'s attempts.
+const LEADER_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether `assign` failed only because a leader is moving.
+fn leaderless(e: &ClientError) -> bool {
+    match e {
+        ClientError::Broker { code, .. } => matches!(
+            code,
+            ErrorCode::LeaderNotAvailable | ErrorCode::NotLeaderOrFollower
+        ),
+        ClientError::Connect { .. } | ClientError::Connection { .. } | ClientError::Timeout(_) => {
+            true
+        }
+        ClientError::Protocol(_) | ClientError::Closed => false,
     }
 }
