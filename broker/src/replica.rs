@@ -175,6 +175,18 @@ pub struct Layout {
     pub partition: u32,
 }
 
+impl Layout {
+    /// The report that the group reached this layout's target.
+    fn moved(&self) -> fjord_replication::metadata::PartitionMoved {
+        fjord_replication::metadata::PartitionMoved {
+            topic: self.topic.clone(),
+            topic_id: self.topic_id,
+            partition: self.partition,
+            replicas: self.target.clone(),
+        }
+    }
+}
+
 impl Replica {
     /// A replica of `group` whose voters were `base` (node ids) before any
     /// membership entry, placed as `layout` says, reaching the others at

@@ -48,24 +48,8 @@ impl Replication {
                     if g.leader() != Some(me) {
                         return None;
                     }
-                    let step = next_step(
-                        g,
-                        me,
-                        &layout.target.iter().map(|r| r.node).collect::<Vec<_>>(),
-                    )?;
-                    Some((
-                        id,
-                        match step {
-                            Next::Change(c) => Step::Change(c),
-                            Next::Transfer(to) => Step::Transfer(to),
-                            Next::Done => Step::Report(PartitionMoved {
-                                topic: layout.topic.clone(),
-                                topic_id: layout.topic_id,
-                                partition: layout.partition,
-                                replicas: layout.target.clone(),
-                            }),
-                        },
-                    ))
+                    let target: Vec<NodeId> = layout.target.iter().map(|r| r.node).collect();
+                    next_step(g, me, &target, || layout.moved()).map(|step| (id, step))
                 })
                 .collect()
         };
@@ -116,15 +100,14 @@ impl Replication {
     }
 }
 
-/// The next step of a leader's move, computed from its group alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    Change(MembershipChange),
-    Transfer(NodeId),
-    Done,
-}
-
-fn next_step(g: &Group, me: NodeId, target: &[NodeId]) -> Option<Next> {
+/// The next step of a leader's move, computed from its group alone;
+/// `moved` names the move for its report once the group is there.
+fn next_step(
+    g: &Group,
+    me: NodeId,
+    target: &[NodeId],
+    moved: impl FnOnce() -> PartitionMoved,
+) -> Option<Step> {
     let m = g.membership();
     let commit = g.commit();
     // One change at a time, each committed before the next.
@@ -132,7 +115,7 @@ fn next_step(g: &Group, me: NodeId, target: &[NodeId]) -> Option<Next> {
         return None;
     }
     if let Some(&add) = target.iter().find(|&&n| !m.contains(n)) {
-        return Some(Next::Change(MembershipChange::AddLearner(add)));
+        return Some(Step::Change(MembershipChange::AddLearner(add)));
     }
     let matched = |node: NodeId| {
         g.followers()
@@ -144,14 +127,14 @@ fn next_step(g: &Group, me: NodeId, target: &[NodeId]) -> Option<Next> {
     if let Some(&learner) = m.learners.iter().find(|l| target.contains(l)) {
         // Caught up: it has everything committed so far.
         return (matched(learner) >= commit)
-            .then_some(Next::Change(MembershipChange::Promote(learner)));
+            .then_some(Step::Change(MembershipChange::Promote(learner)));
     }
     if let Some(&extra) = m.learners.iter().find(|l| !target.contains(l)) {
-        return Some(Next::Change(MembershipChange::Remove(extra)));
+        return Some(Step::Change(MembershipChange::Remove(extra)));
     }
     if let Some(&leaving) = m.voters.iter().find(|v| !target.contains(v)) {
         if leaving != me {
-            return Some(Next::Change(MembershipChange::Remove(leaving)));
+            return Some(Step::Change(MembershipChange::Remove(leaving)));
         }
         // The most caught-up target voter takes over; it removes this one.
         let best = target
@@ -159,7 +142,7 @@ fn next_step(g: &Group, me: NodeId, target: &[NodeId]) -> Option<Next> {
             .copied()
             .filter(|&n| n != me && m.is_voter(n))
             .max_by_key(|&n| matched(n))?;
-        return Some(Next::Transfer(best));
+        return Some(Step::Transfer(best));
     }
-    Some(Next::Done)
+    Some(Step::Report(moved()))
 }
