@@ -19,6 +19,14 @@ pub const VERSIONS: &[(wire::Request, u16, u16)] = &[
     (wire::Request::ListOffsetsRequest, 0, 0),
     (wire::Request::AlterConfigsRequest, 0, 0),
     (wire::Request::MovePartitionsRequest, 0, 0),
+    (wire::Request::InitProducerIdRequest, 0, 0),
+    (wire::Request::FindCoordinatorRequest, 0, 0),
+    (wire::Request::ConsumerGroupHeartbeatRequest, 0, 0),
+    (wire::Request::OffsetCommitRequest, 0, 0),
+    (wire::Request::OffsetFetchRequest, 0, 0),
+    (wire::Request::ListGroupsRequest, 0, 0),
+    (wire::Request::DescribeGroupsRequest, 0, 0),
+    (wire::Request::DeleteGroupsRequest, 0, 0),
 ];
 
 /// Whether `version` of `api` is spoken; `None` when the API is unknown.

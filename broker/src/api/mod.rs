@@ -130,6 +130,14 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
             let payload = payload_start..payload_start + payload_len;
             return produce::produce(&shard, correlation_id, *request, buf, payload).await;
         }
+        R::InitProducerIdRequest(_)
+        | R::FindCoordinatorRequest(_)
+        | R::ConsumerGroupHeartbeatRequest(_)
+        | R::OffsetCommitRequest(_)
+        | R::OffsetFetchRequest(_)
+        | R::ListGroupsRequest(_)
+        | R::DescribeGroupsRequest(_)
+        | R::DeleteGroupsRequest(_) => Reply::error(correlation_id, ErrorCode::UnsupportedVersion),
         R::NONE => Reply::error(correlation_id, ErrorCode::InvalidRequest),
     };
     Some(reply)

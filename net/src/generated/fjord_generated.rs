@@ -29,10 +29,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 10;
+pub const ENUM_MAX_REQUEST: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 11] = [
+pub const ENUM_VALUES_REQUEST: [Request; 19] = [
   Request::NONE,
   Request::ApiVersionsRequest,
   Request::MetadataRequest,
@@ -44,6 +44,14 @@ pub const ENUM_VALUES_REQUEST: [Request; 11] = [
   Request::ListOffsetsRequest,
   Request::AlterConfigsRequest,
   Request::MovePartitionsRequest,
+  Request::InitProducerIdRequest,
+  Request::FindCoordinatorRequest,
+  Request::ConsumerGroupHeartbeatRequest,
+  Request::OffsetCommitRequest,
+  Request::OffsetFetchRequest,
+  Request::ListGroupsRequest,
+  Request::DescribeGroupsRequest,
+  Request::DeleteGroupsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -62,9 +70,17 @@ impl Request {
   pub const ListOffsetsRequest: Self = Self(8);
   pub const AlterConfigsRequest: Self = Self(9);
   pub const MovePartitionsRequest: Self = Self(10);
+  pub const InitProducerIdRequest: Self = Self(11);
+  pub const FindCoordinatorRequest: Self = Self(12);
+  pub const ConsumerGroupHeartbeatRequest: Self = Self(13);
+  pub const OffsetCommitRequest: Self = Self(14);
+  pub const OffsetFetchRequest: Self = Self(15);
+  pub const ListGroupsRequest: Self = Self(16);
+  pub const DescribeGroupsRequest: Self = Self(17);
+  pub const DeleteGroupsRequest: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsRequest,
@@ -77,6 +93,14 @@ impl Request {
     Self::ListOffsetsRequest,
     Self::AlterConfigsRequest,
     Self::MovePartitionsRequest,
+    Self::InitProducerIdRequest,
+    Self::FindCoordinatorRequest,
+    Self::ConsumerGroupHeartbeatRequest,
+    Self::OffsetCommitRequest,
+    Self::OffsetFetchRequest,
+    Self::ListGroupsRequest,
+    Self::DescribeGroupsRequest,
+    Self::DeleteGroupsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -92,6 +116,14 @@ impl Request {
       Self::ListOffsetsRequest => Some("ListOffsetsRequest"),
       Self::AlterConfigsRequest => Some("AlterConfigsRequest"),
       Self::MovePartitionsRequest => Some("MovePartitionsRequest"),
+      Self::InitProducerIdRequest => Some("InitProducerIdRequest"),
+      Self::FindCoordinatorRequest => Some("FindCoordinatorRequest"),
+      Self::ConsumerGroupHeartbeatRequest => Some("ConsumerGroupHeartbeatRequest"),
+      Self::OffsetCommitRequest => Some("OffsetCommitRequest"),
+      Self::OffsetFetchRequest => Some("OffsetFetchRequest"),
+      Self::ListGroupsRequest => Some("ListGroupsRequest"),
+      Self::DescribeGroupsRequest => Some("DescribeGroupsRequest"),
+      Self::DeleteGroupsRequest => Some("DeleteGroupsRequest"),
       _ => None,
     }
   }
@@ -163,6 +195,14 @@ pub enum RequestT {
   ListOffsetsRequest(Box<ListOffsetsRequestT>),
   AlterConfigsRequest(Box<AlterConfigsRequestT>),
   MovePartitionsRequest(Box<MovePartitionsRequestT>),
+  InitProducerIdRequest(Box<InitProducerIdRequestT>),
+  FindCoordinatorRequest(Box<FindCoordinatorRequestT>),
+  ConsumerGroupHeartbeatRequest(Box<ConsumerGroupHeartbeatRequestT>),
+  OffsetCommitRequest(Box<OffsetCommitRequestT>),
+  OffsetFetchRequest(Box<OffsetFetchRequestT>),
+  ListGroupsRequest(Box<ListGroupsRequestT>),
+  DescribeGroupsRequest(Box<DescribeGroupsRequestT>),
+  DeleteGroupsRequest(Box<DeleteGroupsRequestT>),
 }
 impl Default for RequestT {
   fn default() -> Self {
@@ -183,6 +223,14 @@ impl RequestT {
       Self::ListOffsetsRequest(_) => Request::ListOffsetsRequest,
       Self::AlterConfigsRequest(_) => Request::AlterConfigsRequest,
       Self::MovePartitionsRequest(_) => Request::MovePartitionsRequest,
+      Self::InitProducerIdRequest(_) => Request::InitProducerIdRequest,
+      Self::FindCoordinatorRequest(_) => Request::FindCoordinatorRequest,
+      Self::ConsumerGroupHeartbeatRequest(_) => Request::ConsumerGroupHeartbeatRequest,
+      Self::OffsetCommitRequest(_) => Request::OffsetCommitRequest,
+      Self::OffsetFetchRequest(_) => Request::OffsetFetchRequest,
+      Self::ListGroupsRequest(_) => Request::ListGroupsRequest,
+      Self::DescribeGroupsRequest(_) => Request::DescribeGroupsRequest,
+      Self::DeleteGroupsRequest(_) => Request::DeleteGroupsRequest,
     }
   }
   pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
@@ -198,6 +246,14 @@ impl RequestT {
       Self::ListOffsetsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::AlterConfigsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::MovePartitionsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::InitProducerIdRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::FindCoordinatorRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::ConsumerGroupHeartbeatRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::OffsetCommitRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::OffsetFetchRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::ListGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DescribeGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DeleteGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned ApiVersionsRequestT, setting the union to NONE.
@@ -410,14 +466,182 @@ impl RequestT {
   pub fn as_move_partitions_request_mut(&mut self) -> Option<&mut MovePartitionsRequestT> {
     if let Self::MovePartitionsRequest(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned InitProducerIdRequestT, setting the union to NONE.
+  pub fn take_init_producer_id_request(&mut self) -> Option<Box<InitProducerIdRequestT>> {
+    if let Self::InitProducerIdRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::InitProducerIdRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the InitProducerIdRequestT.
+  pub fn as_init_producer_id_request(&self) -> Option<&InitProducerIdRequestT> {
+    if let Self::InitProducerIdRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the InitProducerIdRequestT.
+  pub fn as_init_producer_id_request_mut(&mut self) -> Option<&mut InitProducerIdRequestT> {
+    if let Self::InitProducerIdRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned FindCoordinatorRequestT, setting the union to NONE.
+  pub fn take_find_coordinator_request(&mut self) -> Option<Box<FindCoordinatorRequestT>> {
+    if let Self::FindCoordinatorRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::FindCoordinatorRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the FindCoordinatorRequestT.
+  pub fn as_find_coordinator_request(&self) -> Option<&FindCoordinatorRequestT> {
+    if let Self::FindCoordinatorRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the FindCoordinatorRequestT.
+  pub fn as_find_coordinator_request_mut(&mut self) -> Option<&mut FindCoordinatorRequestT> {
+    if let Self::FindCoordinatorRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned ConsumerGroupHeartbeatRequestT, setting the union to NONE.
+  pub fn take_consumer_group_heartbeat_request(&mut self) -> Option<Box<ConsumerGroupHeartbeatRequestT>> {
+    if let Self::ConsumerGroupHeartbeatRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ConsumerGroupHeartbeatRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ConsumerGroupHeartbeatRequestT.
+  pub fn as_consumer_group_heartbeat_request(&self) -> Option<&ConsumerGroupHeartbeatRequestT> {
+    if let Self::ConsumerGroupHeartbeatRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ConsumerGroupHeartbeatRequestT.
+  pub fn as_consumer_group_heartbeat_request_mut(&mut self) -> Option<&mut ConsumerGroupHeartbeatRequestT> {
+    if let Self::ConsumerGroupHeartbeatRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned OffsetCommitRequestT, setting the union to NONE.
+  pub fn take_offset_commit_request(&mut self) -> Option<Box<OffsetCommitRequestT>> {
+    if let Self::OffsetCommitRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::OffsetCommitRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the OffsetCommitRequestT.
+  pub fn as_offset_commit_request(&self) -> Option<&OffsetCommitRequestT> {
+    if let Self::OffsetCommitRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the OffsetCommitRequestT.
+  pub fn as_offset_commit_request_mut(&mut self) -> Option<&mut OffsetCommitRequestT> {
+    if let Self::OffsetCommitRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned OffsetFetchRequestT, setting the union to NONE.
+  pub fn take_offset_fetch_request(&mut self) -> Option<Box<OffsetFetchRequestT>> {
+    if let Self::OffsetFetchRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::OffsetFetchRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the OffsetFetchRequestT.
+  pub fn as_offset_fetch_request(&self) -> Option<&OffsetFetchRequestT> {
+    if let Self::OffsetFetchRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the OffsetFetchRequestT.
+  pub fn as_offset_fetch_request_mut(&mut self) -> Option<&mut OffsetFetchRequestT> {
+    if let Self::OffsetFetchRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned ListGroupsRequestT, setting the union to NONE.
+  pub fn take_list_groups_request(&mut self) -> Option<Box<ListGroupsRequestT>> {
+    if let Self::ListGroupsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ListGroupsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ListGroupsRequestT.
+  pub fn as_list_groups_request(&self) -> Option<&ListGroupsRequestT> {
+    if let Self::ListGroupsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ListGroupsRequestT.
+  pub fn as_list_groups_request_mut(&mut self) -> Option<&mut ListGroupsRequestT> {
+    if let Self::ListGroupsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DescribeGroupsRequestT, setting the union to NONE.
+  pub fn take_describe_groups_request(&mut self) -> Option<Box<DescribeGroupsRequestT>> {
+    if let Self::DescribeGroupsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::DescribeGroupsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DescribeGroupsRequestT.
+  pub fn as_describe_groups_request(&self) -> Option<&DescribeGroupsRequestT> {
+    if let Self::DescribeGroupsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DescribeGroupsRequestT.
+  pub fn as_describe_groups_request_mut(&mut self) -> Option<&mut DescribeGroupsRequestT> {
+    if let Self::DescribeGroupsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DeleteGroupsRequestT, setting the union to NONE.
+  pub fn take_delete_groups_request(&mut self) -> Option<Box<DeleteGroupsRequestT>> {
+    if let Self::DeleteGroupsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::DeleteGroupsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DeleteGroupsRequestT.
+  pub fn as_delete_groups_request(&self) -> Option<&DeleteGroupsRequestT> {
+    if let Self::DeleteGroupsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DeleteGroupsRequestT.
+  pub fn as_delete_groups_request_mut(&mut self) -> Option<&mut DeleteGroupsRequestT> {
+    if let Self::DeleteGroupsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE: u8 = 10;
+pub const ENUM_MAX_RESPONSE: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE: [Response; 11] = [
+pub const ENUM_VALUES_RESPONSE: [Response; 19] = [
   Response::NONE,
   Response::ApiVersionsResponse,
   Response::MetadataResponse,
@@ -429,6 +653,14 @@ pub const ENUM_VALUES_RESPONSE: [Response; 11] = [
   Response::ListOffsetsResponse,
   Response::AlterConfigsResponse,
   Response::MovePartitionsResponse,
+  Response::InitProducerIdResponse,
+  Response::FindCoordinatorResponse,
+  Response::ConsumerGroupHeartbeatResponse,
+  Response::OffsetCommitResponse,
+  Response::OffsetFetchResponse,
+  Response::ListGroupsResponse,
+  Response::DescribeGroupsResponse,
+  Response::DeleteGroupsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -447,9 +679,17 @@ impl Response {
   pub const ListOffsetsResponse: Self = Self(8);
   pub const AlterConfigsResponse: Self = Self(9);
   pub const MovePartitionsResponse: Self = Self(10);
+  pub const InitProducerIdResponse: Self = Self(11);
+  pub const FindCoordinatorResponse: Self = Self(12);
+  pub const ConsumerGroupHeartbeatResponse: Self = Self(13);
+  pub const OffsetCommitResponse: Self = Self(14);
+  pub const OffsetFetchResponse: Self = Self(15);
+  pub const ListGroupsResponse: Self = Self(16);
+  pub const DescribeGroupsResponse: Self = Self(17);
+  pub const DeleteGroupsResponse: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsResponse,
@@ -462,6 +702,14 @@ impl Response {
     Self::ListOffsetsResponse,
     Self::AlterConfigsResponse,
     Self::MovePartitionsResponse,
+    Self::InitProducerIdResponse,
+    Self::FindCoordinatorResponse,
+    Self::ConsumerGroupHeartbeatResponse,
+    Self::OffsetCommitResponse,
+    Self::OffsetFetchResponse,
+    Self::ListGroupsResponse,
+    Self::DescribeGroupsResponse,
+    Self::DeleteGroupsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -477,6 +725,14 @@ impl Response {
       Self::ListOffsetsResponse => Some("ListOffsetsResponse"),
       Self::AlterConfigsResponse => Some("AlterConfigsResponse"),
       Self::MovePartitionsResponse => Some("MovePartitionsResponse"),
+      Self::InitProducerIdResponse => Some("InitProducerIdResponse"),
+      Self::FindCoordinatorResponse => Some("FindCoordinatorResponse"),
+      Self::ConsumerGroupHeartbeatResponse => Some("ConsumerGroupHeartbeatResponse"),
+      Self::OffsetCommitResponse => Some("OffsetCommitResponse"),
+      Self::OffsetFetchResponse => Some("OffsetFetchResponse"),
+      Self::ListGroupsResponse => Some("ListGroupsResponse"),
+      Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
+      Self::DeleteGroupsResponse => Some("DeleteGroupsResponse"),
       _ => None,
     }
   }
@@ -548,6 +804,14 @@ pub enum ResponseT {
   ListOffsetsResponse(Box<ListOffsetsResponseT>),
   AlterConfigsResponse(Box<AlterConfigsResponseT>),
   MovePartitionsResponse(Box<MovePartitionsResponseT>),
+  InitProducerIdResponse(Box<InitProducerIdResponseT>),
+  FindCoordinatorResponse(Box<FindCoordinatorResponseT>),
+  ConsumerGroupHeartbeatResponse(Box<ConsumerGroupHeartbeatResponseT>),
+  OffsetCommitResponse(Box<OffsetCommitResponseT>),
+  OffsetFetchResponse(Box<OffsetFetchResponseT>),
+  ListGroupsResponse(Box<ListGroupsResponseT>),
+  DescribeGroupsResponse(Box<DescribeGroupsResponseT>),
+  DeleteGroupsResponse(Box<DeleteGroupsResponseT>),
 }
 impl Default for ResponseT {
   fn default() -> Self {
@@ -568,6 +832,14 @@ impl ResponseT {
       Self::ListOffsetsResponse(_) => Response::ListOffsetsResponse,
       Self::AlterConfigsResponse(_) => Response::AlterConfigsResponse,
       Self::MovePartitionsResponse(_) => Response::MovePartitionsResponse,
+      Self::InitProducerIdResponse(_) => Response::InitProducerIdResponse,
+      Self::FindCoordinatorResponse(_) => Response::FindCoordinatorResponse,
+      Self::ConsumerGroupHeartbeatResponse(_) => Response::ConsumerGroupHeartbeatResponse,
+      Self::OffsetCommitResponse(_) => Response::OffsetCommitResponse,
+      Self::OffsetFetchResponse(_) => Response::OffsetFetchResponse,
+      Self::ListGroupsResponse(_) => Response::ListGroupsResponse,
+      Self::DescribeGroupsResponse(_) => Response::DescribeGroupsResponse,
+      Self::DeleteGroupsResponse(_) => Response::DeleteGroupsResponse,
     }
   }
   pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
@@ -583,6 +855,14 @@ impl ResponseT {
       Self::ListOffsetsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::AlterConfigsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::MovePartitionsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::InitProducerIdResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::FindCoordinatorResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::ConsumerGroupHeartbeatResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::OffsetCommitResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::OffsetFetchResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::ListGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DescribeGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DeleteGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned ApiVersionsResponseT, setting the union to NONE.
@@ -794,6 +1074,174 @@ impl ResponseT {
   /// If the union variant matches, return a mutable reference to the MovePartitionsResponseT.
   pub fn as_move_partitions_response_mut(&mut self) -> Option<&mut MovePartitionsResponseT> {
     if let Self::MovePartitionsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned InitProducerIdResponseT, setting the union to NONE.
+  pub fn take_init_producer_id_response(&mut self) -> Option<Box<InitProducerIdResponseT>> {
+    if let Self::InitProducerIdResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::InitProducerIdResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the InitProducerIdResponseT.
+  pub fn as_init_producer_id_response(&self) -> Option<&InitProducerIdResponseT> {
+    if let Self::InitProducerIdResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the InitProducerIdResponseT.
+  pub fn as_init_producer_id_response_mut(&mut self) -> Option<&mut InitProducerIdResponseT> {
+    if let Self::InitProducerIdResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned FindCoordinatorResponseT, setting the union to NONE.
+  pub fn take_find_coordinator_response(&mut self) -> Option<Box<FindCoordinatorResponseT>> {
+    if let Self::FindCoordinatorResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::FindCoordinatorResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the FindCoordinatorResponseT.
+  pub fn as_find_coordinator_response(&self) -> Option<&FindCoordinatorResponseT> {
+    if let Self::FindCoordinatorResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the FindCoordinatorResponseT.
+  pub fn as_find_coordinator_response_mut(&mut self) -> Option<&mut FindCoordinatorResponseT> {
+    if let Self::FindCoordinatorResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned ConsumerGroupHeartbeatResponseT, setting the union to NONE.
+  pub fn take_consumer_group_heartbeat_response(&mut self) -> Option<Box<ConsumerGroupHeartbeatResponseT>> {
+    if let Self::ConsumerGroupHeartbeatResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ConsumerGroupHeartbeatResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ConsumerGroupHeartbeatResponseT.
+  pub fn as_consumer_group_heartbeat_response(&self) -> Option<&ConsumerGroupHeartbeatResponseT> {
+    if let Self::ConsumerGroupHeartbeatResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ConsumerGroupHeartbeatResponseT.
+  pub fn as_consumer_group_heartbeat_response_mut(&mut self) -> Option<&mut ConsumerGroupHeartbeatResponseT> {
+    if let Self::ConsumerGroupHeartbeatResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned OffsetCommitResponseT, setting the union to NONE.
+  pub fn take_offset_commit_response(&mut self) -> Option<Box<OffsetCommitResponseT>> {
+    if let Self::OffsetCommitResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::OffsetCommitResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the OffsetCommitResponseT.
+  pub fn as_offset_commit_response(&self) -> Option<&OffsetCommitResponseT> {
+    if let Self::OffsetCommitResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the OffsetCommitResponseT.
+  pub fn as_offset_commit_response_mut(&mut self) -> Option<&mut OffsetCommitResponseT> {
+    if let Self::OffsetCommitResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned OffsetFetchResponseT, setting the union to NONE.
+  pub fn take_offset_fetch_response(&mut self) -> Option<Box<OffsetFetchResponseT>> {
+    if let Self::OffsetFetchResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::OffsetFetchResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the OffsetFetchResponseT.
+  pub fn as_offset_fetch_response(&self) -> Option<&OffsetFetchResponseT> {
+    if let Self::OffsetFetchResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the OffsetFetchResponseT.
+  pub fn as_offset_fetch_response_mut(&mut self) -> Option<&mut OffsetFetchResponseT> {
+    if let Self::OffsetFetchResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned ListGroupsResponseT, setting the union to NONE.
+  pub fn take_list_groups_response(&mut self) -> Option<Box<ListGroupsResponseT>> {
+    if let Self::ListGroupsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::ListGroupsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the ListGroupsResponseT.
+  pub fn as_list_groups_response(&self) -> Option<&ListGroupsResponseT> {
+    if let Self::ListGroupsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the ListGroupsResponseT.
+  pub fn as_list_groups_response_mut(&mut self) -> Option<&mut ListGroupsResponseT> {
+    if let Self::ListGroupsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DescribeGroupsResponseT, setting the union to NONE.
+  pub fn take_describe_groups_response(&mut self) -> Option<Box<DescribeGroupsResponseT>> {
+    if let Self::DescribeGroupsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::DescribeGroupsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DescribeGroupsResponseT.
+  pub fn as_describe_groups_response(&self) -> Option<&DescribeGroupsResponseT> {
+    if let Self::DescribeGroupsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DescribeGroupsResponseT.
+  pub fn as_describe_groups_response_mut(&mut self) -> Option<&mut DescribeGroupsResponseT> {
+    if let Self::DescribeGroupsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DeleteGroupsResponseT, setting the union to NONE.
+  pub fn take_delete_groups_response(&mut self) -> Option<Box<DeleteGroupsResponseT>> {
+    if let Self::DeleteGroupsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::DeleteGroupsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DeleteGroupsResponseT.
+  pub fn as_delete_groups_response(&self) -> Option<&DeleteGroupsResponseT> {
+    if let Self::DeleteGroupsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DeleteGroupsResponseT.
+  pub fn as_delete_groups_response_mut(&mut self) -> Option<&mut DeleteGroupsResponseT> {
+    if let Self::DeleteGroupsResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }
 /// A byte range of the frame's payload section.
@@ -8238,6 +8686,4961 @@ impl MovePartitionsResponseT {
     })
   }
 }
+pub enum InitProducerIdRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A producer id for idempotent produce (Kafka's InitProducerId). A
+/// producer that had an id asks with it to bump its epoch (fencing its
+/// older incarnation).
+pub struct InitProducerIdRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for InitProducerIdRequest<'a> {
+  type Inner = InitProducerIdRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> InitProducerIdRequest<'a> {
+  pub const VT_PRODUCER_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_EPOCH: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    InitProducerIdRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args InitProducerIdRequestArgs
+  ) -> flatbuffers::WIPOffset<InitProducerIdRequest<'bldr>> {
+    let mut builder = InitProducerIdRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> InitProducerIdRequestT {
+    let producer_id = self.producer_id();
+    let producer_epoch = self.producer_epoch();
+    InitProducerIdRequestT {
+      producer_id,
+      producer_epoch,
+    }
+  }
+
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(InitProducerIdRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerIdRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for InitProducerIdRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerIdRequestArgs {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+impl<'a> Default for InitProducerIdRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    InitProducerIdRequestArgs {
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+
+pub struct InitProducerIdRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> InitProducerIdRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(InitProducerIdRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerIdRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> InitProducerIdRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    InitProducerIdRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<InitProducerIdRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for InitProducerIdRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerIdRequest");
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitProducerIdRequestT {
+  pub producer_id: i64,
+  pub producer_epoch: i16,
+}
+impl Default for InitProducerIdRequestT {
+  fn default() -> Self {
+    Self {
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+impl InitProducerIdRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<InitProducerIdRequest<'b>> {
+    let producer_id = self.producer_id;
+    let producer_epoch = self.producer_epoch;
+    InitProducerIdRequest::create(_fbb, &InitProducerIdRequestArgs{
+      producer_id,
+      producer_epoch,
+    })
+  }
+}
+pub enum InitProducerIdResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct InitProducerIdResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for InitProducerIdResponse<'a> {
+  type Inner = InitProducerIdResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> InitProducerIdResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    InitProducerIdResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args InitProducerIdResponseArgs
+  ) -> flatbuffers::WIPOffset<InitProducerIdResponse<'bldr>> {
+    let mut builder = InitProducerIdResponseBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> InitProducerIdResponseT {
+    let error_code = self.error_code();
+    let producer_id = self.producer_id();
+    let producer_epoch = self.producer_epoch();
+    InitProducerIdResponseT {
+      error_code,
+      producer_id,
+      producer_epoch,
+    }
+  }
+
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerIdResponse::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(InitProducerIdResponse::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerIdResponse::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for InitProducerIdResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerIdResponseArgs {
+    pub error_code: i16,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+impl<'a> Default for InitProducerIdResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    InitProducerIdResponseArgs {
+      error_code: 0,
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+
+pub struct InitProducerIdResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> InitProducerIdResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerIdResponse::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(InitProducerIdResponse::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerIdResponse::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> InitProducerIdResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    InitProducerIdResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<InitProducerIdResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for InitProducerIdResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerIdResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitProducerIdResponseT {
+  pub error_code: i16,
+  pub producer_id: i64,
+  pub producer_epoch: i16,
+}
+impl Default for InitProducerIdResponseT {
+  fn default() -> Self {
+    Self {
+      error_code: 0,
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+impl InitProducerIdResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<InitProducerIdResponse<'b>> {
+    let error_code = self.error_code;
+    let producer_id = self.producer_id;
+    let producer_epoch = self.producer_epoch;
+    InitProducerIdResponse::create(_fbb, &InitProducerIdResponseArgs{
+      error_code,
+      producer_id,
+      producer_epoch,
+    })
+  }
+}
+pub enum FindCoordinatorRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Where a group's coordinator is: the leader of partition
+/// `hash(group) % N` of `__consumer_offsets` (Kafka's FindCoordinator).
+pub struct FindCoordinatorRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for FindCoordinatorRequest<'a> {
+  type Inner = FindCoordinatorRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> FindCoordinatorRequest<'a> {
+  pub const VT_GROUP_ID: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    FindCoordinatorRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args FindCoordinatorRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<FindCoordinatorRequest<'bldr>> {
+    let mut builder = FindCoordinatorRequestBuilder::new(_fbb);
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> FindCoordinatorRequestT {
+    let group_id = self.group_id().map(|x| {
+      x.to_string()
+    });
+    FindCoordinatorRequestT {
+      group_id,
+    }
+  }
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(FindCoordinatorRequest::VT_GROUP_ID, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for FindCoordinatorRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FindCoordinatorRequestArgs<'a> {
+    pub group_id: Option<flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for FindCoordinatorRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    FindCoordinatorRequestArgs {
+      group_id: None,
+    }
+  }
+}
+
+pub struct FindCoordinatorRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> FindCoordinatorRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(FindCoordinatorRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> FindCoordinatorRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    FindCoordinatorRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<FindCoordinatorRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for FindCoordinatorRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("FindCoordinatorRequest");
+      ds.field("group_id", &self.group_id());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindCoordinatorRequestT {
+  pub group_id: Option<String>,
+}
+impl Default for FindCoordinatorRequestT {
+  fn default() -> Self {
+    Self {
+      group_id: None,
+    }
+  }
+}
+impl FindCoordinatorRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<FindCoordinatorRequest<'b>> {
+    let group_id = self.group_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    FindCoordinatorRequest::create(_fbb, &FindCoordinatorRequestArgs{
+      group_id,
+    })
+  }
+}
+pub enum FindCoordinatorResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct FindCoordinatorResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for FindCoordinatorResponse<'a> {
+  type Inner = FindCoordinatorResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> FindCoordinatorResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_MESSAGE: flatbuffers::VOffsetT = 6;
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 8;
+  pub const VT_NODE_ID: flatbuffers::VOffsetT = 10;
+  pub const VT_HOST: flatbuffers::VOffsetT = 12;
+  pub const VT_PORT: flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    FindCoordinatorResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args FindCoordinatorResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<FindCoordinatorResponse<'bldr>> {
+    let mut builder = FindCoordinatorResponseBuilder::new(_fbb);
+    if let Some(x) = args.host { builder.add_host(x); }
+    builder.add_node_id(args.node_id);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_port(args.port);
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> FindCoordinatorResponseT {
+    let error_code = self.error_code();
+    let error_message = self.error_message().map(|x| {
+      x.to_string()
+    });
+    let partition = self.partition();
+    let node_id = self.node_id();
+    let host = self.host().map(|x| {
+      x.to_string()
+    });
+    let port = self.port();
+    FindCoordinatorResponseT {
+      error_code,
+      error_message,
+      partition,
+      node_id,
+      host,
+      port,
+    }
+  }
+
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(FindCoordinatorResponse::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(FindCoordinatorResponse::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(FindCoordinatorResponse::VT_PARTITION, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn node_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(FindCoordinatorResponse::VT_NODE_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn host(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(FindCoordinatorResponse::VT_HOST, None)}
+  }
+  #[inline]
+  pub fn port(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(FindCoordinatorResponse::VT_PORT, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for FindCoordinatorResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i32>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
+     .visit_field::<u16>("port", Self::VT_PORT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FindCoordinatorResponseArgs<'a> {
+    pub error_code: i16,
+    pub error_message: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partition: i32,
+    pub node_id: i32,
+    pub host: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub port: u16,
+}
+impl<'a> Default for FindCoordinatorResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    FindCoordinatorResponseArgs {
+      error_code: 0,
+      error_message: None,
+      partition: -1,
+      node_id: -1,
+      host: None,
+      port: 0,
+    }
+  }
+}
+
+pub struct FindCoordinatorResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> FindCoordinatorResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(FindCoordinatorResponse::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(FindCoordinatorResponse::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(FindCoordinatorResponse::VT_PARTITION, partition, -1);
+  }
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: i32) {
+    self.fbb_.push_slot::<i32>(FindCoordinatorResponse::VT_NODE_ID, node_id, -1);
+  }
+  #[inline]
+  pub fn add_host(&mut self, host: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(FindCoordinatorResponse::VT_HOST, host);
+  }
+  #[inline]
+  pub fn add_port(&mut self, port: u16) {
+    self.fbb_.push_slot::<u16>(FindCoordinatorResponse::VT_PORT, port, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> FindCoordinatorResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    FindCoordinatorResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<FindCoordinatorResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for FindCoordinatorResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("FindCoordinatorResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("error_message", &self.error_message());
+      ds.field("partition", &self.partition());
+      ds.field("node_id", &self.node_id());
+      ds.field("host", &self.host());
+      ds.field("port", &self.port());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindCoordinatorResponseT {
+  pub error_code: i16,
+  pub error_message: Option<String>,
+  pub partition: i32,
+  pub node_id: i32,
+  pub host: Option<String>,
+  pub port: u16,
+}
+impl Default for FindCoordinatorResponseT {
+  fn default() -> Self {
+    Self {
+      error_code: 0,
+      error_message: None,
+      partition: -1,
+      node_id: -1,
+      host: None,
+      port: 0,
+    }
+  }
+}
+impl FindCoordinatorResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<FindCoordinatorResponse<'b>> {
+    let error_code = self.error_code;
+    let error_message = self.error_message.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partition = self.partition;
+    let node_id = self.node_id;
+    let host = self.host.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let port = self.port;
+    FindCoordinatorResponse::create(_fbb, &FindCoordinatorResponseArgs{
+      error_code,
+      error_message,
+      partition,
+      node_id,
+      host,
+      port,
+    })
+  }
+}
+pub enum TopicPartitionsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TopicPartitions<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for TopicPartitions<'a> {
+  type Inner = TopicPartitions<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> TopicPartitions<'a> {
+  pub const VT_NAME: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    TopicPartitions { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args TopicPartitionsArgs<'args>
+  ) -> flatbuffers::WIPOffset<TopicPartitions<'bldr>> {
+    let mut builder = TopicPartitionsBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> TopicPartitionsT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.into_iter().collect()
+    });
+    TopicPartitionsT {
+      name,
+      partitions,
+    }
+  }
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(TopicPartitions::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, i32>>>(TopicPartitions::VT_PARTITIONS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for TopicPartitions<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, i32>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TopicPartitionsArgs<'a> {
+    pub name: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, i32>>>,
+}
+impl<'a> Default for TopicPartitionsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TopicPartitionsArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct TopicPartitionsBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> TopicPartitionsBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_name(&mut self, name: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(TopicPartitions::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: flatbuffers::WIPOffset<flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(TopicPartitions::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TopicPartitionsBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    TopicPartitionsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<TopicPartitions<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for TopicPartitions<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("TopicPartitions");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicPartitionsT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<i32>>,
+}
+impl Default for TopicPartitionsT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl TopicPartitionsT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<TopicPartitions<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    TopicPartitions::create(_fbb, &TopicPartitionsArgs{
+      name,
+      partitions,
+    })
+  }
+}
+pub enum ConsumerGroupHeartbeatRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One consumer's heartbeat (KIP-848's ConsumerGroupHeartbeat): member
+/// epoch 0 joins, -1 leaves, -2 leaves a static member's place held for
+/// its session timeout. Absent fields mean unchanged.
+pub struct ConsumerGroupHeartbeatRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ConsumerGroupHeartbeatRequest<'a> {
+  type Inner = ConsumerGroupHeartbeatRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ConsumerGroupHeartbeatRequest<'a> {
+  pub const VT_GROUP_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_MEMBER_ID: flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBER_EPOCH: flatbuffers::VOffsetT = 8;
+  pub const VT_INSTANCE_ID: flatbuffers::VOffsetT = 10;
+  pub const VT_CLIENT_ID: flatbuffers::VOffsetT = 12;
+  pub const VT_SESSION_TIMEOUT_MS: flatbuffers::VOffsetT = 14;
+  pub const VT_SUBSCRIBED_TOPIC_NAMES: flatbuffers::VOffsetT = 16;
+  pub const VT_SUBSCRIBED_TOPIC_REGEX: flatbuffers::VOffsetT = 18;
+  pub const VT_OWNED: flatbuffers::VOffsetT = 20;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ConsumerGroupHeartbeatRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ConsumerGroupHeartbeatRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<ConsumerGroupHeartbeatRequest<'bldr>> {
+    let mut builder = ConsumerGroupHeartbeatRequestBuilder::new(_fbb);
+    if let Some(x) = args.owned { builder.add_owned(x); }
+    if let Some(x) = args.subscribed_topic_regex { builder.add_subscribed_topic_regex(x); }
+    if let Some(x) = args.subscribed_topic_names { builder.add_subscribed_topic_names(x); }
+    builder.add_session_timeout_ms(args.session_timeout_ms);
+    if let Some(x) = args.client_id { builder.add_client_id(x); }
+    if let Some(x) = args.instance_id { builder.add_instance_id(x); }
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> ConsumerGroupHeartbeatRequestT {
+    let group_id = self.group_id().map(|x| {
+      x.to_string()
+    });
+    let member_id = self.member_id().map(|x| {
+      x.to_string()
+    });
+    let member_epoch = self.member_epoch();
+    let instance_id = self.instance_id().map(|x| {
+      x.to_string()
+    });
+    let client_id = self.client_id().map(|x| {
+      x.to_string()
+    });
+    let session_timeout_ms = self.session_timeout_ms();
+    let subscribed_topic_names = self.subscribed_topic_names().map(|x| {
+      x.iter().map(|s| s.to_string()).collect()
+    });
+    let subscribed_topic_regex = self.subscribed_topic_regex().map(|x| {
+      x.to_string()
+    });
+    let owned = self.owned().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ConsumerGroupHeartbeatRequestT {
+      group_id,
+      member_id,
+      member_epoch,
+      instance_id,
+      client_id,
+      session_timeout_ms,
+      subscribed_topic_names,
+      subscribed_topic_regex,
+      owned,
+    }
+  }
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_MEMBER_ID, None)}
+  }
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ConsumerGroupHeartbeatRequest::VT_MEMBER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn instance_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_INSTANCE_ID, None)}
+  }
+  #[inline]
+  pub fn client_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_CLIENT_ID, None)}
+  }
+  #[inline]
+  pub fn session_timeout_ms(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ConsumerGroupHeartbeatRequest::VT_SESSION_TIMEOUT_MS, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn subscribed_topic_names(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>(ConsumerGroupHeartbeatRequest::VT_SUBSCRIBED_TOPIC_NAMES, None)}
+  }
+  #[inline]
+  pub fn subscribed_topic_regex(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_SUBSCRIBED_TOPIC_REGEX, None)}
+  }
+  #[inline]
+  pub fn owned(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions>>>>(ConsumerGroupHeartbeatRequest::VT_OWNED, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ConsumerGroupHeartbeatRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("instance_id", Self::VT_INSTANCE_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("client_id", Self::VT_CLIENT_ID, false)?
+     .visit_field::<i32>("session_timeout_ms", Self::VT_SESSION_TIMEOUT_MS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>>>("subscribed_topic_names", Self::VT_SUBSCRIBED_TOPIC_NAMES, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("subscribed_topic_regex", Self::VT_SUBSCRIBED_TOPIC_REGEX, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicPartitions>>>>("owned", Self::VT_OWNED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConsumerGroupHeartbeatRequestArgs<'a> {
+    pub group_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub member_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub instance_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub client_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub session_timeout_ms: i32,
+    pub subscribed_topic_names: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub subscribed_topic_regex: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub owned: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+}
+impl<'a> Default for ConsumerGroupHeartbeatRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConsumerGroupHeartbeatRequestArgs {
+      group_id: None,
+      member_id: None,
+      member_epoch: 0,
+      instance_id: None,
+      client_id: None,
+      session_timeout_ms: -1,
+      subscribed_topic_names: None,
+      subscribed_topic_regex: None,
+      owned: None,
+    }
+  }
+}
+
+pub struct ConsumerGroupHeartbeatRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ConsumerGroupHeartbeatRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(ConsumerGroupHeartbeatRequest::VT_MEMBER_EPOCH, member_epoch, 0);
+  }
+  #[inline]
+  pub fn add_instance_id(&mut self, instance_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_INSTANCE_ID, instance_id);
+  }
+  #[inline]
+  pub fn add_client_id(&mut self, client_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_CLIENT_ID, client_id);
+  }
+  #[inline]
+  pub fn add_session_timeout_ms(&mut self, session_timeout_ms: i32) {
+    self.fbb_.push_slot::<i32>(ConsumerGroupHeartbeatRequest::VT_SESSION_TIMEOUT_MS, session_timeout_ms, -1);
+  }
+  #[inline]
+  pub fn add_subscribed_topic_names(&mut self, subscribed_topic_names: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_SUBSCRIBED_TOPIC_NAMES, subscribed_topic_names);
+  }
+  #[inline]
+  pub fn add_subscribed_topic_regex(&mut self, subscribed_topic_regex: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_SUBSCRIBED_TOPIC_REGEX, subscribed_topic_regex);
+  }
+  #[inline]
+  pub fn add_owned(&mut self, owned: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_OWNED, owned);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ConsumerGroupHeartbeatRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ConsumerGroupHeartbeatRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ConsumerGroupHeartbeatRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ConsumerGroupHeartbeatRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ConsumerGroupHeartbeatRequest");
+      ds.field("group_id", &self.group_id());
+      ds.field("member_id", &self.member_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("instance_id", &self.instance_id());
+      ds.field("client_id", &self.client_id());
+      ds.field("session_timeout_ms", &self.session_timeout_ms());
+      ds.field("subscribed_topic_names", &self.subscribed_topic_names());
+      ds.field("subscribed_topic_regex", &self.subscribed_topic_regex());
+      ds.field("owned", &self.owned());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerGroupHeartbeatRequestT {
+  pub group_id: Option<String>,
+  pub member_id: Option<String>,
+  pub member_epoch: i32,
+  pub instance_id: Option<String>,
+  pub client_id: Option<String>,
+  pub session_timeout_ms: i32,
+  pub subscribed_topic_names: Option<Vec<String>>,
+  pub subscribed_topic_regex: Option<String>,
+  pub owned: Option<Vec<TopicPartitionsT>>,
+}
+impl Default for ConsumerGroupHeartbeatRequestT {
+  fn default() -> Self {
+    Self {
+      group_id: None,
+      member_id: None,
+      member_epoch: 0,
+      instance_id: None,
+      client_id: None,
+      session_timeout_ms: -1,
+      subscribed_topic_names: None,
+      subscribed_topic_regex: None,
+      owned: None,
+    }
+  }
+}
+impl ConsumerGroupHeartbeatRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ConsumerGroupHeartbeatRequest<'b>> {
+    let group_id = self.group_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let member_id = self.member_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let member_epoch = self.member_epoch;
+    let instance_id = self.instance_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let client_id = self.client_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let session_timeout_ms = self.session_timeout_ms;
+    let subscribed_topic_names = self.subscribed_topic_names.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
+    });
+    let subscribed_topic_regex = self.subscribed_topic_regex.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let owned = self.owned.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ConsumerGroupHeartbeatRequest::create(_fbb, &ConsumerGroupHeartbeatRequestArgs{
+      group_id,
+      member_id,
+      member_epoch,
+      instance_id,
+      client_id,
+      session_timeout_ms,
+      subscribed_topic_names,
+      subscribed_topic_regex,
+      owned,
+    })
+  }
+}
+pub enum ConsumerGroupHeartbeatResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `assignment` is absent when unchanged since the last answer.
+pub struct ConsumerGroupHeartbeatResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ConsumerGroupHeartbeatResponse<'a> {
+  type Inner = ConsumerGroupHeartbeatResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ConsumerGroupHeartbeatResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_MESSAGE: flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBER_ID: flatbuffers::VOffsetT = 8;
+  pub const VT_MEMBER_EPOCH: flatbuffers::VOffsetT = 10;
+  pub const VT_HEARTBEAT_INTERVAL_MS: flatbuffers::VOffsetT = 12;
+  pub const VT_ASSIGNMENT: flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ConsumerGroupHeartbeatResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ConsumerGroupHeartbeatResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<ConsumerGroupHeartbeatResponse<'bldr>> {
+    let mut builder = ConsumerGroupHeartbeatResponseBuilder::new(_fbb);
+    if let Some(x) = args.assignment { builder.add_assignment(x); }
+    builder.add_heartbeat_interval_ms(args.heartbeat_interval_ms);
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> ConsumerGroupHeartbeatResponseT {
+    let error_code = self.error_code();
+    let error_message = self.error_message().map(|x| {
+      x.to_string()
+    });
+    let member_id = self.member_id().map(|x| {
+      x.to_string()
+    });
+    let member_epoch = self.member_epoch();
+    let heartbeat_interval_ms = self.heartbeat_interval_ms();
+    let assignment = self.assignment().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ConsumerGroupHeartbeatResponseT {
+      error_code,
+      error_message,
+      member_id,
+      member_epoch,
+      heartbeat_interval_ms,
+      assignment,
+    }
+  }
+
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(ConsumerGroupHeartbeatResponse::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatResponse::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatResponse::VT_MEMBER_ID, None)}
+  }
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ConsumerGroupHeartbeatResponse::VT_MEMBER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn heartbeat_interval_ms(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ConsumerGroupHeartbeatResponse::VT_HEARTBEAT_INTERVAL_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn assignment(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions>>>>(ConsumerGroupHeartbeatResponse::VT_ASSIGNMENT, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ConsumerGroupHeartbeatResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<i32>("heartbeat_interval_ms", Self::VT_HEARTBEAT_INTERVAL_MS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicPartitions>>>>("assignment", Self::VT_ASSIGNMENT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConsumerGroupHeartbeatResponseArgs<'a> {
+    pub error_code: i16,
+    pub error_message: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub member_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: i32,
+    pub assignment: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+}
+impl<'a> Default for ConsumerGroupHeartbeatResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConsumerGroupHeartbeatResponseArgs {
+      error_code: 0,
+      error_message: None,
+      member_id: None,
+      member_epoch: 0,
+      heartbeat_interval_ms: 0,
+      assignment: None,
+    }
+  }
+}
+
+pub struct ConsumerGroupHeartbeatResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ConsumerGroupHeartbeatResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(ConsumerGroupHeartbeatResponse::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatResponse::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatResponse::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(ConsumerGroupHeartbeatResponse::VT_MEMBER_EPOCH, member_epoch, 0);
+  }
+  #[inline]
+  pub fn add_heartbeat_interval_ms(&mut self, heartbeat_interval_ms: i32) {
+    self.fbb_.push_slot::<i32>(ConsumerGroupHeartbeatResponse::VT_HEARTBEAT_INTERVAL_MS, heartbeat_interval_ms, 0);
+  }
+  #[inline]
+  pub fn add_assignment(&mut self, assignment: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatResponse::VT_ASSIGNMENT, assignment);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ConsumerGroupHeartbeatResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ConsumerGroupHeartbeatResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ConsumerGroupHeartbeatResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ConsumerGroupHeartbeatResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ConsumerGroupHeartbeatResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("error_message", &self.error_message());
+      ds.field("member_id", &self.member_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("heartbeat_interval_ms", &self.heartbeat_interval_ms());
+      ds.field("assignment", &self.assignment());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerGroupHeartbeatResponseT {
+  pub error_code: i16,
+  pub error_message: Option<String>,
+  pub member_id: Option<String>,
+  pub member_epoch: i32,
+  pub heartbeat_interval_ms: i32,
+  pub assignment: Option<Vec<TopicPartitionsT>>,
+}
+impl Default for ConsumerGroupHeartbeatResponseT {
+  fn default() -> Self {
+    Self {
+      error_code: 0,
+      error_message: None,
+      member_id: None,
+      member_epoch: 0,
+      heartbeat_interval_ms: 0,
+      assignment: None,
+    }
+  }
+}
+impl ConsumerGroupHeartbeatResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ConsumerGroupHeartbeatResponse<'b>> {
+    let error_code = self.error_code;
+    let error_message = self.error_message.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let member_id = self.member_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let member_epoch = self.member_epoch;
+    let heartbeat_interval_ms = self.heartbeat_interval_ms;
+    let assignment = self.assignment.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ConsumerGroupHeartbeatResponse::create(_fbb, &ConsumerGroupHeartbeatResponseArgs{
+      error_code,
+      error_message,
+      member_id,
+      member_epoch,
+      heartbeat_interval_ms,
+      assignment,
+    })
+  }
+}
+pub enum OffsetCommitPartitionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Commits by a member (`member_epoch` its current one) or, with member
+/// epoch -1, by a tool on a group without members (Kafka's admin commit).
+pub struct OffsetCommitPartition<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetCommitPartition<'a> {
+  type Inner = OffsetCommitPartition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetCommitPartition<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: flatbuffers::VOffsetT = 6;
+  pub const VT_LEADER_EPOCH: flatbuffers::VOffsetT = 8;
+  pub const VT_METADATA: flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetCommitPartition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetCommitPartitionArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetCommitPartition<'bldr>> {
+    let mut builder = OffsetCommitPartitionBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.metadata { builder.add_metadata(x); }
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetCommitPartitionT {
+    let partition = self.partition();
+    let offset = self.offset();
+    let leader_epoch = self.leader_epoch();
+    let metadata = self.metadata().map(|x| {
+      x.to_string()
+    });
+    OffsetCommitPartitionT {
+      partition,
+      offset,
+      leader_epoch,
+      metadata,
+    }
+  }
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetCommitPartition::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(OffsetCommitPartition::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetCommitPartition::VT_LEADER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn metadata(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetCommitPartition::VT_METADATA, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetCommitPartition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("metadata", Self::VT_METADATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitPartitionArgs<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for OffsetCommitPartitionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitPartitionArgs {
+      partition: 0,
+      offset: 0,
+      leader_epoch: -1,
+      metadata: None,
+    }
+  }
+}
+
+pub struct OffsetCommitPartitionBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetCommitPartitionBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(OffsetCommitPartition::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: i64) {
+    self.fbb_.push_slot::<i64>(OffsetCommitPartition::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(OffsetCommitPartition::VT_LEADER_EPOCH, leader_epoch, -1);
+  }
+  #[inline]
+  pub fn add_metadata(&mut self, metadata: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitPartition::VT_METADATA, metadata);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetCommitPartitionBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetCommitPartitionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetCommitPartition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetCommitPartition<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitPartition");
+      ds.field("partition", &self.partition());
+      ds.field("offset", &self.offset());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("metadata", &self.metadata());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetCommitPartitionT {
+  pub partition: i32,
+  pub offset: i64,
+  pub leader_epoch: i32,
+  pub metadata: Option<String>,
+}
+impl Default for OffsetCommitPartitionT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      offset: 0,
+      leader_epoch: -1,
+      metadata: None,
+    }
+  }
+}
+impl OffsetCommitPartitionT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetCommitPartition<'b>> {
+    let partition = self.partition;
+    let offset = self.offset;
+    let leader_epoch = self.leader_epoch;
+    let metadata = self.metadata.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    OffsetCommitPartition::create(_fbb, &OffsetCommitPartitionArgs{
+      partition,
+      offset,
+      leader_epoch,
+      metadata,
+    })
+  }
+}
+pub enum OffsetCommitTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitTopic<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetCommitTopic<'a> {
+  type Inner = OffsetCommitTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetCommitTopic<'a> {
+  pub const VT_NAME: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetCommitTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetCommitTopicArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetCommitTopic<'bldr>> {
+    let mut builder = OffsetCommitTopicBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetCommitTopicT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    OffsetCommitTopicT {
+      name,
+      partitions,
+    }
+  }
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetCommitTopic::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitPartition<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitPartition>>>>(OffsetCommitTopic::VT_PARTITIONS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetCommitTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<OffsetCommitPartition>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitTopicArgs<'a> {
+    pub name: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitPartition<'a>>>>>,
+}
+impl<'a> Default for OffsetCommitTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitTopicArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct OffsetCommitTopicBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetCommitTopicBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_name(&mut self, name: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<OffsetCommitPartition<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitTopic::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetCommitTopicBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetCommitTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetCommitTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetCommitTopic<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitTopic");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetCommitTopicT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<OffsetCommitPartitionT>>,
+}
+impl Default for OffsetCommitTopicT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl OffsetCommitTopicT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetCommitTopic<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    OffsetCommitTopic::create(_fbb, &OffsetCommitTopicArgs{
+      name,
+      partitions,
+    })
+  }
+}
+pub enum OffsetCommitRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetCommitRequest<'a> {
+  type Inner = OffsetCommitRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetCommitRequest<'a> {
+  pub const VT_GROUP_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_MEMBER_ID: flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBER_EPOCH: flatbuffers::VOffsetT = 8;
+  pub const VT_TOPICS: flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetCommitRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetCommitRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetCommitRequest<'bldr>> {
+    let mut builder = OffsetCommitRequestBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetCommitRequestT {
+    let group_id = self.group_id().map(|x| {
+      x.to_string()
+    });
+    let member_id = self.member_id().map(|x| {
+      x.to_string()
+    });
+    let member_epoch = self.member_epoch();
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    OffsetCommitRequestT {
+      group_id,
+      member_id,
+      member_epoch,
+      topics,
+    }
+  }
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetCommitRequest::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetCommitRequest::VT_MEMBER_ID, None)}
+  }
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetCommitRequest::VT_MEMBER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitTopic>>>>(OffsetCommitRequest::VT_TOPICS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetCommitRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<OffsetCommitTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitRequestArgs<'a> {
+    pub group_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub member_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitTopic<'a>>>>>,
+}
+impl<'a> Default for OffsetCommitRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitRequestArgs {
+      group_id: None,
+      member_id: None,
+      member_epoch: -1,
+      topics: None,
+    }
+  }
+}
+
+pub struct OffsetCommitRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetCommitRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitRequest::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(OffsetCommitRequest::VT_MEMBER_EPOCH, member_epoch, -1);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<OffsetCommitTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetCommitRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetCommitRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetCommitRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetCommitRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitRequest");
+      ds.field("group_id", &self.group_id());
+      ds.field("member_id", &self.member_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetCommitRequestT {
+  pub group_id: Option<String>,
+  pub member_id: Option<String>,
+  pub member_epoch: i32,
+  pub topics: Option<Vec<OffsetCommitTopicT>>,
+}
+impl Default for OffsetCommitRequestT {
+  fn default() -> Self {
+    Self {
+      group_id: None,
+      member_id: None,
+      member_epoch: -1,
+      topics: None,
+    }
+  }
+}
+impl OffsetCommitRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetCommitRequest<'b>> {
+    let group_id = self.group_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let member_id = self.member_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let member_epoch = self.member_epoch;
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    OffsetCommitRequest::create(_fbb, &OffsetCommitRequestArgs{
+      group_id,
+      member_id,
+      member_epoch,
+      topics,
+    })
+  }
+}
+pub enum OffsetCommitPartitionResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitPartitionResult<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetCommitPartitionResult<'a> {
+  type Inner = OffsetCommitPartitionResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetCommitPartitionResult<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetCommitPartitionResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetCommitPartitionResultArgs
+  ) -> flatbuffers::WIPOffset<OffsetCommitPartitionResult<'bldr>> {
+    let mut builder = OffsetCommitPartitionResultBuilder::new(_fbb);
+    builder.add_partition(args.partition);
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetCommitPartitionResultT {
+    let partition = self.partition();
+    let error_code = self.error_code();
+    OffsetCommitPartitionResultT {
+      partition,
+      error_code,
+    }
+  }
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetCommitPartitionResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(OffsetCommitPartitionResult::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetCommitPartitionResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitPartitionResultArgs {
+    pub partition: i32,
+    pub error_code: i16,
+}
+impl<'a> Default for OffsetCommitPartitionResultArgs {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitPartitionResultArgs {
+      partition: 0,
+      error_code: 0,
+    }
+  }
+}
+
+pub struct OffsetCommitPartitionResultBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetCommitPartitionResultBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(OffsetCommitPartitionResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(OffsetCommitPartitionResult::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetCommitPartitionResultBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetCommitPartitionResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetCommitPartitionResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetCommitPartitionResult<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitPartitionResult");
+      ds.field("partition", &self.partition());
+      ds.field("error_code", &self.error_code());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetCommitPartitionResultT {
+  pub partition: i32,
+  pub error_code: i16,
+}
+impl Default for OffsetCommitPartitionResultT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      error_code: 0,
+    }
+  }
+}
+impl OffsetCommitPartitionResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetCommitPartitionResult<'b>> {
+    let partition = self.partition;
+    let error_code = self.error_code;
+    OffsetCommitPartitionResult::create(_fbb, &OffsetCommitPartitionResultArgs{
+      partition,
+      error_code,
+    })
+  }
+}
+pub enum OffsetCommitTopicResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitTopicResult<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetCommitTopicResult<'a> {
+  type Inner = OffsetCommitTopicResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetCommitTopicResult<'a> {
+  pub const VT_NAME: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetCommitTopicResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetCommitTopicResultArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetCommitTopicResult<'bldr>> {
+    let mut builder = OffsetCommitTopicResultBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetCommitTopicResultT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    OffsetCommitTopicResultT {
+      name,
+      partitions,
+    }
+  }
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetCommitTopicResult::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitPartitionResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitPartitionResult>>>>(OffsetCommitTopicResult::VT_PARTITIONS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetCommitTopicResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<OffsetCommitPartitionResult>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitTopicResultArgs<'a> {
+    pub name: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitPartitionResult<'a>>>>>,
+}
+impl<'a> Default for OffsetCommitTopicResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitTopicResultArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct OffsetCommitTopicResultBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetCommitTopicResultBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_name(&mut self, name: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitTopicResult::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<OffsetCommitPartitionResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitTopicResult::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetCommitTopicResultBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetCommitTopicResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetCommitTopicResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetCommitTopicResult<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitTopicResult");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetCommitTopicResultT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<OffsetCommitPartitionResultT>>,
+}
+impl Default for OffsetCommitTopicResultT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl OffsetCommitTopicResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetCommitTopicResult<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    OffsetCommitTopicResult::create(_fbb, &OffsetCommitTopicResultArgs{
+      name,
+      partitions,
+    })
+  }
+}
+pub enum OffsetCommitResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetCommitResponse<'a> {
+  type Inner = OffsetCommitResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetCommitResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_TOPICS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetCommitResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetCommitResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetCommitResponse<'bldr>> {
+    let mut builder = OffsetCommitResponseBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetCommitResponseT {
+    let error_code = self.error_code();
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    OffsetCommitResponseT {
+      error_code,
+      topics,
+    }
+  }
+
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(OffsetCommitResponse::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitTopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitTopicResult>>>>(OffsetCommitResponse::VT_TOPICS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetCommitResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<OffsetCommitTopicResult>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitResponseArgs<'a> {
+    pub error_code: i16,
+    pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetCommitTopicResult<'a>>>>>,
+}
+impl<'a> Default for OffsetCommitResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitResponseArgs {
+      error_code: 0,
+      topics: None,
+    }
+  }
+}
+
+pub struct OffsetCommitResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetCommitResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(OffsetCommitResponse::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<OffsetCommitTopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetCommitResponse::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetCommitResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetCommitResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetCommitResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetCommitResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetCommitResponseT {
+  pub error_code: i16,
+  pub topics: Option<Vec<OffsetCommitTopicResultT>>,
+}
+impl Default for OffsetCommitResponseT {
+  fn default() -> Self {
+    Self {
+      error_code: 0,
+      topics: None,
+    }
+  }
+}
+impl OffsetCommitResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetCommitResponse<'b>> {
+    let error_code = self.error_code;
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    OffsetCommitResponse::create(_fbb, &OffsetCommitResponseArgs{
+      error_code,
+      topics,
+    })
+  }
+}
+pub enum OffsetFetchTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `topics` absent: every committed offset of the group. Offset -1: none.
+pub struct OffsetFetchTopic<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetFetchTopic<'a> {
+  type Inner = OffsetFetchTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetFetchTopic<'a> {
+  pub const VT_NAME: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetFetchTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetFetchTopicArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetFetchTopic<'bldr>> {
+    let mut builder = OffsetFetchTopicBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetFetchTopicT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.into_iter().collect()
+    });
+    OffsetFetchTopicT {
+      name,
+      partitions,
+    }
+  }
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetFetchTopic::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, i32>>>(OffsetFetchTopic::VT_PARTITIONS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetFetchTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, i32>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchTopicArgs<'a> {
+    pub name: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, i32>>>,
+}
+impl<'a> Default for OffsetFetchTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchTopicArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct OffsetFetchTopicBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetFetchTopicBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_name(&mut self, name: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetFetchTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: flatbuffers::WIPOffset<flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetFetchTopic::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetFetchTopicBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetFetchTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetFetchTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetFetchTopic<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchTopic");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetFetchTopicT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<i32>>,
+}
+impl Default for OffsetFetchTopicT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl OffsetFetchTopicT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetFetchTopic<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    OffsetFetchTopic::create(_fbb, &OffsetFetchTopicArgs{
+      name,
+      partitions,
+    })
+  }
+}
+pub enum OffsetFetchRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetFetchRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetFetchRequest<'a> {
+  type Inner = OffsetFetchRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetFetchRequest<'a> {
+  pub const VT_GROUP_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_TOPICS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetFetchRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetFetchRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetFetchRequest<'bldr>> {
+    let mut builder = OffsetFetchRequestBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetFetchRequestT {
+    let group_id = self.group_id().map(|x| {
+      x.to_string()
+    });
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    OffsetFetchRequestT {
+      group_id,
+      topics,
+    }
+  }
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetFetchRequest::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchTopic>>>>(OffsetFetchRequest::VT_TOPICS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetFetchRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<OffsetFetchTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchRequestArgs<'a> {
+    pub group_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchTopic<'a>>>>>,
+}
+impl<'a> Default for OffsetFetchRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchRequestArgs {
+      group_id: None,
+      topics: None,
+    }
+  }
+}
+
+pub struct OffsetFetchRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetFetchRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetFetchRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<OffsetFetchTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetFetchRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetFetchRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetFetchRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetFetchRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetFetchRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchRequest");
+      ds.field("group_id", &self.group_id());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetFetchRequestT {
+  pub group_id: Option<String>,
+  pub topics: Option<Vec<OffsetFetchTopicT>>,
+}
+impl Default for OffsetFetchRequestT {
+  fn default() -> Self {
+    Self {
+      group_id: None,
+      topics: None,
+    }
+  }
+}
+impl OffsetFetchRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetFetchRequest<'b>> {
+    let group_id = self.group_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    OffsetFetchRequest::create(_fbb, &OffsetFetchRequestArgs{
+      group_id,
+      topics,
+    })
+  }
+}
+pub enum OffsetFetchPartitionResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetFetchPartitionResult<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetFetchPartitionResult<'a> {
+  type Inner = OffsetFetchPartitionResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetFetchPartitionResult<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 6;
+  pub const VT_OFFSET: flatbuffers::VOffsetT = 8;
+  pub const VT_LEADER_EPOCH: flatbuffers::VOffsetT = 10;
+  pub const VT_METADATA: flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetFetchPartitionResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetFetchPartitionResultArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetFetchPartitionResult<'bldr>> {
+    let mut builder = OffsetFetchPartitionResultBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.metadata { builder.add_metadata(x); }
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_partition(args.partition);
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetFetchPartitionResultT {
+    let partition = self.partition();
+    let error_code = self.error_code();
+    let offset = self.offset();
+    let leader_epoch = self.leader_epoch();
+    let metadata = self.metadata().map(|x| {
+      x.to_string()
+    });
+    OffsetFetchPartitionResultT {
+      partition,
+      error_code,
+      offset,
+      leader_epoch,
+      metadata,
+    }
+  }
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetFetchPartitionResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(OffsetFetchPartitionResult::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(OffsetFetchPartitionResult::VT_OFFSET, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetFetchPartitionResult::VT_LEADER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn metadata(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetFetchPartitionResult::VT_METADATA, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetFetchPartitionResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("metadata", Self::VT_METADATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchPartitionResultArgs<'a> {
+    pub partition: i32,
+    pub error_code: i16,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for OffsetFetchPartitionResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchPartitionResultArgs {
+      partition: 0,
+      error_code: 0,
+      offset: -1,
+      leader_epoch: -1,
+      metadata: None,
+    }
+  }
+}
+
+pub struct OffsetFetchPartitionResultBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetFetchPartitionResultBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(OffsetFetchPartitionResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(OffsetFetchPartitionResult::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: i64) {
+    self.fbb_.push_slot::<i64>(OffsetFetchPartitionResult::VT_OFFSET, offset, -1);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(OffsetFetchPartitionResult::VT_LEADER_EPOCH, leader_epoch, -1);
+  }
+  #[inline]
+  pub fn add_metadata(&mut self, metadata: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetFetchPartitionResult::VT_METADATA, metadata);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetFetchPartitionResultBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetFetchPartitionResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetFetchPartitionResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetFetchPartitionResult<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchPartitionResult");
+      ds.field("partition", &self.partition());
+      ds.field("error_code", &self.error_code());
+      ds.field("offset", &self.offset());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("metadata", &self.metadata());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetFetchPartitionResultT {
+  pub partition: i32,
+  pub error_code: i16,
+  pub offset: i64,
+  pub leader_epoch: i32,
+  pub metadata: Option<String>,
+}
+impl Default for OffsetFetchPartitionResultT {
+  fn default() -> Self {
+    Self {
+      partition: 0,
+      error_code: 0,
+      offset: -1,
+      leader_epoch: -1,
+      metadata: None,
+    }
+  }
+}
+impl OffsetFetchPartitionResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetFetchPartitionResult<'b>> {
+    let partition = self.partition;
+    let error_code = self.error_code;
+    let offset = self.offset;
+    let leader_epoch = self.leader_epoch;
+    let metadata = self.metadata.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    OffsetFetchPartitionResult::create(_fbb, &OffsetFetchPartitionResultArgs{
+      partition,
+      error_code,
+      offset,
+      leader_epoch,
+      metadata,
+    })
+  }
+}
+pub enum OffsetFetchTopicResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetFetchTopicResult<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetFetchTopicResult<'a> {
+  type Inner = OffsetFetchTopicResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetFetchTopicResult<'a> {
+  pub const VT_NAME: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetFetchTopicResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetFetchTopicResultArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetFetchTopicResult<'bldr>> {
+    let mut builder = OffsetFetchTopicResultBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetFetchTopicResultT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let partitions = self.partitions().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    OffsetFetchTopicResultT {
+      name,
+      partitions,
+    }
+  }
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(OffsetFetchTopicResult::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchPartitionResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchPartitionResult>>>>(OffsetFetchTopicResult::VT_PARTITIONS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetFetchTopicResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<OffsetFetchPartitionResult>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchTopicResultArgs<'a> {
+    pub name: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchPartitionResult<'a>>>>>,
+}
+impl<'a> Default for OffsetFetchTopicResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchTopicResultArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct OffsetFetchTopicResultBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetFetchTopicResultBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_name(&mut self, name: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetFetchTopicResult::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<OffsetFetchPartitionResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetFetchTopicResult::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetFetchTopicResultBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetFetchTopicResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetFetchTopicResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetFetchTopicResult<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchTopicResult");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetFetchTopicResultT {
+  pub name: Option<String>,
+  pub partitions: Option<Vec<OffsetFetchPartitionResultT>>,
+}
+impl Default for OffsetFetchTopicResultT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+impl OffsetFetchTopicResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetFetchTopicResult<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let partitions = self.partitions.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    OffsetFetchTopicResult::create(_fbb, &OffsetFetchTopicResultArgs{
+      name,
+      partitions,
+    })
+  }
+}
+pub enum OffsetFetchResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetFetchResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OffsetFetchResponse<'a> {
+  type Inner = OffsetFetchResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> OffsetFetchResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_TOPICS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    OffsetFetchResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args OffsetFetchResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<OffsetFetchResponse<'bldr>> {
+    let mut builder = OffsetFetchResponseBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> OffsetFetchResponseT {
+    let error_code = self.error_code();
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    OffsetFetchResponseT {
+      error_code,
+      topics,
+    }
+  }
+
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(OffsetFetchResponse::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchTopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchTopicResult>>>>(OffsetFetchResponse::VT_TOPICS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for OffsetFetchResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<OffsetFetchTopicResult>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchResponseArgs<'a> {
+    pub error_code: i16,
+    pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OffsetFetchTopicResult<'a>>>>>,
+}
+impl<'a> Default for OffsetFetchResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchResponseArgs {
+      error_code: 0,
+      topics: None,
+    }
+  }
+}
+
+pub struct OffsetFetchResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> OffsetFetchResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(OffsetFetchResponse::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<OffsetFetchTopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(OffsetFetchResponse::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OffsetFetchResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    OffsetFetchResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<OffsetFetchResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for OffsetFetchResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetFetchResponseT {
+  pub error_code: i16,
+  pub topics: Option<Vec<OffsetFetchTopicResultT>>,
+}
+impl Default for OffsetFetchResponseT {
+  fn default() -> Self {
+    Self {
+      error_code: 0,
+      topics: None,
+    }
+  }
+}
+impl OffsetFetchResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<OffsetFetchResponse<'b>> {
+    let error_code = self.error_code;
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    OffsetFetchResponse::create(_fbb, &OffsetFetchResponseArgs{
+      error_code,
+      topics,
+    })
+  }
+}
+pub enum ListGroupsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The groups whose coordinators run on the answering node.
+pub struct ListGroupsRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ListGroupsRequest<'a> {
+  type Inner = ListGroupsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ListGroupsRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ListGroupsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    _args: &'args ListGroupsRequestArgs
+  ) -> flatbuffers::WIPOffset<ListGroupsRequest<'bldr>> {
+    let mut builder = ListGroupsRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> ListGroupsRequestT {
+    ListGroupsRequestT {
+    }
+  }
+}
+
+impl flatbuffers::Verifiable for ListGroupsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ListGroupsRequestArgs {
+}
+impl<'a> Default for ListGroupsRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    ListGroupsRequestArgs {
+    }
+  }
+}
+
+pub struct ListGroupsRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ListGroupsRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ListGroupsRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ListGroupsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ListGroupsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ListGroupsRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ListGroupsRequest");
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListGroupsRequestT {
+}
+impl Default for ListGroupsRequestT {
+  fn default() -> Self {
+    Self {
+    }
+  }
+}
+impl ListGroupsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ListGroupsRequest<'b>> {
+    ListGroupsRequest::create(_fbb, &ListGroupsRequestArgs{
+    })
+  }
+}
+pub enum GroupListingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupListing<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for GroupListing<'a> {
+  type Inner = GroupListing<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> GroupListing<'a> {
+  pub const VT_GROUP_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_STATE: flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBERS: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    GroupListing { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args GroupListingArgs<'args>
+  ) -> flatbuffers::WIPOffset<GroupListing<'bldr>> {
+    let mut builder = GroupListingBuilder::new(_fbb);
+    builder.add_members(args.members);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> GroupListingT {
+    let group_id = self.group_id().map(|x| {
+      x.to_string()
+    });
+    let state = self.state().map(|x| {
+      x.to_string()
+    });
+    let members = self.members();
+    GroupListingT {
+      group_id,
+      state,
+      members,
+    }
+  }
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(GroupListing::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(GroupListing::VT_STATE, None)}
+  }
+  #[inline]
+  pub fn members(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(GroupListing::VT_MEMBERS, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for GroupListing<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .visit_field::<i32>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupListingArgs<'a> {
+    pub group_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub state: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub members: i32,
+}
+impl<'a> Default for GroupListingArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupListingArgs {
+      group_id: None,
+      state: None,
+      members: 0,
+    }
+  }
+}
+
+pub struct GroupListingBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> GroupListingBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupListing::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupListing::VT_STATE, state);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: i32) {
+    self.fbb_.push_slot::<i32>(GroupListing::VT_MEMBERS, members, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> GroupListingBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    GroupListingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<GroupListing<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for GroupListing<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("GroupListing");
+      ds.field("group_id", &self.group_id());
+      ds.field("state", &self.state());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupListingT {
+  pub group_id: Option<String>,
+  pub state: Option<String>,
+  pub members: i32,
+}
+impl Default for GroupListingT {
+  fn default() -> Self {
+    Self {
+      group_id: None,
+      state: None,
+      members: 0,
+    }
+  }
+}
+impl GroupListingT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<GroupListing<'b>> {
+    let group_id = self.group_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let state = self.state.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let members = self.members;
+    GroupListing::create(_fbb, &GroupListingArgs{
+      group_id,
+      state,
+      members,
+    })
+  }
+}
+pub enum ListGroupsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ListGroupsResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ListGroupsResponse<'a> {
+  type Inner = ListGroupsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ListGroupsResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_GROUPS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ListGroupsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ListGroupsResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<ListGroupsResponse<'bldr>> {
+    let mut builder = ListGroupsResponseBuilder::new(_fbb);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> ListGroupsResponseT {
+    let error_code = self.error_code();
+    let groups = self.groups().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    ListGroupsResponseT {
+      error_code,
+      groups,
+    }
+  }
+
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(ListGroupsResponse::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn groups(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupListing<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupListing>>>>(ListGroupsResponse::VT_GROUPS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ListGroupsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<GroupListing>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ListGroupsResponseArgs<'a> {
+    pub error_code: i16,
+    pub groups: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupListing<'a>>>>>,
+}
+impl<'a> Default for ListGroupsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ListGroupsResponseArgs {
+      error_code: 0,
+      groups: None,
+    }
+  }
+}
+
+pub struct ListGroupsResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ListGroupsResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(ListGroupsResponse::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_groups(&mut self, groups: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<GroupListing<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ListGroupsResponse::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ListGroupsResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ListGroupsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ListGroupsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ListGroupsResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ListGroupsResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListGroupsResponseT {
+  pub error_code: i16,
+  pub groups: Option<Vec<GroupListingT>>,
+}
+impl Default for ListGroupsResponseT {
+  fn default() -> Self {
+    Self {
+      error_code: 0,
+      groups: None,
+    }
+  }
+}
+impl ListGroupsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<ListGroupsResponse<'b>> {
+    let error_code = self.error_code;
+    let groups = self.groups.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    ListGroupsResponse::create(_fbb, &ListGroupsResponseArgs{
+      error_code,
+      groups,
+    })
+  }
+}
+pub enum GroupMemberOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupMember<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for GroupMember<'a> {
+  type Inner = GroupMember<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> GroupMember<'a> {
+  pub const VT_MEMBER_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_INSTANCE_ID: flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_ID: flatbuffers::VOffsetT = 8;
+  pub const VT_MEMBER_EPOCH: flatbuffers::VOffsetT = 10;
+  pub const VT_SUBSCRIBED_TOPIC_NAMES: flatbuffers::VOffsetT = 12;
+  pub const VT_SUBSCRIBED_TOPIC_REGEX: flatbuffers::VOffsetT = 14;
+  pub const VT_ASSIGNMENT: flatbuffers::VOffsetT = 16;
+  pub const VT_TARGET: flatbuffers::VOffsetT = 18;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    GroupMember { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args GroupMemberArgs<'args>
+  ) -> flatbuffers::WIPOffset<GroupMember<'bldr>> {
+    let mut builder = GroupMemberBuilder::new(_fbb);
+    if let Some(x) = args.target { builder.add_target(x); }
+    if let Some(x) = args.assignment { builder.add_assignment(x); }
+    if let Some(x) = args.subscribed_topic_regex { builder.add_subscribed_topic_regex(x); }
+    if let Some(x) = args.subscribed_topic_names { builder.add_subscribed_topic_names(x); }
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.client_id { builder.add_client_id(x); }
+    if let Some(x) = args.instance_id { builder.add_instance_id(x); }
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> GroupMemberT {
+    let member_id = self.member_id().map(|x| {
+      x.to_string()
+    });
+    let instance_id = self.instance_id().map(|x| {
+      x.to_string()
+    });
+    let client_id = self.client_id().map(|x| {
+      x.to_string()
+    });
+    let member_epoch = self.member_epoch();
+    let subscribed_topic_names = self.subscribed_topic_names().map(|x| {
+      x.iter().map(|s| s.to_string()).collect()
+    });
+    let subscribed_topic_regex = self.subscribed_topic_regex().map(|x| {
+      x.to_string()
+    });
+    let assignment = self.assignment().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    let target = self.target().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    GroupMemberT {
+      member_id,
+      instance_id,
+      client_id,
+      member_epoch,
+      subscribed_topic_names,
+      subscribed_topic_regex,
+      assignment,
+      target,
+    }
+  }
+
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(GroupMember::VT_MEMBER_ID, None)}
+  }
+  #[inline]
+  pub fn instance_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(GroupMember::VT_INSTANCE_ID, None)}
+  }
+  #[inline]
+  pub fn client_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(GroupMember::VT_CLIENT_ID, None)}
+  }
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(GroupMember::VT_MEMBER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn subscribed_topic_names(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>(GroupMember::VT_SUBSCRIBED_TOPIC_NAMES, None)}
+  }
+  #[inline]
+  pub fn subscribed_topic_regex(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(GroupMember::VT_SUBSCRIBED_TOPIC_REGEX, None)}
+  }
+  #[inline]
+  pub fn assignment(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions>>>>(GroupMember::VT_ASSIGNMENT, None)}
+  }
+  #[inline]
+  pub fn target(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions>>>>(GroupMember::VT_TARGET, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for GroupMember<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("instance_id", Self::VT_INSTANCE_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("client_id", Self::VT_CLIENT_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>>>("subscribed_topic_names", Self::VT_SUBSCRIBED_TOPIC_NAMES, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("subscribed_topic_regex", Self::VT_SUBSCRIBED_TOPIC_REGEX, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicPartitions>>>>("assignment", Self::VT_ASSIGNMENT, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicPartitions>>>>("target", Self::VT_TARGET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupMemberArgs<'a> {
+    pub member_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub instance_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub client_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub subscribed_topic_names: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub subscribed_topic_regex: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub assignment: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+    pub target: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+}
+impl<'a> Default for GroupMemberArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupMemberArgs {
+      member_id: None,
+      instance_id: None,
+      client_id: None,
+      member_epoch: 0,
+      subscribed_topic_names: None,
+      subscribed_topic_regex: None,
+      assignment: None,
+      target: None,
+    }
+  }
+}
+
+pub struct GroupMemberBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> GroupMemberBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupMember::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_instance_id(&mut self, instance_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupMember::VT_INSTANCE_ID, instance_id);
+  }
+  #[inline]
+  pub fn add_client_id(&mut self, client_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupMember::VT_CLIENT_ID, client_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(GroupMember::VT_MEMBER_EPOCH, member_epoch, 0);
+  }
+  #[inline]
+  pub fn add_subscribed_topic_names(&mut self, subscribed_topic_names: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupMember::VT_SUBSCRIBED_TOPIC_NAMES, subscribed_topic_names);
+  }
+  #[inline]
+  pub fn add_subscribed_topic_regex(&mut self, subscribed_topic_regex: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupMember::VT_SUBSCRIBED_TOPIC_REGEX, subscribed_topic_regex);
+  }
+  #[inline]
+  pub fn add_assignment(&mut self, assignment: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupMember::VT_ASSIGNMENT, assignment);
+  }
+  #[inline]
+  pub fn add_target(&mut self, target: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupMember::VT_TARGET, target);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> GroupMemberBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    GroupMemberBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<GroupMember<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for GroupMember<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("GroupMember");
+      ds.field("member_id", &self.member_id());
+      ds.field("instance_id", &self.instance_id());
+      ds.field("client_id", &self.client_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("subscribed_topic_names", &self.subscribed_topic_names());
+      ds.field("subscribed_topic_regex", &self.subscribed_topic_regex());
+      ds.field("assignment", &self.assignment());
+      ds.field("target", &self.target());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupMemberT {
+  pub member_id: Option<String>,
+  pub instance_id: Option<String>,
+  pub client_id: Option<String>,
+  pub member_epoch: i32,
+  pub subscribed_topic_names: Option<Vec<String>>,
+  pub subscribed_topic_regex: Option<String>,
+  pub assignment: Option<Vec<TopicPartitionsT>>,
+  pub target: Option<Vec<TopicPartitionsT>>,
+}
+impl Default for GroupMemberT {
+  fn default() -> Self {
+    Self {
+      member_id: None,
+      instance_id: None,
+      client_id: None,
+      member_epoch: 0,
+      subscribed_topic_names: None,
+      subscribed_topic_regex: None,
+      assignment: None,
+      target: None,
+    }
+  }
+}
+impl GroupMemberT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<GroupMember<'b>> {
+    let member_id = self.member_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let instance_id = self.instance_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let client_id = self.client_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let member_epoch = self.member_epoch;
+    let subscribed_topic_names = self.subscribed_topic_names.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
+    });
+    let subscribed_topic_regex = self.subscribed_topic_regex.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let assignment = self.assignment.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    let target = self.target.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    GroupMember::create(_fbb, &GroupMemberArgs{
+      member_id,
+      instance_id,
+      client_id,
+      member_epoch,
+      subscribed_topic_names,
+      subscribed_topic_regex,
+      assignment,
+      target,
+    })
+  }
+}
+pub enum DescribedGroupOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribedGroup<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for DescribedGroup<'a> {
+  type Inner = DescribedGroup<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> DescribedGroup<'a> {
+  pub const VT_GROUP_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 6;
+  pub const VT_STATE: flatbuffers::VOffsetT = 8;
+  pub const VT_GROUP_EPOCH: flatbuffers::VOffsetT = 10;
+  pub const VT_MEMBERS: flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    DescribedGroup { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args DescribedGroupArgs<'args>
+  ) -> flatbuffers::WIPOffset<DescribedGroup<'bldr>> {
+    let mut builder = DescribedGroupBuilder::new(_fbb);
+    if let Some(x) = args.members { builder.add_members(x); }
+    builder.add_group_epoch(args.group_epoch);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DescribedGroupT {
+    let group_id = self.group_id().map(|x| {
+      x.to_string()
+    });
+    let error_code = self.error_code();
+    let state = self.state().map(|x| {
+      x.to_string()
+    });
+    let group_epoch = self.group_epoch();
+    let members = self.members().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    DescribedGroupT {
+      group_id,
+      error_code,
+      state,
+      group_epoch,
+      members,
+    }
+  }
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(DescribedGroup::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(DescribedGroup::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(DescribedGroup::VT_STATE, None)}
+  }
+  #[inline]
+  pub fn group_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(DescribedGroup::VT_GROUP_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupMember<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupMember>>>>(DescribedGroup::VT_MEMBERS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for DescribedGroup<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .visit_field::<i32>("group_epoch", Self::VT_GROUP_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<GroupMember>>>>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribedGroupArgs<'a> {
+    pub group_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub error_code: i16,
+    pub state: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub group_epoch: i32,
+    pub members: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupMember<'a>>>>>,
+}
+impl<'a> Default for DescribedGroupArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribedGroupArgs {
+      group_id: None,
+      error_code: 0,
+      state: None,
+      group_epoch: 0,
+      members: None,
+    }
+  }
+}
+
+pub struct DescribedGroupBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> DescribedGroupBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(DescribedGroup::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(DescribedGroup::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(DescribedGroup::VT_STATE, state);
+  }
+  #[inline]
+  pub fn add_group_epoch(&mut self, group_epoch: i32) {
+    self.fbb_.push_slot::<i32>(DescribedGroup::VT_GROUP_EPOCH, group_epoch, 0);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<GroupMember<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(DescribedGroup::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> DescribedGroupBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    DescribedGroupBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<DescribedGroup<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for DescribedGroup<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("DescribedGroup");
+      ds.field("group_id", &self.group_id());
+      ds.field("error_code", &self.error_code());
+      ds.field("state", &self.state());
+      ds.field("group_epoch", &self.group_epoch());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribedGroupT {
+  pub group_id: Option<String>,
+  pub error_code: i16,
+  pub state: Option<String>,
+  pub group_epoch: i32,
+  pub members: Option<Vec<GroupMemberT>>,
+}
+impl Default for DescribedGroupT {
+  fn default() -> Self {
+    Self {
+      group_id: None,
+      error_code: 0,
+      state: None,
+      group_epoch: 0,
+      members: None,
+    }
+  }
+}
+impl DescribedGroupT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DescribedGroup<'b>> {
+    let group_id = self.group_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let error_code = self.error_code;
+    let state = self.state.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let group_epoch = self.group_epoch;
+    let members = self.members.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    DescribedGroup::create(_fbb, &DescribedGroupArgs{
+      group_id,
+      error_code,
+      state,
+      group_epoch,
+      members,
+    })
+  }
+}
+pub enum DescribeGroupsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeGroupsRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for DescribeGroupsRequest<'a> {
+  type Inner = DescribeGroupsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> DescribeGroupsRequest<'a> {
+  pub const VT_GROUP_IDS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    DescribeGroupsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args DescribeGroupsRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<DescribeGroupsRequest<'bldr>> {
+    let mut builder = DescribeGroupsRequestBuilder::new(_fbb);
+    if let Some(x) = args.group_ids { builder.add_group_ids(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DescribeGroupsRequestT {
+    let group_ids = self.group_ids().map(|x| {
+      x.iter().map(|s| s.to_string()).collect()
+    });
+    DescribeGroupsRequestT {
+      group_ids,
+    }
+  }
+
+  #[inline]
+  pub fn group_ids(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>(DescribeGroupsRequest::VT_GROUP_IDS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for DescribeGroupsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>>>("group_ids", Self::VT_GROUP_IDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeGroupsRequestArgs<'a> {
+    pub group_ids: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for DescribeGroupsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeGroupsRequestArgs {
+      group_ids: None,
+    }
+  }
+}
+
+pub struct DescribeGroupsRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> DescribeGroupsRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_ids(&mut self, group_ids: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(DescribeGroupsRequest::VT_GROUP_IDS, group_ids);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> DescribeGroupsRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    DescribeGroupsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<DescribeGroupsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for DescribeGroupsRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeGroupsRequest");
+      ds.field("group_ids", &self.group_ids());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribeGroupsRequestT {
+  pub group_ids: Option<Vec<String>>,
+}
+impl Default for DescribeGroupsRequestT {
+  fn default() -> Self {
+    Self {
+      group_ids: None,
+    }
+  }
+}
+impl DescribeGroupsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DescribeGroupsRequest<'b>> {
+    let group_ids = self.group_ids.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
+    });
+    DescribeGroupsRequest::create(_fbb, &DescribeGroupsRequestArgs{
+      group_ids,
+    })
+  }
+}
+pub enum DescribeGroupsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeGroupsResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for DescribeGroupsResponse<'a> {
+  type Inner = DescribeGroupsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> DescribeGroupsResponse<'a> {
+  pub const VT_GROUPS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    DescribeGroupsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args DescribeGroupsResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<DescribeGroupsResponse<'bldr>> {
+    let mut builder = DescribeGroupsResponseBuilder::new(_fbb);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DescribeGroupsResponseT {
+    let groups = self.groups().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    DescribeGroupsResponseT {
+      groups,
+    }
+  }
+
+  #[inline]
+  pub fn groups(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<DescribedGroup<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<DescribedGroup>>>>(DescribeGroupsResponse::VT_GROUPS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for DescribeGroupsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<DescribedGroup>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeGroupsResponseArgs<'a> {
+    pub groups: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<DescribedGroup<'a>>>>>,
+}
+impl<'a> Default for DescribeGroupsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeGroupsResponseArgs {
+      groups: None,
+    }
+  }
+}
+
+pub struct DescribeGroupsResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> DescribeGroupsResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_groups(&mut self, groups: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<DescribedGroup<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(DescribeGroupsResponse::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> DescribeGroupsResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    DescribeGroupsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<DescribeGroupsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for DescribeGroupsResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeGroupsResponse");
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribeGroupsResponseT {
+  pub groups: Option<Vec<DescribedGroupT>>,
+}
+impl Default for DescribeGroupsResponseT {
+  fn default() -> Self {
+    Self {
+      groups: None,
+    }
+  }
+}
+impl DescribeGroupsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DescribeGroupsResponse<'b>> {
+    let groups = self.groups.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    DescribeGroupsResponse::create(_fbb, &DescribeGroupsResponseArgs{
+      groups,
+    })
+  }
+}
+pub enum DeleteGroupsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Deletes groups without members and their committed offsets.
+pub struct DeleteGroupsRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for DeleteGroupsRequest<'a> {
+  type Inner = DeleteGroupsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> DeleteGroupsRequest<'a> {
+  pub const VT_GROUP_IDS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    DeleteGroupsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args DeleteGroupsRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<DeleteGroupsRequest<'bldr>> {
+    let mut builder = DeleteGroupsRequestBuilder::new(_fbb);
+    if let Some(x) = args.group_ids { builder.add_group_ids(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DeleteGroupsRequestT {
+    let group_ids = self.group_ids().map(|x| {
+      x.iter().map(|s| s.to_string()).collect()
+    });
+    DeleteGroupsRequestT {
+      group_ids,
+    }
+  }
+
+  #[inline]
+  pub fn group_ids(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>(DeleteGroupsRequest::VT_GROUP_IDS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for DeleteGroupsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>>>("group_ids", Self::VT_GROUP_IDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteGroupsRequestArgs<'a> {
+    pub group_ids: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for DeleteGroupsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteGroupsRequestArgs {
+      group_ids: None,
+    }
+  }
+}
+
+pub struct DeleteGroupsRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> DeleteGroupsRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_ids(&mut self, group_ids: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(DeleteGroupsRequest::VT_GROUP_IDS, group_ids);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> DeleteGroupsRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    DeleteGroupsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<DeleteGroupsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for DeleteGroupsRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteGroupsRequest");
+      ds.field("group_ids", &self.group_ids());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteGroupsRequestT {
+  pub group_ids: Option<Vec<String>>,
+}
+impl Default for DeleteGroupsRequestT {
+  fn default() -> Self {
+    Self {
+      group_ids: None,
+    }
+  }
+}
+impl DeleteGroupsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DeleteGroupsRequest<'b>> {
+    let group_ids = self.group_ids.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
+    });
+    DeleteGroupsRequest::create(_fbb, &DeleteGroupsRequestArgs{
+      group_ids,
+    })
+  }
+}
+pub enum GroupResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupResult<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for GroupResult<'a> {
+  type Inner = GroupResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> GroupResult<'a> {
+  pub const VT_GROUP_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    GroupResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args GroupResultArgs<'args>
+  ) -> flatbuffers::WIPOffset<GroupResult<'bldr>> {
+    let mut builder = GroupResultBuilder::new(_fbb);
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> GroupResultT {
+    let group_id = self.group_id().map(|x| {
+      x.to_string()
+    });
+    let error_code = self.error_code();
+    GroupResultT {
+      group_id,
+      error_code,
+    }
+  }
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(GroupResult::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(GroupResult::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for GroupResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupResultArgs<'a> {
+    pub group_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub error_code: i16,
+}
+impl<'a> Default for GroupResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupResultArgs {
+      group_id: None,
+      error_code: 0,
+    }
+  }
+}
+
+pub struct GroupResultBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> GroupResultBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupResult::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(GroupResult::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> GroupResultBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    GroupResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<GroupResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for GroupResult<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("GroupResult");
+      ds.field("group_id", &self.group_id());
+      ds.field("error_code", &self.error_code());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupResultT {
+  pub group_id: Option<String>,
+  pub error_code: i16,
+}
+impl Default for GroupResultT {
+  fn default() -> Self {
+    Self {
+      group_id: None,
+      error_code: 0,
+    }
+  }
+}
+impl GroupResultT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<GroupResult<'b>> {
+    let group_id = self.group_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let error_code = self.error_code;
+    GroupResult::create(_fbb, &GroupResultArgs{
+      group_id,
+      error_code,
+    })
+  }
+}
+pub enum DeleteGroupsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DeleteGroupsResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for DeleteGroupsResponse<'a> {
+  type Inner = DeleteGroupsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> DeleteGroupsResponse<'a> {
+  pub const VT_RESULTS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    DeleteGroupsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args DeleteGroupsResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<DeleteGroupsResponse<'bldr>> {
+    let mut builder = DeleteGroupsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DeleteGroupsResponseT {
+    let results = self.results().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    DeleteGroupsResponseT {
+      results,
+    }
+  }
+
+  #[inline]
+  pub fn results(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupResult>>>>(DeleteGroupsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for DeleteGroupsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<GroupResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteGroupsResponseArgs<'a> {
+    pub results: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupResult<'a>>>>>,
+}
+impl<'a> Default for DeleteGroupsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteGroupsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct DeleteGroupsResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> DeleteGroupsResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_results(&mut self, results: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<GroupResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(DeleteGroupsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> DeleteGroupsResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    DeleteGroupsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<DeleteGroupsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for DeleteGroupsResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteGroupsResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteGroupsResponseT {
+  pub results: Option<Vec<GroupResultT>>,
+}
+impl Default for DeleteGroupsResponseT {
+  fn default() -> Self {
+    Self {
+      results: None,
+    }
+  }
+}
+impl DeleteGroupsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<DeleteGroupsResponse<'b>> {
+    let results = self.results.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    DeleteGroupsResponse::create(_fbb, &DeleteGroupsResponseArgs{
+      results,
+    })
+  }
+}
 pub enum RequestHeaderOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -8335,6 +13738,46 @@ impl<'a> RequestHeader<'a> {
       Request::MovePartitionsRequest => RequestT::MovePartitionsRequest(Box::new(
         self.body_as_move_partitions_request()
             .expect("Invalid union table, expected `Request::MovePartitionsRequest`.")
+            .unpack()
+      )),
+      Request::InitProducerIdRequest => RequestT::InitProducerIdRequest(Box::new(
+        self.body_as_init_producer_id_request()
+            .expect("Invalid union table, expected `Request::InitProducerIdRequest`.")
+            .unpack()
+      )),
+      Request::FindCoordinatorRequest => RequestT::FindCoordinatorRequest(Box::new(
+        self.body_as_find_coordinator_request()
+            .expect("Invalid union table, expected `Request::FindCoordinatorRequest`.")
+            .unpack()
+      )),
+      Request::ConsumerGroupHeartbeatRequest => RequestT::ConsumerGroupHeartbeatRequest(Box::new(
+        self.body_as_consumer_group_heartbeat_request()
+            .expect("Invalid union table, expected `Request::ConsumerGroupHeartbeatRequest`.")
+            .unpack()
+      )),
+      Request::OffsetCommitRequest => RequestT::OffsetCommitRequest(Box::new(
+        self.body_as_offset_commit_request()
+            .expect("Invalid union table, expected `Request::OffsetCommitRequest`.")
+            .unpack()
+      )),
+      Request::OffsetFetchRequest => RequestT::OffsetFetchRequest(Box::new(
+        self.body_as_offset_fetch_request()
+            .expect("Invalid union table, expected `Request::OffsetFetchRequest`.")
+            .unpack()
+      )),
+      Request::ListGroupsRequest => RequestT::ListGroupsRequest(Box::new(
+        self.body_as_list_groups_request()
+            .expect("Invalid union table, expected `Request::ListGroupsRequest`.")
+            .unpack()
+      )),
+      Request::DescribeGroupsRequest => RequestT::DescribeGroupsRequest(Box::new(
+        self.body_as_describe_groups_request()
+            .expect("Invalid union table, expected `Request::DescribeGroupsRequest`.")
+            .unpack()
+      )),
+      Request::DeleteGroupsRequest => RequestT::DeleteGroupsRequest(Box::new(
+        self.body_as_delete_groups_request()
+            .expect("Invalid union table, expected `Request::DeleteGroupsRequest`.")
             .unpack()
       )),
       _ => RequestT::NONE,
@@ -8532,6 +13975,126 @@ impl<'a> RequestHeader<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_id_request(&self) -> Option<InitProducerIdRequest<'a>> {
+    if self.body_type() == Request::InitProducerIdRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerIdRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_find_coordinator_request(&self) -> Option<FindCoordinatorRequest<'a>> {
+    if self.body_type() == Request::FindCoordinatorRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { FindCoordinatorRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_consumer_group_heartbeat_request(&self) -> Option<ConsumerGroupHeartbeatRequest<'a>> {
+    if self.body_type() == Request::ConsumerGroupHeartbeatRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ConsumerGroupHeartbeatRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_commit_request(&self) -> Option<OffsetCommitRequest<'a>> {
+    if self.body_type() == Request::OffsetCommitRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetCommitRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_fetch_request(&self) -> Option<OffsetFetchRequest<'a>> {
+    if self.body_type() == Request::OffsetFetchRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetFetchRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_list_groups_request(&self) -> Option<ListGroupsRequest<'a>> {
+    if self.body_type() == Request::ListGroupsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ListGroupsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_groups_request(&self) -> Option<DescribeGroupsRequest<'a>> {
+    if self.body_type() == Request::DescribeGroupsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeGroupsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete_groups_request(&self) -> Option<DeleteGroupsRequest<'a>> {
+    if self.body_type() == Request::DeleteGroupsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeleteGroupsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for RequestHeader<'_> {
@@ -8556,6 +14119,14 @@ impl flatbuffers::Verifiable for RequestHeader<'_> {
           Request::ListOffsetsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListOffsetsRequest>>("Request::ListOffsetsRequest", pos),
           Request::AlterConfigsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<AlterConfigsRequest>>("Request::AlterConfigsRequest", pos),
           Request::MovePartitionsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<MovePartitionsRequest>>("Request::MovePartitionsRequest", pos),
+          Request::InitProducerIdRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<InitProducerIdRequest>>("Request::InitProducerIdRequest", pos),
+          Request::FindCoordinatorRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<FindCoordinatorRequest>>("Request::FindCoordinatorRequest", pos),
+          Request::ConsumerGroupHeartbeatRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ConsumerGroupHeartbeatRequest>>("Request::ConsumerGroupHeartbeatRequest", pos),
+          Request::OffsetCommitRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<OffsetCommitRequest>>("Request::OffsetCommitRequest", pos),
+          Request::OffsetFetchRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<OffsetFetchRequest>>("Request::OffsetFetchRequest", pos),
+          Request::ListGroupsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListGroupsRequest>>("Request::ListGroupsRequest", pos),
+          Request::DescribeGroupsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DescribeGroupsRequest>>("Request::DescribeGroupsRequest", pos),
+          Request::DeleteGroupsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DeleteGroupsRequest>>("Request::DeleteGroupsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -8701,6 +14272,62 @@ impl core::fmt::Debug for RequestHeader<'_> {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        Request::InitProducerIdRequest => {
+          if let Some(x) = self.body_as_init_producer_id_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::FindCoordinatorRequest => {
+          if let Some(x) = self.body_as_find_coordinator_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::ConsumerGroupHeartbeatRequest => {
+          if let Some(x) = self.body_as_consumer_group_heartbeat_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::OffsetCommitRequest => {
+          if let Some(x) = self.body_as_offset_commit_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::OffsetFetchRequest => {
+          if let Some(x) = self.body_as_offset_fetch_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::ListGroupsRequest => {
+          if let Some(x) = self.body_as_list_groups_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::DescribeGroupsRequest => {
+          if let Some(x) = self.body_as_describe_groups_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::DeleteGroupsRequest => {
+          if let Some(x) = self.body_as_delete_groups_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("body", &x)
@@ -8840,6 +14467,46 @@ impl<'a> ResponseHeader<'a> {
       Response::MovePartitionsResponse => ResponseT::MovePartitionsResponse(Box::new(
         self.body_as_move_partitions_response()
             .expect("Invalid union table, expected `Response::MovePartitionsResponse`.")
+            .unpack()
+      )),
+      Response::InitProducerIdResponse => ResponseT::InitProducerIdResponse(Box::new(
+        self.body_as_init_producer_id_response()
+            .expect("Invalid union table, expected `Response::InitProducerIdResponse`.")
+            .unpack()
+      )),
+      Response::FindCoordinatorResponse => ResponseT::FindCoordinatorResponse(Box::new(
+        self.body_as_find_coordinator_response()
+            .expect("Invalid union table, expected `Response::FindCoordinatorResponse`.")
+            .unpack()
+      )),
+      Response::ConsumerGroupHeartbeatResponse => ResponseT::ConsumerGroupHeartbeatResponse(Box::new(
+        self.body_as_consumer_group_heartbeat_response()
+            .expect("Invalid union table, expected `Response::ConsumerGroupHeartbeatResponse`.")
+            .unpack()
+      )),
+      Response::OffsetCommitResponse => ResponseT::OffsetCommitResponse(Box::new(
+        self.body_as_offset_commit_response()
+            .expect("Invalid union table, expected `Response::OffsetCommitResponse`.")
+            .unpack()
+      )),
+      Response::OffsetFetchResponse => ResponseT::OffsetFetchResponse(Box::new(
+        self.body_as_offset_fetch_response()
+            .expect("Invalid union table, expected `Response::OffsetFetchResponse`.")
+            .unpack()
+      )),
+      Response::ListGroupsResponse => ResponseT::ListGroupsResponse(Box::new(
+        self.body_as_list_groups_response()
+            .expect("Invalid union table, expected `Response::ListGroupsResponse`.")
+            .unpack()
+      )),
+      Response::DescribeGroupsResponse => ResponseT::DescribeGroupsResponse(Box::new(
+        self.body_as_describe_groups_response()
+            .expect("Invalid union table, expected `Response::DescribeGroupsResponse`.")
+            .unpack()
+      )),
+      Response::DeleteGroupsResponse => ResponseT::DeleteGroupsResponse(Box::new(
+        self.body_as_delete_groups_response()
+            .expect("Invalid union table, expected `Response::DeleteGroupsResponse`.")
             .unpack()
       )),
       _ => ResponseT::NONE,
@@ -9029,6 +14696,126 @@ impl<'a> ResponseHeader<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_id_response(&self) -> Option<InitProducerIdResponse<'a>> {
+    if self.body_type() == Response::InitProducerIdResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerIdResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_find_coordinator_response(&self) -> Option<FindCoordinatorResponse<'a>> {
+    if self.body_type() == Response::FindCoordinatorResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { FindCoordinatorResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_consumer_group_heartbeat_response(&self) -> Option<ConsumerGroupHeartbeatResponse<'a>> {
+    if self.body_type() == Response::ConsumerGroupHeartbeatResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ConsumerGroupHeartbeatResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_commit_response(&self) -> Option<OffsetCommitResponse<'a>> {
+    if self.body_type() == Response::OffsetCommitResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetCommitResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_fetch_response(&self) -> Option<OffsetFetchResponse<'a>> {
+    if self.body_type() == Response::OffsetFetchResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetFetchResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_list_groups_response(&self) -> Option<ListGroupsResponse<'a>> {
+    if self.body_type() == Response::ListGroupsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ListGroupsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_groups_response(&self) -> Option<DescribeGroupsResponse<'a>> {
+    if self.body_type() == Response::DescribeGroupsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeGroupsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete_groups_response(&self) -> Option<DeleteGroupsResponse<'a>> {
+    if self.body_type() == Response::DeleteGroupsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeleteGroupsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for ResponseHeader<'_> {
@@ -9052,6 +14839,14 @@ impl flatbuffers::Verifiable for ResponseHeader<'_> {
           Response::ListOffsetsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListOffsetsResponse>>("Response::ListOffsetsResponse", pos),
           Response::AlterConfigsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<AlterConfigsResponse>>("Response::AlterConfigsResponse", pos),
           Response::MovePartitionsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<MovePartitionsResponse>>("Response::MovePartitionsResponse", pos),
+          Response::InitProducerIdResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<InitProducerIdResponse>>("Response::InitProducerIdResponse", pos),
+          Response::FindCoordinatorResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<FindCoordinatorResponse>>("Response::FindCoordinatorResponse", pos),
+          Response::ConsumerGroupHeartbeatResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ConsumerGroupHeartbeatResponse>>("Response::ConsumerGroupHeartbeatResponse", pos),
+          Response::OffsetCommitResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<OffsetCommitResponse>>("Response::OffsetCommitResponse", pos),
+          Response::OffsetFetchResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<OffsetFetchResponse>>("Response::OffsetFetchResponse", pos),
+          Response::ListGroupsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListGroupsResponse>>("Response::ListGroupsResponse", pos),
+          Response::DescribeGroupsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("Response::DescribeGroupsResponse", pos),
+          Response::DeleteGroupsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DeleteGroupsResponse>>("Response::DeleteGroupsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -9185,6 +14980,62 @@ impl core::fmt::Debug for ResponseHeader<'_> {
         },
         Response::MovePartitionsResponse => {
           if let Some(x) = self.body_as_move_partitions_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::InitProducerIdResponse => {
+          if let Some(x) = self.body_as_init_producer_id_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::FindCoordinatorResponse => {
+          if let Some(x) = self.body_as_find_coordinator_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::ConsumerGroupHeartbeatResponse => {
+          if let Some(x) = self.body_as_consumer_group_heartbeat_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::OffsetCommitResponse => {
+          if let Some(x) = self.body_as_offset_commit_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::OffsetFetchResponse => {
+          if let Some(x) = self.body_as_offset_fetch_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::ListGroupsResponse => {
+          if let Some(x) = self.body_as_list_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::DescribeGroupsResponse => {
+          if let Some(x) = self.body_as_describe_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::DeleteGroupsResponse => {
+          if let Some(x) = self.body_as_delete_groups_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
