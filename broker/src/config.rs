@@ -87,6 +87,22 @@ pub struct ServeConfig {
     /// hands over to it, once caught up (Kafka's
     /// `leader.imbalance.check.interval.seconds`); 0: never.
     pub leader_rebalance_interval_ms: u64,
+    /// Partitions of `__consumer_offsets`, made on first use (Kafka's
+    /// `offsets.topic.num.partitions`); fixed once the topic exists.
+    pub offsets_topic_partitions: u32,
+    /// A group member not heard from for this long leaves the group, when
+    /// it names no timeout of its own (Kafka's
+    /// `group.consumer.session.timeout.ms`).
+    pub group_session_timeout_ms: u32,
+    /// Shortest session timeout a member may ask for.
+    pub group_min_session_timeout_ms: u32,
+    /// Longest session timeout a member may ask for.
+    pub group_max_session_timeout_ms: u32,
+    /// How often members heartbeat. Partitions move between members in
+    /// heartbeat steps (the owner releases, then the new member takes), so
+    /// a moving partition pauses for about two of these; Kafka's default is
+    /// 5 s, Fjord's shorter one costs one small request a second per member.
+    pub group_heartbeat_interval_ms: u32,
 }
 
 impl Default for ServeConfig {
@@ -118,6 +134,11 @@ impl Default for ServeConfig {
             default_replication_factor: None,
             replica_lag_time_max_ms: 30_000,
             leader_rebalance_interval_ms: 30_000,
+            offsets_topic_partitions: 50,
+            group_session_timeout_ms: 45_000,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 300_000,
+            group_heartbeat_interval_ms: 1_000,
         }
     }
 }
@@ -317,6 +338,21 @@ impl ServeConfig {
                 "election_timeout_ms must be at least 4 raft ticks (raft_tick_ms above 0)".into(),
             ));
         }
+        if self.offsets_topic_partitions == 0 {
+            return Err(ConfigError::Invalid(
+                "offsets_topic_partitions must be above 0".into(),
+            ));
+        }
+        let session = self.group_session_timeout_ms;
+        if !(self.group_min_session_timeout_ms..=self.group_max_session_timeout_ms)
+            .contains(&session)
+            || self.group_heartbeat_interval_ms == 0
+            || self.group_heartbeat_interval_ms >= self.group_min_session_timeout_ms
+        {
+            return Err(ConfigError::Invalid(
+                "group session timeouts must satisfy min <= default <= max, with a heartbeat interval above 0 and below the minimum".into(),
+            ));
+        }
         if self.default_replication_factor == Some(0) {
             return Err(ConfigError::Invalid(
                 "default_replication_factor must be above 0".into(),
@@ -328,6 +364,15 @@ impl ServeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The session timeouts groups accept.
+    pub fn group_limits(&self) -> crate::group::members::Limits {
+        crate::group::members::Limits {
+            session_timeout_min_ms: i64::from(self.group_min_session_timeout_ms),
+            session_timeout_max_ms: i64::from(self.group_max_session_timeout_ms),
+            session_timeout_default_ms: i64::from(self.group_session_timeout_ms),
+        }
     }
 
     /// Whether this node runs the controller: a node of its own always; in a

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod controller;
+pub mod group;
 pub mod hardstate;
 pub mod logging;
 pub mod mesh;

@@ -257,6 +257,21 @@ struct ServeArgs {
     /// How often leadership returns to preferred leaders [default: 30000 ms; 0: never].
     #[arg(long)]
     leader_rebalance_interval_ms: Option<u64>,
+    /// Partitions of __consumer_offsets [default: 50].
+    #[arg(long)]
+    offsets_topic_partitions: Option<u32>,
+    /// A silent group member leaves after this [default: 45000 ms].
+    #[arg(long)]
+    group_session_timeout_ms: Option<u32>,
+    /// Shortest session timeout a member may ask for [default: 6000 ms].
+    #[arg(long)]
+    group_min_session_timeout_ms: Option<u32>,
+    /// Longest session timeout a member may ask for [default: 300000 ms].
+    #[arg(long)]
+    group_max_session_timeout_ms: Option<u32>,
+    /// How often group members heartbeat [default: 1000 ms].
+    #[arg(long)]
+    group_heartbeat_interval_ms: Option<u32>,
 }
 
 impl ServeArgs {
@@ -342,6 +357,33 @@ impl ServeArgs {
         }
         if let Some(v) = self.leader_rebalance_interval_ms {
             config.leader_rebalance_interval_ms = v;
+        }
+        let group_settings = [
+            (
+                self.offsets_topic_partitions,
+                &mut config.offsets_topic_partitions,
+            ),
+            (
+                self.group_session_timeout_ms,
+                &mut config.group_session_timeout_ms,
+            ),
+            (
+                self.group_min_session_timeout_ms,
+                &mut config.group_min_session_timeout_ms,
+            ),
+            (
+                self.group_max_session_timeout_ms,
+                &mut config.group_max_session_timeout_ms,
+            ),
+            (
+                self.group_heartbeat_interval_ms,
+                &mut config.group_heartbeat_interval_ms,
+            ),
+        ];
+        for (flag, setting) in group_settings {
+            if let Some(v) = flag {
+                *setting = v;
+            }
         }
         Ok(config)
     }

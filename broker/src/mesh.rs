@@ -143,6 +143,14 @@ pub enum PartitionOp {
         /// The answer.
         reply: oneshot::Sender<Result<Described, ErrorCode>>,
     },
+    /// A group request for the coordinator this partition of
+    /// `__consumer_offsets` runs.
+    Group {
+        /// The request and what the coordinator needs with it.
+        call: Box<crate::group::Call>,
+        /// The response body.
+        reply: oneshot::Sender<Result<fjord_net::wire::ResponseT, ErrorCode>>,
+    },
     /// `ListOffsets` for one timestamp.
     OffsetFor {
         /// Timestamp, or EARLIEST/LATEST.
@@ -189,6 +197,7 @@ impl PartitionOp {
             PartitionOp::WaitPast { reply, .. } => drop(reply.send(Err(code))),
             PartitionOp::Describe { reply } => drop(reply.send(Err(code))),
             PartitionOp::OffsetFor { reply, .. } => drop(reply.send(Err(code))),
+            PartitionOp::Group { reply, .. } => drop(reply.send(Err(code))),
         }
     }
 }

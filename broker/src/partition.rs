@@ -76,6 +76,8 @@ pub struct Partition {
     /// One reopen at a time.
     reopen_turn: Semaphore,
     parked: RefCell<Vec<oneshot::Sender<()>>>,
+    /// The groups it coordinates (partitions of `__consumer_offsets`).
+    coordinator: std::cell::OnceCell<Rc<crate::group::Coordinator>>,
 }
 
 /// Kafka's code for a storage failure.
@@ -118,7 +120,14 @@ impl Partition {
             log: RefCell::new(Rc::new(log)),
             reopen_turn: Semaphore::new(1),
             parked: RefCell::new(Vec::new()),
+            coordinator: std::cell::OnceCell::new(),
         })
+    }
+
+    /// The coordinator of the groups this partition of `__consumer_offsets`
+    /// holds, made on first use.
+    pub fn coordinator(&self) -> Rc<crate::group::Coordinator> {
+        self.coordinator.get_or_init(Rc::default).clone()
     }
 
     /// The log.

@@ -245,6 +245,12 @@ impl Replica {
         self.view.borrow().commit
     }
 
+    /// The term this replica leads in, while it leads and serves.
+    pub fn leading_term(&self) -> Option<Term> {
+        let view = self.view.borrow();
+        (view.leading && !view.failed).then_some(view.term)
+    }
+
     /// Whether this replica leads and serves requests.
     pub fn is_leader(&self) -> bool {
         let view = self.view.borrow();

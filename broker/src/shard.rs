@@ -978,6 +978,9 @@ async fn run_op(partition: &Partition, op: PartitionOp) {
         PartitionOp::OffsetFor { timestamp, reply } => {
             let _ = reply.send(partition.offset_for(timestamp).await);
         }
+        PartitionOp::Group { call, reply } => {
+            let _ = reply.send(partition.coordinator().serve(partition, *call).await);
+        }
     }
 }
 

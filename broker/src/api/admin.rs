@@ -87,7 +87,7 @@ pub(super) fn metadata(
 /// A partition's leader and where it is served: on a node of its own, the
 /// owning shard; replicated, the leader as last heard, on the shard that
 /// holds its replica (`LEADER_NOT_AVAILABLE` while none is known).
-fn partition_info(
+pub(super) fn partition_info(
     shard: &Shard,
     metadata: &fjord_replication::metadata::ClusterMetadata,
     topic_id: u64,

@@ -5,6 +5,7 @@
 mod admin;
 pub use admin::command_error_code;
 mod fetch;
+mod groups;
 mod offsets;
 mod produce;
 
@@ -130,14 +131,44 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
             let payload = payload_start..payload_start + payload_len;
             return produce::produce(&shard, correlation_id, *request, buf, payload).await;
         }
-        R::InitProducerIdRequest(_)
-        | R::FindCoordinatorRequest(_)
-        | R::ConsumerGroupHeartbeatRequest(_)
-        | R::OffsetCommitRequest(_)
-        | R::OffsetFetchRequest(_)
-        | R::ListGroupsRequest(_)
-        | R::DescribeGroupsRequest(_)
-        | R::DeleteGroupsRequest(_) => Reply::error(correlation_id, ErrorCode::UnsupportedVersion),
+        R::InitProducerIdRequest(_) => Reply::error(correlation_id, ErrorCode::UnsupportedVersion),
+        R::FindCoordinatorRequest(request) => {
+            groups::find_coordinator(&shard, correlation_id, *request).await
+        }
+        R::ConsumerGroupHeartbeatRequest(request) => {
+            let group = request.group_id.clone().unwrap_or_default();
+            let body = R::ConsumerGroupHeartbeatRequest(request);
+            groups::for_group(&shard, correlation_id, &group, body).await
+        }
+        R::OffsetCommitRequest(request) => {
+            let group = request.group_id.clone().unwrap_or_default();
+            let body = R::OffsetCommitRequest(request);
+            groups::for_group(&shard, correlation_id, &group, body).await
+        }
+        R::OffsetFetchRequest(request) => {
+            let group = request.group_id.clone().unwrap_or_default();
+            let body = R::OffsetFetchRequest(request);
+            groups::for_group(&shard, correlation_id, &group, body).await
+        }
+        R::ListGroupsRequest(_) => groups::list_groups(&shard, correlation_id).await,
+        R::DescribeGroupsRequest(request) => {
+            let ids = request.group_ids.unwrap_or_default();
+            groups::each_group(&shard, correlation_id, ids, |id| {
+                R::DescribeGroupsRequest(Box::new(wire::DescribeGroupsRequestT {
+                    group_ids: Some(vec![id]),
+                }))
+            })
+            .await
+        }
+        R::DeleteGroupsRequest(request) => {
+            let ids = request.group_ids.unwrap_or_default();
+            groups::each_group(&shard, correlation_id, ids, |id| {
+                R::DeleteGroupsRequest(Box::new(wire::DeleteGroupsRequestT {
+                    group_ids: Some(vec![id]),
+                }))
+            })
+            .await
+        }
         R::NONE => Reply::error(correlation_id, ErrorCode::InvalidRequest),
     };
     Some(reply)

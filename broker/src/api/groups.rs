@@ -1,0 +1,314 @@
+//! The group APIs: FindCoordinator, ConsumerGroupHeartbeat, OffsetCommit,
+//! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups. Each group
+//! request goes to the shard owning the group's `__consumer_offsets`
+//! partition (over the mesh when that is another shard of this node); a
+//! node that does not lead that partition answers NOT_COORDINATOR.
+
+use super::Reply;
+use super::admin::partition_info;
+use crate::group::{self, Call, OFFSETS_TOPIC, coordinator::coordinator_error};
+use crate::mesh::PartitionOp;
+use crate::shard::Shard;
+use fjord_net::{ErrorCode, wire};
+use fjord_replication::control::Proposal;
+use fjord_replication::metadata::{Command, CreateTopic};
+use std::collections::BTreeMap;
+
+/// `__consumer_offsets`'s configs: compacted, in Kafka's segment size.
+const OFFSETS_TOPIC_CONFIGS: [(&str, &str); 2] = [
+    ("cleanup.policy", "compact"),
+    ("segment.bytes", "104857600"),
+];
+
+pub(super) async fn find_coordinator(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::FindCoordinatorRequestT,
+) -> Reply {
+    let answer = |code: ErrorCode, message: &str| {
+        Reply::body(
+            correlation_id,
+            wire::ResponseT::FindCoordinatorResponse(Box::new(wire::FindCoordinatorResponseT {
+                error_code: code.code(),
+                error_message: Some(message.to_owned()),
+                ..Default::default()
+            })),
+        )
+    };
+    let group_id = request.group_id.unwrap_or_default();
+    if group_id.is_empty() || group_id.len() > group::records::GROUP_ID_LEN_MAX {
+        return answer(ErrorCode::InvalidGroupId, "group id empty or too long");
+    }
+    let partitions = match offsets_topic(shard).await {
+        Ok(partitions) => partitions,
+        Err(code) => return answer(code, "__consumer_offsets is not available yet"),
+    };
+    let p = group::partition_for(&group_id, partitions);
+    let metadata = shard.metadata();
+    let Some(topic) = metadata.topics.get(OFFSETS_TOPIC) else {
+        return answer(
+            ErrorCode::CoordinatorNotAvailable,
+            "__consumer_offsets not known here yet",
+        );
+    };
+    let Some(meta) = topic.partitions.get(p as usize) else {
+        return answer(
+            ErrorCode::CoordinatorNotAvailable,
+            "__consumer_offsets not known here yet",
+        );
+    };
+    let info = partition_info(shard, &metadata, topic.id, p as usize, meta);
+    if info.error_code != 0 {
+        return answer(
+            ErrorCode::CoordinatorNotAvailable,
+            "the coordinator is being elected",
+        );
+    }
+    let (host, port) = if metadata.nodes.is_empty() {
+        let port = shard.shard_ports.get(usize::from(info.shard)).copied();
+        (shard.config.advertised_host(), port)
+    } else {
+        match metadata.nodes.get(&(info.leader as u32)) {
+            Some(node) => (
+                node.host.clone(),
+                node.shard_ports.get(usize::from(info.shard)).copied(),
+            ),
+            None => (String::new(), None),
+        }
+    };
+    let Some(port) = port else {
+        return answer(
+            ErrorCode::CoordinatorNotAvailable,
+            "the coordinator's node is not registered",
+        );
+    };
+    Reply::body(
+        correlation_id,
+        wire::ResponseT::FindCoordinatorResponse(Box::new(wire::FindCoordinatorResponseT {
+            error_code: 0,
+            error_message: None,
+            partition: p,
+            node_id: info.leader,
+            host: Some(host),
+            port,
+        })),
+    )
+}
+
+/// The partition count of `__consumer_offsets`, created on first use.
+async fn offsets_topic(shard: &Shard) -> Result<u32, ErrorCode> {
+    if let Some(topic) = shard.metadata().topics.get(OFFSETS_TOPIC) {
+        return Ok(topic.partitions.len() as u32);
+    }
+    let command = Command::CreateTopic(CreateTopic {
+        name: OFFSETS_TOPIC.to_owned(),
+        partitions: shard.config.offsets_topic_partitions,
+        configs: OFFSETS_TOPIC_CONFIGS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    });
+    let created = shard.command(Proposal::of(command)).await;
+    match created {
+        Ok(_) => tracing::info!(shard = shard.id, "created {OFFSETS_TOPIC}"),
+        // Another request created it meanwhile.
+        Err(e) if super::command_error_code(&e) == ErrorCode::TopicAlreadyExists => {}
+        Err(e) => {
+            tracing::warn!(shard = shard.id, error = %e, "cannot create {OFFSETS_TOPIC}");
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
+    }
+    shard
+        .metadata()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map(|t| t.partitions.len() as u32)
+        .ok_or(ErrorCode::CoordinatorNotAvailable)
+}
+
+/// Serves a request for one group on its coordinator.
+pub(super) async fn for_group(
+    shard: &Shard,
+    correlation_id: u32,
+    group_id: &str,
+    body: wire::RequestT,
+) -> Reply {
+    let kind = body.request_type();
+    let outcome = coordinate(shard, group_id, body).await;
+    let body = outcome.unwrap_or_else(|code| failed(kind, group_id, code));
+    Reply::body(correlation_id, body)
+}
+
+/// ListGroups: the groups of every `__consumer_offsets` partition led on
+/// this node (a client asks every node and merges).
+pub(super) async fn list_groups(shard: &Shard, correlation_id: u32) -> Reply {
+    let partitions = shard
+        .metadata()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map_or(0, |t| t.partitions.len() as i32);
+    let calls = (0..partitions).map(|p| {
+        let body = wire::RequestT::ListGroupsRequest(Box::default());
+        call_partition(shard, p, body)
+    });
+    let mut groups = Vec::new();
+    for outcome in futures::future::join_all(calls).await {
+        // Partitions led elsewhere answer on their own node.
+        if let Ok(wire::ResponseT::ListGroupsResponse(list)) = outcome {
+            groups.extend(list.groups.unwrap_or_default());
+        }
+    }
+    Reply::body(
+        correlation_id,
+        wire::ResponseT::ListGroupsResponse(Box::new(wire::ListGroupsResponseT {
+            error_code: 0,
+            groups: Some(groups),
+        })),
+    )
+}
+
+/// DescribeGroups and DeleteGroups: each group on its own coordinator.
+pub(super) async fn each_group(
+    shard: &Shard,
+    correlation_id: u32,
+    ids: Vec<String>,
+    one: impl Fn(String) -> wire::RequestT,
+) -> Reply {
+    let mut described = Vec::new();
+    let mut results = Vec::new();
+    let mut is_describe = true;
+    for id in ids {
+        let body = one(id.clone());
+        is_describe = matches!(body, wire::RequestT::DescribeGroupsRequest(_));
+        let kind = body.request_type();
+        match coordinate(shard, &id, body)
+            .await
+            .unwrap_or_else(|code| failed(kind, &id, code))
+        {
+            wire::ResponseT::DescribeGroupsResponse(r) => {
+                described.extend(r.groups.unwrap_or_default())
+            }
+            wire::ResponseT::DeleteGroupsResponse(r) => {
+                results.extend(r.results.unwrap_or_default())
+            }
+            _ => {}
+        }
+    }
+    let body = if is_describe {
+        wire::ResponseT::DescribeGroupsResponse(Box::new(wire::DescribeGroupsResponseT {
+            groups: Some(described),
+        }))
+    } else {
+        wire::ResponseT::DeleteGroupsResponse(Box::new(wire::DeleteGroupsResponseT {
+            results: Some(results),
+        }))
+    };
+    Reply::body(correlation_id, body)
+}
+
+async fn coordinate(
+    shard: &Shard,
+    group_id: &str,
+    body: wire::RequestT,
+) -> Result<wire::ResponseT, ErrorCode> {
+    if group_id.is_empty() || group_id.len() > group::records::GROUP_ID_LEN_MAX {
+        return Err(ErrorCode::InvalidGroupId);
+    }
+    let partitions = shard
+        .metadata()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map(|t| t.partitions.len() as u32)
+        .ok_or(ErrorCode::CoordinatorNotAvailable)?;
+    let p = group::partition_for(group_id, partitions);
+    call_partition(shard, p, body).await
+}
+
+async fn call_partition(
+    shard: &Shard,
+    p: i32,
+    body: wire::RequestT,
+) -> Result<wire::ResponseT, ErrorCode> {
+    let call = Call {
+        body,
+        topics: partition_counts(shard),
+        limits: shard.config.group_limits(),
+        heartbeat_interval_ms: shard.config.group_heartbeat_interval_ms as i32,
+        now_ms: fjord_storage::log::now_ms(),
+    };
+    // The call moves to the owner or runs here; `on_owner` takes both
+    // paths' closures, so it travels in a cell that the chosen one empties.
+    let call = std::cell::Cell::new(Some(Box::new(call)));
+    shard
+        .on_owner(
+            OFFSETS_TOPIC,
+            p,
+            async |partition| match call.take() {
+                Some(call) => partition.coordinator().serve(&partition, *call).await,
+                None => Err(ErrorCode::UnknownServerError),
+            },
+            |reply| PartitionOp::Group {
+                call: call.take().expect("one path is taken"),
+                reply,
+            },
+        )
+        .await
+        .map_err(coordinator_error)
+}
+
+/// Every topic's partition count, as this shard's metadata has it.
+fn partition_counts(shard: &Shard) -> BTreeMap<String, i32> {
+    shard
+        .metadata()
+        .topics
+        .iter()
+        .map(|(name, topic)| (name.clone(), topic.partitions.len() as i32))
+        .collect()
+}
+
+/// A whole-request failure, in the response type of the request.
+fn failed(kind: wire::Request, group_id: &str, code: ErrorCode) -> wire::ResponseT {
+    let error_code = code.code();
+    use wire::ResponseT as S;
+    match kind {
+        wire::Request::ConsumerGroupHeartbeatRequest => {
+            S::ConsumerGroupHeartbeatResponse(Box::new(wire::ConsumerGroupHeartbeatResponseT {
+                error_code,
+                ..Default::default()
+            }))
+        }
+        wire::Request::OffsetCommitRequest => {
+            S::OffsetCommitResponse(Box::new(wire::OffsetCommitResponseT {
+                error_code,
+                topics: None,
+            }))
+        }
+        wire::Request::OffsetFetchRequest => {
+            S::OffsetFetchResponse(Box::new(wire::OffsetFetchResponseT {
+                error_code,
+                topics: None,
+            }))
+        }
+        wire::Request::DescribeGroupsRequest => {
+            S::DescribeGroupsResponse(Box::new(wire::DescribeGroupsResponseT {
+                groups: Some(vec![wire::DescribedGroupT {
+                    group_id: Some(group_id.to_owned()),
+                    error_code,
+                    ..Default::default()
+                }]),
+            }))
+        }
+        wire::Request::DeleteGroupsRequest => {
+            S::DeleteGroupsResponse(Box::new(wire::DeleteGroupsResponseT {
+                results: Some(vec![wire::GroupResultT {
+                    group_id: Some(group_id.to_owned()),
+                    error_code,
+                }]),
+            }))
+        }
+        _ => S::ListGroupsResponse(Box::new(wire::ListGroupsResponseT {
+            error_code,
+            groups: None,
+        })),
+    }
+}

@@ -1,0 +1,611 @@
+//! The coordinator of the groups that hash to one `__consumer_offsets`
+//! partition, living with that partition on its shard and serving while
+//! the partition is led here. Committed offsets are records in the
+//! partition (see [`super::records`]): a commit answers once its batch is
+//! as durable as `acks=all` makes it, and a coordinator that starts leading
+//! rebuilds the offsets by reading the partition — which compaction keeps
+//! short — before it answers anything. Membership lives in memory (see
+//! [`super::members`]).
+
+use super::members::{self, Group, Heartbeat, Limits};
+use super::records::{self, CommitKey, Committed, Stored};
+use crate::partition::Partition;
+use fjord_core::BatchBuilder;
+use fjord_net::{ErrorCode, api, wire};
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Longest a new leader waits for its log to be committed before it loads.
+const LOAD_WAIT: Duration = Duration::from_secs(5);
+/// Bytes read per step of a load.
+const LOAD_READ_BYTES: usize = 1 << 20;
+
+/// A group request as the coordinator's shard gets it.
+#[derive(Debug)]
+pub struct Call {
+    /// The request (one of the group APIs).
+    pub body: wire::RequestT,
+    /// Partition counts of every topic, from the caller's metadata.
+    pub topics: BTreeMap<String, i32>,
+    /// Session timeouts accepted.
+    pub limits: Limits,
+    /// How often members heartbeat.
+    pub heartbeat_interval_ms: i32,
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The leader term the state was loaded in (0 for an unreplicated
+    /// partition); `None` until loaded.
+    loaded: Option<u64>,
+    offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>>,
+    groups: BTreeMap<String, Group>,
+}
+
+/// The groups of one `__consumer_offsets` partition.
+pub struct Coordinator {
+    state: RefCell<State>,
+    /// Loads and commits take turns: a commit applied during a load would
+    /// be overwritten by the older records the load reads after it.
+    turn: Semaphore,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        Coordinator {
+            state: RefCell::new(State::default()),
+            turn: Semaphore::new(1),
+        }
+    }
+}
+
+impl Coordinator {
+    /// Serves one group request for a group of this partition.
+    pub async fn serve(
+        &self,
+        partition: &Partition,
+        call: Call,
+    ) -> Result<wire::ResponseT, ErrorCode> {
+        let term = leading_term(partition)?;
+        let _turn = self
+            .turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ErrorCode::CoordinatorNotAvailable)?;
+        if self.state.borrow().loaded != Some(term) {
+            self.load(partition, term).await?;
+        }
+        use wire::RequestT as R;
+        use wire::ResponseT as S;
+        Ok(match call.body {
+            R::ConsumerGroupHeartbeatRequest(request) => {
+                S::ConsumerGroupHeartbeatResponse(Box::new(self.heartbeat(
+                    *request,
+                    &call.topics,
+                    &call.limits,
+                    call.heartbeat_interval_ms,
+                    call.now_ms,
+                )))
+            }
+            R::OffsetCommitRequest(request) => S::OffsetCommitResponse(Box::new(
+                self.commit(partition, *request, call.now_ms).await,
+            )),
+            R::OffsetFetchRequest(request) => {
+                S::OffsetFetchResponse(Box::new(self.fetch(*request)))
+            }
+            R::ListGroupsRequest(_) => S::ListGroupsResponse(Box::new(self.list(call.now_ms))),
+            R::DescribeGroupsRequest(request) => {
+                S::DescribeGroupsResponse(Box::new(self.describe(*request, call.now_ms)))
+            }
+            R::DeleteGroupsRequest(request) => S::DeleteGroupsResponse(Box::new(
+                self.delete(partition, *request, call.now_ms).await,
+            )),
+            _ => return Err(ErrorCode::InvalidRequest),
+        })
+    }
+
+    /// Rebuilds the offsets from the partition. A replicated partition is
+    /// read once everything in its leader's log is committed: records of
+    /// earlier terms then count, and nothing read can be cut away.
+    async fn load(&self, partition: &Partition, term: u64) -> Result<(), ErrorCode> {
+        let end = match partition.replica() {
+            Some(replica) => {
+                let end = partition.log().offset_next();
+                if replica.high_watermark() < end {
+                    replica.wait_past(end - 1, LOAD_WAIT).await;
+                }
+                if replica.high_watermark() < end {
+                    return Err(ErrorCode::CoordinatorLoadInProgress);
+                }
+                end
+            }
+            None => partition.log().offset_visible(),
+        };
+        let mut offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>> = BTreeMap::new();
+        let mut offset = partition.log().offset_start() as i64;
+        let mut bad = 0u64;
+        while (offset as u64) < end {
+            let read = partition.read(offset, LOAD_READ_BYTES).await?;
+            if read.offset_next as i64 <= offset {
+                break;
+            }
+            for slice in &read.slices {
+                for batch in fjord_core::batch::batches(slice).filter(|b| !b.is_control()) {
+                    let Ok(batch_records) = batch.records() else {
+                        bad += 1;
+                        continue;
+                    };
+                    for record in batch_records {
+                        match record.map_err(|_| ()).and_then(|r| {
+                            records::decode(r.key.unwrap_or_default(), r.value).map_err(|_| ())
+                        }) {
+                            Ok(Stored::Offset(key, Some(committed))) => {
+                                offsets
+                                    .entry(key.group)
+                                    .or_default()
+                                    .insert((key.topic, key.partition), committed);
+                            }
+                            Ok(Stored::Offset(key, None)) => {
+                                if let Some(group) = offsets.get_mut(&key.group) {
+                                    group.remove(&(key.topic, key.partition));
+                                    if group.is_empty() {
+                                        offsets.remove(&key.group);
+                                    }
+                                }
+                            }
+                            Ok(Stored::Other) => {}
+                            Err(()) => bad += 1,
+                        }
+                    }
+                }
+            }
+            offset = read.offset_next as i64;
+        }
+        if bad > 0 {
+            tracing::warn!(
+                records = bad,
+                "unreadable __consumer_offsets records skipped"
+            );
+        }
+        tracing::info!(
+            groups = offsets.len(),
+            end,
+            term,
+            "group coordinator loaded"
+        );
+        *self.state.borrow_mut() = State {
+            loaded: Some(term),
+            offsets,
+            groups: BTreeMap::new(),
+        };
+        Ok(())
+    }
+
+    fn heartbeat(
+        &self,
+        request: wire::ConsumerGroupHeartbeatRequestT,
+        topics: &BTreeMap<String, i32>,
+        limits: &Limits,
+        interval_ms: i32,
+        now_ms: i64,
+    ) -> wire::ConsumerGroupHeartbeatResponseT {
+        let fail = |code: ErrorCode, message: &str| wire::ConsumerGroupHeartbeatResponseT {
+            error_code: code.code(),
+            error_message: Some(message.to_owned()),
+            ..Default::default()
+        };
+        let Some(group_id) = request.group_id.filter(|g| valid_group(g)) else {
+            return fail(ErrorCode::InvalidGroupId, "group id empty or too long");
+        };
+        let heartbeat = Heartbeat {
+            member_id: request.member_id.unwrap_or_default(),
+            member_epoch: request.member_epoch,
+            instance_id: request.instance_id.filter(|i| !i.is_empty()),
+            client_id: request.client_id.unwrap_or_default(),
+            session_timeout_ms: i64::from(request.session_timeout_ms),
+            topics: request.subscribed_topic_names,
+            regex: request.subscribed_topic_regex,
+            owned: request.owned.map(|owned| from_wire(&owned)),
+        };
+        let mut state = self.state.borrow_mut();
+        let joining = heartbeat.member_epoch == members::JOIN;
+        let group = match state.groups.get_mut(&group_id) {
+            Some(group) => group,
+            None if joining || heartbeat.member_epoch > 0 => {
+                state.groups.entry(group_id.clone()).or_default()
+            }
+            None => return fail(ErrorCode::UnknownMemberId, "no such member"),
+        };
+        match group.heartbeat(heartbeat, topics, limits, now_ms) {
+            Ok(answer) => {
+                if joining {
+                    tracing::info!(group = %group_id, member = %answer.member_id, epoch = group.epoch, "member joined");
+                }
+                wire::ConsumerGroupHeartbeatResponseT {
+                    error_code: 0,
+                    error_message: None,
+                    member_id: Some(answer.member_id),
+                    member_epoch: answer.member_epoch,
+                    heartbeat_interval_ms: interval_ms,
+                    assignment: answer.assignment.map(|a| to_wire(&a)),
+                }
+            }
+            Err(code) => fail(code, "heartbeat refused"),
+        }
+    }
+
+    async fn commit(
+        &self,
+        partition: &Partition,
+        request: wire::OffsetCommitRequestT,
+        now_ms: i64,
+    ) -> wire::OffsetCommitResponseT {
+        let fail = |code: ErrorCode| wire::OffsetCommitResponseT {
+            error_code: code.code(),
+            topics: None,
+        };
+        let Some(group_id) = request.group_id.filter(|g| valid_group(g)) else {
+            return fail(ErrorCode::InvalidGroupId);
+        };
+        let member = request.member_id.unwrap_or_default();
+        let allowed = {
+            let state = self.state.borrow();
+            match state.groups.get(&group_id).filter(|g| !g.is_empty()) {
+                Some(group) => group.check_commit(&member, request.member_epoch),
+                // A group without members takes commits from tools, as
+                // Kafka's does (a member id then means nothing).
+                None => Ok(()),
+            }
+        };
+        if let Err(code) = allowed {
+            return fail(code);
+        }
+        let mut results = Vec::new();
+        let mut batch = BatchBuilder::new();
+        let mut written = Vec::new();
+        for topic in request.topics.unwrap_or_default() {
+            let name = topic.name.unwrap_or_default();
+            let mut partitions = Vec::new();
+            for p in topic.partitions.unwrap_or_default() {
+                let metadata = p.metadata.unwrap_or_default();
+                let code = if metadata.len() > records::METADATA_LEN_MAX {
+                    ErrorCode::OffsetMetadataTooLarge.code()
+                } else if fjord_core::topic::validate_name(&name).is_err() {
+                    ErrorCode::UnknownTopicOrPartition.code()
+                } else {
+                    let key = CommitKey {
+                        group: group_id.clone(),
+                        topic: name.clone(),
+                        partition: p.partition,
+                    };
+                    let committed = Committed {
+                        offset: p.offset,
+                        leader_epoch: p.leader_epoch,
+                        metadata,
+                        timestamp: now_ms,
+                    };
+                    batch.push(
+                        now_ms,
+                        Some(&records::encode_key(&key)),
+                        Some(&records::encode_value(&committed)),
+                        &[],
+                    );
+                    written.push((key, committed));
+                    0
+                };
+                partitions.push(wire::OffsetCommitPartitionResultT {
+                    partition: p.partition,
+                    error_code: code,
+                });
+            }
+            results.push(wire::OffsetCommitTopicResultT {
+                name: Some(name),
+                partitions: Some(partitions),
+            });
+        }
+        if !written.is_empty() {
+            if let Err(code) = partition.produce(&batch.build(), api::ACKS_ALL).await {
+                let code = coordinator_error(code).code();
+                for p in results
+                    .iter_mut()
+                    .flat_map(|t| t.partitions.iter_mut().flatten())
+                {
+                    if p.error_code == 0 {
+                        p.error_code = code;
+                    }
+                }
+                return wire::OffsetCommitResponseT {
+                    error_code: 0,
+                    topics: Some(results),
+                };
+            }
+            let mut state = self.state.borrow_mut();
+            let offsets = state.offsets.entry(group_id).or_default();
+            for (key, committed) in written {
+                offsets.insert((key.topic, key.partition), committed);
+            }
+        }
+        wire::OffsetCommitResponseT {
+            error_code: 0,
+            topics: Some(results),
+        }
+    }
+
+    fn fetch(&self, request: wire::OffsetFetchRequestT) -> wire::OffsetFetchResponseT {
+        let state = self.state.borrow();
+        let empty = BTreeMap::new();
+        let group = request
+            .group_id
+            .as_ref()
+            .and_then(|g| state.offsets.get(g))
+            .unwrap_or(&empty);
+        let result =
+            |partition: i32, committed: Option<&Committed>| wire::OffsetFetchPartitionResultT {
+                partition,
+                error_code: 0,
+                offset: committed.map_or(-1, |c| c.offset),
+                leader_epoch: committed.map_or(-1, |c| c.leader_epoch),
+                metadata: committed.map(|c| c.metadata.clone()),
+            };
+        let topics = match request.topics {
+            Some(topics) => topics
+                .into_iter()
+                .map(|t| {
+                    let name = t.name.unwrap_or_default();
+                    let partitions = t
+                        .partitions
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| result(p, group.get(&(name.clone(), p))))
+                        .collect();
+                    wire::OffsetFetchTopicResultT {
+                        name: Some(name),
+                        partitions: Some(partitions),
+                    }
+                })
+                .collect(),
+            None => {
+                let mut topics: Vec<wire::OffsetFetchTopicResultT> = Vec::new();
+                for ((topic, p), committed) in group {
+                    if topics.last().and_then(|t| t.name.as_ref()) != Some(topic) {
+                        topics.push(wire::OffsetFetchTopicResultT {
+                            name: Some(topic.clone()),
+                            partitions: Some(Vec::new()),
+                        });
+                    }
+                    if let Some(last) = topics.last_mut() {
+                        last.partitions
+                            .get_or_insert_default()
+                            .push(result(*p, Some(committed)));
+                    }
+                }
+                topics
+            }
+        };
+        wire::OffsetFetchResponseT {
+            error_code: 0,
+            topics: Some(topics),
+        }
+    }
+
+    /// Every group known here: with members, or with committed offsets.
+    fn list(&self, now_ms: i64) -> wire::ListGroupsResponseT {
+        let mut state = self.state.borrow_mut();
+        for group in state.groups.values_mut() {
+            group.expire(now_ms);
+        }
+        let state = &*state;
+        let names: BTreeSet<&String> = state.groups.keys().chain(state.offsets.keys()).collect();
+        let groups = names
+            .into_iter()
+            .filter_map(|name| {
+                let group = state.groups.get(name);
+                let members = group.map_or(0, |g| g.members().count());
+                if members == 0 && !state.offsets.contains_key(name) {
+                    return None;
+                }
+                Some(wire::GroupListingT {
+                    group_id: Some(name.clone()),
+                    state: Some(
+                        group
+                            .map_or(members::GroupState::Empty, Group::state)
+                            .name()
+                            .to_owned(),
+                    ),
+                    members: members as i32,
+                })
+            })
+            .collect();
+        wire::ListGroupsResponseT {
+            error_code: 0,
+            groups: Some(groups),
+        }
+    }
+
+    fn describe(
+        &self,
+        request: wire::DescribeGroupsRequestT,
+        now_ms: i64,
+    ) -> wire::DescribeGroupsResponseT {
+        let mut state = self.state.borrow_mut();
+        let groups = request
+            .group_ids
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| {
+                if let Some(group) = state.groups.get_mut(&id) {
+                    group.expire(now_ms);
+                }
+                let group = state.groups.get(&id);
+                let known = group.is_some_and(|g| !g.is_empty()) || state.offsets.contains_key(&id);
+                if !known {
+                    return wire::DescribedGroupT {
+                        group_id: Some(id),
+                        error_code: ErrorCode::GroupIdNotFound.code(),
+                        state: Some("Dead".into()),
+                        ..Default::default()
+                    };
+                }
+                let members = group
+                    .map(|g| {
+                        g.members()
+                            .map(|m| wire::GroupMemberT {
+                                member_id: Some(m.id.clone()),
+                                instance_id: m.instance_id.clone(),
+                                client_id: Some(m.client_id.clone()),
+                                member_epoch: m.epoch,
+                                subscribed_topic_names: Some(m.topics.clone()),
+                                subscribed_topic_regex: Some(m.regex.clone()),
+                                assignment: Some(to_wire(&m.assigned)),
+                                target: g.target_of(&m.id).map(to_wire),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                wire::DescribedGroupT {
+                    group_id: Some(id),
+                    error_code: 0,
+                    state: Some(
+                        group
+                            .map_or(members::GroupState::Empty, Group::state)
+                            .name()
+                            .to_owned(),
+                    ),
+                    group_epoch: group.map_or(0, |g| g.epoch),
+                    members: Some(members),
+                }
+            })
+            .collect();
+        wire::DescribeGroupsResponseT {
+            groups: Some(groups),
+        }
+    }
+
+    async fn delete(
+        &self,
+        partition: &Partition,
+        request: wire::DeleteGroupsRequestT,
+        now_ms: i64,
+    ) -> wire::DeleteGroupsResponseT {
+        let mut results = Vec::new();
+        for id in request.group_ids.unwrap_or_default() {
+            let code = self
+                .delete_one(partition, &id, now_ms)
+                .await
+                .err()
+                .map_or(0, |e| e.code());
+            results.push(wire::GroupResultT {
+                group_id: Some(id),
+                error_code: code,
+            });
+        }
+        wire::DeleteGroupsResponseT {
+            results: Some(results),
+        }
+    }
+
+    /// Deletes a group without members: tombstones for its offsets.
+    async fn delete_one(
+        &self,
+        partition: &Partition,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<(), ErrorCode> {
+        let keys: Vec<(String, i32)> = {
+            let mut state = self.state.borrow_mut();
+            if let Some(group) = state.groups.get_mut(id) {
+                group.expire(now_ms);
+                if !group.is_empty() {
+                    return Err(ErrorCode::NonEmptyGroup);
+                }
+            }
+            let has_members = state.groups.contains_key(id);
+            match state.offsets.get(id) {
+                Some(offsets) => offsets.keys().cloned().collect(),
+                None if has_members => Vec::new(),
+                None => return Err(ErrorCode::GroupIdNotFound),
+            }
+        };
+        if !keys.is_empty() {
+            let mut batch = BatchBuilder::new();
+            for (topic, p) in &keys {
+                let key = CommitKey {
+                    group: id.to_owned(),
+                    topic: topic.clone(),
+                    partition: *p,
+                };
+                batch.push(now_ms, Some(&records::encode_key(&key)), None, &[]);
+            }
+            partition
+                .produce(&batch.build(), api::ACKS_ALL)
+                .await
+                .map_err(coordinator_error)?;
+        }
+        let mut state = self.state.borrow_mut();
+        state.offsets.remove(id);
+        state.groups.remove(id);
+        tracing::info!(group = %id, offsets = keys.len(), "group deleted");
+        Ok(())
+    }
+}
+
+/// The term this replica leads in (0 for an unreplicated partition).
+fn leading_term(partition: &Partition) -> Result<u64, ErrorCode> {
+    match partition.replica() {
+        Some(replica) => replica.leading_term().ok_or(ErrorCode::NotCoordinator),
+        None => Ok(0),
+    }
+}
+
+/// What a group client is told when the partition refused: somebody else
+/// coordinates now.
+pub fn coordinator_error(code: ErrorCode) -> ErrorCode {
+    match code {
+        ErrorCode::NotLeaderOrFollower
+        | ErrorCode::LeaderNotAvailable
+        | ErrorCode::UnknownTopicOrPartition
+        | ErrorCode::FencedLeaderEpoch => ErrorCode::NotCoordinator,
+        ErrorCode::KafkaStorageError
+        | ErrorCode::RequestTimedOut
+        | ErrorCode::BrokerNotAvailable => ErrorCode::CoordinatorNotAvailable,
+        other => other,
+    }
+}
+
+fn valid_group(id: &str) -> bool {
+    !id.is_empty() && id.len() <= records::GROUP_ID_LEN_MAX
+}
+
+fn from_wire(topics: &[wire::TopicPartitionsT]) -> BTreeSet<(String, i32)> {
+    topics
+        .iter()
+        .flat_map(|t| {
+            let name = t.name.clone().unwrap_or_default();
+            t.partitions
+                .iter()
+                .flatten()
+                .map(move |&p| (name.clone(), p))
+        })
+        .collect()
+}
+
+/// Partitions grouped by topic, in order.
+pub fn to_wire(partitions: &BTreeSet<(String, i32)>) -> Vec<wire::TopicPartitionsT> {
+    let mut out: Vec<wire::TopicPartitionsT> = Vec::new();
+    for (topic, p) in partitions {
+        match out.last_mut() {
+            Some(last) if last.name.as_deref() == Some(topic.as_str()) => {
+                last.partitions.get_or_insert_default().push(*p);
+            }
+            _ => out.push(wire::TopicPartitionsT {
+                name: Some(topic.clone()),
+                partitions: Some(vec![*p]),
+            }),
+        }
+    }
+    out
+}

@@ -1,0 +1,38 @@
+//! Consumer groups: committed offsets kept in `__consumer_offsets`, and
+//! membership with server-side, incremental assignment. A group's
+//! coordinator is the leader of partition `hash(group) % N` of that topic
+//! (Kafka's `abs(groupId.hashCode()) % offsets.topic.num.partitions`, so a
+//! group lands on the partition Kafka would choose).
+
+pub mod assign;
+pub mod coordinator;
+pub mod members;
+pub mod records;
+
+pub use coordinator::{Call, Coordinator};
+
+/// The internal topic of committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The `__consumer_offsets` partition coordinating `group`: Java's
+/// `String.hashCode` (over UTF-16 units), made positive by Kafka's
+/// `Utils.abs` (`i32::MIN` becomes 0), modulo the partition count.
+pub fn partition_for(group: &str, partitions: u32) -> i32 {
+    assert!(partitions > 0, "the offsets topic has partitions");
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    (hash.checked_abs().unwrap_or(0) as u32 % partitions) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn groups_land_where_kafka_puts_them() {
+        // Java: "my-group".hashCode() == -1_906_497_762; abs, then % 50.
+        assert_eq!(super::partition_for("my-group", 50), 12);
+        // "polygenelubricants".hashCode() == i32::MIN, which Kafka's abs
+        // maps to 0.
+        assert_eq!(super::partition_for("polygenelubricants", 50), 0);
+    }
+}
