@@ -2,6 +2,8 @@
 //! consume`. They run on the main thread with the client crate's blocking
 //! style (`block_on`); errors say what failed and where.
 
+pub mod groups;
+
 use fjord_client::{
     Admin, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig,
     RecordMetadata, Seek,
@@ -32,6 +34,9 @@ pub enum CliError {
     /// Reading stdin or writing stdout failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// An argument is malformed.
+    #[error("{0}")]
+    Invalid(String),
     /// A move could not be planned or did not finish.
     #[error("{0}")]
     Drain(String),
@@ -454,19 +459,39 @@ pub struct ConsumeArgs {
     pub print_key: bool,
     /// Print `partition:offset<TAB>` first.
     pub print_offset: bool,
+    /// Read as a member of this group (partitions assigned by it; offsets
+    /// committed every 5 s and on exit).
+    pub group: Option<String>,
+    /// Set by SIGINT/SIGTERM: commit, leave the group, stop.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// `consume`: prints records until `max_messages` or until interrupted.
+/// `consume`: prints records until `max_messages` or until stopped. In a
+/// group, the offsets after what was printed are committed every 5 s, and
+/// at the end before it leaves the group (Kafka's console consumer).
 pub fn consume(
     client: &Client,
     args: &ConsumeArgs,
     out: &mut impl Write,
 ) -> Result<usize, CliError> {
-    let mut consumer = Consumer::new(client, ConsumerConfig::default());
-    let partitions = args.partition.map(|p| vec![p]);
-    block_on(consumer.assign(&args.topic, partitions.as_deref(), args.seek))?;
+    let mut config = ConsumerConfig::default();
+    if args.seek == Seek::Earliest {
+        // `--from-beginning` in a group: where nothing is committed.
+        config.offset_reset = Some(Seek::Earliest);
+    }
+    let mut consumer = Consumer::new(client, config);
+    match &args.group {
+        Some(group) => block_on(consumer.subscribe(&[args.topic.as_str()], group))?,
+        None => {
+            let partitions = args.partition.map(|p| vec![p]);
+            block_on(consumer.assign(&args.topic, partitions.as_deref(), args.seek))?;
+        }
+    }
+    let stopped = || args.stop.load(std::sync::atomic::Ordering::Relaxed);
     let mut printed = 0;
-    loop {
+    // Where printing stopped, per partition, when it stops mid-poll.
+    let mut next = std::collections::BTreeMap::new();
+    'poll: while !stopped() {
         let records = block_on(consumer.poll(Duration::from_millis(500)))?;
         for record in records {
             if args.print_offset {
@@ -479,11 +504,19 @@ pub fn consume(
             let value = record.value.as_deref().map(String::from_utf8_lossy);
             writeln!(out, "{}", value.as_deref().unwrap_or("null"))?;
             printed += 1;
+            next.insert((record.topic, record.partition), record.offset + 1);
             if args.max_messages.is_some_and(|max| printed >= max) {
-                out.flush()?;
-                return Ok(printed);
+                break 'poll;
             }
         }
+        next.clear();
         out.flush()?;
     }
+    out.flush()?;
+    // Records fetched but not printed are not committed.
+    for ((topic, partition), offset) in next {
+        block_on(consumer.seek(&topic, partition, Seek::Offset(offset)))?;
+    }
+    block_on(consumer.close())?;
+    Ok(printed)
 }

@@ -4,10 +4,12 @@ use clap::{Parser, Subcommand};
 use fjord_broker::cli::{self, CliError, ConsumeArgs, ProduceArgs};
 use fjord_broker::config::ServeConfig;
 use fjord_broker::logging::LogFormat;
-use fjord_client::Seek;
+use fjord_client::{ResetTo, Seek};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 // jemalloc, keeping freed pages: see fjord_storage::alloc.
 fjord_storage::global_allocator!();
@@ -92,9 +94,64 @@ enum Command {
         /// Print each record's partition and offset.
         #[arg(long)]
         print_offset: bool,
+        /// Read as a member of this consumer group: the group assigns
+        /// partitions and keeps the offsets (committed every 5 s and on exit).
+        #[arg(long, conflicts_with_all = ["partition", "offset"])]
+        group: Option<String>,
         /// Brokers' native addresses, HOST:PORT[,HOST:PORT...].
         #[arg(long, default_value = DEFAULT_BOOTSTRAP)]
         bootstrap: String,
+    },
+    /// List, describe and delete consumer groups; reset their offsets.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+        /// Brokers' native addresses, HOST:PORT[,HOST:PORT...].
+        #[arg(long, global = true, default_value = DEFAULT_BOOTSTRAP)]
+        bootstrap: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Every group, its state and member count.
+    List,
+    /// A group's members and assignment, committed offsets and lag.
+    Describe {
+        /// Group id.
+        group: String,
+    },
+    /// Delete a group without members, with its committed offsets.
+    Delete {
+        /// Group id.
+        group: String,
+    },
+    /// Move a group's committed offsets of a topic (a dry run unless
+    /// --execute; the group must have no members).
+    ResetOffsets {
+        /// Group id.
+        group: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// To the log start.
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        /// To the log end.
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// To this offset.
+        #[arg(long, group = "to")]
+        to_offset: Option<i64>,
+        /// To the first record at or after this time (ISO 8601, UTC).
+        #[arg(long, group = "to")]
+        to_datetime: Option<String>,
+        /// By this many records (negative: back).
+        #[arg(long, group = "to", allow_negative_numbers = true)]
+        shift_by: Option<i64>,
+        /// Commit the new offsets.
+        #[arg(long)]
+        execute: bool,
     },
 }
 
@@ -432,6 +489,7 @@ fn main() -> ExitCode {
             max_messages,
             print_key,
             print_offset,
+            group,
             bootstrap,
         } => {
             let seek = match (from_beginning, offset) {
@@ -446,11 +504,16 @@ fn main() -> ExitCode {
                 max_messages,
                 print_key,
                 print_offset,
+                group,
+                stop: stop_on_signals(),
             };
             cli::connect(&bootstrap)
                 .and_then(|client| cli::consume(&client, &args, &mut std::io::stdout().lock()))
                 .map(drop)
                 .map_err(|e| e.to_string())
+        }
+        Command::Group { command, bootstrap } => {
+            run_group(command, &bootstrap).map_err(|e| e.to_string())
         }
     };
     match outcome {
@@ -458,6 +521,52 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("fjord: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A flag SIGINT and SIGTERM set, so that a consumer can commit and leave
+/// its group before it exits; a second signal ends the process at once.
+fn stop_on_signals() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Failing to register leaves the default (exit at once): no commit
+        // on exit, which the 5 s auto-commit bounds.
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone());
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    stop
+}
+
+fn run_group(command: GroupCommand, bootstrap: &str) -> Result<(), CliError> {
+    let client = cli::connect(bootstrap)?;
+    match command {
+        GroupCommand::List => cli::groups::list(&client),
+        GroupCommand::Describe { group } => cli::groups::describe(&client, &group),
+        GroupCommand::Delete { group } => cli::groups::delete(&client, &group),
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_datetime,
+            shift_by,
+            execute,
+        } => {
+            let to = match (to_earliest, to_latest, to_offset, to_datetime, shift_by) {
+                (true, ..) => ResetTo::Earliest,
+                (_, true, ..) => ResetTo::Latest,
+                (_, _, Some(offset), ..) => ResetTo::Offset(offset),
+                (_, _, _, Some(time), _) => ResetTo::Timestamp(cli::groups::parse_datetime(&time)?),
+                (.., Some(n)) => ResetTo::ShiftBy(n),
+                _ => {
+                    return Err(CliError::Invalid(
+                        "say where to: --to-earliest, --to-latest, --to-offset N, --to-datetime T or --shift-by N".into(),
+                    ));
+                }
+            };
+            cli::groups::reset_offsets(&client, &group, &topic, to, execute)
         }
     }
 }

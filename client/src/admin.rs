@@ -1,5 +1,10 @@
 //! Topic administration: create, delete, describe, list.
 
+mod groups;
+pub use groups::{
+    GroupDescription, GroupListing, GroupOffset, MemberDescription, OffsetReset, ResetTo,
+};
+
 use crate::client::Client;
 use crate::error::{ClientError, Result, check, error_code};
 use crate::transport::Lane;

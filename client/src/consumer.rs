@@ -2,6 +2,17 @@
 //! long-polls every partition's shard and returns the records after the
 //! positions. While the application handles one poll's records, the next
 //! fetch is already in flight (pipelined), unless a seek invalidates it.
+//!
+//! Partitions are assigned by hand (`assign`) or by a group (`subscribe`,
+//! see [`membership`]): then `poll` also heartbeats, moves partitions as the
+//! coordinator says, and commits what earlier polls returned — every
+//! `auto_commit_interval`, before a partition is released, and on `close`.
+//! Records returned by a poll count as processed once the next poll (or
+//! `commit`) runs: at least once, with only the uncommitted tail read again
+//! after a member fails.
+
+mod membership;
+pub use membership::{RebalanceListener, Revoking};
 
 use crate::client::{Client, Route};
 use crate::error::{ClientError, Result, check, error_code};
@@ -38,7 +49,19 @@ pub struct ConsumerConfig {
     /// Where a partition's position moves when it falls outside the log
     /// (below the start after retention, or past the end): Kafka's
     /// `auto.offset.reset`. `None`: the poll fails with OFFSET_OUT_OF_RANGE.
+    /// Also where a group's partition without a committed offset starts.
     pub offset_reset: Option<Seek>,
+    /// A subscribed consumer commits the positions of what `poll` returned
+    /// this often (Kafka's `enable.auto.commit` with
+    /// `auto.commit.interval.ms`, 5 s); `None`: only `commit` does.
+    pub auto_commit_interval: Option<Duration>,
+    /// Leave the group after this long without a heartbeat (Kafka's
+    /// `session.timeout.ms`); `None`: the broker's default (45 s).
+    pub session_timeout: Option<Duration>,
+    /// Static membership (Kafka's `group.instance.id`): a member that
+    /// comes back under the same id within its session timeout keeps its
+    /// partitions.
+    pub instance_id: Option<String>,
 }
 
 impl Default for ConsumerConfig {
@@ -47,6 +70,9 @@ impl Default for ConsumerConfig {
             partition_bytes_max: 1 << 20,
             fetch_bytes_max: 50 << 20,
             offset_reset: Some(Seek::Latest),
+            auto_commit_interval: Some(Duration::from_secs(5)),
+            session_timeout: None,
+            instance_id: None,
         }
     }
 }
@@ -75,6 +101,8 @@ struct Assigned {
     partition: i32,
     route: Route,
     position: i64,
+    /// As the last fetch saw it; -1 before one.
+    high_watermark: i64,
 }
 
 /// Fetches in flight, one per shard address.
@@ -91,6 +119,9 @@ pub struct Consumer {
     /// The fetch sent ahead, with the positions it was sent for and its
     /// long-poll wait.
     fetching: Option<(Fetching, Vec<i64>)>,
+    /// The group, once subscribed.
+    membership: Option<membership::Membership>,
+    listener: Option<Box<dyn RebalanceListener>>,
 }
 
 impl Consumer {
@@ -101,7 +132,148 @@ impl Consumer {
             config,
             assigned: Vec::new(),
             fetching: None,
+            membership: None,
+            listener: None,
         }
+    }
+
+    /// Joins `group`, subscribed to `topics`: the group's coordinator
+    /// assigns partitions, which `poll` starts reading from the group's
+    /// committed offsets. Replaces any earlier subscription's topics.
+    pub async fn subscribe(&mut self, topics: &[&str], group: &str) -> Result<()> {
+        let topics = topics.iter().map(|t| (*t).to_owned()).collect();
+        self.subscribe_to(group, topics, String::new()).await
+    }
+
+    /// Like [`Consumer::subscribe`], to every topic whose whole name
+    /// matches `regex` (RE2 syntax, as KIP-848), now and later.
+    pub async fn subscribe_pattern(&mut self, regex: &str, group: &str) -> Result<()> {
+        self.subscribe_to(group, Vec::new(), regex.to_owned()).await
+    }
+
+    async fn subscribe_to(
+        &mut self,
+        group: &str,
+        topics: Vec<String>,
+        regex: String,
+    ) -> Result<()> {
+        if self
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.coordinator.group() != group)
+        {
+            self.leave().await?;
+        }
+        match self.membership.as_mut() {
+            Some(m) => m.resubscribe(topics, regex),
+            None => {
+                let coordinator = crate::group::Coordinator::new(&self.client, group);
+                self.membership = Some(membership::Membership::new(coordinator, topics, regex));
+            }
+        }
+        self.maintain().await
+    }
+
+    /// Called as partitions move between the group's members.
+    pub fn set_rebalance_listener(&mut self, listener: Box<dyn RebalanceListener>) {
+        self.listener = Some(listener);
+    }
+
+    /// The partitions assigned now.
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        self.assigned
+            .iter()
+            .map(|a| (a.topic.clone(), a.partition))
+            .collect()
+    }
+
+    /// Commits the positions of every assigned partition (what `poll`
+    /// returned so far) and waits for the coordinator's answer.
+    pub async fn commit(&mut self) -> Result<()> {
+        let offsets = self.positions();
+        self.commit_offsets(&offsets).await
+    }
+
+    /// Like [`Consumer::commit`] without waiting: the answer, and a failure,
+    /// are not reported (Kafka's `commitAsync` without a callback).
+    pub fn commit_async(&mut self) {
+        let offsets = self.positions();
+        let Some(m) = self.membership.as_ref() else {
+            return;
+        };
+        if offsets.is_empty() || m.member_id.is_empty() {
+            return;
+        }
+        let body =
+            crate::group::commit_request(m.coordinator.group(), &m.member_id, m.epoch, &offsets);
+        if let Some(at) = m.coordinator.address() {
+            // The request is sent now; its future only carries the answer.
+            drop(self.client.call(at, Lane::Prompt, body, Vec::new(), true));
+        }
+    }
+
+    /// Commits `offsets` (the next offset to read, per partition) for the
+    /// subscribed group.
+    pub async fn commit_offsets(
+        &mut self,
+        offsets: &std::collections::BTreeMap<(String, i32), i64>,
+    ) -> Result<()> {
+        let m = self
+            .membership
+            .as_mut()
+            .ok_or_else(|| ClientError::Protocol("commit needs a group: subscribe first".into()))?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (member, epoch) = (m.member_id.clone(), m.epoch);
+        m.coordinator.commit(&member, epoch, offsets).await
+    }
+
+    /// The group's committed offset of a partition; `None` when nothing is
+    /// committed.
+    pub async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let m = self.membership.as_mut().ok_or_else(|| {
+            ClientError::Protocol("committed offsets need a group: subscribe first".into())
+        })?;
+        let tp = (topic.to_owned(), partition);
+        let committed = m
+            .coordinator
+            .committed(Some(std::slice::from_ref(&tp)))
+            .await?;
+        Ok(committed.get(&tp).map(|c| c.offset))
+    }
+
+    /// Records between the position and the high watermark of a partition,
+    /// as the last fetch saw it; `None` before one.
+    pub fn lag(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.assigned
+            .iter()
+            .find(|a| a.topic == topic && a.partition == partition && a.high_watermark >= 0)
+            .map(|a| (a.high_watermark - a.position).max(0))
+    }
+
+    /// Leaves the group (after a final commit with auto-commit on), so that
+    /// its partitions move to the other members at once rather than after
+    /// the session timeout. Without a group, does nothing.
+    pub async fn close(&mut self) -> Result<()> {
+        self.leave().await
+    }
+
+    fn positions(&self) -> std::collections::BTreeMap<(String, i32), i64> {
+        self.assigned
+            .iter()
+            .map(|a| ((a.topic.clone(), a.partition), a.position))
+            .collect()
+    }
+
+    /// Stops reading `partitions`.
+    fn unassign(&mut self, partitions: &[(String, i32)]) {
+        self.fetching = None;
+        self.assigned.retain(|a| {
+            !partitions
+                .iter()
+                .any(|(t, p)| *t == a.topic && *p == a.partition)
+        });
     }
 
     /// Assigns partitions of `topic` (all when `partitions` is `None`),
@@ -159,6 +331,7 @@ impl Consumer {
                 partition: p,
                 route,
                 position: 0,
+                high_watermark: -1,
             });
             self.seek(topic, p, seek).await?;
         }
@@ -232,7 +405,19 @@ impl Consumer {
 
     /// Records after the positions, waiting up to `timeout` for the first;
     /// empty when none came. Advances the positions past what it returns.
+    /// A subscribed consumer heartbeats meanwhile.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let records = self.poll_once(left).await?;
+            if !records.is_empty() || left.is_zero() {
+                return Ok(records);
+            }
+        }
+    }
+
+    async fn poll_once(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let polled = self.poll_batches(timeout).await?;
         let mut records = Vec::new();
         for part in polled.parts() {
@@ -269,7 +454,16 @@ impl Consumer {
     /// consumers that count, forward or decode lazily. Batch CRCs were not
     /// checked; [`fjord_core::Batch::validate`] does it when wanted.
     pub async fn poll_batches(&mut self, timeout: Duration) -> Result<Polled> {
+        self.maintain().await?;
+        // A subscribed consumer's long poll ends in time for its heartbeat.
+        let timeout = match &self.membership {
+            Some(m) => timeout.min(m.until_heartbeat()),
+            None => timeout,
+        };
         if self.assigned.is_empty() {
+            if self.membership.is_some() {
+                self.client.sleep(timeout).await;
+            }
             return Ok(Polled::default());
         }
         let positions: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
@@ -439,6 +633,7 @@ impl Consumer {
                         .last()
                         .map_or(position, |b| position.max(b.last_offset() + 1));
                     self.assigned[index].position = next;
+                    self.assigned[index].high_watermark = p.high_watermark;
                     parts.push(PartRef {
                         response: r,
                         topic: index,

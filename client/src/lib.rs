@@ -10,12 +10,18 @@ pub mod admin;
 pub mod client;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 pub mod transport;
 
-pub use admin::{Admin, PartitionDescription, TopicDescription, TopicListing};
+pub use admin::{
+    Admin, GroupDescription, GroupListing, GroupOffset, MemberDescription, OffsetReset,
+    PartitionDescription, ResetTo, TopicDescription, TopicListing,
+};
 pub use client::{Client, ClientConfig, DEFAULT_PORT};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Polled, PolledPart, Seek};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, Polled, PolledPart, RebalanceListener, Revoking, Seek,
+};
 pub use error::{ClientError, Result};
 pub use producer::{Producer, ProducerConfig, RecordMetadata};
