@@ -104,6 +104,11 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     // slow for the routing path that asks which shard owns a partition.
     config.cores = Some(config.shard_count());
     config.controller_hosts_partitions = Some(config.hosts_partitions_on_controller());
+    // Absolute: glommio's directory syncs fail (EBADF) on a relative path,
+    // which broke the first metadata write of `--data-dir d`.
+    if let Ok(absolute) = std::path::absolute(&config.data_dir) {
+        config.data_dir = absolute;
+    }
     let data = DataDir::create(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
