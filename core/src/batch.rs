@@ -105,6 +105,13 @@ pub enum BatchError {
     /// Records are compressed; iterating them needs the codec.
     #[error("records are compressed with {0:?}; iteration needs decompression")]
     Compressed(Compression),
+    /// A record without a key, sent to a compacted topic (Kafka's
+    /// `INVALID_RECORD`: a compacted topic cannot accept it).
+    #[error("record {index} has no key; a compacted topic needs keys")]
+    KeylessRecord {
+        /// Position of the record in the batch.
+        index: usize,
+    },
 }
 
 /// Compression codec named by the low attribute bits.
@@ -328,6 +335,47 @@ impl<'a> Batch<'a> {
         &self.bytes[HEADER_LEN..]
     }
 
+    /// Checks that every record has a key, as a compacted topic requires
+    /// at produce (Kafka refuses keyless records there). Control batches
+    /// are exempt. A compressed batch passes unchecked: the broker never
+    /// decompresses on the produce path.
+    pub fn check_keyed(&self) -> Result<(), BatchError> {
+        if self.is_control() || self.compression() != Compression::None {
+            return Ok(());
+        }
+        for (index, record) in Records::new(*self).enumerate() {
+            if record?.key.is_none() {
+                return Err(BatchError::KeylessRecord { index });
+            }
+        }
+        Ok(())
+    }
+
+    /// This batch with only `records` (encoded records taken from it, in
+    /// order) left in it: the log cleaner's rewrite. Base offset, last
+    /// offset delta, timestamps, producer fields and attributes stay, so
+    /// the batch spans the same offsets and every record keeps its offset
+    /// and timestamp; length, record count and CRC are recomputed. An
+    /// empty `records` gives a header-only batch (Kafka keeps those for a
+    /// producer's last sequence).
+    pub fn with_records(&self, records: &[&[u8]]) -> Vec<u8> {
+        let body: usize = records.iter().map(|r| r.len()).sum();
+        let mut out = Vec::with_capacity(HEADER_LEN + body);
+        out.extend_from_slice(&self.bytes[..HEADER_LEN]);
+        for record in records {
+            out.extend_from_slice(record);
+        }
+        // Fewer bytes and records than the batch had: both fit.
+        let batch_length = i32::try_from(out.len() - LOG_OVERHEAD).unwrap_or(i32::MAX);
+        let count = i32::try_from(records.len()).unwrap_or(i32::MAX);
+        out[OFFSET_BATCH_LENGTH..OFFSET_BATCH_LENGTH + 4]
+            .copy_from_slice(&batch_length.to_be_bytes());
+        out[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4].copy_from_slice(&count.to_be_bytes());
+        let crc = crc32c::crc32c(&out[OFFSET_ATTRIBUTES..]);
+        out[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
     /// Iterates the records of an uncompressed batch.
     pub fn records(&self) -> Result<Records<'a>, BatchError> {
         match self.compression() {
@@ -373,4 +421,67 @@ fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
 
 fn read_i64(bytes: &[u8], at: usize) -> Option<i64> {
     Some(i64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BatchBuilder;
+
+    #[test]
+    fn check_keyed_refuses_a_keyless_record_and_names_it() {
+        let mut keyed = BatchBuilder::new();
+        keyed.push(1, Some(b"k"), Some(b"v"), &[]);
+        keyed.push(2, Some(b"k"), None, &[]);
+        let bytes = keyed.build();
+        assert_eq!(
+            Batch::validate(&bytes).and_then(|b| b.check_keyed()),
+            Ok(())
+        );
+
+        let mut keyless = BatchBuilder::new();
+        keyless.push(1, Some(b"k"), Some(b"v"), &[]);
+        keyless.push(2, None, Some(b"v"), &[]);
+        let bytes = keyless.build();
+        assert_eq!(
+            Batch::validate(&bytes).and_then(|b| b.check_keyed()),
+            Err(BatchError::KeylessRecord { index: 1 })
+        );
+    }
+
+    #[test]
+    fn with_records_keeps_offsets_and_timestamps_of_the_records_kept() {
+        let mut builder = BatchBuilder::new().producer(7, 1, 100);
+        for i in 0..5i64 {
+            builder.push(1000 + i, Some(&[b'k', i as u8]), Some(b"value"), &[]);
+        }
+        let mut bytes = builder.build();
+        set_base_offset(&mut bytes, 40);
+        let batch = Batch::validate(&bytes).expect("valid");
+        let mut records = batch.records().expect("uncompressed");
+        let mut kept = Vec::new();
+        while let Some(next) = records.next_with_bytes() {
+            let (record, raw) = next.expect("record");
+            if record.offset % 2 == 1 {
+                kept.push(raw);
+            }
+        }
+        let rewritten = batch.with_records(&kept);
+        let again = Batch::validate(&rewritten).expect("valid after rewrite");
+        assert_eq!(again.base_offset(), 40);
+        assert_eq!(again.last_offset(), 44, "still spans its offsets");
+        assert_eq!(again.record_count(), 2);
+        assert_eq!(again.producer_id(), 7);
+        assert_eq!(again.base_sequence(), 100);
+        let offsets: Vec<(i64, i64)> = again
+            .records()
+            .expect("records")
+            .map(|r| r.map(|r| (r.offset, r.timestamp)))
+            .collect::<Result<_, _>>()
+            .expect("decodable");
+        assert_eq!(offsets, vec![(41, 1001), (43, 1003)]);
+        let empty = batch.with_records(&[]);
+        let empty = Batch::validate(&empty).expect("an empty batch is valid");
+        assert_eq!((empty.record_count(), empty.last_offset()), (0, 44));
+    }
 }

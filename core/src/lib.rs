@@ -13,4 +13,4 @@ pub use batch::{Batch, BatchError, Compression, HEADER_LEN};
 pub use builder::{BatchBuilder, Header as RecordHeader};
 pub use config::FsyncPolicy;
 pub use record::{Record, Records};
-pub use topic::{TopicConfig, TopicError};
+pub use topic::{CleanupPolicy, DirtyRatio, TopicConfig, TopicError};

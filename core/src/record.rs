@@ -88,6 +88,17 @@ impl<'a> Records<'a> {
     }
 }
 
+impl<'a> Records<'a> {
+    /// Like `next`, with the record's encoded bytes (length prefix
+    /// included), for a rewrite that copies the records it keeps: their
+    /// deltas are relative to the batch header, which the rewrite keeps.
+    pub fn next_with_bytes(&mut self) -> Option<Result<(Record<'a>, &'a [u8]), BatchError>> {
+        let before = self.rest;
+        let record = self.next()?;
+        Some(record.map(|r| (r, &before[..before.len() - self.rest.len()])))
+    }
+}
+
 impl<'a> Iterator for Records<'a> {
     type Item = Result<Record<'a>, BatchError>;
 

@@ -1,5 +1,7 @@
 //! Topics as Kafka users name and configure them: name validation with
 //! Kafka's rules, and topic configs under Kafka's keys plus Fjord's `fsync`.
+//! The log-compaction configs (`cleanup.policy` and the cleaner's knobs)
+//! follow Kafka's keys, ranges and defaults.
 
 use crate::config::FsyncPolicy;
 use std::time::Duration;
@@ -75,17 +77,119 @@ pub struct TopicConfig {
     pub max_message_bytes: u32,
     /// `fsync`: `always`, `interval:<ms>` or `never`.
     pub fsync: FsyncPolicy,
+    /// `cleanup.policy`: delete old segments, compact by key, or both.
+    pub cleanup_policy: CleanupPolicy,
+    /// `delete.retention.ms`: how long a tombstone outlives the cleaning
+    /// that first made its segment clean.
+    pub delete_retention: Duration,
+    /// `min.cleanable.dirty.ratio`: dirty bytes over cleanable bytes at
+    /// which the cleaner runs.
+    pub min_cleanable_dirty_ratio: DirtyRatio,
+    /// `min.compaction.lag.ms`: records younger than this stay uncompacted.
+    pub min_compaction_lag: Duration,
+    /// `max.compaction.lag.ms`: a dirty record older than this makes the
+    /// log due for cleaning whatever its dirty ratio.
+    pub max_compaction_lag: Duration,
 }
 
 /// Keys `TopicConfig::set` accepts.
-pub const CONFIG_KEYS: [&str; 6] = [
+pub const CONFIG_KEYS: [&str; 11] = [
     "retention.ms",
     "retention.bytes",
     "segment.bytes",
     "segment.ms",
     "max.message.bytes",
     "fsync",
+    "cleanup.policy",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
 ];
+
+/// `cleanup.policy`: `delete` (Kafka's default), `compact`, or both
+/// (`compact,delete` in either order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// Retention by time and size deletes old segments.
+    pub delete: bool,
+    /// The cleaner keeps only the newest record of each key.
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    /// Kafka's default: retention only.
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+    /// Compaction only: retention deletes nothing.
+    pub const COMPACT: CleanupPolicy = CleanupPolicy {
+        delete: false,
+        compact: true,
+    };
+}
+
+impl Default for CleanupPolicy {
+    fn default() -> Self {
+        CleanupPolicy::DELETE
+    }
+}
+
+impl std::str::FromStr for CleanupPolicy {
+    type Err = &'static str;
+
+    /// A comma-separated list of `delete` and `compact`, as Kafka's list
+    /// configs are written (spaces around items allowed).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut policy = CleanupPolicy {
+            delete: false,
+            compact: false,
+        };
+        for item in s.split(',').map(str::trim) {
+            match item {
+                "delete" => policy.delete = true,
+                "compact" => policy.compact = true,
+                _ => return Err("delete, compact or compact,delete"),
+            }
+        }
+        Ok(policy)
+    }
+}
+
+impl std::fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match (self.compact, self.delete) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            // Parsing never yields neither.
+            (false, _) => "delete",
+        };
+        f.write_str(text)
+    }
+}
+
+/// `min.cleanable.dirty.ratio`: a ratio in `0..=1`, never NaN (so equality
+/// is total and `Eq` holds).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct DirtyRatio(f64);
+
+impl Eq for DirtyRatio {}
+
+impl DirtyRatio {
+    /// Kafka's default, 0.5.
+    pub const DEFAULT: DirtyRatio = DirtyRatio(0.5);
+
+    /// The ratio, if within `0..=1`.
+    pub fn new(ratio: f64) -> Option<DirtyRatio> {
+        (0.0..=1.0).contains(&ratio).then_some(DirtyRatio(ratio))
+    }
+
+    /// The ratio as a number.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
 
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -99,6 +203,11 @@ impl Default for TopicConfig {
             max_message_bytes: 1024 * 1024 + 12,
             // Kafka's default too: durability by replication, not fsync.
             fsync: FsyncPolicy::Never,
+            cleanup_policy: CleanupPolicy::DELETE,
+            delete_retention: Duration::from_millis(86_400_000),
+            min_cleanable_dirty_ratio: DirtyRatio::DEFAULT,
+            min_compaction_lag: Duration::ZERO,
+            max_compaction_lag: Duration::from_millis(i64::MAX as u64),
         }
     }
 }
@@ -112,6 +221,14 @@ impl TopicConfig {
         let mut config = TopicConfig::default();
         for (key, value) in pairs {
             config.set(key, value)?;
+        }
+        // Kafka checks the pair together, whichever was given.
+        if config.min_compaction_lag > config.max_compaction_lag {
+            return Err(TopicError::InvalidConfig {
+                key: "min.compaction.lag.ms".to_owned(),
+                value: config.min_compaction_lag.as_millis().to_string(),
+                reason: "not greater than max.compaction.lag.ms",
+            });
         }
         Ok(config)
     }
@@ -163,6 +280,26 @@ impl TopicConfig {
                     .parse()
                     .map_err(|_| invalid("always, never or interval:<ms>"))?
             }
+            "cleanup.policy" => self.cleanup_policy = value.parse().map_err(invalid)?,
+            "delete.retention.ms" => {
+                self.delete_retention = non_negative_ms(number()?).ok_or(invalid("at least 0"))?
+            }
+            "min.cleanable.dirty.ratio" => {
+                self.min_cleanable_dirty_ratio = value
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(DirtyRatio::new)
+                    .ok_or(invalid("a number from 0 to 1"))?
+            }
+            "min.compaction.lag.ms" => {
+                self.min_compaction_lag = non_negative_ms(number()?).ok_or(invalid("at least 0"))?
+            }
+            "max.compaction.lag.ms" => {
+                self.max_compaction_lag = non_negative_ms(number()?)
+                    .filter(|lag| !lag.is_zero())
+                    .ok_or(invalid("at least 1"))?
+            }
             _ => return Err(TopicError::UnknownConfig(key.to_owned())),
         }
         Ok(())
@@ -181,8 +318,30 @@ impl TopicConfig {
             ("segment.ms", self.segment_age.as_millis().to_string()),
             ("max.message.bytes", self.max_message_bytes.to_string()),
             ("fsync", self.fsync.to_string()),
+            ("cleanup.policy", self.cleanup_policy.to_string()),
+            (
+                "delete.retention.ms",
+                self.delete_retention.as_millis().to_string(),
+            ),
+            (
+                "min.cleanable.dirty.ratio",
+                self.min_cleanable_dirty_ratio.get().to_string(),
+            ),
+            (
+                "min.compaction.lag.ms",
+                self.min_compaction_lag.as_millis().to_string(),
+            ),
+            (
+                "max.compaction.lag.ms",
+                self.max_compaction_lag.as_millis().to_string(),
+            ),
         ]
     }
+}
+
+/// A duration in ms from a config value that must be 0 or more.
+fn non_negative_ms(value: i64) -> Option<Duration> {
+    u64::try_from(value).ok().map(Duration::from_millis)
 }
 
 /// Kafka's convention for limits: -1 is none, otherwise non-negative.
@@ -260,8 +419,93 @@ mod tests {
             );
         }
         assert_eq!(
-            TopicConfig::from_pairs([("cleanup.policy", "compact")]),
-            Err(TopicError::UnknownConfig("cleanup.policy".into()))
+            TopicConfig::from_pairs([("log.cleaner.enable", "true")]),
+            Err(TopicError::UnknownConfig("log.cleaner.enable".into()))
         );
+    }
+
+    #[test]
+    fn compaction_configs_have_kafka_defaults() {
+        let config = TopicConfig::default();
+        assert_eq!(config.cleanup_policy, CleanupPolicy::DELETE);
+        assert_eq!(config.delete_retention, Duration::from_millis(86_400_000));
+        assert_eq!(config.min_cleanable_dirty_ratio.get(), 0.5);
+        assert_eq!(config.min_compaction_lag, Duration::ZERO);
+        assert_eq!(
+            config.max_compaction_lag.as_millis(),
+            i64::MAX as u128,
+            "Long.MAX_VALUE, as Kafka"
+        );
+    }
+
+    #[test]
+    fn cleanup_policy_takes_either_order_and_prints_one() {
+        let both = CleanupPolicy {
+            delete: true,
+            compact: true,
+        };
+        for (text, policy) in [
+            ("delete", CleanupPolicy::DELETE),
+            ("compact", CleanupPolicy::COMPACT),
+            ("compact,delete", both),
+            ("delete,compact", both),
+            (" delete , compact ", both),
+        ] {
+            let config = TopicConfig::from_pairs([("cleanup.policy", text)]).expect(text);
+            assert_eq!(config.cleanup_policy, policy, "{text}");
+        }
+        assert_eq!(both.to_string(), "compact,delete");
+        assert_eq!(CleanupPolicy::COMPACT.to_string(), "compact");
+    }
+
+    #[test]
+    fn compaction_configs_parse_round_trip_and_refuse_out_of_range() {
+        let config = TopicConfig::from_pairs([
+            ("cleanup.policy", "compact"),
+            ("delete.retention.ms", "1000"),
+            ("min.cleanable.dirty.ratio", "0.25"),
+            ("min.compaction.lag.ms", "500"),
+            ("max.compaction.lag.ms", "60000"),
+        ])
+        .expect("valid");
+        assert_eq!(config.delete_retention, Duration::from_millis(1000));
+        assert_eq!(config.min_cleanable_dirty_ratio.get(), 0.25);
+        assert_eq!(config.min_compaction_lag, Duration::from_millis(500));
+        assert_eq!(config.max_compaction_lag, Duration::from_millis(60000));
+        let printed = TopicConfig::from_pairs(config.pairs().iter().map(|(k, v)| (*k, v.as_str())))
+            .expect("round trip");
+        assert_eq!(printed, config);
+        let defaults = TopicConfig::default();
+        let printed =
+            TopicConfig::from_pairs(defaults.pairs().iter().map(|(k, v)| (*k, v.as_str())))
+                .expect("defaults round trip");
+        assert_eq!(printed, defaults);
+
+        for (key, value) in [
+            ("cleanup.policy", ""),
+            ("cleanup.policy", "compact,shred"),
+            ("cleanup.policy", "compact;delete"),
+            ("delete.retention.ms", "-1"),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("min.cleanable.dirty.ratio", "-0.1"),
+            ("min.cleanable.dirty.ratio", "NaN"),
+            ("min.compaction.lag.ms", "-1"),
+            ("max.compaction.lag.ms", "0"),
+        ] {
+            let err = TopicConfig::from_pairs([(key, value)]).expect_err("refused");
+            assert!(
+                matches!(err, TopicError::InvalidConfig { .. }),
+                "{key}={value}: {err}"
+            );
+        }
+        for ratio in ["0", "1", "0.0", "1.0"] {
+            TopicConfig::from_pairs([("min.cleanable.dirty.ratio", ratio)]).expect(ratio);
+        }
+        let err = TopicConfig::from_pairs([
+            ("min.compaction.lag.ms", "2000"),
+            ("max.compaction.lag.ms", "1000"),
+        ])
+        .expect_err("min above max");
+        assert!(matches!(err, TopicError::InvalidConfig { .. }), "{err}");
     }
 }
