@@ -507,7 +507,7 @@ async fn swap(
         .await
         .map_err(|_| inner.closed_or_failed())?;
     let target_of = |base: u64| plan.targets.iter().find(|t| t.base == base);
-    let (mut next, retiring) = {
+    let planned = {
         let st = inner.state.borrow();
         let unchanged = st.check_writable().is_ok()
             && plan.targets.iter().all(|t| {
@@ -515,28 +515,29 @@ async fn swap(
                     Rc::ptr_eq(s.log.file(), &t.reader.file) && s.offset_next == t.offset_next
                 })
             });
-        if !unchanged {
-            drop(st);
-            discard(&inner.dir, rewritten.iter().map(|r| r.base)).await;
-            return Ok(0);
-        }
-        let mut next = st.cleaner.clone();
-        next.offset_clean = next.offset_clean.max(offset_mapped_end);
-        for t in plan
-            .targets
-            .iter()
-            .filter(|t| t.offset_next <= offset_mapped_end)
-        {
-            next.cleaned.entry(t.base).or_insert(now_ms);
-        }
-        next.cleaned
-            .retain(|base, _| st.segments.contains_key(base));
-        let retiring: Vec<Rc<SegmentFile>> = rewritten
-            .iter()
-            .filter_map(|r| target_of(r.base))
-            .flat_map(|t| [t.reader.file.clone(), t.index_file.clone()])
-            .collect();
-        (next, retiring)
+        unchanged.then(|| {
+            let mut next = st.cleaner.clone();
+            next.offset_clean = next.offset_clean.max(offset_mapped_end);
+            for t in plan
+                .targets
+                .iter()
+                .filter(|t| t.offset_next <= offset_mapped_end)
+            {
+                next.cleaned.entry(t.base).or_insert(now_ms);
+            }
+            next.cleaned
+                .retain(|base, _| st.segments.contains_key(base));
+            let retiring: Vec<Rc<SegmentFile>> = rewritten
+                .iter()
+                .filter_map(|r| target_of(r.base))
+                .flat_map(|t| [t.reader.file.clone(), t.index_file.clone()])
+                .collect();
+            (next, retiring)
+        })
+    };
+    let Some((mut next, retiring)) = planned else {
+        discard(&inner.dir, rewritten.iter().map(|r| r.base)).await;
+        return Ok(0);
     };
     if rewritten.is_empty() {
         state::write(&inner.dir, &next).await?;
