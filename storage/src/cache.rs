@@ -162,6 +162,18 @@ impl BatchCache {
         inner.entries -= dropped.len();
     }
 
+    /// Drops a log's batches based in `from..to` (a cleaning rewrote them).
+    pub(crate) fn forget_range(&self, key: CacheKey, from: u64, to: u64) {
+        let mut inner = self.inner.borrow_mut();
+        let Some(log) = inner.logs.get_mut(&key) else {
+            return;
+        };
+        let doomed: Vec<u64> = log.range(from..to).map(|(&base, _)| base).collect();
+        for base in doomed {
+            inner.remove(key, base);
+        }
+    }
+
     /// Drops all of a log's batches (the log closed or was deleted).
     pub(crate) fn forget(&self, key: CacheKey) {
         let mut inner = self.inner.borrow_mut();

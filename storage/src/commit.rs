@@ -123,6 +123,8 @@ pub(crate) struct State {
     /// the truncate is working on).
     pub(crate) truncating: bool,
     pub(crate) stats: LogStats,
+    /// What the cleaner knows: below `offset_clean` batches may be missing.
+    pub(crate) cleaner: crate::compact::CleanerState,
 }
 
 impl State {
@@ -216,6 +218,14 @@ pub(crate) struct Inner {
     /// `retention.bytes` and `retention.ms`: changed on a live log when the
     /// topic's configs are altered (the rest of `config` is fixed at open).
     pub(crate) retention: std::cell::Cell<(Option<u64>, Option<std::time::Duration>)>,
+    /// `cleanup.policy` and the cleaner's settings, alterable like
+    /// `retention`.
+    pub(crate) cleanup: std::cell::Cell<(fjord_core::CleanupPolicy, crate::config::Compaction)>,
+    /// One cleaning of this log at a time.
+    pub(crate) clean_turn: Semaphore,
+    /// Held by a cleaning's swap, by retention and by a truncate: each
+    /// replaces or removes segment files the others work on.
+    pub(crate) swap_turn: Semaphore,
     pub(crate) cache: Rc<BatchCache>,
     pub(crate) cache_key: CacheKey,
     pub(crate) state: RefCell<State>,

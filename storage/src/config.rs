@@ -1,6 +1,6 @@
 //! Per-log settings, named after the Kafka topic configs they implement.
 
-use fjord_core::{FsyncPolicy, TopicConfig};
+use fjord_core::{CleanupPolicy, FsyncPolicy, TopicConfig};
 use std::time::Duration;
 
 /// How a partition log rolls, retains, indexes and syncs.
@@ -26,6 +26,48 @@ pub struct LogConfig {
     pub write_buffer_bytes: usize,
     /// Bytes staged but not yet written before appends wait (backpressure).
     pub staged_bytes_max: usize,
+    /// `cleanup.policy`: with `compact` alone, retention deletes nothing.
+    pub cleanup: CleanupPolicy,
+    /// The cleaner's settings, used when `cleanup` includes `compact`.
+    pub compaction: Compaction,
+}
+
+/// How the log cleaner compacts a log (Kafka's LogCleaner settings).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compaction {
+    /// `delete.retention.ms`: a tombstone is removed once its segment has
+    /// been clean this long.
+    pub delete_retention: Duration,
+    /// `min.cleanable.dirty.ratio`: clean when dirty bytes over cleanable
+    /// bytes reach this.
+    pub min_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: segments holding a record younger than
+    /// this are not cleaned.
+    pub min_lag: Duration,
+    /// `max.compaction.lag.ms`: the log is due for cleaning, whatever its
+    /// ratio, once its dirty part holds a segment entirely older than this.
+    pub max_lag: Duration,
+    /// Most distinct keys one cleaning pass maps (its memory bound: about
+    /// 24 bytes a key); a fuller dirty part is cleaned over several passes.
+    pub keys_max: usize,
+    /// Disk bytes (read plus written) a cleaning pass moves per second at
+    /// most, so that produce and fetch on the shard are not starved.
+    pub io_bytes_per_sec: u64,
+}
+
+impl Compaction {
+    /// The settings a topic's configs give; the storage-only ones keep
+    /// their defaults.
+    pub fn for_topic(topic: &TopicConfig) -> Compaction {
+        Compaction {
+            delete_retention: topic.delete_retention,
+            min_dirty_ratio: topic.min_cleanable_dirty_ratio.get(),
+            min_lag: topic.min_compaction_lag,
+            max_lag: topic.max_compaction_lag,
+            keys_max: 1 << 20,
+            io_bytes_per_sec: 32 << 20,
+        }
+    }
 }
 
 /// Segment positions are 32-bit in the index, as in Kafka.
@@ -52,6 +94,8 @@ impl LogConfig {
             preallocate_bytes: 64 << 20,
             write_buffer_bytes: 4 << 20,
             staged_bytes_max: 64 << 20,
+            cleanup: topic.cleanup_policy,
+            compaction: Compaction::for_topic(topic),
         }
     }
 
@@ -63,6 +107,8 @@ impl LogConfig {
         // A staged batch must always fit, or an append would wait forever.
         self.staged_bytes_max = self.staged_bytes_max.max(2 * self.max_batch_bytes);
         self.write_buffer_bytes = self.write_buffer_bytes.max(64 * 1024);
+        self.compaction.keys_max = self.compaction.keys_max.max(1);
+        self.compaction.io_bytes_per_sec = self.compaction.io_bytes_per_sec.max(64 * 1024);
         self
     }
 }

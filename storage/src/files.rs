@@ -109,6 +109,10 @@ pub struct SegmentFile {
     file: RefCell<Option<Rc<DmaFile>>>,
     /// Its key in the LRU while open.
     used_at: Cell<u64>,
+    /// Replaced under its name by a compacted copy: the descriptor stays
+    /// open for those still holding it and is never reopened (the name now
+    /// leads to the new file, whose positions differ).
+    retired: Cell<bool>,
 }
 
 impl SegmentFile {
@@ -118,6 +122,7 @@ impl SegmentFile {
             path: path.into(),
             file: RefCell::new(None),
             used_at: Cell::new(0),
+            retired: Cell::new(false),
         });
         this.reopen(create).await?;
         Ok(this)
@@ -141,7 +146,20 @@ impl SegmentFile {
         }
     }
 
+    /// Opens the descriptor if the budget closed it and keeps it open until
+    /// the last holder drops this file; the name is never opened again.
+    /// Called before the name is taken by a replacement file, so that
+    /// readers in flight keep reading this file's bytes.
+    pub async fn retire(self: &Rc<Self>) -> Result<()> {
+        self.get().await?;
+        self.retired.set(true);
+        Ok(())
+    }
+
     async fn reopen(self: &Rc<Self>, create: bool) -> Result<Rc<DmaFile>> {
+        // A retired file keeps its descriptor (never closed when idle), so
+        // a reopen would open its replacement.
+        assert!(!self.retired.get(), "reopening a retired segment file");
         make_room();
         let file = Rc::new(
             OpenOptions::new()
@@ -177,7 +195,7 @@ impl SegmentFile {
     /// Gives the descriptor up if nobody holds the file; true if it did.
     fn close_if_idle(&self) -> bool {
         let mut file = self.file.borrow_mut();
-        if file.as_ref().is_none_or(|f| Rc::strong_count(f) > 1) {
+        if self.retired.get() || file.as_ref().is_none_or(|f| Rc::strong_count(f) > 1) {
             return false;
         }
         // Dropping the last handle closes the descriptor through the ring.

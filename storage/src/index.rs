@@ -149,7 +149,12 @@ impl Index {
         self.file.len() - self.file.len_written() >= (FLUSH_ENTRIES * ENTRY_LEN) as u64
     }
 
-    /// The file's appender, to flush it.
+    /// The index file's appender.
+    pub fn file(&self) -> &Appender {
+        &self.file
+    }
+
+    /// The index file's appender, to flush or cut it.
     pub fn file_mut(&mut self) -> &mut Appender {
         &mut self.file
     }

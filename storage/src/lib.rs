@@ -13,6 +13,7 @@ pub mod appender;
 pub mod cache;
 pub mod checkpoint;
 mod commit;
+pub mod compact;
 pub mod config;
 pub mod epochs;
 pub mod error;
@@ -28,7 +29,8 @@ pub mod staging;
 mod truncate;
 
 pub use cache::BatchCache;
-pub use config::LogConfig;
+pub use compact::CompactionReport;
+pub use config::{Compaction, LogConfig};
 pub use error::StorageError;
 pub use log::{Appended, Durable, Log, LogRead, LogStats};
 pub use shard::DataDir;

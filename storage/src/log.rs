@@ -109,7 +109,7 @@ pub struct LogStats {
 
 /// A partition log. Owned by one shard; share it on that shard with `Rc`.
 pub struct Log {
-    inner: Rc<Inner>,
+    pub(crate) inner: Rc<Inner>,
     kick: LocalSender<()>,
     flusher: RefCell<Option<JoinHandle<()>>>,
     recovery: RecoveryReport,
@@ -195,7 +195,7 @@ impl Log {
     ) -> Result<Log> {
         let config = config.normalized();
         let now = now_ms();
-        let (mut segments, mut recovery) = recovery::recover(&dir, &config, now).await?;
+        let (mut segments, mut recovery, cleaner) = recovery::recover(&dir, &config, now).await?;
         if segments.is_empty() {
             segments.push(Segment::create(&dir, 0, now, &config).await?);
         }
@@ -223,6 +223,7 @@ impl Log {
             epoch_pending: None,
             truncating: false,
             stats: LogStats::default(),
+            cleaner,
         };
         let replay = staging.as_ref().map(|area| {
             replay.extend(area.take_replay(&dir));
@@ -238,6 +239,9 @@ impl Log {
             staging,
             staged_room: Semaphore::new(config.staged_bytes_max as u64),
             retention: std::cell::Cell::new((config.retention_bytes, config.retention_age)),
+            cleanup: std::cell::Cell::new((config.cleanup, config.compaction)),
+            clean_turn: Semaphore::new(1),
+            swap_turn: Semaphore::new(1),
             dir,
             config,
             cache_key: cache.register(),
@@ -490,7 +494,27 @@ impl Log {
     /// shard's cache or from disk, staged ones copied out of the staging
     /// area.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<LogRead> {
-        let (reader, position, expected_base, offset_start, offset_written) = {
+        let mut offset = offset;
+        // Below the cleaner's checkpoint a segment may end early or be
+        // empty (batches cleaned away): a read that finds nothing there goes
+        // on at the next segment.
+        loop {
+            let read = self.read_from(offset, max_bytes).await?;
+            match read {
+                Ok(read) => return Ok(read),
+                Err(next_segment) => offset = next_segment,
+            }
+        }
+    }
+
+    /// One step of [`Log::read`]: `Ok(Err(base))` when the segment holding
+    /// `offset` has nothing at or after it and the next one starts at `base`.
+    async fn read_from(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<std::result::Result<LogRead, u64>> {
+        let (reader, position, expected_base, offset_start, offset_written, offset_clean, next) = {
             let st = self.inner.state.borrow();
             let offset_start = st.offset_start();
             let offset_written = st.offset_visible;
@@ -502,35 +526,35 @@ impl Log {
                 });
             }
             if offset == offset_written {
-                return Ok(LogRead {
+                return Ok(Ok(LogRead {
                     slices: Vec::new(),
                     offset_next: offset,
                     offset_start,
                     offset_written,
-                });
+                }));
             }
             if offset >= st.offset_written
                 && let Some(staging) = &self.inner.staging
             {
                 let (slice, offset_next) = staging.area.read(&st.staged, offset, max_bytes);
-                return Ok(LogRead {
+                return Ok(Ok(LogRead {
                     slices: vec![slice],
                     offset_next,
                     offset_start,
                     offset_written,
-                });
+                }));
             }
             if let Some((slices, offset_next)) =
                 self.inner
                     .cache
                     .read(self.inner.cache_key, offset, max_bytes)
             {
-                return Ok(LogRead {
+                return Ok(Ok(LogRead {
                     slices,
                     offset_next,
                     offset_start,
                     offset_written,
-                });
+                }));
             }
             let segment = st
                 .segments
@@ -543,22 +567,41 @@ impl Log {
                     end: offset_written,
                 })?;
             let (position, expected_base) = segment.seek(offset);
+            let next = st
+                .segments
+                .range(offset + 1..)
+                .next()
+                .map(|(&base, _)| base);
             (
                 segment.reader(),
                 position,
                 expected_base,
                 offset_start,
                 offset_written,
+                st.cleaner.offset_clean,
+                next,
             )
         };
-        let (slices, offset_next) =
-            read_segment(&reader, position, expected_base, offset, max_bytes).await?;
-        Ok(LogRead {
+        let (slices, offset_next) = read_segment(
+            &reader,
+            position,
+            expected_base,
+            offset,
+            max_bytes,
+            offset_clean,
+        )
+        .await?;
+        if slices.is_empty()
+            && let Some(next) = next.filter(|&next| next < offset_written)
+        {
+            return Ok(Err(next));
+        }
+        Ok(Ok(LogRead {
             slices,
             offset_next,
             offset_start,
             offset_written,
-        })
+        }))
     }
 
     /// The first record at or after `timestamp`: its offset and timestamp,
@@ -610,7 +653,19 @@ impl Log {
     /// Like [`Log::enforce_retention`], but never deletes a segment holding
     /// offsets at or past `keep_from`: a replicated log keeps what its
     /// followers or its consumers below the high watermark still need.
+    /// Under `cleanup.policy=compact` alone retention deletes nothing, as
+    /// in Kafka.
     pub async fn enforce_retention_below(&self, now_ms: i64, keep_from: u64) -> Result<usize> {
+        if !self.inner.cleanup.get().0.delete {
+            return Ok(0);
+        }
+        // No cleaning swaps segments while their files are unlinked.
+        let _swap = self
+            .inner
+            .swap_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| self.inner.closed_or_failed())?;
         let (doomed, epochs_trimmed) = {
             let mut st = self.inner.state.borrow_mut();
             if st.truncating {
@@ -705,14 +760,16 @@ impl Drop for Log {
 
 /// Reads batches from `position` in a segment until `max_bytes`, skipping
 /// those before `offset`. Checks each batch's base offset against the one
-/// expected, so a wrong index entry or damaged file shows as an error, not as
-/// wrong data.
+/// expected (later only below `offset_clean`, where cleaning removed
+/// batches), so a wrong index entry or damaged file shows as an error, not
+/// as wrong data.
 async fn read_segment(
     reader: &SegmentReader,
     position: u64,
     mut expected_base: u64,
     offset: u64,
     max_bytes: usize,
+    offset_clean: u64,
 ) -> Result<(Vec<BatchSlice>, u64)> {
     let mut slices: Vec<BatchSlice> = Vec::new();
     let mut bytes = 0usize;
@@ -723,7 +780,7 @@ async fn read_segment(
         .min(READ_BYTES_MAX)
         .saturating_add(READ_SLACK_BYTES);
     segment::walk(reader, position, window, |_, batch, read, at| {
-        if batch.base_offset() as u64 != expected_base {
+        if !segment::follows(expected_base, batch.base_offset(), offset_clean) {
             return Visit::Invalid(format!(
                 "batch at offset {} where {expected_base} was expected",
                 batch.base_offset()

@@ -9,8 +9,13 @@
 //! from the start of the segment. A segment that does not begin where the
 //! previous one ends is unreachable, as is everything after it: those files
 //! are deleted, so nothing after a gap or a corrupt byte is ever served.
+//! The one exception is the log's clean part (below the cleaner's
+//! checkpoint): compaction removes batches there, so gaps are expected.
+//! Before any of this, a cleaning's swap interrupted by a crash is finished
+//! or discarded (see [`crate::compact`]).
 
 use crate::appender::Appender;
+use crate::compact::CleanerState;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::files::SegmentFile;
@@ -35,16 +40,28 @@ pub struct RecoveryReport {
     /// Batches appended again from the staging area (acknowledged, not yet
     /// written when the process died).
     pub batches_replayed: usize,
+    /// Segments whose interrupted compaction swap was finished.
+    pub cleaned_swapped: usize,
+    /// Compacted files of a cleaning that never committed, removed.
+    pub cleaned_discarded: usize,
 }
 
-/// Recovers the segments of the log in `dir`, oldest first.
+/// Recovers the segments of the log in `dir`, oldest first, and the
+/// cleaner's state.
 pub async fn recover(
     dir: &Path,
     config: &LogConfig,
     now_ms: i64,
-) -> Result<(Vec<Segment>, RecoveryReport)> {
+) -> Result<(Vec<Segment>, RecoveryReport, CleanerState)> {
     let mut report = RecoveryReport::default();
     let names = list_dir(dir).await?;
+    let cleaner = crate::compact::recover_swap(dir, &names, &mut report).await?;
+    let names = if report.cleaned_swapped + report.cleaned_discarded > 0 {
+        list_dir(dir).await?
+    } else {
+        names
+    };
+    let offset_clean = cleaner.offset_clean;
     let mut bases: Vec<u64> = names
         .iter()
         .filter_map(|n| segment::parse_log_name(n))
@@ -61,6 +78,14 @@ pub async fn recover(
     }
     let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
     for (i, &base) in bases.iter().enumerate() {
+        if let Some(prev) = segments.last_mut()
+            && prev.offset_next < base
+            && base <= offset_clean
+        {
+            // Cleaning removed the last batches of a clean segment: it ends
+            // where the next begins, as it did before.
+            prev.offset_next = base;
+        }
         if segments.last().is_some_and(|prev| prev.offset_next != base) {
             for &unreachable in &bases[i..] {
                 let (log, index) = segment::file_paths(dir, unreachable);
@@ -70,7 +95,7 @@ pub async fn recover(
             }
             break;
         }
-        segments.push(recover_segment(dir, base, config, now_ms, &mut report).await?);
+        segments.push(recover_segment(dir, base, config, now_ms, offset_clean, &mut report).await?);
     }
     // Only the active segment rolls by age; sealed ones never look at it.
     if let Some(active) = segments.last_mut()
@@ -78,7 +103,7 @@ pub async fn recover(
     {
         active.created_ms = first;
     }
-    Ok((segments, report))
+    Ok((segments, report, cleaner))
 }
 
 async fn recover_segment(
@@ -86,6 +111,7 @@ async fn recover_segment(
     base: u64,
     config: &LogConfig,
     now_ms: i64,
+    offset_clean: u64,
     report: &mut RecoveryReport,
 ) -> Result<Segment> {
     let (log_path, index_path) = segment::file_paths(dir, base);
@@ -128,11 +154,11 @@ async fn recover_segment(
     });
     let resume = entries.partition_point(|e| u64::from(e.position) <= resume_from);
     let interval = u64::from(config.index_interval_bytes);
-    let mut scan = scan_from(&reader, base, &entries[..resume], interval).await?;
+    let mut scan = scan_from(&reader, base, &entries[..resume], interval, offset_clean).await?;
     let mut kept = resume;
     if scan.rejected_start && resume > 0 {
         kept = 0;
-        scan = scan_from(&reader, base, &[], interval).await?;
+        scan = scan_from(&reader, base, &[], interval, offset_clean).await?;
     }
     // The walk regenerates every entry after the ones kept; the file needs
     // a rewrite only if those differ from what it holds.
@@ -197,6 +223,7 @@ async fn scan_from(
     base: u64,
     entries: &[IndexEntry],
     interval: u64,
+    offset_clean: u64,
 ) -> Result<Scan> {
     let last = entries.last().copied();
     let start = last.map_or(0, |e| u64::from(e.position));
@@ -208,13 +235,13 @@ async fn scan_from(
         if let Err(e) = Batch::validate(batch.as_bytes()) {
             return Visit::Invalid(e.to_string());
         }
-        if u64::try_from(batch.base_offset()).ok() != Some(offset_next) {
+        if !segment::follows(offset_next, batch.base_offset(), offset_clean) {
             return Visit::Invalid(format!(
                 "batch at offset {} where {offset_next} was expected",
                 batch.base_offset()
             ));
         }
-        offset_next += batch.offset_count();
+        offset_next = batch.base_offset() as u64 + batch.offset_count();
         max_timestamp = max_timestamp.max(batch.max_timestamp());
         // The batch of the last entry is indexed already; later ones follow the rule.
         if !first {

@@ -27,6 +27,16 @@ pub fn parse_log_name(name: &str) -> Option<u64> {
         .then(|| digits.parse().ok())?
 }
 
+/// Whether a batch based at `base` may follow the batches before it, which
+/// end at `expected`: right after them, or later when it starts at or below
+/// `offset_clean` (the cleaner removed the batches in between).
+pub fn follows(expected: u64, base: i64, offset_clean: u64) -> bool {
+    let Ok(base) = u64::try_from(base) else {
+        return false;
+    };
+    base == expected || (base > expected && base <= offset_clean)
+}
+
 /// The index rule, shared by appends and recovery: a batch at `position`
 /// gets an entry when it lies `interval_bytes` or more past the last entry.
 pub fn index_entry_due(

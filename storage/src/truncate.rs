@@ -40,7 +40,13 @@ pub(crate) async fn cut(inner: &Inner, end: u64) -> Result<()> {
         .acquire_permit(1)
         .await
         .map_err(|_| inner.closed_or_failed())?;
-    let (target, reader, floor) = {
+    // No cleaning swaps the files this cut works on.
+    let _swap = inner
+        .swap_turn
+        .acquire_permit(1)
+        .await
+        .map_err(|_| inner.closed_or_failed())?;
+    let (target, reader, floor, offset_clean) = {
         let mut st = inner.state.borrow_mut();
         st.check_writable()?;
         assert!(
@@ -70,7 +76,12 @@ pub(crate) async fn cut(inner: &Inner, end: u64) -> Result<()> {
                 e.max_timestamp,
             )
         });
-        (target.base_offset, target.reader(), floor)
+        (
+            target.base_offset,
+            target.reader(),
+            floor,
+            st.cleaner.offset_clean,
+        )
     };
     let _truncating = Truncating(inner);
 
@@ -79,13 +90,15 @@ pub(crate) async fn cut(inner: &Inner, end: u64) -> Result<()> {
     let mut inside = false;
     let mut position = None;
     let walk = segment::walk(&reader, from, WINDOW_BYTES, |at, batch, _, _| {
-        if batch.base_offset() as u64 != expected {
+        if !segment::follows(expected, batch.base_offset(), offset_clean) {
             return Visit::Invalid(format!(
                 "batch at offset {} where {expected} was expected",
                 batch.base_offset()
             ));
         }
-        if expected == end {
+        // At or past `end` (after a gap the cleaner left, `end` may fall
+        // between batches): this batch goes with everything after it.
+        if batch.base_offset() as u64 >= end {
             position = Some(at);
             return Visit::Stop;
         }
@@ -103,7 +116,10 @@ pub(crate) async fn cut(inner: &Inner, end: u64) -> Result<()> {
     }
     let position = match (position, walk.end) {
         (Some(position), _) => position,
-        (None, WalkEnd::Limit) if expected == end => walk.position,
+        // `end` falls in the gap the cleaner left at the segment's end.
+        (None, WalkEnd::Limit) if expected == end || (expected < end && end <= offset_clean) => {
+            walk.position
+        }
         (None, WalkEnd::Invalid(reason)) => {
             return Err(StorageError::Corrupt {
                 path: reader.file.path().to_path_buf(),
@@ -143,9 +159,15 @@ pub(crate) async fn cut(inner: &Inner, end: u64) -> Result<()> {
         read[..head_len].to_vec()
     };
 
-    let (files, doomed) = {
+    let (files, doomed, cleaner) = {
         let mut st = inner.state.borrow_mut();
         let st = &mut *st;
+        // What was clean past the cut is gone: the checkpoint follows.
+        let cleaner = (end < st.cleaner.offset_clean).then(|| {
+            st.cleaner.offset_clean = end;
+            st.cleaner.cleaned.retain(|&base, _| base < end);
+            st.cleaner.clone()
+        });
         // Everything staged lies past the cut: `end` is written.
         let mut staged_bytes = 0u64;
         for staged in st.staged.drain(..) {
@@ -191,9 +213,9 @@ pub(crate) async fn cut(inner: &Inner, end: u64) -> Result<()> {
         inner.cache.forget_from(inner.cache_key, end);
         inner.staged_room.signal(staged_bytes);
         st.release_waiters();
-        (files, doomed)
+        (files, doomed, cleaner)
     };
-    let durable = make_durable(inner, files, &doomed).await;
+    let durable = make_durable(inner, files, &doomed, cleaner).await;
     if let Err(e) = &durable {
         inner.state.borrow_mut().fail(Failure::of(e));
         inner.append_turn.close();
@@ -202,7 +224,12 @@ pub(crate) async fn cut(inner: &Inner, end: u64) -> Result<()> {
     durable
 }
 
-async fn make_durable(inner: &Inner, files: [appender::FileEnd; 2], doomed: &[u64]) -> Result<()> {
+async fn make_durable(
+    inner: &Inner,
+    files: [appender::FileEnd; 2],
+    doomed: &[u64],
+    cleaner: Option<crate::compact::CleanerState>,
+) -> Result<()> {
     for file in files {
         file.truncate_synced().await?;
     }
@@ -216,6 +243,9 @@ async fn make_durable(inner: &Inner, files: [appender::FileEnd; 2], doomed: &[u6
         // The unlinks must survive power loss: a segment that came back
         // starting right at the cut would join the log again.
         sync_dir(&inner.dir).await?;
+    }
+    if let Some(cleaner) = cleaner {
+        crate::compact::state::write(&inner.dir, &cleaner).await?;
     }
     inner.write_epochs().await
 }

@@ -1,0 +1,336 @@
+//! The cleaner's two decisions, free of I/O: which offset is the newest of
+//! each key (pass 1, the offset map) and what of a batch survives (pass 2).
+//!
+//! Batches the cleaner cannot or must not judge record by record are kept
+//! whole and never mapped: compressed ones (core iterates uncompressed
+//! records only, and the broker never re-compresses), control batches
+//! (transaction markers, leader changes) and transactional ones (aborted
+//! transactions are not tracked, so a transactional record must not hide an
+//! older committed value). Records without a key are kept: Kafka refuses
+//! them at produce on a compacted topic, but a topic may have been switched
+//! to `compact` with some in it.
+
+use fjord_core::{Batch, Compression};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
+
+/// Key hash -> newest offset of the key in the range mapped, bounded to
+/// `keys_max` keys. Keys are hashed to 128 bits (two SipHash runs under
+/// different prefixes; the map lives for one pass, so the hash need not be
+/// stable across releases): a collision would drop a live record, and at
+/// 2^-128 per pair it is as unlikely as Kafka's MD5.
+pub(crate) struct OffsetMap {
+    offsets: HashMap<u128, u64>,
+    keys_max: usize,
+}
+
+fn hash(key: &[u8]) -> u128 {
+    let half = |prefix: u8| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        hasher.write_u8(prefix);
+        hasher.write(key);
+        hasher.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
+
+impl OffsetMap {
+    pub(crate) fn new(keys_max: usize) -> OffsetMap {
+        assert!(keys_max > 0, "a map that holds no key makes no progress");
+        OffsetMap {
+            offsets: HashMap::new(),
+            keys_max,
+        }
+    }
+
+    /// Notes `offset` as the newest of `key`; false, noting nothing, when
+    /// the key is new and the map full.
+    fn put(&mut self, key: &[u8], offset: u64) -> bool {
+        let full = self.offsets.len() >= self.keys_max;
+        match self.offsets.entry(hash(key)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                debug_assert!(*e.get() <= offset, "mapped in offset order");
+                e.insert(offset);
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(_) if full => false,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(offset);
+                true
+            }
+        }
+    }
+
+    fn newest(&self, key: &[u8]) -> Option<u64> {
+        self.offsets.get(&hash(key)).copied()
+    }
+
+    /// Keys mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
+/// Whether the cleaner judges this batch's records one by one.
+fn judged(batch: &Batch<'_>) -> bool {
+    !batch.is_control() && !batch.is_transactional() && batch.compression() == Compression::None
+}
+
+/// What pass 1 gathers over the dirty range.
+pub(crate) struct DirtyScan {
+    pub(crate) map: OffsetMap,
+    /// Producer id -> base offset of its last batch seen, for at most
+    /// `keys_max` producers (past that, `producers_complete` is false and
+    /// every emptied batch of an unknown producer is kept).
+    pub(crate) producers: BTreeMap<i64, u64>,
+    pub(crate) producers_complete: bool,
+}
+
+impl DirtyScan {
+    pub(crate) fn new(keys_max: usize) -> DirtyScan {
+        DirtyScan {
+            map: OffsetMap::new(keys_max),
+            producers: BTreeMap::new(),
+            producers_complete: true,
+        }
+    }
+
+    /// Maps the records of `batch` at or after `from`. `Some(offset)`: the
+    /// map filled at `offset`, which is not mapped (nor anything after).
+    pub(crate) fn map_batch(&mut self, batch: &Batch<'_>, from: u64) -> Option<u64> {
+        if batch.producer_id() >= 0 {
+            let base = batch.base_offset() as u64;
+            if self.producers.len() < self.map.keys_max
+                || self.producers.contains_key(&batch.producer_id())
+            {
+                self.producers.insert(batch.producer_id(), base);
+            } else {
+                self.producers_complete = false;
+            }
+        }
+        if !judged(batch) {
+            return None;
+        }
+        // Validated (CRC) when appended and again by recovery: records that
+        // do not decode are left alone, unmapped.
+        let Ok(records) = batch.records() else {
+            return None;
+        };
+        for record in records {
+            let Ok(record) = record else {
+                return None;
+            };
+            let offset = record.offset as u64;
+            let Some(key) = record.key else { continue };
+            if offset < from {
+                continue;
+            }
+            if !self.map.put(key, offset) {
+                return Some(offset);
+            }
+        }
+        None
+    }
+}
+
+/// Pass 2's rules for one segment.
+pub(crate) struct Rules<'a> {
+    pub(crate) scan: &'a DirtyScan,
+    /// End of the mapped range: records at or past it are kept.
+    pub(crate) offset_mapped_end: u64,
+    /// The segment has been clean for `delete.retention.ms`: its
+    /// tombstones go.
+    pub(crate) drop_tombstones: bool,
+}
+
+/// What becomes of a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Unchanged.
+    Keep,
+    /// Rewritten with fewer records (possibly none, for a producer's last
+    /// batch), `removed` of them gone.
+    Rewrite { bytes: Vec<u8>, removed: u64 },
+    /// Gone with its `removed` records.
+    Drop { removed: u64 },
+}
+
+impl Rules<'_> {
+    fn keeps(&self, offset: u64, key: Option<&[u8]>, value: Option<&[u8]>) -> bool {
+        let Some(key) = key else { return true };
+        if offset >= self.offset_mapped_end {
+            return true;
+        }
+        if self
+            .scan
+            .map
+            .newest(key)
+            .is_some_and(|newest| offset < newest)
+        {
+            return false;
+        }
+        !(value.is_none() && self.drop_tombstones)
+    }
+
+    /// A producer's last batch keeps its header even when emptied: the
+    /// producer's sequence must survive for idempotence.
+    fn keeps_header(&self, batch: &Batch<'_>) -> bool {
+        let producer = batch.producer_id();
+        if producer < 0 {
+            return false;
+        }
+        let base = batch.base_offset() as u64;
+        match self.scan.producers.get(&producer) {
+            Some(&last) => last <= base,
+            // Not seen in the dirty range: this may be its last batch.
+            None => true,
+        }
+    }
+
+    /// Decides what of `batch` survives.
+    pub(crate) fn apply(&self, batch: &Batch<'_>) -> Outcome {
+        if !judged(batch) {
+            return Outcome::Keep;
+        }
+        let Ok(mut records) = batch.records() else {
+            return Outcome::Keep;
+        };
+        let mut kept: Vec<&[u8]> = Vec::new();
+        let mut removed = 0u64;
+        while let Some(next) = records.next_with_bytes() {
+            let Ok((record, raw)) = next else {
+                return Outcome::Keep;
+            };
+            if self.keeps(record.offset as u64, record.key, record.value) {
+                kept.push(raw);
+            } else {
+                removed += 1;
+            }
+        }
+        if removed == 0 {
+            return Outcome::Keep;
+        }
+        if kept.is_empty() && !self.keeps_header(batch) {
+            return Outcome::Drop { removed };
+        }
+        let bytes = batch.with_records(&kept);
+        // Checked before it is written, as every batch of the log is.
+        assert!(
+            Batch::validate(&bytes).is_ok_and(|b| b.last_offset() == batch.last_offset()),
+            "a rewritten batch is valid and spans the same offsets"
+        );
+        Outcome::Rewrite { bytes, removed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fjord_core::BatchBuilder;
+    use fjord_core::batch::set_base_offset;
+
+    fn batch_at(base: i64, records: &[(Option<&str>, Option<&str>)], producer: i64) -> Vec<u8> {
+        let mut builder = BatchBuilder::new();
+        if producer >= 0 {
+            builder = builder.producer(producer, 0, 0);
+        }
+        for (i, (key, value)) in records.iter().enumerate() {
+            builder.push(
+                i as i64,
+                key.map(str::as_bytes),
+                value.map(str::as_bytes),
+                &[],
+            );
+        }
+        let mut bytes = builder.build();
+        set_base_offset(&mut bytes, base);
+        bytes
+    }
+
+    fn parse(bytes: &[u8]) -> Batch<'_> {
+        Batch::validate(bytes).expect("valid")
+    }
+
+    #[test]
+    fn only_the_newest_of_each_key_survives() {
+        let first = batch_at(0, &[(Some("a"), Some("1")), (Some("b"), Some("1"))], -1);
+        let second = batch_at(2, &[(Some("a"), Some("2")), (None, Some("x"))], -1);
+        let mut scan = DirtyScan::new(100);
+        assert_eq!(scan.map_batch(&parse(&first), 0), None);
+        assert_eq!(scan.map_batch(&parse(&second), 0), None);
+        assert_eq!(scan.map.len(), 2);
+        let rules = Rules {
+            scan: &scan,
+            offset_mapped_end: 4,
+            drop_tombstones: false,
+        };
+        let Outcome::Rewrite { bytes, removed } = rules.apply(&parse(&first)) else {
+            panic!("a is superseded in the first batch");
+        };
+        assert_eq!(removed, 1);
+        let rewritten = parse(&bytes);
+        let keys: Vec<_> = rewritten
+            .records()
+            .expect("records")
+            .map(|r| r.expect("record").offset)
+            .collect();
+        assert_eq!(keys, vec![1]);
+        assert_eq!(
+            rules.apply(&parse(&second)),
+            Outcome::Keep,
+            "newest and keyless"
+        );
+    }
+
+    #[test]
+    fn a_full_map_stops_and_records_past_its_end_are_kept() {
+        let bytes = batch_at(
+            0,
+            &[
+                (Some("a"), Some("1")),
+                (Some("b"), Some("1")),
+                (Some("a"), Some("2")),
+            ],
+            -1,
+        );
+        let mut scan = DirtyScan::new(1);
+        assert_eq!(scan.map_batch(&parse(&bytes), 0), Some(1), "b does not fit");
+        let rules = Rules {
+            scan: &scan,
+            offset_mapped_end: 1,
+            drop_tombstones: false,
+        };
+        // Offset 0 is a's newest in the mapped range; 1 and 2 lie past it.
+        assert_eq!(rules.apply(&parse(&bytes)), Outcome::Keep);
+    }
+
+    #[test]
+    fn tombstones_go_only_when_expired_and_emptied_producer_batches_keep_the_last() {
+        let tomb = batch_at(0, &[(Some("a"), None)], 9);
+        let later = batch_at(1, &[(Some("b"), Some("1"))], 9);
+        let mut scan = DirtyScan::new(10);
+        scan.map_batch(&parse(&tomb), 0);
+        let keep = Rules {
+            scan: &scan,
+            offset_mapped_end: 1,
+            drop_tombstones: false,
+        };
+        assert_eq!(keep.apply(&parse(&tomb)), Outcome::Keep);
+        let expire = Rules {
+            drop_tombstones: true,
+            ..keep
+        };
+        // Producer 9's last batch seen is this one: its header stays.
+        let Outcome::Rewrite { bytes, removed: 1 } = expire.apply(&parse(&tomb)) else {
+            panic!("header kept");
+        };
+        assert_eq!(parse(&bytes).record_count(), 0);
+        scan.map_batch(&parse(&later), 0);
+        let expire = Rules {
+            scan: &scan,
+            offset_mapped_end: 2,
+            drop_tombstones: true,
+        };
+        assert_eq!(expire.apply(&parse(&tomb)), Outcome::Drop { removed: 1 });
+    }
+}
