@@ -489,10 +489,17 @@ pub fn consume(
     }
     let stopped = || args.stop.load(std::sync::atomic::Ordering::Relaxed);
     let mut printed = 0;
-    // Where printing stopped, per partition, when it stops mid-poll.
-    let mut next = std::collections::BTreeMap::new();
+    // Where printing stopped in the last poll, per partition: the first
+    // record not printed (records fetched but not printed are not
+    // committed).
+    let mut unprinted = std::collections::BTreeMap::new();
     'poll: while !stopped() {
         let records = block_on(consumer.poll(Duration::from_millis(500)))?;
+        for record in &records {
+            unprinted
+                .entry((record.topic.clone(), record.partition))
+                .or_insert(record.offset);
+        }
         for record in records {
             if args.print_offset {
                 write!(out, "{}:{}\t", record.partition, record.offset)?;
@@ -504,17 +511,16 @@ pub fn consume(
             let value = record.value.as_deref().map(String::from_utf8_lossy);
             writeln!(out, "{}", value.as_deref().unwrap_or("null"))?;
             printed += 1;
-            next.insert((record.topic, record.partition), record.offset + 1);
+            unprinted.insert((record.topic, record.partition), record.offset + 1);
             if args.max_messages.is_some_and(|max| printed >= max) {
                 break 'poll;
             }
         }
-        next.clear();
+        unprinted.clear();
         out.flush()?;
     }
     out.flush()?;
-    // Records fetched but not printed are not committed.
-    for ((topic, partition), offset) in next {
+    for ((topic, partition), offset) in unprinted {
         block_on(consumer.seek(&topic, partition, Seek::Offset(offset)))?;
     }
     block_on(consumer.close())?;

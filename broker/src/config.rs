@@ -87,6 +87,13 @@ pub struct ServeConfig {
     /// hands over to it, once caught up (Kafka's
     /// `leader.imbalance.check.interval.seconds`); 0: never.
     pub leader_rebalance_interval_ms: u64,
+    /// How often each shard looks for compacted topics' partitions due for
+    /// cleaning (Kafka's `log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff_ms: u64,
+    /// Disk bytes a shard's cleaning reads and writes per second at most
+    /// (Kafka's `log.cleaner.io.max.bytes.per.second`), so that produce and
+    /// fetch on the shard keep the disk.
+    pub log_cleaner_io_bytes_per_sec: u64,
     /// Partitions of `__consumer_offsets`, made on first use (Kafka's
     /// `offsets.topic.num.partitions`); fixed once the topic exists.
     pub offsets_topic_partitions: u32,
@@ -134,6 +141,8 @@ impl Default for ServeConfig {
             default_replication_factor: None,
             replica_lag_time_max_ms: 30_000,
             leader_rebalance_interval_ms: 30_000,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_io_bytes_per_sec: 32 << 20,
             offsets_topic_partitions: 50,
             group_session_timeout_ms: 45_000,
             group_min_session_timeout_ms: 6_000,
@@ -336,6 +345,11 @@ impl ServeConfig {
         if self.raft_tick_ms == 0 || self.election_timeout_ms < 4 * self.raft_tick_ms {
             return Err(ConfigError::Invalid(
                 "election_timeout_ms must be at least 4 raft ticks (raft_tick_ms above 0)".into(),
+            ));
+        }
+        if self.log_cleaner_backoff_ms == 0 || self.log_cleaner_io_bytes_per_sec == 0 {
+            return Err(ConfigError::Invalid(
+                "log_cleaner_backoff_ms and log_cleaner_io_bytes_per_sec must be above 0".into(),
             ));
         }
         if self.offsets_topic_partitions == 0 {

@@ -314,6 +314,12 @@ struct ServeArgs {
     /// How often leadership returns to preferred leaders [default: 30000 ms; 0: never].
     #[arg(long)]
     leader_rebalance_interval_ms: Option<u64>,
+    /// How often compacted partitions are checked for cleaning [default: 15000 ms].
+    #[arg(long)]
+    log_cleaner_backoff_ms: Option<u64>,
+    /// Disk bytes per second a shard's cleaning moves at most [default: 32 MiB].
+    #[arg(long)]
+    log_cleaner_io_bytes_per_sec: Option<u64>,
     /// Partitions of __consumer_offsets [default: 50].
     #[arg(long)]
     offsets_topic_partitions: Option<u32>,
@@ -414,6 +420,20 @@ impl ServeArgs {
         }
         if let Some(v) = self.leader_rebalance_interval_ms {
             config.leader_rebalance_interval_ms = v;
+        }
+        for (flag, setting) in [
+            (
+                self.log_cleaner_backoff_ms,
+                &mut config.log_cleaner_backoff_ms,
+            ),
+            (
+                self.log_cleaner_io_bytes_per_sec,
+                &mut config.log_cleaner_io_bytes_per_sec,
+            ),
+        ] {
+            if let Some(v) = flag {
+                *setting = v;
+            }
         }
         let group_settings = [
             (

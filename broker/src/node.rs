@@ -468,6 +468,7 @@ async fn run_shard(
         glommio::spawn_local(conn::accept(shard.clone(), listener, stop.clone())).detach();
     }
     glommio::spawn_local(shard.clone().enforce_retention()).detach();
+    glommio::spawn_local(shard.clone().compact_logs()).detach();
     glommio::spawn_local(shard.clone().retry_unserved()).detach();
     glommio::spawn_local(shard.clone().watch_space()).detach();
     let _ = events.send(Event::Ready);

@@ -106,7 +106,8 @@ impl Partition {
     }
 
     /// Opens the partition's log.
-    pub async fn open(setup: PartitionSetup) -> Result<Partition, StorageError> {
+    pub async fn open(mut setup: PartitionSetup) -> Result<Partition, StorageError> {
+        setup.config.compaction.keep_empty_batches = setup.replica.is_some();
         let log = Log::open_staged(
             &setup.dir,
             setup.config.clone(),
@@ -135,10 +136,14 @@ impl Partition {
         self.log.borrow().clone()
     }
 
-    /// Takes a topic's altered `retention.*` at once, and runs retention
-    /// right away when they changed, so that lowering them frees space now.
+    /// Takes a topic's altered `retention.*` and `cleanup.policy` (with the
+    /// cleaner's settings) at once, and runs retention right away when it
+    /// changed, so that lowering it frees space now.
     pub async fn apply_retention(&self, config: &fjord_core::TopicConfig) {
         let log = self.log();
+        let mut compaction = fjord_storage::Compaction::for_topic(config);
+        compaction.keep_empty_batches = self.setup.config.compaction.keep_empty_batches;
+        log.set_cleanup(config.cleanup_policy, compaction);
         let wanted = (config.retention_bytes, config.retention);
         if log.retention() == wanted {
             return;
@@ -174,6 +179,17 @@ impl Partition {
             replication.log_start_advanced(replica.group, log.offset_start());
         }
         Ok(deleted)
+    }
+
+    /// Cleans the log when due (its topic compacts and enough of it is
+    /// dirty), below the high watermark of a replicated partition.
+    pub async fn compact(&self, now_ms: i64, io_bytes_per_sec: u64) -> Result<(), StorageError> {
+        let limit = self.replica().map_or(u64::MAX, |r| r.high_watermark());
+        let log = self.log();
+        if log.needs_compaction_below(now_ms, limit) {
+            log.compact_below(now_ms, io_bytes_per_sec, limit).await?;
+        }
+        Ok(())
     }
 
     /// Drops the whole log and starts it again, empty, at `start`: a
@@ -268,6 +284,9 @@ impl Partition {
     pub async fn produce(&self, records: &[u8], acks: i16) -> Result<Produced, ErrorCode> {
         if records.is_empty() {
             return Err(ErrorCode::InvalidRequest);
+        }
+        if self.log().cleanup().0.compact {
+            check_keyed(records)?;
         }
         if let Some((_, replication)) = &self.setup.replica {
             if self.setup.space.is_low() {
@@ -417,6 +436,18 @@ impl Partition {
         self.wake_parked();
         self.log().close().await
     }
+}
+
+/// Kafka refuses records without a key on a compacted topic: compaction
+/// could never tell which to keep.
+fn check_keyed(records: &[u8]) -> Result<(), ErrorCode> {
+    let mut rest = records;
+    while !rest.is_empty() {
+        let batch = Batch::parse(rest).map_err(|_| ErrorCode::CorruptMessage)?;
+        batch.check_keyed().map_err(|_| ErrorCode::InvalidRecord)?;
+        rest = &rest[batch.len()..];
+    }
+    Ok(())
 }
 
 /// Cuts a read at `end`: batches at or past it are not returned.

@@ -58,6 +58,8 @@ pub struct Shard {
     open_failures: Repeated,
     /// Failed retention runs, likewise.
     retention_failures: Repeated,
+    /// Failed cleanings, likewise.
+    compaction_failures: Repeated,
     /// Metadata convergences run one at a time, in arrival order.
     converge_turn: Semaphore,
     /// Set once the first metadata is installed; listeners wait for it.
@@ -149,6 +151,7 @@ impl Shard {
             unserved: RefCell::new(BTreeMap::new()),
             open_failures: Repeated::default(),
             retention_failures: Repeated::default(),
+            compaction_failures: Repeated::default(),
             converge_turn: Semaphore::new(1),
             ready: RefCell::new(Some(ready)),
             closing: Cell::new(false),
@@ -901,6 +904,25 @@ impl Shard {
                     && let Some(count) = self.retention_failures.hit()
                 {
                     tracing::warn!(shard = self.id, error = %e, failures = count, "retention");
+                }
+            }
+        }
+    }
+
+    /// Cleans compacted partitions due for it, one at a time, every
+    /// `log_cleaner_backoff_ms` (Kafka's log cleaner, one per shard here).
+    pub async fn compact_logs(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(self.config.log_cleaner_backoff_ms)).await;
+            let partitions: Vec<Rc<Partition>> =
+                self.partitions.borrow().values().cloned().collect();
+            for partition in partitions {
+                let now = fjord_storage::log::now_ms();
+                let budget = self.config.log_cleaner_io_bytes_per_sec;
+                if let Err(e) = partition.compact(now, budget).await
+                    && let Some(count) = self.compaction_failures.hit()
+                {
+                    tracing::warn!(shard = self.id, error = %e, failures = count, "compaction");
                 }
             }
         }

@@ -111,7 +111,9 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn plan(st: &State, compaction: &Compaction, now_ms: i64) -> Plan {
+/// `limit`: segments reaching it are not cleanable (see
+/// [`Log::compact_below`]).
+fn plan(st: &State, compaction: &Compaction, now_ms: i64, limit: u64) -> Plan {
     let active = st.active().base_offset;
     let horizon = now_ms.saturating_sub(ms(compaction.min_lag));
     let offset_clean = st.cleaner.offset_clean;
@@ -127,7 +129,7 @@ fn plan(st: &State, compaction: &Compaction, now_ms: i64) -> Plan {
         let closed = s.base_offset != active
             && !st.sealing.contains(&s.base_offset)
             && s.log.len_written() == s.log.len();
-        if !closed || s.max_timestamp > horizon {
+        if !closed || s.max_timestamp > horizon || s.offset_next > limit {
             plan.offset_end = s.base_offset;
             break;
         }
@@ -186,7 +188,7 @@ impl Log {
     /// cleanable.
     pub fn cleanable_ratio(&self, now_ms: i64) -> f64 {
         let compaction = self.inner.cleanup.get().1;
-        plan(&self.inner.state.borrow(), &compaction, now_ms).ratio()
+        plan(&self.inner.state.borrow(), &compaction, now_ms, u64::MAX).ratio()
     }
 
     /// Whether a cleaning is due: the policy compacts and the cleanable part
@@ -194,11 +196,16 @@ impl Log {
     /// segment is older than `max.compaction.lag.ms` (its newest record:
     /// the log keeps no oldest timestamp per segment, so this errs late).
     pub fn needs_compaction(&self, now_ms: i64) -> bool {
+        self.needs_compaction_below(now_ms, u64::MAX)
+    }
+
+    /// [`Log::needs_compaction`] of the part below `limit`.
+    pub fn needs_compaction_below(&self, now_ms: i64, limit: u64) -> bool {
         let (policy, compaction) = self.inner.cleanup.get();
         if !policy.compact {
             return false;
         }
-        let plan = plan(&self.inner.state.borrow(), &compaction, now_ms);
+        let plan = plan(&self.inner.state.borrow(), &compaction, now_ms, limit);
         let overdue = plan
             .first_dirty_max_timestamp
             .is_some_and(|t| t < now_ms.saturating_sub(ms(compaction.max_lag)));
@@ -211,6 +218,18 @@ impl Log {
     /// is [`Log::needs_compaction`]'s call. Run it on the log's shard, in
     /// the background: it yields between chunks.
     pub async fn compact(&self, now_ms: i64, io_bytes_per_sec: u64) -> Result<CompactionReport> {
+        self.compact_below(now_ms, io_bytes_per_sec, u64::MAX).await
+    }
+
+    /// [`Log::compact`] of the segments wholly below `limit` only: a
+    /// replica passes its high watermark, so that only committed records
+    /// decide what survives (an uncommitted overwrite may yet be cut away).
+    pub async fn compact_below(
+        &self,
+        now_ms: i64,
+        io_bytes_per_sec: u64,
+        limit: u64,
+    ) -> Result<CompactionReport> {
         let inner = &self.inner;
         let (policy, compaction) = inner.cleanup.get();
         let _turn = inner
@@ -221,7 +240,7 @@ impl Log {
         let plan = {
             let st = inner.state.borrow();
             st.check_writable()?;
-            plan(&st, &compaction, now_ms)
+            plan(&st, &compaction, now_ms, limit)
         };
         let mut report = CompactionReport {
             offset_clean: plan.offset_clean,
@@ -260,6 +279,7 @@ impl Log {
             let rules = Rules {
                 scan: &scan,
                 offset_mapped_end,
+                keep_empty: compaction.keep_empty_batches,
                 drop_tombstones: target
                     .cleaned_ms
                     .is_some_and(|at| at.saturating_add(retention_ms) <= now_ms),

@@ -53,6 +53,11 @@ pub struct Compaction {
     /// Disk bytes (read plus written) a cleaning pass moves per second at
     /// most, so that produce and fetch on the shard are not starved.
     pub io_bytes_per_sec: u64,
+    /// Keep a batch whose records are all removed as an empty batch (its
+    /// header, spanning the same offsets) instead of dropping it: a
+    /// replicated partition's log is its Raft log, whose entries followers
+    /// catch up through one batch after another, without gaps.
+    pub keep_empty_batches: bool,
 }
 
 impl Compaction {
@@ -66,6 +71,7 @@ impl Compaction {
             max_lag: topic.max_compaction_lag,
             keys_max: 1 << 20,
             io_bytes_per_sec: 32 << 20,
+            keep_empty_batches: false,
         }
     }
 }

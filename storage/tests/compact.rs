@@ -30,6 +30,7 @@ fn config() -> LogConfig {
             max_lag: Duration::from_millis(i64::MAX as u64),
             keys_max: 1 << 16,
             io_bytes_per_sec: BUDGET,
+            keep_empty_batches: false,
         },
         ..LogConfig::default()
     }

@@ -141,6 +141,9 @@ pub(crate) struct Rules<'a> {
     /// The segment has been clean for `delete.retention.ms`: its
     /// tombstones go.
     pub(crate) drop_tombstones: bool,
+    /// Batches left without records stay, empty (see
+    /// `Compaction::keep_empty_batches`).
+    pub(crate) keep_empty: bool,
 }
 
 /// What becomes of a batch.
@@ -210,7 +213,7 @@ impl Rules<'_> {
         if removed == 0 {
             return Outcome::Keep;
         }
-        if kept.is_empty() && !self.keeps_header(batch) {
+        if kept.is_empty() && !self.keep_empty && !self.keeps_header(batch) {
             return Outcome::Drop { removed };
         }
         let bytes = batch.with_records(&kept);
@@ -263,6 +266,7 @@ mod tests {
             scan: &scan,
             offset_mapped_end: 4,
             drop_tombstones: false,
+            keep_empty: false,
         };
         let Outcome::Rewrite { bytes, removed } = rules.apply(&parse(&first)) else {
             panic!("a is superseded in the first batch");
@@ -299,6 +303,7 @@ mod tests {
             scan: &scan,
             offset_mapped_end: 1,
             drop_tombstones: false,
+            keep_empty: false,
         };
         // Offset 0 is a's newest in the mapped range; 1 and 2 lie past it.
         assert_eq!(rules.apply(&parse(&bytes)), Outcome::Keep);
@@ -314,6 +319,7 @@ mod tests {
             scan: &scan,
             offset_mapped_end: 1,
             drop_tombstones: false,
+            keep_empty: false,
         };
         assert_eq!(keep.apply(&parse(&tomb)), Outcome::Keep);
         let expire = Rules {
@@ -330,7 +336,18 @@ mod tests {
             scan: &scan,
             offset_mapped_end: 2,
             drop_tombstones: true,
+            keep_empty: false,
         };
         assert_eq!(expire.apply(&parse(&tomb)), Outcome::Drop { removed: 1 });
+        // A replica's log keeps the emptied batch: no gap in its entries.
+        let replica = Rules {
+            keep_empty: true,
+            ..expire
+        };
+        let Outcome::Rewrite { bytes, removed: 1 } = replica.apply(&parse(&tomb)) else {
+            panic!("emptied batch kept");
+        };
+        assert_eq!(parse(&bytes).record_count(), 0);
+        assert_eq!(parse(&bytes).last_offset(), 0);
     }
 }
