@@ -127,6 +127,17 @@ struct ConsumeArgs {
     /// disk, not from its batch cache.
     #[arg(long)]
     cold: bool,
+    /// Read as members of this consumer group (committed offsets, assigned
+    /// partitions); reports each partition's longest pause.
+    #[arg(long)]
+    group: Option<String>,
+    /// Members of the group, each with its own client and thread.
+    #[arg(long, default_value_t = 3, requires = "group")]
+    consumers: usize,
+    /// The k-th member joins this long after the first, so that the run
+    /// goes through rebalances.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", requires = "group")]
+    join_every: Duration,
 }
 
 fn main() -> ExitCode {
@@ -354,14 +365,40 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
             }
         }
     }
-    let reader = client(&addr, args.common.cpus.first().copied())?;
     let progress = Arc::new(Progress::default());
-    let elapsed = consume::run(&reader, &args.common.topic, &progress)?;
+    let elapsed = match &args.group {
+        Some(group) => {
+            let members = clients(&addr, args.consumers, &args.common.cpus)?;
+            let (elapsed, pauses) = consume::run_group(
+                members,
+                &args.common.topic,
+                group,
+                args.join_every,
+                &progress,
+            )?;
+            if let Some((partition, pause)) = pauses.worst() {
+                println!(
+                    "rebalance pauses: longest {:.1} ms (partition {partition}); per partition: {}",
+                    pause.as_secs_f64() * 1e3,
+                    pauses
+                        .longest
+                        .iter()
+                        .map(|(p, d)| format!("{p}={:.0}ms", d.as_secs_f64() * 1e3))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            elapsed
+        }
+        None => {
+            let reader = client(&addr, args.common.cpus.first().copied())?;
+            consume::run(&reader, &args.common.topic, &progress)?
+        }
+    };
     let summary = Summary::new(&progress, elapsed, 0.0);
     summary.print("consume");
     if let Some(path) = &args.common.json {
-        let config =
-            serde_json::json!({ "topic": args.common.topic, "fill": args.fill, "cold": args.cold });
+        let config = serde_json::json!({ "topic": args.common.topic, "fill": args.fill, "cold": args.cold, "group": args.group });
         write_json(
             path,
             &JsonReport {
