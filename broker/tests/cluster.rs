@@ -26,8 +26,14 @@ struct Cluster {
 impl Cluster {
     /// Node 1 runs the controller; 2 and 3 join through it.
     fn start() -> Cluster {
-        // Leadership goes back to preferred leaders within a second.
-        let rebalance = ["--leader-rebalance-interval-ms", "1000"];
+        // Leadership goes back to preferred leaders within a second; a
+        // small __consumer_offsets for the group test.
+        let rebalance = [
+            "--leader-rebalance-interval-ms",
+            "1000",
+            "--offsets-topic-partitions",
+            "3",
+        ];
         let first = Broker::start_with(1, &[&["--node-id", "1"][..], &rebalance].concat());
         let seed = first.addr.to_string();
         let mut nodes = vec![first];
@@ -660,4 +666,87 @@ fn an_isolated_leader_stops_acknowledging_and_the_cluster_heals() {
     cluster.caught_up(&client);
     cluster.assert_replicas_identical();
     cluster.assert_metadata_equal();
+}
+
+/// A group's coordinator node is SIGKILLed: the committed offsets are on
+/// the new leader of its `__consumer_offsets` partition, and the member,
+/// adopted by the new coordinator, reads on without reading anything twice.
+#[test]
+fn a_group_survives_its_coordinators_node() {
+    let mut cluster = Cluster::start();
+    let client = cluster.client();
+    create_topic(&client);
+    cluster.leaders(&client);
+    produce(&client, 0..300);
+    let mut consumer = Consumer::new(
+        &client,
+        ConsumerConfig {
+            offset_reset: Some(Seek::Earliest),
+            auto_commit_interval: None,
+            ..ConsumerConfig::default()
+        },
+    );
+    block_on(consumer.subscribe(&[TOPIC], "billing")).expect("subscribe");
+    let mut seen: Vec<(i32, i64)> = Vec::new();
+    let read_until = |consumer: &mut Consumer, seen: &mut Vec<(i32, i64)>, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < count {
+            assert!(Instant::now() < deadline, "read {} of {count}", seen.len());
+            for r in block_on(consumer.poll(Duration::from_millis(200))).expect("poll") {
+                seen.push((r.partition, r.offset));
+            }
+        }
+    };
+    read_until(&mut consumer, &mut seen, 300);
+    block_on(consumer.commit()).expect("commit");
+
+    // The coordinator: the leader of the group's offsets partition.
+    let found = block_on(
+        client.ask_any(fjord_net::wire::RequestT::FindCoordinatorRequest(Box::new(
+            fjord_net::wire::FindCoordinatorRequestT {
+                group_id: Some("billing".into()),
+            },
+        ))),
+    )
+    .expect("find coordinator");
+    let fjord_net::wire::ResponseT::FindCoordinatorResponse(found) =
+        found.unpack().expect("unpack").0
+    else {
+        panic!("expected a FindCoordinator response");
+    };
+    assert!(found.node_id > 0, "{found:?}");
+    cluster.node(found.node_id).kill();
+    let survivors = Client::new(ClientConfig::with_bootstrap(
+        cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as i32 + 1 != found.node_id)
+            .map(|(_, n)| n.addr)
+            .collect(),
+    ))
+    .expect("client");
+    produce(&survivors, 300..600);
+    read_until(&mut consumer, &mut seen, 600);
+    let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "nothing read twice");
+    block_on(consumer.commit()).expect("commit on the new coordinator");
+    let described = block_on(Admin::new(survivors.clone()).describe_group("billing"))
+        .expect("describe on the new coordinator");
+    for o in &described.offsets {
+        let last = seen
+            .iter()
+            .filter(|(p, _)| *p == o.partition)
+            .map(|(_, off)| *off)
+            .max();
+        assert!(
+            last.is_some_and(|last| o.committed > last),
+            "partition {} committed {} after reading to {last:?}",
+            o.partition,
+            o.committed
+        );
+    }
+    assert_eq!(described.members.len(), 1, "the member was adopted");
+    block_on(consumer.close()).expect("close");
+    cluster.node(found.node_id).restart();
 }
