@@ -145,9 +145,9 @@ pub fn run_group(
                             .batches()
                             .last()
                             .map_or(part.position, |b| b.last_offset() + 1);
-                        let entry =
-                            seen.entry(part.partition)
-                                .or_insert((start, Duration::ZERO, 0));
+                        let entry = seen
+                            .entry(part.partition)
+                            .or_insert((now, Duration::ZERO, 0));
                         entry.1 = entry.1.max(now - entry.0);
                         entry.0 = now;
                         entry.2 = entry.2.max(next);
