@@ -91,6 +91,16 @@ impl Pauses {
     }
 }
 
+/// One partition's deliveries so far in a group run.
+struct Delivered {
+    /// The last one.
+    last: Instant,
+    /// The longest gap between two.
+    longest: Duration,
+    /// The offset after the last record delivered.
+    next: i64,
+}
+
 /// Reads `topic` to its current end as the members of `group`, one per
 /// client, the k-th joining `stagger × k` after the first, so that the run
 /// goes through rebalances; returns the wall time and the pauses.
@@ -117,7 +127,7 @@ pub fn run_group(
     let total = u64::try_from(total).unwrap_or(0);
     let done = Arc::new(AtomicBool::new(false));
     // The bench's own bookkeeping, off the measured path: a lock is fine.
-    let seen: Arc<Mutex<BTreeMap<i32, (Instant, Duration, i64)>>> = Arc::default();
+    let seen: Arc<Mutex<BTreeMap<i32, Delivered>>> = Arc::default();
     let start = Instant::now();
     let members: Vec<_> = clients
         .into_iter()
@@ -145,16 +155,18 @@ pub fn run_group(
                             .batches()
                             .last()
                             .map_or(part.position, |b| b.last_offset() + 1);
-                        let entry = seen
-                            .entry(part.partition)
-                            .or_insert((now, Duration::ZERO, 0));
-                        entry.1 = entry.1.max(now - entry.0);
-                        entry.0 = now;
-                        entry.2 = entry.2.max(next);
+                        let entry = seen.entry(part.partition).or_insert(Delivered {
+                            last: now,
+                            longest: Duration::ZERO,
+                            next: 0,
+                        });
+                        entry.longest = entry.longest.max(now - entry.last);
+                        entry.last = now;
+                        entry.next = entry.next.max(next);
                     }
                     let finished = ends
                         .iter()
-                        .all(|(p, end)| seen.get(p).is_some_and(|s| s.2 >= *end));
+                        .all(|(p, end)| seen.get(p).is_some_and(|s| s.next >= *end));
                     drop(seen);
                     progress
                         .messages
@@ -191,7 +203,7 @@ pub fn run_group(
             .lock()
             .map_err(|_| "poisoned")?
             .iter()
-            .map(|(p, (_, gap, _))| (*p, *gap))
+            .map(|(p, delivered)| (*p, delivered.longest))
             .collect(),
     };
     Ok((elapsed, pauses))
