@@ -17,20 +17,11 @@ const EMPTY_POLLS_MAX: u32 = 5;
 
 /// Reads `topic` to its current end; returns the wall time.
 pub fn run(client: &Client, topic: &str, progress: &Arc<Progress>) -> Result<Duration, String> {
-    let described =
-        block_on(Admin::new(client.clone()).describe_topic(topic)).map_err(|e| e.to_string())?;
-    let total: i64 = described
-        .partitions
-        .iter()
-        .map(|p| p.log_end_offset - p.log_start_offset)
-        .sum();
-    let total = u64::try_from(total).unwrap_or(0);
+    let (_, total) = extent(client, topic)?;
     let config = ConsumerConfig {
-        partition_bytes_max: 8 << 20,
-        fetch_bytes_max: 64 << 20,
         // A benchmark reads what it asked for or fails: no silent skips.
         offset_reset: None,
-        ..ConsumerConfig::default()
+        ..read_config()
     };
     let mut consumer = Consumer::new(client, config);
     block_on(consumer.assign(topic, None, Seek::Earliest)).map_err(|e| e.to_string())?;
@@ -63,13 +54,45 @@ pub fn run(client: &Client, topic: &str, progress: &Arc<Progress>) -> Result<Dur
     reader
         .join()
         .map_err(|_| "the consumer thread panicked".to_string())??;
+    reached(progress, total)?;
+    Ok(elapsed)
+}
+
+/// Each partition's end now, and the records the topic holds.
+fn extent(client: &Client, topic: &str) -> Result<(BTreeMap<i32, i64>, u64), String> {
+    let described =
+        block_on(Admin::new(client.clone()).describe_topic(topic)).map_err(|e| e.to_string())?;
+    let ends = described
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.log_end_offset))
+        .collect();
+    let total: i64 = described
+        .partitions
+        .iter()
+        .map(|p| p.log_end_offset - p.log_start_offset)
+        .sum();
+    Ok((ends, u64::try_from(total).unwrap_or(0)))
+}
+
+/// Large fetches: the consumer is measured, not its batching.
+fn read_config() -> ConsumerConfig {
+    ConsumerConfig {
+        partition_bytes_max: 8 << 20,
+        fetch_bytes_max: 64 << 20,
+        ..ConsumerConfig::default()
+    }
+}
+
+/// An error unless the run read the `total` records it set out to.
+fn reached(progress: &Progress, total: u64) -> Result<(), String> {
     let consumed = progress.messages.load(Ordering::Relaxed);
     if consumed < total {
         return Err(format!(
             "read {consumed} of {total} records: the end was not reached"
         ));
     }
-    Ok(elapsed)
+    Ok(())
 }
 
 /// A group run's rebalance pauses: per partition, the longest time between
@@ -111,20 +134,7 @@ pub fn run_group(
     stagger: Duration,
     progress: &Arc<Progress>,
 ) -> Result<(Duration, Pauses), String> {
-    let first = clients.first().ok_or("no consumer")?;
-    let described =
-        block_on(Admin::new(first.clone()).describe_topic(topic)).map_err(|e| e.to_string())?;
-    let ends: BTreeMap<i32, i64> = described
-        .partitions
-        .iter()
-        .map(|p| (p.partition, p.log_end_offset))
-        .collect();
-    let total: i64 = described
-        .partitions
-        .iter()
-        .map(|p| p.log_end_offset - p.log_start_offset)
-        .sum();
-    let total = u64::try_from(total).unwrap_or(0);
+    let (ends, total) = extent(clients.first().ok_or("no consumer")?, topic)?;
     let done = Arc::new(AtomicBool::new(false));
     // The bench's own bookkeeping, off the measured path: a lock is fine.
     let seen: Arc<Mutex<BTreeMap<i32, Delivered>>> = Arc::default();
@@ -138,10 +148,8 @@ pub fn run_group(
             std::thread::spawn(move || -> Result<(), String> {
                 std::thread::sleep(stagger * k as u32);
                 let config = ConsumerConfig {
-                    partition_bytes_max: 8 << 20,
-                    fetch_bytes_max: 64 << 20,
                     offset_reset: Some(Seek::Earliest),
-                    ..ConsumerConfig::default()
+                    ..read_config()
                 };
                 let mut consumer = Consumer::new(&client, config);
                 block_on(consumer.subscribe(&[&topic], &group)).map_err(|e| e.to_string())?;
@@ -192,12 +200,7 @@ pub fn run_group(
             .join()
             .map_err(|_| "a consumer thread panicked".to_string())??;
     }
-    let consumed = progress.messages.load(Ordering::Relaxed);
-    if consumed < total {
-        return Err(format!(
-            "read {consumed} of {total} records: the end was not reached"
-        ));
-    }
+    reached(progress, total)?;
     let pauses = Pauses {
         longest: seen
             .lock()

@@ -197,6 +197,42 @@ impl Client {
         }
     }
 
+    /// `ListOffsets` of one partition at the shard `addr`: the offset (and
+    /// its record's timestamp) for `timestamp` — EARLIEST, LATEST, or a time
+    /// (offset -1 when no record is that recent).
+    pub async fn list_offset(
+        &self,
+        addr: SocketAddr,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<(i64, i64)> {
+        let body = wire::RequestT::ListOffsetsRequest(Box::new(wire::ListOffsetsRequestT {
+            topics: Some(vec![wire::ListOffsetsTopicT {
+                name: Some(topic.to_owned()),
+                partitions: Some(vec![wire::ListOffsetsPartitionT {
+                    partition,
+                    timestamp,
+                }]),
+            }]),
+        }));
+        let response = self.request(addr, Lane::Prompt, body, Vec::new()).await?;
+        let wire::ResponseT::ListOffsetsResponse(body) = response.unpack()?.0 else {
+            return Err(ClientError::Protocol(
+                "expected a ListOffsets response".into(),
+            ));
+        };
+        let result = body
+            .topics
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t.partitions.into_iter().flatten())
+            .next()
+            .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
+        crate::error::check(result.error_code, || format!("{topic}-{partition}"))?;
+        Ok((result.offset, result.timestamp))
+    }
+
     /// Metadata for `topics` (all when `None`), from a bootstrap broker.
     pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<wire::MetadataResponseT> {
         let body = wire::RequestT::MetadataRequest(Box::new(wire::MetadataRequestT { topics }));

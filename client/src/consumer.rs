@@ -15,7 +15,7 @@ mod membership;
 pub use membership::{RebalanceListener, Revoking};
 
 use crate::client::{Client, Route};
-use crate::error::{ClientError, Result, check, error_code};
+use crate::error::{ClientError, Result, error_code};
 use crate::transport::{Lane, Response};
 use fjord_core::batch;
 use fjord_net::{ErrorCode, api, wire};
@@ -374,33 +374,9 @@ impl Consumer {
 
     async fn list_offset(&self, index: usize, timestamp: i64) -> Result<(i64, i64)> {
         let a = &self.assigned[index];
-        let body = wire::RequestT::ListOffsetsRequest(Box::new(wire::ListOffsetsRequestT {
-            topics: Some(vec![wire::ListOffsetsTopicT {
-                name: Some(a.topic.clone()),
-                partitions: Some(vec![wire::ListOffsetsPartitionT {
-                    partition: a.partition,
-                    timestamp,
-                }]),
-            }]),
-        }));
-        let response = self
-            .client
-            .request(a.route.addr, Lane::Prompt, body, Vec::new())
-            .await?;
-        let wire::ResponseT::ListOffsetsResponse(body) = response.unpack()?.0 else {
-            return Err(ClientError::Protocol(
-                "expected a ListOffsets response".into(),
-            ));
-        };
-        let result = body
-            .topics
-            .into_iter()
-            .flatten()
-            .flat_map(|t| t.partitions.into_iter().flatten())
-            .next()
-            .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
-        check(result.error_code, || format!("{}-{}", a.topic, a.partition))?;
-        Ok((result.offset, result.timestamp))
+        self.client
+            .list_offset(a.route.addr, &a.topic, a.partition, timestamp)
+            .await
     }
 
     /// Records after the positions, waiting up to `timeout` for the first;

@@ -273,38 +273,3 @@ fn top_error(body: &wire::ResponseT) -> i16 {
         _ => 0,
     }
 }
-
-/// Partitions grouped by topic, as the group APIs carry them.
-pub(crate) fn to_wire(
-    partitions: &std::collections::BTreeSet<TopicPartition>,
-) -> Vec<wire::TopicPartitionsT> {
-    let mut out: Vec<wire::TopicPartitionsT> = Vec::new();
-    for (topic, p) in partitions {
-        match out.last_mut() {
-            Some(last) if last.name.as_deref() == Some(topic.as_str()) => {
-                last.partitions.get_or_insert_default().push(*p);
-            }
-            _ => out.push(wire::TopicPartitionsT {
-                name: Some(topic.clone()),
-                partitions: Some(vec![*p]),
-            }),
-        }
-    }
-    out
-}
-
-/// The partitions of a group API answer.
-pub(crate) fn from_wire(
-    topics: &[wire::TopicPartitionsT],
-) -> std::collections::BTreeSet<TopicPartition> {
-    topics
-        .iter()
-        .flat_map(|t| {
-            let name = t.name.clone().unwrap_or_default();
-            t.partitions
-                .iter()
-                .flatten()
-                .map(move |&p| (name.clone(), p))
-        })
-        .collect()
-}

@@ -50,6 +50,41 @@ pub const ACKS_LEADER: i16 = 1;
 /// replication lands).
 pub const ACKS_ALL: i16 = -1;
 
+/// Partitions grouped by topic, in order, as the group APIs carry them.
+pub fn topic_partitions_to_wire(
+    partitions: &std::collections::BTreeSet<(String, i32)>,
+) -> Vec<wire::TopicPartitionsT> {
+    let mut out: Vec<wire::TopicPartitionsT> = Vec::new();
+    for (topic, p) in partitions {
+        match out.last_mut() {
+            Some(last) if last.name.as_deref() == Some(topic.as_str()) => {
+                last.partitions.get_or_insert_default().push(*p);
+            }
+            _ => out.push(wire::TopicPartitionsT {
+                name: Some(topic.clone()),
+                partitions: Some(vec![*p]),
+            }),
+        }
+    }
+    out
+}
+
+/// The partitions of a group API message.
+pub fn topic_partitions_from_wire(
+    topics: &[wire::TopicPartitionsT],
+) -> std::collections::BTreeSet<(String, i32)> {
+    topics
+        .iter()
+        .flat_map(|t| {
+            let name = t.name.clone().unwrap_or_default();
+            t.partitions
+                .iter()
+                .flatten()
+                .map(move |&p| (name.clone(), p))
+        })
+        .collect()
+}
+
 /// The head (prefix, length and header) of a request frame whose payload
 /// of `payload_len` bytes is sent after it.
 pub fn request_head(header: &wire::RequestHeaderT, payload_len: usize) -> Vec<u8> {

@@ -11,6 +11,9 @@ use super::members::{self, Group, Heartbeat, Limits};
 use super::records::{self, CommitKey, Committed, Stored};
 use crate::partition::Partition;
 use fjord_core::BatchBuilder;
+use fjord_net::api::{
+    topic_partitions_from_wire as from_wire, topic_partitions_to_wire as to_wire,
+};
 use fjord_net::{ErrorCode, api, wire};
 use glommio::sync::Semaphore;
 use std::cell::RefCell;
@@ -578,34 +581,4 @@ pub fn coordinator_error(code: ErrorCode) -> ErrorCode {
 
 fn valid_group(id: &str) -> bool {
     !id.is_empty() && id.len() <= records::GROUP_ID_LEN_MAX
-}
-
-fn from_wire(topics: &[wire::TopicPartitionsT]) -> BTreeSet<(String, i32)> {
-    topics
-        .iter()
-        .flat_map(|t| {
-            let name = t.name.clone().unwrap_or_default();
-            t.partitions
-                .iter()
-                .flatten()
-                .map(move |&p| (name.clone(), p))
-        })
-        .collect()
-}
-
-/// Partitions grouped by topic, in order.
-pub fn to_wire(partitions: &BTreeSet<(String, i32)>) -> Vec<wire::TopicPartitionsT> {
-    let mut out: Vec<wire::TopicPartitionsT> = Vec::new();
-    for (topic, p) in partitions {
-        match out.last_mut() {
-            Some(last) if last.name.as_deref() == Some(topic.as_str()) => {
-                last.partitions.get_or_insert_default().push(*p);
-            }
-            _ => out.push(wire::TopicPartitionsT {
-                name: Some(topic.clone()),
-                partitions: Some(vec![*p]),
-            }),
-        }
-    }
-    out
 }

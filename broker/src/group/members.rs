@@ -87,6 +87,28 @@ pub struct Member {
     sent: Option<BTreeSet<TopicPartition>>,
 }
 
+impl Member {
+    /// A member as its heartbeat names it, at `epoch`, owning nothing; its
+    /// subscription and deadline are the heartbeat's to set.
+    fn new(hb: &Heartbeat, epoch: i32, session_timeout_ms: i64) -> Member {
+        Member {
+            id: hb.member_id.clone(),
+            instance_id: hb.instance_id.clone(),
+            client_id: hb.client_id.clone(),
+            epoch,
+            previous_epoch: epoch,
+            topics: Vec::new(),
+            regex: String::new(),
+            resolved: BTreeSet::new(),
+            session_timeout_ms,
+            deadline_ms: 0,
+            left: false,
+            assigned: BTreeSet::new(),
+            sent: None,
+        }
+    }
+}
+
 /// A group's state for `describe` and `list`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
@@ -271,21 +293,7 @@ impl Group {
             }
             None => {
                 self.epoch += 1;
-                Member {
-                    id: String::new(),
-                    instance_id: hb.instance_id.clone(),
-                    client_id: String::new(),
-                    epoch: 0,
-                    previous_epoch: 0,
-                    topics: Vec::new(),
-                    regex: String::new(),
-                    resolved: BTreeSet::new(),
-                    session_timeout_ms: timeout,
-                    deadline_ms: 0,
-                    left: false,
-                    assigned: BTreeSet::new(),
-                    sent: None,
-                }
+                Member::new(hb, 0, timeout)
             }
         };
         // Its target follows it to its new id.
@@ -318,24 +326,10 @@ impl Group {
             return Err(ErrorCode::UnknownMemberId);
         }
         self.epoch += 1;
-        self.members.insert(
-            hb.member_id.clone(),
-            Member {
-                id: hb.member_id.clone(),
-                instance_id: hb.instance_id.clone(),
-                client_id: hb.client_id.clone(),
-                epoch: hb.member_epoch,
-                previous_epoch: hb.member_epoch,
-                topics: Vec::new(),
-                regex: String::new(),
-                resolved: BTreeSet::new(),
-                session_timeout_ms: timeout,
-                deadline_ms: 0,
-                left: false,
-                sent: Some(owned.clone()),
-                assigned: owned,
-            },
-        );
+        let mut member = Member::new(hb, hb.member_epoch, timeout);
+        member.sent = Some(owned.clone());
+        member.assigned = owned;
+        self.members.insert(hb.member_id.clone(), member);
         Ok(hb.member_id.clone())
     }
 

@@ -4,8 +4,9 @@
 
 use super::Admin;
 use crate::error::{ClientError, Result, check};
-use crate::group::{Coordinator, TopicPartition, from_wire};
+use crate::group::{Coordinator, TopicPartition};
 use crate::transport::Lane;
+use fjord_net::api::topic_partitions_from_wire as from_wire;
 use fjord_net::wire;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -282,33 +283,11 @@ impl Admin {
                     format!("{topic}-{p}"),
                 )
             })?;
-            let body = wire::RequestT::ListOffsetsRequest(Box::new(wire::ListOffsetsRequestT {
-                topics: Some(vec![wire::ListOffsetsTopicT {
-                    name: Some(topic.to_owned()),
-                    partitions: Some(vec![wire::ListOffsetsPartitionT {
-                        partition: p as i32,
-                        timestamp,
-                    }]),
-                }]),
-            }));
-            let response = self
+            let (offset, _) = self
                 .client
-                .request(route.addr, Lane::Prompt, body, Vec::new())
+                .list_offset(route.addr, topic, p as i32, timestamp)
                 .await?;
-            let wire::ResponseT::ListOffsetsResponse(body) = response.unpack()?.0 else {
-                return Err(ClientError::Protocol(
-                    "expected a ListOffsets response".into(),
-                ));
-            };
-            let result = body
-                .topics
-                .into_iter()
-                .flatten()
-                .flat_map(|t| t.partitions.into_iter().flatten())
-                .next()
-                .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
-            check(result.error_code, || format!("{topic}-{p}"))?;
-            out.push(result.offset);
+            out.push(offset);
         }
         Ok(out)
     }

@@ -147,7 +147,7 @@ impl Consumer {
                 // Always sent: a coordinator that took over learns them.
                 subscribed_topic_names: Some(m.topics.clone()),
                 subscribed_topic_regex: Some(m.regex.clone()),
-                owned: Some(crate::group::to_wire(&m.owned)),
+                owned: Some(fjord_net::api::topic_partitions_to_wire(&m.owned)),
             },
         ));
         let outcome = m.coordinator.call(body).await;
@@ -184,7 +184,8 @@ impl Consumer {
             m.next_commit = Some(Instant::now() + interval);
         }
         if let Some(assignment) = answer.assignment {
-            self.reconcile(crate::group::from_wire(&assignment)).await?;
+            self.reconcile(fjord_net::api::topic_partitions_from_wire(&assignment))
+                .await?;
         }
         Ok(())
     }
