@@ -5,6 +5,7 @@
 //! group lands on the partition Kafka would choose).
 
 pub mod assign;
+pub mod classic;
 pub mod coordinator;
 pub mod members;
 pub mod records;
