@@ -148,8 +148,8 @@ pub enum PartitionOp {
     Group {
         /// The request and what the coordinator needs with it.
         call: Box<crate::group::Call>,
-        /// The response body.
-        reply: oneshot::Sender<Result<fjord_net::wire::ResponseT, ErrorCode>>,
+        /// The answer.
+        reply: oneshot::Sender<Result<crate::group::coordinator::GroupReply, ErrorCode>>,
     },
     /// `ListOffsets` for one timestamp.
     OffsetFor {

@@ -6,7 +6,8 @@
 
 use super::Reply;
 use super::admin::partition_info;
-use crate::group::{self, Call, OFFSETS_TOPIC, coordinator::coordinator_error};
+use crate::group::coordinator::{GroupReply, GroupRequest, coordinator_error};
+use crate::group::{self, Call, OFFSETS_TOPIC};
 use crate::mesh::PartitionOp;
 use crate::shard::Shard;
 use fjord_net::{ErrorCode, wire};
@@ -149,12 +150,12 @@ pub(super) async fn list_groups(shard: &Shard, correlation_id: u32) -> Reply {
         .map_or(0, |t| t.partitions.len() as i32);
     let calls = (0..partitions).map(|p| {
         let body = wire::RequestT::ListGroupsRequest(Box::default());
-        call_partition(shard, p, body)
+        call_partition(shard, p, GroupRequest::Native(body))
     });
     let mut groups = Vec::new();
     for outcome in futures::future::join_all(calls).await {
         // Partitions led elsewhere answer on their own node.
-        if let Ok(wire::ResponseT::ListGroupsResponse(list)) = outcome {
+        if let Ok(GroupReply::Native(wire::ResponseT::ListGroupsResponse(list))) = outcome {
             groups.extend(list.groups.unwrap_or_default());
         }
     }
@@ -211,6 +212,19 @@ async fn coordinate(
     group_id: &str,
     body: wire::RequestT,
 ) -> Result<wire::ResponseT, ErrorCode> {
+    match coordinate_request(shard, group_id, GroupRequest::Native(body)).await? {
+        GroupReply::Native(body) => Ok(body),
+        GroupReply::Classic(_) => Err(ErrorCode::UnknownServerError),
+    }
+}
+
+/// Runs a group request on the group's coordinator (this node's shard that
+/// owns the group's `__consumer_offsets` partition, if this node leads it).
+pub async fn coordinate_request(
+    shard: &Shard,
+    group_id: &str,
+    request: GroupRequest,
+) -> Result<GroupReply, ErrorCode> {
     if group_id.is_empty() || group_id.len() > group::records::GROUP_ID_LEN_MAX {
         return Err(ErrorCode::InvalidGroupId);
     }
@@ -221,14 +235,14 @@ async fn coordinate(
         .map(|t| t.partitions.len() as u32)
         .ok_or(ErrorCode::CoordinatorNotAvailable)?;
     let p = group::partition_for(group_id, partitions);
-    call_partition(shard, p, body).await
+    call_partition(shard, p, request).await
 }
 
 async fn call_partition(
     shard: &Shard,
     p: i32,
-    body: wire::RequestT,
-) -> Result<wire::ResponseT, ErrorCode> {
+    body: GroupRequest,
+) -> Result<GroupReply, ErrorCode> {
     let call = Call {
         body,
         topics: partition_counts(shard),

@@ -91,6 +91,11 @@ pub struct Answers {
 }
 
 impl Answers {
+    /// Adds `other`'s answers.
+    pub fn merge_from(&mut self, other: Answers) {
+        self.merge(other);
+    }
+
     fn merge(&mut self, other: Answers) {
         self.joins.extend(other.joins);
         self.syncs.extend(other.syncs);

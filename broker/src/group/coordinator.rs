@@ -7,6 +7,7 @@
 //! short — before it answers anything. Membership lives in memory (see
 //! [`super::members`]).
 
+use super::classic::ClassicGroup;
 use super::members::{self, Group, Heartbeat, Limits};
 use super::records::{self, CommitKey, Committed, Stored};
 use crate::partition::Partition;
@@ -16,8 +17,13 @@ use fjord_net::api::{
 };
 use fjord_net::{ErrorCode, api, wire};
 use glommio::sync::Semaphore;
+
+mod parked;
+use parked::Parked;
+pub use parked::{ClassicCall, ClassicReply};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Duration;
 
 /// Longest a new leader waits for its log to be committed before it loads.
@@ -25,11 +31,30 @@ const LOAD_WAIT: Duration = Duration::from_secs(5);
 /// Bytes read per step of a load.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
+/// A group request: a native API, or a classic-protocol call of a Kafka
+/// client.
+#[derive(Debug)]
+pub enum GroupRequest {
+    /// One of the native group APIs.
+    Native(wire::RequestT),
+    /// JoinGroup, SyncGroup, Heartbeat or LeaveGroup of `group`.
+    Classic(String, ClassicCall),
+}
+
+/// The answer to a [`GroupRequest`], of its kind.
+#[derive(Debug)]
+pub enum GroupReply {
+    /// A native API's response.
+    Native(wire::ResponseT),
+    /// A classic call's answer.
+    Classic(ClassicReply),
+}
+
 /// A group request as the coordinator's shard gets it.
 #[derive(Debug)]
 pub struct Call {
-    /// The request (one of the group APIs).
-    pub body: wire::RequestT,
+    /// The request.
+    pub body: GroupRequest,
     /// Partition counts of every topic, from the caller's metadata.
     pub topics: BTreeMap<String, i32>,
     /// Session timeouts accepted.
@@ -47,11 +72,28 @@ struct State {
     loaded: Option<u64>,
     offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>>,
     groups: BTreeMap<String, Group>,
+    /// Groups of Kafka's classic protocol.
+    classic: BTreeMap<String, ClassicGroup>,
+}
+
+impl State {
+    /// A group's member count and state name, of either protocol.
+    fn summary(&self, id: &str) -> (usize, &'static str) {
+        match (self.groups.get(id), self.classic.get(id)) {
+            (Some(g), _) => (g.members().count(), g.state().name()),
+            (None, Some(c)) => (c.describe().len(), c.state().name()),
+            (None, None) => (0, members::GroupState::Empty.name()),
+        }
+    }
 }
 
 /// The groups of one `__consumer_offsets` partition.
 pub struct Coordinator {
     state: RefCell<State>,
+    /// Classic requests waiting for a rebalance or the leader's sync.
+    parked: RefCell<Parked>,
+    /// Whether the classic groups' ticker runs.
+    ticking: std::cell::Cell<bool>,
     /// Loads and commits take turns: a commit applied during a load would
     /// be overwritten by the older records the load reads after it.
     turn: Semaphore,
@@ -61,6 +103,8 @@ impl Default for Coordinator {
     fn default() -> Self {
         Coordinator {
             state: RefCell::new(State::default()),
+            parked: RefCell::new(Parked::default()),
+            ticking: std::cell::Cell::new(false),
             turn: Semaphore::new(1),
         }
     }
@@ -69,12 +113,12 @@ impl Default for Coordinator {
 impl Coordinator {
     /// Serves one group request for a group of this partition.
     pub async fn serve(
-        &self,
+        self: Rc<Self>,
         partition: &Partition,
-        call: Call,
-    ) -> Result<wire::ResponseT, ErrorCode> {
+        mut call: Call,
+    ) -> Result<GroupReply, ErrorCode> {
         let term = leading_term(partition)?;
-        let _turn = self
+        let turn = self
             .turn
             .acquire_permit(1)
             .await
@@ -82,9 +126,30 @@ impl Coordinator {
         if self.state.borrow().loaded != Some(term) {
             self.load(partition, term).await?;
         }
+        let body = std::mem::replace(&mut call.body, GroupRequest::Native(wire::RequestT::NONE));
+        let body = match body {
+            GroupRequest::Native(body) => body,
+            GroupRequest::Classic(group, classic) => {
+                let pending = self.classic(&group, classic, call.now_ms);
+                // The turn is not held while a join or sync waits.
+                drop(turn);
+                return pending?.await.map(GroupReply::Classic);
+            }
+        };
+        self.native(partition, body, &call)
+            .await
+            .map(GroupReply::Native)
+    }
+
+    async fn native(
+        &self,
+        partition: &Partition,
+        body: wire::RequestT,
+        call: &Call,
+    ) -> Result<wire::ResponseT, ErrorCode> {
         use wire::RequestT as R;
         use wire::ResponseT as S;
-        Ok(match call.body {
+        Ok(match body {
             R::ConsumerGroupHeartbeatRequest(request) => {
                 S::ConsumerGroupHeartbeatResponse(Box::new(self.heartbeat(
                     *request,
@@ -184,7 +249,10 @@ impl Coordinator {
             loaded: Some(term),
             offsets,
             groups: BTreeMap::new(),
+            classic: BTreeMap::new(),
         };
+        // Requests parked under an earlier term hear that it ended.
+        *self.parked.borrow_mut() = Parked::default();
         Ok(())
     }
 
@@ -256,12 +324,18 @@ impl Coordinator {
         };
         let member = request.member_id.unwrap_or_default();
         let allowed = {
-            let state = self.state.borrow();
-            match state.groups.get(&group_id).filter(|g| !g.is_empty()) {
-                Some(group) => group.check_commit(&member, request.member_epoch),
-                // A group without members takes commits from tools, as
-                // Kafka's does (a member id then means nothing).
-                None => Ok(()),
+            let mut state = self.state.borrow_mut();
+            let state = &mut *state;
+            if let Some(classic) = state.classic.get_mut(&group_id) {
+                // A classic member commits at its generation.
+                classic.check_commit(&member, request.member_epoch, now_ms)
+            } else {
+                match state.groups.get(&group_id).filter(|g| !g.is_empty()) {
+                    Some(group) => group.check_commit(&member, request.member_epoch),
+                    // A group without members takes commits from tools, as
+                    // Kafka's does (a member id then means nothing).
+                    None => Ok(()),
+                }
             }
         };
         if let Err(code) = allowed {
@@ -397,28 +471,24 @@ impl Coordinator {
 
     /// Every group known here: with members, or with committed offsets.
     fn list(&self, now_ms: i64) -> wire::ListGroupsResponseT {
-        let mut state = self.state.borrow_mut();
-        for group in state.groups.values_mut() {
-            group.expire(now_ms);
-        }
-        let state = &*state;
-        let names: BTreeSet<&String> = state.groups.keys().chain(state.offsets.keys()).collect();
+        self.tick_all(now_ms);
+        let state = &*self.state.borrow();
+        let names: BTreeSet<&String> = state
+            .groups
+            .keys()
+            .chain(state.classic.keys())
+            .chain(state.offsets.keys())
+            .collect();
         let groups = names
             .into_iter()
             .filter_map(|name| {
-                let group = state.groups.get(name);
-                let members = group.map_or(0, |g| g.members().count());
+                let (members, group_state) = state.summary(name);
                 if members == 0 && !state.offsets.contains_key(name) {
                     return None;
                 }
                 Some(wire::GroupListingT {
                     group_id: Some(name.clone()),
-                    state: Some(
-                        group
-                            .map_or(members::GroupState::Empty, Group::state)
-                            .name()
-                            .to_owned(),
-                    ),
+                    state: Some(group_state.to_owned()),
                     members: members as i32,
                 })
             })
@@ -434,18 +504,15 @@ impl Coordinator {
         request: wire::DescribeGroupsRequestT,
         now_ms: i64,
     ) -> wire::DescribeGroupsResponseT {
-        let mut state = self.state.borrow_mut();
+        self.tick_all(now_ms);
+        let state = &*self.state.borrow();
         let groups = request
             .group_ids
             .unwrap_or_default()
             .into_iter()
             .map(|id| {
-                if let Some(group) = state.groups.get_mut(&id) {
-                    group.expire(now_ms);
-                }
-                let group = state.groups.get(&id);
-                let known = group.is_some_and(|g| !g.is_empty()) || state.offsets.contains_key(&id);
-                if !known {
+                let (count, group_state) = state.summary(&id);
+                if count == 0 && !state.offsets.contains_key(&id) {
                     return wire::DescribedGroupT {
                         group_id: Some(id),
                         error_code: ErrorCode::GroupIdNotFound.code(),
@@ -453,8 +520,8 @@ impl Coordinator {
                         ..Default::default()
                     };
                 }
-                let members = group
-                    .map(|g| {
+                let (members, epoch) = match (state.groups.get(&id), state.classic.get(&id)) {
+                    (Some(g), _) => (
                         g.members()
                             .map(|m| wire::GroupMemberT {
                                 member_id: Some(m.id.clone()),
@@ -466,19 +533,31 @@ impl Coordinator {
                                 assignment: Some(to_wire(&m.assigned)),
                                 target: g.target_of(&m.id).map(to_wire),
                             })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                            .collect(),
+                        g.epoch,
+                    ),
+                    // The assignment of a classic member is its assignor's
+                    // bytes, which the coordinator does not read.
+                    (None, Some(c)) => (
+                        c.describe()
+                            .into_iter()
+                            .map(|m| wire::GroupMemberT {
+                                member_id: Some(m.member_id),
+                                instance_id: m.instance_id,
+                                client_id: Some(m.client_id),
+                                member_epoch: c.generation(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        c.generation(),
+                    ),
+                    (None, None) => (Vec::new(), 0),
+                };
                 wire::DescribedGroupT {
                     group_id: Some(id),
                     error_code: 0,
-                    state: Some(
-                        group
-                            .map_or(members::GroupState::Empty, Group::state)
-                            .name()
-                            .to_owned(),
-                    ),
-                    group_epoch: group.map_or(0, |g| g.epoch),
+                    state: Some(group_state.to_owned()),
+                    group_epoch: epoch,
                     members: Some(members),
                 }
             })
@@ -519,14 +598,12 @@ impl Coordinator {
         now_ms: i64,
     ) -> Result<(), ErrorCode> {
         let keys: Vec<(String, i32)> = {
-            let mut state = self.state.borrow_mut();
-            if let Some(group) = state.groups.get_mut(id) {
-                group.expire(now_ms);
-                if !group.is_empty() {
-                    return Err(ErrorCode::NonEmptyGroup);
-                }
+            self.tick_all(now_ms);
+            let state = self.state.borrow();
+            if state.summary(id).0 > 0 {
+                return Err(ErrorCode::NonEmptyGroup);
             }
-            let has_members = state.groups.contains_key(id);
+            let has_members = state.groups.contains_key(id) || state.classic.contains_key(id);
             match state.offsets.get(id) {
                 Some(offsets) => offsets.keys().cloned().collect(),
                 None if has_members => Vec::new(),
@@ -551,6 +628,7 @@ impl Coordinator {
         let mut state = self.state.borrow_mut();
         state.offsets.remove(id);
         state.groups.remove(id);
+        state.classic.remove(id);
         tracing::info!(group = %id, offsets = keys.len(), "group deleted");
         Ok(())
     }
