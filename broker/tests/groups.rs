@@ -405,3 +405,45 @@ fn committed_offsets_survive_a_sigkill_and_the_tools_move_them() {
     let listed = String::from_utf8_lossy(&broker.cli(&["group", "list"], "").stdout).into_owned();
     assert!(!listed.contains("tools"), "{listed}");
 }
+
+#[test]
+fn a_static_member_restarting_within_its_session_keeps_its_partitions() {
+    let broker = Broker::start_with(2, &GROUP_FLAGS);
+    block_on(Admin::new(broker.client()).create_topic("s", 4, &[])).unwrap();
+    let member = |instance: &str| {
+        let config = ConsumerConfig {
+            instance_id: Some(instance.into()),
+            session_timeout: Some(Duration::from_secs(5)),
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(&broker.client(), config);
+        block_on(consumer.subscribe(&["s"], "static")).unwrap();
+        consumer
+    };
+    let owned = |consumer: &mut Consumer, count: usize| {
+        wait_for(Duration::from_secs(20), "the assignment", || {
+            block_on(consumer.poll(Duration::from_millis(100))).unwrap();
+            consumer.assignment().len() == count
+        });
+        consumer.assignment().into_iter().collect::<BTreeSet<_>>()
+    };
+    let mut a = member("a");
+    let mut b = member("b");
+    let (mut a_owned, b_owned) = (owned(&mut a, 2), owned(&mut b, 2));
+    // Wait until both see their final two (a may have held all four first).
+    wait_for(Duration::from_secs(20), "a stable split", || {
+        block_on(a.poll(Duration::from_millis(100))).unwrap();
+        a_owned = a.assignment().into_iter().collect();
+        a_owned.len() == 2 && a_owned.is_disjoint(&b_owned)
+    });
+    // a leaves as a static member and comes back within its session.
+    block_on(a.close()).unwrap();
+    for _ in 0..5 {
+        block_on(b.poll(Duration::from_millis(100))).unwrap();
+    }
+    assert_eq!(b.assignment().len(), 2, "b did not take a's partitions");
+    let mut back = member("a");
+    assert_eq!(owned(&mut back, 2), a_owned, "a got its partitions back");
+    block_on(back.close()).unwrap();
+    block_on(b.close()).unwrap();
+}
