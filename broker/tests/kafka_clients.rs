@@ -244,7 +244,8 @@ const KAFKA_PYTHON: &str = r#"
 import sys, json
 from kafka import KafkaProducer, KafkaConsumer, TopicPartition
 boot, topic = sys.argv[1], sys.argv[2]
-p = KafkaProducer(bootstrap_servers=boot, acks="all")
+# Idempotence (InitProducerId) is not served yet.
+p = KafkaProducer(bootstrap_servers=boot, acks="all", enable_idempotence=False)
 for i in range(100):
     p.send(topic, key=b"k%d" % i, value=b"v%d" % i, partition=0)
 p.flush(30)
