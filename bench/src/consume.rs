@@ -117,7 +117,9 @@ pub fn run_group(
     let total = u64::try_from(total).unwrap_or(0);
     let done = Arc::new(AtomicBool::new(false));
     // The bench's own bookkeeping, off the measured path: a lock is fine.
-    let seen: Arc<Mutex<BTreeMap<i32, (Instant, Duration, i64)>>> = Arc::default();
+    // Per partition: its first delivery, its longest pause, its last offset.
+    type Seen = BTreeMap<i32, (Instant, Duration, i64)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let start = Instant::now();
     let members: Vec<_> = clients
         .into_iter()
