@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 /// The default native port: Kafka's listener keeps 9092, so the native
 /// protocol takes the next one.
 pub const DEFAULT_PORT: u16 = 9093;
+/// Kafka's port, where the Kafka listener takes clients by default.
+pub const DEFAULT_KAFKA_PORT: u16 = 9092;
 
 /// What a broker runs with.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,6 +20,10 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// The node's native listener; every shard accepts on it (SO_REUSEPORT).
     pub listen: SocketAddr,
+    /// The node's Kafka listener (every shard accepts on it, SO_REUSEPORT);
+    /// `None` (`"none"` or `""` in the file or the flag): no Kafka listener.
+    #[serde(deserialize_with = "kafka_listen")]
+    pub kafka_listen: Option<SocketAddr>,
     /// First shard port: shard `i` also listens on `shard_port_base + i`.
     /// `None`: the port after `listen`'s. `0`: free ports picked at start.
     pub shard_port_base: Option<u16>,
@@ -117,6 +123,7 @@ impl Default for ServeConfig {
         ServeConfig {
             data_dir: PathBuf::from("fjord-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            kafka_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_KAFKA_PORT))),
             shard_port_base: None,
             cores: None,
             controller_hosts_partitions: None,
@@ -200,6 +207,23 @@ impl std::str::FromStr for Voter {
             .map_err(|_| format!("voter {text:?}: the address is not HOST:PORT"))?;
         Ok(Voter { id, addr })
     }
+}
+
+/// `kafka_listen` as written: `HOST:PORT`, or `none` / empty for no Kafka
+/// listener.
+pub fn parse_kafka_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        "" | "none" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("kafka_listen {text:?}: not HOST:PORT or none")),
+    }
+}
+
+fn kafka_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_kafka_listen(&text).map_err(serde::de::Error::custom)
 }
 
 /// Why settings were refused.
@@ -424,6 +448,19 @@ impl ServeConfig {
         self.advertise.unwrap_or(self.listen)
     }
 
+    /// Where Kafka clients reach this node's Kafka listener, as Kafka's
+    /// Metadata gives it: the advertised host (the listener's own address
+    /// when it names one and nothing is advertised), the listener's port.
+    pub fn kafka_advertised(&self) -> Option<(String, u16)> {
+        let listen = self.kafka_listen?;
+        let host = if self.advertise.is_none() && !listen.ip().is_unspecified() {
+            listen.ip().to_string()
+        } else {
+            self.advertised_host()
+        };
+        Some((host, listen.port()))
+    }
+
     /// The advertised address's host, as Metadata gives it: loopback for a
     /// node listening on every address of a machine of its own (a cluster
     /// node must advertise a reachable one: `validate` says so).
@@ -476,5 +513,25 @@ mod tests {
         assert!(no_addr.validate().is_err(), "a quorum needs every address");
         assert!("x@1.2.3.4:5".parse::<Voter>().is_err());
         assert!("1@nowhere".parse::<Voter>().is_err());
+    }
+
+    #[test]
+    fn kafka_listen_reads_an_address_or_none() {
+        let on: ServeConfig = toml::from_str("kafka_listen = \"0.0.0.0:19092\"").expect("toml");
+        assert_eq!(
+            on.kafka_listen,
+            Some("0.0.0.0:19092".parse().expect("addr"))
+        );
+        assert_eq!(on.kafka_advertised(), Some(("127.0.0.1".into(), 19092)));
+        for off in ["none", ""] {
+            let text = format!("kafka_listen = \"{off}\"");
+            let config: ServeConfig = toml::from_str(&text).expect("toml");
+            assert_eq!(config.kafka_listen, None);
+        }
+        assert!(toml::from_str::<ServeConfig>("kafka_listen = \"nowhere\"").is_err());
+        assert_eq!(
+            ServeConfig::default().kafka_listen.map(|a| a.port()),
+            Some(9092)
+        );
     }
 }

@@ -1,6 +1,9 @@
-//! Client connections: accept, then per connection a reader that decodes
-//! frames and starts each request's handler at once (pipelining), and a
-//! writer that sends the answers in request order.
+//! Client connections, native and Kafka: accept, then per connection a
+//! reader that decodes frames and starts each request's handler at once
+//! (pipelining), and a writer that sends the answers in request order. Both
+//! protocols frame requests with the same size prefix, read under the same
+//! limits; they differ in how a request is served ([`api::handle`],
+//! [`crate::kafka::handle`]) and in what a frame that cannot be read gets.
 //!
 //! Limits: a shard holds at most `max_connections_per_shard` connections
 //! (more are closed on accept); a connection has at most
@@ -38,11 +41,20 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accepts that fail.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Fjord's own protocol (and, recognised by their magic, peer links).
+    Native,
+    /// Kafka's protocol.
+    Kafka,
+}
+
 /// Accepts connections until `stop` fires. An accept that fails — out of
 /// descriptors (EMFILE, ENFILE), of socket buffers (ENOBUFS) — pauses this
 /// loop only, 5 ms doubling to 1 s as Go's net/http does, while existing
 /// connections go on; it is logged once per interval with a count.
-pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
+pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop, protocol: Protocol) {
     let failures = Repeated::default();
     let refused = Repeated::default();
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -90,7 +102,7 @@ pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
         let shard = shard.clone();
         let stop = stop.clone();
         glommio::spawn_local(async move {
-            serve(&shard, stream, stop).await;
+            serve(&shard, stream, stop, protocol).await;
             shard.connections.set(shard.connections.get() - 1);
         })
         .detach();
@@ -99,9 +111,9 @@ pub async fn accept(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
 
 type Pending = (JoinHandle<Option<Reply>>, usize);
 
-async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop) {
+async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: Protocol) {
     let _ = stream.set_nodelay(true);
-    if is_peer(&mut stream).await {
+    if protocol == Protocol::Native && is_peer(&mut stream).await {
         // Not a client: a stopping node's drain does not wait for it (peers
         // keep their links open; Raft traffic flows until the process ends,
         // leadership handovers included).
@@ -126,6 +138,11 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop) {
         let buf = match read {
             Ok(Some(buf)) => buf,
             Ok(None) | Err(ReadError::Io(_)) => break,
+            Err(ReadError::Frame(e)) if protocol == Protocol::Kafka => {
+                // Kafka has no answer without a request header: close.
+                crate::kafka::refused(shard, &e.to_string());
+                break;
+            }
             Err(ReadError::Frame(e)) => {
                 // The stream is out of step: say why, then close.
                 let code = match e {
@@ -145,7 +162,12 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop) {
         if budget.acquire(len as u64).await.is_err() {
             break;
         }
-        let handler = glommio::spawn_local(api::handle(shard.clone(), buf)).detach();
+        let handler = match protocol {
+            Protocol::Native => glommio::spawn_local(api::handle(shard.clone(), buf)).detach(),
+            Protocol::Kafka => {
+                glommio::spawn_local(crate::kafka::handle(shard.clone(), buf)).detach()
+            }
+        };
         if tx.send((handler, len)).await.is_err() {
             break;
         }

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod controller;
 pub mod group;
 pub mod hardstate;
+pub mod kafka;
 pub mod logging;
 pub mod mesh;
 pub mod node;

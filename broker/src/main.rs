@@ -240,6 +240,9 @@ struct ServeArgs {
     /// Native listener [default: 127.0.0.1:9093].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Kafka listener, HOST:PORT or none [default: 127.0.0.1:9092].
+    #[arg(long)]
+    kafka_listen: Option<String>,
     /// Shard i listens on BASE+i [default: listen port + 1; 0: free ports].
     #[arg(long)]
     shard_port_base: Option<u16>,
@@ -348,6 +351,10 @@ impl ServeArgs {
         }
         if let Some(v) = self.listen {
             config.listen = v;
+        }
+        if let Some(v) = &self.kafka_listen {
+            config.kafka_listen = fjord_broker::config::parse_kafka_listen(v)
+                .map_err(fjord_broker::config::ConfigError::Invalid)?;
         }
         if self.shard_port_base.is_some() {
             config.shard_port_base = self.shard_port_base;

@@ -3,7 +3,7 @@
 //! shards, waits for signals and joins them.
 
 use crate::config::{ConfigError, ServeConfig};
-use crate::conn::{self, Stop};
+use crate::conn::{self, Protocol, Stop};
 use crate::controller::Controller;
 use crate::logging;
 use crate::mesh::ShardMsg;
@@ -181,8 +181,11 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             Event::Ready => {
                 ready += 1;
                 if ready == count {
+                    let kafka = config
+                        .kafka_listen
+                        .map_or("no Kafka listener".to_owned(), |a| format!("Kafka on {a}"));
                     println!(
-                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?}; {staging_note})",
+                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?}; {kafka}; {staging_note})",
                         config.data_dir.display(),
                         config.listen,
                         shard_ports
@@ -382,6 +385,9 @@ async fn run_shard(
     if clustered && shard.id == 0 {
         glommio::spawn_local(crate::cluster::share_liveness(shard.clone())).detach();
     }
+    if clustered && shard.id == 0 && shard.config.kafka_listen.is_some() {
+        glommio::spawn_local(crate::kafka::register_listener(shard.clone())).detach();
+    }
     if shard.id == 0 && !shard.config.runs_controller() {
         crate::cluster::restore_followed(&shard)
             .await
@@ -462,10 +468,18 @@ async fn run_shard(
         }
     }
     let own = SocketAddr::new(shard.config.listen.ip(), shard.shard_ports[shard.id]);
-    for addr in [shard.config.listen, own] {
+    let kafka = shard
+        .config
+        .kafka_listen
+        .map(|addr| (addr, Protocol::Kafka));
+    let native = [shard.config.listen, own].map(|addr| (addr, Protocol::Native));
+    for (addr, protocol) in native.into_iter().chain(kafka) {
+        // glommio binds with SO_REUSEPORT: every shard accepts on the node's
+        // listeners, and the kernel spreads connections over them.
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        glommio::spawn_local(conn::accept(shard.clone(), listener, stop.clone())).detach();
+        let accepting = conn::accept(shard.clone(), listener, stop.clone(), protocol);
+        glommio::spawn_local(accepting).detach();
     }
     glommio::spawn_local(shard.clone().enforce_retention()).detach();
     glommio::spawn_local(shard.clone().compact_logs()).detach();

@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 /// Most partitions one topic may have: a bound on what one command allocates.
 pub const PARTITIONS_MAX: u32 = 10_000;
 
-/// Version 2 added nodes and replicas, version 3 replica moves; an older
-/// snapshot is not read (the log it shortened is replayed instead).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FJMETA03";
+/// Version 2 added nodes and replicas, version 3 replica moves, version 4
+/// the nodes' Kafka listeners; an older snapshot is not read (the log it
+/// shortened is replayed instead).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FJMETA04";
 const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 8;
 
 /// One partition's placement.
@@ -70,6 +71,19 @@ pub struct NodeInfo {
     pub data_shards: u16,
     /// Whether it runs the controller.
     pub controller: bool,
+}
+
+/// Where Kafka clients reach a node: its Kafka listener, as advertised.
+/// Registered apart from [`NodeInfo`], whose archived form the logged
+/// `RegisterNode` commands of earlier versions keep.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct KafkaListener {
+    /// The node's id.
+    pub node: u32,
+    /// The host clients connect to.
+    pub host: String,
+    /// The port.
+    pub port: u16,
 }
 
 impl NodeInfo {
@@ -147,6 +161,8 @@ pub enum Command {
     MovePartition(Box<MovePartition>),
     /// A partition's group has reached its move's target.
     PartitionMoved(Box<PartitionMoved>),
+    /// A node's Kafka listener, registered (or changed) after its node.
+    RegisterKafkaListener(Box<KafkaListener>),
 }
 
 /// Where a partition's replicas go (Kafka's AlterPartitionReassignments).
@@ -263,6 +279,8 @@ pub struct ClusterMetadata {
     pub nodes: BTreeMap<u32, NodeInfo>,
     /// Shards that host partitions on each node.
     pub data_shards: u16,
+    /// Each node's Kafka listener, by node id (those that have one).
+    pub kafka_listeners: BTreeMap<u32, KafkaListener>,
     /// Last log index applied.
     pub applied_index: u64,
     next_topic_id: u64,
@@ -276,6 +294,7 @@ impl ClusterMetadata {
             topics: BTreeMap::new(),
             nodes: BTreeMap::new(),
             data_shards,
+            kafka_listeners: BTreeMap::new(),
             applied_index: 0,
             next_topic_id: 1,
         }
@@ -308,6 +327,11 @@ impl ClusterMetadata {
             Command::CreateReplicatedTopic(topic) => self.create_replicated_topic(topic),
             Command::MovePartition(the) => self.move_partition(the),
             Command::PartitionMoved(the) => self.partition_moved(the),
+            Command::RegisterKafkaListener(listener) => {
+                self.kafka_listeners
+                    .insert(listener.node, (**listener).clone());
+                Ok(())
+            }
         }
     }
 

@@ -87,7 +87,7 @@ pub(super) fn metadata(
 /// A partition's leader and where it is served: on a node of its own, the
 /// owning shard; replicated, the leader as last heard, on the shard that
 /// holds its replica (`LEADER_NOT_AVAILABLE` while none is known).
-pub(super) fn partition_info(
+pub(crate) fn partition_info(
     shard: &Shard,
     metadata: &fjord_replication::metadata::ClusterMetadata,
     topic_id: u64,
@@ -143,29 +143,19 @@ pub(super) async fn create_topics(
     for topic in request.topics.unwrap_or_default() {
         let name = topic.name.unwrap_or_default();
         let configs = config_pairs(topic.configs);
-        let outcome = match u32::try_from(topic.partitions) {
-            Ok(partitions) => {
-                let command = Command::CreateTopic(CreateTopic {
-                    name: name.clone(),
-                    partitions,
-                    configs,
-                });
-                let proposal = Proposal {
-                    command,
-                    replication_factor: u16::try_from(topic.replication_factor)
-                        .ok()
-                        .filter(|&f| f > 0),
-                };
-                // Partitions of other topics still failing their retry are
-                // not this create's news.
-                shard
-                    .command(proposal)
-                    .await
-                    .map(|not_served| not_served.into_iter().filter(|n| n.topic == name).collect())
-            }
-            Err(_) => Err(MetadataError::InvalidPartitions(0).into()),
-        };
-        results.push(topic_result(name, outcome));
+        let (error_code, error_message) = create_topic(
+            shard,
+            &name,
+            i64::from(topic.partitions),
+            i32::from(topic.replication_factor),
+            configs,
+        )
+        .await;
+        results.push(wire::TopicResultT {
+            name: Some(name),
+            error_code,
+            error_message,
+        });
     }
     let body = wire::CreateTopicsResponseT {
         results: Some(results),
@@ -183,11 +173,12 @@ pub(super) async fn delete_topics(
 ) -> Reply {
     let mut results = Vec::new();
     for name in request.names.unwrap_or_default() {
-        let outcome = shard
-            .command(Proposal::of(Command::DeleteTopic(name.clone())))
-            .await
-            .map(|_| Vec::new());
-        results.push(topic_result(name, outcome));
+        let (error_code, error_message) = delete_topic(shard, &name).await;
+        results.push(wire::TopicResultT {
+            name: Some(name),
+            error_code,
+            error_message,
+        });
     }
     let body = wire::DeleteTopicsResponseT {
         results: Some(results),
@@ -280,6 +271,49 @@ pub(super) async fn move_partitions(
     )
 }
 
+/// Creates a topic through the controller; the error code and message to
+/// answer with (0 and none once every partition is served). A replication
+/// factor of 0 or below takes the default. Native and Kafka CreateTopics.
+pub(crate) async fn create_topic(
+    shard: &Shard,
+    name: &str,
+    partitions: i64,
+    replication_factor: i32,
+    configs: Vec<(String, String)>,
+) -> (i16, Option<String>) {
+    let outcome = match u32::try_from(partitions) {
+        Ok(partitions) => {
+            let command = Command::CreateTopic(CreateTopic {
+                name: name.to_owned(),
+                partitions,
+                configs,
+            });
+            let proposal = Proposal {
+                command,
+                replication_factor: u16::try_from(replication_factor).ok().filter(|&f| f > 0),
+            };
+            // Partitions of other topics still failing their retry are not
+            // this create's news.
+            shard
+                .command(proposal)
+                .await
+                .map(|not_served| not_served.into_iter().filter(|n| n.topic == name).collect())
+        }
+        Err(_) => Err(MetadataError::InvalidPartitions(0).into()),
+    };
+    topic_outcome(outcome)
+}
+
+/// Deletes a topic through the controller; the error code and message to
+/// answer with. Native and Kafka DeleteTopics.
+pub(crate) async fn delete_topic(shard: &Shard, name: &str) -> (i16, Option<String>) {
+    let outcome = shard
+        .command(Proposal::of(Command::DeleteTopic(name.to_owned())))
+        .await
+        .map(|_| Vec::new());
+    topic_outcome(outcome)
+}
+
 /// Configs from the wire as `(key, value)` pairs.
 fn config_pairs(configs: Option<Vec<wire::TopicConfigT>>) -> Vec<(String, String)> {
     configs
@@ -290,7 +324,16 @@ fn config_pairs(configs: Option<Vec<wire::TopicConfigT>>) -> Vec<(String, String
 }
 
 fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> wire::TopicResultT {
-    let (error_code, error_message) = match outcome {
+    let (error_code, error_message) = topic_outcome(outcome);
+    wire::TopicResultT {
+        name: Some(name),
+        error_code,
+        error_message,
+    }
+}
+
+fn topic_outcome(outcome: Result<Vec<NotServed>, CommandError>) -> (i16, Option<String>) {
+    match outcome {
         Ok(not_served) if not_served.is_empty() => (0, None),
         // The topic exists (the command is committed) but is not served
         // whole: never "created". Retriable: the shards retry the opens.
@@ -302,11 +345,6 @@ fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> 
             )),
         ),
         Err(e) => (command_error_code(&e).code(), Some(e.to_string())),
-    };
-    wire::TopicResultT {
-        name: Some(name),
-        error_code,
-        error_message,
     }
 }
 

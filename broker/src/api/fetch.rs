@@ -14,19 +14,30 @@ const WAIT_MAX: Duration = Duration::from_secs(60);
 /// Most bytes one fetch response carries (Kafka's `fetch.max.bytes`).
 const RESPONSE_BYTES_MAX: usize = 64 << 20;
 
-struct Wanted {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    max_bytes: usize,
+/// A partition a fetch asks for.
+pub(crate) struct Wanted {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The first offset wanted.
+    pub offset: i64,
+    /// Most bytes of this partition's batches.
+    pub max_bytes: usize,
 }
 
-struct Got {
-    error: Option<ErrorCode>,
-    high_watermark: i64,
-    log_start_offset: i64,
-    pieces: Vec<Piece>,
-    len: usize,
+/// What a fetch got of one partition.
+pub(crate) struct Got {
+    /// Why nothing was read.
+    pub error: Option<ErrorCode>,
+    /// The high watermark (-1 on error).
+    pub high_watermark: i64,
+    /// The log start (-1 on error).
+    pub log_start_offset: i64,
+    /// Whole batches, as stored.
+    pub pieces: Vec<Piece>,
+    /// Their bytes.
+    pub len: usize,
 }
 
 pub(super) async fn fetch(
@@ -34,13 +45,6 @@ pub(super) async fn fetch(
     correlation_id: u32,
     request: wire::FetchRequestT,
 ) -> Reply {
-    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(WAIT_MAX);
-    let deadline = Instant::now() + wait;
-    let response_max = usize::try_from(request.max_bytes)
-        .ok()
-        .filter(|&b| b > 0)
-        .map_or(RESPONSE_BYTES_MAX, |b| b.min(RESPONSE_BYTES_MAX));
-    let min_bytes = request.min_bytes.max(0) as usize;
     let mut wanted = Vec::new();
     for topic in request.topics.unwrap_or_default() {
         let name = topic.name.unwrap_or_default();
@@ -53,10 +57,40 @@ pub(super) async fn fetch(
             });
         }
     }
+    let got = long_poll(
+        shard,
+        &wanted,
+        request.max_wait_ms,
+        request.min_bytes,
+        request.max_bytes,
+    )
+    .await;
+    respond(correlation_id, &wanted, got)
+}
+
+/// Reads every wanted partition, again each time one of them grows, until
+/// `min_bytes` are there, `max_wait_ms` has passed (at most [`WAIT_MAX`]),
+/// a partition fails or the node stops; at most `max_bytes` in all
+/// ([`RESPONSE_BYTES_MAX`] when 0 or above). The native and the Kafka Fetch
+/// both serve through it.
+pub(crate) async fn long_poll(
+    shard: &Shard,
+    wanted: &[Wanted],
+    max_wait_ms: i32,
+    min_bytes: i32,
+    max_bytes: i32,
+) -> Vec<Got> {
+    let wait = Duration::from_millis(max_wait_ms.max(0) as u64).min(WAIT_MAX);
+    let deadline = Instant::now() + wait;
+    let response_max = usize::try_from(max_bytes)
+        .ok()
+        .filter(|&b| b > 0)
+        .map_or(RESPONSE_BYTES_MAX, |b| b.min(RESPONSE_BYTES_MAX));
+    let min_bytes = min_bytes.max(0) as usize;
     loop {
         let mut budget = response_max;
         let mut got = Vec::with_capacity(wanted.len());
-        for w in &wanted {
+        for w in wanted {
             let g = read(shard, w, w.max_bytes.min(budget)).await;
             budget = budget.saturating_sub(g.len);
             got.push(g);
@@ -69,7 +103,7 @@ pub(super) async fn fetch(
             || shard.closing.get()
             || wanted.is_empty()
         {
-            return respond(correlation_id, &wanted, got);
+            return got;
         }
         let left = deadline - now;
         let waits = wanted

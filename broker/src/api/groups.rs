@@ -37,34 +37,12 @@ pub(super) async fn find_coordinator(
         )
     };
     let group_id = request.group_id.unwrap_or_default();
-    if group_id.is_empty() || group_id.len() > group::records::GROUP_ID_LEN_MAX {
-        return answer(ErrorCode::InvalidGroupId, "group id empty or too long");
-    }
-    let partitions = match offsets_topic(shard).await {
-        Ok(partitions) => partitions,
-        Err(code) => return answer(code, "__consumer_offsets is not available yet"),
+    let found = match coordinator(shard, &group_id).await {
+        Ok(found) => found,
+        Err((code, message)) => return answer(code, message),
     };
-    let p = group::partition_for(&group_id, partitions);
-    let metadata = shard.metadata();
-    let Some(topic) = metadata.topics.get(OFFSETS_TOPIC) else {
-        return answer(
-            ErrorCode::CoordinatorNotAvailable,
-            "__consumer_offsets not known here yet",
-        );
-    };
-    let Some(meta) = topic.partitions.get(p as usize) else {
-        return answer(
-            ErrorCode::CoordinatorNotAvailable,
-            "__consumer_offsets not known here yet",
-        );
-    };
-    let info = partition_info(shard, &metadata, topic.id, p as usize, meta);
-    if info.error_code != 0 {
-        return answer(
-            ErrorCode::CoordinatorNotAvailable,
-            "the coordinator is being elected",
-        );
-    }
+    let (metadata, info) = (shard.metadata(), found.info);
+    let p = found.partition;
     let (host, port) = if metadata.nodes.is_empty() {
         let port = shard.shard_ports.get(usize::from(info.shard)).copied();
         (shard.config.advertised_host(), port)
@@ -94,6 +72,45 @@ pub(super) async fn find_coordinator(
             port,
         })),
     )
+}
+
+/// Where a group's coordinator runs.
+pub(crate) struct Coordinator {
+    /// The group's `__consumer_offsets` partition.
+    pub partition: i32,
+    /// That partition's leader and shard, as Metadata gives them.
+    pub info: wire::PartitionInfoT,
+}
+
+/// Finds a group's coordinator (creating `__consumer_offsets` on first
+/// use); on failure, the code and message to answer FindCoordinator with.
+/// Native and Kafka FindCoordinator.
+pub(crate) async fn coordinator(
+    shard: &Shard,
+    group_id: &str,
+) -> Result<Coordinator, (ErrorCode, &'static str)> {
+    if group_id.is_empty() || group_id.len() > group::records::GROUP_ID_LEN_MAX {
+        return Err((ErrorCode::InvalidGroupId, "group id empty or too long"));
+    }
+    let partitions = offsets_topic(shard)
+        .await
+        .map_err(|code| (code, "__consumer_offsets is not available yet"))?;
+    let p = group::partition_for(group_id, partitions);
+    let metadata = shard.metadata();
+    let unknown = (
+        ErrorCode::CoordinatorNotAvailable,
+        "__consumer_offsets not known here yet",
+    );
+    let topic = metadata.topics.get(OFFSETS_TOPIC).ok_or(unknown)?;
+    let meta = topic.partitions.get(p as usize).ok_or(unknown)?;
+    let info = partition_info(shard, &metadata, topic.id, p as usize, meta);
+    if info.error_code != 0 {
+        return Err((
+            ErrorCode::CoordinatorNotAvailable,
+            "the coordinator is being elected",
+        ));
+    }
+    Ok(Coordinator { partition: p, info })
 }
 
 /// The partition count of `__consumer_offsets`, created on first use.
@@ -207,7 +224,9 @@ pub(super) async fn each_group(
     Reply::body(correlation_id, body)
 }
 
-async fn coordinate(
+/// Serves a native group request on the group's coordinator: the shard
+/// owning its `__consumer_offsets` partition. Kafka's group APIs map onto it.
+pub(crate) async fn coordinate(
     shard: &Shard,
     group_id: &str,
     body: wire::RequestT,

@@ -2,12 +2,12 @@
 //! frame arrives whole, in a buffer of its own; produce moves that buffer to
 //! the partitions' shards instead of copying batches out of it.
 
-mod admin;
+pub(crate) mod admin;
 pub use admin::command_error_code;
-mod fetch;
-mod groups;
-mod offsets;
-mod produce;
+pub(crate) mod fetch;
+pub(crate) mod groups;
+pub(crate) mod offsets;
+pub(crate) mod produce;
 
 use crate::shard::Shard;
 use fjord_net::{ErrorCode, api, frame, wire};

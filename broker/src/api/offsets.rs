@@ -16,15 +16,7 @@ pub(super) async fn list_offsets(
         let name = topic.name.unwrap_or_default();
         let mut partitions = Vec::new();
         for p in topic.partitions.unwrap_or_default() {
-            let timestamp = p.timestamp;
-            let found = shard
-                .on_owner(
-                    &name,
-                    p.partition,
-                    async |partition| partition.offset_for(timestamp).await,
-                    |reply| PartitionOp::OffsetFor { timestamp, reply },
-                )
-                .await;
+            let found = offset_for(shard, &name, p.partition, p.timestamp).await;
             let (offset, timestamp) = *found.as_ref().unwrap_or(&(-1, -1));
             partitions.push(wire::ListOffsetsPartitionResultT {
                 partition: p.partition,
@@ -45,4 +37,23 @@ pub(super) async fn list_offsets(
         correlation_id,
         wire::ResponseT::ListOffsetsResponse(Box::new(body)),
     )
+}
+
+/// A partition's offset for `timestamp` ([`fjord_net::api::EARLIEST`],
+/// [`fjord_net::api::LATEST`] or a time in ms), with the timestamp of the
+/// record found (-1 for the first two), asked of its shard.
+pub(crate) async fn offset_for(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    timestamp: i64,
+) -> Result<(i64, i64), fjord_net::ErrorCode> {
+    shard
+        .on_owner(
+            topic,
+            partition,
+            async |p| p.offset_for(timestamp).await,
+            |reply| PartitionOp::OffsetFor { timestamp, reply },
+        )
+        .await
 }

@@ -4,6 +4,7 @@
 
 use super::{Reply, code};
 use crate::mesh::PartitionOp;
+use crate::partition::Produced;
 use crate::shard::Shard;
 use fjord_net::{ErrorCode, api, wire};
 use std::ops::Range;
@@ -38,23 +39,8 @@ pub(super) async fn produce(
     }
     let frame = Arc::new(frame);
     let outcomes = futures::future::join_all(plan.iter().map(|(topic, partition, range)| {
-        let frame = frame.clone();
-        async move {
-            let range = range.clone()?;
-            shard
-                .on_owner(
-                    topic,
-                    *partition,
-                    async |p| p.produce(&frame[range.clone()], acks).await,
-                    |reply| PartitionOp::Produce {
-                        frame: frame.clone(),
-                        range: range.clone(),
-                        acks,
-                        reply,
-                    },
-                )
-                .await
-        }
+        let frame = &frame;
+        async move { append(shard, topic, *partition, frame, range.clone()?, acks).await }
     }))
     .await;
     if acks == api::ACKS_NONE {
@@ -93,4 +79,30 @@ pub(super) async fn produce(
         correlation_id,
         wire::ResponseT::ProduceResponse(Box::new(body)),
     ))
+}
+
+/// Appends the batches at `range` of `frame` to a partition, on its shard:
+/// here, or moved there with the frame (an `Arc`, not a copy). The
+/// partition validates them; the native and the Kafka Produce both end here.
+pub(crate) async fn append(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    frame: &Arc<Vec<u8>>,
+    range: Range<usize>,
+    acks: i16,
+) -> Result<Produced, ErrorCode> {
+    shard
+        .on_owner(
+            topic,
+            partition,
+            async |p| p.produce(&frame[range.clone()], acks).await,
+            |reply| PartitionOp::Produce {
+                frame: frame.clone(),
+                range: range.clone(),
+                acks,
+                reply,
+            },
+        )
+        .await
 }

@@ -124,6 +124,11 @@ impl Broker {
         args.extend(["--cores".into(), self.cores.to_string()]);
         args.push("--staging-dir".into());
         args.push(self.staging_dir().display().to_string());
+        if !self.extra.iter().any(|a| a == "--kafka-listen") {
+            // Tests run many brokers at once: none takes Kafka's port
+            // unless it asks for a listener.
+            args.extend(["--kafka-listen".into(), "none".into()]);
+        }
         args.extend(self.extra.iter().cloned());
         args
     }

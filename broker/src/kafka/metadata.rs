@@ -1,0 +1,211 @@
+//! Kafka's Metadata: the brokers (the cluster's nodes at their Kafka
+//! listeners), the topics with their Kafka ids, and each partition's
+//! leader, leader epoch, replicas and in-sync replicas.
+
+use super::{str_bytes, text};
+use crate::api::admin::{NODE_ID, partition_info};
+use crate::group::OFFSETS_TOPIC;
+use crate::shard::Shard;
+use fjord_net::ErrorCode;
+use fjord_net::kafka::kafka_protocol::messages::metadata_request::MetadataRequest;
+use fjord_net::kafka::kafka_protocol::messages::metadata_response::{
+    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use fjord_net::kafka::kafka_protocol::messages::{BrokerId, TopicName};
+use fjord_replication::metadata::{ClusterMetadata, TopicMeta};
+use uuid::Uuid;
+
+/// The high half of every topic's Kafka id ("fjord" and a format number):
+/// the low half is Fjord's topic id, unique for the cluster's lifetime, so
+/// the id is stable across restarts and differs for a re-created topic.
+const TOPIC_UUID_HIGH: u64 = u64::from_be_bytes(*b"fjord\0\0\x01");
+
+/// A topic's Kafka id, derived from Fjord's.
+pub(crate) fn topic_uuid(topic_id: u64) -> Uuid {
+    Uuid::from_u64_pair(TOPIC_UUID_HIGH, topic_id)
+}
+
+/// Kafka's cluster id as Metadata gives it.
+const CLUSTER_ID: &str = "fjord";
+
+pub(super) fn metadata(shard: &Shard, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let metadata = shard.metadata();
+    let wanted: Vec<(Option<String>, Uuid)> = match request.topics {
+        // v0 asks for every topic with an empty list, later versions with
+        // none.
+        None => all(&metadata),
+        Some(topics) if topics.is_empty() && version == 0 => all(&metadata),
+        Some(topics) => topics
+            .into_iter()
+            .map(|t| (t.name.map(|n| text(&n)), t.topic_id))
+            .collect(),
+    };
+    let topics = wanted
+        .into_iter()
+        .map(|(name, id)| {
+            // v10+ may name a topic by id alone.
+            let name = name.or_else(|| {
+                metadata
+                    .topics
+                    .iter()
+                    .find(|(_, t)| topic_uuid(t.id) == id)
+                    .map(|(n, _)| n.clone())
+            });
+            let found = name
+                .as_ref()
+                .and_then(|n| metadata.topics.get(n).map(|t| (n, t)));
+            match found {
+                Some((name, topic)) => describe(shard, &metadata, name, topic),
+                None => MetadataResponseTopic::default()
+                    .with_error_code(ErrorCode::UnknownTopicOrPartition.code())
+                    .with_name(name.map(|n| TopicName(str_bytes(n))))
+                    .with_topic_id(id),
+            }
+        })
+        .collect();
+    let brokers = brokers(shard, &metadata)
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(host))
+                .with_port(i32::from(port))
+        })
+        .collect();
+    let controller = if metadata.nodes.is_empty() {
+        NODE_ID
+    } else {
+        shard.controller_node().map_or(-1, |n| n as i32)
+    };
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(str_bytes(CLUSTER_ID)))
+        .with_controller_id(BrokerId(controller))
+        .with_topics(topics)
+}
+
+fn all(metadata: &ClusterMetadata) -> Vec<(Option<String>, Uuid)> {
+    metadata
+        .topics
+        .iter()
+        .map(|(name, t)| (Some(name.clone()), topic_uuid(t.id)))
+        .collect()
+}
+
+fn describe(
+    shard: &Shard,
+    metadata: &ClusterMetadata,
+    name: &str,
+    topic: &TopicMeta,
+) -> MetadataResponseTopic {
+    let live = shard.live_nodes();
+    let partitions = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(p, meta)| {
+            let info = partition_info(shard, metadata, topic.id, p, meta);
+            let replicas: Vec<i32> = info.replicas.clone().unwrap_or_else(|| vec![NODE_ID]);
+            // In sync, as far as this node knows: the replicas it hears
+            // from (the leader alone knows each one's lag).
+            let in_sync = if meta.replicas.is_empty() {
+                replicas.clone()
+            } else {
+                replicas
+                    .iter()
+                    .copied()
+                    .filter(|&r| live.contains(&(r as u32)))
+                    .collect()
+            };
+            MetadataResponsePartition::default()
+                .with_error_code(info.error_code)
+                .with_partition_index(info.partition)
+                .with_leader_id(BrokerId(info.leader))
+                .with_leader_epoch(info.leader_epoch)
+                .with_replica_nodes(replicas.into_iter().map(BrokerId).collect())
+                .with_isr_nodes(in_sync.into_iter().map(BrokerId).collect())
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(name))))
+        .with_topic_id(topic_uuid(topic.id))
+        .with_is_internal(name == OFFSETS_TOPIC)
+        .with_partitions(partitions)
+}
+
+/// Every node that has a Kafka listener, as `(id, host, port)`.
+pub(super) fn brokers(shard: &Shard, metadata: &ClusterMetadata) -> Vec<(i32, String, u16)> {
+    if metadata.nodes.is_empty() {
+        return shard
+            .config
+            .kafka_advertised()
+            .map(|(host, port)| (NODE_ID, host, port))
+            .into_iter()
+            .collect();
+    }
+    metadata
+        .nodes
+        .keys()
+        .filter_map(|&id| {
+            let (host, port) = kafka_address(shard, metadata, id)?;
+            Some((id as i32, host, port))
+        })
+        .collect()
+}
+
+/// Where Kafka clients reach node `id`: this node's from its settings,
+/// another's as it registered it.
+pub(super) fn kafka_address(
+    shard: &Shard,
+    metadata: &ClusterMetadata,
+    id: u32,
+) -> Option<(String, u16)> {
+    if metadata.nodes.is_empty() || id == shard.node_id() {
+        return shard.config.kafka_advertised();
+    }
+    metadata
+        .kafka_listeners
+        .get(&id)
+        .map(|l| (l.host.clone(), l.port))
+}
+
+/// How often shard 0 of a cluster node checks that the metadata has its
+/// Kafka listener.
+const REGISTER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps this node's Kafka listener registered in the cluster metadata
+/// (shard 0 of a cluster node with a Kafka listener): once the node is
+/// registered, and whenever its entry is missing or stale, it proposes the
+/// listener through the controller.
+pub(crate) async fn register_listener(shard: std::rc::Rc<Shard>) {
+    use fjord_replication::control::Proposal;
+    use fjord_replication::metadata::{Command, KafkaListener};
+    let Some((host, port)) = shard.config.kafka_advertised() else {
+        return;
+    };
+    let me = KafkaListener {
+        node: shard.node_id(),
+        host,
+        port,
+    };
+    let failures = crate::logging::Repeated::default();
+    while !shard.closing.get() {
+        let metadata = shard.metadata();
+        let due = metadata.nodes.contains_key(&me.node)
+            && metadata.kafka_listeners.get(&me.node) != Some(&me);
+        if due {
+            let command = Command::RegisterKafkaListener(Box::new(me.clone()));
+            match shard.command(Proposal::of(command)).await {
+                Ok(_) => {
+                    tracing::info!(shard = shard.id, host = %me.host, port = me.port, "Kafka listener registered")
+                }
+                Err(e) => {
+                    if let Some(count) = failures.hit() {
+                        tracing::warn!(shard = shard.id, error = %e, failures = count, "cannot register the Kafka listener yet");
+                    }
+                }
+            }
+        }
+        glommio::timer::sleep(REGISTER_EVERY).await;
+    }
+}

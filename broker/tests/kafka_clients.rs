@@ -1,0 +1,369 @@
+//! Real Kafka clients against a real `fjord serve`'s Kafka listener: kcat,
+//! confluent-kafka (librdkafka) and kafka-python, installed by
+//! `.ci/kafka-clients.sh` (kcat on the PATH, the Python clients in the
+//! virtualenv `FJORD_KAFKA_VENV`, default `.ci/kafka-venv`). A test whose
+//! client is missing says so and passes without running.
+
+// In a test a failed unwrap is a failed test, with its line.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Broker, free_port};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// A broker with a Kafka listener on a free loopback port.
+fn kafka_broker() -> (Broker, SocketAddr) {
+    let kafka = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let broker = Broker::start_with(2, &["--kafka-listen", &kafka.to_string()]);
+    (broker, kafka)
+}
+
+fn kcat_installed() -> bool {
+    let found = Command::new("kcat").arg("-V").output().is_ok();
+    if !found {
+        eprintln!("skipped: kcat is not installed (.ci/kafka-clients.sh installs it)");
+    }
+    found
+}
+
+/// The virtualenv's python, when the Python clients are installed.
+fn python() -> Option<PathBuf> {
+    let venv = std::env::var_os("FJORD_KAFKA_VENV").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ci/kafka-venv"),
+        PathBuf::from,
+    );
+    let python = venv.join("bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", "import confluent_kafka, kafka"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "skipped: confluent-kafka / kafka-python not in {} (.ci/kafka-clients.sh installs them)",
+            venv.display()
+        );
+    }
+    ok.then_some(python)
+}
+
+fn run(mut command: Command, stdin: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn kcat(kafka: SocketAddr, args: &[&str], stdin: &str) -> Vec<u8> {
+    let mut command = Command::new("timeout");
+    command
+        .args(["60", "kcat", "-b", &kafka.to_string()])
+        .args(args);
+    run(command, stdin).stdout
+}
+
+fn create_topic(broker: &Broker, topic: &str, partitions: u32) {
+    let out = broker.cli(
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn lines(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("key{}:value {i} {}\n", i % 5, "x".repeat(i % 40)))
+        .collect()
+}
+
+#[test]
+fn kcat_produces_and_consumes_byte_identical() {
+    if !kcat_installed() {
+        return;
+    }
+    let (broker, kafka) = kafka_broker();
+    let listed = String::from_utf8(kcat(kafka, &["-L"], "")).unwrap();
+    assert!(listed.contains(&format!("broker 0 at {kafka}")), "{listed}");
+    create_topic(&broker, "k1", 1);
+    let input = lines(500);
+    kcat(kafka, &["-P", "-t", "k1", "-K:", "-X", "acks=all"], &input);
+    let out = kcat(
+        kafka,
+        &["-C", "-t", "k1", "-o", "beginning", "-e", "-f", "%k:%s\n"],
+        "",
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), input);
+    // From an offset, and the offsets themselves.
+    let out = kcat(
+        kafka,
+        &[
+            "-C", "-t", "k1", "-p", "0", "-o", "498", "-e", "-f", "%o %k\n",
+        ],
+        "",
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), "498 key3\n499 key4\n");
+}
+
+#[test]
+fn native_and_kafka_clients_read_each_other() {
+    if !kcat_installed() {
+        return;
+    }
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, "native", 1);
+    let input = lines(200);
+    let produced = broker.cli(&["produce", "native", "--key-separator", ":"], &input);
+    assert!(produced.status.success());
+    let out = kcat(
+        kafka,
+        &[
+            "-C",
+            "-t",
+            "native",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%k:%s\n",
+        ],
+        "",
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), input);
+
+    create_topic(&broker, "kafka", 1);
+    kcat(kafka, &["-P", "-t", "kafka", "-K:"], &input);
+    let consumed = broker.cli(
+        &[
+            "consume",
+            "kafka",
+            "--from-beginning",
+            "--max-messages",
+            "200",
+            "--print-key",
+        ],
+        "",
+    );
+    assert!(consumed.status.success());
+    let got: String = String::from_utf8(consumed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.replacen('\t', ":", 1) + "\n")
+        .collect();
+    assert_eq!(got, input);
+}
+
+/// confluent-kafka: acks=all with keys and headers; a consumer with a
+/// group id that assigns itself a partition from the beginning, commits
+/// by hand and reads the commit back.
+const CONFLUENT: &str = r#"
+import sys, json
+from confluent_kafka import Producer, Consumer, TopicPartition, OFFSET_BEGINNING
+boot, topic = sys.argv[1], sys.argv[2]
+p = Producer({"bootstrap.servers": boot, "acks": "all", "linger.ms": 5})
+errors = []
+def done(err, msg):
+    if err: errors.append(str(err))
+for i in range(300):
+    p.produce(topic, key=b"k%d" % (i % 7), value=b"v%d" % i, partition=i % 2,
+              headers=[("h", b"%d" % i)], on_delivery=done)
+assert p.flush(30) == 0 and not errors, errors
+c = Consumer({"bootstrap.servers": boot, "group.id": "g-confluent",
+              "enable.auto.commit": False})
+c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING), TopicPartition(topic, 1, OFFSET_BEGINNING)])
+got = []
+while len(got) < 300:
+    m = c.poll(10)
+    assert m is not None, "timed out after %d" % len(got)
+    assert m.error() is None, m.error()
+    got.append((m.partition(), m.offset(), m.key().decode(), m.value().decode(), m.headers()[0][1].decode()))
+c.commit(offsets=[TopicPartition(topic, 0, 150), TopicPartition(topic, 1, 149)], asynchronous=False)
+committed = c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
+c.close()
+print(json.dumps({"got": got, "committed": [t.offset for t in committed]}))
+"#;
+
+#[test]
+fn confluent_kafka_produces_consumes_and_commits() {
+    let Some(python) = python() else {
+        return;
+    };
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, "conf", 2);
+    let mut command = Command::new("timeout");
+    command
+        .args(["120"])
+        .arg(&python)
+        .args(["-c", CONFLUENT, &kafka.to_string(), "conf"]);
+    let out = String::from_utf8(run(command, "").stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let got = v["got"].as_array().unwrap();
+    assert_eq!(got.len(), 300);
+    for m in got {
+        let (partition, offset) = (m[0].as_i64().unwrap(), m[1].as_i64().unwrap());
+        let i: i64 = m[3].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(partition, i % 2, "{m}");
+        assert_eq!(offset, i / 2, "{m}");
+        assert_eq!(m[2].as_str().unwrap(), format!("k{}", i % 7));
+        assert_eq!(m[4].as_str().unwrap(), i.to_string());
+    }
+    assert_eq!(v["committed"], serde_json::json!([150, 149]));
+}
+
+/// kafka-python: a producer (acks all, keys) and a consumer that assigns
+/// itself the partition and reads from the beginning.
+const KAFKA_PYTHON: &str = r#"
+import sys, json
+from kafka import KafkaProducer, KafkaConsumer, TopicPartition
+boot, topic = sys.argv[1], sys.argv[2]
+# Idempotence (InitProducerId) is not served yet.
+p = KafkaProducer(bootstrap_servers=boot, acks="all", enable_idempotence=False)
+for i in range(100):
+    p.send(topic, key=b"k%d" % i, value=b"v%d" % i, partition=0)
+p.flush(30)
+p.close()
+c = KafkaConsumer(bootstrap_servers=boot, enable_auto_commit=False, consumer_timeout_ms=10000)
+tp = TopicPartition(topic, 0)
+c.assign([tp])
+c.seek_to_beginning(tp)
+got = []
+for m in c:
+    got.append((m.offset, m.key.decode(), m.value.decode()))
+    if len(got) == 100:
+        break
+c.close()
+print(json.dumps(got))
+"#;
+
+#[test]
+fn kafka_python_produces_and_consumes() {
+    let Some(python) = python() else {
+        return;
+    };
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, "kp", 1);
+    let mut command = Command::new("timeout");
+    command
+        .args(["120"])
+        .arg(&python)
+        .args(["-c", KAFKA_PYTHON, &kafka.to_string(), "kp"]);
+    let out = String::from_utf8(run(command, "").stdout).unwrap();
+    let got: Vec<(i64, String, String)> = serde_json::from_str(out.trim()).unwrap();
+    let want: Vec<(i64, String, String)> = (0..100)
+        .map(|i| (i, format!("k{i}"), format!("v{i}")))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Sends `bytes` on a fresh connection and returns what comes back before
+/// the broker closes it or `wait` passes.
+fn exchange(kafka: SocketAddr, bytes: &[u8], wait: Duration) -> Vec<u8> {
+    let mut stream = TcpStream::connect(kafka).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+fn request(api: i16, version: i16, correlation_id: i32, body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&api.to_be_bytes());
+    frame.extend_from_slice(&version.to_be_bytes());
+    frame.extend_from_slice(&correlation_id.to_be_bytes());
+    frame.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+    frame.extend_from_slice(body);
+    let mut out = (frame.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    out
+}
+
+#[test]
+fn hostile_bytes_on_the_kafka_port_leave_the_broker_serving() {
+    let (mut broker, kafka) = kafka_broker();
+    let quick = Duration::from_secs(2);
+    // Random bytes, a 2 GiB size, a negative size, a truncated request.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    exchange(kafka, &random, quick);
+    assert!(exchange(kafka, &0x8000_0000u32.to_be_bytes(), quick).is_empty());
+    assert!(exchange(kafka, &(-5i32).to_be_bytes(), quick).is_empty());
+    let mut truncated = request(3, 1, 1, &[0, 0, 0, 1]);
+    truncated.truncate(truncated.len() - 2);
+    exchange(kafka, &truncated, quick);
+    // A Metadata request of a few bytes claiming 2^31 topics.
+    assert!(exchange(kafka, &request(3, 1, 2, &[0x7f, 0xff, 0xff, 0xff]), quick).is_empty());
+
+    // An unknown API and an unsupported version are answered, in order,
+    // on a connection that stays open.
+    let mut both = request(1000, 0, 41, &[]);
+    both.extend(request(1, 3, 42, &[]));
+    both.extend(request(18, 0, 43, &[]));
+    let out = exchange(kafka, &both, quick);
+    let mut at = 0;
+    for correlation_id in [41i32, 42, 43] {
+        let size = i32::from_be_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+        let frame = &out[at + 4..at + 4 + size];
+        assert_eq!(frame[..4], correlation_id.to_be_bytes());
+        let error = i16::from_be_bytes([frame[4], frame[5]]);
+        assert_eq!(error, if correlation_id == 43 { 0 } else { 35 });
+        at += 4 + size;
+    }
+    assert_eq!(at, out.len());
+
+    assert!(broker.is_running(), "the broker survived");
+    if kcat_installed() {
+        create_topic(&broker, "after", 1);
+        kcat(kafka, &["-P", "-t", "after", "-K:"], "a:1\n");
+        let out = kcat(
+            kafka,
+            &[
+                "-C",
+                "-t",
+                "after",
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%k:%s\n",
+            ],
+            "",
+        );
+        assert_eq!(out, b"a:1\n");
+    }
+}
