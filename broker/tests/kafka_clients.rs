@@ -367,3 +367,85 @@ fn hostile_bytes_on_the_kafka_port_leave_the_broker_serving() {
         assert_eq!(out, b"a:1\n");
     }
 }
+
+/// confluent-kafka consumers in one group (Kafka's classic protocol: the
+/// clients' own range assignor, JoinGroup/SyncGroup through Fjord's
+/// coordinator): three share six partitions, one leaves, the other two
+/// take its partitions over and resume from the committed offsets.
+const CONFLUENT_GROUP: &str = r#"
+import sys, json, time
+from confluent_kafka import Producer, Consumer
+boot, topic = sys.argv[1], sys.argv[2]
+def produce(lo, hi):
+    p = Producer({"bootstrap.servers": boot, "acks": "all"})
+    for i in range(lo, hi):
+        p.produce(topic, key=b"k%d" % i, value=b"%d" % i, partition=i % 6)
+    assert p.flush(30) == 0
+produce(0, 600)
+conf = {"bootstrap.servers": boot, "group.id": "cg", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+members = [Consumer(dict(conf)) for _ in range(3)]
+for c in members:
+    c.subscribe([topic])
+seen = []
+failed_commits = 0
+def drain(consumers, want, deadline_s):
+    global failed_commits
+    end = time.time() + deadline_s
+    while len(set(seen)) < want and time.time() < end:
+        for c in consumers:
+            m = c.poll(0.1)
+            if m is not None and m.error() is None:
+                seen.append((m.partition(), m.offset()))
+                try:
+                    c.commit(message=m, asynchronous=False)
+                except Exception:
+                    # A rebalance under way (REBALANCE_IN_PROGRESS), as on
+                    # Kafka: the record may be read again by its next owner.
+                    failed_commits += 1
+drain(members, 600, 60)
+sizes = sorted(len(c.assignment()) for c in members)
+members[0].close()
+produce(600, 900)
+drain(members[1:], 900, 60)
+after = sorted(len(c.assignment()) for c in members[1:])
+for c in members[1:]:
+    c.close()
+print(json.dumps({"seen": seen, "sizes": sizes, "after": after, "failed_commits": failed_commits}))
+"#;
+
+#[test]
+fn confluent_kafka_consumers_share_a_topic_in_a_group() {
+    let Some(python) = python() else {
+        return;
+    };
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, "grp", 6);
+    let mut command = Command::new("timeout");
+    command
+        .args(["180"])
+        .arg(&python)
+        .args(["-c", CONFLUENT_GROUP, &kafka.to_string(), "grp"]);
+    let out = String::from_utf8(run(command, "").stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        v["sizes"],
+        serde_json::json!([2, 2, 2]),
+        "range over three members"
+    );
+    assert_eq!(
+        v["after"],
+        serde_json::json!([3, 3]),
+        "the leaver's partitions moved"
+    );
+    let seen: Vec<(i64, i64)> = serde_json::from_value(v["seen"].clone()).unwrap();
+    let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), 900, "every record consumed");
+    // Read twice only where a commit failed in a rebalance.
+    let failed = v["failed_commits"].as_u64().unwrap() as usize;
+    assert!(
+        seen.len() <= 900 + failed * 600,
+        "{} reads, {failed} failed commits",
+        seen.len()
+    );
+}

@@ -35,6 +35,10 @@ pub const VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
 ];
 
 /// Whether the listener speaks `version` of `api`.
@@ -314,6 +318,10 @@ mod tests {
                 ApiKey::ApiVersions => drop(req.decode::<ApiVersionsRequest>()),
                 ApiKey::CreateTopics => drop(req.decode::<CreateTopicsRequest>()),
                 ApiKey::DeleteTopics => drop(req.decode::<DeleteTopicsRequest>()),
+                ApiKey::JoinGroup => drop(req.decode::<JoinGroupRequest>()),
+                ApiKey::SyncGroup => drop(req.decode::<SyncGroupRequest>()),
+                ApiKey::Heartbeat => drop(req.decode::<HeartbeatRequest>()),
+                ApiKey::LeaveGroup => drop(req.decode::<LeaveGroupRequest>()),
                 _ => {}
             }
         }

@@ -7,6 +7,7 @@
 //! `crate::conn`'s, shared with the native listener.
 
 mod admin;
+mod classic;
 mod fetch;
 mod groups;
 mod metadata;
@@ -153,6 +154,22 @@ async fn serve(
         }
         ApiKey::OffsetFetch => {
             let body = groups::offset_fetch(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::JoinGroup => {
+            let body = classic::join_group(shard, request.decode()?, version).await;
+            respond(&request, &body)
+        }
+        ApiKey::SyncGroup => {
+            let body = classic::sync_group(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::Heartbeat => {
+            let body = classic::heartbeat(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::LeaveGroup => {
+            let body = classic::leave_group(shard, request.decode()?).await;
             respond(&request, &body)
         }
         // `decode_header` lets through only the APIs of the table.
