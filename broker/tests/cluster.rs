@@ -746,7 +746,26 @@ fn a_group_survives_its_coordinators_node() {
             o.committed
         );
     }
-    assert_eq!(described.members.len(), 1, "the member was adopted");
+    // The member's next heartbeat reaches the new coordinator, which adopts
+    // it with the partitions it owns.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            block_on(consumer.poll(Duration::from_millis(200)))
+                .expect("poll")
+                .is_empty()
+        );
+        let described = block_on(Admin::new(survivors.clone()).describe_group("billing"))
+            .expect("describe on the new coordinator");
+        if described.members.len() == 1 {
+            assert_eq!(described.members[0].assignment.len(), PARTITIONS as usize);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member was not adopted: {described:?}"
+        );
+    }
     block_on(consumer.close()).expect("close");
     cluster.node(found.node_id).restart();
 }
