@@ -14,5 +14,6 @@ pub mod node;
 pub mod partition;
 pub mod peer;
 pub mod process;
+pub mod producer_ids;
 pub mod replica;
 pub mod shard;

@@ -7,15 +7,28 @@
 //! or EMFILE) is opened again from disk by the next produce once room is
 //! back — recovery keeps every whole batch — so it is never read-only for
 //! good.
+//!
+//! Batches of idempotent producers (producer id >= 0) are checked against
+//! the partition's producer state ([`ProducerTable`]) first: a duplicate
+//! is answered with its first offset and not appended again; a gap or a
+//! fenced epoch is refused. On a partition of its own the check, the
+//! append and the table's update run under `producer_turn`, one
+//! idempotent batch at a time (the log assigns offsets only inside its
+//! own await, so the check cannot be made atomic with it otherwise); a
+//! replicated partition checks and proposes in one synchronous step and
+//! the table follows the Raft log (see `replica.rs`).
 
 use crate::replica::{Replica, Replication};
 use fjord_core::Batch;
 use fjord_net::{ErrorCode, api};
 use fjord_storage::space::SpaceWatch;
-use fjord_storage::{BatchCache, Log, LogConfig, LogRead, Staging, StorageError};
+use fjord_storage::{
+    BatchCache, Log, LogConfig, LogRead, ProducerBatch, ProducerTable, SequenceError, Staging,
+    StorageError, Verdict, producer_snapshot,
+};
 use futures::channel::oneshot;
 use glommio::sync::Semaphore;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -76,6 +89,21 @@ pub struct Partition {
     /// One reopen at a time.
     reopen_turn: Semaphore,
     parked: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Idempotent producers' state, following the log (the Raft log when
+    /// replicated).
+    producers: RefCell<ProducerTable>,
+    /// One idempotent append at a time on a partition of its own.
+    producer_turn: Semaphore,
+    /// Offset of the last producer snapshot written.
+    snapshot_offset: Cell<u64>,
+}
+
+/// Kafka's code for a refused sequence.
+pub fn sequence_error_code(error: &SequenceError) -> ErrorCode {
+    match error {
+        SequenceError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequenceNumber,
+        SequenceError::StaleEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+    }
 }
 
 /// Kafka's code for a storage failure.
@@ -112,13 +140,94 @@ impl Partition {
             setup.staging.clone(),
         )
         .await?;
+        let producers = producer_snapshot::load(&log).await?;
+        if !producers.is_empty() {
+            tracing::info!(
+                shard = setup.shard,
+                topic = %setup.topic,
+                partition = setup.partition,
+                producers = producers.len(),
+                "producer state rebuilt"
+            );
+        }
         Ok(Partition {
             topic_id: setup.topic_id,
             setup,
             log: RefCell::new(Rc::new(log)),
             reopen_turn: Semaphore::new(1),
             parked: RefCell::new(Vec::new()),
+            producers: RefCell::new(producers),
+            producer_turn: Semaphore::new(1),
+            snapshot_offset: Cell::new(0),
         })
+    }
+
+    /// Checks an idempotent producer's batch against the producer state;
+    /// changes nothing.
+    pub fn check_producer(&self, batch: &ProducerBatch) -> Result<Verdict, ErrorCode> {
+        self.producers.borrow().check(batch).map_err(|e| {
+            let s = &self.setup;
+            tracing::debug!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "batch refused");
+            sequence_error_code(&e)
+        })
+    }
+
+    /// Records a producer's batch the log (or the Raft log) took at
+    /// `base..=last`, in log order.
+    pub fn apply_producer(&self, batch: &ProducerBatch, base: u64, last: u64) {
+        self.producers.borrow_mut().apply(batch, base, last);
+    }
+
+    /// The Raft log was cut at `end`: its producers' state is cut with it.
+    pub fn truncate_producers(&self, end: u64) {
+        self.producers.borrow_mut().truncate(end);
+    }
+
+    /// The log starts again empty (a replica behind its leader's start):
+    /// what it knew of producers goes with it.
+    pub fn clear_producers(&self) {
+        self.producers.borrow_mut().clear();
+    }
+
+    /// Drops producers idle for longer than `max_age_ms`.
+    pub fn expire_producers(&self, now_ms: i64, max_age_ms: u64) {
+        let max_age = i64::try_from(max_age_ms).unwrap_or(i64::MAX);
+        let expired = self.producers.borrow_mut().expire(now_ms, max_age);
+        if expired > 0 {
+            let s = &self.setup;
+            tracing::debug!(shard = s.shard, topic = %s.topic, partition = s.partition, expired, "producer ids expired");
+        }
+    }
+
+    /// Writes a producer snapshot if the state moved since the last one:
+    /// of everything below the log's end on a partition of its own, below
+    /// the high watermark on a replica (never cut by Raft, so a snapshot
+    /// is never ahead of what the log will hold).
+    pub async fn snapshot_producers(&self) -> Result<(), StorageError> {
+        let log = self.log();
+        let (offset, table) = match self.replica() {
+            Some(replica) => {
+                let offset = replica.high_watermark().min(log.offset_next());
+                let mut table = self.producers.borrow().clone();
+                table.truncate(offset);
+                (offset, table)
+            }
+            None => {
+                // No idempotent append between its offset and the table.
+                let _turn = self
+                    .producer_turn
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| StorageError::Closed)?;
+                (log.offset_next(), self.producers.borrow().clone())
+            }
+        };
+        if offset <= self.snapshot_offset.get() {
+            return Ok(());
+        }
+        producer_snapshot::write(log.dir(), offset, &table).await?;
+        self.snapshot_offset.set(offset);
+        Ok(())
     }
 
     /// The log.
@@ -157,6 +266,8 @@ impl Partition {
             Some((replica, replication)) => replication.retention_floor(replica.group),
             None => u64::MAX,
         };
+        // The state of producers whose batches go must outlive them.
+        self.snapshot_producers().await?;
         let log = self.log();
         let deleted = log.enforce_retention_below(now_ms, keep_from).await?;
         if deleted > 0
@@ -276,26 +387,75 @@ impl Partition {
         let mut rest = records;
         let mut base_offset = None;
         let mut durable = Vec::new();
+        // A duplicate's answer waits for its first copy to be readable.
+        let mut duplicates_end = 0;
         while !rest.is_empty() {
             let len = match Batch::peek_len(rest) {
                 Ok(len) if len <= rest.len() => len,
                 _ => return Err(ErrorCode::CorruptMessage),
             };
-            let appended = log.append(&rest[..len]).await.map_err(|e| error_code(&e))?;
-            base_offset.get_or_insert(appended.base_offset);
-            durable.push(appended.durable);
+            let batch = &rest[..len];
             rest = &rest[len..];
+            let producer = Batch::parse(batch).ok().and_then(|b| ProducerBatch::of(&b));
+            let base = match producer {
+                None => {
+                    let appended = log.append(batch).await.map_err(|e| error_code(&e))?;
+                    durable.push(appended.durable);
+                    appended.base_offset
+                }
+                Some(producer) => match self.append_idempotent(&log, batch, &producer).await? {
+                    Ok(appended) => {
+                        durable.push(appended.durable);
+                        appended.base_offset
+                    }
+                    Err((base, end)) => {
+                        duplicates_end = duplicates_end.max(end);
+                        base
+                    }
+                },
+            };
+            base_offset.get_or_insert(base);
         }
         // Parked readers wait on the log's visible mark, not on this answer.
         if wait {
             futures::future::try_join_all(durable)
                 .await
                 .map_err(|e| error_code(&e))?;
+            if duplicates_end > 0 {
+                log.wait_visible(duplicates_end).await;
+            }
         }
         Ok(Produced {
             base_offset: base_offset.unwrap_or(0) as i64,
             log_start_offset: log.offset_start() as i64,
         })
+    }
+
+    /// Appends an idempotent producer's batch unless it is a duplicate:
+    /// check, append and the table's update under the producer turn.
+    /// `Err((base, end))`: a duplicate, first written at `base..end`.
+    async fn append_idempotent(
+        &self,
+        log: &Log,
+        batch: &[u8],
+        producer: &ProducerBatch,
+    ) -> Result<Result<fjord_storage::Appended, (u64, u64)>, ErrorCode> {
+        let _turn = self
+            .producer_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ErrorCode::KafkaStorageError)?;
+        match self.check_producer(producer)? {
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } => Ok(Err((base_offset, last_offset + 1))),
+            Verdict::Append => {
+                let appended = log.append(batch).await.map_err(|e| error_code(&e))?;
+                self.apply_producer(producer, appended.base_offset, appended.last_offset);
+                Ok(Ok(appended))
+            }
+        }
     }
 
     /// Whole batches from `offset`, at most `max_bytes` (but at least one).
@@ -402,6 +562,10 @@ impl Partition {
     /// Wakes parked readers (they find nothing new and answer) and closes
     /// the log.
     pub async fn close(&self) -> Result<(), StorageError> {
+        if let Err(e) = self.snapshot_producers().await {
+            let s = &self.setup;
+            tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer snapshot at close");
+        }
         if let Some((replica, replication)) = &self.setup.replica {
             replication.remove(replica.group);
         }

@@ -7,6 +7,7 @@ pub use admin::command_error_code;
 mod fetch;
 mod offsets;
 mod produce;
+mod producer_id;
 
 use crate::shard::Shard;
 use fjord_net::{ErrorCode, api, frame, wire};
@@ -130,8 +131,10 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
             let payload = payload_start..payload_start + payload_len;
             return produce::produce(&shard, correlation_id, *request, buf, payload).await;
         }
-        R::InitProducerIdRequest(_)
-        | R::FindCoordinatorRequest(_)
+        R::InitProducerIdRequest(request) => {
+            producer_id::init_producer_id(&shard, correlation_id, *request).await
+        }
+        R::FindCoordinatorRequest(_)
         | R::ConsumerGroupHeartbeatRequest(_)
         | R::OffsetCommitRequest(_)
         | R::OffsetFetchRequest(_)
