@@ -10,6 +10,7 @@ pub mod admin;
 pub mod client;
 pub mod consumer;
 pub mod error;
+mod idempotence;
 pub mod partitioner;
 pub mod producer;
 pub mod transport;
