@@ -32,6 +32,8 @@ const TOPIC: &str = "idem";
 struct Faults {
     produce_answers: AtomicUsize,
     swallowed: AtomicUsize,
+    /// Told of each swallowed answer.
+    notify: Option<std::sync::Mutex<std::sync::mpsc::Sender<()>>>,
 }
 
 /// Forwards `listen` to `upstream` on threads of its own. Every `every`-th
@@ -89,6 +91,9 @@ fn answers(
                 let count = faults.produce_answers.fetch_add(1, Ordering::SeqCst) + 1;
                 if count % every == 0 && faults.swallowed.load(Ordering::SeqCst) < max {
                     faults.swallowed.fetch_add(1, Ordering::SeqCst);
+                    if let Some(notify) = &faults.notify {
+                        let _ = notify.lock().unwrap().send(());
+                    }
                     swallowing = true;
                     break;
                 }
@@ -143,46 +148,52 @@ fn assert_exactly_once(client: &Client, count: usize) {
     }
 }
 
-#[test]
-fn swallowed_answers_are_retried_and_each_record_is_written_once_in_order() {
-    // The broker listens on 127.0.0.2 and advertises the proxy on
-    // 127.0.0.1, so that the client's produce traffic crosses the proxy.
+/// A broker on 127.0.0.2 that advertises 127.0.0.1, where proxies for
+/// its listener and shard ports stand, so that a client's produce
+/// traffic crosses them; and a client of the proxies.
+fn proxied_broker(cores: usize, every: usize, max: usize, faults: Arc<Faults>) -> (Broker, Client) {
     let port = free_port();
     let proxied = SocketAddr::from(([127, 0, 0, 1], port));
     let upstream_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let broker = Broker::launch(
-        1,
+        cores,
         &["--advertise", &proxied.to_string()],
         Launch {
             listen: Some(SocketAddr::new(upstream_ip, port)),
             ..Launch::default()
         },
     );
-    let faults = Arc::new(Faults::default());
-    for p in [port, broker.shard_port_base()] {
+    let shard_ports = (0..cores as u16).map(|i| broker.shard_port_base() + i);
+    for p in std::iter::once(port).chain(shard_ports) {
         let listen = SocketAddr::from(([127, 0, 0, 1], p));
         proxy(
             listen,
             SocketAddr::new(upstream_ip, p),
-            7,
-            8,
+            every,
+            max,
             faults.clone(),
         );
     }
     let mut config = ClientConfig::new(proxied);
     config.request_timeout = Duration::from_millis(700);
-    let client = Client::new(config).unwrap();
+    (broker, Client::new(config).unwrap())
+}
+
+fn small_batches() -> ProducerConfig {
+    ProducerConfig {
+        linger: Duration::from_millis(1),
+        batch_size: 256,
+        retry_backoff: Duration::from_millis(20),
+        ..ProducerConfig::default()
+    }
+}
+
+#[test]
+fn swallowed_answers_are_retried_and_each_record_is_written_once_in_order() {
+    let faults = Arc::new(Faults::default());
+    let (_broker, client) = proxied_broker(1, 7, 8, faults.clone());
     block_on(Admin::new(client.clone()).create_topic(TOPIC, 1, &[])).unwrap();
-    let producer = Producer::new(
-        &client,
-        ProducerConfig {
-            linger: Duration::from_millis(1),
-            batch_size: 256,
-            retry_backoff: Duration::from_millis(20),
-            ..ProducerConfig::default()
-        },
-    )
-    .unwrap();
+    let producer = Producer::new(&client, small_batches()).unwrap();
     let count = 3000;
     produce_in_order(&producer, count, 100);
     let swallowed = faults.swallowed.load(Ordering::SeqCst);
@@ -192,28 +203,25 @@ fn swallowed_answers_are_retried_and_each_record_is_written_once_in_order() {
 
 #[test]
 fn a_broker_killed_mid_stream_rebuilds_producer_state_and_writes_each_record_once() {
-    let mut broker = Broker::start(2);
-    let mut config = ClientConfig::new(broker.addr);
-    config.request_timeout = Duration::from_secs(2);
-    let client = Client::new(config).unwrap();
+    // Each kill follows a swallowed answer: the broker wrote the batch,
+    // the producer does not know it, and only the producer state rebuilt
+    // from the log at restart keeps its retry from being written twice.
+    let (tx, swallowed) = std::sync::mpsc::channel();
+    let faults = Arc::new(Faults {
+        notify: Some(std::sync::Mutex::new(tx)),
+        ..Faults::default()
+    });
+    let kills = 3;
+    let (mut broker, client) = proxied_broker(2, 11, kills, faults);
     block_on(Admin::new(client.clone()).create_topic(TOPIC, 1, &[])).unwrap();
-    let producer = Producer::new(
-        &client,
-        ProducerConfig {
-            linger: Duration::from_millis(1),
-            batch_size: 512,
-            retry_backoff: Duration::from_millis(50),
-            ..ProducerConfig::default()
-        },
-    )
-    .unwrap();
-    let count = 6000;
+    let producer = Producer::new(&client, small_batches()).unwrap();
+    let count = 4000;
     let sending = {
         let producer = producer.clone();
         std::thread::spawn(move || produce_in_order(&producer, count, 50))
     };
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..kills {
+        swallowed.recv_timeout(Duration::from_secs(60)).unwrap();
         broker.kill();
         broker.restart();
     }
