@@ -94,8 +94,22 @@ pub struct Partition {
     producers: RefCell<ProducerTable>,
     /// One idempotent append at a time on a partition of its own.
     producer_turn: Semaphore,
-    /// Offset of the last producer snapshot written.
-    snapshot_offset: Cell<u64>,
+    /// Bumped on every change of `producers`.
+    producers_version: Cell<u64>,
+    /// The last producer snapshot written, or the state loaded at open.
+    snapshot: Cell<SnapshotMark>,
+}
+
+/// What the last producer snapshot covers.
+#[derive(Debug, Clone, Copy, Default)]
+struct SnapshotMark {
+    /// Its offset: batches below it.
+    offset: u64,
+    /// `producers_version` when it was taken.
+    version: u64,
+    /// It held the whole table (a replica's leaves out what is above the
+    /// high watermark).
+    whole: bool,
 }
 
 /// Kafka's code for a refused sequence.
@@ -158,7 +172,12 @@ impl Partition {
             parked: RefCell::new(Vec::new()),
             producers: RefCell::new(producers),
             producer_turn: Semaphore::new(1),
-            snapshot_offset: Cell::new(0),
+            producers_version: Cell::new(0),
+            // What was loaded is on disk already (snapshot and log).
+            snapshot: Cell::new(SnapshotMark {
+                whole: true,
+                ..SnapshotMark::default()
+            }),
         })
     }
 
@@ -176,17 +195,24 @@ impl Partition {
     /// `base..=last`, in log order.
     pub fn apply_producer(&self, batch: &ProducerBatch, base: u64, last: u64) {
         self.producers.borrow_mut().apply(batch, base, last);
+        self.producers_changed();
+    }
+
+    fn producers_changed(&self) {
+        self.producers_version.set(self.producers_version.get() + 1);
     }
 
     /// The Raft log was cut at `end`: its producers' state is cut with it.
     pub fn truncate_producers(&self, end: u64) {
         self.producers.borrow_mut().truncate(end);
+        self.producers_changed();
     }
 
     /// The log starts again empty (a replica behind its leader's start):
     /// what it knew of producers goes with it.
     pub fn clear_producers(&self) {
         self.producers.borrow_mut().clear();
+        self.producers_changed();
     }
 
     /// Drops producers idle for longer than `max_age_ms`.
@@ -194,23 +220,32 @@ impl Partition {
         let max_age = i64::try_from(max_age_ms).unwrap_or(i64::MAX);
         let expired = self.producers.borrow_mut().expire(now_ms, max_age);
         if expired > 0 {
+            self.producers_changed();
             let s = &self.setup;
             tracing::debug!(shard = s.shard, topic = %s.topic, partition = s.partition, expired, "producer ids expired");
         }
     }
 
-    /// Writes a producer snapshot if the state moved since the last one:
-    /// of everything below the log's end on a partition of its own, below
+    /// Writes a producer snapshot if the state moved since the last one
+    /// (partitions without idempotent producers never write one): of
+    /// everything below the log's end on a partition of its own, below
     /// the high watermark on a replica (never cut by Raft, so a snapshot
     /// is never ahead of what the log will hold).
     pub async fn snapshot_producers(&self) -> Result<(), StorageError> {
+        let last = self.snapshot.get();
+        let version = self.producers_version.get();
+        if version == last.version && last.whole {
+            return Ok(());
+        }
         let log = self.log();
-        let (offset, table) = match self.replica() {
+        let (offset, table, whole) = match self.replica() {
             Some(replica) => {
                 let offset = replica.high_watermark().min(log.offset_next());
-                let mut table = self.producers.borrow().clone();
+                let current = self.producers.borrow();
+                let mut table = current.clone();
                 table.truncate(offset);
-                (offset, table)
+                let whole = table == *current;
+                (offset, table, whole)
             }
             None => {
                 // No idempotent append between its offset and the table.
@@ -219,14 +254,18 @@ impl Partition {
                     .acquire_permit(1)
                     .await
                     .map_err(|_| StorageError::Closed)?;
-                (log.offset_next(), self.producers.borrow().clone())
+                (log.offset_next(), self.producers.borrow().clone(), true)
             }
         };
-        if offset <= self.snapshot_offset.get() {
+        if offset < last.offset {
             return Ok(());
         }
         producer_snapshot::write(log.dir(), offset, &table).await?;
-        self.snapshot_offset.set(offset);
+        self.snapshot.set(SnapshotMark {
+            offset,
+            version,
+            whole,
+        });
         Ok(())
     }
 

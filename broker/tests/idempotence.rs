@@ -381,6 +381,14 @@ fn the_broker_dedups_refuses_gaps_and_fences_old_epochs_across_restarts() {
 
     // After a clean stop (a snapshot at close) as well.
     broker.terminate();
+    let snapshots = std::fs::read_dir(&broker.partition_dirs(TOPIC)[0])
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".snapshot")
+        })
+        .count();
+    assert_eq!(snapshots, 1, "a producer snapshot written at close");
     broker.restart();
     let client = broker.client();
     assert_eq!(raw_produce(&client, addr, bumped, 2, 1), Ok(9));
