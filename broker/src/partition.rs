@@ -382,8 +382,23 @@ impl Partition {
                 );
                 let (bytes, age) = log.retention();
                 reopened.set_retention(bytes, age);
+                // What the failed log took but never wrote is gone: the
+                // producer state must not answer for it as a duplicate.
+                let producers = producer_snapshot::load(&reopened).await.map_err(|e| {
+                    tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer state");
+                    error_code(&e)
+                })?;
                 let reopened = Rc::new(reopened);
-                *self.log.borrow_mut() = reopened.clone();
+                {
+                    let _turn = self
+                        .producer_turn
+                        .acquire_permit(1)
+                        .await
+                        .map_err(|_| ErrorCode::KafkaStorageError)?;
+                    *self.producers.borrow_mut() = producers;
+                    self.producers_changed();
+                    *self.log.borrow_mut() = reopened.clone();
+                }
                 Ok(reopened)
             }
             Err(e) => {

@@ -150,7 +150,11 @@ fn produce_in_order(producer: &Producer, count: usize, pause_every: usize, conti
     let mut last = -1;
     for (i, sent) in sends.into_iter().enumerate() {
         let meta = block_on(sent).unwrap_or_else(|e| panic!("record {i}: {e}"));
-        assert!(meta.offset > last, "record {i} at {} after {last}", meta.offset);
+        assert!(
+            meta.offset > last,
+            "record {i} at {} after {last}",
+            meta.offset
+        );
         if contiguous {
             assert_eq!(meta.offset, i as i64, "record {i} written once, in order");
         }
@@ -173,7 +177,11 @@ fn assert_exactly_once(client: &Client, count: usize) {
     }
     assert_eq!(values.len(), count, "records in the log");
     for (i, (offset, v)) in values.iter().enumerate() {
-        assert_eq!(v.as_slice(), value(i).as_slice(), "record {i} at offset {offset}");
+        assert_eq!(
+            v.as_slice(),
+            value(i).as_slice(),
+            "record {i} at offset {offset}"
+        );
     }
 }
 
@@ -203,7 +211,13 @@ fn proxied_node(
     let shard_ports = (0..cores as u16).map(|i| broker.shard_port_base() + i);
     for p in std::iter::once(port).chain(shard_ports) {
         let listen = SocketAddr::from(([127, 0, 0, 1], p));
-        proxy(listen, SocketAddr::new(UPSTREAM_IP, p), every, max, faults.clone());
+        proxy(
+            listen,
+            SocketAddr::new(UPSTREAM_IP, p),
+            every,
+            max,
+            faults.clone(),
+        );
     }
     (broker, proxied)
 }
