@@ -15,5 +15,6 @@ pub mod partition;
 pub mod peer;
 pub mod process;
 pub mod producer_ids;
+pub mod producer_state;
 pub mod replica;
 pub mod shard;

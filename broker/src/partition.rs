@@ -12,23 +12,24 @@
 //! the partition's producer state ([`ProducerTable`]) first: a duplicate
 //! is answered with its first offset and not appended again; a gap or a
 //! fenced epoch is refused. On a partition of its own the check, the
-//! append and the table's update run under `producer_turn`, one
+//! append and the table's update run under the state's turn, one
 //! idempotent batch at a time (the log assigns offsets only inside its
 //! own await, so the check cannot be made atomic with it otherwise); a
 //! replicated partition checks and proposes in one synchronous step and
 //! the table follows the Raft log (see `replica.rs`).
 
+use crate::producer_state::ProducerState;
 use crate::replica::{Replica, Replication};
 use fjord_core::Batch;
 use fjord_net::{ErrorCode, api};
 use fjord_storage::space::SpaceWatch;
 use fjord_storage::{
-    BatchCache, Log, LogConfig, LogRead, ProducerBatch, ProducerTable, SequenceError, Staging,
-    StorageError, Verdict, producer_snapshot,
+    BatchCache, Log, LogConfig, LogRead, ProducerBatch, SequenceError, Staging, StorageError,
+    Verdict, producer_snapshot,
 };
 use futures::channel::oneshot;
 use glommio::sync::Semaphore;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -91,25 +92,7 @@ pub struct Partition {
     parked: RefCell<Vec<oneshot::Sender<()>>>,
     /// Idempotent producers' state, following the log (the Raft log when
     /// replicated).
-    producers: RefCell<ProducerTable>,
-    /// One idempotent append at a time on a partition of its own.
-    producer_turn: Semaphore,
-    /// Bumped on every change of `producers`.
-    producers_version: Cell<u64>,
-    /// The last producer snapshot written, or the state loaded at open.
-    snapshot: Cell<SnapshotMark>,
-}
-
-/// What the last producer snapshot covers.
-#[derive(Debug, Clone, Copy, Default)]
-struct SnapshotMark {
-    /// Its offset: batches below it.
-    offset: u64,
-    /// `producers_version` when it was taken.
-    version: u64,
-    /// It held the whole table (a replica's leaves out what is above the
-    /// high watermark).
-    whole: bool,
+    producers: ProducerState,
 }
 
 /// Kafka's code for a refused sequence.
@@ -170,21 +153,14 @@ impl Partition {
             log: RefCell::new(Rc::new(log)),
             reopen_turn: Semaphore::new(1),
             parked: RefCell::new(Vec::new()),
-            producers: RefCell::new(producers),
-            producer_turn: Semaphore::new(1),
-            producers_version: Cell::new(0),
-            // What was loaded is on disk already (snapshot and log).
-            snapshot: Cell::new(SnapshotMark {
-                whole: true,
-                ..SnapshotMark::default()
-            }),
+            producers: ProducerState::new(producers),
         })
     }
 
     /// Checks an idempotent producer's batch against the producer state;
     /// changes nothing.
     pub fn check_producer(&self, batch: &ProducerBatch) -> Result<Verdict, ErrorCode> {
-        self.producers.borrow().check(batch).map_err(|e| {
+        self.producers.check(batch).map_err(|e| {
             let s = &self.setup;
             tracing::debug!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "batch refused");
             sequence_error_code(&e)
@@ -194,79 +170,37 @@ impl Partition {
     /// Records a producer's batch the log (or the Raft log) took at
     /// `base..=last`, in log order.
     pub fn apply_producer(&self, batch: &ProducerBatch, base: u64, last: u64) {
-        self.producers.borrow_mut().apply(batch, base, last);
-        self.producers_changed();
-    }
-
-    fn producers_changed(&self) {
-        self.producers_version.set(self.producers_version.get() + 1);
+        self.producers.apply(batch, base, last);
     }
 
     /// The Raft log was cut at `end`: its producers' state is cut with it.
     pub fn truncate_producers(&self, end: u64) {
-        self.producers.borrow_mut().truncate(end);
-        self.producers_changed();
+        self.producers.truncate(end);
     }
 
     /// The log starts again empty (a replica behind its leader's start):
     /// what it knew of producers goes with it.
     pub fn clear_producers(&self) {
-        self.producers.borrow_mut().clear();
-        self.producers_changed();
+        self.producers.replace(fjord_storage::ProducerTable::new());
     }
 
     /// Drops producers idle for longer than `max_age_ms`.
     pub fn expire_producers(&self, now_ms: i64, max_age_ms: u64) {
         let max_age = i64::try_from(max_age_ms).unwrap_or(i64::MAX);
-        let expired = self.producers.borrow_mut().expire(now_ms, max_age);
+        let expired = self.producers.expire(now_ms, max_age);
         if expired > 0 {
-            self.producers_changed();
             let s = &self.setup;
             tracing::debug!(shard = s.shard, topic = %s.topic, partition = s.partition, expired, "producer ids expired");
         }
     }
 
-    /// Writes a producer snapshot if the state moved since the last one
-    /// (partitions without idempotent producers never write one): of
-    /// everything below the log's end on a partition of its own, below
-    /// the high watermark on a replica (never cut by Raft, so a snapshot
-    /// is never ahead of what the log will hold).
+    /// Writes a producer snapshot if the state changed since the last one
+    /// (see [`crate::producer_state`]).
     pub async fn snapshot_producers(&self) -> Result<(), StorageError> {
-        let last = self.snapshot.get();
-        let version = self.producers_version.get();
-        if version == last.version && last.whole {
-            return Ok(());
-        }
-        let log = self.log();
-        let (offset, table, whole) = match self.replica() {
-            Some(replica) => {
-                let offset = replica.high_watermark().min(log.offset_next());
-                let current = self.producers.borrow();
-                let mut table = current.clone();
-                table.truncate(offset);
-                let whole = table == *current;
-                (offset, table, whole)
-            }
-            None => {
-                // No idempotent append between its offset and the table.
-                let _turn = self
-                    .producer_turn
-                    .acquire_permit(1)
-                    .await
-                    .map_err(|_| StorageError::Closed)?;
-                (log.offset_next(), self.producers.borrow().clone(), true)
-            }
-        };
-        if offset < last.offset {
-            return Ok(());
-        }
-        producer_snapshot::write(log.dir(), offset, &table).await?;
-        self.snapshot.set(SnapshotMark {
-            offset,
-            version,
-            whole,
-        });
-        Ok(())
+        let high_watermark = self.replica().map(|r| r.high_watermark());
+        self.producers
+            .write_snapshot(&self.log(), high_watermark)
+            .await
     }
 
     /// The log.
@@ -391,12 +325,11 @@ impl Partition {
                 let reopened = Rc::new(reopened);
                 {
                     let _turn = self
-                        .producer_turn
-                        .acquire_permit(1)
+                        .producers
+                        .turn()
                         .await
                         .map_err(|_| ErrorCode::KafkaStorageError)?;
-                    *self.producers.borrow_mut() = producers;
-                    self.producers_changed();
+                    self.producers.replace(producers);
                     *self.log.borrow_mut() = reopened.clone();
                 }
                 Ok(reopened)
@@ -495,8 +428,8 @@ impl Partition {
         producer: &ProducerBatch,
     ) -> Result<Result<fjord_storage::Appended, (u64, u64)>, ErrorCode> {
         let _turn = self
-            .producer_turn
-            .acquire_permit(1)
+            .producers
+            .turn()
             .await
             .map_err(|_| ErrorCode::KafkaStorageError)?;
         match self.check_producer(producer)? {

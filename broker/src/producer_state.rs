@@ -1,0 +1,139 @@
+//! A partition's idempotent-producer state as its shard serves it: the
+//! table (`fjord_storage::producers`), the turn that makes check, append
+//! and update one step on a partition of its own, and when to write the
+//! next snapshot.
+//!
+//! A snapshot is written only when the table changed since the last one
+//! (partitions without idempotent producers never write one), before
+//! retention deletes segments and at close. On a replica it covers what is
+//! below the high watermark — never cut by Raft, so a snapshot is never
+//! ahead of what the log will hold — and the batches above it are read
+//! back from the log at open.
+
+use fjord_storage::{
+    Log, ProducerBatch, ProducerTable, SequenceError, StorageError, Verdict, producer_snapshot,
+};
+use glommio::sync::{Permit, Semaphore};
+use std::cell::{Cell, RefCell};
+
+/// What the last producer snapshot covers.
+#[derive(Debug, Clone, Copy)]
+struct SnapshotMark {
+    /// Its offset: batches below it.
+    offset: u64,
+    /// The state's version when it was taken.
+    version: u64,
+    /// It held the whole table (a replica's leaves out what is above the
+    /// high watermark).
+    whole: bool,
+}
+
+/// One partition's producer state.
+pub struct ProducerState {
+    table: RefCell<ProducerTable>,
+    /// One idempotent append at a time on a partition of its own.
+    turn: Semaphore,
+    /// Bumped on every change of `table`.
+    version: Cell<u64>,
+    snapshot: Cell<SnapshotMark>,
+}
+
+impl ProducerState {
+    /// The state loaded at open: on disk already (snapshot and log).
+    pub fn new(table: ProducerTable) -> ProducerState {
+        ProducerState {
+            table: RefCell::new(table),
+            turn: Semaphore::new(1),
+            version: Cell::new(0),
+            snapshot: Cell::new(SnapshotMark {
+                offset: 0,
+                version: 0,
+                whole: true,
+            }),
+        }
+    }
+
+    /// Waits for the turn of idempotent appends (a partition of its own).
+    pub async fn turn(&self) -> Result<Permit<'_>, StorageError> {
+        self.turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)
+    }
+
+    /// Checks a batch; changes nothing.
+    pub fn check(&self, batch: &ProducerBatch) -> Result<Verdict, SequenceError> {
+        self.table.borrow().check(batch)
+    }
+
+    /// Records a batch the log took at `base..=last`, in log order.
+    pub fn apply(&self, batch: &ProducerBatch, base: u64, last: u64) {
+        self.table.borrow_mut().apply(batch, base, last);
+        self.changed();
+    }
+
+    /// The log was cut at `end`.
+    pub fn truncate(&self, end: u64) {
+        self.table.borrow_mut().truncate(end);
+        self.changed();
+    }
+
+    /// Replaces the whole state (a log opened again, or started anew).
+    pub fn replace(&self, table: ProducerTable) {
+        *self.table.borrow_mut() = table;
+        self.changed();
+    }
+
+    /// Drops producers idle for longer than `max_age_ms`; how many went.
+    pub fn expire(&self, now_ms: i64, max_age_ms: i64) -> usize {
+        let expired = self.table.borrow_mut().expire(now_ms, max_age_ms);
+        if expired > 0 {
+            self.changed();
+        }
+        expired
+    }
+
+    fn changed(&self) {
+        self.version.set(self.version.get() + 1);
+    }
+
+    /// Writes a snapshot of `log`'s producers if the state changed since
+    /// the last one: below `high_watermark` on a replica, below the log's
+    /// end otherwise.
+    pub async fn write_snapshot(
+        &self,
+        log: &Log,
+        high_watermark: Option<u64>,
+    ) -> Result<(), StorageError> {
+        let last = self.snapshot.get();
+        let version = self.version.get();
+        if version == last.version && last.whole {
+            return Ok(());
+        }
+        let (offset, table, whole) = match high_watermark {
+            Some(high_watermark) => {
+                let offset = high_watermark.min(log.offset_next());
+                let current = self.table.borrow();
+                let mut table = current.clone();
+                table.truncate(offset);
+                let whole = table == *current;
+                (offset, table, whole)
+            }
+            None => {
+                // No idempotent append between its offset and the table.
+                let _turn = self.turn().await?;
+                (log.offset_next(), self.table.borrow().clone(), true)
+            }
+        };
+        if offset < last.offset {
+            return Ok(());
+        }
+        producer_snapshot::write(log.dir(), offset, &table).await?;
+        self.snapshot.set(SnapshotMark {
+            offset,
+            version,
+            whole,
+        });
+        Ok(())
+    }
+}
