@@ -111,7 +111,7 @@ fn answers(
                 .is_ok_and(|h| h.body_type() == wire::Response::ProduceResponse);
             if produce {
                 let count = faults.produce_answers.fetch_add(1, Ordering::SeqCst) + 1;
-                if count % every == 0 && faults.swallowed.load(Ordering::SeqCst) < max {
+                if count.is_multiple_of(every) && faults.swallowed.load(Ordering::SeqCst) < max {
                     faults.swallowed.fetch_add(1, Ordering::SeqCst);
                     if let Some(notify) = &faults.notify {
                         let _ = notify.lock().unwrap().send(());

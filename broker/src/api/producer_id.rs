@@ -16,7 +16,7 @@ pub(super) async fn init_producer_id(
         (-1, -1) => new_id(shard).await,
         // The last epoch is left unused, as Kafka's producer does: past it
         // the producer starts over with a new id.
-        (id, epoch) if id >= 0 && epoch >= 0 && epoch < i16::MAX - 1 => Ok((id, epoch + 1)),
+        (id, epoch) if id >= 0 && (0..i16::MAX - 1).contains(&epoch) => Ok((id, epoch + 1)),
         (id, epoch) if id >= 0 && epoch >= 0 => new_id(shard).await,
         _ => Err(ErrorCode::InvalidRequest),
     };
