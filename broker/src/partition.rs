@@ -383,7 +383,7 @@ impl Partition {
             };
             let batch = &rest[..len];
             rest = &rest[len..];
-            let producer = Batch::parse(batch).ok().and_then(|b| ProducerBatch::of(&b));
+            let producer = ProducerBatch::peek(batch);
             let base = match producer {
                 None => {
                     let appended = log.append(batch).await.map_err(|e| error_code(&e))?;

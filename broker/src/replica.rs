@@ -946,10 +946,7 @@ impl Replication {
                         );
                         return;
                     };
-                    if let Some(producer) = Batch::parse(&payload)
-                        .ok()
-                        .and_then(|b| ProducerBatch::of(&b))
-                    {
+                    if let Some(producer) = ProducerBatch::peek(&payload) {
                         partition.apply_producer(&producer, entry.offset, entry.end - 1);
                     }
                     replica.push(StorageOp::Append {

@@ -351,6 +351,13 @@ pub fn set_partition_leader_epoch(bytes: &mut [u8], epoch: i32) {
     bytes[OFFSET_LEADER_EPOCH..OFFSET_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// The producer id of the batch at the start of `bytes`, read without
+/// framing the batch (-1 when the bytes are too short): all that batches
+/// of producers without an id (-1) pay for idempotence on the broker.
+pub fn peek_producer_id(bytes: &[u8]) -> i64 {
+    read_i64(bytes, OFFSET_PRODUCER_ID).unwrap_or(-1)
+}
+
 /// Writes an idempotent producer's id, epoch and base sequence into the
 /// header of the batch at the start of `bytes` and recomputes its CRC
 /// (they lie under it): a producer stamps a sealed batch when it sends it

@@ -48,6 +48,16 @@ pub struct ProducerBatch {
 }
 
 impl ProducerBatch {
+    /// The producer fields of the batch at the start of `bytes`; `None`
+    /// for a producer without an id (one read and a branch) or bytes that
+    /// do not frame a batch.
+    pub fn peek(bytes: &[u8]) -> Option<ProducerBatch> {
+        if fjord_core::batch::peek_producer_id(bytes) < 0 {
+            return None;
+        }
+        Self::of(&Batch::parse(bytes).ok()?)
+    }
+
     /// The producer fields of `batch`; `None` for a batch of a producer
     /// without an id (id -1) or a control batch.
     pub fn of(batch: &Batch<'_>) -> Option<ProducerBatch> {
