@@ -487,3 +487,31 @@ fn a_killed_leader_hands_over_the_producer_state_of_its_log() {
     sending.join().unwrap();
     assert_exactly_once(&client, count);
 }
+
+#[test]
+fn after_a_batch_fails_for_good_the_next_epoch_starts_over_and_nothing_is_lost() {
+    let broker = Broker::start(1);
+    let client = broker.client();
+    let configs = [("max.message.bytes".to_owned(), "1024".to_owned())];
+    block_on(Admin::new(client.clone()).create_topic(TOPIC, 1, &configs)).unwrap();
+    let producer = Producer::new(&client, small_batches()).unwrap();
+    let send = |i: usize| producer.send(TOPIC, Some(0), None, Some(&value(i)), &[]);
+    let first: Vec<_> = (0..10).map(send).collect();
+    block_on(producer.flush()).unwrap();
+    // Refused for good: the producer bumps its epoch, sequences restart.
+    let big = producer.send(TOPIC, Some(0), None, Some(&[0u8; 4096]), &[]);
+    block_on(producer.flush()).unwrap();
+    assert!(matches!(
+        block_on(big),
+        Err(ClientError::Broker {
+            code: ErrorCode::MessageTooLarge,
+            ..
+        })
+    ));
+    let second: Vec<_> = (10..20).map(send).collect();
+    block_on(producer.flush()).unwrap();
+    for (i, sent) in first.into_iter().chain(second).enumerate() {
+        assert_eq!(block_on(sent).unwrap().offset, i as i64);
+    }
+    assert_exactly_once(&client, 20);
+}
