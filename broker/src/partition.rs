@@ -137,7 +137,7 @@ impl Partition {
             setup.staging.clone(),
         )
         .await?;
-        let producers = producer_snapshot::load(&log).await?;
+        let (producers, snapshot_offset) = producer_snapshot::load(&log).await?;
         if !producers.is_empty() {
             tracing::info!(
                 shard = setup.shard,
@@ -147,13 +147,14 @@ impl Partition {
                 "producer state rebuilt"
             );
         }
+        let producers = ProducerState::new(producers, &log, snapshot_offset);
         Ok(Partition {
             topic_id: setup.topic_id,
             setup,
             log: RefCell::new(Rc::new(log)),
             reopen_turn: Semaphore::new(1),
             parked: RefCell::new(Vec::new()),
-            producers: ProducerState::new(producers),
+            producers,
         })
     }
 
@@ -194,12 +195,12 @@ impl Partition {
         }
     }
 
-    /// Writes a producer snapshot if the state changed since the last one
-    /// (see [`crate::producer_state`]).
-    pub async fn snapshot_producers(&self) -> Result<(), StorageError> {
+    /// Writes a producer snapshot if one is due (see
+    /// [`crate::producer_state`]); `closing`: the partition closes.
+    pub async fn snapshot_producers(&self, closing: bool) -> Result<(), StorageError> {
         let high_watermark = self.replica().map(|r| r.high_watermark());
         self.producers
-            .write_snapshot(&self.log(), high_watermark)
+            .write_snapshot(&self.log(), high_watermark, closing)
             .await
     }
 
@@ -240,7 +241,7 @@ impl Partition {
             None => u64::MAX,
         };
         // The state of producers whose batches go must outlive them.
-        self.snapshot_producers().await?;
+        self.snapshot_producers(false).await?;
         let log = self.log();
         let deleted = log.enforce_retention_below(now_ms, keep_from).await?;
         if deleted > 0
@@ -318,7 +319,7 @@ impl Partition {
                 reopened.set_retention(bytes, age);
                 // What the failed log took but never wrote is gone: the
                 // producer state must not answer for it as a duplicate.
-                let producers = producer_snapshot::load(&reopened).await.map_err(|e| {
+                let (producers, _) = producer_snapshot::load(&reopened).await.map_err(|e| {
                     tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer state");
                     error_code(&e)
                 })?;
@@ -549,7 +550,7 @@ impl Partition {
     /// Wakes parked readers (they find nothing new and answer) and closes
     /// the log.
     pub async fn close(&self) -> Result<(), StorageError> {
-        if let Err(e) = self.snapshot_producers().await {
+        if let Err(e) = self.snapshot_producers(true).await {
             let s = &self.setup;
             tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer snapshot at close");
         }

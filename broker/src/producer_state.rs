@@ -3,9 +3,12 @@
 //! and update one step on a partition of its own, and when to write the
 //! next snapshot.
 //!
-//! A snapshot is written only when the table changed since the last one
-//! (partitions without idempotent producers never write one), before
-//! retention deletes segments and at close. On a replica it covers what is
+//! A snapshot is written before retention deletes segments (every
+//! `retention_check_interval_ms`) when the table changed since the last
+//! one, or when the log rolled a segment since; and at close when the log
+//! grew since the last one (as Kafka does at roll and at close). So an
+//! open reads back at most about a segment's batches, and a partition
+//! that is not written to writes nothing. On a replica it covers what is
 //! below the high watermark — never cut by Raft, so a snapshot is never
 //! ahead of what the log will hold — and the batches above it are read
 //! back from the log at open.
@@ -26,6 +29,8 @@ struct SnapshotMark {
     /// It held the whole table (a replica's leaves out what is above the
     /// high watermark).
     whole: bool,
+    /// The log's segments at the time: another one means a roll.
+    segments: usize,
 }
 
 /// One partition's producer state.
@@ -39,16 +44,18 @@ pub struct ProducerState {
 }
 
 impl ProducerState {
-    /// The state loaded at open: on disk already (snapshot and log).
-    pub fn new(table: ProducerTable) -> ProducerState {
+    /// The state loaded at open from `log` and its snapshot at
+    /// `snapshot_offset` (0 for none): on disk already.
+    pub fn new(table: ProducerTable, log: &Log, snapshot_offset: u64) -> ProducerState {
         ProducerState {
             table: RefCell::new(table),
             turn: Semaphore::new(1),
             version: Cell::new(0),
             snapshot: Cell::new(SnapshotMark {
-                offset: 0,
+                offset: snapshot_offset,
                 version: 0,
                 whole: true,
+                segments: log.segment_count(),
             }),
         }
     }
@@ -97,17 +104,20 @@ impl ProducerState {
         self.version.set(self.version.get() + 1);
     }
 
-    /// Writes a snapshot of `log`'s producers if the state changed since
-    /// the last one: below `high_watermark` on a replica, below the log's
-    /// end otherwise.
+    /// Writes a snapshot of `log`'s producers if it is due (see the module
+    /// doc; `closing`: the partition closes): below `high_watermark` on a
+    /// replica, below the log's end otherwise.
     pub async fn write_snapshot(
         &self,
         log: &Log,
         high_watermark: Option<u64>,
+        closing: bool,
     ) -> Result<(), StorageError> {
         let last = self.snapshot.get();
         let version = self.version.get();
-        if version == last.version && last.whole {
+        let changed = version != last.version || !last.whole;
+        let rolled = log.segment_count() != last.segments;
+        if !changed && !(rolled || closing) {
             return Ok(());
         }
         let (offset, table, whole) = match high_watermark {
@@ -125,7 +135,7 @@ impl ProducerState {
                 (log.offset_next(), self.table.borrow().clone(), true)
             }
         };
-        if offset < last.offset {
+        if offset < last.offset || (offset == last.offset && !changed) {
             return Ok(());
         }
         producer_snapshot::write(log.dir(), offset, &table).await?;
@@ -133,6 +143,7 @@ impl ProducerState {
             offset,
             version,
             whole,
+            segments: log.segment_count(),
         });
         Ok(())
     }

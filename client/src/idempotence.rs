@@ -29,11 +29,13 @@ impl Identity {
     }
 
     /// The id and epoch, asked for if not known yet; retriable failures
-    /// are retried every `backoff` until `deadline`.
+    /// are retried every `backoff`, at most `retries` times and until
+    /// `deadline`.
     pub(crate) async fn get(
         &self,
         client: &Client,
         backoff: Duration,
+        retries: u32,
         deadline: Instant,
     ) -> Result<Stamp> {
         let _turn = self
@@ -44,7 +46,7 @@ impl Identity {
         if let Some(stamp) = self.current.get() {
             return Ok(stamp);
         }
-        let stamp = retry(backoff, deadline, || init(client, (-1, -1))).await?;
+        let stamp = retry(backoff, retries, deadline, || init(client, (-1, -1))).await?;
         tracing::debug!(producer_id = stamp.0, epoch = stamp.1, "producer id");
         self.current.set(Some(stamp));
         Ok(stamp)
@@ -74,12 +76,15 @@ impl Identity {
 
 async fn retry<T>(
     backoff: Duration,
+    retries: u32,
     deadline: Instant,
     mut f: impl AsyncFnMut() -> Result<T>,
 ) -> Result<T> {
+    let mut attempt = 0;
     loop {
         match f().await {
-            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+            Err(e) if e.is_retriable() && attempt < retries && Instant::now() < deadline => {
+                attempt += 1;
                 glommio::timer::sleep(backoff).await;
             }
             other => return other,

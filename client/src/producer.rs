@@ -551,7 +551,12 @@ impl Core {
             if self.config.idempotence {
                 let stamp = match self
                     .identity
-                    .get(&self.client, self.config.retry_backoff, deadline)
+                    .get(
+                        &self.client,
+                        self.config.retry_backoff,
+                        self.config.retries,
+                        deadline,
+                    )
                     .await
                 {
                     Ok(stamp) => stamp,

@@ -195,8 +195,9 @@ fn decode(file: &[u8], offset: u64) -> Result<ProducerTable, String> {
 }
 
 /// The producer state of `log`: its newest usable snapshot, then every
-/// batch from there to the log's end. Snapshots past the end are deleted.
-pub async fn load(log: &Log) -> Result<ProducerTable> {
+/// batch from there to the log's end; and that snapshot's offset (0 for
+/// none). Snapshots past the end are deleted.
+pub async fn load(log: &Log) -> Result<(ProducerTable, u64)> {
     let dir = log.dir();
     let end = log.offset_next();
     let mut from_snapshot = None;
@@ -219,7 +220,7 @@ pub async fn load(log: &Log) -> Result<ProducerTable> {
     }
     let (from, mut table) = from_snapshot.unwrap_or_default();
     scan(log, from.max(log.offset_start()), end, &mut table).await?;
-    Ok(table)
+    Ok((table, from))
 }
 
 /// Applies the producer batches of `log` in `[from, end)` to `table`.

@@ -48,8 +48,9 @@ fn state_is_rebuilt_from_the_log_and_from_a_snapshot() {
             }
         }
         log.flush().await.expect("flush");
-        let rebuilt = producer_snapshot::load(&log).await.expect("load");
+        let (rebuilt, from) = producer_snapshot::load(&log).await.expect("load");
         assert_eq!(rebuilt, table, "snapshot + tail");
+        assert!(from > 0, "from the snapshot");
         // Without snapshots: the whole log.
         let mut scanned = ProducerTable::new();
         producer_snapshot::scan(&log, 0, log.offset_next(), &mut scanned)
@@ -62,7 +63,7 @@ fn state_is_rebuilt_from_the_log_and_from_a_snapshot() {
         producer_snapshot::write(log.dir(), log.offset_next() + 10, &ahead)
             .await
             .expect("snapshot");
-        assert_eq!(producer_snapshot::load(&log).await.expect("load"), table);
+        assert_eq!(producer_snapshot::load(&log).await.expect("load").0, table);
         log.close().await.expect("close");
     });
 }
@@ -97,7 +98,7 @@ fn retention_keeps_the_state_of_producers_whose_segments_went() {
             .await
             .expect("retention");
         assert!(deleted > 0 && log.offset_start() > appended.last_offset);
-        let rebuilt = producer_snapshot::load(&log).await.expect("load");
+        let (rebuilt, _) = producer_snapshot::load(&log).await.expect("load");
         let retry = producer_of(&old);
         assert_eq!(
             rebuilt.check(&retry),
