@@ -117,7 +117,7 @@ impl ProducerState {
         let version = self.version.get();
         let changed = version != last.version || !last.whole;
         let rolled = log.segment_count() != last.segments;
-        if !changed && !(rolled || closing) {
+        if !(changed || rolled || closing) {
             return Ok(());
         }
         let (offset, table, whole) = match high_watermark {
