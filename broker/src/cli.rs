@@ -397,6 +397,8 @@ pub fn produce(
     let config = ProducerConfig {
         acks: args.acks,
         stop_on_error: true,
+        // As Kafka's producer: on unless acks says otherwise.
+        idempotence: args.acks == fjord_net::api::ACKS_ALL,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;

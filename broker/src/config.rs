@@ -44,6 +44,10 @@ pub struct ServeConfig {
     /// How often each shard deletes segments past their topic's retention
     /// (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// A producer id whose last batch in a partition is older than this is
+    /// dropped from that partition's producer state (Kafka's
+    /// `producer.id.expiration.ms`); checked with retention.
+    pub producer_id_expiration_ms: u64,
     /// Where each shard keeps its staging file (shared memory: it outlives
     /// the process, not the machine).
     pub staging_dir: PathBuf,
@@ -132,6 +136,7 @@ impl Default for ServeConfig {
             max_inflight_bytes: 128 << 20,
             cache_bytes_per_shard: 256 << 20,
             retention_check_interval_ms: 30_000,
+            producer_id_expiration_ms: 86_400_000,
             staging_dir: PathBuf::from(fjord_storage::staging::DEFAULT_DIR),
             staging_bytes_per_shard: 32 << 20,
             disk_min_free_bytes: 256 << 20,
@@ -290,6 +295,11 @@ impl ServeConfig {
                 "retention_check_interval_ms must be above 0".into(),
             ));
         }
+        if self.producer_id_expiration_ms == 0 || self.producer_id_expiration_ms > i64::MAX as u64 {
+            return Err(ConfigError::Invalid(
+                "producer_id_expiration_ms must be above 0".into(),
+            ));
+        }
         if self.staging_bytes_per_shard != 0
             && self.staging_bytes_per_shard < fjord_storage::staging::BYTES_MIN
         {
@@ -329,6 +339,12 @@ impl ServeConfig {
         }
         if self.node_id == Some(0) {
             return Err(ConfigError::Invalid("node_id must be above 0".into()));
+        }
+        if self.node_id > Some(crate::producer_ids::NODE_ID_MAX) {
+            return Err(ConfigError::Invalid(format!(
+                "node_id must be at most {} (producer ids embed it)",
+                crate::producer_ids::NODE_ID_MAX
+            )));
         }
         if self.node_id.is_some() && !self.runs_controller() && self.contact_points().is_empty() {
             return Err(ConfigError::Invalid(

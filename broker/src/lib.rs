@@ -16,5 +16,7 @@ pub mod node;
 pub mod partition;
 pub mod peer;
 pub mod process;
+pub mod producer_ids;
+pub mod producer_state;
 pub mod replica;
 pub mod shard;

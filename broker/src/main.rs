@@ -267,6 +267,9 @@ struct ServeArgs {
     /// How often retention runs [default: 30000 ms].
     #[arg(long)]
     retention_check_interval_ms: Option<u64>,
+    /// Idle time after which a partition forgets a producer id [default: 86400000 ms].
+    #[arg(long)]
+    producer_id_expiration_ms: Option<u64>,
     /// Shared-memory directory for the staging files [default: /dev/shm].
     #[arg(long)]
     staging_dir: Option<PathBuf>,
@@ -379,6 +382,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.retention_check_interval_ms {
             config.retention_check_interval_ms = v;
+        }
+        if let Some(v) = self.producer_id_expiration_ms {
+            config.producer_id_expiration_ms = v;
         }
         if let Some(v) = self.staging_dir {
             config.staging_dir = v;

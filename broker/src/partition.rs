@@ -7,12 +7,26 @@
 //! or EMFILE) is opened again from disk by the next produce once room is
 //! back — recovery keeps every whole batch — so it is never read-only for
 //! good.
+//!
+//! Batches of idempotent producers (producer id >= 0) are checked against
+//! the partition's producer state ([`ProducerTable`]) first: a duplicate
+//! is answered with its first offset and not appended again; a gap or a
+//! fenced epoch is refused. On a partition of its own the check, the
+//! append and the table's update run under the state's turn, one
+//! idempotent batch at a time (the log assigns offsets only inside its
+//! own await, so the check cannot be made atomic with it otherwise); a
+//! replicated partition checks and proposes in one synchronous step and
+//! the table follows the Raft log (see `replica.rs`).
 
+use crate::producer_state::ProducerState;
 use crate::replica::{Replica, Replication};
 use fjord_core::Batch;
 use fjord_net::{ErrorCode, api};
 use fjord_storage::space::SpaceWatch;
-use fjord_storage::{BatchCache, Log, LogConfig, LogRead, Staging, StorageError};
+use fjord_storage::{
+    BatchCache, Log, LogConfig, LogRead, ProducerBatch, SequenceError, Staging, StorageError,
+    Verdict, producer_snapshot,
+};
 use futures::channel::oneshot;
 use glommio::sync::Semaphore;
 use std::cell::RefCell;
@@ -78,6 +92,17 @@ pub struct Partition {
     parked: RefCell<Vec<oneshot::Sender<()>>>,
     /// The groups it coordinates (partitions of `__consumer_offsets`).
     coordinator: std::cell::OnceCell<Rc<crate::group::Coordinator>>,
+    /// Idempotent producers' state, following the log (the Raft log when
+    /// replicated).
+    producers: ProducerState,
+}
+
+/// Kafka's code for a refused sequence.
+pub fn sequence_error_code(error: &SequenceError) -> ErrorCode {
+    match error {
+        SequenceError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequenceNumber,
+        SequenceError::StaleEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+    }
 }
 
 /// Kafka's code for a storage failure.
@@ -115,6 +140,17 @@ impl Partition {
             setup.staging.clone(),
         )
         .await?;
+        let (producers, snapshot_offset) = producer_snapshot::load(&log).await?;
+        if !producers.is_empty() {
+            tracing::info!(
+                shard = setup.shard,
+                topic = %setup.topic,
+                partition = setup.partition,
+                producers = producers.len(),
+                "producer state rebuilt"
+            );
+        }
+        let producers = ProducerState::new(producers, &log, snapshot_offset);
         Ok(Partition {
             topic_id: setup.topic_id,
             setup,
@@ -122,6 +158,7 @@ impl Partition {
             reopen_turn: Semaphore::new(1),
             parked: RefCell::new(Vec::new()),
             coordinator: std::cell::OnceCell::new(),
+            producers,
         })
     }
 
@@ -129,6 +166,52 @@ impl Partition {
     /// holds, made on first use.
     pub fn coordinator(&self) -> Rc<crate::group::Coordinator> {
         self.coordinator.get_or_init(Rc::default).clone()
+    }
+
+    /// Checks an idempotent producer's batch against the producer state;
+    /// changes nothing.
+    pub fn check_producer(&self, batch: &ProducerBatch) -> Result<Verdict, ErrorCode> {
+        self.producers.check(batch).map_err(|e| {
+            let s = &self.setup;
+            tracing::debug!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "batch refused");
+            sequence_error_code(&e)
+        })
+    }
+
+    /// Records a producer's batch the log (or the Raft log) took at
+    /// `base..=last`, in log order.
+    pub fn apply_producer(&self, batch: &ProducerBatch, base: u64, last: u64) {
+        self.producers.apply(batch, base, last);
+    }
+
+    /// The Raft log was cut at `end`: its producers' state is cut with it.
+    pub fn truncate_producers(&self, end: u64) {
+        self.producers.truncate(end);
+    }
+
+    /// The log starts again empty (a replica behind its leader's start):
+    /// what it knew of producers goes with it.
+    pub fn clear_producers(&self) {
+        self.producers.replace(fjord_storage::ProducerTable::new());
+    }
+
+    /// Drops producers idle for longer than `max_age_ms`.
+    pub fn expire_producers(&self, now_ms: i64, max_age_ms: u64) {
+        let max_age = i64::try_from(max_age_ms).unwrap_or(i64::MAX);
+        let expired = self.producers.expire(now_ms, max_age);
+        if expired > 0 {
+            let s = &self.setup;
+            tracing::debug!(shard = s.shard, topic = %s.topic, partition = s.partition, expired, "producer ids expired");
+        }
+    }
+
+    /// Writes a producer snapshot if one is due (see
+    /// [`crate::producer_state`]); `closing`: the partition closes.
+    pub async fn snapshot_producers(&self, closing: bool) -> Result<(), StorageError> {
+        let high_watermark = self.replica().map(|r| r.high_watermark());
+        self.producers
+            .write_snapshot(&self.log(), high_watermark, closing)
+            .await
     }
 
     /// The log.
@@ -171,6 +254,8 @@ impl Partition {
             Some((replica, replication)) => replication.retention_floor(replica.group),
             None => u64::MAX,
         };
+        // The state of producers whose batches go must outlive them.
+        self.snapshot_producers(false).await?;
         let log = self.log();
         let deleted = log.enforce_retention_below(now_ms, keep_from).await?;
         if deleted > 0
@@ -257,8 +342,22 @@ impl Partition {
                 );
                 let (bytes, age) = log.retention();
                 reopened.set_retention(bytes, age);
+                // What the failed log took but never wrote is gone: the
+                // producer state must not answer for it as a duplicate.
+                let (producers, _) = producer_snapshot::load(&reopened).await.map_err(|e| {
+                    tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer state");
+                    error_code(&e)
+                })?;
                 let reopened = Rc::new(reopened);
-                *self.log.borrow_mut() = reopened.clone();
+                {
+                    let _turn = self
+                        .producers
+                        .turn()
+                        .await
+                        .map_err(|_| ErrorCode::KafkaStorageError)?;
+                    self.producers.replace(producers);
+                    *self.log.borrow_mut() = reopened.clone();
+                }
                 Ok(reopened)
             }
             Err(e) => {
@@ -304,26 +403,75 @@ impl Partition {
         let mut rest = records;
         let mut base_offset = None;
         let mut durable = Vec::new();
+        // A duplicate's answer waits for its first copy to be readable.
+        let mut duplicates_end = 0;
         while !rest.is_empty() {
             let len = match Batch::peek_len(rest) {
                 Ok(len) if len <= rest.len() => len,
                 _ => return Err(ErrorCode::CorruptMessage),
             };
-            let appended = log.append(&rest[..len]).await.map_err(|e| error_code(&e))?;
-            base_offset.get_or_insert(appended.base_offset);
-            durable.push(appended.durable);
+            let batch = &rest[..len];
             rest = &rest[len..];
+            let producer = ProducerBatch::peek(batch);
+            let base = match producer {
+                None => {
+                    let appended = log.append(batch).await.map_err(|e| error_code(&e))?;
+                    durable.push(appended.durable);
+                    appended.base_offset
+                }
+                Some(producer) => match self.append_idempotent(&log, batch, &producer).await? {
+                    Ok(appended) => {
+                        durable.push(appended.durable);
+                        appended.base_offset
+                    }
+                    Err((base, end)) => {
+                        duplicates_end = duplicates_end.max(end);
+                        base
+                    }
+                },
+            };
+            base_offset.get_or_insert(base);
         }
         // Parked readers wait on the log's visible mark, not on this answer.
         if wait {
             futures::future::try_join_all(durable)
                 .await
                 .map_err(|e| error_code(&e))?;
+            if duplicates_end > 0 {
+                log.wait_visible(duplicates_end).await;
+            }
         }
         Ok(Produced {
             base_offset: base_offset.unwrap_or(0) as i64,
             log_start_offset: log.offset_start() as i64,
         })
+    }
+
+    /// Appends an idempotent producer's batch unless it is a duplicate:
+    /// check, append and the table's update under the producer turn.
+    /// `Err((base, end))`: a duplicate, first written at `base..end`.
+    async fn append_idempotent(
+        &self,
+        log: &Log,
+        batch: &[u8],
+        producer: &ProducerBatch,
+    ) -> Result<Result<fjord_storage::Appended, (u64, u64)>, ErrorCode> {
+        let _turn = self
+            .producers
+            .turn()
+            .await
+            .map_err(|_| ErrorCode::KafkaStorageError)?;
+        match self.check_producer(producer)? {
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } => Ok(Err((base_offset, last_offset + 1))),
+            Verdict::Append => {
+                let appended = log.append(batch).await.map_err(|e| error_code(&e))?;
+                self.apply_producer(producer, appended.base_offset, appended.last_offset);
+                Ok(Ok(appended))
+            }
+        }
     }
 
     /// Whole batches from `offset`, at most `max_bytes` (but at least one).
@@ -430,6 +578,10 @@ impl Partition {
     /// Wakes parked readers (they find nothing new and answer) and closes
     /// the log.
     pub async fn close(&self) -> Result<(), StorageError> {
+        if let Err(e) = self.snapshot_producers(true).await {
+            let s = &self.setup;
+            tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer snapshot at close");
+        }
         if let Some((replica, replication)) = &self.setup.replica {
             replication.remove(replica.group);
         }

@@ -15,6 +15,13 @@
 //!   committed (the high watermark); a leader that steps down fails them
 //!   with `NOT_LEADER_OR_FOLLOWER`, and the client retries.
 //!
+//! - The partition's producer state follows the Raft log: each entry's
+//!   batch is recorded as the core appends it (a leader's proposal, a
+//!   follower's entries from its leader, in log order), and a cut of a
+//!   divergent suffix cuts it too, so a new leader knows every producer
+//!   batch its log holds. A leader checks a producer's batch and proposes
+//!   it in one synchronous step.
+//!
 //! Nothing here awaits while the mux is borrowed: a round of the core and
 //! the carrying out of its outputs is synchronous, and I/O runs in tasks
 //! that report back by starting a new round.
@@ -35,7 +42,7 @@ use fjord_replication::raft::{
     NodeId, Offset, Output, ProposeError, Replicate, Term,
 };
 use fjord_replication::wire;
-use fjord_storage::StorageError;
+use fjord_storage::{ProducerBatch, StorageError, Verdict};
 use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::sync::Semaphore;
@@ -756,6 +763,31 @@ impl Replication {
                 }
                 futures::future::Either::Right(_) => return Err(ErrorCode::RequestTimedOut),
             }
+            // Checked and proposed with no await between: the table takes
+            // the batch in the same round (`carry_out`).
+            if let Some(producer) = ProducerBatch::of(&parsed) {
+                let verdict = match partition.check_producer(&producer) {
+                    Ok(_) if !replica.is_leader() => Err(ErrorCode::NotLeaderOrFollower),
+                    other => other,
+                };
+                match verdict {
+                    Ok(Verdict::Append) => {}
+                    Ok(Verdict::Duplicate {
+                        base_offset,
+                        last_offset,
+                    }) => {
+                        replica.room.signal(len as u64);
+                        base.get_or_insert(base_offset);
+                        end = end.max(last_offset + 1);
+                        rest = &rest[len..];
+                        continue;
+                    }
+                    Err(code) => {
+                        replica.room.signal(len as u64);
+                        return Err(code);
+                    }
+                }
+            }
             let source = Source::Proposal(Some(Payload::Proposed(rest[..len].to_vec())));
             let entry = self
                 .round(replica.group, source, |group, out| {
@@ -771,7 +803,7 @@ impl Replication {
                     _ => ErrorCode::UnknownServerError,
                 })?;
             base.get_or_insert(entry.offset);
-            end = entry.end;
+            end = end.max(entry.end);
             rest = &rest[len..];
         }
         let base = base.ok_or(ErrorCode::InvalidRequest)?;
@@ -920,6 +952,9 @@ impl Replication {
                         );
                         return;
                     };
+                    if let Some(producer) = ProducerBatch::peek(&payload) {
+                        partition.apply_producer(&producer, entry.offset, entry.end - 1);
+                    }
                     replica.push(StorageOp::Append {
                         entry,
                         payload,
@@ -928,10 +963,16 @@ impl Replication {
                 }
                 return;
             }
-            Output::Truncate { end, .. } => StorageOp::Truncate { end },
+            Output::Truncate { end, .. } => {
+                partition.truncate_producers(end);
+                StorageOp::Truncate { end }
+            }
             Output::Reset {
                 start, membership, ..
-            } => StorageOp::Reset { start, membership },
+            } => {
+                partition.clear_producers();
+                StorageOp::Reset { start, membership }
+            }
             Output::Sync { end, generation } => StorageOp::Sync { end, generation },
             Output::PersistHardState { state, version } => StorageOp::Persist { state, version },
             Output::Event(event) => {

@@ -74,6 +74,8 @@ pub struct Shard {
     data_shards: usize,
     /// This shard's replicated partitions.
     replication: Rc<Replication>,
+    /// Hands out producer ids (InitProducerId).
+    pub producer_ids: crate::producer_ids::ProducerIds,
     /// Who leads each replicated partition, as last heard (newest term).
     leaders: RefCell<HashMap<GroupId, LeaderReport>>,
     /// Woken when the leaders table changes (the follow loop reports it).
@@ -133,11 +135,14 @@ impl Shard {
             failed,
             moved,
         ));
+        let producer_ids =
+            crate::producer_ids::ProducerIds::new(data.path(), config.node_id.unwrap_or(0), id);
         Shard {
             id,
             count,
             config,
             shard_ports,
+            producer_ids,
             data,
             staging,
             cache,
@@ -889,7 +894,8 @@ impl Shard {
         }
     }
 
-    /// Applies retention to every partition, forever.
+    /// Applies retention to every partition, forever; expires idle
+    /// producer ids and writes producer snapshots on the way.
     pub async fn enforce_retention(self: Rc<Self>) {
         loop {
             glommio::timer::sleep(Duration::from_millis(
@@ -900,6 +906,7 @@ impl Shard {
                 self.partitions.borrow().values().cloned().collect();
             let now = fjord_storage::log::now_ms();
             for partition in partitions {
+                partition.expire_producers(now, self.config.producer_id_expiration_ms);
                 if let Err(e) = partition.enforce_retention(now).await
                     && let Some(count) = self.retention_failures.hit()
                 {

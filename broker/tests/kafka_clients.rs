@@ -244,8 +244,8 @@ const KAFKA_PYTHON: &str = r#"
 import sys, json
 from kafka import KafkaProducer, KafkaConsumer, TopicPartition
 boot, topic = sys.argv[1], sys.argv[2]
-# Idempotence (InitProducerId) is not served yet.
-p = KafkaProducer(bootstrap_servers=boot, acks="all", enable_idempotence=False)
+# Idempotent: InitProducerId, then sequences the broker checks.
+p = KafkaProducer(bootstrap_servers=boot, acks="all", enable_idempotence=True)
 for i in range(100):
     p.send(topic, key=b"k%d" % i, value=b"v%d" % i, partition=0)
 p.flush(30)
@@ -377,7 +377,7 @@ import sys, json, time
 from confluent_kafka import Producer, Consumer
 boot, topic = sys.argv[1], sys.argv[2]
 def produce(lo, hi):
-    p = Producer({"bootstrap.servers": boot, "acks": "all"})
+    p = Producer({"bootstrap.servers": boot, "acks": "all", "enable.idempotence": True})
     for i in range(lo, hi):
         p.produce(topic, key=b"k%d" % i, value=b"%d" % i, partition=i % 6)
     assert p.flush(30) == 0

@@ -32,6 +32,7 @@ fn no_retries() -> ProducerConfig {
     ProducerConfig {
         retries: 0,
         acks: fjord_net::api::ACKS_LEADER,
+        idempotence: false,
         ..ProducerConfig::default()
     }
 }

@@ -108,6 +108,7 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
     for round in 0..ROUNDS {
         let config = ProducerConfig {
             acks: fjord_net::api::ACKS_LEADER,
+            idempotence: false,
             retries: 0,
             linger: Duration::from_millis(1),
             ..ProducerConfig::default()

@@ -721,6 +721,6 @@ fn leaderless(e: &ClientError) -> bool {
         ClientError::Connect { .. } | ClientError::Connection { .. } | ClientError::Timeout(_) => {
             true
         }
-        ClientError::Protocol(_) | ClientError::Closed => false,
+        ClientError::Protocol(_) | ClientError::Config(_) | ClientError::Closed => false,
     }
 }

@@ -36,6 +36,9 @@ pub enum ClientError {
     /// The answer did not make sense.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Settings that contradict each other.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The client (or producer) was closed.
     #[error("client closed")]
     Closed,
@@ -58,7 +61,7 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::Connection { .. }
             | ClientError::Timeout(_) => true,
-            ClientError::Protocol(_) | ClientError::Closed => false,
+            ClientError::Protocol(_) | ClientError::Config(_) | ClientError::Closed => false,
         }
     }
 }

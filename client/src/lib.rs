@@ -11,6 +11,7 @@ pub mod client;
 pub mod consumer;
 pub mod error;
 pub mod group;
+mod idempotence;
 pub mod partitioner;
 pub mod producer;
 pub mod transport;

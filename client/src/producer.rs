@@ -3,26 +3,56 @@
 //! partition into a RecordBatch until it holds `batch_size` bytes or
 //! `linger` has passed since its first record; then it is sealed and sent.
 //!
-//! Ordering: each partition has at most one produce request in flight, and
-//! a batch that fails with a retriable error is sent again before any
+//! **Idempotence** (on by default, as Kafka 3's `enable.idempotence=true`,
+//! which needs `acks=all`): the producer asks for a producer id
+//! (InitProducerId) before its first batch, and stamps each batch with the
+//! id, the epoch and the partition's next sequence when it sends it first.
+//! Up to `max_in_flight` (5) produce requests per partition are in flight
+//! at once, in sequence order; the broker writes each batch once, whatever
+//! the retries:
+//! - a retriable failure of batch n (a timeout, a lost connection, a
+//!   leader change) waits for the answers of the batches sent after it,
+//!   then sends n and every later one not yet acknowledged again, in
+//!   sequence order; a batch the broker already holds is answered as a
+//!   duplicate, with the offset it was first written at;
+//! - `OUT_OF_ORDER_SEQUENCE_NUMBER` for a batch after a failed one is the
+//!   same case (its predecessor was not written) and resent in order; for
+//!   the first unacknowledged batch it means a real gap (the broker lost
+//!   the producer's state): the epoch is bumped and the batch resent;
+//! - a batch that fails for good (a refusal, or `delivery_timeout`)
+//!   bumps the producer's epoch (InitProducerId with its current id and
+//!   epoch, KIP-360), and the partition's sequences start again at 0 with
+//!   the batches after it; other partitions move to the new epoch once
+//!   their in-flight batches are settled. Batches whose fate cannot be
+//!   known (the failure was a timeout) fail with it rather than risk a
+//!   second copy.
+//!
+//! Without idempotence each partition has one produce request in flight,
+//! and a batch that fails with a retriable error is sent again before any
 //! later batch of that partition, so retries never reorder records (Kafka
-//! gets the same guarantee from `max.in.flight.requests.per.connection=1`
-//! without idempotence).
+//! gets the same guarantee from `max.in.flight.requests.per.connection=1`)
+//! but a retry after a lost answer may write a batch twice.
 
 use crate::client::{Client, Route};
 use crate::error::{ClientError, Result, check};
+use crate::idempotence::{Identity, Stamp};
 use crate::partitioner::{Sticky, partition_for_key};
 use crate::transport::Lane;
 use crate::transport::Response;
 use fjord_core::{BatchBuilder, RecordHeader};
 use fjord_net::{ErrorCode, api, wire};
-use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
+use futures::future::LocalBoxFuture;
+use futures::{FutureExt, StreamExt};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Kafka's ceiling on in-flight requests per partition with idempotence:
+/// the broker remembers the last five batches of each producer.
+pub const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 
 /// How a producer batches and acknowledges.
 #[derive(Debug, Clone)]
@@ -45,6 +75,32 @@ pub struct ProducerConfig {
     /// partition too, so that what was acknowledged is always a prefix of
     /// what was sent (the CLI's promise).
     pub stop_on_error: bool,
+    /// Each batch written once, in order, whatever the retries (Kafka's
+    /// `enable.idempotence`); needs `acks` all.
+    pub idempotence: bool,
+    /// Produce requests in flight per partition with idempotence, 1 to 5
+    /// (`max.in.flight.requests.per.connection`); 1 without it.
+    pub max_in_flight: usize,
+}
+
+impl ProducerConfig {
+    /// Refuses settings that contradict each other, as Kafka's producer
+    /// does.
+    pub fn validate(&self) -> Result<()> {
+        if self.idempotence && self.acks != api::ACKS_ALL {
+            return Err(ClientError::Config(format!(
+                "idempotence needs acks=all (-1), not {}; set idempotence to false",
+                self.acks
+            )));
+        }
+        if self.idempotence && !(1..=MAX_IN_FLIGHT_IDEMPOTENT).contains(&self.max_in_flight) {
+            return Err(ClientError::Config(format!(
+                "max_in_flight must be 1 to {MAX_IN_FLIGHT_IDEMPOTENT} with idempotence, not {}",
+                self.max_in_flight
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ProducerConfig {
@@ -57,6 +113,8 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_millis(100),
             stop_on_error: false,
+            idempotence: true,
+            max_in_flight: MAX_IN_FLIGHT_IDEMPOTENT,
         }
     }
 }
@@ -94,8 +152,9 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A producer over `client`.
+    /// A producer over `client`; contradictory settings are an error.
     pub fn new(client: &Client, config: ProducerConfig) -> Result<Producer> {
+        config.validate()?;
         let (tx, rx) = mpsc::unbounded();
         let task_client = client.clone();
         client.run_on_transport(move || {
@@ -105,6 +164,7 @@ impl Producer {
                 topics: RefCell::new(HashMap::new()),
                 outstanding: Cell::new(0),
                 flushes: RefCell::new(Vec::new()),
+                identity: Identity::new(),
             });
             glommio::spawn_local(core.run(rx)).detach();
         })?;
@@ -175,6 +235,8 @@ struct Core {
     /// Records accepted and not yet answered.
     outstanding: Cell<usize>,
     flushes: RefCell<Vec<oneshot::Sender<()>>>,
+    /// The producer id and epoch, with idempotence.
+    identity: Identity,
 }
 
 /// A topic whose partitions are known (or being looked up).
@@ -198,6 +260,10 @@ struct PartitionQueue {
     generation: Cell<u64>,
     /// Set by a failure under `stop_on_error`: every later record fails.
     failed: RefCell<Option<ClientError>>,
+    /// The id and epoch this partition's sequences run under.
+    stamp: Cell<Option<Stamp>>,
+    /// The next batch's base sequence.
+    sequence: Cell<i32>,
 }
 
 struct OpenBatch {
@@ -209,6 +275,40 @@ struct OpenBatch {
 struct Sealed {
     bytes: Vec<u8>,
     replies: Vec<Reply>,
+    /// Records (and sequence numbers) in the batch.
+    records: i32,
+    /// Set when first sent: retries stop here (`delivery_timeout`).
+    deadline: Option<Instant>,
+}
+
+/// A sealed batch sent and not yet answered for good.
+struct InFlight {
+    batch: Sealed,
+    attempt: Attempt,
+    retries: u32,
+}
+
+/// The latest send of a batch.
+enum Attempt {
+    Pending(LocalBoxFuture<'static, Result<i64>>),
+    Done(Result<i64>),
+}
+
+impl InFlight {
+    /// The latest send's outcome, waited for once.
+    async fn settle(&mut self) -> Result<i64> {
+        if let Attempt::Pending(future) = &mut self.attempt {
+            self.attempt = Attempt::Done(future.await);
+        }
+        match &self.attempt {
+            Attempt::Done(outcome) => outcome.clone(),
+            Attempt::Pending(_) => unreachable!("settled above"),
+        }
+    }
+
+    fn written(&self) -> bool {
+        matches!(self.attempt, Attempt::Done(Ok(_)))
+    }
 }
 
 impl Core {
@@ -274,6 +374,8 @@ impl Core {
                             sending: Cell::new(false),
                             generation: Cell::new(0),
                             failed: RefCell::new(None),
+                            stamp: Cell::new(None),
+                            sequence: Cell::new(0),
                         })
                     })
                     .collect();
@@ -389,9 +491,12 @@ impl Core {
             let count = topic.partitions.borrow().len() as u32;
             topic.sticky.borrow_mut().batch_sent(count);
         }
+        let records = open.builder.len() as i32;
         queue.sealed.borrow_mut().push_back(Sealed {
             bytes: open.builder.build(),
             replies: open.replies,
+            records,
+            deadline: None,
         });
         if !queue.sending.get() {
             queue.sending.set(true);
@@ -399,90 +504,247 @@ impl Core {
         }
     }
 
-    /// Sends the partition's sealed batches one at a time, in order.
+    /// Produce requests a partition may have in flight.
+    fn window_max(&self) -> usize {
+        if self.config.idempotence {
+            self.config.max_in_flight
+        } else {
+            1
+        }
+    }
+
+    /// Sends the partition's sealed batches in order, up to
+    /// [`Core::window_max`] at a time, until none is left.
     async fn drain(self: Rc<Self>, topic: Rc<Topic>, queue: Rc<PartitionQueue>) {
+        let mut window: VecDeque<InFlight> = VecDeque::new();
         loop {
-            let next = queue.sealed.borrow_mut().pop_front();
-            let Some(batch) = next else { break };
-            let failed = queue.failed.borrow().clone();
-            let outcome = match failed {
-                Some(error) => Err(error),
-                None => self.send_batch(&topic, &queue, &batch.bytes).await,
+            self.fill(&topic, &queue, &mut window).await;
+            let Some(head) = window.front_mut() else {
+                break;
             };
-            if let Err(error) = &outcome
-                && self.config.stop_on_error
-            {
-                *queue.failed.borrow_mut() = Some(error.clone());
-                // The open batch was accepted before the failure was
-                // known: it fails with it.
-                if let Some(open) = queue.open.borrow_mut().take() {
-                    for reply in open.replies {
-                        self.answer(reply, Err(error.clone()));
+            match head.settle().await {
+                Ok(base) => {
+                    if let Some(done) = window.pop_front() {
+                        self.answer_batch(&queue, done.batch, Ok(base));
                     }
                 }
-            }
-            for (i, reply) in batch.replies.into_iter().enumerate() {
-                let answer = outcome.clone().map(|base| RecordMetadata {
-                    partition: queue.partition,
-                    offset: if base < 0 { -1 } else { base + i as i64 },
-                });
-                self.answer(reply, answer);
+                Err(error) => self.failed(&topic, &queue, &mut window, error).await,
             }
         }
         queue.sending.set(false);
     }
 
-    /// Produces one batch, retrying retriable errors; the base offset, or
-    /// -1 under acks 0.
-    async fn send_batch(&self, topic: &Topic, queue: &PartitionQueue, batch: &[u8]) -> Result<i64> {
-        let mut attempt = 0;
-        let deadline = std::time::Instant::now() + self.config.delivery_timeout;
-        loop {
-            let outcome = self.produce_once(topic, queue, batch).await;
-            match outcome {
-                Err(e)
-                    if e.is_retriable()
-                        && attempt < self.config.retries
-                        && std::time::Instant::now() < deadline =>
-                {
-                    attempt += 1;
-                    glommio::timer::sleep(self.config.retry_backoff).await;
-                    // The partition may have moved: ask again where it is.
-                    if let Ok(routes) = self.client.routes(&topic.name).await {
-                        let route = routes
-                            .partitions
-                            .get(queue.partition as usize)
-                            .copied()
-                            .flatten();
-                        queue.route.set(route);
-                    }
-                }
-                other => return other,
+    /// Sends sealed batches until the window is full, stamping each with
+    /// the producer's id, epoch and the partition's next sequence.
+    async fn fill(&self, topic: &Topic, queue: &PartitionQueue, window: &mut VecDeque<InFlight>) {
+        while window.len() < self.window_max() {
+            let Some(mut batch) = queue.sealed.borrow_mut().pop_front() else {
+                return;
+            };
+            if let Some(error) = queue.failed.borrow().clone() {
+                self.answer_batch(queue, batch, Err(error));
+                continue;
             }
+            let deadline = *batch
+                .deadline
+                .get_or_insert_with(|| Instant::now() + self.config.delivery_timeout);
+            if self.config.idempotence {
+                let stamp = match self
+                    .identity
+                    .get(
+                        &self.client,
+                        self.config.retry_backoff,
+                        self.config.retries,
+                        deadline,
+                    )
+                    .await
+                {
+                    Ok(stamp) => stamp,
+                    Err(error) => {
+                        self.answer_batch(queue, batch, Err(error));
+                        continue;
+                    }
+                };
+                if queue.stamp.get() != Some(stamp) {
+                    // A new epoch starts at sequence 0, once the batches
+                    // of the old one are settled: else a retry of theirs
+                    // would meet a partition fenced by the new epoch.
+                    if !window.is_empty() {
+                        queue.sealed.borrow_mut().push_front(batch);
+                        return;
+                    }
+                    queue.stamp.set(Some(stamp));
+                    queue.sequence.set(0);
+                }
+                let sequence = queue.sequence.get();
+                fjord_core::batch::set_producer(&mut batch.bytes, stamp.0, stamp.1, sequence);
+                queue.sequence.set(next_sequence(sequence, batch.records));
+            }
+            let attempt = Attempt::Pending(self.send(topic, queue, &batch.bytes));
+            window.push_back(InFlight {
+                batch,
+                attempt,
+                retries: 0,
+            });
         }
     }
 
-    async fn produce_once(
+    /// The first batch of the window failed: resend, restart sequences, or
+    /// give up on it, as the module doc says.
+    async fn failed(
+        &self,
+        topic: &Topic,
+        queue: &PartitionQueue,
+        window: &mut VecDeque<InFlight>,
+        error: ClientError,
+    ) {
+        // The later batches' answers decide what is sent again.
+        for later in window.iter_mut().skip(1) {
+            let _ = later.settle().await;
+        }
+        let Some(head) = window.front_mut() else {
+            return;
+        };
+        let in_time = head.batch.deadline.is_none_or(|d| Instant::now() < d)
+            && head.retries < self.config.retries;
+        let gap = self.config.idempotence
+            && matches!(
+                error,
+                ClientError::Broker {
+                    code: ErrorCode::OutOfOrderSequenceNumber,
+                    ..
+                }
+            );
+        if in_time && gap {
+            // Nothing before it is missing on our side: the broker lost
+            // the producer's state. A new epoch restarts the sequence.
+            head.retries += 1;
+            self.restart_sequences(queue, window, None).await;
+            return;
+        }
+        if in_time && error.is_retriable() {
+            head.retries += 1;
+            glommio::timer::sleep(self.config.retry_backoff).await;
+            self.refresh_route(topic, queue).await;
+            for batch in window.iter_mut().filter(|b| !b.written()) {
+                batch.attempt = Attempt::Pending(self.send(topic, queue, &batch.batch.bytes));
+            }
+            return;
+        }
+        let Some(head) = window.pop_front() else {
+            return;
+        };
+        tracing::warn!(
+            topic = %topic.name,
+            partition = queue.partition,
+            records = head.batch.records,
+            error = %error,
+            "batch failed"
+        );
+        self.answer_batch(queue, head.batch, Err(error.clone()));
+        if self.config.stop_on_error {
+            *queue.failed.borrow_mut() = Some(error.clone());
+            // The open batch was accepted before the failure was known:
+            // it fails with it.
+            if let Some(open) = queue.open.borrow_mut().take() {
+                for reply in open.replies {
+                    self.answer(reply, Err(error.clone()));
+                }
+            }
+        }
+        if self.config.idempotence {
+            // What came after a batch surely not written was not written
+            // either (the broker takes sequences in order): it goes again
+            // under the new epoch. After a timeout nobody knows.
+            let unknown = (!refused(&error) || self.config.stop_on_error).then_some(error);
+            self.restart_sequences(queue, window, unknown).await;
+        }
+        assert!(
+            self.config.idempotence || window.is_empty(),
+            "one batch in flight without idempotence"
+        );
+    }
+
+    /// KIP-360: bumps the producer's epoch and starts the partition's
+    /// sequences again at 0. Batches of the window that were written are
+    /// answered; the others go back to the front of the queue, to be
+    /// stamped afresh — or fail with `fail_with`.
+    async fn restart_sequences(
+        &self,
+        queue: &PartitionQueue,
+        window: &mut VecDeque<InFlight>,
+        fail_with: Option<ClientError>,
+    ) {
+        let mut again = Vec::new();
+        for mut batch in window.drain(..) {
+            match (batch.settle().await, &fail_with) {
+                (Ok(base), _) => self.answer_batch(queue, batch.batch, Ok(base)),
+                (Err(_), Some(error)) => self.answer_batch(queue, batch.batch, Err(error.clone())),
+                (Err(_), None) => again.push(batch.batch),
+            }
+        }
+        {
+            let mut sealed = queue.sealed.borrow_mut();
+            for batch in again.into_iter().rev() {
+                sealed.push_front(batch);
+            }
+        }
+        if let Some(stamp) = queue.stamp.take() {
+            self.identity.bump(&self.client, stamp).await;
+        }
+    }
+
+    /// Asks where the partition is again: it may have moved.
+    async fn refresh_route(&self, topic: &Topic, queue: &PartitionQueue) {
+        if let Ok(routes) = self.client.routes(&topic.name).await {
+            let route = routes
+                .partitions
+                .get(queue.partition as usize)
+                .copied()
+                .flatten();
+            queue.route.set(route);
+        }
+    }
+
+    /// Sends one batch now (the request is queued on its connection before
+    /// this returns, so sends go out in call order); resolves to the base
+    /// offset, or -1 under acks 0.
+    fn send(
         &self,
         topic: &Topic,
         queue: &PartitionQueue,
         batch: &[u8],
-    ) -> Result<i64> {
-        let route = queue.route.get().ok_or_else(|| {
-            ClientError::broker(
+    ) -> LocalBoxFuture<'static, Result<i64>> {
+        let Some(route) = queue.route.get() else {
+            let error = ClientError::broker(
                 ErrorCode::UnknownTopicOrPartition,
                 format!("{}-{} has no route", topic.name, queue.partition),
-            )
-        })?;
+            );
+            return futures::future::ready(Err(error)).boxed_local();
+        };
         let body = produce_request(&topic.name, queue.partition, self.config.acks, batch.len());
         let expect = self.config.acks != api::ACKS_NONE;
-        let response = self
+        let call = self
             .client
-            .call(route.addr, Lane::Prompt, body, batch.to_vec(), expect)
-            .await?;
-        match response {
-            Some(response) => produce_result(&response, &topic.name, queue.partition),
-            None => Ok(-1),
+            .call(route.addr, Lane::Prompt, body, batch.to_vec(), expect);
+        let (name, partition) = (topic.name.clone(), queue.partition);
+        async move {
+            match call.await? {
+                Some(response) => produce_result(&response, &name, partition),
+                None => Ok(-1),
+            }
+        }
+        .boxed_local()
+    }
+
+    /// Answers every record of a batch.
+    fn answer_batch(&self, queue: &PartitionQueue, batch: Sealed, outcome: Result<i64>) {
+        for (i, reply) in batch.replies.into_iter().enumerate() {
+            let answer = outcome.clone().map(|base| RecordMetadata {
+                partition: queue.partition,
+                offset: if base < 0 { -1 } else { base + i as i64 },
+            });
+            self.answer(reply, answer);
         }
     }
 
@@ -534,4 +796,62 @@ pub fn produce_result(response: &Response, topic: &str, partition: i32) -> Resul
         .ok_or_else(|| ClientError::Protocol("no result for the partition".into()))?;
     check(result.error_code, || format!("{topic}-{partition}"))?;
     Ok(result.base_offset)
+}
+
+/// The sequence after a batch of `records` at `sequence`: sequences wrap
+/// from `i32::MAX` to 0, as Kafka's do.
+fn next_sequence(sequence: i32, records: i32) -> i32 {
+    debug_assert!(sequence >= 0 && records > 0);
+    ((i64::from(sequence) + i64::from(records)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Whether the broker surely did not write a batch it answered with
+/// `error` (a refusal before the append), rather than may have (a
+/// timeout, a lost connection, a leader gone while replicating it).
+fn refused(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Broker {
+            code: ErrorCode::OutOfOrderSequenceNumber
+                | ErrorCode::InvalidProducerEpoch
+                | ErrorCode::MessageTooLarge
+                | ErrorCode::CorruptMessage
+                | ErrorCode::InvalidRecord
+                | ErrorCode::InvalidRequest
+                | ErrorCode::InvalidRequiredAcks,
+            ..
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_wrap_like_kafka() {
+        assert_eq!(next_sequence(0, 5), 5);
+        assert_eq!(next_sequence(i32::MAX, 1), 0);
+        assert_eq!(next_sequence(i32::MAX - 1, 3), 1);
+    }
+
+    #[test]
+    fn idempotence_needs_acks_all_and_at_most_five_in_flight() {
+        assert!(ProducerConfig::default().validate().is_ok());
+        let acks_one = ProducerConfig {
+            acks: api::ACKS_LEADER,
+            ..ProducerConfig::default()
+        };
+        assert!(matches!(acks_one.validate(), Err(ClientError::Config(_))));
+        let without = ProducerConfig {
+            idempotence: false,
+            ..acks_one
+        };
+        assert!(without.validate().is_ok());
+        let six = ProducerConfig {
+            max_in_flight: 6,
+            ..ProducerConfig::default()
+        };
+        assert!(six.validate().is_err());
+    }
 }

@@ -399,6 +399,28 @@ pub fn set_partition_leader_epoch(bytes: &mut [u8], epoch: i32) {
     bytes[OFFSET_LEADER_EPOCH..OFFSET_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// The producer id of the batch at the start of `bytes`, read without
+/// framing the batch (-1 when the bytes are too short): all that batches
+/// of producers without an id (-1) pay for idempotence on the broker.
+pub fn peek_producer_id(bytes: &[u8]) -> i64 {
+    read_i64(bytes, OFFSET_PRODUCER_ID).unwrap_or(-1)
+}
+
+/// Writes an idempotent producer's id, epoch and base sequence into the
+/// header of the batch at the start of `bytes` and recomputes its CRC
+/// (they lie under it): a producer stamps a sealed batch when it sends it
+/// first, and again when a new epoch restarts its sequences.
+pub fn set_producer(bytes: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    let len = Batch::peek_len(bytes).expect("a batch this process built");
+    assert!(bytes.len() >= len);
+    bytes[OFFSET_PRODUCER_ID..OFFSET_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    bytes[OFFSET_PRODUCER_EPOCH..OFFSET_PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
+    bytes[OFFSET_BASE_SEQUENCE..OFFSET_BASE_SEQUENCE + 4]
+        .copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[OFFSET_ATTRIBUTES..len]);
+    bytes[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Iterates the batches laid end to end in `bytes`, as written in a log
 /// segment or a fetch response, stopping at the first byte that does not
 /// frame a batch. Uses [`Batch::parse`]: for bytes already validated once.

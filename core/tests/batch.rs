@@ -197,3 +197,21 @@ fn batches_iterates_back_to_back_and_stops_at_garbage() {
     let lens: Vec<_> = batch::batches(&log).map(|b| b.len()).collect();
     assert_eq!(lens, [one.len(), two.len()]);
 }
+
+#[test]
+fn a_stamped_batch_validates_and_carries_its_producer() {
+    let mut builder = fjord_core::BatchBuilder::new();
+    builder.push(1, None, Some(b"v"), &[]);
+    builder.push(2, None, Some(b"w"), &[]);
+    let mut bytes = builder.build();
+    fjord_core::batch::set_producer(&mut bytes, 42, 3, i32::MAX);
+    let batch = fjord_core::Batch::validate(&bytes).expect("CRC recomputed");
+    assert_eq!(
+        (
+            batch.producer_id(),
+            batch.producer_epoch(),
+            batch.base_sequence()
+        ),
+        (42, 3, i32::MAX)
+    );
+}

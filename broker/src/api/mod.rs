@@ -8,6 +8,7 @@ pub(crate) mod fetch;
 pub(crate) mod groups;
 pub(crate) mod offsets;
 pub(crate) mod produce;
+pub(crate) mod producer_id;
 
 use crate::shard::Shard;
 use fjord_net::{ErrorCode, api, frame, wire};
@@ -131,7 +132,9 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
             let payload = payload_start..payload_start + payload_len;
             return produce::produce(&shard, correlation_id, *request, buf, payload).await;
         }
-        R::InitProducerIdRequest(_) => Reply::error(correlation_id, ErrorCode::UnsupportedVersion),
+        R::InitProducerIdRequest(request) => {
+            producer_id::init_producer_id(&shard, correlation_id, *request).await
+        }
         R::FindCoordinatorRequest(request) => {
             groups::find_coordinator(&shard, correlation_id, *request).await
         }

@@ -12,6 +12,8 @@ use fjord_net::kafka::kafka_protocol::messages::find_coordinator_request::FindCo
 use fjord_net::kafka::kafka_protocol::messages::find_coordinator_response::{
     Coordinator, FindCoordinatorResponse,
 };
+use fjord_net::kafka::kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use fjord_net::kafka::kafka_protocol::messages::init_producer_id_response::InitProducerIdResponse;
 use fjord_net::kafka::kafka_protocol::messages::offset_commit_request::OffsetCommitRequest;
 use fjord_net::kafka::kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
@@ -20,7 +22,7 @@ use fjord_net::kafka::kafka_protocol::messages::offset_fetch_request::OffsetFetc
 use fjord_net::kafka::kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponse, OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
-use fjord_net::kafka::kafka_protocol::messages::{BrokerId, TopicName};
+use fjord_net::kafka::kafka_protocol::messages::{BrokerId, ProducerId, TopicName};
 use fjord_net::{ErrorCode, wire};
 
 /// FindCoordinator's key type for groups (1 is transactions).
@@ -213,4 +215,38 @@ pub(super) async fn offset_fetch(
 
 fn failed_fetch(code: ErrorCode) -> OffsetFetchResponse {
     OffsetFetchResponse::default().with_error_code(code.code())
+}
+
+/// InitProducerId for idempotent producers (the Java client and
+/// kafka-python enable idempotence by default); transactional ids are
+/// refused until transactions exist.
+pub(super) async fn init_producer_id(
+    shard: &Shard,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let failed = |code: ErrorCode| {
+        InitProducerIdResponse::default()
+            .with_error_code(code.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.is_empty())
+    {
+        return failed(ErrorCode::TransactionalIdAuthorizationFailed);
+    }
+    match crate::api::producer_id::producer_id_for(
+        shard,
+        request.producer_id.0,
+        request.producer_epoch,
+    )
+    .await
+    {
+        Ok((id, epoch)) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch),
+        Err(code) => failed(code),
+    }
 }

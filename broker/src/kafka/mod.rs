@@ -156,6 +156,10 @@ async fn serve(
             let body = groups::offset_fetch(shard, request.decode()?).await;
             respond(&request, &body)
         }
+        ApiKey::InitProducerId => {
+            let body = groups::init_producer_id(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
         ApiKey::JoinGroup => {
             let body = classic::join_group(shard, request.decode()?, version).await;
             respond(&request, &body)

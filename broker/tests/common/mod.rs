@@ -104,6 +104,11 @@ impl Broker {
         self.launch.data_dir.as_deref().unwrap_or(self.dir.path())
     }
 
+    /// The first shard's port (shard i listens on this + i).
+    pub fn shard_port_base(&self) -> u16 {
+        self.shard_port_base
+    }
+
     /// The broker's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
