@@ -258,9 +258,11 @@ impl Partition {
         self.snapshot_producers(false).await?;
         let log = self.log();
         let deleted = log.enforce_retention_below(now_ms, keep_from).await?;
-        if deleted > 0
-            && let Some((replica, replication)) = &self.setup.replica
-        {
+        // Told on every run, not only after a deletion: the group takes a
+        // new start only once it has committed up to it, and a start it
+        // refused once would otherwise never reach it (a follower added
+        // later would then be sent entries the log no longer holds).
+        if let Some((replica, replication)) = &self.setup.replica {
             replication.log_start_advanced(replica.group, log.offset_start());
         }
         Ok(deleted)

@@ -1018,6 +1018,11 @@ impl Replication {
                 Ok(got) => got,
                 Err(e) => {
                     tracing::debug!(shard = self.settings.shard, group, from = read.from, error = %e, "replication read");
+                    // Below the log's start: the group learns where it is,
+                    // and sends the follower a reset instead next time.
+                    if read.from < log.offset_start() {
+                        self.log_start_advanced(group, log.offset_start());
+                    }
                     return;
                 }
             };

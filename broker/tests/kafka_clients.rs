@@ -81,6 +81,24 @@ fn kcat(kafka: SocketAddr, args: &[&str], stdin: &str) -> Vec<u8> {
     run(command, stdin).stdout
 }
 
+/// Runs a Python client `script` against `kafka` and `topic` (at most
+/// `secs` seconds) and reads the JSON it prints.
+fn python_json<T: serde::de::DeserializeOwned>(
+    python: &std::path::Path,
+    script: &str,
+    kafka: SocketAddr,
+    topic: &str,
+    secs: u32,
+) -> T {
+    let mut command = Command::new("timeout");
+    command
+        .arg(secs.to_string())
+        .arg(python)
+        .args(["-c", script, &kafka.to_string(), topic]);
+    let out = String::from_utf8(run(command, "").stdout).unwrap();
+    serde_json::from_str(out.trim()).unwrap()
+}
+
 fn create_topic(broker: &Broker, topic: &str, partitions: u32) {
     let out = broker.cli(
         &[
@@ -218,13 +236,7 @@ fn confluent_kafka_produces_consumes_and_commits() {
     };
     let (broker, kafka) = kafka_broker();
     create_topic(&broker, "conf", 2);
-    let mut command = Command::new("timeout");
-    command
-        .args(["120"])
-        .arg(&python)
-        .args(["-c", CONFLUENT, &kafka.to_string(), "conf"]);
-    let out = String::from_utf8(run(command, "").stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let v: serde_json::Value = python_json(&python, CONFLUENT, kafka, "conf", 120);
     let got = v["got"].as_array().unwrap();
     assert_eq!(got.len(), 300);
     for m in got {
@@ -270,13 +282,7 @@ fn kafka_python_produces_and_consumes() {
     };
     let (broker, kafka) = kafka_broker();
     create_topic(&broker, "kp", 1);
-    let mut command = Command::new("timeout");
-    command
-        .args(["120"])
-        .arg(&python)
-        .args(["-c", KAFKA_PYTHON, &kafka.to_string(), "kp"]);
-    let out = String::from_utf8(run(command, "").stdout).unwrap();
-    let got: Vec<(i64, String, String)> = serde_json::from_str(out.trim()).unwrap();
+    let got: Vec<(i64, String, String)> = python_json(&python, KAFKA_PYTHON, kafka, "kp", 120);
     let want: Vec<(i64, String, String)> = (0..100)
         .map(|i| (i, format!("k{i}"), format!("v{i}")))
         .collect();
@@ -421,13 +427,7 @@ fn confluent_kafka_consumers_share_a_topic_in_a_group() {
     };
     let (broker, kafka) = kafka_broker();
     create_topic(&broker, "grp", 6);
-    let mut command = Command::new("timeout");
-    command
-        .args(["180"])
-        .arg(&python)
-        .args(["-c", CONFLUENT_GROUP, &kafka.to_string(), "grp"]);
-    let out = String::from_utf8(run(command, "").stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let v: serde_json::Value = python_json(&python, CONFLUENT_GROUP, kafka, "grp", 180);
     assert_eq!(
         v["sizes"],
         serde_json::json!([2, 2, 2]),
