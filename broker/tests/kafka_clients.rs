@@ -415,9 +415,17 @@ members[0].close()
 produce(600, 900)
 drain(members[1:], 900, 60)
 after = sorted(len(c.assignment()) for c in members[1:])
+from confluent_kafka.admin import AdminClient
+admin = AdminClient({"bootstrap.servers": boot})
+listed = [g.group_id for g in admin.list_consumer_groups().result(timeout=20).valid]
+described = admin.describe_consumer_groups(["cg"])["cg"].result(timeout=20)
+owned = sorted(tp.partition for m in described.members for tp in m.assignment.topic_partitions)
 for c in members[1:]:
     c.close()
-print(json.dumps({"seen": seen, "sizes": sizes, "after": after, "failed_commits": failed_commits}))
+deleted = admin.delete_consumer_groups(["cg"])["cg"].result(timeout=20) is None
+print(json.dumps({"seen": seen, "sizes": sizes, "after": after, "failed_commits": failed_commits,
+                  "listed": listed, "described": [len(described.members), str(described.state), owned],
+                  "deleted": deleted}))
 "#;
 
 #[test]
@@ -438,6 +446,25 @@ fn confluent_kafka_consumers_share_a_topic_in_a_group() {
         serde_json::json!([3, 3]),
         "the leaver's partitions moved"
     );
+    // The admin tools see the group: listed, described with the members'
+    // assignments (decoded by the client from the classic protocol's
+    // bytes), deleted once empty.
+    assert!(
+        v["listed"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("cg")),
+        "{}",
+        v["listed"]
+    );
+    assert_eq!(v["described"][0], 2);
+    assert!(
+        v["described"][1].as_str().unwrap().contains("STABLE"),
+        "{}",
+        v["described"]
+    );
+    assert_eq!(v["described"][2], serde_json::json!([0, 1, 2, 3, 4, 5]));
+    assert_eq!(v["deleted"], true);
     let seen: Vec<(i64, i64)> = serde_json::from_value(v["seen"].clone()).unwrap();
     let unique: std::collections::BTreeSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), 900, "every record consumed");

@@ -160,6 +160,18 @@ pub(super) async fn for_group(
 /// ListGroups: the groups of every `__consumer_offsets` partition led on
 /// this node (a client asks every node and merges).
 pub(super) async fn list_groups(shard: &Shard, correlation_id: u32) -> Reply {
+    let groups = listed_groups(shard).await;
+    Reply::body(
+        correlation_id,
+        wire::ResponseT::ListGroupsResponse(Box::new(wire::ListGroupsResponseT {
+            error_code: 0,
+            groups: Some(groups),
+        })),
+    )
+}
+
+/// The groups of every `__consumer_offsets` partition led on this node.
+pub(crate) async fn listed_groups(shard: &Shard) -> Vec<wire::GroupListingT> {
     let partitions = shard
         .metadata()
         .topics
@@ -176,13 +188,7 @@ pub(super) async fn list_groups(shard: &Shard, correlation_id: u32) -> Reply {
             groups.extend(list.groups.unwrap_or_default());
         }
     }
-    Reply::body(
-        correlation_id,
-        wire::ResponseT::ListGroupsResponse(Box::new(wire::ListGroupsResponseT {
-            error_code: 0,
-            groups: Some(groups),
-        })),
-    )
+    groups
 }
 
 /// DescribeGroups and DeleteGroups: each group on its own coordinator.

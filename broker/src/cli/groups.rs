@@ -10,9 +10,9 @@ pub fn list(client: &Client) -> Result<(), CliError> {
     let groups = block_on(Admin::new(client.clone()).list_groups())?;
     let rows: Vec<Vec<String>> = groups
         .into_iter()
-        .map(|g| vec![g.group_id, g.state, g.members.to_string()])
+        .map(|g| vec![g.group_id, g.group_type, g.state, g.members.to_string()])
         .collect();
-    print_table(&["GROUP", "STATE", "MEMBERS"], &rows);
+    print_table(&["GROUP", "TYPE", "STATE", "MEMBERS"], &rows);
     Ok(())
 }
 

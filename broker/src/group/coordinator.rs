@@ -85,6 +85,16 @@ impl State {
             (None, None) => (0, members::GroupState::Empty.name()),
         }
     }
+
+    /// Kafka's name of a group's type: "classic" for the JoinGroup protocol,
+    /// "consumer" for KIP-848's (and a group known only by its offsets).
+    fn group_type(&self, id: &str) -> &'static str {
+        if self.classic.contains_key(id) && !self.groups.contains_key(id) {
+            "classic"
+        } else {
+            "consumer"
+        }
+    }
 }
 
 /// The groups of one `__consumer_offsets` partition.
@@ -490,6 +500,7 @@ impl Coordinator {
                     group_id: Some(name.clone()),
                     state: Some(group_state.to_owned()),
                     members: members as i32,
+                    group_type: Some(state.group_type(name).to_owned()),
                 })
             })
             .collect();

@@ -9,6 +9,7 @@
 mod admin;
 mod classic;
 mod fetch;
+mod group_admin;
 mod groups;
 mod metadata;
 mod produce;
@@ -154,6 +155,18 @@ async fn serve(
         }
         ApiKey::OffsetFetch => {
             let body = groups::offset_fetch(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::ListGroups => {
+            let body = group_admin::list_groups(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::DescribeGroups => {
+            let body = group_admin::describe_groups(shard, request.decode()?, version).await;
+            respond(&request, &body)
+        }
+        ApiKey::DeleteGroups => {
+            let body = group_admin::delete_groups(shard, request.decode()?).await;
             respond(&request, &body)
         }
         ApiKey::InitProducerId => {

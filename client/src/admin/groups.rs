@@ -19,6 +19,9 @@ pub struct GroupListing {
     pub state: String,
     /// Members now.
     pub members: usize,
+    /// "consumer" (Fjord's clients, KIP-848's protocol) or "classic" (Kafka
+    /// clients' JoinGroup protocol).
+    pub group_type: String,
 }
 
 /// A member of a described group.
@@ -129,6 +132,7 @@ impl Admin {
                         group_id: id,
                         state: g.state.unwrap_or_default(),
                         members: usize::try_from(g.members).unwrap_or(0),
+                        group_type: g.group_type.unwrap_or_default(),
                     },
                 );
             }

@@ -12117,6 +12117,7 @@ impl<'a> GroupListing<'a> {
   pub const VT_GROUP_ID: flatbuffers::VOffsetT = 4;
   pub const VT_STATE: flatbuffers::VOffsetT = 6;
   pub const VT_MEMBERS: flatbuffers::VOffsetT = 8;
+  pub const VT_GROUP_TYPE: flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -12128,6 +12129,7 @@ impl<'a> GroupListing<'a> {
     args: &'args GroupListingArgs<'args>
   ) -> flatbuffers::WIPOffset<GroupListing<'bldr>> {
     let mut builder = GroupListingBuilder::new(_fbb);
+    if let Some(x) = args.group_type { builder.add_group_type(x); }
     builder.add_members(args.members);
     if let Some(x) = args.state { builder.add_state(x); }
     if let Some(x) = args.group_id { builder.add_group_id(x); }
@@ -12142,10 +12144,14 @@ impl<'a> GroupListing<'a> {
       x.to_string()
     });
     let members = self.members();
+    let group_type = self.group_type().map(|x| {
+      x.to_string()
+    });
     GroupListingT {
       group_id,
       state,
       members,
+      group_type,
     }
   }
 
@@ -12170,6 +12176,13 @@ impl<'a> GroupListing<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(GroupListing::VT_MEMBERS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn group_type(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(GroupListing::VT_GROUP_TYPE, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for GroupListing<'_> {
@@ -12182,6 +12195,7 @@ impl flatbuffers::Verifiable for GroupListing<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
      .visit_field::<i32>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("group_type", Self::VT_GROUP_TYPE, false)?
      .finish();
     Ok(())
   }
@@ -12190,6 +12204,7 @@ pub struct GroupListingArgs<'a> {
     pub group_id: Option<flatbuffers::WIPOffset<&'a str>>,
     pub state: Option<flatbuffers::WIPOffset<&'a str>>,
     pub members: i32,
+    pub group_type: Option<flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for GroupListingArgs<'a> {
   #[inline]
@@ -12198,6 +12213,7 @@ impl<'a> Default for GroupListingArgs<'a> {
       group_id: None,
       state: None,
       members: 0,
+      group_type: None,
     }
   }
 }
@@ -12220,6 +12236,10 @@ impl<'a: 'b, 'b> GroupListingBuilder<'a, 'b> {
     self.fbb_.push_slot::<i32>(GroupListing::VT_MEMBERS, members, 0);
   }
   #[inline]
+  pub fn add_group_type(&mut self, group_type: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(GroupListing::VT_GROUP_TYPE, group_type);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> GroupListingBuilder<'a, 'b> {
     let start = _fbb.start_table();
     GroupListingBuilder {
@@ -12240,6 +12260,7 @@ impl core::fmt::Debug for GroupListing<'_> {
       ds.field("group_id", &self.group_id());
       ds.field("state", &self.state());
       ds.field("members", &self.members());
+      ds.field("group_type", &self.group_type());
       ds.finish()
   }
 }
@@ -12248,6 +12269,7 @@ pub struct GroupListingT {
   pub group_id: Option<String>,
   pub state: Option<String>,
   pub members: i32,
+  pub group_type: Option<String>,
 }
 impl Default for GroupListingT {
   fn default() -> Self {
@@ -12255,6 +12277,7 @@ impl Default for GroupListingT {
       group_id: None,
       state: None,
       members: 0,
+      group_type: None,
     }
   }
 }
@@ -12270,10 +12293,14 @@ impl GroupListingT {
       _fbb.create_string(x)
     });
     let members = self.members;
+    let group_type = self.group_type.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
     GroupListing::create(_fbb, &GroupListingArgs{
       group_id,
       state,
       members,
+      group_type,
     })
   }
 }

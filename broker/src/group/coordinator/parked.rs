@@ -46,6 +46,9 @@ pub enum ClassicCall {
         /// The member.
         member_id: String,
     },
+    /// DescribeGroups of a classic group: its members' metadata and
+    /// assignments, which only the classic protocol carries.
+    Describe,
 }
 
 /// The answer to a [`ClassicCall`].
@@ -59,6 +62,17 @@ pub enum ClassicReply {
     Synced(Vec<u8>),
     /// Heartbeat or leave accepted.
     Done,
+    /// A classic group as DescribeGroups shows it.
+    Described {
+        /// Its state's name.
+        state: &'static str,
+        /// Protocol type ("consumer").
+        protocol_type: String,
+        /// The assignor chosen.
+        protocol: String,
+        /// Members with their metadata and assignment.
+        members: Vec<crate::group::classic::Described>,
+    },
 }
 
 type Waiting<T> = oneshot::Sender<Result<T, ErrorCode>>;
@@ -85,7 +99,10 @@ impl Coordinator {
         }
         let joining = matches!(call, ClassicCall::Join(_));
         if !joining && !state.classic.contains_key(group) {
-            return Err(ErrorCode::UnknownMemberId);
+            return Err(match call {
+                ClassicCall::Describe => ErrorCode::GroupIdNotFound,
+                _ => ErrorCode::UnknownMemberId,
+            });
         }
         let g = state.classic.entry(group.to_owned()).or_default();
         let mut answers = g.tick(now_ms);
@@ -136,6 +153,15 @@ impl Coordinator {
                 answers.merge_from(more);
                 ready(ClassicReply::Done)
             }),
+            ClassicCall::Describe => {
+                let (protocol_type, protocol) = g.protocol();
+                Ok(ready(ClassicReply::Described {
+                    state: g.state().name(),
+                    protocol_type: protocol_type.to_owned(),
+                    protocol: protocol.to_owned(),
+                    members: g.describe(),
+                }))
+            }
         };
         drop(state);
         self.deliver(group, answers);
