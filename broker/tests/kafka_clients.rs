@@ -476,3 +476,36 @@ fn confluent_kafka_consumers_share_a_topic_in_a_group() {
         seen.len()
     );
 }
+
+/// kafka-python's admin client: commits a group's offsets, lists them,
+/// deletes one partition's (OffsetDelete) and lists again.
+const KAFKA_PYTHON_OFFSETS: &str = r#"
+import sys, json
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient
+from kafka.structs import OffsetAndMetadata
+boot, topic = sys.argv[1], sys.argv[2]
+admin = KafkaAdminClient(bootstrap_servers=boot)
+t0, t1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+admin.alter_group_offsets("og", {t0: OffsetAndMetadata(7, "", -1), t1: OffsetAndMetadata(9, "", -1)})
+def listed():
+    got = admin.list_group_offsets("og")["og"]
+    return sorted([tp.partition, o.offset] for tp, o in got.items())
+before = listed()
+deleted = admin.delete_group_offsets("og", [t0])
+after = listed()
+admin.close()
+print(json.dumps({"before": before, "after": after}))
+"#;
+
+#[test]
+fn kafka_python_commits_lists_and_deletes_group_offsets() {
+    let Some(python) = python() else {
+        return;
+    };
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, "og", 2);
+    let v: serde_json::Value = python_json(&python, KAFKA_PYTHON_OFFSETS, kafka, "og", 120);
+    assert_eq!(v["before"], serde_json::json!([[0, 7], [1, 9]]));
+    assert_eq!(v["after"], serde_json::json!([[1, 9]]), "partition 0's commit deleted");
+}

@@ -239,7 +239,7 @@ pub(crate) async fn coordinate(
 ) -> Result<wire::ResponseT, ErrorCode> {
     match coordinate_request(shard, group_id, GroupRequest::Native(body)).await? {
         GroupReply::Native(body) => Ok(body),
-        GroupReply::Classic(_) => Err(ErrorCode::UnknownServerError),
+        _ => Err(ErrorCode::UnknownServerError),
     }
 }
 

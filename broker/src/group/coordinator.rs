@@ -39,6 +39,8 @@ pub enum GroupRequest {
     Native(wire::RequestT),
     /// JoinGroup, SyncGroup, Heartbeat or LeaveGroup of `group`.
     Classic(String, ClassicCall),
+    /// Kafka's OffsetDelete: `group`'s commits of these partitions.
+    DeleteOffsets(String, Vec<(String, i32)>),
 }
 
 /// The answer to a [`GroupRequest`], of its kind.
@@ -48,6 +50,8 @@ pub enum GroupReply {
     Native(wire::ResponseT),
     /// A classic call's answer.
     Classic(ClassicReply),
+    /// Each partition's code (Kafka's, 0 for none) of an OffsetDelete.
+    OffsetsDeleted(Vec<((String, i32), i16)>),
 }
 
 /// A group request as the coordinator's shard gets it.
@@ -144,6 +148,12 @@ impl Coordinator {
                 // The turn is not held while a join or sync waits.
                 drop(turn);
                 return pending?.await.map(GroupReply::Classic);
+            }
+            GroupRequest::DeleteOffsets(group, partitions) => {
+                return self
+                    .delete_offsets(partition, &group, partitions, call.now_ms)
+                    .await
+                    .map(GroupReply::OffsetsDeleted);
             }
         };
         self.native(partition, body, &call)
@@ -621,21 +631,7 @@ impl Coordinator {
                 None => return Err(ErrorCode::GroupIdNotFound),
             }
         };
-        if !keys.is_empty() {
-            let mut batch = BatchBuilder::new();
-            for (topic, p) in &keys {
-                let key = CommitKey {
-                    group: id.to_owned(),
-                    topic: topic.clone(),
-                    partition: *p,
-                };
-                batch.push(now_ms, Some(&records::encode_key(&key)), None, &[]);
-            }
-            partition
-                .produce(&batch.build(), api::ACKS_ALL)
-                .await
-                .map_err(coordinator_error)?;
-        }
+        write_tombstones(partition, id, &keys, now_ms).await?;
         let mut state = self.state.borrow_mut();
         state.offsets.remove(id);
         state.groups.remove(id);
@@ -643,6 +639,83 @@ impl Coordinator {
         tracing::info!(group = %id, offsets = keys.len(), "group deleted");
         Ok(())
     }
+}
+
+impl Coordinator {
+    /// Kafka's OffsetDelete: the commits of `partitions` go, except for
+    /// topics the group's members read now (`GROUP_SUBSCRIBED_TO_TOPIC`; a
+    /// classic group's subscriptions are in its members' opaque metadata,
+    /// so a classic group with members keeps every commit).
+    async fn delete_offsets(
+        &self,
+        partition: &Partition,
+        id: &str,
+        partitions: Vec<(String, i32)>,
+        now_ms: i64,
+    ) -> Result<Vec<((String, i32), i16)>, ErrorCode> {
+        self.tick_all(now_ms);
+        let (deleted, codes) = {
+            let state = self.state.borrow();
+            let offsets = state.offsets.get(id);
+            if offsets.is_none() && state.summary(id).0 == 0 {
+                return Err(ErrorCode::GroupIdNotFound);
+            }
+            let classic_members = state.classic.get(id).is_some_and(|c| !c.is_empty());
+            let subscribed = |topic: &str| {
+                classic_members
+                    || state
+                        .groups
+                        .get(id)
+                        .is_some_and(|g| g.members().any(|m| m.reads(topic)))
+            };
+            let mut deleted = Vec::new();
+            let mut codes = Vec::new();
+            for tp in partitions {
+                if subscribed(&tp.0) {
+                    codes.push((tp, ErrorCode::GroupSubscribedToTopic.code()));
+                    continue;
+                }
+                if offsets.is_some_and(|o| o.contains_key(&tp)) {
+                    deleted.push(tp.clone());
+                }
+                codes.push((tp, 0));
+            }
+            (deleted, codes)
+        };
+        write_tombstones(partition, id, &deleted, now_ms).await?;
+        if let Some(offsets) = self.state.borrow_mut().offsets.get_mut(id) {
+            for tp in &deleted {
+                offsets.remove(tp);
+            }
+        }
+        Ok(codes)
+    }
+}
+
+/// Appends tombstones for `group`'s commits of `keys` (acks=all).
+async fn write_tombstones(
+    partition: &Partition,
+    group: &str,
+    keys: &[(String, i32)],
+    now_ms: i64,
+) -> Result<(), ErrorCode> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut batch = BatchBuilder::new();
+    for (topic, p) in keys {
+        let key = CommitKey {
+            group: group.to_owned(),
+            topic: topic.clone(),
+            partition: *p,
+        };
+        batch.push(now_ms, Some(&records::encode_key(&key)), None, &[]);
+    }
+    partition
+        .produce(&batch.build(), api::ACKS_ALL)
+        .await
+        .map(drop)
+        .map_err(coordinator_error)
 }
 
 /// The term this replica leads in (0 for an unreplicated partition).

@@ -88,6 +88,11 @@ pub struct Member {
 }
 
 impl Member {
+    /// Whether its subscription covers `topic` now.
+    pub fn reads(&self, topic: &str) -> bool {
+        self.resolved.contains(topic)
+    }
+
     /// A member as its heartbeat names it, at `epoch`, owning nothing; its
     /// subscription and deadline are the heartbeat's to set.
     fn new(hb: &Heartbeat, epoch: i32, session_timeout_ms: i64) -> Member {

@@ -31,7 +31,7 @@ const KNOWN_MEMBER_ID_VERSION: i16 = 4;
 async fn call(shard: &Shard, group: &str, call: ClassicCall) -> Result<ClassicReply, ErrorCode> {
     match coordinate_request(shard, group, GroupRequest::Classic(group.to_owned(), call)).await? {
         GroupReply::Classic(reply) => Ok(reply),
-        GroupReply::Native(_) => Err(ErrorCode::UnknownServerError),
+        _ => Err(ErrorCode::UnknownServerError),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Kafka's ListGroups, DescribeGroups and DeleteGroups (what
+//! Kafka's ListGroups, DescribeGroups, DeleteGroups and OffsetDelete (what
 //! `kafka-consumer-groups.sh` and the admin clients ask), over the same
 //! coordinator as the native APIs. A classic group is described with its
 //! members' metadata and assignment bytes (the client tools decode them); a
@@ -8,7 +8,6 @@ use super::str_bytes;
 use crate::api::groups::{coordinate, coordinate_request, listed_groups};
 use crate::group::coordinator::{ClassicCall, ClassicReply, GroupReply, GroupRequest};
 use crate::shard::Shard;
-use fjord_net::kafka::kafka_protocol::messages::GroupId;
 use fjord_net::kafka::kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use fjord_net::kafka::kafka_protocol::messages::delete_groups_response::{
     DeletableGroupResult, DeleteGroupsResponse,
@@ -21,6 +20,11 @@ use fjord_net::kafka::kafka_protocol::messages::list_groups_request::ListGroupsR
 use fjord_net::kafka::kafka_protocol::messages::list_groups_response::{
     ListGroupsResponse, ListedGroup,
 };
+use fjord_net::kafka::kafka_protocol::messages::offset_delete_request::OffsetDeleteRequest;
+use fjord_net::kafka::kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponse, OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use fjord_net::kafka::kafka_protocol::messages::{GroupId, TopicName};
 use fjord_net::{ErrorCode, wire};
 
 /// DescribeGroups v6 and later answer an unknown group GROUP_ID_NOT_FOUND;
@@ -159,4 +163,52 @@ pub(super) async fn delete_groups(
         );
     }
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// OffsetDelete: a group's commits of some partitions, unless its members
+/// read those topics now (`GROUP_SUBSCRIBED_TO_TOPIC`).
+pub(super) async fn offset_delete(
+    shard: &Shard,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let group = request.group_id.as_str().to_owned();
+    let partitions: Vec<(String, i32)> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            let name = t.name.as_str().to_owned();
+            t.partitions
+                .iter()
+                .map(move |p| (name.clone(), p.partition_index))
+        })
+        .collect();
+    let codes = match coordinate_request(
+        shard,
+        &group,
+        GroupRequest::DeleteOffsets(group.clone(), partitions),
+    )
+    .await
+    {
+        Ok(GroupReply::OffsetsDeleted(codes)) => codes,
+        Ok(_) => {
+            return OffsetDeleteResponse::default()
+                .with_error_code(ErrorCode::UnknownServerError.code());
+        }
+        Err(code) => return OffsetDeleteResponse::default().with_error_code(code.code()),
+    };
+    let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
+    for ((topic, partition), code) in codes {
+        let answer = OffsetDeleteResponsePartition::default()
+            .with_partition_index(partition)
+            .with_error_code(code);
+        match topics.last_mut() {
+            Some(last) if last.name.as_str() == topic => last.partitions.push(answer),
+            _ => topics.push(
+                OffsetDeleteResponseTopic::default()
+                    .with_name(TopicName(str_bytes(topic)))
+                    .with_partitions(vec![answer]),
+            ),
+        }
+    }
+    OffsetDeleteResponse::default().with_topics(topics)
 }

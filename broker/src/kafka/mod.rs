@@ -165,6 +165,10 @@ async fn serve(
             let body = group_admin::describe_groups(shard, request.decode()?, version).await;
             respond(&request, &body)
         }
+        ApiKey::OffsetDelete => {
+            let body = group_admin::offset_delete(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
         ApiKey::DeleteGroups => {
             let body = group_admin::delete_groups(shard, request.decode()?).await;
             respond(&request, &body)
