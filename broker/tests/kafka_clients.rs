@@ -507,7 +507,11 @@ fn kafka_python_commits_lists_and_deletes_group_offsets() {
     create_topic(&broker, "og", 2);
     let v: serde_json::Value = python_json(&python, KAFKA_PYTHON_OFFSETS, kafka, "og", 120);
     assert_eq!(v["before"], serde_json::json!([[0, 7], [1, 9]]));
-    assert_eq!(v["after"], serde_json::json!([[1, 9]]), "partition 0's commit deleted");
+    assert_eq!(
+        v["after"],
+        serde_json::json!([[1, 9]]),
+        "partition 0's commit deleted"
+    );
 }
 
 /// confluent-kafka: each codec's batches stored as the client compressed
@@ -553,4 +557,91 @@ fn compressed_batches_round_trip_and_a_timestamp_finds_its_offset() {
         assert_eq!(v["got"][codec], true, "{codec}: {v}");
     }
     assert_eq!(v["at_time"], 150);
+}
+
+/// A confluent-kafka group member that prints its assignment's size on
+/// every change and commits what it reads, until killed.
+const CONFLUENT_MEMBER: &str = r#"
+import sys
+from confluent_kafka import Consumer
+boot, topic = sys.argv[1], sys.argv[2]
+c = Consumer({"bootstrap.servers": boot, "group.id": "kg", "auto.offset.reset": "earliest",
+              "session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "enable.auto.commit": False})
+def assigned(consumer, partitions):
+    print("assigned", len(consumer.assignment()) + len(partitions), flush=True)
+def revoked(consumer, partitions):
+    print("assigned 0", flush=True)
+c.subscribe([topic], on_assign=assigned, on_revoke=revoked)
+while True:
+    m = c.poll(0.2)
+    if m is not None and m.error() is None:
+        c.commit(message=m, asynchronous=False)
+"#;
+
+#[test]
+fn a_killed_kafka_member_is_replaced_and_commits_survive_a_broker_kill() {
+    let Some(python) = python() else {
+        return;
+    };
+    let (mut broker, kafka) = kafka_broker();
+    create_topic(&broker, "kg", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let member = |name: &str| {
+        let out = dir.path().join(name);
+        let child = Command::new(&python)
+            .args(["-c", CONFLUENT_MEMBER, &kafka.to_string(), "kg"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, out)
+    };
+    // The size of the member's last assignment, as it printed it.
+    let last_assigned = |out: &PathBuf| -> Option<usize> {
+        std::fs::read_to_string(out)
+            .ok()?
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("assigned ")?.parse().ok())
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (mut a, a_out) = member("a");
+    let (mut b, b_out) = member("b");
+    wait("two members with two partitions each", &|| {
+        last_assigned(&a_out) == Some(2) && last_assigned(&b_out) == Some(2)
+    });
+    a.kill().unwrap();
+    a.wait().unwrap();
+    wait("the survivor owns all four", &|| {
+        last_assigned(&b_out) == Some(4)
+    });
+    // Records produced now are read and committed by the survivor.
+    let lines: String = (0..40).map(|i| format!("{i}\n")).collect();
+    let produced = broker.cli(&["produce", "kg"], &lines);
+    assert!(produced.status.success());
+    let admin = fjord_client::Admin::new(broker.client());
+    let committed = || -> i64 {
+        futures::executor::block_on(admin.describe_group("kg"))
+            .map(|g| g.offsets.iter().map(|o| o.committed).sum())
+            .unwrap_or(0)
+    };
+    wait("the survivor committed all 40", &|| committed() == 40);
+    b.kill().unwrap();
+    b.wait().unwrap();
+    broker.kill();
+    broker.restart();
+    let admin = fjord_client::Admin::new(broker.client());
+    let after: i64 = futures::executor::block_on(admin.describe_group("kg"))
+        .unwrap()
+        .offsets
+        .iter()
+        .map(|o| o.committed)
+        .sum();
+    assert_eq!(after, 40, "commits survive the broker's SIGKILL");
 }
