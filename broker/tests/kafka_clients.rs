@@ -645,3 +645,157 @@ fn a_killed_kafka_member_is_replaced_and_commits_survive_a_broker_kill() {
         .sum();
     assert_eq!(after, 40, "commits survive the broker's SIGKILL");
 }
+
+/// confluent-kafka's AdminClient: describe a topic's configs, change them
+/// incrementally (a good value, a list append, a bad value, an APPEND on a
+/// scalar, a DELETE), replace them with the legacy AlterConfigs, describe a
+/// broker and the cluster.
+const CONFLUENT_CONFIGS: &str = r#"
+import sys, json, warnings
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,
+                                   ConfigResource, ConfigSource, ResourceType)
+warnings.simplefilter("ignore")  # alter_configs is deprecated, still served
+boot, topic = sys.argv[1], sys.argv[2]
+a = AdminClient({"bootstrap.servers": boot})
+
+def outcome(futures):
+    [(_, f)] = futures.items()
+    try:
+        return f.result(30)
+    except KafkaException as e:
+        return e.args[0].name()
+
+def describe(kind=ResourceType.TOPIC, name=topic):
+    got = outcome(a.describe_configs([ConfigResource(kind, name)]))
+    if isinstance(got, str):
+        return got
+    return {k: [e.value, e.is_default, ConfigSource(e.source).name] for k, e in got.items()}
+
+def alter(key, value, op=AlterConfigOpType.SET, name=topic):
+    entry = ConfigEntry(key, value, incremental_operation=op)
+    res = ConfigResource(ResourceType.TOPIC, name, incremental_configs=[entry])
+    return outcome(a.incremental_alter_configs([res])) or "ok"
+
+out = {"before": describe()}
+out["set"] = alter("retention.ms", "3600000")
+out["append"] = alter("cleanup.policy", "compact", AlterConfigOpType.APPEND)
+out["after"] = describe()
+out["bad"] = alter("retention.ms", "soon")
+out["not_list"] = alter("retention.ms", "1", AlterConfigOpType.APPEND)
+out["unknown_topic_alter"] = alter("retention.ms", "1", name="nope")
+out["delete"] = alter("cleanup.policy", None, AlterConfigOpType.DELETE)
+out["deleted"] = describe()
+out["unknown_topic"] = describe(name="nope")
+out["broker"] = describe(ResourceType.BROKER, "0")
+legacy = ConfigResource(ResourceType.TOPIC, topic, set_config={"fsync": "always"})
+out["replace"] = outcome(a.alter_configs([legacy])) or "ok"
+out["replaced"] = {k: v[0] for k, v in describe().items() if not v[1]}
+broker = ConfigResource(ResourceType.BROKER, "0", set_config={"log.retention.ms": "1"})
+out["broker_alter"] = outcome(a.alter_configs([broker]))
+c = a.describe_cluster().result(30)
+out["cluster"] = {"id": c.cluster_id, "controller": c.controller.id,
+                  "nodes": [[n.id, n.host, n.port] for n in c.nodes]}
+print(json.dumps(out))
+"#;
+
+#[test]
+fn confluent_kafka_describes_and_alters_configs() {
+    let Some(python) = python() else {
+        return;
+    };
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, "cfg", 1);
+    let v: serde_json::Value = python_json(&python, CONFLUENT_CONFIGS, kafka, "cfg", 120);
+    let before = v["before"].as_object().unwrap();
+    let keys: Vec<&str> = before.keys().map(String::as_str).collect();
+    for key in fjord_core::topic::CONFIG_KEYS {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    let default = |value: &str| serde_json::json!([value, true, "DEFAULT_CONFIG"]);
+    let topic = |value: &str| serde_json::json!([value, false, "DYNAMIC_TOPIC_CONFIG"]);
+    assert_eq!(before["retention.ms"], default("604800000"));
+    assert_eq!((&v["set"], &v["append"]), (&"ok".into(), &"ok".into()));
+    assert_eq!(v["after"]["retention.ms"], topic("3600000"));
+    assert_eq!(v["after"]["cleanup.policy"], topic("compact,delete"));
+    assert_eq!(v["bad"], "INVALID_CONFIG");
+    assert_eq!(v["not_list"], "INVALID_REQUEST");
+    assert_eq!(v["unknown_topic_alter"], "UNKNOWN_TOPIC_OR_PART");
+    assert_eq!(v["delete"], "ok");
+    assert_eq!(v["deleted"]["cleanup.policy"], default("delete"));
+    assert_eq!(
+        v["deleted"]["retention.ms"],
+        topic("3600000"),
+        "a refused change leaves the topic as it was"
+    );
+    assert_eq!(v["unknown_topic"], "UNKNOWN_TOPIC_OR_PART");
+    assert_eq!(v["broker"], serde_json::json!({}));
+    // The legacy AlterConfigs replaces the whole set: retention.ms is back
+    // to its default.
+    assert_eq!(v["replace"], "ok");
+    assert_eq!(v["replaced"], serde_json::json!({"fsync": "always"}));
+    assert_eq!(v["broker_alter"], "INVALID_REQUEST");
+    let port = i64::from(kafka.port());
+    assert_eq!(
+        v["cluster"],
+        serde_json::json!({"id": "fjord", "controller": 0, "nodes": [[0, "127.0.0.1", port]]})
+    );
+    // The native describe reads the same metadata.
+    let out = broker.cli(&["topic", "describe", "cfg"], "");
+    let described = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        described
+            .lines()
+            .any(|l| l.split_whitespace().eq(["fsync", "always"])),
+        "{described}"
+    );
+}
+
+/// kafka-python's KafkaAdminClient: describe every config, then an
+/// IncrementalAlterConfigs that only validates, then one that applies.
+const KAFKA_PYTHON_CONFIGS: &str = r#"
+import sys, json
+from kafka.admin import KafkaAdminClient, ConfigResource, ConfigResourceType
+boot, topic = sys.argv[1], sys.argv[2]
+a = KafkaAdminClient(bootstrap_servers=boot)
+res = lambda configs=None: ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)
+def describe():
+    got = a.describe_configs([res()], config_filter="all")["topic"][topic]
+    return {k: [c["value"], c["config_source"]] for k, c in got.items()}
+out = {"before": describe()}
+out["validated"] = a.alter_configs([res({"segment.ms": "60000"})], validate_only=True)["topic"][topic]
+out["unchanged"] = describe()["segment.ms"]
+out["altered"] = a.alter_configs([res({"segment.ms": "60000"})])["topic"][topic]
+out["after"] = describe()["segment.ms"]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn kafka_python_describes_and_alters_configs() {
+    let Some(python) = python() else {
+        return;
+    };
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, "kcfg", 1);
+    let v: serde_json::Value = python_json(&python, KAFKA_PYTHON_CONFIGS, kafka, "kcfg", 120);
+    assert_eq!(
+        v["before"].as_object().unwrap().len(),
+        fjord_core::topic::CONFIG_KEYS.len()
+    );
+    assert_eq!(
+        v["before"]["fsync"],
+        serde_json::json!(["never", "DEFAULT_CONFIG"])
+    );
+    assert_eq!(
+        (&v["validated"], &v["altered"]),
+        (&"OK".into(), &"OK".into())
+    );
+    assert_eq!(
+        v["unchanged"],
+        serde_json::json!(["604800000", "DEFAULT_CONFIG"])
+    );
+    assert_eq!(
+        v["after"],
+        serde_json::json!(["60000", "DYNAMIC_TOPIC_CONFIG"])
+    );
+}

@@ -44,6 +44,10 @@ pub const VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 2),
 ];
 
 /// Whether the listener speaks `version` of `api`.
@@ -332,6 +336,10 @@ mod tests {
                 ApiKey::SyncGroup => drop(req.decode::<SyncGroupRequest>()),
                 ApiKey::Heartbeat => drop(req.decode::<HeartbeatRequest>()),
                 ApiKey::LeaveGroup => drop(req.decode::<LeaveGroupRequest>()),
+                ApiKey::DescribeConfigs => drop(req.decode::<DescribeConfigsRequest>()),
+                ApiKey::AlterConfigs => drop(req.decode::<AlterConfigsRequest>()),
+                ApiKey::IncrementalAlterConfigs => drop(req.decode::<IncrementalAlterConfigsRequest>()),
+                ApiKey::DescribeCluster => drop(req.decode::<DescribeClusterRequest>()),
                 _ => {}
             }
         }

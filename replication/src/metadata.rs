@@ -522,6 +522,20 @@ impl ClusterMetadata {
     }
 
     fn alter_topic_config(&mut self, alter: &AlterTopicConfig) -> Result<(), MetadataError> {
+        let configs = self.altered_configs(alter)?;
+        if let Some(topic) = self.topics.get_mut(&alter.name) {
+            topic.configs = configs;
+        }
+        Ok(())
+    }
+
+    /// The configs a topic would have after `alter`, validated as a whole
+    /// (as at creation), without changing anything: the check of applying
+    /// [`Command::AlterTopicConfig`], and of a validate-only request.
+    pub fn altered_configs(
+        &self,
+        alter: &AlterTopicConfig,
+    ) -> Result<Vec<(String, String)>, MetadataError> {
         let topic = self
             .topics
             .get(&alter.name)
@@ -534,12 +548,8 @@ impl ClusterMetadata {
                 configs.insert(key.clone(), value.clone());
             }
         }
-        // Validated as a whole, as at creation: an invalid result changes nothing.
         TopicConfig::from_pairs(configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        if let Some(topic) = self.topics.get_mut(&alter.name) {
-            topic.configs = configs.into_iter().collect();
-        }
-        Ok(())
+        Ok(configs.into_iter().collect())
     }
 
     fn create_topic(

@@ -9,7 +9,7 @@ use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
 use fjord_replication::control::Proposal;
 use fjord_replication::metadata::{
-    AlterTopicConfig, Command, CreateTopic, MetadataError, MovePartition, SHARD_ANY,
+    AlterTopicConfig, Command, CreateTopic, MetadataError, MovePartition, SHARD_ANY, TopicMeta,
 };
 use fjord_replication::placement::Replica;
 
@@ -198,15 +198,12 @@ pub(super) async fn alter_configs(
     for topic in request.topics.unwrap_or_default() {
         let name = topic.name.unwrap_or_default();
         let configs = config_pairs(topic.configs);
-        let command = Command::AlterTopicConfig(AlterTopicConfig {
-            name: name.clone(),
-            configs,
+        let (error_code, error_message) = alter_topic_config(shard, &name, configs, false).await;
+        results.push(wire::TopicResultT {
+            name: Some(name),
+            error_code,
+            error_message,
         });
-        let outcome = shard
-            .command(Proposal::of(command))
-            .await
-            .map(|_| Vec::new());
-        results.push(topic_result(name, outcome));
     }
     let body = wire::AlterConfigsResponseT {
         results: Some(results),
@@ -314,6 +311,61 @@ pub(crate) async fn delete_topic(shard: &Shard, name: &str) -> (i16, Option<Stri
     topic_outcome(outcome)
 }
 
+/// Changes a topic's configs through the controller, all of them or none
+/// (`key=value` sets, an empty value goes back to the default); with
+/// `validate_only`, checks them against this shard's metadata and changes
+/// nothing. The error code and message to answer with. Native AlterConfigs,
+/// Kafka's AlterConfigs and IncrementalAlterConfigs.
+pub(crate) async fn alter_topic_config(
+    shard: &Shard,
+    name: &str,
+    configs: Vec<(String, String)>,
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    let alter = AlterTopicConfig {
+        name: name.to_owned(),
+        configs,
+    };
+    let outcome = if validate_only {
+        shard
+            .metadata()
+            .altered_configs(&alter)
+            .map(|_| Vec::new())
+            .map_err(CommandError::Refused)
+    } else {
+        shard
+            .command(Proposal::of(Command::AlterTopicConfig(alter)))
+            .await
+            .map(|_| Vec::new())
+    };
+    topic_outcome(outcome)
+}
+
+/// One config of a topic as describe shows it.
+pub(crate) struct TopicConfigEntry {
+    /// Kafka's key (one of `fjord_core::topic::CONFIG_KEYS`).
+    pub key: &'static str,
+    /// The effective value, in Kafka's notation.
+    pub value: String,
+    /// Set on the topic, rather than the default.
+    pub overridden: bool,
+}
+
+/// Every config of a topic with its effective value and whether the topic
+/// sets it. Native DescribeTopics and Kafka's DescribeConfigs.
+pub(crate) fn topic_configs(topic: &TopicMeta) -> Vec<TopicConfigEntry> {
+    topic
+        .config()
+        .pairs()
+        .into_iter()
+        .map(|(key, value)| TopicConfigEntry {
+            key,
+            value,
+            overridden: topic.configs.iter().any(|(k, _)| k == key),
+        })
+        .collect()
+}
+
 /// Configs from the wire as `(key, value)` pairs.
 fn config_pairs(configs: Option<Vec<wire::TopicConfigT>>) -> Vec<(String, String)> {
     configs
@@ -321,15 +373,6 @@ fn config_pairs(configs: Option<Vec<wire::TopicConfigT>>) -> Vec<(String, String
         .into_iter()
         .map(|c| (c.key.unwrap_or_default(), c.value.unwrap_or_default()))
         .collect()
-}
-
-fn topic_result(name: String, outcome: Result<Vec<NotServed>, CommandError>) -> wire::TopicResultT {
-    let (error_code, error_message) = topic_outcome(outcome);
-    wire::TopicResultT {
-        name: Some(name),
-        error_code,
-        error_message,
-    }
 }
 
 fn topic_outcome(outcome: Result<Vec<NotServed>, CommandError>) -> (i16, Option<String>) {
@@ -389,13 +432,11 @@ pub(super) async fn describe_topics(
             });
             continue;
         };
-        let configs = topic
-            .config()
-            .pairs()
+        let configs = topic_configs(topic)
             .into_iter()
-            .map(|(key, value)| wire::TopicConfigT {
-                key: Some(key.to_owned()),
-                value: Some(value),
+            .map(|entry| wire::TopicConfigT {
+                key: Some(entry.key.to_owned()),
+                value: Some(entry.value),
             })
             .collect();
         let mut partitions = Vec::new();

@@ -1,12 +1,17 @@
 //! Kafka's Metadata: the brokers (the cluster's nodes at their Kafka
 //! listeners), the topics with their Kafka ids, and each partition's
-//! leader, leader epoch, replicas and in-sync replicas.
+//! leader, leader epoch, replicas and in-sync replicas; and DescribeCluster,
+//! the same brokers and controller.
 
 use super::{str_bytes, text};
 use crate::api::admin::{NODE_ID, partition_info};
 use crate::group::OFFSETS_TOPIC;
 use crate::shard::Shard;
 use fjord_net::ErrorCode;
+use fjord_net::kafka::kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
+use fjord_net::kafka::kafka_protocol::messages::describe_cluster_response::{
+    DescribeClusterBroker, DescribeClusterResponse,
+};
 use fjord_net::kafka::kafka_protocol::messages::metadata_request::MetadataRequest;
 use fjord_net::kafka::kafka_protocol::messages::metadata_response::{
     MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -25,7 +30,9 @@ pub(crate) fn topic_uuid(topic_id: u64) -> Uuid {
     Uuid::from_u64_pair(TOPIC_UUID_HIGH, topic_id)
 }
 
-/// Kafka's cluster id as Metadata gives it.
+/// Kafka's cluster id as Metadata and DescribeCluster give it. The same on
+/// every node (a data directory's `fjord.id` names one node, not the
+/// cluster), and stable across restarts.
 const CLUSTER_ID: &str = "fjord";
 
 pub(super) fn metadata(shard: &Shard, request: MetadataRequest, version: i16) -> MetadataResponse {
@@ -72,16 +79,53 @@ pub(super) fn metadata(shard: &Shard, request: MetadataRequest, version: i16) ->
                 .with_port(i32::from(port))
         })
         .collect();
-    let controller = if metadata.nodes.is_empty() {
-        NODE_ID
-    } else {
-        shard.controller_node().map_or(-1, |n| n as i32)
-    };
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(CLUSTER_ID)))
-        .with_controller_id(BrokerId(controller))
+        .with_controller_id(BrokerId(controller(shard, &metadata)))
         .with_topics(topics)
+}
+
+/// DescribeCluster's endpoint type for brokers (2 asks for controllers,
+/// which a broker does not list: Kafka's UNSUPPORTED_ENDPOINT_TYPE).
+const ENDPOINT_BROKERS: i8 = 1;
+
+/// Kafka's DescribeCluster: the brokers and the controller as Metadata
+/// gives them.
+pub(super) fn describe_cluster(
+    shard: &Shard,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    let response = DescribeClusterResponse::default()
+        .with_endpoint_type(request.endpoint_type)
+        .with_cluster_id(str_bytes(CLUSTER_ID));
+    if request.endpoint_type != ENDPOINT_BROKERS {
+        return response
+            .with_error_code(ErrorCode::UnsupportedEndpointType.code())
+            .with_error_message(Some(str_bytes("Fjord's brokers list brokers only")));
+    }
+    let metadata = shard.metadata();
+    let brokers = brokers(shard, &metadata)
+        .into_iter()
+        .map(|(id, host, port)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(id))
+                .with_host(str_bytes(host))
+                .with_port(i32::from(port))
+        })
+        .collect();
+    response
+        .with_controller_id(BrokerId(controller(shard, &metadata)))
+        .with_brokers(brokers)
+}
+
+/// The controller's node id as Kafka clients see it (-1: none known).
+fn controller(shard: &Shard, metadata: &ClusterMetadata) -> i32 {
+    if metadata.nodes.is_empty() {
+        NODE_ID
+    } else {
+        shard.controller_node().map_or(-1, |n| n as i32)
+    }
 }
 
 fn all(metadata: &ClusterMetadata) -> Vec<(Option<String>, Uuid)> {

@@ -1,13 +1,15 @@
 //! The Kafka listener's handlers: one Kafka request in, at most one
 //! response out, mapped onto the same shard operations as the native APIs
 //! (`crate::api`): Produce and Fetch onto the partitions' shards, topic
-//! administration onto the controller, offsets onto the group coordinator.
+//! administration and configs onto the controller, offsets onto the group
+//! coordinator.
 //! Codecs are the `kafka-protocol` crate's (headers and the API table in
 //! `fjord_net::kafka`); connections, pipelining and limits are
 //! `crate::conn`'s, shared with the native listener.
 
 mod admin;
 mod classic;
+mod configs;
 mod fetch;
 mod group_admin;
 mod groups;
@@ -143,6 +145,22 @@ async fn serve(
         }
         ApiKey::DeleteTopics => {
             let body = admin::delete_topics(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::DescribeConfigs => {
+            let body = configs::describe_configs(shard, request.decode()?);
+            respond(&request, &body)
+        }
+        ApiKey::AlterConfigs => {
+            let body = configs::alter_configs(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let body = configs::incremental_alter_configs(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::DescribeCluster => {
+            let body = metadata::describe_cluster(shard, request.decode()?);
             respond(&request, &body)
         }
         ApiKey::FindCoordinator => {
