@@ -99,6 +99,26 @@ fn python_json<T: serde::de::DeserializeOwned>(
     serde_json::from_str(out.trim()).unwrap()
 }
 
+/// Runs a Python client `script` against a new broker's Kafka listener
+/// and a new topic of `partitions`; `None` (the test skips) without the
+/// Python clients. The broker (and its Kafka address) is returned to live
+/// as long as the test.
+fn script_on_new_topic<T: serde::de::DeserializeOwned>(
+    script: &str,
+    topic: &str,
+    partitions: u32,
+    secs: u32,
+) -> Option<(T, Broker, SocketAddr)> {
+    let python = python()?;
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, topic, partitions);
+    Some((
+        python_json(&python, script, kafka, topic, secs),
+        broker,
+        kafka,
+    ))
+}
+
 fn create_topic(broker: &Broker, topic: &str, partitions: u32) {
     let out = broker.cli(
         &[
@@ -231,12 +251,10 @@ print(json.dumps({"got": got, "committed": [t.offset for t in committed]}))
 
 #[test]
 fn confluent_kafka_produces_consumes_and_commits() {
-    let Some(python) = python() else {
+    let Some((v, _broker, _)) = script_on_new_topic::<serde_json::Value>(CONFLUENT, "conf", 2, 120)
+    else {
         return;
     };
-    let (broker, kafka) = kafka_broker();
-    create_topic(&broker, "conf", 2);
-    let v: serde_json::Value = python_json(&python, CONFLUENT, kafka, "conf", 120);
     let got = v["got"].as_array().unwrap();
     assert_eq!(got.len(), 300);
     for m in got {
@@ -277,12 +295,11 @@ print(json.dumps(got))
 
 #[test]
 fn kafka_python_produces_and_consumes() {
-    let Some(python) = python() else {
+    let Some((got, _broker, _)) =
+        script_on_new_topic::<Vec<(i64, String, String)>>(KAFKA_PYTHON, "kp", 1, 120)
+    else {
         return;
     };
-    let (broker, kafka) = kafka_broker();
-    create_topic(&broker, "kp", 1);
-    let got: Vec<(i64, String, String)> = python_json(&python, KAFKA_PYTHON, kafka, "kp", 120);
     let want: Vec<(i64, String, String)> = (0..100)
         .map(|i| (i, format!("k{i}"), format!("v{i}")))
         .collect();
@@ -430,12 +447,11 @@ print(json.dumps({"seen": seen, "sizes": sizes, "after": after, "failed_commits"
 
 #[test]
 fn confluent_kafka_consumers_share_a_topic_in_a_group() {
-    let Some(python) = python() else {
+    let Some((v, _broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_GROUP, "grp", 6, 180)
+    else {
         return;
     };
-    let (broker, kafka) = kafka_broker();
-    create_topic(&broker, "grp", 6);
-    let v: serde_json::Value = python_json(&python, CONFLUENT_GROUP, kafka, "grp", 180);
     assert_eq!(
         v["sizes"],
         serde_json::json!([2, 2, 2]),
@@ -500,12 +516,11 @@ print(json.dumps({"before": before, "after": after}))
 
 #[test]
 fn kafka_python_commits_lists_and_deletes_group_offsets() {
-    let Some(python) = python() else {
+    let Some((v, _broker, _)) =
+        script_on_new_topic::<serde_json::Value>(KAFKA_PYTHON_OFFSETS, "og", 2, 120)
+    else {
         return;
     };
-    let (broker, kafka) = kafka_broker();
-    create_topic(&broker, "og", 2);
-    let v: serde_json::Value = python_json(&python, KAFKA_PYTHON_OFFSETS, kafka, "og", 120);
     assert_eq!(v["before"], serde_json::json!([[0, 7], [1, 9]]));
     assert_eq!(
         v["after"],
@@ -521,7 +536,6 @@ import sys, json, time
 from confluent_kafka import Producer, Consumer, TopicPartition
 boot, topic = sys.argv[1], sys.argv[2]
 codecs = ["none", "gzip", "snappy", "lz4", "zstd"]
-stamps = {}
 for p, codec in enumerate(codecs):
     pr = Producer({"bootstrap.servers": boot, "compression.type": codec, "linger.ms": 50})
     for i in range(200):
@@ -547,12 +561,11 @@ print(json.dumps({"got": got, "at_time": found}))
 
 #[test]
 fn compressed_batches_round_trip_and_a_timestamp_finds_its_offset() {
-    let Some(python) = python() else {
+    let Some((v, _broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_CODECS, "z", 5, 120)
+    else {
         return;
     };
-    let (broker, kafka) = kafka_broker();
-    create_topic(&broker, "z", 5);
-    let v: serde_json::Value = python_json(&python, CONFLUENT_CODECS, kafka, "z", 120);
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
         assert_eq!(v["got"][codec], true, "{codec}: {v}");
     }
@@ -701,12 +714,11 @@ print(json.dumps(out))
 
 #[test]
 fn confluent_kafka_describes_and_alters_configs() {
-    let Some(python) = python() else {
+    let Some((v, broker, kafka)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_CONFIGS, "cfg", 1, 120)
+    else {
         return;
     };
-    let (broker, kafka) = kafka_broker();
-    create_topic(&broker, "cfg", 1);
-    let v: serde_json::Value = python_json(&python, CONFLUENT_CONFIGS, kafka, "cfg", 120);
     let before = v["before"].as_object().unwrap();
     let keys: Vec<&str> = before.keys().map(String::as_str).collect();
     for key in fjord_core::topic::CONFIG_KEYS {
@@ -772,12 +784,11 @@ print(json.dumps(out))
 
 #[test]
 fn kafka_python_describes_and_alters_configs() {
-    let Some(python) = python() else {
+    let Some((v, _broker, _)) =
+        script_on_new_topic::<serde_json::Value>(KAFKA_PYTHON_CONFIGS, "kcfg", 1, 120)
+    else {
         return;
     };
-    let (broker, kafka) = kafka_broker();
-    create_topic(&broker, "kcfg", 1);
-    let v: serde_json::Value = python_json(&python, KAFKA_PYTHON_CONFIGS, kafka, "kcfg", 120);
     assert_eq!(
         v["before"].as_object().unwrap().len(),
         fjord_core::topic::CONFIG_KEYS.len()
