@@ -629,6 +629,16 @@ fn a_killed_kafka_member_is_replaced_and_commits_survive_a_broker_kill() {
     wait("two members with two partitions each", &|| {
         last_assigned(&a_out) == Some(2) && last_assigned(&b_out) == Some(2)
     });
+    // `fjord group describe` reads the classic members' assignments.
+    let described =
+        futures::executor::block_on(fjord_client::Admin::new(broker.client()).describe_group("kg"))
+            .unwrap();
+    let owned: std::collections::BTreeSet<_> = described
+        .members
+        .iter()
+        .flat_map(|m| m.assignment.iter().cloned())
+        .collect();
+    assert_eq!(owned.len(), 4, "{described:?}");
     a.kill().unwrap();
     a.wait().unwrap();
     wait("the survivor owns all four", &|| {

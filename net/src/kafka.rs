@@ -215,8 +215,60 @@ pub fn unsupported_version(correlation_id: i32) -> Vec<u8> {
     }
 }
 
+/// The partitions of a classic consumer-group member's assignment:
+/// Kafka's `ConsumerProtocolAssignment` (an `i16` version, then the body),
+/// as the consumers' assignors write it. `None` for bytes that are not one
+/// (another protocol type, or damaged): they are the client's, never trusted.
+pub fn consumer_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
+    use bytes::Buf;
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    let mut buf = Bytes::copy_from_slice(bytes);
+    if buf.remaining() < 2 {
+        return None;
+    }
+    let version = buf.get_i16();
+    if !(0..=3).contains(&version) {
+        return None;
+    }
+    let assignment = ConsumerProtocolAssignment::decode(&mut buf, version).ok()?;
+    Some(
+        assignment
+            .assigned_partitions
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|&p| (t.topic.as_str().to_owned(), p))
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_consumer_assignment_decodes_and_garbage_does_not() {
+        use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+        use kafka_protocol::messages::{ConsumerProtocolAssignment, TopicName};
+        let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+            TopicPartition::default()
+                .with_topic(TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("t"),
+                ))
+                .with_partitions(vec![0, 2]),
+        ]);
+        let mut bytes = bytes::BytesMut::new();
+        bytes.extend_from_slice(&1i16.to_be_bytes());
+        assignment.encode(&mut bytes, 1).unwrap();
+        assert_eq!(
+            consumer_assignment(&bytes),
+            Some(vec![("t".to_owned(), 0), ("t".to_owned(), 2)])
+        );
+        assert_eq!(consumer_assignment(b""), None);
+        assert_eq!(consumer_assignment(b"\x00\x09garbage"), None);
+        assert_eq!(consumer_assignment(b"\x00\x00\x7f\xff\xff\xff"), None);
+    }
+
     use super::*;
     use kafka_protocol::messages::MetadataRequest;
 

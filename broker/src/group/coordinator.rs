@@ -557,12 +557,14 @@ impl Coordinator {
                             .collect(),
                         g.epoch,
                     ),
-                    // The assignment of a classic member is its assignor's
-                    // bytes, which the coordinator does not read.
+                    // A classic member's assignment is its assignor's bytes:
+                    // shown when they are Kafka's consumer protocol.
                     (None, Some(c)) => (
                         c.describe()
                             .into_iter()
                             .map(|m| wire::GroupMemberT {
+                                assignment: fjord_net::kafka::consumer_assignment(&m.assignment)
+                                    .map(|tps| to_wire(&tps.into_iter().collect())),
                                 member_id: Some(m.member_id),
                                 instance_id: m.instance_id,
                                 client_id: Some(m.client_id),
