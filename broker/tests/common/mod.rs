@@ -57,11 +57,17 @@ fn free_ports(ip: std::net::IpAddr, count: usize) -> u16 {
     }
     for _ in 0..100 {
         let base = free_port();
+        // Free on 127.0.0.1 too: a test may proxy a node on another
+        // loopback address through the same port numbers there.
+        let local = std::net::IpAddr::from([127, 0, 0, 1]);
         let all_free = (0..count).all(|i| {
             u16::try_from(usize::from(base) + i)
                 .ok()
-                .and_then(|port| std::net::TcpListener::bind((ip, port)).ok())
-                .is_some()
+                .is_some_and(|port| {
+                    [ip, local]
+                        .iter()
+                        .all(|&at| std::net::TcpListener::bind((at, port)).is_ok())
+                })
         });
         if all_free {
             return base;
