@@ -384,12 +384,7 @@ async fn rewrite_segment(
     let (log_path, index_path) = cleaned_paths(dir, target.base);
     let log_file = SegmentFile::open(&log_path, true).await?;
     // A file left by a cleaning that failed: start empty.
-    log_file
-        .get()
-        .await?
-        .truncate(0)
-        .await
-        .map_err(StorageError::io("truncate", &log_path))?;
+    log_file.clear().await?;
     let mut log = Appender::resume(
         log_file,
         0,
@@ -469,12 +464,7 @@ async fn rewrite_segment(
     log.file_end().truncate_synced().await?;
 
     let index_file = SegmentFile::open(&index_path, true).await?;
-    index_file
-        .get()
-        .await?
-        .truncate(0)
-        .await
-        .map_err(StorageError::io("truncate", &index_path))?;
+    index_file.clear().await?;
     let mut index = Index::new(
         Vec::new(),
         Appender::resume(index_file, 0, 0, appender::BLOCK * 16, 16 * 1024).await?,

@@ -128,6 +128,16 @@ impl SegmentFile {
         Ok(this)
     }
 
+    /// Empties the file (a rewrite starts over, or a file a failed one
+    /// left behind is reused).
+    pub async fn clear(self: &Rc<Self>) -> Result<()> {
+        self.get()
+            .await?
+            .truncate(0)
+            .await
+            .map_err(StorageError::io("truncate", &*self.path))
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Rc<Path> {
         &self.path

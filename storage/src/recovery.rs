@@ -272,11 +272,7 @@ async fn scan_from(
 }
 
 async fn rewrite_index(file: Rc<SegmentFile>, entries: Vec<IndexEntry>) -> Result<Index> {
-    file.get()
-        .await?
-        .truncate(0)
-        .await
-        .map_err(StorageError::io("truncate", &**file.path()))?;
+    file.clear().await?;
     let mut index = Index::new(
         Vec::new(),
         Appender::resume(file, 0, 0, crate::appender::BLOCK * 16, 16 * 1024).await?,

@@ -113,12 +113,7 @@ impl Segment {
         )
         .await?;
         let index_file = SegmentFile::open(&index_path, true).await?;
-        index_file
-            .get()
-            .await?
-            .truncate(0)
-            .await
-            .map_err(StorageError::io("truncate", &index_path))?;
+        index_file.clear().await?;
         let index = Index::new(
             Vec::new(),
             Appender::resume(index_file, 0, 0, appender::BLOCK * 16, 16 * 1024).await?,
