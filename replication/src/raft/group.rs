@@ -1112,11 +1112,23 @@ impl Group {
             p.probe(next);
         } else {
             p.acknowledge(matched, durable, now);
-            if let Mode::Probe { .. } = p.mode {
-                p.probe(p.next.max(matched));
-                if p.next >= l.recent_start {
-                    p.mode = Mode::Replicate;
+            match p.mode {
+                // The probe was accepted: the follower's log matches up to
+                // where it looked.
+                Mode::Probe { .. } if matched >= p.next => {
+                    p.probe(matched);
+                    if p.next >= l.recent_start {
+                        p.mode = Mode::Replicate;
+                    }
                 }
+                // A heartbeat's answer, or a probe's that was lost: it
+                // proves no match where the probe looks (a new replica
+                // answers with nothing matched). Probe again.
+                Mode::Probe { .. } => {
+                    let next = p.next;
+                    p.probe(next);
+                }
+                Mode::Replicate => {}
             }
         }
         self.maybe_commit(out);
