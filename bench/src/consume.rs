@@ -4,12 +4,14 @@
 //! or, with `--group`, as the members of a consumer group joining one after
 //! another, reporting each partition's longest pause (the rebalances).
 
+use crate::kafka::KafkaClient;
 use crate::report::Progress;
 use fjord_client::{Admin, Client, Consumer, ConsumerConfig, Seek};
 use futures::executor::block_on;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Polls that find nothing before the run gives up on reaching the end.
@@ -60,20 +62,136 @@ pub fn run(client: &Client, topic: &str, progress: &Arc<Progress>) -> Result<Dur
 
 /// Each partition's end now, and the records the topic holds.
 fn extent(client: &Client, topic: &str) -> Result<(BTreeMap<i32, i64>, u64), String> {
+    let (ranges, total) = ranges(client, topic)?;
+    let ends = ranges.iter().map(|(&p, &(_, end))| (p, end)).collect();
+    Ok((ends, total))
+}
+
+/// By partition, its offsets now: `(start, end)`.
+type Ranges = BTreeMap<i32, (i64, i64)>;
+
+/// Each partition's offsets now, and the records the topic holds.
+fn ranges(client: &Client, topic: &str) -> Result<(Ranges, u64), String> {
     let described =
         block_on(Admin::new(client.clone()).describe_topic(topic)).map_err(|e| e.to_string())?;
-    let ends = described
+    let ranges = described
         .partitions
         .iter()
-        .map(|p| (p.partition, p.log_end_offset))
+        .map(|p| (p.partition, (p.log_start_offset, p.log_end_offset)))
         .collect();
     let total: i64 = described
         .partitions
         .iter()
         .map(|p| p.log_end_offset - p.log_start_offset)
         .sum();
-    Ok((ends, u64::try_from(total).unwrap_or(0)))
+    Ok((ranges, u64::try_from(total).unwrap_or(0)))
 }
+
+/// Reads `topic` to its current end through the Kafka listener at
+/// `bootstrap` (every partition fetched at once, one request in flight
+/// each, from the partition's leader); returns the wall time.
+pub fn run_kafka(
+    client: &Client,
+    bootstrap: SocketAddr,
+    topic: &str,
+    cpu: Option<usize>,
+    progress: &Arc<Progress>,
+) -> Result<Duration, String> {
+    let (ranges, total) = ranges(client, topic)?;
+    let failed = Arc::new(OnceLock::new());
+    let done = Arc::new(AtomicBool::new(false));
+    let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+    let (topic, task_progress, task_failed, task_done) = (
+        topic.to_owned(),
+        progress.clone(),
+        failed.clone(),
+        done.clone(),
+    );
+    glommio::LocalExecutorBuilder::new(placement)
+        .name("bench-kafka")
+        .io_memory(crate::kafka::IO_MEMORY)
+        .spawn(move || async move {
+            let kafka = KafkaClient::default();
+            let read = async {
+                let leaders = kafka.leaders(bootstrap, &topic).await?;
+                let reads = ranges.iter().map(|(&p, &range)| {
+                    let leader = usize::try_from(p)
+                        .ok()
+                        .and_then(|p| leaders.get(p).copied());
+                    let (kafka, topic, progress) = (&kafka, &topic, &task_progress);
+                    async move {
+                        let leader = leader.ok_or(format!("partition {p}: no leader"))?;
+                        read_partition(kafka, leader, topic, p, range, progress).await
+                    }
+                });
+                futures::future::try_join_all(reads).await.map(|_| ())
+            };
+            if let Err(why) = read.await {
+                let _ = task_failed.set(why);
+            }
+            task_done.store(true, Ordering::Relaxed);
+        })
+        .map_err(|e| format!("cannot start the consumer: {e}"))?;
+    let start = Instant::now();
+    crate::watch(progress, start, || done.load(Ordering::Relaxed));
+    let elapsed = start.elapsed();
+    if let Some(why) = failed.get() {
+        return Err(why.clone());
+    }
+    reached(progress, total)?;
+    Ok(elapsed)
+}
+
+/// Fetches one partition from `start` to `end`, counting its records.
+async fn read_partition(
+    kafka: &KafkaClient,
+    leader: SocketAddr,
+    topic: &str,
+    partition: i32,
+    (start, end): (i64, i64),
+    progress: &Progress,
+) -> Result<(), String> {
+    let mut offset = start;
+    let mut empty = 0;
+    while offset < end {
+        let (records, _) = kafka
+            .fetch(
+                leader,
+                topic,
+                partition,
+                offset,
+                KAFKA_FETCH_BYTES,
+                Duration::from_millis(200),
+            )
+            .await?;
+        let mut count = 0u64;
+        for batch in fjord_core::batch::batches(&records) {
+            // A fetch may begin inside the batch holding `offset` (Kafka
+            // sends whole batches): what is below it was counted before.
+            if batch.last_offset() < offset {
+                continue;
+            }
+            count += u64::try_from(batch.last_offset() + 1 - offset.max(batch.base_offset()))
+                .unwrap_or(0);
+            offset = batch.last_offset() + 1;
+        }
+        empty = if count == 0 { empty + 1 } else { 0 };
+        if empty >= EMPTY_POLLS_MAX {
+            return Err(format!(
+                "partition {partition}: nothing past offset {offset} of {end}"
+            ));
+        }
+        progress.messages.fetch_add(count, Ordering::Relaxed);
+        progress
+            .bytes
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Bytes of one partition a Kafka fetch asks for (the native consumer's
+/// `partition_bytes_max` in [`read_config`]).
+const KAFKA_FETCH_BYTES: i32 = 8 << 20;
 
 /// Large fetches: the consumer is measured, not its batching.
 fn read_config() -> ConsumerConfig {

@@ -1,11 +1,16 @@
 //! `bench e2e`: produce at a rate while one consumer follows the topic;
 //! each record's latency runs from its due time (stamped in its first
-//! bytes by the producer) to its delivery to the consumer.
+//! bytes by the producer) to its delivery to the consumer. With `--kafka`
+//! both sides speak Kafka's protocol.
 
+use crate::kafka::KafkaClient;
 use crate::produce::{self, ProduceConfig, STAMP_LEN};
 use crate::report::{Progress, histogram};
-use fjord_client::{Client, Consumer, ConsumerConfig, Seek};
+use fjord_client::{Admin, Client, Consumer, ConsumerConfig, Seek};
+use fjord_core::batch::Batch;
 use futures::executor::block_on;
+use hdrhistogram::Histogram;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long the consumer may trail the last acknowledgement at the end.
 const CATCH_UP_MAX: Duration = Duration::from_secs(10);
+/// How long a Kafka fetch waits for records (a native poll's timeout).
+const KAFKA_WAIT: Duration = Duration::from_millis(100);
+/// Bytes of one partition a Kafka fetch asks for.
+const KAFKA_FETCH_BYTES: i32 = 1 << 20;
 
 /// Runs producers and one consumer; `delivered` gets the end-to-end
 /// latencies, `acked` the producers'. Returns the producers' wall time.
@@ -24,63 +33,171 @@ pub fn run(
     acked: &Arc<Progress>,
     delivered: &Arc<Progress>,
 ) -> Result<Duration, String> {
-    let mut consumer = Consumer::new(consumer_client, ConsumerConfig::default());
-    block_on(consumer.assign(&config.topic, None, Seek::Latest)).map_err(|e| e.to_string())?;
     let producing = Arc::new(AtomicBool::new(true));
-    let reader = {
-        let (delivered, acked, producing) = (delivered.clone(), acked.clone(), producing.clone());
-        std::thread::spawn(move || -> Result<(), String> {
-            let mut latencies = histogram();
-            let mut last_merge = Instant::now();
-            let mut caught_up_by = None;
-            loop {
-                let polled = block_on(consumer.poll_batches(Duration::from_millis(100)))
-                    .map_err(|e| e.to_string())?;
-                let now_ns = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
-                for part in polled.parts() {
-                    for batch in part.batches() {
-                        for record in batch.records().map_err(|e| e.to_string())? {
-                            let record = record.map_err(|e| e.to_string())?;
-                            if record.offset < part.position {
-                                continue;
-                            }
-                            let stamp = record
-                                .value
-                                .and_then(|v| v.first_chunk::<STAMP_LEN>())
-                                .map_or(now_ns, |s| u64::from_be_bytes(*s));
-                            let _ = latencies.record((now_ns.saturating_sub(stamp) / 1000).max(1));
-                            delivered.messages.fetch_add(1, Ordering::Relaxed);
-                            delivered.bytes.fetch_add(
-                                record.value.map_or(0, |v| v.len()) as u64,
-                                Ordering::Relaxed,
-                            );
-                        }
-                    }
-                }
-                if last_merge.elapsed() >= Duration::from_secs(1) {
-                    delivered.merge(&mut latencies);
-                    last_merge = Instant::now();
-                }
-                if !producing.load(Ordering::Relaxed) {
-                    let deadline =
-                        *caught_up_by.get_or_insert_with(|| Instant::now() + CATCH_UP_MAX);
-                    let all = delivered.messages.load(Ordering::Relaxed)
-                        >= acked.messages.load(Ordering::Relaxed);
-                    if all || Instant::now() >= deadline {
-                        break;
-                    }
-                }
-            }
-            delivered.merge(&mut latencies);
-            Ok(())
-        })
+    let follow = Follow {
+        latencies: histogram(),
+        last_merge: Instant::now(),
+        caught_up_by: None,
+        delivered: delivered.clone(),
+        acked: acked.clone(),
+        producing: producing.clone(),
+    };
+    let reader = match config.kafka {
+        None => follow_native(follow, consumer_client, &config.topic)?,
+        Some(bootstrap) => follow_kafka(follow, consumer_client, bootstrap, &config.topic)?,
     };
     let elapsed = produce::run(config, producers, routes, acked);
     producing.store(false, Ordering::Relaxed);
-    reader
-        .join()
-        .map_err(|_| "the consumer thread panicked".to_string())??;
+    reader()?;
     elapsed
+}
+
+/// Waits for the consumer's end: what it failed with, if it did.
+type Reader = Box<dyn FnOnce() -> Result<(), String>>;
+
+/// The consumer's side: latencies of what it delivered, and when to stop.
+struct Follow {
+    latencies: Histogram<u64>,
+    last_merge: Instant,
+    caught_up_by: Option<Instant>,
+    delivered: Arc<Progress>,
+    acked: Arc<Progress>,
+    producing: Arc<AtomicBool>,
+}
+
+impl Follow {
+    /// Counts the records of `batch` from `position` on.
+    fn deliver(&mut self, batch: &Batch<'_>, position: i64) -> Result<(), String> {
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        for record in batch.records().map_err(|e| e.to_string())? {
+            let record = record.map_err(|e| e.to_string())?;
+            if record.offset < position {
+                continue;
+            }
+            let stamp = record
+                .value
+                .and_then(|v| v.first_chunk::<STAMP_LEN>())
+                .map_or(now_ns, |s| u64::from_be_bytes(*s));
+            let _ = self
+                .latencies
+                .record((now_ns.saturating_sub(stamp) / 1000).max(1));
+            self.delivered.messages.fetch_add(1, Ordering::Relaxed);
+            self.delivered.bytes.fetch_add(
+                record.value.map_or(0, |v| v.len()) as u64,
+                Ordering::Relaxed,
+            );
+        }
+        Ok(())
+    }
+
+    /// After each poll: merges latencies once a second; whether to stop
+    /// (production over and everything acknowledged delivered, or the
+    /// catch-up time spent).
+    fn done(&mut self) -> bool {
+        if self.last_merge.elapsed() >= Duration::from_secs(1) {
+            self.delivered.merge(&mut self.latencies);
+            self.last_merge = Instant::now();
+        }
+        if self.producing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let deadline = *self
+            .caught_up_by
+            .get_or_insert_with(|| Instant::now() + CATCH_UP_MAX);
+        self.delivered.messages.load(Ordering::Relaxed)
+            >= self.acked.messages.load(Ordering::Relaxed)
+            || Instant::now() >= deadline
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        self.delivered.merge(&mut self.latencies);
+    }
+}
+
+fn follow_native(mut follow: Follow, client: &Client, topic: &str) -> Result<Reader, String> {
+    let mut consumer = Consumer::new(client, ConsumerConfig::default());
+    block_on(consumer.assign(topic, None, Seek::Latest)).map_err(|e| e.to_string())?;
+    let thread = std::thread::spawn(move || -> Result<(), String> {
+        while !follow.done() {
+            let polled = block_on(consumer.poll_batches(Duration::from_millis(100)))
+                .map_err(|e| e.to_string())?;
+            for part in polled.parts() {
+                for batch in part.batches() {
+                    follow.deliver(&batch, part.position)?;
+                }
+            }
+        }
+        Ok(())
+    });
+    Ok(Box::new(move || {
+        thread
+            .join()
+            .map_err(|_| "the consumer thread panicked".to_string())?
+    }))
+}
+
+/// Follows every partition from its end now, one fetch in flight each,
+/// on a thread of its own.
+fn follow_kafka(
+    follow: Follow,
+    client: &Client,
+    bootstrap: SocketAddr,
+    topic: &str,
+) -> Result<Reader, String> {
+    let described =
+        block_on(Admin::new(client.clone()).describe_topic(topic)).map_err(|e| e.to_string())?;
+    let offsets: Vec<i64> = described
+        .partitions
+        .iter()
+        .map(|p| p.log_end_offset)
+        .collect();
+    let topic = topic.to_owned();
+    let thread = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("bench-kafka")
+        .io_memory(crate::kafka::IO_MEMORY)
+        .spawn(move || async move {
+            let follow = RefCell::new(follow);
+            let kafka = KafkaClient::default();
+            let leaders = kafka.leaders(bootstrap, &topic).await?;
+            // A loop per partition: each long-polls its leader, so records
+            // of one are never held back by another's wait.
+            let loops = leaders
+                .iter()
+                .zip(offsets)
+                .enumerate()
+                .map(|(p, (&leader, start))| {
+                    let (kafka, topic, follow) = (&kafka, &topic, &follow);
+                    async move {
+                        let mut offset = start;
+                        while !follow.borrow_mut().done() {
+                            let (records, _) = kafka
+                                .fetch(
+                                    leader,
+                                    topic,
+                                    p as i32,
+                                    offset,
+                                    KAFKA_FETCH_BYTES,
+                                    KAFKA_WAIT,
+                                )
+                                .await?;
+                            for batch in fjord_core::batch::batches(&records) {
+                                follow.borrow_mut().deliver(&batch, offset)?;
+                                offset = offset.max(batch.last_offset() + 1);
+                            }
+                        }
+                        Ok::<(), String>(())
+                    }
+                });
+            futures::future::try_join_all(loops).await.map(|_| ())
+        })
+        .map_err(|e| format!("cannot start the consumer: {e}"))?;
+    Ok(Box::new(move || {
+        thread
+            .join()
+            .map_err(|e| format!("the consumer thread failed: {e}"))?
+    }))
 }

@@ -5,6 +5,7 @@
 
 pub mod consume;
 pub mod e2e;
+pub mod kafka;
 pub mod local;
 pub mod produce;
 pub mod report;

@@ -5,6 +5,7 @@
 //! `--nodes N` it runs N such nodes as one cluster (node 1 runs the
 //! controller, the others join through it).
 
+use fjord_broker::config::KafkaBrokers;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,6 +17,11 @@ pub const SERVE_SUBCOMMAND: &str = "serve-local";
 pub struct LocalBroker {
     /// Its native address.
     pub addr: SocketAddr,
+    /// Its Kafka listener (a free port: never Kafka's 9092, which a real
+    /// Kafka on the machine may hold).
+    pub kafka: SocketAddr,
+    /// The brokers it shows Kafka clients.
+    kafka_brokers: KafkaBrokers,
     dir: tempfile::TempDir,
     child: Option<Child>,
     /// `--node-id` and `--seeds` in a cluster; the shards it runs.
@@ -30,11 +36,18 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts `count` nodes of `cores` shards each, node 1 first.
-    pub fn start(count: usize, cores: usize) -> Result<LocalCluster, String> {
+    pub fn start(
+        count: usize,
+        cores: usize,
+        kafka_brokers: KafkaBrokers,
+    ) -> Result<LocalCluster, String> {
         let mut nodes: Vec<LocalBroker> = Vec::with_capacity(count);
         for id in 1..=count as u32 {
             let seed = nodes.first().map(|n| n.addr);
-            nodes.push(LocalBroker::start_with(Some((id, seed, cores)))?);
+            nodes.push(LocalBroker::start_with(
+                Some((id, seed, cores)),
+                kafka_brokers,
+            )?);
         }
         Ok(LocalCluster { nodes })
     }
@@ -43,27 +56,31 @@ impl LocalCluster {
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.nodes.iter().map(|n| n.addr).collect()
     }
+
+    /// Every node's Kafka listener.
+    pub fn kafka_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.kafka).collect()
+    }
 }
 
 impl LocalBroker {
     /// Starts one and waits until every shard serves.
-    pub fn start() -> Result<LocalBroker, String> {
-        LocalBroker::start_with(None)
+    pub fn start(kafka_brokers: KafkaBrokers) -> Result<LocalBroker, String> {
+        LocalBroker::start_with(None, kafka_brokers)
     }
 
     fn start_with(
         cluster: Option<(u32, Option<SocketAddr>, usize)>,
+        kafka_brokers: KafkaBrokers,
     ) -> Result<LocalBroker, String> {
         let dir = tempfile::Builder::new()
             .prefix("fjord-bench-")
             .tempdir_in(std::env::temp_dir())
             .map_err(|e| format!("cannot create a temporary data dir: {e}"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("cannot find a free port: {e}"))?
-            .port();
         let mut broker = LocalBroker {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: free_port()?,
+            kafka: free_port()?,
+            kafka_brokers,
             dir,
             child: None,
             cluster,
@@ -78,7 +95,11 @@ impl LocalBroker {
         command
             .arg(SERVE_SUBCOMMAND)
             .arg(self.dir.path())
-            .arg(self.addr.to_string());
+            .arg(self.addr.to_string())
+            .args(["--kafka-listen", &self.kafka.to_string()]);
+        if self.kafka_brokers == KafkaBrokers::Shard {
+            command.args(["--kafka-brokers", "shard"]);
+        }
         if let Some((id, seed, cores)) = self.cluster {
             command.args(["--node-id", &id.to_string(), "--cores", &cores.to_string()]);
             if let Some(seed) = seed {
@@ -124,4 +145,11 @@ impl Drop for LocalBroker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A free port on 127.0.0.1 (bound and released).
+fn free_port() -> Result<SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("cannot find a free port: {e}"))
 }

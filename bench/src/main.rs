@@ -7,6 +7,7 @@ use fjord_bench::produce::{ProduceConfig, STAMP_LEN};
 use fjord_bench::report::{JsonReport, Progress, Summary, write_json};
 use fjord_bench::units::{parse_duration, parse_rate};
 use fjord_bench::{client, consume, e2e, ensure_topic, produce};
+use fjord_broker::config::KafkaBrokers;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,12 @@ enum Command {
         /// Shards.
         #[arg(long)]
         cores: Option<usize>,
+        /// Kafka listener.
+        #[arg(long)]
+        kafka_listen: SocketAddr,
+        /// The brokers Kafka clients see.
+        #[arg(long, value_enum, default_value = "node")]
+        kafka_brokers: KafkaBrokers,
     },
 }
 
@@ -84,6 +91,17 @@ struct Common {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Drive the brokers' Kafka listeners with Kafka's protocol instead of
+    /// the native one (the topic is still set up natively).
+    #[arg(long)]
+    kafka: bool,
+    /// A Kafka listener of the --bootstrap cluster, HOST:PORT (with --kafka).
+    #[arg(long, requires = "bootstrap")]
+    kafka_bootstrap: Option<String>,
+    /// The brokers local nodes show Kafka clients: one per node or one per
+    /// shard.
+    #[arg(long, value_enum, default_value = "node")]
+    kafka_brokers: KafkaBrokers,
 }
 
 #[derive(Args, Clone)]
@@ -151,10 +169,14 @@ fn main() -> ExitCode {
             node_id,
             seeds,
             cores,
+            kafka_listen,
+            kafka_brokers,
         } => {
             let config = fjord_broker::config::ServeConfig {
                 data_dir: dir.clone(),
                 listen,
+                kafka_listen: Some(kafka_listen),
+                kafka_brokers,
                 shard_port_base: Some(0),
                 node_id,
                 seeds: seeds.into_iter().collect(),
@@ -185,28 +207,34 @@ fn main() -> ExitCode {
 /// returned guards (none, one, or a cluster's nodes).
 fn broker(common: &Common) -> Result<(Vec<SocketAddr>, Vec<LocalBroker>), String> {
     if common.bootstrap.is_none() && common.nodes > 1 {
-        let cluster = LocalCluster::start(common.nodes, common.node_cores.unwrap_or(1))?;
+        let cluster = LocalCluster::start(
+            common.nodes,
+            common.node_cores.unwrap_or(1),
+            common.kafka_brokers,
+        )?;
         return Ok((cluster.addrs(), cluster.nodes));
     }
     match &common.bootstrap {
         Some(list) => {
             let addrs = list
                 .split(',')
-                .map(|one| {
-                    one.trim()
-                        .to_socket_addrs()
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .ok_or_else(|| format!("invalid broker address {one:?}"))
-                })
+                .map(resolve)
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((addrs, Vec::new()))
         }
         None => {
-            let local = LocalBroker::start()?;
+            let local = LocalBroker::start(common.kafka_brokers)?;
             Ok((vec![local.addr], vec![local]))
         }
     }
+}
+
+fn resolve(one: &str) -> Result<SocketAddr, String> {
+    one.trim()
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("invalid broker address {one:?}"))
 }
 
 fn topic_configs(common: &Common) -> Result<Vec<(String, String)>, String> {
@@ -221,7 +249,11 @@ fn topic_configs(common: &Common) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn produce_config(args: &ProduceArgs, partitions: usize) -> Result<ProduceConfig, String> {
+fn produce_config(
+    args: &ProduceArgs,
+    partitions: usize,
+    kafka: Option<SocketAddr>,
+) -> Result<ProduceConfig, String> {
     let acks = match args.acks.as_str() {
         "0" => fjord_net::api::ACKS_NONE,
         "1" => fjord_net::api::ACKS_LEADER,
@@ -251,6 +283,7 @@ fn produce_config(args: &ProduceArgs, partitions: usize) -> Result<ProduceConfig
         messages,
         duration_sec,
         cpus: args.common.cpus.clone(),
+        kafka,
     })
 }
 
@@ -271,6 +304,8 @@ struct Setup {
     local: Vec<LocalBroker>,
     admin: fjord_client::Client,
     routes: Vec<SocketAddr>,
+    /// The Kafka listener to bootstrap from, with `--kafka`.
+    kafka: Option<SocketAddr>,
 }
 
 fn setup(common: &Common) -> Result<Setup, String> {
@@ -283,7 +318,14 @@ fn setup(common: &Common) -> Result<Setup, String> {
         common.replication_factor,
         &topic_configs(common)?,
     )?;
+    let kafka = match (common.kafka, &common.kafka_bootstrap, local.first()) {
+        (false, _, _) => None,
+        (true, Some(given), _) => Some(resolve(given)?),
+        (true, None, Some(local)) => Some(local.kafka),
+        (true, None, None) => return Err("--kafka with --bootstrap needs --kafka-bootstrap".into()),
+    };
     Ok(Setup {
+        kafka,
         addr,
         local,
         admin,
@@ -297,8 +339,9 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
         local: _local,
         admin,
         routes,
+        kafka,
     } = setup(&args.common)?;
-    let config = produce_config(&args, routes.len())?;
+    let config = produce_config(&args, routes.len(), kafka)?;
     let producers = clients(&addr, config.producers, &config.cpus)?;
     let acked = Arc::new(Progress::default());
     let (what, summary) = if e2e {
@@ -337,6 +380,7 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
         mut local,
         admin: _,
         routes,
+        kafka,
     } = setup(&args.common)?;
     if let Some(fill) = args.fill {
         let fill_args = ProduceArgs {
@@ -350,7 +394,8 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
             duration: Duration::from_secs(3600),
             count: Some(fill),
         };
-        let config = produce_config(&fill_args, routes.len())?;
+        // Filling is setup, not measured: the native protocol.
+        let config = produce_config(&fill_args, routes.len(), None)?;
         let filled = Arc::new(Progress::default());
         let elapsed = produce::run(&config, clients(&addr, 1, &config.cpus)?, routes, &filled)?;
         Summary::new(&filled, elapsed, 0.0).print("fill");
@@ -366,8 +411,16 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
         }
     }
     let progress = Arc::new(Progress::default());
-    let elapsed = match &args.group {
-        Some(group) => {
+    let elapsed = match (&args.group, kafka) {
+        (Some(_), Some(_)) => {
+            return Err("--group reads through the native protocol only, not with --kafka".into());
+        }
+        (None, Some(kafka)) => {
+            let admin = client(&addr, None)?;
+            let cpu = args.common.cpus.first().copied();
+            consume::run_kafka(&admin, kafka, &args.common.topic, cpu, &progress)?
+        }
+        (Some(group), None) => {
             let members = clients(&addr, args.consumers, &args.common.cpus)?;
             let (elapsed, pauses) = consume::run_group(
                 members,
@@ -390,7 +443,7 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
             }
             elapsed
         }
-        None => {
+        (None, None) => {
             let reader = client(&addr, args.common.cpus.first().copied())?;
             consume::run(&reader, &args.common.topic, &progress)?
         }

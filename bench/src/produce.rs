@@ -9,6 +9,7 @@
 //! wait is counted as latency instead of lowering the rate
 //! (no coordinated omission).
 
+use crate::kafka::KafkaClient;
 use crate::report::{Progress, histogram};
 use fjord_client::Client;
 use fjord_client::producer::{produce_request, produce_result};
@@ -67,6 +68,9 @@ pub struct ProduceConfig {
     pub duration_sec: f64,
     /// Cores the producer threads are pinned to, round robin.
     pub cpus: Vec<usize>,
+    /// Produce through this Kafka listener (and the brokers its Metadata
+    /// names) instead of the native protocol.
+    pub kafka: Option<SocketAddr>,
 }
 
 /// Runs the producers to the end; returns the wall time from start to the
@@ -82,6 +86,8 @@ pub fn run(
     let finished = Arc::new(AtomicUsize::new(0));
     let stuck = Arc::new(OnceLock::new());
     for (k, client) in clients.into_iter().enumerate() {
+        let config_kafka = config.kafka;
+        let client_for_transport = client.clone();
         let (config, routes, progress, finished, stuck) = (
             config.clone(),
             routes.clone(),
@@ -89,21 +95,40 @@ pub fn run(
             finished.clone(),
             stuck.clone(),
         );
-        let transport = client.clone();
-        // The generator runs on the client's transport thread: its requests
-        // and their answers never cross threads.
-        transport
-            .run_on_transport(move || {
-                glommio::spawn_local(async move {
-                    let engine = Rc::new(Engine::new(k, config, client, routes, progress, start));
-                    if let Err(why) = engine.generate().await {
-                        let _ = stuck.set(why);
-                    }
-                    finished.fetch_add(1, Ordering::Relaxed);
-                })
-                .detach();
-            })
-            .map_err(|e| format!("cannot start producer {k}: {e}"))?;
+        let cpu = (!config.cpus.is_empty()).then(|| config.cpus[k % config.cpus.len()]);
+        let generate = move || async move {
+            let generated = async {
+                let (sink, routes) = Sink::open(&config, client, routes).await?;
+                let engine = Rc::new(Engine::new(k, config, sink, routes, progress, start));
+                engine.generate().await
+            };
+            if let Err(why) = generated.await {
+                let _ = stuck.set(why);
+            }
+            finished.fetch_add(1, Ordering::Relaxed);
+        };
+        match config_kafka {
+            // The generator runs on the client's transport thread: its
+            // requests and their answers never cross threads.
+            None => {
+                let transport = client_for_transport.clone();
+                transport
+                    .run_on_transport(move || {
+                        glommio::spawn_local(generate()).detach();
+                    })
+                    .map_err(|e| format!("cannot start producer {k}: {e}"))?;
+            }
+            // Kafka's connections are the generator's own: a thread of its
+            // own runs them.
+            Some(_) => {
+                let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+                glommio::LocalExecutorBuilder::new(placement)
+                    .name("bench-kafka")
+                    .io_memory(crate::kafka::IO_MEMORY)
+                    .spawn(generate)
+                    .map_err(|e| format!("cannot start producer {k}: {e}"))?;
+            }
+        }
     }
     let producers = config.producers;
     crate::watch(progress, start, || {
@@ -112,6 +137,59 @@ pub fn run(
     match stuck.get() {
         Some(why) => Err(format!("the run cannot make progress: {why}")),
         None => Ok(start.elapsed()),
+    }
+}
+
+/// Where the batches go: the native protocol through the client, or
+/// Kafka's through the Kafka listeners.
+enum Sink {
+    Native(Client),
+    Kafka(KafkaClient),
+}
+
+impl Sink {
+    /// The sink of a producer, and each partition's address for it.
+    async fn open(
+        config: &ProduceConfig,
+        client: Client,
+        routes: Vec<SocketAddr>,
+    ) -> Result<(Sink, Vec<SocketAddr>), String> {
+        match config.kafka {
+            None => Ok((Sink::Native(client), routes)),
+            Some(bootstrap) => {
+                let kafka = KafkaClient::default();
+                let routes = kafka.leaders(bootstrap, &config.topic).await?;
+                Ok((Sink::Kafka(kafka), routes))
+            }
+        }
+    }
+
+    /// Sends one batch; `Ok` once acknowledged as `acks` asks.
+    async fn produce(
+        &self,
+        addr: SocketAddr,
+        topic: &str,
+        partition: i32,
+        acks: i16,
+        batch: Vec<u8>,
+    ) -> Result<(), String> {
+        match self {
+            Sink::Native(client) => {
+                let request = produce_request(topic, partition, acks, batch.len());
+                let answered = acks != api::ACKS_NONE;
+                match client
+                    .call(addr, Lane::Prompt, request, batch, answered)
+                    .await
+                {
+                    Ok(Some(response)) => produce_result(&response, topic, partition)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Sink::Kafka(kafka) => kafka.produce(addr, topic, partition, acks, batch).await,
+        }
     }
 }
 
@@ -139,7 +217,7 @@ struct Sealed {
 
 struct Engine {
     config: ProduceConfig,
-    client: Client,
+    sink: Sink,
     parts: Vec<Rc<Part>>,
     progress: Arc<Progress>,
     latencies: RefCell<Histogram<u64>>,
@@ -161,7 +239,7 @@ impl Engine {
     fn new(
         k: usize,
         config: ProduceConfig,
-        client: Client,
+        sink: Sink,
         routes: Vec<SocketAddr>,
         progress: Arc<Progress>,
         run_start: Instant,
@@ -186,7 +264,7 @@ impl Engine {
         Engine {
             ns_per_msg: 1e9 * config.producers as f64 / config.rate,
             config,
-            client,
+            sink,
             parts,
             progress,
             latencies: RefCell::new(histogram()),
@@ -358,28 +436,18 @@ impl Engine {
                 .fetch_max(sent_ns, Ordering::Relaxed);
             let engine = self.clone();
             let part = part.clone();
-            let call = self.client.call(
-                part.addr,
-                Lane::Prompt,
-                produce_request(
-                    &self.config.topic,
-                    part.partition,
-                    self.config.acks,
-                    sealed.bytes.len(),
-                ),
-                sealed.bytes,
-                self.config.acks != api::ACKS_NONE,
-            );
             glommio::spawn_local(async move {
-                let outcome = match call.await {
-                    Ok(Some(response)) => {
-                        produce_result(&response, &engine.config.topic, part.partition)
-                            .err()
-                            .map(|e| e.to_string())
-                    }
-                    Ok(None) => None,
-                    Err(e) => Some(e.to_string()),
-                };
+                let outcome = engine
+                    .sink
+                    .produce(
+                        part.addr,
+                        &engine.config.topic,
+                        part.partition,
+                        engine.config.acks,
+                        sealed.bytes,
+                    )
+                    .await
+                    .err();
                 let done_ns = engine.now_ns();
                 part.failing.set(outcome.is_some());
                 match outcome {

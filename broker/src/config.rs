@@ -24,6 +24,13 @@ pub struct ServeConfig {
     /// `None` (`"none"` or `""` in the file or the flag): no Kafka listener.
     #[serde(deserialize_with = "kafka_listen")]
     pub kafka_listen: Option<SocketAddr>,
+    /// The brokers Kafka clients see: one per node, or one per shard (see
+    /// [`KafkaBrokers`]).
+    pub kafka_brokers: KafkaBrokers,
+    /// With `kafka_brokers = "shard"`: shard `i`'s Kafka port is
+    /// `kafka_shard_port_base + i`. `None` or `0`: free ports picked at
+    /// start (clients learn them from Metadata).
+    pub kafka_shard_port_base: Option<u16>,
     /// First shard port: shard `i` also listens on `shard_port_base + i`.
     /// `None`: the port after `listen`'s. `0`: free ports picked at start.
     pub shard_port_base: Option<u16>,
@@ -128,6 +135,8 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("fjord-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             kafka_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_KAFKA_PORT))),
+            kafka_brokers: KafkaBrokers::Node,
+            kafka_shard_port_base: None,
             shard_port_base: None,
             cores: None,
             controller_hosts_partitions: None,
@@ -163,6 +172,25 @@ impl Default for ServeConfig {
         }
     }
 }
+
+/// How a node shows itself to Kafka clients, which know nothing of shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaBrokers {
+    /// One broker per node, its id the node's, at `kafka_listen`: a
+    /// connection lands on any shard, which hands each partition's request
+    /// to the partition's shard over the mesh (a cross-core hop).
+    #[default]
+    Node,
+    /// One broker per data shard, id `node × 1000 + shard`, each at a port
+    /// of its own: clients send each partition's requests straight to the
+    /// core that owns it, at the cost of a connection per shard.
+    Shard,
+}
+
+/// Kafka broker ids per node in `shard` mode: shard `s` of node `n` is
+/// broker `n × SHARD_BROKERS_PER_NODE + s`.
+pub const SHARD_BROKERS_PER_NODE: i32 = 1000;
 
 /// A node that runs the controller: its id, and for a quorum the address of
 /// its listener (`ID@HOST:PORT`).

@@ -243,6 +243,13 @@ struct ServeArgs {
     /// Kafka listener, HOST:PORT or none [default: 127.0.0.1:9092].
     #[arg(long)]
     kafka_listen: Option<String>,
+    /// Kafka clients see one broker per node or per shard [default: node].
+    #[arg(long, value_enum)]
+    kafka_brokers: Option<fjord_broker::config::KafkaBrokers>,
+    /// With --kafka-brokers shard: shard i's Kafka port is BASE+i [default:
+    /// free ports].
+    #[arg(long)]
+    kafka_shard_port_base: Option<u16>,
     /// Shard i listens on BASE+i [default: listen port + 1; 0: free ports].
     #[arg(long)]
     shard_port_base: Option<u16>,
@@ -358,6 +365,12 @@ impl ServeArgs {
         if let Some(v) = &self.kafka_listen {
             config.kafka_listen = fjord_broker::config::parse_kafka_listen(v)
                 .map_err(fjord_broker::config::ConfigError::Invalid)?;
+        }
+        if let Some(v) = self.kafka_brokers {
+            config.kafka_brokers = v;
+        }
+        if self.kafka_shard_port_base.is_some() {
+            config.kafka_shard_port_base = self.kafka_shard_port_base;
         }
         if self.shard_port_base.is_some() {
             config.shard_port_base = self.shard_port_base;

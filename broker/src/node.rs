@@ -2,7 +2,7 @@
 //! mesh; shard 0 runs the controller. The main thread only starts the
 //! shards, waits for signals and joins them.
 
-use crate::config::{ConfigError, ServeConfig};
+use crate::config::{ConfigError, KafkaBrokers, ServeConfig};
 use crate::conn::{self, Protocol, Stop};
 use crate::controller::Controller;
 use crate::logging;
@@ -16,7 +16,7 @@ use futures::channel::oneshot;
 use glommio::Placement;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -127,6 +127,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         config.max_connections_per_shard = budget.connections_per_shard;
     }
     let shard_ports = shard_ports(&config, count)?;
+    let kafka_ports = kafka_shard_ports(&config, count)?;
     let (staging_files, staging_note) = open_staging(&config, count)?;
     let (events, inbox) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -152,7 +153,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         let (mesh, config, ports, data, events) = (
             mesh.clone(),
             config.clone(),
-            shard_ports.clone(),
+            (shard_ports.clone(), kafka_ports.clone()),
             data.clone(),
             events.clone(),
         );
@@ -181,9 +182,11 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             Event::Ready => {
                 ready += 1;
                 if ready == count {
-                    let kafka = config
-                        .kafka_listen
-                        .map_or("no Kafka listener".to_owned(), |a| format!("Kafka on {a}"));
+                    let kafka = match config.kafka_listen {
+                        None => "no Kafka listener".to_owned(),
+                        Some(a) if kafka_ports.is_empty() => format!("Kafka on {a}"),
+                        Some(a) => format!("Kafka on {a}, a broker per shard on {kafka_ports:?}"),
+                    };
                     println!(
                         "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?}; {kafka}; {staging_note})",
                         config.data_dir.display(),
@@ -322,17 +325,36 @@ fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError
     let base = config
         .shard_port_base
         .unwrap_or_else(|| config.listen.port().saturating_add(1));
+    ports_from(config.listen.ip(), base, count, "shard_port_base")
+}
+
+/// Each shard's own Kafka port when Kafka clients see a broker per shard;
+/// none otherwise.
+fn kafka_shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError> {
+    match config.kafka_listen {
+        Some(listen) if config.kafka_brokers == KafkaBrokers::Shard => ports_from(
+            listen.ip(),
+            config.kafka_shard_port_base.unwrap_or(0),
+            count,
+            "kafka_shard_port_base",
+        ),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// `count` ports from `base` on, or free ones on `ip` when `base` is 0.
+fn ports_from(ip: IpAddr, base: u16, count: usize, key: &str) -> Result<Vec<u16>, NodeError> {
     if base == 0 {
         // Free ports, found by binding and releasing them: for tests and for
         // nodes whose clients only ever learn ports from Metadata.
         return (0..count)
             .map(|_| {
-                std::net::TcpListener::bind(SocketAddr::new(config.listen.ip(), 0))
+                std::net::TcpListener::bind(SocketAddr::new(ip, 0))
                     .and_then(|l| l.local_addr())
                     .map(|a| a.port())
                     .map_err(|e| NodeError::Shard {
                         shard: 0,
-                        message: format!("cannot find a free shard port: {e}"),
+                        message: format!("cannot find a free port for {key}: {e}"),
                     })
             })
             .collect();
@@ -341,7 +363,7 @@ fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError
         .map(|i| {
             u16::try_from(usize::from(base) + i).map_err(|_| {
                 NodeError::Config(ConfigError::Invalid(format!(
-                    "shard_port_base {base} leaves no port for shard {i}"
+                    "{key} {base} leaves no port for shard {i}"
                 )))
             })
         })
@@ -351,7 +373,7 @@ fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError
 async fn run_shard(
     mesh: MeshBuilder<ShardMsg, Full>,
     config: ServeConfig,
-    shard_ports: Vec<u16>,
+    (shard_ports, kafka_ports): (Vec<u16>, Vec<u16>),
     data: DataDir,
     staging: Option<StagingFile>,
     stop: Stop,
@@ -368,6 +390,7 @@ async fn run_shard(
         senders,
         config,
         shard_ports,
+        kafka_ports,
         data,
         staging.clone(),
         ready_tx,
@@ -468,9 +491,18 @@ async fn run_shard(
         }
     }
     let own = SocketAddr::new(shard.config.listen.ip(), shard.shard_ports[shard.id]);
+    // With a Kafka broker per shard, the node's listener stays for
+    // bootstrapping; each shard's own port serves its partitions.
+    let kafka_own = shard
+        .kafka_shard_ports
+        .get(shard.id)
+        .zip(shard.config.kafka_listen)
+        .map(|(&port, listen)| SocketAddr::new(listen.ip(), port));
     let kafka = shard
         .config
         .kafka_listen
+        .into_iter()
+        .chain(kafka_own)
         .map(|addr| (addr, Protocol::Kafka));
     let native = [shard.config.listen, own].map(|addr| (addr, Protocol::Native));
     for (addr, protocol) in native.into_iter().chain(kafka) {

@@ -43,6 +43,9 @@ pub struct Shard {
     pub config: ServeConfig,
     /// Each shard's own port, by shard index.
     pub shard_ports: Vec<u16>,
+    /// Each shard's Kafka port, by shard index, when Kafka clients see a
+    /// broker per shard; empty otherwise.
+    pub kafka_shard_ports: Vec<u16>,
     data: DataDir,
     staging: Option<Rc<Staging>>,
     cache: Rc<BatchCache>,
@@ -101,6 +104,7 @@ impl Shard {
         mesh: Senders<ShardMsg>,
         config: ServeConfig,
         shard_ports: Vec<u16>,
+        kafka_shard_ports: Vec<u16>,
         data: DataDir,
         staging: Option<Rc<Staging>>,
         ready: oneshot::Sender<()>,
@@ -142,6 +146,7 @@ impl Shard {
             count,
             config,
             shard_ports,
+            kafka_shard_ports,
             producer_ids,
             data,
             staging,

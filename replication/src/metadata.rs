@@ -84,6 +84,9 @@ pub struct KafkaListener {
     pub host: String,
     /// The port.
     pub port: u16,
+    /// Each shard's own Kafka port, by shard index, when the node shows
+    /// Kafka clients a broker per shard; empty otherwise.
+    pub shard_ports: Vec<u16>,
 }
 
 impl NodeInfo {

@@ -4,7 +4,7 @@
 //! the "simple consumer" commits the coordinator takes for groups without
 //! members; the classic JoinGroup/SyncGroup protocol is not served yet.
 
-use super::metadata::kafka_address;
+use super::metadata::{broker_id, kafka_address};
 use super::{str_bytes, text};
 use crate::api::groups::{coordinate, coordinator};
 use crate::shard::Shard;
@@ -74,9 +74,13 @@ async fn locate(shard: &Shard, key_type: i8, key: &str) -> Coordinator {
     };
     let metadata = shard.metadata();
     let node = u32::try_from(found.info.leader).unwrap_or(u32::MAX);
-    match kafka_address(shard, &metadata, node) {
+    match kafka_address(shard, &metadata, node, found.info.shard) {
         Some((host, port)) => Coordinator::default()
-            .with_node_id(BrokerId(found.info.leader))
+            .with_node_id(BrokerId(broker_id(
+                shard,
+                found.info.leader,
+                found.info.shard,
+            )))
             .with_host(str_bytes(host))
             .with_port(i32::from(port)),
         None => failed(

@@ -5,6 +5,7 @@
 
 use super::{str_bytes, text};
 use crate::api::admin::{NODE_ID, partition_info};
+use crate::config::{KafkaBrokers, SHARD_BROKERS_PER_NODE};
 use crate::group::OFFSETS_TOPIC;
 use crate::shard::Shard;
 use fjord_net::ErrorCode;
@@ -149,24 +150,36 @@ fn describe(
         .enumerate()
         .map(|(p, meta)| {
             let info = partition_info(shard, metadata, topic.id, p, meta);
-            let replicas: Vec<i32> = info.replicas.clone().unwrap_or_else(|| vec![NODE_ID]);
+            // Each replica as (node, shard index on it).
+            let replicas: Vec<(i32, u16)> = if meta.replicas.is_empty() {
+                vec![(NODE_ID, info.shard)]
+            } else {
+                meta.hosts()
+                    .map(|r| (r.node as i32, data_shard(metadata, r.node, r.shard)))
+                    .collect()
+            };
             // In sync, as far as this node knows: the replicas it hears
             // from (the leader alone knows each one's lag).
-            let in_sync = if meta.replicas.is_empty() {
-                replicas.clone()
-            } else {
-                replicas
-                    .iter()
-                    .copied()
-                    .filter(|&r| live.contains(&(r as u32)))
-                    .collect()
+            let in_sync: Vec<i32> = replicas
+                .iter()
+                .filter(|&&(node, _)| meta.replicas.is_empty() || live.contains(&(node as u32)))
+                .map(|&(node, index)| broker_id(shard, node, index))
+                .collect();
+            let leader = match info.leader {
+                -1 => -1,
+                node => broker_id(shard, node, info.shard),
             };
             MetadataResponsePartition::default()
                 .with_error_code(info.error_code)
                 .with_partition_index(info.partition)
-                .with_leader_id(BrokerId(info.leader))
+                .with_leader_id(BrokerId(leader))
                 .with_leader_epoch(info.leader_epoch)
-                .with_replica_nodes(replicas.into_iter().map(BrokerId).collect())
+                .with_replica_nodes(
+                    replicas
+                        .iter()
+                        .map(|&(node, index)| BrokerId(broker_id(shard, node, index)))
+                        .collect(),
+                )
                 .with_isr_nodes(in_sync.into_iter().map(BrokerId).collect())
         })
         .collect();
@@ -177,40 +190,74 @@ fn describe(
         .with_partitions(partitions)
 }
 
-/// Every node that has a Kafka listener, as `(id, host, port)`.
-pub(super) fn brokers(shard: &Shard, metadata: &ClusterMetadata) -> Vec<(i32, String, u16)> {
-    if metadata.nodes.is_empty() {
-        return shard
-            .config
-            .kafka_advertised()
-            .map(|(host, port)| (NODE_ID, host, port))
-            .into_iter()
-            .collect();
-    }
-    metadata
-        .nodes
-        .keys()
-        .filter_map(|&id| {
-            let (host, port) = kafka_address(shard, metadata, id)?;
-            Some((id as i32, host, port))
-        })
-        .collect()
+/// The shard index on `node` that hosts a replica placed on its data shard
+/// `assigned` (kept modulo the node's data shards, as the node does).
+fn data_shard(metadata: &ClusterMetadata, node: u32, assigned: u16) -> u16 {
+    metadata.nodes.get(&node).map_or(assigned, |n| {
+        n.first_data_shard + assigned % n.data_shards.max(1)
+    })
 }
 
-/// Where Kafka clients reach node `id`: this node's from its settings,
-/// another's as it registered it.
+/// The Kafka broker id of shard `index` of `node`: the node's own id when
+/// Kafka clients see a broker per node.
+pub(super) fn broker_id(shard: &Shard, node: i32, index: u16) -> i32 {
+    match shard.config.kafka_brokers {
+        KafkaBrokers::Node => node,
+        KafkaBrokers::Shard => node * SHARD_BROKERS_PER_NODE + i32::from(index),
+    }
+}
+
+/// Every broker Kafka clients may use, as `(id, host, port)`: each node
+/// with a Kafka listener, or each data shard of each node.
+pub(super) fn brokers(shard: &Shard, metadata: &ClusterMetadata) -> Vec<(i32, String, u16)> {
+    // (node id, its first data shard, its data shards)
+    let nodes: Vec<(u32, u16, u16)> = if metadata.nodes.is_empty() {
+        let first = u16::try_from(shard.owner(0)).unwrap_or(0);
+        vec![(NODE_ID as u32, first, shard.data_shards())]
+    } else {
+        metadata
+            .nodes
+            .values()
+            .map(|n| (n.id, n.first_data_shard, n.data_shards))
+            .collect()
+    };
+    let mut brokers = Vec::new();
+    for (node, first, count) in nodes {
+        let shards = match shard.config.kafka_brokers {
+            KafkaBrokers::Node => first..first + 1,
+            KafkaBrokers::Shard => first..first + count,
+        };
+        for index in shards {
+            if let Some((host, port)) = kafka_address(shard, metadata, node, index) {
+                brokers.push((broker_id(shard, node as i32, index), host, port));
+            }
+        }
+    }
+    brokers
+}
+
+/// Where Kafka clients reach shard `index` of node `id` (with a broker per
+/// node, any shard of it): this node's from its settings, another's as it
+/// registered it. A node that registered no shard ports is reached at its
+/// listener, whose shards forward.
 pub(super) fn kafka_address(
     shard: &Shard,
     metadata: &ClusterMetadata,
     id: u32,
+    index: u16,
 ) -> Option<(String, u16)> {
-    if metadata.nodes.is_empty() || id == shard.node_id() {
-        return shard.config.kafka_advertised();
-    }
-    metadata
-        .kafka_listeners
-        .get(&id)
-        .map(|l| (l.host.clone(), l.port))
+    let (host, port, shard_ports) = if metadata.nodes.is_empty() || id == shard.node_id() {
+        let (host, port) = shard.config.kafka_advertised()?;
+        (host, port, shard.kafka_shard_ports.as_slice())
+    } else {
+        let l = metadata.kafka_listeners.get(&id)?;
+        (l.host.clone(), l.port, l.shard_ports.as_slice())
+    };
+    let port = match shard.config.kafka_brokers {
+        KafkaBrokers::Node => port,
+        KafkaBrokers::Shard => shard_ports.get(usize::from(index)).copied().unwrap_or(port),
+    };
+    Some((host, port))
 }
 
 /// How often shard 0 of a cluster node checks that the metadata has its
@@ -231,6 +278,7 @@ pub(crate) async fn register_listener(shard: std::rc::Rc<Shard>) {
         node: shard.node_id(),
         host,
         port,
+        shard_ports: shard.kafka_shard_ports.clone(),
     };
     let failures = crate::logging::Repeated::default();
     while !shard.closing.get() {
