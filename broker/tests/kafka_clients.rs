@@ -820,3 +820,168 @@ fn kafka_python_describes_and_alters_configs() {
         serde_json::json!(["60000", "DYNAMIC_TOPIC_CONFIG"])
     );
 }
+
+/// confluent-kafka against brokers that show a Kafka broker per shard:
+/// the metadata lists each shard at its own port, every partition's leader
+/// is the shard that owns it, and records produced through the shards'
+/// ports read back byte for byte. Prints the brokers, the leaders, and
+/// what was read.
+const PER_SHARD: &str = r#"
+import sys, json
+from confluent_kafka import Producer, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+md = AdminClient({"bootstrap.servers": boot}).list_topics(topic, timeout=20)
+brokers = sorted([b.id, b.port] for b in md.brokers.values())
+leaders = sorted([p.id, p.leader] for p in md.topics[topic].partitions.values())
+p = Producer({"bootstrap.servers": boot, "acks": "all", "linger.ms": 5})
+n = 400
+for i in range(n):
+    p.produce(topic, key=b"k%d" % i, value=b"v%d-" % i + bytes(range(i % 256)), partition=i % 4)
+assert p.flush(30) == 0
+c = Consumer({"bootstrap.servers": boot, "group.id": "g", "enable.auto.commit": False})
+c.assign([TopicPartition(topic, q, 0) for q in range(4)])
+got = {}
+while len(got) < n:
+    m = c.poll(10)
+    assert m is not None and m.error() is None, m and m.error()
+    got[m.key().decode()] = m.value().hex()
+c.close()
+print(json.dumps({"brokers": brokers, "leaders": leaders, "got": got}))
+"#;
+
+/// What [`PER_SHARD`] must read: every record as it was produced.
+fn assert_per_shard_read_back(v: &serde_json::Value) {
+    let got = v["got"].as_object().unwrap();
+    assert_eq!(got.len(), 400);
+    for i in 0..400usize {
+        let mut value = format!("v{i}-").into_bytes();
+        value.extend((0..i % 256).map(|b| b as u8));
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got[&format!("k{i}")], serde_json::json!(hex), "record {i}");
+    }
+}
+
+#[test]
+fn a_kafka_broker_per_shard_serves_each_partition_from_its_core() {
+    let Some(python) = python() else {
+        return;
+    };
+    let kafka = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let broker = Broker::start_with(
+        2,
+        &[
+            "--kafka-listen",
+            &kafka.to_string(),
+            "--kafka-brokers",
+            "shard",
+        ],
+    );
+    create_topic(&broker, "sharded", 4);
+    let v: serde_json::Value = python_json(&python, PER_SHARD, kafka, "sharded", 120);
+    // Shards 0 and 1 of the node (id 0), each at a port of its own.
+    let brokers = v["brokers"].as_array().unwrap();
+    let ids: Vec<i64> = brokers.iter().map(|b| b[0].as_i64().unwrap()).collect();
+    assert_eq!(ids, [0, 1], "{}", v["brokers"]);
+    let ports: Vec<i64> = brokers.iter().map(|b| b[1].as_i64().unwrap()).collect();
+    assert!(
+        ports[0] != ports[1] && !ports.contains(&i64::from(kafka.port())),
+        "{}",
+        v["brokers"]
+    );
+    // Partitions are spread over the shards, each led by the shard that
+    // owns it: two each.
+    let mut led_by: Vec<i64> = v["leaders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[1].as_i64().unwrap())
+        .collect();
+    led_by.sort_unstable();
+    assert_eq!(led_by, [0, 0, 1, 1], "{}", v["leaders"]);
+    assert_per_shard_read_back(&v);
+}
+
+#[test]
+fn a_kafka_broker_per_shard_spans_a_cluster() {
+    let Some(python) = python() else {
+        return;
+    };
+    let kafka: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let shard_mode = |k: &SocketAddr| {
+        vec![
+            "--kafka-listen".to_owned(),
+            k.to_string(),
+            "--kafka-brokers".to_owned(),
+            "shard".to_owned(),
+        ]
+    };
+    let first_args = [
+        vec!["--node-id".to_owned(), "1".to_owned()],
+        shard_mode(&kafka[0]),
+    ]
+    .concat();
+    let first = Broker::start_with(
+        2,
+        &first_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let seed = first.addr.to_string();
+    let second_args = [
+        vec![
+            "--node-id".to_owned(),
+            "2".to_owned(),
+            "--seeds".to_owned(),
+            seed,
+        ],
+        shard_mode(&kafka[1]),
+    ]
+    .concat();
+    let second = Broker::start_with(
+        2,
+        &second_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let out = first.cli(
+        &[
+            "topic",
+            "create",
+            "spread",
+            "--partitions",
+            "4",
+            "--replication-factor",
+            "2",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bootstrapping from node 2 lists both nodes' shards (node 1's as it
+    // registered them) once each has registered its Kafka listener.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let v: serde_json::Value = loop {
+        let v: serde_json::Value = python_json(&python, PER_SHARD, kafka[1], "spread", 120);
+        if v["brokers"].as_array().unwrap().len() == 4 || std::time::Instant::now() > deadline {
+            break v;
+        }
+    };
+    let ids: Vec<i64> = v["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1000, 1001, 2000, 2001], "{}", v["brokers"]);
+    for leader in v["leaders"].as_array().unwrap() {
+        assert!(
+            ids.contains(&leader[1].as_i64().unwrap()),
+            "{}",
+            v["leaders"]
+        );
+    }
+    assert_per_shard_read_back(&v);
+    drop(second);
+}
