@@ -4,6 +4,12 @@
 //! Fetch sessions (KIP-227) are refused cleanly: a full fetch gets session
 //! id 0 (none created), so clients go on with full fetches; an incremental
 //! one gets FETCH_SESSION_ID_NOT_FOUND and starts over with a full fetch.
+//!
+//! The batches are not copied into the response: the codec encodes it with
+//! a random marker in each partition's records, and [`splice`] cuts the
+//! encoding at the markers and puts the batches (cache or read buffers, as
+//! `long_poll` returned them) in their place, to be written with the
+//! envelope's pieces in one vectored write.
 
 use crate::api::Piece;
 use crate::api::fetch::{Got, Wanted, long_poll};
@@ -23,12 +29,33 @@ use fjord_net::kafka::kafka_protocol::messages::list_offsets_response::{
 /// Kafka's isolation level READ_COMMITTED.
 const READ_COMMITTED: i8 = 1;
 
-pub(super) async fn fetch(shard: &Shard, request: FetchRequest) -> FetchResponse {
+/// A fetch's answer before encoding: the response, its records markers in
+/// place, and the batches each marker stands for, in the order encoded.
+pub(super) struct Fetched {
+    pub response: FetchResponse,
+    pub marker: Marker,
+    pub records: Records,
+}
+
+/// Stands for a partition's records in the encoded response: random per
+/// response, so no echoed topic name or other field can forge one.
+pub(super) type Marker = [u8; 16];
+
+/// Each marked partition's batches, with their length, in encoding order.
+pub(super) type Records = Vec<(Vec<Piece>, usize)>;
+
+pub(super) async fn fetch(shard: &Shard, request: FetchRequest) -> Fetched {
+    let marker: Marker = rand::random();
     if request.session_id != 0 {
         // A session this broker never created.
-        return FetchResponse::default()
+        let response = FetchResponse::default()
             .with_error_code(ErrorCode::FetchSessionIdNotFound.code())
             .with_session_id(0);
+        return Fetched {
+            response,
+            marker,
+            records: Vec::new(),
+        };
     }
     let mut wanted = Vec::new();
     for topic in &request.topics {
@@ -51,6 +78,7 @@ pub(super) async fn fetch(shard: &Shard, request: FetchRequest) -> FetchResponse
     .await;
     let aborted = (request.isolation_level == READ_COMMITTED).then(Vec::new);
     let mut got = got.into_iter();
+    let mut records = Vec::new();
     let responses = request
         .topics
         .into_iter()
@@ -59,7 +87,9 @@ pub(super) async fn fetch(shard: &Shard, request: FetchRequest) -> FetchResponse
                 .partitions
                 .iter()
                 .zip(got.by_ref())
-                .map(|(p, g)| partition_data(p.partition, g, aborted.clone()))
+                .map(|(p, g)| {
+                    partition_data(p.partition, g, aborted.clone(), &marker, &mut records)
+                })
                 .collect();
             FetchableTopicResponse::default()
                 .with_topic(topic.topic)
@@ -67,9 +97,14 @@ pub(super) async fn fetch(shard: &Shard, request: FetchRequest) -> FetchResponse
                 .with_partitions(partitions)
         })
         .collect();
-    FetchResponse::default()
+    let response = FetchResponse::default()
         .with_session_id(0)
-        .with_responses(responses)
+        .with_responses(responses);
+    Fetched {
+        response,
+        marker,
+        records,
+    }
 }
 
 fn partition_data(
@@ -78,6 +113,8 @@ fn partition_data(
     aborted: Option<
         Vec<fjord_net::kafka::kafka_protocol::messages::fetch_response::AbortedTransaction>,
     >,
+    marker: &Marker,
+    records: &mut Records,
 ) -> PartitionData {
     let answer = PartitionData::default()
         .with_partition_index(partition)
@@ -88,12 +125,123 @@ fn partition_data(
     if let Some(e) = got.error {
         return answer.with_error_code(e.code());
     }
-    answer.with_records(Some(records(got.pieces, got.len)))
+    if got.len == 0 {
+        return answer.with_records(Some(Bytes::new()));
+    }
+    records.push((got.pieces, got.len));
+    answer.with_records(Some(Bytes::copy_from_slice(marker)))
 }
 
-/// The batches as one buffer: another shard's arrive as one already (no
-/// copy); this shard's are copied once out of the cache or read buffers.
-fn records(mut pieces: Vec<Piece>, len: usize) -> Bytes {
+/// The encoded response `frame` (size prefix first) with each marker of
+/// `fetched` replaced by its batches: the envelope's bytes become the head
+/// and owned pieces between the batches' pieces. `compact`: the version's
+/// records carry a varint length (flexible versions), else an int32.
+/// The records back if a marker is not where the encoding puts it (the
+/// caller copies them instead).
+pub(super) fn splice(
+    frame: &[u8],
+    marker: &Marker,
+    records: Records,
+    compact: bool,
+) -> Result<(Vec<u8>, Vec<Piece>), Records> {
+    let Some(cuts) = marker_cuts(frame, marker, records.len(), compact) else {
+        return Err(records);
+    };
+    let mut head: Option<Vec<u8>> = None;
+    let mut payload = Vec::with_capacity(records.len() * 2 + 1);
+    let mut from = 0;
+    for ((prefix_at, after), (pieces, len)) in cuts.into_iter().zip(records) {
+        let mut envelope = frame[from..prefix_at].to_vec();
+        envelope.extend_from_slice(&length_prefix(len, compact));
+        match head {
+            None => head = Some(envelope),
+            Some(_) => payload.push(Piece::Bytes(envelope)),
+        }
+        debug_assert_eq!(pieces.iter().map(|p| p.as_ref().len()).sum::<usize>(), len);
+        payload.extend(pieces);
+        from = after;
+    }
+    let mut head = head.unwrap_or_default();
+    let tail = &frame[from..];
+    if !tail.is_empty() {
+        payload.push(Piece::Bytes(tail.to_vec()));
+    }
+    let total = head.len() + payload.iter().map(|p| p.as_ref().len()).sum::<usize>();
+    // At least one marker was cut, after the 4-byte size prefix; a frame
+    // past i32 is refused by the codec before this.
+    let size = i32::try_from(total - 4).unwrap_or(i32::MAX);
+    head[..4].copy_from_slice(&size.to_be_bytes());
+    Ok((head, payload))
+}
+
+/// Where each of `count` markers lies in `frame`, in order: its length
+/// prefix's start and the end of the marker. `None` unless every one is
+/// there, with the prefix the encoding gives a marker's length.
+fn marker_cuts(
+    frame: &[u8],
+    marker: &Marker,
+    count: usize,
+    compact: bool,
+) -> Option<Vec<(usize, usize)>> {
+    let prefix = length_prefix(marker.len(), compact);
+    let mut cuts = Vec::with_capacity(count);
+    let mut from = 4;
+    for _ in 0..count {
+        let at = from
+            + frame
+                .get(from..)?
+                .windows(marker.len())
+                .position(|w| w == marker)?;
+        let prefix_at = at.checked_sub(prefix.len()).filter(|&p| p >= from)?;
+        if frame[prefix_at..at] != prefix[..] {
+            return None;
+        }
+        from = at + marker.len();
+        cuts.push((prefix_at, from));
+    }
+    Some(cuts)
+}
+
+/// How Kafka prefixes `len` bytes of records: an int32, or in flexible
+/// versions an unsigned varint of `len + 1` (0 is null).
+fn length_prefix(len: usize, compact: bool) -> Vec<u8> {
+    if !compact {
+        return i32::try_from(len)
+            .unwrap_or(i32::MAX)
+            .to_be_bytes()
+            .to_vec();
+    }
+    let mut n = len as u64 + 1;
+    let mut out = Vec::with_capacity(5);
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+/// Puts each partition's batches in place of its marker, copied (when
+/// splicing fails).
+pub(super) fn unspliced(response: &mut FetchResponse, marker: &Marker, records: Records) {
+    let mut records = records.into_iter();
+    let marked = response
+        .responses
+        .iter_mut()
+        .flat_map(|t| t.partitions.iter_mut())
+        .filter(|p| p.records.as_deref() == Some(&marker[..]));
+    for (partition, (pieces, len)) in marked.zip(records.by_ref()) {
+        partition.records = Some(joined(pieces, len));
+    }
+    debug_assert!(
+        records.next().is_none(),
+        "a marker for every partition read"
+    );
+}
+
+/// The batches as one buffer (when splicing fails): another shard's arrive
+/// as one already (no copy); this shard's are copied once.
+pub(super) fn joined(mut pieces: Vec<Piece>, len: usize) -> Bytes {
     if pieces.len() == 1
         && let Some(Piece::Bytes(_)) = pieces.first()
         && let Some(Piece::Bytes(bytes)) = pieces.pop()
@@ -135,4 +283,95 @@ pub(super) async fn list_offsets(
         );
     }
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fjord_net::kafka::kafka_protocol::messages::ApiKey;
+    use fjord_net::kafka::kafka_protocol::messages::TopicName;
+    use fjord_net::kafka::kafka_protocol::messages::fetch_response::FetchableTopicResponse;
+    use fjord_net::kafka::kafka_protocol::protocol::StrBytes;
+
+    fn response(records: &[Bytes]) -> FetchResponse {
+        let partitions = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                PartitionData::default()
+                    .with_partition_index(i as i32)
+                    .with_high_watermark(7)
+                    .with_records(Some(r.clone()))
+            })
+            .collect();
+        FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(partitions),
+        ])
+    }
+
+    /// A spliced response is byte for byte the response encoded with its
+    /// records, in every version's length encoding (int32 and varint, the
+    /// varint longer than the marker's).
+    #[test]
+    fn a_spliced_fetch_is_the_encoded_fetch() {
+        let batches = [vec![1u8; 300], Vec::new(), vec![2u8; 5], vec![3u8; 70_000]];
+        for version in [4, 11, 12] {
+            let marker: Marker = rand::random();
+            let whole: Vec<Bytes> = batches.iter().map(|b| Bytes::from(b.clone())).collect();
+            let expected =
+                fjord_net::kafka::encode_response(ApiKey::Fetch, version, 9, &response(&whole))
+                    .unwrap();
+            let marked: Vec<Bytes> = batches
+                .iter()
+                .map(|b| {
+                    if b.is_empty() {
+                        Bytes::new()
+                    } else {
+                        Bytes::copy_from_slice(&marker)
+                    }
+                })
+                .collect();
+            let frame =
+                fjord_net::kafka::encode_response(ApiKey::Fetch, version, 9, &response(&marked))
+                    .unwrap();
+            // One batch in two pieces, to check pieces stay in order.
+            let records = batches
+                .iter()
+                .filter(|b| !b.is_empty())
+                .map(|b| {
+                    let (a, z) = b.split_at(b.len() / 2);
+                    (
+                        vec![Piece::Bytes(a.to_vec()), Piece::Bytes(z.to_vec())],
+                        b.len(),
+                    )
+                })
+                .collect();
+            let compact = ApiKey::Fetch.request_header_version(version) >= 2;
+            let Ok((head, payload)) = splice(&frame, &marker, records, compact) else {
+                panic!("v{version}: markers not found");
+            };
+            let mut spliced = head;
+            for piece in &payload {
+                spliced.extend_from_slice(piece.as_ref());
+            }
+            assert_eq!(spliced, expected, "v{version}");
+        }
+    }
+
+    #[test]
+    fn a_missing_marker_gives_the_records_back() {
+        let marker: Marker = rand::random();
+        let frame = fjord_net::kafka::encode_response(
+            ApiKey::Fetch,
+            12,
+            9,
+            &response(&[Bytes::from_static(b"x")]),
+        )
+        .unwrap();
+        let records = vec![(vec![Piece::Bytes(b"abc".to_vec())], 3)];
+        let back = splice(&frame, &marker, records, true).err().unwrap();
+        assert_eq!(back.len(), 1);
+    }
 }

@@ -80,7 +80,7 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
         Err(e) => Err(Failure::Request(e)),
     };
     let head = match outcome {
-        Ok(Some(head)) => head,
+        Ok(Some(reply)) => return Some(reply),
         Ok(None) => return None,
         Err(Failure::Request(RequestError::Unsupported { correlation_id, .. })) => {
             codec::unsupported_version(correlation_id)
@@ -115,7 +115,7 @@ async fn serve(
     shard: &Shard,
     mut request: codec::Request,
     frame: &Arc<Vec<u8>>,
-) -> Result<Option<Vec<u8>>, Failure> {
+) -> Result<Option<Reply>, Failure> {
     let version = request.version;
     use fjord_net::kafka::kafka_protocol::messages as m;
     match request.api {
@@ -132,8 +132,8 @@ async fn serve(
             None => Ok(None),
         },
         ApiKey::Fetch => {
-            let body = fetch::fetch(shard, request.decode()?).await;
-            respond(&request, &body)
+            let fetched = fetch::fetch(shard, request.decode()?).await;
+            respond_spliced(&request, fetched)
         }
         ApiKey::ListOffsets => {
             let body = fetch::list_offsets(shard, request.decode()?).await;
@@ -223,15 +223,54 @@ async fn serve(
     }
 }
 
-fn respond<T: Encodable>(request: &codec::Request, body: &T) -> Result<Option<Vec<u8>>, Failure> {
+fn respond<T: Encodable>(request: &codec::Request, body: &T) -> Result<Option<Reply>, Failure> {
+    encode(request, body).map(|head| {
+        Some(Reply {
+            head,
+            payload: Vec::new(),
+            close: false,
+        })
+    })
+}
+
+fn encode<T: Encodable>(request: &codec::Request, body: &T) -> Result<Vec<u8>, Failure> {
     codec::encode_response(
         request.api,
         request.version,
         request.header.correlation_id,
         body,
     )
-    .map(Some)
     .map_err(Failure::Encode)
+}
+
+/// A fetch's response with its batches spliced in, uncopied.
+fn respond_spliced(
+    request: &codec::Request,
+    fetched: fetch::Fetched,
+) -> Result<Option<Reply>, Failure> {
+    let fetch::Fetched {
+        mut response,
+        marker,
+        records,
+    } = fetched;
+    if records.is_empty() {
+        return respond(request, &response);
+    }
+    let frame = encode(request, &response)?;
+    // Flexible versions (a v2 request header) carry compact records.
+    let compact = request.api.request_header_version(request.version) >= 2;
+    match fetch::splice(&frame, &marker, records, compact) {
+        Ok((head, payload)) => Ok(Some(Reply {
+            head,
+            payload,
+            close: false,
+        })),
+        Err(records) => {
+            debug_assert!(false, "every marker is where the encoding puts it");
+            fetch::unspliced(&mut response, &marker, records);
+            respond(request, &response)
+        }
+    }
 }
 
 /// Text of the crate's string type.
