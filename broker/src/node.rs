@@ -184,8 +184,11 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
                     let kafka = config
                         .kafka_listen
                         .map_or("no Kafka listener".to_owned(), |a| format!("Kafka on {a}"));
+                    let admin = config
+                        .admin_listen
+                        .map_or("no admin listener".to_owned(), |a| format!("admin on {a}"));
                     println!(
-                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?}; {kafka}; {staging_note})",
+                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?}; {kafka}; {admin}; {staging_note})",
                         config.data_dir.display(),
                         config.listen,
                         shard_ports
@@ -382,6 +385,23 @@ async fn run_shard(
     }
     shard.serve_mesh(receivers);
     shard.start_replication();
+    glommio::spawn_local(crate::admin::metrics::rotate_every_second(
+        shard.metrics().clone(),
+    ))
+    .detach();
+    if shard.id == 0
+        && let Some(addr) = shard.config.admin_listen
+    {
+        // Up before the controller: /health can say what the node waits for.
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        glommio::spawn_local(crate::admin::http::serve(
+            shard.clone(),
+            listener,
+            stop.clone(),
+        ))
+        .detach();
+    }
     if clustered && shard.id == 0 {
         glommio::spawn_local(crate::cluster::share_liveness(shard.clone())).detach();
     }

@@ -125,6 +125,24 @@ impl Default for Coordinator {
 }
 
 impl Coordinator {
+    /// Every group's committed next offset per partition, `(group, topic,
+    /// partition, offset)`, once loaded (for the admin listener's lag).
+    pub fn committed(&self) -> Vec<(String, String, i32, i64)> {
+        let state = self.state.borrow();
+        if state.loaded.is_none() {
+            return Vec::new();
+        }
+        state
+            .offsets
+            .iter()
+            .flat_map(|(group, offsets)| {
+                offsets.iter().map(|((topic, partition), committed)| {
+                    (group.clone(), topic.clone(), *partition, committed.offset)
+                })
+            })
+            .collect()
+    }
+
     /// Serves one group request for a group of this partition.
     pub async fn serve(
         self: Rc<Self>,
