@@ -8,6 +8,7 @@ pub mod e2e;
 pub mod local;
 pub mod produce;
 pub mod report;
+pub mod scrape;
 pub mod units;
 
 use fjord_client::{Admin, Client, ClientConfig, ClientError};
