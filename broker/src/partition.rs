@@ -511,8 +511,12 @@ impl Partition {
         read
     }
 
-    /// [`Partition::read`], uncounted.
-    async fn read_batches(&self, offset: i64, max_bytes: usize) -> Result<LogRead, ErrorCode> {
+    /// [`Partition::read`], uncounted: for the broker's own reads.
+    pub(crate) async fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<LogRead, ErrorCode> {
         let offset = u64::try_from(offset).map_err(|_| ErrorCode::OffsetOutOfRange)?;
         let Some(replica) = self.replica() else {
             return self

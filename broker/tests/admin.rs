@@ -70,6 +70,20 @@ fn metrics_overview_and_top_count_what_was_produced_and_consumed() {
         "",
     ));
     assert_eq!(consumed.lines().count(), 100);
+    // A group that read 60 of the 100 records and committed them: 40 behind.
+    let grouped = stdout(&broker.cli(
+        &[
+            "consume",
+            "seen",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--max-messages",
+            "60",
+        ],
+        "",
+    ));
+    assert_eq!(grouped.lines().count(), 60);
 
     let m = scrape(&admin);
     let at = |series: &str| {
@@ -82,9 +96,11 @@ fn metrics_overview_and_top_count_what_was_produced_and_consumed() {
         at("fjord_topic_produced_records_total{topic=\"seen\"}"),
         100.0
     );
+    // Both consumers read every batch of the topic (the group's stopped
+    // printing at 60, not fetching).
     assert_eq!(
         at("fjord_topic_fetched_records_total{topic=\"seen\"}"),
-        100.0
+        200.0
     );
     assert!(at("fjord_topic_produced_bytes_total{topic=\"seen\"}") > 100.0 * 8.0);
     let produce_requests =
@@ -110,9 +126,10 @@ fn metrics_overview_and_top_count_what_was_produced_and_consumed() {
         .map(|(_, v)| v)
         .sum();
     assert!(writes >= 1.0, "group commits wrote something");
-    // Two partitions of "seen", one listed: the cap holds.
-    assert_eq!(at("fjord_partitions"), 2.0);
-    assert_eq!(at("fjord_metrics_partitions_omitted"), 1.0);
+    // Two partitions of "seen" and one of __consumer_offsets, one listed:
+    // the cap holds.
+    assert_eq!(at("fjord_partitions"), 3.0);
+    assert_eq!(at("fjord_metrics_partitions_omitted"), 2.0);
     let listed: Vec<&String> = m
         .keys()
         .filter(|k| k.starts_with("fjord_partition_log_end_offset{"))
@@ -120,6 +137,10 @@ fn metrics_overview_and_top_count_what_was_produced_and_consumed() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert!(at("fjord_topic_size_bytes{topic=\"seen\"}") > 0.0);
     assert!(at("fjord_disk_free_bytes") > 0.0);
+    assert_eq!(
+        at("fjord_consumer_group_lag_records{group=\"g\",topic=\"seen\"}"),
+        40.0
+    );
 
     let health = get(&admin, "/health").expect("/health");
     assert!(health.contains("\"status\":\"ready\""), "{health}");
@@ -134,9 +155,10 @@ fn metrics_overview_and_top_count_what_was_produced_and_consumed() {
         .expect("the topic in the overview");
     assert_eq!(seen["produced_records"], 100);
     assert_eq!(seen["end_offsets"], 100);
+    assert_eq!(seen["group_lag"], 40);
     assert_eq!(
         overview["partitions"].as_array().expect("partitions").len(),
-        2
+        3
     );
 
     let top = stdout(

@@ -235,7 +235,8 @@ impl Coordinator {
         let mut offset = partition.log().offset_start() as i64;
         let mut bad = 0u64;
         while (offset as u64) < end {
-            let read = partition.read(offset, LOAD_READ_BYTES).await?;
+            // Not a consumer's read: uncounted.
+            let read = partition.read_batches(offset, LOAD_READ_BYTES).await?;
             if read.offset_next as i64 <= offset {
                 break;
             }
