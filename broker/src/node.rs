@@ -161,6 +161,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
                 .spawn(move || async move {
                     let failed = events.clone();
                     fjord_storage::files::set_budget(files_per_shard);
+                    fjord_storage::io_stats::set_enabled(config.metrics);
                     let shard =
                         run_shard(mesh, config, ports, data, staging, stop_rx.shared(), events);
                     if let Err(message) = shard.await {

@@ -7,7 +7,7 @@
 //! metrics read a copy of them on the shard ([`snapshot`]).
 
 use hdrhistogram::Histogram;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 /// Highest latency a histogram tells apart: a minute, in microseconds
@@ -45,10 +45,19 @@ impl IoStats {
 
 thread_local! {
     static STATS: RefCell<Option<IoStats>> = const { RefCell::new(None) };
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns this shard's timings on or off (the broker's `metrics` setting;
+/// off, for measuring what they cost). Call on the shard's thread.
+pub fn set_enabled(on: bool) {
+    ENABLED.with(|enabled| enabled.set(on));
 }
 
 fn with(record: impl FnOnce(&mut IoStats)) {
-    STATS.with(|stats| record(stats.borrow_mut().get_or_insert_with(IoStats::new)));
+    if ENABLED.with(Cell::get) {
+        STATS.with(|stats| record(stats.borrow_mut().get_or_insert_with(IoStats::new)));
+    }
 }
 
 /// Microseconds, clamped into a histogram's range.

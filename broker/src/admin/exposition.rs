@@ -338,6 +338,13 @@ impl Exposition {
         )?;
         family(
             e,
+            "fjord_staged_bytes",
+            "Bytes of the staging area those batches take",
+            MetricType::Gauge,
+            per_shard(|s| s.staged_bytes as u64),
+        )?;
+        family(
+            e,
             "fjord_partitions_not_served",
             "Partitions a shard could not open (retried)",
             MetricType::Gauge,

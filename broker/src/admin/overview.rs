@@ -89,6 +89,7 @@ pub fn render(snapshot: &NodeSnapshot) -> Value {
         },
         "connections": shards.iter().map(|s| s.connections).sum::<usize>(),
         "staged_batches": shards.iter().map(|s| s.staged_batches).sum::<usize>(),
+        "staged_bytes": shards.iter().map(|s| s.staged_bytes).sum::<usize>(),
         "cache": {
             "hits": shards.iter().map(|s| s.cache_hits).sum::<u64>(),
             "misses": shards.iter().map(|s| s.cache_misses).sum::<u64>(),

@@ -63,6 +63,8 @@ pub struct ShardSnapshot {
     pub connections: usize,
     /// Batches staged and not yet written.
     pub staged_batches: usize,
+    /// Bytes of the staging area they take.
+    pub staged_bytes: usize,
     /// Free bytes of the data directory's filesystem, last sampled.
     pub disk_free_bytes: u64,
     /// Size of that filesystem.
@@ -142,6 +144,7 @@ pub fn of_shard(shard: &Shard) -> ShardSnapshot {
     } = shard.metrics().copy();
     let (cache_hits, cache_misses) = shard.cache().hits_misses();
     let space = shard.space().space();
+    let (staged_batches, staged_bytes) = shard.staged();
     let mut partitions = Vec::new();
     let mut committed = Vec::new();
     for partition in shard.partitions() {
@@ -198,7 +201,8 @@ pub fn of_shard(shard: &Shard) -> ShardSnapshot {
         cache_misses,
         cache_bytes: shard.cache().used_bytes() as u64,
         connections: shard.connections.get(),
-        staged_batches: shard.staged_batches(),
+        staged_batches,
+        staged_bytes,
         disk_free_bytes: space.free_bytes,
         disk_total_bytes: space.total_bytes,
         disk_low: shard.space().is_low(),
