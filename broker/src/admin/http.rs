@@ -12,6 +12,7 @@
 
 use super::{console, exposition, health, overview, snapshot};
 use crate::conn::Stop;
+use crate::logging::Repeated;
 use crate::shard::Shard;
 use futures::future::{Either, select};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +31,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Accepts admin connections until `stop` fires.
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
     let slots = Rc::new(Semaphore::new(CONNECTIONS_MAX));
+    let failures = Repeated::default();
+    let refused = Repeated::default();
     loop {
         let accepted = match select(Box::pin(listener.accept()), stop.clone()).await {
             Either::Left((accepted, _)) => accepted,
@@ -38,7 +41,9 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
         let stream = match accepted {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::warn!(shard = shard.id, error = %e, "admin listener: accept failed");
+                if let Some(count) = failures.hit() {
+                    tracing::warn!(shard = shard.id, error = %e, failed_accepts = count, "admin listener: accept failing");
+                }
                 // Out of descriptors, most likely: let some close first.
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -46,6 +51,13 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener, stop: Stop) {
         };
         let Ok(slot) = slots.try_acquire_static_permit(1) else {
             // Dropped: the client sees the connection close.
+            if let Some(count) = refused.hit() {
+                tracing::warn!(
+                    shard = shard.id,
+                    refused_connections = count,
+                    "admin listener: {CONNECTIONS_MAX} connections busy, more closed"
+                );
+            }
             continue;
         };
         let shard = shard.clone();
