@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod local;
 pub mod produce;
 pub mod report;
+pub mod scrape;
 pub mod units;
 
 use fjord_client::{Admin, Client, ClientConfig, ClientError};

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use fjord_bench::local::{LocalBroker, LocalCluster, SERVE_SUBCOMMAND};
 use fjord_bench::produce::{ProduceConfig, STAMP_LEN};
 use fjord_bench::report::{JsonReport, Progress, Summary, write_json};
+use fjord_bench::scrape::{BrokerSide, scrape};
 use fjord_bench::units::{parse_duration, parse_rate};
 use fjord_bench::{client, consume, e2e, ensure_topic, produce};
 use fjord_broker::config::KafkaBrokers;
@@ -102,6 +103,11 @@ struct Common {
     /// shard.
     #[arg(long, value_enum, default_value = "node")]
     kafka_brokers: KafkaBrokers,
+    /// The broker's admin listener: its /metrics, scraped before and after
+    /// the run, add the broker's figures (fdatasync p99, group-commit size)
+    /// to the report.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -186,6 +192,9 @@ fn main() -> ExitCode {
                     Some(_) => dir.join("staging"),
                     None => fjord_broker::config::ServeConfig::default().staging_dir,
                 },
+                // Runs of bench side by side must not fight over the
+                // admin port.
+                admin_listen: None,
                 ..Default::default()
             };
             fjord_broker::node::serve(config)
@@ -343,6 +352,8 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
     } = setup(&args.common)?;
     let config = produce_config(&args, routes.len(), kafka)?;
     let producers = clients(&addr, config.producers, &config.cpus)?;
+    let admin_addr = args.common.admin.as_deref();
+    let before = admin_addr.map(scrape).transpose()?;
     let acked = Arc::new(Progress::default());
     let (what, summary) = if e2e {
         let delivered = Arc::new(Progress::default());
@@ -361,6 +372,13 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
         ("produce", Summary::new(&acked, elapsed, config.rate))
     };
     summary.print(what);
+    let broker_side = match (admin_addr, &before) {
+        (Some(admin), Some(before)) => Some(BrokerSide::between(before, &scrape(admin)?)),
+        _ => None,
+    };
+    if let Some(side) = &broker_side {
+        side.print();
+    }
     if let Some(path) = &args.common.json {
         write_json(
             path,
@@ -368,6 +386,7 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
                 command: what,
                 config: &config,
                 summary: &summary,
+                broker: broker_side.as_ref(),
             },
         )?;
     }
@@ -458,6 +477,7 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
                 command: "consume",
                 config: &config,
                 summary: &summary,
+                broker: None,
             },
         )?;
     }

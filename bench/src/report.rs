@@ -210,6 +210,9 @@ pub struct JsonReport<'a, C: Serialize> {
     /// The figures.
     #[serde(flatten)]
     pub summary: &'a Summary,
+    /// The broker's own figures of the run (with `--admin`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<&'a crate::scrape::BrokerSide>,
 }
 
 /// Writes the JSON report.

@@ -3,6 +3,7 @@
 //! style (`block_on`); errors say what failed and where.
 
 pub mod groups;
+pub mod top;
 
 use fjord_client::{
     Admin, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig,
@@ -40,6 +41,9 @@ pub enum CliError {
     /// A move could not be planned or did not finish.
     #[error("{0}")]
     Drain(String),
+    /// A node's admin listener did not answer as expected.
+    #[error("admin listener: {0}")]
+    Admin(String),
     /// Some records were not acknowledged.
     #[error("{failed} of {sent} records were not acknowledged; first error: {first}")]
     NotAcknowledged {

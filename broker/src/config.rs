@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PORT: u16 = 9093;
 /// Kafka's port, where the Kafka listener takes clients by default.
 pub const DEFAULT_KAFKA_PORT: u16 = 9092;
+/// Redpanda's admin port, where the admin listener (metrics, health,
+/// console) takes requests by default.
+pub const DEFAULT_ADMIN_PORT: u16 = 9644;
 
 /// What a broker runs with.
 #[derive(Debug, Clone, Deserialize)]
@@ -22,7 +25,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The node's Kafka listener (every shard accepts on it, SO_REUSEPORT);
     /// `None` (`"none"` or `""` in the file or the flag): no Kafka listener.
-    #[serde(deserialize_with = "kafka_listen")]
+    #[serde(deserialize_with = "optional_listen")]
     pub kafka_listen: Option<SocketAddr>,
     /// The brokers Kafka clients see: one per node, or one per shard (see
     /// [`KafkaBrokers`]).
@@ -31,6 +34,18 @@ pub struct ServeConfig {
     /// `kafka_shard_port_base + i`. `None` or `0`: free ports picked at
     /// start (clients learn them from Metadata).
     pub kafka_shard_port_base: Option<u16>,
+    /// The node's admin HTTP listener (`/metrics`, `/health`, `/v1/…`, the
+    /// console), served by shard 0; `None` (`"none"` or `""`): none.
+    #[serde(deserialize_with = "optional_listen")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Whether shards count what they serve (the admin listener's figures);
+    /// off, `/metrics` shows only gauges read at scrape time.
+    pub metrics: bool,
+    /// Partitions a node lists one by one in `/metrics` (log offsets, size,
+    /// leader, replication); past it, `/metrics` holds only per-topic sums
+    /// and says how many it left out, so 10,000 partitions never become
+    /// 10,000 series of each family. The JSON endpoints list them all.
+    pub metrics_partitions_max: usize,
     /// First shard port: shard `i` also listens on `shard_port_base + i`.
     /// `None`: the port after `listen`'s. `0`: free ports picked at start.
     pub shard_port_base: Option<u16>,
@@ -137,6 +152,9 @@ impl Default for ServeConfig {
             kafka_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_KAFKA_PORT))),
             kafka_brokers: KafkaBrokers::Node,
             kafka_shard_port_base: None,
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
+            metrics: true,
+            metrics_partitions_max: 1000,
             shard_port_base: None,
             cores: None,
             controller_hosts_partitions: None,
@@ -242,21 +260,21 @@ impl std::str::FromStr for Voter {
     }
 }
 
-/// `kafka_listen` as written: `HOST:PORT`, or `none` / empty for no Kafka
-/// listener.
-pub fn parse_kafka_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+/// A listener that may be off (`kafka_listen`, `admin_listen`) as written:
+/// `HOST:PORT`, or `none` / empty for no listener.
+pub fn parse_optional_listen(text: &str) -> Result<Option<SocketAddr>, String> {
     match text.trim() {
         "" | "none" => Ok(None),
         addr => addr
             .parse()
             .map(Some)
-            .map_err(|_| format!("kafka_listen {text:?}: not HOST:PORT or none")),
+            .map_err(|_| format!("listener {text:?}: not HOST:PORT or none")),
     }
 }
 
-fn kafka_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+fn optional_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let text = String::deserialize(d)?;
-    parse_kafka_listen(&text).map_err(serde::de::Error::custom)
+    parse_optional_listen(&text).map_err(serde::de::Error::custom)
 }
 
 /// Why settings were refused.
@@ -576,6 +594,22 @@ mod tests {
         assert_eq!(
             ServeConfig::default().kafka_listen.map(|a| a.port()),
             Some(9092)
+        );
+    }
+
+    #[test]
+    fn admin_listen_reads_an_address_or_none() {
+        let on: ServeConfig = toml::from_str("admin_listen = \"0.0.0.0:19644\"").expect("toml");
+        assert_eq!(
+            on.admin_listen,
+            Some("0.0.0.0:19644".parse().expect("addr"))
+        );
+        let off: ServeConfig = toml::from_str("admin_listen = \"none\"").expect("toml");
+        assert_eq!(off.admin_listen, None);
+        assert!(toml::from_str::<ServeConfig>("admin_listen = \"9644\"").is_err());
+        assert_eq!(
+            ServeConfig::default().admin_listen.map(|a| a.port()),
+            Some(9644)
         );
     }
 }

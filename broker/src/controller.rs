@@ -837,6 +837,7 @@ async fn open_metadata_group(
         cache: shard.cache().clone(),
         space: shard.space().clone(),
         staging: None,
+        metrics: shard.metrics().clone(),
         replica: Some((replica, shard.replication().clone())),
     };
     let partition = Rc::new(Partition::open(setup).await?);

@@ -1,6 +1,7 @@
 //! The `fjord` binary's library: the node (`fjord serve`) and the command
 //! line tools that talk to one.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod cluster;

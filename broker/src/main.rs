@@ -102,6 +102,19 @@ enum Command {
         #[arg(long, default_value = DEFAULT_BOOTSTRAP)]
         bootstrap: String,
     },
+    /// A live view of a node (throughput, latency, lag per topic) from its
+    /// admin listener, redrawn like top.
+    Top {
+        /// The node's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9644")]
+        admin: String,
+        /// Time between redraws, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many redraws [default: never].
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
     /// List, describe and delete consumer groups; reset their offsets.
     Group {
         #[command(subcommand)]
@@ -250,6 +263,16 @@ struct ServeArgs {
     /// free ports].
     #[arg(long)]
     kafka_shard_port_base: Option<u16>,
+    /// Admin HTTP listener (/metrics, /health, console), HOST:PORT or none
+    /// [default: 127.0.0.1:9644].
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Count what the shards serve for /metrics [default: true].
+    #[arg(long)]
+    metrics: Option<bool>,
+    /// Partitions listed one by one in /metrics [default: 1000].
+    #[arg(long)]
+    metrics_partitions_max: Option<usize>,
     /// Shard i listens on BASE+i [default: listen port + 1; 0: free ports].
     #[arg(long)]
     shard_port_base: Option<u16>,
@@ -362,9 +385,20 @@ impl ServeArgs {
         if let Some(v) = self.listen {
             config.listen = v;
         }
-        if let Some(v) = &self.kafka_listen {
-            config.kafka_listen = fjord_broker::config::parse_kafka_listen(v)
-                .map_err(fjord_broker::config::ConfigError::Invalid)?;
+        for (flag, setting) in [
+            (&self.kafka_listen, &mut config.kafka_listen),
+            (&self.admin_listen, &mut config.admin_listen),
+        ] {
+            if let Some(v) = flag {
+                *setting = fjord_broker::config::parse_optional_listen(v)
+                    .map_err(fjord_broker::config::ConfigError::Invalid)?;
+            }
+        }
+        if let Some(v) = self.metrics {
+            config.metrics = v;
+        }
+        if let Some(v) = self.metrics_partitions_max {
+            config.metrics_partitions_max = v;
         }
         if let Some(v) = self.kafka_brokers {
             config.kafka_brokers = v;
@@ -558,6 +592,17 @@ fn main() -> ExitCode {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
+        Command::Top {
+            admin,
+            interval_ms,
+            iterations,
+        } => cli::top::top(
+            &admin,
+            std::time::Duration::from_millis(interval_ms),
+            iterations,
+            &mut std::io::stdout().lock(),
+        )
+        .map_err(|e| e.to_string()),
         Command::Group { command, bootstrap } => {
             run_group(command, &bootstrap).map_err(|e| e.to_string())
         }

@@ -54,6 +54,12 @@ pub enum ShardMsg {
         /// The batches its appends carry.
         payload: Vec<u8>,
     },
+    /// The admin listener's shard to every other: a copy of what the shard
+    /// counts and owns.
+    Metrics {
+        /// The copy.
+        reply: oneshot::Sender<Box<crate::admin::snapshot::ShardSnapshot>>,
+    },
     /// Any shard to a partition's owner.
     Partition {
         /// Topic name.

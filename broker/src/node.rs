@@ -162,6 +162,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
                 .spawn(move || async move {
                     let failed = events.clone();
                     fjord_storage::files::set_budget(files_per_shard);
+                    fjord_storage::io_stats::set_enabled(config.metrics);
                     let shard =
                         run_shard(mesh, config, ports, data, staging, stop_rx.shared(), events);
                     if let Err(message) = shard.await {
@@ -187,8 +188,11 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
                         Some(a) if kafka_ports.is_empty() => format!("Kafka on {a}"),
                         Some(a) => format!("Kafka on {a}, a broker per shard on {kafka_ports:?}"),
                     };
+                    let admin = config
+                        .admin_listen
+                        .map_or("no admin listener".to_owned(), |a| format!("admin on {a}"));
                     println!(
-                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?}; {kafka}; {staging_note})",
+                        "{READY_LINE_PREFIX} {} on {} with {count} shards (shard ports {:?}; {kafka}; {admin}; {staging_note})",
                         config.data_dir.display(),
                         config.listen,
                         shard_ports
@@ -405,6 +409,23 @@ async fn run_shard(
     }
     shard.serve_mesh(receivers);
     shard.start_replication();
+    glommio::spawn_local(crate::admin::metrics::rotate_every_second(
+        shard.metrics().clone(),
+    ))
+    .detach();
+    if shard.id == 0
+        && let Some(addr) = shard.config.admin_listen
+    {
+        // Up before the controller: /health can say what the node waits for.
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        glommio::spawn_local(crate::admin::http::serve(
+            shard.clone(),
+            listener,
+            stop.clone(),
+        ))
+        .detach();
+    }
     if clustered && shard.id == 0 {
         glommio::spawn_local(crate::cluster::share_liveness(shard.clone())).detach();
     }

@@ -77,6 +77,8 @@ pub struct PartitionSetup {
     pub space: Rc<SpaceWatch>,
     /// The shard's staging area, if it has one.
     pub staging: Option<Rc<Staging>>,
+    /// The shard's counters.
+    pub metrics: Rc<crate::admin::metrics::ShardMetrics>,
     /// A replicated partition's replica, and the shard's replication.
     pub replica: Option<(Replica, Rc<Replication>)>,
 }
@@ -128,6 +130,16 @@ impl Partition {
     /// The replica, if the partition is replicated.
     pub fn replica(&self) -> Option<&Replica> {
         self.setup.replica.as_ref().map(|(r, _)| r)
+    }
+
+    /// Its topic's name.
+    pub fn topic(&self) -> &str {
+        &self.setup.topic
+    }
+
+    /// Its number in the topic.
+    pub fn number(&self) -> i32 {
+        self.setup.partition
     }
 
     /// Opens the partition's log.
@@ -383,6 +395,18 @@ impl Partition {
     /// first refusal is the answer; batches before it stay appended, as in
     /// Kafka.
     pub async fn produce(&self, records: &[u8], acks: i16) -> Result<Produced, ErrorCode> {
+        let started = std::time::Instant::now();
+        let produced = self.append_batches(records, acks).await;
+        if produced.is_ok() {
+            let metrics = &self.setup.metrics;
+            metrics.record_append(started.elapsed());
+            metrics.record_produced(&self.setup.topic, records);
+        }
+        produced
+    }
+
+    /// [`Partition::produce`], uncounted.
+    async fn append_batches(&self, records: &[u8], acks: i16) -> Result<Produced, ErrorCode> {
         if records.is_empty() {
             return Err(ErrorCode::InvalidRequest);
         }
@@ -479,6 +503,20 @@ impl Partition {
     /// Whole batches from `offset`, at most `max_bytes` (but at least one).
     /// Reading at the end returns nothing.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<LogRead, ErrorCode> {
+        let read = self.read_batches(offset, max_bytes).await;
+        if let Ok(read) = &read {
+            let slices = read.slices.iter().map(|s| &s[..]);
+            self.setup.metrics.record_fetched(&self.setup.topic, slices);
+        }
+        read
+    }
+
+    /// [`Partition::read`], uncounted: for the broker's own reads.
+    pub(crate) async fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<LogRead, ErrorCode> {
         let offset = u64::try_from(offset).map_err(|_| ErrorCode::OffsetOutOfRange)?;
         let Some(replica) = self.replica() else {
             return self

@@ -3,6 +3,7 @@
 //! partitions it does not own to their shard over the mesh, and runs what
 //! other shards send it.
 
+use crate::admin::metrics::ShardMetrics;
 use crate::config::ServeConfig;
 use crate::controller::{CommandError, Controller};
 use crate::hardstate::HardStates;
@@ -89,6 +90,8 @@ pub struct Shard {
     hard_states: RefCell<Option<Rc<HardStates>>>,
     /// What replication reports to the shard, until its tasks start.
     replication_outlets: RefCell<Option<ReplicationOutlets>>,
+    /// What the shard counts for the admin listener.
+    metrics: Rc<ShardMetrics>,
 }
 
 /// Leader changes and failed replicas, as replication reports them.
@@ -141,7 +144,9 @@ impl Shard {
         ));
         let producer_ids =
             crate::producer_ids::ProducerIds::new(data.path(), config.node_id.unwrap_or(0), id);
+        let metrics = ShardMetrics::new(config.metrics);
         Shard {
+            metrics,
             id,
             count,
             config,
@@ -400,6 +405,34 @@ impl Shard {
         &self.space
     }
 
+    /// What the shard counts for the admin listener.
+    pub fn metrics(&self) -> &Rc<ShardMetrics> {
+        &self.metrics
+    }
+
+    /// The partitions this shard has open.
+    pub fn partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    /// Whether the first metadata is installed: the shard serves.
+    pub fn is_ready(&self) -> bool {
+        self.ready.borrow().is_none()
+    }
+
+    /// Batches in the shard's staging area not yet written, and the bytes
+    /// they take there (0 without one).
+    pub fn staged(&self) -> (usize, usize) {
+        self.staging
+            .as_ref()
+            .map_or((0, 0), |s| (s.staged_batches(), s.staged_bytes()))
+    }
+
+    /// Partitions the metadata gives this shard that it could not open.
+    pub fn not_served_count(&self) -> usize {
+        self.unserved.borrow().len()
+    }
+
     /// Why this shard does not serve a partition the metadata gives it, if
     /// it tried and failed to open it.
     pub fn not_served(&self, topic: &str, partition: i32) -> Option<String> {
@@ -630,6 +663,7 @@ impl Shard {
                 cache: self.cache.clone(),
                 space: self.space.clone(),
                 staging: self.staging.clone(),
+                metrics: self.metrics.clone(),
                 replica: self.replica_for(&metadata, &name, topic, p),
             };
             let opened = match Partition::open(setup).await {
@@ -689,6 +723,8 @@ impl Shard {
                 }
             }
         }
+        self.metrics
+            .retain_topics(|name| metadata.topics.contains_key(name));
         *self.metadata.borrow_mut() = Rc::new(metadata);
         if let Some(ready) = self.ready.borrow_mut().take() {
             let _ = ready.send(());
@@ -869,6 +905,9 @@ impl Shard {
                 let _ = reply.send(self.command(proposal).await);
             }
             ShardMsg::Live(live) => self.set_live(live),
+            ShardMsg::Metrics { reply } => {
+                let _ = reply.send(Box::new(crate::admin::snapshot::of_shard(self)));
+            }
             ShardMsg::Peer {
                 from,
                 batch,

@@ -187,7 +187,7 @@ fn serve_reads_a_config_file_and_flags_override_it() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nshard_port_base = 0\ncores = 2\nmax_connections_per_shard = 7\nstaging_dir = {:?}\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nshard_port_base = 0\ncores = 2\nmax_connections_per_shard = 7\nadmin_listen = \"none\"\nstaging_dir = {:?}\n",
             data.display().to_string(),
             dir.path().join("staging").display().to_string()
         ),

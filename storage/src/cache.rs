@@ -31,6 +31,10 @@ struct Inner {
     /// Insertion order; entries forgotten since are skipped when popped.
     order: VecDeque<(CacheKey, u64)>,
     entries: usize,
+    /// Reads served from the cache, ever.
+    hits: u64,
+    /// Reads that found the batch at their offset not cached, ever.
+    misses: u64,
 }
 
 /// A per-shard batch cache. Single-threaded: the shard owns it.
@@ -52,6 +56,12 @@ impl BatchCache {
     /// Bytes charged to cached batches.
     pub fn used_bytes(&self) -> usize {
         self.inner.borrow().used_bytes
+    }
+
+    /// Reads served from the cache and reads that missed it, ever.
+    pub fn hits_misses(&self) -> (u64, u64) {
+        let inner = self.inner.borrow();
+        (inner.hits, inner.misses)
     }
 
     /// A key for a new log.
@@ -112,31 +122,13 @@ impl BatchCache {
         offset: u64,
         max_bytes: usize,
     ) -> Option<(Vec<BatchSlice>, u64)> {
-        let inner = self.inner.borrow();
-        let log = inner.logs.get(&key)?;
-        let (_, first) = log
-            .range(..=offset)
-            .next_back()
-            .filter(|(_, e)| e.last_offset >= offset)?;
-        let mut slices: Vec<BatchSlice> = Vec::new();
-        let mut bytes = 0;
-        let mut offset_next = first.last_offset + 1;
-        slices.push(first.slice.clone());
-        bytes += first.slice.len();
-        for (&base, entry) in log.range(offset_next..) {
-            if base != offset_next || bytes + entry.slice.len() > max_bytes {
-                break;
-            }
-            bytes += entry.slice.len();
-            offset_next = entry.last_offset + 1;
-            let extended = slices
-                .last_mut()
-                .is_some_and(|last| last.try_extend(&entry.slice));
-            if !extended {
-                slices.push(entry.slice.clone());
-            }
+        let found = self.inner.borrow().read(key, offset, max_bytes);
+        let mut inner = self.inner.borrow_mut();
+        match found {
+            Some(_) => inner.hits += 1,
+            None => inner.misses += 1,
         }
-        Some((slices, offset_next))
+        found
     }
 
     /// Drops a log's batches below `offset` (retention moved its start).
@@ -190,5 +182,33 @@ impl Inner {
             self.used_bytes -= entry.charge;
             self.entries -= 1;
         }
+    }
+
+    /// See [`BatchCache::read`].
+    fn read(&self, key: CacheKey, offset: u64, max_bytes: usize) -> Option<(Vec<BatchSlice>, u64)> {
+        let log = self.logs.get(&key)?;
+        let (_, first) = log
+            .range(..=offset)
+            .next_back()
+            .filter(|(_, e)| e.last_offset >= offset)?;
+        let mut slices: Vec<BatchSlice> = Vec::new();
+        let mut bytes = 0;
+        let mut offset_next = first.last_offset + 1;
+        slices.push(first.slice.clone());
+        bytes += first.slice.len();
+        for (&base, entry) in log.range(offset_next..) {
+            if base != offset_next || bytes + entry.slice.len() > max_bytes {
+                break;
+            }
+            bytes += entry.slice.len();
+            offset_next = entry.last_offset + 1;
+            let extended = slices
+                .last_mut()
+                .is_some_and(|last| last.try_extend(&entry.slice));
+            if !extended {
+                slices.push(entry.slice.clone());
+            }
+        }
+        Some((slices, offset_next))
     }
 }

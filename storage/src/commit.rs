@@ -314,9 +314,11 @@ impl Inner {
     /// offset order, publishing each write as it completes; then sync per
     /// policy and publish durability.
     pub(crate) async fn flush_once(&self) -> Result<()> {
-        let flushes = {
+        let (flushes, batches) = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
+            // Everything staged goes in this round: that is its size.
+            let batches = st.staged.len();
             let active = st.active().base_offset;
             let mut flushes: Vec<(u64, Flush)> = Vec::new();
             for base in st.sealing.iter().copied().chain(std::iter::once(active)) {
@@ -327,12 +329,17 @@ impl Inner {
                     flushes.push((base, flush));
                 }
             }
-            flushes
+            (flushes, batches)
         };
+        if batches > 0 {
+            crate::io_stats::record_group_commit(batches);
+        }
         for (base, flush) in &flushes {
             flush.preallocate().await?;
             for write in &flush.writes {
+                let started = Instant::now();
                 flush.write(write).await?;
+                crate::io_stats::record_write(started.elapsed());
                 self.publish_write(*base, write);
             }
         }
@@ -361,12 +368,12 @@ impl Inner {
                 // no page cache holds data the disk lost, and recovery
                 // reads back exactly what the disk kept. Nothing that waited
                 // on this sync was acknowledged.
-                file.file
-                    .get()
-                    .await?
-                    .fdatasync()
+                let open = file.file.get().await?;
+                let started = Instant::now();
+                open.fdatasync()
                     .await
                     .map_err(StorageError::io("fdatasync", &**file.file.path()))?;
+                crate::io_stats::record_fdatasync(started.elapsed());
             }
         }
         {

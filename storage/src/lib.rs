@@ -19,6 +19,7 @@ pub mod epochs;
 pub mod error;
 pub mod files;
 pub mod index;
+pub mod io_stats;
 pub mod log;
 pub mod producer_snapshot;
 pub mod producers;

@@ -971,6 +971,21 @@ impl Staging {
             .bytes(slot.position + ENTRY_HEADER_BYTES + key_len, len)
     }
 
+    /// Bytes of the area in use: from the oldest entry not yet released
+    /// to where the next one goes (entries, their headers, and the slack a
+    /// wrap leaves at the end).
+    pub fn staged_bytes(&self) -> usize {
+        let ring = self.ring.borrow();
+        let Some(head) = ring.slots.front().map(|s| s.position) else {
+            return 0;
+        };
+        if ring.tail > head {
+            ring.tail - head
+        } else {
+            self.map.len - head + ring.tail - HEADER_BYTES
+        }
+    }
+
     /// Batches staged and not yet released.
     pub fn staged_batches(&self) -> usize {
         self.ring

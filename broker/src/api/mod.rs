@@ -102,61 +102,75 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
         Some(false) => return Some(Reply::error(correlation_id, ErrorCode::UnsupportedVersion)),
         Some(true) => {}
     }
-    let payload_start = buf.len() - frame.payload.len();
-    let payload_len = frame.payload.len();
+    let payload = (buf.len() - frame.payload.len())..buf.len();
+    let api = crate::admin::metrics::Api::Native(header.body_type().0);
     let request = header.unpack().body;
+    let started = std::time::Instant::now();
+    let reply = serve(&shard, correlation_id, request, buf, payload).await;
+    shard.metrics().record_request(api, started.elapsed());
+    reply
+}
+
+/// Serves one decoded request; `buf` is its frame, `payload` where the
+/// payload lies in it.
+async fn serve(
+    shard: &Rc<Shard>,
+    correlation_id: u32,
+    request: wire::RequestT,
+    buf: Vec<u8>,
+    payload: std::ops::Range<usize>,
+) -> Option<Reply> {
     use wire::RequestT as R;
     let reply = match request {
         R::ApiVersionsRequest(_) => Reply::body(correlation_id, api_versions()),
-        R::MetadataRequest(request) => admin::metadata(&shard, correlation_id, *request),
+        R::MetadataRequest(request) => admin::metadata(shard, correlation_id, *request),
         R::CreateTopicsRequest(request) => {
-            admin::create_topics(&shard, correlation_id, *request).await
+            admin::create_topics(shard, correlation_id, *request).await
         }
         R::DeleteTopicsRequest(request) => {
-            admin::delete_topics(&shard, correlation_id, *request).await
+            admin::delete_topics(shard, correlation_id, *request).await
         }
         R::AlterConfigsRequest(request) => {
-            admin::alter_configs(&shard, correlation_id, *request).await
+            admin::alter_configs(shard, correlation_id, *request).await
         }
         R::MovePartitionsRequest(request) => {
-            admin::move_partitions(&shard, correlation_id, *request).await
+            admin::move_partitions(shard, correlation_id, *request).await
         }
         R::DescribeTopicsRequest(request) => {
-            admin::describe_topics(&shard, correlation_id, *request).await
+            admin::describe_topics(shard, correlation_id, *request).await
         }
         R::ListOffsetsRequest(request) => {
-            offsets::list_offsets(&shard, correlation_id, *request).await
+            offsets::list_offsets(shard, correlation_id, *request).await
         }
-        R::FetchRequest(request) => fetch::fetch(&shard, correlation_id, *request).await,
+        R::FetchRequest(request) => fetch::fetch(shard, correlation_id, *request).await,
         R::ProduceRequest(request) => {
-            let payload = payload_start..payload_start + payload_len;
-            return produce::produce(&shard, correlation_id, *request, buf, payload).await;
+            return produce::produce(shard, correlation_id, *request, buf, payload).await;
         }
         R::InitProducerIdRequest(request) => {
-            producer_id::init_producer_id(&shard, correlation_id, *request).await
+            producer_id::init_producer_id(shard, correlation_id, *request).await
         }
         R::FindCoordinatorRequest(request) => {
-            groups::find_coordinator(&shard, correlation_id, *request).await
+            groups::find_coordinator(shard, correlation_id, *request).await
         }
         R::ConsumerGroupHeartbeatRequest(request) => {
             let group = request.group_id.clone().unwrap_or_default();
             let body = R::ConsumerGroupHeartbeatRequest(request);
-            groups::for_group(&shard, correlation_id, &group, body).await
+            groups::for_group(shard, correlation_id, &group, body).await
         }
         R::OffsetCommitRequest(request) => {
             let group = request.group_id.clone().unwrap_or_default();
             let body = R::OffsetCommitRequest(request);
-            groups::for_group(&shard, correlation_id, &group, body).await
+            groups::for_group(shard, correlation_id, &group, body).await
         }
         R::OffsetFetchRequest(request) => {
             let group = request.group_id.clone().unwrap_or_default();
             let body = R::OffsetFetchRequest(request);
-            groups::for_group(&shard, correlation_id, &group, body).await
+            groups::for_group(shard, correlation_id, &group, body).await
         }
-        R::ListGroupsRequest(_) => groups::list_groups(&shard, correlation_id).await,
+        R::ListGroupsRequest(_) => groups::list_groups(shard, correlation_id).await,
         R::DescribeGroupsRequest(request) => {
             let ids = request.group_ids.unwrap_or_default();
-            groups::each_group(&shard, correlation_id, ids, |id| {
+            groups::each_group(shard, correlation_id, ids, |id| {
                 R::DescribeGroupsRequest(Box::new(wire::DescribeGroupsRequestT {
                     group_ids: Some(vec![id]),
                 }))
@@ -165,7 +179,7 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
         }
         R::DeleteGroupsRequest(request) => {
             let ids = request.group_ids.unwrap_or_default();
-            groups::each_group(&shard, correlation_id, ids, |id| {
+            groups::each_group(shard, correlation_id, ids, |id| {
                 R::DeleteGroupsRequest(Box::new(wire::DeleteGroupsRequestT {
                     group_ids: Some(vec![id]),
                 }))

@@ -125,6 +125,24 @@ impl Default for Coordinator {
 }
 
 impl Coordinator {
+    /// Every group's committed next offset per partition, `(group, topic,
+    /// partition, offset)`, once loaded (for the admin listener's lag).
+    pub fn committed(&self) -> Vec<(String, String, i32, i64)> {
+        let state = self.state.borrow();
+        if state.loaded.is_none() {
+            return Vec::new();
+        }
+        state
+            .offsets
+            .iter()
+            .flat_map(|(group, offsets)| {
+                offsets.iter().map(|((topic, partition), committed)| {
+                    (group.clone(), topic.clone(), *partition, committed.offset)
+                })
+            })
+            .collect()
+    }
+
     /// Serves one group request for a group of this partition.
     pub async fn serve(
         self: Rc<Self>,
@@ -217,7 +235,8 @@ impl Coordinator {
         let mut offset = partition.log().offset_start() as i64;
         let mut bad = 0u64;
         while (offset as u64) < end {
-            let read = partition.read(offset, LOAD_READ_BYTES).await?;
+            // Not a consumer's read: uncounted.
+            let read = partition.read_batches(offset, LOAD_READ_BYTES).await?;
             if read.offset_next as i64 <= offset {
                 break;
             }

@@ -76,7 +76,13 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
     assert!(frame.len() >= 4, "a frame holds its size prefix");
     let bytes = Bytes::from_owner(Frame(frame.clone())).slice(4..);
     let outcome = match codec::decode_header(bytes) {
-        Ok(request) => serve(&shard, request, &frame).await,
+        Ok(request) => {
+            let api = crate::admin::metrics::Api::Kafka(request.api as i16);
+            let started = std::time::Instant::now();
+            let outcome = serve(&shard, request, &frame).await;
+            shard.metrics().record_request(api, started.elapsed());
+            outcome
+        }
         Err(e) => Err(Failure::Request(e)),
     };
     let head = match outcome {

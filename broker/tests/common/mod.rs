@@ -140,6 +140,10 @@ impl Broker {
             // unless it asks for a listener.
             args.extend(["--kafka-listen".into(), "none".into()]);
         }
+        if !self.extra.iter().any(|a| a == "--admin-listen") {
+            // Nor the admin port.
+            args.extend(["--admin-listen".into(), "none".into()]);
+        }
         args.extend(self.extra.iter().cloned());
         args
     }

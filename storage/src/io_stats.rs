@@ -1,0 +1,89 @@
+//! The shard's storage timings: how long the flushers' writes and
+//! fdatasyncs take, and how many batches one group commit carries.
+//!
+//! Kept per shard in a thread local (a shard is one thread, and every log's
+//! flusher runs on its shard's thread), so that recording is a plain
+//! increment: no lock, no atomic, nothing shared between cores. The broker's
+//! metrics read a copy of them on the shard ([`snapshot`]).
+
+use hdrhistogram::Histogram;
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+/// Highest latency a histogram tells apart: a minute, in microseconds
+/// (longer ones are recorded as a minute).
+const LATENCY_US_MAX: u64 = 60_000_000;
+/// Most batches one group commit is counted as carrying.
+const GROUP_COMMIT_BATCHES_MAX: u64 = 1_000_000;
+
+/// The shard's storage timings since it started.
+#[derive(Debug, Clone)]
+pub struct IoStats {
+    /// One write of a group commit, in microseconds.
+    pub write_us: Histogram<u64>,
+    /// One fdatasync, in microseconds.
+    pub fdatasync_us: Histogram<u64>,
+    /// Batches written by one group commit.
+    pub group_commit_batches: Histogram<u64>,
+}
+
+impl IoStats {
+    fn new() -> IoStats {
+        // Two significant digits (1 %) over these ranges: a few tens of KiB
+        // each.
+        let histogram = |high| {
+            Histogram::new_with_bounds(1, high, 2)
+                .unwrap_or_else(|e| panic!("constant histogram bounds: {e}"))
+        };
+        IoStats {
+            write_us: histogram(LATENCY_US_MAX),
+            fdatasync_us: histogram(LATENCY_US_MAX),
+            group_commit_batches: histogram(GROUP_COMMIT_BATCHES_MAX),
+        }
+    }
+}
+
+thread_local! {
+    static STATS: RefCell<Option<IoStats>> = const { RefCell::new(None) };
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns this shard's timings on or off (the broker's `metrics` setting;
+/// off, for measuring what they cost). Call on the shard's thread.
+pub fn set_enabled(on: bool) {
+    ENABLED.with(|enabled| enabled.set(on));
+}
+
+fn with(record: impl FnOnce(&mut IoStats)) {
+    if ENABLED.with(Cell::get) {
+        STATS.with(|stats| record(stats.borrow_mut().get_or_insert_with(IoStats::new)));
+    }
+}
+
+/// Microseconds, clamped into a histogram's range.
+pub fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, LATENCY_US_MAX)
+}
+
+/// Records one write's latency.
+pub(crate) fn record_write(elapsed: Duration) {
+    with(|s| s.write_us.saturating_record(micros(elapsed)));
+}
+
+/// Records one fdatasync's latency.
+pub(crate) fn record_fdatasync(elapsed: Duration) {
+    with(|s| s.fdatasync_us.saturating_record(micros(elapsed)));
+}
+
+/// Records the batches one group commit wrote.
+pub(crate) fn record_group_commit(batches: usize) {
+    let batches = u64::try_from(batches).unwrap_or(u64::MAX);
+    with(|s| s.group_commit_batches.saturating_record(batches));
+}
+
+/// A copy of this shard's timings.
+pub fn snapshot() -> IoStats {
+    STATS.with(|stats| stats.borrow().clone().unwrap_or_else(IoStats::new))
+}
