@@ -820,3 +820,78 @@ fn kafka_python_describes_and_alters_configs() {
         serde_json::json!(["60000", "DYNAMIC_TOPIC_CONFIG"])
     );
 }
+
+/// confluent-kafka's AdminClient.create_partitions: validate-only, a grow
+/// from 1 to 3 partitions that producers and consumers see at once, and the
+/// refusals (same count, fewer, unknown topic, manual assignment).
+const CONFLUENT_CREATE_PARTITIONS: &str = r#"
+import sys, json
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions
+boot, topic = sys.argv[1], sys.argv[2]
+a = AdminClient({"bootstrap.servers": boot})
+
+def grow(count, name=topic, validate=False, assignments=None):
+    new = NewPartitions(name, count, assignments) if assignments else NewPartitions(name, count)
+    [(_, f)] = a.create_partitions([new], validate_only=validate).items()
+    try:
+        f.result(30)
+        return "ok"
+    except KafkaException as e:
+        return e.args[0].name()
+
+def count():
+    return len(a.list_topics(topic, timeout=10).topics[topic].partitions)
+
+out = {"validated": grow(3, validate=True), "unchanged": count()}
+out["grown"] = grow(3)
+out["count"] = count()
+p = Producer({"bootstrap.servers": boot})
+for partition in range(3):
+    p.produce(topic, value=b"to %d" % partition, partition=partition)
+out["unsent"] = p.flush(30)
+c = Consumer({"bootstrap.servers": boot, "group.id": "g", "enable.auto.commit": False})
+c.assign([TopicPartition(topic, 2, 0)])
+m = c.poll(20)
+out["read"] = [m.partition(), m.value().decode()] if m and not m.error() else repr(m and m.error())
+c.close()
+out["same"] = grow(3)
+out["fewer"] = grow(2)
+out["unknown"] = grow(4, name="nope")
+out["assigned"] = grow(4, assignments=[[0]])
+out["offsets_topic"] = grow(99, name="__consumer_offsets")
+print(json.dumps(out))
+"#;
+
+#[test]
+fn confluent_kafka_creates_partitions() {
+    let Some((v, broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_CREATE_PARTITIONS, "grown", 1, 60)
+    else {
+        return;
+    };
+    assert_eq!(
+        (&v["validated"], &v["unchanged"]),
+        (&"ok".into(), &1.into())
+    );
+    assert_eq!((&v["grown"], &v["count"]), (&"ok".into(), &3.into()));
+    assert_eq!(v["unsent"], 0);
+    assert_eq!(v["read"], serde_json::json!([2, "to 2"]));
+    assert_eq!(v["same"], "INVALID_PARTITIONS");
+    assert_eq!(v["fewer"], "INVALID_PARTITIONS");
+    assert_eq!(v["unknown"], "UNKNOWN_TOPIC_OR_PART");
+    assert_eq!(v["assigned"], "INVALID_REQUEST");
+    // The group's coordinator created __consumer_offsets; its count holds.
+    assert_eq!(v["offsets_topic"], "INVALID_REQUEST");
+    // The native describe sees the three, each with its record.
+    let out = broker.cli(&["topic", "describe", "grown"], "");
+    let described = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        described
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("1"))
+            .count(),
+        3,
+        "{described}"
+    );
+}

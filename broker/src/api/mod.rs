@@ -118,6 +118,9 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
         R::AlterConfigsRequest(request) => {
             admin::alter_configs(&shard, correlation_id, *request).await
         }
+        R::CreatePartitionsRequest(request) => {
+            admin::create_partitions(&shard, correlation_id, *request).await
+        }
         R::MovePartitionsRequest(request) => {
             admin::move_partitions(&shard, correlation_id, *request).await
         }

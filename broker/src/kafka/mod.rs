@@ -147,6 +147,10 @@ async fn serve(
             let body = admin::delete_topics(shard, request.decode()?).await;
             respond(&request, &body)
         }
+        ApiKey::CreatePartitions => {
+            let body = admin::create_partitions(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
         ApiKey::DescribeConfigs => {
             let body = configs::describe_configs(shard, request.decode()?);
             respond(&request, &body)
