@@ -895,3 +895,220 @@ fn confluent_kafka_creates_partitions() {
         "{described}"
     );
 }
+
+/// confluent-kafka's AdminClient.delete_records: a log start moved up to an
+/// offset and to the high watermark (-1), what ListOffsets earliest and a
+/// consumer then see, and the refusals.
+const CONFLUENT_DELETE_RECORDS: &str = r#"
+import sys, json
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+p = Producer({"bootstrap.servers": boot})
+for i in range(100):
+    for partition in (0, 1):
+        p.produce(topic, value=b"v%d" % i, partition=partition)
+p.flush(30)
+a = AdminClient({"bootstrap.servers": boot})
+
+def delete(partition, offset, name=topic):
+    [(_, f)] = a.delete_records([TopicPartition(name, partition, offset)]).items()
+    try:
+        return f.result(30).low_watermark
+    except KafkaException as e:
+        return e.args[0].name()
+
+c = Consumer({"bootstrap.servers": boot, "group.id": "dr", "auto.offset.reset": "earliest",
+              "enable.auto.commit": False})
+marks = lambda partition: list(c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10))
+out = {"deleted": delete(0, 30), "marks0": marks(0)}
+c.assign([TopicPartition(topic, 0, 10)])
+m = c.poll(20)
+out["first"] = [m.offset(), m.value().decode()] if m and not m.error() else repr(m and m.error())
+out["all"] = delete(1, -1)
+out["marks1"] = marks(1)
+out["below"] = delete(0, 20)
+out["past_end"] = delete(0, 101)
+out["unknown"] = delete(0, 1, name="nope")
+c.close()
+print(json.dumps(out))
+"#;
+
+#[test]
+fn confluent_kafka_deletes_records() {
+    let Some((v, mut broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_DELETE_RECORDS, "dr", 2, 60)
+    else {
+        return;
+    };
+    assert_eq!(v["deleted"], 30);
+    assert_eq!(v["marks0"], serde_json::json!([30, 100]));
+    // Asked from 10, below the start: reset to it (auto.offset.reset).
+    assert_eq!(v["first"], serde_json::json!([30, "v30"]));
+    assert_eq!(v["all"], 100);
+    assert_eq!(v["marks1"], serde_json::json!([100, 100]));
+    assert_eq!(v["below"], 30, "a lower offset changes nothing");
+    assert_eq!(v["past_end"], "OFFSET_OUT_OF_RANGE");
+    // librdkafka looks for the partition's leader first and asks nobody.
+    assert_eq!(v["unknown"], "_NOENT");
+    // The starts are the metadata's: they hold across a restart.
+    broker.kill();
+    broker.restart();
+    let out = broker.cli(&["topic", "describe", "dr"], "");
+    let described = String::from_utf8(out.stdout).unwrap();
+    let starts: Vec<(&str, &str)> = described
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() >= 5 && fields[0].parse::<u32>().is_ok()).then(|| (fields[1], fields[2]))
+        })
+        .collect();
+    assert_eq!(starts, [("30", "100"), ("100", "100")], "{described}");
+}
+
+/// Produces to each partition of a replicated topic, deletes its records
+/// below 20 and prints each partition's leader (node id) and watermarks.
+const CONFLUENT_DELETE_REPLICATED: &str = r#"
+import sys, json, time
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+a = AdminClient({"bootstrap.servers": boot})
+leaders = lambda: [p.leader for _, p in sorted(a.list_topics(topic, timeout=10).topics[topic].partitions.items())]
+deadline = time.time() + 20
+# Leadership goes back to the preferred leaders, one partition per node.
+while sorted(leaders()) != [1, 2, 3]:
+    if time.time() > deadline:
+        raise SystemExit("leaders not spread: %r" % leaders())
+    time.sleep(0.1)
+p = Producer({"bootstrap.servers": boot, "acks": "all"})
+for i in range(50):
+    for partition in range(3):
+        p.produce(topic, value=b"v%d" % i, partition=partition)
+p.flush(30)
+lows = [f.result(30).low_watermark for f in
+        a.delete_records([TopicPartition(topic, q, 20) for q in range(3)]).values()]
+c = Consumer({"bootstrap.servers": boot, "group.id": "x"})
+marks = [list(c.get_watermark_offsets(TopicPartition(topic, q), timeout=10)) for q in range(3)]
+print(json.dumps({"lows": lows, "leaders": leaders(), "marks": marks}))
+"#;
+
+/// A partition's leader and watermarks once it has a leader again.
+const CONFLUENT_MARKS_AFTER_FAILOVER: &str = r#"
+import sys, json, time
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic, partition, old = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+a = AdminClient({"bootstrap.servers": boot})
+c = Consumer({"bootstrap.servers": boot, "group.id": "x"})
+deadline = time.time() + 30
+while True:
+    try:
+        leader = a.list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
+        if leader > 0 and leader != old:
+            marks = list(c.get_watermark_offsets(TopicPartition(topic, partition), timeout=5))
+            break
+    except KafkaException:
+        pass
+    if time.time() > deadline:
+        raise SystemExit("no new leader within 30 s")
+    time.sleep(0.2)
+print(json.dumps({"leader": leader, "marks": marks}))
+"#;
+
+#[test]
+fn deleted_records_stay_deleted_after_a_leader_change() {
+    let Some(python) = python() else {
+        return;
+    };
+    // Three nodes, each with a Kafka listener; node 1 runs the controller.
+    let kafka: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut nodes: Vec<Broker> = Vec::new();
+    for (i, listener) in kafka.iter().enumerate() {
+        let id = (i + 1).to_string();
+        let listen = listener.to_string();
+        let mut args = vec![
+            "--node-id",
+            &id,
+            "--kafka-listen",
+            &listen,
+            "--leader-rebalance-interval-ms",
+            "500",
+        ];
+        let seed = nodes.first().map(|n| n.addr.to_string());
+        if let Some(seed) = &seed {
+            args.extend(["--seeds", seed]);
+        }
+        nodes.push(Broker::start_with(1, &args));
+    }
+    let out = nodes[0].cli(
+        &[
+            "topic",
+            "create",
+            "drr",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = kafka
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = Command::new("timeout");
+    command
+        .args(["60"])
+        .arg(&python)
+        .args(["-c", CONFLUENT_DELETE_REPLICATED, &all, "drr"]);
+    let v: serde_json::Value = serde_json::from_slice(&run(command, "").stdout).unwrap();
+    assert_eq!(v["lows"], serde_json::json!([20, 20, 20]));
+    // A leader's mark (a control batch) comes first in its log.
+    let marks = |m: &serde_json::Value| (m[0].as_i64(), m[1].as_i64());
+    for m in v["marks"].as_array().unwrap() {
+        assert_eq!(marks(m).0, Some(20), "{v}");
+        assert!(marks(m).1 >= Some(50), "{v}");
+    }
+    // A partition led by a node other than the controller's (node 1, whose
+    // loss would leave the cluster without one): its leader goes.
+    let leaders: Vec<u64> = serde_json::from_value(v["leaders"].clone()).unwrap();
+    let (partition, &leader) = leaders
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| l > 1)
+        .unwrap_or_else(|| panic!("leaders spread over the nodes: {v}"));
+    nodes[leader as usize - 1].kill();
+    let survivors = kafka
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i as u64 + 1 != leader)
+        .map(|(_, a)| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = Command::new("timeout");
+    command.args(["60"]).arg(&python).args([
+        "-c",
+        CONFLUENT_MARKS_AFTER_FAILOVER,
+        &survivors,
+        "drr",
+        &partition.to_string(),
+        &leader.to_string(),
+    ]);
+    let after: serde_json::Value = serde_json::from_slice(&run(command, "").stdout).unwrap();
+    let (low, high) = marks(&after["marks"]);
+    assert_eq!(
+        low,
+        Some(20),
+        "the new leader keeps the deleted records deleted: {after}"
+    );
+    assert!(high >= Some(50), "{after}");
+}

@@ -15,6 +15,7 @@ mod group_admin;
 mod groups;
 mod metadata;
 mod produce;
+mod records;
 
 use crate::api::Reply;
 use crate::logging::Repeated;
@@ -149,6 +150,10 @@ async fn serve(
         }
         ApiKey::CreatePartitions => {
             let body = admin::create_partitions(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::DeleteRecords => {
+            let body = records::delete_records(shard, request.decode()?).await;
             respond(&request, &body)
         }
         ApiKey::DescribeConfigs => {
