@@ -56,6 +56,9 @@ pub struct Described {
     pub log_start_offset: i64,
     /// Next offset to be readable (the high watermark on one node).
     pub log_end_offset: i64,
+    /// Next offset this replica's own log assigns: past the high watermark
+    /// on a leader with uncommitted batches, below it on a follower behind.
+    pub log_end_local: i64,
     /// Bytes on disk.
     pub size_bytes: i64,
     /// Produce is refused now (disk low, or the log waits for room).
@@ -592,6 +595,7 @@ impl Partition {
         Described {
             log_start_offset: self.log_start() as i64,
             log_end_offset: self.readable_end() as i64,
+            log_end_local: log.offset_next() as i64,
             size_bytes: log.size_bytes() as i64,
             read_only: self.is_read_only(),
             replication: self

@@ -896,6 +896,63 @@ fn confluent_kafka_creates_partitions() {
     );
 }
 
+/// kafka-python's describe_log_dirs: the node's data directory with the
+/// partitions it holds, their sizes and lags, and the filesystem's bytes.
+const KAFKA_PYTHON_LOG_DIRS: &str = r#"
+import sys, json, time
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+p = KafkaProducer(bootstrap_servers=boot)
+for i in range(20):
+    p.send(topic, value=b"x" * 100, partition=0)
+p.flush(30)
+a = KafkaAdminClient(bootstrap_servers=boot)
+def sizes(answer):
+    [broker] = answer
+    [d] = broker["log_dirs"]
+    return d, {(t["name"], q["partition_index"]): [q["partition_size"], q["offset_lag"], q["is_future_key"]]
+               for t in d["topics"] for q in t["partitions"]}
+deadline = time.time() + 15
+while True:
+    d, got = sizes(a.describe_log_dirs())
+    # Acknowledged from staging first: written to the segment soon after.
+    if got.get((topic, 0), [0])[0] > 0 or time.time() > deadline:
+        break
+    time.sleep(0.2)
+_, one = sizes(a.describe_log_dirs({topic: [1]}))
+print(json.dumps({"dir": d["log_dir"], "error": d["error_code"], "total": d["total_bytes"],
+                  "usable": d["usable_bytes"],
+                  "all": {"%s-%d" % k: v for k, v in got.items()},
+                  "one": {"%s-%d" % k: v for k, v in one.items()}}))
+"#;
+
+#[test]
+fn kafka_python_describes_log_dirs() {
+    let Some((v, broker, _)) =
+        script_on_new_topic::<serde_json::Value>(KAFKA_PYTHON_LOG_DIRS, "dirs", 2, 60)
+    else {
+        return;
+    };
+    assert_eq!(
+        v["dir"].as_str().map(std::path::PathBuf::from),
+        Some(broker.data_dir().to_path_buf())
+    );
+    assert_eq!(v["error"], 0);
+    let (total, usable) = (v["total"].as_i64().unwrap(), v["usable"].as_i64().unwrap());
+    assert!(total > 0 && (0..=total).contains(&usable), "{v}");
+    let size = v["all"]["dirs-0"][0].as_i64().unwrap();
+    assert!(size > 2000, "20 records of 100 bytes: {v}");
+    assert_eq!(
+        (&v["all"]["dirs-0"][1], &v["all"]["dirs-0"][2]),
+        (&0.into(), &false.into()),
+        "no lag, no future replica"
+    );
+    assert!(v["all"]["dirs-1"].is_array(), "{v}");
+    assert_eq!(v["one"].as_object().unwrap().len(), 1, "{v}");
+    assert!(v["one"]["dirs-1"].is_array(), "{v}");
+}
+
 /// confluent-kafka's AdminClient.delete_records: a log start moved up to an
 /// offset and to the high watermark (-1), what ListOffsets earliest and a
 /// consumer then see, and the refusals.

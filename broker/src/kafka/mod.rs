@@ -13,6 +13,7 @@ mod configs;
 mod fetch;
 mod group_admin;
 mod groups;
+mod log_dirs;
 mod metadata;
 mod produce;
 mod records;
@@ -154,6 +155,10 @@ async fn serve(
         }
         ApiKey::DeleteRecords => {
             let body = records::delete_records(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::DescribeLogDirs => {
+            let body = log_dirs::describe_log_dirs(shard, request.decode()?).await;
             respond(&request, &body)
         }
         ApiKey::DescribeConfigs => {
