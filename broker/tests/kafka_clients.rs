@@ -169,6 +169,16 @@ fn kcat_produces_and_consumes_byte_identical() {
         "",
     );
     assert_eq!(String::from_utf8(out).unwrap(), "498 key3\n499 key4\n");
+    // acks=0: no answer to wait for, yet every record lands, in order,
+    // after the ones before.
+    let more = lines(200);
+    kcat(kafka, &["-P", "-t", "k1", "-K:", "-X", "acks=0"], &more);
+    let out = kcat(
+        kafka,
+        &["-C", "-t", "k1", "-o", "500", "-c", "200", "-f", "%k:%s\n"],
+        "",
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), more);
 }
 
 #[test]
@@ -951,6 +961,122 @@ fn kafka_python_describes_log_dirs() {
     assert!(v["all"]["dirs-1"].is_array(), "{v}");
     assert_eq!(v["one"].as_object().unwrap().len(), 1, "{v}");
     assert!(v["one"]["dirs-1"].is_array(), "{v}");
+}
+
+/// kafkajs's node_modules, when `.ci/kafka-clients.sh` installed it.
+fn kafkajs() -> Option<PathBuf> {
+    let dir = std::env::var_os("FJORD_KAFKAJS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ci/kafkajs"),
+        PathBuf::from,
+    );
+    let modules = dir.join("node_modules");
+    let ok = modules.join("kafkajs/package.json").is_file()
+        && Command::new("node").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!(
+            "skipped: kafkajs not in {} or node missing (.ci/kafka-clients.sh installs it)",
+            modules.display()
+        );
+    }
+    ok.then_some(modules)
+}
+
+/// kafkajs: the admin creates a topic, grows it and reads its metadata; two
+/// consumers of one group split its partitions; a producer sends keyed,
+/// gzip-compressed records with headers and binary values, which the group
+/// reads back byte for byte, each exactly once.
+const KAFKAJS: &str = r#"
+const { Kafka, CompressionTypes, logLevel } = require("kafkajs");
+const [boot, topic] = process.argv.slice(1);
+const kafka = new Kafka({ clientId: "fjord-test", brokers: [boot], logLevel: logLevel.ERROR });
+const hex = (b) => (b ? Buffer.from(b).toString("hex") : null);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(what, done, ms = 20000) {
+  const end = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > end) throw new Error("timed out: " + what);
+    await sleep(50);
+  }
+}
+(async () => {
+  const out = {};
+  const admin = kafka.admin();
+  await admin.connect();
+  out.created = await admin.createTopics({ topics: [{ topic, numPartitions: 2 }], waitForLeaders: true });
+  await admin.createPartitions({ topicPartitions: [{ topic, count: 3 }] });
+  const meta = await admin.fetchTopicMetadata({ topics: [topic] });
+  out.partitions = meta.topics[0].partitions.map((p) => p.partitionId).sort();
+  const assigned = {};
+  const got = [];
+  const consumers = [0, 1].map(() => kafka.consumer({ groupId: "js-group", heartbeatInterval: 500 }));
+  for (const [i, c] of consumers.entries()) {
+    c.on(c.events.GROUP_JOIN, (e) => { assigned[i] = (e.payload.memberAssignment[topic] || []).slice().sort(); });
+    await c.connect();
+    await c.subscribe({ topic, fromBeginning: true });
+    await c.run({ eachMessage: async ({ partition, message }) => {
+      const headers = Object.entries(message.headers || {}).map(([k, v]) => [k, hex(v)]);
+      got.push({ member: i, partition, key: hex(message.key), value: hex(message.value), headers });
+    } });
+  }
+  // Both members hold a share of the three partitions before anything is sent.
+  await until("two members split the partitions", () =>
+    Object.keys(assigned).length === 2 && assigned[0].length > 0 && assigned[1].length > 0
+    && assigned[0].concat(assigned[1]).sort().join() === "0,1,2");
+  out.assigned = assigned;
+  const producer = kafka.producer();
+  await producer.connect();
+  const sent = [];
+  for (let i = 0; i < 30; i++) {
+    const value = Buffer.from([...Array(64 + i).keys()].map((b) => (b * 7 + i) % 256));
+    const m = { key: Buffer.from("key-" + (i % 5)), value, headers: { n: String(i), bin: Buffer.from([0, 255, i]) } };
+    sent.push({ key: hex(m.key), value: hex(value), headers: [["n", hex(Buffer.from(String(i)))], ["bin", hex(m.headers.bin)]] });
+    await producer.send({ topic, compression: CompressionTypes.GZIP, messages: [m] });
+  }
+  await until("30 records read", () => got.length >= 30);
+  await sleep(500); // a duplicate would arrive now
+  out.sent = sent;
+  out.got = got;
+  await producer.disconnect();
+  for (const c of consumers) await c.disconnect();
+  await admin.disconnect();
+  console.log(JSON.stringify(out));
+  process.exit(0);
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+#[test]
+fn kafkajs_produces_consumes_in_a_group_and_administers() {
+    let Some(modules) = kafkajs() else {
+        return;
+    };
+    let (_broker, kafka) = kafka_broker();
+    let mut command = Command::new("timeout");
+    command
+        .args(["60", "node", "-e", KAFKAJS, &kafka.to_string(), "js"])
+        .env("NODE_PATH", &modules)
+        .env("KAFKAJS_NO_PARTITIONER_WARNING", "1");
+    let out = String::from_utf8(run(command, "").stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["created"], true);
+    assert_eq!(v["partitions"], serde_json::json!([0, 1, 2]));
+    let got = v["got"].as_array().unwrap();
+    let sent = v["sent"].as_array().unwrap();
+    assert_eq!(got.len(), 30, "each record read once: {got:?}");
+    let strip = |r: &serde_json::Value| serde_json::json!({"key": r["key"], "value": r["value"], "headers": r["headers"]});
+    let mut got_records: Vec<String> = got.iter().map(|r| strip(r).to_string()).collect();
+    let mut sent_records: Vec<String> = sent.iter().map(|r| strip(r).to_string()).collect();
+    got_records.sort();
+    sent_records.sort();
+    assert_eq!(
+        got_records, sent_records,
+        "byte-identical keys, values, headers"
+    );
+    // Each member read exactly the partitions it was assigned.
+    for r in got {
+        let member = r["member"].as_u64().unwrap().to_string();
+        let mine = v["assigned"][&member].as_array().unwrap();
+        assert!(mine.contains(&r["partition"]), "{r} read outside {mine:?}");
+    }
 }
 
 /// confluent-kafka's AdminClient.delete_records: a log start moved up to an
