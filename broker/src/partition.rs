@@ -517,6 +517,10 @@ impl Partition {
     /// Reading at the end returns nothing.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<LogRead, ErrorCode> {
         let offset = u64::try_from(offset).map_err(|_| ErrorCode::OffsetOutOfRange)?;
+        // Consumers read from the leader, up to the high watermark.
+        if self.replica().is_some_and(|r| !r.is_leader()) {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
         let start = self.log_start();
         if offset < start {
             return Err(ErrorCode::OffsetOutOfRange);
@@ -530,10 +534,6 @@ impl Partition {
             read.offset_start = start;
             return Ok(read);
         };
-        // Consumers read from the leader, up to the high watermark.
-        if !replica.is_leader() {
-            return Err(ErrorCode::NotLeaderOrFollower);
-        }
         let log = self.log();
         let high_watermark = replica.high_watermark();
         if offset >= high_watermark && offset <= log.offset_next() {
