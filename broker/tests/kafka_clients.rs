@@ -1295,3 +1295,70 @@ fn deleted_records_stay_deleted_after_a_leader_change() {
     );
     assert!(high >= Some(50), "{after}");
 }
+
+/// librdkafka's KIP-848 consumer (`group.protocol=consumer`): two members
+/// of one group on ConsumerGroupHeartbeat, with the server's assignment,
+/// split a topic's partitions and read every record once.
+const CONFLUENT_KIP848: &str = r#"
+import sys, json, time
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+conf = {"bootstrap.servers": boot, "group.id": "next-gen", "group.protocol": "consumer",
+        "auto.offset.reset": "earliest"}
+members = [Consumer(conf), Consumer(conf)]
+for c in members:
+    c.subscribe([topic])
+deadline = time.time() + 30
+while not all(c.assignment() for c in members):
+    if time.time() > deadline:
+        raise SystemExit("no assignment for both: %r" % [c.assignment() for c in members])
+    for c in members:
+        c.poll(0.1)
+assigned = [sorted(tp.partition for tp in c.assignment()) for c in members]
+p = Producer({"bootstrap.servers": boot})
+for i in range(200):
+    p.produce(topic, key=b"k%d" % i, value=b"v%d" % i)
+p.flush(30)
+seen = []
+while len(set(s[1:] for s in seen)) < 200 and time.time() < deadline + 30:
+    for i, c in enumerate(members):
+        m = c.poll(0.1)
+        if m is not None and not m.error():
+            seen.append((i, m.partition(), m.offset()))
+a = AdminClient({"bootstrap.servers": boot})
+types = sorted([g.group_id, g.type.name] for g in a.list_consumer_groups().result(10).valid)
+# Commits at the members' epochs (OffsetCommit on the same coordinator).
+for c in members:
+    c.commit(asynchronous=False)
+committed = sum(tp.offset for tp in
+                members[0].committed([TopicPartition(topic, q) for q in range(4)], timeout=10))
+for c in members:
+    c.close()
+print(json.dumps({"assigned": assigned, "seen": seen, "types": types, "committed": committed}))
+"#;
+
+#[test]
+fn confluent_kafka_kip848_consumers_share_a_topic() {
+    let Some((v, _broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_KIP848, "kip848", 4, 90)
+    else {
+        return;
+    };
+    // A KIP-848 group on the native coordinator, not a classic one.
+    assert_eq!(v["types"], serde_json::json!([["next-gen", "CONSUMER"]]));
+    let assigned: Vec<Vec<i64>> = serde_json::from_value(v["assigned"].clone()).unwrap();
+    let mut all: Vec<i64> = assigned.concat();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2, 3], "the partitions split, each once: {v}");
+    assert!(assigned.iter().all(|a| !a.is_empty()), "{v}");
+    let seen: Vec<(usize, i64, i64)> = serde_json::from_value(v["seen"].clone()).unwrap();
+    let unique: std::collections::BTreeSet<(i64, i64)> =
+        seen.iter().map(|&(_, p, o)| (p, o)).collect();
+    assert_eq!(unique.len(), 200, "every record read: {v}");
+    assert_eq!(seen.len(), 200, "none read twice");
+    for (member, p, _) in seen {
+        assert!(assigned[member].contains(&p), "member {member} read {p}");
+    }
+    assert_eq!(v["committed"], 200, "each partition committed at its end");
+}

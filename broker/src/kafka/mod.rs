@@ -10,6 +10,7 @@
 mod admin;
 mod classic;
 mod configs;
+mod consumer_group;
 mod fetch;
 mod group_admin;
 mod groups;
@@ -207,6 +208,12 @@ async fn serve(
         }
         ApiKey::InitProducerId => {
             let body = groups::init_producer_id(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            let client_id = request.header.client_id.as_ref().map(text);
+            let body =
+                consumer_group::consumer_group_heartbeat(shard, request.decode()?, client_id).await;
             respond(&request, &body)
         }
         ApiKey::JoinGroup => {
