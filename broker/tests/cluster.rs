@@ -785,6 +785,10 @@ fn added_partitions_are_replicated_produced_to_and_assigned_to_the_group() {
         },
     );
     block_on(consumer.subscribe(&[TOPIC], "growing")).expect("subscribe");
+    // A producer that knew the topic with two partitions sends to the new
+    // ones too: it looks the topic up again for them.
+    let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+    block_on(producer.send(TOPIC, Some(0), None, Some(b"before"), &[])).expect("produce");
     // Through a node that is not the controller: forwarded to it.
     let out = cluster
         .node(2)
@@ -811,7 +815,6 @@ fn added_partitions_are_replicated_produced_to_and_assigned_to_the_group() {
         .then(|| t.partitions.iter().map(|p| p.leader).collect::<Vec<_>>())
     });
     assert_eq!(leaders.len(), 4);
-    let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
     let acks: Vec<_> = (0..40)
         .map(|i| {
             let value = format!("grown-{i}");
@@ -825,14 +828,18 @@ fn added_partitions_are_replicated_produced_to_and_assigned_to_the_group() {
     // the new partitions and reads their records.
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.len() < 40 {
-        assert!(Instant::now() < deadline, "read {seen:?} of 40");
+    while seen.len() < 41 {
+        assert!(Instant::now() < deadline, "read {seen:?} of 41");
         for r in block_on(consumer.poll(Duration::from_millis(200))).expect("poll") {
             seen.insert((r.partition, r.offset));
         }
     }
-    for p in 0..4 {
-        assert_eq!(seen.iter().filter(|(q, _)| *q == p).count(), 10, "{seen:?}");
+    for (p, count) in [(0, 11), (1, 10), (2, 10), (3, 10)] {
+        assert_eq!(
+            seen.iter().filter(|(q, _)| *q == p).count(),
+            count,
+            "{seen:?}"
+        );
     }
     // Ten records past each leader's mark, on every replica.
     described_until(&client, "every replica caught up", |topic| {
