@@ -248,12 +248,14 @@ fn config_pairs(configs: &[String]) -> Result<Vec<(String, String)>, CliError> {
         .collect()
 }
 
-/// `topic alter`: `--config key=value` sets, `--delete-config key` removes.
+/// `topic alter`: `--config key=value` sets, `--delete-config key` removes,
+/// `--partitions N` grows the topic (after the configs, as Kafka's tool).
 pub fn topic_alter(
     client: &Client,
     name: &str,
     configs: &[String],
     deleted: &[String],
+    partitions: Option<i32>,
 ) -> Result<(), CliError> {
     let mut pairs = config_pairs(configs)?;
     pairs.extend(
@@ -261,7 +263,13 @@ pub fn topic_alter(
             .iter()
             .map(|key| (key.trim().to_owned(), String::new())),
     );
-    block_on(Admin::new(client.clone()).alter_topic_config(name, &pairs))?;
+    let admin = Admin::new(client.clone());
+    if !pairs.is_empty() || partitions.is_none() {
+        block_on(admin.alter_topic_config(name, &pairs))?;
+    }
+    if let Some(count) = partitions {
+        block_on(admin.create_partitions(name, count))?;
+    }
     println!("altered topic {name}");
     Ok(())
 }

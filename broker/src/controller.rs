@@ -361,13 +361,20 @@ impl Controller {
         }
     }
 
-    /// The command to log for `proposal`: in a cluster a topic create is
-    /// placed over the live nodes first, and a move's new replicas get
-    /// shards.
+    /// The command to log for `proposal`: in a cluster a topic create and
+    /// new partitions are placed over the live nodes first, and a move's new
+    /// replicas get shards.
     fn resolve(&self, shard: &Shard, proposal: Proposal) -> Result<Command, CommandError> {
         if let Command::MovePartition(the) = proposal.command {
             let placed = self.state.borrow().place_move(*the);
             return Ok(Command::MovePartition(Box::new(placed)));
+        }
+        if let Command::CreatePartitions(add) = proposal.command {
+            let live = shard.config.node_id.map(|me| self.live(me));
+            return Ok(self
+                .state
+                .borrow()
+                .place_partitions(*add, live.as_deref())?);
         }
         let Command::CreateTopic(create) = &proposal.command else {
             return Ok(proposal.command);

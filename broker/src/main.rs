@@ -238,6 +238,10 @@ enum TopicCommand {
         /// A config to remove, back to its default (repeatable).
         #[arg(long = "delete-config", value_name = "KEY")]
         deleted: Vec<String>,
+        /// Grow the topic to this many partitions (Kafka's
+        /// `kafka-topics --alter --partitions`); it never shrinks.
+        #[arg(long)]
+        partitions: Option<i32>,
     },
 }
 
@@ -678,7 +682,8 @@ fn run_topic(command: TopicCommand, bootstrap: &str) -> Result<(), CliError> {
             name,
             configs,
             deleted,
-        } => cli::topic_alter(&client, &name, &configs, &deleted),
+            partitions,
+        } => cli::topic_alter(&client, &name, &configs, &deleted, partitions),
     }
 }
 

@@ -17,6 +17,13 @@
 //! own await, so the check cannot be made atomic with it otherwise); a
 //! replicated partition checks and proposes in one synchronous step and
 //! the table follows the Raft log (see `replica.rs`).
+//!
+//! Kafka's DeleteRecords moves the start clients see (the low watermark)
+//! to any offset up to the high watermark: the metadata carries it to every
+//! replica ([`Partition::set_log_start`]); reads below it are refused and
+//! whole segments below it go at the next retention run. The log's own
+//! start (a segment boundary, which Raft's log view needs) lags behind it
+//! until then.
 
 use crate::producer_state::ProducerState;
 use crate::replica::{Replica, Replication};
@@ -29,7 +36,7 @@ use fjord_storage::{
 };
 use futures::channel::oneshot;
 use glommio::sync::Semaphore;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -49,6 +56,9 @@ pub struct Described {
     pub log_start_offset: i64,
     /// Next offset to be readable (the high watermark on one node).
     pub log_end_offset: i64,
+    /// Next offset this replica's own log assigns: past the high watermark
+    /// on a leader with uncommitted batches, below it on a follower behind.
+    pub log_end_local: i64,
     /// Bytes on disk.
     pub size_bytes: i64,
     /// Produce is refused now (disk low, or the log waits for room).
@@ -97,6 +107,8 @@ pub struct Partition {
     /// Idempotent producers' state, following the log (the Raft log when
     /// replicated).
     producers: ProducerState,
+    /// The log start DeleteRecords set (0: none), as the metadata has it.
+    deleted_below: Cell<u64>,
 }
 
 /// Kafka's code for a refused sequence.
@@ -171,7 +183,30 @@ impl Partition {
             parked: RefCell::new(Vec::new()),
             coordinator: std::cell::OnceCell::new(),
             producers,
+            deleted_below: Cell::new(0),
         })
+    }
+
+    /// The first offset clients may read: the log's own start or, above
+    /// it, the one DeleteRecords set — never past the end they may read to
+    /// (a follower may not have reached it yet).
+    pub fn log_start(&self) -> u64 {
+        let floor = self.deleted_below.get().min(self.readable_end());
+        self.log().offset_start().max(floor)
+    }
+
+    /// Takes the log start the metadata gives the partition (Kafka's
+    /// DeleteRecords); when it rose, frees the segments below it now.
+    pub async fn set_log_start(&self, start: u64) {
+        if start <= self.deleted_below.get() {
+            return;
+        }
+        self.deleted_below.set(start);
+        let s = &self.setup;
+        tracing::info!(shard = s.shard, topic = %s.topic, partition = s.partition, log_start = start, "records deleted below");
+        if let Err(e) = self.enforce_retention(fjord_storage::log::now_ms()).await {
+            tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "retention");
+        }
     }
 
     /// The coordinator of the groups this partition of `__consumer_offsets`
@@ -269,7 +304,9 @@ impl Partition {
         // The state of producers whose batches go must outlive them.
         self.snapshot_producers(false).await?;
         let log = self.log();
-        let deleted = log.enforce_retention_below(now_ms, keep_from).await?;
+        let deleted = log
+            .enforce_retention_below(now_ms, keep_from, self.deleted_below.get())
+            .await?;
         // Told on every run, not only after a deletion: the group takes a
         // new start only once it has committed up to it, and a start it
         // refused once would otherwise never reach it (a follower added
@@ -421,7 +458,7 @@ impl Partition {
             let base_offset = replication.produce(self, records, acks, max).await?;
             return Ok(Produced {
                 base_offset: base_offset as i64,
-                log_start_offset: self.log().offset_start() as i64,
+                log_start_offset: self.log_start() as i64,
             });
         }
         let wait = acks != api::ACKS_NONE;
@@ -469,7 +506,7 @@ impl Partition {
         }
         Ok(Produced {
             base_offset: base_offset.unwrap_or(0) as i64,
-            log_start_offset: log.offset_start() as i64,
+            log_start_offset: self.log_start() as i64,
         })
     }
 
@@ -518,24 +555,30 @@ impl Partition {
         max_bytes: usize,
     ) -> Result<LogRead, ErrorCode> {
         let offset = u64::try_from(offset).map_err(|_| ErrorCode::OffsetOutOfRange)?;
+        // Consumers read from the leader, up to the high watermark.
+        if self.replica().is_some_and(|r| !r.is_leader()) {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
+        let start = self.log_start();
+        if offset < start {
+            return Err(ErrorCode::OffsetOutOfRange);
+        }
         let Some(replica) = self.replica() else {
-            return self
+            let mut read = self
                 .log()
                 .read(offset, max_bytes)
                 .await
-                .map_err(|e| error_code(&e));
+                .map_err(|e| error_code(&e))?;
+            read.offset_start = start;
+            return Ok(read);
         };
-        // Consumers read from the leader, up to the high watermark.
-        if !replica.is_leader() {
-            return Err(ErrorCode::NotLeaderOrFollower);
-        }
         let log = self.log();
         let high_watermark = replica.high_watermark();
         if offset >= high_watermark && offset <= log.offset_next() {
             return Ok(LogRead {
                 slices: Vec::new(),
                 offset_next: offset,
-                offset_start: log.offset_start(),
+                offset_start: start,
                 offset_written: high_watermark,
             });
         }
@@ -544,6 +587,7 @@ impl Partition {
             .await
             .map_err(|e| error_code(&e))?;
         cut_at(&mut read, high_watermark);
+        read.offset_start = start;
         Ok(read)
     }
 
@@ -587,8 +631,9 @@ impl Partition {
     pub fn describe(&self) -> Described {
         let log = self.log();
         Described {
-            log_start_offset: log.offset_start() as i64,
+            log_start_offset: self.log_start() as i64,
             log_end_offset: self.readable_end() as i64,
+            log_end_local: log.offset_next() as i64,
             size_bytes: log.size_bytes() as i64,
             read_only: self.is_read_only(),
             replication: self
@@ -604,7 +649,7 @@ impl Partition {
     /// offset -1 when no record is that recent (as Kafka answers).
     pub async fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ErrorCode> {
         match timestamp {
-            fjord_net::api::EARLIEST => Ok((self.log().offset_start() as i64, -1)),
+            fjord_net::api::EARLIEST => Ok((self.log_start() as i64, -1)),
             fjord_net::api::LATEST => Ok((self.readable_end() as i64, -1)),
             t if t < 0 => Err(ErrorCode::InvalidRequest),
             t => match self.log().offset_for_timestamp(t).await {

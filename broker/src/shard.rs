@@ -651,6 +651,7 @@ impl Shard {
                     );
                 }
                 partition.apply_retention(&topic.config()).await;
+                partition.set_log_start(log_start_of(topic, p)).await;
                 continue;
             }
             let setup = PartitionSetup {
@@ -697,6 +698,7 @@ impl Shard {
                     {
                         tracing::info!(shard = self.id, topic = %name, partition = p, "opened on retry: served");
                     }
+                    partition.set_log_start(log_start_of(topic, p)).await;
                     self.partitions.borrow_mut().insert((name, p), partition);
                 }
                 Err(e) => {
@@ -1055,6 +1057,14 @@ async fn run_op(partition: &Partition, op: PartitionOp) {
             let _ = reply.send(partition.coordinator().serve(partition, *call).await);
         }
     }
+}
+
+/// The log start Kafka's DeleteRecords gave partition `p` (0: none).
+fn log_start_of(topic: &TopicMeta, p: i32) -> u64 {
+    usize::try_from(p)
+        .ok()
+        .and_then(|p| topic.partitions.get(p))
+        .map_or(0, |meta| meta.log_start)
 }
 
 /// Where topics' partitions live: `topics/<name>.<topic id>/<partition>`;

@@ -769,3 +769,89 @@ fn a_group_survives_its_coordinators_node() {
     block_on(consumer.close()).expect("close");
     cluster.node(found.node_id).restart();
 }
+
+#[test]
+fn added_partitions_are_replicated_produced_to_and_assigned_to_the_group() {
+    let mut cluster = Cluster::start();
+    let client = cluster.client();
+    create_topic(&client);
+    cluster.leaders(&client);
+    let mut consumer = Consumer::new(
+        &client,
+        ConsumerConfig {
+            offset_reset: Some(Seek::Earliest),
+            auto_commit_interval: None,
+            ..ConsumerConfig::default()
+        },
+    );
+    block_on(consumer.subscribe(&[TOPIC], "growing")).expect("subscribe");
+    // A producer that knew the topic with two partitions sends to the new
+    // ones too: it looks the topic up again for them.
+    let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+    block_on(producer.send(TOPIC, Some(0), None, Some(b"before"), &[])).expect("produce");
+    // Through a node that is not the controller: forwarded to it.
+    let out = cluster
+        .node(2)
+        .cli(&["topic", "alter", TOPIC, "--partitions", "4"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = cluster
+        .node(3)
+        .cli(&["topic", "alter", TOPIC, "--partitions", "3"], "");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("InvalidPartitions"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let leaders = described_until(&client, "four partitions led, three replicas each", |t| {
+        (t.partitions.len() == 4
+            && t.partitions
+                .iter()
+                .all(|p| p.leader > 0 && p.replicas.len() == 3))
+        .then(|| t.partitions.iter().map(|p| p.leader).collect::<Vec<_>>())
+    });
+    assert_eq!(leaders.len(), 4);
+    let acks: Vec<_> = (0..40)
+        .map(|i| {
+            let value = format!("grown-{i}");
+            producer.send(TOPIC, Some(i % 4), None, Some(value.as_bytes()), &[])
+        })
+        .collect();
+    for ack in acks {
+        block_on(ack).expect("acks=all produce to old and new partitions");
+    }
+    // The group's assignment follows the partition count: the member gets
+    // the new partitions and reads their records.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 41 {
+        assert!(Instant::now() < deadline, "read {seen:?} of 41");
+        for r in block_on(consumer.poll(Duration::from_millis(200))).expect("poll") {
+            seen.insert((r.partition, r.offset));
+        }
+    }
+    for (p, count) in [(0, 11), (1, 10), (2, 10), (3, 10)] {
+        assert_eq!(
+            seen.iter().filter(|(q, _)| *q == p).count(),
+            count,
+            "{seen:?}"
+        );
+    }
+    // Ten records past each leader's mark, on every replica.
+    described_until(&client, "every replica caught up", |topic| {
+        topic
+            .partitions
+            .iter()
+            .all(|p| {
+                p.in_sync.len() == 3
+                    && p.log_end_offset > 10
+                    && p.replica_log_ends.iter().all(|&e| e == p.log_end_offset)
+            })
+            .then_some(())
+    });
+    cluster.assert_metadata_equal();
+}

@@ -169,6 +169,16 @@ fn kcat_produces_and_consumes_byte_identical() {
         "",
     );
     assert_eq!(String::from_utf8(out).unwrap(), "498 key3\n499 key4\n");
+    // acks=0: no answer to wait for, yet every record lands, in order,
+    // after the ones before.
+    let more = lines(200);
+    kcat(kafka, &["-P", "-t", "k1", "-K:", "-X", "acks=0"], &more);
+    let out = kcat(
+        kafka,
+        &["-C", "-t", "k1", "-o", "500", "-c", "200", "-f", "%k:%s\n"],
+        "",
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), more);
 }
 
 #[test]
@@ -819,6 +829,538 @@ fn kafka_python_describes_and_alters_configs() {
         v["after"],
         serde_json::json!(["60000", "DYNAMIC_TOPIC_CONFIG"])
     );
+}
+
+/// confluent-kafka's AdminClient.create_partitions: validate-only, a grow
+/// from 1 to 3 partitions that producers and consumers see at once, and the
+/// refusals (same count, fewer, unknown topic, manual assignment).
+const CONFLUENT_CREATE_PARTITIONS: &str = r#"
+import sys, json
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions
+boot, topic = sys.argv[1], sys.argv[2]
+a = AdminClient({"bootstrap.servers": boot})
+
+def grow(count, name=topic, validate=False, assignments=None):
+    new = NewPartitions(name, count, assignments) if assignments else NewPartitions(name, count)
+    [(_, f)] = a.create_partitions([new], validate_only=validate).items()
+    try:
+        f.result(30)
+        return "ok"
+    except KafkaException as e:
+        return e.args[0].name()
+
+def count():
+    return len(a.list_topics(topic, timeout=10).topics[topic].partitions)
+
+out = {"validated": grow(3, validate=True), "unchanged": count()}
+out["grown"] = grow(3)
+out["count"] = count()
+p = Producer({"bootstrap.servers": boot})
+for partition in range(3):
+    p.produce(topic, value=b"to %d" % partition, partition=partition)
+out["unsent"] = p.flush(30)
+c = Consumer({"bootstrap.servers": boot, "group.id": "g", "enable.auto.commit": False})
+c.assign([TopicPartition(topic, 2, 0)])
+m = c.poll(20)
+out["read"] = [m.partition(), m.value().decode()] if m and not m.error() else repr(m and m.error())
+c.close()
+out["same"] = grow(3)
+out["fewer"] = grow(2)
+out["unknown"] = grow(4, name="nope")
+out["assigned"] = grow(4, assignments=[[0]])
+out["offsets_topic"] = grow(99, name="__consumer_offsets")
+print(json.dumps(out))
+"#;
+
+#[test]
+fn confluent_kafka_creates_partitions() {
+    let Some((v, broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_CREATE_PARTITIONS, "grown", 1, 60)
+    else {
+        return;
+    };
+    assert_eq!(
+        (&v["validated"], &v["unchanged"]),
+        (&"ok".into(), &1.into())
+    );
+    assert_eq!((&v["grown"], &v["count"]), (&"ok".into(), &3.into()));
+    assert_eq!(v["unsent"], 0);
+    assert_eq!(v["read"], serde_json::json!([2, "to 2"]));
+    assert_eq!(v["same"], "INVALID_PARTITIONS");
+    assert_eq!(v["fewer"], "INVALID_PARTITIONS");
+    assert_eq!(v["unknown"], "UNKNOWN_TOPIC_OR_PART");
+    assert_eq!(v["assigned"], "INVALID_REQUEST");
+    // The group's coordinator created __consumer_offsets; its count holds.
+    assert_eq!(v["offsets_topic"], "INVALID_REQUEST");
+    // The native describe sees the three, each with its record.
+    let out = broker.cli(&["topic", "describe", "grown"], "");
+    let described = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        described
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("1"))
+            .count(),
+        3,
+        "{described}"
+    );
+}
+
+/// kafka-python's describe_log_dirs: the node's data directory with the
+/// partitions it holds, their sizes and lags, and the filesystem's bytes.
+const KAFKA_PYTHON_LOG_DIRS: &str = r#"
+import sys, json, time
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+p = KafkaProducer(bootstrap_servers=boot)
+for i in range(20):
+    p.send(topic, value=b"x" * 100, partition=0)
+p.flush(30)
+a = KafkaAdminClient(bootstrap_servers=boot)
+def sizes(answer):
+    [broker] = answer
+    [d] = broker["log_dirs"]
+    return d, {(t["name"], q["partition_index"]): [q["partition_size"], q["offset_lag"], q["is_future_key"]]
+               for t in d["topics"] for q in t["partitions"]}
+deadline = time.time() + 15
+while True:
+    d, got = sizes(a.describe_log_dirs())
+    # Acknowledged from staging first: written to the segment soon after.
+    if got.get((topic, 0), [0])[0] > 0 or time.time() > deadline:
+        break
+    time.sleep(0.2)
+_, one = sizes(a.describe_log_dirs({topic: [1]}))
+print(json.dumps({"dir": d["log_dir"], "error": d["error_code"], "total": d["total_bytes"],
+                  "usable": d["usable_bytes"],
+                  "all": {"%s-%d" % k: v for k, v in got.items()},
+                  "one": {"%s-%d" % k: v for k, v in one.items()}}))
+"#;
+
+#[test]
+fn kafka_python_describes_log_dirs() {
+    let Some((v, broker, _)) =
+        script_on_new_topic::<serde_json::Value>(KAFKA_PYTHON_LOG_DIRS, "dirs", 2, 60)
+    else {
+        return;
+    };
+    assert_eq!(
+        v["dir"].as_str().map(std::path::PathBuf::from),
+        Some(broker.data_dir().to_path_buf())
+    );
+    assert_eq!(v["error"], 0);
+    let (total, usable) = (v["total"].as_i64().unwrap(), v["usable"].as_i64().unwrap());
+    assert!(total > 0 && (0..=total).contains(&usable), "{v}");
+    let size = v["all"]["dirs-0"][0].as_i64().unwrap();
+    assert!(size > 2000, "20 records of 100 bytes: {v}");
+    assert_eq!(
+        (&v["all"]["dirs-0"][1], &v["all"]["dirs-0"][2]),
+        (&0.into(), &false.into()),
+        "no lag, no future replica"
+    );
+    assert!(v["all"]["dirs-1"].is_array(), "{v}");
+    assert_eq!(v["one"].as_object().unwrap().len(), 1, "{v}");
+    assert!(v["one"]["dirs-1"].is_array(), "{v}");
+}
+
+/// kafkajs's node_modules, when `.ci/kafka-clients.sh` installed it.
+fn kafkajs() -> Option<PathBuf> {
+    let dir = std::env::var_os("FJORD_KAFKAJS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ci/kafkajs"),
+        PathBuf::from,
+    );
+    let modules = dir.join("node_modules");
+    let ok = modules.join("kafkajs/package.json").is_file()
+        && Command::new("node").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!(
+            "skipped: kafkajs not in {} or node missing (.ci/kafka-clients.sh installs it)",
+            modules.display()
+        );
+    }
+    ok.then_some(modules)
+}
+
+/// kafkajs: the admin creates a topic, grows it and reads its metadata; two
+/// consumers of one group split its partitions; a producer sends keyed,
+/// gzip-compressed records with headers and binary values, which the group
+/// reads back byte for byte, each exactly once.
+const KAFKAJS: &str = r#"
+const { Kafka, CompressionTypes, logLevel } = require("kafkajs");
+const [boot, topic] = process.argv.slice(1);
+const kafka = new Kafka({ clientId: "fjord-test", brokers: [boot], logLevel: logLevel.ERROR });
+const hex = (b) => (b ? Buffer.from(b).toString("hex") : null);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(what, done, ms = 20000) {
+  const end = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > end) throw new Error("timed out: " + what);
+    await sleep(50);
+  }
+}
+(async () => {
+  const out = {};
+  const admin = kafka.admin();
+  await admin.connect();
+  out.created = await admin.createTopics({ topics: [{ topic, numPartitions: 2 }], waitForLeaders: true });
+  await admin.createPartitions({ topicPartitions: [{ topic, count: 3 }] });
+  const meta = await admin.fetchTopicMetadata({ topics: [topic] });
+  out.partitions = meta.topics[0].partitions.map((p) => p.partitionId).sort();
+  const assigned = {};
+  const got = [];
+  const consumers = [0, 1].map(() => kafka.consumer({ groupId: "js-group", heartbeatInterval: 500 }));
+  for (const [i, c] of consumers.entries()) {
+    c.on(c.events.GROUP_JOIN, (e) => { assigned[i] = (e.payload.memberAssignment[topic] || []).slice().sort(); });
+    await c.connect();
+    await c.subscribe({ topic, fromBeginning: true });
+    await c.run({ eachMessage: async ({ partition, message }) => {
+      const headers = Object.entries(message.headers || {}).map(([k, v]) => [k, hex(v)]);
+      got.push({ member: i, partition, key: hex(message.key), value: hex(message.value), headers });
+    } });
+  }
+  // Both members hold a share of the three partitions before anything is sent.
+  await until("two members split the partitions", () =>
+    Object.keys(assigned).length === 2 && assigned[0].length > 0 && assigned[1].length > 0
+    && assigned[0].concat(assigned[1]).sort().join() === "0,1,2");
+  out.assigned = assigned;
+  const producer = kafka.producer();
+  await producer.connect();
+  const sent = [];
+  for (let i = 0; i < 30; i++) {
+    const value = Buffer.from([...Array(64 + i).keys()].map((b) => (b * 7 + i) % 256));
+    const m = { key: Buffer.from("key-" + (i % 5)), value, headers: { n: String(i), bin: Buffer.from([0, 255, i]) } };
+    sent.push({ key: hex(m.key), value: hex(value), headers: [["n", hex(Buffer.from(String(i)))], ["bin", hex(m.headers.bin)]] });
+    await producer.send({ topic, compression: CompressionTypes.GZIP, messages: [m] });
+  }
+  await until("30 records read", () => got.length >= 30);
+  await sleep(500); // a duplicate would arrive now
+  out.sent = sent;
+  out.got = got;
+  await producer.disconnect();
+  for (const c of consumers) await c.disconnect();
+  await admin.disconnect();
+  console.log(JSON.stringify(out));
+  process.exit(0);
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+#[test]
+fn kafkajs_produces_consumes_in_a_group_and_administers() {
+    let Some(modules) = kafkajs() else {
+        return;
+    };
+    let (_broker, kafka) = kafka_broker();
+    let mut command = Command::new("timeout");
+    command
+        .args(["60", "node", "-e", KAFKAJS, &kafka.to_string(), "js"])
+        .env("NODE_PATH", &modules)
+        .env("KAFKAJS_NO_PARTITIONER_WARNING", "1");
+    let out = String::from_utf8(run(command, "").stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["created"], true);
+    assert_eq!(v["partitions"], serde_json::json!([0, 1, 2]));
+    let got = v["got"].as_array().unwrap();
+    let sent = v["sent"].as_array().unwrap();
+    assert_eq!(got.len(), 30, "each record read once: {got:?}");
+    let strip = |r: &serde_json::Value| serde_json::json!({"key": r["key"], "value": r["value"], "headers": r["headers"]});
+    let mut got_records: Vec<String> = got.iter().map(|r| strip(r).to_string()).collect();
+    let mut sent_records: Vec<String> = sent.iter().map(|r| strip(r).to_string()).collect();
+    got_records.sort();
+    sent_records.sort();
+    assert_eq!(
+        got_records, sent_records,
+        "byte-identical keys, values, headers"
+    );
+    // Each member read exactly the partitions it was assigned.
+    for r in got {
+        let member = r["member"].as_u64().unwrap().to_string();
+        let mine = v["assigned"][&member].as_array().unwrap();
+        assert!(mine.contains(&r["partition"]), "{r} read outside {mine:?}");
+    }
+}
+
+/// confluent-kafka's AdminClient.delete_records: a log start moved up to an
+/// offset and to the high watermark (-1), what ListOffsets earliest and a
+/// consumer then see, and the refusals.
+const CONFLUENT_DELETE_RECORDS: &str = r#"
+import sys, json
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+p = Producer({"bootstrap.servers": boot})
+for i in range(100):
+    for partition in (0, 1):
+        p.produce(topic, value=b"v%d" % i, partition=partition)
+p.flush(30)
+a = AdminClient({"bootstrap.servers": boot})
+
+def delete(partition, offset, name=topic):
+    [(_, f)] = a.delete_records([TopicPartition(name, partition, offset)]).items()
+    try:
+        return f.result(30).low_watermark
+    except KafkaException as e:
+        return e.args[0].name()
+
+c = Consumer({"bootstrap.servers": boot, "group.id": "dr", "auto.offset.reset": "earliest",
+              "enable.auto.commit": False})
+marks = lambda partition: list(c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10))
+out = {"deleted": delete(0, 30), "marks0": marks(0)}
+c.assign([TopicPartition(topic, 0, 10)])
+m = c.poll(20)
+out["first"] = [m.offset(), m.value().decode()] if m and not m.error() else repr(m and m.error())
+out["all"] = delete(1, -1)
+out["marks1"] = marks(1)
+out["below"] = delete(0, 20)
+out["past_end"] = delete(0, 101)
+out["unknown"] = delete(0, 1, name="nope")
+c.close()
+print(json.dumps(out))
+"#;
+
+#[test]
+fn confluent_kafka_deletes_records() {
+    let Some((v, mut broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_DELETE_RECORDS, "dr", 2, 60)
+    else {
+        return;
+    };
+    assert_eq!(v["deleted"], 30);
+    assert_eq!(v["marks0"], serde_json::json!([30, 100]));
+    // Asked from 10, below the start: reset to it (auto.offset.reset).
+    assert_eq!(v["first"], serde_json::json!([30, "v30"]));
+    assert_eq!(v["all"], 100);
+    assert_eq!(v["marks1"], serde_json::json!([100, 100]));
+    assert_eq!(v["below"], 30, "a lower offset changes nothing");
+    assert_eq!(v["past_end"], "OFFSET_OUT_OF_RANGE");
+    // librdkafka looks for the partition's leader first and asks nobody.
+    assert_eq!(v["unknown"], "_NOENT");
+    // The starts are the metadata's: they hold across a restart.
+    broker.kill();
+    broker.restart();
+    let out = broker.cli(&["topic", "describe", "dr"], "");
+    let described = String::from_utf8(out.stdout).unwrap();
+    let starts: Vec<(&str, &str)> = described
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() >= 5 && fields[0].parse::<u32>().is_ok()).then(|| (fields[1], fields[2]))
+        })
+        .collect();
+    assert_eq!(starts, [("30", "100"), ("100", "100")], "{described}");
+}
+
+/// Produces to each partition of a replicated topic, deletes its records
+/// below 20 and prints each partition's leader (node id) and watermarks.
+const CONFLUENT_DELETE_REPLICATED: &str = r#"
+import sys, json, time
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+a = AdminClient({"bootstrap.servers": boot})
+leaders = lambda: [p.leader for _, p in sorted(a.list_topics(topic, timeout=10).topics[topic].partitions.items())]
+deadline = time.time() + 20
+# Leadership goes back to the preferred leaders, one partition per node.
+while sorted(leaders()) != [1, 2, 3]:
+    if time.time() > deadline:
+        raise SystemExit("leaders not spread: %r" % leaders())
+    time.sleep(0.1)
+p = Producer({"bootstrap.servers": boot, "acks": "all"})
+for i in range(50):
+    for partition in range(3):
+        p.produce(topic, value=b"v%d" % i, partition=partition)
+p.flush(30)
+lows = [f.result(30).low_watermark for f in
+        a.delete_records([TopicPartition(topic, q, 20) for q in range(3)]).values()]
+c = Consumer({"bootstrap.servers": boot, "group.id": "x"})
+marks = [list(c.get_watermark_offsets(TopicPartition(topic, q), timeout=10)) for q in range(3)]
+print(json.dumps({"lows": lows, "leaders": leaders(), "marks": marks}))
+"#;
+
+/// A partition's leader and watermarks once it has a leader again.
+const CONFLUENT_MARKS_AFTER_FAILOVER: &str = r#"
+import sys, json, time
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic, partition, old = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+a = AdminClient({"bootstrap.servers": boot})
+c = Consumer({"bootstrap.servers": boot, "group.id": "x"})
+deadline = time.time() + 30
+while True:
+    try:
+        leader = a.list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
+        if leader > 0 and leader != old:
+            marks = list(c.get_watermark_offsets(TopicPartition(topic, partition), timeout=5))
+            break
+    except KafkaException:
+        pass
+    if time.time() > deadline:
+        raise SystemExit("no new leader within 30 s")
+    time.sleep(0.2)
+print(json.dumps({"leader": leader, "marks": marks}))
+"#;
+
+#[test]
+fn deleted_records_stay_deleted_after_a_leader_change() {
+    let Some(python) = python() else {
+        return;
+    };
+    // Three nodes, each with a Kafka listener; node 1 runs the controller.
+    let kafka: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut nodes: Vec<Broker> = Vec::new();
+    for (i, listener) in kafka.iter().enumerate() {
+        let id = (i + 1).to_string();
+        let listen = listener.to_string();
+        let mut args = vec![
+            "--node-id",
+            &id,
+            "--kafka-listen",
+            &listen,
+            "--leader-rebalance-interval-ms",
+            "500",
+        ];
+        let seed = nodes.first().map(|n| n.addr.to_string());
+        if let Some(seed) = &seed {
+            args.extend(["--seeds", seed]);
+        }
+        nodes.push(Broker::start_with(1, &args));
+    }
+    let out = nodes[0].cli(
+        &[
+            "topic",
+            "create",
+            "drr",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = kafka
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = Command::new("timeout");
+    command
+        .args(["60"])
+        .arg(&python)
+        .args(["-c", CONFLUENT_DELETE_REPLICATED, &all, "drr"]);
+    let v: serde_json::Value = serde_json::from_slice(&run(command, "").stdout).unwrap();
+    assert_eq!(v["lows"], serde_json::json!([20, 20, 20]));
+    // A leader's mark (a control batch) comes first in its log.
+    let marks = |m: &serde_json::Value| (m[0].as_i64(), m[1].as_i64());
+    for m in v["marks"].as_array().unwrap() {
+        assert_eq!(marks(m).0, Some(20), "{v}");
+        assert!(marks(m).1 >= Some(50), "{v}");
+    }
+    // A partition led by a node other than the controller's (node 1, whose
+    // loss would leave the cluster without one): its leader goes.
+    let leaders: Vec<u64> = serde_json::from_value(v["leaders"].clone()).unwrap();
+    let (partition, &leader) = leaders
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| l > 1)
+        .unwrap_or_else(|| panic!("leaders spread over the nodes: {v}"));
+    nodes[leader as usize - 1].kill();
+    let survivors = kafka
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i as u64 + 1 != leader)
+        .map(|(_, a)| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = Command::new("timeout");
+    command.args(["60"]).arg(&python).args([
+        "-c",
+        CONFLUENT_MARKS_AFTER_FAILOVER,
+        &survivors,
+        "drr",
+        &partition.to_string(),
+        &leader.to_string(),
+    ]);
+    let after: serde_json::Value = serde_json::from_slice(&run(command, "").stdout).unwrap();
+    let (low, high) = marks(&after["marks"]);
+    assert_eq!(
+        low,
+        Some(20),
+        "the new leader keeps the deleted records deleted: {after}"
+    );
+    assert!(high >= Some(50), "{after}");
+}
+
+/// librdkafka's KIP-848 consumer (`group.protocol=consumer`): two members
+/// of one group on ConsumerGroupHeartbeat, with the server's assignment,
+/// split a topic's partitions and read every record once.
+const CONFLUENT_KIP848: &str = r#"
+import sys, json, time
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+boot, topic = sys.argv[1], sys.argv[2]
+conf = {"bootstrap.servers": boot, "group.id": "next-gen", "group.protocol": "consumer",
+        "auto.offset.reset": "earliest"}
+members = [Consumer(conf), Consumer(conf)]
+for c in members:
+    c.subscribe([topic])
+deadline = time.time() + 30
+while not all(c.assignment() for c in members):
+    if time.time() > deadline:
+        raise SystemExit("no assignment for both: %r" % [c.assignment() for c in members])
+    for c in members:
+        c.poll(0.1)
+assigned = [sorted(tp.partition for tp in c.assignment()) for c in members]
+p = Producer({"bootstrap.servers": boot})
+for i in range(200):
+    p.produce(topic, key=b"k%d" % i, value=b"v%d" % i)
+p.flush(30)
+seen = []
+while len(set(s[1:] for s in seen)) < 200 and time.time() < deadline + 30:
+    for i, c in enumerate(members):
+        m = c.poll(0.1)
+        if m is not None and not m.error():
+            seen.append((i, m.partition(), m.offset()))
+a = AdminClient({"bootstrap.servers": boot})
+types = sorted([g.group_id, g.type.name] for g in a.list_consumer_groups().result(10).valid)
+# Commits at the members' epochs (OffsetCommit on the same coordinator).
+for c in members:
+    c.commit(asynchronous=False)
+committed = sum(tp.offset for tp in
+                members[0].committed([TopicPartition(topic, q) for q in range(4)], timeout=10))
+for c in members:
+    c.close()
+print(json.dumps({"assigned": assigned, "seen": seen, "types": types, "committed": committed}))
+"#;
+
+#[test]
+fn confluent_kafka_kip848_consumers_share_a_topic() {
+    let Some((v, _broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_KIP848, "kip848", 4, 90)
+    else {
+        return;
+    };
+    // A KIP-848 group on the native coordinator, not a classic one.
+    assert_eq!(v["types"], serde_json::json!([["next-gen", "CONSUMER"]]));
+    let assigned: Vec<Vec<i64>> = serde_json::from_value(v["assigned"].clone()).unwrap();
+    let mut all: Vec<i64> = assigned.concat();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2, 3], "the partitions split, each once: {v}");
+    assert!(assigned.iter().all(|a| !a.is_empty()), "{v}");
+    let seen: Vec<(usize, i64, i64)> = serde_json::from_value(v["seen"].clone()).unwrap();
+    let unique: std::collections::BTreeSet<(i64, i64)> =
+        seen.iter().map(|&(_, p, o)| (p, o)).collect();
+    assert_eq!(unique.len(), 200, "every record read: {v}");
+    assert_eq!(seen.len(), 200, "none read twice");
+    for (member, p, _) in seen {
+        assert!(assigned[member].contains(&p), "member {member} read {p}");
+    }
+    assert_eq!(v["committed"], 200, "each partition committed at its end");
 }
 
 /// confluent-kafka against brokers that show a Kafka broker per shard:

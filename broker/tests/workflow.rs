@@ -226,3 +226,49 @@ fn serve_reads_a_config_file_and_flags_override_it() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_key"));
 }
+
+#[test]
+fn a_topic_grows_its_partitions_and_never_shrinks() {
+    let broker = Broker::start(2);
+    stdout(&broker.cli(&["topic", "create", "grow", "--partitions", "2"], ""));
+    let out = stdout(&broker.cli(&["topic", "alter", "grow", "--partitions", "5"], ""));
+    assert!(out.contains("altered topic grow"), "{out}");
+    for (count, topic) in [("5", "grow"), ("3", "grow"), ("2", "missing")] {
+        let refused = broker.cli(&["topic", "alter", topic, "--partitions", count], "");
+        assert!(!refused.status.success(), "{topic} to {count}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        let code = if topic == "missing" {
+            "UnknownTopicOrPartition"
+        } else {
+            "InvalidPartitions"
+        };
+        assert!(stderr.contains(code), "{topic} to {count}: {stderr}");
+    }
+    // A record lands on each new partition, which is read back from it.
+    for p in 2..5 {
+        let produced = broker.cli(
+            &["produce", "grow", "--partition", &p.to_string()],
+            &format!("to {p}\n"),
+        );
+        assert!(
+            produced.status.success(),
+            "{}",
+            String::from_utf8_lossy(&produced.stderr)
+        );
+        let consumed = stdout(&broker.cli(
+            &[
+                "consume",
+                "grow",
+                "--partition",
+                &p.to_string(),
+                "--from-beginning",
+                "--max-messages",
+                "1",
+            ],
+            "",
+        ));
+        assert_eq!(consumed, format!("to {p}\n"));
+    }
+    let described = stdout(&broker.cli(&["topic", "describe", "grow"], ""));
+    assert!(described.contains("(5 partitions)"), "{described}");
+}

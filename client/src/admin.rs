@@ -184,6 +184,25 @@ impl Admin {
         topic_result(response.results, name)
     }
 
+    /// Grows a topic to `count` partitions (Kafka's CreatePartitions),
+    /// placed and replicated as the topic's first ones; a count not above
+    /// the current one fails with `INVALID_PARTITIONS`. Returns once every
+    /// new partition is served.
+    pub async fn create_partitions(&self, name: &str, count: i32) -> Result<()> {
+        let body =
+            wire::RequestT::CreatePartitionsRequest(Box::new(wire::CreatePartitionsRequestT {
+                topics: Some(vec![wire::NewPartitionsT {
+                    name: Some(name.to_owned()),
+                    count,
+                }]),
+                validate_only: false,
+            }));
+        let wire::ResponseT::CreatePartitionsResponse(response) = self.ask(body).await? else {
+            return Err(unexpected());
+        };
+        topic_result(response.results, name)
+    }
+
     /// Moves a partition's replicas to `replicas` (node ids, preferred
     /// leader first; Kafka's AlterPartitionReassignments). Returns once the
     /// move is recorded; the partition's leader carries it out, one replica

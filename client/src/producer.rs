@@ -81,6 +81,10 @@ pub struct ProducerConfig {
     /// Produce requests in flight per partition with idempotence, 1 to 5
     /// (`max.in.flight.requests.per.connection`); 1 without it.
     pub max_in_flight: usize,
+    /// A topic's partitions are looked up again when the producer's view
+    /// is this old, so partitions added to it get records (Kafka's
+    /// `metadata.max.age.ms`).
+    pub metadata_max_age: Duration,
 }
 
 impl ProducerConfig {
@@ -115,6 +119,7 @@ impl Default for ProducerConfig {
             stop_on_error: false,
             idempotence: true,
             max_in_flight: MAX_IN_FLIGHT_IDEMPOTENT,
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -246,6 +251,10 @@ struct Topic {
     waiting: RefCell<Option<Vec<Record>>>,
     partitions: RefCell<Vec<Rc<PartitionQueue>>>,
     sticky: RefCell<Sticky>,
+    /// When its partitions were last looked up, and whether a lookup is
+    /// under way.
+    looked_up: Cell<Instant>,
+    looking_up: Cell<bool>,
 }
 
 /// Batches of one partition: one open, the sealed ones in order.
@@ -264,6 +273,23 @@ struct PartitionQueue {
     stamp: Cell<Option<Stamp>>,
     /// The next batch's base sequence.
     sequence: Cell<i32>,
+}
+
+impl PartitionQueue {
+    /// An empty queue for partition `p`, sent to `route`.
+    fn new(p: usize, route: Option<Route>) -> Rc<PartitionQueue> {
+        Rc::new(PartitionQueue {
+            partition: p as i32,
+            route: Cell::new(route),
+            open: RefCell::new(None),
+            sealed: RefCell::new(VecDeque::new()),
+            sending: Cell::new(false),
+            generation: Cell::new(0),
+            failed: RefCell::new(None),
+            stamp: Cell::new(None),
+            sequence: Cell::new(0),
+        })
+    }
 }
 
 struct OpenBatch {
@@ -340,6 +366,8 @@ impl Core {
                     waiting: RefCell::new(Some(Vec::new())),
                     partitions: RefCell::new(Vec::new()),
                     sticky: RefCell::new(Sticky::default()),
+                    looked_up: Cell::new(Instant::now()),
+                    looking_up: Cell::new(true),
                 });
                 self.topics
                     .borrow_mut()
@@ -352,7 +380,51 @@ impl Core {
             waiting.push(record);
             return;
         }
+        // A partition beyond those known may have been added since: the
+        // record waits for a new lookup (with those after it, in order).
+        let beyond = record
+            .partition
+            .and_then(|p| usize::try_from(p).ok())
+            .is_some_and(|p| p >= topic.partitions.borrow().len());
+        let stale = topic.looked_up.get().elapsed() >= self.config.metadata_max_age;
+        if (beyond || stale) && !topic.looking_up.get() {
+            topic.looking_up.set(true);
+            glommio::spawn_local(self.clone().grow(topic.clone())).detach();
+        }
+        if beyond {
+            topic
+                .waiting
+                .borrow_mut()
+                .get_or_insert_default()
+                .push(record);
+            return;
+        }
         self.append(&topic, record);
+    }
+
+    /// Looks a known topic up again, adds queues for partitions added since
+    /// (a topic never loses partitions), then lets the records that waited
+    /// for it in. A stale lookup holds up no record: those sent meanwhile
+    /// keep the count they were partitioned by.
+    async fn grow(self: Rc<Self>, topic: Rc<Topic>) {
+        if let Ok(routes) = self.client.routes(&topic.name).await {
+            let mut partitions = topic.partitions.borrow_mut();
+            let known = partitions.len();
+            partitions.extend(
+                routes
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .skip(known)
+                    .map(|(p, route)| PartitionQueue::new(p, *route)),
+            );
+        }
+        topic.looked_up.set(Instant::now());
+        topic.looking_up.set(false);
+        let waiting = topic.waiting.borrow_mut().take().unwrap_or_default();
+        for record in waiting {
+            self.append(&topic, record);
+        }
     }
 
     /// Looks the topic up, then lets its waiting records in.
@@ -365,20 +437,10 @@ impl Core {
                     .partitions
                     .iter()
                     .enumerate()
-                    .map(|(p, route)| {
-                        Rc::new(PartitionQueue {
-                            partition: p as i32,
-                            route: Cell::new(*route),
-                            open: RefCell::new(None),
-                            sealed: RefCell::new(VecDeque::new()),
-                            sending: Cell::new(false),
-                            generation: Cell::new(0),
-                            failed: RefCell::new(None),
-                            stamp: Cell::new(None),
-                            sequence: Cell::new(0),
-                        })
-                    })
+                    .map(|(p, route)| PartitionQueue::new(p, *route))
                     .collect();
+                topic.looked_up.set(Instant::now());
+                topic.looking_up.set(false);
                 for record in waiting {
                     self.append(&topic, record);
                 }

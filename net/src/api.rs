@@ -27,6 +27,7 @@ pub const VERSIONS: &[(wire::Request, u16, u16)] = &[
     (wire::Request::ListGroupsRequest, 0, 0),
     (wire::Request::DescribeGroupsRequest, 0, 0),
     (wire::Request::DeleteGroupsRequest, 0, 0),
+    (wire::Request::CreatePartitionsRequest, 0, 0),
 ];
 
 /// Whether `version` of `api` is spoken; `None` when the API is unknown.

@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 pub const PARTITIONS_MAX: u32 = 10_000;
 
 /// Version 2 added nodes and replicas, version 3 replica moves, version 4
-/// the nodes' Kafka listeners; an older snapshot is not read (the log it
-/// shortened is replayed instead).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FJMETA04";
+/// the nodes' Kafka listeners, version 5 partitions' log starts; an older
+/// snapshot is not read (the log it shortened is replayed instead).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FJMETA05";
 const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 8;
 
 /// One partition's placement.
@@ -39,6 +39,10 @@ pub struct PartitionMeta {
     /// first (empty otherwise). The partition's leader takes the group
     /// there one membership change at a time and reports when it is.
     pub target: Vec<Replica>,
+    /// The first offset clients may read, as Kafka's DeleteRecords set it
+    /// (0: never set). Kept here, not in the partition's log, so that every
+    /// replica applies it, through restarts and leader changes alike.
+    pub log_start: u64,
 }
 
 impl PartitionMeta {
@@ -166,6 +170,38 @@ pub enum Command {
     PartitionMoved(Box<PartitionMoved>),
     /// A node's Kafka listener, registered (or changed) after its node.
     RegisterKafkaListener(Box<KafkaListener>),
+    /// Grow a topic's partition count (Kafka's CreatePartitions).
+    CreatePartitions(Box<CreatePartitions>),
+    /// Move a partition's log start up (Kafka's DeleteRecords).
+    DeleteRecords(Box<DeleteRecords>),
+}
+
+/// Records below `start` of a partition are deleted: clients read from
+/// `start` on. Checked against the high watermark by the partition's leader
+/// before it is proposed.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DeleteRecords {
+    /// The topic.
+    pub topic: String,
+    /// Its id: a topic re-created meanwhile keeps its records.
+    pub topic_id: u64,
+    /// The partition.
+    pub partition: u32,
+    /// The new log start; a lower one than the partition's changes nothing.
+    pub start: u64,
+}
+
+/// New partitions for a topic. Proposed with no replicas; the controller
+/// places those of a replicated topic before logging, as for a create.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CreatePartitions {
+    /// The topic.
+    pub topic: String,
+    /// Its partition count after the command, above the current one.
+    pub count: u32,
+    /// Replicas of each new partition, preferred leader first (a replicated
+    /// topic's); empty for a topic on a node of its own.
+    pub replicas: Vec<Vec<Replica>>,
 }
 
 /// Where a partition's replicas go (Kafka's AlterPartitionReassignments).
@@ -242,6 +278,18 @@ pub enum MetadataError {
     /// Partition count out of range (Kafka: INVALID_PARTITIONS).
     #[error("invalid partition count {0}: must be 1 to {PARTITIONS_MAX}")]
     InvalidPartitions(u32),
+    /// A topic's partition count only grows (Kafka: INVALID_PARTITIONS).
+    #[error(
+        "topic {topic:?} has {current} partitions: the count can only grow, not become {asked}"
+    )]
+    PartitionsNotIncreased {
+        /// The topic.
+        topic: String,
+        /// Its partitions now.
+        current: u32,
+        /// The count asked for.
+        asked: u32,
+    },
     /// Replicas cannot be placed (Kafka: INVALID_REPLICATION_FACTOR).
     #[error(transparent)]
     Placement(#[from] PlacementError),
@@ -335,7 +383,150 @@ impl ClusterMetadata {
                     .insert(listener.node, (**listener).clone());
                 Ok(())
             }
+            Command::CreatePartitions(add) => self.create_partitions(add),
+            Command::DeleteRecords(delete) => {
+                let meta = self
+                    .topics
+                    .get_mut(&delete.topic)
+                    .filter(|t| t.id == delete.topic_id)
+                    .and_then(|t| t.partitions.get_mut(delete.partition as usize))
+                    .ok_or_else(|| MetadataError::UnknownTopic(delete.topic.clone()))?;
+                meta.log_start = meta.log_start.max(delete.start);
+                Ok(())
+            }
         }
+    }
+
+    /// The partition count of `topic` now, when growing it to `count` is
+    /// allowed: the check of [`Command::CreatePartitions`], of placing it,
+    /// and of a validate-only request.
+    pub fn partitions_to_grow(&self, topic: &str, count: u32) -> Result<u32, MetadataError> {
+        let meta = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_owned()))?;
+        let current = u32::try_from(meta.partitions.len()).unwrap_or(u32::MAX);
+        if count > PARTITIONS_MAX {
+            return Err(MetadataError::InvalidPartitions(count));
+        }
+        if count <= current {
+            return Err(MetadataError::PartitionsNotIncreased {
+                topic: topic.to_owned(),
+                current,
+                asked: count,
+            });
+        }
+        Ok(current)
+    }
+
+    /// Places the new partitions of a replicated topic over the registered
+    /// nodes in `live` (all when `None`) with the topic's replication
+    /// factor, balanced with what is placed already; the command to log.
+    /// A topic on a node of its own needs no placement: `add` as it is.
+    pub fn place_partitions(
+        &self,
+        mut add: CreatePartitions,
+        live: Option<&[u32]>,
+    ) -> Result<Command, MetadataError> {
+        let current = self.partitions_to_grow(&add.topic, add.count)?;
+        let factor = self.topics[&add.topic]
+            .partitions
+            .first()
+            .map_or(0, |p| p.replicas.len());
+        add.replicas = if factor == 0 {
+            Vec::new()
+        } else {
+            placement::place(
+                &self.live_slots(live),
+                factor,
+                add.count - current,
+                &mut self.load(),
+            )?
+        };
+        Ok(Command::CreatePartitions(Box::new(add)))
+    }
+
+    fn create_partitions(&mut self, add: &CreatePartitions) -> Result<(), MetadataError> {
+        let current = self.partitions_to_grow(&add.topic, add.count)?;
+        let topic = &self.topics[&add.topic];
+        let replicated = topic.partitions.iter().any(|p| !p.replicas.is_empty());
+        let new = (add.count - current) as usize;
+        if replicated && add.replicas.len() != new || !replicated && !add.replicas.is_empty() {
+            return Err(MetadataError::InvalidReplicas(format!(
+                "{}: {} partitions to add, {} placed",
+                add.topic,
+                new,
+                add.replicas.len()
+            )));
+        }
+        for (i, replicas) in add.replicas.iter().enumerate() {
+            self.check_replicas(current as usize + i, replicas)?;
+        }
+        let shards = u64::from(self.data_shards);
+        let topic = self.topics.get_mut(&add.topic).expect("checked above");
+        let id = topic.id;
+        for p in current..add.count {
+            let replicas = add
+                .replicas
+                .get((p - current) as usize)
+                .cloned()
+                .unwrap_or_default();
+            topic.partitions.push(PartitionMeta {
+                shard: replicas
+                    .first()
+                    .map_or(spread_shard(id, p, shards), |r| r.shard),
+                leader_epoch: 0,
+                replicas,
+                target: Vec::new(),
+                log_start: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a placement with no replica, two on one node, or one on a
+    /// node that never registered.
+    fn check_replicas(&self, p: usize, replicas: &[Replica]) -> Result<(), MetadataError> {
+        let mut nodes: Vec<u32> = replicas.iter().map(|r| r.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if replicas.is_empty() || nodes.len() != replicas.len() {
+            return Err(MetadataError::InvalidReplicas(format!(
+                "partition {p}: {replicas:?}"
+            )));
+        }
+        if let Some(r) = replicas.iter().find(|r| !self.nodes.contains_key(&r.node)) {
+            return Err(MetadataError::InvalidReplicas(format!(
+                "partition {p}: node {} is not registered",
+                r.node
+            )));
+        }
+        Ok(())
+    }
+
+    /// The registered nodes in `live` (all when `None`) as placement sees
+    /// them.
+    fn live_slots(&self, live: Option<&[u32]>) -> Vec<NodeSlots> {
+        self.nodes
+            .values()
+            .filter(|n| live.is_none_or(|live| live.contains(&n.id)))
+            .map(|n| NodeSlots {
+                node: n.id,
+                first_shard: 0,
+                data_shards: n.data_shards.max(1),
+            })
+            .collect()
+    }
+
+    /// Every replica placed now, counted for placement.
+    fn load(&self) -> Load {
+        let mut load = Load::default();
+        for topic in self.topics.values() {
+            for p in &topic.partitions {
+                load.add(&p.replicas);
+            }
+        }
+        load
     }
 
     /// Starts a move: checks the target and records it. A move to where
@@ -427,12 +618,7 @@ impl ClusterMetadata {
             .and_then(|t| t.partitions.get(the.partition as usize))
             .map(|m| m.hosts().copied().collect())
             .unwrap_or_default();
-        let mut load = Load::default();
-        for topic in self.topics.values() {
-            for p in &topic.partitions {
-                load.add(&p.replicas);
-            }
-        }
+        let load = self.load();
         for r in the.replicas.iter_mut().filter(|r| r.shard == SHARD_ANY) {
             if let Some(h) = hosts.iter().find(|h| h.node == r.node) {
                 r.shard = h.shard;
@@ -465,23 +651,12 @@ impl ClusterMetadata {
         if !(1..=PARTITIONS_MAX).contains(&create.partitions) {
             return Err(MetadataError::InvalidPartitions(create.partitions));
         }
-        let nodes: Vec<NodeSlots> = self
-            .nodes
-            .values()
-            .filter(|n| live.is_none_or(|live| live.contains(&n.id)))
-            .map(|n| NodeSlots {
-                node: n.id,
-                first_shard: 0,
-                data_shards: n.data_shards.max(1),
-            })
-            .collect();
-        let mut load = Load::default();
-        for topic in self.topics.values() {
-            for p in &topic.partitions {
-                load.add(&p.replicas);
-            }
-        }
-        let replicas = placement::place(&nodes, factor, create.partitions, &mut load)?;
+        let replicas = placement::place(
+            &self.live_slots(live),
+            factor,
+            create.partitions,
+            &mut self.load(),
+        )?;
         Ok(Command::CreateReplicatedTopic(Box::new(
             CreateReplicatedTopic {
                 name: create.name.clone(),
@@ -496,20 +671,7 @@ impl ClusterMetadata {
         create: &CreateReplicatedTopic,
     ) -> Result<(), MetadataError> {
         for (p, replicas) in create.replicas.iter().enumerate() {
-            let mut nodes: Vec<u32> = replicas.iter().map(|r| r.node).collect();
-            nodes.sort_unstable();
-            nodes.dedup();
-            if replicas.is_empty() || nodes.len() != replicas.len() {
-                return Err(MetadataError::InvalidReplicas(format!(
-                    "partition {p}: {replicas:?}"
-                )));
-            }
-            if let Some(r) = replicas.iter().find(|r| !self.nodes.contains_key(&r.node)) {
-                return Err(MetadataError::InvalidReplicas(format!(
-                    "partition {p}: node {} is not registered",
-                    r.node
-                )));
-            }
+            self.check_replicas(p, replicas)?;
         }
         let partitions = u32::try_from(create.replicas.len()).unwrap_or(u32::MAX);
         self.create_topic(&create.name, partitions, &create.configs)?;
@@ -574,15 +736,14 @@ impl ClusterMetadata {
         configs.dedup_by(|later, earlier| later.0 == earlier.0);
         let id = self.next_topic_id;
         self.next_topic_id += 1;
-        // Spread partitions over the shards, each topic starting one shard
-        // further on, so many small topics do not all land on shard 0.
         let shards = u64::from(self.data_shards);
-        let partitions = (0..u64::from(partitions))
+        let partitions = (0..partitions)
             .map(|p| PartitionMeta {
-                shard: ((id + p) % shards) as u16,
+                shard: spread_shard(id, p, shards),
                 leader_epoch: 0,
                 replicas: Vec::new(),
                 target: Vec::new(),
+                log_start: 0,
             })
             .collect();
         self.topics.insert(
@@ -633,6 +794,13 @@ impl ClusterMetadata {
         rkyv::from_bytes::<ClusterMetadata, rkyv::rancor::Error>(&aligned)
             .map_err(|e| SnapshotError::Invalid(e.to_string()))
     }
+}
+
+/// The shard of partition `p` of topic `id` on a node of its own: partitions
+/// spread over the shards, each topic starting one shard further on, so many
+/// small topics do not all land on shard 0.
+fn spread_shard(id: u64, p: u32, shards: u64) -> u16 {
+    ((id + u64::from(p)) % shards) as u16
 }
 
 #[cfg(test)]
@@ -889,6 +1057,147 @@ mod tests {
             meta.apply(11, &Command::MovePartition(Box::new(unknown)))
                 .is_err()
         );
+    }
+
+    fn grow(topic: &str, count: u32) -> CreatePartitions {
+        CreatePartitions {
+            topic: topic.into(),
+            count,
+            replicas: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn partitions_are_added_and_never_removed() {
+        let mut meta = ClusterMetadata::new(2);
+        meta.apply(1, &create("t", 2, &[])).expect("create");
+        let before = meta.topics["t"].clone();
+        let placed = meta.place_partitions(grow("t", 5), None).expect("placed");
+        assert_eq!(placed, Command::CreatePartitions(Box::new(grow("t", 5))));
+        assert_eq!(Command::decode(&placed.encode()), Ok(placed.clone()));
+        meta.apply(2, &placed).expect("grow");
+        let topic = &meta.topics["t"];
+        assert_eq!(topic.partitions.len(), 5);
+        assert_eq!(topic.partitions[..2], before.partitions[..]);
+        assert_eq!(
+            topic.partitions.iter().map(|p| p.shard).collect::<Vec<_>>(),
+            [1, 0, 1, 0, 1],
+            "spread as at creation"
+        );
+        let refused = [
+            (
+                grow("t", 5),
+                MetadataError::PartitionsNotIncreased {
+                    topic: "t".into(),
+                    current: 5,
+                    asked: 5,
+                },
+            ),
+            (
+                grow("t", 3),
+                MetadataError::PartitionsNotIncreased {
+                    topic: "t".into(),
+                    current: 5,
+                    asked: 3,
+                },
+            ),
+            (
+                grow("t", PARTITIONS_MAX + 1),
+                MetadataError::InvalidPartitions(PARTITIONS_MAX + 1),
+            ),
+            (grow("u", 9), MetadataError::UnknownTopic("u".into())),
+        ];
+        let before = meta.topics.clone();
+        for (i, (add, expected)) in refused.into_iter().enumerate() {
+            assert_eq!(
+                meta.apply(3 + i as u64, &Command::CreatePartitions(Box::new(add))),
+                Err(expected)
+            );
+            assert_eq!(meta.topics, before);
+        }
+    }
+
+    #[test]
+    fn new_partitions_of_a_replicated_topic_keep_its_factor() {
+        let mut meta = ClusterMetadata::new(2);
+        for id in 1..=3 {
+            meta.apply(u64::from(id), &node(id)).expect("register");
+        }
+        let Command::CreateTopic(request) = create("r", 1, &[]) else {
+            unreachable!()
+        };
+        let placed = meta.place_topic(&request, 2, None).expect("placed");
+        meta.apply(4, &placed).expect("create");
+        let placed = meta.place_partitions(grow("r", 4), None).expect("placed");
+        let Command::CreatePartitions(add) = &placed else {
+            unreachable!()
+        };
+        assert_eq!(add.replicas.len(), 3);
+        // Unplaced, or placed short, a replicated topic's partitions are
+        // refused.
+        let unplaced = Command::CreatePartitions(Box::new(grow("r", 4)));
+        assert!(matches!(
+            meta.apply(5, &unplaced),
+            Err(MetadataError::InvalidReplicas(_))
+        ));
+        let mut short = add.clone();
+        short.replicas.pop();
+        assert!(matches!(
+            meta.apply(6, &Command::CreatePartitions(short)),
+            Err(MetadataError::InvalidReplicas(_))
+        ));
+        meta.apply(7, &placed).expect("grow");
+        let topic = &meta.topics["r"];
+        assert_eq!(topic.partitions.len(), 4);
+        for p in &topic.partitions {
+            assert_eq!(p.replicas.len(), 2, "{p:?}");
+            assert_eq!(p.shard, p.replicas[0].shard);
+        }
+        assert!(matches!(
+            meta.place_partitions(grow("r", 5), Some(&[1])),
+            Err(MetadataError::Placement(_))
+        ));
+        assert_eq!(ClusterMetadata::restore(&meta.snapshot()), Ok(meta.clone()));
+    }
+
+    #[test]
+    fn a_log_start_only_rises_and_stays_with_its_topic() {
+        let mut meta = ClusterMetadata::new(2);
+        meta.apply(1, &create("t", 2, &[])).expect("create");
+        let id = meta.topics["t"].id;
+        let delete = |partition, start, topic_id| {
+            Command::DeleteRecords(Box::new(DeleteRecords {
+                topic: "t".into(),
+                topic_id,
+                partition,
+                start,
+            }))
+        };
+        meta.apply(2, &delete(1, 40, id)).expect("delete");
+        meta.apply(3, &delete(1, 30, id)).expect("a lower start");
+        let starts = |meta: &ClusterMetadata| -> Vec<u64> {
+            meta.topics["t"]
+                .partitions
+                .iter()
+                .map(|p| p.log_start)
+                .collect()
+        };
+        assert_eq!(starts(&meta), [0, 40]);
+        assert_eq!(
+            Command::decode(&delete(1, 40, id).encode()),
+            Ok(delete(1, 40, id))
+        );
+        for (i, refused) in [delete(2, 1, id), delete(0, 1, id + 1)].iter().enumerate() {
+            assert_eq!(
+                meta.apply(4 + i as u64, refused),
+                Err(MetadataError::UnknownTopic("t".into()))
+            );
+        }
+        assert_eq!(ClusterMetadata::restore(&meta.snapshot()), Ok(meta.clone()));
+        meta.apply(6, &Command::DeleteTopic("t".into()))
+            .expect("delete topic");
+        meta.apply(7, &create("t", 2, &[])).expect("re-create");
+        assert_eq!(starts(&meta), [0, 0], "a new topic starts at 0");
     }
 
     #[test]

@@ -647,15 +647,22 @@ impl Log {
     /// Deletes whole segments past `retention.bytes` or `retention.ms`
     /// (never the active one) and moves the log start. Returns how many.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
-        self.enforce_retention_below(now_ms, u64::MAX).await
+        self.enforce_retention_below(now_ms, u64::MAX, 0).await
     }
 
     /// Like [`Log::enforce_retention`], but never deletes a segment holding
     /// offsets at or past `keep_from`: a replicated log keeps what its
-    /// followers or its consumers below the high watermark still need.
-    /// Under `cleanup.policy=compact` alone retention deletes nothing, as
-    /// in Kafka.
-    pub async fn enforce_retention_below(&self, now_ms: i64, keep_from: u64) -> Result<usize> {
+    /// followers or its consumers below the high watermark still need; and
+    /// deletes, whatever their age and the log's size, the segments that
+    /// end at or below `deleted_below` (records deleted by Kafka's
+    /// DeleteRecords). Under `cleanup.policy=compact` alone retention
+    /// deletes nothing, as in Kafka.
+    pub async fn enforce_retention_below(
+        &self,
+        now_ms: i64,
+        keep_from: u64,
+        deleted_below: u64,
+    ) -> Result<usize> {
         if !self.inner.cleanup.get().0.delete {
             return Ok(0);
         }
@@ -682,14 +689,15 @@ impl Log {
                     break;
                 }
                 // A segment ends where the next begins.
-                if bases.get(i + 1).is_none_or(|&end| end > keep_from) {
+                let Some(&end) = bases.get(i + 1).filter(|&&end| end <= keep_from) else {
                     break;
-                }
+                };
+                let deleted = end <= deleted_below;
                 let over_size =
                     retention_bytes.is_some_and(|limit| total - segment.log.len() >= limit);
                 let expired = retention_age
                     .is_some_and(|age| segment.max_timestamp < now_ms - age.as_millis() as i64);
-                if !over_size && !expired {
+                if !over_size && !expired && !deleted {
                     break;
                 }
                 total -= segment.log.len();

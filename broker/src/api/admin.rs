@@ -1,5 +1,5 @@
 //! Metadata and topic administration: Metadata, CreateTopics, DeleteTopics,
-//! DescribeTopics, AlterConfigs, MovePartitions.
+//! CreatePartitions, DescribeTopics, AlterConfigs, MovePartitions.
 
 use super::{Reply, code};
 use crate::controller::CommandError;
@@ -9,7 +9,8 @@ use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
 use fjord_replication::control::Proposal;
 use fjord_replication::metadata::{
-    AlterTopicConfig, Command, CreateTopic, MetadataError, MovePartition, SHARD_ANY, TopicMeta,
+    AlterTopicConfig, Command, CreatePartitions, CreateTopic, MetadataError, MovePartition,
+    SHARD_ANY, TopicMeta,
 };
 use fjord_replication::placement::Replica;
 
@@ -189,6 +190,31 @@ pub(super) async fn delete_topics(
     )
 }
 
+pub(super) async fn create_partitions(
+    shard: &Shard,
+    correlation_id: u32,
+    request: wire::CreatePartitionsRequestT,
+) -> Reply {
+    let mut results = Vec::new();
+    for topic in request.topics.unwrap_or_default() {
+        let name = topic.name.unwrap_or_default();
+        let (error_code, error_message) =
+            grow_topic(shard, &name, i64::from(topic.count), request.validate_only).await;
+        results.push(wire::TopicResultT {
+            name: Some(name),
+            error_code,
+            error_message,
+        });
+    }
+    let body = wire::CreatePartitionsResponseT {
+        results: Some(results),
+    };
+    Reply::body(
+        correlation_id,
+        wire::ResponseT::CreatePartitionsResponse(Box::new(body)),
+    )
+}
+
 pub(super) async fn alter_configs(
     shard: &Shard,
     correlation_id: u32,
@@ -311,6 +337,48 @@ pub(crate) async fn delete_topic(shard: &Shard, name: &str) -> (i16, Option<Stri
     topic_outcome(outcome)
 }
 
+/// Grows a topic to `count` partitions through the controller (placed as at
+/// creation, with the topic's replication factor); with `validate_only`,
+/// checks against this shard's metadata and changes nothing. The error code
+/// and message to answer with (0 and none once every new partition is
+/// served). Native and Kafka CreatePartitions.
+pub(crate) async fn grow_topic(
+    shard: &Shard,
+    name: &str,
+    count: i64,
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    if name == crate::group::OFFSETS_TOPIC {
+        // Groups land on its partitions by hash modulo their count: more
+        // partitions would move every group's coordinator and offsets.
+        return (
+            ErrorCode::InvalidRequest.code(),
+            Some(format!("the partition count of {name} does not change")),
+        );
+    }
+    let Ok(count) = u32::try_from(count) else {
+        return topic_outcome(Err(MetadataError::InvalidPartitions(0).into()));
+    };
+    let outcome = if validate_only {
+        shard
+            .metadata()
+            .partitions_to_grow(name, count)
+            .map(|_| Vec::new())
+            .map_err(CommandError::Refused)
+    } else {
+        let command = Command::CreatePartitions(Box::new(CreatePartitions {
+            topic: name.to_owned(),
+            count,
+            replicas: Vec::new(),
+        }));
+        shard
+            .command(Proposal::of(command))
+            .await
+            .map(|not_served| not_served.into_iter().filter(|n| n.topic == name).collect())
+    };
+    topic_outcome(outcome)
+}
+
 /// Changes a topic's configs through the controller, all of them or none
 /// (`key=value` sets, an empty value goes back to the default); with
 /// `validate_only`, checks them against this shard's metadata and changes
@@ -378,12 +446,13 @@ fn config_pairs(configs: Option<Vec<wire::TopicConfigT>>) -> Vec<(String, String
 fn topic_outcome(outcome: Result<Vec<NotServed>, CommandError>) -> (i16, Option<String>) {
     match outcome {
         Ok(not_served) if not_served.is_empty() => (0, None),
-        // The topic exists (the command is committed) but is not served
-        // whole: never "created". Retriable: the shards retry the opens.
+        // The partitions exist (the command is committed) but are not
+        // served whole: never "created". Retriable: the shards retry the
+        // opens.
         Ok(not_served) => (
             ErrorCode::KafkaStorageError.code(),
             Some(format!(
-                "topic created, but {}",
+                "partitions created, but {}",
                 NotServed::summary(&not_served)
             )),
         ),
@@ -401,7 +470,9 @@ pub fn command_error_code(error: &CommandError) -> ErrorCode {
             MetadataError::Topic(_) => ErrorCode::InvalidConfig,
             MetadataError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
             MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
-            MetadataError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            MetadataError::InvalidPartitions(_) | MetadataError::PartitionsNotIncreased { .. } => {
+                ErrorCode::InvalidPartitions
+            }
             MetadataError::OutOfOrder { .. } => ErrorCode::UnknownServerError,
             MetadataError::Placement(_) => ErrorCode::InvalidReplicationFactor,
             MetadataError::InvalidReplicas(_) => ErrorCode::InvalidReplicaAssignment,

@@ -133,6 +133,9 @@ async fn serve(
         R::AlterConfigsRequest(request) => {
             admin::alter_configs(shard, correlation_id, *request).await
         }
+        R::CreatePartitionsRequest(request) => {
+            admin::create_partitions(&shard, correlation_id, *request).await
+        }
         R::MovePartitionsRequest(request) => {
             admin::move_partitions(shard, correlation_id, *request).await
         }

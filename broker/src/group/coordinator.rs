@@ -232,7 +232,7 @@ impl Coordinator {
             None => partition.log().offset_visible(),
         };
         let mut offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>> = BTreeMap::new();
-        let mut offset = partition.log().offset_start() as i64;
+        let mut offset = partition.log_start() as i64;
         let mut bad = 0u64;
         while (offset as u64) < end {
             // Not a consumer's read: uncounted.

@@ -1,10 +1,15 @@
-//! Kafka's CreateTopics and DeleteTopics, through the controller as the
-//! native ones (`api::admin::{create_topic, delete_topic}`).
+//! Kafka's CreateTopics, DeleteTopics and CreatePartitions, through the
+//! controller as the native ones (`api::admin::{create_topic, delete_topic,
+//! grow_topic}`).
 
 use super::str_bytes;
-use crate::api::admin::{create_topic, delete_topic};
+use crate::api::admin::{create_topic, delete_topic, grow_topic};
 use crate::shard::Shard;
 use fjord_net::ErrorCode;
+use fjord_net::kafka::kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest;
+use fjord_net::kafka::kafka_protocol::messages::create_partitions_response::{
+    CreatePartitionsResponse, CreatePartitionsTopicResult,
+};
 use fjord_net::kafka::kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
 use fjord_net::kafka::kafka_protocol::messages::create_topics_response::{
     CreatableTopicResult, CreateTopicsResponse,
@@ -104,4 +109,34 @@ pub(super) async fn delete_topics(
         );
     }
     DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub(super) async fn create_partitions(
+    shard: &Shard,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let (error_code, error_message) = if topic.assignments.is_some() {
+            (
+                ErrorCode::InvalidRequest.code(),
+                Some("replica assignments are not supported: Fjord places replicas".to_owned()),
+            )
+        } else {
+            grow_topic(
+                shard,
+                topic.name.as_str(),
+                i64::from(topic.count),
+                request.validate_only,
+            )
+            .await
+        };
+        results.push(
+            CreatePartitionsTopicResult::default()
+                .with_name(topic.name)
+                .with_error_code(error_code)
+                .with_error_message(error_message.map(str_bytes)),
+        );
+    }
+    CreatePartitionsResponse::default().with_results(results)
 }

@@ -10,11 +10,14 @@
 mod admin;
 mod classic;
 mod configs;
+mod consumer_group;
 mod fetch;
 mod group_admin;
 mod groups;
+mod log_dirs;
 mod metadata;
 mod produce;
+mod records;
 
 use crate::api::Reply;
 use crate::logging::Repeated;
@@ -153,6 +156,18 @@ async fn serve(
             let body = admin::delete_topics(shard, request.decode()?).await;
             respond(&request, &body)
         }
+        ApiKey::CreatePartitions => {
+            let body = admin::create_partitions(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::DeleteRecords => {
+            let body = records::delete_records(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::DescribeLogDirs => {
+            let body = log_dirs::describe_log_dirs(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
         ApiKey::DescribeConfigs => {
             let body = configs::describe_configs(shard, request.decode()?);
             respond(&request, &body)
@@ -199,6 +214,12 @@ async fn serve(
         }
         ApiKey::InitProducerId => {
             let body = groups::init_producer_id(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            let client_id = request.header.client_id.as_ref().map(text);
+            let body =
+                consumer_group::consumer_group_heartbeat(shard, request.decode()?, client_id).await;
             respond(&request, &body)
         }
         ApiKey::JoinGroup => {

@@ -29,10 +29,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 18;
+pub const ENUM_MAX_REQUEST: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 19] = [
+pub const ENUM_VALUES_REQUEST: [Request; 20] = [
   Request::NONE,
   Request::ApiVersionsRequest,
   Request::MetadataRequest,
@@ -52,6 +52,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 19] = [
   Request::ListGroupsRequest,
   Request::DescribeGroupsRequest,
   Request::DeleteGroupsRequest,
+  Request::CreatePartitionsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -78,9 +79,10 @@ impl Request {
   pub const ListGroupsRequest: Self = Self(16);
   pub const DescribeGroupsRequest: Self = Self(17);
   pub const DeleteGroupsRequest: Self = Self(18);
+  pub const CreatePartitionsRequest: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsRequest,
@@ -101,6 +103,7 @@ impl Request {
     Self::ListGroupsRequest,
     Self::DescribeGroupsRequest,
     Self::DeleteGroupsRequest,
+    Self::CreatePartitionsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -124,6 +127,7 @@ impl Request {
       Self::ListGroupsRequest => Some("ListGroupsRequest"),
       Self::DescribeGroupsRequest => Some("DescribeGroupsRequest"),
       Self::DeleteGroupsRequest => Some("DeleteGroupsRequest"),
+      Self::CreatePartitionsRequest => Some("CreatePartitionsRequest"),
       _ => None,
     }
   }
@@ -203,6 +207,7 @@ pub enum RequestT {
   ListGroupsRequest(Box<ListGroupsRequestT>),
   DescribeGroupsRequest(Box<DescribeGroupsRequestT>),
   DeleteGroupsRequest(Box<DeleteGroupsRequestT>),
+  CreatePartitionsRequest(Box<CreatePartitionsRequestT>),
 }
 impl Default for RequestT {
   fn default() -> Self {
@@ -231,6 +236,7 @@ impl RequestT {
       Self::ListGroupsRequest(_) => Request::ListGroupsRequest,
       Self::DescribeGroupsRequest(_) => Request::DescribeGroupsRequest,
       Self::DeleteGroupsRequest(_) => Request::DeleteGroupsRequest,
+      Self::CreatePartitionsRequest(_) => Request::CreatePartitionsRequest,
     }
   }
   pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
@@ -254,6 +260,7 @@ impl RequestT {
       Self::ListGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::DescribeGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeleteGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::CreatePartitionsRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned ApiVersionsRequestT, setting the union to NONE.
@@ -634,14 +641,35 @@ impl RequestT {
   pub fn as_delete_groups_request_mut(&mut self) -> Option<&mut DeleteGroupsRequestT> {
     if let Self::DeleteGroupsRequest(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned CreatePartitionsRequestT, setting the union to NONE.
+  pub fn take_create_partitions_request(&mut self) -> Option<Box<CreatePartitionsRequestT>> {
+    if let Self::CreatePartitionsRequest(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::CreatePartitionsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the CreatePartitionsRequestT.
+  pub fn as_create_partitions_request(&self) -> Option<&CreatePartitionsRequestT> {
+    if let Self::CreatePartitionsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the CreatePartitionsRequestT.
+  pub fn as_create_partitions_request_mut(&mut self) -> Option<&mut CreatePartitionsRequestT> {
+    if let Self::CreatePartitionsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE: u8 = 18;
+pub const ENUM_MAX_RESPONSE: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE: [Response; 19] = [
+pub const ENUM_VALUES_RESPONSE: [Response; 20] = [
   Response::NONE,
   Response::ApiVersionsResponse,
   Response::MetadataResponse,
@@ -661,6 +689,7 @@ pub const ENUM_VALUES_RESPONSE: [Response; 19] = [
   Response::ListGroupsResponse,
   Response::DescribeGroupsResponse,
   Response::DeleteGroupsResponse,
+  Response::CreatePartitionsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -687,9 +716,10 @@ impl Response {
   pub const ListGroupsResponse: Self = Self(16);
   pub const DescribeGroupsResponse: Self = Self(17);
   pub const DeleteGroupsResponse: Self = Self(18);
+  pub const CreatePartitionsResponse: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsResponse,
@@ -710,6 +740,7 @@ impl Response {
     Self::ListGroupsResponse,
     Self::DescribeGroupsResponse,
     Self::DeleteGroupsResponse,
+    Self::CreatePartitionsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -733,6 +764,7 @@ impl Response {
       Self::ListGroupsResponse => Some("ListGroupsResponse"),
       Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
       Self::DeleteGroupsResponse => Some("DeleteGroupsResponse"),
+      Self::CreatePartitionsResponse => Some("CreatePartitionsResponse"),
       _ => None,
     }
   }
@@ -812,6 +844,7 @@ pub enum ResponseT {
   ListGroupsResponse(Box<ListGroupsResponseT>),
   DescribeGroupsResponse(Box<DescribeGroupsResponseT>),
   DeleteGroupsResponse(Box<DeleteGroupsResponseT>),
+  CreatePartitionsResponse(Box<CreatePartitionsResponseT>),
 }
 impl Default for ResponseT {
   fn default() -> Self {
@@ -840,6 +873,7 @@ impl ResponseT {
       Self::ListGroupsResponse(_) => Response::ListGroupsResponse,
       Self::DescribeGroupsResponse(_) => Response::DescribeGroupsResponse,
       Self::DeleteGroupsResponse(_) => Response::DeleteGroupsResponse,
+      Self::CreatePartitionsResponse(_) => Response::CreatePartitionsResponse,
     }
   }
   pub fn pack(&self, fbb: &mut flatbuffers::FlatBufferBuilder) -> Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>> {
@@ -863,6 +897,7 @@ impl ResponseT {
       Self::ListGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::DescribeGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeleteGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::CreatePartitionsResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned ApiVersionsResponseT, setting the union to NONE.
@@ -1242,6 +1277,27 @@ impl ResponseT {
   /// If the union variant matches, return a mutable reference to the DeleteGroupsResponseT.
   pub fn as_delete_groups_response_mut(&mut self) -> Option<&mut DeleteGroupsResponseT> {
     if let Self::DeleteGroupsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned CreatePartitionsResponseT, setting the union to NONE.
+  pub fn take_create_partitions_response(&mut self) -> Option<Box<CreatePartitionsResponseT>> {
+    if let Self::CreatePartitionsResponse(_) = self {
+      let v = core::mem::replace(self, Self::NONE);
+      if let Self::CreatePartitionsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the CreatePartitionsResponseT.
+  pub fn as_create_partitions_response(&self) -> Option<&CreatePartitionsResponseT> {
+    if let Self::CreatePartitionsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the CreatePartitionsResponseT.
+  pub fn as_create_partitions_response_mut(&mut self) -> Option<&mut CreatePartitionsResponseT> {
+    if let Self::CreatePartitionsResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }
 /// A byte range of the frame's payload section.
@@ -8686,6 +8742,443 @@ impl MovePartitionsResponseT {
     })
   }
 }
+pub enum NewPartitionsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Grows topics to `count` partitions each (Kafka's CreatePartitions): the
+/// new partitions are placed as at creation, with the topic's replication
+/// factor. A count not above the current one is refused
+/// (`INVALID_PARTITIONS`); `validate_only` checks and changes nothing.
+pub struct NewPartitions<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for NewPartitions<'a> {
+  type Inner = NewPartitions<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> NewPartitions<'a> {
+  pub const VT_NAME: flatbuffers::VOffsetT = 4;
+  pub const VT_COUNT: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    NewPartitions { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args NewPartitionsArgs<'args>
+  ) -> flatbuffers::WIPOffset<NewPartitions<'bldr>> {
+    let mut builder = NewPartitionsBuilder::new(_fbb);
+    builder.add_count(args.count);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> NewPartitionsT {
+    let name = self.name().map(|x| {
+      x.to_string()
+    });
+    let count = self.count();
+    NewPartitionsT {
+      name,
+      count,
+    }
+  }
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(NewPartitions::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn count(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(NewPartitions::VT_COUNT, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for NewPartitions<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<i32>("count", Self::VT_COUNT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NewPartitionsArgs<'a> {
+    pub name: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub count: i32,
+}
+impl<'a> Default for NewPartitionsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NewPartitionsArgs {
+      name: None,
+      count: 0,
+    }
+  }
+}
+
+pub struct NewPartitionsBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> NewPartitionsBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_name(&mut self, name: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(NewPartitions::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_count(&mut self, count: i32) {
+    self.fbb_.push_slot::<i32>(NewPartitions::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> NewPartitionsBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    NewPartitionsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<NewPartitions<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for NewPartitions<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("NewPartitions");
+      ds.field("name", &self.name());
+      ds.field("count", &self.count());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPartitionsT {
+  pub name: Option<String>,
+  pub count: i32,
+}
+impl Default for NewPartitionsT {
+  fn default() -> Self {
+    Self {
+      name: None,
+      count: 0,
+    }
+  }
+}
+impl NewPartitionsT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<NewPartitions<'b>> {
+    let name = self.name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let count = self.count;
+    NewPartitions::create(_fbb, &NewPartitionsArgs{
+      name,
+      count,
+    })
+  }
+}
+pub enum CreatePartitionsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CreatePartitionsRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for CreatePartitionsRequest<'a> {
+  type Inner = CreatePartitionsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> CreatePartitionsRequest<'a> {
+  pub const VT_TOPICS: flatbuffers::VOffsetT = 4;
+  pub const VT_VALIDATE_ONLY: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    CreatePartitionsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args CreatePartitionsRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<CreatePartitionsRequest<'bldr>> {
+    let mut builder = CreatePartitionsRequestBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_validate_only(args.validate_only);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> CreatePartitionsRequestT {
+    let topics = self.topics().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    let validate_only = self.validate_only();
+    CreatePartitionsRequestT {
+      topics,
+      validate_only,
+    }
+  }
+
+  #[inline]
+  pub fn topics(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NewPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NewPartitions>>>>(CreatePartitionsRequest::VT_TOPICS, None)}
+  }
+  #[inline]
+  pub fn validate_only(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CreatePartitionsRequest::VT_VALIDATE_ONLY, Some(false)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for CreatePartitionsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<NewPartitions>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<bool>("validate_only", Self::VT_VALIDATE_ONLY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CreatePartitionsRequestArgs<'a> {
+    pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NewPartitions<'a>>>>>,
+    pub validate_only: bool,
+}
+impl<'a> Default for CreatePartitionsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CreatePartitionsRequestArgs {
+      topics: None,
+      validate_only: false,
+    }
+  }
+}
+
+pub struct CreatePartitionsRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> CreatePartitionsRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_topics(&mut self, topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<NewPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(CreatePartitionsRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn add_validate_only(&mut self, validate_only: bool) {
+    self.fbb_.push_slot::<bool>(CreatePartitionsRequest::VT_VALIDATE_ONLY, validate_only, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> CreatePartitionsRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    CreatePartitionsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<CreatePartitionsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for CreatePartitionsRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("CreatePartitionsRequest");
+      ds.field("topics", &self.topics());
+      ds.field("validate_only", &self.validate_only());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreatePartitionsRequestT {
+  pub topics: Option<Vec<NewPartitionsT>>,
+  pub validate_only: bool,
+}
+impl Default for CreatePartitionsRequestT {
+  fn default() -> Self {
+    Self {
+      topics: None,
+      validate_only: false,
+    }
+  }
+}
+impl CreatePartitionsRequestT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<CreatePartitionsRequest<'b>> {
+    let topics = self.topics.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    let validate_only = self.validate_only;
+    CreatePartitionsRequest::create(_fbb, &CreatePartitionsRequestArgs{
+      topics,
+      validate_only,
+    })
+  }
+}
+pub enum CreatePartitionsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CreatePartitionsResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for CreatePartitionsResponse<'a> {
+  type Inner = CreatePartitionsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> CreatePartitionsResponse<'a> {
+  pub const VT_RESULTS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    CreatePartitionsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args CreatePartitionsResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<CreatePartitionsResponse<'bldr>> {
+    let mut builder = CreatePartitionsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> CreatePartitionsResponseT {
+    let results = self.results().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    CreatePartitionsResponseT {
+      results,
+    }
+  }
+
+  #[inline]
+  pub fn results(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicResult>>>>(CreatePartitionsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for CreatePartitionsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CreatePartitionsResponseArgs<'a> {
+    pub results: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicResult<'a>>>>>,
+}
+impl<'a> Default for CreatePartitionsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CreatePartitionsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct CreatePartitionsResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> CreatePartitionsResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_results(&mut self, results: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(CreatePartitionsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> CreatePartitionsResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    CreatePartitionsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<CreatePartitionsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for CreatePartitionsResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("CreatePartitionsResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreatePartitionsResponseT {
+  pub results: Option<Vec<TopicResultT>>,
+}
+impl Default for CreatePartitionsResponseT {
+  fn default() -> Self {
+    Self {
+      results: None,
+    }
+  }
+}
+impl CreatePartitionsResponseT {
+  pub fn pack<'b>(
+    &self,
+    _fbb: &mut flatbuffers::FlatBufferBuilder<'b>
+  ) -> flatbuffers::WIPOffset<CreatePartitionsResponse<'b>> {
+    let results = self.results.as_ref().map(|x|{
+      let w: Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    CreatePartitionsResponse::create(_fbb, &CreatePartitionsResponseArgs{
+      results,
+    })
+  }
+}
 pub enum InitProducerIdRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -13807,6 +14300,11 @@ impl<'a> RequestHeader<'a> {
             .expect("Invalid union table, expected `Request::DeleteGroupsRequest`.")
             .unpack()
       )),
+      Request::CreatePartitionsRequest => RequestT::CreatePartitionsRequest(Box::new(
+        self.body_as_create_partitions_request()
+            .expect("Invalid union table, expected `Request::CreatePartitionsRequest`.")
+            .unpack()
+      )),
       _ => RequestT::NONE,
     };
     RequestHeaderT {
@@ -14122,6 +14620,21 @@ impl<'a> RequestHeader<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_create_partitions_request(&self) -> Option<CreatePartitionsRequest<'a>> {
+    if self.body_type() == Request::CreatePartitionsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CreatePartitionsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for RequestHeader<'_> {
@@ -14154,6 +14667,7 @@ impl flatbuffers::Verifiable for RequestHeader<'_> {
           Request::ListGroupsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListGroupsRequest>>("Request::ListGroupsRequest", pos),
           Request::DescribeGroupsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DescribeGroupsRequest>>("Request::DescribeGroupsRequest", pos),
           Request::DeleteGroupsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DeleteGroupsRequest>>("Request::DeleteGroupsRequest", pos),
+          Request::CreatePartitionsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<CreatePartitionsRequest>>("Request::CreatePartitionsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -14355,6 +14869,13 @@ impl core::fmt::Debug for RequestHeader<'_> {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        Request::CreatePartitionsRequest => {
+          if let Some(x) = self.body_as_create_partitions_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("body", &x)
@@ -14534,6 +15055,11 @@ impl<'a> ResponseHeader<'a> {
       Response::DeleteGroupsResponse => ResponseT::DeleteGroupsResponse(Box::new(
         self.body_as_delete_groups_response()
             .expect("Invalid union table, expected `Response::DeleteGroupsResponse`.")
+            .unpack()
+      )),
+      Response::CreatePartitionsResponse => ResponseT::CreatePartitionsResponse(Box::new(
+        self.body_as_create_partitions_response()
+            .expect("Invalid union table, expected `Response::CreatePartitionsResponse`.")
             .unpack()
       )),
       _ => ResponseT::NONE,
@@ -14843,6 +15369,21 @@ impl<'a> ResponseHeader<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_create_partitions_response(&self) -> Option<CreatePartitionsResponse<'a>> {
+    if self.body_type() == Response::CreatePartitionsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CreatePartitionsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for ResponseHeader<'_> {
@@ -14874,6 +15415,7 @@ impl flatbuffers::Verifiable for ResponseHeader<'_> {
           Response::ListGroupsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ListGroupsResponse>>("Response::ListGroupsResponse", pos),
           Response::DescribeGroupsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("Response::DescribeGroupsResponse", pos),
           Response::DeleteGroupsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DeleteGroupsResponse>>("Response::DeleteGroupsResponse", pos),
+          Response::CreatePartitionsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<CreatePartitionsResponse>>("Response::CreatePartitionsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -15063,6 +15605,13 @@ impl core::fmt::Debug for ResponseHeader<'_> {
         },
         Response::DeleteGroupsResponse => {
           if let Some(x) = self.body_as_delete_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::CreatePartitionsResponse => {
+          if let Some(x) = self.body_as_create_partitions_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
