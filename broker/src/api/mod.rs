@@ -134,7 +134,7 @@ async fn serve(
             admin::alter_configs(shard, correlation_id, *request).await
         }
         R::CreatePartitionsRequest(request) => {
-            admin::create_partitions(&shard, correlation_id, *request).await
+            admin::create_partitions(shard, correlation_id, *request).await
         }
         R::MovePartitionsRequest(request) => {
             admin::move_partitions(shard, correlation_id, *request).await
