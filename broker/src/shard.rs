@@ -9,7 +9,7 @@ use crate::controller::{CommandError, Controller};
 use crate::hardstate::HardStates;
 use crate::logging::Repeated;
 use crate::mesh::{Fetched, NotServed, PartitionOp, ShardMsg};
-use crate::partition::{Partition, PartitionSetup};
+use crate::partition::{Described, Partition, PartitionSetup};
 use crate::replica::{Layout, Replica, Replication};
 use fjord_net::ErrorCode;
 use fjord_replication::control::{LeaderReport, METADATA_GROUP, Proposal, group_id};
@@ -499,6 +499,21 @@ impl Shard {
             .borrow()
             .get(&(topic.to_owned(), partition))
             .cloned()
+    }
+
+    /// A partition's offsets, size and replication, from its owner.
+    pub async fn describe_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Described, ErrorCode> {
+        self.on_owner(
+            topic,
+            partition,
+            async |p| Ok(p.describe()),
+            |reply| PartitionOp::Describe { reply },
+        )
+        .await
     }
 
     /// Runs `local` here when this shard owns the partition; otherwise sends

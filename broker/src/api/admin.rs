@@ -3,7 +3,7 @@
 
 use super::{Reply, code};
 use crate::controller::CommandError;
-use crate::mesh::{NotServed, PartitionOp};
+use crate::mesh::NotServed;
 use crate::shard::Shard;
 use fjord_core::TopicError;
 use fjord_net::{ErrorCode, wire};
@@ -512,14 +512,7 @@ pub(super) async fn describe_topics(
             .collect();
         let mut partitions = Vec::new();
         for p in 0..topic.partitions.len() as i32 {
-            let described = shard
-                .on_owner(
-                    &name,
-                    p,
-                    async |partition| Ok(partition.describe()),
-                    |reply| PartitionOp::Describe { reply },
-                )
-                .await;
+            let described = shard.describe_partition(&name, p).await;
             partitions.push(match described {
                 // Read-only partitions (disk low, or a log waiting for room)
                 // say so with the code produce would get; offsets are real.

@@ -135,12 +135,7 @@ async fn read(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> Got {
     if max_bytes == 0 {
         // Out of budget: only the offsets are wanted.
         let described = shard
-            .on_owner(
-                &wanted.topic,
-                wanted.partition,
-                async |p| Ok(p.describe()),
-                |reply| PartitionOp::Describe { reply },
-            )
+            .describe_partition(&wanted.topic, wanted.partition)
             .await;
         return match described {
             Ok(d) => Got {

@@ -6,7 +6,6 @@
 //! `is_future_key` is always false.
 
 use super::str_bytes;
-use crate::mesh::PartitionOp;
 use crate::shard::Shard;
 use fjord_net::kafka::kafka_protocol::messages::describe_log_dirs_request::DescribeLogDirsRequest;
 use fjord_net::kafka::kafka_protocol::messages::describe_log_dirs_response::{
@@ -40,14 +39,7 @@ pub(super) async fn describe_log_dirs(
             if shard.owner_of(&name, p).is_err() {
                 continue;
             }
-            let described = shard
-                .on_owner(
-                    &name,
-                    p,
-                    async |partition| Ok(partition.describe()),
-                    |reply| PartitionOp::Describe { reply },
-                )
-                .await;
+            let described = shard.describe_partition(&name, p).await;
             let Ok(d) = described else {
                 continue;
             };

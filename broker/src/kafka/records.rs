@@ -12,7 +12,6 @@
 //! answer goes back once the controller committed and this node applied it.
 
 use crate::api::admin::command_error_code;
-use crate::mesh::PartitionOp;
 use crate::shard::Shard;
 use fjord_net::ErrorCode;
 use fjord_net::kafka::kafka_protocol::messages::delete_records_request::DeleteRecordsRequest;
@@ -62,14 +61,7 @@ async fn delete_below(
     partition: i32,
     offset: i64,
 ) -> Result<i64, ErrorCode> {
-    let described = shard
-        .on_owner(
-            topic,
-            partition,
-            async |p| Ok(p.describe()),
-            |reply| PartitionOp::Describe { reply },
-        )
-        .await?;
+    let described = shard.describe_partition(topic, partition).await?;
     if let Some(replication) = &described.replication
         && replication.leader != Some(shard.node_id())
     {
