@@ -49,9 +49,9 @@ enum Command {
         /// Shards.
         #[arg(long)]
         cores: Option<usize>,
-        /// Kafka listener.
+        /// Kafka listener [default: none].
         #[arg(long)]
-        kafka_listen: SocketAddr,
+        kafka_listen: Option<SocketAddr>,
         /// The brokers Kafka clients see.
         #[arg(long, value_enum, default_value = "node")]
         kafka_brokers: KafkaBrokers,
@@ -181,7 +181,7 @@ fn main() -> ExitCode {
             let config = fjord_broker::config::ServeConfig {
                 data_dir: dir.clone(),
                 listen,
-                kafka_listen: Some(kafka_listen),
+                kafka_listen,
                 kafka_brokers,
                 shard_port_base: Some(0),
                 node_id,
