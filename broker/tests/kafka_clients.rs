@@ -540,7 +540,8 @@ fn kafka_python_commits_lists_and_deletes_group_offsets() {
 }
 
 /// confluent-kafka: each codec's batches stored as the client compressed
-/// them and read back; a consumer starting at a timestamp.
+/// them and read back; in each, the first record at a timestamp found
+/// exactly (inside the compressed batch), and a consumer starting there.
 const CONFLUENT_CODECS: &str = r#"
 import sys, json, time
 from confluent_kafka import Producer, Consumer, TopicPartition
@@ -562,11 +563,19 @@ for p, codec in enumerate(codecs):
         if m is not None and m.error() is None:
             values.append(m.value().decode())
     got[codec] = values == [(codec + "-%d-" % i) * 20 for i in range(200)]
-# The first record at or after a timestamp (an uncompressed batch: a
-# compressed one is found to its batch, see the README).
-found = c.offsets_for_times([TopicPartition(topic, 0, 1_000_150)], timeout=10)[0].offset
+# The first record at or after a timestamp, in every codec's partition
+# (the 200 records of each went out in one or a few batches).
+asked = [TopicPartition(topic, p, 1_000_150) for p in range(len(codecs))]
+found = c.offsets_for_times(asked, timeout=10)
+at_time = {codecs[tp.partition]: tp.offset for tp in found}
+# A consumer starting there reads record 150 first.
+c.assign([TopicPartition(topic, 4, at_time["zstd"])])
+m = None
+while m is None or m.error() is not None:
+    m = c.poll(1)
+first = m.value().decode()
 c.close()
-print(json.dumps({"got": got, "at_time": found}))
+print(json.dumps({"got": got, "at_time": at_time, "first": first}))
 "#;
 
 #[test]
@@ -578,8 +587,9 @@ fn compressed_batches_round_trip_and_a_timestamp_finds_its_offset() {
     };
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
         assert_eq!(v["got"][codec], true, "{codec}: {v}");
+        assert_eq!(v["at_time"][codec], 150, "{codec}: {v}");
     }
-    assert_eq!(v["at_time"], 150);
+    assert_eq!(v["first"], "zstd-150-".repeat(20));
 }
 
 /// A confluent-kafka group member that prints its assignment's size on

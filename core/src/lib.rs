@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod builder;
+pub mod compression;
 pub mod config;
 pub mod record;
 pub mod topic;

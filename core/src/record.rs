@@ -1,4 +1,5 @@
-//! Records inside an uncompressed batch, decoded for tools and tests.
+//! Records inside a batch (an uncompressed one, or a compressed one's records
+//! once decompressed), decoded for tools, tests and timestamp lookups.
 //!
 //! Each record is bounded by its own length prefix, and every length inside
 //! it is checked against what remains, so hostile bytes end in an error, not
@@ -33,9 +34,15 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub(crate) fn new(batch: Batch<'a>) -> Self {
+        Records::over(batch, batch.records_bytes())
+    }
+
+    /// The records of `batch` read from `records`: its records section
+    /// decompressed ([`crate::compression::decompressed_records`]).
+    pub fn over(batch: Batch<'a>, records: &'a [u8]) -> Self {
         Records {
             batch,
-            rest: batch.records_bytes(),
+            rest: records,
             index: 0,
             failed: false,
         }

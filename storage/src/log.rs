@@ -21,7 +21,10 @@ use crate::segment::{self, Segment, SegmentReader, Visit};
 use crate::slice::BatchSlice;
 use crate::staging::{self, Replay, Staging};
 use fjord_core::FsyncPolicy;
+use fjord_core::batch::Compression;
 use fjord_core::batch::{self, Batch};
+use fjord_core::compression::decompressed_records;
+use fjord_core::record::Records;
 use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::sync::Semaphore;
@@ -37,6 +40,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes read per step when a timestamp search walks a segment.
 const READ_WINDOW_BYTES: usize = 256 * 1024;
+/// Most bytes a compressed batch's records may decompress to in a
+/// timestamp lookup (Kafka's default `max.message.bytes` is 1 MiB
+/// compressed; records rarely compress beyond 10×).
+const DECOMPRESSED_MAX: usize = 64 << 20;
 /// Largest single disk read a fetch makes; larger fetches read in steps.
 const READ_BYTES_MAX: usize = 8 << 20;
 /// Read beyond `max_bytes`: an index interval skipped before the offset, and
@@ -605,8 +612,10 @@ impl Log {
     }
 
     /// The first record at or after `timestamp`: its offset and timestamp,
-    /// or `None` when every record is older. Within a compressed batch the
-    /// answer is the batch's base offset and max timestamp.
+    /// or `None` when every record is older. A compressed batch is
+    /// decompressed to find it (bounded by [`DECOMPRESSED_MAX`]; past that,
+    /// or if it does not decompress, the answer is the batch's base offset
+    /// and max timestamp).
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
         let candidates: Vec<(SegmentReader, u64, u64)> = {
             let st = self.inner.state.borrow();
@@ -625,7 +634,15 @@ impl Log {
                 if batch.max_timestamp() < timestamp {
                     return Visit::Next;
                 }
-                let first_record = batch.records().ok().and_then(|records| {
+                let decompressed = match batch.compression() {
+                    Compression::None => None,
+                    _ => decompressed_records(&batch, DECOMPRESSED_MAX).ok(),
+                };
+                let records = match &decompressed {
+                    Some(records) => Some(Records::over(batch, records)),
+                    None => batch.records().ok(),
+                };
+                let first_record = records.and_then(|records| {
                     records
                         .filter_map(|r| r.ok())
                         .find(|r| r.timestamp >= timestamp)
