@@ -1338,6 +1338,11 @@ while len(set(s[1:] for s in seen)) < 200 and time.time() < deadline + 30:
             seen.append((i, m.partition(), m.offset()))
 a = AdminClient({"bootstrap.servers": boot})
 types = sorted([g.group_id, g.type.name] for g in a.list_consumer_groups().result(10).valid)
+# DescribeConsumerGroups: librdkafka asks ConsumerGroupDescribe for them.
+d = a.describe_consumer_groups(["next-gen"])["next-gen"].result(10)
+described = {"type": d.type.name, "state": d.state.name,
+             "partitions": sorted(tp.partition for m in d.members
+                                  for tp in m.assignment.topic_partitions)}
 # Commits at the members' epochs (OffsetCommit on the same coordinator).
 for c in members:
     c.commit(asynchronous=False)
@@ -1345,7 +1350,8 @@ committed = sum(tp.offset for tp in
                 members[0].committed([TopicPartition(topic, q) for q in range(4)], timeout=10))
 for c in members:
     c.close()
-print(json.dumps({"assigned": assigned, "seen": seen, "types": types, "committed": committed}))
+print(json.dumps({"assigned": assigned, "seen": seen, "types": types, "committed": committed,
+                  "described": described}))
 "#;
 
 #[test]
@@ -1371,6 +1377,12 @@ fn confluent_kafka_kip848_consumers_share_a_topic() {
         assert!(assigned[member].contains(&p), "member {member} read {p}");
     }
     assert_eq!(v["committed"], 200, "each partition committed at its end");
+    assert_eq!(
+        v["described"],
+        serde_json::json!({"type": "CONSUMER", "state": "STABLE", "partitions": [0, 1, 2, 3]}),
+        "{}",
+        v["described"]
+    );
 }
 
 /// confluent-kafka against brokers that show a Kafka broker per shard:

@@ -1,5 +1,5 @@
-//! KIP-848's ConsumerGroupHeartbeat on the Kafka port, mapped onto the
-//! native coordinator's (`api::groups`, the same membership, epochs and
+//! KIP-848's ConsumerGroupHeartbeat and ConsumerGroupDescribe on the Kafka
+//! port, mapped onto the native coordinator's (`api::groups`, the same membership, epochs and
 //! server-side assignment Fjord's own consumers use). Kafka names topics by
 //! id here: ids become names through the metadata ([`super::topic_uuid`])
 //! on the way in and back on the way out; an owned partition of a topic
@@ -8,6 +8,11 @@
 use super::{str_bytes, text, topic_uuid};
 use crate::api::groups::coordinate;
 use crate::shard::Shard;
+use fjord_net::kafka::kafka_protocol::messages::TopicName;
+use fjord_net::kafka::kafka_protocol::messages::consumer_group_describe_request::ConsumerGroupDescribeRequest;
+use fjord_net::kafka::kafka_protocol::messages::consumer_group_describe_response::{
+    self as describe, ConsumerGroupDescribeResponse, DescribedGroup, Member,
+};
 use fjord_net::kafka::kafka_protocol::messages::consumer_group_heartbeat_request::ConsumerGroupHeartbeatRequest;
 use fjord_net::kafka::kafka_protocol::messages::consumer_group_heartbeat_response::{
     Assignment, ConsumerGroupHeartbeatResponse, TopicPartitions,
@@ -78,6 +83,95 @@ pub(super) async fn consumer_group_heartbeat(
         .with_member_epoch(answer.member_epoch)
         .with_heartbeat_interval_ms(answer.heartbeat_interval_ms)
         .with_assignment(assignment)
+}
+
+/// Kafka's `ConsumerGroupDescribe`: each consumer group (KIP-848's, native
+/// or Kafka members alike) with its epoch, members, their subscriptions and
+/// their current and target assignments, topics by id and name. A classic
+/// group, or none, is `GROUP_ID_NOT_FOUND`, as Kafka answers.
+pub(super) async fn consumer_group_describe(
+    shard: &Shard,
+    request: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    let mut groups = Vec::with_capacity(request.group_ids.len());
+    for id in request.group_ids {
+        let name = id.as_str().to_owned();
+        let body = wire::RequestT::DescribeGroupsRequest(Box::new(wire::DescribeGroupsRequestT {
+            group_ids: Some(vec![name.clone()]),
+        }));
+        let found = match coordinate(shard, &name, body).await {
+            Ok(wire::ResponseT::DescribeGroupsResponse(r)) => r
+                .groups
+                .into_iter()
+                .flatten()
+                .next()
+                .ok_or(ErrorCode::GroupIdNotFound),
+            Ok(_) => Err(ErrorCode::UnknownServerError),
+            Err(code) => Err(code),
+        };
+        let described = DescribedGroup::default()
+            .with_group_id(id)
+            .with_authorized_operations(i32::MIN);
+        groups.push(match found {
+            Ok(g) if g.error_code == 0 => {
+                let metadata = shard.metadata();
+                let members = g
+                    .members
+                    .into_iter()
+                    .flatten()
+                    .map(|m| member(&metadata, m))
+                    .collect();
+                described
+                    .with_group_state(str_bytes(g.state.unwrap_or_default()))
+                    .with_group_epoch(g.group_epoch)
+                    // The target assignment is computed with each epoch.
+                    .with_assignment_epoch(g.group_epoch)
+                    .with_assignor_name(str_bytes("uniform"))
+                    .with_members(members)
+            }
+            Ok(g) => described.with_error_code(g.error_code),
+            Err(code) => described.with_error_code(code.code()),
+        });
+    }
+    ConsumerGroupDescribeResponse::default().with_groups(groups)
+}
+
+/// One member as ConsumerGroupDescribe gives it.
+fn member(metadata: &ClusterMetadata, m: wire::GroupMemberT) -> Member {
+    let assignment = |owned: Option<Vec<wire::TopicPartitionsT>>| {
+        let topic_partitions = owned
+            .into_iter()
+            .flatten()
+            .filter_map(|tp| {
+                let name = tp.name?;
+                let id = metadata.topics.get(&name)?.id;
+                Some(
+                    describe::TopicPartitions::default()
+                        .with_topic_id(topic_uuid(id))
+                        .with_topic_name(TopicName(str_bytes(name)))
+                        .with_partitions(tp.partitions.unwrap_or_default()),
+                )
+            })
+            .collect();
+        describe::Assignment::default().with_topic_partitions(topic_partitions)
+    };
+    Member::default()
+        // A KIP-848 member (1), not a classic one (0).
+        .with_member_type(1)
+        .with_member_id(str_bytes(m.member_id.unwrap_or_default()))
+        .with_instance_id(m.instance_id.map(str_bytes))
+        .with_member_epoch(m.member_epoch)
+        .with_client_id(str_bytes(m.client_id.unwrap_or_default()))
+        .with_subscribed_topic_names(
+            m.subscribed_topic_names
+                .into_iter()
+                .flatten()
+                .map(|n| TopicName(str_bytes(n)))
+                .collect(),
+        )
+        .with_subscribed_topic_regex(m.subscribed_topic_regex.map(str_bytes))
+        .with_assignment(assignment(m.assignment))
+        .with_target_assignment(assignment(m.target))
 }
 
 /// The name of the topic Kafka calls `id`, if it still exists.

@@ -216,6 +216,10 @@ async fn serve(
             let body = groups::init_producer_id(shard, request.decode()?).await;
             respond(&request, &body)
         }
+        ApiKey::ConsumerGroupDescribe => {
+            let body = consumer_group::consumer_group_describe(shard, request.decode()?).await;
+            respond(&request, &body)
+        }
         ApiKey::ConsumerGroupHeartbeat => {
             let client_id = request.header.client_id.as_ref().map(text);
             let body =
