@@ -671,6 +671,21 @@ fn an_isolated_leader_stops_acknowledging_and_the_cluster_heals() {
 /// A group's coordinator node is SIGKILLed: the committed offsets are on
 /// the new leader of its `__consumer_offsets` partition, and the member,
 /// adopted by the new coordinator, reads on without reading anything twice.
+/// A member of `group` reading the topic from its start, committing only
+/// when told.
+fn group_member(client: &Client, group: &str) -> Consumer {
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig {
+            offset_reset: Some(Seek::Earliest),
+            auto_commit_interval: None,
+            ..ConsumerConfig::default()
+        },
+    );
+    block_on(consumer.subscribe(&[TOPIC], group)).expect("subscribe");
+    consumer
+}
+
 #[test]
 fn a_group_survives_its_coordinators_node() {
     let mut cluster = Cluster::start();
@@ -678,15 +693,7 @@ fn a_group_survives_its_coordinators_node() {
     create_topic(&client);
     cluster.leaders(&client);
     produce(&client, 0..300);
-    let mut consumer = Consumer::new(
-        &client,
-        ConsumerConfig {
-            offset_reset: Some(Seek::Earliest),
-            auto_commit_interval: None,
-            ..ConsumerConfig::default()
-        },
-    );
-    block_on(consumer.subscribe(&[TOPIC], "billing")).expect("subscribe");
+    let mut consumer = group_member(&client, "billing");
     let mut seen: Vec<(i32, i64)> = Vec::new();
     let read_until = |consumer: &mut Consumer, seen: &mut Vec<(i32, i64)>, count: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -776,15 +783,7 @@ fn added_partitions_are_replicated_produced_to_and_assigned_to_the_group() {
     let client = cluster.client();
     create_topic(&client);
     cluster.leaders(&client);
-    let mut consumer = Consumer::new(
-        &client,
-        ConsumerConfig {
-            offset_reset: Some(Seek::Earliest),
-            auto_commit_interval: None,
-            ..ConsumerConfig::default()
-        },
-    );
-    block_on(consumer.subscribe(&[TOPIC], "growing")).expect("subscribe");
+    let mut consumer = group_member(&client, "growing");
     // A producer that knew the topic with two partitions sends to the new
     // ones too: it looks the topic up again for them.
     let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");

@@ -94,11 +94,17 @@ pub struct KafkaListener {
 }
 
 impl NodeInfo {
+    /// The index of the shard that hosts a replica placed on data shard
+    /// `shard` (placements are kept modulo the shards the node runs now).
+    pub fn data_shard(&self, shard: u16) -> u16 {
+        self.first_data_shard + shard % self.data_shards.max(1)
+    }
+
     /// The port of the shard that hosts a replica placed on `shard`.
     pub fn replica_port(&self, shard: u16) -> Option<u16> {
-        let data_shards = self.data_shards.max(1);
-        let index = usize::from(self.first_data_shard + shard % data_shards);
-        self.shard_ports.get(index).copied()
+        self.shard_ports
+            .get(usize::from(self.data_shard(shard)))
+            .copied()
     }
 }
 

@@ -111,8 +111,7 @@ pub(crate) fn partition_info(
     let known = shard.leader_of(group).and_then(|report| {
         let leader = report.leader?;
         let replica = meta.hosts().find(|r| r.node == leader)?;
-        let node = metadata.nodes.get(&leader)?;
-        let index = node.first_data_shard + replica.shard % node.data_shards.max(1);
+        let index = metadata.nodes.get(&leader)?.data_shard(replica.shard);
         Some((leader, index, report.term))
     });
     match known {

@@ -193,9 +193,10 @@ fn describe(
 /// The shard index on `node` that hosts a replica placed on its data shard
 /// `assigned` (kept modulo the node's data shards, as the node does).
 fn data_shard(metadata: &ClusterMetadata, node: u32, assigned: u16) -> u16 {
-    metadata.nodes.get(&node).map_or(assigned, |n| {
-        n.first_data_shard + assigned % n.data_shards.max(1)
-    })
+    metadata
+        .nodes
+        .get(&node)
+        .map_or(assigned, |n| n.data_shard(assigned))
 }
 
 /// The Kafka broker id of shard `index` of `node`: the node's own id when
