@@ -83,6 +83,15 @@ impl Links {
 }
 
 impl Links {
+    /// Queues `frame` on every open link: a beat, which tells each peer
+    /// shard this node is up even when none of their groups has anything
+    /// to say (quiet groups rely on it instead of heartbeats).
+    pub fn send_to_all(&self, frame: &[u8]) {
+        for link in self.links.borrow().values() {
+            let _ = link.try_send(frame.to_vec());
+        }
+    }
+
     /// Closes the links to peer shards not in `used`: their sending tasks
     /// end with them (a node moved, a replica went).
     pub fn keep_only(&self, used: &std::collections::HashSet<SocketAddr>) {

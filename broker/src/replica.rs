@@ -35,7 +35,7 @@ use crate::partition::Partition;
 use crate::peer::Links;
 use fjord_core::batch::{self, Batch};
 use fjord_net::{ErrorCode, api};
-use fjord_replication::control::LeaderReport;
+use fjord_replication::control::{LeaderReport, METADATA_GROUP};
 use fjord_replication::raft::mux::{GroupId, Mux, Outbox, PeerBatch};
 use fjord_replication::raft::{
     Config, Durability, Entry, EntryKind, Event, Group, HardState, LogState, Membership, Message,
@@ -393,6 +393,9 @@ pub struct Replication {
     moved: LocalSender<fjord_replication::metadata::PartitionMoved>,
     /// When each finished move was last reported.
     reported_moves: RefCell<HashMap<GroupId, std::time::Instant>>,
+    /// When anything last arrived from each node: the liveness that stands
+    /// in for the heartbeats of quiet groups.
+    heard: RefCell<HashMap<NodeId, std::time::Instant>>,
 }
 
 /// Records a group's hard state durably; resolves once synced.
@@ -423,6 +426,7 @@ impl Replication {
             store: RefCell::new(None),
             moved,
             reported_moves: RefCell::new(HashMap::new()),
+            heard: RefCell::new(HashMap::new()),
         }
     }
 
@@ -468,6 +472,12 @@ impl Replication {
         // Three quarters of an election timeout: three heartbeats.
         config.lease_ticks = Some((self.settings.election_ticks * 3 / 4).max(1));
         config.heartbeat_ticks = self.settings.election_ticks / HEARTBEATS_PER_ELECTION;
+        // Idle partitions go quiet, their liveness carried by the beats
+        // every link sends. Not the metadata group: its traffic reaches
+        // shard 0 through a voter's listener on any shard, so shard 0 may
+        // not hear the beats of the nodes it talks to; one group costs
+        // nothing anyway.
+        config.quiesce = replica.group != METADATA_GROUP;
         let group = Group::new(config, hard, state, Membership::of_voters(&replica.base), 0);
         let id = replica.group;
         let worker = replica
@@ -566,15 +576,20 @@ impl Replication {
     /// preferred leaders.
     pub async fn run_ticks(self: Rc<Self>) {
         let mut ticks = 0u64;
+        let beat = wire::encode(self.settings.node, &PeerBatch::default(), &[]);
+        let beat_every = u64::from(self.settings.election_ticks / HEARTBEATS_PER_ELECTION);
         loop {
             glommio::timer::sleep(self.settings.tick).await;
             if self.mux.borrow().is_empty() {
                 continue;
             }
             let mut outbox = Outbox::default();
-            self.mux.borrow_mut().tick(&mut outbox);
+            self.mux.borrow_mut().tick(&self.hearing(), &mut outbox);
             self.dispatch(outbox, Source::None);
             ticks += 1;
+            if ticks.is_multiple_of(beat_every) {
+                self.links.send_to_all(&beat);
+            }
             let every = self.settings.rebalance_ticks;
             if every > 0 && ticks.is_multiple_of(every) {
                 self.rebalance();
@@ -585,6 +600,19 @@ impl Replication {
             if ticks.is_multiple_of(LINK_SWEEP_TICKS) {
                 self.sweep_links();
             }
+        }
+    }
+
+    /// How many ticks ago anything last arrived from each node.
+    fn hearing(&self) -> impl Fn(NodeId) -> Option<u64> + '_ {
+        let now = std::time::Instant::now();
+        let heard = self.heard.borrow();
+        let tick = self.settings.tick.as_nanos().max(1);
+        move |node| {
+            heard.get(&node).map(|&at| {
+                let ticks = now.saturating_duration_since(at).as_nanos() / tick;
+                u64::try_from(ticks).unwrap_or(u64::MAX)
+            })
         }
     }
 
@@ -648,6 +676,12 @@ impl Replication {
     /// epoch's range, and append requests whose batches do not match what
     /// they announce (offsets, epoch, CRC) — the leader sends again.
     pub fn receive(self: &Rc<Self>, from: NodeId, mut batch: PeerBatch, payload: Vec<u8>) {
+        self.heard
+            .borrow_mut()
+            .insert(from, std::time::Instant::now());
+        if batch.is_empty() {
+            return; // A beat.
+        }
         let payload = Rc::new(payload);
         // Where each carried batch lies in the payload (the wire decoder
         // checked that the entries' lengths add up to it).
@@ -720,7 +754,9 @@ impl Replication {
             );
         }
         let mut outbox = Outbox::default();
-        self.mux.borrow_mut().receive(from, batch, &mut outbox);
+        self.mux
+            .borrow_mut()
+            .receive(from, batch, &self.hearing(), &mut outbox);
         self.dispatch(outbox, Source::Frame(&payload, &positions));
     }
 
@@ -890,7 +926,10 @@ impl Replication {
         f: impl FnOnce(&mut Group, &mut Vec<Output>) -> R,
     ) -> Option<R> {
         let mut outbox = Outbox::default();
-        let result = self.mux.borrow_mut().with(group, &mut outbox, f)?;
+        let result = self
+            .mux
+            .borrow_mut()
+            .with(group, &self.hearing(), &mut outbox, f)?;
         self.dispatch(outbox, source);
         Some(result)
     }

@@ -28,7 +28,7 @@ fn leader(seed: u64) -> Group {
     );
     let mut out = Vec::new();
     while g.role() == Role::Follower {
-        g.tick(&mut out);
+        g.tick(&|_| None, &mut out);
     }
     g.receive(
         1,
@@ -76,7 +76,7 @@ fn idle_groups(c: &mut Criterion) {
     group.bench_function("tick", |b| {
         let mut outbox = Outbox::default();
         b.iter(|| {
-            mux.tick(&mut outbox);
+            mux.tick(&|_| None, &mut outbox);
             black_box(outbox.batches.len());
             outbox.batches.clear();
             outbox.local.clear();
@@ -85,14 +85,14 @@ fn idle_groups(c: &mut Criterion) {
     group.bench_function("tick_and_answers_from_two_peers", |b| {
         let mut outbox = Outbox::default();
         b.iter(|| {
-            mux.tick(&mut outbox);
+            mux.tick(&|_| None, &mut outbox);
             outbox.batches.clear();
             for peer in [1, 2] {
                 let batch = PeerBatch {
                     heartbeat_responses: answers.clone(),
                     ..PeerBatch::default()
                 };
-                mux.receive(peer, batch, &mut outbox);
+                mux.receive(peer, batch, &|_| None, &mut outbox);
             }
             black_box(outbox.local.len());
             outbox.local.clear();

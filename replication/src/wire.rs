@@ -254,7 +254,14 @@ mod tests {
             entries,
         };
         let batch = PeerBatch {
-            heartbeats: vec![(7, Heartbeat { term: 2, commit: 9 })],
+            heartbeats: vec![(
+                7,
+                Heartbeat {
+                    term: 2,
+                    commit: 9,
+                    quiesce: true,
+                },
+            )],
             heartbeat_responses: Vec::new(),
             messages: vec![
                 (3, Message::Append(append)),

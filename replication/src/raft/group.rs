@@ -59,6 +59,15 @@ pub struct Config {
     pub lease_ticks: Option<u32>,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: u32,
+    /// Let the group go quiet when idle: once every replica has the whole
+    /// log and knows it committed, the leader stops its heartbeats, and its
+    /// followers stop waiting for them as long as the caller hears from the
+    /// leader's node (node-level liveness, passed to [`Group::tick`]) —
+    /// ten thousand idle partitions then cost their nodes next to nothing
+    /// (CockroachDB quiesces idle ranges the same way). Anything to send
+    /// wakes the group: a proposal, a change, a follower that missed the
+    /// last heartbeat and asks for votes.
+    pub quiesce: bool,
     /// When a copy counts toward the quorum.
     pub durability: Durability,
     /// Bytes a leader keeps in flight to one follower.
@@ -81,6 +90,7 @@ impl Config {
             election_jitter_ticks: None,
             lease_ticks: None,
             heartbeat_ticks: 2,
+            quiesce: false,
             durability,
             max_inflight_bytes: 4 << 20,
             max_append_bytes: 1 << 20,
@@ -182,6 +192,8 @@ struct Leadership {
     heartbeat_elapsed: u32,
     transfer: Option<(NodeId, u64)>,
     durable_reported: Offset,
+    /// The last heartbeat said `quiesce`, and nothing was sent since.
+    quiesced: bool,
 }
 
 #[derive(Debug)]
@@ -219,6 +231,9 @@ pub struct Group {
     heard_at: u64,
     timeout: u64,
     rng: u64,
+    /// A follower told by its leader that the group is quiet: hearing the
+    /// leader's node stands in for its heartbeats.
+    quiesced: bool,
 }
 
 impl Group {
@@ -269,6 +284,7 @@ impl Group {
             now: 0,
             heard_at: 0,
             timeout: 0,
+            quiesced: false,
         };
         group.refresh_membership();
         group.reset_election_timer();
@@ -384,9 +400,11 @@ impl Group {
 
     // ----- inputs -----------------------------------------------------------
 
-    /// One clock tick.
-    pub fn tick(&mut self, out: &mut Vec<Output>) {
-        self.now += 1;
+    /// One clock tick. `heard(node)` is how many ticks ago anything at all
+    /// arrived from that replica's node (`None`: never); a quiet group
+    /// takes it for the heartbeats it no longer exchanges.
+    pub fn tick(&mut self, heard: &dyn Fn(NodeId) -> Option<u64>, out: &mut Vec<Output>) {
+        self.advance(1, heard);
         if !matches!(self.role, RoleState::Leader(_)) {
             if self.now - self.heard_at >= self.timeout && self.membership.is_voter(self.cfg.id) {
                 self.start_pre_vote(out);
@@ -415,14 +433,101 @@ impl Group {
         }
         self.resume_stalled_pipelines();
         if heartbeat_due {
+            let quiet = self.is_quiet();
+            let RoleState::Leader(l) = &mut self.role else {
+                unreachable!()
+            };
+            if quiet && l.quiesced {
+                return;
+            }
             let beat = Heartbeat {
                 term: self.hard.term,
                 commit: self.commit,
+                quiesce: quiet,
             };
             for to in self.peers() {
                 self.send(to, Message::Heartbeat(beat), out);
             }
+            // After the sends: any other message wakes the group.
+            if let RoleState::Leader(l) = &mut self.role {
+                l.quiesced = quiet;
+            }
         }
+    }
+
+    /// Moves the clock `ticks` on at once, for a quiet group whose caller
+    /// skipped its ticks (see [`Group::quiet_nodes`]): it catches up before
+    /// it handles anything, exactly as if it had ticked, since nothing
+    /// happens to a quiet group while its nodes are heard from.
+    pub fn skip(&mut self, ticks: u64, heard: &dyn Fn(NodeId) -> Option<u64>) {
+        self.advance(ticks, heard);
+        if matches!(self.role, RoleState::Leader(_)) {
+            // Renews the leader's own lease, as its ticks would have.
+            let _ = self.check_quorum();
+        }
+    }
+
+    /// The nodes a quiet group relies on (a follower's leader, a leader's
+    /// followers), and how recently each must have been heard for the
+    /// group's ticks to be skipped; `None` while the group is not quiet.
+    /// Skipping within that bound changes nothing: no timeout can fall due
+    /// before a node has been silent for a lease.
+    pub fn quiet_nodes(&self) -> Option<(Vec<NodeId>, u64)> {
+        let lease = u64::from(self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks));
+        let fresh = (lease / 2).max(1);
+        match &self.role {
+            RoleState::Leader(l) if l.quiesced => Some((self.peers(), fresh)),
+            RoleState::Follower if self.quiesced => Some((vec![self.leader?], fresh)),
+            _ => None,
+        }
+    }
+
+    /// Moves the clock on; a quiet group takes hearing from the nodes it
+    /// relies on for the heartbeats and answers they no longer send.
+    fn advance(&mut self, ticks: u64, heard: &dyn Fn(NodeId) -> Option<u64>) {
+        self.now += ticks;
+        let now = self.now;
+        let since = |id: NodeId| heard(id).map(|ticks| now.saturating_sub(ticks));
+        match &mut self.role {
+            RoleState::Leader(l) if l.quiesced => {
+                for (&id, p) in &mut l.progress {
+                    if let Some(at) = since(id) {
+                        p.heard_at = p.heard_at.max(at);
+                    }
+                }
+            }
+            RoleState::Leader(_) => {}
+            _ => {
+                if self.quiesced
+                    && let Some(at) = self.leader.and_then(since)
+                {
+                    self.heard_at = self.heard_at.max(at);
+                }
+            }
+        }
+    }
+
+    /// Whether a leader's group has nothing to say for now: quiescing is on,
+    /// everything is committed and durable everywhere, nothing is in flight
+    /// or being handed over, and every replica answered within its lease.
+    fn is_quiet(&self) -> bool {
+        let RoleState::Leader(l) = &self.role else {
+            return false;
+        };
+        let end = self.log.end();
+        let lease = u64::from(self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks));
+        self.cfg.quiesce
+            && l.transfer.is_none()
+            && self.commit == end
+            && self.durable_end() == end
+            && self.hard_state_durable()
+            && l.progress.values().all(|p| {
+                p.mode == Mode::Replicate
+                    && p.inflight.is_empty()
+                    && p.matched == end
+                    && p.durable == end
+                    && self.now - p.heard_at < lease
+            })
     }
 
     /// A message from replica `from`.
@@ -619,6 +724,7 @@ impl Group {
     }
 
     fn start_pre_vote(&mut self, out: &mut Vec<Output>) {
+        self.quiesced = false;
         self.reset_election_timer();
         self.set_leader(None, out);
         self.role = RoleState::PreCandidate(Votes::new(self.cfg.id));
@@ -661,6 +767,14 @@ impl Group {
     }
 
     fn on_pre_vote(&mut self, from: NodeId, r: VoteRequest, out: &mut Vec<Output>) {
+        // Someone is without a leader: stop trusting the leader's node for
+        // its heartbeats. If it is the leader itself, asking for a later
+        // term, it no longer leads this one (it restarted, or stepped down)
+        // while its node stays up.
+        self.quiesced = false;
+        if r.term > self.hard.term && self.leader == Some(from) {
+            self.set_leader(None, out);
+        }
         let granted =
             r.term > self.hard.term && !self.leader_is_recent() && self.log_is_current(&r);
         let term = if granted { r.term } else { self.hard.term };
@@ -672,6 +786,7 @@ impl Group {
     }
 
     fn on_vote(&mut self, from: NodeId, r: VoteRequest, out: &mut Vec<Output>) {
+        self.quiesced = false;
         debug_assert_eq!(
             r.term, self.hard.term,
             "terms are reconciled before dispatch"
@@ -739,7 +854,9 @@ impl Group {
             heartbeat_elapsed: 0,
             transfer: None,
             durable_reported: self.durable_end(),
+            quiesced: false,
         }));
+        self.quiesced = false;
         self.heard_at = self.now;
         out.push(Output::Event(Event::BecameLeader {
             term: self.hard.term,
@@ -774,6 +891,7 @@ impl Group {
             }));
         }
         self.role = RoleState::Follower;
+        self.quiesced = false;
         self.reset_election_timer();
         self.set_leader(leader, out);
     }
@@ -839,6 +957,7 @@ impl Group {
             self.set_leader(Some(from), out);
         }
         self.heard_at = self.now;
+        self.quiesced = false;
     }
 
     fn on_append(&mut self, from: NodeId, r: AppendRequest, out: &mut Vec<Output>) {
@@ -936,6 +1055,9 @@ impl Group {
         }
         self.heard_at = self.now;
         self.advance_commit_to(h.commit.min(self.verified), out);
+        // Quiet only with the whole log committed: a follower still missing
+        // entries keeps waiting for them (and times out if they never come).
+        self.quiesced = self.cfg.quiesce && h.quiesce && self.commit == self.log.end();
         let answer = self.append_response(None);
         self.send(from, Message::HeartbeatResponse(answer), out);
     }
@@ -1211,6 +1333,11 @@ impl Group {
                 }
             }
         }
+        if !requests.is_empty()
+            && let RoleState::Leader(l) = &mut self.role
+        {
+            l.quiesced = false;
+        }
         for (from, end, max_bytes) in requests {
             let prev_term = self.log.term_at_end(from);
             let Some(prev_term) = prev_term else {
@@ -1379,6 +1506,9 @@ impl Group {
     }
 
     fn send(&mut self, to: NodeId, message: Message, out: &mut Vec<Output>) {
+        if let RoleState::Leader(l) = &mut self.role {
+            l.quiesced = false;
+        }
         if self.hard_state_durable() {
             out.push(Output::Send { to, message });
         } else {

@@ -138,6 +138,11 @@ pub struct Heartbeat {
     pub term: Term,
     /// The leader's commit position.
     pub commit: Offset,
+    /// The last heartbeat for now: every replica has the whole log and
+    /// knows it committed, so the leader goes quiet until there is news;
+    /// a follower that is as far then stops waiting for heartbeats while it
+    /// hears from the leader's node (see `Config::quiesce`).
+    pub quiesce: bool,
 }
 
 /// A follower's answer to an append or a heartbeat.

@@ -21,12 +21,22 @@ struct Cluster {
 
 impl Cluster {
     fn new(count: u32, durability: Durability) -> Cluster {
+        Cluster::with(count, durability, false)
+    }
+
+    /// A cluster whose groups go quiet when idle (`Config::quiesce`).
+    fn quiet(count: u32) -> Cluster {
+        Cluster::with(count, Durability::Written, true)
+    }
+
+    fn with(count: u32, durability: Durability, quiesce: bool) -> Cluster {
         let voters: Vec<NodeId> = (0..count).collect();
         let membership = Membership::of_voters(&voters);
         let groups = voters
             .iter()
             .map(|&id| {
-                let cfg = Config::new(id, durability, 7);
+                let mut cfg = Config::new(id, durability, 7);
+                cfg.quiesce = quiesce;
                 Group::new(
                     cfg,
                     HardState::default(),
@@ -131,11 +141,34 @@ impl Cluster {
 
     fn tick(&mut self, n: usize, ticks: u32) {
         for _ in 0..ticks {
-            let mut out = Vec::new();
-            self.groups[n].tick(&mut out);
-            self.route(n, out);
-            self.flush_all();
+            self.tick_hearing(n, &|_| None);
         }
+    }
+
+    /// One tick of node `n`, which hears from nodes as `heard` says; returns
+    /// how many messages the tick itself sent.
+    fn tick_hearing(&mut self, n: usize, heard: &dyn Fn(NodeId) -> Option<u64>) -> usize {
+        let mut out = Vec::new();
+        self.groups[n].tick(heard, &mut out);
+        let sent = out
+            .iter()
+            .filter(|o| matches!(o, Output::Send { .. } | Output::Replicate(_)))
+            .count();
+        self.route(n, out);
+        self.flush_all();
+        sent
+    }
+
+    /// `ticks` rounds of every node ticking once, every node hearing every
+    /// other; returns the messages those ticks sent.
+    fn tick_all_hearing(&mut self, ticks: u32) -> usize {
+        let mut sent = 0;
+        for _ in 0..ticks {
+            for n in 0..self.groups.len() {
+                sent += self.tick_hearing(n, &|_| Some(0));
+            }
+        }
+        sent
     }
 }
 
@@ -244,7 +277,7 @@ fn a_leader_cut_off_from_its_quorum_steps_down() {
     let mut stepped_down = false;
     for _ in 0..40 {
         let mut out = Vec::new();
-        c.groups[0].tick(&mut out);
+        c.groups[0].tick(&|_| None, &mut out);
         stepped_down |= out
             .iter()
             .any(|o| matches!(o, Output::Event(Event::SteppedDown { .. })));
@@ -272,7 +305,7 @@ fn the_mux_sends_one_batch_per_peer_per_tick() {
         // Make each group a leader: time out, then grant it the votes.
         let mut out = Vec::new();
         for _ in 0..20 {
-            g.tick(&mut out);
+            g.tick(&|_| None, &mut out);
         }
         g.receive(
             1,
@@ -295,8 +328,8 @@ fn the_mux_sends_one_batch_per_peer_per_tick() {
         mux.insert(id, g);
     }
     let mut outbox = Outbox::default();
-    mux.tick(&mut outbox);
-    mux.tick(&mut outbox);
+    mux.tick(&|_| None, &mut outbox);
+    mux.tick(&|_| None, &mut outbox);
     assert_eq!(outbox.batches.len(), 2, "one batch per peer");
     for batch in outbox.batches.values() {
         assert_eq!(
@@ -382,4 +415,210 @@ fn replica_added_behind_the_log_start(first_probe_lost: bool) {
     assert!(c.groups[3].membership().learners.contains(&3));
     // The others held the leader's log at its start: nothing dropped.
     assert_eq!(c.logs[1].first().map(|e| e.offset), Some(0));
+}
+
+#[test]
+fn an_idle_group_goes_quiet_while_its_nodes_hear_each_other() {
+    let mut c = Cluster::quiet(3);
+    elect(&mut c, 0);
+    c.tick_all_hearing(10);
+    let term = c.groups[0].term();
+    assert_eq!(
+        c.tick_all_hearing(100),
+        0,
+        "an idle group sends nothing, ten election timeouts long"
+    );
+    assert_eq!(c.groups[0].role(), Role::Leader);
+    assert!(
+        c.groups
+            .iter()
+            .all(|g| g.term() == term && g.leader() == Some(0))
+    );
+    // News wakes it: a proposal replicates and commits everywhere at once...
+    let mut out = Vec::new();
+    let entry = c.groups[0].propose(1, 100, &mut out).expect("leader");
+    c.route(0, out);
+    c.flush_all();
+    assert_eq!(c.groups[0].commit(), entry.end);
+    // ...the followers learn the commit with the next heartbeats, and the
+    // group goes quiet again.
+    assert!(c.tick_all_hearing(10) > 0);
+    assert!(c.groups.iter().all(|g| g.commit() == entry.end));
+    assert_eq!(c.tick_all_hearing(100), 0);
+}
+
+#[test]
+fn a_quiet_groups_followers_elect_when_the_leaders_node_goes_silent() {
+    let mut c = Cluster::quiet(3);
+    elect(&mut c, 0);
+    c.tick_all_hearing(10);
+    assert_eq!(c.tick_all_hearing(20), 0);
+    // Node 0 stops: the others hear only each other, from the next tick.
+    let mut elected = None;
+    for tick in 1..=40u64 {
+        for n in 1..3 {
+            c.tick_hearing(n, &|id| if id == 0 { Some(tick) } else { Some(0) });
+        }
+        if let Some(n) = (1..3).find(|&n| c.groups[n].role() == Role::Leader) {
+            elected = Some((n, tick));
+            break;
+        }
+    }
+    let (_, tick) = elected.expect("a follower took over");
+    // Within Raft's bound: an election timeout (at most twice the shortest)
+    // after the last word from the leader's node, plus a round of votes.
+    assert!(tick <= 21, "took {tick} ticks");
+}
+
+#[test]
+fn a_quiet_group_elects_again_when_its_leader_stops_leading_on_a_node_still_heard() {
+    let mut c = Cluster::quiet(3);
+    elect(&mut c, 0);
+    c.tick_all_hearing(10);
+    let term = c.groups[0].term();
+    // The leader alone hears nobody (a one-way cut) and steps down, while
+    // its followers still hear its node.
+    for _ in 0..20 {
+        c.tick_hearing(0, &|_| None);
+    }
+    assert_ne!(c.groups[0].role(), Role::Leader);
+    // The node's other traffic keeps arriving: the followers must still see
+    // that the group has no leader, and elect one.
+    c.tick_all_hearing(60);
+    let leaders: Vec<usize> = (0..3)
+        .filter(|&n| c.groups[n].role() == Role::Leader)
+        .collect();
+    assert_eq!(leaders.len(), 1, "one leader again");
+    assert!(c.groups[leaders[0]].term() > term);
+}
+
+#[test]
+fn a_follower_that_missed_the_quiet_heartbeat_wakes_the_leader() {
+    let mut c = Cluster::quiet(3);
+    elect(&mut c, 0);
+    // Tick until the leader sends its quiet heartbeat, and lose node 2's.
+    let mut quiet_sent = false;
+    for _ in 0..10 {
+        let mut out = Vec::new();
+        c.groups[0].tick(&|_| Some(0), &mut out);
+        quiet_sent |= out
+            .iter()
+            .any(|o| matches!(o, Output::Send { message: Message::Heartbeat(h), .. } if h.quiesce));
+        out.retain(
+            |o| !matches!(o, Output::Send { to: 2, message: Message::Heartbeat(h) } if h.quiesce),
+        );
+        c.route(0, out);
+        c.flush_all();
+        if quiet_sent {
+            break;
+        }
+    }
+    assert!(quiet_sent);
+    let term = c.groups[0].term();
+    // Node 2 times out and asks for votes; the leader wakes and keeps it.
+    c.tick_all_hearing(60);
+    assert_eq!(c.groups[0].role(), Role::Leader);
+    assert_eq!(c.groups[0].term(), term, "no election was needed");
+    assert_eq!(c.groups[2].leader(), Some(0));
+    assert_eq!(c.tick_all_hearing(100), 0, "and all three are quiet again");
+}
+
+/// A leader of `{0, 1, 2}` (as replica 0) whose leader mark is written,
+/// quiescing when idle.
+fn quiet_leader(seed: u64) -> Group {
+    let mut cfg = Config::new(0, Durability::Written, seed);
+    cfg.quiesce = true;
+    let mut g = Group::new(
+        cfg,
+        HardState::default(),
+        LogState::default(),
+        Membership::of_voters(&[0, 1, 2]),
+        0,
+    );
+    let mut out = Vec::new();
+    while g.role() == Role::Follower {
+        g.tick(&|_| None, &mut out);
+    }
+    let granted = VoteResponse {
+        term: 1,
+        granted: true,
+    };
+    g.receive(1, Message::PreVoteResponse(granted), &mut out);
+    g.hard_state_persisted(1, &mut out);
+    g.receive(1, Message::VoteResponse(granted), &mut out);
+    assert_eq!(g.role(), Role::Leader);
+    let generation = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Append { generation, .. } => Some(*generation),
+            _ => None,
+        })
+        .expect("the leader mark");
+    g.log_written(g.log_end(), generation, &mut out);
+    g
+}
+
+#[test]
+fn the_mux_stops_ticking_quiet_groups_until_a_node_they_rely_on_goes_silent() {
+    const GROUPS: u64 = 100;
+    let mut mux = Mux::new();
+    for id in 0..GROUPS {
+        mux.insert(id, quiet_leader(id));
+    }
+    let all_heard = |_: NodeId| Some(0);
+    // Both followers have the leader mark.
+    let caught_up = crate::raft::AppendResponse {
+        term: 1,
+        rejected: None,
+        end: 1,
+        last_term: 1,
+        term_start: 0,
+        matched: 1,
+        durable: 1,
+    };
+    let mut outbox = Outbox::default();
+    for peer in [1, 2] {
+        let batch = crate::raft::mux::PeerBatch {
+            messages: (0..GROUPS)
+                .map(|id| (id, Message::AppendResponse(caught_up)))
+                .collect(),
+            ..Default::default()
+        };
+        mux.receive(peer, batch, &all_heard, &mut outbox);
+    }
+    assert!((0..GROUPS).all(|id| mux.get(id).is_some_and(|g| g.commit() == 1)));
+    for _ in 0..10 {
+        mux.tick(&all_heard, &mut Outbox::default());
+    }
+    assert_eq!(mux.ticking(), 0, "every idle group is quiet");
+    // A thousand ticks later nothing was sent, and nobody stepped down.
+    let mut outbox = Outbox::default();
+    for _ in 0..1000 {
+        mux.tick(&all_heard, &mut outbox);
+    }
+    assert!(outbox.batches.is_empty() && outbox.local.is_empty());
+    // A message for one group wakes it alone, caught up on its clock.
+    let batch = crate::raft::mux::PeerBatch {
+        heartbeat_responses: vec![(7, caught_up)],
+        ..Default::default()
+    };
+    mux.receive(1, batch, &all_heard, &mut outbox);
+    assert_eq!(mux.ticking(), 1);
+    mux.tick(&all_heard, &mut outbox);
+    assert_eq!(mux.get(7).map(Group::role), Some(Role::Leader));
+    assert_eq!(mux.ticking(), 0, "and it goes quiet again");
+    // Node 1 goes silent: every group wakes and heartbeats again.
+    let one_silent = |node: NodeId| Some(if node == 1 { 100 } else { 0 });
+    let mut outbox = Outbox::default();
+    mux.tick(&one_silent, &mut outbox);
+    assert_eq!(mux.ticking(), GROUPS as usize);
+    for _ in 0..5 {
+        mux.tick(&one_silent, &mut outbox);
+    }
+    let heartbeats = |node| outbox.batches.get(&node).map_or(0, |b| b.heartbeats.len());
+    assert!(
+        heartbeats(1) >= GROUPS as usize && heartbeats(2) >= GROUPS as usize,
+        "each group heartbeats its followers again"
+    );
+    assert!((0..GROUPS).all(|id| mux.get(id).is_some_and(|g| g.role() == Role::Leader)));
 }

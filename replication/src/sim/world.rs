@@ -60,6 +60,12 @@ pub struct Outcome {
 #[derive(Debug)]
 enum Ev {
     Tick(usize, u64),
+    /// Node-level liveness: something from `from` reached `to` (a peer
+    /// connection's traffic of other groups, in a real cluster).
+    Beat {
+        from: usize,
+        to: usize,
+    },
     Deliver {
         from: usize,
         to: usize,
@@ -96,6 +102,8 @@ struct Node {
     tick_every: Time,
     waiting: Vec<Waiting>,
     commit: Offset,
+    /// When a beat from each node last arrived (this incarnation).
+    heard: BTreeMap<usize, Time>,
 }
 
 /// One run's world.
@@ -123,6 +131,8 @@ pub struct World {
     client_gap_max: Time,
     crash_weight: u32,
     buggify: bool,
+    /// Groups go quiet when idle (`Config::quiesce`), liveness from beats.
+    quiesce: bool,
 }
 
 impl World {
@@ -151,6 +161,7 @@ impl World {
         // One batch per message makes replication slow and fine-grained:
         // more interleavings of old-term entries and new leaders' marks.
         let max_append_bytes = [1, 16 << 10, 64 << 10][rng.gen_range(0..3)];
+        let quiesce = rng.gen_bool(0.5);
         // Some five-node runs start with three voters, and replicas move in
         // and out of the group (membership changes) as a fault.
         let voters = if count == 5 && rng.gen_bool(0.5) {
@@ -170,6 +181,7 @@ impl World {
                 tick_every: rng.gen_range(TICK - TICK / 10..=TICK + TICK / 10),
                 waiting: Vec::new(),
                 commit: 0,
+                heard: BTreeMap::new(),
             })
             .collect();
         let bound = 3 * Time::from(ELECTION_TICKS) * (TICK + TICK / 10);
@@ -196,6 +208,7 @@ impl World {
             client_gap_max,
             crash_weight,
             buggify,
+            quiesce,
         };
         note!(
             world,
@@ -204,11 +217,12 @@ impl World {
         );
         note!(
             world,
-            "faults every {} at most, crash weight {}, produce every {} at most, buggify {}",
+            "faults every {} at most, crash weight {}, produce every {} at most, buggify {}, quiesce {}",
             world.fault_gap_max,
             world.crash_weight,
             world.client_gap_max,
-            world.buggify
+            world.buggify,
+            world.quiesce
         );
         for n in 0..world.nodes.len() {
             world.start(n);
@@ -316,6 +330,7 @@ impl World {
                 .incarnation
                 .wrapping_mul(0x5851_F42D_4C95_7F2D);
         cfg.bugs = self.bugs;
+        cfg.quiesce = self.quiesce;
         cfg
     }
 
@@ -328,6 +343,7 @@ impl World {
         let end = log.end;
         node.group = Some(Group::new(cfg, hard, log, self.membership.clone(), 0));
         node.commit = 0;
+        node.heard.clear();
         node.paused_until = None;
         node.missed_ticks = 0;
         let (every, inc) = (node.tick_every, node.incarnation);
@@ -352,7 +368,29 @@ impl World {
                     self.nodes[n].missed_ticks += 1;
                     return Ok(());
                 }
-                self.drive(n, &[], |g, out| g.tick(out))
+                if self.quiesce {
+                    for to in (0..self.nodes.len()).filter(|&to| to != n) {
+                        for at in
+                            self.net
+                                .arrivals(n as NodeId, to as NodeId, self.now, &mut self.rng)
+                        {
+                            self.queue_at(at, Ev::Beat { from: n, to });
+                        }
+                    }
+                }
+                self.tick(n)
+            }
+            Ev::Beat { from, to } => {
+                if self.nodes[to].group.is_none() {
+                    return Ok(());
+                }
+                if let Some(until) = self.nodes[to].paused_until {
+                    let later = until - self.now + 1;
+                    self.schedule(later, Ev::Beat { from, to });
+                    return Ok(());
+                }
+                self.nodes[to].heard.insert(from, self.now);
+                Ok(())
             }
             Ev::Deliver {
                 from,
@@ -455,9 +493,21 @@ impl World {
         let missed = std::mem::take(&mut self.nodes[n].missed_ticks);
         note!(self, "n{n} resumes, {missed} ticks behind");
         for _ in 0..missed {
-            self.drive(n, &[], |g, out| g.tick(out))?;
+            self.tick(n)?;
         }
         Ok(())
+    }
+
+    /// One tick of node `n`: ticks since each beat, in its own clock's ticks.
+    fn tick(&mut self, n: usize) -> Result<(), Violation> {
+        let node = &self.nodes[n];
+        let (now, every) = (self.now, node.tick_every);
+        let heard: BTreeMap<NodeId, u64> = node
+            .heard
+            .iter()
+            .map(|(&from, &at)| (from as NodeId, (now - at) / every))
+            .collect();
+        self.drive(n, &[], |g, out| g.tick(&|id| heard.get(&id).copied(), out))
     }
 
     /// Runs `f` on node `n`'s group and carries out what it asks.
@@ -858,7 +908,9 @@ impl World {
         let unsent: Vec<(Time, u64)> = self
             .queue
             .iter()
-            .filter(|(_, ev)| matches!(ev, Ev::Deliver { from, .. } if *from == n))
+            .filter(|(_, ev)| {
+                matches!(ev, Ev::Deliver { from, .. } | Ev::Beat { from, .. } if *from == n)
+            })
             .map(|(&key, _)| key)
             .collect();
         for key in unsent {
