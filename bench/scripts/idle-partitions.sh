@@ -23,9 +23,13 @@ for k in $(seq 1 120); do
 done
 t2=$(date +%s.%N); echo "all leaders after $(echo "$t2 - $t0" | bc) s"
 $F cluster status --bootstrap $B | head -8 | cut -c1-200
-sleep 10
+# Leaders move back to their preferred replicas within the first
+# leader_rebalance_interval_ms (30 s); then the cluster is idle.
+sleep ${SETTLE:-60}
 echo "rss idle (KiB): $(rss)"
-c0=$(cpu); sleep 30; c1=$(cpu)
-echo "cpu ticks over 30 s (100/s): before [$c0] after [$c1]"
+c0=($(cpu)); sleep 60; c1=($(cpu))
+for i in 0 1 2; do
+  echo "node $((i+1)) cpu over 60 s idle: $(echo "scale=2; (${c1[$i]} - ${c0[$i]}) / 60" | bc) % of a core"
+done
 for i in 1 2 3; do p=$(pgrep -f "data-dir $D/n$i "); echo "node $i fds: $(ls /proc/$p/fd | wc -l)"; done
 grep -h "ERROR\|WARN" $D/n*.err | cut -c1-200 | sort | uniq -c | sort -rn | head -5

@@ -552,6 +552,11 @@ impl Replication {
         })
     }
 
+    /// Groups not quiet (ticked every tick).
+    pub fn groups_ticking(&self) -> usize {
+        self.mux.borrow().ticking()
+    }
+
     /// Stops a group (its partition is closing): waiting producers fail.
     pub fn remove(&self, group: GroupId) {
         self.mux.borrow_mut().remove(group);

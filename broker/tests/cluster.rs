@@ -21,6 +21,8 @@ const PARTITIONS: i32 = 2;
 
 struct Cluster {
     nodes: Vec<Broker>,
+    /// Each node's admin listener, by node.
+    admins: Vec<String>,
 }
 
 impl Cluster {
@@ -34,14 +36,42 @@ impl Cluster {
             "--offsets-topic-partitions",
             "3",
         ];
-        let first = Broker::start_with(1, &[&["--node-id", "1"][..], &rebalance].concat());
+        let admins: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", common::free_port()))
+            .collect();
+        let admin = |i: usize| ["--admin-listen", admins[i].as_str()];
+        let first = Broker::start_with(
+            1,
+            &[&["--node-id", "1"][..], &rebalance, &admin(0)].concat(),
+        );
         let seed = first.addr.to_string();
         let mut nodes = vec![first];
-        for id in ["2", "3"] {
-            let args = [&["--node-id", id, "--seeds", &seed][..], &rebalance].concat();
+        for (i, id) in [(1, "2"), (2, "3")] {
+            let args = [
+                &["--node-id", id, "--seeds", &seed][..],
+                &rebalance,
+                &admin(i),
+            ]
+            .concat();
             nodes.push(Broker::start_with(1, &args));
         }
-        Cluster { nodes }
+        Cluster { nodes, admins }
+    }
+
+    /// Raft groups each node ticks every tick (`/metrics`): idle ones are
+    /// quiet and not ticked.
+    fn groups_ticking(&self) -> Vec<u64> {
+        self.admins
+            .iter()
+            .map(|admin| {
+                let metrics = fjord_broker::cli::top::get(admin, "/metrics").expect("/metrics");
+                metrics
+                    .lines()
+                    .filter(|l| l.starts_with("fjord_raft_groups_ticking"))
+                    .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+                    .sum()
+            })
+            .collect()
     }
 
     /// Every node holds the controller's metadata: the same nodes, topics
@@ -334,6 +364,48 @@ fn killing_leaders_loses_no_acknowledged_record() {
 }
 
 #[test]
+fn an_idle_partition_goes_quiet_and_fails_over_when_its_leader_is_killed() {
+    let mut cluster = Cluster::start();
+    let client = cluster.client();
+    create_topic(&client);
+    cluster.leaders(&client);
+    let mut acked = produce(&client, 0..100);
+    // Idle, the topic's groups stop heartbeating and are no longer ticked
+    // (the metadata group, on node 1, always is).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ticking = cluster.groups_ticking();
+        if ticking.iter().sum::<u64>() <= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "groups still ticking: {ticking:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A quiet group's leader killed: its followers notice the node's
+    // silence and elect within the election timeout (1 s, drawn up to
+    // 1.5 s) after its last beat, as they would notice missed heartbeats.
+    let leader = cluster.leaders(&client)[0];
+    let killed = Instant::now();
+    cluster.node(leader).kill();
+    let new_leader = described_until(&client, "a new leader of partition 0", |t| {
+        let l = t.partitions[0].leader;
+        (l > 0 && l != leader).then_some(l)
+    });
+    let failover = killed.elapsed();
+    assert!(
+        failover < Duration::from_millis(3500),
+        "node {new_leader} took over after {failover:?}"
+    );
+    merge(&mut acked, produce(&client, 100..200));
+    cluster.node(leader).restart();
+    cluster.assert_all_kept(&client, &acked);
+    cluster.assert_metadata_equal();
+}
+
+#[test]
 fn killing_random_nodes_under_load_loses_and_reorders_nothing() {
     let mut cluster = Cluster::start();
     let client = cluster.client();
@@ -604,7 +676,11 @@ fn an_isolated_leader_stops_acknowledging_and_the_cluster_heals() {
         };
         nodes.push(Broker::launch(1, &args, launch));
     }
-    let mut cluster = Cluster { nodes };
+    // No admin listeners: nothing here reads them.
+    let mut cluster = Cluster {
+        nodes,
+        admins: Vec::new(),
+    };
     let client = cluster.client();
     create_topic(&client);
     let mut acked = produce(&client, 0..100);

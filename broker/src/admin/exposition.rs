@@ -345,6 +345,13 @@ impl Exposition {
         )?;
         family(
             e,
+            "fjord_raft_groups_ticking",
+            "Raft groups ticked every tick; idle ones go quiet and are not",
+            MetricType::Gauge,
+            per_shard(|s| s.raft_groups_ticking as u64),
+        )?;
+        family(
+            e,
             "fjord_partitions_not_served",
             "Partitions a shard could not open (retried)",
             MetricType::Gauge,

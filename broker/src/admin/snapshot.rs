@@ -65,6 +65,8 @@ pub struct ShardSnapshot {
     pub staged_batches: usize,
     /// Bytes of the staging area they take.
     pub staged_bytes: usize,
+    /// Raft groups ticked every tick: those not quiet.
+    pub raft_groups_ticking: usize,
     /// Free bytes of the data directory's filesystem, last sampled.
     pub disk_free_bytes: u64,
     /// Size of that filesystem.
@@ -203,6 +205,7 @@ pub fn of_shard(shard: &Shard) -> ShardSnapshot {
         connections: shard.connections.get(),
         staged_batches,
         staged_bytes,
+        raft_groups_ticking: shard.replication().groups_ticking(),
         disk_free_bytes: space.free_bytes,
         disk_total_bytes: space.total_bytes,
         disk_low: shard.space().is_low(),
