@@ -1,7 +1,8 @@
 #!/bin/bash
 # Failover time as a client sees it: one acks=all record at a time to
 # partition 0 (each a `fjord produce`), the leader of partition 0 killed
-# with SIGKILL; the longest gap between two acknowledgements.
+# with SIGKILL; the longest gap between two acknowledgements. IDLE=1: the
+# partition idle for 2 s before the kill; from the kill to the first ack.
 F=${FJORD:-target/release/fjord}
 D=$(mktemp -d); trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$D"' EXIT
 start() { i=$1; extra=""; [ $i -gt 1 ] && extra="--seeds 127.0.0.1:19501"
@@ -11,6 +12,15 @@ B=127.0.0.1:19501,127.0.0.1:19502,127.0.0.1:19503
 $F topic create f --partitions 1 --replication-factor 3 --bootstrap $B >/dev/null; sleep 2
 for round in 1 2 3; do
   L=$($F topic describe f --bootstrap $B | tail -1 | awk '{print $5}')
+  if [ -n "$IDLE" ]; then
+    # The partition idle (its group quiet, no heartbeats) when its leader
+    # dies: from the kill to the first acknowledgement.
+    echo x | $F produce f --partition 0 --bootstrap $B >/dev/null 2>&1; sleep 2
+    kill -9 $(pgrep -f "data-dir $D/n$L "); killed=$(date +%s%N)
+    until echo x | $F produce f --partition 0 --bootstrap $B >/dev/null 2>&1; do :; done
+    echo "round $round (idle): leader node $L killed; kill to first ack: $(( ($(date +%s%N) - killed) / 1000000 )) ms"
+    start $L; sleep 3; continue
+  fi
   : > $D/acks
   end=$(( $(date +%s%N) + 6000000000 ))
   killed=0
