@@ -5,9 +5,10 @@
 //! the head of its open buffer and rewrites that block, now longer, with the
 //! next write. Staged bytes go straight into the open buffer (the only copy on
 //! the append path); a flush seals it and hands the caller the writes to
-//! issue, in file order. Consecutive writes share the partial block, so they
-//! are issued one after another, never concurrently: a reordered pair could
-//! leave the older, shorter copy of that block on disk.
+//! issue, in file order. Consecutive writes share the partial block: the log
+//! keeps several in flight and rewrites a block two of them shared once both
+//! are done (see `pipeline`), since a reordered pair could leave the older,
+//! shorter copy of that block on disk.
 
 use crate::error::{Result, StorageError};
 use crate::files::SegmentFile;
@@ -66,6 +67,11 @@ pub struct Flush {
 }
 
 impl Flush {
+    /// The file the writes go to.
+    pub fn file(&self) -> &Rc<SegmentFile> {
+        &self.file
+    }
+
     /// Grows the file first when the writes need room.
     pub async fn preallocate(&self) -> Result<()> {
         if let Some(size) = self.allocate_to {
@@ -80,7 +86,8 @@ impl Flush {
     }
 
     /// Issues one of the writes. Call in order, each after the previous one
-    /// completed: consecutive writes share a block.
+    /// completed: consecutive writes share a block (the log's pipeline
+    /// overlaps them and repairs that block instead).
     pub async fn write(&self, write: &Write) -> Result<()> {
         let done = self
             .file

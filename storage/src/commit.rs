@@ -11,7 +11,9 @@ use crate::cache::{BatchCache, CacheKey};
 use crate::config::LogConfig;
 use crate::epochs::EpochCache;
 use crate::error::{Result, StorageError};
+use crate::files::SegmentFile;
 use crate::log::LogStats;
+use crate::pipeline::{Pipeline, WRITES_IN_FLIGHT_MAX};
 use crate::segment::Segment;
 use crate::slice::BatchSlice;
 use crate::staging::{Staging, Ticket};
@@ -24,6 +26,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// Most bytes one round takes before it ends and lets the index, a
+/// truncate and the shard's other logs have their turn: about 40 ms of
+/// writes at this machine's limit.
+const ROUND_BYTES_MAX: u64 = 64 << 20;
 
 pub(crate) struct Waiter {
     /// Offsets below this must be safe.
@@ -310,39 +317,26 @@ impl Inner {
         Ok(())
     }
 
-    /// One group commit: write what every unfinished segment has staged, in
-    /// offset order, publishing each write as it completes; then sync per
-    /// policy and publish durability.
+    /// One group commit: write what every unfinished segment has staged,
+    /// several writes in flight (see `pipeline`), publishing each write in
+    /// offset order as it is written for good; then sync per policy and
+    /// publish durability. Under `never` and `interval` the round goes on
+    /// taking what is staged meanwhile, up to [`ROUND_BYTES_MAX`], so the
+    /// device's queue does not drain between rounds.
     pub(crate) async fn flush_once(&self) -> Result<()> {
-        let (flushes, batches) = {
-            let mut st = self.state.borrow_mut();
-            let st = &mut *st;
-            // Everything staged goes in this round: that is its size.
-            let batches = st.staged.len();
-            let active = st.active().base_offset;
-            let mut flushes: Vec<(u64, Flush)> = Vec::new();
-            for base in st.sealing.iter().copied().chain(std::iter::once(active)) {
-                if let Some(flush) = st.segments.get_mut(&base).and_then(|s| s.log.take_flush()) {
-                    if !st.unsynced.contains(&base) {
-                        st.unsynced.push(base);
-                    }
-                    flushes.push((base, flush));
-                }
+        let mut pipeline = Pipeline::default();
+        let written = self.write_round(&mut pipeline).await;
+        self.state.borrow_mut().stats.fixups += pipeline.fixups();
+        let wrote = match written {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                // Writes issued after the failing one may still be in flight:
+                // they must not land once the log has given its files up (a
+                // reopened log recovers them without those writes).
+                pipeline.drain().await;
+                return Err(e);
             }
-            (flushes, batches)
         };
-        if batches > 0 {
-            crate::io_stats::record_group_commit(batches);
-        }
-        for (base, flush) in &flushes {
-            flush.preallocate().await?;
-            for write in &flush.writes {
-                let started = Instant::now();
-                flush.write(write).await?;
-                crate::io_stats::record_write(started.elapsed());
-                self.publish_write(*base, write);
-            }
-        }
         let sync_files = {
             let st = self.state.borrow();
             let due = match self.config.fsync {
@@ -378,7 +372,7 @@ impl Inner {
         }
         {
             let mut st = self.state.borrow_mut();
-            st.stats.flushes += u64::from(!flushes.is_empty());
+            st.stats.flushes += u64::from(wrote);
             if sync_files.is_some() {
                 // The flusher is the only writer and it synced every unsynced
                 // file after its writes: nothing written is unsynced now.
@@ -394,14 +388,100 @@ impl Inner {
         self.finish_segments().await
     }
 
+    /// The writes of one round: takes what is staged, keeps up to
+    /// [`WRITES_IN_FLIGHT_MAX`] writes unpublished, and returns once all
+    /// it took are published; true if it wrote anything.
+    async fn write_round(&self, pipeline: &mut Pipeline) -> Result<bool> {
+        // Taken and not yet issued, in file order.
+        let mut queued: VecDeque<(u64, Rc<SegmentFile>, Write)> = VecDeque::new();
+        // Staged batches whose bytes are taken and not yet published.
+        let mut batches_taken = 0usize;
+        let mut bytes_taken = 0u64;
+        let mut first = true;
+        loop {
+            while pipeline.unpublished() < WRITES_IN_FLIGHT_MAX {
+                if let Some((base, file, write)) = queued.pop_front() {
+                    pipeline.issue(base, &file, write);
+                    continue;
+                }
+                if !(first || self.round_goes_on(bytes_taken)) {
+                    break;
+                }
+                first = false;
+                let (flushes, batches) = self.take_flushes(batches_taken);
+                batches_taken += batches;
+                if batches > 0 {
+                    crate::io_stats::record_group_commit(batches);
+                }
+                if flushes.is_empty() {
+                    break;
+                }
+                for (base, flush) in flushes {
+                    flush.preallocate().await?;
+                    for write in flush.writes.iter() {
+                        bytes_taken += write.len as u64;
+                        queued.push_back((base, flush.file().clone(), write.clone()));
+                    }
+                }
+            }
+            let Some(completed) = pipeline.complete_next().await else {
+                assert!(queued.is_empty(), "writes queued with none in flight");
+                return Ok(bytes_taken > 0);
+            };
+            completed?;
+            while let Some((base, write)) = pipeline.take_published() {
+                batches_taken -= self.publish_write(base, &write);
+            }
+        }
+    }
+
+    /// Seals what every unfinished segment has staged into flushes, in file
+    /// order, with the number of staged batches they newly cover (the
+    /// first `batches_taken` were taken before).
+    fn take_flushes(&self, batches_taken: usize) -> (Vec<(u64, Flush)>, usize) {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        assert!(batches_taken <= st.staged.len(), "took more than staged");
+        let batches = st.staged.len() - batches_taken;
+        let active = st.active().base_offset;
+        let mut flushes: Vec<(u64, Flush)> = Vec::new();
+        for base in st.sealing.iter().copied().chain(std::iter::once(active)) {
+            if let Some(flush) = st.segments.get_mut(&base).and_then(|s| s.log.take_flush()) {
+                if !st.unsynced.contains(&base) {
+                    st.unsynced.push(base);
+                }
+                flushes.push((base, flush));
+            }
+        }
+        (flushes, batches)
+    }
+
+    /// Whether a round that took `bytes_taken` takes more: not when a sync
+    /// is owed (it waits for the round to end), nor past
+    /// [`ROUND_BYTES_MAX`] (a truncate, the index and other logs' rounds
+    /// wait for it too).
+    fn round_goes_on(&self, bytes_taken: u64) -> bool {
+        if bytes_taken >= ROUND_BYTES_MAX {
+            return false;
+        }
+        let st = self.state.borrow();
+        let sync_owed = match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => st.synced_at.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        !st.closed && !sync_owed && !st.waiters.iter().any(|w| w.needs_sync)
+    }
+
     /// After one write: move `offset_written` past the batches it completed,
     /// cache them, resolve the waiters that needed only the write, and give
-    /// their bytes back to the staging budget.
-    fn publish_write(&self, segment_base: u64, write: &Write) {
+    /// their bytes back to the staging budget. Returns how many batches it
+    /// completed.
+    fn publish_write(&self, segment_base: u64, write: &Write) -> usize {
         let mut st = self.state.borrow_mut();
         let end = write.position + write.len as u64;
         let Some(segment) = st.segments.get_mut(&segment_base) else {
-            return;
+            return 0;
         };
         let written_bytes = end.saturating_sub(segment.log.len_written());
         segment.log.complete_to(end);
@@ -437,6 +517,7 @@ impl Inner {
         st.release_waiters();
         st.advance_visible();
         self.staged_room.signal(written_bytes);
+        done
     }
 
     /// Writes due index entries, and completes rolled segments whose data is
@@ -457,6 +538,7 @@ impl Inner {
             }
             let mut flushes = Vec::new();
             for (base, segment) in st.segments.iter_mut() {
+                segment.index.file_below(segment.log.len_written());
                 let due = finished.contains(base) || segment.index.flush_due();
                 if let Some(flush) = due.then(|| segment.index.file_mut().take_flush()).flatten() {
                     flushes.push((*base, flush));
