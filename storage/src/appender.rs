@@ -164,6 +164,8 @@ pub struct Appender {
     len: u64,
     /// Logical length already written.
     len_written: u64,
+    /// Logical length handed to flushes (written or being written).
+    len_taken: u64,
     /// The file has been fallocated up to here, or will be once the
     /// background preallocation is done.
     allocated: u64,
@@ -211,6 +213,7 @@ impl Appender {
             file,
             len,
             len_written: len,
+            len_taken: len,
             allocated,
             preallocating: None,
             preallocate_bytes: preallocate_bytes.max(BLOCK),
@@ -255,6 +258,11 @@ impl Appender {
         self.len_written
     }
 
+    /// Bytes staged and not yet handed to a flush.
+    pub fn len_untaken(&self) -> u64 {
+        self.len - self.len_taken
+    }
+
     /// Reserves `n` bytes at the end of the file and returns their logical
     /// position and the buffer space to fill. The bytes go out with the next
     /// flush; they are contiguous in one buffer.
@@ -287,6 +295,7 @@ impl Appender {
         self.buffer_bytes = (staged * 2)
             .next_power_of_two()
             .clamp(BUFFER_BYTES_MIN, self.buffer_bytes_max);
+        self.len_taken = self.len;
         let mut writes = std::mem::take(&mut self.sealed);
         if self.open.len > self.open.written {
             let next = self.next_chunk(self.buffer_bytes);
@@ -344,6 +353,7 @@ impl Appender {
         assert_eq!(head.len() as u64, len - position, "head of the cut block");
         self.len = len;
         self.len_written = self.len_written.min(len);
+        self.len_taken = len;
         // The truncate drops the preallocated space: allocate again.
         self.allocated = len;
         self.sealed.clear();

@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 /// truncate and the shard's other logs have their turn: about 40 ms of
 /// writes at this machine's limit.
 const ROUND_BYTES_MAX: u64 = 64 << 20;
+/// Staged bytes worth a write of their own while others are in flight:
+/// fewer would spend the device's operations (and a fix-up each) on
+/// slivers; with nothing in flight any amount goes at once.
+const TAKE_BYTES_MIN: u64 = 16 * 1024;
 
 pub(crate) struct Waiter {
     /// Offsets below this must be safe.
@@ -323,9 +327,9 @@ impl Inner {
     /// publish durability. Under `never` and `interval` the round goes on
     /// taking what is staged meanwhile, up to [`ROUND_BYTES_MAX`], so the
     /// device's queue does not drain between rounds.
-    pub(crate) async fn flush_once(&self) -> Result<()> {
+    pub(crate) async fn flush_once(&self, kicked: &LocalReceiver<()>) -> Result<()> {
         let mut pipeline = Pipeline::default();
-        let written = self.write_round(&mut pipeline).await;
+        let written = self.write_round(&mut pipeline, kicked).await;
         self.state.borrow_mut().stats.fixups += pipeline.fixups();
         let wrote = match written {
             Ok(wrote) => wrote,
@@ -390,21 +394,31 @@ impl Inner {
 
     /// The writes of one round: takes what is staged, keeps up to
     /// [`WRITES_IN_FLIGHT_MAX`] writes unpublished, and returns once all
-    /// it took are published; true if it wrote anything.
-    async fn write_round(&self, pipeline: &mut Pipeline) -> Result<bool> {
+    /// it took are published; true if it wrote anything. Appends `kicked`
+    /// meanwhile join the round as their own writes while the window has
+    /// room, so acknowledged appenders refill while earlier writes are in
+    /// flight.
+    async fn write_round(
+        &self,
+        pipeline: &mut Pipeline,
+        kicked: &LocalReceiver<()>,
+    ) -> Result<bool> {
         // Taken and not yet issued, in file order.
         let mut queued: VecDeque<(u64, Rc<SegmentFile>, Write)> = VecDeque::new();
         // Staged batches whose bytes are taken and not yet published.
         let mut batches_taken = 0usize;
         let mut bytes_taken = 0u64;
         let mut first = true;
+        // The log's sender is gone: no more kicks to listen for.
+        let mut deaf = false;
         loop {
             while pipeline.unpublished() < WRITES_IN_FLIGHT_MAX {
                 if let Some((base, file, write)) = queued.pop_front() {
                     pipeline.issue(base, &file, write);
                     continue;
                 }
-                if !(first || self.round_goes_on(bytes_taken)) {
+                let worth = pipeline.unpublished() == 0 || self.untaken_bytes() >= TAKE_BYTES_MIN;
+                if !(first || (worth && self.round_goes_on(bytes_taken))) {
                     break;
                 }
                 first = false;
@@ -424,7 +438,26 @@ impl Inner {
                     }
                 }
             }
-            let Some(completed) = pipeline.complete_next().await else {
+            let listen = !deaf
+                && pipeline.unpublished() < WRITES_IN_FLIGHT_MAX
+                && pipeline.unpublished() > 0
+                && self.round_goes_on(bytes_taken);
+            let next = if listen {
+                // Cancel-safe: a completion not yet taken stays in the
+                // pipeline for the next call.
+                let completion = std::pin::pin!(pipeline.complete_next());
+                let kick = std::pin::pin!(kicked.recv());
+                match futures::future::select(completion, kick).await {
+                    futures::future::Either::Left((next, _)) => next,
+                    futures::future::Either::Right((kick, _)) => {
+                        deaf = kick.is_none();
+                        continue;
+                    }
+                }
+            } else {
+                pipeline.complete_next().await
+            };
+            let Some(completed) = next else {
                 assert!(queued.is_empty(), "writes queued with none in flight");
                 return Ok(bytes_taken > 0);
             };
@@ -433,6 +466,17 @@ impl Inner {
                 batches_taken -= self.publish_write(base, &write);
             }
         }
+    }
+
+    /// Bytes staged in the unfinished segments and not yet taken by a flush.
+    pub(crate) fn untaken_bytes(&self) -> u64 {
+        let st = self.state.borrow();
+        st.sealing
+            .iter()
+            .chain(std::iter::once(&st.active().base_offset))
+            .filter_map(|b| st.segments.get(b))
+            .map(|s| s.log.len_untaken())
+            .sum()
     }
 
     /// Seals what every unfinished segment has staged into flushes, in file
@@ -594,19 +638,25 @@ impl Inner {
 /// whenever appends kick it, or when an interval sync falls due.
 pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
     loop {
-        let open = match inner.sync_deadline() {
-            Some(deadline) => {
-                let wait = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(100));
-                let timer = std::pin::pin!(glommio::timer::sleep(wait));
-                let kick = std::pin::pin!(kicked.recv());
-                match futures::future::select(kick, timer).await {
-                    futures::future::Either::Left((kick, _)) => kick.is_some(),
-                    futures::future::Either::Right(_) => true,
+        // A round hears the kicks of appends that arrive while it runs; what
+        // they staged after its last take goes without waiting for another.
+        let open = if inner.untaken_bytes() > 0 {
+            true
+        } else {
+            match inner.sync_deadline() {
+                Some(deadline) => {
+                    let wait = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_micros(100));
+                    let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                    let kick = std::pin::pin!(kicked.recv());
+                    match futures::future::select(kick, timer).await {
+                        futures::future::Either::Left((kick, _)) => kick.is_some(),
+                        futures::future::Either::Right(_) => true,
+                    }
                 }
+                None => kicked.recv().await.is_some(),
             }
-            None => kicked.recv().await.is_some(),
         };
         let closing = !open || inner.state.borrow().closed;
         if closing && !inner.has_work() {
@@ -621,7 +671,7 @@ pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
         let Ok(_turn) = inner.flush_turn.acquire_permit(1).await else {
             break;
         };
-        if let Err(e) = inner.flush_once().await {
+        if let Err(e) = inner.flush_once(&kicked).await {
             let mut st = inner.state.borrow_mut();
             st.fail(Failure::of(&e));
             drop(st);
