@@ -148,7 +148,7 @@ impl Pipeline {
     pub(crate) fn issue(&mut self, segment: u64, file: &Rc<SegmentFile>, write: Write) {
         let size = write.buffer.len() as u64;
         assert!(
-            size > 0 && size % BLOCK == 0 && write.position % BLOCK == 0,
+            size > 0 && size.is_multiple_of(BLOCK) && write.position.is_multiple_of(BLOCK),
             "writes are whole aligned blocks"
         );
         let first = (segment, write.position);

@@ -27,7 +27,7 @@ const ROUNDS: u64 = 25;
 /// Even rounds sync each group commit; odd ones only write, from enough
 /// tasks to keep several writes in flight.
 fn policy(round: u64) -> (FsyncPolicy, u64) {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         (FsyncPolicy::Always, 8)
     } else {
         (FsyncPolicy::Never, 64)
