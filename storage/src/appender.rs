@@ -263,6 +263,11 @@ impl Appender {
         self.len - self.len_taken
     }
 
+    /// A buffer filled up since the last flush: a write's worth is waiting.
+    pub fn has_sealed(&self) -> bool {
+        !self.sealed.is_empty()
+    }
+
     /// Reserves `n` bytes at the end of the file and returns their logical
     /// position and the buffer space to fill. The bytes go out with the next
     /// flush; they are contiguous in one buffer.
@@ -291,6 +296,12 @@ impl Appender {
         if self.open.len == self.open.written && self.sealed.is_empty() {
             return None;
         }
+        // Twice what is staged and in flight: a steady load fits one buffer
+        // per flush. Only a heavier one fills buffers, and a full buffer is
+        // what the log writes beside those in flight (see `pipeline`): a
+        // write that overlaps another is published only after the fix-up
+        // of the block they share, a second write's latency, which small
+        // writes would pay for no gain in throughput.
         let staged = (self.len - self.len_written) as usize;
         self.buffer_bytes = (staged * 2)
             .next_power_of_two()

@@ -31,10 +31,6 @@ use std::time::{Duration, Instant};
 /// truncate and the shard's other logs have their turn: about 40 ms of
 /// writes at this machine's limit.
 const ROUND_BYTES_MAX: u64 = 64 << 20;
-/// Staged bytes worth a write of their own while others are in flight:
-/// fewer would spend the device's operations (and a fix-up each) on
-/// slivers; with nothing in flight any amount goes at once.
-const TAKE_BYTES_MIN: u64 = 16 * 1024;
 
 pub(crate) struct Waiter {
     /// Offsets below this must be safe.
@@ -409,7 +405,12 @@ impl Inner {
         let mut batches_taken = 0usize;
         let mut bytes_taken = 0u64;
         let mut first = true;
-        // The log's sender is gone: no more kicks to listen for.
+        // Whether to wake for an append's kick: once per completion, so
+        // that a stream of small appends does not wake the flusher for each
+        // (a kick costs a task switch; the channel holds one, and appends
+        // that find it full cost nothing). Off for good once the log's
+        // sender is gone.
+        let mut hear = true;
         let mut deaf = false;
         loop {
             while pipeline.unpublished() < WRITES_IN_FLIGHT_MAX {
@@ -417,7 +418,10 @@ impl Inner {
                     pipeline.issue(base, &file, write);
                     continue;
                 }
-                let worth = pipeline.unpublished() == 0 || self.untaken_bytes() >= TAKE_BYTES_MIN;
+                // While others are in flight, only a full buffer is worth a
+                // write of its own: slivers would spend the device's
+                // operations (and a fix-up each). With none, anything goes.
+                let worth = pipeline.unpublished() == 0 || self.buffer_filled();
                 if !(first || (worth && self.round_goes_on(bytes_taken))) {
                     break;
                 }
@@ -438,7 +442,8 @@ impl Inner {
                     }
                 }
             }
-            let listen = !deaf
+            let listen = hear
+                && !deaf
                 && pipeline.unpublished() < WRITES_IN_FLIGHT_MAX
                 && pipeline.unpublished() > 0
                 && self.round_goes_on(bytes_taken);
@@ -451,6 +456,7 @@ impl Inner {
                     futures::future::Either::Left((next, _)) => next,
                     futures::future::Either::Right((kick, _)) => {
                         deaf = kick.is_none();
+                        hear = false;
                         continue;
                     }
                 }
@@ -462,6 +468,7 @@ impl Inner {
                 return Ok(bytes_taken > 0);
             };
             completed?;
+            hear = true;
             while let Some((base, write)) = pipeline.take_published() {
                 batches_taken -= self.publish_write(base, &write);
             }
@@ -477,6 +484,16 @@ impl Inner {
             .filter_map(|b| st.segments.get(b))
             .map(|s| s.log.len_untaken())
             .sum()
+    }
+
+    /// Whether an unfinished segment filled a buffer since its last flush.
+    fn buffer_filled(&self) -> bool {
+        let st = self.state.borrow();
+        st.sealing
+            .iter()
+            .chain(std::iter::once(&st.active().base_offset))
+            .filter_map(|b| st.segments.get(b))
+            .any(|s| s.log.has_sealed())
     }
 
     /// Seals what every unfinished segment has staged into flushes, in file

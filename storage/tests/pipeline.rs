@@ -11,10 +11,9 @@ use fjord_core::FsyncPolicy;
 use fjord_core::batch;
 use fjord_storage::pipeline::{Adversary, set_adversary};
 use fjord_storage::{BatchCache, LogConfig};
-use std::rc::Rc;
 
-const BATCHES: u64 = 3000;
-/// A segment size that holds all of [`BATCHES`] (about 3 MiB).
+const BATCHES: u64 = 6000;
+/// A segment size that holds all of [`BATCHES`] (about 12 MiB).
 const ONE_SEGMENT_BYTES: u64 = 64 << 20;
 
 fn config(segment_bytes: u64) -> LogConfig {
@@ -55,8 +54,9 @@ struct Outcome {
     file: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Appends [`BATCHES`] small batches from several tasks (so writes go out
-/// while earlier ones are in flight), closes, reopens and compares.
+/// Appends [`BATCHES`] small batches faster than they are written (so
+/// writes go out while earlier ones are in flight), closes, reopens and
+/// compares.
 fn run_appends(adversary: Adversary, segment_bytes: u64) -> Outcome {
     let one_segment = segment_bytes >= ONE_SEGMENT_BYTES;
     let (_tmp, dir) = data_dir();
@@ -64,24 +64,22 @@ fn run_appends(adversary: Adversary, segment_bytes: u64) -> Outcome {
     run(&dir, move |dir| async move {
         set_adversary(adversary);
         let cache = BatchCache::new(0); // reads come from the disk
-        let log = Rc::new(open(&dir, "p0", config(segment_bytes), &cache).await);
-        let mut tasks = Vec::new();
-        const TASKS: u64 = 16;
-        for task in 0..TASKS {
-            let log = log.clone();
-            tasks.push(glommio::spawn_local(async move {
-                let mut placed = Vec::new();
-                for seed in (task..BATCHES).step_by(TASKS as usize) {
-                    let appended = log.append(&batch_for(seed)).await.expect("append");
-                    appended.durable.await.expect("written");
-                    placed.push((appended.base_offset, seed));
-                }
-                placed
-            }));
-        }
+        let log = open(&dir, "p0", config(segment_bytes), &cache).await;
+        // One producer that outpaces the disk, yielding now and then so the
+        // flusher takes what is staged while earlier writes are in flight:
+        // buffers fill, and full ones go out beside those in flight.
         let mut placed = Vec::new();
-        for task in tasks {
-            placed.extend(task.await);
+        let mut durables = Vec::new();
+        for seed in 0..BATCHES {
+            let appended = log.append(&batch_for(seed)).await.expect("append");
+            placed.push((appended.base_offset, seed));
+            durables.push(appended.durable);
+            if seed % 16 == 0 {
+                glommio::executor().yield_now().await;
+            }
+        }
+        for durable in durables {
+            durable.await.expect("written");
         }
         placed.sort_unstable();
         let fixups = log.stats().fixups;
