@@ -263,9 +263,9 @@ impl Appender {
         self.len - self.len_taken
     }
 
-    /// A buffer filled up since the last flush: a write's worth is waiting.
-    pub fn has_sealed(&self) -> bool {
-        !self.sealed.is_empty()
+    /// Bytes of the buffers that filled up since the last flush.
+    pub fn len_sealed(&self) -> u64 {
+        self.sealed.iter().map(|w| w.buffer.len() as u64).sum()
     }
 
     /// Reserves `n` bytes at the end of the file and returns their logical
@@ -302,9 +302,14 @@ impl Appender {
         // write that overlaps another is published only after the fix-up
         // of the block they share, a second write's latency, which small
         // writes would pay for no gain in throughput.
+        // It shrinks by half a flush at most: a small flush between large
+        // ones (taken as a write completed, before the appenders it
+        // released staged again) leaves room for their next round in one
+        // buffer instead of filling many small ones.
         let staged = (self.len - self.len_written) as usize;
         self.buffer_bytes = (staged * 2)
             .next_power_of_two()
+            .max(self.buffer_bytes / 2)
             .clamp(BUFFER_BYTES_MIN, self.buffer_bytes_max);
         self.len_taken = self.len;
         let mut writes = std::mem::take(&mut self.sealed);

@@ -31,6 +31,11 @@ use std::time::{Duration, Instant};
 /// truncate and the shard's other logs have their turn: about 40 ms of
 /// writes at this machine's limit.
 const ROUND_BYTES_MAX: u64 = 64 << 20;
+/// Fewest bytes of full buffers written beside writes in flight. A write
+/// that overlaps another counts as written only after the fix-up of the
+/// block they share (another write's latency); at 256 KiB and more the
+/// device's extra queue depth is worth it.
+const OVERLAP_BYTES_MIN: u64 = 256 * 1024;
 
 pub(crate) struct Waiter {
     /// Offsets below this must be safe.
@@ -418,9 +423,11 @@ impl Inner {
                     pipeline.issue(base, &file, write);
                     continue;
                 }
-                // While others are in flight, only a full buffer is worth a
-                // write of its own: slivers would spend the device's
-                // operations (and a fix-up each). With none, anything goes.
+                // While others are in flight, only full buffers of at least
+                // OVERLAP_BYTES_MIN are worth a write of their own: smaller
+                // ones would pay a fix-up's latency before they count as
+                // written, for no gain in throughput. With none, anything
+                // goes.
                 let worth = pipeline.unpublished() == 0 || self.buffer_filled();
                 if !(first || (worth && self.round_goes_on(bytes_taken))) {
                     break;
@@ -486,14 +493,18 @@ impl Inner {
             .sum()
     }
 
-    /// Whether an unfinished segment filled a buffer since its last flush.
+    /// Whether the unfinished segments filled buffers of at least
+    /// [`OVERLAP_BYTES_MIN`] since their last flush.
     fn buffer_filled(&self) -> bool {
         let st = self.state.borrow();
-        st.sealing
+        let sealed: u64 = st
+            .sealing
             .iter()
             .chain(std::iter::once(&st.active().base_offset))
             .filter_map(|b| st.segments.get(b))
-            .any(|s| s.log.has_sealed())
+            .map(|s| s.log.len_sealed())
+            .sum();
+        sealed >= OVERLAP_BYTES_MIN
     }
 
     /// Seals what every unfinished segment has staged into flushes, in file
