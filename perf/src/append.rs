@@ -43,6 +43,8 @@ pub struct Outcome {
     pub flushes: u64,
     /// fdatasync rounds.
     pub syncs: u64,
+    /// Shared blocks rewritten after overlapping writes.
+    pub fixups: u64,
 }
 
 /// A batch of about `bytes` bytes made of 1 KiB records (one record if smaller).
@@ -131,6 +133,7 @@ async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
         appends: stats.appends,
         flushes: stats.flushes,
         syncs: stats.syncs,
+        fixups: stats.fixups,
     })
 }
 

@@ -5,9 +5,10 @@
 //! the head of its open buffer and rewrites that block, now longer, with the
 //! next write. Staged bytes go straight into the open buffer (the only copy on
 //! the append path); a flush seals it and hands the caller the writes to
-//! issue, in file order. Consecutive writes share the partial block, so they
-//! are issued one after another, never concurrently: a reordered pair could
-//! leave the older, shorter copy of that block on disk.
+//! issue, in file order. Consecutive writes share the partial block: the log
+//! keeps several in flight and rewrites a block two of them shared once both
+//! are done (see `pipeline`), since a reordered pair could leave the older,
+//! shorter copy of that block on disk.
 
 use crate::error::{Result, StorageError};
 use crate::files::SegmentFile;
@@ -69,6 +70,11 @@ pub struct Flush {
 }
 
 impl Flush {
+    /// The file the writes go to.
+    pub fn file(&self) -> &Rc<SegmentFile> {
+        &self.file
+    }
+
     /// Grows the file first when the writes need room.
     pub async fn preallocate(&self) -> Result<()> {
         if let Some(size) = self.allocate_to {
@@ -83,7 +89,8 @@ impl Flush {
     }
 
     /// Issues one of the writes. Call in order, each after the previous one
-    /// completed: consecutive writes share a block.
+    /// completed: consecutive writes share a block (the log's pipeline
+    /// overlaps them and repairs that block instead).
     pub async fn write(&self, write: &Write) -> Result<()> {
         let done = self
             .file
@@ -160,6 +167,8 @@ pub struct Appender {
     len: u64,
     /// Logical length already written.
     len_written: u64,
+    /// Logical length handed to flushes (written or being written).
+    len_taken: u64,
     /// The file has been fallocated up to here, or will be once the
     /// background preallocation is done.
     allocated: u64,
@@ -207,6 +216,7 @@ impl Appender {
             file,
             len,
             len_written: len,
+            len_taken: len,
             allocated,
             preallocating: None,
             preallocate_bytes: preallocate_bytes.max(BLOCK),
@@ -251,6 +261,16 @@ impl Appender {
         self.len_written
     }
 
+    /// Bytes staged and not yet handed to a flush.
+    pub fn len_untaken(&self) -> u64 {
+        self.len - self.len_taken
+    }
+
+    /// Bytes of the buffers that filled up since the last flush.
+    pub fn len_sealed(&self) -> u64 {
+        self.sealed.iter().map(|w| w.buffer.len() as u64).sum()
+    }
+
     /// Reserves `n` bytes at the end of the file and returns their logical
     /// position and the buffer space to fill. The bytes go out with the next
     /// flush; they are contiguous in one buffer.
@@ -279,10 +299,22 @@ impl Appender {
         if self.open.len == self.open.written && self.sealed.is_empty() {
             return None;
         }
+        // Twice what is staged and in flight: a steady load fits one buffer
+        // per flush. Only a heavier one fills buffers, and a full buffer is
+        // what the log writes beside those in flight (see `pipeline`): a
+        // write that overlaps another is published only after the fix-up
+        // of the block they share, a second write's latency, which small
+        // writes would pay for no gain in throughput.
+        // It shrinks by half a flush at most: a small flush between large
+        // ones (taken as a write completed, before the appenders it
+        // released staged again) leaves room for their next round in one
+        // buffer instead of filling many small ones.
         let staged = (self.len - self.len_written) as usize;
         self.buffer_bytes = (staged * 2)
             .next_power_of_two()
+            .max(self.buffer_bytes / 2)
             .clamp(BUFFER_BYTES_MIN, self.buffer_bytes_max);
+        self.len_taken = self.len;
         let mut writes = std::mem::take(&mut self.sealed);
         if self.open.len > self.open.written {
             let next = self.next_chunk(self.buffer_bytes);
@@ -340,6 +372,7 @@ impl Appender {
         assert_eq!(head.len() as u64, len - position, "head of the cut block");
         self.len = len;
         self.len_written = self.len_written.min(len);
+        self.len_taken = len;
         // The truncate drops the preallocated space: allocate again.
         self.allocated = len;
         self.sealed.clear();

@@ -11,7 +11,9 @@ use crate::cache::{BatchCache, CacheKey};
 use crate::config::LogConfig;
 use crate::epochs::EpochCache;
 use crate::error::{Result, StorageError};
+use crate::files::SegmentFile;
 use crate::log::LogStats;
+use crate::pipeline::{Pipeline, WRITES_IN_FLIGHT_MAX};
 use crate::segment::Segment;
 use crate::slice::BatchSlice;
 use crate::staging::{Staging, Ticket};
@@ -24,6 +26,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// Most bytes one round takes before it ends and lets the index, a
+/// truncate and the shard's other logs have their turn: about 40 ms of
+/// writes at this machine's limit.
+const ROUND_BYTES_MAX: u64 = 64 << 20;
+/// Fewest bytes of full buffers written beside writes in flight. A write
+/// that overlaps another counts as written only after the fix-up of the
+/// block they share (another write's latency); at 256 KiB and more the
+/// device's extra queue depth is worth it.
+const OVERLAP_BYTES_MIN: u64 = 256 * 1024;
 
 pub(crate) struct Waiter {
     /// Offsets below this must be safe.
@@ -310,39 +322,26 @@ impl Inner {
         Ok(())
     }
 
-    /// One group commit: write what every unfinished segment has staged, in
-    /// offset order, publishing each write as it completes; then sync per
-    /// policy and publish durability.
-    pub(crate) async fn flush_once(&self) -> Result<()> {
-        let (flushes, batches) = {
-            let mut st = self.state.borrow_mut();
-            let st = &mut *st;
-            // Everything staged goes in this round: that is its size.
-            let batches = st.staged.len();
-            let active = st.active().base_offset;
-            let mut flushes: Vec<(u64, Flush)> = Vec::new();
-            for base in st.sealing.iter().copied().chain(std::iter::once(active)) {
-                if let Some(flush) = st.segments.get_mut(&base).and_then(|s| s.log.take_flush()) {
-                    if !st.unsynced.contains(&base) {
-                        st.unsynced.push(base);
-                    }
-                    flushes.push((base, flush));
-                }
+    /// One group commit: write what every unfinished segment has staged,
+    /// several writes in flight (see `pipeline`), publishing each write in
+    /// offset order as it is written for good; then sync per policy and
+    /// publish durability. Under `never` and `interval` the round goes on
+    /// taking what is staged meanwhile, up to [`ROUND_BYTES_MAX`], so the
+    /// device's queue does not drain between rounds.
+    pub(crate) async fn flush_once(&self, kicked: &LocalReceiver<()>) -> Result<()> {
+        let mut pipeline = Pipeline::default();
+        let written = self.write_round(&mut pipeline, kicked).await;
+        self.state.borrow_mut().stats.fixups += pipeline.fixups();
+        let wrote = match written {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                // Writes issued after the failing one may still be in flight:
+                // they must not land once the log has given its files up (a
+                // reopened log recovers them without those writes).
+                pipeline.drain().await;
+                return Err(e);
             }
-            (flushes, batches)
         };
-        if batches > 0 {
-            crate::io_stats::record_group_commit(batches);
-        }
-        for (base, flush) in &flushes {
-            flush.preallocate().await?;
-            for write in &flush.writes {
-                let started = Instant::now();
-                flush.write(write).await?;
-                crate::io_stats::record_write(started.elapsed());
-                self.publish_write(*base, write);
-            }
-        }
         let sync_files = {
             let st = self.state.borrow();
             let due = match self.config.fsync {
@@ -378,7 +377,7 @@ impl Inner {
         }
         {
             let mut st = self.state.borrow_mut();
-            st.stats.flushes += u64::from(!flushes.is_empty());
+            st.stats.flushes += u64::from(wrote);
             if sync_files.is_some() {
                 // The flusher is the only writer and it synced every unsynced
                 // file after its writes: nothing written is unsynced now.
@@ -394,14 +393,167 @@ impl Inner {
         self.finish_segments().await
     }
 
+    /// The writes of one round: takes what is staged, keeps up to
+    /// [`WRITES_IN_FLIGHT_MAX`] writes unpublished, and returns once all
+    /// it took are published; true if it wrote anything. Appends `kicked`
+    /// meanwhile join the round as their own writes while the window has
+    /// room, so acknowledged appenders refill while earlier writes are in
+    /// flight.
+    async fn write_round(
+        &self,
+        pipeline: &mut Pipeline,
+        kicked: &LocalReceiver<()>,
+    ) -> Result<bool> {
+        // Taken and not yet issued, in file order.
+        let mut queued: VecDeque<(u64, Rc<SegmentFile>, Write)> = VecDeque::new();
+        // Staged batches whose bytes are taken and not yet published.
+        let mut batches_taken = 0usize;
+        let mut bytes_taken = 0u64;
+        let mut first = true;
+        // Whether to wake for an append's kick: once per completion, so
+        // that a stream of small appends does not wake the flusher for each
+        // (a kick costs a task switch; the channel holds one, and appends
+        // that find it full cost nothing). Off for good once the log's
+        // sender is gone.
+        let mut hear = true;
+        let mut deaf = false;
+        loop {
+            while pipeline.unpublished() < WRITES_IN_FLIGHT_MAX {
+                if let Some((base, file, write)) = queued.pop_front() {
+                    pipeline.issue(base, &file, write);
+                    continue;
+                }
+                // While others are in flight, only full buffers of at least
+                // OVERLAP_BYTES_MIN are worth a write of their own: smaller
+                // ones would pay a fix-up's latency before they count as
+                // written, for no gain in throughput. With none, anything
+                // goes.
+                let worth = pipeline.unpublished() == 0 || self.buffer_filled();
+                if !(first || (worth && self.round_goes_on(bytes_taken))) {
+                    break;
+                }
+                first = false;
+                let (flushes, batches) = self.take_flushes(batches_taken);
+                batches_taken += batches;
+                if batches > 0 {
+                    crate::io_stats::record_group_commit(batches);
+                }
+                if flushes.is_empty() {
+                    break;
+                }
+                for (base, flush) in flushes {
+                    flush.preallocate().await?;
+                    for write in flush.writes.iter() {
+                        bytes_taken += write.len as u64;
+                        queued.push_back((base, flush.file().clone(), write.clone()));
+                    }
+                }
+            }
+            let listen = hear
+                && !deaf
+                && pipeline.unpublished() < WRITES_IN_FLIGHT_MAX
+                && pipeline.unpublished() > 0
+                && self.round_goes_on(bytes_taken);
+            let next = if listen {
+                // Cancel-safe: a completion not yet taken stays in the
+                // pipeline for the next call.
+                let completion = std::pin::pin!(pipeline.complete_next());
+                let kick = std::pin::pin!(kicked.recv());
+                match futures::future::select(completion, kick).await {
+                    futures::future::Either::Left((next, _)) => next,
+                    futures::future::Either::Right((kick, _)) => {
+                        deaf = kick.is_none();
+                        hear = false;
+                        continue;
+                    }
+                }
+            } else {
+                pipeline.complete_next().await
+            };
+            let Some(completed) = next else {
+                assert!(queued.is_empty(), "writes queued with none in flight");
+                return Ok(bytes_taken > 0);
+            };
+            completed?;
+            hear = true;
+            while let Some((base, write)) = pipeline.take_published() {
+                batches_taken -= self.publish_write(base, &write);
+            }
+        }
+    }
+
+    /// Bytes staged in the unfinished segments and not yet taken by a flush.
+    pub(crate) fn untaken_bytes(&self) -> u64 {
+        let st = self.state.borrow();
+        st.sealing
+            .iter()
+            .chain(std::iter::once(&st.active().base_offset))
+            .filter_map(|b| st.segments.get(b))
+            .map(|s| s.log.len_untaken())
+            .sum()
+    }
+
+    /// Whether the unfinished segments filled buffers of at least
+    /// [`OVERLAP_BYTES_MIN`] since their last flush.
+    fn buffer_filled(&self) -> bool {
+        let st = self.state.borrow();
+        let sealed: u64 = st
+            .sealing
+            .iter()
+            .chain(std::iter::once(&st.active().base_offset))
+            .filter_map(|b| st.segments.get(b))
+            .map(|s| s.log.len_sealed())
+            .sum();
+        sealed >= OVERLAP_BYTES_MIN
+    }
+
+    /// Seals what every unfinished segment has staged into flushes, in file
+    /// order, with the number of staged batches they newly cover (the
+    /// first `batches_taken` were taken before).
+    fn take_flushes(&self, batches_taken: usize) -> (Vec<(u64, Flush)>, usize) {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        assert!(batches_taken <= st.staged.len(), "took more than staged");
+        let batches = st.staged.len() - batches_taken;
+        let active = st.active().base_offset;
+        let mut flushes: Vec<(u64, Flush)> = Vec::new();
+        for base in st.sealing.iter().copied().chain(std::iter::once(active)) {
+            if let Some(flush) = st.segments.get_mut(&base).and_then(|s| s.log.take_flush()) {
+                if !st.unsynced.contains(&base) {
+                    st.unsynced.push(base);
+                }
+                flushes.push((base, flush));
+            }
+        }
+        (flushes, batches)
+    }
+
+    /// Whether a round that took `bytes_taken` takes more: not when a sync
+    /// is owed (it waits for the round to end), nor past
+    /// [`ROUND_BYTES_MAX`] (a truncate, the index and other logs' rounds
+    /// wait for it too).
+    fn round_goes_on(&self, bytes_taken: u64) -> bool {
+        if bytes_taken >= ROUND_BYTES_MAX {
+            return false;
+        }
+        let st = self.state.borrow();
+        let sync_owed = match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => st.synced_at.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        !st.closed && !sync_owed && !st.waiters.iter().any(|w| w.needs_sync)
+    }
+
     /// After one write: move `offset_written` past the batches it completed,
     /// cache them, resolve the waiters that needed only the write, and give
-    /// their bytes back to the staging budget.
-    fn publish_write(&self, segment_base: u64, write: &Write) {
+    /// their bytes back to the staging budget. Returns how many batches it
+    /// completed.
+    fn publish_write(&self, segment_base: u64, write: &Write) -> usize {
         let mut st = self.state.borrow_mut();
         let end = write.position + write.len as u64;
         let Some(segment) = st.segments.get_mut(&segment_base) else {
-            return;
+            return 0;
         };
         let written_bytes = end.saturating_sub(segment.log.len_written());
         segment.log.complete_to(end);
@@ -437,6 +589,7 @@ impl Inner {
         st.release_waiters();
         st.advance_visible();
         self.staged_room.signal(written_bytes);
+        done
     }
 
     /// Writes due index entries, and completes rolled segments whose data is
@@ -457,6 +610,7 @@ impl Inner {
             }
             let mut flushes = Vec::new();
             for (base, segment) in st.segments.iter_mut() {
+                segment.index.file_below(segment.log.len_written());
                 let due = finished.contains(base) || segment.index.flush_due();
                 if let Some(flush) = due.then(|| segment.index.file_mut().take_flush()).flatten() {
                     flushes.push((*base, flush));
@@ -512,19 +666,25 @@ impl Inner {
 /// whenever appends kick it, or when an interval sync falls due.
 pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
     loop {
-        let open = match inner.sync_deadline() {
-            Some(deadline) => {
-                let wait = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(100));
-                let timer = std::pin::pin!(glommio::timer::sleep(wait));
-                let kick = std::pin::pin!(kicked.recv());
-                match futures::future::select(kick, timer).await {
-                    futures::future::Either::Left((kick, _)) => kick.is_some(),
-                    futures::future::Either::Right(_) => true,
+        // A round hears the kicks of appends that arrive while it runs; what
+        // they staged after its last take goes without waiting for another.
+        let open = if inner.untaken_bytes() > 0 {
+            true
+        } else {
+            match inner.sync_deadline() {
+                Some(deadline) => {
+                    let wait = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_micros(100));
+                    let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                    let kick = std::pin::pin!(kicked.recv());
+                    match futures::future::select(kick, timer).await {
+                        futures::future::Either::Left((kick, _)) => kick.is_some(),
+                        futures::future::Either::Right(_) => true,
+                    }
                 }
+                None => kicked.recv().await.is_some(),
             }
-            None => kicked.recv().await.is_some(),
         };
         let closing = !open || inner.state.borrow().closed;
         if closing && !inner.has_work() {
@@ -539,7 +699,7 @@ pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
         let Ok(_turn) = inner.flush_turn.acquire_permit(1).await else {
             break;
         };
-        if let Err(e) = inner.flush_once().await {
+        if let Err(e) = inner.flush_once(&kicked).await {
             let mut st = inner.state.borrow_mut();
             st.fail(Failure::of(&e));
             drop(st);

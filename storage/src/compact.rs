@@ -472,6 +472,7 @@ async fn rewrite_segment(
     for entry in &entries {
         index.push(*entry);
     }
+    index.file_below(u64::MAX);
     if let Some(flush) = index.file_mut().take_flush() {
         flush.run().await?;
         index.file_mut().complete(&flush);

@@ -74,8 +74,15 @@ pub fn decode_prefix(bytes: &[u8]) -> Vec<IndexEntry> {
 }
 
 /// A segment's index: all entries in memory, appended to its file.
+///
+/// An entry reaches the file only once its batch is written
+/// ([`Index::file_below`]): recovery trusts the log up to the last entry on
+/// disk (less one write's worth), and writes complete out of order, so an
+/// entry past a write still in flight could point beyond a hole.
 pub struct Index {
     entries: Vec<IndexEntry>,
+    /// The first `filed` entries are staged in `file` (or written).
+    filed: usize,
     file: Appender,
 }
 
@@ -86,20 +93,40 @@ impl Index {
     /// An index over `entries`, whose file already holds exactly them.
     pub fn new(entries: Vec<IndexEntry>, file: Appender) -> Index {
         assert_eq!(file.len(), (entries.len() * ENTRY_LEN) as u64);
-        Index { entries, file }
+        let filed = entries.len();
+        Index {
+            entries,
+            filed,
+            file,
+        }
     }
 
-    /// Adds an entry after the last one.
+    /// Adds an entry after the last one, in memory; [`Index::file_below`]
+    /// stages it for the file.
     pub fn push(&mut self, entry: IndexEntry) {
         if let Some(last) = self.entries.last() {
             assert!(entry.offset_delta > last.offset_delta && entry.position > last.position);
             debug_assert!(entry.max_timestamp >= last.max_timestamp);
         }
         self.entries.push(entry);
-        self.file
-            .reserve(ENTRY_LEN)
-            .1
-            .copy_from_slice(&entry.encode());
+    }
+
+    /// Stages for the file the entries of batches that start below log
+    /// position `position`: pass the log's written length (batches end
+    /// where the next starts, so those are written whole), or `u64::MAX`
+    /// for all.
+    pub fn file_below(&mut self, position: u64) {
+        while let Some(entry) = self.entries.get(self.filed) {
+            if u64::from(entry.position) >= position {
+                break;
+            }
+            self.file
+                .reserve(ENTRY_LEN)
+                .1
+                .copy_from_slice(&entry.encode());
+            self.filed += 1;
+        }
+        debug_assert_eq!(self.file.len(), (self.filed * ENTRY_LEN) as u64);
     }
 
     /// All entries.
@@ -131,12 +158,13 @@ impl Index {
             .entries
             .partition_point(|e| e.offset_delta < offset_delta);
         self.entries.truncate(kept);
-        let len = kept * ENTRY_LEN;
+        self.filed = self.filed.min(kept);
+        let len = self.filed * ENTRY_LEN;
         let block_start = crate::appender::align_down(len as u64) as usize;
         // The cut block's bytes, encoded again from the entries in memory
         // (some may not be written yet).
         let first = block_start / ENTRY_LEN;
-        let encoded: Vec<u8> = self.entries[first..]
+        let encoded: Vec<u8> = self.entries[first..self.filed]
             .iter()
             .flat_map(|e| e.encode())
             .collect();

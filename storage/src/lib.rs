@@ -21,6 +21,7 @@ pub mod files;
 pub mod index;
 pub mod io_stats;
 pub mod log;
+pub mod pipeline;
 pub mod producer_snapshot;
 pub mod producers;
 pub mod recovery;

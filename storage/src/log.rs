@@ -112,6 +112,9 @@ pub struct LogStats {
     pub flushes: u64,
     /// fdatasync rounds.
     pub syncs: u64,
+    /// Blocks rewritten because two writes in flight together shared them
+    /// (see `pipeline`).
+    pub fixups: u64,
 }
 
 /// A partition log. Owned by one shard; share it on that shard with `Rc`.

@@ -280,6 +280,7 @@ async fn rewrite_index(file: Rc<SegmentFile>, entries: Vec<IndexEntry>) -> Resul
     for entry in entries {
         index.push(entry);
     }
+    index.file_below(u64::MAX);
     if let Some(flush) = index.file_mut().take_flush() {
         flush.run().await?;
         index.file_mut().complete(&flush);

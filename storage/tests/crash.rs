@@ -1,5 +1,7 @@
-//! Crash safety for real: a child process appends with `fsync=always` from
-//! several tasks and reports each acknowledged batch over a pipe; the parent
+//! Crash safety for real: a child process appends from several tasks and
+//! reports each acknowledged batch over a pipe; even rounds use
+//! `fsync=always`, odd ones `fsync=never` with many more tasks (acknowledged
+//! once written, with several writes in flight: see `pipeline`). The parent
 //! SIGKILLs it at random moments, many times, and after each kill reopens
 //! the log and checks that every acknowledged batch is present and
 //! byte-identical, offsets are contiguous and every batch served is valid.
@@ -21,11 +23,20 @@ use std::rc::Rc;
 use std::time::Duration;
 
 const ROUNDS: u64 = 25;
-const WRITERS: u64 = 8;
 
-fn config() -> LogConfig {
+/// Even rounds sync each group commit; odd ones only write, from enough
+/// tasks to keep several writes in flight.
+fn policy(round: u64) -> (FsyncPolicy, u64) {
+    if round.is_multiple_of(2) {
+        (FsyncPolicy::Always, 8)
+    } else {
+        (FsyncPolicy::Never, 64)
+    }
+}
+
+fn config(fsync: FsyncPolicy) -> LogConfig {
     LogConfig {
-        fsync: FsyncPolicy::Always,
+        fsync,
         segment_bytes: 256 * 1024,
         index_interval_bytes: 1024,
         ..LogConfig::default()
@@ -50,9 +61,10 @@ fn child(path: String, round: u64) {
     let dir = DataDir::create(&path).expect("data dir");
     run(&dir, move |dir| async move {
         let cache = BatchCache::new(8 << 20);
-        let log = Rc::new(open(&dir, "p0", config(), &cache).await);
+        let (fsync, writers) = policy(round);
+        let log = Rc::new(open(&dir, "p0", config(fsync), &cache).await);
         let mut tasks = Vec::new();
-        for writer in 0..WRITERS {
+        for writer in 0..writers {
             let log = log.clone();
             tasks.push(glommio::spawn_local(async move {
                 for i in 0.. {
@@ -77,7 +89,7 @@ fn verify(dir: &DataDir, acked: &BTreeMap<u64, u64>) -> u64 {
     let (tx, rx) = std::sync::mpsc::channel();
     run(dir, move |dir| async move {
         let cache = BatchCache::new(0);
-        let log = open(&dir, "p0", config(), &cache).await;
+        let log = open(&dir, "p0", config(FsyncPolicy::Always), &cache).await;
         let served = read_all(&log, 0).await;
         let mut by_offset = BTreeMap::new();
         let mut next = 0i64;

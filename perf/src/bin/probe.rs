@@ -173,7 +173,7 @@ fn main() -> std::io::Result<()> {
                 scenario.fsync
             );
             println!(
-                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit ({:>5.1} % of QD1); ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs",
+                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit ({:>5.1} % of QD1); ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs / {} fixups",
                 outcome.rate.gb_per_sec(),
                 100.0 * outcome.rate.bytes_per_sec() / write.bytes_per_sec(),
                 100.0 * outcome.rate.bytes_per_sec() / write_serial.bytes_per_sec(),
@@ -181,7 +181,8 @@ fn main() -> std::io::Result<()> {
                 outcome.latency.p99_us,
                 outcome.appends,
                 outcome.flushes,
-                outcome.syncs
+                outcome.syncs,
+                outcome.fixups
             );
             outcomes.push(serde_json::json!({
                 "scenario": scenario,
