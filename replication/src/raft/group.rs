@@ -473,7 +473,7 @@ impl Group {
     /// Skipping within that bound changes nothing: no timeout can fall due
     /// before a node has been silent for a lease.
     pub fn quiet_nodes(&self) -> Option<(Vec<NodeId>, u64)> {
-        let lease = u64::from(self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks));
+        let lease = self.lease_ticks();
         let fresh = (lease / 2).max(1);
         match &self.role {
             RoleState::Leader(l) if l.quiesced => Some((self.peers(), fresh)),
@@ -515,7 +515,7 @@ impl Group {
             return false;
         };
         let end = self.log.end();
-        let lease = u64::from(self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks));
+        let lease = self.lease_ticks();
         self.cfg.quiesce
             && l.transfer.is_none()
             && self.commit == end
@@ -698,9 +698,13 @@ impl Group {
 
     // ----- elections --------------------------------------------------------
 
+    /// The voters' lease and the leader's check-quorum window, in ticks.
+    fn lease_ticks(&self) -> u64 {
+        u64::from(self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks))
+    }
+
     fn leader_is_recent(&self) -> bool {
-        let lease = self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks);
-        self.leader.is_some() && self.now - self.heard_at < u64::from(lease)
+        self.leader.is_some() && self.now - self.heard_at < self.lease_ticks()
     }
 
     fn reset_election_timer(&mut self) {
@@ -909,7 +913,7 @@ impl Group {
         // that resumes after a long pause steps down on its first tick. The
         // window is the voters' lease: by the time they may elect another
         // leader, this one has stopped acknowledging.
-        let window = u64::from(self.cfg.lease_ticks.unwrap_or(self.cfg.election_ticks));
+        let window = self.lease_ticks();
         let RoleState::Leader(l) = &self.role else {
             return true;
         };
