@@ -113,14 +113,23 @@ type Pending = (JoinHandle<Option<Reply>>, usize);
 
 async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: Protocol) {
     let _ = stream.set_nodelay(true);
-    if protocol == Protocol::Native && is_peer(&mut stream).await {
-        // Not a client: a stopping node's drain does not wait for it (peers
-        // keep their links open; Raft traffic flows until the process ends,
-        // leadership handovers included).
-        shard.connections.set(shard.connections.get() - 1);
-        crate::peer::serve(shard.clone(), stream).await;
-        shard.connections.set(shard.connections.get() + 1);
-        return;
+    if protocol == Protocol::Native {
+        // Not a client: a stopping node's drain does not wait for a peer's
+        // connection (Raft traffic flows until the process ends, leadership
+        // handovers included).
+        match peer_opening(&mut stream).await {
+            Some(PeerOpening::Link(dialer)) => {
+                shard.replication().adopt(dialer, stream);
+                return;
+            }
+            Some(PeerOpening::Caller) => {
+                shard.connections.set(shard.connections.get() - 1);
+                crate::peer::serve(shard.clone(), stream).await;
+                shard.connections.set(shard.connections.get() + 1);
+                return;
+            }
+            None => {}
+        }
     }
     let (mut reader, writer) = stream.split();
     let budget = Rc::new(Semaphore::new(shard.config.max_inflight_bytes as u64));
@@ -176,17 +185,33 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
     writing.await;
 }
 
-/// Whether the connection is another node's: it opens with the peer magic,
-/// which it then has consumed. A native client's first bytes are a frame
-/// length, which never equals it (over a gigabyte).
-async fn is_peer(stream: &mut TcpStream) -> bool {
+/// What another node's connection is.
+enum PeerOpening {
+    /// A link from the peer shard at this address.
+    Link(std::net::SocketAddr),
+    /// A caller's, for control requests.
+    Caller,
+}
+
+/// Whether the connection is another node's: it opens with a peer magic,
+/// which it then has consumed (and a link's hello). A native client's first
+/// bytes are a frame length, which never equals either (over a gigabyte).
+async fn peer_opening(stream: &mut TcpStream) -> Option<PeerOpening> {
+    use fjord_replication::wire::{CONNECTION_MAGIC, LINK_HELLO_BYTES, LINK_MAGIC};
     let mut first = [0u8; 4];
-    match stream.peek(&mut first).await {
-        Ok(4) if first == fjord_replication::wire::CONNECTION_MAGIC => {
-            stream.read_exact(&mut first).await.is_ok()
-        }
-        _ => false,
+    let magic = match stream.peek(&mut first).await {
+        Ok(4) if first == CONNECTION_MAGIC || first == LINK_MAGIC => first,
+        _ => return None,
+    };
+    stream.read_exact(&mut first).await.ok()?;
+    if magic == CONNECTION_MAGIC {
+        return Some(PeerOpening::Caller);
     }
+    let mut hello = [0u8; LINK_HELLO_BYTES];
+    stream.read_exact(&mut hello).await.ok()?;
+    Some(PeerOpening::Link(
+        fjord_replication::wire::decode_link_hello(hello),
+    ))
 }
 
 async fn write_replies<W: futures::io::AsyncWrite + Unpin>(

@@ -1,30 +1,44 @@
-//! Connections between nodes, per shard: a shard sends Raft traffic to a
-//! peer replica's shard over one connection of its own per peer shard
-//! ([`Links`]), and answers what peers send it on connections they opened
-//! ([`serve`]). A shard port tells a peer from a native client by the
-//! connection's first four bytes ([`wire::CONNECTION_MAGIC`]).
+//! Connections between nodes, per shard. A shard's Raft traffic to a peer
+//! replica's shard travels on a link ([`Links`]): one connection per pair
+//! of shards, whichever of the two dialed it, carrying every group between
+//! them both ways. Control requests (a node registering, commands for the
+//! controller) travel on connections of their own ([`Caller`], answered by
+//! [`serve`]). A shard port tells a peer from a native client by the
+//! connection's first four bytes ([`wire::LINK_MAGIC`],
+//! [`wire::CONNECTION_MAGIC`]).
 //!
 //! A link never blocks its sender: frames queue (bounded) while the link
-//! (re)connects and are dropped when the queue is full or the peer is
-//! away — Raft sends again what was not acknowledged.
+//! connects and are dropped when the queue is full or the peer is away —
+//! Raft sends again what was not acknowledged.
+//!
+//! When both shards of a pair dial at once, each is offered the other's
+//! connection while it has its own; both keep the one the lower address
+//! dialed and close the other, so the pair settles on one.
 
+use crate::logging::Repeated;
 use crate::shard::Shard;
 use fjord_replication::control::{ControlRequest, ControlResponse, METADATA_GROUP};
 use fjord_replication::raft::NodeId;
 use fjord_replication::raft::mux::{GroupId, PeerBatch};
 use fjord_replication::wire::{self, Body, Frame, WireError};
-use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use futures::future::Either;
+use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter, WriteHalf};
 use futures::{AsyncRead, FutureExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 /// Frames queued for one peer shard before new ones are dropped.
 const LINK_QUEUE_LEN: usize = 1024;
+/// Connections the peer opened, queued for its link (more are closed: the
+/// peer dials again).
+const OFFER_QUEUE_LEN: usize = 4;
+/// Frames read from links waiting for the shard's replicas.
+pub const INBOX_LEN: usize = 256;
 /// Longest wait for a connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach a peer that is away.
@@ -61,114 +75,347 @@ pub enum PeerError {
     TimedOut(SocketAddr),
 }
 
-/// One shard's outgoing links, by peer shard address.
-#[derive(Default)]
+/// A peer's Raft frame as a link read it: sender, batch, payload.
+pub type Inbound = (NodeId, PeerBatch, Vec<u8>);
+
+/// One shard's links, by peer shard address.
 pub struct Links {
-    links: RefCell<HashMap<SocketAddr, LocalSender<Vec<u8>>>>,
+    /// This shard's address as its peers know it, named when dialing so
+    /// that the peer sends on the same connection. `None` (an advertised
+    /// host that is not an IP address): links dial as callers do, and the
+    /// peer answers on a link of its own.
+    own: Option<SocketAddr>,
+    /// Where links put what they read, for [`deliver`].
+    inbox: Rc<LocalSender<Inbound>>,
+    links: RefCell<HashMap<SocketAddr, Link>>,
+    /// Links' failures, for rate-limited log lines.
+    failures: Rc<Repeated>,
+}
+
+/// The shard's side of one link; its task holds the connection.
+struct Link {
+    frames: LocalSender<Vec<u8>>,
+    offers: LocalSender<Offer>,
+    /// A replica here talks to the peer: beats go on the link even while
+    /// it has no connection (and so make it dial).
+    wanted: Cell<bool>,
+    /// Which connection the link has now.
+    state: Rc<Cell<Connected>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connected {
+    No,
+    Dialed,
+    /// The peer dialed it: the peer, which wanted it, closes it.
+    Adopted,
+}
+
+/// A connection the peer shard at `dialer` opened to this one.
+struct Offer {
+    dialer: SocketAddr,
+    stream: TcpStream,
 }
 
 impl Links {
-    /// Queues `frame` for the peer shard at `addr`, starting its link on
-    /// first use; dropped if the link's queue is full.
+    /// Links of the shard at `own`, delivering what they read to `inbox`.
+    pub fn new(own: Option<SocketAddr>, inbox: LocalSender<Inbound>) -> Links {
+        Links {
+            own,
+            inbox: Rc::new(inbox),
+            links: RefCell::new(HashMap::new()),
+            failures: Rc::new(Repeated::default()),
+        }
+    }
+
+    /// Queues `frame` for the peer shard at `addr`, dialing it if the link
+    /// has no connection; dropped if the link's queue is full.
     pub fn send(&self, addr: SocketAddr, frame: Vec<u8>) {
         let mut links = self.links.borrow_mut();
-        let link = links.entry(addr).or_insert_with(|| {
-            let (tx, rx) = local_channel::new_bounded(LINK_QUEUE_LEN);
-            glommio::spawn_local(run_link(addr, rx)).detach();
-            tx
-        });
+        let link = links.entry(addr).or_insert_with(|| self.start(addr));
+        link.wanted.set(true);
         // Full: the peer is slow or away; Raft sends again.
-        let _ = link.try_send(frame);
+        let _ = link.frames.try_send(frame);
     }
-}
 
-impl Links {
-    /// Queues `frame` on every open link: a beat, which tells each peer
+    /// A connection the peer shard at `dialer` opened to this shard: the
+    /// link to that shard reads it and sends on it.
+    pub fn adopt(&self, dialer: SocketAddr, stream: TcpStream) {
+        let mut links = self.links.borrow_mut();
+        let link = links.entry(dialer).or_insert_with(|| self.start(dialer));
+        // Full: several connections at once from a peer that keeps
+        // redialing; this one closes and the peer dials again.
+        let _ = link.offers.try_send(Offer { dialer, stream });
+    }
+
+    /// Queues `frame` on every link in use: a beat, which tells each peer
     /// shard this node is up even when none of their groups has anything
     /// to say (quiet groups rely on it instead of heartbeats).
     pub fn send_to_all(&self, frame: &[u8]) {
         for link in self.links.borrow().values() {
-            let _ = link.try_send(frame.to_vec());
+            if link.wanted.get() || link.state.get() != Connected::No {
+                let _ = link.frames.try_send(frame.to_vec());
+            }
         }
     }
 
-    /// Closes the links to peer shards not in `used`: their sending tasks
-    /// end with them (a node moved, a replica went).
-    pub fn keep_only(&self, used: &std::collections::HashSet<SocketAddr>) {
-        self.links
-            .borrow_mut()
-            .retain(|addr, _| used.contains(addr));
+    /// Closes the links to peer shards not in `used` (a node moved, a
+    /// replica went), but for connections the peer dialed: the peer, which
+    /// may still use them, closes those.
+    pub fn keep_only(&self, used: &HashSet<SocketAddr>) {
+        self.links.borrow_mut().retain(|addr, link| {
+            let wanted = used.contains(addr);
+            link.wanted.set(wanted);
+            wanted || link.state.get() == Connected::Adopted
+        });
+    }
+
+    /// The link to `addr` and its task, which ends when the link is dropped.
+    fn start(&self, addr: SocketAddr) -> Link {
+        let (frames, frames_rx) = local_channel::new_bounded(LINK_QUEUE_LEN);
+        let (offers, offers_rx) = local_channel::new_bounded(OFFER_QUEUE_LEN);
+        let state = Rc::new(Cell::new(Connected::No));
+        let task = LinkTask {
+            addr,
+            own: self.own,
+            frames: frames_rx,
+            offers: offers_rx,
+            state: state.clone(),
+            inbox: self.inbox.clone(),
+            failures: self.failures.clone(),
+        };
+        glommio::spawn_local(task.run()).detach();
+        Link {
+            frames,
+            offers,
+            wanted: Cell::new(false),
+            state,
+        }
     }
 }
 
-/// Sends queued frames to `addr` until its link is dropped, reconnecting
-/// whenever the connection fails.
-async fn run_link(addr: SocketAddr, frames: LocalReceiver<Vec<u8>>) {
-    let failures = crate::logging::Repeated::default();
-    loop {
-        let stream = match connect(addr).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                if let Some(count) = failures.hit() {
-                    tracing::debug!(peer = %addr, error = %e, failures = count, "peer link: cannot connect");
-                }
-                // Frames for a peer that is away are dropped, not kept
-                // stale: Raft's next round sends what is current.
-                loop {
-                    match frames.recv().now_or_never() {
-                        Some(Some(_)) => {}
-                        Some(None) => return, // The link was dropped.
-                        None => break,
-                    }
-                }
-                glommio::timer::sleep(RECONNECT_PAUSE).await;
-                continue;
-            }
-        };
-        let (mut reader, writer) = stream.split();
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
-        // A peer never writes on a link: a read ends only when the peer's
-        // process or connection is gone. Noticed then, the link reconnects
-        // at once; noticed at the next write instead, the first frames to a
-        // restarted peer (an election's votes) would vanish into the dead
-        // connection and cost a whole election timeout.
-        let mut gone = Box::pin(async move {
-            let mut byte = [0u8; 1];
-            let _ = reader.read(&mut byte).await;
-        });
+/// What a link's task holds.
+struct LinkTask {
+    addr: SocketAddr,
+    own: Option<SocketAddr>,
+    frames: LocalReceiver<Vec<u8>>,
+    offers: LocalReceiver<Offer>,
+    state: Rc<Cell<Connected>>,
+    inbox: Rc<LocalSender<Inbound>>,
+    failures: Rc<Repeated>,
+}
+
+/// What a link with a connection waits for.
+enum Event {
+    Frame(Vec<u8>),
+    Offer(Offer),
+    Gone,
+}
+
+/// A link's connection.
+struct Conn {
+    writer: BufWriter<WriteHalf<TcpStream>>,
+    /// Reads what the peer sends on it; finishes when the connection ends.
+    /// Dropped, it stops reading, and the connection closes.
+    reader: glommio::Task<()>,
+    /// The shard that dialed it (`None`: this one, as a caller).
+    dialer: Option<SocketAddr>,
+}
+
+impl LinkTask {
+    /// Sends queued frames until the link is dropped: on the connection it
+    /// has, else on one the peer offers, else on one it dials when there is
+    /// something to send.
+    async fn run(self) {
+        let mut conn: Option<Conn> = None;
         loop {
-            let frame = match frames.recv().now_or_never() {
-                Some(Some(frame)) => frame,
+            let Some(c) = conn.as_mut() else {
+                self.state.set(Connected::No);
+                let next = futures::future::select(
+                    Box::pin(self.frames.recv()),
+                    Box::pin(self.offers.recv()),
+                );
+                conn = match next.await {
+                    Either::Left((Some(frame), _)) => self.dial(frame).await,
+                    Either::Right((Some(offer), _)) => Some(self.adopt(offer)),
+                    Either::Left((None, _)) | Either::Right((None, _)) => return,
+                };
+                continue;
+            };
+            let event = match self.frames.recv().now_or_never() {
+                Some(Some(frame)) => Event::Frame(frame),
                 Some(None) => return,
+                // Frames queued while writing share a send; flushed before
+                // waiting for more.
+                None if c.writer.flush().await.is_err() => Event::Gone,
                 None => {
-                    if writer.flush().await.is_err() {
-                        break;
-                    }
-                    match futures::future::select(Box::pin(frames.recv()), &mut gone).await {
-                        futures::future::Either::Left((Some(frame), _)) => frame,
-                        futures::future::Either::Left((None, _)) => return,
-                        futures::future::Either::Right(_) => break,
+                    let next = futures::future::select(
+                        Box::pin(self.frames.recv()),
+                        Box::pin(self.offers.recv()),
+                    );
+                    match futures::future::select(next, &mut c.reader).await {
+                        Either::Left((Either::Left((Some(frame), _)), _)) => Event::Frame(frame),
+                        Either::Left((Either::Right((Some(offer), _)), _)) => Event::Offer(offer),
+                        Either::Left(_) => return,
+                        // The peer's process or connection is gone. Noticed
+                        // now, not at the next write, the next frames (an
+                        // election's votes after the peer restarts) go on a
+                        // new connection instead of vanishing into this one.
+                        Either::Right(((), _)) => Event::Gone,
                     }
                 }
             };
-            if writer.write_all(&frame).await.is_err() {
-                break;
+            match event {
+                Event::Frame(frame) => {
+                    if c.writer.write_all(&frame).await.is_err() {
+                        conn = None;
+                    }
+                }
+                // Else dropped: it closes, and the peer comes over to this
+                // link's connection.
+                Event::Offer(offer) if prefers(offer.dialer, c.dialer) => {
+                    conn = Some(self.adopt(offer));
+                }
+                Event::Offer(_) => {}
+                Event::Gone => conn = None,
+            }
+        }
+    }
+
+    /// Dials the peer to send `frame`; on failure drops what is queued
+    /// (stale by the next try: Raft's next round sends what is current) and
+    /// pauses, adopting a connection the peer offers meanwhile.
+    async fn dial(&self, frame: Vec<u8>) -> Option<Conn> {
+        match connect(self.addr, self.own).await {
+            Ok(stream) => {
+                let mut conn = self.open(stream, None, Connected::Dialed);
+                if conn.writer.write_all(&frame).await.is_err() {
+                    return None;
+                }
+                Some(conn)
+            }
+            Err(e) => {
+                if let Some(count) = self.failures.hit() {
+                    tracing::debug!(peer = %self.addr, error = %e, failures = count, "peer link: cannot connect");
+                }
+                while let Some(Some(_)) = self.frames.recv().now_or_never() {}
+                let pause = Box::pin(glommio::timer::sleep(RECONNECT_PAUSE));
+                match futures::future::select(pause, Box::pin(self.offers.recv())).await {
+                    Either::Right((Some(offer), _)) => Some(self.adopt(offer)),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn adopt(&self, offer: Offer) -> Conn {
+        self.open(offer.stream, Some(offer.dialer), Connected::Adopted)
+    }
+
+    fn open(&self, stream: TcpStream, dialer: Option<SocketAddr>, state: Connected) -> Conn {
+        let (reader, writer) = stream.split();
+        self.state.set(state);
+        let reader = glommio::spawn_local(read_link(
+            reader,
+            self.addr,
+            self.inbox.clone(),
+            self.failures.clone(),
+        ));
+        Conn {
+            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer),
+            reader,
+            // This shard's own dial counts as dialed by its address.
+            dialer: dialer.or(if state == Connected::Dialed {
+                self.own
+            } else {
+                None
+            }),
+        }
+    }
+}
+
+/// Whether a connection dialed by `offered` replaces one dialed by
+/// `current`: both shards of a pair keep the one the lower address dialed
+/// (a newer one from the same shard replaces the old, which its restarted
+/// dialer no longer reads; a caller's one-way dial gives way to any).
+fn prefers(offered: SocketAddr, current: Option<SocketAddr>) -> bool {
+    current.is_none_or(|current| offered <= current)
+}
+
+/// Reads a link's frames into the shard's inbox until the connection ends.
+async fn read_link<R: AsyncRead + Unpin>(
+    mut reader: R,
+    addr: SocketAddr,
+    inbox: Rc<LocalSender<Inbound>>,
+    failures: Rc<Repeated>,
+) {
+    loop {
+        match read_frame(&mut reader, addr).await {
+            Ok(Some(Frame {
+                from,
+                body: Body::Raft(batch),
+                payload,
+            })) => {
+                if inbox.send((from, batch, payload)).await.is_err() {
+                    return; // The shard is gone.
+                }
+            }
+            Ok(Some(_)) => {
+                if let Some(count) = failures.hit() {
+                    tracing::warn!(peer = %addr, failures = count, "peer link carried a control frame: closing");
+                }
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                if let Some(count) = failures.hit() {
+                    tracing::debug!(peer = %addr, error = %e, failures = count, "peer link closed");
+                }
+                return;
             }
         }
     }
 }
 
-/// Opens a peer connection to `addr` and says it is one.
-async fn connect(addr: SocketAddr) -> Result<TcpStream, PeerError> {
+/// Hands what links read to the shard's replicas, for as long as it runs.
+pub async fn deliver(shard: Rc<Shard>, inbox: LocalReceiver<Inbound>) {
+    while let Some((from, batch, payload)) = inbox.recv().await {
+        if !hand_over(&shard, from, batch, payload).await {
+            return;
+        }
+    }
+}
+
+/// Gives a peer's Raft frame to the replicas it is for; false once the
+/// node is shutting down.
+async fn hand_over(shard: &Rc<Shard>, from: NodeId, batch: PeerBatch, payload: Vec<u8>) -> bool {
+    // A voter's listener takes the quorum's traffic on any shard; its
+    // group lives on shard 0.
+    if shard.id != 0 && carries(&batch, METADATA_GROUP) {
+        let msg = crate::mesh::ShardMsg::Peer {
+            from,
+            batch,
+            payload,
+        };
+        return shard.send_to(0, msg).await.is_ok();
+    }
+    shard.replication().receive(from, batch, payload);
+    true
+}
+
+/// Opens a peer connection to `addr` and says what it is: a link from the
+/// shard at `link`, or a caller's.
+async fn connect(addr: SocketAddr, link: Option<SocketAddr>) -> Result<TcpStream, PeerError> {
     let io = |source| PeerError::Io { addr, source };
     let mut stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
         .await
         .map_err(|e| io(e.into()))?;
     let _ = stream.set_nodelay(true);
-    stream
-        .write_all(&wire::CONNECTION_MAGIC)
-        .await
-        .map_err(io)?;
+    let opening = match link {
+        Some(own) => stream.write_all(&wire::encode_link_hello(own)).await,
+        None => stream.write_all(&wire::CONNECTION_MAGIC).await,
+    };
+    opening.map_err(io)?;
     Ok(stream)
 }
 
@@ -204,9 +451,10 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .map_err(|source| PeerError::Wire { addr, source })
 }
 
-/// Serves a peer's connection to this shard (its magic already read):
-/// Raft frames go to the shard's replicas, control requests to its
-/// controller side, answered on the same connection in order.
+/// Serves a caller's connection to this shard (its magic already read):
+/// control requests go to the shard's controller side, answered on the
+/// same connection in order; Raft frames (a link of a shard that cannot
+/// name itself) to its replicas.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let addr = stream
         .peer_addr()
@@ -225,21 +473,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         match frame.body {
-            // A voter's listener takes the quorum's traffic on any shard;
-            // its group lives on shard 0.
-            Body::Raft(batch) if shard.id != 0 && carries(&batch, METADATA_GROUP) => {
-                let msg = crate::mesh::ShardMsg::Peer {
-                    from: frame.from,
-                    batch,
-                    payload: frame.payload,
-                };
-                if shard.send_to(0, msg).await.is_err() {
+            Body::Raft(batch) => {
+                if !hand_over(&shard, frame.from, batch, frame.payload).await {
                     return; // Shutting down.
                 }
             }
-            Body::Raft(batch) => shard
-                .replication()
-                .receive(frame.from, batch, frame.payload),
             Body::Request(request) => {
                 let response = crate::cluster::answer(&shard, frame.from, request).await;
                 let bytes = wire::encode_response(shard.node_id(), &response);
@@ -288,7 +526,7 @@ impl Caller {
         timeout: Duration,
     ) -> Result<ControlResponse, PeerError> {
         if self.conn.as_ref().is_none_or(|(a, _)| *a != addr) {
-            self.conn = Some((addr, connect(addr).await?));
+            self.conn = Some((addr, connect(addr, None).await?));
         }
         let Some((_, stream)) = self.conn.as_mut() else {
             unreachable!("connected above");

@@ -406,6 +406,7 @@ impl Replication {
     /// A shard's replication, reporting leader changes on `reports`.
     pub fn new(
         settings: Settings,
+        links: Links,
         reports: LocalSender<LeaderReport>,
         failed: LocalSender<Rc<Partition>>,
         moved: LocalSender<fjord_replication::metadata::PartitionMoved>,
@@ -418,7 +419,7 @@ impl Replication {
             settings,
             mux: RefCell::new(Mux::new()),
             partitions: RefCell::new(HashMap::new()),
-            links: Links::default(),
+            links,
             reports,
             failed,
             seeds: std::collections::hash_map::RandomState::new(),
@@ -428,6 +429,11 @@ impl Replication {
             reported_moves: RefCell::new(HashMap::new()),
             heard: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// A link connection a peer shard at `dialer` opened to this one.
+    pub fn adopt(&self, dialer: SocketAddr, stream: glommio::net::TcpStream) {
+        self.links.adopt(dialer, stream);
     }
 
     /// Where hard states are recorded (the node's [`crate::hardstate`] log).

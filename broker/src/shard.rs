@@ -94,11 +94,13 @@ pub struct Shard {
     metrics: Rc<ShardMetrics>,
 }
 
-/// Leader changes and failed replicas, as replication reports them.
+/// Leader changes, failed replicas and finished moves, as replication
+/// reports them, and what its links read.
 type ReplicationOutlets = (
     LocalReceiver<LeaderReport>,
     LocalReceiver<Rc<Partition>>,
     LocalReceiver<PartitionMoved>,
+    LocalReceiver<crate::peer::Inbound>,
 );
 
 impl Shard {
@@ -128,6 +130,13 @@ impl Shard {
         let (reports, reported) = local_channel::new_unbounded();
         let (failed, failures) = local_channel::new_unbounded();
         let (moved, moves) = local_channel::new_unbounded();
+        let (inbox, inbound) = local_channel::new_bounded(crate::peer::INBOX_LEN);
+        // Where peers reach this shard, as the metadata tells them.
+        let own = config
+            .advertised_host()
+            .parse()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, shard_ports[id]));
         let replication = Rc::new(Replication::new(
             crate::replica::Settings {
                 node: config.node_id.unwrap_or(0),
@@ -138,6 +147,7 @@ impl Shard {
                 lag_ticks: config.replica_lag_time_max_ms / config.raft_tick_ms,
                 rebalance_ticks: config.leader_rebalance_interval_ms / config.raft_tick_ms,
             },
+            crate::peer::Links::new(own, inbox),
             reports,
             failed,
             moved,
@@ -177,7 +187,7 @@ impl Shard {
             leaders: RefCell::new(HashMap::new()),
             leader_watchers: RefCell::new(Vec::new()),
             live: RefCell::new(Vec::new()),
-            replication_outlets: RefCell::new(Some((reported, failures, moves))),
+            replication_outlets: RefCell::new(Some((reported, failures, moves, inbound))),
             hard_states: RefCell::new(None),
         }
     }
@@ -186,7 +196,9 @@ impl Shard {
     /// clock (in a cluster), sharing leader changes with the node's shards,
     /// and reopening replicas whose storage failed.
     pub fn start_replication(self: &Rc<Self>) {
-        let Some((reported, failures, moves)) = self.replication_outlets.borrow_mut().take() else {
+        let Some((reported, failures, moves, inbound)) =
+            self.replication_outlets.borrow_mut().take()
+        else {
             return;
         };
         let shard = Rc::downgrade(self);
@@ -201,6 +213,7 @@ impl Shard {
         if self.config.node_id.is_some() {
             glommio::spawn_local(self.replication.clone().run_ticks()).detach();
         }
+        glommio::spawn_local(crate::peer::deliver(self.clone(), inbound)).detach();
         glommio::spawn_local(self.clone().share_leaders(reported)).detach();
         glommio::spawn_local(self.clone().reopen_failed(failures)).detach();
         glommio::spawn_local(self.clone().report_moves(moves)).detach();

@@ -133,6 +133,59 @@ impl Cluster {
         }
     }
 
+    /// Established connections node `from`'s process opened to node `to`'s
+    /// shard port, as the kernel lists them.
+    fn dials(&self, from: i32, to: i32) -> usize {
+        let pid = self.nodes[(from - 1) as usize].pid();
+        let port = self.nodes[(to - 1) as usize].shard_port_base();
+        let owned: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the node's descriptors")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_string_lossy().into_owned();
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_owned(),
+                )
+            })
+            .collect();
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let remote_port = fields
+                    .get(2)
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                fields.get(3) == Some(&"01") // ESTABLISHED
+                    && remote_port == Some(port)
+                    && fields.get(9).is_some_and(|inode| owned.contains(*inode))
+            })
+            .count()
+    }
+
+    /// Waits until nodes 2 and 3, whose shards share replicas but no
+    /// controller traffic, have one connection between them (whichever
+    /// dialed), as Raft traffic both ways shares one link.
+    fn assert_one_link_between_followers(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (there, back) = (self.dials(2, 3), self.dials(3, 2));
+            if there + back == 1 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connections between nodes 2 and 3: {there} opened by 2, {back} by 3"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn bootstrap(&self) -> Vec<SocketAddr> {
         self.nodes.iter().map(|n| n.addr).collect()
     }
@@ -361,6 +414,7 @@ fn killing_leaders_loses_no_acknowledged_record() {
     cluster.assert_all_kept(&client, &acked);
     cluster.assert_metadata_equal();
     cluster.assert_preferred_leaders_return(&client);
+    cluster.assert_one_link_between_followers();
 }
 
 #[test]

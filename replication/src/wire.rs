@@ -2,7 +2,9 @@
 //! travels over their connection, with the record batches it replicates.
 //!
 //! ```text
-//! connection = "FJRP" (once: tells a shard port it is a peer) | frame*
+//! connection = "FJRP" frame*        (a caller's: control requests, answered in order)
+//!            | "FJRL" hello frame*  (a link: Raft traffic both ways, see below)
+//! hello  = dialer's shard address: ip:16 bytes (IPv6, v4-mapped) | port:u16be
 //! frame  = len:u32be | crc32:u32be | body            (len = 4 + body length)
 //! body   = magic "FJRP" | version:u8 | kind:u8 | from:u32be | header_len:u32be
 //!          | header (rkyv: PeerBatch, ControlRequest or ControlResponse)
@@ -28,6 +30,12 @@ pub const FRAME_BYTES_MAX: usize = 72 << 20;
 /// What a peer writes first on a connection to a shard port. Read as a
 /// native frame length it is over a gigabyte, which no native client sends.
 pub const CONNECTION_MAGIC: [u8; 4] = *b"FJRP";
+/// What a peer shard writes first on a link: a connection both shards send
+/// their Raft traffic on, so that a pair of shards needs only one. The
+/// [`LINK_HELLO_BYTES`] that follow name the dialing shard.
+pub const LINK_MAGIC: [u8; 4] = *b"FJRL";
+/// The dialing shard's address after [`LINK_MAGIC`].
+pub const LINK_HELLO_BYTES: usize = 18;
 const MAGIC: &[u8; 4] = b"FJRP";
 const VERSION: u8 = 3;
 /// len + crc.
@@ -37,6 +45,32 @@ const BODY_FIXED: usize = 4 + 1 + 1 + 4 + 4;
 const KIND_RAFT: u8 = 0;
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
+
+/// A link's opening: the magic and the dialing shard's address, as its
+/// peers know it (the address the metadata gives for its shard).
+pub fn encode_link_hello(dialer: std::net::SocketAddr) -> [u8; 4 + LINK_HELLO_BYTES] {
+    let ip = match dialer.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    let mut hello = [0u8; 4 + LINK_HELLO_BYTES];
+    hello[..4].copy_from_slice(&LINK_MAGIC);
+    hello[4..20].copy_from_slice(&ip.octets());
+    hello[20..].copy_from_slice(&dialer.port().to_be_bytes());
+    hello
+}
+
+/// The dialing shard's address from the bytes after [`LINK_MAGIC`]. Every
+/// 18 bytes name some address: nothing to refuse.
+pub fn decode_link_hello(hello: [u8; LINK_HELLO_BYTES]) -> std::net::SocketAddr {
+    let mut octets = [0u8; 16];
+    octets.copy_from_slice(&hello[..16]);
+    let ip = std::net::Ipv6Addr::from(octets);
+    let ip = ip
+        .to_ipv4_mapped()
+        .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4);
+    std::net::SocketAddr::new(ip, u16::from_be_bytes([hello[16], hello[17]]))
+}
 
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +262,18 @@ fn payload_bytes(batch: &PeerBatch) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::raft::{AppendRequest, Entry, EntryKind, Heartbeat};
+
+    #[test]
+    fn a_link_hello_names_the_dialer_v4_and_v6() {
+        for addr in ["127.0.0.1:9093", "[::1]:65535", "10.1.2.3:0"] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            let hello = encode_link_hello(addr);
+            assert_eq!(hello[..4], LINK_MAGIC);
+            let mut rest = [0u8; LINK_HELLO_BYTES];
+            rest.copy_from_slice(&hello[4..]);
+            assert_eq!(decode_link_hello(rest), addr);
+        }
+    }
 
     fn sample() -> (PeerBatch, Vec<u8>) {
         let entries = vec![
