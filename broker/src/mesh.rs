@@ -52,7 +52,7 @@ pub enum ShardMsg {
         /// The frame's messages.
         batch: fjord_replication::raft::mux::PeerBatch,
         /// The batches its appends carry.
-        payload: Vec<u8>,
+        payload: fjord_replication::wire::Payload,
     },
     /// The admin listener's shard to every other: a copy of what the shard
     /// counts and owns.

@@ -76,7 +76,7 @@ pub enum PeerError {
 }
 
 /// A peer's Raft frame as a link read it: sender, batch, payload.
-pub type Inbound = (NodeId, PeerBatch, Vec<u8>);
+pub type Inbound = (NodeId, PeerBatch, wire::Payload);
 
 /// One shard's links, by peer shard address.
 pub struct Links {
@@ -92,9 +92,17 @@ pub struct Links {
     failures: Rc<Repeated>,
 }
 
+/// A frame as a link writes it: its head, then the payload that follows it
+/// on the wire (a leader's batches, not copied into the frame; empty for
+/// most frames).
+struct Outgoing {
+    head: Vec<u8>,
+    payload: Vec<u8>,
+}
+
 /// The shard's side of one link; its task holds the connection.
 struct Link {
-    frames: LocalSender<Vec<u8>>,
+    frames: LocalSender<Outgoing>,
     offers: LocalSender<Offer>,
     /// A replica here talks to the peer: beats go on the link even while
     /// it has no connection (and so make it dial).
@@ -131,11 +139,17 @@ impl Links {
     /// Queues `frame` for the peer shard at `addr`, dialing it if the link
     /// has no connection; dropped if the link's queue is full.
     pub fn send(&self, addr: SocketAddr, frame: Vec<u8>) {
+        self.send_parts(addr, frame, Vec::new());
+    }
+
+    /// [`Links::send`] of a frame in two parts: `head` ([`wire::encode_head`])
+    /// and the `payload` it announces.
+    pub fn send_parts(&self, addr: SocketAddr, head: Vec<u8>, payload: Vec<u8>) {
         let mut links = self.links.borrow_mut();
         let link = links.entry(addr).or_insert_with(|| self.start(addr));
         link.wanted.set(true);
         // Full: the peer is slow or away; Raft sends again.
-        let _ = link.frames.try_send(frame);
+        let _ = link.frames.try_send(Outgoing { head, payload });
     }
 
     /// A connection the peer shard at `dialer` opened to this shard: the
@@ -154,7 +168,10 @@ impl Links {
     pub fn send_to_all(&self, frame: &[u8]) {
         for link in self.links.borrow().values() {
             if link.wanted.get() || link.state.get() != Connected::No {
-                let _ = link.frames.try_send(frame.to_vec());
+                let _ = link.frames.try_send(Outgoing {
+                    head: frame.to_vec(),
+                    payload: Vec::new(),
+                });
             }
         }
     }
@@ -198,7 +215,7 @@ impl Links {
 struct LinkTask {
     addr: SocketAddr,
     own: Option<SocketAddr>,
-    frames: LocalReceiver<Vec<u8>>,
+    frames: LocalReceiver<Outgoing>,
     offers: LocalReceiver<Offer>,
     state: Rc<Cell<Connected>>,
     inbox: Rc<LocalSender<Inbound>>,
@@ -207,7 +224,7 @@ struct LinkTask {
 
 /// What a link with a connection waits for.
 enum Event {
-    Frame(Vec<u8>),
+    Frame(Outgoing),
     Offer(Offer),
     Gone,
 }
@@ -267,7 +284,7 @@ impl LinkTask {
             };
             match event {
                 Event::Frame(frame) => {
-                    if c.writer.write_all(&frame).await.is_err() {
+                    if c.write(&frame).await.is_err() {
                         conn = None;
                     }
                 }
@@ -285,11 +302,11 @@ impl LinkTask {
     /// Dials the peer to send `frame`; on failure drops what is queued
     /// (stale by the next try: Raft's next round sends what is current) and
     /// pauses, adopting a connection the peer offers meanwhile.
-    async fn dial(&self, frame: Vec<u8>) -> Option<Conn> {
+    async fn dial(&self, frame: Outgoing) -> Option<Conn> {
         match connect(self.addr, self.own).await {
             Ok(stream) => {
                 let mut conn = self.open(stream, None, Connected::Dialed);
-                if conn.writer.write_all(&frame).await.is_err() {
+                if conn.write(&frame).await.is_err() {
                     return None;
                 }
                 Some(conn)
@@ -331,6 +348,13 @@ impl LinkTask {
                 None
             }),
         }
+    }
+}
+
+impl Conn {
+    async fn write(&mut self, frame: &Outgoing) -> std::io::Result<()> {
+        self.writer.write_all(&frame.head).await?;
+        self.writer.write_all(&frame.payload).await
     }
 }
 
@@ -388,7 +412,12 @@ pub async fn deliver(shard: Rc<Shard>, inbox: LocalReceiver<Inbound>) {
 
 /// Gives a peer's Raft frame to the replicas it is for; false once the
 /// node is shutting down.
-async fn hand_over(shard: &Rc<Shard>, from: NodeId, batch: PeerBatch, payload: Vec<u8>) -> bool {
+async fn hand_over(
+    shard: &Rc<Shard>,
+    from: NodeId,
+    batch: PeerBatch,
+    payload: wire::Payload,
+) -> bool {
     // A voter's listener takes the quorum's traffic on any shard; its
     // group lives on shard 0.
     if shard.id != 0 && carries(&batch, METADATA_GROUP) {
@@ -446,7 +475,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     if read != len {
         return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    wire::decode(&rest)
+    wire::decode(rest)
         .map(Some)
         .map_err(|source| PeerError::Wire { addr, source })
 }

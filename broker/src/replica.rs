@@ -72,7 +72,7 @@ pub enum Payload {
     /// Built here (a new leader's control batch).
     Owned(Vec<u8>),
     /// In a peer's frame, shared by the frame's batches.
-    Shared(Rc<Vec<u8>>, Range<usize>),
+    Shared(Rc<wire::Payload>, Range<usize>),
 }
 
 impl Deref for Payload {
@@ -118,7 +118,7 @@ enum Source<'a> {
     /// A peer's frame: the batches of its append requests, by group and
     /// offset.
     Frame(
-        &'a Rc<Vec<u8>>,
+        &'a Rc<wire::Payload>,
         &'a HashMap<(GroupId, Offset), Range<usize>>,
     ),
 }
@@ -686,7 +686,7 @@ impl Replication {
     /// from a node that is not a voter of the group, terms beyond a leader
     /// epoch's range, and append requests whose batches do not match what
     /// they announce (offsets, epoch, CRC) — the leader sends again.
-    pub fn receive(self: &Rc<Self>, from: NodeId, mut batch: PeerBatch, payload: Vec<u8>) {
+    pub fn receive(self: &Rc<Self>, from: NodeId, mut batch: PeerBatch, payload: wire::Payload) {
         self.heard
             .borrow_mut()
             .insert(from, std::time::Instant::now());
@@ -1076,6 +1076,8 @@ impl Replication {
                     return;
                 }
             };
+            let read_bytes: usize = got.slices.iter().map(|s| s.len()).sum();
+            payload.reserve(read_bytes.min(max_bytes));
             'read: for slice in &got.slices {
                 for batch in batch::batches(slice) {
                     let base = batch.base_offset() as u64;
@@ -1112,8 +1114,8 @@ impl Replication {
             messages: vec![(group, Message::Append(read.request(entries)))],
             ..PeerBatch::default()
         };
-        self.links
-            .send(addr, wire::encode(self.settings.node, &batch, &payload));
+        let head = wire::encode_head(self.settings.node, &batch, &payload);
+        self.links.send_parts(addr, head, payload);
     }
 
     /// Carries out a group's storage actions in order, reporting each

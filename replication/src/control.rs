@@ -133,12 +133,12 @@ mod tests {
             }],
         });
         let frame = wire::encode_request(2, &request);
-        let decoded = wire::decode(&frame[4..]).expect("valid");
+        let decoded = wire::decode(frame[4..].to_vec()).expect("valid");
         assert_eq!(decoded.from, 2);
         assert_eq!(decoded.body, wire::Body::Request(request));
         let response = ControlResponse::NotController(Some(("10.0.0.1".into(), 9093)));
         let frame = wire::encode_response(1, &response);
-        let decoded = wire::decode(&frame[4..]).expect("valid");
+        let decoded = wire::decode(frame[4..].to_vec()).expect("valid");
         assert_eq!(decoded.body, wire::Body::Response(response));
     }
 }

@@ -101,8 +101,38 @@ pub struct Frame {
     /// What it says.
     pub body: Body,
     /// The batches of its append requests, back to back.
-    pub payload: Vec<u8>,
+    pub payload: Payload,
 }
+
+/// A frame's payload, left in the buffer the frame was read into: batches
+/// of hundreds of kilobytes are not copied out of it.
+#[derive(Debug, Clone, Default)]
+pub struct Payload {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(buf: Vec<u8>) -> Payload {
+        Payload { buf, start: 0 }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Payload {}
 
 /// What a frame carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +148,14 @@ pub enum Body {
 /// Encodes a Raft frame; `payload` must hold exactly the batches the append
 /// requests in `batch` describe, in order.
 pub fn encode(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
+    let mut frame = encode_head(from, batch, payload);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Encodes a Raft frame but for its payload, which follows it on the wire
+/// as it is: a leader's batches go out without being copied into a frame.
+pub fn encode_head(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
     debug_assert_eq!(
         payload_bytes(batch),
         Some(payload.len() as u64),
@@ -125,37 +163,43 @@ pub fn encode(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
     );
     let header =
         rkyv::to_bytes::<rkyv::rancor::Error>(batch).expect("peer batches always serialize");
-    frame(KIND_RAFT, from, &header, payload)
+    head(KIND_RAFT, from, &header, payload)
 }
 
 /// Encodes a control request.
 pub fn encode_request(from: NodeId, request: &ControlRequest) -> Vec<u8> {
     let header = rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("requests always serialize");
-    frame(KIND_REQUEST, from, &header, &[])
+    frame(KIND_REQUEST, from, &header)
 }
 
 /// Encodes a control response.
 pub fn encode_response(from: NodeId, response: &ControlResponse) -> Vec<u8> {
     let header =
         rkyv::to_bytes::<rkyv::rancor::Error>(response).expect("responses always serialize");
-    frame(KIND_RESPONSE, from, &header, &[])
+    frame(KIND_RESPONSE, from, &header)
 }
 
-fn frame(kind: u8, from: NodeId, header: &[u8], payload: &[u8]) -> Vec<u8> {
+fn frame(kind: u8, from: NodeId, header: &[u8]) -> Vec<u8> {
+    head(kind, from, header, &[])
+}
+
+/// A frame up to its payload, the CRC covering the payload too.
+fn head(kind: u8, from: NodeId, header: &[u8], payload: &[u8]) -> Vec<u8> {
     let body_len = BODY_FIXED + header.len() + payload.len();
-    let mut frame = Vec::with_capacity(PREFIX_BYTES + body_len);
-    frame.extend_from_slice(&((4 + body_len) as u32).to_be_bytes());
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(MAGIC);
-    frame.push(VERSION);
-    frame.push(kind);
-    frame.extend_from_slice(&from.to_be_bytes());
-    frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    frame.extend_from_slice(header);
-    frame.extend_from_slice(payload);
-    let crc = crc32fast::hash(&frame[PREFIX_BYTES..]);
-    frame[4..8].copy_from_slice(&crc.to_be_bytes());
-    frame
+    let mut head = Vec::with_capacity(PREFIX_BYTES + BODY_FIXED + header.len());
+    head.extend_from_slice(&((4 + body_len) as u32).to_be_bytes());
+    head.extend_from_slice(&[0; 4]);
+    head.extend_from_slice(MAGIC);
+    head.push(VERSION);
+    head.push(kind);
+    head.extend_from_slice(&from.to_be_bytes());
+    head.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    head.extend_from_slice(header);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[PREFIX_BYTES..]);
+    crc.update(payload);
+    head[4..8].copy_from_slice(&crc.finalize().to_be_bytes());
+    head
 }
 
 /// The length a frame announces in its first four bytes (including the
@@ -168,12 +212,14 @@ pub fn frame_len(prefix: [u8; 4]) -> Result<usize, WireError> {
     Ok(len)
 }
 
-/// Decodes what follows the length prefix: `rest` = crc | body.
-pub fn decode(rest: &[u8]) -> Result<Frame, WireError> {
+/// Decodes what follows the length prefix: `rest` = crc | body. The
+/// payload stays in `rest`.
+pub fn decode(rest: Vec<u8>) -> Result<Frame, WireError> {
     if rest.len() < 4 + BODY_FIXED || rest.len() > FRAME_BYTES_MAX {
         return Err(WireError::Length(rest.len()));
     }
-    let (crc, body) = rest.split_at(4);
+    let frame = rest;
+    let (crc, body) = frame.split_at(4);
     if crc32fast::hash(body).to_be_bytes() != crc {
         return Err(WireError::Crc);
     }
@@ -201,7 +247,7 @@ pub fn decode(rest: &[u8]) -> Result<Frame, WireError> {
         Ok(Frame {
             from,
             body,
-            payload: Vec::new(),
+            payload: Payload::default(),
         })
     };
     let batch = match kind {
@@ -238,10 +284,11 @@ pub fn decode(rest: &[u8]) -> Result<Frame, WireError> {
             )));
         }
     }
+    let start = frame.len() - payload.len();
     Ok(Frame {
         from,
         body: Body::Raft(batch),
-        payload: payload.to_vec(),
+        payload: Payload { buf: frame, start },
     })
 }
 
@@ -323,15 +370,19 @@ mod tests {
         let frame = encode(9, &batch, &payload);
         let len = frame_len([frame[0], frame[1], frame[2], frame[3]]).expect("in bounds");
         assert_eq!(len, frame.len() - 4);
-        let decoded = decode(&frame[4..]).expect("valid");
+        let decoded = decode(frame[4..].to_vec()).expect("valid");
         assert_eq!(
             decoded,
             Frame {
                 from: 9,
-                body: Body::Raft(batch),
-                payload
+                body: Body::Raft(batch.clone()),
+                payload: payload.clone().into()
             }
         );
+        // Sent as a head and the payload after it, the same frame.
+        let mut parts = encode_head(9, &batch, &payload);
+        parts.extend_from_slice(&payload);
+        assert_eq!(parts, frame);
     }
 
     #[test]
@@ -341,21 +392,24 @@ mod tests {
         let mut flipped = frame.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert_eq!(decode(&flipped[4..]), Err(WireError::Crc));
-        assert_eq!(decode(&frame[4..10]), Err(WireError::Length(6)));
+        assert_eq!(decode(flipped[4..].to_vec()), Err(WireError::Crc));
+        assert_eq!(decode(frame[4..10].to_vec()), Err(WireError::Length(6)));
         assert!(frame_len([0xff; 4]).is_err());
         assert!(frame_len([0, 0, 0, 1]).is_err());
         // A valid CRC over a payload the header does not announce.
         let mut short = frame[..frame.len() - 1].to_vec();
         let crc = crc32fast::hash(&short[8..]);
         short[4..8].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(decode(&short[4..]), Err(WireError::Payload(_))));
+        assert!(matches!(
+            decode(short[4..].to_vec()),
+            Err(WireError::Payload(_))
+        ));
     }
 
     proptest::proptest! {
         #[test]
         fn arbitrary_bodies_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
-            let _ = decode(&bytes);
+            let _ = decode(bytes.clone());
             // With a valid CRC and magic around garbage, validation refuses it.
             let mut body = MAGIC.to_vec();
             body.push(VERSION);
@@ -365,7 +419,7 @@ mod tests {
             body.extend_from_slice(&bytes);
             let mut rest = crc32fast::hash(&body).to_be_bytes().to_vec();
             rest.extend_from_slice(&body);
-            let _ = decode(&rest);
+            let _ = decode(rest);
         }
     }
 }

@@ -10,8 +10,9 @@ use std::rc::Rc;
 enum Backing {
     Disk(ReadResult),
     Memory(Rc<DmaBuffer>),
-    /// Copied out of the staging area: acknowledged, not yet written.
-    Copy(Rc<[u8]>),
+    /// Copied out of the staging area: acknowledged, not yet written. Kept
+    /// as the `Vec` it was copied into (an `Rc<[u8]>` would copy it again).
+    Copy(Rc<Vec<u8>>),
 }
 
 impl Backing {
@@ -54,7 +55,7 @@ impl BatchSlice {
     pub(crate) fn from_copy(bytes: Vec<u8>) -> Self {
         let len = bytes.len();
         BatchSlice {
-            backing: Backing::Copy(bytes.into()),
+            backing: Backing::Copy(Rc::new(bytes)),
             start: 0,
             len,
         }

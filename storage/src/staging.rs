@@ -920,17 +920,23 @@ impl Staging {
         max_bytes: usize,
     ) -> (BatchSlice, u64) {
         let first = staged.partition_point(|b| b.last_offset < offset);
-        let mut bytes = Vec::new();
+        // The batches that fit, counted first so that the copy allocates once.
+        let mut len = 0;
+        let taken = staged[first..]
+            .iter()
+            .take_while(|b| {
+                let fits = b.ticket.is_some() && (len == 0 || len + b.len <= max_bytes);
+                len += if fits { b.len } else { 0 };
+                fits
+            })
+            .count();
+        let mut bytes = Vec::with_capacity(len);
         let mut offset_next = offset;
-        for b in &staged[first..] {
-            let Some(ticket) = &b.ticket else {
-                break;
-            };
-            if !bytes.is_empty() && bytes.len() + b.len > max_bytes {
-                break;
+        for b in &staged[first..first + taken] {
+            if let Some(ticket) = &b.ticket {
+                bytes.extend_from_slice(self.batch(ticket));
+                offset_next = b.last_offset + 1;
             }
-            bytes.extend_from_slice(self.batch(ticket));
-            offset_next = b.last_offset + 1;
         }
         assert!(!bytes.is_empty(), "offset {offset} is not staged");
         (BatchSlice::from_copy(bytes), offset_next)
