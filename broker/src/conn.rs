@@ -117,12 +117,20 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
         // Not a client: a stopping node's drain does not wait for a peer's
         // connection (Raft traffic flows until the process ends, leadership
         // handovers included).
+        // A link that called this shard's own port is the pair's one link;
+        // one that came through the node's listener (a controller voter's
+        // traffic, which reaches shard 0 from any shard) is read here and
+        // answered on a link of this node's own, or a shard's two links to
+        // the same peer shard would keep replacing each other.
+        let own_port = stream
+            .local_addr()
+            .is_ok_and(|a| Some(&a.port()) == shard.shard_ports.get(shard.id));
         match peer_opening(&mut stream).await {
-            Some(PeerOpening::Link(dialer)) => {
+            Some(PeerOpening::Link(dialer)) if own_port => {
                 shard.replication().adopt(dialer, stream);
                 return;
             }
-            Some(PeerOpening::Caller) => {
+            Some(PeerOpening::Link(_) | PeerOpening::Caller) => {
                 shard.connections.set(shard.connections.get() - 1);
                 crate::peer::serve(shard.clone(), stream).await;
                 shard.connections.set(shard.connections.get() + 1);
