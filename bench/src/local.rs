@@ -102,6 +102,10 @@ impl LocalBroker {
         }
         if let Some((id, seed, cores)) = self.cluster {
             command.args(["--node-id", &id.to_string(), "--cores", &cores.to_string()]);
+            // Node k's shards start on the core after node k-1's: pinned
+            // from core 0 each, every node's shard 0 would share one core.
+            let first_cpu = (id as usize - 1) * cores;
+            command.args(["--first-cpu", &first_cpu.to_string()]);
             if let Some(seed) = seed {
                 command.args(["--seeds", &seed.to_string()]);
             }

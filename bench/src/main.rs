@@ -49,6 +49,9 @@ enum Command {
         /// Shards.
         #[arg(long)]
         cores: Option<usize>,
+        /// Core of shard 0.
+        #[arg(long, default_value_t = 0)]
+        first_cpu: usize,
         /// Kafka listener [default: none].
         #[arg(long)]
         kafka_listen: Option<SocketAddr>,
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
             node_id,
             seeds,
             cores,
+            first_cpu,
             kafka_listen,
             kafka_brokers,
         } => {
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
                 node_id,
                 seeds: seeds.into_iter().collect(),
                 cores,
+                first_cpu,
                 // Each node of a local cluster stages in its own directory.
                 staging_dir: match node_id {
                     Some(_) => dir.join("staging"),

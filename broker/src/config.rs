@@ -51,6 +51,10 @@ pub struct ServeConfig {
     pub shard_port_base: Option<u16>,
     /// Shards (pinned cores); `None`: every core.
     pub cores: Option<usize>,
+    /// The core shard 0 is pinned to; shard `i` runs on core `first_cpu + i`
+    /// (modulo the machine's). Nodes sharing a machine (a local cluster)
+    /// each take cores of their own instead of all piling onto core 0.
+    pub first_cpu: usize,
     /// Whether the controller shard (0) also hosts partitions; `None`: only
     /// when there are two cores or fewer.
     pub controller_hosts_partitions: Option<bool>,
@@ -157,6 +161,7 @@ impl Default for ServeConfig {
             metrics_partitions_max: 1000,
             shard_port_base: None,
             cores: None,
+            first_cpu: 0,
             controller_hosts_partitions: None,
             max_connections_per_shard: 10_000,
             max_frame_bytes: 65 << 20,

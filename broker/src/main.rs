@@ -283,6 +283,9 @@ struct ServeArgs {
     /// Shards (pinned cores) [default: all cores].
     #[arg(long)]
     cores: Option<usize>,
+    /// Core of shard 0; shard i runs on FIRST_CPU + i [default: 0].
+    #[arg(long)]
+    first_cpu: Option<usize>,
     /// Whether shard 0 hosts partitions too [default: when cores <= 2].
     #[arg(long)]
     controller_hosts_partitions: Option<bool>,
@@ -415,6 +418,9 @@ impl ServeArgs {
         }
         if self.cores.is_some() {
             config.cores = self.cores;
+        }
+        if let Some(cpu) = self.first_cpu {
+            config.first_cpu = cpu;
         }
         if self.controller_hosts_partitions.is_some() {
             config.controller_hosts_partitions = self.controller_hosts_partitions;

@@ -157,22 +157,21 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             data.clone(),
             events.clone(),
         );
-        let handle =
-            fjord_storage::shard::executor(&format!("shard-{i}"), Placement::Fixed(i % cpus))
-                .spawn(move || async move {
-                    let failed = events.clone();
-                    fjord_storage::files::set_budget(files_per_shard);
-                    fjord_storage::io_stats::set_enabled(config.metrics);
-                    let shard =
-                        run_shard(mesh, config, ports, data, staging, stop_rx.shared(), events);
-                    if let Err(message) = shard.await {
-                        let _ = failed.send(Event::Failed(i, message));
-                    }
-                })
-                .map_err(|e| NodeError::Shard {
-                    shard: i,
-                    message: format!("cannot start executor: {e}"),
-                })?;
+        let cpu = (config.first_cpu + i) % cpus;
+        let handle = fjord_storage::shard::executor(&format!("shard-{i}"), Placement::Fixed(cpu))
+            .spawn(move || async move {
+                let failed = events.clone();
+                fjord_storage::files::set_budget(files_per_shard);
+                fjord_storage::io_stats::set_enabled(config.metrics);
+                let shard = run_shard(mesh, config, ports, data, staging, stop_rx.shared(), events);
+                if let Err(message) = shard.await {
+                    let _ = failed.send(Event::Failed(i, message));
+                }
+            })
+            .map_err(|e| NodeError::Shard {
+                shard: i,
+                message: format!("cannot start executor: {e}"),
+            })?;
         handles.push(handle);
     }
     drop(events);
