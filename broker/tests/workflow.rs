@@ -272,3 +272,33 @@ fn a_topic_grows_its_partitions_and_never_shrinks() {
     let described = stdout(&broker.cli(&["topic", "describe", "grow"], ""));
     assert!(described.contains("(5 partitions)"), "{described}");
 }
+
+/// The cores shard 0's thread (named `shard-0-…`) of process `pid` may run
+/// on: `Cpus_allowed_list` in its status.
+fn shard_zero_cpus(pid: u32) -> Option<String> {
+    let task = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with("shard-0"))
+        })?;
+    std::fs::read_to_string(task.path().join("status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .map(|cpus| cpus.trim().to_owned())
+}
+
+#[test]
+fn first_cpu_pins_a_nodes_shards_to_cores_of_its_own() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: one core, nothing to spread over");
+        return;
+    }
+    let by_default = Broker::start(1);
+    let moved = Broker::start_with(1, &["--first-cpu", "1"]);
+    assert_eq!(shard_zero_cpus(by_default.pid()).as_deref(), Some("0"));
+    assert_eq!(shard_zero_cpus(moved.pid()).as_deref(), Some("1"));
+}
