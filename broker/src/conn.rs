@@ -211,12 +211,15 @@ async fn peer_opening(stream: &mut TcpStream) -> Option<PeerOpening> {
         Ok(4) if first == CONNECTION_MAGIC || first == LINK_MAGIC => first,
         _ => return None,
     };
-    stream.read_exact(&mut first).await.ok()?;
-    if magic == CONNECTION_MAGIC {
+    // A peer gone before its opening is whole: served as a caller, whose
+    // first read ends the connection (not as a native client).
+    if stream.read_exact(&mut first).await.is_err() || magic == CONNECTION_MAGIC {
         return Some(PeerOpening::Caller);
     }
     let mut hello = [0u8; LINK_HELLO_BYTES];
-    stream.read_exact(&mut hello).await.ok()?;
+    if stream.read_exact(&mut hello).await.is_err() {
+        return Some(PeerOpening::Caller);
+    }
     Some(PeerOpening::Link(
         fjord_replication::wire::decode_link_hello(hello),
     ))

@@ -235,7 +235,8 @@ struct Conn {
     /// Reads what the peer sends on it; finishes when the connection ends.
     /// Dropped, it stops reading, and the connection closes.
     reader: glommio::Task<()>,
-    /// The shard that dialed it (`None`: this one, as a caller).
+    /// The shard that dialed it (`None`: this one, as a caller that cannot
+    /// name itself).
     dialer: Option<SocketAddr>,
 }
 
@@ -305,7 +306,8 @@ impl LinkTask {
     async fn dial(&self, frame: Outgoing) -> Option<Conn> {
         match connect(self.addr, self.own).await {
             Ok(stream) => {
-                let mut conn = self.open(stream, None, Connected::Dialed);
+                // Dialed by this shard's address (`None`: as a caller).
+                let mut conn = self.open(stream, self.own, Connected::Dialed);
                 if conn.write(&frame).await.is_err() {
                     return None;
                 }
@@ -341,12 +343,7 @@ impl LinkTask {
         Conn {
             writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer),
             reader,
-            // This shard's own dial counts as dialed by its address.
-            dialer: dialer.or(if state == Connected::Dialed {
-                self.own
-            } else {
-                None
-            }),
+            dialer,
         }
     }
 }

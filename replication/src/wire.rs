@@ -169,18 +169,14 @@ pub fn encode_head(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
 /// Encodes a control request.
 pub fn encode_request(from: NodeId, request: &ControlRequest) -> Vec<u8> {
     let header = rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("requests always serialize");
-    frame(KIND_REQUEST, from, &header)
+    head(KIND_REQUEST, from, &header, &[])
 }
 
 /// Encodes a control response.
 pub fn encode_response(from: NodeId, response: &ControlResponse) -> Vec<u8> {
     let header =
         rkyv::to_bytes::<rkyv::rancor::Error>(response).expect("responses always serialize");
-    frame(KIND_RESPONSE, from, &header)
-}
-
-fn frame(kind: u8, from: NodeId, header: &[u8]) -> Vec<u8> {
-    head(kind, from, header, &[])
+    head(KIND_RESPONSE, from, &header, &[])
 }
 
 /// A frame up to its payload, the CRC covering the payload too.
