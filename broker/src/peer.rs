@@ -21,6 +21,7 @@ use fjord_replication::control::{ControlRequest, ControlResponse, METADATA_GROUP
 use fjord_replication::raft::NodeId;
 use fjord_replication::raft::mux::{GroupId, PeerBatch};
 use fjord_replication::wire::{self, Body, Frame, WireError};
+use fjord_storage::BatchSlice;
 use futures::future::Either;
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter, WriteHalf};
 use futures::{AsyncRead, FutureExt};
@@ -93,11 +94,11 @@ pub struct Links {
 }
 
 /// A frame as a link writes it: its head, then the payload that follows it
-/// on the wire (a leader's batches, not copied into the frame; empty for
-/// most frames).
+/// on the wire (a leader's batches as its log read them, not copied into
+/// the frame; empty for most frames).
 struct Outgoing {
     head: Vec<u8>,
-    payload: Vec<u8>,
+    payload: Vec<BatchSlice>,
 }
 
 /// The shard's side of one link; its task holds the connection.
@@ -144,7 +145,7 @@ impl Links {
 
     /// [`Links::send`] of a frame in two parts: `head` ([`wire::encode_head`])
     /// and the `payload` it announces.
-    pub fn send_parts(&self, addr: SocketAddr, head: Vec<u8>, payload: Vec<u8>) {
+    pub fn send_parts(&self, addr: SocketAddr, head: Vec<u8>, payload: Vec<BatchSlice>) {
         let mut links = self.links.borrow_mut();
         let link = links.entry(addr).or_insert_with(|| self.start(addr));
         link.wanted.set(true);
@@ -351,7 +352,10 @@ impl LinkTask {
 impl Conn {
     async fn write(&mut self, frame: &Outgoing) -> std::io::Result<()> {
         self.writer.write_all(&frame.head).await?;
-        self.writer.write_all(&frame.payload).await
+        for part in &frame.payload {
+            self.writer.write_all(part).await?;
+        }
+        Ok(())
     }
 }
 
@@ -461,16 +465,15 @@ async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     let len = wire::frame_len(prefix).map_err(|source| PeerError::Wire { addr, source })?;
-    // Grown as bytes arrive, not allocated at the announced length: a peer
-    // that announces much and sends little holds little.
-    let mut rest = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
-    let read = (&mut *reader)
-        .take(len as u64)
-        .read_to_end(&mut rest)
-        .await
-        .map_err(io)?;
-    if read != len {
-        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+    // Reserved at the announced length, so it is never moved, but zeroed
+    // (and so backed by memory) in doubling steps as bytes arrive: a peer
+    // that announces much and sends little holds little. (`read_to_end`
+    // grew it by reallocating, copying and zeroing each byte twice more.)
+    let mut rest = Vec::with_capacity(len);
+    while rest.len() < len {
+        let filled = rest.len();
+        rest.resize(len.min(filled + filled.max(READ_CHUNK_BYTES)), 0);
+        reader.read_exact(&mut rest[filled..]).await.map_err(io)?;
     }
     wire::decode(rest)
         .map(Some)

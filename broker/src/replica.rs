@@ -1062,7 +1062,10 @@ impl Replication {
         }
         let max_bytes = usize::try_from(read.max_bytes).unwrap_or(usize::MAX);
         let mut entries = Vec::new();
+        // The read's slices, each cut after its last batch that goes: sent
+        // as they are, not copied into one buffer.
         let mut payload = Vec::new();
+        let mut payload_len = 0;
         if read.from < read.end {
             let got = match log.read(read.from, max_bytes).await {
                 Ok(got) => got,
@@ -1076,14 +1079,15 @@ impl Replication {
                     return;
                 }
             };
-            let read_bytes: usize = got.slices.iter().map(|s| s.len()).sum();
-            payload.reserve(read_bytes.min(max_bytes));
-            'read: for slice in &got.slices {
+            let mut done = false;
+            for slice in &got.slices {
+                let mut taken = 0;
                 for batch in batch::batches(slice) {
                     let base = batch.base_offset() as u64;
-                    let full = !entries.is_empty() && payload.len() + batch.len() > max_bytes;
-                    if base >= read.end || full {
-                        break 'read;
+                    let full = !entries.is_empty() && payload_len + batch.len() > max_bytes;
+                    done = base >= read.end || full;
+                    if done {
+                        break;
                     }
                     entries.push(Entry {
                         offset: base,
@@ -1092,7 +1096,14 @@ impl Replication {
                         bytes: batch.len() as u32,
                         kind: membership::entry_kind(&batch),
                     });
-                    payload.extend_from_slice(batch.as_bytes());
+                    taken += batch.len();
+                    payload_len += batch.len();
+                }
+                if taken > 0 {
+                    payload.push(slice.prefix(taken));
+                }
+                if done {
+                    break;
                 }
             }
             if entries.is_empty() {

@@ -43,7 +43,8 @@ pub(crate) const OFFSET_BATCH_LENGTH: usize = 8;
 pub(crate) const OFFSET_LEADER_EPOCH: usize = 12;
 pub(crate) const OFFSET_MAGIC: usize = 16;
 pub(crate) const OFFSET_CRC: usize = 17;
-pub(crate) const OFFSET_ATTRIBUTES: usize = 21;
+/// Where the bytes the batch's CRC covers begin (they run to its end).
+pub const OFFSET_ATTRIBUTES: usize = 21;
 pub(crate) const OFFSET_LAST_OFFSET_DELTA: usize = 23;
 pub(crate) const OFFSET_BASE_TIMESTAMP: usize = 27;
 pub(crate) const OFFSET_MAX_TIMESTAMP: usize = 35;

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod builder;
 pub mod compression;
 pub mod config;
+pub mod crc;
 pub mod record;
 pub mod topic;
 mod varint;

@@ -148,40 +148,42 @@ pub enum Body {
 /// Encodes a Raft frame; `payload` must hold exactly the batches the append
 /// requests in `batch` describe, in order.
 pub fn encode(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
-    let mut frame = encode_head(from, batch, payload);
+    let mut frame = encode_head(from, batch, &[payload]);
     frame.extend_from_slice(payload);
     frame
 }
 
-/// Encodes a Raft frame but for its payload, which follows it on the wire
-/// as it is: a leader's batches go out without being copied into a frame.
-pub fn encode_head(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
+/// Encodes a Raft frame but for its payload, the concatenation of `parts`,
+/// which follows it on the wire as it is: a leader's batches go out without
+/// being copied into a frame.
+pub fn encode_head<P: AsRef<[u8]>>(from: NodeId, batch: &PeerBatch, parts: &[P]) -> Vec<u8> {
     debug_assert_eq!(
         payload_bytes(batch),
-        Some(payload.len() as u64),
+        Some(parts.iter().map(|p| p.as_ref().len() as u64).sum()),
         "payload matches the header"
     );
     let header =
         rkyv::to_bytes::<rkyv::rancor::Error>(batch).expect("peer batches always serialize");
-    head(KIND_RAFT, from, &header, payload)
+    head(KIND_RAFT, from, &header, parts)
 }
 
 /// Encodes a control request.
 pub fn encode_request(from: NodeId, request: &ControlRequest) -> Vec<u8> {
     let header = rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("requests always serialize");
-    head(KIND_REQUEST, from, &header, &[])
+    head::<&[u8]>(KIND_REQUEST, from, &header, &[])
 }
 
 /// Encodes a control response.
 pub fn encode_response(from: NodeId, response: &ControlResponse) -> Vec<u8> {
     let header =
         rkyv::to_bytes::<rkyv::rancor::Error>(response).expect("responses always serialize");
-    head(KIND_RESPONSE, from, &header, &[])
+    head::<&[u8]>(KIND_RESPONSE, from, &header, &[])
 }
 
 /// A frame up to its payload, the CRC covering the payload too.
-fn head(kind: u8, from: NodeId, header: &[u8], payload: &[u8]) -> Vec<u8> {
-    let body_len = BODY_FIXED + header.len() + payload.len();
+fn head<P: AsRef<[u8]>>(kind: u8, from: NodeId, header: &[u8], payload: &[P]) -> Vec<u8> {
+    let payload_len: usize = payload.iter().map(|p| p.as_ref().len()).sum();
+    let body_len = BODY_FIXED + header.len() + payload_len;
     let mut head = Vec::with_capacity(PREFIX_BYTES + BODY_FIXED + header.len());
     head.extend_from_slice(&((4 + body_len) as u32).to_be_bytes());
     head.extend_from_slice(&[0; 4]);
@@ -193,7 +195,9 @@ fn head(kind: u8, from: NodeId, header: &[u8], payload: &[u8]) -> Vec<u8> {
     head.extend_from_slice(header);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head[PREFIX_BYTES..]);
-    crc.update(payload);
+    for part in payload {
+        crc.update(part.as_ref());
+    }
     head[4..8].copy_from_slice(&crc.finalize().to_be_bytes());
     head
 }
@@ -376,7 +380,8 @@ mod tests {
             }
         );
         // Sent as a head and the payload after it, the same frame.
-        let mut parts = encode_head(9, &batch, &payload);
+        let (first, second) = payload.split_at(payload.len() / 2);
+        let mut parts = encode_head(9, &batch, &[first, second]);
         parts.extend_from_slice(&payload);
         assert_eq!(parts, frame);
     }

@@ -966,7 +966,10 @@ async fn append(
         batch::set_partition_leader_epoch(space, epoch);
         // The second copy: the DMA buffer cannot live in shared memory
         // (glommio allocates it), so the staged bytes are copied from it.
-        let ticket = staging.and_then(|s| s.area.stage(&s.key, base_offset, last_offset, space));
+        let ticket = staging.and_then(|s| {
+            s.area
+                .stage(&s.key, base_offset, last_offset, space, Some(parsed.crc()))
+        });
         active.note_batch(
             position,
             base_offset,

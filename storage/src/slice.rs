@@ -92,6 +92,12 @@ impl Deref for BatchSlice {
     }
 }
 
+impl AsRef<[u8]> for BatchSlice {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl std::fmt::Debug for BatchSlice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.backing {

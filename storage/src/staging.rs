@@ -40,6 +40,7 @@
 use crate::commit::Staged;
 use crate::error::{Result as StorageResult, StorageError};
 use crate::slice::BatchSlice;
+use fjord_core::batch;
 use futures::channel::oneshot;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -725,12 +726,19 @@ impl Staging {
     /// Copies `batch` (offsets `base_offset..=last_offset` of the log
     /// `key`) into the ring. `None` when there is no room now: the caller
     /// then waits for the write instead.
+    ///
+    /// `batch_crc`: the CRC-32C `batch` carries, when it was validated (it
+    /// is then exact over its bytes from [`batch::OFFSET_ATTRIBUTES`] on).
+    /// The entry's CRC is then combined from it instead of reading the batch
+    /// a second time: the copy is all the batch costs here. A wrong one
+    /// makes the entry look torn, never a wrong batch replayed.
     pub fn stage(
         &self,
         key: &str,
         base_offset: u64,
         last_offset: u64,
         batch: &[u8],
+        batch_crc: Option<u32>,
     ) -> Option<Ticket> {
         debug_assert!(self.fits(key, batch.len()));
         let n = entry_bytes(key.len(), batch.len());
@@ -745,7 +753,7 @@ impl Staging {
                 "wrap without room for its marker"
             );
             let seq = ring.head_seq + ring.slots.len() as u64;
-            self.write_entry(tail, seq, KIND_WRAP, "", 0, 0, &[]);
+            self.write_entry(tail, seq, KIND_WRAP, "", (0, 0), &[], None);
             ring.slots.push_back(Slot {
                 position: tail,
                 released: true,
@@ -758,9 +766,9 @@ impl Staging {
             seq,
             KIND_BATCH,
             key,
-            base_offset,
-            last_offset,
+            (base_offset, last_offset),
             batch,
+            batch_crc,
         );
         let mut len = n;
         if self.map.len - (position + n) < ENTRY_HEADER_BYTES {
@@ -785,9 +793,9 @@ impl Staging {
         seq: u64,
         kind: u32,
         key: &str,
-        base_offset: u64,
-        last_offset: u64,
+        (base_offset, last_offset): (u64, u64),
         batch: &[u8],
+        batch_crc: Option<u32>,
     ) {
         let total = entry_bytes(key.len(), batch.len());
         let mut header = [0u8; ENTRY_HEADER_BYTES];
@@ -802,7 +810,15 @@ impl Staging {
         let pad = total - ENTRY_HEADER_BYTES - key.len() - batch.len();
         let mut crc = crc32c::crc32c(&header[8..]);
         crc = crc32c::crc32c_append(crc, key.as_bytes());
-        crc = crc32c::crc32c_append(crc, batch);
+        crc = match batch_crc.filter(|_| batch.len() >= batch::OFFSET_ATTRIBUTES) {
+            Some(covered) => {
+                let (head, rest) = batch.split_at(batch::OFFSET_ATTRIBUTES);
+                debug_assert_eq!(covered, crc32c::crc32c(rest), "the batch's own CRC");
+                let crc = crc32c::crc32c_append(crc, head);
+                fjord_core::crc::crc32c_combine(crc, covered, rest.len())
+            }
+            None => crc32c::crc32c_append(crc, batch),
+        };
         crc = crc32c::crc32c_append(crc, &padding[..pad]);
         header[4..8].copy_from_slice(&crc.to_le_bytes());
         let body = position + ENTRY_HEADER_BYTES;
@@ -1052,9 +1068,9 @@ mod tests {
     fn entries_survive_reopen_and_released_ones_do_not() {
         let tmp = tempfile::tempdir().unwrap();
         let staging = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
-        let a = staging.stage("t/0", 0, 4, &[1; 100]).unwrap();
-        let _b = staging.stage("t/0", 5, 9, &[2; 200]).unwrap();
-        let _c = staging.stage("u/1", 0, 0, &[3; 50]).unwrap();
+        let a = staging.stage("t/0", 0, 4, &[1; 100], None).unwrap();
+        let _b = staging.stage("t/0", 5, 9, &[2; 200], None).unwrap();
+        let _c = staging.stage("u/1", 0, 0, &[3; 50], None).unwrap();
         staging.release(a);
         drop(staging);
         let reopened = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
@@ -1070,6 +1086,26 @@ mod tests {
             reopened.release(r.ticket);
         }
         assert_eq!(reopened.staged_batches(), 0);
+    }
+
+    /// An entry's CRC combined from the batch's own is the one a walk reads
+    /// over the whole entry.
+    #[test]
+    fn a_validated_batch_is_staged_without_reading_it_again() {
+        let mut builder = fjord_core::BatchBuilder::new();
+        for i in 0..3 {
+            builder.push(i, Some(b"key"), Some(&[i as u8; 300]), &[]);
+        }
+        let bytes = builder.build();
+        let crc = fjord_core::Batch::validate(&bytes).unwrap().crc();
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
+        staging.stage("t/0", 0, 2, &bytes, Some(crc)).unwrap();
+        drop(staging);
+        let reopened = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
+        let found = reopened.take_replay(&tmp.path().join("t/0"));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].batch, bytes);
     }
 
     /// Random stages, out-of-order releases and reopens (a killed process)
@@ -1100,7 +1136,8 @@ mod tests {
                         let big = next(10) == 0;
                         let len = 1 + next(if big { 200_000 } else { 3000 }) as usize;
                         let bytes: Vec<u8> = (0..len).map(|i| (i as u64 ^ step) as u8).collect();
-                        if let Some(ticket) = staging.stage(keys[k], offsets[k], offsets[k], &bytes)
+                        if let Some(ticket) =
+                            staging.stage(keys[k], offsets[k], offsets[k], &bytes, None)
                         {
                             live[k].push((ticket, offsets[k], bytes));
                             offsets[k] += 1;
@@ -1155,7 +1192,7 @@ mod tests {
         let mut live = VecDeque::new();
         let mut staged = 0u64;
         for round in 0..50u64 {
-            while let Some(ticket) = staging.stage("k", round, round, &batch) {
+            while let Some(ticket) = staging.stage("k", round, round, &batch, None) {
                 live.push_back((ticket, round));
                 staged += 1;
             }
@@ -1183,8 +1220,8 @@ mod tests {
     fn a_torn_entry_is_dropped() {
         let tmp = tempfile::tempdir().unwrap();
         let staging = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
-        staging.stage("k", 0, 0, &[1; 64]).unwrap();
-        staging.stage("k", 1, 1, &[2; 64]).unwrap();
+        staging.stage("k", 0, 0, &[1; 64], None).unwrap();
+        staging.stage("k", 1, 1, &[2; 64], None).unwrap();
         let path = staging.path().to_path_buf();
         drop(staging);
         // The process died while copying the second batch: its tail is old.
@@ -1197,14 +1234,14 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].batch, vec![1; 64]);
         // The ring goes on after the good entry.
-        assert!(reopened.stage("k", 1, 1, &[5; 64]).is_some());
+        assert!(reopened.stage("k", 1, 1, &[5; 64], None).is_some());
     }
 
     #[test]
     fn a_foreign_or_older_file_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let staging = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
-        staging.stage("k", 0, 0, &[1; 64]).unwrap();
+        staging.stage("k", 0, 0, &[1; 64], None).unwrap();
         let path = staging.path().to_path_buf();
         drop(staging);
         let err = file(tmp.path(), 4, BYTES_MIN).err().unwrap();
