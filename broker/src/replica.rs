@@ -28,6 +28,7 @@
 
 mod membership;
 mod moves;
+mod recent;
 
 pub use membership::{Configs, read_configs};
 
@@ -42,7 +43,7 @@ use fjord_replication::raft::{
     NodeId, Offset, Output, ProposeError, Replicate, Term,
 };
 use fjord_replication::wire;
-use fjord_storage::{ProducerBatch, StorageError, Verdict};
+use fjord_storage::{BatchSlice, ProducerBatch, StorageError, Verdict};
 use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::sync::Semaphore;
@@ -65,13 +66,16 @@ const PROPOSED_BYTES_MAX: u64 = 64 << 20;
 /// Longest a produce waits for its acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A batch's bytes until its log takes them.
+/// A batch's bytes until its log takes them; validated already, whichever
+/// the variant (its log does not read its CRC again).
 pub enum Payload {
     /// Copied out of a producer's request: it holds the leader's room.
-    Proposed(Vec<u8>),
+    /// Shared with [`recent::Recent`] once proposed.
+    Proposed(Rc<Vec<u8>>),
     /// Built here (a new leader's control batch).
     Owned(Vec<u8>),
-    /// In a peer's frame, shared by the frame's batches.
+    /// In a peer's frame, shared by the frame's batches (`wire::decode`
+    /// validated each).
     Shared(Rc<wire::Payload>, Range<usize>),
 }
 
@@ -80,7 +84,8 @@ impl Deref for Payload {
 
     fn deref(&self) -> &[u8] {
         match self {
-            Payload::Proposed(bytes) | Payload::Owned(bytes) => bytes,
+            Payload::Proposed(bytes) => bytes,
+            Payload::Owned(bytes) => bytes,
             Payload::Shared(frame, range) => &frame[range.clone()],
         }
     }
@@ -141,6 +146,8 @@ struct View {
     acks: Vec<Ack>,
     readers: Vec<(Offset, oneshot::Sender<()>)>,
     failed: bool,
+    /// A leader's uncommitted proposals, for its followers.
+    recent: recent::Recent,
 }
 
 /// The replication side of one partition replica.
@@ -302,10 +309,12 @@ impl Replica {
                 view.leader = Some(me);
                 view.leading = true;
                 view.durable = 0;
+                view.recent.clear();
             }
             Event::SteppedDown { .. } => {
                 view.leading = false;
                 view.durable = 0;
+                view.recent.clear();
                 Self::fail_acks(&mut view, ErrorCode::NotLeaderOrFollower);
             }
             Event::LeaderChanged { term, leader } => {
@@ -314,11 +323,13 @@ impl Replica {
                 if leader != Some(me) {
                     view.leading = false;
                     view.durable = 0;
+                    view.recent.clear();
                     Self::fail_acks(&mut view, ErrorCode::NotLeaderOrFollower);
                 }
             }
             Event::Committed { commit } => {
                 view.commit = commit;
+                view.recent.forget_below(commit);
                 view.readers.retain(|(offset, _)| *offset >= commit);
                 settle(&mut view.acks, |ack| ack.all && ack.end <= commit);
             }
@@ -730,8 +741,12 @@ impl Replication {
                         return false;
                     };
                     position += entry.bytes as usize;
+                    // The one check of these bytes on a follower: the
+                    // frame's CRC stops before them, and the log takes them
+                    // as validated.
                     Batch::validate(bytes).is_ok_and(|b| {
-                        b.base_offset() as u64 == entry.offset
+                        b.len() == bytes.len()
+                            && b.base_offset() as u64 == entry.offset
                             && b.last_offset() as u64 + 1 == entry.end
                             && i64::from(b.partition_leader_epoch()) == entry.term as i64
                     })
@@ -835,7 +850,7 @@ impl Replication {
                     }
                 }
             }
-            let source = Source::Proposal(Some(Payload::Proposed(rest[..len].to_vec())));
+            let source = Source::Proposal(Some(Payload::Proposed(Rc::new(rest[..len].to_vec()))));
             let entry = self
                 .round(replica.group, source, |group, out| {
                     group.propose(count, len as u32, out)
@@ -989,7 +1004,7 @@ impl Replication {
                 generation,
             } => {
                 for entry in entries {
-                    let Some(payload) = payload_of(group, &entry, source) else {
+                    let Some(mut payload) = payload_of(group, &entry, source) else {
                         tracing::error!(
                             shard = self.settings.shard,
                             group,
@@ -1004,6 +1019,17 @@ impl Replication {
                     };
                     if let Some(producer) = ProducerBatch::peek(&payload) {
                         partition.apply_producer(&producer, entry.offset, entry.end - 1);
+                    }
+                    if let Payload::Proposed(bytes) = &mut payload
+                        && let Some(batch) = Rc::get_mut(bytes)
+                    {
+                        // As its log will write it, and as followers check
+                        // it against the entry.
+                        batch::set_base_offset(batch, entry.offset as i64);
+                        batch::set_partition_leader_epoch(batch, entry.term as i32);
+                        let kept = Rc::clone(bytes);
+                        let mut view = replica.view.borrow_mut();
+                        view.recent.push(entry.term, entry.offset, entry.end, kept);
                     }
                     replica.push(StorageOp::Append {
                         entry,
@@ -1050,37 +1076,20 @@ impl Replication {
     /// Reads the range `read` asks for from the leader's log and sends it
     /// to the follower, if this replica still leads that term.
     async fn replicate(self: Rc<Self>, partition: Rc<Partition>, group: GroupId, read: Replicate) {
-        let log = partition.log();
-        if read.from < read.end {
-            // The leader's own append of the range may still be on its way
-            // to the log; the first batch must be readable.
-            let visible = std::pin::pin!(log.wait_visible(read.from + 1));
-            let timeout = std::pin::pin!(glommio::timer::sleep(
-                self.settings.tick * self.settings.election_ticks
-            ));
-            futures::future::select(visible, timeout).await;
-        }
         let max_bytes = usize::try_from(read.max_bytes).unwrap_or(usize::MAX);
         let mut entries = Vec::new();
-        // The read's slices, each cut after its last batch that goes: sent
-        // as they are, not copied into one buffer.
+        // Whole batches, sent as they are, not copied into one buffer.
         let mut payload = Vec::new();
         let mut payload_len = 0;
         if read.from < read.end {
-            let got = match log.read(read.from, max_bytes).await {
-                Ok(got) => got,
-                Err(e) => {
-                    tracing::debug!(shard = self.settings.shard, group, from = read.from, error = %e, "replication read");
-                    // Below the log's start: the group learns where it is,
-                    // and sends the follower a reset instead next time.
-                    if read.from < log.offset_start() {
-                        self.log_start_advanced(group, log.offset_start());
-                    }
-                    return;
-                }
+            let Some(slices) = self
+                .read_for_follower(&partition, group, &read, max_bytes)
+                .await
+            else {
+                return;
             };
             let mut done = false;
-            for slice in &got.slices {
+            for slice in &slices {
                 let mut taken = 0;
                 for batch in batch::batches(slice) {
                     let base = batch.base_offset() as u64;
@@ -1125,8 +1134,47 @@ impl Replication {
             messages: vec![(group, Message::Append(read.request(entries)))],
             ..PeerBatch::default()
         };
-        let head = wire::encode_head(self.settings.node, &batch, &payload);
+        let head = wire::encode_head(self.settings.node, &batch, payload_len);
         self.links.send_parts(addr, head, payload);
+    }
+
+    /// The batches from `read.from` a follower is sent: the leader's own
+    /// proposals while it keeps them, else read from its log (waiting a
+    /// little for its own append of the range). `None`: nothing to send now.
+    async fn read_for_follower(
+        self: &Rc<Self>,
+        partition: &Partition,
+        group: GroupId,
+        read: &Replicate,
+        max_bytes: usize,
+    ) -> Option<Vec<BatchSlice>> {
+        if let Some(replica) = partition.replica() {
+            let view = replica.view.borrow();
+            let kept = view.recent.read(read.term, read.from, read.end, max_bytes);
+            if kept.is_some() {
+                return kept;
+            }
+        }
+        let log = partition.log();
+        // The leader's own append of the range may still be on its way to
+        // the log; the first batch must be readable.
+        let visible = std::pin::pin!(log.wait_visible(read.from + 1));
+        let timeout = std::pin::pin!(glommio::timer::sleep(
+            self.settings.tick * self.settings.election_ticks
+        ));
+        futures::future::select(visible, timeout).await;
+        match log.read(read.from, max_bytes).await {
+            Ok(got) => Some(got.slices),
+            Err(e) => {
+                tracing::debug!(shard = self.settings.shard, group, from = read.from, error = %e, "replication read");
+                // Below the log's start: the group learns where it is, and
+                // sends the follower a reset instead next time.
+                if read.from < log.offset_start() {
+                    self.log_start_advanced(group, log.offset_start());
+                }
+                None
+            }
+        }
     }
 
     /// Carries out a group's storage actions in order, reporting each
@@ -1155,8 +1203,10 @@ impl Replication {
                         }
                         *replica.configs.borrow_mut() = configs;
                     }
+                    // Validated where it came in: by `produce` on the
+                    // leader, by the frame's decoding on a follower.
                     let appended = log
-                        .append_at(&payload, entry.offset, Some(entry.term as i32))
+                        .append_validated_at(&payload, entry.offset, entry.term as i32)
                         .await;
                     if let Payload::Proposed(bytes) = &payload {
                         replica.room.signal(bytes.len() as u64);

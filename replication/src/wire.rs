@@ -18,6 +18,13 @@
 //! hostile: lengths are bounded before anything is allocated, the CRC is
 //! checked, rkyv validates the header, and append requests are checked for
 //! shape — an error, never a panic.
+//!
+//! The frame's CRC covers the body up to the payload. The payload's batches
+//! carry their own CRC-32C, which the receiving replica checks, with each
+//! batch's offsets and leader epoch against its entry, before anything of
+//! the request is applied (the broker's `Replication::receive`). A frame
+//! CRC over the same bytes cost the leader a pass per follower and the
+//! follower one more, for nothing the batches' own did not catch.
 
 use crate::control::{ControlRequest, ControlResponse};
 use crate::raft::mux::PeerBatch;
@@ -37,7 +44,7 @@ pub const LINK_MAGIC: [u8; 4] = *b"FJRL";
 /// The dialing shard's address after [`LINK_MAGIC`].
 pub const LINK_HELLO_BYTES: usize = 18;
 const MAGIC: &[u8; 4] = b"FJRP";
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 /// len + crc.
 pub const PREFIX_BYTES: usize = 8;
 const BODY_FIXED: usize = 4 + 1 + 1 + 4 + 4;
@@ -148,41 +155,40 @@ pub enum Body {
 /// Encodes a Raft frame; `payload` must hold exactly the batches the append
 /// requests in `batch` describe, in order.
 pub fn encode(from: NodeId, batch: &PeerBatch, payload: &[u8]) -> Vec<u8> {
-    let mut frame = encode_head(from, batch, &[payload]);
+    let mut frame = encode_head(from, batch, payload.len());
     frame.extend_from_slice(payload);
     frame
 }
 
-/// Encodes a Raft frame but for its payload, the concatenation of `parts`,
-/// which follows it on the wire as it is: a leader's batches go out without
-/// being copied into a frame.
-pub fn encode_head<P: AsRef<[u8]>>(from: NodeId, batch: &PeerBatch, parts: &[P]) -> Vec<u8> {
+/// Encodes a Raft frame but for its payload (`payload_len` bytes), which
+/// follows it on the wire as it is: a leader's batches go out without being
+/// copied into a frame.
+pub fn encode_head(from: NodeId, batch: &PeerBatch, payload_len: usize) -> Vec<u8> {
     debug_assert_eq!(
         payload_bytes(batch),
-        Some(parts.iter().map(|p| p.as_ref().len() as u64).sum()),
+        Some(payload_len as u64),
         "payload matches the header"
     );
     let header =
         rkyv::to_bytes::<rkyv::rancor::Error>(batch).expect("peer batches always serialize");
-    head(KIND_RAFT, from, &header, parts)
+    head(KIND_RAFT, from, &header, payload_len)
 }
 
 /// Encodes a control request.
 pub fn encode_request(from: NodeId, request: &ControlRequest) -> Vec<u8> {
     let header = rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("requests always serialize");
-    head::<&[u8]>(KIND_REQUEST, from, &header, &[])
+    head(KIND_REQUEST, from, &header, 0)
 }
 
 /// Encodes a control response.
 pub fn encode_response(from: NodeId, response: &ControlResponse) -> Vec<u8> {
     let header =
         rkyv::to_bytes::<rkyv::rancor::Error>(response).expect("responses always serialize");
-    head::<&[u8]>(KIND_RESPONSE, from, &header, &[])
+    head(KIND_RESPONSE, from, &header, 0)
 }
 
 /// A frame up to its payload, the CRC covering the payload too.
-fn head<P: AsRef<[u8]>>(kind: u8, from: NodeId, header: &[u8], payload: &[P]) -> Vec<u8> {
-    let payload_len: usize = payload.iter().map(|p| p.as_ref().len()).sum();
+fn head(kind: u8, from: NodeId, header: &[u8], payload_len: usize) -> Vec<u8> {
     let body_len = BODY_FIXED + header.len() + payload_len;
     let mut head = Vec::with_capacity(PREFIX_BYTES + BODY_FIXED + header.len());
     head.extend_from_slice(&((4 + body_len) as u32).to_be_bytes());
@@ -193,12 +199,8 @@ fn head<P: AsRef<[u8]>>(kind: u8, from: NodeId, header: &[u8], payload: &[P]) ->
     head.extend_from_slice(&from.to_be_bytes());
     head.extend_from_slice(&(header.len() as u32).to_be_bytes());
     head.extend_from_slice(header);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head[PREFIX_BYTES..]);
-    for part in payload {
-        crc.update(part.as_ref());
-    }
-    head[4..8].copy_from_slice(&crc.finalize().to_be_bytes());
+    let crc = crc32fast::hash(&head[PREFIX_BYTES..]);
+    head[4..8].copy_from_slice(&crc.to_be_bytes());
     head
 }
 
@@ -220,7 +222,12 @@ pub fn decode(rest: Vec<u8>) -> Result<Frame, WireError> {
     }
     let frame = rest;
     let (crc, body) = frame.split_at(4);
-    if crc32fast::hash(body).to_be_bytes() != crc {
+    let header_len = u32::from_be_bytes([body[10], body[11], body[12], body[13]]) as usize;
+    if header_len > body.len() - BODY_FIXED {
+        return Err(WireError::Length(header_len));
+    }
+    let (head, payload) = body.split_at(BODY_FIXED + header_len);
+    if crc32fast::hash(head).to_be_bytes() != crc {
         return Err(WireError::Crc);
     }
     if &body[..4] != MAGIC || body[4] != VERSION {
@@ -228,12 +235,7 @@ pub fn decode(rest: Vec<u8>) -> Result<Frame, WireError> {
     }
     let kind = body[5];
     let from = u32::from_be_bytes([body[6], body[7], body[8], body[9]]);
-    let header_len = u32::from_be_bytes([body[10], body[11], body[12], body[13]]) as usize;
-    let rest = &body[BODY_FIXED..];
-    if header_len > rest.len() {
-        return Err(WireError::Length(header_len));
-    }
-    let (header, payload) = rest.split_at(header_len);
+    let header = &head[BODY_FIXED..];
     // rkyv reads in place and needs its alignment.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(header.len());
     aligned.extend_from_slice(header);
@@ -322,20 +324,29 @@ mod tests {
         }
     }
 
+    fn records(count: usize) -> Vec<u8> {
+        let mut builder = fjord_core::BatchBuilder::new();
+        for i in 0..count {
+            builder.push(i as i64, None, Some(b"value"), &[]);
+        }
+        builder.build()
+    }
+
     fn sample() -> (PeerBatch, Vec<u8>) {
+        let (data, mark) = (records(3), records(1));
         let entries = vec![
             Entry {
                 offset: 10,
                 end: 13,
                 term: 2,
-                bytes: 5,
+                bytes: data.len() as u32,
                 kind: EntryKind::Data,
             },
             Entry {
                 offset: 13,
                 end: 14,
                 term: 2,
-                bytes: 3,
+                bytes: mark.len() as u32,
                 kind: EntryKind::LeaderMark,
             },
         ];
@@ -361,7 +372,7 @@ mod tests {
                 (4, Message::TimeoutNow { term: 5 }),
             ],
         };
-        (batch, b"abcdeXYZ".to_vec())
+        (batch, [data, mark].concat())
     }
 
     #[test]
@@ -380,8 +391,7 @@ mod tests {
             }
         );
         // Sent as a head and the payload after it, the same frame.
-        let (first, second) = payload.split_at(payload.len() / 2);
-        let mut parts = encode_head(9, &batch, &[first, second]);
+        let mut parts = encode_head(9, &batch, payload.len());
         parts.extend_from_slice(&payload);
         assert_eq!(parts, frame);
     }
@@ -390,17 +400,25 @@ mod tests {
     fn damaged_frames_are_refused() {
         let (batch, payload) = sample();
         let frame = encode(9, &batch, &payload);
+        // The head by the frame's CRC, the payload by its batches' own
+        // (which the replica checks).
+        let mut flipped = frame.clone();
+        flipped[PREFIX_BYTES + BODY_FIXED] ^= 1;
+        assert_eq!(decode(flipped[4..].to_vec()), Err(WireError::Crc));
         let mut flipped = frame.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert_eq!(decode(flipped[4..].to_vec()), Err(WireError::Crc));
+        let decoded = decode(flipped[4..].to_vec()).expect("the head is whole");
+        let mark = &decoded.payload[payload.len() - records(1).len()..];
+        assert!(matches!(
+            fjord_core::Batch::validate(mark),
+            Err(fjord_core::BatchError::CrcMismatch { .. })
+        ));
         assert_eq!(decode(frame[4..10].to_vec()), Err(WireError::Length(6)));
         assert!(frame_len([0xff; 4]).is_err());
         assert!(frame_len([0, 0, 0, 1]).is_err());
-        // A valid CRC over a payload the header does not announce.
-        let mut short = frame[..frame.len() - 1].to_vec();
-        let crc = crc32fast::hash(&short[8..]);
-        short[4..8].copy_from_slice(&crc.to_be_bytes());
+        // A valid head over a payload it does not announce.
+        let short = frame[..frame.len() - 1].to_vec();
         assert!(matches!(
             decode(short[4..].to_vec()),
             Err(WireError::Payload(_))

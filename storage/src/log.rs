@@ -376,7 +376,15 @@ impl Log {
     /// appends are called. Waits only for a roll or when too many bytes are
     /// staged (backpressure).
     pub async fn append(&self, batch: &[u8]) -> Result<Appended> {
-        append(&self.inner, &self.kick, batch, None, Epoch::OfLog, false).await
+        append(
+            &self.inner,
+            &self.kick,
+            batch,
+            None,
+            Epoch::OfLog,
+            Origin::Outside,
+        )
+        .await
     }
 
     /// Like [`Log::append`], at offset `base_offset`: fails with
@@ -399,7 +407,30 @@ impl Log {
             batch,
             Some(base_offset),
             epoch,
-            false,
+            Origin::Outside,
+        )
+        .await
+    }
+
+    /// [`Log::append_at`] of a batch the caller has validated
+    /// ([`Batch::validate`]): a replica's append of what its Raft log
+    /// carries, checked where it came in (the leader's produce, the
+    /// follower's frame decode). Its CRC is not read a second time; only
+    /// its framing is checked.
+    pub async fn append_validated_at(
+        &self,
+        batch: &[u8],
+        base_offset: u64,
+        epoch: i32,
+    ) -> Result<Appended> {
+        debug_assert!(Batch::validate(batch).is_ok(), "validated by the caller");
+        append(
+            &self.inner,
+            &self.kick,
+            batch,
+            Some(base_offset),
+            Epoch::Set(epoch),
+            Origin::Validated,
         )
         .await
     }
@@ -857,18 +888,28 @@ enum Epoch {
     Kept,
 }
 
+/// Where an appended batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// From outside the log: validated here.
+    Outside,
+    /// Validated by the caller ([`Log::append_validated_at`]).
+    Validated,
+    /// Found in the staging area at start, appended again: validated here,
+    /// and it does not wait for staging room (the ring may be full of
+    /// entries of logs not yet open; it waits for its write instead).
+    Replay,
+}
+
 /// The one append path: see [`Log::append`] and [`Log::append_at`].
-/// `base_offset`, when given, is the offset the batch must get. `replay` is
-/// set when a batch found in the staging area at start is appended again:
-/// it does not wait for staging room (the ring may be full of entries of
-/// logs not yet open; it waits for its write instead).
+/// `base_offset`, when given, is the offset the batch must get.
 async fn append(
     inner: &Inner,
     kick: &LocalSender<()>,
     batch: &[u8],
     base_offset: Option<u64>,
     epoch: Epoch,
-    replay: bool,
+    origin: Origin,
 ) -> Result<Appended> {
     if batch.len() > inner.config.max_batch_bytes {
         return Err(StorageError::BatchTooLarge {
@@ -876,7 +917,10 @@ async fn append(
             max: inner.config.max_batch_bytes,
         });
     }
-    let parsed = Batch::validate(batch)?;
+    let parsed = match origin {
+        Origin::Validated => Batch::parse(batch)?,
+        Origin::Outside | Origin::Replay => Batch::validate(batch)?,
+    };
     if parsed.len() != batch.len() {
         return Err(StorageError::InvalidBatch(
             fjord_core::BatchError::LengthOutOfRange(batch.len() as i64),
@@ -939,7 +983,7 @@ async fn append(
         .staging
         .as_ref()
         .filter(|s| s.area.fits(&s.key, batch.len()));
-    if let Some(s) = staging.filter(|_| !replay) {
+    if let Some(s) = staging.filter(|_| origin != Origin::Replay) {
         // The last await before the batch is staged: no other append of
         // this shard can take the room in between.
         s.area.wait_room(&s.key, batch.len()).await;
@@ -1042,7 +1086,7 @@ async fn replay_staged(
             &entry.batch,
             Some(entry.base_offset),
             Epoch::Kept,
-            true,
+            Origin::Replay,
         )
         .await?;
         if appended.base_offset != entry.base_offset || appended.last_offset != entry.last_offset {

@@ -10,8 +10,9 @@ use std::rc::Rc;
 enum Backing {
     Disk(ReadResult),
     Memory(Rc<DmaBuffer>),
-    /// Copied out of the staging area: acknowledged, not yet written. Kept
-    /// as the `Vec` it was copied into (an `Rc<[u8]>` would copy it again).
+    /// Copied out of the staging area (acknowledged, not yet written), or
+    /// shared with a leader's proposal. Kept as the `Vec` it was copied into
+    /// (an `Rc<[u8]>` would copy it again).
     Copy(Rc<Vec<u8>>),
 }
 
@@ -53,9 +54,15 @@ impl BatchSlice {
     }
 
     pub(crate) fn from_copy(bytes: Vec<u8>) -> Self {
+        Self::shared(Rc::new(bytes))
+    }
+
+    /// Whole batches in a buffer shared with whoever else holds it (a
+    /// leader's proposals, kept for its followers).
+    pub fn shared(bytes: Rc<Vec<u8>>) -> Self {
         let len = bytes.len();
         BatchSlice {
-            backing: Backing::Copy(Rc::new(bytes)),
+            backing: Backing::Copy(bytes),
             start: 0,
             len,
         }
@@ -89,12 +96,6 @@ impl Deref for BatchSlice {
 
     fn deref(&self) -> &[u8] {
         &self.backing.bytes()[self.start..self.start + self.len]
-    }
-}
-
-impl AsRef<[u8]> for BatchSlice {
-    fn as_ref(&self) -> &[u8] {
-        self
     }
 }
 
