@@ -230,10 +230,12 @@ fn staged_batches_past_the_end_are_replayed_and_a_torn_one_dropped() {
     let path = file.path().to_path_buf();
     let area = Staging::new(file, broker.data_dir().to_path_buf());
     let key = area.key(&dir);
-    area.stage(&key, 1, 2, &batch_at("second", 1, 2)).unwrap();
-    area.stage(&key, 3, 3, &batch_at("third", 3, 1)).unwrap();
+    area.stage(&key, 1, 2, &batch_at("second", 1, 2), None)
+        .unwrap();
+    area.stage(&key, 3, 3, &batch_at("third", 3, 1), None)
+        .unwrap();
     let torn = batch_at("torn", 4, 1);
-    area.stage(&key, 4, 4, &torn).unwrap();
+    area.stage(&key, 4, 4, &torn, None).unwrap();
     drop(area);
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes

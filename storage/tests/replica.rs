@@ -285,7 +285,8 @@ fn truncated_staged_batches_never_come_back_after_a_kill() {
         // Another log's entry, never written, holds the ring's head: every
         // entry after it is found again after a kill unless marked released.
         let other = area.key(&dir.path().join("q"));
-        area.stage(&other, 0, 2, &stored(99, 0, 1)).expect("stage");
+        area.stage(&other, 0, 2, &stored(99, 0, 1), None)
+            .expect("stage");
         for seed in 3..6 {
             let base = log.offset_next();
             let appended = log

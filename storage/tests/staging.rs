@@ -98,12 +98,12 @@ fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
         // What a process killed mid-stall leaves: one batch already
         // written (0..=2), then two the log never wrote.
         let key = area.key(&path);
-        area.stage(&key, 0, 2, &stored(0, 0)).expect("stage");
-        area.stage(&key, 3, 5, &stored(1, 3)).expect("stage");
-        area.stage(&key, 6, 8, &stored(2, 6)).expect("stage");
+        area.stage(&key, 0, 2, &stored(0, 0), None).expect("stage");
+        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
+        area.stage(&key, 6, 8, &stored(2, 6), None).expect("stage");
         // And for another log, one that would leave a gap.
         let other = dir.path().join("q");
-        area.stage(&area.key(&other), 5, 7, &stored(3, 5))
+        area.stage(&area.key(&other), 5, 7, &stored(3, 5), None)
             .expect("stage");
         drop(area);
         let area = Rc::new(Staging::new(
