@@ -3,17 +3,27 @@
 //! back is copied out of the staging area, once per follower.
 //!
 //! Only a run of the current term's data entries is kept, contiguous, up to
-//! the commit (a follower that needs an entry below it reads the log) and
-//! at most [`BYTES_MAX`]. A leader never changes its log within its term,
-//! so an entry kept in the term a read is for is the log's entry.
+//! the commit (a follower that needs an entry below it reads the log), at
+//! most [`BYTES_MAX`] per leader and [`SHARD_BYTES_MAX`] over a shard's
+//! leaders (followers away, `acks=1` producers go on: nothing commits).
+//! A leader never changes its log within its term, so an entry kept in the
+//! term a read is for is the log's entry.
 
 use fjord_replication::raft::{Offset, Term};
 use fjord_storage::BatchSlice;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
 /// Bytes kept per leader: a few rounds of replication at full speed.
-const BYTES_MAX: usize = 16 << 20;
+const BYTES_MAX: usize = 8 << 20;
+/// Bytes kept over every leader of a shard.
+const SHARD_BYTES_MAX: usize = 64 << 20;
+
+thread_local! {
+    /// Bytes kept by this thread's (shard's) leaders.
+    static SHARD_BYTES: Cell<usize> = const { Cell::new(0) };
+}
 
 /// One kept entry: its batch, base offset and leader epoch set.
 struct Kept {
@@ -39,11 +49,17 @@ impl Recent {
             self.clear();
             self.term = term;
         }
-        self.bytes += batch.len();
-        self.entries.push_back(Kept { offset, end, batch });
-        while self.bytes > BYTES_MAX {
+        while !self.entries.is_empty() && self.bytes + batch.len() > BYTES_MAX {
             self.pop_front();
         }
+        if SHARD_BYTES.get() + batch.len() > SHARD_BYTES_MAX {
+            // Not kept: the run ends here, the log serves what follows.
+            self.clear();
+            return;
+        }
+        self.bytes += batch.len();
+        SHARD_BYTES.set(SHARD_BYTES.get() + batch.len());
+        self.entries.push_back(Kept { offset, end, batch });
     }
 
     /// Forgets the entries below `commit`.
@@ -55,6 +71,7 @@ impl Recent {
 
     /// Forgets everything: leadership moved.
     pub fn clear(&mut self) {
+        SHARD_BYTES.set(SHARD_BYTES.get() - self.bytes);
         self.entries.clear();
         self.bytes = 0;
     }
@@ -89,7 +106,14 @@ impl Recent {
     fn pop_front(&mut self) {
         if let Some(kept) = self.entries.pop_front() {
             self.bytes -= kept.batch.len();
+            SHARD_BYTES.set(SHARD_BYTES.get() - kept.batch.len());
         }
+    }
+}
+
+impl Drop for Recent {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -124,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn holds_at_most_its_budget() {
+    fn holds_at_most_its_budget_and_the_shards() {
         let mut recent = Recent::default();
         for i in 0..40 {
             recent.push(1, i, i + 1, batch(1 << 20));
@@ -132,5 +156,16 @@ mod tests {
         assert!(recent.bytes <= BYTES_MAX);
         assert!(recent.read(1, 0, 100, usize::MAX).is_none());
         assert!(recent.read(1, 39, 100, usize::MAX).is_some());
+        // Many leaders of one shard share its budget; what they drop or
+        // forget goes back to it.
+        let mut leaders: Vec<Recent> = (0..20).map(|_| Recent::default()).collect();
+        for (i, leader) in leaders.iter_mut().enumerate() {
+            leader.push(1, 0, 1, batch(4 << 20));
+            assert_eq!(leader.read(1, 0, 1, 1).is_some(), i < 14, "leader {i}");
+        }
+        assert_eq!(SHARD_BYTES.get(), SHARD_BYTES_MAX);
+        drop(leaders);
+        recent.forget_below(100);
+        assert_eq!(SHARD_BYTES.get(), 0);
     }
 }
