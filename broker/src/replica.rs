@@ -74,8 +74,8 @@ pub enum Payload {
     Proposed(Rc<Vec<u8>>),
     /// Built here (a new leader's control batch).
     Owned(Vec<u8>),
-    /// In a peer's frame, shared by the frame's batches (`wire::decode`
-    /// validated each).
+    /// In a peer's frame, shared by the frame's batches (`receive`
+    /// validated each against its entry).
     Shared(Rc<wire::Payload>, Range<usize>),
 }
 
@@ -1073,8 +1073,8 @@ impl Replication {
         replica.push(op);
     }
 
-    /// Reads the range `read` asks for from the leader's log and sends it
-    /// to the follower, if this replica still leads that term.
+    /// Sends the follower the range `read` asks for (the leader's kept
+    /// proposals, or its log), if this replica still leads that term.
     async fn replicate(self: Rc<Self>, partition: Rc<Partition>, group: GroupId, read: Replicate) {
         let max_bytes = usize::try_from(read.max_bytes).unwrap_or(usize::MAX);
         let mut entries = Vec::new();
