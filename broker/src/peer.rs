@@ -94,8 +94,8 @@ pub struct Links {
 }
 
 /// A frame as a link writes it: its head, then the payload that follows it
-/// on the wire (a leader's batches as its log read them, not copied into
-/// the frame; empty for most frames).
+/// on the wire (a leader's batches as it keeps them or its log read them,
+/// not copied into the frame; empty for most frames).
 struct Outgoing {
     head: Vec<u8>,
     payload: Vec<BatchSlice>,

@@ -415,8 +415,8 @@ impl Log {
     /// [`Log::append_at`] of a batch the caller has validated
     /// ([`Batch::validate`]): a replica's append of what its Raft log
     /// carries, checked where it came in (the leader's produce, the
-    /// follower's frame decode). Its CRC is not read a second time; only
-    /// its framing is checked.
+    /// follower's receipt of the frame). Its CRC is not read a second time;
+    /// only its framing is checked.
     pub async fn append_validated_at(
         &self,
         batch: &[u8],
