@@ -44,7 +44,7 @@ pub const INBOX_LEN: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach a peer that is away.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-/// Initial buffer of a frame being read.
+/// The first step in which a frame being read is backed by memory.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Socket write buffer of a link: a tick's frames share a send.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;

@@ -187,7 +187,8 @@ pub fn encode_response(from: NodeId, response: &ControlResponse) -> Vec<u8> {
     head(KIND_RESPONSE, from, &header, 0)
 }
 
-/// A frame up to its payload, the CRC covering the payload too.
+/// A frame up to its payload, the CRC covering what it holds (not the
+/// payload: its batches carry their own).
 fn head(kind: u8, from: NodeId, header: &[u8], payload_len: usize) -> Vec<u8> {
     let body_len = BODY_FIXED + header.len() + payload_len;
     let mut head = Vec::with_capacity(PREFIX_BYTES + BODY_FIXED + header.len());

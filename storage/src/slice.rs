@@ -13,7 +13,7 @@ enum Backing {
     /// Copied out of the staging area (acknowledged, not yet written), or
     /// shared with a leader's proposal. Kept as the `Vec` it was copied into
     /// (an `Rc<[u8]>` would copy it again).
-    Copy(Rc<Vec<u8>>),
+    Heap(Rc<Vec<u8>>),
 }
 
 impl Backing {
@@ -21,7 +21,7 @@ impl Backing {
         match self {
             Backing::Disk(read) => read,
             Backing::Memory(buffer) => buffer.as_bytes(),
-            Backing::Copy(bytes) => bytes,
+            Backing::Heap(bytes) => bytes,
         }
     }
 }
@@ -62,7 +62,7 @@ impl BatchSlice {
     pub fn shared(bytes: Rc<Vec<u8>>) -> Self {
         let len = bytes.len();
         BatchSlice {
-            backing: Backing::Copy(bytes),
+            backing: Backing::Heap(bytes),
             start: 0,
             len,
         }
@@ -104,7 +104,7 @@ impl std::fmt::Debug for BatchSlice {
         let kind = match self.backing {
             Backing::Disk(_) => "disk",
             Backing::Memory(_) => "memory",
-            Backing::Copy(_) => "copy",
+            Backing::Heap(_) => "heap",
         };
         write!(f, "BatchSlice({kind}, {} bytes)", self.len)
     }

@@ -753,7 +753,7 @@ impl Staging {
                 "wrap without room for its marker"
             );
             let seq = ring.head_seq + ring.slots.len() as u64;
-            self.write_entry(tail, seq, KIND_WRAP, "", (0, 0), &[], None);
+            self.write_entry(tail, seq, KIND_WRAP, "", 0, 0, &[], None);
             ring.slots.push_back(Slot {
                 position: tail,
                 released: true,
@@ -766,7 +766,8 @@ impl Staging {
             seq,
             KIND_BATCH,
             key,
-            (base_offset, last_offset),
+            base_offset,
+            last_offset,
             batch,
             batch_crc,
         );
@@ -793,7 +794,8 @@ impl Staging {
         seq: u64,
         kind: u32,
         key: &str,
-        (base_offset, last_offset): (u64, u64),
+        base_offset: u64,
+        last_offset: u64,
         batch: &[u8],
         batch_crc: Option<u32>,
     ) {

@@ -89,7 +89,12 @@ impl Recent {
         if term != self.term {
             return None;
         }
-        let first = self.entries.iter().position(|k| k.offset == from)?;
+        // Kept in offset order, contiguous: a search, not a walk (small
+        // batches make thousands of entries).
+        let first = self
+            .entries
+            .binary_search_by_key(&from, |k| k.offset)
+            .ok()?;
         let mut slices = Vec::new();
         let mut bytes = 0;
         for kept in self.entries.range(first..) {
