@@ -113,11 +113,27 @@ pub async fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     closed?;
     glommio::io::rename(&tmp, path).await.map_err(io_error)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = Directory::open(dir.unwrap_or(Path::new(".")))
-        .await
-        .map_err(io_error)?;
-    let synced = dir.sync().await.map_err(io_error);
-    dir.close().await.map_err(io_error)?;
+    sync_dir_io(dir.unwrap_or(Path::new("."))).await
+}
+
+/// Syncs the directory `dir`, so that what was created, renamed or removed
+/// in it survives power loss.
+pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
+    sync_dir_io(dir).await.map_err(|source| StorageError::Io {
+        op: "sync",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+async fn sync_dir_io(dir: &Path) -> io::Result<()> {
+    // glommio 0.9's `Directory::open` opens its path at descriptor -1, not
+    // at the working directory (AT_FDCWD): a relative path fails with
+    // EBADF. `absolute` reads the working directory only, no file system.
+    let dir = std::path::absolute(dir)?;
+    let handle = Directory::open(&dir).await.map_err(io_error)?;
+    let synced = handle.sync().await.map_err(io_error);
+    handle.close().await.map_err(io_error)?;
     synced
 }
 

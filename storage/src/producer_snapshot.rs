@@ -26,7 +26,7 @@ use crate::log::Log;
 use crate::producers::{ProducerBatch, ProducerTable};
 use crate::recovery;
 use fjord_core::batch;
-use glommio::io::{Directory, DmaFile};
+use glommio::io::DmaFile;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 4] = *b"FJPS";
@@ -111,18 +111,7 @@ pub async fn write(dir: &Path, offset: u64, table: &ProducerTable) -> Result<()>
     glommio::io::rename(&tmp, &path)
         .await
         .map_err(StorageError::io("rename", &path))?;
-    let directory = Directory::open(dir)
-        .await
-        .map_err(StorageError::io("open", dir))?;
-    let synced = directory
-        .sync()
-        .await
-        .map_err(StorageError::io("sync", dir));
-    directory
-        .close()
-        .await
-        .map_err(StorageError::io("close", dir))?;
-    synced?;
+    crate::checkpoint::sync_dir(dir).await?;
     let offsets = list(dir).await?;
     let old = offsets.len().saturating_sub(SNAPSHOTS_KEPT);
     for &stale in &offsets[..old] {

@@ -242,25 +242,10 @@ async fn make_durable(
     if !doomed.is_empty() {
         // The unlinks must survive power loss: a segment that came back
         // starting right at the cut would join the log again.
-        sync_dir(&inner.dir).await?;
+        crate::checkpoint::sync_dir(&inner.dir).await?;
     }
     if let Some(cleaner) = cleaner {
         crate::compact::state::write(&inner.dir, &cleaner).await?;
     }
     inner.write_epochs().await
-}
-
-async fn sync_dir(dir: &std::path::Path) -> Result<()> {
-    let handle = glommio::io::Directory::open(dir)
-        .await
-        .map_err(StorageError::io("open", dir))?;
-    let synced = handle
-        .sync()
-        .await
-        .map_err(StorageError::io("fdatasync", dir));
-    handle
-        .close()
-        .await
-        .map_err(StorageError::io("close", dir))?;
-    synced
 }

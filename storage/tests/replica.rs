@@ -11,6 +11,7 @@ use fjord_storage::epochs::{self, EpochCache};
 use fjord_storage::staging::{Staging, StagingFile};
 use fjord_storage::{BatchCache, DataDir, Log, LogConfig, StorageError, checkpoint};
 use futures::FutureExt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 const STAGING_BYTES: usize = 4 << 20;
@@ -394,6 +395,29 @@ fn the_epoch_cache_follows_appends_reopens_and_is_rebuilt() {
         let log = open(&dir, "p", small_segments(), &cache).await;
         assert_eq!(log.epochs(), trimmed);
         log.close().await.expect("close");
+    });
+}
+
+/// `path` relative to the working directory: up to the root and down.
+fn relative(path: &Path) -> PathBuf {
+    let cwd = std::env::current_dir().expect("working directory");
+    let mut relative: PathBuf = std::iter::repeat_n("..", cwd.components().count() - 1).collect();
+    relative.push(path.strip_prefix("/").expect("an absolute path"));
+    relative
+}
+
+#[test]
+fn a_checkpoint_at_a_relative_path_is_written_and_read() {
+    // glommio's `Directory::open` once made every relative checkpoint fail
+    // with EBADF (a log opened in a relative directory could not take its
+    // first leader epoch).
+    let (tmp, dir) = data_dir();
+    let path = relative(&tmp.path().join("hard-state"));
+    assert!(path.is_relative());
+    run(&dir, move |_| async move {
+        checkpoint::write(&path, b"term 3").await.expect("write");
+        let read = checkpoint::read(&path).await.expect("read");
+        assert_eq!(read.as_deref(), Some(&b"term 3"[..]));
     });
 }
 
