@@ -5,6 +5,7 @@
 
 pub mod consume;
 pub mod e2e;
+pub mod host;
 pub mod kafka;
 pub mod local;
 pub mod produce;

@@ -2,6 +2,7 @@
 //! JSON report's fields.
 
 use clap::{Args, Parser, Subcommand};
+use fjord_bench::host::{CpuShare, CpuTimes};
 use fjord_bench::local::{LocalBroker, LocalCluster, SERVE_SUBCOMMAND};
 use fjord_bench::produce::{ProduceConfig, STAMP_LEN};
 use fjord_bench::report::{JsonReport, Progress, Summary, write_json};
@@ -360,6 +361,7 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
     let admin_addr = args.common.admin.as_deref();
     let before = admin_addr.map(scrape).transpose()?;
     let acked = Arc::new(Progress::default());
+    let cpu = CpuTimes::now();
     let (what, summary) = if e2e {
         let delivered = Arc::new(Progress::default());
         let elapsed = e2e::run(&config, producers, &admin, routes, &acked, &delivered)?;
@@ -377,6 +379,7 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
         ("produce", Summary::new(&acked, elapsed, config.rate))
     };
     summary.print(what);
+    let machine = machine_since(cpu);
     let broker_side = match (admin_addr, &before) {
         (Some(admin), Some(before)) => Some(BrokerSide::between(before, &scrape(admin)?)),
         _ => None,
@@ -392,10 +395,19 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
                 config: &config,
                 summary: &summary,
                 broker: broker_side.as_ref(),
+                machine: machine.as_ref(),
             },
         )?;
     }
     Ok(summary.sustained && summary.errors == 0)
+}
+
+/// The machine's CPU shares since `before`, printed as the report's last
+/// line.
+fn machine_since(before: Option<CpuTimes>) -> Option<CpuShare> {
+    let share = CpuShare::between(before?, CpuTimes::now()?)?;
+    share.print();
+    Some(share)
 }
 
 fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
@@ -435,6 +447,7 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
         }
     }
     let progress = Arc::new(Progress::default());
+    let cpu = CpuTimes::now();
     let elapsed = match (&args.group, kafka) {
         (Some(_), Some(_)) => {
             return Err("--group reads through the native protocol only, not with --kafka".into());
@@ -474,6 +487,7 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
     };
     let summary = Summary::new(&progress, elapsed, 0.0);
     summary.print("consume");
+    let machine = machine_since(cpu);
     if let Some(path) = &args.common.json {
         let config = serde_json::json!({ "topic": args.common.topic, "fill": args.fill, "cold": args.cold, "group": args.group });
         write_json(
@@ -483,6 +497,7 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
                 config: &config,
                 summary: &summary,
                 broker: None,
+                machine: machine.as_ref(),
             },
         )?;
     }

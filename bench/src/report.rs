@@ -213,6 +213,9 @@ pub struct JsonReport<'a, C: Serialize> {
     /// The broker's own figures of the run (with `--admin`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker: Option<&'a crate::scrape::BrokerSide>,
+    /// What the machine's cores did meanwhile (Linux only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<&'a crate::host::CpuShare>,
 }
 
 /// Writes the JSON report.
