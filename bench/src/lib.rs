@@ -97,15 +97,28 @@ pub fn ensure_topic(
 /// Longest wait for a new topic's partitions to elect leaders.
 const LEADERS_WAIT: Duration = Duration::from_secs(15);
 
-/// Prints a progress line every second until `done`.
+/// Prints a progress line every second until `done`, with the share of
+/// that second the host stole from this machine's cores where known.
 pub fn watch(progress: &Progress, start: Instant, done: impl Fn() -> bool) {
     let mut last = (0, 0);
     let mut last_at = start;
+    let mut cpu = host::CpuTimes::now();
     while !done() {
         std::thread::sleep(Duration::from_millis(20));
         if last_at.elapsed() >= Duration::from_secs(1) {
             let now = Instant::now();
-            eprintln!("{}", progress.line(start.elapsed(), last, now - last_at));
+            let cpu_now = host::CpuTimes::now();
+            let steal = cpu
+                .zip(cpu_now)
+                .and_then(|(before, after)| host::CpuShare::between(before, after))
+                .map_or(String::new(), |s| {
+                    format!("  steal {:>2.0} %", s.steal_percent)
+                });
+            cpu = cpu_now;
+            eprintln!(
+                "{}{steal}",
+                progress.line(start.elapsed(), last, now - last_at)
+            );
             last = (
                 progress.messages.load(Ordering::Relaxed),
                 progress.bytes.load(Ordering::Relaxed),
