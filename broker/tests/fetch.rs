@@ -246,3 +246,34 @@ fn a_position_outside_the_log_resets_or_fails_as_configured() {
         "{error}"
     );
 }
+
+#[test]
+fn a_consumer_hands_out_one_shards_records_without_waiting_for_the_others_poll() {
+    // Partitions 0 and 1 live on different shards; each has a long poll in
+    // flight. A record on one must come out of `poll` at once, not when
+    // the other shard's long poll ends.
+    let (_broker, client, producer) = setup();
+    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+    block_on(consumer.assign("t", None, Seek::Latest)).unwrap();
+    let wait = Duration::from_secs(8);
+    for (partition, value) in [(0, &b"first"[..]), (1, &b"second"[..])] {
+        let late = producer.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            block_on(late.send("t", Some(partition), None, Some(value), &[])).unwrap();
+        });
+        let start = Instant::now();
+        let records = block_on(consumer.poll(wait)).unwrap();
+        writer.join().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "partition {partition}: {:?} (the other shard's poll waits {wait:?})",
+            start.elapsed()
+        );
+        let got: Vec<(i32, i64, Option<Vec<u8>>)> = records
+            .into_iter()
+            .map(|r| (r.partition, r.offset, r.value))
+            .collect();
+        assert_eq!(got, [(partition, 0, Some(value.to_vec()))]);
+    }
+}

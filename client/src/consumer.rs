@@ -19,9 +19,10 @@ use crate::error::{ClientError, Result, error_code};
 use crate::transport::{Lane, Response};
 use fjord_core::batch;
 use fjord_net::{ErrorCode, api, wire};
-use futures::FutureExt;
 use futures::future::BoxFuture;
-use std::collections::HashMap;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -105,8 +106,25 @@ struct Assigned {
     high_watermark: i64,
 }
 
-/// Fetches in flight, one per shard address.
-type Fetching = BoxFuture<'static, Vec<(SocketAddr, Result<Response>)>>;
+impl Assigned {
+    fn key(&self) -> (String, i32) {
+        (self.topic.clone(), self.partition)
+    }
+}
+
+/// A fetch in flight to one shard address: the partitions it asked for
+/// (topic, partition) and its answer.
+type Fetch = BoxFuture<'static, (Vec<(String, i32)>, Result<Response>)>;
+
+/// The fetches in flight. Each assigned partition is in at most one; a
+/// poll hands out what the first to answer carries (and any others done
+/// by then) and leaves the rest in flight, as Kafka's consumer does: a
+/// batch on one shard never waits for another shard's long poll.
+#[derive(Default)]
+struct Fetching {
+    calls: FuturesUnordered<Fetch>,
+    asked: HashSet<(String, i32)>,
+}
 
 /// Pause before fetching again from partitions whose leader moved.
 const REROUTE_BACKOFF: Duration = Duration::from_millis(100);
@@ -116,9 +134,8 @@ pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     assigned: Vec<Assigned>,
-    /// The fetch sent ahead, with the positions it was sent for and its
-    /// long-poll wait.
-    fetching: Option<(Fetching, Vec<i64>)>,
+    /// The fetches sent ahead.
+    fetching: Fetching,
     /// The group, once subscribed.
     membership: Option<membership::Membership>,
     listener: Option<Box<dyn RebalanceListener>>,
@@ -131,7 +148,7 @@ impl Consumer {
             client: client.clone(),
             config,
             assigned: Vec::new(),
-            fetching: None,
+            fetching: Fetching::default(),
             membership: None,
             listener: None,
         }
@@ -268,7 +285,7 @@ impl Consumer {
 
     /// Stops reading `partitions`.
     fn unassign(&mut self, partitions: &[(String, i32)]) {
-        self.fetching = None;
+        self.fetching = Fetching::default();
         self.assigned.retain(|a| {
             !partitions
                 .iter()
@@ -348,7 +365,7 @@ impl Consumer {
 
     /// Moves a partition's position.
     pub async fn seek(&mut self, topic: &str, partition: i32, seek: Seek) -> Result<()> {
-        self.fetching = None;
+        self.fetching = Fetching::default();
         let index = self
             .assigned
             .iter()
@@ -442,23 +459,34 @@ impl Consumer {
             }
             return Ok(Polled::default());
         }
-        let positions: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
-        let (fetching, sent_for) = match self.fetching.take() {
-            Some((fetching, sent_for)) if sent_for == positions => (fetching, sent_for),
-            _ => (self.fetch(timeout), positions),
-        };
+        self.fetch(timeout);
+        let mut answered = Vec::new();
+        if let Some(first) = self.fetching.calls.next().await {
+            answered.push(first);
+            while let Some(Some(done)) = self.fetching.calls.next().now_or_never() {
+                answered.push(done);
+            }
+        }
         let mut responses = Vec::new();
         let mut moved: Vec<usize> = Vec::new();
-        for (addr, response) in fetching.await {
+        for (asked, _) in &answered {
+            for key in asked {
+                self.fetching.asked.remove(key);
+            }
+        }
+        for (asked, response) in answered {
             match response {
                 Ok(response) => responses.push(response),
                 // The node is away: its partitions' leaders move elsewhere.
                 Err(e) if e.is_retriable() => moved.extend(
-                    (0..self.assigned.len()).filter(|&i| self.assigned[i].route.addr == addr),
+                    (0..self.assigned.len()).filter(|&i| asked.contains(&self.assigned[i].key())),
                 ),
                 Err(e) => return Err(e),
             }
         }
+        // A position moves only when its partition's fetch is answered (a
+        // seek drops every fetch): these are what the answered ones asked.
+        let sent_for: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
         let (polled, out_of_range, not_led) = self.take_batches(responses, &sent_for)?;
         moved.extend(not_led);
         if !moved.is_empty() {
@@ -480,8 +508,7 @@ impl Consumer {
             }
         }
         // Pipelining: the next fetch travels while the caller works.
-        let positions: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
-        self.fetching = Some((self.fetch(timeout), positions));
+        self.fetch(timeout);
         Ok(polled)
     }
 
@@ -515,15 +542,19 @@ impl Consumer {
         }
     }
 
-    /// One fetch request per shard address, all sent now.
-    fn fetch(&self, wait: Duration) -> Fetching {
+    /// One fetch request per shard address for the assigned partitions no
+    /// fetch in flight asks for, sent now.
+    fn fetch(&mut self, wait: Duration) {
         let mut by_addr: HashMap<SocketAddr, Vec<&Assigned>> = HashMap::new();
         for a in &self.assigned {
-            by_addr.entry(a.route.addr).or_default().push(a);
+            if !self.fetching.asked.contains(&a.key()) {
+                by_addr.entry(a.route.addr).or_default().push(a);
+            }
         }
-        let calls: Vec<_> = by_addr
+        let calls: Vec<Fetch> = by_addr
             .into_iter()
             .map(|(addr, assigned)| {
+                let asked: Vec<(String, i32)> = assigned.iter().map(|a| a.key()).collect();
                 let mut topics: Vec<wire::FetchTopicT> = Vec::new();
                 for a in assigned {
                     let partition = wire::FetchPartitionT {
@@ -549,10 +580,14 @@ impl Consumer {
                     topics: Some(topics),
                 }));
                 let call = self.client.request(addr, Lane::LongPoll, body, Vec::new());
-                async move { (addr, call.await) }
+                async move { (asked, call.await) }.boxed()
             })
             .collect();
-        futures::future::join_all(calls).boxed()
+        for call in calls {
+            self.fetching.calls.push(call);
+        }
+        let asked = self.assigned.iter().map(Assigned::key);
+        self.fetching.asked.extend(asked);
     }
 
     /// The batches of `responses`, the partitions whose position fell
