@@ -484,10 +484,7 @@ impl Consumer {
                 Err(e) => return Err(e),
             }
         }
-        // A position moves only when its partition's fetch is answered (a
-        // seek drops every fetch): these are what the answered ones asked.
-        let sent_for: Vec<i64> = self.assigned.iter().map(|a| a.position).collect();
-        let (polled, out_of_range, not_led) = self.take_batches(responses, &sent_for)?;
+        let (polled, out_of_range, not_led) = self.take_batches(responses)?;
         moved.extend(not_led);
         if !moved.is_empty() {
             self.reroute(&moved).await;
@@ -595,7 +592,6 @@ impl Consumer {
     fn take_batches(
         &mut self,
         responses: Vec<Response>,
-        sent_for: &[i64],
     ) -> Result<(Polled, Vec<usize>, Vec<usize>)> {
         let mut parts = Vec::new();
         let mut out_of_range = Vec::new();
@@ -639,7 +635,10 @@ impl Consumer {
                     }
                     let bytes = Response::range(payload, p.records.as_ref())?;
                     let start = bytes.as_ptr() as usize - payload.as_ptr() as usize;
-                    let position = sent_for[index];
+                    // A position moves only when its partition's fetch is
+                    // answered (a seek drops every fetch): this is the
+                    // offset the fetch asked for.
+                    let position = self.assigned[index].position;
                     let next = batch::batches(bytes)
                         .last()
                         .map_or(position, |b| position.max(b.last_offset() + 1));
