@@ -36,6 +36,13 @@ const ROUND_BYTES_MAX: u64 = 64 << 20;
 /// block they share (another write's latency); at 256 KiB and more the
 /// device's extra queue depth is worth it.
 const OVERLAP_BYTES_MIN: u64 = 256 * 1024;
+/// Staged bytes that end a write-behind linger (`LogConfig::write_behind`)
+/// early. A write costs about the same CPU whatever its size up to here (an
+/// io_uring worker's wake-up, the device's doorbell and its completion
+/// interrupt, each a VM exit on a virtual machine): fewer, larger writes
+/// leave more of the core to the appends, and no acknowledgement waits for
+/// them.
+const WRITE_BEHIND_BYTES: u64 = 256 * 1024;
 
 pub(crate) struct Waiter {
     /// Offsets below this must be safe.
@@ -427,8 +434,10 @@ impl Inner {
                 // OVERLAP_BYTES_MIN are worth a write of their own: smaller
                 // ones would pay a fix-up's latency before they count as
                 // written, for no gain in throughput. With none, anything
-                // goes.
-                let worth = pipeline.unpublished() == 0 || self.buffer_filled();
+                // goes, unless it may linger (then the round ends and the
+                // flusher lets it gather).
+                let worth =
+                    (pipeline.unpublished() == 0 && !self.may_linger()) || self.buffer_filled();
                 if !(first || (worth && self.round_goes_on(bytes_taken))) {
                     break;
                 }
@@ -654,6 +663,41 @@ impl Inner {
         }
     }
 
+    /// Waits while what is staged may gather into a larger write: until
+    /// [`WRITE_BEHIND_BYTES`] are staged, `write_behind` has passed, or
+    /// someone waits for the write (an append not answered from the staging
+    /// area, a flush, a close).
+    async fn linger(&self, kicked: &LocalReceiver<()>) {
+        let deadline = Instant::now() + self.config.write_behind;
+        while self.may_linger() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let timer = std::pin::pin!(glommio::timer::sleep(left));
+            let kick = std::pin::pin!(kicked.recv());
+            match futures::future::select(kick, timer).await {
+                futures::future::Either::Left((Some(()), _)) => {}
+                // The time is up, or the log's sender is gone (it closes).
+                _ => return,
+            }
+        }
+    }
+
+    /// Whether what is staged may wait to gather: some is, less than a
+    /// write worth its cost, and nobody waits for it to be written.
+    fn may_linger(&self) -> bool {
+        let untaken = self.untaken_bytes();
+        let st = self.state.borrow();
+        self.config.fsync != FsyncPolicy::Always
+            && !self.config.write_behind.is_zero()
+            && !st.closed
+            && st.waiters.is_empty()
+            && st.sealing.is_empty()
+            && untaken > 0
+            && untaken < WRITE_BEHIND_BYTES.min(self.config.staged_bytes_max as u64 / 4)
+    }
+
     pub(crate) fn has_work(&self) -> bool {
         let st = self.state.borrow();
         st.offset_written < st.offset_next
@@ -689,6 +733,9 @@ pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
         let closing = !open || inner.state.borrow().closed;
         if closing && !inner.has_work() {
             break;
+        }
+        if !closing {
+            inner.linger(&kicked).await;
         }
         // One of the shard's group-commit slots while files are busy.
         let slots = crate::files::flush_slots_of_shard();

@@ -26,6 +26,11 @@ pub struct LogConfig {
     pub write_buffer_bytes: usize,
     /// Bytes staged but not yet written before appends wait (backpressure).
     pub staged_bytes_max: usize,
+    /// Write-behind: when every append was answered from the staging area
+    /// and nobody waits for the write, staged bytes gather for up to this
+    /// long (or until a write of 256 KiB) before the flusher writes them.
+    /// Zero writes at once.
+    pub write_behind: Duration,
     /// `cleanup.policy`: with `compact` alone, retention deletes nothing.
     pub cleanup: CleanupPolicy,
     /// The cleaner's settings, used when `cleanup` includes `compact`.
@@ -100,6 +105,7 @@ impl LogConfig {
             preallocate_bytes: 64 << 20,
             write_buffer_bytes: 4 << 20,
             staged_bytes_max: 64 << 20,
+            write_behind: Duration::from_millis(2),
             cleanup: topic.cleanup_policy,
             compaction: Compaction::for_topic(topic),
         }

@@ -9,7 +9,9 @@
 //! survives a process crash since writes are O_DIRECT) and, per the fsync
 //! policy, fdatasyncs it (`offset_durable`: survives power loss). Appends
 //! arriving while the flusher is busy join its next round: that is the
-//! group commit.
+//! group commit. When every append was answered from the staging area and
+//! nobody waits for the write, small appends first gather for up to
+//! `LogConfig::write_behind` (write-behind: fewer writes, less CPU).
 
 use crate::cache::BatchCache;
 use crate::commit::{Failure, Inner, LogStaging, Staged, State, Waiter, run_flusher};

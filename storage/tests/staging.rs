@@ -11,6 +11,7 @@ use fjord_storage::staging::{Staging, StagingFile};
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
 use futures::FutureExt;
 use std::rc::Rc;
+use std::time::Duration;
 
 const STAGING_BYTES: usize = 4 << 20;
 
@@ -78,6 +79,67 @@ fn staged_appends_are_acknowledged_and_readable_before_their_write() {
         assert!(got == want, "staged batches read back differ");
         log.close().await.expect("close");
         assert_eq!(area.staged_batches(), 0, "written batches are released");
+    });
+}
+
+#[test]
+fn small_staged_appends_are_written_behind_together() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+        let config = LogConfig {
+            // Long enough that only the byte threshold or a waiter ends it.
+            write_behind: Duration::from_secs(30),
+            ..LogConfig::default()
+        };
+        let log = Log::open_staged(
+            dir.path().join("p"),
+            config,
+            BatchCache::new(8 << 20),
+            Some(area.clone()),
+        )
+        .await
+        .expect("open");
+        // Appends answered from the staging area, apart in time: a flusher
+        // without write-behind writes each as it comes.
+        for seed in 0..5 {
+            log.append(&batch(seed, 3, 40, 1000)).await.expect("append");
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        assert_eq!(log.offset_visible(), 15);
+        assert_eq!(
+            log.offset_written(),
+            0,
+            "small staged appends wait to gather"
+        );
+        // A waiter ends the linger: all five go out as one write.
+        log.flush().await.expect("flush");
+        assert_eq!(log.offset_written(), 15);
+        assert_eq!(log.stats().flushes, 1, "five appends, one write");
+        // Enough bytes end it too, without anyone waiting.
+        let mut staged = 0;
+        let mut seed = 5;
+        while staged < 300 << 10 {
+            let bytes = batch(seed, 16, 1000, 1000);
+            staged += bytes.len();
+            log.append(&bytes).await.expect("append");
+            seed += 1;
+        }
+        let end = log.offset_visible();
+        for _ in 0..5000 {
+            if log.offset_written() == end {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            log.offset_written(),
+            end,
+            "256 KiB staged are written at once"
+        );
+        log.close().await.expect("close");
     });
 }
 
