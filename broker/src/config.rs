@@ -170,7 +170,7 @@ impl Default for ServeConfig {
             retention_check_interval_ms: 30_000,
             producer_id_expiration_ms: 86_400_000,
             staging_dir: PathBuf::from(fjord_storage::staging::DEFAULT_DIR),
-            staging_bytes_per_shard: 32 << 20,
+            staging_bytes_per_shard: 128 << 20,
             disk_min_free_bytes: 256 << 20,
             disk_min_free_percent: 0,
             disk_check_interval_ms: 500,

@@ -310,7 +310,8 @@ struct ServeArgs {
     /// Shared-memory directory for the staging files [default: /dev/shm].
     #[arg(long)]
     staging_dir: Option<PathBuf>,
-    /// Staging bytes per shard; 0 turns staging off [default: 32 MiB].
+    /// Staging bytes per shard, at most (less when `--staging-dir` cannot hold
+    /// them for every shard); 0 turns staging off [default: 128 MiB].
     #[arg(long)]
     staging_bytes_per_shard: Option<usize>,
     /// Refuse produce below this much free disk [default: 256 MiB].

@@ -221,9 +221,10 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
 }
 
 /// Opens every shard's staging file on this (main) thread: mapping and
-/// sizing shared memory are blocking calls. Shared memory that is missing or
-/// too small turns staging off for the node, reported once; a file that
-/// belongs elsewhere stops the start. Returns the files by shard and a note
+/// sizing shared memory are blocking calls. A budget the shared memory
+/// cannot hold for every shard shrinks to fit; shared memory that is missing
+/// or cannot hold even `staging::BYTES_MIN` turns staging off for the node.
+/// Either is reported once. A file that belongs elsewhere stops the start. Returns the files by shard and a note
 /// for the ready line.
 fn open_staging(
     config: &ServeConfig,
@@ -241,6 +242,12 @@ fn open_staging(
         .map_err(NodeError::Staging)?;
     let first_data_shard = usize::from(!config.hosts_partitions_on_controller());
     let topology = staging::topology(count, first_data_shard);
+    let bytes = staging::bytes_fitting(
+        &config.staging_dir,
+        &config.data_dir,
+        count,
+        config.staging_bytes_per_shard,
+    );
     let mut files = Vec::with_capacity(count);
     for shard in 0..count {
         match StagingFile::open(
@@ -249,7 +256,7 @@ fn open_staging(
             id,
             shard,
             topology,
-            config.staging_bytes_per_shard,
+            bytes,
         ) {
             Ok(file) => files.push(Some(file)),
             Err(e @ StagingError::Refused { .. }) => return Err(NodeError::Staging(e)),
@@ -267,12 +274,24 @@ fn open_staging(
         }
     }
     let staged: usize = files.iter().flatten().map(|f| f.staged_batches()).sum();
+    let shrunk = if bytes < config.staging_bytes_per_shard {
+        format!(
+            " (shrunk from {}: shared memory holds no more)",
+            config.staging_bytes_per_shard
+        )
+    } else {
+        String::new()
+    };
     let note = format!(
-        "staging {} B per shard in {}, {staged} batches to replay",
-        config.staging_bytes_per_shard,
+        "staging {} B per shard{shrunk} in {}, {staged} batches to replay",
+        bytes.max(staging::BYTES_MIN),
         config.staging_dir.display()
     );
-    tracing::info!("{note}");
+    if shrunk.is_empty() {
+        tracing::info!("{note}");
+    } else {
+        tracing::warn!("{note}");
+    }
     Ok((files, note))
 }
 

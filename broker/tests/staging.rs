@@ -312,16 +312,8 @@ fn a_staging_file_of_another_data_dir_or_layout_is_refused() {
     assert_eq!(values(&broker, "t"), ["kept"]);
 }
 
-#[test]
-fn without_room_for_staging_the_node_says_so_and_acks_wait_for_the_write() {
-    // No tmpfs (or file system) holds 4 EiB: staging is off.
-    let huge = (1u64 << 62).to_string();
-    let mut broker = Broker::start_with(1, &["--staging-bytes-per-shard", &huge]);
-    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
-    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
-    block_on(producer.send("t", Some(0), None, Some(b"written"), &[])).unwrap();
-    assert_eq!(values(&broker, "t"), ["written"]);
-    broker.kill();
+/// The line a broker started with `broker`'s arguments prints first.
+fn serving_line(broker: &Broker) -> String {
     let mut child = Command::new(FJORD)
         .args(broker.serve_args())
         .stdout(std::process::Stdio::piped())
@@ -336,5 +328,87 @@ fn without_room_for_staging_the_node_says_so_and_acks_wait_for_the_write() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(line.starts_with("fjord: serving"), "{line}");
+    line
+}
+
+#[test]
+fn without_shared_memory_the_node_says_so_and_acks_wait_for_the_write() {
+    // Nothing can be created under /proc, not even by root.
+    let mut broker = Broker::start_with(1, &["--staging-dir", "/proc/fjord-no-staging"]);
+    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"written"), &[])).unwrap();
+    assert_eq!(values(&broker, "t"), ["written"]);
+    broker.kill();
+    let line = serving_line(&broker);
     assert!(line.contains("staging off: staging unavailable"), "{line}");
+}
+
+/// A small tmpfs, as a container's /dev/shm; unmounted on drop.
+struct SmallShm {
+    dir: tempfile::TempDir,
+}
+
+impl SmallShm {
+    /// `Err` (with the reason) when this machine does not let the test mount one.
+    fn mount(mib: u64) -> Result<SmallShm, String> {
+        // SAFETY: geteuid has no memory effects.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root: cannot mount a tmpfs".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(SmallShm { dir })
+    }
+}
+
+impl Drop for SmallShm {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_budget_shared_memory_cannot_hold_shrinks_to_fit_and_the_node_says_so() {
+    let shm = match SmallShm::mount(8) {
+        Ok(shm) => shm,
+        Err(reason) => {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+    let dir = shm.dir.path().display().to_string();
+    // Two shards of the default 128 MiB do not fit 8 MiB: each gets a share
+    // of three quarters of it, and staging stays on.
+    let mut broker = Broker::start_with(2, &["--staging-dir", &dir]);
+    block_on(Admin::new(broker.client()).create_topic("t", 2, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"staged"), &[])).unwrap();
+    assert_eq!(values(&broker, "t"), ["staged"]);
+    broker.kill();
+    let line = serving_line(&broker);
+    assert!(
+        line.contains("staging 3145728 B per shard (shrunk from 134217728"),
+        "{line}"
+    );
+    for shard in 0..2 {
+        let file = staging::file_path(shm.dir.path(), broker.data_dir(), shard);
+        let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(
+            len,
+            3 << 20,
+            "shard {shard}'s staging file {}",
+            file.display()
+        );
+    }
 }

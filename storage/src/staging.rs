@@ -143,6 +143,26 @@ pub fn topology(shards: usize, first_data_shard: usize) -> u32 {
     (shards as u32) << 1 | u32::from(first_data_shard > 0)
 }
 
+/// Bytes each of `shards` staging files may take, of the `wanted` budget,
+/// in `staging_dir`'s file system: three quarters of its free space and of
+/// what this node's files already take there (a quarter stays for whatever
+/// else shares it; counting our own files keeps the size the same from one
+/// start to the next), split evenly. Containers give /dev/shm 64 MiB: staging
+/// shrinks to fit rather than turn off. `wanted` when the space cannot be
+/// read (opening the files then says why). Blocking.
+pub fn bytes_fitting(staging_dir: &Path, data_dir: &Path, shards: usize, wanted: usize) -> usize {
+    let Ok(space) = crate::space::space_of(staging_dir) else {
+        return wanted;
+    };
+    let ours: u64 = (0..shards)
+        .filter_map(|shard| std::fs::metadata(file_path(staging_dir, data_dir, shard)).ok())
+        .map(|m| m.len())
+        .sum();
+    let room = (ours + space.free_bytes) / 4 * 3;
+    let each = (room / shards.max(1) as u64).min(wanted as u64);
+    (each as usize) & !4095
+}
+
 /// The staging file of `shard` of the data directory at `data_dir`: named
 /// after its canonical path, so a node restarted on the same directory
 /// finds it.

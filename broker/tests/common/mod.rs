@@ -133,8 +133,10 @@ impl Broker {
         args.extend(["--listen".into(), self.addr.to_string()]);
         args.extend(["--shard-port-base".into(), self.shard_port_base.to_string()]);
         args.extend(["--cores".into(), self.cores.to_string()]);
-        args.push("--staging-dir".into());
-        args.push(self.staging_dir().display().to_string());
+        if !self.extra.iter().any(|a| a == "--staging-dir") {
+            args.push("--staging-dir".into());
+            args.push(self.staging_dir().display().to_string());
+        }
         if !self.extra.iter().any(|a| a == "--kafka-listen") {
             // Tests run many brokers at once: none takes Kafka's port
             // unless it asks for a listener.
