@@ -224,8 +224,8 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
 /// sizing shared memory are blocking calls. A budget the shared memory
 /// cannot hold for every shard shrinks to fit; shared memory that is missing
 /// or cannot hold even `staging::BYTES_MIN` turns staging off for the node.
-/// Either is reported once. A file that belongs elsewhere stops the start. Returns the files by shard and a note
-/// for the ready line.
+/// Either is reported once. A file that belongs elsewhere stops the start.
+/// Returns the files by shard and a note for the ready line.
 fn open_staging(
     config: &ServeConfig,
     count: usize,

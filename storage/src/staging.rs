@@ -151,6 +151,9 @@ pub fn topology(shards: usize, first_data_shard: usize) -> u32 {
 /// shrinks to fit rather than turn off. `wanted` when the space cannot be
 /// read (opening the files then says why). Blocking.
 pub fn bytes_fitting(staging_dir: &Path, data_dir: &Path, shards: usize, wanted: usize) -> usize {
+    // A directory not made yet has no file system to ask; a failure here
+    // shows when the files are opened, with the path.
+    let _ = std::fs::create_dir_all(staging_dir);
     let Ok(space) = crate::space::space_of(staging_dir) else {
         return wanted;
     };
