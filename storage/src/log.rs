@@ -587,11 +587,28 @@ impl Log {
                     offset_written,
                 }));
             }
-            if let Some((slices, offset_next)) =
+            if let Some((mut slices, mut offset_next)) =
                 self.inner
                     .cache
                     .read(self.inner.cache_key, offset, max_bytes)
             {
+                // The cache ends where the writes do; the staged batches
+                // after them follow in the same read while they fit, as a
+                // fetch answers up to the high watermark (with write-behind
+                // the last ~2 ms are staged only).
+                if offset_next == st.offset_written
+                    && let Some(staging) = &self.inner.staging
+                {
+                    let room = max_bytes.saturating_sub(slices.iter().map(|s| s.len()).sum());
+                    let next_staged = st.staged.first().filter(|b| {
+                        b.base_offset == offset_next && b.ticket.is_some() && b.len <= room
+                    });
+                    if next_staged.is_some() {
+                        let (slice, next) = staging.area.read(&st.staged, offset_next, room);
+                        slices.push(slice);
+                        offset_next = next;
+                    }
+                }
                 return Ok(Ok(LogRead {
                     slices,
                     offset_next,

@@ -144,6 +144,43 @@ fn small_staged_appends_are_written_behind_together() {
 }
 
 #[test]
+fn a_read_runs_from_the_written_batches_on_into_the_staged_ones() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+        let config = LogConfig {
+            write_behind: Duration::from_secs(30),
+            ..LogConfig::default()
+        };
+        let log = Log::open_staged(
+            dir.path().join("p"),
+            config,
+            BatchCache::new(8 << 20),
+            Some(area.clone()),
+        )
+        .await
+        .expect("open");
+        let first = log.append(&batch(0, 3, 40, 1000)).await.expect("append");
+        log.flush().await.expect("flush");
+        let second = log.append(&batch(1, 3, 40, 1000)).await.expect("append");
+        assert_eq!(log.offset_written(), 3, "the second batch is staged only");
+        let read = log.read(0, 1 << 20).await.expect("read");
+        assert_eq!(read.offset_next, 6, "one read up to the visible end");
+        let got: Vec<Vec<u8>> = read
+            .slices
+            .iter()
+            .flat_map(|slice| batch::batches(slice).map(|b| b.as_bytes().to_vec()))
+            .collect();
+        assert!(got == [stored(0, first.base_offset), stored(1, second.base_offset)]);
+        // A read with room for the written batch only stops there.
+        let small = log.read(0, got[0].len()).await.expect("read");
+        assert_eq!(small.offset_next, 3);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
 fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
     let (_tmp, dir) = data_dir();
     let file = staging_file(&dir);
