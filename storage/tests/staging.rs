@@ -82,25 +82,30 @@ fn staged_appends_are_acknowledged_and_readable_before_their_write() {
     });
 }
 
+/// A staged log whose write-behind lingers long enough that only the byte
+/// threshold or a waiter ends it.
+async fn open_lingering(dir: &fjord_storage::DataDir, file: StagingFile) -> Log {
+    let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+    let config = LogConfig {
+        write_behind: Duration::from_secs(30),
+        ..LogConfig::default()
+    };
+    Log::open_staged(
+        dir.path().join("p"),
+        config,
+        BatchCache::new(8 << 20),
+        Some(area),
+    )
+    .await
+    .expect("open")
+}
+
 #[test]
 fn small_staged_appends_are_written_behind_together() {
     let (_tmp, dir) = data_dir();
     let file = staging_file(&dir);
     run(&dir, move |dir| async move {
-        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
-        let config = LogConfig {
-            // Long enough that only the byte threshold or a waiter ends it.
-            write_behind: Duration::from_secs(30),
-            ..LogConfig::default()
-        };
-        let log = Log::open_staged(
-            dir.path().join("p"),
-            config,
-            BatchCache::new(8 << 20),
-            Some(area.clone()),
-        )
-        .await
-        .expect("open");
+        let log = open_lingering(&dir, file).await;
         // Appends answered from the staging area, apart in time: a flusher
         // without write-behind writes each as it comes.
         for seed in 0..5 {
@@ -148,19 +153,7 @@ fn a_read_runs_from_the_written_batches_on_into_the_staged_ones() {
     let (_tmp, dir) = data_dir();
     let file = staging_file(&dir);
     run(&dir, move |dir| async move {
-        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
-        let config = LogConfig {
-            write_behind: Duration::from_secs(30),
-            ..LogConfig::default()
-        };
-        let log = Log::open_staged(
-            dir.path().join("p"),
-            config,
-            BatchCache::new(8 << 20),
-            Some(area.clone()),
-        )
-        .await
-        .expect("open");
+        let log = open_lingering(&dir, file).await;
         let first = log.append(&batch(0, 3, 40, 1000)).await.expect("append");
         log.flush().await.expect("flush");
         let second = log.append(&batch(1, 3, 40, 1000)).await.expect("append");
