@@ -274,7 +274,9 @@ fn open_staging(
         }
     }
     let staged: usize = files.iter().flatten().map(|f| f.staged_batches()).sum();
-    let shrunk = if bytes < config.staging_bytes_per_shard {
+    // Compared as the file would be sized: a budget off the page size is
+    // not shrunk by rounding.
+    let shrunk = if bytes < staging::file_bytes(config.staging_bytes_per_shard) {
         format!(
             " (shrunk from {}: shared memory holds no more)",
             config.staging_bytes_per_shard
@@ -284,7 +286,7 @@ fn open_staging(
     };
     let note = format!(
         "staging {} B per shard{shrunk} in {}, {staged} batches to replay",
-        bytes.max(staging::BYTES_MIN),
+        bytes,
         config.staging_dir.display()
     );
     if shrunk.is_empty() {

@@ -147,15 +147,16 @@ pub fn topology(shards: usize, first_data_shard: usize) -> u32 {
 /// in `staging_dir`'s file system: three quarters of its free space and of
 /// what this node's files already take there (a quarter stays for whatever
 /// else shares it; counting our own files keeps the size the same from one
-/// start to the next), split evenly. Containers give /dev/shm 64 MiB: staging
-/// shrinks to fit rather than turn off. `wanted` when the space cannot be
-/// read (opening the files then says why). Blocking.
+/// start to the next), split evenly, sized as a file ([`file_bytes`]).
+/// Containers give /dev/shm 64 MiB: staging shrinks to fit rather than turn
+/// off. `wanted` when the space cannot be read (opening the files then says
+/// why). Blocking.
 pub fn bytes_fitting(staging_dir: &Path, data_dir: &Path, shards: usize, wanted: usize) -> usize {
     // A directory not made yet has no file system to ask; a failure here
     // shows when the files are opened, with the path.
     let _ = std::fs::create_dir_all(staging_dir);
     let Ok(space) = crate::space::space_of(staging_dir) else {
-        return wanted;
+        return file_bytes(wanted);
     };
     let ours: u64 = (0..shards)
         .filter_map(|shard| std::fs::metadata(file_path(staging_dir, data_dir, shard)).ok())
@@ -163,7 +164,13 @@ pub fn bytes_fitting(staging_dir: &Path, data_dir: &Path, shards: usize, wanted:
         .sum();
     let room = (ours + space.free_bytes) / 4 * 3;
     let each = (room / shards.max(1) as u64).min(wanted as u64);
-    (each as usize) & !4095
+    file_bytes(each as usize)
+}
+
+/// The size a staging file asked for `bytes` gets: whole pages, at least
+/// [`BYTES_MIN`].
+pub fn file_bytes(bytes: usize) -> usize {
+    bytes.max(BYTES_MIN) & !4095
 }
 
 /// The staging file of `shard` of the data directory at `data_dir`: named
@@ -299,7 +306,7 @@ impl StagingFile {
             path: path.clone(),
             reason,
         };
-        let bytes = bytes.max(BYTES_MIN) & !(4095);
+        let bytes = file_bytes(bytes);
         std::fs::create_dir_all(staging_dir).map_err(|e| unavailable(e.to_string()))?;
         let file = OpenOptions::new()
             .read(true)
