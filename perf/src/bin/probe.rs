@@ -1,11 +1,12 @@
 //! `probe`: measures this machine's I/O ceilings with raw io_uring, then
 //! (unless `--limits-only`) Fjord's partition log under the same loads, and
-//! prints each Fjord figure as a fraction of its ceiling from the same run.
+//! prints each Fjord figure as a fraction of its ceiling from the same run
+//! (the write limit measured right before and right after it).
 
 use clap::Parser;
 use fjord_core::FsyncPolicy;
 use fjord_perf::append::{self, Scenario};
-use fjord_perf::limits;
+use fjord_perf::{Rate, limits};
 use std::path::PathBuf;
 
 // jemalloc, keeping freed pages: see fjord_storage::alloc.
@@ -164,7 +165,24 @@ fn main() -> std::io::Result<()> {
             .enumerate()
             .filter(|(i, _)| args.only.is_none_or(|only| only == *i))
         {
+            // A shared machine's disk changes speed from one minute to the
+            // next: the write limit a figure is a fraction of is measured
+            // right before and right after it, with as many bytes.
+            let limit_around = || {
+                limits::direct_write(
+                    &args.dir.join("probe-write"),
+                    1 << 20,
+                    args.depth,
+                    scenario.total_bytes.max(256 << 20),
+                )
+            };
+            let before = limit_around()?;
             let outcome = append::run(&args.dir, scenario, None)?;
+            let after = limit_around()?;
+            let limit = Rate {
+                bytes: before.bytes + after.bytes,
+                seconds: before.seconds + after.seconds,
+            };
             let label = format!(
                 "{} KiB batches, {} appender(s) x {} in flight, fsync={}",
                 scenario.batch_bytes >> 10,
@@ -173,10 +191,11 @@ fn main() -> std::io::Result<()> {
                 scenario.fsync
             );
             println!(
-                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit ({:>5.1} % of QD1); ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs / {} fixups",
+                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit around it ({:.3} GB/s before, {:.3} after); ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs / {} fixups",
                 outcome.rate.gb_per_sec(),
-                100.0 * outcome.rate.bytes_per_sec() / write.bytes_per_sec(),
-                100.0 * outcome.rate.bytes_per_sec() / write_serial.bytes_per_sec(),
+                100.0 * outcome.rate.bytes_per_sec() / limit.bytes_per_sec(),
+                before.gb_per_sec(),
+                after.gb_per_sec(),
                 outcome.latency.p50_us,
                 outcome.latency.p99_us,
                 outcome.appends,
@@ -188,7 +207,9 @@ fn main() -> std::io::Result<()> {
                 "scenario": scenario,
                 "outcome": outcome,
                 "gb_per_sec": outcome.rate.gb_per_sec(),
-                "fraction_of_write_limit": outcome.rate.bytes_per_sec() / write.bytes_per_sec(),
+                "write_limit_before": before,
+                "write_limit_after": after,
+                "fraction_of_write_limit": outcome.rate.bytes_per_sec() / limit.bytes_per_sec(),
                 "fraction_of_serial_write": outcome.rate.bytes_per_sec() / write_serial.bytes_per_sec(),
             }));
         }
