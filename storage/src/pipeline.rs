@@ -17,13 +17,19 @@
 //! its alone or its last block, which later writes only ever extend (appends
 //! add to a block, never change what it holds), so every copy of that block
 //! holds the write's bytes.
+//!
+//! Completions are taken in the order the device finishes them, not in
+//! issue order: a fix-up is issued behind the writes that followed its own,
+//! and waiting for those before counting it held back its write's
+//! publication, and with it every later one, while the window of writes in
+//! flight stayed full and the device ran dry.
 
 use crate::appender::{BLOCK, Write};
 use crate::error::{Result, StorageError};
 use crate::files::SegmentFile;
 use futures::StreamExt;
 use futures::future::LocalBoxFuture;
-use futures::stream::FuturesOrdered;
+use futures::stream::FuturesUnordered;
 use glommio::io::DmaBuffer;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -76,6 +82,8 @@ struct Block {
 
 /// What the completion of one operation settles.
 struct Issued {
+    /// Names the operation among those in flight.
+    id: u64,
     blocks: [Option<BlockKey>; 2],
     /// A write (with its entry in `pending`), not a fix-up.
     write: bool,
@@ -83,6 +91,8 @@ struct Issued {
 
 /// An issued write, not yet published.
 struct Pending {
+    /// Its operation's [`Issued::id`].
+    id: u64,
     segment: u64,
     write: Write,
     first: BlockKey,
@@ -121,9 +131,14 @@ pub fn set_adversary(adversary: Adversary) {
 /// The writes of one log in flight; see the module doc.
 #[derive(Default)]
 pub(crate) struct Pipeline {
-    /// Completes in issue order, whatever order the device completes in.
-    ops: FuturesOrdered<LocalBoxFuture<'static, Result<()>>>,
-    issued: VecDeque<Issued>,
+    /// Completes in the order the device completes, each output naming its
+    /// operation: a fix-up issued behind later writes must count as soon as
+    /// it is done, not once they are (its write's publication, and every
+    /// later one's, waits for it).
+    ops: FuturesUnordered<LocalBoxFuture<'static, (u64, Result<()>)>>,
+    issued: Vec<Issued>,
+    /// The next operation's [`Issued::id`].
+    next_id: u64,
     pending: VecDeque<Pending>,
     blocks: Vec<Block>,
     /// The last block of the last write issued per segment: writes go in
@@ -168,16 +183,13 @@ impl Pipeline {
             };
             self.enter(key, file, version);
         }
-        self.issued.push_back(Issued {
+        let id = self.push(
             blocks,
-            write: true,
-        });
-        self.ops.push_back(Box::pin(write_at(
-            file.clone(),
-            write.buffer.clone(),
-            write.position,
-        )));
+            true,
+            write_at(file.clone(), write.buffer.clone(), write.position),
+        );
         self.pending.push_back(Pending {
+            id,
             segment,
             write,
             first,
@@ -186,24 +198,39 @@ impl Pipeline {
         });
     }
 
-    /// Waits for the next operation in issue order; `None` when nothing is
-    /// in flight. Then [`Pipeline::take_published`] yields what it settled.
+    /// Starts `op`, an operation over `blocks`, and names it.
+    fn push(
+        &mut self,
+        blocks: [Option<BlockKey>; 2],
+        write: bool,
+        op: impl std::future::Future<Output = Result<()>> + 'static,
+    ) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.issued.push(Issued { id, blocks, write });
+        self.ops.push(Box::pin(async move { (id, op.await) }));
+        id
+    }
+
+    /// Waits for the next operation to complete, in whatever order the
+    /// device completes them; `None` when nothing is in flight. Then
+    /// [`Pipeline::take_published`] yields what it settled.
     pub(crate) async fn complete_next(&mut self) -> Option<Result<()>> {
-        let result = self.ops.next().await?;
-        let issued = self
+        let (id, result) = self.ops.next().await?;
+        let at = self
             .issued
-            .pop_front()
+            .iter()
+            .position(|i| i.id == id)
             .expect("an operation completed that was never issued");
+        let issued = self.issued.swap_remove(at);
         if result.is_ok() {
             if issued.write {
-                // Operations complete in issue order: this write is the
-                // first one not yet done.
                 let p = self
                     .pending
                     .iter_mut()
-                    .find(|p| !p.done)
+                    .find(|p| p.id == id)
                     .expect("a completed write is pending");
-                assert_eq!(issued.blocks[0], Some(p.first), "writes complete in order");
+                assert!(!p.done, "a write completed twice");
                 p.done = true;
             }
             for key in issued.blocks.into_iter().flatten() {
@@ -284,11 +311,7 @@ impl Pipeline {
             let file = block.file.clone();
             let position = key.1;
             self.fixups += 1;
-            self.issued.push_back(Issued {
-                blocks: [Some(key), None],
-                write: false,
-            });
-            self.ops.push_back(Box::pin(async move {
+            self.push([Some(key), None], false, async move {
                 if let Some(stale) = stale {
                     write_at(file.clone(), stale, position).await?;
                 }
@@ -296,7 +319,7 @@ impl Pipeline {
                     write_at(file, newest, position).await?;
                 }
                 Ok(())
-            }));
+            });
             return;
         }
         // Alone and settled: every write that starts in it keeps its bytes.
