@@ -648,6 +648,11 @@ impl Partition {
     /// first record at or after a timestamp; `(offset, timestamp)`, with
     /// offset -1 when no record is that recent (as Kafka answers).
     pub async fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ErrorCode> {
+        // A new leader's high watermark may still be behind what the last
+        // one committed: an offset from it could go backwards.
+        if self.replica().is_some_and(|r| !r.high_watermark_settled()) {
+            return Err(ErrorCode::OffsetNotAvailable);
+        }
         match timestamp {
             fjord_net::api::EARLIEST => Ok((self.log_start() as i64, -1)),
             fjord_net::api::LATEST => Ok((self.readable_end() as i64, -1)),

@@ -146,6 +146,11 @@ struct View {
     acks: Vec<Ack>,
     readers: Vec<(Offset, oneshot::Sender<()>)>,
     failed: bool,
+    /// A leader committed an entry of its own term (its mark). Until then
+    /// its high watermark is what it last heard as a follower, which may
+    /// be behind what the previous leader committed: quiet groups send no
+    /// heartbeats to carry the last commit.
+    term_committed: bool,
     /// A leader's uncommitted proposals, for its followers.
     recent: recent::Recent,
 }
@@ -259,6 +264,15 @@ impl Replica {
         self.view.borrow().commit
     }
 
+    /// Whether the high watermark is one clients may be given: not while
+    /// this replica leads without having committed an entry of its term
+    /// (Kafka answers ListOffsets with OFFSET_NOT_AVAILABLE then, and
+    /// clients retry).
+    pub fn high_watermark_settled(&self) -> bool {
+        let view = self.view.borrow();
+        !view.leading || view.term_committed
+    }
+
     /// The term this replica leads in, while it leads and serves.
     pub fn leading_term(&self) -> Option<Term> {
         let view = self.view.borrow();
@@ -308,6 +322,7 @@ impl Replica {
                 view.term = term;
                 view.leader = Some(me);
                 view.leading = true;
+                view.term_committed = false;
                 view.durable = 0;
                 view.recent.clear();
             }
@@ -328,6 +343,9 @@ impl Replica {
                 }
             }
             Event::Committed { commit } => {
+                // A leader advances its commit only over an entry of its
+                // own term (Raft's rule; its mark is the first).
+                view.term_committed |= view.leading;
                 view.commit = commit;
                 view.recent.forget_below(commit);
                 view.readers.retain(|(offset, _)| *offset >= commit);
@@ -1349,5 +1367,33 @@ fn payload_of(group: GroupId, entry: &Entry, source: &mut Source<'_>) -> Option<
         (_, EntryKind::LeaderMark) => Some(Payload::Owned(membership::leader_change_batch())),
         (_, EntryKind::Config(m)) => Some(Payload::Owned(membership::membership_batch(m))),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new leader's high watermark is what it heard as a follower, which
+    /// may be behind the last leader's: it is settled only once the leader
+    /// commits an entry of its own term; a follower's never blocks.
+    #[test]
+    fn a_new_leaders_high_watermark_settles_with_its_first_commit() {
+        let replica = Replica::new(
+            7,
+            vec![1, 2, 3],
+            Layout::default(),
+            HashMap::new(),
+            Durability::Written,
+        );
+        replica.on_event(1, &Event::Committed { commit: 2 });
+        assert!(replica.high_watermark_settled(), "a follower's");
+        replica.on_event(1, &Event::BecameLeader { term: 2 });
+        assert!(!replica.high_watermark_settled(), "before its mark commits");
+        assert_eq!(replica.high_watermark(), 2);
+        replica.on_event(1, &Event::Committed { commit: 53 });
+        assert!(replica.high_watermark_settled(), "after its first commit");
+        replica.on_event(1, &Event::BecameLeader { term: 3 });
+        assert!(!replica.high_watermark_settled(), "each term anew");
     }
 }

@@ -750,7 +750,9 @@ fn leaderless(e: &ClientError) -> bool {
     match e {
         ClientError::Broker { code, .. } => matches!(
             code,
-            ErrorCode::LeaderNotAvailable | ErrorCode::NotLeaderOrFollower
+            ErrorCode::LeaderNotAvailable
+                | ErrorCode::NotLeaderOrFollower
+                | ErrorCode::OffsetNotAvailable
         ),
         ClientError::Connect { .. } | ClientError::Connection { .. } | ClientError::Timeout(_) => {
             true
