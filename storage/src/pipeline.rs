@@ -131,12 +131,11 @@ pub fn set_adversary(adversary: Adversary) {
 /// The writes of one log in flight; see the module doc.
 #[derive(Default)]
 pub(crate) struct Pipeline {
-    /// Completes in the order the device completes, each output naming its
-    /// operation: a fix-up issued behind later writes must count as soon as
-    /// it is done, not once they are (its write's publication, and every
-    /// later one's, waits for it).
-    ops: FuturesUnordered<LocalBoxFuture<'static, (u64, Result<()>)>>,
-    issued: Vec<Issued>,
+    /// Completes in the order the device completes, each output carrying
+    /// what its operation settles: a fix-up issued behind later writes must
+    /// count as soon as it is done, not once they are (its write's
+    /// publication, and every later one's, waits for it).
+    ops: FuturesUnordered<LocalBoxFuture<'static, (Issued, Result<()>)>>,
     /// The next operation's [`Issued::id`].
     next_id: u64,
     pending: VecDeque<Pending>,
@@ -207,8 +206,8 @@ impl Pipeline {
     ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.issued.push(Issued { id, blocks, write });
-        self.ops.push(Box::pin(async move { (id, op.await) }));
+        let issued = Issued { id, blocks, write };
+        self.ops.push(Box::pin(async move { (issued, op.await) }));
         id
     }
 
@@ -216,19 +215,13 @@ impl Pipeline {
     /// device completes them; `None` when nothing is in flight. Then
     /// [`Pipeline::take_published`] yields what it settled.
     pub(crate) async fn complete_next(&mut self) -> Option<Result<()>> {
-        let (id, result) = self.ops.next().await?;
-        let at = self
-            .issued
-            .iter()
-            .position(|i| i.id == id)
-            .expect("an operation completed that was never issued");
-        let issued = self.issued.swap_remove(at);
+        let (issued, result) = self.ops.next().await?;
         if result.is_ok() {
             if issued.write {
                 let p = self
                     .pending
                     .iter_mut()
-                    .find(|p| p.id == id)
+                    .find(|p| p.id == issued.id)
                     .expect("a completed write is pending");
                 assert!(!p.done, "a write completed twice");
                 p.done = true;
@@ -255,7 +248,6 @@ impl Pipeline {
     /// (a reopened log recovers them without it). Publishes nothing.
     pub(crate) async fn drain(&mut self) {
         while self.ops.next().await.is_some() {}
-        self.issued.clear();
         self.pending.clear();
         self.blocks.clear();
     }
