@@ -118,25 +118,39 @@ impl Drop for Follow {
     }
 }
 
+/// Polls on the consumer client's transport thread, where its fetches
+/// are answered: a poll's answer wakes no other thread. (Polling from a
+/// thread of its own, each poll crossed threads twice: at 1M msg/s, with
+/// the two vCPUs busy, those wake-ups put 20-30 % on delivery's p50 and
+/// p99.)
 fn follow_native(mut follow: Follow, client: &Client, topic: &str) -> Result<Reader, String> {
     let mut consumer = Consumer::new(client, ConsumerConfig::default());
     block_on(consumer.assign(topic, None, Seek::Latest)).map_err(|e| e.to_string())?;
-    let thread = std::thread::spawn(move || -> Result<(), String> {
-        while !follow.done() {
-            let polled = block_on(consumer.poll_batches(Duration::from_millis(100)))
-                .map_err(|e| e.to_string())?;
-            for part in polled.parts() {
-                for batch in part.batches() {
-                    follow.deliver(&batch, part.position)?;
-                }
-            }
-        }
-        Ok(())
-    });
+    let (done_tx, done_rx) = futures::channel::oneshot::channel();
+    client
+        .run_on_transport(move || {
+            glommio::spawn_local(async move {
+                let followed = async {
+                    while !follow.done() {
+                        let polled = consumer
+                            .poll_batches(Duration::from_millis(100))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        for part in polled.parts() {
+                            for batch in part.batches() {
+                                follow.deliver(&batch, part.position)?;
+                            }
+                        }
+                    }
+                    Ok::<(), String>(())
+                };
+                let _ = done_tx.send(followed.await);
+            })
+            .detach();
+        })
+        .map_err(|e| e.to_string())?;
     Ok(Box::new(move || {
-        thread
-            .join()
-            .map_err(|_| "the consumer thread panicked".to_string())?
+        block_on(done_rx).map_err(|_| "the consumer ended without a word".to_string())?
     }))
 }
 
