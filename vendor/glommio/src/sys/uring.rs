@@ -1400,12 +1400,15 @@ impl Reactor {
             },
             x => panic!("Unexpected source type for write: {:?}", x),
         };
-        queue_request_into_ring(
-            &mut *self.ring_for_source(source),
-            source,
-            op,
-            &mut self.source_map.borrow_mut(),
-        );
+        let mut ring = self.ring_for_source(source);
+        queue_request_into_ring(&mut *ring, source, op, &mut self.source_map.borrow_mut());
+        // Fjord's patch: a direct-I/O write goes to the device now, not when
+        // the executor next runs out of tasks or is preempted, so a task
+        // that keeps the core busy after issuing it (a log's appender
+        // copying the next batches) does not leave the device idle. An
+        // error leaves the request queued for the reactor's next poll,
+        // which reports it as it would have.
+        let _ = ring.consume_submission_queue();
     }
 
     pub(crate) fn write_buffered(&self, source: &Source, pos: u64) {
