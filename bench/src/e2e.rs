@@ -144,7 +144,11 @@ fn follow_native(mut follow: Follow, client: &Client, topic: &str) -> Result<Rea
                     }
                     Ok::<(), String>(())
                 };
-                let _ = done_tx.send(followed.await);
+                let result = followed.await;
+                // Its last latencies are merged on drop: before the reader
+                // hears that it is done and the report is printed.
+                drop(follow);
+                let _ = done_tx.send(result);
             })
             .detach();
         })
