@@ -43,8 +43,9 @@ pub struct Outcome {
     pub flushes: u64,
     /// fdatasync rounds.
     pub syncs: u64,
-    /// Shared blocks rewritten after overlapping writes.
-    pub fixups: u64,
+    /// Shared blocks held back and written on their own (see the storage
+    /// crate's `pipeline`).
+    pub head_writes: u64,
 }
 
 /// A batch of about `bytes` bytes made of 1 KiB records (one record if smaller).
@@ -133,7 +134,7 @@ async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
         appends: stats.appends,
         flushes: stats.flushes,
         syncs: stats.syncs,
-        fixups: stats.fixups,
+        head_writes: stats.head_writes,
     })
 }
 

@@ -90,26 +90,16 @@ impl Flush {
 
     /// Issues one of the writes. Call in order, each after the previous one
     /// completed: consecutive writes share a block (the log's pipeline
-    /// overlaps them and repairs that block instead).
+    /// holds that block back instead, see `pipeline`).
     pub async fn write(&self, write: &Write) -> Result<()> {
-        let done = self
-            .file
-            .get()
-            .await?
-            .write_rc_at(write.buffer.clone(), write.position)
-            .await
-            .map_err(StorageError::io("write", &**self.file.path()))?;
-        if done != write.buffer.len() {
-            return Err(StorageError::Io {
-                op: "write",
-                path: self.file.path().to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    format!("short write: {done} of {}", write.buffer.len()),
-                ),
-            });
-        }
-        Ok(())
+        let range = 0..write.buffer.len();
+        crate::pipeline::write_range_at(
+            self.file.clone(),
+            write.buffer.clone(),
+            range,
+            write.position,
+        )
+        .await
     }
 
     /// Preallocates and issues every write, in order.
@@ -302,9 +292,9 @@ impl Appender {
         // Twice what is staged and in flight: a steady load fits one buffer
         // per flush. Only a heavier one fills buffers, and a full buffer is
         // what the log writes beside those in flight (see `pipeline`): a
-        // write that overlaps another is published only after the fix-up
-        // of the block they share, a second write's latency, which small
-        // writes would pay for no gain in throughput.
+        // write that shares a block with one in flight is published only
+        // after that block's head write, a second write's latency, which
+        // small writes would pay for no gain in throughput.
         // It shrinks by half a flush at most: a small flush between large
         // ones (taken as a write completed, before the appenders it
         // released staged again) leaves room for their next round in one

@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 /// writes at this machine's limit.
 const ROUND_BYTES_MAX: u64 = 64 << 20;
 /// Fewest bytes of full buffers written beside writes in flight. A write
-/// that overlaps another counts as written only after the fix-up of the
-/// block they share (another write's latency); at 256 KiB and more the
-/// device's extra queue depth is worth it.
+/// that shares its first block with one in flight counts as written only
+/// after that block's head write, issued once the other is done (another
+/// write's latency); at 256 KiB and more the device's extra queue depth is
+/// worth it.
 const OVERLAP_BYTES_MIN: u64 = 256 * 1024;
 /// Staged bytes that end a write-behind linger (`LogConfig::write_behind`)
 /// early. A write costs about the same CPU whatever its size up to here (an
@@ -338,7 +339,7 @@ impl Inner {
     pub(crate) async fn flush_once(&self, kicked: &LocalReceiver<()>) -> Result<()> {
         let mut pipeline = Pipeline::default();
         let written = self.write_round(&mut pipeline, kicked).await;
-        self.state.borrow_mut().stats.fixups += pipeline.fixups();
+        self.state.borrow_mut().stats.head_writes += pipeline.heads();
         let wrote = match written {
             Ok(wrote) => wrote,
             Err(e) => {
@@ -432,7 +433,7 @@ impl Inner {
                 }
                 // While others are in flight, only full buffers of at least
                 // OVERLAP_BYTES_MIN are worth a write of their own: smaller
-                // ones would pay a fix-up's latency before they count as
+                // ones would pay a head write's latency before they count as
                 // written, for no gain in throughput. With none, anything
                 // goes, unless it may linger (then the round ends and the
                 // flusher lets it gather).

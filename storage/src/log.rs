@@ -114,9 +114,9 @@ pub struct LogStats {
     pub flushes: u64,
     /// fdatasync rounds.
     pub syncs: u64,
-    /// Blocks rewritten because two writes in flight together shared them
-    /// (see `pipeline`).
-    pub fixups: u64,
+    /// Blocks held back because the write before still covered them, and
+    /// written on their own once it was done (see `pipeline`).
+    pub head_writes: u64,
 }
 
 /// A partition log. Owned by one shard; share it on that shard with `Rc`.

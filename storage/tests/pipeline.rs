@@ -1,8 +1,9 @@
 //! A log's pipelined writes: many small appends with several writes in
-//! flight, whose shared blocks the flusher repairs with fix-ups. The bytes on
-//! disk are checked after close and again after a reopen (recovery), with a
-//! real device and with a stand-in for one that completes overlapping writes
-//! in the worst order; a planted bug (fix-ups skipped) must be caught.
+//! flight, whose shared blocks the flusher holds back and writes once the
+//! write before is done. The bytes on disk are checked after close and again
+//! after a reopen (recovery); a planted bug (writes that overlap, on a
+//! stand-in for a device that lands the older copy of a block last) must be
+//! caught.
 
 mod common;
 
@@ -46,7 +47,7 @@ fn expected(seed: u64, base_offset: u64) -> Vec<u8> {
 
 /// What one run found.
 struct Outcome {
-    fixups: u64,
+    head_writes: u64,
     /// First difference between the log and what was appended, after close
     /// and reopen; `None` when they match exactly.
     damage: Option<String>,
@@ -82,7 +83,7 @@ fn run_appends(adversary: Adversary, segment_bytes: u64) -> Outcome {
             durable.await.expect("written");
         }
         placed.sort_unstable();
-        let fixups = log.stats().fixups;
+        let head_writes = log.stats().head_writes;
         log.close().await.expect("close");
         let log = open(&dir, "p0", config(segment_bytes), &cache).await;
         let damage = check(&log, &placed).await;
@@ -97,7 +98,7 @@ fn run_appends(adversary: Adversary, segment_bytes: u64) -> Outcome {
             (std::fs::read(&segment).expect("segment file"), want)
         });
         tx.send(Outcome {
-            fixups,
+            head_writes,
             damage,
             file,
         })
@@ -139,8 +140,8 @@ fn many_small_appends_with_writes_in_flight_land_intact() {
     // One segment: the file itself is compared, byte for byte.
     let outcome = run_appends(Adversary::default(), ONE_SEGMENT_BYTES);
     assert!(
-        outcome.fixups > 0,
-        "no two writes overlapped: the test did not exercise the pipeline"
+        outcome.head_writes > 0,
+        "no write shared a block with one in flight: the test did not exercise the pipeline"
     );
     assert_eq!(outcome.damage, None);
     let (file, want) = outcome.file.expect("one segment");
@@ -152,26 +153,22 @@ fn many_small_appends_with_writes_in_flight_land_intact() {
 }
 
 #[test]
-fn fixups_repair_blocks_the_device_left_stale_across_rolls() {
-    let adversary = Adversary {
-        stale_last: true,
-        skip_fixup: false,
-    };
-    let outcome = run_appends(adversary, 256 * 1024);
-    assert!(outcome.fixups > 0, "no two writes overlapped");
+fn held_blocks_land_intact_across_rolls() {
+    let outcome = run_appends(Adversary::default(), 256 * 1024);
+    assert!(
+        outcome.head_writes > 0,
+        "no write shared a block with one in flight"
+    );
     assert_eq!(outcome.damage, None);
 }
 
 #[test]
-fn skipped_fixups_are_caught() {
-    // The planted bug: the device keeps the older copy of a shared block
-    // and no fix-up repairs it. The same check must find the damage.
-    let adversary = Adversary {
-        stale_last: true,
-        skip_fixup: true,
-    };
-    let outcome = run_appends(adversary, 256 * 1024);
-    assert!(outcome.fixups > 0, "no two writes overlapped");
+fn overlapping_writes_are_caught() {
+    // The planted bug: writes go out whole over a block still in flight,
+    // and the device keeps the older copy. The same check must find the
+    // damage.
+    let outcome = run_appends(Adversary { overlap: true }, 256 * 1024);
+    assert_eq!(outcome.head_writes, 0, "the planted bug holds no block");
     assert!(
         outcome.damage.is_some(),
         "stale shared blocks went unnoticed: the check cannot fail"

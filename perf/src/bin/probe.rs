@@ -191,7 +191,7 @@ fn main() -> std::io::Result<()> {
                 scenario.fsync
             );
             println!(
-                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit around it ({:.3} GB/s before, {:.3} after); ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs / {} fixups",
+                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit around it ({:.3} GB/s before, {:.3} after); ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs / {} head writes",
                 outcome.rate.gb_per_sec(),
                 100.0 * outcome.rate.bytes_per_sec() / limit.bytes_per_sec(),
                 before.gb_per_sec(),
@@ -201,7 +201,7 @@ fn main() -> std::io::Result<()> {
                 outcome.appends,
                 outcome.flushes,
                 outcome.syncs,
-                outcome.fixups
+                outcome.head_writes
             );
             outcomes.push(serde_json::json!({
                 "scenario": scenario,

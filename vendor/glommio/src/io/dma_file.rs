@@ -372,6 +372,26 @@ impl DmaFile {
         enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
     }
 
+    /// Fjord's patch: writes the bytes `range` of `buf` at `pos`, as
+    /// [`DmaFile::write_rc_at`] writes all of it. `range.start`, its length
+    /// and `pos` must be aligned for direct I/O; the buffer is kept alive
+    /// until the write completes, like the whole buffer is there.
+    pub async fn write_rc_range_at(
+        &self,
+        buf: Rc<DmaBuffer>,
+        range: std::ops::Range<usize>,
+        pos: u64,
+    ) -> Result<usize> {
+        assert!(range.end <= buf.len(), "range past the buffer's end");
+        let source = self.file.reactor.upgrade().unwrap().write_dma(
+            self.as_raw_fd(),
+            DmaSource::SharedRange(buf, range),
+            pos,
+            self.pollable,
+        );
+        enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
+    }
+
     /// Reads from a specific position in the file and returns the buffer.
     ///
     /// The position must be aligned to for Direct I/O. In most platforms
