@@ -49,21 +49,26 @@ enum Direction {
 
 /// Sequential O_DIRECT I/O over the first `total` bytes of `file` in
 /// `block`-byte operations, `depth` in flight.
+/// `block`-byte operations, `depth` in flight, each `stride` bytes past the
+/// one before (`stride < block`: each overlaps the last bytes of the one
+/// before), until `total` new bytes are covered.
 fn sequential(
     file: &std::fs::File,
     direction: Direction,
     block: usize,
     depth: usize,
     total: u64,
+    stride: usize,
 ) -> io::Result<Rate> {
     assert!(block.is_multiple_of(crate::aligned::ALIGN) && depth > 0);
+    assert!(stride.is_multiple_of(crate::aligned::ALIGN) && stride > 0 && stride <= block);
     let fd = types::Fd(file.as_raw_fd());
     let mut ring = IoUring::new(depth.next_power_of_two() as u32 * 2)?;
     let mut buffers: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(block)).collect();
     for (i, b) in buffers.iter_mut().enumerate() {
         b.as_mut_slice().fill(i as u8 | 0x80);
     }
-    let blocks = total / block as u64;
+    let blocks = total / stride as u64;
     let (mut submitted, mut completed) = (0u64, 0u64);
     let start = Instant::now();
     while completed < blocks {
@@ -71,7 +76,7 @@ fn sequential(
             let buffer = buffers[(submitted % depth as u64) as usize]
                 .as_mut_slice()
                 .as_mut_ptr();
-            let offset = submitted * block as u64;
+            let offset = submitted * stride as u64;
             let entry = match direction {
                 Direction::Write => opcode::Write::new(fd, buffer, block as u32)
                     .offset(offset)
@@ -96,7 +101,7 @@ fn sequential(
         }
     }
     Ok(Rate {
-        bytes: blocks * block as u64,
+        bytes: blocks * stride as u64,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -105,7 +110,25 @@ fn sequential(
 /// `total` bytes are written to a fresh preallocated file at `path`.
 pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
     let file = file_for_probe(path, total)?;
-    let rate = sequential(&file, Direction::Write, block, depth, total)?;
+    let rate = sequential(&file, Direction::Write, block, depth, total, block)?;
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(rate)
+}
+
+/// As [`direct_write`], but each write starts on the last 4 KiB block of
+/// the one before, as consecutive appends of a log would if both were in
+/// flight together: what a device makes of overlapping requests. Counts the
+/// new bytes only.
+pub fn direct_write_overlapping(
+    path: &Path,
+    block: usize,
+    depth: usize,
+    total: u64,
+) -> io::Result<Rate> {
+    let file = file_for_probe(path, total + block as u64)?;
+    let stride = block - crate::aligned::ALIGN;
+    let rate = sequential(&file, Direction::Write, block, depth, total, stride)?;
     drop(file);
     std::fs::remove_file(path)?;
     Ok(rate)
@@ -115,8 +138,8 @@ pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::
 /// of `total` bytes written just before (O_DIRECT: no page cache involved).
 pub fn direct_read(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
     let file = file_for_probe(path, total)?;
-    sequential(&file, Direction::Write, 4 << 20, 4, total)?;
-    let rate = sequential(&file, Direction::Read, block, depth, total)?;
+    sequential(&file, Direction::Write, 4 << 20, 4, total, 4 << 20)?;
+    let rate = sequential(&file, Direction::Read, block, depth, total, block)?;
     drop(file);
     std::fs::remove_file(path)?;
     Ok(rate)

@@ -47,8 +47,17 @@ fn main() -> std::io::Result<()> {
         args.depth,
         args.bytes,
     )?;
-    // Fjord's log issues one write at a time (consecutive writes share a
-    // block): the same load at depth 1 shows what that costs.
+    // The same writes, each over the last block of the one before: what
+    // the device makes of overlapping requests, which Fjord's log never
+    // has in flight (it holds the shared block back, see the storage
+    // crate's `pipeline`).
+    let write_overlapping = limits::direct_write_overlapping(
+        &args.dir.join("probe-write"),
+        1 << 20,
+        args.depth,
+        args.bytes,
+    )?;
+    // One 4 MiB write at a time: what a log without a pipeline would get.
     let write_serial = limits::direct_write(&args.dir.join("probe-write"), 4 << 20, 1, args.bytes)?;
     // Fjord's cold fetch reads one window of about `max_bytes` at a time.
     let read_serial = limits::direct_read(&args.dir.join("probe-read"), 1 << 20, 1, args.bytes)?;
@@ -73,6 +82,11 @@ fn main() -> std::io::Result<()> {
         "  {:<44} {:>10.3} GB/s",
         format!("O_DIRECT sequential write, 1 MiB x QD{}", args.depth),
         write.gb_per_sec()
+    );
+    println!(
+        "  {:<44} {:>10.3} GB/s",
+        format!("  the same, each over the one before's last 4 KiB"),
+        write_overlapping.gb_per_sec()
     );
     println!(
         "  {:<44} {:>10.3} GB/s",
@@ -111,7 +125,7 @@ fn main() -> std::io::Result<()> {
     );
 
     let mut report = serde_json::json!({
-        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "direct_write_latency_64k": write_latency, "direct_write_latency_paced_20k": paced, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
+        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_overlapping": write_overlapping, "direct_write_overlapping_gb_per_sec": write_overlapping.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "direct_write_latency_64k": write_latency, "direct_write_latency_paced_20k": paced, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
     });
     if !args.limits_only {
         let scenarios = [
