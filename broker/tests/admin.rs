@@ -247,6 +247,22 @@ fn console_in_a_headless_browser_shows_the_topic_and_throughput() {
             }
         })
     };
+    // The node reports the last whole second: open the page once one with
+    // records in it has passed (a fast machine runs the page's virtual six
+    // seconds in well under one real second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let overview: serde_json::Value =
+            serde_json::from_str(&get(&admin, "/v1/overview").expect("overview")).expect("JSON");
+        if overview["per_second"]["produced_records"].as_f64() > Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node reported no produce rate in 20 s: {overview}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let dom = Command::new(chromium)
         .args([
             "--headless",
