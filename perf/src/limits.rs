@@ -48,7 +48,6 @@ enum Direction {
 }
 
 /// Sequential O_DIRECT I/O over the first `total` bytes of `file` in
-/// `block`-byte operations, `depth` in flight.
 /// `block`-byte operations, `depth` in flight, each `stride` bytes past the
 /// one before (`stride < block`: each overlaps the last bytes of the one
 /// before), until `total` new bytes are covered.
@@ -109,11 +108,7 @@ fn sequential(
 /// O_DIRECT sequential writes of `block` bytes, `depth` in flight, until
 /// `total` bytes are written to a fresh preallocated file at `path`.
 pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
-    let file = file_for_probe(path, total)?;
-    let rate = sequential(&file, Direction::Write, block, depth, total, block)?;
-    drop(file);
-    std::fs::remove_file(path)?;
-    Ok(rate)
+    direct_write_strided(path, block, depth, total, block)
 }
 
 /// As [`direct_write`], but each write starts on the last 4 KiB block of
@@ -126,8 +121,17 @@ pub fn direct_write_overlapping(
     depth: usize,
     total: u64,
 ) -> io::Result<Rate> {
-    let file = file_for_probe(path, total + block as u64)?;
-    let stride = block - crate::aligned::ALIGN;
+    direct_write_strided(path, block, depth, total, block - crate::aligned::ALIGN)
+}
+
+fn direct_write_strided(
+    path: &Path,
+    block: usize,
+    depth: usize,
+    total: u64,
+    stride: usize,
+) -> io::Result<Rate> {
+    let file = file_for_probe(path, total + (block - stride) as u64)?;
     let rate = sequential(&file, Direction::Write, block, depth, total, stride)?;
     drop(file);
     std::fs::remove_file(path)?;
