@@ -74,6 +74,9 @@ pub fn run(dir: &Path, scenario: Scenario, cpu: Option<usize>) -> io::Result<Out
         .map_err(|e| io::Error::other(e.to_string()))?
 }
 
+/// The log's batch cache.
+pub const CACHE_BYTES: usize = 64 << 20;
+
 async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
     data.prime().await.map_err(io::Error::other)?;
     let config = LogConfig {
@@ -88,8 +91,13 @@ async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
     let dir = data
         .path()
         .join(format!("perf-{}-{run}", std::process::id()));
+    // The memory the log fills before its first buffers come back (cache
+    // and staged bytes), faulted in as in a broker that has run a while:
+    // in a fresh process the run would measure this machine's first
+    // touches of memory, not the log (see `pretouch`).
+    fjord_storage::alloc::pretouch(CACHE_BYTES + config.staged_bytes_max);
     let log = Rc::new(
-        Log::open(&dir, config, BatchCache::new(64 << 20))
+        Log::open(&dir, config, BatchCache::new(CACHE_BYTES))
             .await
             .map_err(io::Error::other)?,
     );

@@ -29,6 +29,14 @@ impl Rate {
     pub fn gb_per_sec(&self) -> f64 {
         self.bytes_per_sec() / 1e9
     }
+
+    /// Both runs as one: their bytes over their time.
+    pub fn merge(self, other: Rate) -> Rate {
+        Rate {
+            bytes: self.bytes + other.bytes,
+            seconds: self.seconds + other.seconds,
+        }
+    }
 }
 
 /// Latency percentiles in microseconds.

@@ -50,31 +50,33 @@ enum Direction {
 /// Sequential O_DIRECT I/O over the first `total` bytes of `file` in
 /// `block`-byte operations, `depth` in flight, each `stride` bytes past the
 /// one before (`stride < block`: each overlaps the last bytes of the one
-/// before), until `total` new bytes are covered.
+/// before), until `total` new bytes are covered; the operations use
+/// `buffers` buffers in turn (at least `depth`).
 fn sequential(
     file: &std::fs::File,
     direction: Direction,
-    block: usize,
-    depth: usize,
+    (block, depth, buffers): (usize, usize, usize),
     total: u64,
     stride: usize,
 ) -> io::Result<Rate> {
-    assert!(block.is_multiple_of(crate::aligned::ALIGN) && depth > 0);
+    assert!(block.is_multiple_of(crate::aligned::ALIGN) && depth > 0 && buffers >= depth);
     assert!(stride.is_multiple_of(crate::aligned::ALIGN) && stride > 0 && stride <= block);
     let fd = types::Fd(file.as_raw_fd());
     let mut ring = IoUring::new(depth.next_power_of_two() as u32 * 2)?;
-    let mut buffers: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(block)).collect();
-    for (i, b) in buffers.iter_mut().enumerate() {
-        b.as_mut_slice().fill(i as u8 | 0x80);
+    // One region, faulted in before the clock starts.
+    let turn = buffers as u64;
+    let mut memory = AlignedBuf::new(buffers * block);
+    for (i, b) in memory.as_mut_slice().chunks_mut(block).enumerate() {
+        b.fill(i as u8 | 0x80);
     }
+    let region = memory.as_mut_slice().as_mut_ptr();
     let blocks = total / stride as u64;
     let (mut submitted, mut completed) = (0u64, 0u64);
     let start = Instant::now();
     while completed < blocks {
         while submitted < blocks && submitted - completed < depth as u64 {
-            let buffer = buffers[(submitted % depth as u64) as usize]
-                .as_mut_slice()
-                .as_mut_ptr();
+            // SAFETY: within the region: `turn` buffers of `block` bytes.
+            let buffer = unsafe { region.add((submitted % turn) as usize * block) };
             let offset = submitted * stride as u64;
             let entry = match direction {
                 Direction::Write => opcode::Write::new(fd, buffer, block as u32)
@@ -108,7 +110,23 @@ fn sequential(
 /// O_DIRECT sequential writes of `block` bytes, `depth` in flight, until
 /// `total` bytes are written to a fresh preallocated file at `path`.
 pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
-    direct_write_strided(path, block, depth, total, block)
+    direct_write_strided(path, (block, depth, depth), total, block)
+}
+
+/// As [`direct_write`], but from `footprint` bytes of buffers in turn
+/// instead of `depth` buffers: as a log writes, each byte of its stream
+/// from memory of its own (its batch cache keeps what it wrote). On a
+/// virtual machine the device may be slower with more guest memory under
+/// its requests (BENCHMARKS.md, 2026-12-04 afternoon).
+pub fn direct_write_spread(
+    path: &Path,
+    block: usize,
+    depth: usize,
+    total: u64,
+    footprint: usize,
+) -> io::Result<Rate> {
+    let buffers = footprint.div_ceil(block).max(depth);
+    direct_write_strided(path, (block, depth, buffers), total, block)
 }
 
 /// As [`direct_write`], but each write starts on the last 4 KiB block of
@@ -121,18 +139,28 @@ pub fn direct_write_overlapping(
     depth: usize,
     total: u64,
 ) -> io::Result<Rate> {
-    direct_write_strided(path, block, depth, total, block - crate::aligned::ALIGN)
+    direct_write_strided(
+        path,
+        (block, depth, depth),
+        total,
+        block - crate::aligned::ALIGN,
+    )
 }
 
 fn direct_write_strided(
     path: &Path,
-    block: usize,
-    depth: usize,
+    (block, depth, buffers): (usize, usize, usize),
     total: u64,
     stride: usize,
 ) -> io::Result<Rate> {
     let file = file_for_probe(path, total + (block - stride) as u64)?;
-    let rate = sequential(&file, Direction::Write, block, depth, total, stride)?;
+    let rate = sequential(
+        &file,
+        Direction::Write,
+        (block, depth, buffers),
+        total,
+        stride,
+    )?;
     drop(file);
     std::fs::remove_file(path)?;
     Ok(rate)
@@ -142,8 +170,8 @@ fn direct_write_strided(
 /// of `total` bytes written just before (O_DIRECT: no page cache involved).
 pub fn direct_read(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
     let file = file_for_probe(path, total)?;
-    sequential(&file, Direction::Write, 4 << 20, 4, total, 4 << 20)?;
-    let rate = sequential(&file, Direction::Read, block, depth, total, block)?;
+    sequential(&file, Direction::Write, (4 << 20, 4, 4), total, 4 << 20)?;
+    let rate = sequential(&file, Direction::Read, (block, depth, depth), total, block)?;
     drop(file);
     std::fs::remove_file(path)?;
     Ok(rate)

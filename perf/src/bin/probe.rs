@@ -6,11 +6,15 @@
 use clap::Parser;
 use fjord_core::FsyncPolicy;
 use fjord_perf::append::{self, Scenario};
-use fjord_perf::{Rate, limits};
+use fjord_perf::limits;
 use std::path::PathBuf;
 
 // jemalloc, keeping freed pages: see fjord_storage::alloc.
 fjord_storage::global_allocator!();
+
+/// The memory the "spread" write limit writes from: what the log writes
+/// from in its scenarios (its batch cache keeps written buffers).
+const SPREAD_BYTES: usize = fjord_perf::append::CACHE_BYTES;
 
 #[derive(Parser)]
 #[command(about = "Probe the machine's I/O limits and Fjord's log against them")]
@@ -57,6 +61,15 @@ fn main() -> std::io::Result<()> {
         args.depth,
         args.bytes,
     )?;
+    // The same writes from as much memory as the log's scenarios write
+    // from: the device is slower with more guest memory under its requests.
+    let write_spread = limits::direct_write_spread(
+        &args.dir.join("probe-write"),
+        1 << 20,
+        args.depth,
+        args.bytes,
+        SPREAD_BYTES,
+    )?;
     // One 4 MiB write at a time: what a log without a pipeline would get.
     let write_serial = limits::direct_write(&args.dir.join("probe-write"), 4 << 20, 1, args.bytes)?;
     // Fjord's cold fetch reads one window of about `max_bytes` at a time.
@@ -87,6 +100,14 @@ fn main() -> std::io::Result<()> {
         "  {:<44} {:>10.3} GB/s",
         format!("  the same, each over the one before's last 4 KiB"),
         write_overlapping.gb_per_sec()
+    );
+    println!(
+        "  {:<44} {:>10.3} GB/s",
+        format!(
+            "  the same, from {} MiB of buffers in turn",
+            SPREAD_BYTES >> 20
+        ),
+        write_spread.gb_per_sec()
     );
     println!(
         "  {:<44} {:>10.3} GB/s",
@@ -125,7 +146,7 @@ fn main() -> std::io::Result<()> {
     );
 
     let mut report = serde_json::json!({
-        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_overlapping": write_overlapping, "direct_write_overlapping_gb_per_sec": write_overlapping.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "direct_write_latency_64k": write_latency, "direct_write_latency_paced_20k": paced, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
+        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_overlapping": write_overlapping, "direct_write_overlapping_gb_per_sec": write_overlapping.gb_per_sec(), "direct_write_spread": write_spread, "direct_write_spread_gb_per_sec": write_spread.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "direct_write_latency_64k": write_latency, "direct_write_latency_paced_20k": paced, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
     });
     if !args.limits_only {
         let scenarios = [
@@ -182,21 +203,16 @@ fn main() -> std::io::Result<()> {
             // A shared machine's disk changes speed from one minute to the
             // next: the write limit a figure is a fraction of is measured
             // right before and right after it, with as many bytes.
-            let limit_around = || {
-                limits::direct_write(
-                    &args.dir.join("probe-write"),
-                    1 << 20,
-                    args.depth,
-                    scenario.total_bytes.max(256 << 20),
-                )
-            };
-            let before = limit_around()?;
+            let bytes = scenario.total_bytes.max(256 << 20);
+            let path = args.dir.join("probe-write");
+            let limit_around = || limits::direct_write(&path, 1 << 20, args.depth, bytes);
+            let spread_around =
+                || limits::direct_write_spread(&path, 1 << 20, args.depth, bytes, SPREAD_BYTES);
+            let (before, spread_before) = (limit_around()?, spread_around()?);
             let outcome = append::run(&args.dir, scenario, None)?;
-            let after = limit_around()?;
-            let limit = Rate {
-                bytes: before.bytes + after.bytes,
-                seconds: before.seconds + after.seconds,
-            };
+            let (spread_after, after) = (spread_around()?, limit_around()?);
+            let limit = before.merge(after);
+            let spread = spread_before.merge(spread_after);
             let label = format!(
                 "{} KiB batches, {} appender(s) x {} in flight, fsync={}",
                 scenario.batch_bytes >> 10,
@@ -205,11 +221,15 @@ fn main() -> std::io::Result<()> {
                 scenario.fsync
             );
             println!(
-                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit around it ({:.3} GB/s before, {:.3} after); ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs / {} head writes",
+                "  {label:<62} {:>7.3} GB/s = {:>5.1} % of write limit around it ({:.3} GB/s before, {:.3} after), {:>5.1} % of it from {} MiB of buffers ({:.3}, {:.3}); ack p50 {:.0} us p99 {:.0} us; {} appends / {} flushes / {} syncs / {} head writes",
                 outcome.rate.gb_per_sec(),
                 100.0 * outcome.rate.bytes_per_sec() / limit.bytes_per_sec(),
                 before.gb_per_sec(),
                 after.gb_per_sec(),
+                100.0 * outcome.rate.bytes_per_sec() / spread.bytes_per_sec(),
+                SPREAD_BYTES >> 20,
+                spread_before.gb_per_sec(),
+                spread_after.gb_per_sec(),
                 outcome.latency.p50_us,
                 outcome.latency.p99_us,
                 outcome.appends,
@@ -224,6 +244,9 @@ fn main() -> std::io::Result<()> {
                 "write_limit_before": before,
                 "write_limit_after": after,
                 "fraction_of_write_limit": outcome.rate.bytes_per_sec() / limit.bytes_per_sec(),
+                "write_spread_limit_before": spread_before,
+                "write_spread_limit_after": spread_after,
+                "fraction_of_write_spread_limit": outcome.rate.bytes_per_sec() / spread.bytes_per_sec(),
                 "fraction_of_serial_write": outcome.rate.bytes_per_sec() / write_serial.bytes_per_sec(),
             }));
         }
