@@ -116,8 +116,9 @@ pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::
 /// As [`direct_write`], but from `footprint` bytes of buffers in turn
 /// instead of `depth` buffers: as a log writes, each byte of its stream
 /// from memory of its own (its batch cache keeps what it wrote). On a
-/// virtual machine the device may be slower with more guest memory under
-/// its requests (BENCHMARKS.md, 2026-12-04 afternoon).
+/// virtual machine the device may be slower with more guest pages under
+/// its requests (BENCHMARKS.md, "First touches, page counts and huge
+/// pages").
 pub fn direct_write_spread(
     path: &Path,
     block: usize,

@@ -62,7 +62,8 @@ fn main() -> std::io::Result<()> {
         args.bytes,
     )?;
     // The same writes from as much memory as the log's scenarios write
-    // from: the device is slower with more guest memory under its requests.
+    // from: the device here is slower with more guest pages under its
+    // requests.
     let write_spread = limits::direct_write_spread(
         &args.dir.join("probe-write"),
         1 << 20,
