@@ -56,6 +56,9 @@ pub struct Write {
     pub len: usize,
     /// The buffer, shared so the batch cache can keep what was written.
     pub buffer: Rc<DmaBuffer>,
+    /// Bytes the buffer holds in memory: its length before it was trimmed
+    /// to the written blocks. What the batch cache charges for keeping it.
+    pub capacity: usize,
 }
 
 /// The I/O of one flush, taken out of the appender so that no borrow of it
@@ -414,6 +417,7 @@ impl Appender {
 
 /// Zeroes the tail of the last block and trims the buffer to whole blocks.
 fn seal(mut chunk: Chunk) -> Write {
+    let capacity = chunk.buffer.len();
     let padded = align_up(chunk.len as u64) as usize;
     chunk.buffer.as_bytes_mut()[chunk.len..padded].fill(0);
     chunk.buffer.trim_to_size(padded);
@@ -421,5 +425,6 @@ fn seal(mut chunk: Chunk) -> Write {
         position: chunk.position,
         len: chunk.len,
         buffer: Rc::new(chunk.buffer),
+        capacity,
     }
 }

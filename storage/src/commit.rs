@@ -574,7 +574,10 @@ impl Inner {
             .iter()
             .take_while(|b| b.segment == segment_base && b.position + b.len as u64 <= end)
             .count();
-        let share = write.buffer.len().checked_div(done).unwrap_or(0);
+        // The batches share what keeping the buffer costs: its whole
+        // allocation, not the written part a trim left visible (a write of
+        // a few blocks may sit in a buffer of megabytes).
+        let share = write.capacity.checked_div(done).unwrap_or(0);
         for staged in st.staged.drain(..done) {
             debug_assert!(staged.position >= write.position);
             if let (Some(ticket), Some(staging)) = (staged.ticket, &self.staging) {

@@ -417,6 +417,7 @@ mod tests {
         Write {
             position: position as u64,
             len: end - position,
+            capacity: buffer.len(),
             buffer: Rc::new(buffer),
         }
     }

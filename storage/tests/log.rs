@@ -137,6 +137,21 @@ fn tail_reads_come_from_the_cache_within_its_budget() {
     });
 }
 
+/// The cache's budget bounds the memory it keeps: a small batch written
+/// from a larger buffer is charged the whole buffer, not the blocks written.
+#[test]
+fn the_cache_charges_the_buffers_it_keeps_not_the_bytes_written() {
+    run_fresh(|dir| async move {
+        let cache = BatchCache::new(1 << 20);
+        let log = open(&dir, "p0", LogConfig::default(), &cache).await;
+        let appended = log.append(&batch(1, 1, 100, 0)).await.expect("append");
+        appended.durable.await.expect("durable");
+        // A log's first write buffer is 16 KiB; the batch fills one block.
+        assert_eq!(cache.used_bytes(), 16 << 10, "charged for the first write");
+        log.close().await.expect("close");
+    });
+}
+
 #[test]
 fn concurrent_appends_share_group_commits_under_fsync_always() {
     run_fresh(|dir| async move {
