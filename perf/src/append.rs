@@ -46,6 +46,9 @@ pub struct Outcome {
     /// Shared blocks held back and written on their own (see the storage
     /// crate's `pipeline`).
     pub head_writes: u64,
+    /// Seconds the pretouch before the run took (not in `rate`): what
+    /// the first touch of the log's memory costs this machine.
+    pub pretouch_seconds: f64,
 }
 
 /// A batch of about `bytes` bytes made of 1 KiB records (one record if smaller).
@@ -95,7 +98,7 @@ async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
     // and staged bytes), faulted in as in a broker that has run a while:
     // in a fresh process the run would measure this machine's first
     // touches of memory, not the log (see `pretouch`).
-    fjord_storage::alloc::pretouch(CACHE_BYTES + config.staged_bytes_max);
+    let pretouch = fjord_storage::alloc::pretouch(CACHE_BYTES + config.staged_bytes_max);
     let log = Rc::new(
         Log::open(&dir, config, BatchCache::new(CACHE_BYTES))
             .await
@@ -143,6 +146,7 @@ async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
         flushes: stats.flushes,
         syncs: stats.syncs,
         head_writes: stats.head_writes,
+        pretouch_seconds: pretouch.as_secs_f64(),
     })
 }
 
