@@ -147,6 +147,12 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     let mesh = MeshBuilder::<ShardMsg, Full>::full(count, MESH_CHANNEL_LEN);
     let mut stops = Vec::new();
     let mut handles = Vec::new();
+    let dma_memory = fjord_storage::shard::dma_memory_bytes(
+        config.cache_bytes_per_shard,
+        config
+            .staging_bytes_per_shard
+            .max(fjord_storage::LogConfig::default().staged_bytes_max),
+    );
     for (i, staging) in staging_files.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
@@ -158,20 +164,24 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             events.clone(),
         );
         let cpu = (config.first_cpu + i) % cpus;
-        let handle = fjord_storage::shard::executor(&format!("shard-{i}"), Placement::Fixed(cpu))
-            .spawn(move || async move {
-                let failed = events.clone();
-                fjord_storage::files::set_budget(files_per_shard);
-                fjord_storage::io_stats::set_enabled(config.metrics);
-                let shard = run_shard(mesh, config, ports, data, staging, stop_rx.shared(), events);
-                if let Err(message) = shard.await {
-                    let _ = failed.send(Event::Failed(i, message));
-                }
-            })
-            .map_err(|e| NodeError::Shard {
-                shard: i,
-                message: format!("cannot start executor: {e}"),
-            })?;
+        let handle = fjord_storage::shard::executor(
+            &format!("shard-{i}"),
+            Placement::Fixed(cpu),
+            dma_memory,
+        )
+        .spawn(move || async move {
+            let failed = events.clone();
+            fjord_storage::files::set_budget(files_per_shard);
+            fjord_storage::io_stats::set_enabled(config.metrics);
+            let shard = run_shard(mesh, config, ports, data, staging, stop_rx.shared(), events);
+            if let Err(message) = shard.await {
+                let _ = failed.send(Event::Failed(i, message));
+            }
+        })
+        .map_err(|e| NodeError::Shard {
+            shard: i,
+            message: format!("cannot start executor: {e}"),
+        })?;
         handles.push(handle);
     }
     drop(events);

@@ -113,27 +113,31 @@ mod tests {
     fn ids_differ_across_shards_nodes_and_restarts() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().to_path_buf();
-        fjord_storage::shard::executor("ids", glommio::Placement::Unbound)
-            .spawn(move || async move {
-                let first = ProducerIds::new(&path, 3, 1);
-                let a = first.next_id().await.expect("id");
-                let b = first.next_id().await.expect("id");
-                assert_eq!(b, a + 1);
-                // A restart starts past the reserved block.
-                let again = ProducerIds::new(&path, 3, 1);
-                let c = again.next_id().await.expect("id");
-                assert_eq!(c, a + BLOCK as i64);
-                // Other shards and nodes never meet these.
-                let shard = ProducerIds::new(&path, 3, 2).next_id().await.expect("id");
-                let node = ProducerIds::new(&path, 4, 1).next_id().await.expect("id");
-                for other in [shard, node] {
-                    assert!(other > 0 && ![a, b, c].contains(&other));
-                }
-                let top = ProducerIds::new(&path, NODE_ID_MAX, 1023);
-                assert!(top.next_id().await.expect("id") > 0, "ids stay positive");
-            })
-            .expect("executor")
-            .join()
-            .expect("join");
+        fjord_storage::shard::executor(
+            "ids",
+            glommio::Placement::Unbound,
+            fjord_storage::shard::IO_MEMORY_BYTES,
+        )
+        .spawn(move || async move {
+            let first = ProducerIds::new(&path, 3, 1);
+            let a = first.next_id().await.expect("id");
+            let b = first.next_id().await.expect("id");
+            assert_eq!(b, a + 1);
+            // A restart starts past the reserved block.
+            let again = ProducerIds::new(&path, 3, 1);
+            let c = again.next_id().await.expect("id");
+            assert_eq!(c, a + BLOCK as i64);
+            // Other shards and nodes never meet these.
+            let shard = ProducerIds::new(&path, 3, 2).next_id().await.expect("id");
+            let node = ProducerIds::new(&path, 4, 1).next_id().await.expect("id");
+            for other in [shard, node] {
+                assert!(other > 0 && ![a, b, c].contains(&other));
+            }
+            let top = ProducerIds::new(&path, NODE_ID_MAX, 1023);
+            assert!(top.next_id().await.expect("id") > 0, "ids stay positive");
+        })
+        .expect("executor")
+        .join()
+        .expect("join");
     }
 }

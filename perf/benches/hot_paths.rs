@@ -117,47 +117,51 @@ fn log_append(c: &mut Criterion) {
 /// tail (cache) or from the start (disk, cache disabled).
 fn read_scenario(from_cache: bool, reads: u64) -> Duration {
     let data = DataDir::create(bench_dir()).expect("bench dir");
-    fjord_storage::shard::executor("bench-read", glommio::Placement::Unbound)
-        .spawn(move || async move {
-            data.prime().await.expect("prime");
-            let dir = data.path().join(if from_cache {
-                "read-cache"
+    fjord_storage::shard::executor(
+        "bench-read",
+        glommio::Placement::Unbound,
+        fjord_storage::shard::IO_MEMORY_BYTES,
+    )
+    .spawn(move || async move {
+        data.prime().await.expect("prime");
+        let dir = data.path().join(if from_cache {
+            "read-cache"
+        } else {
+            "read-disk"
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = BatchCache::new(if from_cache { 256 << 20 } else { 0 });
+        let log = Rc::new(
+            Log::open(&dir, LogConfig::default(), cache)
+                .await
+                .expect("open"),
+        );
+        let batch = append::batch_of(16 << 10);
+        for _ in 0..(64 << 20) / batch.len() {
+            log.append(&batch).await.expect("append");
+        }
+        log.flush().await.expect("flush");
+        let end = log.offset_written();
+        let per_read =
+            (1 << 20) / batch.len() as u64 * (end / ((64 << 20) / batch.len() as u64)).max(1);
+        let start = Instant::now();
+        for i in 0..reads {
+            let offset = if from_cache {
+                end.saturating_sub(per_read)
             } else {
-                "read-disk"
-            });
-            let _ = std::fs::remove_dir_all(&dir);
-            let cache = BatchCache::new(if from_cache { 256 << 20 } else { 0 });
-            let log = Rc::new(
-                Log::open(&dir, LogConfig::default(), cache)
-                    .await
-                    .expect("open"),
-            );
-            let batch = append::batch_of(16 << 10);
-            for _ in 0..(64 << 20) / batch.len() {
-                log.append(&batch).await.expect("append");
-            }
-            log.flush().await.expect("flush");
-            let end = log.offset_written();
-            let per_read =
-                (1 << 20) / batch.len() as u64 * (end / ((64 << 20) / batch.len() as u64)).max(1);
-            let start = Instant::now();
-            for i in 0..reads {
-                let offset = if from_cache {
-                    end.saturating_sub(per_read)
-                } else {
-                    (i * per_read) % end.saturating_sub(per_read).max(1)
-                };
-                let read = log.read(offset, 1 << 20).await.expect("read");
-                assert!(read.len_bytes() > 0);
-            }
-            let elapsed = start.elapsed();
-            log.close().await.expect("close");
-            std::fs::remove_dir_all(&dir).expect("cleanup");
-            elapsed
-        })
-        .expect("executor")
-        .join()
-        .expect("join")
+                (i * per_read) % end.saturating_sub(per_read).max(1)
+            };
+            let read = log.read(offset, 1 << 20).await.expect("read");
+            assert!(read.len_bytes() > 0);
+        }
+        let elapsed = start.elapsed();
+        log.close().await.expect("close");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        elapsed
+    })
+    .expect("executor")
+    .join()
+    .expect("join")
 }
 
 fn log_read(c: &mut Criterion) {

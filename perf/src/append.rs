@@ -70,7 +70,9 @@ pub fn batch_of(bytes: usize) -> Vec<u8> {
 pub fn run(dir: &Path, scenario: Scenario, cpu: Option<usize>) -> io::Result<Outcome> {
     let data = DataDir::create(dir)?;
     let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
-    fjord_storage::shard::executor("perf-append", placement)
+    let dma_memory =
+        fjord_storage::shard::dma_memory_bytes(CACHE_BYTES, LogConfig::default().staged_bytes_max);
+    fjord_storage::shard::executor("perf-append", placement, dma_memory)
         .spawn(move || async move { drive(data, scenario).await })
         .map_err(|e| io::Error::other(e.to_string()))?
         .join()

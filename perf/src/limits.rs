@@ -2,7 +2,7 @@
 //! ring and plain file descriptors: nothing of Fjord or glommio, so the
 //! figures bound what any software on this machine can do.
 
-use crate::aligned::AlignedBuf;
+use crate::aligned::{AlignedBuf, Pages};
 use crate::{Latency, Rate};
 use io_uring::{IoUring, opcode, types};
 use std::fs::OpenOptions;
@@ -51,11 +51,11 @@ enum Direction {
 /// `block`-byte operations, `depth` in flight, each `stride` bytes past the
 /// one before (`stride < block`: each overlaps the last bytes of the one
 /// before), until `total` new bytes are covered; the operations use
-/// `buffers` buffers in turn (at least `depth`).
+/// `buffers` buffers in turn (at least `depth`) on `pages`.
 fn sequential(
     file: &std::fs::File,
     direction: Direction,
-    (block, depth, buffers): (usize, usize, usize),
+    (block, depth, buffers, pages): (usize, usize, usize, Pages),
     total: u64,
     stride: usize,
 ) -> io::Result<Rate> {
@@ -65,7 +65,7 @@ fn sequential(
     let mut ring = IoUring::new(depth.next_power_of_two() as u32 * 2)?;
     // One region, faulted in before the clock starts.
     let turn = buffers as u64;
-    let mut memory = AlignedBuf::new(buffers * block);
+    let mut memory = AlignedBuf::new(buffers * block, pages);
     for (i, b) in memory.as_mut_slice().chunks_mut(block).enumerate() {
         b.fill(i as u8 | 0x80);
     }
@@ -107,10 +107,15 @@ fn sequential(
     })
 }
 
-/// O_DIRECT sequential writes of `block` bytes, `depth` in flight, until
-/// `total` bytes are written to a fresh preallocated file at `path`.
-pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
-    direct_write_strided(path, (block, depth, depth), total, block)
+/// O_DIRECT sequential writes of `block` bytes, `depth` in flight, from
+/// `depth` buffers on `pages`, until `total` bytes are written to a fresh
+/// preallocated file at `path`.
+pub fn direct_write(
+    path: &Path,
+    (block, depth, pages): (usize, usize, Pages),
+    total: u64,
+) -> io::Result<Rate> {
+    direct_write_strided(path, (block, depth, depth, pages), total, block)
 }
 
 /// As [`direct_write`], but from `footprint` bytes of buffers in turn
@@ -121,13 +126,12 @@ pub fn direct_write(path: &Path, block: usize, depth: usize, total: u64) -> io::
 /// pages").
 pub fn direct_write_spread(
     path: &Path,
-    block: usize,
-    depth: usize,
+    (block, depth, pages): (usize, usize, Pages),
     total: u64,
     footprint: usize,
 ) -> io::Result<Rate> {
     let buffers = footprint.div_ceil(block).max(depth);
-    direct_write_strided(path, (block, depth, buffers), total, block)
+    direct_write_strided(path, (block, depth, buffers, pages), total, block)
 }
 
 /// As [`direct_write`], but each write starts on the last 4 KiB block of
@@ -136,13 +140,12 @@ pub fn direct_write_spread(
 /// new bytes only.
 pub fn direct_write_overlapping(
     path: &Path,
-    block: usize,
-    depth: usize,
+    (block, depth, pages): (usize, usize, Pages),
     total: u64,
 ) -> io::Result<Rate> {
     direct_write_strided(
         path,
-        (block, depth, depth),
+        (block, depth, depth, pages),
         total,
         block - crate::aligned::ALIGN,
     )
@@ -150,18 +153,12 @@ pub fn direct_write_overlapping(
 
 fn direct_write_strided(
     path: &Path,
-    (block, depth, buffers): (usize, usize, usize),
+    shape: (usize, usize, usize, Pages),
     total: u64,
     stride: usize,
 ) -> io::Result<Rate> {
-    let file = file_for_probe(path, total + (block - stride) as u64)?;
-    let rate = sequential(
-        &file,
-        Direction::Write,
-        (block, depth, buffers),
-        total,
-        stride,
-    )?;
+    let file = file_for_probe(path, total + (shape.0 - stride) as u64)?;
+    let rate = sequential(&file, Direction::Write, shape, total, stride)?;
     drop(file);
     std::fs::remove_file(path)?;
     Ok(rate)
@@ -171,8 +168,15 @@ fn direct_write_strided(
 /// of `total` bytes written just before (O_DIRECT: no page cache involved).
 pub fn direct_read(path: &Path, block: usize, depth: usize, total: u64) -> io::Result<Rate> {
     let file = file_for_probe(path, total)?;
-    sequential(&file, Direction::Write, (4 << 20, 4, 4), total, 4 << 20)?;
-    let rate = sequential(&file, Direction::Read, (block, depth, depth), total, block)?;
+    let shape = (block, depth, depth, Pages::Huge);
+    sequential(
+        &file,
+        Direction::Write,
+        (4 << 20, 4, 4, Pages::Huge),
+        total,
+        4 << 20,
+    )?;
+    let rate = sequential(&file, Direction::Read, shape, total, block)?;
     drop(file);
     std::fs::remove_file(path)?;
     Ok(rate)
@@ -208,7 +212,7 @@ fn write_latency(
     let file = file_for_probe(path, samples * block as u64)?;
     let fd = types::Fd(file.as_raw_fd());
     let mut ring = IoUring::new(8)?;
-    let mut buffer = AlignedBuf::new(block);
+    let mut buffer = AlignedBuf::new(block, Pages::Small);
     buffer.as_mut_slice().fill(0x5a);
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).map_err(io::Error::other)?;
     let mut run = |entry: io_uring::squeue::Entry, expected: usize| -> io::Result<u64> {
@@ -330,9 +334,12 @@ mod tests {
     #[test]
     fn probes_move_the_bytes_they_claim_and_clean_up() {
         let dir = probe_dir();
-        let write = direct_write(&dir.join("w"), 64 * 1024, 4, 4 << 20).expect("direct write");
-        assert_eq!(write.bytes, 4 << 20);
-        assert!(write.seconds > 0.0 && !dir.join("w").exists());
+        for pages in [Pages::Small, Pages::Huge] {
+            let write =
+                direct_write(&dir.join("w"), (64 * 1024, 4, pages), 4 << 20).expect("direct write");
+            assert_eq!(write.bytes, 4 << 20);
+            assert!(write.seconds > 0.0 && !dir.join("w").exists());
+        }
         let read = direct_read(&dir.join("r"), 64 * 1024, 1, 4 << 20).expect("direct read");
         assert_eq!(read.bytes, 4 << 20);
         assert!(!dir.join("r").exists());

@@ -432,35 +432,39 @@ mod tests {
         let dir = DataDir::create(tmp.path().join("data")).unwrap();
         let path = dir.path().join("segment");
         let segment = path.clone();
-        crate::shard::executor("pipeline-test", glommio::Placement::Unbound)
-            .spawn(move || async move {
-                dir.prime().await.unwrap();
-                let file = SegmentFile::open(&segment, true).await.unwrap();
-                let mut pipeline = Pipeline::default();
-                let block = BLOCK as usize;
-                pipeline.issue(0, &file, write(0, 4, 3 * block + 100));
-                pipeline.issue(0, &file, write(3, 1, 3 * block + 200));
-                pipeline.issue(0, &file, write(3, 3, 5 * block + 300));
-                let mut published = Vec::new();
-                while let Some(result) = pipeline.complete_next().await {
-                    result.unwrap();
-                    while let Some((_, w)) = pipeline.take_published() {
-                        // Published means on disk: a held write's block too
-                        // (a blocking read is fine in a test).
-                        let on_disk = std::fs::read(&segment).unwrap();
-                        let at = w.position as usize;
-                        let held = &w.buffer.as_bytes()[..w.len];
-                        assert!(&on_disk[at..at + w.len] == held, "published, not on disk");
-                        published.push(w.len);
-                    }
+        crate::shard::executor(
+            "pipeline-test",
+            glommio::Placement::Unbound,
+            crate::shard::IO_MEMORY_BYTES,
+        )
+        .spawn(move || async move {
+            dir.prime().await.unwrap();
+            let file = SegmentFile::open(&segment, true).await.unwrap();
+            let mut pipeline = Pipeline::default();
+            let block = BLOCK as usize;
+            pipeline.issue(0, &file, write(0, 4, 3 * block + 100));
+            pipeline.issue(0, &file, write(3, 1, 3 * block + 200));
+            pipeline.issue(0, &file, write(3, 3, 5 * block + 300));
+            let mut published = Vec::new();
+            while let Some(result) = pipeline.complete_next().await {
+                result.unwrap();
+                while let Some((_, w)) = pipeline.take_published() {
+                    // Published means on disk: a held write's block too
+                    // (a blocking read is fine in a test).
+                    let on_disk = std::fs::read(&segment).unwrap();
+                    let at = w.position as usize;
+                    let held = &w.buffer.as_bytes()[..w.len];
+                    assert!(&on_disk[at..at + w.len] == held, "published, not on disk");
+                    published.push(w.len);
                 }
-                let block = BLOCK as usize;
-                assert_eq!(published, vec![3 * block + 100, 200, 2 * block + 300]);
-                assert_eq!(pipeline.heads(), 1);
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+            }
+            let block = BLOCK as usize;
+            assert_eq!(published, vec![3 * block + 100, 200, 2 * block + 300]);
+            assert_eq!(pipeline.heads(), 1);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let end = 5 * BLOCK as usize + 300;
         assert!(bytes[..end].iter().enumerate().all(|(i, &b)| b == byte(i)));

@@ -5,19 +5,36 @@ use crate::error::{Result, StorageError};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::path::{Path, PathBuf};
 
-/// glommio registers this much memory with each ring for DMA buffers; it is
-/// locked memory, and `ulimit -l` is often only 8 MiB. Buffers beyond it come
-/// from the heap, so a small pool costs little.
+/// DMA memory of an executor that writes little (helpers, tests): a pool
+/// this small glommio registers with its rings, as locked memory, within
+/// an 8 MiB `ulimit -l`. Buffers beyond the pool come from the heap.
 pub const IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// Reads, index and snapshot writes beside the logs' write buffers.
+const DMA_MEMORY_SLACK: usize = 32 << 20;
+
+/// The DMA memory a shard's logs work in: the written buffers its batch
+/// cache keeps (`cache_bytes`), the buffers being filled and written
+/// (`staged_bytes`), and room for reads. glommio (vendored) maps a pool
+/// this large on huge pages, faulted in as it is used: a direct-I/O write
+/// from it spans a few physically contiguous pieces instead of one per
+/// 4 KiB page, which the disk here takes 30–40 % faster (BENCHMARKS.md,
+/// "Huge pages under the log's buffers"). Buffers beyond the pool come
+/// from the heap, on small pages.
+pub fn dma_memory_bytes(cache_bytes: usize, staged_bytes: usize) -> usize {
+    cache_bytes + staged_bytes + DMA_MEMORY_SLACK
+}
 
 const MARKER_FILE: &str = "fjord.data";
 const MARKER_CONTENT: &[u8] = b"fjord data directory v1\n";
 
-/// An executor builder with Fjord's ring settings.
-pub fn executor(name: &str, placement: Placement) -> LocalExecutorBuilder {
+/// An executor builder with Fjord's ring settings and `dma_memory` bytes
+/// of DMA memory ([`IO_MEMORY_BYTES`], or [`dma_memory_bytes`] for a shard
+/// that serves logs).
+pub fn executor(name: &str, placement: Placement, dma_memory: usize) -> LocalExecutorBuilder {
     LocalExecutorBuilder::new(placement)
         .name(name)
-        .io_memory(IO_MEMORY_BYTES)
+        .io_memory(dma_memory)
 }
 
 /// A data directory: the root under which partition logs live.

@@ -37,18 +37,22 @@ fn faults_filling(count: usize) -> i64 {
 
 #[test]
 fn buffers_after_a_pretouch_reuse_its_pages() {
-    let (cold, warm) = fjord_storage::shard::executor("pretouch", glommio::Placement::Unbound)
-        .spawn(|| async {
-            // Fresh memory: every page of every buffer faults in.
-            let cold = faults_filling(8);
-            // Then as much again, beside what the first round keeps.
-            let took = pretouch(16 * BUFFER);
-            assert!(took.as_secs() < 60, "pretouch took {took:?}");
-            (cold, faults_filling(16))
-        })
-        .expect("executor")
-        .join()
-        .expect("join");
+    let (cold, warm) = fjord_storage::shard::executor(
+        "pretouch",
+        glommio::Placement::Unbound,
+        fjord_storage::shard::IO_MEMORY_BYTES,
+    )
+    .spawn(|| async {
+        // Fresh memory: every page of every buffer faults in.
+        let cold = faults_filling(8);
+        // Then as much again, beside what the first round keeps.
+        let took = pretouch(16 * BUFFER);
+        assert!(took.as_secs() < 60, "pretouch took {took:?}");
+        (cold, faults_filling(16))
+    })
+    .expect("executor")
+    .join()
+    .expect("join");
     let pages = (8 * BUFFER / PAGE) as i64;
     assert!(
         cold >= pages / 2,

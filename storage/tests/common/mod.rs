@@ -24,14 +24,18 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let dir = dir.clone();
-    fjord_storage::shard::executor("test", glommio::Placement::Unbound)
-        .spawn(move || async move {
-            dir.prime().await.expect("prime");
-            test(dir).await;
-        })
-        .expect("spawn executor")
-        .join()
-        .expect("executor");
+    fjord_storage::shard::executor(
+        "test",
+        glommio::Placement::Unbound,
+        fjord_storage::shard::IO_MEMORY_BYTES,
+    )
+    .spawn(move || async move {
+        dir.prime().await.expect("prime");
+        test(dir).await;
+    })
+    .expect("spawn executor")
+    .join()
+    .expect("executor");
 }
 
 /// Runs `test` on a fresh data directory that is removed afterwards.
