@@ -14,7 +14,7 @@ const HUGE_PAGE: usize = 2 << 20;
 /// request at its segment limit and pay per piece: on this machine a
 /// 1 MiB write from 4 KiB pages goes out as two requests, from huge pages
 /// as one (BENCHMARKS.md, "Huge pages under the log's buffers").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pages {
     /// 4 KiB pages, from the heap.
     Small,

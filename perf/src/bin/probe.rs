@@ -57,8 +57,8 @@ fn main() -> std::io::Result<()> {
     let write_overlapping =
         limits::direct_write_overlapping(&args.dir.join("probe-write"), huge, args.bytes)?;
     // The same writes from as much memory as the log's scenarios write
-    // from: the device here is slower with more guest pages under its
-    // requests.
+    // from (its batch cache keeps written buffers): from 4 KiB pages the
+    // device here was slower the more pages were under its requests.
     let write_spread = limits::direct_write_spread(
         &args.dir.join("probe-write"),
         huge,
