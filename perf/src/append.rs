@@ -73,7 +73,7 @@ pub fn run(dir: &Path, scenario: Scenario, cpu: Option<usize>) -> io::Result<Out
     let dma_memory =
         fjord_storage::shard::dma_memory_bytes(CACHE_BYTES, LogConfig::default().staged_bytes_max);
     fjord_storage::shard::executor("perf-append", placement, dma_memory)
-        .spawn(move || async move { drive(data, scenario).await })
+        .spawn(move || async move { drive(data, scenario, dma_memory).await })
         .map_err(|e| io::Error::other(e.to_string()))?
         .join()
         .map_err(|e| io::Error::other(e.to_string()))?
@@ -82,7 +82,7 @@ pub fn run(dir: &Path, scenario: Scenario, cpu: Option<usize>) -> io::Result<Out
 /// The log's batch cache.
 pub const CACHE_BYTES: usize = 64 << 20;
 
-async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
+async fn drive(data: DataDir, scenario: Scenario, dma_memory: usize) -> io::Result<Outcome> {
     data.prime().await.map_err(io::Error::other)?;
     let config = LogConfig {
         fsync: scenario.fsync,
@@ -96,11 +96,13 @@ async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
     let dir = data
         .path()
         .join(format!("perf-{}-{run}", std::process::id()));
-    // The memory the log fills before its first buffers come back (cache
-    // and staged bytes), faulted in as in a broker that has run a while:
+    // The shard's DMA memory (what the log's cache and staged bytes fill,
+    // and room for reads), faulted in as in a broker that has run a while:
     // in a fresh process the run would measure this machine's first
-    // touches of memory, not the log (see `pretouch`).
-    let pretouch = fjord_storage::alloc::pretouch(CACHE_BYTES + config.staged_bytes_max);
+    // touches of memory, not the log (see `pretouch`). All of it: the
+    // pool's allocator need not hand the log the blocks a smaller pretouch
+    // went through.
+    let pretouch = fjord_storage::alloc::pretouch(dma_memory);
     let log = Rc::new(
         Log::open(&dir, config, BatchCache::new(CACHE_BYTES))
             .await
