@@ -134,6 +134,7 @@ impl Backing {
                 unsafe {
                     libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
                 }
+                populate(aligned, size);
                 let data = ptr::NonNull::new(aligned as *mut u8).unwrap();
                 return (data, Backing::Mapped { base, len });
             }
@@ -141,6 +142,28 @@ impl Backing {
         let layout = Layout::from_size_align(size, 4096).unwrap();
         let data = unsafe { alloc::alloc::alloc(layout) };
         (ptr::NonNull::new(data).unwrap(), Backing::Heap(layout))
+    }
+}
+
+/// Faults a fresh pool in, before anything uses it. The first touch of a
+/// huge page zeroes it (and on a VM that hands free memory back to its
+/// host, fetches it: 5–12 ms each on Fjord's test machine). Left to the
+/// shard, those faults came when a backlog first called for large buffers:
+/// a shard faulting in hundreds of huge pages right when it was behind
+/// turned a disk hiccup of tens of milliseconds into a stall of half a
+/// second. Faulting them in here costs the executor's start that time
+/// instead, and the process holds the pool from the start, as Seastar's
+/// shards hold their memory. A thread that faulted the pool in beside the
+/// serving shards (`MADV_POPULATE_WRITE`, 128 MiB/s) was tried and stalled
+/// them too (one of three runs of `bench e2e --rate 1M`: p99 0.66 s).
+fn populate(start: usize, size: usize) {
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, size, libc::MADV_POPULATE_WRITE) };
+    if rc != 0 {
+        // Before Linux 5.14: touch one byte a page. The pool is fresh,
+        // so nothing in it can be overwritten.
+        for page in (start..start + size).step_by(4096) {
+            unsafe { (page as *mut u8).write_volatile(0) };
+        }
     }
 }
 
