@@ -46,9 +46,6 @@ pub struct Outcome {
     /// Shared blocks held back and written on their own (see the storage
     /// crate's `pipeline`).
     pub head_writes: u64,
-    /// Seconds the pretouch before the run took (not in `rate`): what
-    /// the first touch of the log's memory costs this machine.
-    pub pretouch_seconds: f64,
 }
 
 /// A batch of about `bytes` bytes made of 1 KiB records (one record if smaller).
@@ -70,10 +67,13 @@ pub fn batch_of(bytes: usize) -> Vec<u8> {
 pub fn run(dir: &Path, scenario: Scenario, cpu: Option<usize>) -> io::Result<Outcome> {
     let data = DataDir::create(dir)?;
     let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+    // The shard's DMA memory, faulted in as the executor starts (as a
+    // broker's is), before the clock: what the log's cache and staged
+    // bytes fill.
     let dma_memory =
         fjord_storage::shard::dma_memory_bytes(CACHE_BYTES, LogConfig::default().staged_bytes_max);
     fjord_storage::shard::executor("perf-append", placement, dma_memory)
-        .spawn(move || async move { drive(data, scenario, dma_memory).await })
+        .spawn(move || async move { drive(data, scenario).await })
         .map_err(|e| io::Error::other(e.to_string()))?
         .join()
         .map_err(|e| io::Error::other(e.to_string()))?
@@ -82,7 +82,7 @@ pub fn run(dir: &Path, scenario: Scenario, cpu: Option<usize>) -> io::Result<Out
 /// The log's batch cache.
 pub const CACHE_BYTES: usize = 64 << 20;
 
-async fn drive(data: DataDir, scenario: Scenario, dma_memory: usize) -> io::Result<Outcome> {
+async fn drive(data: DataDir, scenario: Scenario) -> io::Result<Outcome> {
     data.prime().await.map_err(io::Error::other)?;
     let config = LogConfig {
         fsync: scenario.fsync,
@@ -96,13 +96,6 @@ async fn drive(data: DataDir, scenario: Scenario, dma_memory: usize) -> io::Resu
     let dir = data
         .path()
         .join(format!("perf-{}-{run}", std::process::id()));
-    // The shard's DMA memory (what the log's cache and staged bytes fill,
-    // and room for reads), faulted in as in a broker that has run a while:
-    // in a fresh process the run would measure this machine's first
-    // touches of memory, not the log (see `pretouch`). All of it: the
-    // pool's allocator need not hand the log the blocks a smaller pretouch
-    // went through.
-    let pretouch = fjord_storage::alloc::pretouch(dma_memory);
     let log = Rc::new(
         Log::open(&dir, config, BatchCache::new(CACHE_BYTES))
             .await
@@ -150,7 +143,6 @@ async fn drive(data: DataDir, scenario: Scenario, dma_memory: usize) -> io::Resu
         flushes: stats.flushes,
         syncs: stats.syncs,
         head_writes: stats.head_writes,
-        pretouch_seconds: pretouch.as_secs_f64(),
     })
 }
 

@@ -29,39 +29,3 @@ macro_rules! global_allocator {
         static MALLOC_CONF: Option<&'static u8> = Some(&$crate::alloc::MALLOC_CONF[0]);
     };
 }
-
-/// Size of each allocation [`pretouch`] makes: the log's largest write
-/// buffer by default, and under jemalloc's `oversize_threshold` (8 MiB),
-/// above which allocations come from an arena of their own that the
-/// thread's buffers would not reuse.
-const PRETOUCH_CHUNK: usize = 4 << 20;
-const PAGE: usize = 4096;
-
-/// Faults in `bytes` of this thread's DMA-buffer memory and hands it back
-/// to the allocator, which keeps it (see [`MALLOC_CONF`]): write buffers
-/// allocated afterwards reuse mapped pages instead of faulting fresh ones
-/// in. A broker that has run under load for a while is in that state; a
-/// fresh process is not, and on a virtual machine that gives free memory
-/// back to its host (free page reporting) the first touch of a page costs
-/// a host fault: this machine faults fresh memory in at 0.35 GB/s, a sixth
-/// of its disk's write rate (README, *Measuring*). `probe` runs this before
-/// it measures the log, so that it measures the log and not those faults.
-/// Call on an executor thread; blocks it for the faults' time.
-pub fn pretouch(bytes: usize) -> std::time::Duration {
-    let started = std::time::Instant::now();
-    // Held until every page is touched: freed one by one, each chunk would
-    // be handed out again as the next and the same pages touched over.
-    let mut chunks = Vec::with_capacity(bytes.div_ceil(PRETOUCH_CHUNK));
-    let mut left = bytes;
-    while left > 0 {
-        let size = left.min(PRETOUCH_CHUNK).next_multiple_of(PAGE);
-        let mut chunk = glommio::allocate_dma_buffer(size);
-        // A write, not a read: a read maps the shared zero page.
-        for page in chunk.as_bytes_mut().chunks_mut(PAGE) {
-            page[0] = 0;
-        }
-        chunks.push(chunk);
-        left -= size.min(left);
-    }
-    started.elapsed()
-}
