@@ -101,7 +101,7 @@ pub(crate) struct UringBufferAllocator {
 /// them, so that a direct-I/O request from it spans one physically
 /// contiguous piece per 2 MiB instead of one per 4 KiB page (a virtual
 /// disk splits a request at its segment limit, 254 here, and pays per
-/// piece). Its pages are faulted in as buffers touch them.
+/// piece), and faulted in at once (see `populate`).
 enum Backing {
     Heap(Layout),
     Mapped { base: *mut libc::c_void, len: usize },
@@ -1397,10 +1397,11 @@ impl Reactor {
         let mut latency_ring =
             SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
 
-        // FJORD-PATCH: registering pins (and so faults in) the whole pool at
-        // start; a pool mapped on huge pages is sized for what a shard's
-        // logs may come to hold and is used unregistered, its pages faulted
-        // in as buffers touch them, whatever the process may lock.
+        // FJORD-PATCH: a pool mapped on huge pages is sized for what a
+        // shard's logs may come to hold, hundreds of MiB: registering it
+        // would count against the locked-memory limit (8 MiB by default)
+        // or, where the process may lock that much, pin it. It is used
+        // unregistered.
         if !allocator.is_mapped() {
             match main_ring.registrar().register_buffers_by_ref(&registry) {
                 Err(x) => warn!("Error: registering buffers in the main ring. Skipping{x:#?}"),
