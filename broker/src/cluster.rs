@@ -39,7 +39,7 @@ const LIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// This node as it registers.
 pub fn node_info(shard: &Shard) -> NodeInfo {
-    let first_data_shard = u16::from(!shard.config.hosts_partitions_on_controller());
+    let first_data_shard = shard.config.first_data_shard() as u16;
     NodeInfo {
         id: shard.node_id(),
         host: shard.config.advertised_host(),

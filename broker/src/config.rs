@@ -545,6 +545,12 @@ impl ServeConfig {
         self.controller_hosts_partitions
             .unwrap_or_else(|| self.shard_count() <= 2)
     }
+
+    /// The first shard that hosts partitions: 0, or 1 when shard 0 is the
+    /// controller alone.
+    pub fn first_data_shard(&self) -> usize {
+        usize::from(!self.hosts_partitions_on_controller())
+    }
 }
 
 #[cfg(test)]

@@ -147,12 +147,16 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     let mesh = MeshBuilder::<ShardMsg, Full>::full(count, MESH_CHANNEL_LEN);
     let mut stops = Vec::new();
     let mut handles = Vec::new();
-    let dma_memory = fjord_storage::shard::dma_memory_bytes(
+    // A data shard's pool holds what its logs work in, and is faulted in at
+    // start; a controller shard without partitions writes only the small
+    // metadata log and gets the small pool.
+    let data_dma_memory = fjord_storage::shard::dma_memory_bytes(
         config.cache_bytes_per_shard,
         config
             .staging_bytes_per_shard
             .max(fjord_storage::LogConfig::default().staged_bytes_max),
     );
+    let first_data_shard = config.first_data_shard();
     for (i, staging) in staging_files.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
@@ -167,7 +171,11 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         let handle = fjord_storage::shard::executor(
             &format!("shard-{i}"),
             Placement::Fixed(cpu),
-            dma_memory,
+            if i < first_data_shard {
+                fjord_storage::shard::IO_MEMORY_BYTES
+            } else {
+                data_dma_memory
+            },
         )
         .spawn(move || async move {
             let failed = events.clone();
@@ -250,7 +258,7 @@ fn open_staging(
     })?;
     staging::check_extra_shards(&config.staging_dir, &config.data_dir, id, count)
         .map_err(NodeError::Staging)?;
-    let first_data_shard = usize::from(!config.hosts_partitions_on_controller());
+    let first_data_shard = config.first_data_shard();
     let topology = staging::topology(count, first_data_shard);
     let bytes = staging::bytes_fitting(
         &config.staging_dir,

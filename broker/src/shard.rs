@@ -123,7 +123,7 @@ impl Shard {
         );
         let cache = BatchCache::new(config.cache_bytes_per_shard);
         let space = SpaceWatch::new(data.path(), config.disk_threshold());
-        let first_data_shard = usize::from(!config.hosts_partitions_on_controller());
+        let first_data_shard = config.first_data_shard();
         let data_shards = count - first_data_shard;
         assert!(data_shards > 0, "validated: some shard hosts partitions");
         let tick = Duration::from_millis(config.raft_tick_ms);
