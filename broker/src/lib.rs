@@ -11,6 +11,7 @@ pub mod controller;
 pub mod group;
 pub mod hardstate;
 pub mod kafka;
+pub mod listeners;
 pub mod logging;
 pub mod mesh;
 pub mod node;

@@ -5,6 +5,7 @@
 use crate::config::{ConfigError, KafkaBrokers, ServeConfig};
 use crate::conn::{self, Protocol, Stop};
 use crate::controller::Controller;
+use crate::listeners::{self, ListenError, Listener};
 use crate::logging;
 use crate::mesh::ShardMsg;
 use crate::process::{DirLock, LockError};
@@ -88,6 +89,9 @@ pub enum NodeError {
     /// Another process serves the data directory.
     #[error(transparent)]
     Locked(#[from] LockError),
+    /// Another process listens on one of the node's addresses.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 enum Event {
@@ -128,6 +132,8 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     }
     let shard_ports = shard_ports(&config, count)?;
     let kafka_ports = kafka_shard_ports(&config, count)?;
+    let listeners = listeners(&config, &shard_ports, &kafka_ports);
+    listeners::check_free(&listeners)?;
     let (staging_files, staging_note) = open_staging(&config, count)?;
     let (events, inbox) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -200,6 +206,10 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             Event::Ready => {
                 ready += 1;
                 if ready == count {
+                    if let Err(e) = listeners::check_unshared(&listeners) {
+                        outcome = Err(e.into());
+                        break;
+                    }
                     let kafka = match config.kafka_listen {
                         None => "no Kafka listener".to_owned(),
                         Some(a) if kafka_ports.is_empty() => format!("Kafka on {a}"),
@@ -384,22 +394,45 @@ fn kafka_shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, Nod
     }
 }
 
+/// Every address the node listens on, with the setting that names it.
+fn listeners(config: &ServeConfig, shard_ports: &[u16], kafka_ports: &[u16]) -> Vec<Listener> {
+    let listener = |addr, setting: String| Listener { addr, setting };
+    let shards = shard_ports.iter().enumerate().map(|(i, &port)| {
+        let addr = SocketAddr::new(config.listen.ip(), port);
+        listener(addr, format!("shard_port_base, shard {i}"))
+    });
+    let kafka = config.kafka_listen.into_iter().flat_map(|listen| {
+        let shards = kafka_ports.iter().enumerate().map(move |(i, &port)| {
+            let addr = SocketAddr::new(listen.ip(), port);
+            listener(addr, format!("kafka_shard_port_base, shard {i}"))
+        });
+        std::iter::once(listener(listen, "kafka_listen".to_owned())).chain(shards)
+    });
+    let admin = config
+        .admin_listen
+        .map(|addr| listener(addr, "admin_listen".to_owned()));
+    std::iter::once(listener(config.listen, "listen".to_owned()))
+        .chain(shards)
+        .chain(kafka)
+        .chain(admin)
+        .collect()
+}
+
 /// `count` ports from `base` on, or free ones on `ip` when `base` is 0.
 fn ports_from(ip: IpAddr, base: u16, count: usize, key: &str) -> Result<Vec<u16>, NodeError> {
     if base == 0 {
-        // Free ports, found by binding and releasing them: for tests and for
-        // nodes whose clients only ever learn ports from Metadata.
-        return (0..count)
-            .map(|_| {
-                std::net::TcpListener::bind(SocketAddr::new(ip, 0))
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port())
-                    .map_err(|e| NodeError::Shard {
-                        shard: 0,
-                        message: format!("cannot find a free port for {key}: {e}"),
-                    })
-            })
-            .collect();
+        // Free ports, found by binding them and releasing them together
+        // (so that no two are the same): for tests and for nodes whose
+        // clients only ever learn ports from Metadata.
+        let held = (0..count)
+            .map(|_| std::net::TcpListener::bind(SocketAddr::new(ip, 0)))
+            .collect::<std::io::Result<Vec<_>>>();
+        return held
+            .and_then(|held| held.iter().map(|l| Ok(l.local_addr()?.port())).collect())
+            .map_err(|e| NodeError::Shard {
+                shard: 0,
+                message: format!("cannot find a free port for {key}: {e}"),
+            });
     }
     (0..count)
         .map(|i| {

@@ -37,17 +37,13 @@ fn no_retries() -> ProducerConfig {
     }
 }
 
-#[test]
-fn a_second_server_on_a_data_directory_exits_at_once_naming_the_first() {
-    let broker = Broker::start(1);
+/// Runs `fjord serve` with `args`, which must make it fail at once, and
+/// returns what it said.
+fn serve_fails_at_once(args: &[String]) -> String {
     let started = Instant::now();
     let mut second = Command::new(FJORD)
         .arg("serve")
-        .arg("--data-dir")
-        .arg(broker.data_dir())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(["--shard-port-base", "0", "--cores", "1"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -58,18 +54,76 @@ fn a_second_server_on_a_data_directory_exits_at_once_naming_the_first() {
         }
         if started.elapsed() > Duration::from_secs(10) {
             let _ = second.kill();
-            panic!("the second server did not exit: it serves a directory in use");
+            panic!("the second server did not exit: {args:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let stderr = std::io::read_to_string(second.stderr.take().expect("stderr")).expect("stderr");
-    assert!(!status.success(), "the second server must fail");
+    assert!(!status.success(), "the second server must fail: {args:?}");
+    stderr
+}
+
+#[test]
+fn a_second_server_on_a_data_directory_exits_at_once_naming_the_first() {
+    let broker = Broker::start(1);
+    let args = [
+        "--data-dir".to_owned(),
+        broker.data_dir().display().to_string(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{}", free_port()),
+        "--shard-port-base=0".to_owned(),
+        "--cores=1".to_owned(),
+    ];
+    let stderr = serve_fails_at_once(&args);
     let expected = format!(
         "data directory {} is in use by pid {}",
         broker.data_dir().display(),
         broker.pid()
     );
     assert!(stderr.contains(&expected), "stderr: {stderr}");
+    // The first goes on serving.
+    block_on(Admin::new(broker.client()).create_topic("still", 1, &[])).expect("first serves");
+}
+
+/// glommio listens with SO_REUSEPORT, which would let a second node bind
+/// the same ports without an error and take half of the first's
+/// connections: every listener is refused instead, by the setting's name.
+#[test]
+fn a_second_server_on_a_port_in_use_exits_at_once_naming_it() {
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with(2, &["--kafka-listen", &kafka, "--admin-listen", &admin]);
+    let own_shard_port = format!("127.0.0.1:{}", broker.shard_port_base() + 1);
+    let taken = [
+        ("listen", broker.addr.to_string()),
+        ("kafka_listen", kafka.clone()),
+        ("admin_listen", admin.clone()),
+        ("shard_port_base, shard 0", own_shard_port.clone()),
+    ];
+    for (setting, addr) in taken {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // This one address taken, the others free.
+        let addr_of = |name: &str| match name == setting {
+            true => addr.clone(),
+            false => format!("127.0.0.1:{}", free_port()),
+        };
+        let shard_port_base = match setting.starts_with("shard_port_base") {
+            true => broker.shard_port_base() + 1,
+            false => 0,
+        };
+        let args = [
+            format!("--data-dir={}", dir.path().display()),
+            format!("--staging-dir={}", dir.path().join("staging").display()),
+            "--cores=1".to_owned(),
+            format!("--listen={}", addr_of("listen")),
+            format!("--kafka-listen={}", addr_of("kafka_listen")),
+            format!("--admin-listen={}", addr_of("admin_listen")),
+            format!("--shard-port-base={shard_port_base}"),
+        ];
+        let stderr = serve_fails_at_once(&args);
+        let expected = format!("cannot listen on {addr} ({setting})");
+        assert!(stderr.contains(&expected), "{setting}: stderr: {stderr}");
+    }
     // The first goes on serving.
     block_on(Admin::new(broker.client()).create_topic("still", 1, &[])).expect("first serves");
 }
