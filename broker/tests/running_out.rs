@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Broker, FJORD, Launch, free_port};
+use common::{Broker, FJORD, Launch, SmallDisk, free_port};
 use fjord_client::{
     Admin, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig,
     Seek,
@@ -13,7 +13,6 @@ use fjord_client::{
 use fjord_net::ErrorCode;
 use futures::executor::block_on;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -327,64 +326,6 @@ fn accepts_failing_for_want_of_descriptors_back_off_quietly() {
         "accept errors logged once per interval: {text}"
     );
     assert!(failing[0].contains("Too many open files"), "{}", failing[0]);
-}
-
-/// A small ext4 filesystem on a loop device, unmounted on drop.
-struct SmallDisk {
-    _dir: tempfile::TempDir,
-    mount: PathBuf,
-}
-
-impl SmallDisk {
-    /// `None` (with the reason) when this machine does not let the test make one.
-    fn make(mib: u64) -> Result<SmallDisk, String> {
-        // SAFETY: geteuid has no memory effects.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root: cannot mount a loop filesystem".into());
-        }
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let image = dir.path().join("disk.img");
-        let mount = dir.path().join("mnt");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(mib << 20))
-            .map_err(|e| e.to_string())?;
-        std::fs::create_dir(&mount).map_err(|e| e.to_string())?;
-        let run = |program: &str, args: &[&Path]| -> Result<(), String> {
-            let out = Command::new(program)
-                .args(args)
-                .output()
-                .map_err(|e| format!("{program}: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{program}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        };
-        run(
-            "mkfs.ext4",
-            &[
-                Path::new("-q"),
-                Path::new("-F"),
-                Path::new("-m"),
-                Path::new("0"),
-                &image,
-            ],
-        )?;
-        run(
-            "mount",
-            &[Path::new("-o"), Path::new("loop"), &image, &mount],
-        )?;
-        Ok(SmallDisk { _dir: dir, mount })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
 }
 
 /// Produces 256 KiB batches to `topic` until the broker refuses one (with

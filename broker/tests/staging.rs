@@ -189,6 +189,105 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
     eprintln!("{staged_at_kills} staged batches found at {ROUNDS} kills");
 }
 
+/// `fsfreeze` on a mount point: the kernel holds every write to that
+/// filesystem until the thaw — a disk that stops, at the block layer's
+/// door rather than inside the device.
+fn fsfreeze(mount: &std::path::Path, freeze: bool) {
+    let flag = if freeze { "-f" } else { "-u" };
+    let status = Command::new("fsfreeze")
+        .arg(flag)
+        .arg(mount)
+        .status()
+        .unwrap();
+    assert!(status.success(), "fsfreeze {flag} failed");
+}
+
+/// The promise itself: with the data directory's filesystem frozen (no
+/// write reaches it), `acks=1` answers still come, from the staging area;
+/// a SIGKILL while it is frozen loses none of them.
+#[test]
+fn acks_do_not_wait_for_a_frozen_disk_and_a_kill_then_loses_none() {
+    let frozen = Command::new("fsfreeze").arg("-V").output();
+    let disk = match frozen
+        .map_err(|e| format!("fsfreeze: {e}"))
+        .and_then(|_| common::SmallDisk::make(1024))
+    {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED acks_do_not_wait_for_a_frozen_disk…: {why}");
+            return;
+        }
+    };
+    let mut broker = Broker::launch(
+        1,
+        &[],
+        common::Launch {
+            data_dir: Some(disk.mount.join("data")),
+            ..common::Launch::default()
+        },
+    );
+    block_on(Admin::new(broker.client()).create_topic("frozen", 1, &[])).unwrap();
+    let config = ProducerConfig {
+        acks: fjord_net::api::ACKS_LEADER,
+        idempotence: false,
+        retries: 0,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&broker.client(), config).unwrap();
+    block_on(producer.send("frozen", Some(0), None, Some(b"before"), &[])).unwrap();
+
+    fsfreeze(&disk.mount, true);
+    // Thaws after a while whatever happens, so that a broker that waits
+    // for its writes fails this test instead of hanging it.
+    let thawed = Arc::new(AtomicBool::new(false));
+    let thaw = {
+        let (mount, thawed) = (disk.mount.clone(), thawed.clone());
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = stop_rx.recv_timeout(Duration::from_secs(30));
+            thawed.store(true, Ordering::SeqCst);
+            fsfreeze(&mount, false);
+        });
+        (stop_tx, thread)
+    };
+    let sent: Vec<(Vec<u8>, Ack)> = (0..500u64)
+        .map(|i| {
+            let v = value(0, i);
+            let ack = producer.send("frozen", Some(0), None, Some(&v), &[]);
+            (v, Box::pin(ack) as Ack)
+        })
+        .collect();
+    let acked: Vec<(Vec<u8>, i64)> = sent
+        .into_iter()
+        .map(|(v, ack)| (v, block_on(ack).unwrap().offset))
+        .collect();
+    assert!(
+        !thawed.load(Ordering::SeqCst),
+        "the answers waited for the frozen disk"
+    );
+    // Nothing of it reached the segment: the answers did not come from the disk.
+    let dir = &broker.partition_dirs("frozen")[0];
+    let on_disk = common::segment_bytes(dir);
+    assert!(
+        !common::contains(&on_disk, &acked[0].0),
+        "written while frozen?"
+    );
+
+    // SIGKILL while frozen: the process goes once the writes it left in
+    // the kernel are let through, so thaw, then reap.
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    assert_eq!(unsafe { libc::kill(broker.pid() as i32, libc::SIGKILL) }, 0);
+    let (stop, thread) = thaw;
+    drop(stop);
+    thread.join().unwrap();
+    broker.kill();
+    broker.restart();
+    let got = consume_all(&broker, "frozen", 0);
+    for (value, offset) in &acked {
+        assert_eq!(got.get(offset), Some(value), "acknowledged offset {offset}");
+    }
+}
+
 /// A batch of `records` values `tag-<i>`, its base offset set to `base`.
 fn batch_at(tag: &str, base: u64, records: usize) -> Vec<u8> {
     let mut builder = BatchBuilder::new();

@@ -241,7 +241,7 @@ impl Broker {
 
     /// The directory of a topic's partition (`topics/<name>.<id>/<p>`).
     pub fn partition_dirs(&self, topic: &str) -> Vec<PathBuf> {
-        let topics = self.dir.path().join("topics");
+        let topics = self.data_dir().join("topics");
         let mut dirs = Vec::new();
         for entry in std::fs::read_dir(&topics).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -314,4 +314,63 @@ pub fn segment_bytes(dir: &Path) -> Vec<u8> {
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A small ext4 filesystem on a loop device, unmounted on drop.
+pub struct SmallDisk {
+    _dir: tempfile::TempDir,
+    /// Where it is mounted.
+    pub mount: PathBuf,
+}
+
+impl SmallDisk {
+    /// `Err` (with the reason) when this machine does not let the test make one.
+    pub fn make(mib: u64) -> Result<SmallDisk, String> {
+        // SAFETY: geteuid has no memory effects.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root: cannot mount a loop filesystem".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = dir.path().join("disk.img");
+        let mount = dir.path().join("mnt");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(|e| e.to_string())?;
+        std::fs::create_dir(&mount).map_err(|e| e.to_string())?;
+        let run = |program: &str, args: &[&Path]| -> Result<(), String> {
+            let out = Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{program}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{program}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        run(
+            "mkfs.ext4",
+            &[
+                Path::new("-q"),
+                Path::new("-F"),
+                Path::new("-m"),
+                Path::new("0"),
+                &image,
+            ],
+        )?;
+        run(
+            "mount",
+            &[Path::new("-o"), Path::new("loop"), &image, &mount],
+        )?;
+        Ok(SmallDisk { _dir: dir, mount })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
 }
