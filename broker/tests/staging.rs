@@ -203,8 +203,9 @@ fn fsfreeze(mount: &std::path::Path, freeze: bool) {
 }
 
 /// The promise itself: with the data directory's filesystem frozen (no
-/// write reaches it), `acks=1` answers still come, from the staging area;
-/// a SIGKILL while it is frozen loses none of them.
+/// write reaches it, no file can be created), `acks=1` answers still come,
+/// from the staging area, across segment rolls; a SIGKILL while it is
+/// frozen loses none of them.
 #[test]
 fn acks_do_not_wait_for_a_frozen_disk_and_a_kill_then_loses_none() {
     let frozen = Command::new("fsfreeze").arg("-V").output();
@@ -226,7 +227,10 @@ fn acks_do_not_wait_for_a_frozen_disk_and_a_kill_then_loses_none() {
             ..common::Launch::default()
         },
     );
-    block_on(Admin::new(broker.client()).create_topic("frozen", 1, &[])).unwrap();
+    // Small segments: the 500 records roll several while frozen, and a
+    // roll must not wait for its new files.
+    let configs = [("segment.bytes".to_owned(), "16384".to_owned())];
+    block_on(Admin::new(broker.client()).create_topic("frozen", 1, &configs)).unwrap();
     let config = ProducerConfig {
         acks: fjord_net::api::ACKS_LEADER,
         idempotence: false,

@@ -177,6 +177,12 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// Appends to a new, empty file (which need not exist yet). No I/O.
+    pub fn new(file: Rc<SegmentFile>, preallocate_bytes: u64, buffer_bytes_max: usize) -> Appender {
+        let buffer = glommio::allocate_dma_buffer(BUFFER_BYTES_MIN);
+        Appender::assemble(file, 0, 0, buffer, preallocate_bytes, buffer_bytes_max)
+    }
+
     /// Appends to `file`, whose first `len` bytes are valid and on disk and
     /// whose size is `allocated`. Reads the partial last block back.
     pub async fn resume(
@@ -205,7 +211,28 @@ impl Appender {
             }
             buffer.as_bytes_mut()[..head].copy_from_slice(&read[..head]);
         }
-        Ok(Appender {
+        Ok(Appender::assemble(
+            file,
+            len,
+            allocated,
+            buffer,
+            preallocate_bytes,
+            buffer_bytes_max,
+        ))
+    }
+
+    /// An appender whose open buffer holds the partial block at `len`.
+    fn assemble(
+        file: Rc<SegmentFile>,
+        len: u64,
+        allocated: u64,
+        buffer: DmaBuffer,
+        preallocate_bytes: u64,
+        buffer_bytes_max: usize,
+    ) -> Appender {
+        let position = align_down(len);
+        let head = (len - position) as usize;
+        Appender {
             file,
             len,
             len_written: len,
@@ -222,7 +249,7 @@ impl Appender {
             sealed: Vec::new(),
             buffer_bytes: BUFFER_BYTES_MIN,
             buffer_bytes_max: buffer_bytes_max.max(BUFFER_BYTES_MIN),
-        })
+        }
     }
 
     /// The file, for reads and syncs.

@@ -189,7 +189,12 @@ impl State {
             } else {
                 self.offset_written
             };
-            if w.offset_end > mark {
+            // A flush also waits for the segments its bytes rolled out of
+            // to be finished (cut to length), as it did when rolls created
+            // files in the append path: what follows a flush (retention, a
+            // close) finds them settled.
+            let finishing = !w.batch && self.sealing.iter().any(|&b| b < w.offset_end);
+            if w.offset_end > mark || finishing {
                 break;
             }
             if let Some(w) = self.waiters.pop_front() {
@@ -318,16 +323,17 @@ impl Inner {
         full || old
     }
 
-    /// Starts a new active segment at the next offset. The flusher finishes
-    /// the old one once its last bytes are written.
-    pub(crate) async fn roll(&self, now_ms: i64) -> Result<()> {
-        let base = self.state.borrow().offset_next;
-        let segment = Segment::create(&self.dir, base, now_ms, &self.config).await?;
+    /// Starts a new active segment at the next offset. The flusher creates
+    /// its files with its first write and finishes the old one once its
+    /// last bytes are written: no I/O here, so an append never waits for
+    /// the disk to roll.
+    pub(crate) fn roll(&self, now_ms: i64) {
         let mut st = self.state.borrow_mut();
+        let base = st.offset_next;
+        let segment = Segment::create(&self.dir, base, now_ms, &self.config);
         let old = st.active().base_offset;
         st.sealing.push(old);
         st.segments.insert(base, segment);
-        Ok(())
     }
 
     /// One group commit: write what every unfinished segment has staged,
@@ -452,6 +458,15 @@ impl Inner {
                     break;
                 }
                 for (base, flush) in flushes {
+                    // A segment's index comes into being with its log's
+                    // first write, as its log does.
+                    let index = self.state.borrow().segments.get(&base).and_then(|s| {
+                        let index = s.index.file().file();
+                        (!index.created()).then(|| index.clone())
+                    });
+                    if let Some(index) = index {
+                        index.get().await?;
+                    }
                     flush.preallocate().await?;
                     for write in flush.writes.iter() {
                         bytes_taken += write.len as u64;
@@ -655,6 +670,7 @@ impl Inner {
             }
         }
         st.sealing.retain(|b| !finished_bases.contains(b));
+        st.release_waiters();
         Ok(())
     }
 

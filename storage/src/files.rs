@@ -12,6 +12,12 @@
 //! Closing a written file and reopening it loses nothing: writes are
 //! O_DIRECT and every write's error is reported by that write; `fdatasync`
 //! on a new descriptor syncs the file's data all the same.
+//!
+//! A new segment's files are created by their first use
+//! ([`SegmentFile::create_on_first_use`]), not by the roll that makes the
+//! segment: a stalled device holds a file's creation as it holds writes,
+//! and an append that rolls must not wait for the disk. The first use is
+//! the flusher's write, which waits for the disk anyway.
 
 use crate::error::{Result, StorageError};
 use glommio::io::{DmaFile, OpenOptions};
@@ -113,19 +119,50 @@ pub struct SegmentFile {
     /// open for those still holding it and is never reopened (the name now
     /// leads to the new file, whose positions differ).
     retired: Cell<bool>,
+    /// How the next open creates the file, until it exists.
+    to_create: Cell<Option<Create>>,
+    /// Held by the open that creates the file: a second open meanwhile,
+    /// without `O_CREAT`, would not find it yet.
+    creating: Semaphore,
+}
+
+/// How the open that creates a file treats what it finds at the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Kept.
+    Keep,
+    /// Emptied: nothing an earlier run left there belongs to this file.
+    Empty,
 }
 
 impl SegmentFile {
-    /// Opens `path` for O_DIRECT reads and writes, creating it if `create`.
-    pub async fn open(path: &Path, create: bool) -> Result<Rc<SegmentFile>> {
-        let this = Rc::new(SegmentFile {
+    fn new(path: &Path, to_create: Option<Create>) -> Rc<SegmentFile> {
+        Rc::new(SegmentFile {
             path: path.into(),
             file: RefCell::new(None),
             used_at: Cell::new(0),
             retired: Cell::new(false),
-        });
-        this.reopen(create).await?;
+            to_create: Cell::new(to_create),
+            creating: Semaphore::new(1),
+        })
+    }
+
+    /// Opens `path` for O_DIRECT reads and writes, creating it if `create`.
+    pub async fn open(path: &Path, create: bool) -> Result<Rc<SegmentFile>> {
+        let this = SegmentFile::new(path, create.then_some(Create::Keep));
+        this.reopen().await?;
         Ok(this)
+    }
+
+    /// `path`, created (as `create` says) by the first [`get`](Self::get)
+    /// rather than now; see the module doc. No I/O.
+    pub fn create_on_first_use(path: &Path, create: Create) -> Rc<SegmentFile> {
+        SegmentFile::new(path, Some(create))
+    }
+
+    /// Whether the file exists: not one still to be created by its first use.
+    pub fn created(&self) -> bool {
+        self.to_create.get().is_none()
     }
 
     /// Empties the file (a rewrite starts over, or a file a failed one
@@ -152,7 +189,7 @@ impl SegmentFile {
                 self.touch();
                 Ok(file)
             }
-            None => self.reopen(false).await,
+            None => self.reopen().await,
         }
     }
 
@@ -166,20 +203,41 @@ impl SegmentFile {
         Ok(())
     }
 
-    async fn reopen(self: &Rc<Self>, create: bool) -> Result<Rc<DmaFile>> {
+    async fn reopen(self: &Rc<Self>) -> Result<Rc<DmaFile>> {
         // A retired file keeps its descriptor (never closed when idle), so
         // a reopen would open its replacement.
         assert!(!self.retired.get(), "reopening a retired segment file");
+        let _creating = match self.to_create.get() {
+            Some(_) => Some(
+                self.creating
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| StorageError::Closed)?,
+            ),
+            None => None,
+        };
+        // The creator this open waited for may have left it open.
+        if let Some(file) = self.file.borrow().clone() {
+            self.touch();
+            return Ok(file);
+        }
+        let create = self.to_create.get();
         make_room();
         let file = Rc::new(
             OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(create)
+                .create(create.is_some())
                 .dma_open(&*self.path)
                 .await
                 .map_err(StorageError::io("open", &*self.path))?,
         );
+        if create == Some(Create::Empty) {
+            file.truncate(0)
+                .await
+                .map_err(StorageError::io("truncate", &*self.path))?;
+        }
+        self.to_create.set(None);
         // Another task may have reopened it while this open was in flight:
         // keep theirs, and let this descriptor close with `file`.
         if let Some(theirs) = self.file.borrow().clone() {

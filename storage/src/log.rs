@@ -209,7 +209,9 @@ impl Log {
         let now = now_ms();
         let (mut segments, mut recovery, cleaner) = recovery::recover(&dir, &config, now).await?;
         if segments.is_empty() {
-            segments.push(Segment::create(&dir, 0, now, &config).await?);
+            let segment = Segment::create(&dir, 0, now, &config);
+            segment.create_files().await?;
+            segments.push(segment);
         }
         let offset_next = segments.last().map_or(0, |s| s.offset_next);
         let offset_start = segments.first().map_or(offset_next, |s| s.base_offset);
@@ -981,12 +983,8 @@ async fn append(
         .await
         .map_err(|_| inner.closed_or_failed())?;
     let now = now_ms();
-    if inner.roll_due(batch.len(), now)
-        && let Err(e) = inner.roll(now).await
-    {
-        // Nothing was staged: the room goes back.
-        inner.staged_room.signal(batch.len() as u64);
-        return Err(e);
+    if inner.roll_due(batch.len(), now) {
+        inner.roll(now);
     }
     if new_epoch {
         // The file first: it must never be behind the data.

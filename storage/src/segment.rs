@@ -5,7 +5,7 @@
 use crate::appender::{self, Appender};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
-use crate::files::SegmentFile;
+use crate::files::{Create, SegmentFile};
 use crate::index::{Index, IndexEntry};
 use fjord_core::Batch;
 use glommio::io::ReadResult;
@@ -96,37 +96,33 @@ impl Segment {
         }
     }
 
-    /// Creates the empty files of a new segment.
-    pub async fn create(
-        dir: &Path,
-        base_offset: u64,
-        now_ms: i64,
-        config: &LogConfig,
-    ) -> Result<Segment> {
+    /// A new, empty segment, whose files are created by their first use
+    /// (`files::SegmentFile::create_on_first_use`): no I/O, so that an
+    /// append that rolls never waits for the disk.
+    pub fn create(dir: &Path, base_offset: u64, now_ms: i64, config: &LogConfig) -> Segment {
         let (log_path, index_path) = file_paths(dir, base_offset);
-        let log = Appender::resume(
-            SegmentFile::open(&log_path, true).await?,
-            0,
-            0,
+        let log = Appender::new(
+            SegmentFile::create_on_first_use(&log_path, Create::Keep),
             config.preallocate_bytes,
             config.write_buffer_bytes,
-        )
-        .await?;
-        let index_file = SegmentFile::open(&index_path, true).await?;
-        index_file.clear().await?;
+        );
         let index = Index::new(
             Vec::new(),
-            Appender::resume(index_file, 0, 0, appender::BLOCK * 16, 16 * 1024).await?,
+            Appender::new(
+                SegmentFile::create_on_first_use(&index_path, Create::Empty),
+                appender::BLOCK * 16,
+                16 * 1024,
+            ),
         );
-        Ok(Segment::new(
-            base_offset,
-            base_offset,
-            -1,
-            now_ms,
-            log,
-            index,
-            config,
-        ))
+        Segment::new(base_offset, base_offset, -1, now_ms, log, index, config)
+    }
+
+    /// Creates the segment's files now, where they are not yet: a new log
+    /// reports a directory it cannot write at once.
+    pub async fn create_files(&self) -> Result<()> {
+        self.log.file().get().await?;
+        self.index.file().file().get().await?;
+        Ok(())
     }
 
     /// True when no batch was ever staged.

@@ -202,6 +202,44 @@ fn concurrent_appends_share_group_commits_under_fsync_always() {
     });
 }
 
+/// A roll does no I/O: the append that rolls returns before the new
+/// segment's files exist (a stalled disk holds file creation too), and the
+/// flusher's first write creates both.
+#[test]
+fn a_roll_creates_its_files_with_the_first_write_not_in_the_append() {
+    run_fresh(|dir| async move {
+        let cache = BatchCache::new(0);
+        let config = LogConfig {
+            segment_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, "p", config, &cache).await;
+        let first = log.append(&batch(0, 1, 3000, 1)).await.expect("append");
+        first.durable.await.expect("durable");
+        let rolled = log.append(&batch(1, 1, 3000, 1)).await.expect("append");
+        assert_eq!(
+            log.segment_count(),
+            2,
+            "3000 + 3000 bytes roll a 4 KiB segment"
+        );
+        let (next_log, next_index) =
+            fjord_storage::segment::file_paths(&dir.path().join("p"), rolled.base_offset);
+        assert!(
+            !next_log.exists() && !next_index.exists(),
+            "the rolling append created files"
+        );
+        rolled.durable.await.expect("durable");
+        assert!(
+            next_log.exists() && next_index.exists(),
+            "written, yet no files"
+        );
+        log.close().await.expect("close");
+        let log = open(&dir, "p", LogConfig::default(), &cache).await;
+        assert_eq!(read_all(&log, 0).await.len(), 2, "both batches back");
+        log.close().await.expect("close");
+    });
+}
+
 #[test]
 fn segments_roll_by_size_and_age_and_retention_moves_the_start() {
     run_fresh(|dir| async move {
