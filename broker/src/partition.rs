@@ -288,7 +288,13 @@ impl Partition {
             retention_ms = ?wanted.1.map(|d| d.as_millis()),
             "retention changed"
         );
-        if let Err(e) = self.enforce_retention(fjord_storage::log::now_ms()).await {
+        // Retention never deletes a segment still being written; the flush
+        // finishes those the log rolled out of, so they count now too.
+        let applied = match log.flush().await {
+            Ok(()) => self.enforce_retention(fjord_storage::log::now_ms()).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
             tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "retention");
         }
     }

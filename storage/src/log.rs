@@ -516,6 +516,12 @@ impl Log {
 
     /// Writes and fdatasyncs everything appended so far, whatever the policy.
     pub async fn flush(&self) -> Result<()> {
+        self.written(true).await
+    }
+
+    /// Waits until everything appended so far is written (and synced, if
+    /// `synced`), kicking the flusher rather than letting it linger.
+    async fn written(&self, synced: bool) -> Result<()> {
         let rx = {
             let mut st = self.inner.state.borrow_mut();
             st.check_writable()?;
@@ -523,7 +529,7 @@ impl Log {
             let offset_end = st.offset_next;
             st.waiters.push_back(Waiter {
                 offset_end,
-                needs_sync: true,
+                needs_sync: synced,
                 batch: false,
                 tx,
             });
@@ -672,6 +678,12 @@ impl Log {
     /// or if it does not decompress, the answer is the batch's base offset
     /// and max timestamp).
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
+        // The lookup walks the files: what is staged must be written first
+        // (Kafka finds it in the page cache). A failed log answers from
+        // what its files hold.
+        if self.inner.state.borrow().check_writable().is_ok() {
+            self.written(false).await?;
+        }
         let candidates: Vec<(SegmentReader, u64, u64)> = {
             let st = self.inner.state.borrow();
             st.segments

@@ -173,6 +173,25 @@ fn a_read_runs_from_the_written_batches_on_into_the_staged_ones() {
     });
 }
 
+/// A timestamp lookup walks the files: batches only staged (answered,
+/// not yet written) are written first, so it finds them (it answered
+/// "none newer" before).
+#[test]
+fn a_timestamp_lookup_finds_batches_not_yet_written() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let log = open_lingering(&dir, file).await;
+        log.append(&batch(0, 3, 40, 1000)).await.expect("append");
+        log.append(&batch(1, 3, 40, 5000)).await.expect("append");
+        assert_eq!(log.offset_written(), 0, "both batches staged only");
+        let found = log.offset_for_timestamp(5000).await.expect("lookup");
+        assert_eq!(found, Some((3, 5000)));
+        assert_eq!(log.offset_written(), 6);
+        log.close().await.expect("close");
+    });
+}
+
 #[test]
 fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
     let (_tmp, dir) = data_dir();
