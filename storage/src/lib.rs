@@ -30,6 +30,7 @@ pub mod shard;
 pub mod slice;
 pub mod space;
 pub mod staging;
+mod stream_copy;
 mod truncate;
 
 pub use cache::BatchCache;

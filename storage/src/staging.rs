@@ -40,6 +40,7 @@
 use crate::commit::Staged;
 use crate::error::{Result as StorageResult, StorageError};
 use crate::slice::BatchSlice;
+use crate::stream_copy;
 use fjord_core::batch;
 use futures::channel::oneshot;
 use std::cell::RefCell;
@@ -232,8 +233,10 @@ impl Mapping {
 
     fn write(&self, at: usize, data: &[u8]) {
         assert!(at + data.len() <= self.len, "staging write out of bounds");
+        // Streaming for batches: the ring is read back only after a crash,
+        // so its lines need not pass through the cache.
         // SAFETY: in bounds (asserted); the source is a separate allocation.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(at), data.len()) }
+        unsafe { stream_copy::copy(self.ptr.add(at), data) }
     }
 
     fn store_u64(&self, at: usize, value: u64) {
