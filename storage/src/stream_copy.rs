@@ -1,13 +1,14 @@
 //! A copy that goes around the CPU caches, for memory nothing reads soon.
 //!
 //! The staging area is written once per batch and read back only after a
-//! crash, and its ring (tens of MiB per shard) is always cold: a plain copy
+//! crash, and its ring (128 MiB per shard by default) is cold: a plain copy
 //! first reads every destination line into the cache (read-for-ownership)
 //! and then evicts lines the shard is working on to make room. Streaming
 //! (non-temporal) stores write whole lines through write-combining buffers
-//! instead: 1.5× as fast as `memcpy` for 16 KiB batches here and 2× for
-//! 256 KiB (BENCHMARKS.md, "The staging copy streams"), slower below
-//! 4 KiB, where the closing fence's wait for the buffers to drain dominates.
+//! instead: 1.1× as fast as `memcpy` for 16 KiB batches here and 1.8–1.9×
+//! for 256 KiB and 1 MiB (BENCHMARKS.md, "The staging copy streams"),
+//! slower at 4 KiB and below, where the closing fence's wait for the buffers to
+//! drain costs more than the stores save.
 //!
 //! Written by hand: std's `nontemporal_store` is an unstable intrinsic and
 //! no maintained crate offers a streaming copy; the loop below is SSE2,
