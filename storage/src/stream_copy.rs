@@ -7,8 +7,8 @@
 //! (non-temporal) stores write whole lines through write-combining buffers
 //! instead: 1.1× as fast as `memcpy` for 16 KiB batches here and 1.8–1.9×
 //! for 256 KiB and 1 MiB (BENCHMARKS.md, "The staging copy streams"),
-//! slower at 4 KiB and below, where the closing fence's wait for the buffers to
-//! drain costs more than the stores save.
+//! slower at 4 KiB and below, where the closing fence's wait for the
+//! buffers to drain costs more than the stores save.
 //!
 //! Written by hand: std's `nontemporal_store` is an unstable intrinsic and
 //! no maintained crate offers a streaming copy; the loop below is SSE2,
