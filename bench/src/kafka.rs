@@ -9,6 +9,7 @@
 //! (due time to acknowledgement); a client library would re-batch and
 //! schedule them itself, and measure its own queueing instead.
 
+use crate::produce::Failed;
 use bytes::Bytes;
 use fjord_net::kafka::kafka_protocol::messages::fetch_request::{
     FetchPartition, FetchRequest, FetchTopic,
@@ -200,7 +201,7 @@ impl KafkaClient {
         partition: i32,
         acks: i16,
         batch: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failed> {
         let request = ProduceRequest::default()
             .with_acks(acks)
             .with_timeout_ms(PRODUCE_TIMEOUT_MS)
@@ -214,22 +215,35 @@ impl KafkaClient {
                     ]),
             ]);
         let answered = acks != fjord_net::api::ACKS_NONE;
-        let Some(body) = self
+        let fatal = |why: String| Failed {
+            why,
+            retriable: false,
+        };
+        // A request that got no answer (a dropped connection, a timeout)
+        // may succeed again.
+        let answer = self
             .call(addr, ApiKey::Produce, PRODUCE_VERSION, &request, answered)
-            .await?
-        else {
+            .await
+            .map_err(|why| Failed {
+                why,
+                retriable: true,
+            })?;
+        let Some(body) = answer else {
             return Ok(());
         };
-        let response = decode::<ProduceResponse>(body, PRODUCE_VERSION)?;
+        let response = decode::<ProduceResponse>(body, PRODUCE_VERSION).map_err(fatal)?;
         let code = response
             .responses
             .first()
             .and_then(|t| t.partition_responses.first())
             .map(|p| p.error_code)
-            .ok_or("produce response without the partition")?;
-        match code {
-            0 => Ok(()),
-            code => Err(format!("produce: Kafka error {code}")),
+            .ok_or_else(|| fatal("produce response without the partition".into()))?;
+        match fjord_client::error::error_code(code) {
+            None => Ok(()),
+            Some(error) => Err(Failed {
+                why: format!("produce: Kafka error {code} ({error:?})"),
+                retriable: error.is_retriable(),
+            }),
         }
     }
 

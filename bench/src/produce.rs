@@ -37,6 +37,8 @@ const QUEUED_MAX: usize = 2;
 /// A run in which nothing was acknowledged for this long, with requests
 /// outstanding, cannot make progress: it ends with an error.
 pub const STALL_MAX: Duration = Duration::from_secs(10);
+/// Wait before a batch that failed with a retriable error goes again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes at the start of each value: its due time, ns since the epoch
 /// (what `e2e` measures from).
 pub const STAMP_LEN: usize = 8;
@@ -172,34 +174,62 @@ impl Sink {
         partition: i32,
         acks: i16,
         batch: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failed> {
         match self {
             Sink::Native(client) => {
                 let request = produce_request(topic, partition, acks, batch.len());
                 let answered = acks != api::ACKS_NONE;
-                match client
+                let answer = client
                     .call(addr, Lane::Prompt, request, batch, answered)
-                    .await
-                {
-                    Ok(Some(response)) => produce_result(&response, topic, partition)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
+                    .await;
+                match answer {
+                    Ok(Some(response)) => produce_result(&response, topic, partition).map(|_| ()),
                     Ok(None) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 }
+                .map_err(|e| Failed {
+                    why: e.to_string(),
+                    retriable: e.is_retriable(),
+                })
             }
             Sink::Kafka(kafka) => kafka.produce(addr, topic, partition, acks, batch).await,
         }
     }
+
+    /// Where a partition's leader is now, if one is known.
+    async fn leader(&self, config: &ProduceConfig, partition: i32) -> Option<SocketAddr> {
+        let index = usize::try_from(partition).ok()?;
+        match (self, config.kafka) {
+            (Sink::Native(client), _) => {
+                let routes = client.routes(&config.topic).await.ok()?;
+                routes.partitions.get(index)?.as_ref().map(|r| r.addr)
+            }
+            (Sink::Kafka(kafka), Some(bootstrap)) => {
+                let leaders = kafka.leaders(bootstrap, &config.topic).await.ok()?;
+                leaders.get(index).copied()
+            }
+            (Sink::Kafka(_), None) => None,
+        }
+    }
+}
+
+/// Why a batch was not acknowledged, and whether sending it again may
+/// succeed (a leader moved, a connection dropped, a request timed out).
+pub struct Failed {
+    /// What went wrong.
+    pub why: String,
+    /// Whether sending the batch again may succeed.
+    pub retriable: bool,
 }
 
 struct Part {
-    addr: SocketAddr,
+    /// Where the partition's leader was last found.
+    addr: Cell<SocketAddr>,
     partition: i32,
     open: RefCell<Option<Open>>,
     queued: RefCell<VecDeque<Sealed>>,
     in_flight: Cell<usize>,
-    /// Its last answer was an error.
+    /// Its last answer was an error that sending again cannot mend.
     failing: Cell<bool>,
 }
 
@@ -223,6 +253,9 @@ struct Engine {
     latencies: RefCell<Histogram<u64>>,
     /// When this producer began: due times count from here.
     start: Instant,
+    /// The same moment by the wall clock, in ns since the epoch: each
+    /// value starts with its due time by it (e2e's delivery latency).
+    wall_start_ns: u64,
     /// When the run began (all producers): rates count from here.
     run_start: Instant,
     ns_per_msg: f64,
@@ -252,7 +285,7 @@ impl Engine {
             .enumerate()
             .map(|(p, addr)| {
                 Rc::new(Part {
-                    addr: *addr,
+                    addr: Cell::new(*addr),
                     partition: p as i32,
                     open: RefCell::new(None),
                     queued: RefCell::new(VecDeque::new()),
@@ -269,6 +302,9 @@ impl Engine {
             progress,
             latencies: RefCell::new(histogram()),
             start: Instant::now(),
+            wall_start_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             run_start,
             total,
             first_partition: k,
@@ -316,9 +352,6 @@ impl Engine {
     }
 
     async fn generate(self: &Rc<Self>) -> Result<(), String> {
-        let wall_start_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         let stop_ns = (self.config.duration_sec * 1e9) as u64;
         let linger_ns = (self.config.linger_ms * 1e6) as u64;
         let mut value = vec![b'x'; self.config.message_size];
@@ -352,21 +385,14 @@ impl Engine {
                 if part.queued.borrow().len() >= QUEUED_MAX {
                     break;
                 }
-                if let Some(stamp) = value.get_mut(..STAMP_LEN) {
-                    stamp.copy_from_slice(&(wall_start_ns + self.due_ns(j)).to_be_bytes());
-                }
                 let full = {
                     let mut open = part.open.borrow_mut();
                     let open = open.get_or_insert_with(|| Open {
-                        // Room for a full batch and the record that fills it.
-                        builder: BatchBuilder::with_capacity(
-                            self.config.batch_size + self.config.message_size + 64,
-                        ),
+                        builder: self.builder(),
                         first: j,
                         opened_ns: now_ns,
                     });
-                    open.builder
-                        .push((wall_start_ns / 1_000_000) as i64, None, Some(&value), &[]);
+                    self.push(&mut open.builder, &mut value, j);
                     open.builder.encoded_len() >= self.config.batch_size
                 };
                 j += 1;
@@ -410,6 +436,35 @@ impl Engine {
         Ok(())
     }
 
+    fn builder(&self) -> BatchBuilder {
+        // Room for a full batch and the record that fills it.
+        BatchBuilder::with_capacity(self.config.batch_size + self.config.message_size + 64)
+    }
+
+    /// Adds message `j` to `builder`: `value` stamped with its due time.
+    fn push(&self, builder: &mut BatchBuilder, value: &mut [u8], j: u64) {
+        if let Some(stamp) = value.get_mut(..STAMP_LEN) {
+            stamp.copy_from_slice(&(self.wall_start_ns + self.due_ns(j)).to_be_bytes());
+        }
+        builder.push(
+            (self.wall_start_ns / 1_000_000) as i64,
+            None,
+            Some(value),
+            &[],
+        );
+    }
+
+    /// The batch of messages `first..first + count` again, byte for byte
+    /// as `generate` built it: a batch is a function of its messages.
+    fn rebuild(&self, first: u64, count: u64) -> Vec<u8> {
+        let mut builder = self.builder();
+        let mut value = vec![b'x'; self.config.message_size];
+        for j in first..first + count {
+            self.push(&mut builder, &mut value, j);
+        }
+        builder.build()
+    }
+
     fn seal(self: &Rc<Self>, part: &Rc<Part>) {
         let Some(open) = part.open.borrow_mut().take() else {
             return;
@@ -437,46 +492,65 @@ impl Engine {
             let engine = self.clone();
             let part = part.clone();
             glommio::spawn_local(async move {
+                let Sealed {
+                    bytes,
+                    first,
+                    count,
+                } = sealed;
                 let outcome = engine
                     .sink
                     .produce(
-                        part.addr,
+                        part.addr.get(),
                         &engine.config.topic,
                         part.partition,
                         engine.config.acks,
-                        sealed.bytes,
+                        bytes,
                     )
                     .await
                     .err();
                 let done_ns = engine.now_ns();
-                part.failing.set(outcome.is_some());
+                part.failing
+                    .set(outcome.as_ref().is_some_and(|failed| !failed.retriable));
                 match outcome {
                     None => {
                         engine.acked_at.set(Instant::now());
                         let mut latencies = engine.latencies.borrow_mut();
-                        for j in sealed.first..sealed.first + sealed.count {
+                        for j in first..first + count {
                             let us = done_ns.saturating_sub(engine.due_ns(j)) / 1000;
                             let _ = latencies.record(us.max(1));
                         }
-                        engine
-                            .progress
-                            .messages
-                            .fetch_add(sealed.count, Ordering::Relaxed);
+                        engine.progress.messages.fetch_add(count, Ordering::Relaxed);
                         engine.progress.bytes.fetch_add(
-                            sealed.count * engine.config.message_size as u64,
+                            count * engine.config.message_size as u64,
                             Ordering::Relaxed,
                         );
                     }
-                    Some(error) => {
-                        if engine
-                            .progress
-                            .errors
-                            .fetch_add(sealed.count, Ordering::Relaxed)
-                            == 0
-                        {
-                            eprintln!("bench: produce failed: {error}");
+                    // A leader moved or a connection dropped: as Kafka's
+                    // producer, find the leader again and send the batch
+                    // again; the wait counts in its messages' latency. A
+                    // partition that never recovers stops the run after
+                    // STALL_MAX without acknowledgements.
+                    Some(failed) if failed.retriable => {
+                        if engine.last_error.borrow().is_none() {
+                            eprintln!("bench: produce failed, sending again: {}", failed.why);
                         }
-                        *engine.last_error.borrow_mut() = Some(error);
+                        *engine.last_error.borrow_mut() = Some(failed.why);
+                        glommio::timer::sleep(RETRY_BACKOFF).await;
+                        if let Some(addr) = engine.sink.leader(&engine.config, part.partition).await
+                        {
+                            part.addr.set(addr);
+                        }
+                        part.queued.borrow_mut().push_front(Sealed {
+                            bytes: engine.rebuild(first, count),
+                            first,
+                            count,
+                        });
+                    }
+                    Some(failed) => {
+                        if engine.progress.errors.fetch_add(count, Ordering::Relaxed) == 0 {
+                            eprintln!("bench: produce failed: {}", failed.why);
+                        }
+                        *engine.last_error.borrow_mut() = Some(failed.why);
                     }
                 }
                 part.in_flight.set(part.in_flight.get() - 1);

@@ -175,3 +175,56 @@ fn a_run_whose_broker_stops_answering_ends_with_the_error() {
         "ended {waited:?} after the broker froze, not at the end of its 120 s"
     );
 }
+
+#[test]
+fn a_run_whose_broker_restarts_sends_the_failed_batches_again() {
+    use std::process::Stdio;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let start_broker = || {
+        let mut broker = Command::new(BENCH)
+            .arg("serve-local")
+            .arg(dir.path())
+            .arg(&addr)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        fjord_broker::node::wait_until_serving(&mut broker, Duration::from_secs(30)).unwrap();
+        broker
+    };
+    let mut broker = start_broker();
+    let report = dir.path().join("report.json");
+    let bench = Command::new(BENCH)
+        .args(["produce", "--rate", "1k", "--count", "8000", "--bootstrap"])
+        .arg(&addr)
+        .arg("--json")
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // Requests in flight fail with the connection, and the broker comes
+    // back with other shard ports (ephemeral ones): the batches must go
+    // again, to the partitions' new addresses.
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let mut broker = start_broker();
+    let output = bench.wait_with_output().unwrap();
+    // SAFETY: a signal to our own child process; SIGTERM, so that a clean
+    // stop removes its staging files.
+    unsafe { libc::kill(broker.id() as i32, libc::SIGTERM) };
+    let _ = broker.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("sending again"), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["errors"], 0, "{r}\n{stderr}");
+    assert_eq!(r["messages"], 8000, "{r}\n{stderr}");
+}

@@ -1524,11 +1524,19 @@ fn a_kafka_broker_per_shard_spans_a_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Bootstrapping from node 2 lists both nodes' shards (node 1's as it
-    // registered them) once each has registered its Kafka listener.
+    // registered them) once each has registered its Kafka listener, and the
+    // partitions' leaders once node 2 has heard of them (until then -1,
+    // LEADER_NOT_AVAILABLE, which a Kafka client waits out too).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let v: serde_json::Value = loop {
         let v: serde_json::Value = python_json(&python, PER_SHARD, kafka[1], "spread", 120);
-        if v["brokers"].as_array().unwrap().len() == 4 || std::time::Instant::now() > deadline {
+        let listed = v["brokers"].as_array().unwrap().len() == 4;
+        let led = v["leaders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l[1].as_i64() != Some(-1));
+        if (listed && led) || std::time::Instant::now() > deadline {
             break v;
         }
     };
