@@ -28,6 +28,30 @@ fn run(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
 }
 
+/// A port nothing listens on now, as `127.0.0.1:PORT`.
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A `fjord serve` (bench's own, re-entered) on `dir`, once it serves.
+fn serve_local(dir: &std::path::Path, addr: &str) -> std::process::Child {
+    let mut broker = Command::new(BENCH)
+        .arg("serve-local")
+        .arg(dir)
+        .arg(addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(30);
+    fjord_broker::node::wait_until_serving(&mut broker, timeout).unwrap();
+    broker
+}
+
 #[test]
 fn produce_reports_what_was_acknowledged() {
     let r = run(&[
@@ -125,20 +149,8 @@ fn a_run_whose_broker_stops_answering_ends_with_the_error() {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut broker = Command::new(BENCH)
-        .arg("serve-local")
-        .arg(dir.path())
-        .arg(&addr)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    fjord_broker::node::wait_until_serving(&mut broker, Duration::from_secs(30)).unwrap();
+    let addr = free_addr();
+    let mut broker = serve_local(dir.path(), &addr);
     let bench = Command::new(BENCH)
         .args([
             "produce",
@@ -181,24 +193,8 @@ fn a_run_whose_broker_restarts_sends_the_failed_batches_again() {
     use std::process::Stdio;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let start_broker = || {
-        let mut broker = Command::new(BENCH)
-            .arg("serve-local")
-            .arg(dir.path())
-            .arg(&addr)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        fjord_broker::node::wait_until_serving(&mut broker, Duration::from_secs(30)).unwrap();
-        broker
-    };
-    let mut broker = start_broker();
+    let addr = free_addr();
+    let mut broker = serve_local(dir.path(), &addr);
     let report = dir.path().join("report.json");
     let bench = Command::new(BENCH)
         .args(["produce", "--rate", "1k", "--count", "8000", "--bootstrap"])
@@ -215,7 +211,7 @@ fn a_run_whose_broker_restarts_sends_the_failed_batches_again() {
     // again, to the partitions' new addresses.
     broker.kill().unwrap();
     broker.wait().unwrap();
-    let mut broker = start_broker();
+    let mut broker = serve_local(dir.path(), &addr);
     let output = bench.wait_with_output().unwrap();
     // SAFETY: a signal to our own child process; SIGTERM, so that a clean
     // stop removes its staging files.
