@@ -76,10 +76,14 @@ pub enum ListenError {
     },
 }
 
-/// How long a foreign listener may take to go before it counts. A killed
-/// process's listening sockets outlive it briefly: its io_uring rings,
-/// which hold them for their pending accepts, are torn down after it is
-/// reaped. A node restarted at once after a kill must not mistake its
+/// How long a foreign listener may take to go before it counts (a process
+/// stopping closes its descriptors).
+///
+/// A listener that no process holds a descriptor of never counts: a dead
+/// process's listening sockets outlive it while its io_uring rings, which
+/// hold them for their pending accepts, are torn down after it is reaped —
+/// seconds on a loaded machine, longer than any settle worth waiting. A
+/// node restarted at once after a stop or a kill must not mistake its
 /// predecessor's sockets for another process's.
 const SETTLE: Duration = Duration::from_secs(3);
 const SETTLE_STEP: Duration = Duration::from_millis(50);
@@ -120,8 +124,8 @@ pub fn check_unshared(listeners: &[Listener]) -> Result<(), ListenError> {
     }
 }
 
-/// The first of `listeners` on whose address a socket not in `own` still
-/// listens after [`SETTLE`], if any.
+/// The first of `listeners` on whose address a socket not in `own`, held
+/// by a live process, still listens after [`SETTLE`], if any.
 fn settled<'a>(
     listeners: &[&'a Listener],
     own: &HashSet<u64>,
@@ -129,10 +133,20 @@ fn settled<'a>(
     let deadline = Instant::now() + SETTLE;
     loop {
         let sockets = listening_sockets()?;
+        let foreign: Vec<&(SocketAddr, u64)> = sockets
+            .iter()
+            .filter(|(addr, inode)| {
+                !own.contains(inode) && listeners.iter().any(|l| overlaps(*addr, l.addr))
+            })
+            .collect();
+        let held = match foreign.is_empty() {
+            true => HashSet::new(),
+            false => held_socket_inodes(),
+        };
         let taken = listeners.iter().find(|listener| {
-            sockets
+            foreign
                 .iter()
-                .any(|(addr, inode)| overlaps(*addr, listener.addr) && !own.contains(inode))
+                .any(|(addr, inode)| overlaps(*addr, listener.addr) && held.contains(inode))
         });
         match taken {
             Some(_) if Instant::now() < deadline => std::thread::sleep(SETTLE_STEP),
@@ -148,18 +162,43 @@ fn overlaps(theirs: SocketAddr, ours: SocketAddr) -> bool {
         && (theirs.ip() == ours.ip() || theirs.ip().is_unspecified() || ours.ip().is_unspecified())
 }
 
-/// Inodes of the sockets this process holds (`/proc/self/fd/N` links read
-/// `socket:[inode]`).
+/// Inodes of the sockets this process holds.
 fn own_socket_inodes() -> Result<HashSet<u64>, ListenError> {
-    let table = |source| ListenError::Table {
+    let mut inodes = HashSet::new();
+    socket_inodes_of("/proc/self/fd", &mut inodes).map_err(|source| ListenError::Table {
         path: "/proc/self/fd".to_owned(),
         source,
-    };
+    })?;
+    Ok(inodes)
+}
+
+/// Inodes of the sockets any live process holds (that this one may look
+/// at: another user's could not bind our ports anyway). A process that
+/// exits during the walk is skipped.
+fn held_socket_inodes() -> HashSet<u64> {
     let mut inodes = HashSet::new();
-    for entry in std::fs::read_dir("/proc/self/fd").map_err(table)? {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return inodes;
+    };
+    for process in processes.flatten() {
+        let name = process.file_name();
+        if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            let _ = socket_inodes_of(process.path().join("fd"), &mut inodes);
+        }
+    }
+    inodes
+}
+
+/// Adds the inodes of the sockets in a `/proc/<pid>/fd` directory (links
+/// read `socket:[inode]`) to `inodes`.
+fn socket_inodes_of(
+    fds: impl AsRef<std::path::Path>,
+    inodes: &mut HashSet<u64>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(fds)? {
         // A descriptor closed between the listing and the read is not a
-        // listener of ours: skip it.
-        let Ok(link) = std::fs::read_link(entry.map_err(table)?.path()) else {
+        // listener: skip it.
+        let Ok(link) = std::fs::read_link(entry?.path()) else {
             continue;
         };
         let link = link.to_string_lossy();
@@ -171,7 +210,7 @@ fn own_socket_inodes() -> Result<HashSet<u64>, ListenError> {
             inodes.insert(inode);
         }
     }
-    Ok(inodes)
+    Ok(())
 }
 
 /// TCP state code of a listening socket in the kernel's tables.
@@ -279,6 +318,32 @@ mod tests {
         check_free(&[listener(addr)]).unwrap();
         let error = check_free(&[listener(addr), listener(addr)]).unwrap_err();
         assert!(matches!(error, ListenError::Twice { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_listener_no_process_holds_does_not_count() {
+        // A socket that only an io_uring accept holds, its descriptor
+        // closed: what a stopped node's rings leave listening while the
+        // kernel tears them down.
+        use std::os::fd::AsRawFd;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let mut ring = io_uring::IoUring::new(2).unwrap();
+        let fd = io_uring::types::Fd(taken.as_raw_fd());
+        let accept = io_uring::opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: the entry points at no memory of ours (no address out).
+        unsafe { ring.submission().push(&accept.build()).unwrap() };
+        ring.submit().unwrap();
+        drop(taken);
+        let listening = listening_sockets().unwrap();
+        assert!(
+            listening.iter().any(|(a, _)| *a == addr),
+            "the ring holds it"
+        );
+        let started = Instant::now();
+        check_free(&[listener(addr)]).unwrap();
+        assert!(started.elapsed() < SETTLE, "{:?}", started.elapsed());
+        drop(ring);
     }
 
     #[test]
