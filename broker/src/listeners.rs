@@ -20,6 +20,11 @@
 //!
 //! Both run on the main thread: they read `/proc` (and wait, see
 //! [`SETTLE`]), and no shard waits on them.
+//!
+//! `/proc` is read by hand here: the `procfs` crate does the same
+//! (`net::tcp`, `net::tcp6`, `process::all_processes` and their `fd`
+//! links) and is where this goes if it grows; for two tables and the fd
+//! links it was not worth a dependency tree the node otherwise lacks.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
