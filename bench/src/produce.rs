@@ -146,7 +146,8 @@ pub fn run(
 /// Kafka's through the Kafka listeners.
 enum Sink {
     Native(Client),
-    Kafka(KafkaClient),
+    /// The client and the listener it bootstraps (and looks leaders up) from.
+    Kafka(KafkaClient, SocketAddr),
 }
 
 impl Sink {
@@ -161,7 +162,7 @@ impl Sink {
             Some(bootstrap) => {
                 let kafka = KafkaClient::default();
                 let routes = kafka.leaders(bootstrap, &config.topic).await?;
-                Ok((Sink::Kafka(kafka), routes))
+                Ok((Sink::Kafka(kafka, bootstrap), routes))
             }
         }
     }
@@ -192,23 +193,22 @@ impl Sink {
                     retriable: e.is_retriable(),
                 })
             }
-            Sink::Kafka(kafka) => kafka.produce(addr, topic, partition, acks, batch).await,
+            Sink::Kafka(kafka, _) => kafka.produce(addr, topic, partition, acks, batch).await,
         }
     }
 
     /// Where a partition's leader is now, if one is known.
-    async fn leader(&self, config: &ProduceConfig, partition: i32) -> Option<SocketAddr> {
+    async fn leader(&self, topic: &str, partition: i32) -> Option<SocketAddr> {
         let index = usize::try_from(partition).ok()?;
-        match (self, config.kafka) {
-            (Sink::Native(client), _) => {
-                let routes = client.routes(&config.topic).await.ok()?;
+        match self {
+            Sink::Native(client) => {
+                let routes = client.routes(topic).await.ok()?;
                 routes.partitions.get(index)?.as_ref().map(|r| r.addr)
             }
-            (Sink::Kafka(kafka), Some(bootstrap)) => {
-                let leaders = kafka.leaders(bootstrap, &config.topic).await.ok()?;
+            Sink::Kafka(kafka, bootstrap) => {
+                let leaders = kafka.leaders(*bootstrap, topic).await.ok()?;
                 leaders.get(index).copied()
             }
-            (Sink::Kafka(_), None) => None,
         }
     }
 }
@@ -536,7 +536,10 @@ impl Engine {
                         }
                         *engine.last_error.borrow_mut() = Some(failed.why);
                         glommio::timer::sleep(RETRY_BACKOFF).await;
-                        if let Some(addr) = engine.sink.leader(&engine.config, part.partition).await
+                        if let Some(addr) = engine
+                            .sink
+                            .leader(&engine.config.topic, part.partition)
+                            .await
                         {
                             part.addr.set(addr);
                         }
