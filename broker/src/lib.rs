@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod controller;
+pub mod disk_stall;
 pub mod group;
 pub mod hardstate;
 pub mod kafka;

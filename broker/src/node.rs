@@ -609,6 +609,7 @@ async fn run_shard(
     glommio::spawn_local(shard.clone().compact_logs()).detach();
     glommio::spawn_local(shard.clone().retry_unserved()).detach();
     glommio::spawn_local(shard.clone().watch_space()).detach();
+    glommio::spawn_local(shard.clone().watch_disk()).detach();
     let _ = events.send(Event::Ready);
     let _ = stop.clone().await;
     if clustered {
@@ -623,6 +624,7 @@ async fn run_shard(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     shard.close().await;
+    shard.check_disk();
     if let Some(staging) = &staging {
         // Every log is closed, so everything staged is written: a clean
         // stop leaves no file behind in shared memory.

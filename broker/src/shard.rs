@@ -6,6 +6,7 @@
 use crate::admin::metrics::ShardMetrics;
 use crate::config::ServeConfig;
 use crate::controller::{CommandError, Controller};
+use crate::disk_stall::Report;
 use crate::hardstate::HardStates;
 use crate::logging::Repeated;
 use crate::mesh::{Fetched, NotServed, PartitionOp, ShardMsg};
@@ -26,7 +27,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a shard tries again to open partitions it could not.
 pub const RETRY_UNSERVED_INTERVAL: Duration = Duration::from_secs(5);
@@ -64,6 +65,8 @@ pub struct Shard {
     retention_failures: Repeated,
     /// Failed cleanings, likewise.
     compaction_failures: Repeated,
+    /// Whether a stalled disk is being reported (see `disk_stall`).
+    disk_watch: RefCell<crate::disk_stall::Watch>,
     /// Metadata convergences run one at a time, in arrival order.
     converge_turn: Semaphore,
     /// Set once the first metadata is installed; listeners wait for it.
@@ -177,6 +180,7 @@ impl Shard {
             open_failures: Repeated::default(),
             retention_failures: Repeated::default(),
             compaction_failures: Repeated::default(),
+            disk_watch: RefCell::default(),
             converge_turn: Semaphore::new(1),
             ready: RefCell::new(Some(ready)),
             closing: Cell::new(false),
@@ -909,6 +913,56 @@ impl Shard {
                 }
             })
             .await;
+    }
+
+    /// Reports a disk that stops answering (see `disk_stall`), every disk
+    /// check, until the shard stops; a stop that waits on the disk is
+    /// reported like any other wait.
+    pub async fn watch_disk(self: Rc<Self>) {
+        let interval = Duration::from_millis(self.config.disk_check_interval_ms);
+        loop {
+            glommio::timer::sleep(interval).await;
+            self.check_disk();
+        }
+    }
+
+    /// One look at the oldest storage operation in flight; logs a stall as
+    /// it starts, lasts and ends. The node also calls it once the shard is
+    /// closed, so that a stop that waited on the disk says it answered.
+    pub fn check_disk(&self) {
+        let oldest = fjord_storage::io_stats::oldest_pending();
+        let report = self
+            .disk_watch
+            .borrow_mut()
+            .check(oldest.as_ref(), Instant::now());
+        match report {
+            Some(Report::Stalled {
+                op,
+                path,
+                waited,
+                in_flight,
+            }) => {
+                let staged = if self.staging.is_some() {
+                    "acks=1 is answered from the staging area meanwhile, until its budget fills"
+                } else {
+                    "acks wait for it (staging is off)"
+                };
+                tracing::warn!(
+                    shard = self.id,
+                    op,
+                    path,
+                    waited_ms = waited.as_millis() as u64,
+                    in_flight,
+                    "disk stalled: a storage operation has not completed; {staged}"
+                );
+            }
+            Some(Report::Answers { stalled_for }) => tracing::info!(
+                shard = self.id,
+                stalled_ms = stalled_for.as_millis() as u64,
+                "disk answers again"
+            ),
+            None => {}
+        }
     }
 
     /// Serves what other shards send, each message in a task of its own so a

@@ -11,6 +11,7 @@
 mod common;
 
 use common::{Broker, FJORD};
+use fjord_broker::cli::top::get;
 use fjord_client::{
     Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, RecordMetadata, Seek,
 };
@@ -19,6 +20,7 @@ use fjord_storage::staging::{self, Staging, StagingFile};
 use futures::executor::block_on;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::process::Command;
 use std::sync::Arc;
@@ -192,7 +194,7 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
 /// `fsfreeze` on a mount point: the kernel holds every write to that
 /// filesystem until the thaw — a disk that stops, at the block layer's
 /// door rather than inside the device.
-fn fsfreeze(mount: &std::path::Path, freeze: bool) {
+fn fsfreeze(mount: &Path, freeze: bool) {
     let flag = if freeze { "-f" } else { "-u" };
     let status = Command::new("fsfreeze")
         .arg(flag)
@@ -202,22 +204,72 @@ fn fsfreeze(mount: &std::path::Path, freeze: bool) {
     assert!(status.success(), "fsfreeze {flag} failed");
 }
 
+/// A small filesystem that can be frozen, or why not (not root, no
+/// `fsfreeze`, no loop device): the test then skips, saying so.
+fn freezable_disk(test: &str) -> Option<common::SmallDisk> {
+    let made = Command::new("fsfreeze")
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("fsfreeze: {e}"))
+        .and_then(|_| common::SmallDisk::make(1024));
+    match made {
+        Ok(disk) => Some(disk),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            None
+        }
+    }
+}
+
+/// A frozen filesystem that thaws after `at_most` whatever happens, so
+/// that a broker waiting for its writes fails the test instead of hanging
+/// it.
+struct Freeze {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl Freeze {
+    fn start(mount: &Path, at_most: Duration) -> Freeze {
+        fsfreeze(mount, true);
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = {
+            let (mount, timed_out) = (mount.to_path_buf(), timed_out.clone());
+            std::thread::spawn(move || {
+                if stopped.recv_timeout(at_most).is_err() {
+                    timed_out.store(true, Ordering::SeqCst);
+                }
+                fsfreeze(&mount, false);
+            })
+        };
+        Freeze {
+            stop,
+            thread,
+            timed_out,
+        }
+    }
+
+    /// Whether it thawed on its own, the time being up.
+    fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::SeqCst)
+    }
+
+    fn thaw(self) {
+        drop(self.stop);
+        self.thread.join().unwrap();
+    }
+}
+
 /// The promise itself: with the data directory's filesystem frozen (no
 /// write reaches it, no file can be created), `acks=1` answers still come,
 /// from the staging area, across segment rolls; a SIGKILL while it is
 /// frozen loses none of them.
 #[test]
 fn acks_do_not_wait_for_a_frozen_disk_and_a_kill_then_loses_none() {
-    let frozen = Command::new("fsfreeze").arg("-V").output();
-    let disk = match frozen
-        .map_err(|e| format!("fsfreeze: {e}"))
-        .and_then(|_| common::SmallDisk::make(1024))
-    {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("SKIPPED acks_do_not_wait_for_a_frozen_disk…: {why}");
-            return;
-        }
+    let Some(disk) = freezable_disk("acks_do_not_wait_for_a_frozen_disk…") else {
+        return;
     };
     let mut broker = Broker::launch(
         1,
@@ -231,42 +283,13 @@ fn acks_do_not_wait_for_a_frozen_disk_and_a_kill_then_loses_none() {
     // roll must not wait for its new files.
     let configs = [("segment.bytes".to_owned(), "16384".to_owned())];
     block_on(Admin::new(broker.client()).create_topic("frozen", 1, &configs)).unwrap();
-    let config = ProducerConfig {
-        acks: fjord_net::api::ACKS_LEADER,
-        idempotence: false,
-        retries: 0,
-        ..ProducerConfig::default()
-    };
-    let producer = Producer::new(&broker.client(), config).unwrap();
+    let producer = Producer::new(&broker.client(), acks_leader()).unwrap();
     block_on(producer.send("frozen", Some(0), None, Some(b"before"), &[])).unwrap();
 
-    fsfreeze(&disk.mount, true);
-    // Thaws after a while whatever happens, so that a broker that waits
-    // for its writes fails this test instead of hanging it.
-    let thawed = Arc::new(AtomicBool::new(false));
-    let thaw = {
-        let (mount, thawed) = (disk.mount.clone(), thawed.clone());
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let _ = stop_rx.recv_timeout(Duration::from_secs(30));
-            thawed.store(true, Ordering::SeqCst);
-            fsfreeze(&mount, false);
-        });
-        (stop_tx, thread)
-    };
-    let sent: Vec<(Vec<u8>, Ack)> = (0..500u64)
-        .map(|i| {
-            let v = value(0, i);
-            let ack = producer.send("frozen", Some(0), None, Some(&v), &[]);
-            (v, Box::pin(ack) as Ack)
-        })
-        .collect();
-    let acked: Vec<(Vec<u8>, i64)> = sent
-        .into_iter()
-        .map(|(v, ack)| (v, block_on(ack).unwrap().offset))
-        .collect();
+    let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
+    let acked = send_all(&producer, "frozen", 500);
     assert!(
-        !thawed.load(Ordering::SeqCst),
+        !freeze.timed_out(),
         "the answers waited for the frozen disk"
     );
     // Nothing of it reached the segment: the answers did not come from the disk.
@@ -281,13 +304,113 @@ fn acks_do_not_wait_for_a_frozen_disk_and_a_kill_then_loses_none() {
     // the kernel are let through, so thaw, then reap.
     // SAFETY: kill(2) on our own child's pid has no memory effects.
     assert_eq!(unsafe { libc::kill(broker.pid() as i32, libc::SIGKILL) }, 0);
-    let (stop, thread) = thaw;
-    drop(stop);
-    thread.join().unwrap();
+    freeze.thaw();
     broker.kill();
     broker.restart();
-    let got = consume_all(&broker, "frozen", 0);
-    for (value, offset) in &acked {
+    assert_all_present(&broker, "frozen", &acked);
+}
+
+/// A disk that stops is seen while it stops: the log names the operation
+/// and the file after a second, `/metrics` and `/health` show the wait, and
+/// the log says when the disk answers again. A stop meanwhile waits for the
+/// writes (the kernel holds them), exits cleanly after the thaw and loses
+/// nothing.
+#[test]
+fn a_stalled_disk_is_reported_and_a_stop_waits_for_it_losing_nothing() {
+    let Some(disk) = freezable_disk("a_stalled_disk_is_reported…") else {
+        return;
+    };
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let mut broker = Broker::launch(
+        1,
+        &["--admin-listen", &admin],
+        common::Launch {
+            data_dir: Some(disk.mount.join("data")),
+            stderr: Some(log.path().to_path_buf()),
+            ..common::Launch::default()
+        },
+    );
+    block_on(Admin::new(broker.client()).create_topic("stalled", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), acks_leader()).unwrap();
+    block_on(producer.send("stalled", Some(0), None, Some(b"before"), &[])).unwrap();
+    let dir = broker.partition_dirs("stalled").remove(0);
+    let stderr = || std::fs::read_to_string(log.path()).unwrap();
+    assert!(!stderr().contains("disk stalled"), "{}", stderr());
+
+    let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
+    let acked = send_all(&producer, "stalled", 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stalled = loop {
+        let text = stderr();
+        if let Some(line) = text.lines().find(|l| l.contains("disk stalled")) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stall reported:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(stalled.contains("op=\"write\""), "{stalled}");
+    assert!(
+        stalled.contains(&dir.display().to_string()),
+        "{stalled} names {}",
+        dir.display()
+    );
+    let metrics = get(&admin, "/metrics").unwrap();
+    let waiting: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fjord_storage_io_waiting_seconds{shard=\"0\"} "))
+        .unwrap_or_else(|| panic!("no waiting gauge in:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(waiting >= 1.0, "oldest I/O waited {waiting} s");
+    let health = get(&admin, "/health").unwrap();
+    assert!(health.contains("disk stalled"), "{health}");
+
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    assert_eq!(unsafe { libc::kill(broker.pid() as i32, libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        broker.is_running(),
+        "stopped with its writes held by the kernel?"
+    );
+    freeze.thaw();
+    let status = broker.wait();
+    assert!(status.success(), "{status}\n{}", stderr());
+    assert!(stderr().contains("disk answers again"), "{}", stderr());
+    broker.restart();
+    assert_all_present(&broker, "stalled", &acked);
+}
+
+fn acks_leader() -> ProducerConfig {
+    ProducerConfig {
+        acks: fjord_net::api::ACKS_LEADER,
+        idempotence: false,
+        retries: 0,
+        ..ProducerConfig::default()
+    }
+}
+
+/// Sends `count` records to partition 0 of `topic` and waits for every
+/// answer: each value with its offset.
+fn send_all(producer: &Producer, topic: &str, count: u64) -> Vec<(Vec<u8>, i64)> {
+    let sent: Vec<(Vec<u8>, Ack)> = (0..count)
+        .map(|i| {
+            let v = value(0, i);
+            let ack = producer.send(topic, Some(0), None, Some(&v), &[]);
+            (v, Box::pin(ack) as Ack)
+        })
+        .collect();
+    sent.into_iter()
+        .map(|(v, ack)| (v, block_on(ack).unwrap().offset))
+        .collect()
+}
+
+fn assert_all_present(broker: &Broker, topic: &str, acked: &[(Vec<u8>, i64)]) {
+    let got = consume_all(broker, topic, 0);
+    for (value, offset) in acked {
         assert_eq!(got.get(offset), Some(value), "acknowledged offset {offset}");
     }
 }

@@ -140,6 +140,7 @@ impl FileEnd {
         if let Some(preallocating) = self.preallocating {
             preallocating.await;
         }
+        let _pending = crate::io_stats::pending("truncate", self.file.path());
         let file = self.file.get().await?;
         file.truncate(self.len)
             .await

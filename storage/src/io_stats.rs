@@ -1,5 +1,8 @@
 //! The shard's storage timings: how long the flushers' writes and
-//! fdatasyncs take, and how many batches one group commit carries.
+//! fdatasyncs take, how many batches one group commit carries, and which of
+//! them are in flight now and since when (a disk that stops shows there
+//! while it stops, not only once it answers; acknowledgements from the
+//! staging area hide it from clients, so the operator must see it).
 //!
 //! Kept per shard in a thread local (a shard is one thread, and every log's
 //! flusher runs on its shard's thread), so that recording is a plain
@@ -8,7 +11,10 @@
 
 use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Highest latency a histogram tells apart: a minute, in microseconds
 /// (longer ones are recorded as a minute).
@@ -46,6 +52,65 @@ impl IoStats {
 thread_local! {
     static STATS: RefCell<Option<IoStats>> = const { RefCell::new(None) };
     static ENABLED: Cell<bool> = const { Cell::new(true) };
+    static IN_FLIGHT: RefCell<InFlight> = const {
+        RefCell::new(InFlight { next: 0, ops: BTreeMap::new() })
+    };
+}
+
+/// The shard's storage operations in flight, by the order they started:
+/// ids rise with start times, so the first entry is the oldest.
+struct InFlight {
+    next: u64,
+    ops: BTreeMap<u64, (Instant, &'static str, Rc<Path>)>,
+}
+
+/// An operation in flight; it leaves the registry when dropped (done,
+/// failed or abandoned alike).
+pub(crate) struct Pending(u64);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        IN_FLIGHT.with(|f| f.borrow_mut().ops.remove(&self.0));
+    }
+}
+
+/// Registers `op` on `path` as in flight until the returned guard drops.
+/// Always on, unlike the timings: it is what a stall report reads.
+pub(crate) fn pending(op: &'static str, path: &Rc<Path>) -> Pending {
+    IN_FLIGHT.with(|f| {
+        let mut f = f.borrow_mut();
+        let id = f.next;
+        f.next += 1;
+        f.ops.insert(id, (Instant::now(), op, path.clone()));
+        Pending(id)
+    })
+}
+
+/// The oldest storage operation in flight on this shard.
+#[derive(Debug, Clone)]
+pub struct Oldest {
+    /// What it is: `write`, `fdatasync` or `truncate`.
+    pub op: &'static str,
+    /// The file it is on.
+    pub path: Rc<Path>,
+    /// How long it has waited.
+    pub waited: Duration,
+    /// Operations in flight on the shard, this one included.
+    pub in_flight: usize,
+}
+
+/// The oldest storage operation in flight on this shard, if any.
+pub fn oldest_pending() -> Option<Oldest> {
+    IN_FLIGHT.with(|f| {
+        let f = f.borrow();
+        let (started, op, path) = f.ops.values().next()?;
+        Some(Oldest {
+            op,
+            path: path.clone(),
+            waited: started.elapsed(),
+            in_flight: f.ops.len(),
+        })
+    })
 }
 
 /// Turns this shard's timings on or off (the broker's `metrics` setting;

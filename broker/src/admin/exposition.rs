@@ -276,6 +276,25 @@ impl Exposition {
         )?;
         family(
             e,
+            "fjord_storage_io_waiting_seconds",
+            "How long the oldest storage operation in flight has waited (0: none); a stalled disk shows here while it lasts",
+            MetricType::Gauge,
+            shards.iter().map(|s| {
+                let waited = s.io_waiting_us as f64 / 1e6;
+                (shard_label(s.shard), ConstGauge::new(waited))
+            }),
+        )?;
+        family(
+            e,
+            "fjord_storage_io_in_flight",
+            "Storage operations (writes, fdatasyncs, truncates) in flight",
+            MetricType::Gauge,
+            shards
+                .iter()
+                .map(|s| (shard_label(s.shard), gauge(s.io_in_flight as i64))),
+        )?;
+        family(
+            e,
             "fjord_storage_group_commit_batches",
             "Batches one group commit wrote",
             MetricType::Histogram,

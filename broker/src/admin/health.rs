@@ -1,8 +1,8 @@
 //! `/health`: whether the node serves, and if not, why. Ready means every
 //! shard has its metadata and answers, every partition it should hold is
 //! open, the disk takes produce and (in a cluster) a controller is known.
-//! Degraded-but-serving conditions (under-replicated partitions) are
-//! warnings, not reasons: a load balancer should keep sending traffic.
+//! Degraded-but-serving conditions (under-replicated partitions, a disk
+//! that has stopped answering) are warnings, not reasons: a load balancer should keep sending traffic.
 
 use super::snapshot::NodeSnapshot;
 
@@ -60,6 +60,19 @@ pub fn check(snapshot: &NodeSnapshot) -> Health {
         .count();
     if under > 0 {
         warnings.push(format!("{under} partition(s) under-replicated"));
+    }
+    let stalled_after = crate::disk_stall::STALLED_AFTER.as_micros() as u64;
+    for s in snapshot
+        .shards
+        .iter()
+        .filter(|s| s.io_waiting_us >= stalled_after)
+    {
+        warnings.push(format!(
+            "disk stalled: shard {}'s oldest of {} storage operation(s) has waited {} ms",
+            s.shard,
+            s.io_in_flight,
+            s.io_waiting_us / 1000
+        ));
     }
     Health {
         ready: reasons.is_empty(),

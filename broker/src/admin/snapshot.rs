@@ -73,6 +73,11 @@ pub struct ShardSnapshot {
     pub disk_total_bytes: u64,
     /// Whether produce is refused for want of space.
     pub disk_low: bool,
+    /// How long the oldest storage operation in flight has waited, in
+    /// microseconds (0: none in flight). A stalled disk shows here.
+    pub io_waiting_us: u64,
+    /// Storage operations in flight.
+    pub io_in_flight: usize,
     /// Partitions the metadata gives the shard that it could not open.
     pub not_served: usize,
     /// The partitions it owns.
@@ -192,6 +197,7 @@ pub fn of_shard(shard: &Shard) -> ShardSnapshot {
         }
         partitions.push(row);
     }
+    let oldest_io = fjord_storage::io_stats::oldest_pending();
     ShardSnapshot {
         shard: shard.id,
         ready: shard.is_ready(),
@@ -209,6 +215,10 @@ pub fn of_shard(shard: &Shard) -> ShardSnapshot {
         disk_free_bytes: space.free_bytes,
         disk_total_bytes: space.total_bytes,
         disk_low: shard.space().is_low(),
+        io_waiting_us: oldest_io
+            .as_ref()
+            .map_or(0, |o| fjord_storage::io_stats::micros(o.waited)),
+        io_in_flight: oldest_io.as_ref().map_or(0, |o| o.in_flight),
         not_served: shard.not_served_count(),
         partitions,
         committed,

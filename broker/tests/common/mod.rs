@@ -197,10 +197,15 @@ impl Broker {
 
     /// Sends `signal` and waits for the exit.
     pub fn stop(&mut self, signal: i32) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid has no memory effects.
-        let sent = unsafe { libc::kill(child.id() as i32, signal) };
+        let sent = unsafe { libc::kill(self.pid() as i32, signal) };
         assert_eq!(sent, 0, "kill failed");
+        self.wait()
+    }
+
+    /// Waits for the exit of a process already told to go.
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
         child.wait().expect("wait for fjord")
     }
 
