@@ -17,14 +17,19 @@ truncate -s 16G "$IMG" && mkfs.ext4 -q -F -m 0 "$IMG" || exit 1
 LOOP=$(losetup -f --show --direct-io=on "$IMG") || exit 1
 mount "$LOOP" "$MNT" || exit 1
 cleanup() {
-  pkill -P "$FREEZER" 2>/dev/null; kill "$FREEZER" 2>/dev/null; fsfreeze -u "$MNT" 2>/dev/null
+  # The freezer thaws on its way out, after any freeze it is running: a
+  # freeze killed halfway could land after a thaw from here and leave the
+  # filesystem frozen, and the node's stop waiting on it for good.
+  kill "$FREEZER" 2>/dev/null; wait "$FREEZER" 2>/dev/null; fsfreeze -u "$MNT" 2>/dev/null
   kill "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null
   umount "$MNT"; losetup -d "$LOOP"; rm -f "$IMG"
 }
-(while true; do
-  sleep "$(echo "$PERIOD - $STALL" | bc)"
+(trap 'fsfreeze -u "$MNT" 2>/dev/null; exit 0' TERM
+while true; do
+  # Sleeps in the background so that the trap runs at once, not after them.
+  sleep "$(echo "$PERIOD - $STALL" | bc)" & wait $!
   echo "freeze $(date +%T.%N)" >> "$OUT/freezes.txt"
-  fsfreeze -f "$MNT"; sleep "$STALL"; fsfreeze -u "$MNT"
+  fsfreeze -f "$MNT"; sleep "$STALL" & wait $!; fsfreeze -u "$MNT"
 done) &
 FREEZER=$!
 SERVE=
