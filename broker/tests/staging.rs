@@ -12,9 +12,7 @@ mod common;
 
 use common::{Broker, FJORD};
 use fjord_broker::cli::top::get;
-use fjord_client::{
-    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, RecordMetadata, Seek,
-};
+use fjord_client::{Admin, Producer, ProducerConfig, RecordMetadata};
 use fjord_core::{BatchBuilder, batch};
 use fjord_storage::staging::{self, Staging, StagingFile};
 use futures::executor::block_on;
@@ -49,30 +47,6 @@ fn sequence_of(value: &[u8]) -> (u64, u64) {
         round.parse().unwrap(),
         i.trim_end_matches('-').parse().unwrap(),
     )
-}
-
-/// Every record of `topic`'s partition `p`, by offset.
-fn consume_all(broker: &Broker, topic: &str, p: i32) -> BTreeMap<i64, Vec<u8>> {
-    let client = broker.client();
-    let end = block_on(Admin::new(client.clone()).describe_topic(topic))
-        .unwrap()
-        .partitions[p as usize]
-        .log_end_offset;
-    let mut consumer = Consumer::new(&client, ConsumerConfig::default());
-    block_on(consumer.assign(topic, Some(&[p]), Seek::Earliest)).unwrap();
-    let mut records = BTreeMap::new();
-    while (records.len() as i64) < end {
-        let polled = block_on(consumer.poll(Duration::from_secs(5))).unwrap();
-        assert!(
-            !polled.is_empty(),
-            "partition {p} ends early: {} of {end}",
-            records.len()
-        );
-        for r in polled {
-            assert!(records.insert(r.offset, r.value.unwrap()).is_none());
-        }
-    }
-    records
 }
 
 /// Batches found in the broker's staging files (not yet known written).
@@ -165,7 +139,7 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
         staged_at_kills += staged;
         broker.restart();
         for (p, want) in acked.iter().enumerate() {
-            let got = consume_all(&broker, "staged", p as i32);
+            let got = broker.records("staged", p as i32);
             for (offset, value) in want {
                 let found = got.get(offset).unwrap_or_else(|| {
                     panic!("round {round}: acknowledged offset {offset} of partition {p} lost")
@@ -409,7 +383,7 @@ fn send_all(producer: &Producer, topic: &str, count: u64) -> Vec<(Vec<u8>, i64)>
 }
 
 fn assert_all_present(broker: &Broker, topic: &str, acked: &[(Vec<u8>, i64)]) {
-    let got = consume_all(broker, topic, 0);
+    let got = broker.records(topic, 0);
     for (value, offset) in acked {
         assert_eq!(got.get(offset), Some(value), "acknowledged offset {offset}");
     }
@@ -427,7 +401,8 @@ fn batch_at(tag: &str, base: u64, records: usize) -> Vec<u8> {
 }
 
 fn values(broker: &Broker, topic: &str) -> Vec<String> {
-    consume_all(broker, topic, 0)
+    broker
+        .records(topic, 0)
         .into_values()
         .map(|v| String::from_utf8(v).unwrap())
         .collect()

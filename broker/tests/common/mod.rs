@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
-use fjord_client::{Client, ClientConfig};
+use fjord_client::{Admin, Client, ClientConfig, Consumer, ConsumerConfig, Seek};
+use futures::executor::block_on;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -237,6 +239,32 @@ impl Broker {
         let mut config = ClientConfig::new(self.addr);
         config.request_timeout = Duration::from_secs(10);
         Client::new(config).expect("client")
+    }
+
+    /// Every record of `topic`'s partition `p` (its value), by offset,
+    /// read with the native consumer up to the partition's end.
+    pub fn records(&self, topic: &str, p: i32) -> BTreeMap<i64, Vec<u8>> {
+        let client = self.client();
+        let end = block_on(Admin::new(client.clone()).describe_topic(topic))
+            .expect("describe")
+            .partitions[p as usize]
+            .log_end_offset;
+        let mut consumer = Consumer::new(&client, ConsumerConfig::default());
+        block_on(consumer.assign(topic, Some(&[p]), Seek::Earliest)).expect("assign");
+        let mut records = BTreeMap::new();
+        while (records.len() as i64) < end {
+            let polled = block_on(consumer.poll(Duration::from_secs(5))).expect("poll");
+            assert!(
+                !polled.is_empty(),
+                "partition {p} ends early: {} of {end}",
+                records.len()
+            );
+            for r in polled {
+                let value = r.value.expect("a value");
+                assert!(records.insert(r.offset, value).is_none());
+            }
+        }
+        records
     }
 
     /// Runs `fjord ARGS --bootstrap ADDR` with `stdin`.
