@@ -358,6 +358,69 @@ fn a_stalled_disk_is_reported_and_a_stop_waits_for_it_losing_nothing() {
     assert_all_present(&broker, "stalled", &acked);
 }
 
+/// The budget bounds what a stall may hold: with the disk frozen and a
+/// 1 MiB staging area, answers come until it is full and then stop
+/// (backpressure, not errors); at the thaw the rest are answered, and every
+/// record is there.
+#[test]
+fn a_stall_that_fills_the_staging_budget_holds_the_producers_back() {
+    let Some(disk) = freezable_disk("a_stall_that_fills_the_staging_budget…") else {
+        return;
+    };
+    let broker = Broker::launch(
+        1,
+        &["--staging-bytes-per-shard", "1048576"],
+        common::Launch {
+            data_dir: Some(disk.mount.join("data")),
+            ..common::Launch::default()
+        },
+    );
+    block_on(Admin::new(broker.client()).create_topic("held", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), acks_leader()).unwrap();
+    block_on(producer.send("held", Some(0), None, Some(b"before"), &[])).unwrap();
+
+    let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
+    // About 2.6 MB of records: more than the budget holds.
+    const RECORDS: u64 = 20_000;
+    let sent: Vec<(Vec<u8>, Ack)> = (0..RECORDS)
+        .map(|i| {
+            let v = value(0, i);
+            let ack = producer.send("held", Some(0), None, Some(&v), &[]);
+            (v, Box::pin(ack) as Ack)
+        })
+        .collect();
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let waiter = {
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            sent.into_iter()
+                .map(|(v, ack)| {
+                    let offset = block_on(ack).unwrap().offset;
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    (v, offset)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let held_at = answered.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        held_at,
+        "answers went on while the disk was frozen and the budget full"
+    );
+    assert!(
+        held_at > 0 && held_at < RECORDS,
+        "{held_at} of {RECORDS} answered from a 1 MiB budget while frozen"
+    );
+    assert!(!freeze.timed_out());
+    freeze.thaw();
+    let acked = waiter.join().unwrap();
+    eprintln!("{held_at} of {RECORDS} answered while frozen, the rest after the thaw");
+    assert_all_present(&broker, "held", &acked);
+}
+
 fn acks_leader() -> ProducerConfig {
     ProducerConfig {
         acks: fjord_net::api::ACKS_LEADER,
