@@ -268,6 +268,7 @@ fn open_staging(
     })?;
     staging::check_extra_shards(&config.staging_dir, &config.data_dir, id, count)
         .map_err(NodeError::Staging)?;
+    staging::check_moved(&config.staging_dir, &config.data_dir, id).map_err(NodeError::Staging)?;
     let first_data_shard = config.first_data_shard();
     let topology = staging::topology(count, first_data_shard);
     let bytes = staging::bytes_fitting(

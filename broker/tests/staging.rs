@@ -480,27 +480,16 @@ fn staged_batches_past_the_end_are_replayed_and_a_torn_one_dropped() {
     broker.kill();
     // What a broker killed mid-stall leaves: two batches staged past the
     // log's end, and a third torn while it was being copied.
-    let dir = broker.partition_dirs("t").remove(0);
-    let id = staging::data_dir_id(broker.data_dir()).unwrap();
-    let file = StagingFile::open(
-        &broker.staging_dir(),
-        broker.data_dir(),
-        id,
-        0,
-        staging::topology(1, 0),
-        STAGING_BYTES,
-    )
-    .unwrap();
-    let path = file.path().to_path_buf();
-    let area = Staging::new(file, broker.data_dir().to_path_buf());
-    let key = area.key(&dir);
-    area.stage(&key, 1, 2, &batch_at("second", 1, 2), None)
-        .unwrap();
-    area.stage(&key, 3, 3, &batch_at("third", 3, 1), None)
-        .unwrap();
     let torn = batch_at("torn", 4, 1);
-    area.stage(&key, 4, 4, &torn, None).unwrap();
-    drop(area);
+    let path = stage(
+        &broker,
+        "t",
+        &[
+            (1, 2, batch_at("second", 1, 2)),
+            (3, 3, batch_at("third", 3, 1)),
+            (4, 4, torn.clone()),
+        ],
+    );
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes
         .windows(torn.len())
@@ -532,6 +521,76 @@ fn staged_batches_past_the_end_are_replayed_and_a_torn_one_dropped() {
         !path.exists(),
         "a clean stop removes the empty staging file"
     );
+}
+
+/// Stages `batches` (base offset, last offset, bytes) for partition 0 of
+/// `topic` in shard 0's staging file, as a broker killed before writing
+/// them would leave them; the file's path.
+fn stage(broker: &Broker, topic: &str, batches: &[(u64, u64, Vec<u8>)]) -> std::path::PathBuf {
+    let dir = broker.partition_dirs(topic).remove(0);
+    let id = staging::data_dir_id(broker.data_dir()).unwrap();
+    let file = StagingFile::open(
+        &broker.staging_dir(),
+        broker.data_dir(),
+        id,
+        0,
+        staging::topology(1, 0),
+        STAGING_BYTES,
+    )
+    .unwrap();
+    let path = file.path().to_path_buf();
+    let area = Staging::new(file, broker.data_dir().to_path_buf());
+    let key = area.key(&dir);
+    for (base, last, batch) in batches {
+        area.stage(&key, *base, *last, batch, None).unwrap();
+    }
+    path
+}
+
+/// A staging file is named after its data directory's path: a directory
+/// moved after a crash does not find it under its new name, and starting
+/// without its batches would lose what they acknowledged. The start is
+/// refused, naming the file and the name it needs; renamed, it replays.
+#[test]
+fn a_data_directory_moved_after_a_crash_is_told_where_its_staged_batches_are() {
+    let root = tempfile::tempdir().unwrap();
+    let mut broker = Broker::launch(
+        1,
+        &[],
+        common::Launch {
+            data_dir: Some(root.path().join("before")),
+            ..common::Launch::default()
+        },
+    );
+    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"first"), &[])).unwrap();
+    broker.kill();
+    let left = stage(&broker, "t", &[(1, 2, batch_at("second", 1, 2))]);
+
+    let moved = root.path().join("after");
+    std::fs::rename(root.path().join("before"), &moved).unwrap();
+    broker.set_data_dir(moved.clone());
+    // Bounded: a node that starts anyway serves until killed.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(FJORD)
+        .args(broker.serve_args())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started without its staged batches");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let wanted = staging::file_path(&broker.staging_dir(), &moved, 0);
+    assert!(
+        stderr.contains("staged for this data directory"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&left.display().to_string()), "{stderr}");
+    assert!(stderr.contains(&wanted.display().to_string()), "{stderr}");
+
+    std::fs::rename(&left, &wanted).unwrap();
+    broker.restart();
+    assert_eq!(values(&broker, "t"), ["first", "second-0", "second-1"]);
 }
 
 #[test]

@@ -178,6 +178,11 @@ pub fn file_bytes(bytes: usize) -> usize {
 /// after its canonical path, so a node restarted on the same directory
 /// finds it.
 pub fn file_path(staging_dir: &Path, data_dir: &Path, shard: usize) -> PathBuf {
+    staging_dir.join(format!("{}shard{shard}.staging", file_prefix(data_dir)))
+}
+
+/// What the names of `data_dir`'s staging files start with.
+fn file_prefix(data_dir: &Path) -> String {
     let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     // FNV-1a: stable across builds, unlike std's hasher.
     let hash = canonical
@@ -187,7 +192,7 @@ pub fn file_path(staging_dir: &Path, data_dir: &Path, shard: usize) -> PathBuf {
         .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-    staging_dir.join(format!("fjord-{hash:016x}-shard{shard}.staging"))
+    format!("fjord-{hash:016x}-")
 }
 
 /// A shared, writable mapping of a whole staging file.
@@ -318,6 +323,20 @@ impl StagingFile {
             .truncate(false)
             .open(&path)
             .map_err(|e| unavailable(e.to_string()))?;
+        // Marks the file as a live node's (`check_moved` leaves such files
+        // alone). An flock belongs to the open file, which the mapping
+        // keeps after `file` is closed: held until the shard unmaps it or
+        // the process dies, however it dies.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StagingError::Refused {
+                    path,
+                    reason: "another running process holds it".into(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(unavailable(e.to_string())),
+        }
         if let Some(existing) = inspect(&path, &file, id, shard)? {
             let staged = existing.staged_batches();
             let written_by = existing.map.u32_at(TOPOLOGY_AT);
@@ -459,6 +478,74 @@ pub fn check_extra_shards(
         })?;
     }
     Ok(())
+}
+
+/// Checks the staging files of this data directory left under another
+/// name. A file is named after the directory's path, so a directory moved
+/// (or mounted elsewhere) after a crash would not find its file, and the
+/// batches it acknowledged from there would be left out without a word.
+/// One holding staged batches stops the start, naming the file and the
+/// name to give it; empty ones are removed. Files a running node holds
+/// (locked, see `StagingFile::open`) and files of other data directories
+/// are not touched. Blocking.
+pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), StagingError> {
+    let Ok(entries) = std::fs::read_dir(staging_dir) else {
+        return Ok(());
+    };
+    let ours = file_prefix(data_dir);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("fjord-") || !name.ends_with(".staging") || name.starts_with(&ours) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        let len = file.metadata().map_or(0, |m| m.len() as usize);
+        if len < HEADER_BYTES {
+            continue;
+        }
+        let Ok(map) = Mapping::map(&file, len) else {
+            continue;
+        };
+        let Some((owner, shard)) = owner(&map) else {
+            continue;
+        };
+        if owner != id {
+            continue;
+        }
+        let staged = inspect(&path, &file, id, shard)?.map_or(0, |f| f.staged_batches());
+        if staged > 0 {
+            let wanted = file_path(staging_dir, data_dir, shard);
+            return Err(StagingError::Refused {
+                reason: format!(
+                    "it holds {staged} batches staged for this data directory when it was at \
+                     another path: rename it to {} to replay them",
+                    wanted.display()
+                ),
+                path,
+            });
+        }
+        std::fs::remove_file(&path).map_err(|e| StagingError::Unavailable {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The data directory and shard a staging file was written for, if its
+/// header is whole.
+fn owner(map: &Mapping) -> Option<(u128, usize)> {
+    let whole = map.bytes(0, 8) == MAGIC
+        && crc32c::crc32c(map.bytes(0, HEADER_CRC_AT)) == map.u32_at(HEADER_CRC_AT);
+    let id = u128::from_le_bytes(map.bytes(16, 16).try_into().ok()?);
+    whole.then_some((id, map.u32_at(12) as usize))
 }
 
 fn check_header(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(), String> {
@@ -1097,6 +1184,37 @@ mod tests {
 
     fn file(dir: &Path, id: u128, bytes: usize) -> Result<StagingFile, StagingError> {
         StagingFile::open(dir, dir, id, 0, 2, bytes)
+    }
+
+    #[test]
+    fn files_left_under_another_name_are_found_unless_a_live_node_holds_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (before, after) = (tmp.path().join("before"), tmp.path().join("after"));
+        std::fs::create_dir(&before).unwrap();
+        std::fs::create_dir(&after).unwrap();
+        let open = || StagingFile::open(tmp.path(), &before, 7, 0, 2, BYTES_MIN).unwrap();
+        let staging = Staging::new(open(), before.clone());
+        staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
+        let left = staging.path().to_path_buf();
+        // Mapped by a running node (a copy of the directory, same id): its
+        // lock keeps the file out of the search.
+        check_moved(tmp.path(), &after, 7).unwrap();
+        drop(staging);
+        // Another directory's file is not ours to judge.
+        check_moved(tmp.path(), &after, 8).unwrap();
+        let err = check_moved(tmp.path(), &after, 7).unwrap_err();
+        let wanted = file_path(tmp.path(), &after, 0);
+        assert!(
+            err.to_string().contains(&wanted.display().to_string()),
+            "{err}"
+        );
+        assert!(left.exists(), "refused, and kept for its batches");
+        // Once nothing is staged in it, it is a leftover: removed.
+        let staging = Staging::new(open(), before.clone());
+        assert_eq!(staging.release_unclaimed(|_| false), [("t/0".into(), 1)]);
+        drop(staging);
+        check_moved(tmp.path(), &after, 7).unwrap();
+        assert!(!left.exists());
     }
 
     #[test]

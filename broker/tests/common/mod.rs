@@ -112,6 +112,13 @@ impl Broker {
         self.launch.data_dir.as_deref().unwrap_or(self.dir.path())
     }
 
+    /// Serves `dir` from the next start on (a data directory moved while
+    /// the broker was down).
+    pub fn set_data_dir(&mut self, dir: PathBuf) {
+        assert!(self.child.is_none(), "moved under a running broker");
+        self.launch.data_dir = Some(dir);
+    }
+
     /// The first shard's port (shard i listens on this + i).
     pub fn shard_port_base(&self) -> u16 {
         self.shard_port_base
