@@ -2,7 +2,8 @@
 //! shard has its metadata and answers, every partition it should hold is
 //! open, the disk takes produce and (in a cluster) a controller is known.
 //! Degraded-but-serving conditions (under-replicated partitions, a disk
-//! that has stopped answering) are warnings, not reasons: a load balancer should keep sending traffic.
+//! that has stopped answering) are warnings, not reasons: a load balancer
+//! should keep sending traffic.
 
 use super::snapshot::NodeSnapshot;
 
