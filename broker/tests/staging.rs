@@ -342,6 +342,16 @@ fn a_stalled_disk_is_reported_and_a_stop_waits_for_it_losing_nothing() {
     assert!(waiting >= 1.0, "oldest I/O waited {waiting} s");
     let health = get(&admin, "/health").unwrap();
     assert!(health.contains("disk stalled"), "{health}");
+    let overview: serde_json::Value =
+        serde_json::from_str(&get(&admin, "/v1/overview").unwrap()).unwrap();
+    let stalled_ms = overview["disk"]["stalled_ms"].as_u64().unwrap();
+    assert!(stalled_ms >= 1000, "{overview}");
+    let top = Command::new(FJORD)
+        .args(["top", "--admin", &admin, "--iterations", "1"])
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(top.contains("ready, but: disk stalled"), "{top}");
 
     // SAFETY: kill(2) on our own child's pid has no memory effects.
     assert_eq!(unsafe { libc::kill(broker.pid() as i32, libc::SIGTERM) }, 0);

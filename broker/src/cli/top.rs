@@ -66,7 +66,17 @@ fn megabytes(bytes: f64) -> String {
 fn render(now: &Value) -> String {
     let mut s = String::new();
     let health = if now["ready"].as_bool().unwrap_or(false) {
-        "ready".to_owned()
+        let warnings: Vec<&str> = now["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if warnings.is_empty() {
+            "ready".to_owned()
+        } else {
+            format!("ready, but: {}", warnings.join("; "))
+        }
     } else {
         let reasons: Vec<&str> = now["reasons"]
             .as_array()

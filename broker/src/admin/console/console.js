@@ -37,7 +37,8 @@ function show(o, now) {
   const health = document.getElementById("health");
   health.textContent = o.ready ? "ready" : "not ready: " + o.reasons.join("; ");
   health.className = "badge " + (o.ready ? "ready" : "not-ready");
-  text("disk", `disk ${mb(o.disk.free_bytes) } MB free of ${mb(o.disk.total_bytes)}${o.disk.low ? " (low)" : ""}`);
+  const stalled = o.disk.stalled_ms > 0 ? ` (stalled: a write has waited ${(o.disk.stalled_ms / 1000).toFixed(1)} s)` : "";
+  text("disk", `disk ${mb(o.disk.free_bytes) } MB free of ${mb(o.disk.total_bytes)}${o.disk.low ? " (low)" : ""}${stalled}`);
   text("connections", `${o.connections} connection(s)`);
   const rate = o.per_second;
   text("produce-rate", num(rate.produced_records));
