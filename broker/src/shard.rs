@@ -941,6 +941,7 @@ impl Shard {
                 path,
                 waited,
                 in_flight,
+                unreported,
             }) => {
                 let staged = if self.staging.is_some() {
                     "acks=1 is answered from the staging area meanwhile, until its budget fills"
@@ -953,6 +954,7 @@ impl Shard {
                     path,
                     waited_ms = waited.as_millis() as u64,
                     in_flight,
+                    stalls_unreported = unreported,
                     "disk stalled: a storage operation has not completed; {staged}"
                 );
             }

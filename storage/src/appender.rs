@@ -81,6 +81,7 @@ impl Flush {
     /// Grows the file first when the writes need room.
     pub async fn preallocate(&self) -> Result<()> {
         if let Some(size) = self.allocate_to {
+            let _pending = crate::io_stats::pending("fallocate", self.file.path().clone());
             self.file
                 .get()
                 .await?
@@ -140,7 +141,7 @@ impl FileEnd {
         if let Some(preallocating) = self.preallocating {
             preallocating.await;
         }
-        let _pending = crate::io_stats::pending("truncate", self.file.path());
+        let _pending = crate::io_stats::pending("truncate", self.file.path().clone());
         let file = self.file.get().await?;
         file.truncate(self.len)
             .await
@@ -367,6 +368,7 @@ impl Appender {
                     if let Some(previous) = previous {
                         previous.await;
                     }
+                    let _pending = crate::io_stats::pending("fallocate", file.path().clone());
                     if let Ok(file) = file.get().await {
                         let _ = file.pre_allocate(size, false).await;
                     }

@@ -95,6 +95,7 @@ pub async fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
             format!("checkpoint of {} bytes exceeds {BYTES_MAX}", bytes.len()),
         ));
     }
+    let _pending = crate::io_stats::pending("checkpoint", std::rc::Rc::from(path));
     let tmp = tmp_path(path);
     let file = BufferedFile::create(&tmp).await.map_err(io_error)?;
     let framed = encode(bytes);

@@ -381,7 +381,7 @@ impl Inner {
                 // no page cache holds data the disk lost, and recovery
                 // reads back exactly what the disk kept. Nothing that waited
                 // on this sync was acknowledged.
-                let _pending = crate::io_stats::pending("fdatasync", file.file.path());
+                let _pending = crate::io_stats::pending("fdatasync", file.file.path().clone());
                 let open = file.file.get().await?;
                 let started = Instant::now();
                 open.fdatasync()

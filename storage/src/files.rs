@@ -207,6 +207,11 @@ impl SegmentFile {
         // A retired file keeps its descriptor (never closed when idle), so
         // a reopen would open its replacement.
         assert!(!self.retired.get(), "reopening a retired segment file");
+        // A stalled disk holds a creation as it holds writes.
+        let _pending = self
+            .to_create
+            .get()
+            .map(|_| crate::io_stats::pending("create", self.path.clone()));
         let _creating = match self.to_create.get() {
             Some(_) => Some(
                 self.creating

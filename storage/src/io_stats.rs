@@ -70,18 +70,23 @@ pub(crate) struct Pending(u64);
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        IN_FLIGHT.with(|f| f.borrow_mut().ops.remove(&self.0));
+        // `try_with`: a task dropped while its thread's locals are torn
+        // down has nothing left to leave.
+        let _ = IN_FLIGHT.try_with(|f| f.borrow_mut().ops.remove(&self.0));
     }
 }
 
 /// Registers `op` on `path` as in flight until the returned guard drops.
-/// Always on, unlike the timings: it is what a stall report reads.
-pub(crate) fn pending(op: &'static str, path: &Rc<Path>) -> Pending {
+/// Always on, unlike the timings: it is what a stall report reads. Every
+/// operation on the data directory that a stalled disk holds registers:
+/// segment and index writes, their creation, fallocate, fdatasync and
+/// truncate, and the small files (checkpoints, producer snapshots).
+pub(crate) fn pending(op: &'static str, path: Rc<Path>) -> Pending {
     IN_FLIGHT.with(|f| {
         let mut f = f.borrow_mut();
         let id = f.next;
         f.next += 1;
-        f.ops.insert(id, (Instant::now(), op, path.clone()));
+        f.ops.insert(id, (Instant::now(), op, path));
         Pending(id)
     })
 }
@@ -89,7 +94,8 @@ pub(crate) fn pending(op: &'static str, path: &Rc<Path>) -> Pending {
 /// The oldest storage operation in flight on this shard.
 #[derive(Debug, Clone)]
 pub struct Oldest {
-    /// What it is: `write`, `fdatasync` or `truncate`.
+    /// What it is: `write`, `create`, `fallocate`, `fdatasync`, `truncate`,
+    /// `checkpoint` or `snapshot`.
     pub op: &'static str,
     /// The file it is on.
     pub path: Rc<Path>,

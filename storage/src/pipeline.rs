@@ -371,9 +371,7 @@ pub(crate) async fn write_range_at(
     position: u64,
 ) -> Result<()> {
     let len = range.len();
-    // From before the open: a new segment's files are created by their
-    // first write, and a stalled disk holds a creation as it holds writes.
-    let _pending = crate::io_stats::pending("write", file.path());
+    let _pending = crate::io_stats::pending("write", file.path().clone());
     let done = file
         .get()
         .await?

@@ -80,6 +80,7 @@ pub async fn write(dir: &Path, offset: u64, table: &ProducerTable) -> Result<()>
     );
     let path = path_of(dir, offset);
     let tmp = path.with_extension("snapshot.tmp");
+    let _pending = crate::io_stats::pending("snapshot", std::rc::Rc::from(&*path));
     let file = DmaFile::create(&tmp)
         .await
         .map_err(StorageError::io("create", &tmp))?;

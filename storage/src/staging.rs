@@ -316,27 +316,7 @@ impl StagingFile {
         };
         let bytes = file_bytes(bytes);
         std::fs::create_dir_all(staging_dir).map_err(|e| unavailable(e.to_string()))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| unavailable(e.to_string()))?;
-        // Marks the file as a live node's (`check_moved` leaves such files
-        // alone). An flock belongs to the open file, which the mapping
-        // keeps after `file` is closed: held until the shard unmaps it or
-        // the process dies, however it dies.
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StagingError::Refused {
-                    path,
-                    reason: "another running process holds it".into(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(unavailable(e.to_string())),
-        }
+        let file = open_locked(&path)?;
         if let Some(existing) = inspect(&path, &file, id, shard)? {
             let staged = existing.staged_batches();
             let written_by = existing.map.u32_at(TOPOLOGY_AT);
@@ -406,6 +386,48 @@ impl StagingFile {
             .filter(|f| f.kind == KIND_BATCH && !f.released)
             .count()
     }
+}
+
+/// Opens (creating) the staging file at `path` and locks it: the flock
+/// marks it as a running node's, which `check_moved` leaves alone. An flock
+/// belongs to the open file, which a mapping keeps after the descriptor is
+/// closed: held until the shard unmaps it or the process dies, however it
+/// dies. Another node's `check_moved` may remove an empty file between our
+/// open and our lock; then the name leads elsewhere (or nowhere) and the
+/// open is made again.
+fn open_locked(path: &Path) -> Result<std::fs::File, StagingError> {
+    use std::os::unix::fs::MetadataExt;
+    let unavailable = |reason: String| StagingError::Unavailable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    for _ in 0..3 {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| unavailable(e.to_string()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StagingError::Refused {
+                    path: path.to_path_buf(),
+                    reason: "another running process holds it".into(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(unavailable(e.to_string())),
+        }
+        let ours = file.metadata().map_err(|e| unavailable(e.to_string()))?;
+        let named = std::fs::metadata(path).ok();
+        if named.is_some_and(|n| (n.dev(), n.ino()) == (ours.dev(), ours.ino())) {
+            return Ok(file);
+        }
+    }
+    Err(unavailable(
+        "removed under this node three times while it opened it".into(),
+    ))
 }
 
 /// Maps and checks an existing staging file and walks it; `None` when the
@@ -500,23 +522,22 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
             continue;
         }
         let path = entry.path();
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+        let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path) else {
             continue;
         };
-        if file.try_lock().is_err() {
+        // The header first, without a lock: another data directory's file
+        // is never locked by this node, so its own start never finds it
+        // held.
+        let mut header = [0u8; HEADER_CRC_AT + 4];
+        if file.read_exact(&mut header).is_err() {
             continue;
         }
-        let len = file.metadata().map_or(0, |m| m.len() as usize);
-        if len < HEADER_BYTES {
-            continue;
-        }
-        let Ok(map) = Mapping::map(&file, len) else {
+        let Some((owner, shard)) = owner(&header) else {
             continue;
         };
-        let Some((owner, shard)) = owner(&map) else {
-            continue;
-        };
-        if owner != id {
+        if owner != id || file.try_lock().is_err() {
+            // Another directory's, or a running node's: a copy of this
+            // directory, with batches of its own.
             continue;
         }
         let staged = inspect(&path, &file, id, shard)?.map_or(0, |f| f.staged_batches());
@@ -525,7 +546,9 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
             return Err(StagingError::Refused {
                 reason: format!(
                     "it holds {staged} batches staged for this data directory when it was at \
-                     another path: rename it to {} to replay them",
+                     another path. If the directory was moved, rename the file to {} to \
+                     replay them; if this directory is a copy of another, these are the \
+                     other's batches: start that one",
                     wanted.display()
                 ),
                 path,
@@ -539,13 +562,16 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
     Ok(())
 }
 
-/// The data directory and shard a staging file was written for, if its
-/// header is whole.
-fn owner(map: &Mapping) -> Option<(u128, usize)> {
-    let whole = map.bytes(0, 8) == MAGIC
-        && crc32c::crc32c(map.bytes(0, HEADER_CRC_AT)) == map.u32_at(HEADER_CRC_AT);
-    let id = u128::from_le_bytes(map.bytes(16, 16).try_into().ok()?);
-    whole.then_some((id, map.u32_at(12) as usize))
+/// The data directory and shard a staging file's header names, if it is
+/// whole.
+fn owner(header: &[u8; HEADER_CRC_AT + 4]) -> Option<(u128, usize)> {
+    let field = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let whole =
+        header[..8] == MAGIC && crc32c::crc32c(&header[..HEADER_CRC_AT]) == field(HEADER_CRC_AT);
+    let id = u128::from_le_bytes(header[16..32].try_into().ok()?);
+    whole.then_some((id, field(12) as usize))
 }
 
 fn check_header(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(), String> {

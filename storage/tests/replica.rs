@@ -308,9 +308,15 @@ fn truncated_staged_batches_never_come_back_after_a_kill() {
         assert_eq!(area.staged_batches(), 1, "only the other log's entry");
         assert_eq!(log.offset_visible(), 3);
         assert_eq!(read_all(&log, 0).await, want);
-        // A kill: no close, the staging file left as it is.
+        // A kill: no close, the staging file left as it is. The log's
+        // flusher lets go of the area once it sees the log gone; until then
+        // the area's mapping holds the file's lock, as a dying process would.
+        let gone = Rc::downgrade(&area);
         drop(log);
         drop(area);
+        while gone.strong_count() > 0 {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let area = Rc::new(Staging::new(staging_file(&dir), dir.path().to_path_buf()));
         let log = Log::open_staged(&path, LogConfig::default(), cache, Some(area.clone()))
             .await

@@ -215,9 +215,10 @@ pub fn of_shard(shard: &Shard) -> ShardSnapshot {
         disk_free_bytes: space.free_bytes,
         disk_total_bytes: space.total_bytes,
         disk_low: shard.space().is_low(),
-        io_waiting_us: oldest_io
-            .as_ref()
-            .map_or(0, |o| fjord_storage::io_stats::micros(o.waited)),
+        // Not clamped as the histograms are: a stall may last for hours.
+        io_waiting_us: oldest_io.as_ref().map_or(0, |o| {
+            u64::try_from(o.waited.as_micros()).unwrap_or(u64::MAX)
+        }),
         io_in_flight: oldest_io.as_ref().map_or(0, |o| o.in_flight),
         not_served: shard.not_served_count(),
         partitions,

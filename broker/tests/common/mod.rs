@@ -42,12 +42,28 @@ pub struct Launch {
     pub netns: Option<String>,
 }
 
-/// A loopback port nobody listens on (bound, then released).
+/// A loopback port nobody listens on (bound, then released), taken below
+/// the kernel's ephemeral range (32768–60999 by default): a port from that
+/// range, released, may become the local port of any test's outgoing
+/// connection before the broker binds it (seen in CI: `cannot listen on
+/// 127.0.0.1:44546: Address already in use`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TAKEN: AtomicU32 = AtomicU32::new(0);
+    // Spread over the range by process and time: test binaries run in
+    // parallel processes, tests in parallel threads (the counter).
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..10_000 {
+        let n = TAKEN.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 22_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
 }
 
 /// The first of `count` consecutive ports nobody listens on at `ip` (each
