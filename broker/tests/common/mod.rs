@@ -50,15 +50,20 @@ pub struct Launch {
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static TAKEN: AtomicU32 = AtomicU32::new(0);
-    // Spread over the range by process and time: test binaries run in
-    // parallel processes, tests in parallel threads (the counter).
-    let seed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    // One start per process, then a stride coprime with the range's size:
+    // no port twice in a process (a node's addresses are picked before it
+    // binds any, so a released port must not come round again), and
+    // processes start at different places.
+    let seed = *SEED.get_or_init(|| {
+        std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+    });
     for _ in 0..10_000 {
         let n = TAKEN.fetch_add(1, Ordering::Relaxed);
-        let port = 10_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 22_000) as u16;
+        let port = 10_000 + ((u64::from(seed) + u64::from(n) * 7_919) % 22_000) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
