@@ -471,6 +471,9 @@ async fn run_shard(
         staging.clone(),
         ready_tx,
     ));
+    // From the start: recovery and the first metadata write to the disk
+    // too, and a start held by a stalled disk must say so.
+    glommio::spawn_local(shard.clone().watch_disk()).detach();
     let clustered = shard.config.node_id.is_some();
     if clustered && shard.id == 0 {
         // Before any partition opens: their groups start from it.
@@ -610,7 +613,6 @@ async fn run_shard(
     glommio::spawn_local(shard.clone().compact_logs()).detach();
     glommio::spawn_local(shard.clone().retry_unserved()).detach();
     glommio::spawn_local(shard.clone().watch_space()).detach();
-    glommio::spawn_local(shard.clone().watch_disk()).detach();
     let _ = events.send(Event::Ready);
     let _ = stop.clone().await;
     if clustered {

@@ -916,8 +916,8 @@ impl Shard {
     }
 
     /// Reports a disk that stops answering (see `disk_stall`), every disk
-    /// check, until the shard stops; a stop that waits on the disk is
-    /// reported like any other wait.
+    /// check, from the shard's start (a start held by the disk is reported)
+    /// until it stops (so is a stop).
     pub async fn watch_disk(self: Rc<Self>) {
         let interval = Duration::from_millis(self.config.disk_check_interval_ms);
         loop {

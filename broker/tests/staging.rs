@@ -195,6 +195,33 @@ fn freezable_disk(test: &str) -> Option<common::SmallDisk> {
     }
 }
 
+/// A one-shard broker serving a data directory on `disk` (with `extra`
+/// flags, its stderr appended to `stderr` if given), a topic of one
+/// partition with segments of `segment_bytes` holding one record, and an
+/// `acks=1` producer to it.
+fn on_disk(
+    disk: &common::SmallDisk,
+    extra: &[&str],
+    stderr: Option<&Path>,
+    topic: &str,
+    segment_bytes: u64,
+) -> (Broker, Producer) {
+    let broker = Broker::launch(
+        1,
+        extra,
+        common::Launch {
+            data_dir: Some(disk.mount.join("data")),
+            stderr: stderr.map(Path::to_path_buf),
+            ..common::Launch::default()
+        },
+    );
+    let configs = [("segment.bytes".to_owned(), segment_bytes.to_string())];
+    block_on(Admin::new(broker.client()).create_topic(topic, 1, &configs)).unwrap();
+    let producer = Producer::new(&broker.client(), acks_leader()).unwrap();
+    block_on(producer.send(topic, Some(0), None, Some(b"before"), &[])).unwrap();
+    (broker, producer)
+}
+
 /// A frozen filesystem that thaws after `at_most` whatever happens, so
 /// that a broker waiting for its writes fails the test instead of hanging
 /// it.
@@ -248,20 +275,9 @@ fn acks_do_not_wait_for_a_frozen_disk_and_a_kill_then_loses_none() {
     let Some(disk) = freezable_disk("acks_do_not_wait_for_a_frozen_disk…") else {
         return;
     };
-    let mut broker = Broker::launch(
-        1,
-        &[],
-        common::Launch {
-            data_dir: Some(disk.mount.join("data")),
-            ..common::Launch::default()
-        },
-    );
     // Small segments: the 500 records roll several while frozen, and a
     // roll must not wait for its new files.
-    let configs = [("segment.bytes".to_owned(), "16384".to_owned())];
-    block_on(Admin::new(broker.client()).create_topic("frozen", 1, &configs)).unwrap();
-    let producer = Producer::new(&broker.client(), acks_leader()).unwrap();
-    block_on(producer.send("frozen", Some(0), None, Some(b"before"), &[])).unwrap();
+    let (mut broker, producer) = on_disk(&disk, &[], None, "frozen", 16384);
 
     let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
     let acked = send_all(&producer, "frozen", 500);
@@ -299,20 +315,14 @@ fn a_stalled_disk_is_reported_and_a_stop_waits_for_it_losing_nothing() {
     };
     let log = tempfile::NamedTempFile::new().unwrap();
     let admin = format!("127.0.0.1:{}", common::free_port());
-    let mut broker = Broker::launch(
-        1,
-        &["--admin-listen", &admin],
-        common::Launch {
-            data_dir: Some(disk.mount.join("data")),
-            stderr: Some(log.path().to_path_buf()),
-            ..common::Launch::default()
-        },
-    );
     // Small segments: the frozen writes include a roll's new files.
-    let configs = [("segment.bytes".to_owned(), "16384".to_owned())];
-    block_on(Admin::new(broker.client()).create_topic("stalled", 1, &configs)).unwrap();
-    let producer = Producer::new(&broker.client(), acks_leader()).unwrap();
-    block_on(producer.send("stalled", Some(0), None, Some(b"before"), &[])).unwrap();
+    let (mut broker, producer) = on_disk(
+        &disk,
+        &["--admin-listen", &admin],
+        Some(log.path()),
+        "stalled",
+        16384,
+    );
     let dir = broker.partition_dirs("stalled").remove(0);
     let stderr = || std::fs::read_to_string(log.path()).unwrap();
     assert!(!stderr().contains("disk stalled"), "{}", stderr());
@@ -394,17 +404,13 @@ fn a_stall_that_fills_the_staging_budget_holds_the_producers_back() {
     let Some(disk) = freezable_disk("a_stall_that_fills_the_staging_budget…") else {
         return;
     };
-    let broker = Broker::launch(
-        1,
+    let (broker, producer) = on_disk(
+        &disk,
         &["--staging-bytes-per-shard", "1048576"],
-        common::Launch {
-            data_dir: Some(disk.mount.join("data")),
-            ..common::Launch::default()
-        },
+        None,
+        "held",
+        1 << 30,
     );
-    block_on(Admin::new(broker.client()).create_topic("held", 1, &[])).unwrap();
-    let producer = Producer::new(&broker.client(), acks_leader()).unwrap();
-    block_on(producer.send("held", Some(0), None, Some(b"before"), &[])).unwrap();
 
     let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
     // About 2.6 MB of records: more than the budget holds.

@@ -65,26 +65,23 @@ fn megabytes(bytes: f64) -> String {
 /// One screen.
 fn render(now: &Value) -> String {
     let mut s = String::new();
-    let health = if now["ready"].as_bool().unwrap_or(false) {
-        let warnings: Vec<&str> = now["warnings"]
+    // `/health`'s sentences under `key`, joined.
+    let sentences = |key: &str| {
+        let all: Vec<&str> = now[key]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        if warnings.is_empty() {
-            "ready".to_owned()
-        } else {
-            format!("ready, but: {}", warnings.join("; "))
+        all.join("; ")
+    };
+    let health = if now["ready"].as_bool().unwrap_or(false) {
+        match sentences("warnings") {
+            warnings if warnings.is_empty() => "ready".to_owned(),
+            warnings => format!("ready, but: {warnings}"),
         }
     } else {
-        let reasons: Vec<&str> = now["reasons"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        format!("NOT READY: {}", reasons.join("; "))
+        format!("NOT READY: {}", sentences("reasons"))
     };
     let disk = &now["disk"];
     s += &format!(
