@@ -42,6 +42,38 @@ pub struct Launch {
     pub netns: Option<String>,
 }
 
+/// What each thread of process `pid` is doing, from /proc: name, state
+/// (R running, S sleeping, D in the kernel) and where it sleeps. For a node
+/// that did not come up: waiting (`io_uring_enter`), spinning or blocked.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task)");
+    };
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    tasks
+        .flatten()
+        .map(|task| {
+            let dir = task.path();
+            let stat = read(dir.join("stat"));
+            // The state follows the command name's closing parenthesis.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.get(..1))
+                .unwrap_or("?");
+            format!(
+                "  {} {state} wchan={} syscall={}",
+                read(dir.join("comm")).trim(),
+                read(dir.join("wchan")).trim(),
+                read(dir.join("syscall"))
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("?"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A loopback port nobody listens on (bound, then released), taken below
 /// the kernel's ephemeral range (32768–60999 by default): a port from that
 /// range, released, may become the local port of any test's outgoing
@@ -219,8 +251,9 @@ impl Broker {
         let mut child = command.spawn().expect("spawn fjord serve");
         if let Err(e) = fjord_broker::node::wait_until_serving(&mut child, Duration::from_secs(30))
         {
+            let threads = threads_of(child.id());
             let _ = child.kill();
-            panic!("fjord serve: {e}: {:?}", child.wait());
+            panic!("fjord serve: {e}: {:?}\n{threads}", child.wait());
         }
         self.child = Some(child);
     }
