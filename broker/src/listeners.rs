@@ -144,9 +144,11 @@ fn settled<'a>(
                 !own.contains(inode) && listeners.iter().any(|l| overlaps(*addr, l.addr))
             })
             .collect();
-        let held = match foreign.is_empty() {
-            true => HashSet::new(),
-            false => held_socket_inodes(),
+        // The walk of every process's descriptors only when it can matter.
+        let held = if foreign.is_empty() {
+            HashSet::new()
+        } else {
+            held_socket_inodes()
         };
         let taken = listeners.iter().find(|listener| {
             foreign

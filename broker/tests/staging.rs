@@ -415,13 +415,7 @@ fn a_stall_that_fills_the_staging_budget_holds_the_producers_back() {
     let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
     // About 2.6 MB of records: more than the budget holds.
     const RECORDS: u64 = 20_000;
-    let sent: Vec<(Vec<u8>, Ack)> = (0..RECORDS)
-        .map(|i| {
-            let v = value(0, i);
-            let ack = producer.send("held", Some(0), None, Some(&v), &[]);
-            (v, Box::pin(ack) as Ack)
-        })
-        .collect();
+    let sent = send(&producer, "held", RECORDS);
     let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let waiter = {
         let answered = answered.clone();
@@ -474,15 +468,21 @@ fn acks_leader() -> ProducerConfig {
 /// Sends `count` records to partition 0 of `topic` and waits for every
 /// answer: each value with its offset.
 fn send_all(producer: &Producer, topic: &str, count: u64) -> Vec<(Vec<u8>, i64)> {
-    let sent: Vec<(Vec<u8>, Ack)> = (0..count)
+    send(producer, topic, count)
+        .into_iter()
+        .map(|(v, ack)| (v, block_on(ack).unwrap().offset))
+        .collect()
+}
+
+/// Sends `count` records to partition 0 of `topic`: each value with its
+/// answer to come.
+fn send(producer: &Producer, topic: &str, count: u64) -> Vec<(Vec<u8>, Ack)> {
+    (0..count)
         .map(|i| {
             let v = value(0, i);
             let ack = producer.send(topic, Some(0), None, Some(&v), &[]);
             (v, Box::pin(ack) as Ack)
         })
-        .collect();
-    sent.into_iter()
-        .map(|(v, ack)| (v, block_on(ack).unwrap().offset))
         .collect()
 }
 

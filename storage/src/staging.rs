@@ -483,23 +483,38 @@ pub fn check_extra_shards(
         let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
             continue;
         };
-        let staged = inspect(&path, &file, id, shard)?.map_or(0, |f| f.staged_batches());
-        if staged > 0 {
-            return Err(StagingError::Refused {
-                path,
-                reason: format!(
-                    "shard {shard} staged {staged} batches, and this node runs {shards} \
-                     shards: start it with at least {} cores to replay them",
-                    shard + 1
-                ),
-            });
-        }
-        std::fs::remove_file(&path).map_err(|e| StagingError::Unavailable {
-            path: path.clone(),
-            reason: e.to_string(),
+        remove_unless_staged(path, &file, id, shard, |staged| {
+            format!(
+                "shard {shard} staged {staged} batches, and this node runs {shards} \
+                 shards: start it with at least {} cores to replay them",
+                shard + 1
+            )
         })?;
     }
     Ok(())
+}
+
+/// Removes a staging file of this data directory that no shard of this
+/// node opens, if it holds no staged batches; refuses the start, saying
+/// `why` (given their count), if it does. Blocking.
+fn remove_unless_staged(
+    path: PathBuf,
+    file: &std::fs::File,
+    id: u128,
+    shard: usize,
+    why: impl FnOnce(usize) -> String,
+) -> Result<(), StagingError> {
+    let staged = inspect(&path, file, id, shard)?.map_or(0, |f| f.staged_batches());
+    if staged > 0 {
+        return Err(StagingError::Refused {
+            reason: why(staged),
+            path,
+        });
+    }
+    std::fs::remove_file(&path).map_err(|e| StagingError::Unavailable {
+        path: path.clone(),
+        reason: e.to_string(),
+    })
 }
 
 /// Checks the staging files of this data directory left under another
@@ -540,23 +555,15 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
             // directory, with batches of its own.
             continue;
         }
-        let staged = inspect(&path, &file, id, shard)?.map_or(0, |f| f.staged_batches());
-        if staged > 0 {
-            let wanted = file_path(staging_dir, data_dir, shard);
-            return Err(StagingError::Refused {
-                reason: format!(
-                    "it holds {staged} batches staged for this data directory when it was at \
-                     another path. If the directory was moved, rename the file to {} to \
-                     replay them; if this directory is a copy of another, these are the \
-                     other's batches: start that one",
-                    wanted.display()
-                ),
-                path,
-            });
-        }
-        std::fs::remove_file(&path).map_err(|e| StagingError::Unavailable {
-            path: path.clone(),
-            reason: e.to_string(),
+        let wanted = file_path(staging_dir, data_dir, shard);
+        remove_unless_staged(path, &file, id, shard, |staged| {
+            format!(
+                "it holds {staged} batches staged for this data directory when it was at \
+                 another path. If the directory was moved, rename the file to {} to \
+                 replay them; if this directory is a copy of another, these are the \
+                 other's batches: start that one",
+                wanted.display()
+            )
         })?;
     }
     Ok(())

@@ -62,18 +62,13 @@ pub fn check(snapshot: &NodeSnapshot) -> Health {
     if under > 0 {
         warnings.push(format!("{under} partition(s) under-replicated"));
     }
-    let stalled_after = crate::disk_stall::STALLED_AFTER.as_micros() as u64;
-    for s in snapshot
-        .shards
-        .iter()
-        .filter(|s| s.io_waiting_us >= stalled_after)
-    {
-        warnings.push(format!(
-            "disk stalled: shard {}'s oldest of {} storage operation(s) has waited {} ms",
-            s.shard,
-            s.io_in_flight,
-            s.io_waiting_us / 1000
-        ));
+    for s in &snapshot.shards {
+        if let Some(ms) = s.stalled_ms() {
+            warnings.push(format!(
+                "disk stalled: shard {}'s oldest of {} storage operation(s) has waited {ms} ms",
+                s.shard, s.io_in_flight
+            ));
+        }
     }
     Health {
         ready: reasons.is_empty(),

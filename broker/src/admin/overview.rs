@@ -88,12 +88,7 @@ pub fn render(snapshot: &NodeSnapshot) -> Value {
             "low": disk.is_some_and(|s| s.disk_low),
             // The longest wait of a storage operation in flight, once it is
             // a stall (see `disk_stall`); 0 otherwise.
-            "stalled_ms": shards
-                .iter()
-                .map(|s| s.io_waiting_us)
-                .filter(|&us| us >= crate::disk_stall::STALLED_AFTER.as_micros() as u64)
-                .max()
-                .map_or(0, |us| us / 1000),
+            "stalled_ms": shards.iter().filter_map(|s| s.stalled_ms()).max().unwrap_or(0),
         },
         "connections": shards.iter().map(|s| s.connections).sum::<usize>(),
         "staged_batches": shards.iter().map(|s| s.staged_batches).sum::<usize>(),

@@ -87,6 +87,15 @@ pub struct ShardSnapshot {
     pub committed: Vec<(String, String, i32, i64)>,
 }
 
+impl ShardSnapshot {
+    /// How long its oldest storage operation in flight has waited, in
+    /// milliseconds, once that is a stall (see `disk_stall`).
+    pub fn stalled_ms(&self) -> Option<u64> {
+        let after = crate::disk_stall::STALLED_AFTER.as_micros() as u64;
+        (self.io_waiting_us >= after).then_some(self.io_waiting_us / 1000)
+    }
+}
+
 /// What every shard of the node knows, with the node's identity.
 #[derive(Debug, Clone)]
 pub struct NodeSnapshot {
