@@ -22,6 +22,15 @@ pub enum Pages {
     /// mapping of its own (small pages where the kernel has none to give),
     /// as Fjord's shards allocate their DMA memory.
     Huge,
+    /// A shared mapping of a file under `/dev/shm`, as the staging area is
+    /// mapped: what a log writing to disk straight from its staging area
+    /// would write from. tmpfs gives it small pages unless the system turns
+    /// on huge pages for shared memory (off by default).
+    Shared,
+    /// The same, collapsed into huge pages once written
+    /// (`madvise(MADV_COLLAPSE)`, Linux 6.1+), which asks for no system
+    /// setting: small pages where the kernel cannot.
+    SharedCollapsed,
 }
 
 /// A zeroed, page-aligned buffer.
@@ -78,6 +87,45 @@ impl AlignedBuf {
                     ptr,
                     len,
                     backing: Backing::Mapped { base, len: mapped },
+                }
+            }
+            Pages::Shared | Pages::SharedCollapsed => {
+                let path = format!("/dev/shm/fjord-probe-{}", std::process::id());
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("cannot create {path}: {e}"));
+                // The mapping keeps the pages; the name is not needed.
+                let _ = std::fs::remove_file(&path);
+                file.set_len(len as u64)
+                    .unwrap_or_else(|e| panic!("cannot size {path}: {e}"));
+                // SAFETY: a shared mapping of a file of `len` bytes, no hint.
+                let base = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        std::os::fd::AsRawFd::as_raw_fd(&file),
+                        0,
+                    )
+                };
+                assert!(base != libc::MAP_FAILED, "cannot map {len} bytes of {path}");
+                if pages == Pages::SharedCollapsed {
+                    // SAFETY: the whole mapping, ours. A collapse needs the
+                    // pages present; it is advice, and its result does not
+                    // matter to correctness.
+                    unsafe {
+                        std::ptr::write_bytes(base.cast::<u8>(), 0, len);
+                        libc::madvise(base, len, libc::MADV_COLLAPSE);
+                    }
+                }
+                AlignedBuf {
+                    ptr: base.cast(),
+                    len,
+                    backing: Backing::Mapped { base, len },
                 }
             }
         }

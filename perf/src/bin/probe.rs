@@ -65,6 +65,22 @@ fn main() -> std::io::Result<()> {
         args.bytes,
         SPREAD_BYTES,
     )?;
+    // The same writes from shared memory, as a log writing straight from its
+    // staging area would, as tmpfs gives it and collapsed into huge pages:
+    // what dropping the staging copy would cost the device (BENCHMARKS.md,
+    // "Writing from the staging area").
+    let write_shared = limits::direct_write_spread(
+        &args.dir.join("probe-write"),
+        (1 << 20, args.depth, Pages::Shared),
+        args.bytes,
+        SPREAD_BYTES,
+    )?;
+    let write_shared_collapsed = limits::direct_write_spread(
+        &args.dir.join("probe-write"),
+        (1 << 20, args.depth, Pages::SharedCollapsed),
+        args.bytes,
+        SPREAD_BYTES,
+    )?;
     // The same writes from 4 KiB pages: what software that does not ask
     // for huge pages gets.
     let small = (1 << 20, args.depth, Pages::Small);
@@ -119,6 +135,16 @@ fn main() -> std::io::Result<()> {
     );
     println!(
         "  {:<44} {:>10.3} GB/s",
+        "  the same, from shared memory (/dev/shm)",
+        write_shared.gb_per_sec()
+    );
+    println!(
+        "  {:<44} {:>10.3} GB/s",
+        "  the same, shared, collapsed into huge pages",
+        write_shared_collapsed.gb_per_sec()
+    );
+    println!(
+        "  {:<44} {:>10.3} GB/s",
         "O_DIRECT sequential write, 4 MiB x QD1",
         write_serial.gb_per_sec()
     );
@@ -154,7 +180,7 @@ fn main() -> std::io::Result<()> {
     );
 
     let mut report = serde_json::json!({
-        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_overlapping": write_overlapping, "direct_write_overlapping_gb_per_sec": write_overlapping.gb_per_sec(), "direct_write_spread": write_spread, "direct_write_spread_gb_per_sec": write_spread.gb_per_sec(), "direct_write_small_pages": write_small, "direct_write_small_pages_gb_per_sec": write_small.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "direct_write_latency_64k": write_latency, "direct_write_latency_paced_20k": paced, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
+        "limits": { "direct_write": write, "direct_write_gb_per_sec": write.gb_per_sec(), "direct_write_overlapping": write_overlapping, "direct_write_overlapping_gb_per_sec": write_overlapping.gb_per_sec(), "direct_write_spread": write_spread, "direct_write_spread_gb_per_sec": write_spread.gb_per_sec(), "direct_write_shared": write_shared, "direct_write_shared_gb_per_sec": write_shared.gb_per_sec(), "direct_write_shared_collapsed": write_shared_collapsed, "direct_write_shared_collapsed_gb_per_sec": write_shared_collapsed.gb_per_sec(), "direct_write_small_pages": write_small, "direct_write_small_pages_gb_per_sec": write_small.gb_per_sec(), "direct_write_serial": write_serial, "direct_write_serial_gb_per_sec": write_serial.gb_per_sec(), "direct_read_serial": read_serial, "direct_read_serial_gb_per_sec": read_serial.gb_per_sec(), "fdatasync": sync, "direct_write_latency_64k": write_latency, "direct_write_latency_paced_20k": paced, "loopback_tcp": tcp, "loopback_tcp_gb_per_sec": tcp.gb_per_sec() },
     });
     if !args.limits_only {
         let scenarios = [
