@@ -1325,10 +1325,6 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                // Fjord: preempted before anything ran (a timer or a wake-up
-                // landed since the last poll) is not "nothing to run": the
-                // caller would park with tasks queued, until the next event.
-                ran = ran || !self.queues.borrow().active_executors.is_empty();
                 break;
             }
             if !self.run_one_task_queue() {

@@ -60,40 +60,6 @@ impl<'ring> CompletionQueue<'ring> {
         self.wait_inner(count).map(|_| ())
     }
 
-    /// Fjord: like [`CompletionQueue::wait`], but for at most `timeout`
-    /// (`Ok(false)` when it passed) where the kernel takes a wait's timeout
-    /// as an argument (`IORING_FEAT_EXT_ARG`, Linux 5.11); older kernels
-    /// would need a timeout request in the ring, whose completion glommio
-    /// does not expect, so there it waits without one.
-    pub fn wait_at_most(&mut self, count: u32, timeout: std::time::Duration) -> io::Result<bool> {
-        const IORING_FEAT_EXT_ARG: libc::c_uint = 1 << 8;
-        // SAFETY: the ring outlives this queue.
-        let features = unsafe { self.ring.as_ref().features };
-        if features & IORING_FEAT_EXT_ARG == 0 {
-            return self.wait(count).map(|()| true);
-        }
-        let mut ts = uring_sys::__kernel_timespec {
-            tv_sec: timeout.as_secs() as _,
-            tv_nsec: timeout.subsec_nanos() as _,
-        };
-        let mut cqe = MaybeUninit::uninit();
-        // SAFETY: as `wait_inner`; `ts` lives across the call.
-        let res = unsafe {
-            uring_sys::io_uring_wait_cqes(
-                self.ring.as_ptr(),
-                cqe.as_mut_ptr(),
-                count as _,
-                &mut ts,
-                ptr::null(),
-            )
-        };
-        match resultify(res) {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     #[inline(always)]
     fn wait_inner(&mut self, count: u32) -> io::Result<&mut uring_sys::io_uring_cqe> {
         unsafe {

@@ -708,18 +708,9 @@ impl UringQueueState {
         self.submissions.is_empty() && self.cancellations.is_empty()
     }
 
-    /// Fjord: a timeout is removed with `IORING_OP_TIMEOUT_REMOVE`, which
-    /// goes straight to the ring's timeouts; `IORING_OP_ASYNC_CANCEL` looks
-    /// for the request among the io-wq workers' and the polls first. The
-    /// executor cancels its preemption timers on every poll.
-    pub(crate) fn cancel_request(&mut self, id: SourceId, timeout: bool) {
-        let target = to_user_data(id);
+    pub(crate) fn cancel_request(&mut self, id: SourceId) {
         self.cancellations.push_back(UringDescriptor {
-            args: if timeout {
-                UringOpDescriptor::TimeoutRemove(target)
-            } else {
-                UringOpDescriptor::Cancel(target)
-            },
+            args: UringOpDescriptor::Cancel(to_user_data(id)),
             fd: -1,
             flags: SubmissionFlags::empty(),
             user_data: 0,
@@ -1181,18 +1172,10 @@ impl SleepableRing {
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings are linked. Goodnight!
-                // Fjord: for at most SLEEP_MAX. Every wake-up but the main
-                // ring's own completions reaches this wait only through the
-                // poll that links the rings, and a shard was seen asleep
-                // here for good (Linux 6.18, with a build that kept its
-                // preemption timers armed): a timer due minutes before and
-                // an eventfd read that a SIGTERM's wake-up wrote to were
-                // both still pending in the latency ring. Waking up bounds
-                // such a loss: the executor looks at every ring itself.
                 self.ring
                     .cq()
-                    .wait_at_most(1, SLEEP_MAX)
-                    .map(usize::from)
+                    .wait(1)
+                    .map(|_| 1)
                     .or_else(Reactor::busy_ok)
                     .or_else(Reactor::again_ok)
                     .or_else(Reactor::intr_ok)
@@ -1316,10 +1299,6 @@ impl UringCommon for SleepableRing {
         Some(false)
     }
 }
-
-/// Fjord: the longest an executor sleeps without looking at its rings
-/// again; see `SleepableRing::sleep`.
-const SLEEP_MAX: Duration = Duration::from_millis(50);
 
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
