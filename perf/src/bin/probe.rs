@@ -59,28 +59,21 @@ fn main() -> std::io::Result<()> {
     // The same writes from as much memory as the log's scenarios write
     // from (its batch cache keeps written buffers): from 4 KiB pages the
     // device here was slower the more pages were under its requests.
-    let write_spread = limits::direct_write_spread(
-        &args.dir.join("probe-write"),
-        huge,
-        args.bytes,
-        SPREAD_BYTES,
-    )?;
-    // The same writes from shared memory, as a log writing straight from its
+    let spread = |pages| {
+        limits::direct_write_spread(
+            &args.dir.join("probe-write"),
+            (1 << 20, args.depth, pages),
+            args.bytes,
+            SPREAD_BYTES,
+        )
+    };
+    let write_spread = spread(Pages::Huge)?;
+    // The same from shared memory, as a log writing straight from its
     // staging area would, as tmpfs gives it and collapsed into huge pages:
     // what dropping the staging copy would cost the device (BENCHMARKS.md,
     // "Writing from the staging area").
-    let write_shared = limits::direct_write_spread(
-        &args.dir.join("probe-write"),
-        (1 << 20, args.depth, Pages::Shared),
-        args.bytes,
-        SPREAD_BYTES,
-    )?;
-    let write_shared_collapsed = limits::direct_write_spread(
-        &args.dir.join("probe-write"),
-        (1 << 20, args.depth, Pages::SharedCollapsed),
-        args.bytes,
-        SPREAD_BYTES,
-    )?;
+    let write_shared = spread(Pages::Shared)?;
+    let write_shared_collapsed = spread(Pages::SharedCollapsed)?;
     // The same writes from 4 KiB pages: what software that does not ask
     // for huge pages gets.
     let small = (1 << 20, args.depth, Pages::Small);
