@@ -1308,6 +1308,9 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// Fjord: when the task queue running now is to be preempted (see
+    /// `wait`); `None` while parked.
+    preempt_deadline: Cell<Option<Instant>>,
 
     link_fd: RawFd,
 
@@ -1445,6 +1448,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            preempt_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1919,12 +1923,23 @@ impl Reactor {
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        //
+        // Fjord: one that is still pending stays (upstream cancels and
+        // replaces it on every turn, a cancel and a timeout each time). It
+        // now counts completions since it was armed, not since this turn:
+        // at worst a preemption every `ring_depth` completions that a
+        // fresh one would not have made.
+        let pending = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|timer| timer.result().is_none());
+        self.throughput_preemption_timeout_src
+            .set(Some(pending.unwrap_or_else(|| {
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                )
+            })));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1974,11 +1989,16 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
-        }
+        // Fjord: the preemption timer is a deadline that `need_preempt`
+        // compares with the clock, not a timeout in the latency ring. Upstream
+        // cancels and arms that timeout on every turn of the loop, and every
+        // arm or cancel programs the host's timer: under load a shard's
+        // `io_async_cancel` and `io_timeout` took 8 % of its samples. A
+        // sleep's user timer (above) still goes into the ring: only the
+        // kernel can end a sleep.
+        self.preempt_deadline
+            .set(preempt_timer().map(|preempt| Instant::now() + preempt));
+        flush_rings!(lat_ring, main_ring)?;
 
         // A Note about `need_preempt`:
         //
@@ -1992,6 +2012,13 @@ impl Reactor {
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
         self.blocking_thread.flush()
+    }
+
+    /// Fjord: whether the running task queue's time is up (see `wait`).
+    pub(crate) fn preempt_due(&self) -> bool {
+        self.preempt_deadline
+            .get()
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
