@@ -206,10 +206,7 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        // SAFETY: the pointers are the latency ring's, which lives as long
-        // as `self.sys`.
-        let events = unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) };
-        events || self.sys.preempt_due()
+        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
     }
 
     pub(crate) fn id(&self) -> usize {
