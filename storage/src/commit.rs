@@ -733,7 +733,8 @@ pub(crate) async fn run_flusher(inner: Rc<Inner>, kicked: LocalReceiver<()>) {
     loop {
         // A round hears the kicks of appends that arrive while it runs; what
         // they staged after its last take goes without waiting for another.
-        let open = if inner.untaken_bytes() > 0 {
+        // So may the kick of `Log::close`: a closed log never waits for one.
+        let open = if inner.untaken_bytes() > 0 || inner.state.borrow().closed {
             true
         } else {
             match inner.sync_deadline() {

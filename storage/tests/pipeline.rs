@@ -174,3 +174,47 @@ fn overlapping_writes_are_caught() {
         "stale shared blocks went unnoticed: the check cannot fail"
     );
 }
+
+/// A log closed while appends keep coming (a replica mid-step when its node
+/// stops) closes. A flusher's round hears the kicks that arrive while it
+/// runs, the close's among them; the flusher must not then wait for another.
+#[test]
+fn a_log_closes_while_appends_keep_coming() {
+    let (_tmp, dir) = data_dir();
+    run(&dir, move |dir| async move {
+        let cache = BatchCache::new(0);
+        for round in 0..12u64 {
+            let log = std::rc::Rc::new(
+                open(
+                    &dir,
+                    &format!("p{round}"),
+                    config(ONE_SEGMENT_BYTES),
+                    &cache,
+                )
+                .await,
+            );
+            let appender = glommio::spawn_local({
+                let log = log.clone();
+                async move {
+                    let mut seed = 0;
+                    while log.append(&batch_for(seed)).await.is_ok() {
+                        seed += 1;
+                        if seed % 8 == 0 {
+                            glommio::executor().yield_now().await;
+                        }
+                    }
+                }
+            });
+            glommio::timer::sleep(std::time::Duration::from_millis(round % 7)).await;
+            let close = std::pin::pin!(log.close());
+            let limit = std::pin::pin!(glommio::timer::sleep(std::time::Duration::from_secs(10)));
+            match futures::future::select(close, limit).await {
+                futures::future::Either::Left((closed, _)) => closed.expect("close"),
+                futures::future::Either::Right(_) => {
+                    panic!("round {round}: close still waiting after 10 s")
+                }
+            }
+            appender.await;
+        }
+    });
+}
