@@ -12,6 +12,9 @@ use fjord_core::FsyncPolicy;
 use fjord_core::batch;
 use fjord_storage::pipeline::{Adversary, set_adversary};
 use fjord_storage::{BatchCache, LogConfig};
+use futures::future::{Either, select};
+use std::rc::Rc;
+use std::time::Duration;
 
 const BATCHES: u64 = 6000;
 /// A segment size that holds all of [`BATCHES`] (about 12 MiB).
@@ -184,7 +187,7 @@ fn a_log_closes_while_appends_keep_coming() {
     run(&dir, move |dir| async move {
         let cache = BatchCache::new(0);
         for round in 0..12u64 {
-            let log = std::rc::Rc::new(
+            let log = Rc::new(
                 open(
                     &dir,
                     &format!("p{round}"),
@@ -205,12 +208,12 @@ fn a_log_closes_while_appends_keep_coming() {
                     }
                 }
             });
-            glommio::timer::sleep(std::time::Duration::from_millis(round % 7)).await;
+            glommio::timer::sleep(Duration::from_millis(round % 7)).await;
             let close = std::pin::pin!(log.close());
-            let limit = std::pin::pin!(glommio::timer::sleep(std::time::Duration::from_secs(10)));
-            match futures::future::select(close, limit).await {
-                futures::future::Either::Left((closed, _)) => closed.expect("close"),
-                futures::future::Either::Right(_) => {
+            let limit = std::pin::pin!(glommio::timer::sleep(Duration::from_secs(10)));
+            match select(close, limit).await {
+                Either::Left((closed, _)) => closed.expect("close"),
+                Either::Right(_) => {
                     panic!("round {round}: close still waiting after 10 s")
                 }
             }
