@@ -4,7 +4,9 @@
 //!
 //! Events of a shard carry `shard = N`, and those about a partition
 //! `topic` and `partition` fields, so one can grep (or a log shipper can
-//! index) a shard's or a partition's story.
+//! index) a shard's or a partition's story. A clustered node's events
+//! carry its id too (`node{id=N}`), so the logs of several nodes can be
+//! merged and still read.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -34,6 +36,12 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// The span a clustered node's thread logs in for its whole life, entered;
+/// nothing for a single node.
+pub fn node_span(node_id: Option<u32>) -> Option<tracing::span::EnteredSpan> {
+    node_id.map(|id| tracing::info_span!("node", id).entered())
 }
 
 /// How often a repeated error is logged at most.

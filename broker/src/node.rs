@@ -104,6 +104,7 @@ enum Event {
 pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
     config.validate()?;
     logging::init(config.log_format);
+    let _node = logging::node_span(config.node_id);
     // Resolved once: `available_parallelism` reads cgroup files, far too
     // slow for the routing path that asks which shard owns a partition.
     config.cores = Some(config.shard_count());
@@ -184,6 +185,9 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
             },
         )
         .spawn(move || async move {
+            // Entered for the executor's life: every task of the shard logs
+            // inside it.
+            let _node = logging::node_span(config.node_id);
             let failed = events.clone();
             fjord_storage::files::set_budget(files_per_shard);
             fjord_storage::io_stats::set_enabled(config.metrics);

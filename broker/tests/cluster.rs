@@ -984,3 +984,37 @@ fn added_partitions_are_replicated_produced_to_and_assigned_to_the_group() {
     });
     cluster.assert_metadata_equal();
 }
+
+/// A clustered node's log lines name it, its shards' and its main
+/// thread's alike: the merged logs of a cluster still read.
+#[test]
+fn a_clustered_nodes_log_lines_name_it() {
+    let log = tempfile::NamedTempFile::new().expect("stderr file");
+    let mut node = Broker::launch(
+        2,
+        &["--node-id", "7"],
+        common::Launch {
+            stderr: Some(log.path().to_path_buf()),
+            ..common::Launch::default()
+        },
+    );
+    node.terminate();
+    let text = std::fs::read_to_string(log.path()).expect("stderr");
+    // Events start with their time; anything else is not tracing's.
+    let events: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    for thread in [" main ", " shard-0"] {
+        assert!(
+            events.iter().any(|line| line.contains(thread)),
+            "no event of {thread:?} in:\n{text}"
+        );
+    }
+    for line in &events {
+        assert!(
+            line.contains("node{id=7}"),
+            "an event without the node: {line}"
+        );
+    }
+}
