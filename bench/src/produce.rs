@@ -1,9 +1,14 @@
 //! The open-loop producer. Message `j` of a producer is due at
-//! `j / rate`; the generator wakes every [`TICK`], appends every message due
-//! by then to the open batch of the current partition (sticky, as Kafka's
-//! producer for null keys), seals batches at `batch_size` or after
-//! `linger`, and sends them with at most `max_in_flight` requests per
-//! partition. Each message's latency runs from its *due* time to its
+//! `j / rate`; the generator wakes when a batch must go (when the message
+//! that fills the open batch is due, by the count of the last full one, or
+//! when a batch's `linger` since its first message's due time ends),
+//! appends every message due by then to the open batch of the current
+//! partition (sticky, as Kafka's producer for null keys), seals batches at
+//! `batch_size` or at their linger, and sends them with at most
+//! `max_in_flight` requests per partition. Appending a batch's messages
+//! when it goes rather than one by one sends the same bytes at the same
+//! moment: each carries its due time, not the time it was appended. Each
+//! message's latency runs from its *due* time to its
 //! acknowledgement: when the broker falls behind, messages wait (and the
 //! generator stalls once two sealed batches queue per partition), and the
 //! wait is counted as latency instead of lowering the rate
@@ -26,9 +31,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How often the generator wakes: messages due within one tick go out
-/// together, so a tick bounds the latency it adds itself.
+/// How often the generator wakes while it is stalled and while it
+/// finishes: messages due within one tick go out together, so a tick
+/// bounds the latency it adds itself.
 const TICK: Duration = Duration::from_micros(50);
+/// The longest sleep of the generator: progress and stall checks run at
+/// least this often.
+const WAKE_MAX: Duration = Duration::from_millis(10);
 /// How far behind schedule the generator may be at the deadline and still
 /// send every message due before it.
 const CATCH_UP_MAX: Duration = Duration::from_millis(500);
@@ -363,6 +372,9 @@ impl Engine {
         // stall still sends what it scheduled); none if it is hopelessly
         // behind (a rate far above capacity stops at the deadline).
         let mut owed: Option<u64> = None;
+        // Messages in the last batch sealed at `batch_size`: when the open
+        // one will fill.
+        let mut full_count: Option<u64> = None;
         loop {
             let now_ns = self.now_ns();
             let generating = now_ns < stop_ns;
@@ -390,13 +402,17 @@ impl Engine {
                     let open = open.get_or_insert_with(|| Open {
                         builder: self.builder(),
                         first: j,
-                        opened_ns: now_ns,
+                        // Linger counts from the first message's due time,
+                        // as a producer's from the first send into a batch.
+                        opened_ns: self.due_ns(j),
                     });
                     self.push(&mut open.builder, &mut value, j);
-                    open.builder.encoded_len() >= self.config.batch_size
+                    (open.builder.encoded_len() >= self.config.batch_size)
+                        .then(|| open.builder.len() as u64)
                 };
                 j += 1;
-                if full {
+                if let Some(count) = full {
+                    full_count = Some(count);
                     self.seal(part);
                     p = (p + 1) % self.parts.len();
                 }
@@ -430,10 +446,63 @@ impl Engine {
                 self.progress.merge(&mut self.latencies.borrow_mut());
                 return Err(why);
             }
-            glommio::timer::sleep(TICK).await;
+            let stalled = self
+                .parts
+                .iter()
+                .any(|p| p.queued.borrow().len() >= QUEUED_MAX);
+            let wake_ns = if generating && !finishing && !stalled {
+                self.next_wake_ns(now_ns, j, p, full_count, linger_ns, stop_ns)
+            } else {
+                now_ns + TICK.as_nanos() as u64
+            };
+            glommio::timer::sleep(Duration::from_nanos(wake_ns.saturating_sub(self.now_ns())))
+                .await;
         }
         self.progress.merge(&mut self.latencies.borrow_mut());
         Ok(())
+    }
+
+    /// When a batch must next go out, `j` being the next message and `p`
+    /// the partition it goes to: when the message that fills `p`'s batch
+    /// (or the last message) is due, when an open batch's linger ends, or
+    /// when the run ends.
+    /// A batch holds `full_count` messages, by the last full one; before
+    /// one filled, as many as the open batch's bytes per message so far
+    /// (its header's share among them: an estimate that wakes early).
+    fn next_wake_ns(
+        &self,
+        now_ns: u64,
+        j: u64,
+        p: usize,
+        full_count: Option<u64>,
+        linger_ns: u64,
+        stop_ns: u64,
+    ) -> u64 {
+        let filling = match (self.parts[p].open.borrow().as_ref(), full_count) {
+            (Some(open), count) => {
+                let count = count.unwrap_or_else(|| {
+                    let per_message = open.builder.encoded_len() / open.builder.len().max(1);
+                    (self.config.batch_size / per_message.max(1)) as u64
+                });
+                // A batch that holds more than that without being full
+                // takes the messages one by one.
+                (open.first + count.max(1) - 1).max(j)
+            }
+            (None, Some(count)) => j + count.max(1) - 1,
+            (None, None) => j,
+        }
+        // The last message seals what is open when it is due.
+        .min(self.total.saturating_sub(1));
+        let lingering = self
+            .parts
+            .iter()
+            .filter_map(|part| part.open.borrow().as_ref().map(|o| o.opened_ns + linger_ns))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.due_ns(filling)
+            .min(lingering)
+            .min(stop_ns)
+            .min(now_ns + WAKE_MAX.as_nanos() as u64)
     }
 
     fn builder(&self) -> BatchBuilder {
