@@ -206,7 +206,10 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        // SAFETY: the pointers are the latency ring's, which lives as long
+        // as `self.sys`.
+        let events = unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) };
+        events || self.sys.preempt_due()
     }
 
     pub(crate) fn id(&self) -> usize {

@@ -138,6 +138,13 @@ impl InnerSource {
     pub(crate) fn update_source_type(&mut self, source_type: SourceType) -> SourceType {
         std::mem::replace(&mut self.source_type, source_type)
     }
+
+    /// Fjord: whether this source's latencies are collected, and so its
+    /// `queued_at`, `submitted_at` and `fulfilled_at` read: upstream reads
+    /// the clock for all three on every request.
+    pub(crate) fn measures_latency(&self) -> bool {
+        self.stats_collection.is_some_and(|s| s.latency.is_some())
+    }
 }
 
 impl fmt::Debug for InnerSource {

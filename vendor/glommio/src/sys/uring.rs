@@ -12,7 +12,7 @@ use nix::{
 };
 use rlimit::Resource;
 use std::{
-    cell::{Cell, Ref, RefCell, RefMut},
+    cell::{Cell, OnceCell, Ref, RefCell, RefMut},
     collections::VecDeque,
     convert::TryFrom,
     ffi::CStr,
@@ -542,7 +542,9 @@ fn record_stats<Ring: UringCommon>(
     src: &mut InnerSource,
     res: &io::Result<usize>,
 ) {
-    src.wakers.fulfilled_at = Some(Instant::now());
+    if src.measures_latency() {
+        src.wakers.fulfilled_at = Some(Instant::now());
+    }
     if let Some(fulfilled) = src.stats_collection.and_then(|x| x.fulfilled) {
         fulfilled(res, ring.io_stats_mut(), 1);
         if let Some(handle) = src.task_queue {
@@ -588,7 +590,7 @@ fn extract_one_chain(
     source_map: &mut SourceMap,
     queue: &mut VecDeque<UringDescriptor>,
     chain: Range<usize>,
-    now: Instant,
+    now: &OnceCell<Instant>,
 ) -> SmallVec<[UringDescriptor; 1]> {
     queue
         .drain(chain)
@@ -596,7 +598,9 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    x.wakers.submitted_at = Some(now);
+                    if x.measures_latency() {
+                        x.wakers.submitted_at = Some(*now.get_or_init(Instant::now));
+                    }
                     let current = x.enqueued.as_mut().expect("bug");
                     match current.status {
                         EnqueuedStatus::Enqueued => {
@@ -940,11 +944,11 @@ impl UringCommon for PollRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
+        let now = OnceCell::new();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
-                let ops = extract_one_chain(source_map, queue, chain, now);
+                let ops = extract_one_chain(source_map, queue, chain, &now);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
                     continue;
@@ -1272,11 +1276,11 @@ impl UringCommon for SleepableRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
+        let now = OnceCell::new();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
-                let ops = extract_one_chain(source_map, queue, chain, now);
+                let ops = extract_one_chain(source_map, queue, chain, &now);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
                     continue;
@@ -1308,6 +1312,9 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// Fjord: when the task queue running now is to be preempted (see
+    /// `wait`); `None` while parked.
+    preempt_deadline: Cell<Option<Instant>>,
 
     link_fd: RawFd,
 
@@ -1445,6 +1452,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            preempt_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1919,12 +1927,23 @@ impl Reactor {
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        //
+        // Fjord: one that is still pending stays (upstream cancels and
+        // replaces it on every turn, a cancel and a timeout each time). It
+        // now counts completions since it was armed, not since this turn:
+        // at worst a preemption every `ring_depth` completions that a
+        // fresh one would not have made.
+        let pending = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|timer| timer.result().is_none());
+        self.throughput_preemption_timeout_src
+            .set(Some(pending.unwrap_or_else(|| {
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                )
+            })));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1974,11 +1993,16 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
-        }
+        // Fjord: the preemption timer is a deadline that `need_preempt`
+        // compares with the clock, not a timeout in the latency ring. Upstream
+        // cancels and arms that timeout on every turn of the loop, and every
+        // arm or cancel programs the host's timer: under load a shard's
+        // `io_async_cancel` and `io_timeout` took 8 % of its samples. A
+        // sleep's user timer (above) still goes into the ring: only the
+        // kernel can end a sleep.
+        self.preempt_deadline
+            .set(preempt_timer().map(|preempt| Instant::now() + preempt));
+        flush_rings!(lat_ring, main_ring)?;
 
         // A Note about `need_preempt`:
         //
@@ -1992,6 +2016,13 @@ impl Reactor {
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
         self.blocking_thread.flush()
+    }
+
+    /// Fjord: whether the running task queue's time is up (see `wait`).
+    pub(crate) fn preempt_due(&self) -> bool {
+        self.preempt_deadline
+            .get()
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
@@ -2092,7 +2123,12 @@ fn queue_request_into_ring(
     descriptor: UringOpDescriptor,
     source_map: &mut SourceMap,
 ) {
-    source.inner.borrow_mut().wakers.queued_at = Some(Instant::now());
+    {
+        let mut inner = source.inner.borrow_mut();
+        if inner.measures_latency() {
+            inner.wakers.queued_at = Some(Instant::now());
+        }
+    }
     let q = ring.submission_queue();
     let id = source_map.add_source(source, Rc::clone(&q));
 
