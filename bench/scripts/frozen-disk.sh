@@ -11,7 +11,7 @@ set -u
 cd "$(dirname "$0")/../.."
 STALL=${STALL:-0.2}; PERIOD=${PERIOD:-3}; EXTRA=${EXTRA:-}; E2E=${E2E:-1}
 OUT=${OUT:-target/frozen-disk}; IMG=${IMG:-target/frozen-disk.img}; MNT=$OUT/mnt
-F=target/release/fjord; B=target/release/bench; P=target/release/probe
+F=${F:-target/release/fjord}; B=${B:-target/release/bench}; P=${P:-target/release/probe}
 mkdir -p "$OUT" "$MNT"; : > "$OUT/freezes.txt"
 truncate -s 16G "$IMG" && mkfs.ext4 -q -F -m 0 "$IMG" || exit 1
 LOOP=$(losetup -f --show --direct-io=on "$IMG") || exit 1
