@@ -465,10 +465,10 @@ impl Engine {
     /// When a batch must next go out, `j` being the next message and `p`
     /// the partition it goes to: when the message that fills `p`'s batch
     /// (or the last message) is due, when an open batch's linger ends, or
-    /// when the run ends.
-    /// A batch holds `full_count` messages, by the last full one; before
-    /// one filled, as many as the open batch's bytes per message so far
-    /// (its header's share among them: an estimate that wakes early).
+    /// when the run ends. A batch holds `full_count` messages, by the last
+    /// full one; before one filled, as many as the open batch's bytes per
+    /// message so far allow (its header's share among them: an estimate
+    /// that wakes early, never late).
     fn next_wake_ns(
         &self,
         now_ns: u64,
