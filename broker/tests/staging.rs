@@ -373,10 +373,18 @@ fn a_stalled_disk_is_reported_and_a_stop_waits_for_it_losing_nothing() {
 
     // SAFETY: kill(2) on our own child's pid has no memory effects.
     assert_eq!(unsafe { libc::kill(broker.pid() as i32, libc::SIGTERM) }, 0);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(4));
     assert!(
         broker.is_running(),
         "stopped with its writes held by the kernel?"
+    );
+    // The stop says what it waits on (every 3 s).
+    let waiting = stderr();
+    assert!(
+        waiting
+            .lines()
+            .any(|l| l.contains("still closing the partition") && l.contains("topic=stalled")),
+        "{waiting}"
     );
     freeze.thaw();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
