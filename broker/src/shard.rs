@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How often a shard tries again to open partitions it could not.
 pub const RETRY_UNSERVED_INTERVAL: Duration = Duration::from_secs(5);
@@ -1082,57 +1083,40 @@ impl Shard {
         let partitions: Vec<((String, i32), Rc<Partition>)> =
             self.partitions.borrow_mut().drain().collect();
         for ((topic, p), partition) in partitions {
-            let closed = reported(partition.close(), |waited| {
-                tracing::warn!(
-                    shard = self.id,
-                    %topic,
-                    partition = p,
-                    waited_s = waited.as_secs(),
-                    "stopping: still closing the partition (writing what is staged)"
-                );
-            });
-            if let Err(e) = closed.await {
+            let closing = reported(self.id, "the partition", partition.close())
+                .instrument(tracing::info_span!("closing", %topic, partition = p));
+            if let Err(e) = closing.await {
                 tracing::warn!(shard = self.id, %topic, partition = p, error = %e, "closing");
             }
         }
         let controller = self.controller.borrow_mut().take();
         if let Some(controller) = controller {
-            reported(controller.close(), |waited| {
-                tracing::warn!(
-                    shard = self.id,
-                    waited_s = waited.as_secs(),
-                    "stopping: still closing the metadata log"
-                );
-            })
-            .await;
+            reported(self.id, "the metadata log", controller.close()).await;
         }
         let hard_states = self.hard_states.borrow_mut().take();
-        if let Some(states) = hard_states {
-            let closed = reported(states.close(), |waited| {
-                tracing::warn!(
-                    shard = self.id,
-                    waited_s = waited.as_secs(),
-                    "stopping: still closing the hard-state log"
-                );
-            });
-            if let Err(e) = closed.await {
-                tracing::warn!(shard = self.id, error = %e, "closing the hard-state log");
-            }
+        if let Some(states) = hard_states
+            && let Err(e) = reported(self.id, "the hard-state log", states.close()).await
+        {
+            tracing::warn!(shard = self.id, error = %e, "closing the hard-state log");
         }
     }
 }
 
-/// Awaits `closing`, calling `report` with the time waited every
-/// [`CLOSE_REPORT_INTERVAL`] until it is done: a stop that waits (on a
-/// stalled disk, or on a bug) says on what.
-async fn reported<T>(closing: impl Future<Output = T>, report: impl Fn(Duration)) -> T {
+/// Awaits `closing`, warning every [`CLOSE_REPORT_INTERVAL`] until it is
+/// done: a stop that waits (on a stalled disk, or on a bug) says on what
+/// (`what`, and the fields of the span it runs in).
+async fn reported<T>(shard: usize, what: &str, closing: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let mut closing = std::pin::pin!(closing);
     loop {
         let tick = std::pin::pin!(glommio::timer::sleep(CLOSE_REPORT_INTERVAL));
         match futures::future::select(closing.as_mut(), tick).await {
             futures::future::Either::Left((closed, _)) => return closed,
-            futures::future::Either::Right(_) => report(started.elapsed()),
+            futures::future::Either::Right(_) => tracing::warn!(
+                shard,
+                waited_s = started.elapsed().as_secs(),
+                "stopping: still closing {what}"
+            ),
         }
     }
 }
