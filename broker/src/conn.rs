@@ -16,22 +16,25 @@ use crate::api::{self, Reply};
 use crate::logging::Repeated;
 use crate::shard::Shard;
 use fjord_net::frame::Limits;
-use fjord_net::io::{ReadError, read_frame, write_frame};
+use fjord_net::gather::GatherWriter;
+use fjord_net::io::{ReadError, read_frame};
 use fjord_net::{ErrorCode, frame};
 use futures::FutureExt;
 use futures::future::{Either, Shared, select};
-use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use futures::io::AsyncReadExt;
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 /// Requests of one connection being served or waiting to be answered.
 pub const PIPELINE_MAX: usize = 128;
-/// Socket write buffer: small answers of pipelined requests share a send.
-const WRITE_BUFFER_BYTES: usize = 64 << 10;
+/// Answers queued past this many bytes are sent without waiting for the
+/// next to be ready; below it, pipelined answers share a send.
+const SEND_BYTES: usize = 64 << 10;
 
 /// Fires when the node shuts down.
 pub type Stop = Shared<futures::channel::oneshot::Receiver<()>>;
@@ -139,6 +142,7 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
             None => {}
         }
     }
+    let fd = stream.as_raw_fd();
     let (mut reader, writer) = stream.split();
     let budget = Rc::new(Semaphore::new(shard.config.max_inflight_bytes as u64));
     let (tx, rx) = local_channel::new_bounded::<Pending>(PIPELINE_MAX);
@@ -146,7 +150,7 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
         frame_bytes_max: shard.config.max_frame_bytes,
         ..Limits::default()
     };
-    let writing = glommio::spawn_local(write_replies(writer, rx, budget.clone()));
+    let writing = glommio::spawn_local(write_replies(fd, writer, rx, budget.clone()));
     loop {
         let read = match select(Box::pin(read_frame(&mut reader, &limits)), stop.clone()).await {
             Either::Left((read, _)) => read,
@@ -225,15 +229,18 @@ async fn peer_opening(stream: &mut TcpStream) -> Option<PeerOpening> {
     ))
 }
 
+/// Sends the answers in request order, each from where its pieces lie
+/// (the batch cache's buffers for a fetch): see [`GatherWriter`].
 async fn write_replies<W: futures::io::AsyncWrite + Unpin>(
+    fd: std::os::fd::RawFd,
     writer: W,
     rx: local_channel::LocalReceiver<Pending>,
     budget: Rc<Semaphore>,
 ) {
-    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+    let mut writer = GatherWriter::new(fd, writer);
     loop {
-        // Answers already done are written back to back and share one
-        // send; before waiting on anything, what is written is flushed.
+        // Answers already done are sent back to back, in one send; before
+        // waiting on anything, what is queued is sent.
         let next = match rx.recv().now_or_never() {
             Some(next) => next,
             None => {
@@ -259,15 +266,13 @@ async fn write_replies<W: futures::io::AsyncWrite + Unpin>(
         let Some(reply) = reply.flatten() else {
             continue;
         };
-        let pieces: Vec<&[u8]> = reply.payload.iter().map(|p| p.as_ref()).collect();
-        if write_frame(&mut writer, &reply.head, &pieces)
-            .await
-            .is_err()
-        {
+        let close = reply.close;
+        writer.push(reply);
+        if close {
+            let _ = writer.flush().await;
             break;
         }
-        if reply.close {
-            let _ = writer.flush().await;
+        if writer.queued_bytes() >= SEND_BYTES && writer.flush().await.is_err() {
             break;
         }
     }

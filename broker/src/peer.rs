@@ -17,13 +17,14 @@
 
 use crate::logging::Repeated;
 use crate::shard::Shard;
+use fjord_net::gather::GatherWriter;
 use fjord_replication::control::{ControlRequest, ControlResponse, METADATA_GROUP};
 use fjord_replication::raft::NodeId;
 use fjord_replication::raft::mux::{GroupId, PeerBatch};
 use fjord_replication::wire::{self, Body, Frame, WireError};
 use fjord_storage::BatchSlice;
 use futures::future::Either;
-use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter, WriteHalf};
+use futures::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use futures::{AsyncRead, FutureExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
@@ -46,8 +47,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// The first step in which a frame being read is backed by memory.
 const READ_CHUNK_BYTES: usize = 64 << 10;
-/// Socket write buffer of a link: a tick's frames share a send.
-const WRITE_BUFFER_BYTES: usize = 256 << 10;
+/// Frames a link queued past this many bytes are sent without waiting for
+/// more; below it, a tick's frames share a send.
+const SEND_BYTES: usize = 256 << 10;
 
 /// Why a peer exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,12 @@ pub struct Links {
 struct Outgoing {
     head: Vec<u8>,
     payload: Vec<BatchSlice>,
+}
+
+impl fjord_net::gather::Frame for Outgoing {
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.head.as_slice()).chain(self.payload.iter().map(|b| &b[..]))
+    }
 }
 
 /// The shard's side of one link; its task holds the connection.
@@ -232,7 +240,7 @@ enum Event {
 
 /// A link's connection.
 struct Conn {
-    writer: BufWriter<WriteHalf<TcpStream>>,
+    writer: GatherWriter<WriteHalf<TcpStream>, Outgoing>,
     /// Reads what the peer sends on it; finishes when the connection ends.
     /// Dropped, it stops reading, and the connection closes.
     reader: glommio::Task<()>,
@@ -286,7 +294,7 @@ impl LinkTask {
             };
             match event {
                 Event::Frame(frame) => {
-                    if c.write(&frame).await.is_err() {
+                    if c.write(frame).await.is_err() {
                         conn = None;
                     }
                 }
@@ -309,7 +317,7 @@ impl LinkTask {
             Ok(stream) => {
                 // Dialed by this shard's address (`None`: as a caller).
                 let mut conn = self.open(stream, self.own, Connected::Dialed);
-                if conn.write(&frame).await.is_err() {
+                if conn.write(frame).await.is_err() {
                     return None;
                 }
                 Some(conn)
@@ -333,6 +341,7 @@ impl LinkTask {
     }
 
     fn open(&self, stream: TcpStream, dialer: Option<SocketAddr>, state: Connected) -> Conn {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (reader, writer) = stream.split();
         self.state.set(state);
         let reader = glommio::spawn_local(read_link(
@@ -342,7 +351,7 @@ impl LinkTask {
             self.failures.clone(),
         ));
         Conn {
-            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer),
+            writer: GatherWriter::new(fd, writer),
             reader,
             dialer,
         }
@@ -350,10 +359,12 @@ impl LinkTask {
 }
 
 impl Conn {
-    async fn write(&mut self, frame: &Outgoing) -> std::io::Result<()> {
-        self.writer.write_all(&frame.head).await?;
-        for part in &frame.payload {
-            self.writer.write_all(part).await?;
+    /// Queues `frame`, sending what is queued once it is `SEND_BYTES` or
+    /// more (the link sends the rest when it has nothing more to queue).
+    async fn write(&mut self, frame: Outgoing) -> std::io::Result<()> {
+        self.writer.push(frame);
+        if self.writer.queued_bytes() >= SEND_BYTES {
+            self.writer.flush().await?;
         }
         Ok(())
     }

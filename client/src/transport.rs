@@ -5,10 +5,11 @@
 //! glommio, or `block_on` all complete the same way.
 
 use crate::error::{ClientError, Result};
-use fjord_net::io::{read_frame, write_frame};
+use fjord_net::gather::{Frame, GatherWriter};
+use fjord_net::io::read_frame;
 use fjord_net::{api, frame, wire};
 use futures::channel::{mpsc, oneshot};
-use futures::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use futures::io::AsyncReadExt;
 use futures::{FutureExt, StreamExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
@@ -21,8 +22,9 @@ use std::time::{Duration, Instant};
 /// Locked memory glommio registers for the transport's ring: sockets need
 /// none of it, and `ulimit -l` is small on many machines.
 const IO_MEMORY_BYTES: usize = 256 << 10;
-/// Socket write buffer: pipelined requests share a send.
-const WRITE_BUFFER_BYTES: usize = 64 << 10;
+/// Requests queued past this many bytes are sent without waiting for more;
+/// below it, pipelined requests share a send.
+const SEND_BYTES: usize = 64 << 10;
 
 /// A response frame, verified once on arrival: its header's position and
 /// the fields the transport needs are kept, so nothing is decoded twice.
@@ -194,6 +196,18 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
 /// whom to tell once it is written.
 type Queued = (Vec<u8>, Vec<u8>, Option<Reply>);
 
+/// A request's frame, sent from its own buffers.
+struct Request {
+    head: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Frame for Request {
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        [self.head.as_slice(), self.payload.as_slice()].into_iter()
+    }
+}
+
 /// A request waiting for its answer.
 struct Pending {
     id: u32,
@@ -313,6 +327,7 @@ async fn drive(
         }
     };
     let _ = stream.set_nodelay(true);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (mut reader, writer) = stream.split();
     let reading = async {
         let limits = frame::Limits {
@@ -345,7 +360,7 @@ async fn drive(
         }
     };
     let writing = async {
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+        let mut writer = GatherWriter::new(fd, writer);
         loop {
             let next = match queued.recv().now_or_never() {
                 Some(next) => next,
@@ -359,13 +374,12 @@ async fn drive(
             let Some((head, payload, written)) = next else {
                 return ClientError::Closed;
             };
-            if let Err(e) = write_frame(&mut writer, &head, &[&payload]).await {
+            writer.push(Request { head, payload });
+            let send = written.is_some() || writer.queued_bytes() >= SEND_BYTES;
+            if send && let Err(e) = writer.flush().await {
                 return connection_error(addr, e);
             }
             if let Some(reply) = written {
-                if let Err(e) = writer.flush().await {
-                    return connection_error(addr, e);
-                }
                 let _ = reply.send(Ok(None));
             }
         }

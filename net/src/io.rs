@@ -3,7 +3,7 @@
 //! (`futures::io` traits), so glommio sockets and tests' streams both fit.
 
 use crate::frame::{self, FrameError, Limits};
-use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt};
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -42,20 +42,6 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     buf.resize(frame::PREFIX_LEN + len, 0);
     reader.read_exact(&mut buf[frame::PREFIX_LEN..]).await?;
     Ok(Some(buf))
-}
-
-/// Writes a frame head and its payload pieces, in order. The caller
-/// flushes: pipelined frames share one flush.
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    head: &[u8],
-    payload: &[&[u8]],
-) -> std::io::Result<()> {
-    writer.write_all(head).await?;
-    for piece in payload {
-        writer.write_all(piece).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! Fjord's network layer: the native protocol's schema (`schema/fjord.fbs`,
 //! generated code in [`wire`]), its frame codec ([`frame`]), the API table
-//! and header encoding ([`api`]), and frames over async streams ([`io`]).
+//! and header encoding ([`api`]), frames over async streams ([`io`]) and
+//! to sockets without a copy ([`gather`]).
 //! The Kafka protocol's framing, headers and API table ([`kafka`]).
 
 pub mod api;
 pub mod frame;
+pub mod gather;
 pub mod io;
 pub mod kafka;
 

@@ -43,6 +43,12 @@ pub struct Reply {
     pub close: bool,
 }
 
+impl fjord_net::gather::Frame for Reply {
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.head.as_slice()).chain(self.payload.iter().map(AsRef::as_ref))
+    }
+}
+
 impl Reply {
     fn new(correlation_id: u32, body: wire::ResponseT, payload: Vec<Piece>) -> Reply {
         let len = payload.iter().map(|p| p.as_ref().len()).sum();
