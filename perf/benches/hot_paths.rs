@@ -1,7 +1,8 @@
 //! Criterion benchmarks of Fjord's hot paths: CRC-32C, batch validation,
 //! log append (1 KiB / 16 KiB / 1 MiB batches, fsync never and always), the
 //! staging area's copy (stage and release one batch), tail reads from the
-//! batch cache and cold reads from disk.
+//! batch cache and cold reads from disk, and frames sent to a loopback
+//! socket through a copying buffer against one `sendmsg` per flush.
 //!
 //! Run: `cargo bench -p fjord-perf`. Log benches write under `target/bench`.
 
@@ -185,5 +186,108 @@ fn log_read(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, crc32c, validate, staging, log_append, log_read);
+/// A frame as a broker's answer or a client's request is: a small head and
+/// a payload of batches.
+struct Frame {
+    head: Rc<Vec<u8>>,
+    payload: Rc<Vec<u8>>,
+}
+
+impl fjord_net::gather::Frame for Frame {
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        [self.head.as_slice(), self.payload.as_slice()].into_iter()
+    }
+}
+
+/// The sending thread's CPU time for `work`: what a writer costs the
+/// thread (its copies and system calls), without the time a reader on the
+/// other core takes to drain the socket, which the wall clock would add.
+fn thread_cpu(work: impl FnOnce()) -> Duration {
+    let now = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let start = now();
+    work();
+    now() - start
+}
+
+/// Sends frames of a 64-byte head and a payload of none (an ack), 1 or 16
+/// KiB, four to a flush (pipelined answers), to a loopback TCP socket a thread drains:
+/// through futures' `BufWriter` (64 KiB, as the broker and client had),
+/// which copies each piece under its size, and through `GatherWriter`;
+/// the sending thread's CPU time per flush.
+fn frame_send(c: &mut Criterion) {
+    use fjord_net::gather::GatherWriter;
+    use futures::executor::block_on;
+    use futures::io::{AllowStdIo, AsyncWriteExt, BufWriter};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    const FRAMES_PER_FLUSH: usize = 4;
+    // A Unix socket: the same copies and system calls on the sending side
+    // without loopback TCP's receive path, which runs on the sender's
+    // thread and varied its CPU time by half from run to run here.
+    let drained = || {
+        let (stream, mut reader) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let draining = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            while reader.read(&mut buf).is_ok_and(|n| n > 0) {}
+        });
+        (stream, draining)
+    };
+    let (buffered_stream, buffered_drain) = drained();
+    let mut buffered = BufWriter::with_capacity(64 << 10, AllowStdIo::new(buffered_stream));
+    let (gather_stream, gather_drain) = drained();
+    let fd = gather_stream.as_raw_fd();
+    let mut gather = GatherWriter::new(fd, AllowStdIo::new(gather_stream));
+    let mut group = c.benchmark_group("frame_send");
+    for size in [0, 1 << 10, 16 << 10] {
+        let head = Rc::new(vec![7u8; 64]);
+        let payload = Rc::new(vec![0xa5u8; size]);
+        group.throughput(Throughput::Bytes(((64 + size) * FRAMES_PER_FLUSH) as u64));
+        group.bench_function(BenchmarkId::new("buffered", size), |b| {
+            b.iter_custom(|iterations| {
+                thread_cpu(|| {
+                    for _ in 0..iterations {
+                        block_on(async {
+                            for _ in 0..FRAMES_PER_FLUSH {
+                                buffered.write_all(head.as_slice()).await.expect("write");
+                                buffered.write_all(payload.as_slice()).await.expect("write");
+                            }
+                            buffered.flush().await.expect("flush");
+                        })
+                    }
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("gather", size), |b| {
+            b.iter_custom(|iterations| {
+                thread_cpu(|| {
+                    for _ in 0..iterations {
+                        for _ in 0..FRAMES_PER_FLUSH {
+                            gather.push(Frame {
+                                head: head.clone(),
+                                payload: payload.clone(),
+                            });
+                        }
+                        block_on(gather.flush()).expect("flush");
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+    drop((buffered, gather));
+    buffered_drain.join().expect("drained");
+    gather_drain.join().expect("drained");
+}
+
+criterion_group!(
+    benches, crc32c, validate, staging, log_append, log_read, frame_send
+);
 criterion_main!(benches);
