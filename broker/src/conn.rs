@@ -17,7 +17,7 @@ use crate::logging::Repeated;
 use crate::shard::Shard;
 use fjord_net::frame::Limits;
 use fjord_net::gather::GatherWriter;
-use fjord_net::io::{ReadError, read_frame};
+use fjord_net::io::{ReadError, read_socket_frame};
 use fjord_net::{ErrorCode, frame};
 use futures::FutureExt;
 use futures::future::{Either, Shared, select};
@@ -152,7 +152,8 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
     };
     let writing = glommio::spawn_local(write_replies(fd, writer, rx, budget.clone()));
     loop {
-        let read = match select(Box::pin(read_frame(&mut reader, &limits)), stop.clone()).await {
+        let reading = read_socket_frame(&mut reader, fd, &limits);
+        let read = match select(Box::pin(reading), stop.clone()).await {
             Either::Left((read, _)) => read,
             Either::Right(_) => break,
         };

@@ -6,7 +6,7 @@
 
 use crate::error::{ClientError, Result};
 use fjord_net::gather::{Frame, GatherWriter};
-use fjord_net::io::read_frame;
+use fjord_net::io::read_socket_frame;
 use fjord_net::{api, frame, wire};
 use futures::channel::{mpsc, oneshot};
 use futures::io::AsyncReadExt;
@@ -335,7 +335,7 @@ async fn drive(
             ..frame::Limits::default()
         };
         loop {
-            let buf = match read_frame(&mut reader, &limits).await {
+            let buf = match read_socket_frame(&mut reader, fd, &limits).await {
                 Ok(Some(buf)) => buf,
                 Ok(None) => return connection_error(addr, "closed by the broker"),
                 Err(e) => return connection_error(addr, e),

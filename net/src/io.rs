@@ -4,6 +4,7 @@
 
 use crate::frame::{self, FrameError, Limits};
 use futures::io::{AsyncRead, AsyncReadExt};
+use std::os::fd::{BorrowedFd, RawFd};
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,28 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     limits: &Limits,
 ) -> Result<Option<Vec<u8>>, ReadError> {
+    read_frame_from(reader, None, limits).await
+}
+
+/// [`read_frame`] from a socket: `fd` is the socket `reader` reads, which
+/// `reader` keeps open. What has arrived of the frame's body is received
+/// straight into the new buffer with one non-blocking `recv`; only the rest,
+/// if any, is zeroed and read through `reader`. A `&mut [u8]` must be
+/// initialised, so `read_frame` zeroes the whole buffer first: a pass over
+/// every byte the broker receives and a client is answered.
+pub async fn read_socket_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    fd: RawFd,
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, ReadError> {
+    read_frame_from(reader, Some(fd), limits).await
+}
+
+async fn read_frame_from<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    socket: Option<RawFd>,
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, ReadError> {
     let mut prefix = [0u8; frame::PREFIX_LEN];
     let mut got = 0;
     while got < prefix.len() {
@@ -39,9 +62,44 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     // an explicit fill reuses warm pages.
     let mut buf = Vec::with_capacity(frame::PREFIX_LEN + len);
     buf.extend_from_slice(&prefix);
+    if let Some(fd) = socket {
+        receive_now(fd, &mut buf)?;
+    }
+    let received = buf.len();
     buf.resize(frame::PREFIX_LEN + len, 0);
-    reader.read_exact(&mut buf[frame::PREFIX_LEN..]).await?;
+    reader.read_exact(&mut buf[received..]).await?;
     Ok(Some(buf))
+}
+
+/// Receives into `buf`'s spare capacity what the socket holds, without
+/// waiting.
+fn receive_now(fd: RawFd, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    if buf.len() == buf.capacity() {
+        return Ok(());
+    }
+    // SAFETY: `fd` is the socket the caller's reader reads and keeps open
+    // (`read_socket_frame`'s contract) for the length of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    // MSG_DONTWAIT: the socket may be in blocking mode, and a shard must
+    // not block.
+    match socket2::SockRef::from(&fd).recv_with_flags(buf.spare_capacity_mut(), libc::MSG_DONTWAIT)
+    {
+        Ok(n) => {
+            // SAFETY: the kernel initialised the first `n` bytes of the spare
+            // capacity, which holds at least `n`.
+            unsafe { buf.set_len(buf.len() + n) };
+            Ok(())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -66,6 +124,42 @@ mod tests {
             payloads.push(frame.payload.to_vec());
         }
         assert_eq!(payloads, [&b"one"[..], b"", b"three"]);
+    }
+
+    #[test]
+    fn a_socket_frame_is_read_whether_its_body_has_arrived_or_not() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut sender, receiver) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = receiver.as_raw_fd();
+        let mut reader = futures::io::AllowStdIo::new(receiver);
+        let limits = Limits::default();
+        let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut bytes = Vec::new();
+        frame::encode_head(b"hh", body.len(), &mut bytes);
+        bytes.extend_from_slice(&body);
+        let expected = bytes.clone();
+        // Whole, then in pieces that arrive while the frame is being read:
+        // the first receive takes what is there, the reader the rest.
+        let writing = std::thread::spawn(move || {
+            sender.write_all(&bytes).unwrap();
+            for piece in bytes.chunks(70_000) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                sender.write_all(piece).unwrap();
+            }
+        });
+        for _ in 0..2 {
+            let buf = block_on(read_socket_frame(&mut reader, fd, &limits))
+                .unwrap()
+                .unwrap();
+            assert!(buf == expected, "a frame read back differs");
+        }
+        writing.join().unwrap();
+        assert!(
+            block_on(read_socket_frame(&mut reader, fd, &limits))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
