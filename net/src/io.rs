@@ -63,7 +63,7 @@ async fn read_frame_from<R: AsyncRead + Unpin>(
     let mut buf = Vec::with_capacity(frame::PREFIX_LEN + len);
     buf.extend_from_slice(&prefix);
     if let Some(fd) = socket {
-        receive_now(fd, &mut buf)?;
+        receive_now(fd, &mut buf, frame::PREFIX_LEN + len)?;
     }
     let received = buf.len();
     buf.resize(frame::PREFIX_LEN + len, 0);
@@ -72,21 +72,23 @@ async fn read_frame_from<R: AsyncRead + Unpin>(
 }
 
 /// Receives into `buf`'s spare capacity what the socket holds, without
-/// waiting.
-fn receive_now(fd: RawFd, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    if buf.len() == buf.capacity() {
+/// waiting, up to `end` bytes in all: never a byte of the next frame.
+fn receive_now(fd: RawFd, buf: &mut Vec<u8>, end: usize) -> std::io::Result<()> {
+    let want = end - buf.len();
+    if want == 0 {
         return Ok(());
     }
+    let spare = &mut buf.spare_capacity_mut()[..want];
     // SAFETY: `fd` is the socket the caller's reader reads and keeps open
     // (`read_socket_frame`'s contract) for the length of this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     // MSG_DONTWAIT: the socket may be in blocking mode, and a shard must
     // not block.
-    match socket2::SockRef::from(&fd).recv_with_flags(buf.spare_capacity_mut(), libc::MSG_DONTWAIT)
-    {
+    match socket2::SockRef::from(&fd).recv_with_flags(spare, libc::MSG_DONTWAIT) {
         Ok(n) => {
+            assert!(n <= want, "received {n} bytes into {want}");
             // SAFETY: the kernel initialised the first `n` bytes of the spare
-            // capacity, which holds at least `n`.
+            // capacity.
             unsafe { buf.set_len(buf.len() + n) };
             Ok(())
         }
@@ -139,11 +141,15 @@ mod tests {
         frame::encode_head(b"hh", body.len(), &mut bytes);
         bytes.extend_from_slice(&body);
         let expected = bytes.clone();
-        // Whole, then in pieces that arrive while the frame is being read:
-        // the first receive takes what is there, the reader the rest.
+        // Whole and followed at once by the next frame's first piece (a
+        // receive must stop at its frame's end), then the rest of that one
+        // in pieces that arrive while it is being read (the first receive
+        // takes what is there, the reader the rest).
         let writing = std::thread::spawn(move || {
-            sender.write_all(&bytes).unwrap();
-            for piece in bytes.chunks(70_000) {
+            let mut pieces = bytes.chunks(70_000);
+            let first = pieces.next().unwrap();
+            sender.write_all(&[&bytes[..], first].concat()).unwrap();
+            for piece in pieces {
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 sender.write_all(piece).unwrap();
             }
