@@ -192,9 +192,9 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
     }
 }
 
-/// A frame to write: head, payload, and for a request with no answer due,
-/// whom to tell once it is written.
-type Queued = (Vec<u8>, Vec<u8>, Option<Reply>);
+/// A frame to write, and for a request with no answer due, whom to tell
+/// once it is written.
+type Queued = (Request, Option<Reply>);
 
 /// A request's frame, sent from its own buffers.
 struct Request {
@@ -290,7 +290,7 @@ impl Connection {
         };
         // Unbounded: the caller's own flow control (linger, in-flight
         // limits) bounds what is queued here.
-        let _ = self.writes.try_send((head, payload, written));
+        let _ = self.writes.try_send((Request { head, payload }, written));
     }
 }
 
@@ -371,10 +371,10 @@ async fn drive(
                     queued.recv().await
                 }
             };
-            let Some((head, payload, written)) = next else {
+            let Some((request, written)) = next else {
                 return ClientError::Closed;
             };
-            writer.push(Request { head, payload });
+            writer.push(request);
             let send = written.is_some() || writer.queued_bytes() >= SEND_BYTES;
             if send && let Err(e) = writer.flush().await {
                 return connection_error(addr, e);

@@ -1,5 +1,5 @@
-//! Frames over async byte streams: one reader and one writer, shared by the
-//! broker's connections and the client's transport. Runtime-agnostic
+//! Frames read from sockets: the reader shared by the broker's connections
+//! and the client's transport (the writer is `gather`). Runtime-agnostic
 //! (`futures::io` traits), so glommio sockets and tests' streams both fit.
 
 use crate::frame::{self, FrameError, Limits};
@@ -21,19 +21,12 @@ pub enum ReadError {
 /// can then be moved to another shard without a copy). `Ok(None)` on a
 /// clean end of stream between frames. The length is checked against
 /// `limits` before anything is allocated.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    limits: &Limits,
-) -> Result<Option<Vec<u8>>, ReadError> {
-    read_frame_from(reader, None, limits).await
-}
-
-/// [`read_frame`] from a socket: `fd` is the socket `reader` reads, which
-/// `reader` keeps open. What has arrived of the frame's body is received
-/// straight into the new buffer with one non-blocking `recv`; only the rest,
-/// if any, is zeroed and read through `reader`. A `&mut [u8]` must be
-/// initialised, so `read_frame` zeroes the whole buffer first: a pass over
-/// every byte the broker receives and a client is answered.
+///
+/// `fd` is the socket `reader` reads, which `reader` keeps open. What has
+/// arrived of the frame's body is received straight into the new buffer
+/// with one non-blocking `recv`; only the rest, if any, is zeroed and read
+/// through `reader` (a `&mut [u8]` must be initialised: zeroing the whole
+/// buffer first was a pass over every byte a broker receives).
 pub async fn read_socket_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     fd: RawFd,
@@ -42,6 +35,7 @@ pub async fn read_socket_frame<R: AsyncRead + Unpin>(
     read_frame_from(reader, Some(fd), limits).await
 }
 
+/// [`read_socket_frame`], from any stream when `socket` is `None`.
 async fn read_frame_from<R: AsyncRead + Unpin>(
     reader: &mut R,
     socket: Option<RawFd>,
@@ -120,7 +114,7 @@ mod tests {
         let mut cursor = Cursor::new(bytes);
         let limits = Limits::default();
         let mut payloads = Vec::new();
-        while let Some(buf) = block_on(read_frame(&mut cursor, &limits)).unwrap() {
+        while let Some(buf) = block_on(read_frame_from(&mut cursor, None, &limits)).unwrap() {
             let (frame, used) = frame::decode(&buf, &limits).unwrap().unwrap();
             assert_eq!(used, buf.len());
             payloads.push(frame.payload.to_vec());
@@ -171,7 +165,7 @@ mod tests {
     #[test]
     fn refuses_absurd_length_before_allocating() {
         let mut cursor = Cursor::new(u32::MAX.to_be_bytes().to_vec());
-        let err = block_on(read_frame(&mut cursor, &Limits::default())).unwrap_err();
+        let err = block_on(read_frame_from(&mut cursor, None, &Limits::default())).unwrap_err();
         assert!(matches!(err, ReadError::Frame(FrameError::TooLarge { .. })));
     }
 
@@ -181,9 +175,9 @@ mod tests {
         frame::encode_head(b"hh", 10, &mut bytes);
         bytes.extend_from_slice(b"short");
         let mut cursor = Cursor::new(bytes);
-        let err = block_on(read_frame(&mut cursor, &Limits::default())).unwrap_err();
+        let err = block_on(read_frame_from(&mut cursor, None, &Limits::default())).unwrap_err();
         assert!(matches!(err, ReadError::Io(_)));
         let mut cursor = Cursor::new(vec![0u8, 0]);
-        assert!(block_on(read_frame(&mut cursor, &Limits::default())).is_err());
+        assert!(block_on(read_frame_from(&mut cursor, None, &Limits::default())).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Fjord's network layer: the native protocol's schema (`schema/fjord.fbs`,
 //! generated code in [`wire`]), its frame codec ([`frame`]), the API table
-//! and header encoding ([`api`]), frames over async streams ([`io`]) and
-//! to sockets without a copy ([`gather`]).
+//! and header encoding ([`api`]), frames read from sockets ([`io`]) and
+//! written to them without a copy ([`gather`]).
 //! The Kafka protocol's framing, headers and API table ([`kafka`]).
 
 pub mod api;
