@@ -262,14 +262,16 @@ fn open_staging(
     config: &ServeConfig,
     count: usize,
 ) -> Result<(Vec<Option<StagingFile>>, String), NodeError> {
-    let off = |note: String| (std::iter::repeat_with(|| None).take(count).collect(), note);
-    if config.staging_bytes_per_shard == 0 {
-        return Ok(off("staging off".into()));
-    }
     let id = staging::data_dir_id(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    if config.staging_bytes_per_shard == 0 {
+        staging::check_staging_off(&config.staging_dir, &config.data_dir, id)
+            .map_err(NodeError::Staging)?;
+        let files = std::iter::repeat_with(|| None).take(count).collect();
+        return Ok((files, "staging off".into()));
+    }
     staging::check_extra_shards(&config.staging_dir, &config.data_dir, id, count)
         .map_err(NodeError::Staging)?;
     staging::check_moved(&config.staging_dir, &config.data_dir, id).map_err(NodeError::Staging)?;
@@ -282,6 +284,7 @@ fn open_staging(
         config.staging_bytes_per_shard,
     );
     let mut files = Vec::with_capacity(count);
+    let mut off = Vec::new();
     for shard in 0..count {
         match StagingFile::open(
             &config.staging_dir,
@@ -294,17 +297,22 @@ fn open_staging(
             Ok(file) => files.push(Some(file)),
             Err(e @ StagingError::Refused { .. }) => return Err(NodeError::Staging(e)),
             Err(e @ StagingError::Unavailable { .. }) => {
-                // Shards already open keep their files (they may hold
-                // batches to replay); the others run without staging.
+                // This shard runs without staging; the others still open
+                // theirs (they may hold batches to replay).
                 tracing::warn!(shard, error = %e, "staging off: acks=1 waits for the disk write");
-                let note = match shard {
-                    0 => format!("staging off: {e}"),
-                    _ => format!("staging on shards 0..{shard}, off from shard {shard}: {e}"),
-                };
-                files.resize_with(count, || None);
-                return Ok((files, note));
+                files.push(None);
+                off.push((shard, e));
             }
         }
+    }
+    if let Some((_, e)) = off.first() {
+        let shards: Vec<String> = off.iter().map(|(shard, _)| shard.to_string()).collect();
+        let note = if off.len() == count {
+            format!("staging off: {e}")
+        } else {
+            format!("staging off on shards {}: {e}", shards.join(","))
+        };
+        return Ok((files, note));
     }
     let staged: usize = files.iter().flatten().map(|f| f.staged_batches()).sum();
     // Compared as the file would be sized: a budget off the page size is

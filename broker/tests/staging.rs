@@ -1,6 +1,7 @@
 //! The staging area on a real broker: with the default `fsync=never` and
 //! `acks=1`, answers come once a batch is in shared memory, so a SIGKILL
-//! under load must lose nothing acknowledged; batches staged past a log's
+//! under load (and another while the node starts again) must lose nothing
+//! acknowledged; batches staged past a log's
 //! end are appended again at start and a torn one is dropped; a staging
 //! file of another data directory, layout or node shape stops the start
 //! with a clear error and changes nothing.
@@ -137,6 +138,19 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
         }
         let staged = staged_batches(&broker, 2);
         staged_at_kills += staged;
+        if round % 2 == 1 {
+            // Killed again while it starts: in its recovery, or while it
+            // appends what it found staged.
+            let mut early = Command::new(FJORD)
+                .args(broker.serve_args())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(random_below(80)));
+            early.kill().unwrap();
+            early.wait().unwrap();
+        }
         broker.restart();
         for (p, want) in acked.iter().enumerate() {
             let got = broker.records("staged", p as i32);
@@ -658,6 +672,9 @@ fn a_staging_file_of_another_data_dir_or_layout_is_refused() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let path = staging::file_path(&broker.staging_dir(), broker.data_dir(), 0);
+    // One batch staged for certain (the record sent is likely written by
+    // now): a file holding nothing to replay is not refused but made anew.
+    stage_unclaimed(&broker, &broker.data_dir().join("gone-0"));
     let original = std::fs::read(&path).unwrap();
 
     // The data directory was replaced by another one at the same path.
@@ -682,6 +699,82 @@ fn a_staging_file_of_another_data_dir_or_layout_is_refused() {
     std::fs::write(&path, &original).unwrap();
     broker.restart();
     assert_eq!(values(&broker, "t"), ["kept"]);
+}
+
+/// Stages one batch in shard 0's staging file of `broker`'s data directory
+/// (one shard), for the log in `dir`, which the metadata does not list: the
+/// next start releases it.
+fn stage_unclaimed(broker: &Broker, dir: &Path) {
+    stage_one(&broker.staging_dir(), broker.data_dir(), STAGING_BYTES, dir);
+}
+
+/// Stages one batch for the log in `dir` in shard 0's staging file (of
+/// `bytes`) of the data directory `data_dir`, creating its identity if new.
+fn stage_one(staging_dir: &Path, data_dir: &Path, bytes: usize, dir: &Path) {
+    let id = staging::data_dir_id(data_dir).unwrap();
+    let file =
+        StagingFile::open(staging_dir, data_dir, id, 0, staging::topology(1, 0), bytes).unwrap();
+    let area = Staging::new(file, data_dir.to_path_buf());
+    let mut batch = BatchBuilder::new();
+    batch.push(0, None, Some(b"staged"), &[]);
+    area.stage(&area.key(dir), 0, 0, &batch.build(), None)
+        .unwrap();
+}
+
+/// Staging files left behind are not left forever: one under this data
+/// directory's name but of another identity (a directory removed and made
+/// anew at the same path after a kill) holding nothing to replay is made
+/// afresh, not refused; the files of a data directory that is gone are
+/// removed at any node's start (tmpfs is memory), even with batches in
+/// them; those of a directory that still exists stay.
+#[test]
+fn staging_files_left_behind_are_made_anew_or_removed() {
+    let mut broker = Broker::start(1);
+    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
+    broker.kill();
+    let staging_dir = broker.staging_dir();
+    let ours = staging::file_path(&staging_dir, broker.data_dir(), 0);
+    std::fs::remove_file(&ours).unwrap();
+    let other_id = 42;
+    drop(
+        StagingFile::open(
+            &staging_dir,
+            broker.data_dir(),
+            other_id,
+            0,
+            staging::topology(1, 0),
+            STAGING_BYTES,
+        )
+        .unwrap(),
+    );
+
+    let parent = tempfile::tempdir().unwrap();
+    let gone = parent.path().join("gone");
+    let alive = parent.path().join("alive");
+    for dir in [&gone, &alive] {
+        std::fs::create_dir(dir).unwrap();
+        stage_one(&staging_dir, dir, 1 << 20, &dir.join("t-0"));
+    }
+    let gone_file = staging::file_path(&staging_dir, &gone, 0);
+    let alive_file = staging::file_path(&staging_dir, &alive, 0);
+    std::fs::remove_dir_all(&gone).unwrap();
+
+    broker.restart();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"after"), &[])).unwrap();
+    assert_eq!(values(&broker, "t"), ["after"]);
+    assert!(!gone_file.exists(), "the gone directory's file stays");
+    assert!(alive_file.exists(), "a live directory's file was removed");
+    broker.kill();
+    // The file under our name is ours again (the header's owner field).
+    let id = staging::data_dir_id(broker.data_dir()).unwrap();
+    let header = std::fs::read(&ours).unwrap();
+    assert_eq!(
+        header[16..32],
+        id.to_le_bytes(),
+        "made anew for this directory"
+    );
+    assert_ne!(id, other_id);
 }
 
 /// The line a broker started with `broker`'s arguments prints first.

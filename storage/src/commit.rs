@@ -282,6 +282,17 @@ impl Inner {
         }
     }
 
+    /// Takes the staging tickets of the batches not yet written: their
+    /// entries go back to the area (a log that failed before it served),
+    /// and a write of them that completes later releases nothing.
+    pub(crate) fn disown_staged(&self) -> Vec<Ticket> {
+        let mut st = self.state.borrow_mut();
+        st.staged
+            .iter_mut()
+            .filter_map(|b| b.ticket.take())
+            .collect()
+    }
+
     /// Writes the leader-epoch file from the cache (and the pending entry).
     pub(crate) async fn write_epochs(&self) -> Result<()> {
         let _turn = self

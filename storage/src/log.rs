@@ -21,7 +21,7 @@ use crate::error::{Result, StorageError};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, Segment, SegmentReader, Visit};
 use crate::slice::BatchSlice;
-use crate::staging::{self, Replay, Staging};
+use crate::staging::{self, Replay, Staging, Ticket};
 use fjord_core::FsyncPolicy;
 use fjord_core::batch::Compression;
 use fjord_core::batch::{self, Batch};
@@ -154,7 +154,7 @@ impl Log {
         cache: Rc<BatchCache>,
         staging: Option<Rc<Staging>>,
     ) -> Result<Log> {
-        Log::open_with(dir.into(), config, cache, staging, Vec::new()).await
+        Log::open_with(dir.into(), config, cache, staging, None).await
     }
 
     /// Opens this log's directory again after it stopped for want of room
@@ -164,6 +164,9 @@ impl Log {
     pub async fn reopen(&self) -> Result<Log> {
         let inner = &self.inner;
         let staging = inner.staging.as_ref().map(|s| s.area.clone());
+        // Copied, not taken over: this log serves reads of them from the
+        // area until the new one replaces it, and a write of them still in
+        // flight here releases its own.
         let carried: Vec<Replay> = match &staging {
             Some(area) => inner
                 .state
@@ -183,7 +186,7 @@ impl Log {
             inner.config.clone(),
             inner.cache.clone(),
             staging,
-            carried,
+            Some(carried),
         )
         .await?;
         // The log has resumed only once what it carried is on disk: until
@@ -203,7 +206,7 @@ impl Log {
         config: LogConfig,
         cache: Rc<BatchCache>,
         staging: Option<Rc<Staging>>,
-        mut replay: Vec<Replay>,
+        carried: Option<Vec<Replay>>,
     ) -> Result<Log> {
         let config = config.normalized();
         let now = now_ms();
@@ -239,10 +242,7 @@ impl Log {
             stats: LogStats::default(),
             cleaner,
         };
-        let replay = staging.as_ref().map(|area| {
-            replay.extend(area.take_replay(&dir));
-            (area.clone(), replay)
-        });
+        let area = staging.clone();
         let staging = staging
             .filter(|_| config.fsync != FsyncPolicy::Always)
             .map(|area| LogStaging {
@@ -267,20 +267,12 @@ impl Log {
         });
         let (kick, kicked) = local_channel::new_bounded(1);
         let flusher = glommio::spawn_local(run_flusher(inner.clone(), kicked)).detach();
-        if let Some((area, replay)) = replay {
-            let carried = replay.iter().all(|r| !r.is_owned());
-            match replay_staged(&inner, &kick, &area, replay).await {
-                Ok(replayed) => recovery.batches_replayed = replayed,
-                Err(e) => {
-                    // Carried batches keep their originals in the failed log
-                    // this one replaces: drop the copies. Batches found at
-                    // start have no other copy: they stay for the next start.
-                    if carried {
-                        inner.release_staged();
-                    }
-                    return Err(e);
-                }
-            }
+        if let Some(area) = area {
+            // A log opened again carries what its failed predecessor staged;
+            // one opened anew takes what the area found for it.
+            let found = carried.is_none();
+            let replay = carried.unwrap_or_else(|| area.take_replay(&inner.dir));
+            recovery.batches_replayed = replay_staged(&inner, &kick, &area, replay, found).await?;
         }
         Ok(Log {
             inner,
@@ -387,6 +379,7 @@ impl Log {
             None,
             Epoch::OfLog,
             Origin::Outside,
+            &mut None,
         )
         .await
     }
@@ -412,6 +405,7 @@ impl Log {
             Some(base_offset),
             epoch,
             Origin::Outside,
+            &mut None,
         )
         .await
     }
@@ -435,6 +429,7 @@ impl Log {
             Some(base_offset),
             Epoch::Set(epoch),
             Origin::Validated,
+            &mut None,
         )
         .await
     }
@@ -928,9 +923,10 @@ enum Origin {
     Outside,
     /// Validated by the caller ([`Log::append_validated_at`]).
     Validated,
-    /// Found in the staging area at start, appended again: validated here,
-    /// and it does not wait for staging room (the ring may be full of
-    /// entries of logs not yet open; it waits for its write instead).
+    /// Found in the staging area (at start, or handed back by a failed log),
+    /// appended again: validated here; it takes no staging room (it keeps
+    /// the entry it was found in), so it never waits for any (the ring may
+    /// be full of entries of logs not yet open).
     Replay,
 }
 
@@ -943,6 +939,7 @@ async fn append(
     base_offset: Option<u64>,
     epoch: Epoch,
     origin: Origin,
+    adopt: &mut Option<Ticket>,
 ) -> Result<Appended> {
     if batch.len() > inner.config.max_batch_bytes {
         return Err(StorageError::BatchTooLarge {
@@ -1037,11 +1034,16 @@ async fn append(
         space.copy_from_slice(batch);
         batch::set_base_offset(space, base_offset as i64);
         batch::set_partition_leader_epoch(space, epoch);
-        // The second copy: the DMA buffer cannot live in shared memory
-        // (glommio allocates it), so the staged bytes are copied from it.
-        let ticket = staging.and_then(|s| {
-            s.area
-                .stage(&s.key, base_offset, last_offset, space, Some(parsed.crc()))
+        // A replayed batch keeps the entry it was found in, which holds
+        // these very bytes (same offsets, its own epoch). Otherwise the
+        // second copy: the DMA buffer cannot live in shared memory (glommio
+        // allocates it), so the staged bytes are copied from it.
+        debug_assert!(adopt.is_none() || inner.staging.is_some());
+        let ticket = adopt.take().or_else(|| {
+            staging.and_then(|s| {
+                s.area
+                    .stage(&s.key, base_offset, last_offset, space, Some(parsed.crc()))
+            })
         });
         active.note_batch(
             position,
@@ -1088,42 +1090,115 @@ async fn append(
     Ok(appended)
 }
 
-/// Appends again the batches found in the staging area past the log's
-/// recovered end, before the log serves; each old entry is released once
-/// its batch is safe again (staged anew, or written). Returns how many were
-/// appended.
+/// Appends again the batches staged for this log past its recovered end,
+/// before the log serves. Returns how many were appended.
+///
+/// `found` at start, a batch keeps its entry: the log takes the entry over
+/// and releases it once the batch is written, as if it had staged it (a
+/// log without a part of the area, `fsync=always`, waits for each write and
+/// releases the entry then). On failure every such entry not yet written
+/// goes back to the area (`Staging::put_back`), for the next opening of the
+/// log or the next start: nothing is lost or released.
+///
+/// Carried from a failed log (`Log::reopen`), a batch is staged again as a
+/// copy; its original stays the failed log's, which serves reads from it
+/// until the new log replaces it. On failure the copies go.
 async fn replay_staged(
     inner: &Inner,
     kick: &LocalSender<()>,
     area: &Staging,
     replay: Vec<Replay>,
+    found: bool,
 ) -> Result<usize> {
     let mut replayed = 0;
-    for entry in replay {
-        let offset_next = inner.state.borrow().offset_next;
-        if entry.last_offset < offset_next {
-            // Written before the process died.
-            area.release_replayed(entry);
-            continue;
+    let mut entries = replay.into_iter();
+    let failure = loop {
+        let Some(entry) = entries.next() else {
+            return Ok(replayed);
+        };
+        match replay_one(inner, kick, area, entry, found).await {
+            Ok(appended) => replayed += usize::from(appended),
+            Err(failure) => break failure,
         }
-        if entry.base_offset != offset_next {
-            return Err(staging::gap(&inner.dir, &entry, offset_next));
-        }
-        let appended = append(
-            inner,
-            kick,
-            &entry.batch,
-            Some(entry.base_offset),
-            Epoch::Kept,
-            Origin::Replay,
-        )
-        .await?;
-        if appended.base_offset != entry.base_offset || appended.last_offset != entry.last_offset {
-            return Err(staging::gap(&inner.dir, &entry, appended.base_offset));
-        }
-        appended.durable.await?;
-        area.release_replayed(entry);
-        replayed += 1;
+    };
+    let (error, ticket) = failure;
+    if found {
+        let mut tickets = inner.disown_staged();
+        tickets.extend(ticket);
+        tickets.extend(entries.map(|e| e.ticket));
+        area.put_back(&area.key(&inner.dir), tickets);
+    } else {
+        inner.release_staged();
     }
-    Ok(replayed)
+    Err(error)
+}
+
+/// Appends one batch of [`replay_staged`] again; `Ok(false)` when the log
+/// already holds it (written before the process died). On failure, the
+/// entry's ticket unless the log took it over.
+async fn replay_one(
+    inner: &Inner,
+    kick: &LocalSender<()>,
+    area: &Staging,
+    entry: Replay,
+    found: bool,
+) -> std::result::Result<bool, (StorageError, Option<Ticket>)> {
+    let Replay {
+        base_offset,
+        last_offset,
+        batch,
+        ticket,
+    } = entry;
+    let offset_next = inner.state.borrow().offset_next;
+    if last_offset < offset_next {
+        if found {
+            area.release(ticket);
+        }
+        return Ok(false);
+    }
+    if base_offset != offset_next {
+        let gap = staging::gap(&inner.dir, base_offset, last_offset, offset_next);
+        return Err((gap, Some(ticket)));
+    }
+    let mut ticket = Some(ticket);
+    let mut copied = None;
+    let adopt = if found && inner.staging.is_some() {
+        &mut ticket
+    } else {
+        &mut copied
+    };
+    let appended = append(
+        inner,
+        kick,
+        &batch,
+        Some(base_offset),
+        Epoch::Kept,
+        Origin::Replay,
+        adopt,
+    )
+    .await;
+    let appended = match appended {
+        Ok(appended) => appended,
+        Err(e) => return Err((e, ticket)),
+    };
+    if appended.last_offset != last_offset {
+        // The entry's offsets disagree with its batch's record count.
+        let gap = staging::gap(
+            &inner.dir,
+            base_offset,
+            last_offset,
+            appended.last_offset + 1,
+        );
+        return Err((gap, ticket));
+    }
+    if let Some(ticket) = ticket {
+        // Not taken over: safe once staged anew or written.
+        if let Err(e) = appended.durable.await {
+            return Err((e, Some(ticket)));
+        }
+        if found {
+            area.release(ticket);
+        }
+    }
+    Ok(true)
 }

@@ -67,6 +67,10 @@ const TOPOLOGY_AT: usize = 40;
 const HEADER_CRC_AT: usize = 44;
 const HEAD_POSITION_AT: usize = 48;
 const HEAD_SEQ_AT: usize = 56;
+/// The data directory's canonical path, for finding files whose directory
+/// is gone: length u32 | CRC-32C u32 | bytes. Not in the header's CRC:
+/// files written before it have zeros here (no path).
+const DIR_AT: usize = 64;
 const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"FJSE");
 /// The magic of an entry whose batch its log no longer needs.
 const ENTRY_MAGIC_RELEASED: u32 = u32::from_le_bytes(*b"FJSR");
@@ -79,6 +83,9 @@ pub const BYTES_MIN: usize = 1 << 20;
 const ID_FILE: &str = "fjord.id";
 /// A full staging area is reported at most this often.
 const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// A full ring whose oldest entry has not been released for this long is
+/// not waiting for a slow disk but held: appends stop waiting for room.
+const HEAD_HELD_AFTER: Duration = Duration::from_secs(5);
 /// Shards a node may run (the broker's own bound on `cores`).
 const SHARDS_MAX: usize = 1024;
 
@@ -361,6 +368,13 @@ impl StagingFile {
             .copy_from_slice(&(HEADER_BYTES as u64).to_le_bytes());
         header[HEAD_SEQ_AT..HEAD_SEQ_AT + 8].copy_from_slice(&1u64.to_le_bytes());
         map.write(0, &header);
+        let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let dir = dir.as_os_str().as_encoded_bytes();
+        if DIR_AT + 8 + dir.len() <= HEADER_BYTES {
+            map.write(DIR_AT, &(dir.len() as u32).to_le_bytes());
+            map.write(DIR_AT + 4, &crc32c::crc32c(dir).to_le_bytes());
+            map.write(DIR_AT + 8, dir);
+        }
         Ok(StagingFile {
             path,
             map,
@@ -381,11 +395,16 @@ impl StagingFile {
 
     /// Batches found staged (not yet known to be written).
     pub fn staged_batches(&self) -> usize {
-        self.found
-            .iter()
-            .filter(|f| f.kind == KIND_BATCH && !f.released)
-            .count()
+        staged_in(&self.found)
     }
+}
+
+/// Batches among `found` not yet known to be written.
+fn staged_in(found: &[Found]) -> usize {
+    found
+        .iter()
+        .filter(|f| f.kind == KIND_BATCH && !f.released)
+        .count()
 }
 
 /// Opens (creating) the staging file at `path` and locks it: the flock
@@ -408,7 +427,15 @@ fn open_locked(path: &Path) -> Result<std::fs::File, StagingError> {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| match std::fs::metadata(path) {
+                // It may hold acknowledged batches (a read-only /dev/shm, a
+                // restart as another user): not a reason to run without them.
+                Ok(m) if m.len() > 0 => StagingError::Refused {
+                    path: path.to_path_buf(),
+                    reason: format!("it exists but cannot be opened for writing: {e}"),
+                },
+                _ => unavailable(e.to_string()),
+            })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -458,8 +485,17 @@ fn inspect(
     // It may hold acknowledged batches: not being able to read it stops the
     // start, it does not turn staging off.
     let map = Mapping::map(file, len).map_err(|e| refused(format!("cannot map it: {e}")))?;
-    check_header(&map, id, shard, len).map_err(refused)?;
+    check_layout(&map).map_err(&refused)?;
     let (found, next_seq) = walk(&map);
+    if let Err(reason) = check_owner(&map, id, shard, len) {
+        // Under this name, the file of another directory or shard: a data
+        // directory made anew where a killed node's was. Holding nothing to
+        // replay, it is nobody's loss: made afresh.
+        if staged_in(&found) == 0 {
+            return Ok(None);
+        }
+        return Err(refused(reason));
+    }
     Ok(Some(StagingFile {
         path: path.to_path_buf(),
         map,
@@ -478,18 +514,46 @@ pub fn check_extra_shards(
     id: u128,
     shards: usize,
 ) -> Result<(), StagingError> {
-    for shard in shards..SHARDS_MAX {
+    check_unopened(staging_dir, data_dir, id, shards, |shard, staged| {
+        format!(
+            "shard {shard} staged {staged} batches, and this node runs {shards} \
+             shards: start it with at least {} cores to replay them",
+            shard + 1
+        )
+    })
+}
+
+/// Checks the staging files of this data directory on a node that runs
+/// with staging off: one holding staged batches (left by a run with it on)
+/// stops the start; empty ones are removed. Blocking.
+pub fn check_staging_off(
+    staging_dir: &Path,
+    data_dir: &Path,
+    id: u128,
+) -> Result<(), StagingError> {
+    check_unopened(staging_dir, data_dir, id, 0, |shard, staged| {
+        format!(
+            "shard {shard} staged {staged} batches, and this node runs with staging off: \
+             start it with staging on (and the same staging_dir) to replay them"
+        )
+    })
+}
+
+/// The files of shards `from..` of this data directory, which no shard of
+/// this node opens: see [`remove_unless_staged`].
+fn check_unopened(
+    staging_dir: &Path,
+    data_dir: &Path,
+    id: u128,
+    from: usize,
+    why: impl Fn(usize, usize) -> String,
+) -> Result<(), StagingError> {
+    for shard in from..SHARDS_MAX {
         let path = file_path(staging_dir, data_dir, shard);
         let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
             continue;
         };
-        remove_unless_staged(path, &file, id, shard, |staged| {
-            format!(
-                "shard {shard} staged {staged} batches, and this node runs {shards} \
-                 shards: start it with at least {} cores to replay them",
-                shard + 1
-            )
-        })?;
+        remove_unless_staged(path, &file, id, shard, |staged| why(shard, staged))?;
     }
     Ok(())
 }
@@ -543,16 +607,37 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
         // The header first, without a lock: another data directory's file
         // is never locked by this node, so its own start never finds it
         // held.
-        let mut header = [0u8; HEADER_CRC_AT + 4];
+        let mut header = vec![0u8; HEADER_BYTES];
         if file.read_exact(&mut header).is_err() {
             continue;
         }
         let Some((owner, shard)) = owner(&header) else {
             continue;
         };
-        if owner != id || file.try_lock().is_err() {
-            // Another directory's, or a running node's: a copy of this
-            // directory, with batches of its own.
+        if owner != id {
+            if recorded_dir(&header).is_some_and(|dir| left_behind(&dir, owner))
+                && file.try_lock().is_ok()
+            {
+                // No node can ever replay it, and tmpfs is memory: every
+                // killed node whose directory was removed would keep its
+                // files' worth otherwise.
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(
+                        path = %path.display(),
+                        "removed the staging file of a data directory that is gone"
+                    ),
+                    Err(e) => tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        "cannot remove the staging file of a data directory that is gone"
+                    ),
+                }
+            }
+            continue;
+        }
+        if file.try_lock().is_err() {
+            // A running node's: a copy of this directory, with batches of
+            // its own.
             continue;
         }
         let wanted = file_path(staging_dir, data_dir, shard);
@@ -569,9 +654,33 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
     Ok(())
 }
 
+/// The data directory a staging file was made for, as its header records
+/// it (files of builds before the record have none).
+fn recorded_dir(header: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = u32::from_le_bytes(header.get(DIR_AT..DIR_AT + 4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header.get(DIR_AT + 4..DIR_AT + 8)?.try_into().ok()?);
+    let dir = header.get(DIR_AT + 8..(DIR_AT + 8).checked_add(len)?)?;
+    (len > 0 && crc32c::crc32c(dir) == crc).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(dir)))
+}
+
+/// Whether the data directory `dir`, which staged as `owner`, is gone: it
+/// no longer exists (though its parent does: not a volume left unmounted),
+/// or it was made anew (another identity, or none yet). Then nothing can
+/// replay what its files hold.
+fn left_behind(dir: &Path, owner: u128) -> bool {
+    match std::fs::read_to_string(dir.join(ID_FILE)) {
+        Ok(text) => u128::from_str_radix(text.trim(), 16).is_ok_and(|id| id != owner),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            dir.parent().is_some_and(|parent| parent.is_dir())
+        }
+        Err(_) => false,
+    }
+}
+
 /// The data directory and shard a staging file's header names, if it is
 /// whole.
-fn owner(header: &[u8; HEADER_CRC_AT + 4]) -> Option<(u128, usize)> {
+fn owner(header: &[u8]) -> Option<(u128, usize)> {
     let field = |at: usize| {
         u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
     };
@@ -581,7 +690,9 @@ fn owner(header: &[u8; HEADER_CRC_AT + 4]) -> Option<(u128, usize)> {
     whole.then_some((id, field(12) as usize))
 }
 
-fn check_header(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(), String> {
+/// Whether the file is a staging file of a layout this build reads, with
+/// a whole header: only then is what a walk finds in it meaningful.
+fn check_layout(map: &Mapping) -> Result<(), String> {
     if map.bytes(0, 8) != MAGIC {
         return Err("not a Fjord staging file".into());
     }
@@ -594,6 +705,11 @@ fn check_header(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(),
     if crc32c::crc32c(map.bytes(0, HEADER_CRC_AT)) != map.u32_at(HEADER_CRC_AT) {
         return Err("header CRC mismatch".into());
     }
+    Ok(())
+}
+
+/// Whether a file of a readable layout is this shard's of this directory.
+fn check_owner(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(), String> {
     let owner = u128::from_le_bytes(map.bytes(16, 16).try_into().unwrap_or([0; 16]));
     if owner != id {
         return Err(format!(
@@ -710,11 +826,10 @@ pub struct Replay {
     pub last_offset: u64,
     /// The batch, as staged (base offset and leader epoch patched).
     pub batch: Vec<u8>,
-    /// Its old place, to release once staged again (or known written).
+    /// Its place. Found at start, the log appending it again takes it over
+    /// (and releases it once the batch is written); carried from a failed
+    /// log, a second handle on the failed log's place, never released.
     pub ticket: Ticket,
-    /// Whether releasing the old place is the replay's job (entries found
-    /// at start), or its caller's (a log opened again carries its own).
-    owned: bool,
 }
 
 struct Slot {
@@ -735,6 +850,8 @@ struct Ring {
     /// Appends that found the area full since the last report.
     full_waits: u64,
     full_reported_at: Option<Instant>,
+    /// Since when the oldest entry has been the oldest.
+    head_moved_at: Instant,
 }
 
 /// A shard's staging area; see the module doc.
@@ -778,6 +895,9 @@ impl Staging {
                 replay.entry(f.key.clone()).or_default().push(f);
             }
         }
+        for entries in replay.values_mut() {
+            sort_for_replay(entries);
+        }
         if slots.is_empty() || !(HEADER_BYTES..map.len).contains(&tail) {
             slots.clear();
             tail = HEADER_BYTES;
@@ -794,6 +914,7 @@ impl Staging {
                 waiting: Vec::new(),
                 full_waits: 0,
                 full_reported_at: None,
+                head_moved_at: Instant::now(),
             }),
         };
         // The head in the file may lag (released entries) or point where
@@ -843,15 +964,21 @@ impl Staging {
     }
 
     /// Waits until an entry for `len` bytes of batch would fit
-    /// (backpressure while a stall holds the ring full).
+    /// (backpressure while a stall holds the ring full), or until the ring's
+    /// oldest entry has gone unreleased for [`HEAD_HELD_AFTER`]: the ring is
+    /// first in, first out, so one entry a log cannot write (a log that
+    /// failed keeps its unwritten batches here for its next opening or the
+    /// next start) would otherwise stop every append of the shard, whatever
+    /// its disk does. An append that finds no room then waits for its write.
     pub async fn wait_room(&self, key: &str, len: usize) {
         let n = entry_bytes(key.len(), len);
         loop {
-            let rx = {
+            let (rx, held_in) = {
                 let mut ring = self.ring.borrow_mut();
                 if self.place(&ring, n).is_some() {
                     return;
                 }
+                let held_for = ring.head_moved_at.elapsed();
                 ring.full_waits += 1;
                 let due = ring
                     .full_reported_at
@@ -862,17 +989,22 @@ impl Staging {
                     tracing::warn!(
                         path = %self.path.display(),
                         appends_waited = ring.full_waits,
+                        oldest_entry_held_ms = held_for.as_millis() as u64,
                         "staging area full: acknowledgements wait for the disk"
                     );
                     ring.full_waits = 0;
                     ring.full_reported_at = Some(Instant::now());
                 }
+                let Some(held_in) = HEAD_HELD_AFTER.checked_sub(held_for) else {
+                    return;
+                };
                 let (tx, rx) = oneshot::channel();
                 ring.waiting.push(tx);
-                rx
+                (rx, held_in)
             };
             // Woken on every release; a dropped sender only means retry.
-            let _ = rx.await;
+            let held = std::pin::pin!(glommio::timer::sleep(held_in));
+            let _ = futures::future::select(rx, held).await;
         }
     }
 
@@ -897,6 +1029,10 @@ impl Staging {
         let n = entry_bytes(key.len(), batch.len());
         let mut ring = self.ring.borrow_mut();
         let (mut position, wrap) = self.place(&ring, n)?;
+        if ring.slots.is_empty() {
+            // This entry is the oldest from now: held from now.
+            ring.head_moved_at = Instant::now();
+        }
         if wrap {
             let tail = ring.tail;
             let len = self.map.len - tail;
@@ -1015,6 +1151,7 @@ impl Staging {
             moved = true;
         }
         if moved {
+            ring.head_moved_at = Instant::now();
             self.record_head(&mut ring);
             for waiter in ring.waiting.drain(..) {
                 let _ = waiter.send(());
@@ -1053,7 +1190,6 @@ impl Staging {
                     last_offset: f.last_offset,
                     batch: self.map.bytes(at, f.batch_len).to_vec(),
                     ticket: Ticket(f.seq),
-                    owned: true,
                 }
             })
             .collect()
@@ -1115,22 +1251,47 @@ impl Staging {
 
     /// A staged batch as a [`Replay`] (its bytes copied out) for a log
     /// opened again after a failure: the failed log keeps the place until
-    /// the new one holds the batch.
+    /// the new one has written its copy.
     pub(crate) fn replay_of(&self, ticket: &Ticket, base_offset: u64, last_offset: u64) -> Replay {
         Replay {
             base_offset,
             last_offset,
             batch: self.batch(ticket).to_vec(),
             ticket: Ticket(ticket.0),
-            owned: false,
         }
     }
 
-    /// Releases `replay`'s old place if that is the replay's job.
-    pub(crate) fn release_replayed(&self, replay: Replay) {
-        if replay.owned {
-            self.release(replay.ticket);
+    /// Hands staged batches of the log `key` back to the area, as if found
+    /// at start: the next opening of that log appends them again (or the
+    /// next start finds them). For a log that failed, before it served or
+    /// while it did: its batches stay where they are, and no other copy of
+    /// them is made.
+    pub(crate) fn put_back(&self, key: &str, tickets: Vec<Ticket>) {
+        if tickets.is_empty() {
+            return;
         }
+        let mut ring = self.ring.borrow_mut();
+        let mut entries: Vec<Found> = tickets
+            .into_iter()
+            .map(|ticket| {
+                let slot = ticket
+                    .0
+                    .checked_sub(ring.head_seq)
+                    .and_then(|i| ring.slots.get(i as usize))
+                    .unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
+                assert!(!slot.released, "ticket {} already released", ticket.0);
+                // Written by this process and live: it reads back whole.
+                read_entry(&self.map, slot.position, Some(ticket.0))
+                    .unwrap_or_else(|| panic!("ticket {}'s entry does not read back", ticket.0))
+            })
+            .collect();
+        let replay = ring.replay.entry(key.to_owned()).or_default();
+        assert!(
+            entries.iter().all(|e| e.key == key),
+            "entries put back under another log's key"
+        );
+        replay.append(&mut entries);
+        sort_for_replay(replay);
     }
 
     /// A staged batch's bytes, in the ring.
@@ -1184,13 +1345,6 @@ impl Staging {
     }
 }
 
-impl Replay {
-    /// Whether releasing the old place is the replay's job.
-    pub(crate) fn is_owned(&self) -> bool {
-        self.owned
-    }
-}
-
 impl std::fmt::Debug for Staging {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Staging").field("path", &self.path).finish()
@@ -1199,15 +1353,30 @@ impl std::fmt::Debug for Staging {
 
 /// A staged entry's base offset is not where its log ends: replaying it
 /// would leave a gap.
-pub(crate) fn gap(path: &Path, replay: &Replay, offset_next: u64) -> StorageError {
+pub(crate) fn gap(
+    path: &Path,
+    base_offset: u64,
+    last_offset: u64,
+    offset_next: u64,
+) -> StorageError {
     StorageError::Corrupt {
         path: path.to_path_buf(),
-        position: replay.base_offset,
+        position: base_offset,
         reason: format!(
-            "staged batch at offsets {}..={} but the log ends at {offset_next}",
-            replay.base_offset, replay.last_offset
+            "staged batch at offsets {base_offset}..={last_offset} but the log ends at {offset_next}"
         ),
     }
+}
+
+/// A log's entries in the order its replay appends them: by offset. This
+/// build keeps a log's entries in offset order in the ring (a replay
+/// appends them again where they lie, a truncation releases what it cuts),
+/// but an area written by an older one, which copied each replayed batch to
+/// the ring's tail, can hold them out of order after a kill during a
+/// replay, and the same batch twice: those come out in sequence order, and
+/// the replay skips the second.
+fn sort_for_replay(entries: &mut [Found]) {
+    entries.sort_by_key(|f| (f.base_offset, f.seq));
 }
 
 #[cfg(test)]

@@ -251,3 +251,97 @@ fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
         log.close().await.expect("close");
     });
 }
+
+/// A replay that fails (here: a batch over a lowered size limit) hands
+/// every entry back: the next opening of the log in the same run appends
+/// them all, in offset order even where the ring holds them out of it (as
+/// an area written by an older build can after a kill during a replay).
+#[test]
+fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Staging::new(file, dir.path().to_path_buf());
+        let path = dir.path().join("p");
+        let key = area.key(&path);
+        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
+        area.stage(&key, 0, 2, &stored(0, 0), None).expect("stage");
+        area.stage(&key, 6, 8, &stored(2, 6), None).expect("stage");
+        drop(area);
+        let reopened = StagingFile::open(
+            &dir.path().join("staging"),
+            dir.path(),
+            1,
+            0,
+            2,
+            STAGING_BYTES,
+        )
+        .expect("reopen");
+        let area = Rc::new(Staging::new(reopened, dir.path().to_path_buf()));
+        let cache = BatchCache::new(8 << 20);
+        let small = LogConfig {
+            max_batch_bytes: 64,
+            ..LogConfig::default()
+        };
+        let failed = Log::open_staged(&path, small, cache.clone(), Some(area.clone())).await;
+        assert!(
+            matches!(failed, Err(StorageError::BatchTooLarge { .. })),
+            "{:?}",
+            failed.err()
+        );
+        assert_eq!(area.staged_batches(), 3, "nothing released");
+        let log = Log::open_staged(&path, LogConfig::default(), cache, Some(area.clone()))
+            .await
+            .expect("open again");
+        assert_eq!(log.recovery_report().batches_replayed, 3);
+        log.flush().await.expect("flush");
+        let all = read_all(&log, 0).await;
+        assert!(all == [stored(0, 0), stored(1, 3), stored(2, 6)]);
+        assert_eq!(area.staged_batches(), 0, "released once written");
+        log.close().await.expect("close");
+    });
+}
+
+/// An entry no log will write (a log that failed keeps its batches for
+/// the next start) holds the ring's head: once it has for a while, appends
+/// that find no room wait for their writes instead of for room that will
+/// not come.
+#[test]
+fn a_ring_held_by_an_entry_no_log_writes_does_not_stop_appends() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+        let held = area.key(&dir.path().join("failed"));
+        let _held = area.stage(&held, 0, 2, &stored(0, 0), None).expect("stage");
+        let log = Log::open_staged(
+            dir.path().join("p"),
+            LogConfig::default(),
+            BatchCache::new(8 << 20),
+            Some(area.clone()),
+        )
+        .await
+        .expect("open");
+        let appends = async {
+            let mut bytes = 0;
+            let mut seed = 1;
+            // Twice the ring: past its end only if appends stop waiting.
+            while bytes < 2 * STAGING_BYTES {
+                let b = batch(seed, 64, 1000, 1000);
+                bytes += b.len();
+                let appended = log.append(&b).await.expect("append");
+                appended.durable.await.expect("durable");
+                seed += 1;
+            }
+            seed - 1
+        };
+        let limit = std::pin::pin!(glommio::timer::sleep(Duration::from_secs(60)));
+        let appended = match futures::future::select(std::pin::pin!(appends), limit).await {
+            futures::future::Either::Left((n, _)) => n,
+            futures::future::Either::Right(_) => panic!("appends stopped behind the held entry"),
+        };
+        assert_eq!(log.offset_visible(), appended * 64);
+        assert_eq!(area.staged_batches(), 1, "the held entry stays");
+        log.close().await.expect("close");
+    });
+}
