@@ -346,6 +346,7 @@ impl Partition {
         let (bytes, age) = old.retention();
         // Whatever it held is dropped: a failed close changes nothing.
         let _ = old.close().await;
+        self.forget_staged();
         let s = &self.setup;
         fjord_storage::recovery::reset(&s.dir, start).await?;
         let log =
@@ -683,6 +684,20 @@ impl Partition {
         }
         self.wake_parked();
         self.log().close().await
+    }
+
+    /// Releases what the staging area holds for this partition's log once
+    /// its data is dropped (deleted, or reset): batches a log that failed
+    /// left there for its next opening would otherwise hold the area until
+    /// the next start.
+    pub fn forget_staged(&self) {
+        if let Some(staging) = &self.setup.staging {
+            let released = staging.forget(&self.setup.dir);
+            if released > 0 {
+                let s = &self.setup;
+                tracing::info!(shard = s.shard, topic = %s.topic, partition = s.partition, released, "staged batches of a dropped log released");
+            }
+        }
     }
 }
 

@@ -283,14 +283,23 @@ impl Inner {
     }
 
     /// Takes the staging tickets of the batches not yet written: their
-    /// entries go back to the area (a log that failed before it served),
-    /// and a write of them that completes later releases nothing.
+    /// entries go back to the area (a log that failed), and a write of them
+    /// that completes later releases nothing.
     pub(crate) fn disown_staged(&self) -> Vec<Ticket> {
         let mut st = self.state.borrow_mut();
         st.staged
             .iter_mut()
             .filter_map(|b| b.ticket.take())
             .collect()
+    }
+
+    /// Hands the batches staged and not written back to the staging area,
+    /// for the next opening of this log (or the next start): a log closed
+    /// after it failed leaves them there.
+    pub(crate) fn put_back_staged(&self) {
+        if let Some(s) = &self.staging {
+            s.area.put_back(&s.key, self.disown_staged());
+        }
     }
 
     /// Writes the leader-epoch file from the cache (and the pending entry).

@@ -804,8 +804,16 @@ impl Log {
     }
 
     /// Stops appends, writes and syncs everything staged, finishes the
-    /// active segment's files and stops the flusher.
+    /// active segment's files and stops the flusher. A log that failed
+    /// leaves the batches it acknowledged and could not write in the
+    /// staging area, for its next opening (or the next start).
     pub async fn close(&self) -> Result<()> {
+        let closed = self.close_files().await;
+        self.inner.put_back_staged();
+        closed
+    }
+
+    async fn close_files(&self) -> Result<()> {
         let flushed = self.flush().await;
         self.inner.append_turn.close();
         self.inner.staged_room.close();
@@ -941,10 +949,17 @@ async fn append(
     origin: Origin,
     adopt: &mut Option<Ticket>,
 ) -> Result<Appended> {
-    if batch.len() > inner.config.max_batch_bytes {
+    // A replayed batch was acknowledged under the limit of its day: a
+    // lowered `max.message.bytes` keeps it, as Kafka keeps what it holds.
+    // It must still fit what the log stages at once.
+    let max = match origin {
+        Origin::Replay => inner.config.staged_bytes_max,
+        Origin::Outside | Origin::Validated => inner.config.max_batch_bytes,
+    };
+    if batch.len() > max {
         return Err(StorageError::BatchTooLarge {
             len: batch.len(),
-            max: inner.config.max_batch_bytes,
+            max,
         });
     }
     let parsed = match origin {

@@ -52,10 +52,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The layout written by this build; files of any other are refused, but
-/// for version 1, which differs only in never marking entries released.
+/// The layout written by this build; files of any other are refused
+/// (version 1 never marked entries released: a released one behind an
+/// older live one would be replayed).
 pub const LAYOUT_VERSION: u32 = 2;
-const LAYOUT_VERSION_READABLE: u32 = 1;
 /// Where staging files live unless configured otherwise.
 pub const DEFAULT_DIR: &str = "/dev/shm";
 /// A log's key (its directory under the data directory) is at most this long.
@@ -666,13 +666,13 @@ fn recorded_dir(header: &[u8]) -> Option<PathBuf> {
 
 /// Whether the data directory `dir`, which staged as `owner`, is gone: it
 /// no longer exists (though its parent does: not a volume left unmounted),
-/// or it was made anew (another identity, or none yet). Then nothing can
-/// replay what its files hold.
+/// or it was made anew (it holds another identity). Then nothing can replay
+/// what its files hold.
 fn left_behind(dir: &Path, owner: u128) -> bool {
     match std::fs::read_to_string(dir.join(ID_FILE)) {
         Ok(text) => u128::from_str_radix(text.trim(), 16).is_ok_and(|id| id != owner),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            dir.parent().is_some_and(|parent| parent.is_dir())
+            !dir.exists() && dir.parent().is_some_and(|parent| parent.is_dir())
         }
         Err(_) => false,
     }
@@ -697,7 +697,7 @@ fn check_layout(map: &Mapping) -> Result<(), String> {
         return Err("not a Fjord staging file".into());
     }
     let version = map.u32_at(8);
-    if version != LAYOUT_VERSION && version != LAYOUT_VERSION_READABLE {
+    if version != LAYOUT_VERSION {
         return Err(format!(
             "layout version {version}, this build reads {LAYOUT_VERSION}"
         ));
@@ -1195,6 +1195,19 @@ impl Staging {
             .collect()
     }
 
+    /// Releases the batches the area holds for the log in `dir` (found at
+    /// start, or handed back by a log that failed): its data was dropped
+    /// (deleted, or reset to start elsewhere). Returns how many.
+    pub fn forget(&self, dir: &Path) -> usize {
+        let key = self.key(dir);
+        let found = self.ring.borrow_mut().replay.remove(&key);
+        let found = found.unwrap_or_default();
+        for f in &found {
+            self.release(Ticket(f.seq));
+        }
+        found.len()
+    }
+
     /// Releases what no log took at start and `listed` does not name (logs
     /// the metadata no longer lists); returns the keys and batch counts. A
     /// listed log that failed to open keeps its entries for a later open.
@@ -1417,6 +1430,41 @@ mod tests {
         drop(staging);
         check_moved(tmp.path(), &after, 7).unwrap();
         assert!(!left.exists());
+    }
+
+    #[test]
+    fn files_of_a_data_directory_that_is_gone_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shm = tmp.path().join("shm");
+        let dir = |name: &str| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            dir
+        };
+        let staged = |dir: &Path| {
+            let file = StagingFile::open(&shm, dir, data_dir_id(dir).unwrap(), 0, 2, BYTES_MIN);
+            let staging = Staging::new(file.unwrap(), dir.to_path_buf());
+            staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
+            staging
+        };
+        let [gone, anew, alive, running, ours] =
+            ["gone", "anew", "alive", "running", "ours"].map(dir);
+        for d in [&gone, &anew, &alive] {
+            drop(staged(d));
+        }
+        let held = staged(&running);
+        for d in [&gone, &anew, &running] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+        dir("anew");
+        data_dir_id(&anew).unwrap();
+        check_moved(&shm, &ours, data_dir_id(&ours).unwrap()).unwrap();
+        let exists = |d: &Path| file_path(&shm, d, 0).exists();
+        assert!(!exists(&gone), "a removed directory's file stays");
+        assert!(!exists(&anew), "a directory made anew: its old file stays");
+        assert!(exists(&alive), "a directory that is there lost its file");
+        assert!(exists(&running), "a running node's file was removed");
+        drop(held);
     }
 
     #[test]

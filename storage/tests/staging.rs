@@ -252,10 +252,11 @@ fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
     });
 }
 
-/// A replay that fails (here: a batch over a lowered size limit) hands
-/// every entry back: the next opening of the log in the same run appends
-/// them all, in offset order even where the ring holds them out of it (as
-/// an area written by an older build can after a kill during a replay).
+/// A replay that fails (here: batches larger than the log can stage at
+/// once) hands every entry back: the next opening of the log in the same
+/// run appends them all, in offset order even where the ring holds them
+/// out of it (as an area written by an older build can after a kill during
+/// a replay).
 #[test]
 fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
     let (_tmp, dir) = data_dir();
@@ -281,6 +282,7 @@ fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
         let cache = BatchCache::new(8 << 20);
         let small = LogConfig {
             max_batch_bytes: 64,
+            staged_bytes_max: 128,
             ..LogConfig::default()
         };
         let failed = Log::open_staged(&path, small, cache.clone(), Some(area.clone())).await;
@@ -290,7 +292,12 @@ fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
             failed.err()
         );
         assert_eq!(area.staged_batches(), 3, "nothing released");
-        let log = Log::open_staged(&path, LogConfig::default(), cache, Some(area.clone()))
+        // Acknowledged under the limit of their day: a lowered one keeps them.
+        let lowered = LogConfig {
+            max_batch_bytes: 64,
+            ..LogConfig::default()
+        };
+        let log = Log::open_staged(&path, lowered, cache, Some(area.clone()))
             .await
             .expect("open again");
         assert_eq!(log.recovery_report().batches_replayed, 3);
