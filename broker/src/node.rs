@@ -583,13 +583,21 @@ async fn run_shard(
     if let Some(staging) = &staging {
         // Every log the metadata gives this shard has been opened and has
         // taken its staged batches (one that failed keeps them for its
-        // retry); what is left belongs to deleted topics.
+        // retry); what is left belongs to deleted topics — unless its topic
+        // is newer than these metadata: a follower starts from the copy it
+        // kept, which a kill can leave behind the metadata its last run
+        // served. Those stay for their log's opening (or the next start).
         let listed: std::collections::HashSet<String> = shard
             .owned_dirs()
             .iter()
             .map(|dir| staging.key(dir))
             .collect();
-        for (log, batches) in staging.release_unclaimed(|key| listed.contains(key)) {
+        let next_topic_id = shard.metadata().next_topic_id();
+        let kept = |key: &str| {
+            listed.contains(key)
+                || crate::shard::topic_id_in(key).is_some_and(|id| id >= next_topic_id)
+        };
+        for (log, batches) in staging.release_unclaimed(kept) {
             tracing::warn!(
                 shard = shard.id,
                 log,

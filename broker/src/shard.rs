@@ -1189,6 +1189,13 @@ pub fn partition_dir(
         .join(partition.to_string())
 }
 
+/// The topic id in the path of a partition's directory relative to the
+/// data directory (`topics/<name>.<id>/<partition>`), if it is one.
+pub fn topic_id_in(relative: &str) -> Option<u64> {
+    let (topic_dir, _partition) = relative.strip_prefix("topics/")?.split_once('/')?;
+    topic_dir.rsplit_once('.')?.1.parse().ok()
+}
+
 /// The directory that holds every topic.
 pub fn topics_dir(data: &std::path::Path) -> PathBuf {
     data.join("topics")
@@ -1208,5 +1215,21 @@ fn layout_of(name: &str, topic: &TopicMeta, p: i32) -> Layout {
         topic: name.to_owned(),
         topic_id: topic.id,
         partition: p as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_partition_directory_names_its_topic_id() {
+        let data = std::path::Path::new("/data");
+        let dir = partition_dir(data, "a.b", 17, 3);
+        let relative = dir.strip_prefix(data).unwrap().to_str().unwrap();
+        assert_eq!(topic_id_in(relative), Some(17));
+        assert_eq!(topic_id_in("cluster/metadata"), None);
+        assert_eq!(topic_id_in("topics/t/0"), None);
     }
 }

@@ -344,6 +344,12 @@ pub struct ClusterMetadata {
 }
 
 impl ClusterMetadata {
+    /// The id the next topic created gets: every topic with a lower one was
+    /// created by the commands these metadata have applied.
+    pub fn next_topic_id(&self) -> u64 {
+        self.next_topic_id
+    }
+
     /// Empty metadata for nodes with `data_shards` partition-hosting shards.
     pub fn new(data_shards: u16) -> ClusterMetadata {
         assert!(data_shards > 0, "at least one shard hosts partitions");
