@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const ROUNDS: u64 = 6;
 /// The broker's default staging size, so that opening a file to look at it
 /// leaves it as it is.
-const STAGING_BYTES: usize = 32 << 20;
+const STAGING_BYTES: usize = 128 << 20;
 
 type Ack = Pin<Box<dyn Future<Output = fjord_client::Result<RecordMetadata>> + Send>>;
 

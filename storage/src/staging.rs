@@ -324,7 +324,7 @@ impl StagingFile {
         let bytes = file_bytes(bytes);
         std::fs::create_dir_all(staging_dir).map_err(|e| unavailable(e.to_string()))?;
         let file = open_locked(&path)?;
-        if let Some(existing) = inspect(&path, &file, id, shard)? {
+        if let Some(existing) = inspect(&path, &file, data_dir, id, shard)? {
             let staged = existing.staged_batches();
             let written_by = existing.map.u32_at(TOPOLOGY_AT);
             if staged > 0 && written_by != topology {
@@ -367,7 +367,6 @@ impl StagingFile {
         header[HEAD_POSITION_AT..HEAD_POSITION_AT + 8]
             .copy_from_slice(&(HEADER_BYTES as u64).to_le_bytes());
         header[HEAD_SEQ_AT..HEAD_SEQ_AT + 8].copy_from_slice(&1u64.to_le_bytes());
-        map.write(0, &header);
         let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         let dir = dir.as_os_str().as_encoded_bytes();
         if DIR_AT + 8 + dir.len() <= HEADER_BYTES {
@@ -375,6 +374,10 @@ impl StagingFile {
             map.write(DIR_AT + 4, &crc32c::crc32c(dir).to_le_bytes());
             map.write(DIR_AT + 8, dir);
         }
+        // The magic last: a file whose making a kill cut short has none,
+        // and is made again at the next start (it never held an entry).
+        map.write(8, &header[8..]);
+        map.write(0, &header[..8]);
         Ok(StagingFile {
             path,
             map,
@@ -462,6 +465,7 @@ fn open_locked(path: &Path) -> Result<std::fs::File, StagingError> {
 fn inspect(
     path: &Path,
     file: &std::fs::File,
+    data_dir: &Path,
     id: u128,
     shard: usize,
 ) -> Result<Option<StagingFile>, StagingError> {
@@ -485,13 +489,21 @@ fn inspect(
     // It may hold acknowledged batches: not being able to read it stops the
     // start, it does not turn staging off.
     let map = Mapping::map(file, len).map_err(|e| refused(format!("cannot map it: {e}")))?;
+    if map.bytes(0, MAGIC.len()) == [0; MAGIC.len()] {
+        // Its making was cut short (the magic is written last, before any
+        // entry): it holds nothing.
+        return Ok(None);
+    }
     check_layout(&map).map_err(&refused)?;
     let (found, next_seq) = walk(&map);
     if let Err(reason) = check_owner(&map, id, shard, len) {
-        // Under this name, the file of another directory or shard: a data
-        // directory made anew where a killed node's was. Holding nothing to
-        // replay, it is nobody's loss: made afresh.
-        if staged_in(&found) == 0 {
+        // Made for a directory at this very path with another identity: the
+        // data directory was removed and made anew after a kill. Holding
+        // nothing to replay, it is nobody's loss: made afresh. A file made
+        // for another path (copied here), or holding batches, is refused.
+        let ours = std::fs::canonicalize(data_dir).ok();
+        let made_here = recorded_dir(map.bytes(0, HEADER_BYTES)).is_some_and(|d| Some(d) == ours);
+        if made_here && staged_in(&found) == 0 {
             return Ok(None);
         }
         return Err(refused(reason));
@@ -553,7 +565,9 @@ fn check_unopened(
         let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
             continue;
         };
-        remove_unless_staged(path, &file, id, shard, |staged| why(shard, staged))?;
+        remove_unless_staged(path, &file, data_dir, id, shard, |staged| {
+            why(shard, staged)
+        })?;
     }
     Ok(())
 }
@@ -564,11 +578,12 @@ fn check_unopened(
 fn remove_unless_staged(
     path: PathBuf,
     file: &std::fs::File,
+    data_dir: &Path,
     id: u128,
     shard: usize,
     why: impl FnOnce(usize) -> String,
 ) -> Result<(), StagingError> {
-    let staged = inspect(&path, file, id, shard)?.map_or(0, |f| f.staged_batches());
+    let staged = inspect(&path, file, data_dir, id, shard)?.map_or(0, |f| f.staged_batches());
     if staged > 0 {
         return Err(StagingError::Refused {
             reason: why(staged),
@@ -641,7 +656,7 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
             continue;
         }
         let wanted = file_path(staging_dir, data_dir, shard);
-        remove_unless_staged(path, &file, id, shard, |staged| {
+        remove_unless_staged(path, &file, data_dir, id, shard, |staged| {
             format!(
                 "it holds {staged} batches staged for this data directory when it was at \
                  another path. If the directory was moved, rename the file to {} to \
@@ -1284,27 +1299,38 @@ impl Staging {
             return;
         }
         let mut ring = self.ring.borrow_mut();
-        let mut entries: Vec<Found> = tickets
-            .into_iter()
-            .map(|ticket| {
-                let slot = ticket
-                    .0
-                    .checked_sub(ring.head_seq)
-                    .and_then(|i| ring.slots.get(i as usize))
-                    .unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
-                assert!(!slot.released, "ticket {} already released", ticket.0);
-                // Written by this process and live: it reads back whole.
-                read_entry(&self.map, slot.position, Some(ticket.0))
-                    .unwrap_or_else(|| panic!("ticket {}'s entry does not read back", ticket.0))
-            })
-            .collect();
+        let mut entries: Vec<Found> = Vec::with_capacity(tickets.len());
+        let mut lost = Vec::new();
+        for ticket in tickets {
+            let slot = ticket
+                .0
+                .checked_sub(ring.head_seq)
+                .and_then(|i| ring.slots.get(i as usize))
+                .unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
+            assert!(!slot.released, "ticket {} already released", ticket.0);
+            // Written by this process and live, it reads back whole unless
+            // something else wrote into the shared memory: then it is as if
+            // torn, and the next start drops it as well.
+            match read_entry(&self.map, slot.position, Some(ticket.0)) {
+                Some(entry) if entry.key == key => entries.push(entry),
+                _ => {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        log = key,
+                        seq = ticket.0,
+                        "a staged entry changed under this node: its batch cannot be replayed"
+                    );
+                    lost.push(ticket);
+                }
+            }
+        }
         let replay = ring.replay.entry(key.to_owned()).or_default();
-        assert!(
-            entries.iter().all(|e| e.key == key),
-            "entries put back under another log's key"
-        );
         replay.append(&mut entries);
         sort_for_replay(replay);
+        drop(ring);
+        for ticket in lost {
+            self.release(ticket);
+        }
     }
 
     /// A staged batch's bytes, in the ring.
@@ -1430,6 +1456,39 @@ mod tests {
         drop(staging);
         check_moved(tmp.path(), &after, 7).unwrap();
         assert!(!left.exists());
+    }
+
+    #[test]
+    fn an_empty_file_of_another_identity_is_made_anew_only_if_made_for_this_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shm = tmp.path().join("shm");
+        let (here, there) = (tmp.path().join("here"), tmp.path().join("there"));
+        std::fs::create_dir(&here).unwrap();
+        std::fs::create_dir(&there).unwrap();
+        let open = |dir: &Path, id: u128| StagingFile::open(&shm, dir, id, 0, 2, BYTES_MIN);
+        // Made for this path by an earlier directory (id 1), nothing staged.
+        drop(open(&here, 1).unwrap());
+        assert_eq!(open(&here, 2).unwrap().staged_batches(), 0, "made anew");
+        // Made for another path and copied under this one's name: refused,
+        // empty as it is.
+        drop(open(&there, 3).unwrap());
+        std::fs::copy(file_path(&shm, &there, 0), file_path(&shm, &here, 0)).unwrap();
+        let err = open(&here, 2).err().unwrap();
+        assert!(matches!(err, StagingError::Refused { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_whose_making_a_kill_cut_short_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = file_path(tmp.path(), tmp.path(), 0);
+        // Sized, not yet headed: what a kill between the two leaves.
+        std::fs::write(&path, vec![0u8; BYTES_MIN]).unwrap();
+        let made = file(tmp.path(), 7, BYTES_MIN).unwrap();
+        assert_eq!(made.staged_batches(), 0);
+        let staging = Staging::new(made, tmp.path().into());
+        staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
+        drop(staging);
+        assert_eq!(file(tmp.path(), 7, BYTES_MIN).unwrap().staged_batches(), 1);
     }
 
     #[test]
