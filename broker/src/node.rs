@@ -305,14 +305,10 @@ fn open_staging(
             }
         }
     }
-    if let Some((_, e)) = off.first() {
-        let shards: Vec<String> = off.iter().map(|(shard, _)| shard.to_string()).collect();
-        let note = if off.len() == count {
-            format!("staging off: {e}")
-        } else {
-            format!("staging off on shards {}: {e}", shards.join(","))
-        };
-        return Ok((files, note));
+    if off.len() == count
+        && let Some((_, e)) = off.first()
+    {
+        return Ok((files, format!("staging off: {e}")));
     }
     let staged: usize = files.iter().flatten().map(|f| f.staged_batches()).sum();
     // Compared as the file would be sized: a budget off the page size is
@@ -325,12 +321,19 @@ fn open_staging(
     } else {
         String::new()
     };
+    let partly_off = match off.first() {
+        Some((_, e)) => {
+            let shards: Vec<String> = off.iter().map(|(shard, _)| shard.to_string()).collect();
+            format!("; off on shards {}: {e}", shards.join(","))
+        }
+        None => String::new(),
+    };
     let note = format!(
-        "staging {} B per shard{shrunk} in {}, {staged} batches to replay",
+        "staging {} B per shard{shrunk} in {}, {staged} batches to replay{partly_off}",
         bytes,
         config.staging_dir.display()
     );
-    if shrunk.is_empty() {
+    if shrunk.is_empty() && off.is_empty() {
         tracing::info!("{note}");
     } else {
         tracing::warn!("{note}");
@@ -579,32 +582,6 @@ async fn run_shard(
     }
     if ready_rx.await.is_err() {
         return Err("no metadata from the controller".into());
-    }
-    if let Some(staging) = &staging {
-        // Every log the metadata gives this shard has been opened and has
-        // taken its staged batches (one that failed keeps them for its
-        // retry); what is left belongs to deleted topics — unless its topic
-        // is newer than these metadata: a follower starts from the copy it
-        // kept, which a kill can leave behind the metadata its last run
-        // served. Those stay for their log's opening (or the next start).
-        let listed: std::collections::HashSet<String> = shard
-            .owned_dirs()
-            .iter()
-            .map(|dir| staging.key(dir))
-            .collect();
-        let next_topic_id = shard.metadata().next_topic_id();
-        let kept = |key: &str| {
-            listed.contains(key)
-                || crate::shard::topic_id_in(key).is_some_and(|id| id >= next_topic_id)
-        };
-        for (log, batches) in staging.release_unclaimed(kept) {
-            tracing::warn!(
-                shard = shard.id,
-                log,
-                batches,
-                "staged batches of a log no longer listed: dropped"
-            );
-        }
     }
     let own = SocketAddr::new(shard.config.listen.ip(), shard.shard_ports[shard.id]);
     // With a Kafka broker per shard, the node's listener stays for

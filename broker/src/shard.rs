@@ -764,10 +764,40 @@ impl Shard {
         self.metrics
             .retain_topics(|name| metadata.topics.contains_key(name));
         *self.metadata.borrow_mut() = Rc::new(metadata);
+        self.release_unclaimed_staged();
         if let Some(ready) = self.ready.borrow_mut().take() {
             let _ = ready.send(());
         }
         not_served
+    }
+
+    /// Releases what the staging area holds for logs the metadata no longer
+    /// give this shard (deleted, moved away): every log they list has been
+    /// opened and has taken its batches, and one that failed to open keeps
+    /// them for its retry. Batches of a topic newer than the metadata stay
+    /// too: a follower starts from the copy it kept, which a kill can leave
+    /// behind the metadata its last run served.
+    fn release_unclaimed_staged(&self) {
+        let Some(staging) = self.staging.as_ref().filter(|s| s.holds_unclaimed()) else {
+            return;
+        };
+        let listed: std::collections::HashSet<String> = self
+            .owned_dirs()
+            .iter()
+            .map(|dir| staging.key(dir))
+            .collect();
+        let next_topic_id = self.metadata().next_topic_id();
+        let kept = |key: &str| {
+            listed.contains(key) || topic_id_in(key).is_some_and(|id| id >= next_topic_id)
+        };
+        for (log, batches) in staging.release_unclaimed(kept) {
+            tracing::warn!(
+                shard = self.id,
+                log,
+                batches,
+                "staged batches of a log no longer listed: dropped"
+            );
+        }
     }
 
     /// Where this shard reaches the other replicas of a partition.

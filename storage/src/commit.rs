@@ -282,6 +282,13 @@ impl Inner {
         }
     }
 
+    /// Whether the last batch not yet written waits for its write (it has
+    /// no place in the staging area): the batches after it must too.
+    pub(crate) fn behind_unstaged(&self) -> bool {
+        let st = self.state.borrow();
+        st.staged.last().is_some_and(|b| b.ticket.is_none())
+    }
+
     /// Takes the staging tickets of the batches not yet written: their
     /// entries go back to the area (a log that failed), and a write of them
     /// that completes later releases nothing.

@@ -582,7 +582,13 @@ impl Log {
             if offset >= st.offset_written
                 && let Some(staging) = &self.inner.staging
             {
-                let (slice, offset_next) = staging.area.read(&st.staged, offset, max_bytes);
+                let Some((slice, offset_next)) = staging.area.read(&st.staged, offset, max_bytes)
+                else {
+                    return Err(st
+                        .failed
+                        .as_ref()
+                        .map_or(StorageError::Closed, |f| f.error()));
+                };
                 return Ok(Ok(LogRead {
                     slices: vec![slice],
                     offset_next,
@@ -606,8 +612,10 @@ impl Log {
                     let next_staged = st.staged.first().filter(|b| {
                         b.base_offset == offset_next && b.ticket.is_some() && b.len <= room
                     });
-                    if next_staged.is_some() {
-                        let (slice, next) = staging.area.read(&st.staged, offset_next, room);
+                    if next_staged.is_some()
+                        && let Some((slice, next)) =
+                            staging.area.read(&st.staged, offset_next, room)
+                    {
                         slices.push(slice);
                         offset_next = next;
                     }
@@ -1024,12 +1032,16 @@ async fn append(
         .staging
         .as_ref()
         .filter(|s| s.area.fits(&s.key, batch.len()));
-    if let Some(s) = staging.filter(|_| origin != Origin::Replay) {
+    if let Some(s) = staging.filter(|_| origin != Origin::Replay && !inner.behind_unstaged()) {
         // The last await before the batch is staged: no other append of
         // this shard can take the room in between.
         s.area.wait_room(&s.key, batch.len()).await;
     }
     let appended = {
+        // A batch behind one that waits for its write is not staged either:
+        // answered at once, it could outlive a kill that the one before it
+        // does not, and the replay would find a gap.
+        let staging = staging.filter(|_| !inner.behind_unstaged());
         let mut st = inner.state.borrow_mut();
         let pending = st.epoch_pending.take();
         // Checked again: the log may have failed while this append waited.

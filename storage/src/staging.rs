@@ -680,17 +680,44 @@ fn recorded_dir(header: &[u8]) -> Option<PathBuf> {
 }
 
 /// Whether the data directory `dir`, which staged as `owner`, is gone: it
-/// no longer exists (though its parent does: not a volume left unmounted),
-/// or it was made anew (it holds another identity). Then nothing can replay
-/// what its files hold.
+/// was made anew (it holds another identity), or it no longer exists
+/// though its parent does (not a volume left unmounted) and no directory
+/// beside it holds its identity (not renamed: its node, started there,
+/// finds the file and says where it belongs). Then nothing can replay what
+/// its files hold.
 fn left_behind(dir: &Path, owner: u128) -> bool {
-    match std::fs::read_to_string(dir.join(ID_FILE)) {
-        Ok(text) => u128::from_str_radix(text.trim(), 16).is_ok_and(|id| id != owner),
+    match identity(dir) {
+        Ok(id) => id != Some(owner),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            !dir.exists() && dir.parent().is_some_and(|parent| parent.is_dir())
+            let Some(parent) = dir.parent().filter(|p| p.is_dir()) else {
+                return false;
+            };
+            !dir.exists() && !renamed_within(parent, owner)
         }
         Err(_) => false,
     }
+}
+
+/// The identity kept in `dir` (`None`: unreadable as one).
+fn identity(dir: &Path) -> std::io::Result<Option<u128>> {
+    let text = std::fs::read_to_string(dir.join(ID_FILE))?;
+    Ok(u128::from_str_radix(text.trim(), 16).ok())
+}
+
+/// Whether a directory in `parent` holds the identity `owner`. Looks at a
+/// bounded number of entries: a parent like /tmp may hold many.
+fn renamed_within(parent: &Path, owner: u128) -> bool {
+    const ENTRIES_MAX: usize = 10_000;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return true;
+    };
+    for (seen, entry) in entries.flatten().enumerate() {
+        // Past the bound, not all looked at: it may be there.
+        if seen == ENTRIES_MAX || identity(&entry.path()).is_ok_and(|id| id == Some(owner)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The data directory and shard a staging file's header names, if it is
@@ -1223,8 +1250,14 @@ impl Staging {
         found.len()
     }
 
-    /// Releases what no log took at start and `listed` does not name (logs
-    /// the metadata no longer lists); returns the keys and batch counts. A
+    /// Whether batches wait for a log to take them (found at start, or
+    /// handed back by a log that failed).
+    pub fn holds_unclaimed(&self) -> bool {
+        !self.ring.borrow().replay.is_empty()
+    }
+
+    /// Releases what no log took and `listed` does not name (logs the
+    /// metadata no longer lists); returns the keys and batch counts. A
     /// listed log that failed to open keeps its entries for a later open.
     pub fn release_unclaimed(&self, listed: impl Fn(&str) -> bool) -> Vec<(String, usize)> {
         let unclaimed: Vec<(String, Vec<Found>)> = {
@@ -1247,13 +1280,15 @@ impl Staging {
     /// The staged batches of `staged` from the one holding `offset`, copied
     /// out (at least one, then up to `max_bytes`), and the offset after
     /// them: reads of acknowledged batches whose write is still to come.
-    /// The first must be staged (below the log's `offset_visible`).
+    /// `None` when the one holding `offset` has no place here: a log that
+    /// failed gave its places up (below its `offset_visible` every batch
+    /// is staged otherwise).
     pub(crate) fn read(
         &self,
         staged: &[Staged],
         offset: u64,
         max_bytes: usize,
-    ) -> (BatchSlice, u64) {
+    ) -> Option<(BatchSlice, u64)> {
         let first = staged.partition_point(|b| b.last_offset < offset);
         // The batches that fit, counted first so that the copy allocates once.
         let mut len = 0;
@@ -1273,8 +1308,7 @@ impl Staging {
                 offset_next = b.last_offset + 1;
             }
         }
-        assert!(!bytes.is_empty(), "offset {offset} is not staged");
-        (BatchSlice::from_copy(bytes), offset_next)
+        (!bytes.is_empty()).then(|| (BatchSlice::from_copy(bytes), offset_next))
     }
 
     /// A staged batch as a [`Replay`] (its bytes copied out) for a log
@@ -1506,15 +1540,16 @@ mod tests {
             staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
             staging
         };
-        let [gone, anew, alive, running, ours] =
-            ["gone", "anew", "alive", "running", "ours"].map(dir);
-        for d in [&gone, &anew, &alive] {
+        let [gone, anew, alive, running, moved, ours] =
+            ["gone", "anew", "alive", "running", "moved", "ours"].map(dir);
+        for d in [&gone, &anew, &alive, &moved] {
             drop(staged(d));
         }
         let held = staged(&running);
         for d in [&gone, &anew, &running] {
             std::fs::remove_dir_all(d).unwrap();
         }
+        std::fs::rename(&moved, tmp.path().join("moved-here")).unwrap();
         dir("anew");
         data_dir_id(&anew).unwrap();
         check_moved(&shm, &ours, data_dir_id(&ours).unwrap()).unwrap();
@@ -1523,6 +1558,7 @@ mod tests {
         assert!(!exists(&anew), "a directory made anew: its old file stays");
         assert!(exists(&alive), "a directory that is there lost its file");
         assert!(exists(&running), "a running node's file was removed");
+        assert!(exists(&moved), "a renamed directory's file was removed");
         drop(held);
     }
 
