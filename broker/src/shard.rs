@@ -57,6 +57,8 @@ pub struct Shard {
     metadata: RefCell<Rc<ClusterMetadata>>,
     partitions: RefCell<PartitionMap>,
     mesh: Senders<ShardMsg>,
+    /// One per shard: messages to it leave in the order they were sent.
+    mesh_turns: Vec<Semaphore>,
     controller: RefCell<Option<Rc<Controller>>>,
     /// Free space of the data directory, sampled on a timer.
     space: Rc<SpaceWatch>,
@@ -177,6 +179,7 @@ impl Shard {
             ))),
             partitions: RefCell::new(HashMap::new()),
             mesh,
+            mesh_turns: (0..count).map(|_| Semaphore::new(1)).collect(),
             controller: RefCell::new(None),
             space,
             unserved: RefCell::new(BTreeMap::new()),
@@ -282,8 +285,7 @@ impl Shard {
                 state,
                 reply,
             };
-            self.mesh
-                .send_to(0, msg)
+            self.send_to(0, msg)
                 .await
                 .map_err(|_| "shard 0 is not answering".to_string())?;
             return rx
@@ -320,8 +322,14 @@ impl Shard {
         *self.live.borrow_mut() = live;
     }
 
-    /// Sends a message to another shard of the node.
+    /// Sends a message to another shard of the node, after every message
+    /// sent to it before: a full channel wakes its waiting senders in no
+    /// set order, and a connection's pipelined produce requests for a
+    /// partition of another shard must reach it in the order they came
+    /// (Kafka keeps a connection's order without retries).
     pub async fn send_to(&self, to: usize, msg: ShardMsg) -> Result<(), ()> {
+        let turn = self.mesh_turns.get(to).ok_or(())?;
+        let _turn = turn.acquire_permit(1).await.map_err(|_| ())?;
         self.mesh.send_to(to, msg).await.map_err(|_| ())
     }
 
@@ -392,10 +400,7 @@ impl Shard {
         }
         for to in (0..self.count).filter(|&to| to != self.id) {
             // A shard that stopped listening is shutting down.
-            let _ = self
-                .mesh
-                .send_to(to, ShardMsg::Leaders(reports.clone()))
-                .await;
+            let _ = self.send_to(to, ShardMsg::Leaders(reports.clone())).await;
         }
     }
 
@@ -559,7 +564,7 @@ impl Shard {
             partition,
             op: remote(tx),
         };
-        if self.mesh.send_to(owner, msg).await.is_err() {
+        if self.send_to(owner, msg).await.is_err() {
             return Err(ErrorCode::BrokerNotAvailable);
         }
         // Dropped unanswered: the owner is shutting down.
@@ -601,7 +606,6 @@ impl Shard {
         let (reply, rx) = oneshot::channel();
         let unavailable = || CommandError::Unavailable;
         if self
-            .mesh
             .send_to(0, ShardMsg::Command { proposal, reply })
             .await
             .is_err()
@@ -621,7 +625,7 @@ impl Shard {
                 metadata: metadata.clone(),
                 done,
             };
-            if self.mesh.send_to(to, msg).await.is_ok() {
+            if self.send_to(to, msg).await.is_ok() {
                 pending.push(rx);
             }
         }
