@@ -352,3 +352,46 @@ fn a_ring_held_by_an_entry_no_log_writes_does_not_stop_appends() {
         log.close().await.expect("close");
     });
 }
+
+/// A batch behind one that waits for its write (too large for the ring
+/// here) waits for its write too: answered from the staging area at once,
+/// it would outlive a kill the one before it does not, and the replay
+/// would find a gap.
+#[test]
+fn a_batch_behind_an_unstaged_one_is_not_answered_before_it() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+        let config = LogConfig {
+            max_batch_bytes: 8 << 20,
+            ..LogConfig::default()
+        };
+        let log = Log::open_staged(
+            dir.path().join("p"),
+            config,
+            BatchCache::new(8 << 20),
+            Some(area.clone()),
+        )
+        .await
+        .expect("open");
+        // More than half the ring: never staged.
+        let large = log
+            .append(&batch(0, 3, STAGING_BYTES / 5, 1000))
+            .await
+            .expect("append");
+        let small = log.append(&batch(1, 3, 40, 1000)).await.expect("append");
+        // Neither was written yet: nothing has yielded to the flusher.
+        assert_eq!(log.offset_written(), 0);
+        assert_eq!(area.staged_batches(), 0, "the small one was staged");
+        let mut small_durable = small.durable;
+        assert!(
+            (&mut small_durable).now_or_never().is_none(),
+            "answered before the batch ahead of it is safe"
+        );
+        large.durable.await.expect("written");
+        small_durable.await.expect("written");
+        assert_eq!(log.offset_written(), 6);
+        log.close().await.expect("close");
+    });
+}
