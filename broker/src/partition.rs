@@ -164,7 +164,15 @@ impl Partition {
             setup.staging.clone(),
         )
         .await?;
-        let (producers, snapshot_offset) = producer_snapshot::load(&log).await?;
+        let (producers, snapshot_offset) = match producer_snapshot::load(&log).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Closed, not dropped: what it replayed and could not write
+                // yet goes back to the staging area for the retry.
+                let _ = log.close().await;
+                return Err(e);
+            }
+        };
         if !producers.is_empty() {
             tracing::info!(
                 shard = setup.shard,
