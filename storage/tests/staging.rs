@@ -269,16 +269,7 @@ fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
         area.stage(&key, 0, 2, &stored(0, 0), None).expect("stage");
         area.stage(&key, 6, 8, &stored(2, 6), None).expect("stage");
         drop(area);
-        let reopened = StagingFile::open(
-            &dir.path().join("staging"),
-            dir.path(),
-            1,
-            0,
-            2,
-            STAGING_BYTES,
-        )
-        .expect("reopen");
-        let area = Rc::new(Staging::new(reopened, dir.path().to_path_buf()));
+        let area = Rc::new(Staging::new(staging_file(&dir), dir.path().to_path_buf()));
         let cache = BatchCache::new(8 << 20);
         let small = LogConfig {
             max_batch_bytes: 64,
