@@ -491,8 +491,12 @@ fn inspect(
     let map = Mapping::map(file, len).map_err(|e| refused(format!("cannot map it: {e}")))?;
     if map.bytes(0, MAGIC.len()) == [0; MAGIC.len()] {
         // Its making was cut short (the magic is written last, before any
-        // entry): it holds nothing.
-        return Ok(None);
+        // entry): it holds nothing — unless a walk finds batches, and then
+        // it is a damaged header.
+        if staged_in(&walk(&map).0) == 0 {
+            return Ok(None);
+        }
+        return Err(refused("no magic, yet it holds staged batches".into()));
     }
     check_layout(&map).map_err(&refused)?;
     let (found, next_seq) = walk(&map);
@@ -1523,6 +1527,12 @@ mod tests {
         staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
         drop(staging);
         assert_eq!(file(tmp.path(), 7, BYTES_MIN).unwrap().staged_batches(), 1);
+        // A magic lost from a file that holds batches is damage, refused.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..8].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = file(tmp.path(), 7, BYTES_MIN).err().unwrap();
+        assert!(matches!(err, StagingError::Refused { .. }), "{err}");
     }
 
     #[test]
