@@ -30,7 +30,9 @@
 //! an older live entry steps over it and never replays it, and the head
 //! moves past every released entry at the front. On start the
 //! walk hands each log the entries past its recovered end, and the log
-//! appends them again before the shard serves.
+//! appends them again before the shard serves, each keeping its entry as
+//! its place until written (no copy: a kill during the replay finds the
+//! same entries).
 //!
 //! Writes into the mapping are plain `memcpy`s: the region is memory, not a
 //! file the ring drives, so nothing here blocks or goes through io_uring.
