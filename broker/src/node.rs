@@ -275,17 +275,27 @@ fn open_staging(
     staging::check_extra_shards(&config.staging_dir, &config.data_dir, id, count)
         .map_err(NodeError::Staging)?;
     staging::check_moved(&config.staging_dir, &config.data_dir, id).map_err(NodeError::Staging)?;
+    // A shard that runs only the controller stages nothing (its logs are
+    // `fsync=always`): no file, and no share of shared memory.
     let first_data_shard = config.first_data_shard();
+    staging::check_without_partitions(
+        &config.staging_dir,
+        &config.data_dir,
+        id,
+        0..first_data_shard,
+    )
+    .map_err(NodeError::Staging)?;
     let topology = staging::topology(count, first_data_shard);
     let bytes = staging::bytes_fitting(
         &config.staging_dir,
         &config.data_dir,
-        count,
+        first_data_shard..count,
         config.staging_bytes_per_shard,
     );
     let mut files = Vec::with_capacity(count);
     let mut off = Vec::new();
-    for shard in 0..count {
+    files.resize_with(first_data_shard, || None);
+    for shard in first_data_shard..count {
         match StagingFile::open(
             &config.staging_dir,
             &config.data_dir,
@@ -305,7 +315,7 @@ fn open_staging(
             }
         }
     }
-    if off.len() == count
+    if off.len() == count - first_data_shard
         && let Some((_, e)) = off.first()
     {
         return Ok((files, format!("staging off: {e}")));

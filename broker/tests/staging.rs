@@ -877,3 +877,23 @@ fn a_budget_shared_memory_cannot_hold_shrinks_to_fit_and_the_node_says_so() {
         );
     }
 }
+
+/// A shard that runs only the controller stages nothing: it gets no
+/// staging file (no share of shared memory), and the data shard's file
+/// still keeps what a kill leaves.
+#[test]
+fn a_controller_only_shard_has_no_staging_file() {
+    let mut broker = Broker::start_with(2, &["--controller-hosts-partitions", "false"]);
+    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"kept"), &[])).unwrap();
+    broker.kill();
+    let file = |shard| staging::file_path(&broker.staging_dir(), broker.data_dir(), shard);
+    assert!(
+        !file(0).exists(),
+        "the controller's shard has a staging file"
+    );
+    assert!(file(1).exists(), "the data shard has none");
+    broker.restart();
+    assert_eq!(values(&broker, "t"), ["kept"]);
+}

@@ -153,7 +153,7 @@ pub fn topology(shards: usize, first_data_shard: usize) -> u32 {
     (shards as u32) << 1 | u32::from(first_data_shard > 0)
 }
 
-/// Bytes each of `shards` staging files may take, of the `wanted` budget,
+/// Bytes each staging file of `shards` may take, of the `wanted` budget,
 /// in `staging_dir`'s file system: three quarters of its free space and of
 /// what this node's files already take there (a quarter stays for whatever
 /// else shares it; counting our own files keeps the size the same from one
@@ -161,19 +161,25 @@ pub fn topology(shards: usize, first_data_shard: usize) -> u32 {
 /// Containers give /dev/shm 64 MiB: staging shrinks to fit rather than turn
 /// off. `wanted` when the space cannot be read (opening the files then says
 /// why). Blocking.
-pub fn bytes_fitting(staging_dir: &Path, data_dir: &Path, shards: usize, wanted: usize) -> usize {
+pub fn bytes_fitting(
+    staging_dir: &Path,
+    data_dir: &Path,
+    shards: std::ops::Range<usize>,
+    wanted: usize,
+) -> usize {
     // A directory not made yet has no file system to ask; a failure here
     // shows when the files are opened, with the path.
     let _ = std::fs::create_dir_all(staging_dir);
     let Ok(space) = crate::space::space_of(staging_dir) else {
         return file_bytes(wanted);
     };
-    let ours: u64 = (0..shards)
+    let count = shards.len().max(1) as u64;
+    let ours: u64 = shards
         .filter_map(|shard| std::fs::metadata(file_path(staging_dir, data_dir, shard)).ok())
         .map(|m| m.len())
         .sum();
     let room = (ours + space.free_bytes) / 4 * 3;
-    let each = (room / shards.max(1) as u64).min(wanted as u64);
+    let each = (room / count).min(wanted as u64);
     file_bytes(each as usize)
 }
 
@@ -532,13 +538,19 @@ pub fn check_extra_shards(
     id: u128,
     shards: usize,
 ) -> Result<(), StagingError> {
-    check_unopened(staging_dir, data_dir, id, shards, |shard, staged| {
-        format!(
-            "shard {shard} staged {staged} batches, and this node runs {shards} \
+    check_unopened(
+        staging_dir,
+        data_dir,
+        id,
+        shards..SHARDS_MAX,
+        |shard, staged| {
+            format!(
+                "shard {shard} staged {staged} batches, and this node runs {shards} \
              shards: start it with at least {} cores to replay them",
-            shard + 1
-        )
-    })
+                shard + 1
+            )
+        },
+    )
 }
 
 /// Checks the staging files of this data directory on a node that runs
@@ -549,7 +561,7 @@ pub fn check_staging_off(
     data_dir: &Path,
     id: u128,
 ) -> Result<(), StagingError> {
-    check_unopened(staging_dir, data_dir, id, 0, |shard, staged| {
+    check_unopened(staging_dir, data_dir, id, 0..SHARDS_MAX, |shard, staged| {
         format!(
             "shard {shard} staged {staged} batches, and this node runs with staging off: \
              start it with staging on (and the same staging_dir) to replay them"
@@ -557,16 +569,34 @@ pub fn check_staging_off(
     })
 }
 
-/// The files of shards `from..` of this data directory, which no shard of
-/// this node opens: see [`remove_unless_staged`].
+/// Checks the staging file of each shard in `shards` that hosts no
+/// partitions on this node (shard 0 when it runs only the controller): one
+/// holding batches, from a run that gave it partitions, stops the start;
+/// an empty one is removed. Blocking.
+pub fn check_without_partitions(
+    staging_dir: &Path,
+    data_dir: &Path,
+    id: u128,
+    shards: std::ops::Range<usize>,
+) -> Result<(), StagingError> {
+    check_unopened(staging_dir, data_dir, id, shards, |shard, staged| {
+        format!(
+            "shard {shard} staged {staged} batches, and on this node it hosts no partitions: \
+             start it with controller_hosts_partitions = true to replay them"
+        )
+    })
+}
+
+/// The files of `shards` of this data directory, which no shard of this
+/// node opens: see [`remove_unless_staged`].
 fn check_unopened(
     staging_dir: &Path,
     data_dir: &Path,
     id: u128,
-    from: usize,
+    shards: std::ops::Range<usize>,
     why: impl Fn(usize, usize) -> String,
 ) -> Result<(), StagingError> {
-    for shard in from..SHARDS_MAX {
+    for shard in shards {
         let path = file_path(staging_dir, data_dir, shard);
         let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
             continue;
