@@ -695,16 +695,21 @@ impl Partition {
     }
 
     /// Releases what the staging area holds for this partition's log once
-    /// its data is dropped (deleted, or reset): batches a log that failed
-    /// left there for its next opening would otherwise hold the area until
-    /// the next start.
-    pub fn forget_staged(&self) {
-        if let Some(staging) = &self.setup.staging {
-            let released = staging.forget(&self.setup.dir);
-            if released > 0 {
-                let s = &self.setup;
-                tracing::info!(shard = s.shard, topic = %s.topic, partition = s.partition, released, "staged batches of a dropped log released");
-            }
+    /// its data is reset: batches a log that failed left there for its next
+    /// opening would otherwise hold the area until the next start. (A
+    /// deleted partition's go when the shard installs the metadata without
+    /// it: `Shard::converge`.)
+    fn forget_staged(&self) {
+        let s = &self.setup;
+        let released = s.staging.as_ref().map_or(0, |area| area.forget(&s.dir));
+        if released > 0 {
+            tracing::info!(
+                shard = s.shard,
+                topic = %s.topic,
+                partition = s.partition,
+                released,
+                "staged batches of a reset log released"
+            );
         }
     }
 }

@@ -670,7 +670,6 @@ impl Shard {
             if let Err(e) = partition.close().await {
                 tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "closing");
             }
-            partition.forget_staged();
             let dir = partition.dir().to_path_buf();
             if let Err(e) = fjord_storage::recovery::remove_tree(&dir).await {
                 tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "deleting");

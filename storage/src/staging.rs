@@ -124,13 +124,12 @@ pub enum StagingError {
 /// created on first use. Blocking: call before the shards start.
 pub fn data_dir_id(data_dir: &Path) -> std::io::Result<u128> {
     let path = data_dir.join(ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => u128::from_str_radix(text.trim(), 16).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: not a data directory id", path.display()),
-            )
-        }),
+    match identity(data_dir) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: not a data directory id", path.display()),
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut id = [0u8; 16];
             std::fs::File::open("/dev/urandom")?.read_exact(&mut id)?;
@@ -196,11 +195,16 @@ pub fn file_path(staging_dir: &Path, data_dir: &Path, shard: usize) -> PathBuf {
     staging_dir.join(format!("{}shard{shard}.staging", file_prefix(data_dir)))
 }
 
+/// The path a staging file is named after and records: the data
+/// directory's canonical path (as given when it cannot be resolved).
+fn canonical(data_dir: &Path) -> PathBuf {
+    std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf())
+}
+
 /// What the names of `data_dir`'s staging files start with.
 fn file_prefix(data_dir: &Path) -> String {
-    let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     // FNV-1a: stable across builds, unlike std's hasher.
-    let hash = canonical
+    let hash = canonical(data_dir)
         .as_os_str()
         .as_encoded_bytes()
         .iter()
@@ -375,7 +379,7 @@ impl StagingFile {
         header[HEAD_POSITION_AT..HEAD_POSITION_AT + 8]
             .copy_from_slice(&(HEADER_BYTES as u64).to_le_bytes());
         header[HEAD_SEQ_AT..HEAD_SEQ_AT + 8].copy_from_slice(&1u64.to_le_bytes());
-        let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let dir = canonical(data_dir);
         let dir = dir.as_os_str().as_encoded_bytes();
         if DIR_AT + 8 + dir.len() <= HEADER_BYTES {
             map.write(DIR_AT, &(dir.len() as u32).to_le_bytes());
@@ -513,8 +517,8 @@ fn inspect(
         // data directory was removed and made anew after a kill. Holding
         // nothing to replay, it is nobody's loss: made afresh. A file made
         // for another path (copied here), or holding batches, is refused.
-        let ours = std::fs::canonicalize(data_dir).ok();
-        let made_here = recorded_dir(map.bytes(0, HEADER_BYTES)).is_some_and(|d| Some(d) == ours);
+        let made_here =
+            recorded_dir(map.bytes(0, HEADER_BYTES)).is_some_and(|d| d == canonical(data_dir));
         if made_here && staged_in(&found) == 0 {
             return Ok(None);
         }
@@ -932,6 +936,24 @@ struct Ring {
     head_moved_at: Instant,
 }
 
+impl Ring {
+    /// Where the place of a ticket still held is among the slots: a ticket
+    /// is live until its one release, so it is in the ring and not
+    /// released (anything else is a bug in its holder).
+    fn index_of(&self, ticket: &Ticket) -> usize {
+        let index = ticket.0.checked_sub(self.head_seq).map(|i| i as usize);
+        let index = index
+            .filter(|&i| i < self.slots.len())
+            .unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
+        assert!(
+            !self.slots[index].released,
+            "ticket {} already released",
+            ticket.0
+        );
+        index
+    }
+}
+
 /// A shard's staging area; see the module doc.
 pub struct Staging {
     path: PathBuf,
@@ -1204,10 +1226,8 @@ impl Staging {
     pub fn release(&self, ticket: Ticket) {
         {
             let mut ring = self.ring.borrow_mut();
-            let index = ticket.0.checked_sub(ring.head_seq).map(|i| i as usize);
-            let slot = index.and_then(|i| ring.slots.get_mut(i));
-            let slot = slot.unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
-            assert!(!slot.released, "ticket {} released twice", ticket.0);
+            let index = ring.index_of(&ticket);
+            let slot = &mut ring.slots[index];
             slot.released = true;
             // Marked in the file too: found behind an older live entry
             // after a kill, it must not come back (its log may have cut
@@ -1278,12 +1298,8 @@ impl Staging {
     /// (deleted, or reset to start elsewhere). Returns how many.
     pub fn forget(&self, dir: &Path) -> usize {
         let key = self.key(dir);
-        let found = self.ring.borrow_mut().replay.remove(&key);
-        let found = found.unwrap_or_default();
-        for f in &found {
-            self.release(Ticket(f.seq));
-        }
-        found.len()
+        let released = self.release_unclaimed(|other| other != key);
+        released.iter().map(|(_, batches)| batches).sum()
     }
 
     /// Whether batches wait for a log to take them (found at start, or
@@ -1372,16 +1388,11 @@ impl Staging {
         let mut entries: Vec<Found> = Vec::with_capacity(tickets.len());
         let mut lost = Vec::new();
         for ticket in tickets {
-            let slot = ticket
-                .0
-                .checked_sub(ring.head_seq)
-                .and_then(|i| ring.slots.get(i as usize))
-                .unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
-            assert!(!slot.released, "ticket {} already released", ticket.0);
+            let position = ring.slots[ring.index_of(&ticket)].position;
             // Written by this process and live, it reads back whole unless
             // something else wrote into the shared memory: then it is as if
             // torn, and the next start drops it as well.
-            match read_entry(&self.map, slot.position, Some(ticket.0)) {
+            match read_entry(&self.map, position, Some(ticket.0)) {
                 Some(entry) if entry.key == key => entries.push(entry),
                 _ => {
                     tracing::error!(
@@ -1406,16 +1417,10 @@ impl Staging {
     /// A staged batch's bytes, in the ring.
     fn batch(&self, ticket: &Ticket) -> &[u8] {
         let ring = self.ring.borrow();
-        let slot = ticket
-            .0
-            .checked_sub(ring.head_seq)
-            .and_then(|i| ring.slots.get(i as usize))
-            .unwrap_or_else(|| panic!("ticket {} not in the ring", ticket.0));
-        assert!(!slot.released, "ticket {} already released", ticket.0);
-        let key_len = self.map.u32_at(slot.position + 20) as usize;
-        let len = self.map.u32_at(slot.position + 24) as usize;
-        self.map
-            .bytes(slot.position + ENTRY_HEADER_BYTES + key_len, len)
+        let position = ring.slots[ring.index_of(ticket)].position;
+        let key_len = self.map.u32_at(position + 20) as usize;
+        let len = self.map.u32_at(position + 24) as usize;
+        self.map.bytes(position + ENTRY_HEADER_BYTES + key_len, len)
     }
 
     /// Bytes of the area in use: from the oldest entry not yet released
