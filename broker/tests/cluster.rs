@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{Broker, segment_bytes};
+use common::freeze::{Freeze, freezable_disk, staged_batches};
+use common::{Broker, Launch, segment_bytes};
 use fjord_client::producer::{produce_request, produce_result};
 use fjord_client::transport::Lane;
 use fjord_client::{
@@ -14,6 +15,7 @@ use fjord_client::{
 use futures::executor::block_on;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "replicated";
@@ -28,6 +30,11 @@ struct Cluster {
 impl Cluster {
     /// Node 1 runs the controller; 2 and 3 join through it.
     fn start() -> Cluster {
+        Cluster::start_on(None)
+    }
+
+    /// As `start`, each node's data directory under `disk` when given.
+    fn start_on(disk: Option<&Path>) -> Cluster {
         // Leadership goes back to preferred leaders within a second; a
         // small __consumer_offsets for the group test.
         let rebalance = [
@@ -40,9 +47,14 @@ impl Cluster {
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
             .collect();
         let admin = |i: usize| ["--admin-listen", admins[i].as_str()];
-        let first = Broker::start_with(
+        let launch = |id: &str| Launch {
+            data_dir: disk.map(|d| d.join(format!("node-{id}"))),
+            ..Launch::default()
+        };
+        let first = Broker::launch(
             1,
             &[&["--node-id", "1"][..], &rebalance, &admin(0)].concat(),
+            launch("1"),
         );
         let seed = first.addr.to_string();
         let mut nodes = vec![first];
@@ -53,7 +65,7 @@ impl Cluster {
                 &admin(i),
             ]
             .concat();
-            nodes.push(Broker::start_with(1, &args));
+            nodes.push(Broker::launch(1, &args, launch(id)));
         }
         Cluster { nodes, admins }
     }
@@ -358,6 +370,43 @@ fn consume(client: &Client, expected: usize) -> BTreeMap<i32, Vec<(i64, String)>
     got
 }
 
+/// Every record of the topic, by partition, in offset order, up to at least
+/// the last offset `acked` holds for each partition.
+fn consume_through(
+    client: &Client,
+    acked: &BTreeMap<i32, Vec<(i64, String)>>,
+) -> BTreeMap<i32, Vec<(i64, String)>> {
+    let mut consumer = Consumer::new(client, ConsumerConfig::default());
+    block_on(consumer.assign(TOPIC, None, Seek::Earliest)).expect("assign");
+    let mut got: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reached = |got: &BTreeMap<i32, Vec<(i64, String)>>| {
+        acked.iter().all(|(p, records)| {
+            let last_acked = records.iter().map(|(o, _)| *o).max();
+            let last_read = got.get(p).and_then(|r| r.last()).map(|(o, _)| *o);
+            last_read >= last_acked
+        })
+    };
+    while !reached(&got) {
+        assert!(
+            Instant::now() < deadline,
+            "read up to {:?}, acknowledged up to {:?}",
+            got.iter()
+                .map(|(p, r)| (p, r.last().map(|(o, _)| *o)))
+                .collect::<Vec<_>>(),
+            acked
+                .iter()
+                .map(|(p, r)| (p, r.last().map(|(o, _)| *o)))
+                .collect::<Vec<_>>()
+        );
+        for r in block_on(consumer.poll(Duration::from_millis(500))).expect("poll") {
+            let value = String::from_utf8(r.value.unwrap_or_default()).expect("utf-8");
+            got.entry(r.partition).or_default().push((r.offset, value));
+        }
+    }
+    got
+}
+
 /// Every acknowledged record is there, at the offset it was acknowledged
 /// at, and offsets only rise; duplicates come only from retried sends.
 fn assert_all_acknowledged_present(
@@ -514,6 +563,56 @@ fn killing_random_nodes_under_load_loses_and_reorders_nothing() {
     }
     cluster.assert_all_kept(&client, &acked);
     cluster.assert_metadata_equal();
+}
+
+#[test]
+fn killing_every_node_while_their_disks_are_frozen_loses_no_acknowledged_record() {
+    // `fsfreeze` holds every write: an acks=all answer can then only mean
+    // the batch sits in a quorum's staging areas (`fsync=never`, the
+    // default). SIGKILL of every node at once must lose none of it.
+    let Some(disk) = freezable_disk("killing_every_node_while_their_disks_are_frozen…") else {
+        return;
+    };
+    let mut cluster = Cluster::start_on(Some(&disk.mount));
+    let client = cluster.client();
+    create_topic(&client);
+    cluster.leaders(&client);
+    let mut acked = produce(&client, 0..100);
+    cluster.caught_up(&client);
+
+    let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
+    // In turns, so that each partition stages several batches.
+    for first in [100, 200, 300] {
+        merge(&mut acked, produce(&client, first..first + 100));
+    }
+    assert!(
+        !freeze.timed_out(),
+        "acks=all answers waited for the frozen disks"
+    );
+    for node in &cluster.nodes {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(unsafe { libc::kill(node.pid() as i32, libc::SIGKILL) }, 0);
+    }
+    // The processes go once the writes they left in the kernel are let
+    // through: thaw, then reap.
+    freeze.thaw();
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    let staged: Vec<usize> = cluster.nodes.iter().map(|n| staged_batches(n, 1)).collect();
+    assert!(
+        staged.iter().filter(|&&n| n > 0).count() >= 2,
+        "a quorum left acknowledged batches staged: {staged:?}"
+    );
+
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    cluster.leaders(&client);
+    let got = consume_through(&client, &acked);
+    assert_all_acknowledged_present(&acked, &got);
+    cluster.caught_up(&client);
+    cluster.assert_replicas_identical();
 }
 
 #[test]

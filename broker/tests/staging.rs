@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::freeze::{Freeze, STAGING_BYTES, freezable_disk, staged_batches};
 use common::{Broker, FJORD};
 use fjord_broker::cli::top::get;
 use fjord_client::{Admin, Producer, ProducerConfig, RecordMetadata};
@@ -27,9 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ROUNDS: u64 = 6;
-/// The broker's default staging size, so that opening a file to look at it
-/// leaves it as it is.
-const STAGING_BYTES: usize = 128 << 20;
 
 type Ack = Pin<Box<dyn Future<Output = fjord_client::Result<RecordMetadata>> + Send>>;
 
@@ -48,24 +46,6 @@ fn sequence_of(value: &[u8]) -> (u64, u64) {
         round.parse().unwrap(),
         i.trim_end_matches('-').parse().unwrap(),
     )
-}
-
-/// Batches found in the broker's staging files (not yet known written).
-fn staged_batches(broker: &Broker, shards: usize) -> usize {
-    let id = staging::data_dir_id(broker.data_dir()).unwrap();
-    (0..shards)
-        .map(|shard| {
-            StagingFile::open(
-                &broker.staging_dir(),
-                broker.data_dir(),
-                id,
-                shard,
-                staging::topology(shards, 0),
-                STAGING_BYTES,
-            )
-            .map_or(0, |f| f.staged_batches())
-        })
-        .sum()
 }
 
 fn random_below(n: u64) -> u64 {
@@ -179,36 +159,6 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
     eprintln!("{staged_at_kills} staged batches found at {ROUNDS} kills");
 }
 
-/// `fsfreeze` on a mount point: the kernel holds every write to that
-/// filesystem until the thaw — a disk that stops, at the block layer's
-/// door rather than inside the device.
-fn fsfreeze(mount: &Path, freeze: bool) {
-    let flag = if freeze { "-f" } else { "-u" };
-    let status = Command::new("fsfreeze")
-        .arg(flag)
-        .arg(mount)
-        .status()
-        .unwrap();
-    assert!(status.success(), "fsfreeze {flag} failed");
-}
-
-/// A small filesystem that can be frozen, or why not (not root, no
-/// `fsfreeze`, no loop device): the test then skips, saying so.
-fn freezable_disk(test: &str) -> Option<common::SmallDisk> {
-    let made = Command::new("fsfreeze")
-        .arg("-V")
-        .output()
-        .map_err(|e| format!("fsfreeze: {e}"))
-        .and_then(|_| common::SmallDisk::make(1024));
-    match made {
-        Ok(disk) => Some(disk),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            None
-        }
-    }
-}
-
 /// A one-shard broker serving a data directory on `disk` (with `extra`
 /// flags, its stderr appended to `stderr` if given), a topic of one
 /// partition with segments of `segment_bytes` holding one record, and an
@@ -234,50 +184,6 @@ fn on_disk(
     let producer = Producer::new(&broker.client(), acks_leader()).unwrap();
     block_on(producer.send(topic, Some(0), None, Some(b"before"), &[])).unwrap();
     (broker, producer)
-}
-
-/// A frozen filesystem that thaws after `at_most` whatever happens, so
-/// that a broker waiting for its writes fails the test instead of hanging
-/// it.
-struct Freeze {
-    stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-    timed_out: Arc<AtomicBool>,
-}
-
-impl Freeze {
-    fn start(mount: &Path, at_most: Duration) -> Freeze {
-        fsfreeze(mount, true);
-        let timed_out = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = {
-            let (mount, timed_out) = (mount.to_path_buf(), timed_out.clone());
-            std::thread::spawn(move || {
-                // Disconnected: `thaw` dropped the sender.
-                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(at_most)
-                {
-                    timed_out.store(true, Ordering::SeqCst);
-                }
-                fsfreeze(&mount, false);
-            })
-        };
-        Freeze {
-            stop,
-            thread,
-            timed_out,
-        }
-    }
-
-    /// Whether it thawed on its own, the time being up.
-    fn timed_out(&self) -> bool {
-        self.timed_out.load(Ordering::SeqCst)
-    }
-
-    fn thaw(self) {
-        drop(self.stop);
-        self.thread.join().unwrap();
-    }
 }
 
 /// The promise itself: with the data directory's filesystem frozen (no

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod freeze;
+
 use fjord_client::{Admin, Client, ClientConfig, Consumer, ConsumerConfig, Seek};
 use futures::executor::block_on;
 use std::collections::BTreeMap;
