@@ -8,9 +8,40 @@ use fjord_net::ErrorCode;
 use fjord_replication::control::{LeaderReport, Proposal};
 use fjord_replication::metadata::ClusterMetadata;
 use futures::channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+use glommio::sync::Semaphore;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A shard's sending half of the mesh: what it sends to a shard arrives in
+/// the order it was sent. glommio's channel wakes senders waiting for room
+/// in no set order, so two requests of one connection for a partition on
+/// another shard could swap (Kafka keeps a connection's order); a turn per
+/// target, taken first come first served, keeps them in line.
+pub struct Outbox<T: Send> {
+    senders: Senders<T>,
+    /// One per shard.
+    turns: Vec<Semaphore>,
+}
+
+impl<T: Send> Outbox<T> {
+    /// Turns for each of the mesh's shards.
+    pub fn new(senders: Senders<T>) -> Outbox<T> {
+        let turns = (0..senders.nr_consumers())
+            .map(|_| Semaphore::new(1))
+            .collect();
+        Outbox { senders, turns }
+    }
+
+    /// Sends `msg` to shard `to` after everything sent to it before;
+    /// `Err` when `to` is no shard or has left the mesh.
+    pub async fn send_to(&self, to: usize, msg: T) -> Result<(), ()> {
+        let turn = self.turns.get(to).ok_or(())?;
+        let _turn = turn.acquire_permit(1).await.map_err(|_| ())?;
+        self.senders.send_to(to, msg).await.map_err(|_| ())
+    }
+}
 
 /// A message between shards.
 pub enum ShardMsg {
@@ -205,5 +236,57 @@ impl PartitionOp {
             PartitionOp::OffsetFor { reply, .. } => drop(reply.send(Err(code))),
             PartitionOp::Group { reply, .. } => drop(reply.send(Err(code))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+    use glommio::channels::channel_mesh::{Full, MeshBuilder};
+
+    /// Senders that wait for room in a full channel still deliver in the
+    /// order they began to send.
+    #[test]
+    fn what_waits_for_room_arrives_in_send_order() {
+        const SENDS: usize = 64;
+        let mesh = MeshBuilder::<usize, Full>::full(2, 1);
+        let receiver = {
+            let mesh = mesh.clone();
+            LocalExecutorBuilder::default()
+                .spawn(move || async move {
+                    let (_, receivers) = mesh.join().await.expect("join");
+                    // Ids go by the order of joining: the other one is the sender.
+                    let sender = 1 - receivers.peer_id();
+                    // Every sender is waiting for room before the first receive.
+                    glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                    let mut got = Vec::new();
+                    while got.len() < SENDS {
+                        let msg = receivers.recv_from(sender).await.expect("a peer");
+                        got.push(msg.expect("a message"));
+                    }
+                    got
+                })
+                .expect("executor")
+        };
+        let sender = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (senders, _) = mesh.join().await.expect("join");
+                let receiver = 1 - senders.peer_id();
+                let outbox = std::rc::Rc::new(Outbox::new(senders));
+                let sends: Vec<_> = (0..SENDS)
+                    .map(|i| {
+                        let outbox = outbox.clone();
+                        glommio::spawn_local(async move { outbox.send_to(receiver, i).await })
+                    })
+                    .collect();
+                for send in sends {
+                    send.await.expect("sent");
+                }
+            })
+            .expect("executor");
+        sender.join().expect("sender");
+        let got = receiver.join().expect("receiver");
+        assert_eq!(got, (0..SENDS).collect::<Vec<_>>());
     }
 }

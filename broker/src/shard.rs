@@ -9,7 +9,7 @@ use crate::controller::{CommandError, Controller};
 use crate::disk_stall::Report;
 use crate::hardstate::HardStates;
 use crate::logging::Repeated;
-use crate::mesh::{Fetched, NotServed, PartitionOp, ShardMsg};
+use crate::mesh::{Fetched, NotServed, Outbox, PartitionOp, ShardMsg};
 use crate::partition::{Described, Partition, PartitionSetup};
 use crate::replica::{Layout, Replica, Replication};
 use fjord_net::ErrorCode;
@@ -56,9 +56,7 @@ pub struct Shard {
     cache: Rc<BatchCache>,
     metadata: RefCell<Rc<ClusterMetadata>>,
     partitions: RefCell<PartitionMap>,
-    mesh: Senders<ShardMsg>,
-    /// One per shard: messages to it leave in the order they were sent.
-    mesh_turns: Vec<Semaphore>,
+    mesh: Outbox<ShardMsg>,
     controller: RefCell<Option<Rc<Controller>>>,
     /// Free space of the data directory, sampled on a timer.
     space: Rc<SpaceWatch>,
@@ -178,8 +176,7 @@ impl Shard {
                 u16::try_from(data_shards).unwrap_or(u16::MAX),
             ))),
             partitions: RefCell::new(HashMap::new()),
-            mesh,
-            mesh_turns: (0..count).map(|_| Semaphore::new(1)).collect(),
+            mesh: Outbox::new(mesh),
             controller: RefCell::new(None),
             space,
             unserved: RefCell::new(BTreeMap::new()),
@@ -323,14 +320,9 @@ impl Shard {
     }
 
     /// Sends a message to another shard of the node, after every message
-    /// sent to it before: a full channel wakes its waiting senders in no
-    /// set order, and a connection's pipelined produce requests for a
-    /// partition of another shard must reach it in the order they came
-    /// (Kafka keeps a connection's order without retries).
+    /// sent to it before (see [`Outbox`]).
     pub async fn send_to(&self, to: usize, msg: ShardMsg) -> Result<(), ()> {
-        let turn = self.mesh_turns.get(to).ok_or(())?;
-        let _turn = turn.acquire_permit(1).await.map_err(|_| ())?;
-        self.mesh.send_to(to, msg).await.map_err(|_| ())
+        self.mesh.send_to(to, msg).await
     }
 
     /// This node's id in the cluster (0 on a node of its own).

@@ -1633,6 +1633,34 @@ mod tests {
         assert_eq!(reopened.staged_batches(), 0);
     }
 
+    /// A read runs over the staged batches from the one holding the offset,
+    /// at least one whatever its size; from a batch whose place a failed
+    /// log gave up it finds nothing (an error for the reader, not a panic).
+    #[test]
+    fn a_read_copies_staged_batches_and_finds_none_where_a_place_was_given_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
+        let staged = |base: u64, last: u64, bytes: &[u8], ticket| crate::commit::Staged {
+            segment: 0,
+            base_offset: base,
+            last_offset: last,
+            position: 0,
+            len: bytes.len(),
+            ticket,
+        };
+        let (one, two) = ([1u8; 100], [2u8; 200]);
+        let a = staging.stage("t/0", 0, 4, &one, None).unwrap();
+        let b = staging.stage("t/0", 5, 9, &two, None).unwrap();
+        let log = [staged(0, 4, &one, Some(a)), staged(5, 9, &two, Some(b))];
+        let (bytes, next) = staging.read(&log, 3, 1).expect("one batch at least");
+        assert_eq!((&bytes[..], next), (&one[..], 5));
+        let (bytes, next) = staging.read(&log, 0, 300).expect("both");
+        assert_eq!((bytes.len(), next), (300, 10));
+        let [_, b] = log;
+        let given_up = [staged(0, 4, &one, None), b];
+        assert!(staging.read(&given_up, 2, 300).is_none());
+    }
+
     /// An entry's CRC combined from the batch's own is the one a walk reads
     /// over the whole entry.
     #[test]
