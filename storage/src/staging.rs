@@ -1019,8 +1019,11 @@ impl Staging {
         };
         // The head in the file may lag (released entries) or point where
         // nothing was found: set it to what this run will write after.
-        staging.record_head(&mut staging.ring.borrow_mut());
-        staging.advance_head();
+        {
+            let mut ring = staging.ring.borrow_mut();
+            staging.record_head(&mut ring);
+            staging.advance_head(&mut ring);
+        }
         staging
     }
 
@@ -1075,6 +1078,7 @@ impl Staging {
         loop {
             let (rx, held_in) = {
                 let mut ring = self.ring.borrow_mut();
+                self.move_unclaimed_head(&mut ring);
                 if self.place(&ring, n).is_some() {
                     return;
                 }
@@ -1126,9 +1130,87 @@ impl Staging {
         batch_crc: Option<u32>,
     ) -> Option<Ticket> {
         debug_assert!(self.fits(key, batch.len()));
-        let n = entry_bytes(key.len(), batch.len());
         let mut ring = self.ring.borrow_mut();
-        let (mut position, wrap) = self.place(&ring, n)?;
+        self.move_unclaimed_head(&mut ring);
+        self.put(&mut ring, key, base_offset, last_offset, batch, batch_crc)
+    }
+
+    /// Moves the entries at the ring's head that no log holds (found at
+    /// start, or handed back by a log that failed, waiting for their log to
+    /// open again) to its tail, once the ring is more than half full. The
+    /// ring is first in, first out: such an entry would hold its head until
+    /// its log opens, maybe never in this run, and once the tail came round
+    /// to it every append of the shard would wait for its write (after
+    /// [`HEAD_HELD_AFTER`]). A copy first, then the original released: a
+    /// kill between leaves both, and the replay appends the first and skips
+    /// the other (its offsets are then below the log's end). Each entry is
+    /// copied once a lap at most; more than a quarter of the ring held
+    /// unclaimed is left where it is (moving it would not free the ring).
+    fn move_unclaimed_head(&self, ring: &mut Ring) {
+        let capacity = self.map.len - HEADER_BYTES;
+        if ring.replay.is_empty() || self.free(ring) >= capacity / 2 {
+            return;
+        }
+        let unclaimed: usize = ring.replay.values().flatten().map(|f| f.len).sum();
+        if unclaimed > capacity / 4 {
+            return;
+        }
+        // Entries copied to the tail come round again only after a lap.
+        let end_seq = ring.head_seq + ring.slots.len() as u64;
+        while ring.head_seq < end_seq {
+            let seq = ring.head_seq;
+            let Some((key, found)) = ring.replay.iter().find_map(|(key, found)| {
+                let f = found.iter().find(|f| f.seq == seq)?;
+                let at = f.position + ENTRY_HEADER_BYTES + f.key.len();
+                Some((key.clone(), (f.base_offset, f.last_offset, at, f.batch_len)))
+            }) else {
+                return;
+            };
+            let (base_offset, last_offset, at, batch_len) = found;
+            // Out of the mapping first: `put` writes into it.
+            let batch = self.map.bytes(at, batch_len).to_vec();
+            let Some(copy) = self.put(ring, &key, base_offset, last_offset, &batch, None) else {
+                return;
+            };
+            let position = ring.slots[ring.index_of(&copy)].position;
+            let entries = ring.replay.get_mut(&key).expect("the key just found");
+            let f = entries
+                .iter_mut()
+                .find(|f| f.seq == seq)
+                .expect("the entry just found");
+            (f.seq, f.position) = (copy.0, position);
+            sort_for_replay(entries);
+            self.mark_released(ring, &Ticket(seq));
+            self.advance_head(ring);
+        }
+    }
+
+    /// Bytes between the tail and the head: room for entries (less the
+    /// slack a wrap leaves at the end).
+    fn free(&self, ring: &Ring) -> usize {
+        let Some(head) = ring.slots.front().map(|s| s.position) else {
+            return self.map.len - HEADER_BYTES;
+        };
+        if ring.tail > head {
+            (self.map.len - ring.tail) + (head - HEADER_BYTES)
+        } else {
+            head - ring.tail
+        }
+    }
+
+    /// Copies an entry into the ring at its tail; `None` when there is no
+    /// room.
+    fn put(
+        &self,
+        ring: &mut Ring,
+        key: &str,
+        base_offset: u64,
+        last_offset: u64,
+        batch: &[u8],
+        batch_crc: Option<u32>,
+    ) -> Option<Ticket> {
+        let n = entry_bytes(key.len(), batch.len());
+        let (mut position, wrap) = self.place(ring, n)?;
         if ring.slots.is_empty() {
             // This entry is the oldest from now: held from now.
             ring.head_moved_at = Instant::now();
@@ -1224,24 +1306,25 @@ impl Staging {
 
     /// Gives back a staged batch's place: its log has written it.
     pub fn release(&self, ticket: Ticket) {
-        {
-            let mut ring = self.ring.borrow_mut();
-            let index = ring.index_of(&ticket);
-            let slot = &mut ring.slots[index];
-            slot.released = true;
-            // Marked in the file too: found behind an older live entry
-            // after a kill, it must not come back (its log may have cut
-            // these offsets off and written others there).
-            self.map
-                .write(slot.position, &ENTRY_MAGIC_RELEASED.to_le_bytes());
-        }
-        self.advance_head();
+        let mut ring = self.ring.borrow_mut();
+        self.mark_released(&mut ring, &ticket);
+        self.advance_head(&mut ring);
+    }
+
+    fn mark_released(&self, ring: &mut Ring, ticket: &Ticket) {
+        let index = ring.index_of(ticket);
+        let slot = &mut ring.slots[index];
+        slot.released = true;
+        // Marked in the file too: found behind an older live entry after a
+        // kill, it must not come back (its log may have cut these offsets
+        // off and written others there).
+        self.map
+            .write(slot.position, &ENTRY_MAGIC_RELEASED.to_le_bytes());
     }
 
     /// Drops released entries from the front, records the new head in the
     /// file and wakes appends waiting for room.
-    fn advance_head(&self) {
-        let mut ring = self.ring.borrow_mut();
+    fn advance_head(&self, ring: &mut Ring) {
         let mut moved = false;
         while ring.slots.front().is_some_and(|s| s.released) {
             ring.slots.pop_front();
@@ -1250,7 +1333,7 @@ impl Staging {
         }
         if moved {
             ring.head_moved_at = Instant::now();
-            self.record_head(&mut ring);
+            self.record_head(ring);
             for waiter in ring.waiting.drain(..) {
                 let _ = waiter.send(());
             }
@@ -1607,6 +1690,44 @@ mod tests {
         assert!(exists(&running), "a running node's file was removed");
         assert!(exists(&moved), "a renamed directory's file was removed");
         drop(held);
+    }
+
+    /// An entry no log takes (its log failed, or is not opened in this
+    /// run) moves along as the ring comes round to it: appends go on
+    /// through laps of the ring, and the entry is still found, whole, by
+    /// the next start, as often as the ring is reopened.
+    #[test]
+    fn an_entry_no_log_takes_moves_along_the_ring_and_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = || Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
+        let kept: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let staging = open();
+        staging.stage("failed/0", 10, 19, &kept, None).unwrap();
+        drop(staging);
+        for round in 0..3 {
+            let staging = open();
+            assert_eq!(staging.staged_batches(), 1, "round {round}");
+            // Three laps of appends, each written (released) a few behind.
+            let mut live = VecDeque::new();
+            let mut staged = 0;
+            while staged < 3 * BYTES_MIN {
+                let ticket = staging.stage("t/0", 0, 0, &[round as u8; 3000], None);
+                live.push_back(ticket.expect("room: the held entry moved along"));
+                staged += 3000;
+                if live.len() > 8 {
+                    staging.release(live.pop_front().unwrap());
+                }
+            }
+            for ticket in live {
+                staging.release(ticket);
+            }
+            assert_eq!(staging.staged_batches(), 1);
+        }
+        let staging = open();
+        let found = staging.take_replay(&tmp.path().join("failed/0"));
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].base_offset, found[0].last_offset), (10, 19));
+        assert!(found[0].batch == kept);
     }
 
     #[test]
