@@ -210,7 +210,7 @@ impl Log {
     ) -> Result<Log> {
         let config = config.normalized();
         let now = now_ms();
-        let (mut segments, mut recovery, cleaner) = recovery::recover(&dir, &config, now).await?;
+        let (mut segments, recovery, cleaner) = recovery::recover(&dir, &config, now).await?;
         if segments.is_empty() {
             let segment = Segment::create(&dir, 0, now, &config);
             segment.create_files().await?;
@@ -267,19 +267,31 @@ impl Log {
         });
         let (kick, kicked) = local_channel::new_bounded(1);
         let flusher = glommio::spawn_local(run_flusher(inner.clone(), kicked)).detach();
-        if let Some(area) = area {
-            // A log opened again carries what its failed predecessor staged;
-            // one opened anew takes what the area found for it.
-            let found = carried.is_none();
-            let replay = carried.unwrap_or_else(|| area.take_replay(&inner.dir));
-            recovery.batches_replayed = replay_staged(&inner, &kick, &area, replay, found).await?;
-        }
-        Ok(Log {
+        let mut log = Log {
             inner,
             kick,
             flusher: RefCell::new(Some(flusher)),
             recovery,
-        })
+        };
+        if let Some(area) = area {
+            // A log opened again carries what its failed predecessor staged;
+            // one opened anew takes what the area found for it.
+            let found = carried.is_none();
+            let replay = carried.unwrap_or_else(|| area.take_replay(&log.inner.dir));
+            match replay_staged(&log.inner, &log.kick, &area, replay, found).await {
+                Ok(replayed) => log.recovery.batches_replayed = replayed,
+                Err(e) => {
+                    // Closed before the error goes back: the next opening
+                    // of this log (a retry, in this run) reads the same
+                    // files, and none of this one's writes may still be
+                    // in flight then. What it could not close is in `e`'s
+                    // wake already (the batches went back to the area).
+                    let _ = log.close_files().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(log)
     }
 
     /// What recovery did when the log was opened.
