@@ -88,6 +88,10 @@ const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// A full ring whose oldest entry has not been released for this long is
 /// not waiting for a slow disk but held: appends stop waiting for room.
 const HEAD_HELD_AFTER: Duration = Duration::from_secs(5);
+/// Bytes of unclaimed entries one append may move along the ring (see
+/// `Staging::move_unclaimed_head`): a few batches' copy, and far more than
+/// the append itself takes, so the head outruns the tail.
+const MOVE_BYTES_PER_STAGE: usize = 1 << 20;
 /// Shards a node may run (the broker's own bound on `cores`).
 const SHARDS_MAX: usize = 1024;
 
@@ -917,6 +921,8 @@ pub struct Replay {
 struct Slot {
     position: usize,
     released: bool,
+    /// Its batch waits in `Ring::replay` for a log to take it.
+    unclaimed: bool,
 }
 
 struct Ring {
@@ -925,8 +931,11 @@ struct Ring {
     head_seq: u64,
     /// Where the next entry goes.
     tail: usize,
-    /// Found at start and not yet taken by their log, by key.
+    /// Found at start (or handed back by a log that failed) and not yet
+    /// taken by their log, by key; each in offset order.
     replay: HashMap<String, Vec<Found>>,
+    /// Ring bytes the entries in `replay` take.
+    unclaimed_bytes: usize,
     /// Appends waiting for room.
     waiting: Vec<oneshot::Sender<()>>,
     /// Appends that found the area full since the last report.
@@ -937,6 +946,29 @@ struct Ring {
 }
 
 impl Ring {
+    /// Puts `entries` of log `key` (live in the ring) in `replay`.
+    fn hold_unclaimed(&mut self, key: &str, mut entries: Vec<Found>) {
+        for f in &entries {
+            let index = self.index_of(&Ticket(f.seq));
+            self.slots[index].unclaimed = true;
+            self.unclaimed_bytes += f.len;
+        }
+        let replay = self.replay.entry(key.to_owned()).or_default();
+        replay.append(&mut entries);
+        sort_for_replay(replay);
+    }
+
+    /// Takes log `key`'s entries out of `replay`.
+    fn claim(&mut self, key: &str) -> Vec<Found> {
+        let entries = self.replay.remove(key).unwrap_or_default();
+        for f in &entries {
+            let index = self.index_of(&Ticket(f.seq));
+            self.slots[index].unclaimed = false;
+            self.unclaimed_bytes -= f.len;
+        }
+        entries
+    }
+
     /// Where the place of a ticket still held is among the slots: a ticket
     /// is live until its one release, so it is in the ring and not
     /// released (anything else is a bug in its holder).
@@ -974,7 +1006,7 @@ impl Staging {
         } = file;
         let head_seq = found.first().map_or(next_seq, |f| f.seq);
         let mut slots = VecDeque::new();
-        let mut replay: HashMap<String, Vec<Found>> = HashMap::new();
+        let mut unclaimed: HashMap<String, Vec<Found>> = HashMap::new();
         let mut tail = map.u64_at(HEAD_POSITION_AT) as usize;
         for f in found {
             tail = if f.kind == KIND_WRAP {
@@ -990,13 +1022,11 @@ impl Staging {
             slots.push_back(Slot {
                 position: f.position,
                 released: f.kind == KIND_WRAP || f.released,
+                unclaimed: false,
             });
             if f.kind == KIND_BATCH && !f.released {
-                replay.entry(f.key.clone()).or_default().push(f);
+                unclaimed.entry(f.key.clone()).or_default().push(f);
             }
-        }
-        for entries in replay.values_mut() {
-            sort_for_replay(entries);
         }
         if slots.is_empty() || !(HEADER_BYTES..map.len).contains(&tail) {
             slots.clear();
@@ -1010,7 +1040,8 @@ impl Staging {
                 slots,
                 head_seq,
                 tail,
-                replay,
+                replay: HashMap::new(),
+                unclaimed_bytes: 0,
                 waiting: Vec::new(),
                 full_waits: 0,
                 full_reported_at: None,
@@ -1021,6 +1052,9 @@ impl Staging {
         // nothing was found: set it to what this run will write after.
         {
             let mut ring = staging.ring.borrow_mut();
+            for (key, entries) in unclaimed {
+                ring.hold_unclaimed(&key, entries);
+            }
             staging.record_head(&mut ring);
             staging.advance_head(&mut ring);
         }
@@ -1137,49 +1171,75 @@ impl Staging {
 
     /// Moves the entries at the ring's head that no log holds (found at
     /// start, or handed back by a log that failed, waiting for their log to
-    /// open again) to its tail, once the ring is more than half full. The
-    /// ring is first in, first out: such an entry would hold its head until
-    /// its log opens, maybe never in this run, and once the tail came round
-    /// to it every append of the shard would wait for its write (after
-    /// [`HEAD_HELD_AFTER`]). A copy first, then the original released: a
-    /// kill between leaves both, and the replay appends the first and skips
-    /// the other (its offsets are then below the log's end). Each entry is
-    /// copied once a lap at most; more than a quarter of the ring held
-    /// unclaimed is left where it is (moving it would not free the ring).
+    /// open again) to its tail, once more than a quarter of the ring is in
+    /// use. The ring is first in, first out: such an entry would hold its
+    /// head until its log opens, maybe never in this run, and once the tail
+    /// came round to it every append of the shard would wait for its write
+    /// (after [`HEAD_HELD_AFTER`]). Early, so that the room to copy into is
+    /// there (what the head holds is freed only when it moves). A copy
+    /// first, then the original released: a kill between leaves both, and
+    /// the replay appends the first and skips the other (its offsets are
+    /// then below the log's end). At most [`MOVE_BYTES_PER_STAGE`] a call,
+    /// so that an append pays a bounded copy; more than a quarter of the
+    /// ring held unclaimed is left where it is (moving it would not free
+    /// the ring).
     fn move_unclaimed_head(&self, ring: &mut Ring) {
         let capacity = self.map.len - HEADER_BYTES;
-        if ring.replay.is_empty() || self.free(ring) >= capacity / 2 {
+        if !ring.slots.front().is_some_and(|s| s.unclaimed)
+            || self.free(ring) >= capacity / 4 * 3
+            || ring.unclaimed_bytes > capacity / 4
+        {
             return;
         }
-        let unclaimed: usize = ring.replay.values().flatten().map(|f| f.len).sum();
-        if unclaimed > capacity / 4 {
-            return;
-        }
-        // Entries copied to the tail come round again only after a lap.
+        // Copies go behind everything there now: they come round again
+        // only after those.
         let end_seq = ring.head_seq + ring.slots.len() as u64;
-        while ring.head_seq < end_seq {
-            let seq = ring.head_seq;
-            let Some((key, found)) = ring.replay.iter().find_map(|(key, found)| {
-                let f = found.iter().find(|f| f.seq == seq)?;
-                let at = f.position + ENTRY_HEADER_BYTES + f.key.len();
-                Some((key.clone(), (f.base_offset, f.last_offset, at, f.batch_len)))
-            }) else {
+        let mut moved = 0;
+        while moved < MOVE_BYTES_PER_STAGE
+            && ring.head_seq < end_seq
+            && ring.slots.front().is_some_and(|s| s.unclaimed)
+        {
+            let (seq, position) = (ring.head_seq, ring.slots[0].position);
+            // Read whole and checked when found or handed back.
+            let key_len = self.map.u32_at(position + 20) as usize;
+            let batch_len = self.map.u32_at(position + 24) as usize;
+            let (base_offset, last_offset) = (
+                self.map.u64_at(position + 32),
+                self.map.u64_at(position + 40),
+            );
+            let key_at = position + ENTRY_HEADER_BYTES;
+            let Ok(key) = std::str::from_utf8(self.map.bytes(key_at, key_len)) else {
                 return;
             };
-            let (base_offset, last_offset, at, batch_len) = found;
+            let key = key.to_owned();
+            let Some(Ok(i)) = ring.replay.get(&key).map(|entries| {
+                entries.binary_search_by_key(&(base_offset, seq), |f| (f.base_offset, f.seq))
+            }) else {
+                // Changed under this node since it was read (see
+                // `put_back`): left where it is.
+                return;
+            };
             // Out of the mapping first: `put` writes into it.
-            let batch = self.map.bytes(at, batch_len).to_vec();
+            let batch = self.map.bytes(key_at + key_len, batch_len).to_vec();
             let Some(copy) = self.put(ring, &key, base_offset, last_offset, &batch, None) else {
                 return;
             };
-            let position = ring.slots[ring.index_of(&copy)].position;
-            let entries = ring.replay.get_mut(&key).expect("the key just found");
-            let f = entries
-                .iter_mut()
-                .find(|f| f.seq == seq)
-                .expect("the entry just found");
-            (f.seq, f.position) = (copy.0, position);
-            sort_for_replay(entries);
+            let copy_index = ring.index_of(&copy);
+            let copy_position = ring.slots[copy_index].position;
+            ring.slots[copy_index].unclaimed = true;
+            let entries = ring.replay.get_mut(&key).expect("looked up above");
+            (entries[i].seq, entries[i].position) = (copy.0, copy_position);
+            // Still in (offset, seq) order: past any others of its offset.
+            let mut i = i;
+            while entries
+                .get(i + 1)
+                .is_some_and(|next| next.base_offset == base_offset)
+            {
+                entries.swap(i, i + 1);
+                i += 1;
+            }
+            moved += entry_bytes(key_len, batch_len);
+            ring.slots[0].unclaimed = false;
             self.mark_released(ring, &Ticket(seq));
             self.advance_head(ring);
         }
@@ -1228,6 +1288,7 @@ impl Staging {
             ring.slots.push_back(Slot {
                 position: tail,
                 released: true,
+                unclaimed: false,
             });
             position = HEADER_BYTES;
         }
@@ -1249,6 +1310,7 @@ impl Staging {
         ring.slots.push_back(Slot {
             position,
             released: false,
+            unclaimed: false,
         });
         ring.tail = if position + len >= self.map.len {
             HEADER_BYTES
@@ -1360,9 +1422,8 @@ impl Staging {
     /// order; each is handed out once.
     pub fn take_replay(&self, dir: &Path) -> Vec<Replay> {
         let key = self.key(dir);
-        let found = self.ring.borrow_mut().replay.remove(&key);
+        let found = self.ring.borrow_mut().claim(&key);
         found
-            .unwrap_or_default()
             .into_iter()
             .map(|f| {
                 let at = f.position + ENTRY_HEADER_BYTES + f.key.len();
@@ -1399,7 +1460,10 @@ impl Staging {
             let mut ring = self.ring.borrow_mut();
             let keys: Vec<String> = ring.replay.keys().filter(|k| !listed(k)).cloned().collect();
             keys.into_iter()
-                .filter_map(|k| ring.replay.remove_entry(&k))
+                .map(|k| {
+                    let found = ring.claim(&k);
+                    (k, found)
+                })
                 .collect()
         };
         let mut report = Vec::new();
@@ -1488,9 +1552,7 @@ impl Staging {
                 }
             }
         }
-        let replay = ring.replay.entry(key.to_owned()).or_default();
-        replay.append(&mut entries);
-        sort_for_replay(replay);
+        ring.hold_unclaimed(key, entries);
         drop(ring);
         for ticket in lost {
             self.release(ticket);
@@ -1692,28 +1754,41 @@ mod tests {
         drop(held);
     }
 
-    /// An entry no log takes (its log failed, or is not opened in this
-    /// run) moves along as the ring comes round to it: appends go on
-    /// through laps of the ring, and the entry is still found, whole, by
-    /// the next start, as often as the ring is reopened.
+    /// Entries no log takes (their log failed, or is not opened in this
+    /// run) move along as the ring comes round to them: appends go on
+    /// through laps of the ring, and the entries are still found, whole and
+    /// in offset order, by the next start, as often as the ring is reopened.
     #[test]
-    fn an_entry_no_log_takes_moves_along_the_ring_and_is_kept() {
+    fn entries_no_log_takes_move_along_the_ring_and_are_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let open = || Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
-        let kept: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let batch = |i: u64| -> Vec<u8> { (0..500 + i * 7).map(|k| (k * 31 + i) as u8).collect() };
         let staging = open();
-        staging.stage("failed/0", 10, 19, &kept, None).unwrap();
+        for i in 0..40 {
+            staging
+                .stage("failed/0", 10 * i, 10 * i + 9, &batch(i), None)
+                .unwrap();
+            if i % 13 == 0 {
+                staging
+                    .stage("gone/1", i, i, &batch(i + 100), None)
+                    .unwrap();
+            }
+        }
         drop(staging);
         for round in 0..3 {
             let staging = open();
-            assert_eq!(staging.staged_batches(), 1, "round {round}");
-            // Three laps of appends, each written (released) a few behind.
+            assert_eq!(staging.staged_batches(), 44, "round {round}");
+            // Three laps of appends of varying sizes, each written
+            // (released) a few behind.
             let mut live = VecDeque::new();
             let mut staged = 0;
+            let mut n = 0usize;
             while staged < 3 * BYTES_MIN {
-                let ticket = staging.stage("t/0", 0, 0, &[round as u8; 3000], None);
-                live.push_back(ticket.expect("room: the held entry moved along"));
-                staged += 3000;
+                let len = 1000 + (n * 7919) % 20_000;
+                let ticket = staging.stage("t/0", 0, 0, &vec![round as u8; len], None);
+                live.push_back(ticket.expect("room: the held entries moved along"));
+                staged += len;
+                n += 1;
                 if live.len() > 8 {
                     staging.release(live.pop_front().unwrap());
                 }
@@ -1721,13 +1796,16 @@ mod tests {
             for ticket in live {
                 staging.release(ticket);
             }
-            assert_eq!(staging.staged_batches(), 1);
+            assert_eq!(staging.staged_batches(), 44);
         }
         let staging = open();
-        let found = staging.take_replay(&tmp.path().join("failed/0"));
-        assert_eq!(found.len(), 1);
-        assert_eq!((found[0].base_offset, found[0].last_offset), (10, 19));
-        assert!(found[0].batch == kept);
+        let failed = staging.take_replay(&tmp.path().join("failed/0"));
+        let offsets: Vec<u64> = failed.iter().map(|r| r.base_offset).collect();
+        assert_eq!(offsets, (0..40).map(|i| 10 * i).collect::<Vec<_>>());
+        assert!(failed.iter().all(|r| r.batch == batch(r.base_offset / 10)));
+        let gone = staging.take_replay(&tmp.path().join("gone/1"));
+        assert_eq!(gone.len(), 4);
+        assert!(gone.iter().all(|r| r.batch == batch(r.base_offset + 100)));
     }
 
     #[test]
