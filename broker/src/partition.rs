@@ -691,6 +691,10 @@ impl Partition {
             replication.remove(replica.group);
         }
         self.wake_parked();
+        // After a reopen in flight (`writable_log`): the log it installs is
+        // the one to close, and the failed one's staged batches must not
+        // go back to the area while its successor holds copies of them.
+        let _turn = self.reopen_turn.acquire_permit(1).await;
         self.log().close().await
     }
 
