@@ -683,6 +683,13 @@ impl Partition {
     /// Wakes parked readers (they find nothing new and answer) and closes
     /// the log.
     pub async fn close(&self) -> Result<(), StorageError> {
+        // After a reopen in flight (`writable_log`): the log it installs is
+        // the one to snapshot and close, and the failed one's staged
+        // batches must not go back to the area while its successor holds
+        // copies of them. None starts after: a produce still holding the
+        // partition gets a storage error instead of a log no one closes.
+        let _turn = self.reopen_turn.acquire_permit(1).await;
+        self.reopen_turn.close();
         if let Err(e) = self.snapshot_producers(true).await {
             let s = &self.setup;
             tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer snapshot at close");
@@ -691,10 +698,6 @@ impl Partition {
             replication.remove(replica.group);
         }
         self.wake_parked();
-        // After a reopen in flight (`writable_log`): the log it installs is
-        // the one to close, and the failed one's staged batches must not
-        // go back to the area while its successor holds copies of them.
-        let _turn = self.reopen_turn.acquire_permit(1).await;
         self.log().close().await
     }
 

@@ -1171,12 +1171,14 @@ impl Staging {
 
     /// Moves the entries at the ring's head that no log holds (found at
     /// start, or handed back by a log that failed, waiting for their log to
-    /// open again) to its tail, once more than a quarter of the ring is in
-    /// use. The ring is first in, first out: such an entry would hold its
-    /// head until its log opens, maybe never in this run, and once the tail
-    /// came round to it every append of the shard would wait for its write
-    /// (after [`HEAD_HELD_AFTER`]). Early, so that the room to copy into is
-    /// there (what the head holds is freed only when it moves). A copy
+    /// open again) to its tail, once the free room falls to what they take
+    /// plus a quarter of the ring. The ring is first in, first out: such an
+    /// entry would hold its head until its log opens, maybe never in this
+    /// run, and once the tail came round to it every append of the shard
+    /// would wait for its write (after [`HEAD_HELD_AFTER`]). Early enough
+    /// that the room to copy into is there (what the head holds is freed
+    /// only when it moves), late enough that they are copied about once for
+    /// each three quarters of a ring appended at most. A copy
     /// first, then the original released: a kill between leaves both, and
     /// the replay appends the first and skips the other (its offsets are
     /// then below the log's end). At most [`MOVE_BYTES_PER_STAGE`] a call,
@@ -1186,7 +1188,7 @@ impl Staging {
     fn move_unclaimed_head(&self, ring: &mut Ring) {
         let capacity = self.map.len - HEADER_BYTES;
         if !ring.slots.front().is_some_and(|s| s.unclaimed)
-            || self.free(ring) >= capacity / 4 * 3
+            || self.free(ring) >= capacity / 4 + ring.unclaimed_bytes
             || ring.unclaimed_bytes > capacity / 4
         {
             return;
@@ -1200,27 +1202,26 @@ impl Staging {
             && ring.slots.front().is_some_and(|s| s.unclaimed)
         {
             let (seq, position) = (ring.head_seq, ring.slots[0].position);
-            // Read whole and checked when found or handed back.
-            let key_len = self.map.u32_at(position + 20) as usize;
-            let batch_len = self.map.u32_at(position + 24) as usize;
-            let (base_offset, last_offset) = (
-                self.map.u64_at(position + 32),
-                self.map.u64_at(position + 40),
-            );
-            let key_at = position + ENTRY_HEADER_BYTES;
-            let Ok(key) = std::str::from_utf8(self.map.bytes(key_at, key_len)) else {
+            // Read again, checked: the memory is shared with whoever can
+            // open the file. One changed under this node stays where it is
+            // (`put_back` says so when its log comes for it).
+            let Some(f) = read_entry(&self.map, position, Some(seq)) else {
                 return;
             };
-            let key = key.to_owned();
-            let Some(Ok(i)) = ring.replay.get(&key).map(|entries| {
-                entries.binary_search_by_key(&(base_offset, seq), |f| (f.base_offset, f.seq))
+            let (base_offset, last_offset) = (f.base_offset, f.last_offset);
+            let Some(Ok(i)) = ring.replay.get(&f.key).map(|entries| {
+                entries.binary_search_by_key(&(base_offset, seq), |e| (e.base_offset, e.seq))
             }) else {
-                // Changed under this node since it was read (see
-                // `put_back`): left where it is.
                 return;
             };
+            let n = entry_bytes(f.key.len(), f.batch_len);
+            if self.place(ring, n).is_none() {
+                return;
+            }
             // Out of the mapping first: `put` writes into it.
-            let batch = self.map.bytes(key_at + key_len, batch_len).to_vec();
+            let at = position + ENTRY_HEADER_BYTES + f.key.len();
+            let batch = self.map.bytes(at, f.batch_len).to_vec();
+            let key = f.key;
             let Some(copy) = self.put(ring, &key, base_offset, last_offset, &batch, None) else {
                 return;
             };
@@ -1238,7 +1239,7 @@ impl Staging {
                 entries.swap(i, i + 1);
                 i += 1;
             }
-            moved += entry_bytes(key_len, batch_len);
+            moved += n;
             ring.slots[0].unclaimed = false;
             self.mark_released(ring, &Ticket(seq));
             self.advance_head(ring);
