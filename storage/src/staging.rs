@@ -948,6 +948,9 @@ struct Ring {
 impl Ring {
     /// Puts `entries` of log `key` (live in the ring) in `replay`.
     fn hold_unclaimed(&mut self, key: &str, mut entries: Vec<Found>) {
+        if entries.is_empty() {
+            return; // No empty lists: `holds_unclaimed` asks for any.
+        }
         for f in &entries {
             let index = self.index_of(&Ticket(f.seq));
             self.slots[index].unclaimed = true;
