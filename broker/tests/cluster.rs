@@ -356,18 +356,11 @@ fn try_produce(
 
 /// Every record of the topic, by partition, in offset order.
 fn consume(client: &Client, expected: usize) -> BTreeMap<i32, Vec<(i64, String)>> {
-    let mut consumer = Consumer::new(client, ConsumerConfig::default());
-    block_on(consumer.assign(TOPIC, None, Seek::Earliest)).expect("assign");
-    let mut got: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while got.values().map(Vec::len).sum::<usize>() < expected {
-        assert!(Instant::now() < deadline, "consumed {got:?} of {expected}");
-        for r in block_on(consumer.poll(Duration::from_millis(500))).expect("poll") {
-            let value = String::from_utf8(r.value.unwrap_or_default()).expect("utf-8");
-            got.entry(r.partition).or_default().push((r.offset, value));
-        }
-    }
-    got
+    consume_until(
+        client,
+        |got| got.values().map(Vec::len).sum::<usize>() >= expected,
+        |got| format!("consumed {got:?} of {expected}"),
+    )
 }
 
 /// Every record of the topic, by partition, in offset order, up to at least
@@ -376,29 +369,42 @@ fn consume_through(
     client: &Client,
     acked: &BTreeMap<i32, Vec<(i64, String)>>,
 ) -> BTreeMap<i32, Vec<(i64, String)>> {
+    let last = |records: &BTreeMap<i32, Vec<(i64, String)>>| -> Vec<(i32, Option<i64>)> {
+        records
+            .iter()
+            .map(|(p, r)| (*p, r.iter().map(|(o, _)| *o).max()))
+            .collect()
+    };
+    consume_until(
+        client,
+        |got| {
+            last(acked)
+                .into_iter()
+                .all(|(p, acked)| got.get(&p).and_then(|r| r.last()).map(|(o, _)| *o) >= acked)
+        },
+        |got| {
+            format!(
+                "read up to {:?}, acknowledged up to {:?}",
+                last(got),
+                last(acked)
+            )
+        },
+    )
+}
+
+/// The topic read from the start, by partition, until `done` (30 s at
+/// most; `describe` says how far it got).
+fn consume_until(
+    client: &Client,
+    done: impl Fn(&BTreeMap<i32, Vec<(i64, String)>>) -> bool,
+    describe: impl Fn(&BTreeMap<i32, Vec<(i64, String)>>) -> String,
+) -> BTreeMap<i32, Vec<(i64, String)>> {
     let mut consumer = Consumer::new(client, ConsumerConfig::default());
     block_on(consumer.assign(TOPIC, None, Seek::Earliest)).expect("assign");
     let mut got: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let reached = |got: &BTreeMap<i32, Vec<(i64, String)>>| {
-        acked.iter().all(|(p, records)| {
-            let last_acked = records.iter().map(|(o, _)| *o).max();
-            let last_read = got.get(p).and_then(|r| r.last()).map(|(o, _)| *o);
-            last_read >= last_acked
-        })
-    };
-    while !reached(&got) {
-        assert!(
-            Instant::now() < deadline,
-            "read up to {:?}, acknowledged up to {:?}",
-            got.iter()
-                .map(|(p, r)| (p, r.last().map(|(o, _)| *o)))
-                .collect::<Vec<_>>(),
-            acked
-                .iter()
-                .map(|(p, r)| (p, r.last().map(|(o, _)| *o)))
-                .collect::<Vec<_>>()
-        );
+    while !done(&got) {
+        assert!(Instant::now() < deadline, "{}", describe(&got));
         for r in block_on(consumer.poll(Duration::from_millis(500))).expect("poll") {
             let value = String::from_utf8(r.value.unwrap_or_default()).expect("utf-8");
             got.entry(r.partition).or_default().push((r.offset, value));
