@@ -40,10 +40,13 @@ const OVERLAP_BYTES_MIN: u64 = 256 * 1024;
 /// Staged bytes that end a write-behind linger (`LogConfig::write_behind`)
 /// early. A write costs about the same CPU whatever its size up to here (an
 /// io_uring worker's wake-up, the device's doorbell and its completion
-/// interrupt, each a VM exit on a virtual machine): fewer, larger writes
-/// leave more of the core to the appends, and no acknowledgement waits for
-/// them.
-const WRITE_BEHIND_BYTES: u64 = 256 * 1024;
+/// interrupt, each a VM exit on a virtual machine; and a virtual machine's
+/// host may charge each request of its virtual disk to the guest's share of
+/// CPU, stopping both cores once it is spent: BENCHMARKS.md, "Fewer, larger
+/// writes behind"). Fewer, larger writes leave more of the core to the
+/// appends, and no acknowledgement waits for them. 1 MiB: the largest
+/// request the device takes whole.
+const WRITE_BEHIND_BYTES: u64 = 1024 * 1024;
 
 pub(crate) struct Waiter {
     /// Offsets below this must be safe.

@@ -28,7 +28,7 @@ pub struct LogConfig {
     pub staged_bytes_max: usize,
     /// Write-behind: when every append was answered from the staging area
     /// and nobody waits for the write, staged bytes gather for up to this
-    /// long (or until a write of 256 KiB) before the flusher writes them.
+    /// long (or until a write of 1 MiB) before the flusher writes them.
     /// Zero writes at once.
     pub write_behind: Duration,
     /// `cleanup.policy`: with `compact` alone, retention deletes nothing.
@@ -105,7 +105,7 @@ impl LogConfig {
             preallocate_bytes: 64 << 20,
             write_buffer_bytes: 4 << 20,
             staged_bytes_max: 64 << 20,
-            write_behind: Duration::from_millis(2),
+            write_behind: Duration::from_millis(10),
             cleanup: topic.cleanup_policy,
             compaction: Compaction::for_topic(topic),
         }

@@ -616,7 +616,7 @@ impl Log {
                 // The cache ends where the writes do; the staged batches
                 // after them follow in the same read while they fit, as a
                 // fetch answers up to the high watermark (with write-behind
-                // the last ~2 ms are staged only).
+                // the last few ms are staged only).
                 if offset_next == st.offset_written
                     && let Some(staging) = &self.inner.staging
                 {

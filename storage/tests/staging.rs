@@ -126,7 +126,7 @@ fn small_staged_appends_are_written_behind_together() {
         // Enough bytes end it too, without anyone waiting.
         let mut staged = 0;
         let mut seed = 5;
-        while staged < 300 << 10 {
+        while staged < 1100 << 10 {
             let bytes = batch(seed, 16, 1000, 1000);
             staged += bytes.len();
             log.append(&bytes).await.expect("append");
@@ -139,11 +139,7 @@ fn small_staged_appends_are_written_behind_together() {
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(
-            log.offset_written(),
-            end,
-            "256 KiB staged are written at once"
-        );
+        assert_eq!(log.offset_written(), end, "1 MiB staged is written at once");
         log.close().await.expect("close");
     });
 }
