@@ -437,12 +437,12 @@ impl Shard {
         self.ready.borrow().is_none()
     }
 
-    /// Batches in the shard's staging area not yet written, and the bytes
-    /// they take there (0 without one).
-    pub fn staged(&self) -> (usize, usize) {
-        self.staging
-            .as_ref()
-            .map_or((0, 0), |s| (s.staged_batches(), s.staged_bytes()))
+    /// Batches in the shard's staging area not yet written, the bytes they
+    /// take there, and the bytes it has (all 0 without one).
+    pub fn staged(&self) -> (usize, usize, usize) {
+        self.staging.as_ref().map_or((0, 0, 0), |s| {
+            (s.staged_batches(), s.staged_bytes(), s.capacity_bytes())
+        })
     }
 
     /// Partitions the metadata gives this shard that it could not open.

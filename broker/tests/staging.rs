@@ -159,6 +159,18 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
     eprintln!("{staged_at_kills} staged batches found at {ROUNDS} kills");
 }
 
+/// Shard 0's value of the metric `name` on the node's `/metrics`.
+fn shard0_metric(admin: &str, name: &str) -> f64 {
+    let metrics = get(admin, "/metrics").unwrap();
+    let prefix = format!("{name}{{shard=\"0\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
 /// A one-shard broker serving a data directory on `disk` (with `extra`
 /// flags, its stderr appended to `stderr` if given), a topic of one
 /// partition with segments of `segment_bytes` holding one record, and an
@@ -261,8 +273,12 @@ fn a_stalled_disk_is_reported_and_a_stop_waits_for_it_losing_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    // What the flusher does first on the frozen disk: a write, or a
+    // roll's file creation and preallocation.
     assert!(
-        stalled.contains("op=\"write\"") || stalled.contains("op=\"create\""),
+        ["write", "create", "fallocate"]
+            .iter()
+            .any(|op| stalled.contains(&format!("op=\"{op}\""))),
         "{stalled}"
     );
     assert!(
@@ -270,13 +286,7 @@ fn a_stalled_disk_is_reported_and_a_stop_waits_for_it_losing_nothing() {
         "{stalled} names {}",
         dir.display()
     );
-    let metrics = get(&admin, "/metrics").unwrap();
-    let waiting: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("fjord_storage_io_waiting_seconds{shard=\"0\"} "))
-        .unwrap_or_else(|| panic!("no waiting gauge in:\n{metrics}"))
-        .parse()
-        .unwrap();
+    let waiting = shard0_metric(&admin, "fjord_storage_io_waiting_seconds");
     assert!(waiting >= 1.0, "oldest I/O waited {waiting} s");
     let health = get(&admin, "/health").unwrap();
     assert!(health.contains("disk stalled"), "{health}");
@@ -325,20 +335,31 @@ fn a_stalled_disk_is_reported_and_a_stop_waits_for_it_losing_nothing() {
 
 /// The budget bounds what a stall may hold: with the disk frozen and a
 /// 1 MiB staging area, answers come until it is full and then stop
-/// (backpressure, not errors); at the thaw the rest are answered, and every
-/// record is there.
+/// (backpressure, not errors), and `/metrics` counts the appends that
+/// waited for room and, once the area's oldest entry has been held for
+/// 5 s, those that wait for their write; at the thaw the rest are
+/// answered, and every record is there.
 #[test]
 fn a_stall_that_fills_the_staging_budget_holds_the_producers_back() {
     let Some(disk) = freezable_disk("a_stall_that_fills_the_staging_budget…") else {
         return;
     };
+    let admin = format!("127.0.0.1:{}", common::free_port());
     let (broker, producer) = on_disk(
         &disk,
-        &["--staging-bytes-per-shard", "1048576"],
+        &[
+            "--staging-bytes-per-shard",
+            "1048576",
+            "--admin-listen",
+            &admin,
+        ],
         None,
         "held",
         1 << 30,
     );
+    let capacity = shard0_metric(&admin, "fjord_staging_capacity_bytes");
+    assert!(capacity > 0.0 && capacity <= 1048576.0, "{capacity}");
+    assert_eq!(shard0_metric(&admin, "fjord_staging_full_waits_total"), 0.0);
 
     let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
     // About 2.6 MB of records: more than the budget holds.
@@ -377,6 +398,15 @@ fn a_stall_that_fills_the_staging_budget_holds_the_producers_back() {
         held_at > 0 && held_at < RECORDS,
         "{held_at} of {RECORDS} answered from a 1 MiB budget while frozen"
     );
+    assert!(shard0_metric(&admin, "fjord_staging_full_waits_total") >= 1.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while shard0_metric(&admin, "fjord_storage_appends_waiting_for_write_total") == 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no append waits for its write with the area held full"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(!freeze.timed_out());
     freeze.thaw();
     let acked = waiter.join().unwrap();
@@ -705,11 +735,22 @@ fn serving_line(broker: &Broker) -> String {
 #[test]
 fn without_shared_memory_the_node_says_so_and_acks_wait_for_the_write() {
     // Nothing can be created under /proc, not even by root.
-    let mut broker = Broker::start_with(1, &["--staging-dir", "/proc/fjord-no-staging"]);
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let mut broker = Broker::start_with(
+        1,
+        &[
+            "--staging-dir",
+            "/proc/fjord-no-staging",
+            "--admin-listen",
+            &admin,
+        ],
+    );
     block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
     let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
     block_on(producer.send("t", Some(0), None, Some(b"written"), &[])).unwrap();
     assert_eq!(values(&broker, "t"), ["written"]);
+    assert_eq!(shard0_metric(&admin, "fjord_staging_capacity_bytes"), 0.0);
+    assert!(shard0_metric(&admin, "fjord_storage_appends_waiting_for_write_total") >= 1.0);
     broker.kill();
     let line = serving_line(&broker);
     assert!(line.contains("staging off: staging unavailable"), "{line}");

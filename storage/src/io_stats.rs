@@ -31,6 +31,13 @@ pub struct IoStats {
     pub fdatasync_us: Histogram<u64>,
     /// Batches written by one group commit.
     pub group_commit_batches: Histogram<u64>,
+    /// Appends whose answer waits for their write although their log does
+    /// not sync on every write: the staging area was off, full or too small
+    /// for the batch. With `acks=1` such an answer waits for the disk.
+    pub appends_waiting_for_write: u64,
+    /// Appends that found the staging area full and waited for room
+    /// (backpressure while a stall holds it full).
+    pub staging_full_waits: u64,
 }
 
 impl IoStats {
@@ -45,6 +52,8 @@ impl IoStats {
             write_us: histogram(LATENCY_US_MAX),
             fdatasync_us: histogram(LATENCY_US_MAX),
             group_commit_batches: histogram(GROUP_COMMIT_BATCHES_MAX),
+            appends_waiting_for_write: 0,
+            staging_full_waits: 0,
         }
     }
 }
@@ -152,6 +161,17 @@ pub(crate) fn record_fdatasync(elapsed: Duration) {
 pub(crate) fn record_group_commit(batches: usize) {
     let batches = u64::try_from(batches).unwrap_or(u64::MAX);
     with(|s| s.group_commit_batches.saturating_record(batches));
+}
+
+/// Counts an append whose answer waits for its write though its log does
+/// not sync on every write.
+pub(crate) fn record_append_waiting_for_write() {
+    with(|s| s.appends_waiting_for_write += 1);
+}
+
+/// Counts an append that found the staging area full.
+pub(crate) fn record_staging_full_wait() {
+    with(|s| s.staging_full_waits += 1);
 }
 
 /// A copy of this shard's timings.

@@ -1095,6 +1095,9 @@ async fn append(
         st.stats.appends += 1;
         let needs_sync = inner.config.fsync == FsyncPolicy::Always;
         let staged = ticket.is_some();
+        if !staged && !needs_sync && origin != Origin::Replay {
+            crate::io_stats::record_append_waiting_for_write();
+        }
         let durable = if staged && !needs_sync {
             Durable(None)
         } else {

@@ -1112,6 +1112,7 @@ impl Staging {
     /// its disk does. An append that finds no room then waits for its write.
     pub async fn wait_room(&self, key: &str, len: usize) {
         let n = entry_bytes(key.len(), len);
+        let mut waited = false;
         loop {
             let (rx, held_in) = {
                 let mut ring = self.ring.borrow_mut();
@@ -1120,7 +1121,12 @@ impl Staging {
                     return;
                 }
                 let held_for = ring.head_moved_at.elapsed();
-                ring.full_waits += 1;
+                // Once an append, however often it is woken to look again.
+                if !waited {
+                    waited = true;
+                    ring.full_waits += 1;
+                    crate::io_stats::record_staging_full_wait();
+                }
                 let due = ring
                     .full_reported_at
                     .is_none_or(|at| at.elapsed() >= FULL_REPORT_INTERVAL);
@@ -1585,6 +1591,11 @@ impl Staging {
         } else {
             self.map.len - head + ring.tail - HEADER_BYTES
         }
+    }
+
+    /// Bytes the area has for entries (its file less the file's header).
+    pub fn capacity_bytes(&self) -> usize {
+        self.map.len - HEADER_BYTES
     }
 
     /// Batches staged and not yet released.

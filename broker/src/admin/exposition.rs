@@ -364,6 +364,35 @@ impl Exposition {
         )?;
         family(
             e,
+            "fjord_staging_capacity_bytes",
+            "Bytes the staging area has for entries (0: the shard stages nothing)",
+            MetricType::Gauge,
+            per_shard(|s| s.staging_capacity_bytes as u64),
+        )?;
+        family(
+            e,
+            "fjord_staging_full_waits",
+            "Appends that found the staging area full and waited for room",
+            MetricType::Counter,
+            shards
+                .iter()
+                .map(|s| (shard_label(s.shard), counter(s.io.staging_full_waits))),
+        )?;
+        family(
+            e,
+            "fjord_storage_appends_waiting_for_write",
+            "Appends answered only once written though their log does not sync each write: \
+             the staging area off, full or too small for the batch (acks=1 then waits for the disk)",
+            MetricType::Counter,
+            shards.iter().map(|s| {
+                (
+                    shard_label(s.shard),
+                    counter(s.io.appends_waiting_for_write),
+                )
+            }),
+        )?;
+        family(
+            e,
             "fjord_raft_groups_ticking",
             "Raft groups ticked every tick; idle ones go quiet and are not",
             MetricType::Gauge,

@@ -65,6 +65,8 @@ pub struct ShardSnapshot {
     pub staged_batches: usize,
     /// Bytes of the staging area they take.
     pub staged_bytes: usize,
+    /// Bytes the staging area has (0: the shard stages nothing).
+    pub staging_capacity_bytes: usize,
     /// Raft groups ticked every tick: those not quiet.
     pub raft_groups_ticking: usize,
     /// Free bytes of the data directory's filesystem, last sampled.
@@ -160,7 +162,7 @@ pub fn of_shard(shard: &Shard) -> ShardSnapshot {
     } = shard.metrics().copy();
     let (cache_hits, cache_misses) = shard.cache().hits_misses();
     let space = shard.space().space();
-    let (staged_batches, staged_bytes) = shard.staged();
+    let (staged_batches, staged_bytes, staging_capacity_bytes) = shard.staged();
     let mut partitions = Vec::new();
     let mut committed = Vec::new();
     for partition in shard.partitions() {
@@ -220,6 +222,7 @@ pub fn of_shard(shard: &Shard) -> ShardSnapshot {
         connections: shard.connections.get(),
         staged_batches,
         staged_bytes,
+        staging_capacity_bytes,
         raft_groups_ticking: shard.replication().groups_ticking(),
         disk_free_bytes: space.free_bytes,
         disk_total_bytes: space.total_bytes,
