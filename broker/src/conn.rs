@@ -17,7 +17,7 @@ use crate::logging::Repeated;
 use crate::shard::Shard;
 use fjord_net::frame::Limits;
 use fjord_net::gather::GatherWriter;
-use fjord_net::io::{ReadError, read_socket_frame};
+use fjord_net::io::{FrameReader, ReadError};
 use fjord_net::{ErrorCode, frame};
 use futures::FutureExt;
 use futures::future::{Either, Shared, select};
@@ -143,7 +143,8 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
         }
     }
     let fd = stream.as_raw_fd();
-    let (mut reader, writer) = stream.split();
+    let (reader, writer) = stream.split();
+    let mut frames = FrameReader::new(reader, fd);
     let budget = Rc::new(Semaphore::new(shard.config.max_inflight_bytes as u64));
     let (tx, rx) = local_channel::new_bounded::<Pending>(PIPELINE_MAX);
     let limits = Limits {
@@ -152,7 +153,7 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
     };
     let writing = glommio::spawn_local(write_replies(fd, writer, rx, budget.clone()));
     loop {
-        let reading = read_socket_frame(&mut reader, fd, &limits);
+        let reading = frames.read_frame(&limits);
         let read = match select(Box::pin(reading), stop.clone()).await {
             Either::Left((read, _)) => read,
             Either::Right(_) => break,

@@ -6,7 +6,7 @@
 
 use crate::error::{ClientError, Result};
 use fjord_net::gather::{Frame, GatherWriter};
-use fjord_net::io::read_socket_frame;
+use fjord_net::io::FrameReader;
 use fjord_net::{api, frame, wire};
 use futures::channel::{mpsc, oneshot};
 use futures::io::AsyncReadExt;
@@ -328,14 +328,15 @@ async fn drive(
     };
     let _ = stream.set_nodelay(true);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    let (mut reader, writer) = stream.split();
+    let (reader, writer) = stream.split();
+    let mut frames = FrameReader::new(reader, fd);
     let reading = async {
         let limits = frame::Limits {
             frame_bytes_max: usize::MAX >> 1,
             ..frame::Limits::default()
         };
         loop {
-            let buf = match read_socket_frame(&mut reader, fd, &limits).await {
+            let buf = match frames.read_frame(&limits).await {
                 Ok(Some(buf)) => buf,
                 Ok(None) => return connection_error(addr, "closed by the broker"),
                 Err(e) => return connection_error(addr, e),

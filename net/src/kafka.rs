@@ -4,7 +4,7 @@
 //! and the API's version), and how a response is framed.
 //!
 //! A Kafka frame is `i32 size | header | body`, the same prefix as the
-//! native frame, so [`crate::io::read_socket_frame`] reads both under the same
+//! native frame, so [`crate::io::FrameReader`] reads both under the same
 //! limits (a negative size reads as a huge one and is refused). Input is
 //! hostile: every failure is an error value, never a panic, and a request
 //! whose API or version is not spoken still gets an answer
