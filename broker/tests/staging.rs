@@ -360,6 +360,10 @@ fn a_stall_that_fills_the_staging_budget_holds_the_producers_back() {
     let capacity = shard0_metric(&admin, "fjord_staging_capacity_bytes");
     assert!(capacity > 0.0 && capacity <= 1048576.0, "{capacity}");
     assert_eq!(shard0_metric(&admin, "fjord_staging_full_waits_total"), 0.0);
+    assert_eq!(
+        shard0_metric(&admin, "fjord_storage_appends_waiting_for_write_total"),
+        0.0
+    );
 
     let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
     // About 2.6 MB of records: more than the budget holds.

@@ -719,26 +719,45 @@ impl Inner {
     /// someone waits for the write (an append not answered from the staging
     /// area, a flush, a close).
     async fn linger(&self, kicked: &LocalReceiver<()>) {
-        let deadline = Instant::now() + self.config.write_behind;
+        use futures::future::{Either, select};
+        // Not past an interval sync that falls due: what it covers must be
+        // written first.
+        let deadline = self
+            .sync_deadline()
+            .map_or(Instant::now() + self.config.write_behind, |due| {
+                due.min(Instant::now() + self.config.write_behind)
+            });
         while self.may_linger() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
             let timer = std::pin::pin!(glommio::timer::sleep(left));
+            let room_wanted = self.staging.as_ref().map(|s| s.area.room_wanted());
+            let room_wanted = std::pin::pin!(async move {
+                match room_wanted {
+                    Some(rx) => drop(rx.await),
+                    None => futures::future::pending().await,
+                }
+            });
             let kick = std::pin::pin!(kicked.recv());
-            match futures::future::select(kick, timer).await {
-                futures::future::Either::Left((Some(()), _)) => {}
-                // The time is up, or the log's sender is gone (it closes).
+            match select(kick, select(timer, room_wanted)).await {
+                Either::Left((Some(()), _)) => {}
+                // The time is up, an append found the staging area full, or
+                // the log's sender is gone (it closes).
                 _ => return,
             }
         }
     }
 
     /// Whether what is staged may wait to gather: some is, less than a
-    /// write worth its cost, and nobody waits for it to be written.
+    /// write worth its cost (and a quarter of what this log or its shard's
+    /// staging area may hold), nobody waits for it to be written, and the
+    /// area is not filling.
     fn may_linger(&self) -> bool {
         let untaken = self.untaken_bytes();
+        let area = self.staging.as_ref().map(|s| &s.area);
+        let area_bytes = area.map_or(u64::MAX, |a| a.capacity_bytes() as u64);
         let st = self.state.borrow();
         self.config.fsync != FsyncPolicy::Always
             && !self.config.write_behind.is_zero()
@@ -746,7 +765,11 @@ impl Inner {
             && st.waiters.is_empty()
             && st.sealing.is_empty()
             && untaken > 0
-            && untaken < WRITE_BEHIND_BYTES.min(self.config.staged_bytes_max as u64 / 4)
+            && untaken
+                < WRITE_BEHIND_BYTES
+                    .min(self.config.staged_bytes_max as u64 / 4)
+                    .min(area_bytes / 4)
+            && area.is_none_or(|a| a.has_room_to_linger())
     }
 
     pub(crate) fn has_work(&self) -> bool {

@@ -938,6 +938,9 @@ struct Ring {
     unclaimed_bytes: usize,
     /// Appends waiting for room.
     waiting: Vec<oneshot::Sender<()>>,
+    /// Flushers letting staged bytes gather (write-behind), told to write
+    /// now when an append finds no room: their bytes are what holds it.
+    lingering: Vec<oneshot::Sender<()>>,
     /// Appends that found the area full since the last report.
     full_waits: u64,
     full_reported_at: Option<Instant>,
@@ -1046,6 +1049,7 @@ impl Staging {
                 replay: HashMap::new(),
                 unclaimed_bytes: 0,
                 waiting: Vec::new(),
+                lingering: Vec::new(),
                 full_waits: 0,
                 full_reported_at: None,
                 head_moved_at: Instant::now(),
@@ -1121,6 +1125,9 @@ impl Staging {
                     return;
                 }
                 let held_for = ring.head_moved_at.elapsed();
+                for flusher in ring.lingering.drain(..) {
+                    let _ = flusher.send(());
+                }
                 // Once an append, however often it is woken to look again.
                 if !waited {
                     waited = true;
@@ -1596,6 +1603,26 @@ impl Staging {
     /// Bytes the area has for entries (its file less the file's header).
     pub fn capacity_bytes(&self) -> usize {
         self.map.len - HEADER_BYTES
+    }
+
+    /// Whether a log may let its staged bytes gather rather than write them
+    /// (write-behind): not once the area is three quarters full or an
+    /// append waits for room, since what is staged holds that room.
+    pub(crate) fn has_room_to_linger(&self) -> bool {
+        let ring = self.ring.borrow();
+        ring.waiting.is_empty() && self.free(&ring) >= self.capacity_bytes() / 4
+    }
+
+    /// Resolves when an append finds the area full: a flusher letting its
+    /// staged bytes gather waits on it too, and writes at once then.
+    pub(crate) fn room_wanted(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut ring = self.ring.borrow_mut();
+        // Those whose flusher stopped waiting go: the list stays as long as
+        // the flushers lingering now.
+        ring.lingering.retain(|tx| !tx.is_canceled());
+        ring.lingering.push(tx);
+        rx
     }
 
     /// Batches staged and not yet released.

@@ -144,6 +144,74 @@ fn small_staged_appends_are_written_behind_together() {
     });
 }
 
+/// Logs letting their staged bytes gather do not hold the area's room
+/// from another log's append: the append that finds no room has them
+/// write at once, and is staged (answered) rather than made to wait for
+/// the 5 s fallback and its own write.
+#[test]
+fn an_append_that_finds_no_room_ends_the_other_logs_write_behind() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+        let config = LogConfig {
+            write_behind: Duration::from_secs(30),
+            max_batch_bytes: 2 << 20,
+            ..LogConfig::default()
+        };
+        let open = |name: &str| {
+            Log::open_staged(
+                dir.path().join(name),
+                config.clone(),
+                BatchCache::new(8 << 20),
+                Some(area.clone()),
+            )
+        };
+        let quarter = area.capacity_bytes() / 4;
+        let mut idle = Vec::new();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let log = open(name).await.expect("open");
+            // Just under what a log may gather (a quarter of the area).
+            let mut staged = 0;
+            let mut seed = 100 * i as u64;
+            loop {
+                let bytes = batch(seed, 16, 1000, 1000);
+                if staged + 2 * bytes.len() > quarter {
+                    break;
+                }
+                staged += bytes.len();
+                log.append(&bytes).await.expect("append");
+                seed += 1;
+            }
+            idle.push(log);
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        for log in &idle {
+            assert_eq!(log.offset_written(), 0, "each gathers its appends");
+        }
+        let free = area.capacity_bytes() - area.staged_bytes();
+        let big = batch(9, 1500, 1000, 1000);
+        assert!(big.len() > free, "{} bytes do not fit in {free}", big.len());
+
+        let log = open("d").await.expect("open");
+        let started = std::time::Instant::now();
+        let appended = log.append(&big).await.expect("append");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the append waited {:?} for room the lingering logs held",
+            started.elapsed()
+        );
+        appended
+            .durable
+            .now_or_never()
+            .expect("answered from the staging area, not after its write")
+            .expect("durable");
+        for log in idle.iter().chain([&log]) {
+            log.close().await.expect("close");
+        }
+    });
+}
+
 #[test]
 fn a_read_runs_from_the_written_batches_on_into_the_staged_ones() {
     let (_tmp, dir) = data_dir();

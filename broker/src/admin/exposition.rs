@@ -372,7 +372,8 @@ impl Exposition {
         family(
             e,
             "fjord_staging_full_waits",
-            "Appends that found the staging area full and waited for room",
+            "Appends that found the staging area full: they waited for room, or for their \
+             write once its oldest entry had been held 5 s",
             MetricType::Counter,
             shards
                 .iter()
@@ -381,8 +382,9 @@ impl Exposition {
         family(
             e,
             "fjord_storage_appends_waiting_for_write",
-            "Appends answered only once written though their log does not sync each write: \
-             the staging area off, full or too small for the batch (acks=1 then waits for the disk)",
+            "Appends made durable only by their write though their log does not sync each \
+             write: the staging area off, full or too small for the batch, and those behind \
+             them (an acks=1 answer then waits for the disk; replicas' appends count too)",
             MetricType::Counter,
             shards.iter().map(|s| {
                 (
