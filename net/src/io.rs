@@ -27,6 +27,13 @@ pub enum ReadError {
 /// frame's buffer. 1 KiB a connection (Seastar's input streams keep 8).
 const READ_AHEAD_BYTES: usize = 1024;
 
+/// How far ahead of what has arrived a frame's buffer is zeroed to be read
+/// into: a peer that announces a large frame and sends little of it costs
+/// what it sent plus this, not the announced length in zeroed pages (the
+/// rest is reserved, not touched). A whole frame up to this size is read
+/// in one step, as before.
+const READ_STEP_BYTES: usize = 1 << 20;
+
 /// Reads whole frames, prefix included, each into a buffer of its own
 /// (which can then be moved to another shard without a copy), from a
 /// stream it owns. The length is checked against the limits before
@@ -64,6 +71,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next frame; `Ok(None)` on a clean end of stream between frames.
+    /// A read given up before it completes (its future dropped) leaves the
+    /// stream out of step: the reader must not be used after that.
     pub async fn read_frame(&mut self, limits: &Limits) -> Result<Option<Vec<u8>>, ReadError> {
         while self.end - self.start < frame::PREFIX_LEN {
             // What is left is less than a prefix: move it to the front so
@@ -89,16 +98,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         }
-        if buf.len() < frame_bytes {
-            debug_assert_eq!(
-                self.start, self.end,
-                "a frame's rest follows what was ahead"
-            );
+        debug_assert!(
+            buf.len() == frame_bytes || self.start == self.end,
+            "a frame's rest follows what was ahead"
+        );
+        while buf.len() < frame_bytes {
             if let Some(fd) = self.socket {
                 receive_now(fd, &mut buf, frame_bytes)?;
             }
             let received = buf.len();
-            buf.resize(frame_bytes, 0);
+            if received == frame_bytes {
+                break;
+            }
+            buf.resize(frame_bytes.min(received + READ_STEP_BYTES), 0);
             self.reader.read_exact(&mut buf[received..]).await?;
         }
         Ok(Some(buf))
@@ -206,7 +218,14 @@ mod tests {
         use std::os::fd::AsRawFd;
         let sizes: Vec<usize> = (0..READ_AHEAD_BYTES + 40)
             .step_by(7)
-            .chain([0, 1, 3 * READ_AHEAD_BYTES, 70_000, 5])
+            .chain([
+                0,
+                1,
+                3 * READ_AHEAD_BYTES,
+                70_000,
+                5 * READ_STEP_BYTES / 2,
+                5,
+            ])
             .collect();
         let mut bytes = Vec::new();
         let mut expected = Vec::new();
