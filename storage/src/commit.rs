@@ -727,15 +727,19 @@ impl Inner {
             .map_or(Instant::now() + self.config.write_behind, |due| {
                 due.min(Instant::now() + self.config.write_behind)
             });
+        // Asked for once a linger, on its first turn, not on every kick.
+        let mut room_wanted = None;
         while self.may_linger() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
+            if room_wanted.is_none() {
+                room_wanted = self.staging.as_ref().map(|s| s.area.room_wanted());
+            }
             let timer = std::pin::pin!(glommio::timer::sleep(left));
-            let room_wanted = self.staging.as_ref().map(|s| s.area.room_wanted());
-            let room_wanted = std::pin::pin!(async move {
-                match room_wanted {
+            let room_wanted = std::pin::pin!(async {
+                match room_wanted.as_mut() {
                     Some(rx) => drop(rx.await),
                     None => futures::future::pending().await,
                 }

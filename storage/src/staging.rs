@@ -1617,11 +1617,15 @@ impl Staging {
     /// staged bytes gather waits on it too, and writes at once then.
     pub(crate) fn room_wanted(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let mut ring = self.ring.borrow_mut();
-        // Those whose flusher stopped waiting go: the list stays as long as
-        // the flushers lingering now.
-        ring.lingering.retain(|tx| !tx.is_canceled());
-        ring.lingering.push(tx);
+        let lingering = &mut self.ring.borrow_mut().lingering;
+        if lingering.len() == lingering.capacity() {
+            // Those whose flusher stopped waiting go when the list is full,
+            // and room is made for as many again: O(1) a call, amortized,
+            // however many logs the shard has.
+            lingering.retain(|tx| !tx.is_canceled());
+            lingering.reserve(lingering.len().max(8));
+        }
+        lingering.push(tx);
         rx
     }
 
