@@ -17,16 +17,6 @@ pub enum ReadError {
     Frame(#[from] FrameError),
 }
 
-/// Bytes a [`FrameReader`] receives ahead of the frame it reads. Small
-/// frames (a produce's answer, a fetch request: a few hundred bytes) then
-/// arrive several to a receive, where each used to take two (its prefix,
-/// its body) and the last a third that found the socket empty: a receive
-/// that does not fill this asks glommio to watch the socket at once, so
-/// the next read waits for data without trying first. A large frame's first
-/// kilobyte is copied out of it, the rest received straight into the
-/// frame's buffer. 1 KiB a connection (Seastar's input streams keep 8).
-const READ_AHEAD_BYTES: usize = 1024;
-
 /// How far ahead of what has arrived a frame's buffer is zeroed to be read
 /// into: a peer that announces a large frame and sends little of it costs
 /// what it sent plus this, not the announced length in zeroed pages (the
@@ -38,6 +28,14 @@ const READ_STEP_BYTES: usize = 1 << 20;
 /// (which can then be moved to another shard without a copy), from a
 /// stream it owns. The length is checked against the limits before
 /// anything is allocated.
+///
+/// It reads no further than the frame it reads. Reading ahead (1 KiB, so
+/// that small frames came several to a receive) cut a third of the
+/// receives, but a receive that did not fill the read-ahead made glommio
+/// arm its poll at once, so the next read waited for the reactor to reap
+/// that poll even when data had come: with 64 partitions the produce p99
+/// rose in 6 of 8 pairs (BENCHMARKS.md, *Small frames several to a
+/// receive*). Reverted.
 pub struct FrameReader<R> {
     reader: R,
     /// The socket `reader` reads, which `reader` keeps open: what has
@@ -47,10 +45,6 @@ pub struct FrameReader<R> {
     /// zeroing the whole buffer first was a pass over every byte a broker
     /// receives). `None`: any stream (tests).
     socket: Option<RawFd>,
-    /// Received and not yet taken: `ahead[start..end]`.
-    ahead: Box<[u8]>,
-    start: usize,
-    end: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -61,47 +55,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     fn from_stream(reader: R, socket: Option<RawFd>) -> FrameReader<R> {
-        FrameReader {
-            reader,
-            socket,
-            ahead: vec![0; READ_AHEAD_BYTES].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+        FrameReader { reader, socket }
     }
 
     /// The next frame; `Ok(None)` on a clean end of stream between frames.
     /// A read given up before it completes (its future dropped) leaves the
     /// stream out of step: the reader must not be used after that.
     pub async fn read_frame(&mut self, limits: &Limits) -> Result<Option<Vec<u8>>, ReadError> {
-        while self.end - self.start < frame::PREFIX_LEN {
-            // What is left is less than a prefix: move it to the front so
-            // that the receive has the room.
-            self.ahead.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            match self.reader.read(&mut self.ahead[self.end..]).await? {
-                0 if self.end == 0 => return Ok(None),
+        let mut prefix = [0u8; frame::PREFIX_LEN];
+        let mut got = 0;
+        while got < prefix.len() {
+            match self.reader.read(&mut prefix[got..]).await? {
+                0 if got == 0 => return Ok(None),
                 0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
-                n => self.end += n,
+                n => got += n,
             }
         }
-        let len = frame::frame_len(&self.ahead[self.start..self.end], limits)?.unwrap_or(0);
+        let len = frame::frame_len(&prefix, limits)?.unwrap_or(0);
         let frame_bytes = frame::PREFIX_LEN + len;
         // Not `vec![0; n]`: a zeroed allocation of this size makes jemalloc
         // hand pages back and fault fresh ones in (seen as `clear_page` under
         // recv); an explicit fill reuses warm pages.
         let mut buf = Vec::with_capacity(frame_bytes);
-        let taken = frame_bytes.min(self.end - self.start);
-        buf.extend_from_slice(&self.ahead[self.start..self.start + taken]);
-        self.start += taken;
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        }
-        debug_assert!(
-            buf.len() == frame_bytes || self.start == self.end,
-            "a frame's rest follows what was ahead"
-        );
+        buf.extend_from_slice(&prefix);
         while buf.len() < frame_bytes {
             if let Some(fd) = self.socket {
                 receive_now(fd, &mut buf, frame_bytes)?;
@@ -208,24 +184,17 @@ mod tests {
         assert!(block_on(frames.read_frame(&limits)).unwrap().is_none());
     }
 
-    /// Frames of every size around the read-ahead's (prefixes and bodies
-    /// split across its end), back to back, come back whole and in order:
+    /// Frames of many sizes, back to back, come back whole and in order:
     /// from a stream that fills every read, and from a socket they reach in
-    /// pieces of odd sizes.
+    /// pieces of odd sizes (prefixes split between pieces; frames larger
+    /// than a read step).
     #[test]
-    fn frames_around_the_read_ahead_size_come_back_whole_in_order() {
+    fn frames_of_many_sizes_come_back_whole_in_order() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        let sizes: Vec<usize> = (0..READ_AHEAD_BYTES + 40)
+        let sizes: Vec<usize> = (0..1100)
             .step_by(7)
-            .chain([
-                0,
-                1,
-                3 * READ_AHEAD_BYTES,
-                70_000,
-                5 * READ_STEP_BYTES / 2,
-                5,
-            ])
+            .chain([0, 1, 3000, 70_000, 5 * READ_STEP_BYTES / 2, 5])
             .collect();
         let mut bytes = Vec::new();
         let mut expected = Vec::new();
