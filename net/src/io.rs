@@ -33,9 +33,8 @@ const READ_STEP_BYTES: usize = 1 << 20;
 /// that small frames came several to a receive) cut a third of the
 /// receives, but a receive that did not fill the read-ahead made glommio
 /// arm its poll at once, so the next read waited for the reactor to reap
-/// that poll even when data had come: with 64 partitions the produce p99
-/// rose in 6 of 8 pairs (BENCHMARKS.md, *Small frames several to a
-/// receive*). Reverted.
+/// that poll even when data had come; for 1–2 % of CPU (BENCHMARKS.md,
+/// *Small frames several to a receive*). Reverted.
 pub struct FrameReader<R> {
     reader: R,
     /// The socket `reader` reads, which `reader` keeps open: what has
