@@ -151,9 +151,9 @@ impl Drop for LocalBroker {
     }
 }
 
-/// A free port on 127.0.0.1 (bound and released).
+/// A free port on 127.0.0.1, below the kernel's ephemeral range.
 fn free_port() -> Result<SocketAddr, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+    fjord_broker::listeners::spare_loopback_port()
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
         .map_err(|e| format!("cannot find a free port: {e}"))
 }

@@ -93,6 +93,56 @@ pub enum ListenError {
 const SETTLE: Duration = Duration::from_secs(3);
 const SETTLE_STEP: Duration = Duration::from_millis(50);
 
+/// A loopback port nobody listens on (bound, then released), for a node
+/// that a process starts for itself and must name a port for (`bench`'s
+/// embedded broker, tests). Taken below the kernel's ephemeral range: a
+/// port from that range, once released, may become the local port of any
+/// connection before the node binds it. Never the same port twice in a
+/// process, since a node's ports are all picked before it binds any.
+pub fn spare_loopback_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TAKEN: AtomicU32 = AtomicU32::new(0);
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    const LOWEST: u32 = 10_000;
+    // A prime: coprime with the span unless it divides it, and then the
+    // span is made one shorter. A coprime stride visits every port of the
+    // span before one comes round again.
+    const STRIDE: u32 = 7_919;
+    // Processes start at different places, so that two picking at once
+    // rarely try the same ports.
+    let seed = *SEED.get_or_init(|| {
+        std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+    });
+    let span = ephemeral_start()
+        .clamp(LOWEST + 1_000, u32::from(u16::MAX))
+        .saturating_sub(LOWEST);
+    let span = if span % STRIDE == 0 { span - 1 } else { span };
+    for _ in 0..span {
+        let n = TAKEN.fetch_add(1, Ordering::Relaxed);
+        let offset = seed.wrapping_add(n.wrapping_mul(STRIDE)) % span;
+        let port = u16::try_from(LOWEST + offset).unwrap_or(u16::MAX);
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free loopback port below the ephemeral range",
+    ))
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when
+/// the setting cannot be read).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
 /// Before the node listens: no two of `listeners` are the same address,
 /// and nothing listens on any of them. Port 0 is left to the kernel and
 /// never conflicts.

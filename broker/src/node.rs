@@ -132,7 +132,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), NodeError> {
         config.max_connections_per_shard = budget.connections_per_shard;
     }
     let shard_ports = shard_ports(&config, count)?;
-    let kafka_ports = kafka_shard_ports(&config, count)?;
+    let kafka_ports = kafka_shard_ports(&config, count, &shard_ports)?;
     let listeners = listeners(&config, &shard_ports, &kafka_ports);
     listeners::check_free(&listeners)?;
     let (staging_files, staging_note) = open_staging(&config, count)?;
@@ -403,21 +403,45 @@ fn shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError
     let base = config
         .shard_port_base
         .unwrap_or_else(|| config.listen.port().saturating_add(1));
-    ports_from(config.listen.ip(), base, count, "shard_port_base")
+    let named = named_ports(config);
+    ports_from(config.listen.ip(), base, count, "shard_port_base", &named)
 }
 
 /// Each shard's own Kafka port when Kafka clients see a broker per shard;
-/// none otherwise.
-fn kafka_shard_ports(config: &ServeConfig, count: usize) -> Result<Vec<u16>, NodeError> {
+/// none otherwise. Free ones pass over `shard_ports` too.
+fn kafka_shard_ports(
+    config: &ServeConfig,
+    count: usize,
+    shard_ports: &[u16],
+) -> Result<Vec<u16>, NodeError> {
     match config.kafka_listen {
-        Some(listen) if config.kafka_brokers == KafkaBrokers::Shard => ports_from(
-            listen.ip(),
-            config.kafka_shard_port_base.unwrap_or(0),
-            count,
-            "kafka_shard_port_base",
-        ),
+        Some(listen) if config.kafka_brokers == KafkaBrokers::Shard => {
+            let mut named = named_ports(config);
+            named.extend_from_slice(shard_ports);
+            ports_from(
+                listen.ip(),
+                config.kafka_shard_port_base.unwrap_or(0),
+                count,
+                "kafka_shard_port_base",
+                &named,
+            )
+        }
         _ => Ok(Vec::new()),
     }
+}
+
+/// The ports the node's single-address settings name.
+fn named_ports(config: &ServeConfig) -> Vec<u16> {
+    [
+        Some(config.listen),
+        config.kafka_listen,
+        config.admin_listen,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|addr| addr.port())
+    .filter(|&port| port != 0)
+    .collect()
 }
 
 /// Every address the node listens on, with the setting that names it.
@@ -444,21 +468,20 @@ fn listeners(config: &ServeConfig, shard_ports: &[u16], kafka_ports: &[u16]) -> 
         .collect()
 }
 
-/// `count` ports from `base` on, or free ones on `ip` when `base` is 0.
-fn ports_from(ip: IpAddr, base: u16, count: usize, key: &str) -> Result<Vec<u16>, NodeError> {
+/// `count` ports from `base` on, or free ones on `ip` when `base` is 0,
+/// none of them in `named`.
+fn ports_from(
+    ip: IpAddr,
+    base: u16,
+    count: usize,
+    key: &str,
+    named: &[u16],
+) -> Result<Vec<u16>, NodeError> {
     if base == 0 {
-        // Free ports, found by binding them and releasing them together
-        // (so that no two are the same): for tests and for nodes whose
-        // clients only ever learn ports from Metadata.
-        let held = (0..count)
-            .map(|_| std::net::TcpListener::bind(SocketAddr::new(ip, 0)))
-            .collect::<std::io::Result<Vec<_>>>();
-        return held
-            .and_then(|held| held.iter().map(|l| Ok(l.local_addr()?.port())).collect())
-            .map_err(|e| NodeError::Shard {
-                shard: 0,
-                message: format!("cannot find a free port for {key}: {e}"),
-            });
+        return free_ports(ip, count, named).map_err(|e| NodeError::Shard {
+            shard: 0,
+            message: format!("cannot find a free port for {key}: {e}"),
+        });
     }
     (0..count)
         .map(|i| {
@@ -469,6 +492,41 @@ fn ports_from(ip: IpAddr, base: u16, count: usize, key: &str) -> Result<Vec<u16>
             })
         })
         .collect()
+}
+
+/// Free ports, for tests and for nodes whose clients only ever learn ports
+/// from Metadata: found by binding them and releasing them together, so
+/// that no two are the same. A port another setting names is passed over:
+/// that setting's port may be free now only because whoever picked it (a
+/// test, `bench`'s embedded broker) released it for the node to bind, and
+/// the kernel hands a released port out again as readily as any.
+fn free_ports(ip: IpAddr, count: usize, named: &[u16]) -> std::io::Result<Vec<u16>> {
+    pick_ports(count, named, || {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))?;
+        let port = listener.local_addr()?.port();
+        Ok((listener, port))
+    })
+}
+
+/// `count` ports from `bind` (a port and what holds it), none in `named`,
+/// all held until every one is found.
+fn pick_ports<H>(
+    count: usize,
+    named: &[u16],
+    mut bind: impl FnMut() -> std::io::Result<(H, u16)>,
+) -> std::io::Result<Vec<u16>> {
+    let mut held = Vec::new();
+    let mut ports = Vec::with_capacity(count);
+    while ports.len() < count {
+        // Each named port can come back at most once while all are held.
+        assert!(held.len() < count + named.len());
+        let (holder, port) = bind()?;
+        if !named.contains(&port) {
+            ports.push(port);
+        }
+        held.push(holder);
+    }
+    Ok(ports)
 }
 
 async fn run_shard(
@@ -643,4 +701,32 @@ async fn run_shard(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_ports;
+
+    #[test]
+    fn free_ports_pass_over_the_ports_other_settings_name() {
+        // The kernel hands out the released ports of `listen` and
+        // `kafka_listen` first, as it once did in CI: a shard took the port
+        // `bench` had picked for its embedded broker's `listen`.
+        let mut offers = [9093, 41_000, 9092, 41_001].into_iter();
+        let ports = pick_ports(2, &[9093, 9092], || {
+            let port = offers.next().expect("asked past the offers");
+            Ok(((), port))
+        })
+        .expect("two ports");
+        assert_eq!(ports, [41_000, 41_001]);
+    }
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports = super::free_ports([127, 0, 0, 1].into(), 8, &[]).expect("ports");
+        for (i, port) in ports.iter().enumerate() {
+            assert!(!ports[..i].contains(port), "{port} twice in {ports:?}");
+            std::net::TcpListener::bind(("127.0.0.1", *port)).expect("released");
+        }
+    }
 }

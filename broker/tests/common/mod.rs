@@ -76,33 +76,10 @@ fn threads_of(pid: u32) -> String {
         .join("\n")
 }
 
-/// A loopback port nobody listens on (bound, then released), taken below
-/// the kernel's ephemeral range (32768–60999 by default): a port from that
-/// range, released, may become the local port of any test's outgoing
-/// connection before the broker binds it (seen in CI: `cannot listen on
-/// 127.0.0.1:44546: Address already in use`).
+/// A loopback port nobody listens on, below the kernel's ephemeral range
+/// and never the same twice in this process.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static TAKEN: AtomicU32 = AtomicU32::new(0);
-    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    // One start per process, then a stride coprime with the range's size:
-    // no port twice in a process (a node's addresses are picked before it
-    // binds any, so a released port must not come round again), and
-    // processes start at different places.
-    let seed = *SEED.get_or_init(|| {
-        std::process::id().wrapping_mul(2_654_435_761)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-    });
-    for _ in 0..10_000 {
-        let n = TAKEN.fetch_add(1, Ordering::Relaxed);
-        let port = 10_000 + ((u64::from(seed) + u64::from(n) * 7_919) % 22_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port below the ephemeral range");
+    fjord_broker::listeners::spare_loopback_port().expect("a free loopback port")
 }
 
 /// The first of `count` consecutive ports nobody listens on at `ip` (each
