@@ -264,6 +264,7 @@ pub async fn follow(shard: Rc<Shard>) {
     // come back on other ports, which only it can tell.
     let mut ask_seed = false;
     let failures = crate::logging::Repeated::default();
+    let install_failures = crate::logging::Repeated::default();
     let mut last_cut = Instant::now();
     loop {
         if shard.controller().is_some_and(|c| c.is_active()) {
@@ -329,7 +330,9 @@ pub async fn follow(shard: Rc<Shard>) {
                 target = Some(addr);
                 ask_seed = false;
                 if let Err(e) = install(&shard, followed).await {
-                    tracing::warn!(shard = 0, controller = %addr, error = %e, "cannot install the controller's metadata");
+                    if let Some(count) = install_failures.hit() {
+                        tracing::warn!(shard = 0, controller = %addr, error = %e, failures = count, "cannot install the controller's metadata");
+                    }
                     glommio::timer::sleep(RETRY_PAUSE).await;
                 }
             }
@@ -378,15 +381,21 @@ async fn install(shard: &Rc<Shard>, followed: Followed) -> Result<(), String> {
     if metadata.applied_index <= shard.metadata().applied_index {
         return Ok(());
     }
+    // Kept for the next start (the node then serves its partitions at once,
+    // the controller reachable or not), and kept before any shard serves
+    // it: a node killed after serving metadata it had not kept would start
+    // again on older metadata, which does not list the partitions it gained
+    // since (a topic grown, a replica moved here), and the start would
+    // release their staged batches as no longer this node's — acknowledged
+    // records lost. Metadata that cannot be kept (a full disk) is not
+    // installed; the next round tries again.
+    let path = followed_snapshot_path(shard);
+    crate::controller::write_snapshot(&path, &snapshot)
+        .await
+        .map_err(|e| format!("cannot keep the controller's metadata: {e}"))?;
     let not_served = shard.push_metadata(&metadata).await;
     if !not_served.is_empty() {
         tracing::warn!(shard = 0, "{}", NotServed::summary(&not_served));
-    }
-    // Kept for the next start: the node then serves its partitions at once,
-    // the controller reachable or not.
-    let path = followed_snapshot_path(shard);
-    if let Err(e) = crate::controller::write_snapshot(&path, &snapshot).await {
-        tracing::warn!(shard = 0, error = %e, "cannot keep the controller's metadata");
     }
     Ok(())
 }

@@ -636,13 +636,23 @@ impl Controller {
             return Ok(());
         }
         let changed = state.applied_index != self.state.borrow().applied_index;
+        if changed {
+            // Every round, and before anything is served: a voter restarted
+            // by kill -9 serves at once what its snapshot holds, and never
+            // replays an uncommitted tail. Served unkept, a round would be
+            // forgotten by the restart, which would then remove the
+            // directories of topics the round created and drop what was
+            // staged for the partitions it gave this node. A round that
+            // cannot be kept (a full disk) is applied again next time.
+            write_snapshot(&self.snapshot_path, &state.snapshot())
+                .await
+                .map_err(|e| CommandError::Storage(format!("cannot keep the metadata: {e}")))?;
+            self.since_snapshot.set(0);
+        }
         *self.state.borrow_mut() = state.clone();
         quorum.applied_next.set(applied_next);
         let mut not_served = Vec::new();
         if changed {
-            // Every round: a voter restarted by kill -9 serves at once what
-            // it applied, and never replays an uncommitted tail.
-            self.snapshot(&state).await;
             self.notify();
             not_served = shard.push_metadata(&state).await;
             if deleted {

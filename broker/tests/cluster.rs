@@ -720,6 +720,53 @@ fn a_node_restarts_and_serves_while_the_controller_is_down() {
     cluster.assert_metadata_equal();
 }
 
+/// A follower installs the controller's metadata only once it has kept
+/// it (`cluster/followed`): killed after serving metadata it had not kept,
+/// it would start again on older metadata and drop what it staged for the
+/// partitions it gained since. While it cannot keep it, it serves what it
+/// had; once it can, it catches up.
+#[test]
+fn a_follower_serves_no_metadata_it_could_not_keep() {
+    let mut cluster = Cluster::start();
+    let client = cluster.client();
+    create_topic(&client);
+    let lists_later = |addr: SocketAddr| {
+        let client = Client::new(ClientConfig::new(addr)).expect("client");
+        block_on(client.metadata(None)).is_ok_and(|m| {
+            m.topics
+                .into_iter()
+                .flatten()
+                .any(|t| t.name.as_deref() == Some("later"))
+        })
+    };
+    let wait_until_listed = |addr: SocketAddr| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !lists_later(addr) {
+            assert!(Instant::now() < deadline, "{addr} never lists the topic");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Node 3 cannot keep a copy: its temporary file's name is a directory.
+    let blocked = cluster.node(3).data_dir().join("cluster/followed.tmp");
+    std::fs::create_dir_all(&blocked).expect("mkdir");
+    block_on(Admin::new(client.clone()).create_topic("later", 3, &[])).expect("create");
+    wait_until_listed(cluster.node(1).addr);
+    wait_until_listed(cluster.node(2).addr);
+    // Node 2 installed it; node 3 has had the same rounds meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !lists_later(cluster.node(3).addr),
+        "node 3 serves metadata it could not keep"
+    );
+    std::fs::remove_dir(&blocked).expect("rmdir");
+    wait_until_listed(cluster.node(3).addr);
+    // Kept: after a kill, it starts on it, the controller down.
+    cluster.node(1).kill();
+    cluster.node(3).kill();
+    cluster.node(3).restart();
+    assert!(lists_later(cluster.node(3).addr), "not kept");
+}
+
 /// Three network namespaces joined by a bridge: each node behind a veth
 /// whose bridge side can be set down (isolated) and up (healed).
 struct Netns {

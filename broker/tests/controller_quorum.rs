@@ -250,6 +250,64 @@ fn topic_commands_survive_the_active_controller_killed() {
     }
 }
 
+/// A voter serves only metadata it has kept (`cluster/snapshot`): started
+/// again after a kill, it serves its snapshot at once without replaying
+/// the log, so a round served unkept would be forgotten — and the topics
+/// it created removed from its disk. While it cannot keep a round, it
+/// serves what it had; once it can, it catches up.
+#[test]
+fn a_voter_serves_no_metadata_it_could_not_keep() {
+    let mut nodes = start_quorum();
+    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let admin = Admin::new(client_of(all.clone()));
+    until("create before", Duration::from_secs(30), || {
+        block_on(admin.create_replicated_topic("before", 1, Some(3), &[]))
+            .map_err(|e| e.to_string())
+    });
+    let mut controller = 0;
+    until("a controller known", Duration::from_secs(10), || {
+        controller = controller_seen_by(all[0])?;
+        Ok(())
+    });
+    // A voter that is not the active controller, which answers commands.
+    let blocked_voter = (0..3)
+        .find(|&i| i + 1 != controller as usize)
+        .expect("a voter");
+    let blocked = nodes[blocked_voter].data_dir().join("cluster/snapshot.tmp");
+    std::fs::create_dir_all(&blocked).expect("mkdir");
+    until("create later", Duration::from_secs(30), || {
+        block_on(admin.create_replicated_topic("later", 1, Some(3), &[])).map_err(|e| e.to_string())
+    });
+    let lists_later = |addr: SocketAddr| topics_seen_by(addr).contains(&"later".to_owned());
+    for (i, &addr) in all.iter().enumerate().filter(|&(i, _)| i != blocked_voter) {
+        until("the others serve `later`", Duration::from_secs(10), || {
+            lists_later(addr)
+                .then_some(())
+                .ok_or(format!("node {} does not list `later`", i + 1))
+        });
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !lists_later(all[blocked_voter]),
+        "a voter serves metadata it could not keep"
+    );
+    std::fs::remove_dir(&blocked).expect("rmdir");
+    until("the voter catches up", Duration::from_secs(10), || {
+        lists_later(all[blocked_voter])
+            .then_some(())
+            .ok_or("not yet".to_owned())
+    });
+    // Kept: killed, it starts serving it again.
+    nodes[blocked_voter].kill();
+    nodes[blocked_voter].restart();
+    assert!(lists_later(all[blocked_voter]), "not kept");
+    assert_eq!(
+        nodes[blocked_voter].partition_dirs("later").len(),
+        1,
+        "its partition directory is gone"
+    );
+}
+
 #[test]
 fn a_quorum_needs_every_voter_address() {
     let out = std::process::Command::new(common::FJORD)
