@@ -208,7 +208,7 @@ impl Log {
         staging: Option<Rc<Staging>>,
         carried: Option<Vec<Replay>>,
     ) -> Result<Log> {
-        let config = config.normalized();
+        let mut config = config.normalized();
         let now = now_ms();
         let (mut segments, recovery, cleaner) = recovery::recover(&dir, &config, now).await?;
         if segments.is_empty() {
@@ -242,6 +242,19 @@ impl Log {
             stats: LogStats::default(),
             cleaner,
         };
+        // A log opened again carries what its failed predecessor staged;
+        // one opened anew takes what the area found for it.
+        let found = carried.is_none();
+        let replay = staging
+            .as_ref()
+            .map(|area| carried.unwrap_or_else(|| area.take_replay(&dir)));
+        // Each replayed batch passes through the log's staged bytes whole,
+        // and was acknowledged under the limits of its day: a batch over a
+        // `max.message.bytes` lowered since widens them rather than stop
+        // the log from opening.
+        if let Some(largest) = replay.iter().flatten().map(|r| r.batch.len()).max() {
+            config.staged_bytes_max = config.staged_bytes_max.max(largest);
+        }
         let area = staging.clone();
         let staging = staging
             .filter(|_| config.fsync != FsyncPolicy::Always)
@@ -273,11 +286,7 @@ impl Log {
             flusher: RefCell::new(Some(flusher)),
             recovery,
         };
-        if let Some(area) = area {
-            // A log opened again carries what its failed predecessor staged;
-            // one opened anew takes what the area found for it.
-            let found = carried.is_none();
-            let replay = carried.unwrap_or_else(|| area.take_replay(&log.inner.dir));
+        if let (Some(area), Some(replay)) = (area, replay) {
             match replay_staged(&log.inner, &log.kick, &area, replay, found).await {
                 Ok(replayed) => log.recovery.batches_replayed = replayed,
                 Err(e) => {
@@ -782,9 +791,22 @@ impl Log {
             let mut total: u64 = st.segments.values().map(|s| s.log.len()).sum();
             let active = st.active().base_offset;
             let bases: Vec<u64> = st.segments.keys().copied().collect();
+            // A segment rolled to has no file until its first write, which
+            // with staging follows the answers. The segment before it stays
+            // until it has one: a kill with neither on disk would leave the
+            // log no segment to start from, and it would start again at
+            // offset 0, below the batches staged for it.
+            let has_file: Vec<bool> = st
+                .segments
+                .values()
+                .map(|s| s.log.file().created())
+                .collect();
             let mut doomed = Vec::new();
             for (i, segment) in st.segments.values().enumerate() {
-                if segment.base_offset == active || st.sealing.contains(&segment.base_offset) {
+                if segment.base_offset == active
+                    || st.sealing.contains(&segment.base_offset)
+                    || !has_file.get(i + 1).copied().unwrap_or(false)
+                {
                     break;
                 }
                 // A segment ends where the next begins.
@@ -971,7 +993,8 @@ async fn append(
 ) -> Result<Appended> {
     // A replayed batch was acknowledged under the limit of its day: a
     // lowered `max.message.bytes` keeps it, as Kafka keeps what it holds.
-    // It must still fit what the log stages at once.
+    // It must still fit what the log stages at once, which its opening
+    // widened to the largest it replays.
     let max = match origin {
         Origin::Replay => inner.config.staged_bytes_max,
         Origin::Outside | Origin::Validated => inner.config.max_batch_bytes,

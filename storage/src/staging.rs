@@ -51,7 +51,7 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, compiler_fence};
 use std::time::{Duration, Instant};
 
 /// The layout written by this build; files of any other are refused
@@ -393,6 +393,7 @@ impl StagingFile {
         // The magic last: a file whose making a kill cut short has none,
         // and is made again at the next start (it never held an entry).
         map.write(8, &header[8..]);
+        compiler_fence(Ordering::Release);
         map.write(0, &header[..8]);
         Ok(StagingFile {
             path,
@@ -1379,7 +1380,12 @@ impl Staging {
         self.map
             .write(body + key.len() + batch.len(), &padding[..pad]);
         // The header last: a walk that finds a whole header with the next
-        // sequence number and a matching CRC finds the whole entry.
+        // sequence number and a matching CRC finds the whole entry. Only
+        // the process dies, not the machine, so what orders the stores for
+        // the next process is program order; the fence keeps the compiler
+        // from moving the header's stores ahead of the body's (nothing in
+        // this process reads them, so it otherwise could).
+        compiler_fence(Ordering::Release);
         self.map.write(position, &header);
     }
 

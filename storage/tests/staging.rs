@@ -321,11 +321,11 @@ fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
     });
 }
 
-/// A replay that fails (here: batches larger than the log can stage at
-/// once) hands every entry back: the next opening of the log in the same
-/// run appends them all, in offset order even where the ring holds them
-/// out of it (as an area written by an older build can after a kill during
-/// a replay).
+/// A replay that fails (here: the log ends below the staged batches, a
+/// gap) hands every entry back: the next opening of the log in the same
+/// run, once the gap is filled, appends them all, in offset order even
+/// where the ring holds them out of it (as an area written by an older
+/// build can after a kill during a replay).
 #[test]
 fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
     let (_tmp, dir) = data_dir();
@@ -334,37 +334,79 @@ fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
         let area = Staging::new(file, dir.path().to_path_buf());
         let path = dir.path().join("p");
         let key = area.key(&path);
-        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
-        area.stage(&key, 0, 2, &stored(0, 0), None).expect("stage");
         area.stage(&key, 6, 8, &stored(2, 6), None).expect("stage");
+        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
         drop(area);
         let area = Rc::new(Staging::new(staging_file(&dir), dir.path().to_path_buf()));
         let cache = BatchCache::new(8 << 20);
-        let small = LogConfig {
-            max_batch_bytes: 64,
-            staged_bytes_max: 128,
-            ..LogConfig::default()
-        };
-        let failed = Log::open_staged(&path, small, cache.clone(), Some(area.clone())).await;
+        let failed = Log::open_staged(
+            &path,
+            LogConfig::default(),
+            cache.clone(),
+            Some(area.clone()),
+        )
+        .await;
         assert!(
-            matches!(failed, Err(StorageError::BatchTooLarge { .. })),
+            matches!(&failed, Err(StorageError::Corrupt { reason, .. }) if reason.contains("the log ends at 0")),
             "{:?}",
             failed.err()
         );
-        assert_eq!(area.staged_batches(), 3, "nothing released");
-        // Acknowledged under the limit of their day: a lowered one keeps them.
-        let lowered = LogConfig {
-            max_batch_bytes: 64,
-            ..LogConfig::default()
-        };
-        let log = Log::open_staged(&path, lowered, cache, Some(area.clone()))
+        assert_eq!(area.staged_batches(), 2, "nothing released");
+        // The gap filled: the log's first batch written.
+        let plain = Log::open(&path, LogConfig::default(), cache.clone())
+            .await
+            .expect("open without staging");
+        plain.append(&batch(0, 3, 40, 1000)).await.expect("append");
+        plain.close().await.expect("close");
+        drop(plain);
+        let log = Log::open_staged(&path, LogConfig::default(), cache, Some(area.clone()))
             .await
             .expect("open again");
-        assert_eq!(log.recovery_report().batches_replayed, 3);
+        assert_eq!(log.recovery_report().batches_replayed, 2);
         log.flush().await.expect("flush");
         let all = read_all(&log, 0).await;
         assert!(all == [stored(0, 0), stored(1, 3), stored(2, 6)]);
         assert_eq!(area.staged_batches(), 0, "released once written");
+        log.close().await.expect("close");
+    });
+}
+
+/// Batches acknowledged under the limits of their day are replayed whole
+/// after the limits were lowered: a `max.message.bytes` below them, and a
+/// log staging budget below them too (it is widened to the largest).
+#[test]
+fn batches_over_limits_lowered_since_are_replayed() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Staging::new(file, dir.path().to_path_buf());
+        let path = dir.path().join("p");
+        let key = area.key(&path);
+        area.stage(&key, 0, 2, &stored(0, 0), None).expect("stage");
+        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
+        drop(area);
+        let area = Rc::new(Staging::new(staging_file(&dir), dir.path().to_path_buf()));
+        let lowered = LogConfig {
+            max_batch_bytes: 64,
+            staged_bytes_max: 128,
+            ..LogConfig::default()
+        };
+        assert!(stored(0, 0).len() > lowered.staged_bytes_max);
+        let log = Log::open_staged(&path, lowered, BatchCache::new(8 << 20), Some(area.clone()))
+            .await
+            .expect("open");
+        assert_eq!(log.recovery_report().batches_replayed, 2);
+        log.flush().await.expect("flush");
+        let all = read_all(&log, 0).await;
+        assert!(all == [stored(0, 0), stored(1, 3)]);
+        assert_eq!(area.staged_batches(), 0, "released once written");
+        // New appends keep to the lowered limit.
+        let refused = log.append(&batch(9, 3, 40, 1000)).await;
+        assert!(
+            matches!(refused, Err(StorageError::BatchTooLarge { .. })),
+            "{:?}",
+            refused.err()
+        );
         log.close().await.expect("close");
     });
 }
