@@ -921,6 +921,10 @@ pub struct Replay {
 
 struct Slot {
     position: usize,
+    /// Where its batch lies and how long it is: kept here, not read back
+    /// from the shared file, which another process could have changed.
+    batch_at: usize,
+    batch_len: usize,
     released: bool,
     /// Its batch waits in `Ring::replay` for a log to take it.
     unclaimed: bool,
@@ -1028,6 +1032,8 @@ impl Staging {
             };
             slots.push_back(Slot {
                 position: f.position,
+                batch_at: f.position + ENTRY_HEADER_BYTES + f.key.len(),
+                batch_len: f.batch_len,
                 released: f.kind == KIND_WRAP || f.released,
                 unclaimed: false,
             });
@@ -1305,6 +1311,8 @@ impl Staging {
             self.write_entry(tail, seq, KIND_WRAP, "", 0, 0, &[], None);
             ring.slots.push_back(Slot {
                 position: tail,
+                batch_at: tail + ENTRY_HEADER_BYTES,
+                batch_len: 0,
                 released: true,
                 unclaimed: false,
             });
@@ -1327,6 +1335,8 @@ impl Staging {
         }
         ring.slots.push_back(Slot {
             position,
+            batch_at: position + ENTRY_HEADER_BYTES + key.len(),
+            batch_len: batch.len(),
             released: false,
             unclaimed: false,
         });
@@ -1585,10 +1595,8 @@ impl Staging {
     /// A staged batch's bytes, in the ring.
     fn batch(&self, ticket: &Ticket) -> &[u8] {
         let ring = self.ring.borrow();
-        let position = ring.slots[ring.index_of(ticket)].position;
-        let key_len = self.map.u32_at(position + 20) as usize;
-        let len = self.map.u32_at(position + 24) as usize;
-        self.map.bytes(position + ENTRY_HEADER_BYTES + key_len, len)
+        let slot = &ring.slots[ring.index_of(ticket)];
+        self.map.bytes(slot.batch_at, slot.batch_len)
     }
 
     /// Bytes of the area in use: from the oldest entry not yet released
