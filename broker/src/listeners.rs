@@ -116,14 +116,18 @@ pub fn spare_loopback_port() -> std::io::Result<u16> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.subsec_nanos())
     });
+    // Where the ephemeral range starts below LOWEST + 1,000, the ports
+    // picked are in it, and the guarantee above is lost.
     let span = ephemeral_start()
         .clamp(LOWEST + 1_000, u32::from(u16::MAX))
         .saturating_sub(LOWEST);
     let span = if span % STRIDE == 0 { span - 1 } else { span };
     for _ in 0..span {
         let n = TAKEN.fetch_add(1, Ordering::Relaxed);
-        let offset = seed.wrapping_add(n.wrapping_mul(STRIDE)) % span;
-        let port = u16::try_from(LOWEST + offset).unwrap_or(u16::MAX);
+        // In u64: seed + n × stride must not wrap, which would shift the
+        // walk and could repeat a port.
+        let offset = (u64::from(seed) + u64::from(n) * u64::from(STRIDE)) % u64::from(span);
+        let port = u16::try_from(u64::from(LOWEST) + offset).unwrap_or(u16::MAX);
         if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
             return Ok(port);
         }

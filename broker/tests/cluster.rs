@@ -749,7 +749,10 @@ fn a_follower_serves_no_metadata_it_could_not_keep() {
     // Node 3 cannot keep a copy: its temporary file's name is a directory.
     let blocked = cluster.node(3).data_dir().join("cluster/followed.tmp");
     std::fs::create_dir_all(&blocked).expect("mkdir");
-    block_on(Admin::new(client.clone()).create_topic("later", 3, &[])).expect("create");
+    // Through node 1, the controller's: a node answers a command once it
+    // has applied it itself, which node 3 does not.
+    let controller = cluster.node(1).client();
+    block_on(Admin::new(controller).create_topic("later", 3, &[])).expect("create");
     wait_until_listed(cluster.node(1).addr);
     wait_until_listed(cluster.node(2).addr);
     // Node 2 installed it; node 3 has had the same rounds meanwhile.
