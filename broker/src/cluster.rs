@@ -390,9 +390,11 @@ async fn install(shard: &Rc<Shard>, followed: Followed) -> Result<(), String> {
     // records lost. Metadata that cannot be kept (a full disk) is not
     // installed; the next round tries again.
     let path = followed_snapshot_path(shard);
-    crate::controller::write_snapshot(&path, &snapshot)
+    let kept = crate::controller::write_snapshot(&path, &snapshot)
         .await
-        .map_err(|e| format!("cannot keep the controller's metadata: {e}"))?;
+        .map_err(|e| format!("cannot keep the controller's metadata: {e}"));
+    shard.set_metadata_unkept(kept.as_ref().err().cloned());
+    kept?;
     let not_served = shard.push_metadata(&metadata).await;
     if !not_served.is_empty() {
         tracing::warn!(shard = 0, "{}", NotServed::summary(&not_served));

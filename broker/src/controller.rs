@@ -644,9 +644,11 @@ impl Controller {
             // directories of topics the round created and drop what was
             // staged for the partitions it gave this node. A round that
             // cannot be kept (a full disk) is applied again next time.
-            write_snapshot(&self.snapshot_path, &state.snapshot())
+            let kept = write_snapshot(&self.snapshot_path, &state.snapshot())
                 .await
-                .map_err(|e| CommandError::Storage(format!("cannot keep the metadata: {e}")))?;
+                .map_err(|e| format!("cannot keep the metadata: {e}"));
+            shard.set_metadata_unkept(kept.as_ref().err().cloned());
+            kept.map_err(CommandError::Storage)?;
             self.since_snapshot.set(0);
         }
         *self.state.borrow_mut() = state.clone();

@@ -92,6 +92,9 @@ pub struct Shard {
     leader_watchers: RefCell<Vec<oneshot::Sender<()>>>,
     /// Nodes the controller heard from lately.
     live: RefCell<Vec<NodeId>>,
+    /// Why the newest metadata could not be kept, while it cannot (shard 0:
+    /// the node then goes on serving the metadata it had).
+    metadata_unkept: RefCell<Option<String>>,
     /// The node's replicas' hard states (shard 0 of a cluster node).
     hard_states: RefCell<Option<Rc<HardStates>>>,
     /// What replication reports to the shard, until its tasks start.
@@ -194,6 +197,7 @@ impl Shard {
             leaders: RefCell::new(HashMap::new()),
             leader_watchers: RefCell::new(Vec::new()),
             live: RefCell::new(Vec::new()),
+            metadata_unkept: RefCell::new(None),
             replication_outlets: RefCell::new(Some((reported, failures, moves, inbound))),
             hard_states: RefCell::new(None),
         }
@@ -317,6 +321,16 @@ impl Shard {
     /// Records which nodes are live.
     pub fn set_live(&self, live: Vec<NodeId>) {
         *self.live.borrow_mut() = live;
+    }
+
+    /// Records whether the newest metadata could be kept, and if not, why.
+    pub fn set_metadata_unkept(&self, why: Option<String>) {
+        *self.metadata_unkept.borrow_mut() = why;
+    }
+
+    /// Why the newest metadata could not be kept, while it cannot.
+    pub fn metadata_unkept(&self) -> Option<String> {
+        self.metadata_unkept.borrow().clone()
     }
 
     /// Sends a message to another shard of the node, after every message

@@ -761,8 +761,17 @@ fn a_follower_serves_no_metadata_it_could_not_keep() {
         !lists_later(cluster.node(3).addr),
         "node 3 serves metadata it could not keep"
     );
+    // And says so, a warning: it goes on serving what it had.
+    let admin = cluster.admins[2].clone();
+    let health = || fjord_broker::cli::top::get(&admin, "/health").expect("/health");
+    assert!(
+        health().contains("the newest metadata is not served: cannot keep"),
+        "{}",
+        health()
+    );
     std::fs::remove_dir(&blocked).expect("rmdir");
     wait_until_listed(cluster.node(3).addr);
+    assert!(!health().contains("newest metadata"), "{}", health());
     // Kept: after a kill, it starts on it, the controller down.
     cluster.node(1).kill();
     cluster.node(3).kill();

@@ -62,6 +62,11 @@ pub fn check(snapshot: &NodeSnapshot) -> Health {
     if under > 0 {
         warnings.push(format!("{under} partition(s) under-replicated"));
     }
+    if let Some(why) = &snapshot.metadata_unkept {
+        warnings.push(format!(
+            "the newest metadata is not served: {why} (tried again each round)"
+        ));
+    }
     for s in &snapshot.shards {
         if let Some(ms) = s.stalled_ms() {
             warnings.push(format!(

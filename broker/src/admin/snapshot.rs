@@ -107,6 +107,9 @@ pub struct NodeSnapshot {
     pub clustered: bool,
     /// The node running the active controller, as shard 0 knows it.
     pub controller: Option<u32>,
+    /// Why the newest metadata could not be kept, while it cannot: the
+    /// node serves the metadata it had meanwhile.
+    pub metadata_unkept: Option<String>,
     /// Whether shards count traffic (`metrics`).
     pub metrics_enabled: bool,
     /// Partitions `/metrics` lists one by one at most.
@@ -277,6 +280,7 @@ pub async fn gather(shard: &Shard) -> NodeSnapshot {
         node: shard.node_id(),
         clustered: shard.config.node_id.is_some(),
         controller: shard.controller_node(),
+        metadata_unkept: shard.metadata_unkept(),
         metrics_enabled: shard.config.metrics,
         partitions_max: shard.config.metrics_partitions_max,
         shard_count: shard.count,
