@@ -321,6 +321,35 @@ fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
     });
 }
 
+/// The area as a killed process leaves it: `entries` (first offset, last
+/// offset, the batch's seed) staged for the log at `path`, in ring order,
+/// then the file mapped again and walked as at start.
+fn left_staged(
+    file: StagingFile,
+    dir: &fjord_storage::DataDir,
+    path: &std::path::Path,
+    entries: &[(u64, u64, u64)],
+) -> Rc<Staging> {
+    let area = Staging::new(file, dir.path().to_path_buf());
+    let key = area.key(path);
+    for &(base, last, seed) in entries {
+        area.stage(&key, base, last, &stored(seed, base), None)
+            .expect("stage");
+    }
+    drop(area);
+    Rc::new(Staging::new(staging_file(dir), dir.path().to_path_buf()))
+}
+
+/// Writes what `log` replayed, checks that it reads back as `want` and that
+/// the area let every entry go, and closes the log.
+async fn assert_replayed(log: Log, area: &Staging, want: &[Vec<u8>]) {
+    log.flush().await.expect("flush");
+    let all = read_all(&log, 0).await;
+    assert!(all == want, "replayed batches differ");
+    assert_eq!(area.staged_batches(), 0, "released once written");
+    log.close().await.expect("close");
+}
+
 /// A replay that fails (here: the log ends below the staged batches, a
 /// gap) hands every entry back: the next opening of the log in the same
 /// run, once the gap is filled, appends them all, in offset order even
@@ -331,13 +360,8 @@ fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
     let (_tmp, dir) = data_dir();
     let file = staging_file(&dir);
     run(&dir, move |dir| async move {
-        let area = Staging::new(file, dir.path().to_path_buf());
         let path = dir.path().join("p");
-        let key = area.key(&path);
-        area.stage(&key, 6, 8, &stored(2, 6), None).expect("stage");
-        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
-        drop(area);
-        let area = Rc::new(Staging::new(staging_file(&dir), dir.path().to_path_buf()));
+        let area = left_staged(file, &dir, &path, &[(6, 8, 2), (3, 5, 1)]);
         let cache = BatchCache::new(8 << 20);
         let failed = Log::open_staged(
             &path,
@@ -363,11 +387,7 @@ fn a_replay_that_fails_leaves_every_batch_for_the_next_opening() {
             .await
             .expect("open again");
         assert_eq!(log.recovery_report().batches_replayed, 2);
-        log.flush().await.expect("flush");
-        let all = read_all(&log, 0).await;
-        assert!(all == [stored(0, 0), stored(1, 3), stored(2, 6)]);
-        assert_eq!(area.staged_batches(), 0, "released once written");
-        log.close().await.expect("close");
+        assert_replayed(log, &area, &[stored(0, 0), stored(1, 3), stored(2, 6)]).await;
     });
 }
 
@@ -379,13 +399,8 @@ fn batches_over_limits_lowered_since_are_replayed() {
     let (_tmp, dir) = data_dir();
     let file = staging_file(&dir);
     run(&dir, move |dir| async move {
-        let area = Staging::new(file, dir.path().to_path_buf());
         let path = dir.path().join("p");
-        let key = area.key(&path);
-        area.stage(&key, 0, 2, &stored(0, 0), None).expect("stage");
-        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
-        drop(area);
-        let area = Rc::new(Staging::new(staging_file(&dir), dir.path().to_path_buf()));
+        let area = left_staged(file, &dir, &path, &[(0, 2, 0), (3, 5, 1)]);
         let lowered = LogConfig {
             max_batch_bytes: 64,
             staged_bytes_max: 128,
@@ -396,10 +411,6 @@ fn batches_over_limits_lowered_since_are_replayed() {
             .await
             .expect("open");
         assert_eq!(log.recovery_report().batches_replayed, 2);
-        log.flush().await.expect("flush");
-        let all = read_all(&log, 0).await;
-        assert!(all == [stored(0, 0), stored(1, 3)]);
-        assert_eq!(area.staged_batches(), 0, "released once written");
         // New appends keep to the lowered limit.
         let refused = log.append(&batch(9, 3, 40, 1000)).await;
         assert!(
@@ -407,7 +418,7 @@ fn batches_over_limits_lowered_since_are_replayed() {
             "{:?}",
             refused.err()
         );
-        log.close().await.expect("close");
+        assert_replayed(log, &area, &[stored(0, 0), stored(1, 3)]).await;
     });
 }
 
