@@ -1252,16 +1252,23 @@ impl Replication {
                     })
                 }
                 StorageOp::Truncate { end } => 'truncate: {
+                    // The log first: a kill between the two leaves entries
+                    // listed past the log's end, which its next opening
+                    // drops (`read_configs`). The other way round it would
+                    // leave a membership entry in the log that the list no
+                    // longer names, read as data from then on.
+                    if let Err(e) = log.truncate(end).await {
+                        break 'truncate Err(e);
+                    }
                     let mut configs = replica.configs.borrow().clone();
                     let before = configs.len();
                     configs.retain(|&(offset, _)| offset < end);
                     if configs.len() != before {
-                        if let Err(e) = membership::write_configs(partition.dir(), &configs).await {
-                            break 'truncate Err(e);
-                        }
-                        *replica.configs.borrow_mut() = configs;
+                        *replica.configs.borrow_mut() = configs.clone();
+                        membership::write_configs(partition.dir(), &configs).await
+                    } else {
+                        Ok(())
                     }
-                    log.truncate(end).await
                 }
                 // Under `fsync=always` every append is synced before it is
                 // reported written: nothing is left to sync.

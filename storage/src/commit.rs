@@ -158,6 +158,27 @@ impl State {
             .expect("a log always has an active segment")
     }
 
+    /// For each segment in offset order, whether a later one has its file
+    /// on disk. A segment rolled to gets its file from its first write,
+    /// which with staging follows the answers; until then the one before it
+    /// is where a recovery after a kill finds the log's end, so retention
+    /// must not delete it, nor compaction clean it (which may end it early).
+    pub(crate) fn followed_by_a_file(&self) -> Vec<bool> {
+        let mut later = false;
+        let mut followed: Vec<bool> = self
+            .segments
+            .values()
+            .rev()
+            .map(|s| {
+                let this = later;
+                later |= s.log.file().created();
+                this
+            })
+            .collect();
+        followed.reverse();
+        followed
+    }
+
     pub(crate) fn active_mut(&mut self) -> &mut Segment {
         self.segments
             .values_mut()

@@ -125,10 +125,12 @@ fn plan(st: &State, compaction: &Compaction, now_ms: i64, limit: u64) -> Plan {
         total_bytes: 0,
         first_dirty_max_timestamp: None,
     };
-    for s in st.segments.values() {
+    let followed = st.followed_by_a_file();
+    for (s, followed) in st.segments.values().zip(followed) {
         let closed = s.base_offset != active
             && !st.sealing.contains(&s.base_offset)
-            && s.log.len_written() == s.log.len();
+            && s.log.len_written() == s.log.len()
+            && followed;
         if !closed || s.max_timestamp > horizon || s.offset_next > limit {
             plan.offset_end = s.base_offset;
             break;

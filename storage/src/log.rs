@@ -791,21 +791,15 @@ impl Log {
             let mut total: u64 = st.segments.values().map(|s| s.log.len()).sum();
             let active = st.active().base_offset;
             let bases: Vec<u64> = st.segments.keys().copied().collect();
-            // A segment rolled to has no file until its first write, which
-            // with staging follows the answers. The segment before it stays
-            // until it has one: a kill with neither on disk would leave the
-            // log no segment to start from, and it would start again at
-            // offset 0, below the batches staged for it.
-            let has_file: Vec<bool> = st
-                .segments
-                .values()
-                .map(|s| s.log.file().created())
-                .collect();
+            // A kill with no later segment on disk would leave the log no
+            // segment to start from, and it would start again at offset 0,
+            // below the batches staged for it.
+            let followed = st.followed_by_a_file();
             let mut doomed = Vec::new();
             for (i, segment) in st.segments.values().enumerate() {
                 if segment.base_offset == active
                     || st.sealing.contains(&segment.base_offset)
-                    || !has_file.get(i + 1).copied().unwrap_or(false)
+                    || !followed[i]
                 {
                     break;
                 }

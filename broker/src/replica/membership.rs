@@ -118,6 +118,10 @@ pub async fn write_configs(dir: &Path, configs: &Configs) -> Result<(), StorageE
 }
 
 /// The replica's membership entries below `end` (none if it never had one).
+/// Entries listed at or past `end` (ahead of an append that never reached
+/// the log, or behind a truncation a kill cut short) are dropped from the
+/// file too, before the group starts: left there, they would be read back
+/// as membership once other entries fill those offsets.
 pub async fn read_configs(dir: &Path, end: Offset) -> Result<Configs, StorageError> {
     let Some(bytes) = checkpoint::read(&configs_path(dir)).await? else {
         return Ok(Vec::new());
@@ -126,8 +130,11 @@ pub async fn read_configs(dir: &Path, end: Offset) -> Result<Configs, StorageErr
     aligned.extend_from_slice(&bytes);
     let mut configs = rkyv::from_bytes::<Configs, rkyv::rancor::Error>(&aligned)
         .map_err(|e| StorageError::Failed(format!("{}: {e}", configs_path(dir).display())))?;
-    // Entries listed ahead of an append that never reached the log.
+    let listed = configs.len();
     configs.retain(|&(offset, _)| offset < end);
+    if configs.len() != listed {
+        write_configs(dir, &configs).await?;
+    }
     Ok(configs)
 }
 
@@ -149,6 +156,38 @@ mod tests {
             entry_kind(&Batch::validate(&mark).expect("valid batch")),
             EntryKind::LeaderMark
         );
+    }
+
+    /// An entry listed past the log's end (its append never landed, or a
+    /// kill cut a truncation short) leaves the file at the next opening:
+    /// kept, it would be read back as membership once a data batch fills
+    /// its offset and the log grows past it.
+    #[test]
+    fn entries_listed_past_the_end_leave_the_file_at_opening() {
+        let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tempdir");
+        let data = fjord_storage::DataDir::create(tmp.path().join("data")).expect("data dir");
+        fjord_storage::shard::executor(
+            "configs-test",
+            glommio::Placement::Unbound,
+            fjord_storage::shard::IO_MEMORY_BYTES,
+        )
+        .spawn(move || async move {
+            data.prime().await.expect("prime");
+            let dir = data.path().to_path_buf();
+            let first = (5, Membership::of_voters(&[1, 2, 3]));
+            let ahead = (100, Membership::of_voters(&[1, 2, 3, 4]));
+            write_configs(&dir, &vec![first.clone(), ahead])
+                .await
+                .expect("write");
+            let opened = read_configs(&dir, 100).await.expect("read");
+            assert_eq!(opened, vec![first.clone()]);
+            // The log has grown past 100 since, with data there.
+            let later = read_configs(&dir, 110).await.expect("read again");
+            assert_eq!(later, vec![first], "an entry past the end came back");
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
     }
 
     #[test]
