@@ -389,12 +389,7 @@ async fn install(shard: &Rc<Shard>, followed: Followed) -> Result<(), String> {
     // release their staged batches as no longer this node's — acknowledged
     // records lost. Metadata that cannot be kept (a full disk) is not
     // installed; the next round tries again.
-    let path = followed_snapshot_path(shard);
-    let kept = crate::controller::write_snapshot(&path, &snapshot)
-        .await
-        .map_err(|e| format!("cannot keep the controller's metadata: {e}"));
-    shard.set_metadata_unkept(kept.as_ref().err().cloned());
-    kept?;
+    crate::controller::keep_metadata(shard, &followed_snapshot_path(shard), &snapshot).await?;
     let not_served = shard.push_metadata(&metadata).await;
     if !not_served.is_empty() {
         tracing::warn!(shard = 0, "{}", NotServed::summary(&not_served));

@@ -644,11 +644,9 @@ impl Controller {
             // directories of topics the round created and drop what was
             // staged for the partitions it gave this node. A round that
             // cannot be kept (a full disk) is applied again next time.
-            let kept = write_snapshot(&self.snapshot_path, &state.snapshot())
+            keep_metadata(shard, &self.snapshot_path, &state.snapshot())
                 .await
-                .map_err(|e| format!("cannot keep the metadata: {e}"));
-            shard.set_metadata_unkept(kept.as_ref().err().cloned());
-            kept.map_err(CommandError::Storage)?;
+                .map_err(CommandError::Storage)?;
             self.since_snapshot.set(0);
         }
         *self.state.borrow_mut() = state.clone();
@@ -963,6 +961,19 @@ pub async fn read_snapshot(path: &Path) -> Result<Option<ClusterMetadata>, Comma
     ClusterMetadata::restore(&bytes)
         .map(Some)
         .map_err(|e| CommandError::Storage(format!("{}: {e}", path.display())))
+}
+
+/// Keeps metadata about to be served (`bytes` at `path`, a voter's snapshot
+/// or a follower's copy), and notes on `shard` whether it could, for
+/// `/health`. Nothing may serve metadata this did not keep: a restart after
+/// a kill starts from what it kept, and what it does not find there is
+/// removed (topics' directories, staged batches).
+pub async fn keep_metadata(shard: &Shard, path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let kept = write_snapshot(path, bytes)
+        .await
+        .map_err(|e| format!("cannot keep the metadata: {e}"));
+    shard.set_metadata_unkept(kept.as_ref().err().cloned());
+    kept
 }
 
 /// Writes `bytes` to a temporary file, syncs it and renames it over `path`:

@@ -1284,13 +1284,7 @@ mod tests {
         // A real disk, not tmpfs: the writes are direct I/O.
         let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let dir = crate::DataDir::create(tmp.path().join("data")).unwrap();
-        crate::shard::executor(
-            "log-test",
-            glommio::Placement::Unbound,
-            crate::shard::IO_MEMORY_BYTES,
-        )
-        .spawn(move || async move {
-            dir.prime().await.unwrap();
+        crate::shard::run_test(&dir, |dir| async move {
             let path = dir.path().join("p");
             let log = Log::open(&path, LogConfig::default(), BatchCache::new(1 << 20))
                 .await
@@ -1316,9 +1310,6 @@ mod tests {
             assert!(!first.exists());
             assert_eq!(log.offset_start(), rolled_at);
             log.close().await.unwrap();
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+        });
     }
 }

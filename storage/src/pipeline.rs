@@ -433,13 +433,7 @@ mod tests {
         let dir = DataDir::create(tmp.path().join("data")).unwrap();
         let path = dir.path().join("segment");
         let segment = path.clone();
-        crate::shard::executor(
-            "pipeline-test",
-            glommio::Placement::Unbound,
-            crate::shard::IO_MEMORY_BYTES,
-        )
-        .spawn(move || async move {
-            dir.prime().await.unwrap();
+        crate::shard::run_test(&dir, move |_| async move {
             let file = SegmentFile::open(&segment, true).await.unwrap();
             let mut pipeline = Pipeline::default();
             let block = BLOCK as usize;
@@ -462,10 +456,7 @@ mod tests {
             let block = BLOCK as usize;
             assert_eq!(published, vec![3 * block + 100, 200, 2 * block + 300]);
             assert_eq!(pipeline.heads(), 1);
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+        });
         let bytes = std::fs::read(&path).unwrap();
         let end = 5 * BLOCK as usize + 300;
         assert!(bytes[..end].iter().enumerate().all(|(i, &b)| b == byte(i)));

@@ -87,3 +87,22 @@ impl DataDir {
         Ok(())
     }
 }
+
+/// Runs `test` on an executor of its own, over a data directory primed for
+/// it (this crate's unit tests; the integration tests have their own).
+#[cfg(test)]
+pub(crate) fn run_test<F, Fut>(dir: &DataDir, test: F)
+where
+    F: FnOnce(DataDir) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let dir = dir.clone();
+    executor("test", Placement::Unbound, IO_MEMORY_BYTES)
+        .spawn(move || async move {
+            dir.prime().await.expect("prime");
+            test(dir).await;
+        })
+        .expect("spawn")
+        .join()
+        .expect("test panicked");
+}
