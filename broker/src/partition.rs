@@ -164,15 +164,16 @@ impl Partition {
             setup.staging.clone(),
         )
         .await?;
-        let (producers, snapshot_offset) = match producer_snapshot::load(&log).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                // Closed, not dropped: what it replayed and could not write
-                // yet goes back to the staging area for the retry.
-                let _ = log.close().await;
-                return Err(e);
-            }
-        };
+        let (producers, snapshot_offset) =
+            match producer_snapshot::load(&log, setup.replica.is_some()).await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    // Closed, not dropped: what it replayed and could not write
+                    // yet goes back to the staging area for the retry.
+                    let _ = log.close().await;
+                    return Err(e);
+                }
+            };
         if !producers.is_empty() {
             tracing::info!(
                 shard = setup.shard,
@@ -234,9 +235,11 @@ impl Partition {
     }
 
     /// Records a producer's batch the log (or the Raft log) took at
-    /// `base..=last`, in log order.
+    /// `base..=last`, in log order. Raft may cut a replica's log back to
+    /// its high watermark, and the state keeps what such a cut needs.
     pub fn apply_producer(&self, batch: &ProducerBatch, base: u64, last: u64) {
-        self.producers.apply(batch, base, last);
+        let committed = self.replica().map_or(u64::MAX, |r| r.high_watermark());
+        self.producers.apply(batch, base, last, committed);
     }
 
     /// The Raft log was cut at `end`: its producers' state is cut with it.
@@ -410,7 +413,7 @@ impl Partition {
                 reopened.set_retention(bytes, age);
                 // What the failed log took but never wrote is gone: the
                 // producer state must not answer for it as a duplicate.
-                let (producers, _) = producer_snapshot::load(&reopened).await.map_err(|e| {
+                let (producers, _) = producer_snapshot::load(&reopened, self.replica().is_some()).await.map_err(|e| {
                     tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer state");
                     error_code(&e)
                 })?;

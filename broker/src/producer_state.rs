@@ -73,9 +73,10 @@ impl ProducerState {
         self.table.borrow().check(batch)
     }
 
-    /// Records a batch the log took at `base..=last`, in log order.
-    pub fn apply(&self, batch: &ProducerBatch, base: u64, last: u64) {
-        self.table.borrow_mut().apply(batch, base, last);
+    /// Records a batch the log took at `base..=last`, in log order; no cut
+    /// will come below `committed`.
+    pub fn apply(&self, batch: &ProducerBatch, base: u64, last: u64, committed: u64) {
+        self.table.borrow_mut().apply(batch, base, last, committed);
         self.changed();
     }
 
@@ -123,9 +124,11 @@ impl ProducerState {
         let (offset, table, whole) = match high_watermark {
             Some(high_watermark) => {
                 let offset = high_watermark.min(log.offset_next());
-                let current = self.table.borrow();
+                let mut current = self.table.borrow_mut();
+                current.settle(high_watermark);
                 let mut table = current.clone();
                 table.truncate(offset);
+                table.settle(offset);
                 let whole = table == *current;
                 (offset, table, whole)
             }

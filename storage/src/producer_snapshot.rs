@@ -186,8 +186,10 @@ fn decode(file: &[u8], offset: u64) -> Result<ProducerTable, String> {
 
 /// The producer state of `log`: its newest usable snapshot, then every
 /// batch from there to the log's end; and that snapshot's offset (0 for
-/// none). Snapshots past the end are deleted.
-pub async fn load(log: &Log) -> Result<(ProducerTable, u64)> {
+/// none). Snapshots past the end are deleted. A `replicated` log may be
+/// cut back as far as what its snapshot covers (that was committed), so
+/// the table keeps every batch past it.
+pub async fn load(log: &Log, replicated: bool) -> Result<(ProducerTable, u64)> {
     let dir = log.dir();
     let end = log.offset_next();
     let mut from_snapshot = None;
@@ -209,12 +211,27 @@ pub async fn load(log: &Log) -> Result<(ProducerTable, u64)> {
         }
     }
     let (from, mut table) = from_snapshot.unwrap_or_default();
-    scan(log, from.max(log.offset_start()), end, &mut table).await?;
+    let committed = if replicated { from } else { u64::MAX };
+    scan(
+        log,
+        from.max(log.offset_start()),
+        end,
+        &mut table,
+        committed,
+    )
+    .await?;
     Ok((table, from))
 }
 
-/// Applies the producer batches of `log` in `[from, end)` to `table`.
-pub async fn scan(log: &Log, from: u64, end: u64, table: &mut ProducerTable) -> Result<()> {
+/// Applies the producer batches of `log` in `[from, end)` to `table`; no
+/// cut will come below `committed` ([`ProducerTable::apply`]).
+pub async fn scan(
+    log: &Log,
+    from: u64,
+    end: u64,
+    table: &mut ProducerTable,
+    committed: u64,
+) -> Result<()> {
     let mut offset = from;
     while offset < end {
         let read = log.read(offset, SCAN_BYTES).await?;
@@ -226,7 +243,7 @@ pub async fn scan(log: &Log, from: u64, end: u64, table: &mut ProducerTable) -> 
                     continue;
                 }
                 if let Some(p) = ProducerBatch::of(&b) {
-                    table.apply(&p, base, last);
+                    table.apply(&p, base, last, committed);
                 }
                 next = next.max(last + 1);
             }

@@ -22,6 +22,15 @@
 //!   number"), and no longer answers `UNKNOWN_PRODUCER_ID` for it.
 //!
 //! Sequences wrap from `i32::MAX` to 0, as Kafka's do.
+//!
+//! A replicated log may be cut back to its commit point (Raft truncates an
+//! uncommitted tail). Kafka reloads the producer state from a snapshot and
+//! the log below the cut; this table instead keeps, per producer, every
+//! batch a cut may still remove (at or past the `committed` offset
+//! [`ProducerTable::apply`] is given) and the [`BATCHES_RETAINED`] newest
+//! below it, so [`ProducerTable::truncate`] at or past that offset leaves
+//! exactly the state the log below the cut gives — synchronously, with no
+//! read of the log that appends after the cut would race.
 
 use fjord_core::Batch;
 use std::collections::{BTreeMap, VecDeque};
@@ -107,7 +116,9 @@ pub struct BatchMeta {
 pub struct ProducerEntry {
     /// The newest epoch seen.
     pub epoch: i16,
-    /// Its last batches, oldest first; never empty.
+    /// Its last batches, oldest first; never empty: the
+    /// [`BATCHES_RETAINED`] newest below the commit point and every one
+    /// past it.
     pub batches: VecDeque<BatchMeta>,
     /// Max timestamp of its last batch, for expiry.
     pub last_timestamp: i64,
@@ -202,7 +213,8 @@ impl ProducerTable {
                 _ => Err(out_of_order(0)),
             };
         }
-        if let Some(b) = entry.batches.iter().find(|b| {
+        // Kafka's window: only the newest batches are duplicates.
+        if let Some(b) = entry.batches.iter().rev().take(BATCHES_RETAINED).find(|b| {
             b.epoch == batch.epoch && b.first_seq == batch.first_seq && b.last_seq == batch.last_seq
         }) {
             return Ok(Verdict::Duplicate {
@@ -222,8 +234,15 @@ impl ProducerTable {
 
     /// Records a batch the log took at `base_offset..=last_offset`. Called
     /// in log order, for every batch of a producer, checked or not (a
-    /// follower's batches were checked by its leader).
-    pub fn apply(&mut self, batch: &ProducerBatch, base_offset: u64, last_offset: u64) {
+    /// follower's batches were checked by its leader). No cut will come
+    /// below `committed` (`u64::MAX` for a log that is never cut).
+    pub fn apply(
+        &mut self,
+        batch: &ProducerBatch,
+        base_offset: u64,
+        last_offset: u64,
+        committed: u64,
+    ) {
         assert!(base_offset <= last_offset, "a batch spans its offsets");
         let meta = BatchMeta {
             epoch: batch.epoch,
@@ -252,16 +271,26 @@ impl ProducerTable {
         // Older epochs' batches stay: a cut of the new epoch's batches
         // brings the producer back to where it was.
         entry.epoch = entry.epoch.max(batch.epoch);
-        if entry.batches.len() == BATCHES_RETAINED {
-            entry.batches.pop_front();
-        }
         entry.batches.push_back(meta);
         entry.last_timestamp = batch.timestamp;
+        settle(&mut entry.batches, committed);
+    }
+
+    /// Drops the batches no cut at or past `committed` can bring back into
+    /// the window: all but the [`BATCHES_RETAINED`] newest below it. Bounds
+    /// what producers that stopped writing hold while the commit point
+    /// moves on without them.
+    pub fn settle(&mut self, committed: u64) {
+        for entry in self.producers.values_mut() {
+            settle(&mut entry.batches, committed);
+        }
     }
 
     /// Forgets every batch at or past `end` (a log cut there): a
     /// producer's epoch goes back to that of its last batch kept, and a
-    /// producer with none left is forgotten.
+    /// producer with none left is forgotten. Exact — the state the log
+    /// below `end` gives — when `end` is at or past every `committed` the
+    /// batches were applied with.
     pub fn truncate(&mut self, end: u64) {
         self.producers.retain(|_, entry| {
             entry.batches.retain(|b| b.base_offset < end);
@@ -289,12 +318,17 @@ impl ProducerTable {
         self.producers.clear();
     }
 
-    /// The table's bytes for a snapshot (little-endian, versioned).
+    /// The table's bytes for a snapshot (little-endian, versioned); it
+    /// holds no cut-able batches ([`ProducerTable::settle`]d at its end).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(5 + self.producers.len() * 64);
         out.push(ENCODING_VERSION);
         out.extend_from_slice(&(self.producers.len() as u32).to_le_bytes());
         for (id, e) in &self.producers {
+            assert!(
+                e.batches.len() <= BATCHES_RETAINED,
+                "producer {id}: a snapshot of an unsettled table"
+            );
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&e.epoch.to_le_bytes());
             out.extend_from_slice(&e.last_timestamp.to_le_bytes());
@@ -354,6 +388,13 @@ impl ProducerTable {
     }
 }
 
+/// Keeps every batch at or past `committed` and the [`BATCHES_RETAINED`]
+/// newest below it (batches lie in offset order).
+fn settle(batches: &mut VecDeque<BatchMeta>, committed: u64) {
+    let below = batches.partition_point(|b| b.base_offset < committed);
+    batches.drain(..below.saturating_sub(BATCHES_RETAINED));
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
@@ -390,7 +431,7 @@ mod tests {
         let verdict = t.check(&b)?;
         if verdict == Verdict::Append {
             let count = u64::from(b.last_seq.wrapping_sub(b.first_seq) as u32) + 1;
-            t.apply(&b, offset, offset + count - 1);
+            t.apply(&b, offset, offset + count - 1, u64::MAX);
         }
         Ok(verdict)
     }
@@ -500,6 +541,60 @@ mod tests {
         assert!(t.is_empty());
     }
 
+    /// A cut at or past the commit point leaves exactly the state the
+    /// batches below it give, however many a producer wrote past it (Raft
+    /// cuts a replica's uncommitted tail; the five newest batches may all
+    /// lie in it).
+    #[test]
+    fn a_cut_past_the_commit_point_leaves_what_the_log_below_gives() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        for _ in 0..500 {
+            let mut t = ProducerTable::new();
+            let mut written = Vec::new();
+            let (mut epochs, mut seqs) = ([0i16; 3], [0i32; 3]);
+            let mut committed = 0;
+            for offset in 0..rng.gen_range(1..40u64) {
+                let id = rng.gen_range(0..3);
+                if rng.gen_ratio(1, 10) {
+                    (epochs[id], seqs[id]) = (epochs[id] + 1, 0);
+                }
+                let b = batch(id as i64, epochs[id], seqs[id], 1);
+                seqs[id] += 1;
+                committed = rng.gen_range(committed..=offset);
+                t.apply(&b, offset, offset, committed);
+                written.push(b);
+            }
+            let end = rng.gen_range(committed..=written.len() as u64);
+            t.truncate(end);
+            t.settle(end);
+            let mut below = ProducerTable::new();
+            for (offset, b) in written.iter().enumerate().take(end as usize) {
+                below.apply(b, offset as u64, offset as u64, u64::MAX);
+            }
+            assert_eq!(t, below, "cut at {end}, committed {committed}");
+        }
+    }
+
+    #[test]
+    fn a_duplicate_is_one_of_the_five_newest_past_the_commit_point_too() {
+        let mut t = ProducerTable::new();
+        for seq in 0..8 {
+            t.apply(&batch(1, 0, seq, 1), seq as u64, seq as u64, 0);
+        }
+        assert_eq!(t.get(1).unwrap().batches.len(), 8, "all may be cut");
+        assert!(matches!(
+            t.check(&batch(1, 0, 2, 1)),
+            Err(SequenceError::OutOfOrder { expected: 8, .. })
+        ));
+        assert!(matches!(
+            t.check(&batch(1, 0, 3, 1)),
+            Ok(Verdict::Duplicate { base_offset: 3, .. })
+        ));
+        t.settle(8);
+        assert_eq!(t.get(1).unwrap().batches.len(), BATCHES_RETAINED);
+    }
+
     #[test]
     fn producers_silent_too_long_expire() {
         let mut t = ProducerTable::new();
@@ -530,7 +625,7 @@ mod tests {
     #[should_panic(expected = "out of log order")]
     fn applying_out_of_log_order_is_a_bug() {
         let mut t = ProducerTable::new();
-        t.apply(&batch(1, 0, 0, 1), 5, 5);
-        t.apply(&batch(1, 0, 1, 1), 3, 3);
+        t.apply(&batch(1, 0, 0, 1), 5, 5, u64::MAX);
+        t.apply(&batch(1, 0, 1, 1), 3, 3, u64::MAX);
     }
 }
