@@ -169,7 +169,6 @@ pub struct ClassicGroup {
     members: BTreeMap<String, Member>,
     /// When the rebalance under way gives up on members not rejoined.
     rebalance_deadline_ms: i64,
-    next_member: u64,
 }
 
 impl Default for ClassicGroup {
@@ -182,7 +181,6 @@ impl Default for ClassicGroup {
             leader: None,
             members: BTreeMap::new(),
             rebalance_deadline_ms: 0,
-            next_member: 0,
         }
     }
 }
@@ -257,7 +255,7 @@ impl ClassicGroup {
                     .members
                     .remove(&old)
                     .ok_or(ErrorCode::UnknownServerError)?;
-                let id = self.new_member_id(&join.client_id);
+                let id = super::new_member_id(&join.client_id);
                 if self.leader.as_deref() == Some(old.as_str()) {
                     self.leader = Some(id.clone());
                 }
@@ -271,7 +269,7 @@ impl ClassicGroup {
                 id
             }
             (true, _) => {
-                let id = self.new_member_id(&join.client_id);
+                let id = super::new_member_id(&join.client_id);
                 if join.require_known_member_id {
                     // Known from now on; it joins again with the id. Until
                     // then it is pending: no rebalance waits for it.
@@ -569,11 +567,6 @@ impl ClassicGroup {
         }
         Ok(())
     }
-
-    fn new_member_id(&mut self, client_id: &str) -> String {
-        self.next_member += 1;
-        format!("{client_id}-{}-{}", self.generation, self.next_member)
-    }
 }
 
 impl Member {
@@ -705,6 +698,27 @@ mod tests {
             g.join(join("nobody", &["range"]), 3).unwrap_err(),
             ErrorCode::UnknownMemberId
         );
+    }
+
+    /// The group is rebuilt empty when dropped or when its coordinator
+    /// moves; a member fenced before must not pass for the new one.
+    #[test]
+    fn a_fenced_member_is_unknown_to_the_group_rebuilt_after_it() {
+        let mut old = ClassicGroup::default();
+        let (zombie, _) = parked(old.join(join("", &["range"]), 0));
+        let mut rebuilt = ClassicGroup::default();
+        let (fresh, _) = parked(rebuilt.join(join("", &["range"]), 0));
+        rebuilt.sync(&fresh, 1, vec![(fresh.clone(), vec![1])], 1).unwrap();
+        assert_eq!(rebuilt.generation(), 1);
+        assert_eq!(
+            rebuilt.heartbeat(&zombie, 1, 2),
+            Err(ErrorCode::UnknownMemberId)
+        );
+        assert_eq!(
+            rebuilt.check_commit(&zombie, 1, 2),
+            Err(ErrorCode::UnknownMemberId)
+        );
+        assert!(fresh.starts_with("c-"), "named after its client: {fresh}");
     }
 
     #[test]

@@ -214,23 +214,9 @@ impl Coordinator {
         })
     }
 
-    /// Rebuilds the offsets from the partition. A replicated partition is
-    /// read once everything in its leader's log is committed: records of
-    /// earlier terms then count, and nothing read can be cut away.
+    /// Rebuilds the offsets from the partition, to [`loadable_end`].
     async fn load(&self, partition: &Partition, term: u64) -> Result<(), ErrorCode> {
-        let end = match partition.replica() {
-            Some(replica) => {
-                let end = partition.log().offset_next();
-                if replica.high_watermark() < end {
-                    replica.wait_past(end - 1, LOAD_WAIT).await;
-                }
-                if replica.high_watermark() < end {
-                    return Err(ErrorCode::CoordinatorLoadInProgress);
-                }
-                end
-            }
-            None => partition.log().offset_visible(),
-        };
+        let end = loadable_end(partition).await?;
         let mut offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>> = BTreeMap::new();
         let mut offset = partition.log_start() as i64;
         let mut bad = 0u64;
@@ -238,7 +224,8 @@ impl Coordinator {
             // Not a consumer's read: uncounted.
             let read = partition.read_batches(offset, LOAD_READ_BYTES).await?;
             if read.offset_next as i64 <= offset {
-                break;
+                // Short of the end: never taken for the whole state.
+                return Err(ErrorCode::CoordinatorLoadInProgress);
             }
             for slice in &read.slices {
                 for batch in fjord_core::batch::batches(slice).filter(|b| !b.is_control()) {
@@ -737,6 +724,38 @@ async fn write_tombstones(
         .await
         .map(drop)
         .map_err(coordinator_error)
+}
+
+/// Where a load reads to: a log of its own, to its visible end; a
+/// replica, to its high watermark once that counts an entry of this
+/// leader's term (so every earlier term's record is below it, and nothing
+/// below it can be cut), and once its own log holds that much — its writes
+/// may trail the Raft log it won the election with. Waits up to
+/// [`LOAD_WAIT`], then answers that the load is in progress.
+async fn loadable_end(partition: &Partition) -> Result<u64, ErrorCode> {
+    let Some(replica) = partition.replica() else {
+        return Ok(partition.log().offset_visible());
+    };
+    let deadline = std::time::Instant::now() + LOAD_WAIT;
+    loop {
+        let end = replica.high_watermark();
+        let settled = replica.high_watermark_settled();
+        let log = partition.log();
+        if settled && log.offset_visible() >= end {
+            return Ok(end);
+        }
+        let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+            return Err(ErrorCode::CoordinatorLoadInProgress);
+        };
+        if settled {
+            let visible = std::pin::pin!(log.wait_visible(end));
+            let timeout = std::pin::pin!(glommio::timer::sleep(left));
+            futures::future::select(visible, timeout).await;
+        } else {
+            replica.wait_past(end, left).await;
+        }
+        leading_term(partition)?;
+    }
 }
 
 /// The term this replica leads in (0 for an unreplicated partition).

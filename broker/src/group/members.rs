@@ -158,8 +158,6 @@ pub struct Group {
     target_epoch: i32,
     /// Partition counts of the subscribed topics when last seen.
     topics_seen: BTreeMap<String, i32>,
-    /// Ids handed out, for unique member ids.
-    next_member: u64,
 }
 
 impl Group {
@@ -285,8 +283,7 @@ impl Group {
                 .map(|m| m.id.clone())
         });
         let id = if hb.member_id.is_empty() {
-            self.next_member += 1;
-            format!("{}-{}-{}", hb.client_id, self.epoch, self.next_member)
+            super::new_member_id(&hb.client_id)
         } else {
             hb.member_id.clone()
         };

@@ -15,6 +15,16 @@ pub use coordinator::{Call, Coordinator};
 /// The internal topic of committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// A new member's id, `<client id>-<random UUID>` as Kafka makes it.
+/// Random, not counted: a group's state is rebuilt empty when it is
+/// dropped or its coordinator moves, and a counter would then hand a new
+/// member the id of a member fenced before, whose heartbeats and commits
+/// would pass as the new one's.
+pub fn new_member_id(client_id: &str) -> String {
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    format!("{client_id}-{uuid}")
+}
+
 /// The `__consumer_offsets` partition coordinating `group`: Java's
 /// `String.hashCode` (over UTF-16 units), made positive by Kafka's
 /// `Utils.abs` (`i32::MIN` becomes 0), modulo the partition count.
@@ -35,5 +45,12 @@ mod tests {
         // "polygenelubricants".hashCode() == i32::MIN, which Kafka's abs
         // maps to 0.
         assert_eq!(super::partition_for("polygenelubricants", 50), 0);
+    }
+
+    #[test]
+    fn member_ids_name_the_client_and_never_repeat() {
+        let (a, b) = (super::new_member_id("app"), super::new_member_id("app"));
+        assert!(a.starts_with("app-") && a.len() == "app-".len() + 36, "{a}");
+        assert_ne!(a, b);
     }
 }

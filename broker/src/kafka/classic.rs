@@ -39,12 +39,13 @@ pub(super) async fn join_group(
     shard: &Shard,
     request: JoinGroupRequest,
     version: i16,
+    client_id: Option<String>,
 ) -> JoinGroupResponse {
     let group = request.group_id.as_str().to_owned();
     let join = Join {
         member_id: text(&request.member_id),
         instance_id: request.group_instance_id.as_ref().map(text),
-        client_id: String::new(),
+        client_id: client_id.unwrap_or_default(),
         client_host: String::new(),
         session_timeout_ms: i64::from(request.session_timeout_ms),
         // v0 has no rebalance timeout: the session timeout stands in.

@@ -227,7 +227,8 @@ async fn serve(
             respond(&request, &body)
         }
         ApiKey::JoinGroup => {
-            let body = classic::join_group(shard, request.decode()?, version).await;
+            let client_id = request.header.client_id.as_ref().map(text);
+            let body = classic::join_group(shard, request.decode()?, version, client_id).await;
             respond(&request, &body)
         }
         ApiKey::SyncGroup => {
