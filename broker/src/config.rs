@@ -133,6 +133,12 @@ pub struct ServeConfig {
     /// Partitions of `__consumer_offsets`, made on first use (Kafka's
     /// `offsets.topic.num.partitions`); fixed once the topic exists.
     pub offsets_topic_partitions: u32,
+    /// Replicas of each `__consumer_offsets` partition in a cluster
+    /// (Kafka's `offsets.topic.replication.factor`): the topic is made only
+    /// once this many nodes are live, so that committed offsets are never
+    /// kept on fewer copies than asked for because the first consumer came
+    /// early.
+    pub offsets_topic_replication_factor: u16,
     /// A group member not heard from for this long leaves the group, when
     /// it names no timeout of its own (Kafka's
     /// `group.consumer.session.timeout.ms`).
@@ -188,6 +194,7 @@ impl Default for ServeConfig {
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_io_bytes_per_sec: 32 << 20,
             offsets_topic_partitions: 50,
+            offsets_topic_replication_factor: 3,
             group_session_timeout_ms: 45_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 300_000,
@@ -443,9 +450,10 @@ impl ServeConfig {
                 "log_cleaner_backoff_ms and log_cleaner_io_bytes_per_sec must be above 0".into(),
             ));
         }
-        if self.offsets_topic_partitions == 0 {
+        if self.offsets_topic_partitions == 0 || self.offsets_topic_replication_factor == 0 {
             return Err(ConfigError::Invalid(
-                "offsets_topic_partitions must be above 0".into(),
+                "offsets_topic_partitions and offsets_topic_replication_factor must be above 0"
+                    .into(),
             ));
         }
         let session = self.group_session_timeout_ms;

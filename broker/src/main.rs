@@ -367,6 +367,10 @@ struct ServeArgs {
     /// Partitions of __consumer_offsets [default: 50].
     #[arg(long)]
     offsets_topic_partitions: Option<u32>,
+    /// Replicas of each __consumer_offsets partition in a cluster; the
+    /// topic waits until this many nodes are live [default: 3].
+    #[arg(long)]
+    offsets_topic_replication_factor: Option<u16>,
     /// A silent group member leaves after this [default: 45000 ms].
     #[arg(long)]
     group_session_timeout_ms: Option<u32>,
@@ -482,6 +486,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.raft_tick_ms {
             config.raft_tick_ms = v;
+        }
+        if let Some(factor) = self.offsets_topic_replication_factor {
+            config.offsets_topic_replication_factor = factor;
         }
         if self.default_replication_factor.is_some() {
             config.default_replication_factor = self.default_replication_factor;

@@ -1002,27 +1002,15 @@ fn a_group_survives_its_coordinators_node() {
     block_on(consumer.commit()).expect("commit");
 
     // The coordinator: the leader of the group's offsets partition.
-    let found = block_on(
-        client.ask_any(fjord_net::wire::RequestT::FindCoordinatorRequest(Box::new(
-            fjord_net::wire::FindCoordinatorRequestT {
-                group_id: Some("billing".into()),
-            },
-        ))),
-    )
-    .expect("find coordinator");
-    let fjord_net::wire::ResponseT::FindCoordinatorResponse(found) =
-        found.unpack().expect("unpack").0
-    else {
-        panic!("expected a FindCoordinator response");
-    };
-    assert!(found.node_id > 0, "{found:?}");
-    cluster.node(found.node_id).kill();
+    let coordinator = find_coordinator(&client, "billing").expect("a coordinator");
+    assert!(coordinator > 0);
+    cluster.node(coordinator).kill();
     let survivors = Client::new(ClientConfig::with_bootstrap(
         cluster
             .nodes
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i as i32 + 1 != found.node_id)
+            .filter(|(i, _)| *i as i32 + 1 != coordinator)
             .map(|(_, n)| n.addr)
             .collect(),
     ))
@@ -1068,7 +1056,7 @@ fn a_group_survives_its_coordinators_node() {
         );
     }
     block_on(consumer.close()).expect("close");
-    cluster.node(found.node_id).restart();
+    cluster.node(coordinator).restart();
 }
 
 #[test]
@@ -1180,5 +1168,79 @@ fn a_clustered_nodes_log_lines_name_it() {
             line.contains("node{id=7}"),
             "an event without the node: {line}"
         );
+    }
+}
+
+/// The coordinator `FindCoordinator` names for `group`: its node, or the
+/// error code.
+fn find_coordinator(client: &Client, group: &str) -> Result<i32, i16> {
+    let found = block_on(
+        client.ask_any(fjord_net::wire::RequestT::FindCoordinatorRequest(Box::new(
+            fjord_net::wire::FindCoordinatorRequestT {
+                group_id: Some(group.into()),
+            },
+        ))),
+    )
+    .expect("find coordinator");
+    let fjord_net::wire::ResponseT::FindCoordinatorResponse(found) =
+        found.unpack().expect("unpack").0
+    else {
+        panic!("expected a FindCoordinator response");
+    };
+    match found.error_code {
+        0 => Ok(found.node_id),
+        code => Err(code),
+    }
+}
+
+/// `__consumer_offsets` is made only once as many nodes as its replication
+/// factor are live: a consumer coming to a cluster whose other nodes have
+/// not joined yet is told to retry, and the offsets are never kept on one
+/// copy for good.
+#[test]
+fn the_offsets_topic_waits_for_its_replicas() {
+    let partitions = ["--offsets-topic-partitions", "2"];
+    let first = Broker::launch(
+        1,
+        &[&["--node-id", "1"][..], &partitions].concat(),
+        Launch::default(),
+    );
+    let alone = Client::new(ClientConfig::new(first.addr)).expect("client");
+    assert_eq!(
+        find_coordinator(&alone, "early"),
+        Err(fjord_net::ErrorCode::CoordinatorNotAvailable.code())
+    );
+    let metadata = block_on(alone.metadata(None)).expect("metadata");
+    assert!(
+        metadata
+            .topics
+            .into_iter()
+            .flatten()
+            .all(|t| t.name.as_deref() != Some("__consumer_offsets")),
+        "made with fewer replicas than asked for"
+    );
+    let seed = first.addr.to_string();
+    let mut nodes = vec![first];
+    for id in ["2", "3"] {
+        let args = [&["--node-id", id, "--seeds", &seed][..], &partitions].concat();
+        nodes.push(Broker::launch(1, &args, Launch::default()));
+    }
+    let client = Client::new(ClientConfig::with_bootstrap(
+        nodes.iter().map(|n| n.addr).collect(),
+    ))
+    .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while find_coordinator(&client, "early").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no coordinator with three nodes live"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let offsets = block_on(Admin::new(client.clone()).describe_topic("__consumer_offsets"))
+        .expect("describe");
+    assert_eq!(offsets.partitions.len(), 2);
+    for p in &offsets.partitions {
+        assert_eq!(p.replicas.len(), 3, "partition {}", p.partition);
     }
 }

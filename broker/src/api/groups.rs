@@ -8,6 +8,7 @@ use super::Reply;
 use super::admin::partition_info;
 use crate::group::coordinator::{GroupReply, GroupRequest, coordinator_error};
 use crate::group::{self, Call, OFFSETS_TOPIC};
+use crate::logging::Repeated;
 use crate::mesh::PartitionOp;
 use crate::shard::Shard;
 use fjord_net::{ErrorCode, wire};
@@ -113,7 +114,16 @@ pub(crate) async fn coordinator(
     Ok(Coordinator { partition: p, info })
 }
 
-/// The partition count of `__consumer_offsets`, created on first use.
+thread_local! {
+    /// Failed creations of `__consumer_offsets` on this shard's thread, for
+    /// the rate-limited log line (every FindCoordinator retries it).
+    static CREATE_FAILURES: Repeated = Repeated::default();
+}
+
+/// The partition count of `__consumer_offsets`, created on first use with
+/// `offsets_topic_replication_factor` replicas: until that many nodes are
+/// live the creation fails and clients are told the coordinator is not
+/// available, as Kafka does.
 async fn offsets_topic(shard: &Shard) -> Result<u32, ErrorCode> {
     if let Some(topic) = shard.metadata().topics.get(OFFSETS_TOPIC) {
         return Ok(topic.partitions.len() as u32);
@@ -126,13 +136,24 @@ async fn offsets_topic(shard: &Shard) -> Result<u32, ErrorCode> {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
     });
-    let created = shard.command(Proposal::of(command)).await;
-    match created {
+    let proposal = Proposal {
+        command,
+        replication_factor: Some(shard.config.offsets_topic_replication_factor),
+    };
+    match shard.command(proposal).await {
         Ok(_) => tracing::info!(shard = shard.id, "created {OFFSETS_TOPIC}"),
         // Another request created it meanwhile.
         Err(e) if super::command_error_code(&e) == ErrorCode::TopicAlreadyExists => {}
         Err(e) => {
-            tracing::warn!(shard = shard.id, error = %e, "cannot create {OFFSETS_TOPIC}");
+            if let Some(failures) = CREATE_FAILURES.with(Repeated::hit) {
+                tracing::warn!(
+                    shard = shard.id,
+                    error = %e,
+                    failures,
+                    replication_factor = shard.config.offsets_topic_replication_factor,
+                    "cannot create {OFFSETS_TOPIC}: group clients retry"
+                );
+            }
             return Err(ErrorCode::CoordinatorNotAvailable);
         }
     }

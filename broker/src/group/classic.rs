@@ -708,7 +708,9 @@ mod tests {
         let (zombie, _) = parked(old.join(join("", &["range"]), 0));
         let mut rebuilt = ClassicGroup::default();
         let (fresh, _) = parked(rebuilt.join(join("", &["range"]), 0));
-        rebuilt.sync(&fresh, 1, vec![(fresh.clone(), vec![1])], 1).unwrap();
+        rebuilt
+            .sync(&fresh, 1, vec![(fresh.clone(), vec![1])], 1)
+            .unwrap();
         assert_eq!(rebuilt.generation(), 1);
         assert_eq!(
             rebuilt.heartbeat(&zombie, 1, 2),
