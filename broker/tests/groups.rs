@@ -326,6 +326,12 @@ fn committed_offsets_survive_a_sigkill_and_the_tools_move_them() {
         described.offsets.iter().map(|o| o.committed).sum()
     };
     assert_eq!(committed(&broker), 60, "only what was printed is committed");
+    // Clients may not write the offsets topic: the coordinator would take a
+    // record there for a commit at its next load.
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    let refused = block_on(producer.send("__consumer_offsets", Some(0), None, Some(b"v"), &[]));
+    let refused = format!("{:?}", refused.unwrap_err());
+    assert!(refused.contains("InvalidTopic"), "{refused}");
 
     broker.kill();
     broker.restart();

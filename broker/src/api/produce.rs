@@ -84,6 +84,8 @@ pub(super) async fn produce(
 /// Appends the batches at `range` of `frame` to a partition, on its shard:
 /// here, or moved there with the frame (an `Arc`, not a copy). The
 /// partition validates them; the native and the Kafka Produce both end here.
+/// Clients may not append to an internal topic (Kafka's "cannot append to
+/// internal topic"): `INVALID_TOPIC_EXCEPTION`.
 pub(crate) async fn append(
     shard: &Shard,
     topic: &str,
@@ -92,6 +94,9 @@ pub(crate) async fn append(
     range: Range<usize>,
     acks: i16,
 ) -> Result<Produced, ErrorCode> {
+    if crate::group::is_internal(topic) {
+        return Err(ErrorCode::InvalidTopicException);
+    }
     shard
         .on_owner(
             topic,

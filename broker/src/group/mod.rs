@@ -15,6 +15,14 @@ pub use coordinator::{Call, Coordinator};
 /// The internal topic of committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Whether clients are refused appends and record deletion on `topic`
+/// (Kafka's internal topics): its records are written by the coordinator
+/// alone, which would otherwise take a client's records as commits at its
+/// next load, or lose commits below a moved log start.
+pub fn is_internal(topic: &str) -> bool {
+    topic == OFFSETS_TOPIC
+}
+
 /// A new member's id, `<client id>-<random UUID>` as Kafka makes it.
 /// Random, not counted: a group's state is rebuilt empty when it is
 /// dropped or its coordinator moves, and a counter would then hand a new

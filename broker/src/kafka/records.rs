@@ -61,6 +61,10 @@ async fn delete_below(
     partition: i32,
     offset: i64,
 ) -> Result<i64, ErrorCode> {
+    // As Kafka: a group's commits below the new start would be lost.
+    if crate::group::is_internal(topic) {
+        return Err(ErrorCode::InvalidTopicException);
+    }
     let described = shard.describe_partition(topic, partition).await?;
     if let Some(replication) = &described.replication
         && replication.leader != Some(shard.node_id())
