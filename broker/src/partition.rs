@@ -413,7 +413,8 @@ impl Partition {
                 reopened.set_retention(bytes, age);
                 // What the failed log took but never wrote is gone: the
                 // producer state must not answer for it as a duplicate.
-                let (producers, _) = producer_snapshot::load(&reopened, self.replica().is_some()).await.map_err(|e| {
+                let replicated = self.replica().is_some();
+                let (producers, _) = producer_snapshot::load(&reopened, replicated).await.map_err(|e| {
                     tracing::warn!(shard = s.shard, topic = %s.topic, partition = s.partition, error = %e, "producer state");
                     error_code(&e)
                 })?;

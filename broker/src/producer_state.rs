@@ -114,6 +114,12 @@ impl ProducerState {
         high_watermark: Option<u64>,
         closing: bool,
     ) -> Result<(), StorageError> {
+        // What no cut can remove any more goes, on every check: producers
+        // that stopped writing hold only their newest batches.
+        let offset = high_watermark.map(|hw| hw.min(log.offset_next()));
+        if let Some(offset) = offset {
+            self.table.borrow_mut().settle(offset);
+        }
         let last = self.snapshot.get();
         let version = self.version.get();
         let changed = version != last.version || !last.whole;
@@ -121,11 +127,9 @@ impl ProducerState {
         if !(changed || rolled || closing) {
             return Ok(());
         }
-        let (offset, table, whole) = match high_watermark {
-            Some(high_watermark) => {
-                let offset = high_watermark.min(log.offset_next());
-                let mut current = self.table.borrow_mut();
-                current.settle(high_watermark);
+        let (offset, table, whole) = match offset {
+            Some(offset) => {
+                let current = self.table.borrow();
                 let mut table = current.clone();
                 table.truncate(offset);
                 table.settle(offset);

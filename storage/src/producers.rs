@@ -1,7 +1,8 @@
 //! Idempotent producers' state in one partition (Kafka's
 //! `ProducerStateManager`, KIP-98 and KIP-360): per producer id its epoch,
-//! the last [`BATCHES_RETAINED`] batches it wrote (sequences and offsets)
-//! and the timestamp of the last one. A pure data structure: the broker
+//! its last batches (sequences and offsets: the [`BATCHES_RETAINED`]
+//! newest, and on a replicated log those a cut may still remove) and the
+//! timestamp of the last one. A pure data structure: the broker
 //! checks a batch against it ([`ProducerTable::check`]) and records the
 //! batches its log takes ([`ProducerTable::apply`]), in log order; the
 //! snapshot files and the rebuild from the log are in
@@ -10,8 +11,9 @@
 //! The rules, as Kafka's leader applies them:
 //! - an epoch below the producer's → [`SequenceError::StaleEpoch`]
 //!   (`INVALID_PRODUCER_EPOCH`): an older incarnation, fenced;
-//! - the same epoch and one of the retained batches' sequences → a
-//!   duplicate, answered with the offsets it was first written at;
+//! - the same epoch and the sequences of one of its
+//!   [`BATCHES_RETAINED`] newest batches → a duplicate, answered with the
+//!   offsets it was first written at;
 //! - the same epoch, next sequence → appended; any other sequence →
 //!   [`SequenceError::OutOfOrder`] (`OUT_OF_ORDER_SEQUENCE_NUMBER`);
 //! - a higher epoch must start at sequence 0 (else out of order);
@@ -30,7 +32,11 @@
 //! [`ProducerTable::apply`] is given) and the [`BATCHES_RETAINED`] newest
 //! below it, so [`ProducerTable::truncate`] at or past that offset leaves
 //! exactly the state the log below the cut gives — synchronously, with no
-//! read of the log that appends after the cut would race.
+//! read of the log that appends after the cut would race. What it keeps
+//! past the commit point is capped at [`UNCOMMITTED_MAX`] batches a
+//! producer (followers far behind and a producer sending without waiting
+//! for them): past that the oldest go, and a cut that deep may forget the
+//! producer, which is then taken at any sequence.
 
 use fjord_core::Batch;
 use std::collections::{BTreeMap, VecDeque};
@@ -38,6 +44,9 @@ use std::collections::{BTreeMap, VecDeque};
 /// Batches kept per producer for duplicate detection: Kafka's, matching
 /// the producer's `max.in.flight.requests.per.connection` ceiling of 5.
 pub const BATCHES_RETAINED: usize = 5;
+/// Batches kept per producer in all, past the commit point included: a
+/// producer's state stays within 32 KiB however far commits lag.
+pub const UNCOMMITTED_MAX: usize = 1024;
 /// Snapshot encoding version.
 const ENCODING_VERSION: u8 = 1;
 
@@ -116,9 +125,9 @@ pub struct BatchMeta {
 pub struct ProducerEntry {
     /// The newest epoch seen.
     pub epoch: i16,
-    /// Its last batches, oldest first; never empty: the
+    /// Its last batches, oldest first; never empty: at least the
     /// [`BATCHES_RETAINED`] newest below the commit point and every one
-    /// past it.
+    /// past it (up to [`UNCOMMITTED_MAX`]); more until the next settle.
     pub batches: VecDeque<BatchMeta>,
     /// Max timestamp of its last batch, for expiry.
     pub last_timestamp: i64,
@@ -288,9 +297,10 @@ impl ProducerTable {
 
     /// Forgets every batch at or past `end` (a log cut there): a
     /// producer's epoch goes back to that of its last batch kept, and a
-    /// producer with none left is forgotten. Exact — the state the log
-    /// below `end` gives — when `end` is at or past every `committed` the
-    /// batches were applied with.
+    /// producer with none left is forgotten. Its batches and epoch are
+    /// exact — the state the log below `end` gives — when `end` is at or
+    /// past every `committed` the batches were applied with (its last
+    /// timestamp stays that of the batch cut: it only delays expiry).
     pub fn truncate(&mut self, end: u64) {
         self.producers.retain(|_, entry| {
             entry.batches.retain(|b| b.base_offset < end);
@@ -389,10 +399,15 @@ impl ProducerTable {
 }
 
 /// Keeps every batch at or past `committed` and the [`BATCHES_RETAINED`]
-/// newest below it (batches lie in offset order).
+/// newest below it (batches lie in offset order), [`UNCOMMITTED_MAX`] in
+/// all; gives back the memory of a list that was long.
 fn settle(batches: &mut VecDeque<BatchMeta>, committed: u64) {
     let below = batches.partition_point(|b| b.base_offset < committed);
-    batches.drain(..below.saturating_sub(BATCHES_RETAINED));
+    let over = batches.len().saturating_sub(UNCOMMITTED_MAX);
+    batches.drain(..below.saturating_sub(BATCHES_RETAINED).max(over));
+    if batches.capacity() > 4 * BATCHES_RETAINED.max(batches.len()) {
+        batches.shrink_to(2 * BATCHES_RETAINED.max(batches.len()));
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -593,6 +608,26 @@ mod tests {
         ));
         t.settle(8);
         assert_eq!(t.get(1).unwrap().batches.len(), BATCHES_RETAINED);
+    }
+
+    #[test]
+    fn what_waits_for_commits_is_capped_and_its_memory_given_back() {
+        let mut t = ProducerTable::new();
+        let count = UNCOMMITTED_MAX as i32 + 10;
+        for seq in 0..count {
+            t.apply(&batch(1, 0, seq, 1), seq as u64, seq as u64, 0);
+        }
+        let kept = &t.get(1).unwrap().batches;
+        assert_eq!(kept.len(), UNCOMMITTED_MAX);
+        assert_eq!(kept.front().unwrap().base_offset, 10, "the oldest went");
+        t.settle(count as u64);
+        let kept = &t.get(1).unwrap().batches;
+        assert_eq!(kept.len(), BATCHES_RETAINED);
+        assert!(
+            kept.capacity() <= 4 * BATCHES_RETAINED,
+            "{}",
+            kept.capacity()
+        );
     }
 
     #[test]
