@@ -593,7 +593,15 @@ impl Partition {
         };
         let log = self.log();
         let high_watermark = replica.high_watermark();
-        if offset >= high_watermark && offset <= log.offset_next() {
+        // Past the Raft log's end is out of range (Kafka's log end offset).
+        // Below it, what the partition log does not hold yet — its writes
+        // trail the Raft log, most of all on a follower just elected — is
+        // an empty answer the client asks again for, not out of range.
+        let end = replica.log_end().max(log.offset_next());
+        if offset > end.max(high_watermark) {
+            return Err(ErrorCode::OffsetOutOfRange);
+        }
+        if offset >= high_watermark.min(log.offset_visible()) {
             return Ok(LogRead {
                 slices: Vec::new(),
                 offset_next: offset,
@@ -614,7 +622,18 @@ impl Partition {
     /// at shutdown.
     pub async fn wait_past(&self, offset: i64, wait: Duration) {
         if let Some(replica) = self.replica() {
-            replica.wait_past(offset.max(0) as u64, wait).await;
+            // Committed past it, and then in the partition log, which may
+            // trail the Raft log.
+            let offset = offset.max(0) as u64;
+            let log = self.log();
+            let readable = async {
+                replica.wait_past(offset, wait).await;
+                if replica.high_watermark() > offset {
+                    log.wait_visible(offset + 1).await;
+                }
+            };
+            let timeout = std::pin::pin!(glommio::timer::sleep(wait));
+            futures::future::select(std::pin::pin!(readable), timeout).await;
             return;
         }
         if self.log().offset_visible() as i64 > offset {
@@ -667,18 +686,29 @@ impl Partition {
     /// first record at or after a timestamp; `(offset, timestamp)`, with
     /// offset -1 when no record is that recent (as Kafka answers).
     pub async fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ErrorCode> {
-        // A new leader's high watermark may still be behind what the last
-        // one committed: an offset from it could go backwards.
-        if self.replica().is_some_and(|r| !r.high_watermark_settled()) {
-            return Err(ErrorCode::OffsetNotAvailable);
+        // Clients ask the leader, as they fetch from it: a follower's
+        // offsets lag, and its tail may not be committed.
+        if let Some(replica) = self.replica() {
+            if !replica.is_leader() {
+                return Err(ErrorCode::NotLeaderOrFollower);
+            }
+            // A new leader's high watermark may still be behind what the
+            // last one committed: an offset from it could go backwards.
+            if !replica.high_watermark_settled() {
+                return Err(ErrorCode::OffsetNotAvailable);
+            }
         }
         match timestamp {
             fjord_net::api::EARLIEST => Ok((self.log_start() as i64, -1)),
             fjord_net::api::LATEST => Ok((self.readable_end() as i64, -1)),
             t if t < 0 => Err(ErrorCode::InvalidRequest),
-            t => match self.log().offset_for_timestamp(t).await {
-                Ok(Some((offset, timestamp))) => Ok((offset as i64, timestamp)),
-                Ok(None) => Ok((-1, -1)),
+            // As Kafka: from the start clients may read, below the end
+            // they may read to (a record past it may yet be cut).
+            t => match self.log().offset_for_timestamp(t, self.log_start()).await {
+                Ok(Some((offset, timestamp))) if offset < self.readable_end() => {
+                    Ok((offset as i64, timestamp))
+                }
+                Ok(_) => Ok((-1, -1)),
                 Err(e) => Err(error_code(&e)),
             },
         }

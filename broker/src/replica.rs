@@ -143,6 +143,9 @@ struct View {
     leading: bool,
     commit: Offset,
     durable: Offset,
+    /// The Raft log's end as this shard has carried it out: the partition
+    /// log reaches it once its storage worker has written what is queued.
+    end: Offset,
     acks: Vec<Ack>,
     readers: Vec<(Offset, oneshot::Sender<()>)>,
     failed: bool,
@@ -262,6 +265,12 @@ impl Replica {
     /// The high watermark this replica knows.
     pub fn high_watermark(&self) -> Offset {
         self.view.borrow().commit
+    }
+
+    /// The Raft log's end (Kafka's log end offset): the partition log may
+    /// trail it while its writes are queued.
+    pub fn log_end(&self) -> Offset {
+        self.view.borrow().end
     }
 
     /// Whether the high watermark is one clients may be given: not while
@@ -493,6 +502,7 @@ impl Replication {
             epochs,
             configs: configs.clone(),
         };
+        replica.view.borrow_mut().end = state.end;
         *replica.configs.borrow_mut() = configs;
         let mut config = Config::new(
             self.settings.node,
@@ -821,6 +831,10 @@ impl Replication {
         let mut rest = records;
         let mut base = None;
         let mut end = 0;
+        // Every batch proposed in one term: an ack waits for the commit of
+        // the last one, which covers the others only if no leader came
+        // between (one could have cut an earlier batch meanwhile).
+        let mut term = None;
         while !rest.is_empty() {
             let len = match Batch::peek_len(rest) {
                 Ok(len) if len <= rest.len() => len,
@@ -882,11 +896,17 @@ impl Replication {
                     }
                     _ => ErrorCode::UnknownServerError,
                 })?;
+            if *term.get_or_insert(entry.term) != entry.term {
+                return Err(ErrorCode::NotLeaderOrFollower);
+            }
             base.get_or_insert(entry.offset);
             end = end.max(entry.end);
             rest = &rest[len..];
         }
         let base = base.ok_or(ErrorCode::InvalidRequest)?;
+        if term.is_some_and(|term| replica.leading_term() != Some(term)) {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
         if acks == api::ACKS_NONE {
             return Ok(base);
         }
@@ -1049,6 +1069,7 @@ impl Replication {
                         let mut view = replica.view.borrow_mut();
                         view.recent.push(entry.term, entry.offset, entry.end, kept);
                     }
+                    replica.view.borrow_mut().end = entry.end;
                     replica.push(StorageOp::Append {
                         entry,
                         payload,
@@ -1059,12 +1080,14 @@ impl Replication {
             }
             Output::Truncate { end, .. } => {
                 partition.truncate_producers(end);
+                replica.view.borrow_mut().end = end;
                 StorageOp::Truncate { end }
             }
             Output::Reset {
                 start, membership, ..
             } => {
                 partition.clear_producers();
+                replica.view.borrow_mut().end = start;
                 StorageOp::Reset { start, membership }
             }
             Output::Sync { end, generation } => StorageOp::Sync { end, generation },

@@ -1244,3 +1244,37 @@ fn the_offsets_topic_waits_for_its_replicas() {
         assert_eq!(p.replicas.len(), 3, "partition {}", p.partition);
     }
 }
+
+/// A follower refuses ListOffsets, as it refuses fetches: its end lags the
+/// leader's and its tail may not be committed. The leader answers.
+#[test]
+fn list_offsets_is_answered_by_the_leader_only() {
+    let cluster = Cluster::start();
+    let client = cluster.client();
+    create_topic(&client);
+    produce(&client, 0..100);
+    let leader = cluster.leaders(&client)[0];
+    let metadata = block_on(client.metadata(None)).expect("metadata");
+    let shard_of = |node: i32| {
+        let broker = metadata
+            .brokers
+            .iter()
+            .flatten()
+            .find(|b| b.node_id == node)
+            .expect("the node's broker");
+        let port = broker.shard_ports.as_ref().and_then(|p| p.first().copied());
+        SocketAddr::new(cluster.nodes[0].addr.ip(), port.expect("its shard port"))
+    };
+    let follower = if leader == 1 { 2 } else { 1 };
+    let latest = fjord_net::api::LATEST;
+    let refused = block_on(client.list_offset(shard_of(follower), TOPIC, 0, latest));
+    let refused = format!(
+        "{:?}",
+        refused.expect_err("a follower answered ListOffsets")
+    );
+    assert!(refused.contains("NotLeader"), "{refused}");
+    let (end, _) = block_on(client.list_offset(shard_of(leader), TOPIC, 0, latest))
+        .expect("the leader answers");
+    // Partition 0's 50 records, and the leaders' empty marks of their terms.
+    assert!((50..60).contains(&end), "end {end}");
+}

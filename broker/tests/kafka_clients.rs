@@ -401,6 +401,49 @@ fn hostile_bytes_on_the_kafka_port_leave_the_broker_serving() {
     }
 }
 
+/// A Produce v3 body: one partition of `topic` with `records`.
+fn produce_body(acks: i16, topic: &str, records: &[u8]) -> Vec<u8> {
+    let mut body = (-1i16).to_be_bytes().to_vec(); // no transactional id
+    body.extend_from_slice(&acks.to_be_bytes());
+    body.extend_from_slice(&5_000i32.to_be_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&0i32.to_be_bytes());
+    body.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    body.extend_from_slice(records);
+    body
+}
+
+/// An acks=0 Produce gets no answer; when a partition refuses it the
+/// connection closes, as Kafka's does, so that the producer notices (a
+/// leader that moved) instead of sending on into the void.
+#[test]
+fn a_refused_acks_0_produce_closes_the_connection() {
+    let (broker, kafka) = kafka_broker();
+    create_topic(&broker, "zero", 1);
+    let mut builder = fjord_core::BatchBuilder::new();
+    builder.push(0, None, Some(b"v"), &[]);
+    let records = builder.build();
+    let then_versions = |produce: Vec<u8>| {
+        let mut bytes = produce;
+        bytes.extend(request(18, 0, 7, &[]));
+        exchange(kafka, &bytes, Duration::from_secs(2))
+    };
+    let taken = then_versions(request(0, 3, 6, &produce_body(0, "zero", &records)));
+    assert_eq!(
+        taken[4..8],
+        7i32.to_be_bytes(),
+        "only ApiVersions is answered"
+    );
+    let refused = then_versions(request(0, 3, 6, &produce_body(0, "nowhere", &records)));
+    assert!(
+        refused.is_empty(),
+        "answered after a refused acks=0 produce"
+    );
+}
+
 /// confluent-kafka consumers in one group (Kafka's classic protocol: the
 /// clients' own range assignor, JoinGroup/SyncGroup through Fjord's
 /// coordinator): three share six partitions, one leaves, the other two
@@ -1118,6 +1161,8 @@ out = {"deleted": delete(0, 30), "marks0": marks(0)}
 c.assign([TopicPartition(topic, 0, 10)])
 m = c.poll(20)
 out["first"] = [m.offset(), m.value().decode()] if m and not m.error() else repr(m and m.error())
+# The oldest record by time is the first one left, not one deleted.
+out["by_time"] = c.offsets_for_times([TopicPartition(topic, 0, 0)], timeout=10)[0].offset
 out["all"] = delete(1, -1)
 out["marks1"] = marks(1)
 out["below"] = delete(0, 20)
@@ -1138,6 +1183,10 @@ fn confluent_kafka_deletes_records() {
     assert_eq!(v["marks0"], serde_json::json!([30, 100]));
     // Asked from 10, below the start: reset to it (auto.offset.reset).
     assert_eq!(v["first"], serde_json::json!([30, "v30"]));
+    assert_eq!(
+        v["by_time"], 30,
+        "a timestamp lookup answered a deleted record"
+    );
     assert_eq!(v["all"], 100);
     assert_eq!(v["marks1"], serde_json::json!([100, 100]));
     assert_eq!(v["below"], 30, "a lower offset changes nothing");

@@ -696,12 +696,17 @@ impl Log {
         }))
     }
 
-    /// The first record at or after `timestamp`: its offset and timestamp,
-    /// or `None` when every record is older. A compressed batch is
+    /// The first record at or after `timestamp` and at or past offset
+    /// `from` (the start clients may read from): its offset and timestamp,
+    /// or `None` when every such record is older. A compressed batch is
     /// decompressed to find it (bounded by [`DECOMPRESSED_MAX`]; past that,
     /// or if it does not decompress, the answer is the batch's base offset
     /// and max timestamp).
-    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+        from: u64,
+    ) -> Result<Option<(u64, i64)>> {
         // The lookup walks the files: what is staged must be written first
         // (Kafka finds it in the page cache). A failed log answers from
         // what its files hold.
@@ -712,7 +717,7 @@ impl Log {
             let st = self.inner.state.borrow();
             st.segments
                 .values()
-                .filter(|s| s.max_timestamp >= timestamp)
+                .filter(|s| s.max_timestamp >= timestamp && s.offset_next > from)
                 .map(|s| {
                     let (position, base) = s.seek_timestamp(timestamp);
                     (s.reader(), position, base)
@@ -722,7 +727,7 @@ impl Log {
         for (reader, position, _) in candidates {
             let mut found = None;
             segment::walk(&reader, position, READ_WINDOW_BYTES, |_, batch, _, _| {
-                if batch.max_timestamp() < timestamp {
+                if batch.max_timestamp() < timestamp || (batch.last_offset() as u64) < from {
                     return Visit::Next;
                 }
                 let decompressed = match batch.compression() {
@@ -736,12 +741,11 @@ impl Log {
                 let first_record = records.and_then(|records| {
                     records
                         .filter_map(|r| r.ok())
-                        .find(|r| r.timestamp >= timestamp)
+                        .find(|r| r.timestamp >= timestamp && r.offset as u64 >= from)
                         .map(|r| (r.offset as u64, r.timestamp))
                 });
-                found = Some(
-                    first_record.unwrap_or((batch.base_offset() as u64, batch.max_timestamp())),
-                );
+                let base = (batch.base_offset() as u64).max(from);
+                found = Some(first_record.unwrap_or((base, batch.max_timestamp())));
                 Visit::Stop
             })
             .await?;

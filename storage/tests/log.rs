@@ -363,23 +363,36 @@ fn offsets_for_timestamps() {
         }
         log.flush().await.expect("flush");
         assert_eq!(
-            log.offset_for_timestamp(0).await.expect("lookup"),
+            log.offset_for_timestamp(0, 0).await.expect("lookup"),
             Some((0, 0))
         );
         assert_eq!(
-            log.offset_for_timestamp(1502).await.expect("lookup"),
+            log.offset_for_timestamp(1502, 0).await.expect("lookup"),
             Some((602, 1502))
         );
         // Between batches: the next batch's first record.
         assert_eq!(
-            log.offset_for_timestamp(1505).await.expect("lookup"),
+            log.offset_for_timestamp(1505, 0).await.expect("lookup"),
             Some((604, 1510))
         );
         assert_eq!(
-            log.offset_for_timestamp(2993).await.expect("lookup"),
+            log.offset_for_timestamp(2993, 0).await.expect("lookup"),
             Some((1199, 2993))
         );
-        assert_eq!(log.offset_for_timestamp(2994).await.expect("lookup"), None);
+        assert_eq!(
+            log.offset_for_timestamp(2994, 0).await.expect("lookup"),
+            None
+        );
+        // From an offset on (the start clients may read from): a record
+        // below it never answers, also within its batch.
+        assert_eq!(
+            log.offset_for_timestamp(0, 602).await.expect("lookup"),
+            Some((602, 1502))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1502, 1000).await.expect("lookup"),
+            Some((1000, 2500))
+        );
         log.close().await.expect("close");
     });
 }

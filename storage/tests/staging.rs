@@ -249,7 +249,7 @@ fn a_timestamp_lookup_finds_batches_not_yet_written() {
         log.append(&batch(0, 3, 40, 1000)).await.expect("append");
         log.append(&batch(1, 3, 40, 5000)).await.expect("append");
         assert_eq!(log.offset_written(), 0, "both batches staged only");
-        let found = log.offset_for_timestamp(5000).await.expect("lookup");
+        let found = log.offset_for_timestamp(5000, 0).await.expect("lookup");
         assert_eq!(found, Some((3, 5000)));
         assert_eq!(log.offset_written(), 6);
         log.close().await.expect("close");

@@ -97,7 +97,9 @@ pub(crate) async fn long_poll(
         }
         let total: usize = got.iter().map(|g| g.len).sum();
         let now = Instant::now();
-        if total >= min_bytes.max(1)
+        // 0 answers at once, with or without records (Kafka's
+        // `fetch.min.bytes` 0).
+        if total >= min_bytes
             || now >= deadline
             || got.iter().any(|g| g.error.is_some())
             || shard.closing.get()
@@ -138,6 +140,14 @@ async fn read(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> Got {
             .describe_partition(&wanted.topic, wanted.partition)
             .await;
         return match described {
+            // Offsets from the leader only, as the records.
+            Ok(d)
+                if d.replication
+                    .as_ref()
+                    .is_some_and(|r| r.leader != Some(shard.node_id())) =>
+            {
+                failed(ErrorCode::NotLeaderOrFollower)
+            }
             Ok(d) => Got {
                 error: None,
                 high_watermark: d.log_end_offset,

@@ -137,8 +137,9 @@ async fn serve(
             respond(&request, &body)
         }
         ApiKey::Produce => match produce::produce(shard, request.decode()?, frame).await {
-            Some(body) => respond(&request, &body),
-            None => Ok(None),
+            produce::Answer::Response(body) => respond(&request, &body),
+            produce::Answer::Nothing => Ok(None),
+            produce::Answer::Close => Ok(Some(close())),
         },
         ApiKey::Fetch => {
             let fetched = fetch::fetch(shard, request.decode()?).await;

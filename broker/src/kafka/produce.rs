@@ -14,12 +14,24 @@ use fjord_net::{ErrorCode, api};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// `None` for acks 0: no response is due.
+/// What a Produce is answered with.
+pub(super) enum Answer {
+    /// The response.
+    Response(ProduceResponse),
+    /// Nothing: acks 0, and every partition took its records.
+    Nothing,
+    /// acks 0 and a partition refused: the connection closes, as Kafka's
+    /// does, so that the producer learns of it and refreshes its metadata
+    /// rather than sending on to a broker that drops what it sends (a
+    /// leader that moved).
+    Close,
+}
+
 pub(super) async fn produce(
     shard: &Shard,
     request: ProduceRequest,
     frame: &Arc<Vec<u8>>,
-) -> Option<ProduceResponse> {
+) -> Answer {
     let acks = request.acks;
     let acks_valid = [api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&acks);
     let mut topics = Vec::with_capacity(request.topic_data.len());
@@ -57,7 +69,22 @@ pub(super) async fn produce(
                 .with_partition_responses(partitions),
         );
     }
-    (acks != api::ACKS_NONE).then(|| ProduceResponse::default().with_responses(topics))
+    if acks != api::ACKS_NONE {
+        return Answer::Response(ProduceResponse::default().with_responses(topics));
+    }
+    let refused = topics
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .any(|p| p.error_code != 0);
+    if refused {
+        tracing::debug!(
+            shard = shard.id,
+            "acks=0 produce refused: closing the connection"
+        );
+        Answer::Close
+    } else {
+        Answer::Nothing
+    }
 }
 
 /// Where `records`, a view the decoder cut from the request, lies in the
