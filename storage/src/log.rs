@@ -221,14 +221,24 @@ impl Log {
         let readers: Vec<_> = segments.iter().map(|s| s.reader()).collect();
         let epochs = crate::epochs::load(&dir, &readers, offset_start, offset_next).await?;
         drop(readers);
+        // Under `fsync=always` what the last run wrote counts as durable only
+        // once synced: it may have stopped between a write and its
+        // fdatasync, and the device's cache would lose that write to a power
+        // cut. The last two segments hold whatever one round wrote (a roll
+        // included); the opening syncs them below.
+        let unsynced: Vec<u64> = match config.fsync {
+            FsyncPolicy::Always => segments.iter().rev().take(2).map(|s| s.base_offset).collect(),
+            _ => Vec::new(),
+        };
+        let offset_durable = unsynced.last().copied().unwrap_or(offset_next);
         let state = State {
             segments: segments.into_iter().map(|s| (s.base_offset, s)).collect(),
             sealing: Vec::new(),
-            unsynced: Vec::new(),
+            unsynced,
             offset_next,
             offset_written: offset_next,
             offset_visible: offset_next,
-            offset_durable: offset_next,
+            offset_durable,
             staged: Vec::new(),
             waiters: VecDeque::new(),
             readers: Vec::new(),
@@ -299,6 +309,12 @@ impl Log {
                     return Err(e);
                 }
             }
+        }
+        if log.inner.state.borrow().offset_durable < offset_next
+            && let Err(e) = log.flush().await
+        {
+            let _ = log.close_files().await;
+            return Err(e);
         }
         Ok(log)
     }

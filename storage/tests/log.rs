@@ -202,6 +202,32 @@ fn concurrent_appends_share_group_commits_under_fsync_always() {
     });
 }
 
+/// Under `fsync=always` an opening syncs what the last run wrote before
+/// it counts as durable: that run may have stopped between a write and
+/// its fdatasync.
+#[test]
+fn an_opening_under_fsync_always_syncs_before_it_counts_anything_durable() {
+    run_fresh(|dir| async move {
+        let cache = BatchCache::new(0);
+        let config = LogConfig {
+            fsync: FsyncPolicy::Always,
+            segment_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, "p0", config.clone(), &cache).await;
+        for i in 0..40u64 {
+            log.append(&batch(i * 4, 4, 200, 0)).await.expect("append");
+        }
+        log.flush().await.expect("flush");
+        let end = log.offset_next();
+        log.close().await.expect("close");
+        let log = open(&dir, "p0", config, &cache).await;
+        assert_eq!(log.offset_durable(), end);
+        assert_eq!(log.stats().syncs, 1, "synced at the opening");
+        log.close().await.expect("close");
+    });
+}
+
 /// A roll does no I/O: the append that rolls returns before the new
 /// segment's files exist (a stalled disk holds file creation too), and the
 /// flusher's first write creates both.
