@@ -13,7 +13,10 @@
 //! every group's state.
 //!
 //! At open the log is replayed into a map, the last record of a group
-//! winning. It only grows by a record per election and vote; rewriting it
+//! winning. A log that ran out of room (a full disk; an fdatasync there can
+//! fail for want of room too) is opened again at the next change, as a
+//! partition's is: without it no replica on the node could take part in a
+//! new term until a restart, however much room was freed. It only grows by a record per election and vote; rewriting it
 //! without superseded records is left for when it matters.
 
 use fjord_core::BatchBuilder;
@@ -22,6 +25,7 @@ use fjord_core::batch;
 use fjord_replication::raft::HardState;
 use fjord_replication::raft::mux::GroupId;
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
+use glommio::sync::Semaphore;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,7 +38,9 @@ const VALUE_LEN: usize = 13;
 
 /// The node's hard states.
 pub struct HardStates {
-    log: Log,
+    log: RefCell<Rc<Log>>,
+    /// One reopening at a time.
+    reopen_turn: Semaphore,
     states: RefCell<HashMap<GroupId, HardState>>,
 }
 
@@ -75,7 +81,8 @@ impl HardStates {
             "raft hard states restored"
         );
         Ok(HardStates {
-            log,
+            log: RefCell::new(Rc::new(log)),
+            reopen_turn: Semaphore::new(1),
             states: RefCell::new(states),
         })
     }
@@ -94,14 +101,41 @@ impl HardStates {
         let mut builder = BatchBuilder::new();
         let (key, value) = encode(group, state);
         builder.push(fjord_storage::log::now_ms(), Some(&key), Some(&value), &[]);
-        self.log.append(&builder.build()).await?.durable.await?;
+        let log = self.writable_log().await?;
+        log.append(&builder.build()).await?.durable.await?;
         self.states.borrow_mut().insert(group, state);
         Ok(())
     }
 
+    /// The log, opened again first if it ran out of room.
+    async fn writable_log(&self) -> Result<Rc<Log>, StorageError> {
+        let log = self.log.borrow().clone();
+        if !log.is_out_of_room() {
+            return Ok(log);
+        }
+        let _turn = self
+            .reopen_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let current = self.log.borrow().clone();
+        if !Rc::ptr_eq(&current, &log) {
+            return Ok(current); // Another change reopened it meanwhile.
+        }
+        let reopened = Rc::new(log.reopen().await?);
+        tracing::info!(
+            shard = 0,
+            offset_next = reopened.offset_next(),
+            "raft hard-state log reopened after running out of room"
+        );
+        *self.log.borrow_mut() = reopened.clone();
+        Ok(reopened)
+    }
+
     /// Closes the log.
     pub async fn close(&self) -> Result<(), StorageError> {
-        self.log.close().await
+        let log = self.log.borrow().clone();
+        log.close().await
     }
 }
 

@@ -29,6 +29,7 @@ use crate::producer_state::ProducerState;
 use crate::replica::{Replica, Replication};
 use fjord_core::Batch;
 use fjord_net::{ErrorCode, api};
+use fjord_replication::control::METADATA_GROUP;
 use fjord_storage::space::SpaceWatch;
 use fjord_storage::{
     BatchCache, Log, LogConfig, LogRead, ProducerBatch, SequenceError, Staging, StorageError,
@@ -469,8 +470,11 @@ impl Partition {
         if self.log().cleanup().0.compact {
             check_keyed(records)?;
         }
-        if let Some((_, replication)) = &self.setup.replica {
-            if self.setup.space.is_low() {
+        if let Some((replica, replication)) = &self.setup.replica {
+            // Metadata must change on a low disk: deleting a topic is how
+            // an operator makes room. The controller quorum's log writes
+            // into the room its released reserve left.
+            if self.setup.space.is_low() && replica.group != METADATA_GROUP {
                 return Err(ErrorCode::KafkaStorageError);
             }
             let max = self.setup.config.max_batch_bytes;

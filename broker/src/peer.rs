@@ -43,6 +43,12 @@ const OFFER_QUEUE_LEN: usize = 4;
 pub const INBOX_LEN: usize = 256;
 /// Longest wait for a connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A link whose sent bytes go unacknowledged this long is closed and
+/// dialed again (TCP_USER_TIMEOUT): across a network cut TCP's own
+/// retransmissions back off to two minutes, and the link would not redial
+/// while it holds the connection. Links carry beats, so a healthy one
+/// always has something acknowledged well within it.
+const UNACKNOWLEDGED_MAX: Duration = Duration::from_secs(5);
 /// Pause between attempts to reach a peer that is away.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// The first step in which a frame being read is backed by memory.
@@ -342,6 +348,7 @@ impl LinkTask {
 
     fn open(&self, stream: TcpStream, dialer: Option<SocketAddr>, state: Connected) -> Conn {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        give_up_unacknowledged(fd, UNACKNOWLEDGED_MAX);
         let (reader, writer) = stream.split();
         self.state.set(state);
         let reader = glommio::spawn_local(read_link(
@@ -442,6 +449,24 @@ async fn hand_over(
     }
     shard.replication().receive(from, batch, payload);
     true
+}
+
+/// Sets TCP_USER_TIMEOUT on `fd`: the kernel closes the connection when
+/// what it sent stays unacknowledged for `after`. Best effort: a socket
+/// that refuses keeps TCP's own (longer) limit.
+fn give_up_unacknowledged(fd: std::os::fd::RawFd, after: Duration) {
+    let ms = libc::c_uint::try_from(after.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: setsockopt on a socket this link owns, with a pointer to a
+    // live c_uint and its size.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Opens a peer connection to `addr` and says what it is: a link from the

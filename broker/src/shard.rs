@@ -689,6 +689,8 @@ impl Shard {
         wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((name, p), topic) in wanted {
             if let Some(partition) = self.partition(&name, p) {
+                // Served: whatever kept it from being served is past.
+                self.unserved.borrow_mut().remove(&(name.clone(), p));
                 if let Some(replica) = partition.replica() {
                     replica.set_placement(
                         layout_of(&name, topic, p),
@@ -908,6 +910,20 @@ impl Shard {
                 }
                 continue;
             };
+            // Not while a convergence runs: missing from the map, the
+            // partition would be opened again before this closed it, and
+            // then listed as unserved although served.
+            let Ok(_turn) = self.converge_turn.acquire_permit(1).await else {
+                return;
+            };
+            let still_ours = self
+                .partitions
+                .borrow()
+                .get(&key)
+                .is_some_and(|p| Rc::ptr_eq(p, &partition));
+            if !still_ours {
+                continue; // Closed meanwhile (deleted, moved away).
+            }
             self.partitions.borrow_mut().remove(&key);
             if let Err(e) = partition.close().await {
                 tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "closing a failed replica");

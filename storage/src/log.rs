@@ -227,7 +227,12 @@ impl Log {
         // cut. The last two segments hold whatever one round wrote (a roll
         // included); the opening syncs them below.
         let unsynced: Vec<u64> = match config.fsync {
-            FsyncPolicy::Always => segments.iter().rev().take(2).map(|s| s.base_offset).collect(),
+            FsyncPolicy::Always => segments
+                .iter()
+                .rev()
+                .take(2)
+                .map(|s| s.base_offset)
+                .collect(),
             _ => Vec::new(),
         };
         let offset_durable = unsynced.last().copied().unwrap_or(offset_next);
