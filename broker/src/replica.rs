@@ -628,14 +628,26 @@ impl Replication {
         let mut ticks = 0u64;
         let beat = wire::encode(self.settings.node, &PeerBatch::default(), &[]);
         let beat_every = u64::from(self.settings.election_ticks / HEARTBEATS_PER_ELECTION);
+        let tick = self.settings.tick;
+        let mut ticked_at = std::time::Instant::now();
         loop {
-            glommio::timer::sleep(self.settings.tick).await;
+            glommio::timer::sleep(tick).await;
+            // A pause (the process stopped, the host halted it) counts as
+            // the ticks it lasted, up to an election timeout: a leader
+            // resuming after one finds its lease run out at once and steps
+            // down (check-quorum), rather than lead on for a lease's ticks
+            // while another leads. A timer a little late is one tick.
+            let paused = ticked_at.elapsed().as_nanos() / tick.as_nanos().max(1);
+            let due = paused.clamp(1, u128::from(self.settings.election_ticks) + 1);
+            ticked_at = std::time::Instant::now();
             if self.mux.borrow().is_empty() {
                 continue;
             }
-            let mut outbox = Outbox::default();
-            self.mux.borrow_mut().tick(&self.hearing(), &mut outbox);
-            self.dispatch(outbox, Source::None);
+            for _ in 0..due {
+                let mut outbox = Outbox::default();
+                self.mux.borrow_mut().tick(&self.hearing(), &mut outbox);
+                self.dispatch(outbox, Source::None);
+            }
             ticks += 1;
             if ticks.is_multiple_of(beat_every) {
                 self.links.send_to_all(&beat);

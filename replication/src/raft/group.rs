@@ -910,7 +910,8 @@ impl Group {
             return true;
         }
         // Checked every tick against each voter's last answer, so a leader
-        // that resumes after a long pause steps down on its first tick. The
+        // that resumes after a long pause steps down on its first round of
+        // ticks (its driver counts a pause as the ticks it lasted). The
         // window is the voters' lease: by the time they may elect another
         // leader, this one has stopped acknowledging.
         let window = self.lease_ticks();
