@@ -686,8 +686,9 @@ impl Partition {
         }
     }
 
-    /// `ListOffsets`: the log start (`EARLIEST`), the end (`LATEST`), or the
-    /// first record at or after a timestamp; `(offset, timestamp)`, with
+    /// `ListOffsets`: the log start (`EARLIEST`), the end (`LATEST`), the
+    /// record with the largest timestamp (`MAX_TIMESTAMP`), or the first
+    /// record at or after a timestamp; `(offset, timestamp)`, with
     /// offset -1 when no record is that recent (as Kafka answers).
     pub async fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ErrorCode> {
         // Clients ask the leader, as they fetch from it: a follower's
@@ -702,19 +703,22 @@ impl Partition {
                 return Err(ErrorCode::OffsetNotAvailable);
             }
         }
-        match timestamp {
-            fjord_net::api::EARLIEST => Ok((self.log_start() as i64, -1)),
-            fjord_net::api::LATEST => Ok((self.readable_end() as i64, -1)),
-            t if t < 0 => Err(ErrorCode::InvalidRequest),
-            // As Kafka: from the start clients may read, below the end
-            // they may read to (a record past it may yet be cut).
-            t => match self.log().offset_for_timestamp(t, self.log_start()).await {
-                Ok(Some((offset, timestamp))) if offset < self.readable_end() => {
-                    Ok((offset as i64, timestamp))
-                }
-                Ok(_) => Ok((-1, -1)),
-                Err(e) => Err(error_code(&e)),
-            },
+        let start = self.log_start();
+        let found = match timestamp {
+            fjord_net::api::EARLIEST => return Ok((start as i64, -1)),
+            fjord_net::api::LATEST => return Ok((self.readable_end() as i64, -1)),
+            fjord_net::api::MAX_TIMESTAMP => self.log().max_timestamp_offset(start).await,
+            t if t < 0 => return Err(ErrorCode::InvalidRequest),
+            t => self.log().offset_for_timestamp(t, start).await,
+        };
+        // As Kafka: from the start clients may read, below the end they may
+        // read to (a record past it may yet be cut).
+        match found {
+            Ok(Some((offset, timestamp))) if offset < self.readable_end() => {
+                Ok((offset as i64, timestamp))
+            }
+            Ok(_) => Ok((-1, -1)),
+            Err(e) => Err(error_code(&e)),
         }
     }
 

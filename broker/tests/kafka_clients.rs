@@ -1136,7 +1136,7 @@ fn kafkajs_produces_consumes_in_a_group_and_administers() {
 /// offset and to the high watermark (-1), what ListOffsets earliest and a
 /// consumer then see, and the refusals.
 const CONFLUENT_DELETE_RECORDS: &str = r#"
-import sys, json
+import sys, json, time
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 boot, topic = sys.argv[1], sys.argv[2]
@@ -1168,6 +1168,12 @@ out["marks1"] = marks(1)
 out["below"] = delete(0, 20)
 out["past_end"] = delete(0, 101)
 out["unknown"] = delete(0, 1, name="nope")
+# ListOffsets v7's max timestamp: a record stamped an hour ahead.
+from confluent_kafka.admin import OffsetSpec
+p.produce(topic, value=b"late", partition=0, timestamp=int(time.time() * 1000) + 3600000)
+p.flush(30)
+tp = TopicPartition(topic, 0)
+out["max_ts"] = a.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(10).offset
 c.close()
 print(json.dumps(out))
 "#;
@@ -1193,6 +1199,7 @@ fn confluent_kafka_deletes_records() {
     assert_eq!(v["past_end"], "OFFSET_OUT_OF_RANGE");
     // librdkafka looks for the partition's leader first and asks nobody.
     assert_eq!(v["unknown"], "_NOENT");
+    assert_eq!(v["max_ts"], 100, "the record stamped latest");
     // The starts are the metadata's: they hold across a restart.
     broker.kill();
     broker.restart();
@@ -1205,7 +1212,7 @@ fn confluent_kafka_deletes_records() {
             (fields.len() >= 5 && fields[0].parse::<u32>().is_ok()).then(|| (fields[1], fields[2]))
         })
         .collect();
-    assert_eq!(starts, [("30", "100"), ("100", "100")], "{described}");
+    assert_eq!(starts, [("30", "101"), ("100", "100")], "{described}");
 }
 
 /// Produces to each partition of a replicated topic, deletes its records

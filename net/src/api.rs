@@ -42,6 +42,9 @@ pub fn supports(api: wire::Request, version: u16) -> Option<bool> {
 pub const EARLIEST: i64 = -2;
 /// `ListOffsets` timestamp asking for the log end.
 pub const LATEST: i64 = -1;
+/// `ListOffsets` timestamp asking for the record with the largest
+/// timestamp (Kafka's v7, KIP-734).
+pub const MAX_TIMESTAMP: i64 = -3;
 
 /// Produce `acks`: no response at all.
 pub const ACKS_NONE: i16 = 0;

@@ -27,10 +27,7 @@ pub const UNSUPPORTED_VERSION: i16 = 35;
 pub const VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
-    // v7 adds timestamp -3 (the record with the largest timestamp,
-    // KIP-734), not served yet: clients asking for it get
-    // UNSUPPORTED_VERSION rather than a refusal they cannot explain.
-    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),

@@ -777,6 +777,26 @@ impl Log {
         Ok(None)
     }
 
+    /// The record with the largest timestamp (the first, if several share
+    /// it), at or past offset `from`: its offset and timestamp, or `None`
+    /// for a log without records there. As Kafka's, the timestamp is the
+    /// largest its segments record; a record below `from` holding it
+    /// leaves no answer.
+    pub async fn max_timestamp_offset(&self, from: u64) -> Result<Option<(u64, i64)>> {
+        let largest = {
+            let st = self.inner.state.borrow();
+            st.segments
+                .values()
+                .filter(|s| s.offset_next > from)
+                .map(|s| s.max_timestamp)
+                .max()
+        };
+        match largest {
+            Some(t) if t >= 0 => self.offset_for_timestamp(t, from).await,
+            _ => Ok(None),
+        }
+    }
+
     /// Deletes whole segments past `retention.bytes` or `retention.ms`
     /// (never the active one) and moves the log start. Returns how many.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize> {

@@ -419,6 +419,11 @@ fn offsets_for_timestamps() {
             log.offset_for_timestamp(1502, 1000).await.expect("lookup"),
             Some((1000, 2500))
         );
+        // The record with the largest timestamp (ListOffsets' -3).
+        assert_eq!(
+            log.max_timestamp_offset(0).await.expect("lookup"),
+            Some((1199, 2993))
+        );
         log.close().await.expect("close");
     });
 }
