@@ -748,7 +748,17 @@ fn a_follower_serves_no_metadata_it_could_not_keep() {
     };
     // Node 3 cannot keep a copy: its temporary file's name is a directory.
     let blocked = cluster.node(3).data_dir().join("cluster/followed.tmp");
-    std::fs::create_dir_all(&blocked).expect("mkdir");
+    // Its own followed.tmp may be there for a moment, between its write
+    // and its rename.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = std::fs::create_dir(&blocked) {
+        assert!(
+            Instant::now() < deadline,
+            "mkdir {}: {e}",
+            blocked.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Through node 1, the controller's: a node answers a command once it
     // has applied it itself, which node 3 does not.
     let controller = cluster.node(1).client();

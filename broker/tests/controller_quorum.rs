@@ -276,7 +276,11 @@ fn a_voter_serves_no_metadata_it_could_not_keep() {
         .find(|&i| i + 1 != controller as usize)
         .expect("a voter");
     let blocked = nodes[blocked_voter].data_dir().join("cluster/snapshot.tmp");
-    std::fs::create_dir_all(&blocked).expect("mkdir");
+    // The voter's own snapshot.tmp may be there for a moment, between its
+    // write and its rename.
+    until("the snapshot blocked", Duration::from_secs(10), || {
+        std::fs::create_dir(&blocked).map_err(|e| e.to_string())
+    });
     // Through the controller: a node answers a command once it has applied
     // it itself, which the blocked voter does not.
     let through_controller = Admin::new(client_of(vec![all[controller as usize - 1]]));
