@@ -469,6 +469,32 @@ fn clean_reopen_restores_offsets_exactly_and_repairs_nothing() {
     });
 }
 
+/// The log's append turn (a glommio semaphore) goes to the first waiter
+/// when it is released: a task asking in between does not take it. Before
+/// the vendored glommio handed units over at the wake, it did: appends
+/// waiting for staged room overtook one another, and a Kafka client saw
+/// its pipelined records acknowledged out of send order.
+#[test]
+fn a_released_turn_goes_to_the_waiter_not_to_a_late_caller() {
+    run_fresh(|_dir| async move {
+        let turn = std::rc::Rc::new(glommio::sync::Semaphore::new(1));
+        let held = turn.acquire_static_permit(1).await.expect("permit");
+        let waiter = glommio::spawn_local({
+            let turn = turn.clone();
+            async move { drop(turn.acquire_static_permit(1).await.expect("turn")) }
+        });
+        glommio::executor().yield_now().await; // The waiter queues.
+        drop(held); // Wakes it; before it runs, a late caller asks.
+        let late = turn.try_acquire(1).expect("open");
+        assert!(!late, "a late caller took the turn ahead of its waiter");
+        waiter.await;
+        assert!(
+            turn.try_acquire(1).expect("open"),
+            "the waiter gave it back"
+        );
+    });
+}
+
 #[test]
 fn bad_batches_are_rejected_and_change_nothing() {
     run_fresh(|dir| async move {

@@ -5,7 +5,7 @@
 //
 use crate::error::{GlommioError, ResourceType};
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     future::Future,
     pin::Pin,
     task::{Context, Poll, Waker},
@@ -29,6 +29,9 @@ struct WaiterNode {
     link: LinkedListLink,
     units: u64,
     waker: RefCell<Option<Waker>>,
+    // Fjord: its units were handed to it when it was woken (see
+    // `process_wakes`), and are its own until it completes or is dropped.
+    granted: Cell<bool>,
 
     // Waiter node can not be `Unpin` so its pointer could be used inside intrusive
     // collections, it also can not outlive the container which is guaranteed by the
@@ -109,6 +112,7 @@ impl<'a> Waiter<'a> {
                 link: LinkedListLink::new(),
                 units,
                 waker: RefCell::new(None),
+                granted: Cell::new(false),
                 _p: PhantomPinned,
             },
             semaphore,
@@ -159,6 +163,11 @@ impl<'a> Drop for Waiter<'a> {
             let waiter_node = unsafe { Pin::new_unchecked(&mut self.node) };
             Self::remove_from_waiting_queue(waiter_node, &mut self.semaphore.state.borrow_mut())
         }
+        // Fjord: woken with its units but dropped before it took them:
+        // they go to the next waiters.
+        if self.node.granted.replace(false) {
+            process_wakes(self.semaphore, self.node.units);
+        }
     }
 }
 
@@ -171,7 +180,16 @@ impl<'a> Future for Waiter<'a> {
 
         let waiter_node = unsafe { Pin::new_unchecked(&mut future_mut.node) };
 
+        // Fjord: units handed over at the wake are taken as they are; a
+        // waiter still queued never takes units ahead of those before it.
+        if waiter_node.granted.replace(false) {
+            return Poll::Ready(Ok(()));
+        }
         let units = waiter_node.units;
+        if waiter_node.link.is_linked() && !sem_state.closed {
+            Self::register_in_waiting_queue(waiter_node, &mut sem_state, cx.waker().clone());
+            return Poll::Pending;
+        }
         match sem_state.try_acquire(units) {
             Err(x) => {
                 Self::remove_from_waiting_queue(waiter_node, &mut sem_state);
@@ -298,21 +316,25 @@ impl Drop for StaticPermit {
     }
 }
 
+// Fjord: the units of each waiter woken are handed to it here, taken from
+// `avail` at once (upstream only woke it and let it race for them on its
+// next poll): a task that asks in between, finding the queue empty, would
+// take them first and overtake the waiter woken before it. Fjord relies on
+// first come, first served (the log's append turn: offsets in call order).
 fn process_wakes(sem: &Semaphore, units: u64) {
-    let mut state = sem.state.borrow_mut();
+    let mut guard = sem.state.borrow_mut();
+    let state = &mut *guard;
     state.signal(units);
-
-    let mut available_units = state.avail;
 
     let mut cursor = state.waiters_list.front_mut();
 
     //only tasks which will be able to proceed will be awaken
-    while available_units > 0 {
+    while state.avail > 0 {
         let mut waker = None;
         if let Some(node) = cursor.get() {
             let node = unsafe { Pin::new_unchecked(node) };
 
-            if node.units <= available_units {
+            if node.units <= state.avail {
                 let w = node.waker.borrow_mut().take();
 
                 if w.is_some() {
@@ -321,7 +343,8 @@ fn process_wakes(sem: &Semaphore, units: u64) {
                     panic!("Future was linked into the waiting list without a waker");
                 }
 
-                available_units -= node.units;
+                node.granted.set(true);
+                state.avail -= node.units;
             }
         } else {
             break;
