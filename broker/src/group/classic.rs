@@ -304,7 +304,7 @@ impl ClassicGroup {
         if self.state != State::PreparingRebalance {
             self.prepare(now_ms, &mut answers);
         }
-        answers.merge(self.complete_if_all_joined());
+        answers.merge(self.complete_if_all_joined(now_ms));
         Ok(JoinOutcome::Parked(id, answers))
     }
 
@@ -336,6 +336,7 @@ impl ClassicGroup {
                 let mut answers = Answers::default();
                 for (id, m) in self.members.iter_mut() {
                     if std::mem::take(&mut m.syncing) {
+                        m.deadline_ms = now_ms.saturating_add(m.session_timeout_ms);
                         answers.syncs.push((id.clone(), Ok(m.assignment.clone())));
                     }
                 }
@@ -379,10 +380,12 @@ impl ClassicGroup {
             return Ok(());
         }
         self.check_member(member_id, generation, now_ms)?;
+        // As Kafka: a commit of the generation still current is taken
+        // while members rejoin — the commit consumers make as their
+        // partitions are revoked — and refused only between the new
+        // generation and its assignment.
         match self.state {
-            State::PreparingRebalance | State::CompletingRebalance => {
-                Err(ErrorCode::RebalanceInProgress)
-            }
+            State::CompletingRebalance => Err(ErrorCode::RebalanceInProgress),
             _ => Ok(()),
         }
     }
@@ -442,7 +445,7 @@ impl ClassicGroup {
         if self.state != State::PreparingRebalance {
             self.prepare(now_ms, answers);
         }
-        answers.merge(self.complete_if_all_joined());
+        answers.merge(self.complete_if_all_joined(now_ms));
     }
 
     /// Starts a rebalance: members must rejoin; parked syncs learn of it.
@@ -467,7 +470,7 @@ impl ClassicGroup {
     /// Completes the rebalance once every member rejoined: a new
     /// generation, the protocol every member supports (by the members'
     /// preferences), a leader; every parked join is answered.
-    fn complete_if_all_joined(&mut self) -> Answers {
+    fn complete_if_all_joined(&mut self, now_ms: i64) -> Answers {
         let mut answers = Answers::default();
         let mut generation = self.members.iter().filter(|(_, m)| !m.pending);
         if self.state != State::PreparingRebalance
@@ -503,6 +506,9 @@ impl ClassicGroup {
             .collect();
         for (id, m) in self.members.iter_mut().filter(|(_, m)| !m.pending) {
             m.joined = false;
+            // Its session runs from the answer, as Kafka's: a member that
+            // joined early must not expire while slower ones rejoin.
+            m.deadline_ms = now_ms.saturating_add(m.session_timeout_ms);
             answers.joins.push((
                 id.clone(),
                 Ok(Joined {
@@ -698,6 +704,56 @@ mod tests {
             g.join(join("nobody", &["range"]), 3).unwrap_err(),
             ErrorCode::UnknownMemberId
         );
+    }
+
+    /// Two members, a and b, stable in generation 1 with `a`'s session.
+    fn stable_pair(a_session_ms: i64) -> (ClassicGroup, String, String) {
+        let mut g = ClassicGroup::default();
+        let mut first = join("", &["range"]);
+        first.session_timeout_ms = a_session_ms;
+        let (a, _) = parked(g.join(first, 0));
+        let (b, _) = parked(g.join(join("", &["range"]), 1));
+        let mut again = join(&a, &["range"]);
+        again.session_timeout_ms = a_session_ms;
+        parked(g.join(again, 2));
+        assert_eq!(g.state(), State::CompletingRebalance);
+        g.sync(&b, 2, vec![], 3).unwrap();
+        g.sync(&a, 2, vec![], 3).unwrap();
+        assert_eq!((g.state(), g.generation()), (State::Stable, 2));
+        (g, a, b)
+    }
+
+    /// As Kafka: consumers commit as their partitions are revoked, while
+    /// the group rebalances; that generation's commits are taken until the
+    /// next one is formed.
+    #[test]
+    fn commits_of_the_current_generation_are_taken_while_members_rejoin() {
+        let (mut g, a, b) = stable_pair(10_000);
+        parked(g.join(join(&b, &["range"]), 10));
+        assert_eq!(g.state(), State::PreparingRebalance);
+        assert_eq!(g.check_commit(&a, 2, 11), Ok(()));
+        parked(g.join(join(&a, &["range"]), 12));
+        assert_eq!(g.state(), State::CompletingRebalance);
+        assert_eq!(
+            g.check_commit(&a, 3, 13),
+            Err(ErrorCode::RebalanceInProgress)
+        );
+    }
+
+    /// A member's session runs from the answer to its join: one that
+    /// rejoined early is not expired while a slower one takes its time.
+    #[test]
+    fn a_member_that_rejoined_early_outlives_a_slow_rebalance() {
+        let (mut g, a, b) = stable_pair(1_000);
+        let mut early = join(&a, &["range"]);
+        early.session_timeout_ms = 1_000;
+        parked(g.join(early, 100));
+        // b takes 4 s, within the rebalance timeout, past a's session.
+        parked(g.join(join(&b, &["range"]), 4_100));
+        assert_eq!(g.state(), State::CompletingRebalance);
+        g.tick(4_500);
+        assert_eq!(g.describe().len(), 2, "a expired before its sync");
+        assert!(g.sync(&a, 3, vec![], 4_600).is_ok());
     }
 
     /// The group is rebuilt empty when dropped or when its coordinator

@@ -69,6 +69,13 @@ pub(super) async fn join_group(
             .with_member_id(str_bytes(member))
             .with_protocol_name(Some(str_bytes("")))
     };
+    // As Kafka: a session the coordinator would not keep is refused, not
+    // expired at the next tick into a rebalance without end.
+    let limits = shard.config.group_limits();
+    let session = limits.session_timeout_min_ms..=limits.session_timeout_max_ms;
+    if !session.contains(&join.session_timeout_ms) {
+        return failed(ErrorCode::InvalidSessionTimeout, text(&request.member_id));
+    }
     match call(shard, &group, ClassicCall::Join(join)).await {
         Ok(ClassicReply::Joined(joined)) => joined_response(joined),
         Ok(ClassicReply::MemberIdRequired(id)) => failed(ErrorCode::MemberIdRequired, id),
