@@ -356,6 +356,7 @@ impl Partition {
             .map_err(|_| StorageError::Closed)?;
         let old = self.log();
         let (bytes, age) = old.retention();
+        let (policy, compaction) = old.cleanup();
         // Whatever it held is dropped: a failed close changes nothing.
         let _ = old.close().await;
         self.forget_staged();
@@ -363,7 +364,9 @@ impl Partition {
         fjord_storage::recovery::reset(&s.dir, start).await?;
         let log =
             Log::open_staged(&s.dir, s.config.clone(), s.cache.clone(), s.staging.clone()).await?;
+        // The topic's settings as altered since the open.
         log.set_retention(bytes, age);
+        log.set_cleanup(policy, compaction);
         *self.log.borrow_mut() = Rc::new(log);
         Ok(())
     }
@@ -410,8 +413,6 @@ impl Partition {
                     offset_next = reopened.offset_next(),
                     "log reopened after running out of room: appends resume"
                 );
-                let (bytes, age) = log.retention();
-                reopened.set_retention(bytes, age);
                 // What the failed log took but never wrote is gone: the
                 // producer state must not answer for it as a duplicate.
                 let replicated = self.replica().is_some();

@@ -277,9 +277,12 @@ impl Log {
         // Pass 2: rewrite what the map makes obsolete.
         let retention_ms = ms(compaction.delete_retention);
         let mut rewritten = Vec::new();
+        // The targets run from the log's first segment, oldest first.
+        let unjudged_below = std::cell::Cell::new(false);
         for target in plan.targets.iter().filter(|t| t.base < offset_mapped_end) {
             let rules = Rules {
                 scan: &scan,
+                unjudged_below: &unjudged_below,
                 offset_mapped_end,
                 keep_empty: compaction.keep_empty_batches,
                 drop_tombstones: target

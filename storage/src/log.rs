@@ -189,6 +189,12 @@ impl Log {
             Some(carried),
         )
         .await?;
+        // The settings a topic's altered configs set since the open, not
+        // the ones it was opened with: a `cleanup.policy` changed to
+        // `compact` must not become `delete` again (retention would delete
+        // latest values).
+        log.inner.retention.set(inner.retention.get());
+        log.inner.cleanup.set(inner.cleanup.get());
         // The log has resumed only once what it carried is on disk: until
         // then a full disk would take acknowledgements it cannot write.
         if carrying && let Err(e) = log.flush().await {

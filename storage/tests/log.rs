@@ -469,6 +469,30 @@ fn clean_reopen_restores_offsets_exactly_and_repairs_nothing() {
     });
 }
 
+/// A log opened again (after it ran out of room) keeps the retention and
+/// cleanup settings a topic's altered configs gave it, not those it was
+/// opened with: `compact` turning back into `delete` would let retention
+/// delete latest values.
+#[test]
+fn a_reopened_log_keeps_its_altered_settings() {
+    run_fresh(|dir| async move {
+        let cache = BatchCache::new(0);
+        let log = open(&dir, "p0", LogConfig::default(), &cache).await;
+        log.append(&batch(0, 1, 10, 0)).await.expect("append");
+        log.flush().await.expect("flush");
+        let (mut policy, mut compaction) = log.cleanup();
+        (policy.delete, policy.compact) = (false, true);
+        compaction.delete_retention = Duration::from_secs(7);
+        log.set_cleanup(policy, compaction);
+        log.set_retention(Some(1 << 20), Some(Duration::from_secs(60)));
+        let reopened = log.reopen().await.expect("reopen");
+        assert_eq!(reopened.cleanup(), (policy, compaction));
+        assert_eq!(reopened.retention(), log.retention());
+        reopened.close().await.expect("close");
+        log.close().await.expect("close");
+    });
+}
+
 /// The log's append turn (a glommio semaphore) goes to the first waiter
 /// when it is released: a task asking in between does not take it. Before
 /// the vendored glommio handed units over at the wake, it did: appends

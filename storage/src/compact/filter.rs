@@ -136,6 +136,11 @@ impl DirtyScan {
 /// Pass 2's rules for one segment.
 pub(crate) struct Rules<'a> {
     pub(crate) scan: &'a DirtyScan,
+    /// A batch kept whole without being judged (compressed, transactional)
+    /// came before, in this pass over the log from its start: it may hold
+    /// an older value of any key, which a tombstone must go on hiding, so
+    /// no tombstone after it is dropped.
+    pub(crate) unjudged_below: &'a std::cell::Cell<bool>,
     /// End of the mapped range: records at or past it are kept.
     pub(crate) offset_mapped_end: u64,
     /// The segment has been clean for `delete.retention.ms`: its
@@ -172,7 +177,7 @@ impl Rules<'_> {
         {
             return false;
         }
-        !(value.is_none() && self.drop_tombstones)
+        !(value.is_none() && self.drop_tombstones && !self.unjudged_below.get())
     }
 
     /// A producer's last batch keeps its header even when emptied: the
@@ -193,6 +198,9 @@ impl Rules<'_> {
     /// Decides what of `batch` survives.
     pub(crate) fn apply(&self, batch: &Batch<'_>) -> Outcome {
         if !judged(batch) {
+            if !batch.is_control() {
+                self.unjudged_below.set(true);
+            }
             return Outcome::Keep;
         }
         let Ok(mut records) = batch.records() else {
@@ -231,6 +239,7 @@ mod tests {
     use super::*;
     use fjord_core::BatchBuilder;
     use fjord_core::batch::set_base_offset;
+    use std::cell::Cell;
 
     fn batch_at(base: i64, records: &[(Option<&str>, Option<&str>)], producer: i64) -> Vec<u8> {
         let mut builder = BatchBuilder::new();
@@ -264,6 +273,7 @@ mod tests {
         assert_eq!(scan.map.len(), 2);
         let rules = Rules {
             scan: &scan,
+            unjudged_below: &Cell::new(false),
             offset_mapped_end: 4,
             drop_tombstones: false,
             keep_empty: false,
@@ -301,6 +311,7 @@ mod tests {
         assert_eq!(scan.map_batch(&parse(&bytes), 0), Some(1), "b does not fit");
         let rules = Rules {
             scan: &scan,
+            unjudged_below: &Cell::new(false),
             offset_mapped_end: 1,
             drop_tombstones: false,
             keep_empty: false,
@@ -317,6 +328,7 @@ mod tests {
         scan.map_batch(&parse(&tomb), 0);
         let keep = Rules {
             scan: &scan,
+            unjudged_below: &Cell::new(false),
             offset_mapped_end: 1,
             drop_tombstones: false,
             keep_empty: false,
@@ -334,6 +346,7 @@ mod tests {
         scan.map_batch(&parse(&later), 0);
         let expire = Rules {
             scan: &scan,
+            unjudged_below: &Cell::new(false),
             offset_mapped_end: 2,
             drop_tombstones: true,
             keep_empty: false,
@@ -349,5 +362,35 @@ mod tests {
         };
         assert_eq!(parse(&bytes).record_count(), 0);
         assert_eq!(parse(&bytes).last_offset(), 0);
+    }
+
+    /// A value kept whole in a batch the cleaner does not judge (here a
+    /// transactional one; compressed ones alike) is hidden by a later
+    /// tombstone, which must then stay: dropping it once expired would
+    /// bring the value back.
+    #[test]
+    fn tombstones_after_a_batch_kept_whole_stay() {
+        let mut builder = BatchBuilder::new().producer(3, 0, 0).transactional(true);
+        builder.push(0, Some(b"a"), Some(b"1"), &[]);
+        let whole = builder.build();
+        let tomb = batch_at(1, &[(Some("a"), None)], -1);
+        let mut scan = DirtyScan::new(10);
+        scan.map_batch(&parse(&whole), 0);
+        scan.map_batch(&parse(&tomb), 0);
+        let seen = Cell::new(false);
+        let expire = Rules {
+            scan: &scan,
+            unjudged_below: &seen,
+            offset_mapped_end: 2,
+            drop_tombstones: true,
+            keep_empty: false,
+        };
+        assert_eq!(expire.apply(&parse(&whole)), Outcome::Keep);
+        assert!(seen.get());
+        assert_eq!(
+            expire.apply(&parse(&tomb)),
+            Outcome::Keep,
+            "a=1 would return"
+        );
     }
 }
