@@ -564,10 +564,14 @@ async fn swap(
         file.retire().await?;
     }
     next.pending = rewritten.iter().map(|r| r.base).collect();
-    // The commit point: from here recovery finishes this swap.
-    state::write(&inner.dir, &next).await?;
+    // The commit point: from here recovery finishes this swap. A write
+    // that fails may still have reached the disk (renamed, the directory
+    // not synced): memory can no longer tell, so the log fails as below.
     let swapped = rewritten.len();
-    let done = finish(inner, plan, rewritten, next).await;
+    let done = match state::write(&inner.dir, &next).await {
+        Ok(()) => finish(inner, plan, rewritten, next).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &done {
         // Memory and disk may disagree now: only a reopen (which finishes
         // the swap) knows what the disk holds.
@@ -675,7 +679,17 @@ pub(crate) async fn recover_swap(
     report: &mut RecoveryReport,
 ) -> Result<CleanerState> {
     let mut cleaner = state::read(dir).await?;
-    let pending = std::mem::take(&mut cleaner.pending);
+    let mut pending = std::mem::take(&mut cleaner.pending);
+    // A pending segment whose own file is gone was deleted since the swap
+    // committed (retention, after the commit point failed in memory): its
+    // cleaned copy must not come back below the log's start. Its files are
+    // discarded with the uncommitted ones below.
+    pending.retain(|&base| {
+        let (log, _) = segment::file_paths(dir, base);
+        log.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| names.iter().any(|m| m == n))
+    });
     if !pending.is_empty() {
         for &base in &pending {
             if rename_cleaned(dir, base).await? > 0 {

@@ -464,4 +464,25 @@ fn a_crash_at_each_step_of_the_swap_leaves_old_or_new_never_a_mix() {
     }
     // And every surviving record is one that was appended, at its offset.
     assert_eq!(after, expected(&appended, committed.offset_clean, false));
+
+    // Committed on disk while the swap failed in memory, and retention then
+    // deleted the first rewritten segment: its copy does not come back
+    // below the log's start (its cleaned files go with the others).
+    let dir = crash("deleted", Some(&committed), 0);
+    let first = *rewritten.iter().min().expect("rewritten");
+    for name in names_of(&dir) {
+        let log_name = name.replace(".index", ".log");
+        if fjord_storage::segment::parse_log_name(&log_name).is_some_and(|b| b <= first) {
+            std::fs::remove_file(dir.join(&name)).expect("delete");
+        }
+    }
+    let read = reopen_and_read(&data, "deleted");
+    let first_log = format!("{first:020}.log");
+    assert!(
+        !names_of(&dir).contains(&first_log),
+        "a deleted segment came back"
+    );
+    let later: Vec<Rec> = after.iter().filter(|r| r.0 >= first).cloned().collect();
+    assert!(read.len() <= later.len() && read == later[later.len() - read.len()..]);
+    assert!(names_of(&dir).iter().all(|n| !n.ends_with(CLEANED_SUFFIX)));
 }
