@@ -268,10 +268,17 @@ impl Log {
                 break;
             }
         }
-        assert!(
-            offset_mapped_end > plan.offset_clean,
-            "a cleaning maps at least one dirty key or reaches the end"
-        );
+        // A map that filled at the first dirty record maps nothing: only
+        // records out of offset order inside a batch (their deltas are not
+        // checked at append) get there. Nothing is cleaned; the log serves.
+        if offset_mapped_end <= plan.offset_clean {
+            tracing::warn!(
+                dir = %inner.dir.display(),
+                offset_clean = plan.offset_clean,
+                "compaction mapped no key: records out of offset order; not cleaned"
+            );
+            return Ok(report);
+        }
         report.keys_mapped = scan.map.len();
 
         // Pass 2: rewrite what the map makes obsolete.

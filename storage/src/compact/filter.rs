@@ -49,8 +49,9 @@ impl OffsetMap {
         let full = self.offsets.len() >= self.keys_max;
         match self.offsets.entry(hash(key)) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
-                debug_assert!(*e.get() <= offset, "mapped in offset order");
-                e.insert(offset);
+                // Mapped in offset order; the larger wins all the same.
+                let newest = e.get_mut();
+                *newest = (*newest).max(offset);
                 true
             }
             std::collections::hash_map::Entry::Vacant(_) if full => false,
@@ -122,7 +123,10 @@ impl DirtyScan {
             };
             let offset = record.offset as u64;
             let Some(key) = record.key else { continue };
-            if offset < from {
+            // A record whose offset lies outside its batch (the log does
+            // not check records' offset deltas) is not mapped: kept.
+            let inside = batch.base_offset() as u64..=batch.last_offset() as u64;
+            if offset < from || !inside.contains(&offset) {
                 continue;
             }
             if !self.map.put(key, offset) {
@@ -225,11 +229,12 @@ impl Rules<'_> {
             return Outcome::Drop { removed };
         }
         let bytes = batch.with_records(&kept);
-        // Checked before it is written, as every batch of the log is.
-        assert!(
-            Batch::validate(&bytes).is_ok_and(|b| b.last_offset() == batch.last_offset()),
-            "a rewritten batch is valid and spans the same offsets"
-        );
+        // Checked before it is written, as every batch of the log is: one
+        // that does not check (the batch was damaged on disk in a way its
+        // framing did not show) is kept as it was, untouched.
+        if !Batch::validate(&bytes).is_ok_and(|b| b.last_offset() == batch.last_offset()) {
+            return Outcome::Keep;
+        }
         Outcome::Rewrite { bytes, removed }
     }
 }
@@ -392,5 +397,20 @@ mod tests {
             Outcome::Keep,
             "a=1 would return"
         );
+    }
+
+    /// A record whose offset delta points outside its batch (the log does
+    /// not check deltas) is not mapped, and nothing panics over it.
+    #[test]
+    fn a_record_outside_its_batch_is_not_mapped() {
+        let mut bytes = batch_at(0, &[(Some("a"), Some("1"))], -1);
+        // The record: length, attributes, timestamp delta, offset delta.
+        assert_eq!(bytes[61 + 3], 0, "offset delta 0");
+        bytes[61 + 3] = 10; // zigzag 5
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut scan = DirtyScan::new(10);
+        assert_eq!(scan.map_batch(&parse(&bytes), 0), None);
+        assert_eq!(scan.map.len(), 0);
     }
 }
