@@ -332,6 +332,31 @@ fn committed_offsets_survive_a_sigkill_and_the_tools_move_them() {
     let refused = block_on(producer.send("__consumer_offsets", Some(0), None, Some(b"v"), &[]));
     let refused = format!("{:?}", refused.unwrap_err());
     assert!(refused.contains("InvalidTopic"), "{refused}");
+    // A commit for a partition that does not exist is refused, as Kafka's.
+    let commit = |topic: &str, partition: i32| {
+        use fjord_net::wire;
+        let request = wire::RequestT::OffsetCommitRequest(Box::new(wire::OffsetCommitRequestT {
+            group_id: Some("tools".into()),
+            topics: Some(vec![wire::OffsetCommitTopicT {
+                name: Some(topic.into()),
+                partitions: Some(vec![wire::OffsetCommitPartitionT {
+                    partition,
+                    offset: 1,
+                    ..Default::default()
+                }]),
+            }]),
+            ..Default::default()
+        }));
+        let response = block_on(broker.client().ask_any(request)).unwrap();
+        let wire::ResponseT::OffsetCommitResponse(r) = response.unpack().unwrap().0 else {
+            panic!("expected an OffsetCommit response");
+        };
+        let p = &r.topics.unwrap()[0].partitions.clone().unwrap()[0];
+        p.error_code
+    };
+    let unknown = fjord_net::ErrorCode::UnknownTopicOrPartition.code();
+    assert_eq!(commit("nope", 0), unknown);
+    assert_eq!(commit("t", 2), unknown, "t has partitions 0 and 1");
 
     broker.kill();
     broker.restart();

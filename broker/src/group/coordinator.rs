@@ -198,7 +198,8 @@ impl Coordinator {
                 )))
             }
             R::OffsetCommitRequest(request) => S::OffsetCommitResponse(Box::new(
-                self.commit(partition, *request, call.now_ms).await,
+                self.commit(partition, *request, &call.topics, call.now_ms)
+                    .await,
             )),
             R::OffsetFetchRequest(request) => {
                 S::OffsetFetchResponse(Box::new(self.fetch(*request)))
@@ -339,6 +340,7 @@ impl Coordinator {
         &self,
         partition: &Partition,
         request: wire::OffsetCommitRequestT,
+        topics: &BTreeMap<String, i32>,
         now_ms: i64,
     ) -> wire::OffsetCommitResponseT {
         let fail = |code: ErrorCode| wire::OffsetCommitResponseT {
@@ -375,9 +377,14 @@ impl Coordinator {
             let mut partitions = Vec::new();
             for p in topic.partitions.unwrap_or_default() {
                 let metadata = p.metadata.unwrap_or_default();
+                // As Kafka: a commit for a partition that does not exist
+                // is refused, not kept for a topic that may never come.
+                let known = topics
+                    .get(&name)
+                    .is_some_and(|&n| (0..n).contains(&p.partition));
                 let code = if metadata.len() > records::METADATA_LEN_MAX {
                     ErrorCode::OffsetMetadataTooLarge.code()
-                } else if fjord_core::topic::validate_name(&name).is_err() {
+                } else if !known {
                     ErrorCode::UnknownTopicOrPartition.code()
                 } else {
                     let key = CommitKey {
