@@ -248,9 +248,14 @@ impl ClassicGroup {
                 .map(|(id, _)| id.clone())
         });
         let id = match (join.member_id.is_empty(), static_place) {
-            // A static member coming back takes its place under a new id;
-            // the old id is fenced.
-            (_, Some(old)) if old != join.member_id => {
+            // As Kafka: a member id its instance no longer holds is an
+            // older process of that instance, fenced.
+            (false, Some(old)) if old != join.member_id => {
+                return Err(ErrorCode::FencedInstanceId);
+            }
+            // A static member coming back (with no id) takes its place
+            // under a new id; the old id is fenced.
+            (true, Some(old)) => {
                 let mut member = self
                     .members
                     .remove(&old)
@@ -353,6 +358,27 @@ impl ClassicGroup {
         }
     }
 
+    /// A static member's call under an id its instance no longer holds:
+    /// another process took the instance's place, and this one is fenced
+    /// (Kafka's `FENCED_INSTANCE_ID`, which its client takes as fatal).
+    pub fn check_instance(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), ErrorCode> {
+        let Some(instance) = instance_id else {
+            return Ok(());
+        };
+        match self
+            .members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_deref() == Some(instance))
+        {
+            Some((holder, _)) if holder != member_id => Err(ErrorCode::FencedInstanceId),
+            _ => Ok(()),
+        }
+    }
+
     /// A Heartbeat.
     pub fn heartbeat(
         &mut self,
@@ -390,9 +416,31 @@ impl ClassicGroup {
         }
     }
 
-    /// LeaveGroup of `member_id`; the others rebalance.
-    pub fn leave(&mut self, member_id: &str, now_ms: i64) -> Result<Answers, ErrorCode> {
-        if self.members.remove(member_id).is_none() {
+    /// LeaveGroup of `member_id`, or of the static member `instance_id`
+    /// (v3+; an admin removing it names no member id); the others
+    /// rebalance. A member id that is not the instance's is fenced.
+    pub fn leave(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Answers, ErrorCode> {
+        let id = match instance_id {
+            Some(instance) => {
+                let holder = self
+                    .members
+                    .iter()
+                    .find(|(_, m)| m.instance_id.as_deref() == Some(instance))
+                    .map(|(id, _)| id.clone())
+                    .ok_or(ErrorCode::UnknownMemberId)?;
+                if !member_id.is_empty() && member_id != holder {
+                    return Err(ErrorCode::FencedInstanceId);
+                }
+                holder
+            }
+            None => member_id.to_owned(),
+        };
+        if self.members.remove(&id).is_none() {
             return Err(ErrorCode::UnknownMemberId);
         }
         let mut answers = Answers::default();
@@ -665,7 +713,7 @@ mod tests {
         assert!(g.check_commit(&b, 2, 60).is_ok());
         assert_eq!(g.check_commit(&b, 1, 60), Err(ErrorCode::IllegalGeneration));
         // b leaves: a rebalances alone.
-        g.leave(&b, 70).unwrap();
+        g.leave(&b, None, 70).unwrap();
         assert_eq!(g.state(), State::PreparingRebalance);
         let (_, answers) = parked(g.join(join(&a, &["range"]), 80));
         assert_eq!(answers.joins.len(), 1);
@@ -754,6 +802,34 @@ mod tests {
         g.tick(4_500);
         assert_eq!(g.describe().len(), 2, "a expired before its sync");
         assert!(g.sync(&a, 3, vec![], 4_600).is_ok());
+    }
+
+    /// A static member's place taken by a new process of the instance:
+    /// the old process is fenced on every call (FENCED_INSTANCE_ID), and
+    /// an admin removes the member by its instance id alone.
+    #[test]
+    fn a_static_members_old_process_is_fenced_and_an_admin_removes_it() {
+        let mut g = ClassicGroup::default();
+        let mut first = join("", &["range"]);
+        first.instance_id = Some("i1".into());
+        let (old, _) = parked(g.join(first.clone(), 0));
+        g.sync(&old, 1, vec![(old.clone(), vec![1])], 1).unwrap();
+        let (new, _) = parked(g.join(first, 2));
+        assert_ne!(new, old);
+        assert_eq!(
+            g.check_instance(&old, Some("i1")),
+            Err(ErrorCode::FencedInstanceId)
+        );
+        assert_eq!(g.check_instance(&new, Some("i1")), Ok(()));
+        let mut zombie = join(&old, &["range"]);
+        zombie.instance_id = Some("i1".into());
+        assert_eq!(g.join(zombie, 3).unwrap_err(), ErrorCode::FencedInstanceId);
+        assert_eq!(
+            g.leave(&old, Some("i1"), 4).unwrap_err(),
+            ErrorCode::FencedInstanceId
+        );
+        g.leave("", Some("i1"), 5).unwrap();
+        assert!(g.is_empty());
     }
 
     /// The group is rebuilt empty when dropped or when its coordinator

@@ -110,6 +110,7 @@ pub(super) async fn sync_group(shard: &Shard, request: SyncGroupRequest) -> Sync
     let sync = ClassicCall::Sync {
         member_id: text(&request.member_id),
         generation: request.generation_id,
+        instance_id: request.group_instance_id.as_ref().map(text),
         assignments: request
             .assignments
             .iter()
@@ -131,6 +132,7 @@ pub(super) async fn heartbeat(shard: &Shard, request: HeartbeatRequest) -> Heart
     let beat = ClassicCall::Heartbeat {
         member_id: text(&request.member_id),
         generation: request.generation_id,
+        instance_id: request.group_instance_id.as_ref().map(text),
     };
     let code = match call(shard, &group, beat).await {
         Ok(_) => 0,
@@ -159,6 +161,7 @@ pub(super) async fn leave_group(shard: &Shard, request: LeaveGroupRequest) -> Le
             &group,
             ClassicCall::Leave {
                 member_id: member_id.clone(),
+                instance_id: instance.clone(),
             },
         )
         .await

@@ -33,6 +33,8 @@ pub enum ClassicCall {
         generation: i32,
         /// The leader's assignments, by member.
         assignments: Vec<(String, Vec<u8>)>,
+        /// A static member's instance id.
+        instance_id: Option<String>,
     },
     /// Heartbeat.
     Heartbeat {
@@ -40,11 +42,15 @@ pub enum ClassicCall {
         member_id: String,
         /// Its generation.
         generation: i32,
+        /// A static member's instance id.
+        instance_id: Option<String>,
     },
     /// LeaveGroup of one member.
     Leave {
-        /// The member.
+        /// The member (empty: the static member `instance_id`).
         member_id: String,
+        /// A static member's instance id (LeaveGroup v3+).
+        instance_id: Option<String>,
     },
     /// DescribeGroups of a classic group: its members' metadata and
     /// assignments, which only the classic protocol carries.
@@ -130,7 +136,11 @@ impl Coordinator {
                 member_id,
                 generation,
                 assignments,
-            } => match g.sync(&member_id, generation, assignments, now_ms) {
+                instance_id,
+            } => match g
+                .check_instance(&member_id, instance_id.as_deref())
+                .and_then(|()| g.sync(&member_id, generation, assignments, now_ms))
+            {
                 Ok(SyncOutcome::Assigned(bytes)) => Ok(ready(ClassicReply::Synced(bytes))),
                 Ok(SyncOutcome::Parked(more)) => {
                     answers.merge_from(more);
@@ -146,13 +156,20 @@ impl Coordinator {
             ClassicCall::Heartbeat {
                 member_id,
                 generation,
+                instance_id,
             } => g
-                .heartbeat(&member_id, generation, now_ms)
+                .check_instance(&member_id, instance_id.as_deref())
+                .and_then(|()| g.heartbeat(&member_id, generation, now_ms))
                 .map(|()| ready(ClassicReply::Done)),
-            ClassicCall::Leave { member_id } => g.leave(&member_id, now_ms).map(|more| {
-                answers.merge_from(more);
-                ready(ClassicReply::Done)
-            }),
+            ClassicCall::Leave {
+                member_id,
+                instance_id,
+            } => g
+                .leave(&member_id, instance_id.as_deref(), now_ms)
+                .map(|more| {
+                    answers.merge_from(more);
+                    ready(ClassicReply::Done)
+                }),
             ClassicCall::Describe => {
                 let (protocol_type, protocol) = g.protocol();
                 Ok(ready(ClassicReply::Described {
@@ -303,6 +320,7 @@ mod tests {
                             member_id: b.member_id.clone(),
                             generation: 2,
                             assignments: Vec::new(),
+                            instance_id: None,
                         },
                         now,
                     )
@@ -314,6 +332,7 @@ mod tests {
                             member_id: a.member_id.clone(),
                             generation: 2,
                             assignments: vec![(b.member_id.clone(), b"for b".to_vec())],
+                            instance_id: None,
                         },
                         now,
                     )
@@ -329,6 +348,7 @@ mod tests {
                         ClassicCall::Heartbeat {
                             member_id: a.member_id.clone(),
                             generation: 2,
+                            instance_id: None,
                         },
                         now + 10_001,
                     )
