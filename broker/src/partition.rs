@@ -770,11 +770,28 @@ fn check_keyed(records: &[u8]) -> Result<(), ErrorCode> {
     let mut rest = records;
     while !rest.is_empty() {
         let batch = Batch::parse(rest).map_err(|_| ErrorCode::CorruptMessage)?;
-        batch.check_keyed().map_err(|_| ErrorCode::InvalidRecord)?;
         rest = &rest[batch.len()..];
+        if batch.is_control() || batch.compression() == fjord_core::Compression::None {
+            batch.check_keyed().map_err(|_| ErrorCode::InvalidRecord)?;
+            continue;
+        }
+        // As Kafka: a compressed batch is decompressed to check its keys
+        // (compacted topics only), bounded as the log's lookups are.
+        let decompressed = fjord_core::compression::decompressed_records(&batch, DECOMPRESSED_MAX)
+            .map_err(|_| ErrorCode::CorruptMessage)?;
+        for record in fjord_core::Records::over(batch, &decompressed) {
+            let record = record.map_err(|_| ErrorCode::CorruptMessage)?;
+            if record.key.is_none() {
+                return Err(ErrorCode::InvalidRecord);
+            }
+        }
     }
     Ok(())
 }
+
+/// Largest records section a compressed batch may decompress to when its
+/// keys are checked.
+const DECOMPRESSED_MAX: usize = 64 << 20;
 
 /// Cuts a read at `end`: batches at or past it are not returned.
 fn cut_at(read: &mut LogRead, end: u64) {

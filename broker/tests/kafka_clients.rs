@@ -616,9 +616,18 @@ c.assign([TopicPartition(topic, 4, at_time["zstd"])])
 m = None
 while m is None or m.error() is not None:
     m = c.poll(1)
+# A compacted topic refuses a keyless record in a compressed batch too.
+from confluent_kafka.admin import AdminClient, NewTopic
+a = AdminClient({"bootstrap.servers": boot})
+a.create_topics([NewTopic("zc", 1, config={"cleanup.policy": "compact"})])["zc"].result(30)
+errors = []
+pr = Producer({"bootstrap.servers": boot, "compression.type": "lz4", "retries": 0})
+for key in (b"k", None):
+    pr.produce("zc", key=key, value=b"v", on_delivery=lambda e, m: errors.append(e and e.name()))
+    pr.flush(30)
 first = m.value().decode()
 c.close()
-print(json.dumps({"got": got, "at_time": at_time, "first": first}))
+print(json.dumps({"got": got, "at_time": at_time, "first": first, "compacted": errors}))
 "#;
 
 #[test]
@@ -633,6 +642,11 @@ fn compressed_batches_round_trip_and_a_timestamp_finds_its_offset() {
         assert_eq!(v["at_time"][codec], 150, "{codec}: {v}");
     }
     assert_eq!(v["first"], "zstd-150-".repeat(20));
+    assert_eq!(
+        v["compacted"],
+        serde_json::json!([null, "INVALID_RECORD"]),
+        "a compacted topic and lz4 batches"
+    );
 }
 
 /// A confluent-kafka group member that prints its assignment's size on

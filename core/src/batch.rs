@@ -338,8 +338,8 @@ impl<'a> Batch<'a> {
 
     /// Checks that every record has a key, as a compacted topic requires
     /// at produce (Kafka refuses keyless records there). Control batches
-    /// are exempt. A compressed batch passes unchecked: the broker never
-    /// decompresses on the produce path.
+    /// are exempt. A compressed batch passes unchecked here: its records
+    /// must be decompressed first (the broker does, for compacted topics).
     pub fn check_keyed(&self) -> Result<(), BatchError> {
         if self.is_control() || self.compression() != Compression::None {
             return Ok(());
