@@ -623,7 +623,7 @@ a.create_topics([NewTopic("zc", 1, config={"cleanup.policy": "compact"})])["zc"]
 errors = []
 pr = Producer({"bootstrap.servers": boot, "compression.type": "lz4", "retries": 0})
 for key in (b"k", None):
-    pr.produce("zc", key=key, value=b"v", on_delivery=lambda e, m: errors.append(e and e.name()))
+    pr.produce("zc", key=key, value=b"v" * 4000, on_delivery=lambda e, m: errors.append(e and e.name()))
     pr.flush(30)
 first = m.value().decode()
 c.close()
