@@ -822,7 +822,10 @@ impl Log {
         keep_from: u64,
         deleted_below: u64,
     ) -> Result<usize> {
-        if !self.inner.cleanup.get().0.delete {
+        // Without `delete` only records deleted below a start (Kafka's
+        // DeleteRecords) go, whatever the policy, as Kafka's.
+        let delete = self.inner.cleanup.get().0.delete;
+        if !delete && deleted_below == 0 {
             return Ok(0);
         }
         // No cleaning swaps segments while their files are unlinked.
@@ -838,7 +841,10 @@ impl Log {
                 // The next run applies retention.
                 return Ok(0);
             }
-            let (retention_bytes, retention_age) = self.inner.retention.get();
+            let (retention_bytes, retention_age) = match delete {
+                true => self.inner.retention.get(),
+                false => (None, None),
+            };
             let mut total: u64 = st.segments.values().map(|s| s.log.len()).sum();
             let active = st.active().base_offset;
             let bases: Vec<u64> = st.segments.keys().copied().collect();

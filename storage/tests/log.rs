@@ -469,6 +469,35 @@ fn clean_reopen_restores_offsets_exactly_and_repairs_nothing() {
     });
 }
 
+/// Records deleted below a start (DeleteRecords) free their segments on a
+/// compacted topic too, as Kafka's; its retention by time and size does
+/// not apply.
+#[test]
+fn records_deleted_below_a_start_go_on_a_compacted_log() {
+    run_fresh(|dir| async move {
+        let cache = BatchCache::new(0);
+        let config = LogConfig {
+            segment_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, "p0", config, &cache).await;
+        for i in 0..100u64 {
+            log.append(&batch(i, 1, 100, 0)).await.expect("append");
+        }
+        log.flush().await.expect("flush");
+        let (mut policy, compaction) = log.cleanup();
+        (policy.delete, policy.compact) = (false, true);
+        log.set_cleanup(policy, compaction);
+        log.set_retention(Some(1), Some(Duration::from_millis(1)));
+        let now = fjord_storage::log::now_ms();
+        assert_eq!(log.enforce_retention(now).await.expect("retention"), 0);
+        let deleted = log.enforce_retention_below(now, u64::MAX, 50).await;
+        assert!(deleted.expect("retention") > 0);
+        assert!(log.offset_start() > 0 && log.offset_start() <= 50);
+        log.close().await.expect("close");
+    });
+}
+
 /// A log opened again (after it ran out of room) keeps the retention and
 /// cleanup settings a topic's altered configs gave it, not those it was
 /// opened with: `compact` turning back into `delete` would let retention
