@@ -634,7 +634,12 @@ impl Partition {
             let readable = async {
                 replica.wait_past(offset, wait).await;
                 if replica.high_watermark() > offset {
-                    log.wait_visible(offset + 1).await;
+                    // A log that stopped makes nothing readable: the rest
+                    // of the wait is slept out, not spun through.
+                    match log.is_writable() {
+                        true => log.wait_visible(offset + 1).await,
+                        false => futures::future::pending().await,
+                    }
                 }
             };
             let timeout = std::pin::pin!(glommio::timer::sleep(wait));

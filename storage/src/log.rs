@@ -230,17 +230,19 @@ impl Log {
         // Under `fsync=always` what the last run wrote counts as durable only
         // once synced: it may have stopped between a write and its
         // fdatasync, and the device's cache would lose that write to a power
-        // cut. The last two segments hold whatever one round wrote (a roll
-        // included); the opening syncs them below.
-        let unsynced: Vec<u64> = match config.fsync {
-            FsyncPolicy::Always => segments
-                .iter()
-                .rev()
-                .take(2)
-                .map(|s| s.base_offset)
-                .collect(),
-            _ => Vec::new(),
-        };
+        // cut. A round writes at most the staged bytes' budget, across rolls:
+        // the last segments that hold that much are synced below.
+        let mut unsynced = Vec::new();
+        if config.fsync == FsyncPolicy::Always {
+            let mut covered = 0u64;
+            for s in segments.iter().rev() {
+                unsynced.push(s.base_offset);
+                covered += s.log.len();
+                if covered >= config.staged_bytes_max as u64 {
+                    break;
+                }
+            }
+        }
         let offset_durable = unsynced.last().copied().unwrap_or(offset_next);
         let state = State {
             segments: segments.into_iter().map(|s| (s.base_offset, s)).collect(),
@@ -533,6 +535,12 @@ impl Log {
     /// offset_next)`.
     pub fn epochs(&self) -> Vec<(i32, u64)> {
         self.inner.state.borrow().epochs.entries().to_vec()
+    }
+
+    /// Whether the log takes appends (it has not failed or closed): a wait
+    /// for what it will make readable can end only then.
+    pub fn is_writable(&self) -> bool {
+        self.inner.state.borrow().check_writable().is_ok()
     }
 
     /// Resolves once offsets below `offset_end` are readable, or the log

@@ -755,6 +755,10 @@ async fn loadable_end(partition: &Partition) -> Result<u64, ErrorCode> {
             return Err(ErrorCode::CoordinatorLoadInProgress);
         };
         if settled {
+            if !log.is_writable() {
+                // Stopped: it will not catch up before it is reopened.
+                return Err(ErrorCode::CoordinatorLoadInProgress);
+            }
             let visible = std::pin::pin!(log.wait_visible(end));
             let timeout = std::pin::pin!(glommio::timer::sleep(left));
             futures::future::select(visible, timeout).await;
