@@ -782,8 +782,11 @@ fn check_keyed(records: &[u8]) -> Result<(), ErrorCode> {
         }
         // As Kafka: a compressed batch is decompressed to check its keys
         // (compacted topics only), bounded as the log's lookups are.
-        let decompressed = fjord_core::compression::decompressed_records(&batch, DECOMPRESSED_MAX)
-            .map_err(|_| ErrorCode::CorruptMessage)?;
+        use fjord_core::compression::{DecompressError, decompressed_records};
+        let decompressed = decompressed_records(&batch, DECOMPRESSED_MAX).map_err(|e| match e {
+            DecompressError::TooLarge(_) => ErrorCode::MessageTooLarge,
+            DecompressError::Corrupt { .. } => ErrorCode::CorruptMessage,
+        })?;
         for record in fjord_core::Records::over(batch, &decompressed) {
             let record = record.map_err(|_| ErrorCode::CorruptMessage)?;
             if record.key.is_none() {
