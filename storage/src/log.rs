@@ -771,17 +771,26 @@ impl Log {
                 };
                 let records = match &decompressed {
                     Some(records) => Some(Records::over(batch, records)),
-                    None => batch.records().ok(),
+                    None if batch.compression() == Compression::None => batch.records().ok(),
+                    None => None,
                 };
-                let first_record = records.and_then(|records| {
-                    records
-                        .filter_map(|r| r.ok())
-                        .find(|r| r.timestamp >= timestamp && r.offset as u64 >= from)
-                        .map(|r| (r.offset as u64, r.timestamp))
-                });
-                let base = (batch.base_offset() as u64).max(from);
-                found = Some(first_record.unwrap_or((base, batch.max_timestamp())));
-                Visit::Stop
+                let Some(records) = records else {
+                    // Unreadable: the batch answers for its records.
+                    let base = (batch.base_offset() as u64).max(from);
+                    found = Some((base, batch.max_timestamp()));
+                    return Visit::Stop;
+                };
+                // None here (the record that made the batch's max timestamp
+                // lies below `from`, or was cleaned away): a later batch
+                // answers.
+                found = records
+                    .filter_map(|r| r.ok())
+                    .find(|r| r.timestamp >= timestamp && r.offset as u64 >= from)
+                    .map(|r| (r.offset as u64, r.timestamp));
+                match found {
+                    Some(_) => Visit::Stop,
+                    None => Visit::Next,
+                }
             })
             .await?;
             if found.is_some() {

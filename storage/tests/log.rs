@@ -469,6 +469,34 @@ fn clean_reopen_restores_offsets_exactly_and_repairs_nothing() {
     });
 }
 
+/// A batch whose records at or after the timestamp all lie below `from`
+/// (or were cleaned away) does not answer a timestamp lookup: the next
+/// batch that holds one does.
+#[test]
+fn a_timestamp_lookup_passes_over_a_batch_with_no_record_left_to_answer() {
+    run_fresh(|dir| async move {
+        let cache = BatchCache::new(0);
+        let log = open(&dir, "p0", LogConfig::default(), &cache).await;
+        let mut first = fjord_core::BatchBuilder::new();
+        first.push(100, Some(b"a"), Some(b"1"), &[]);
+        first.push(50, Some(b"b"), Some(b"2"), &[]);
+        log.append(&first.build()).await.expect("append");
+        let mut second = fjord_core::BatchBuilder::new();
+        second.push(200, Some(b"c"), Some(b"3"), &[]);
+        log.append(&second.build()).await.expect("append");
+        log.flush().await.expect("flush");
+        assert_eq!(
+            log.offset_for_timestamp(80, 0).await.expect("lookup"),
+            Some((0, 100))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(80, 1).await.expect("lookup"),
+            Some((2, 200))
+        );
+        log.close().await.expect("close");
+    });
+}
+
 /// Records deleted below a start (DeleteRecords) free their segments on a
 /// compacted topic too, as Kafka's; its retention by time and size does
 /// not apply.
