@@ -587,7 +587,7 @@ impl Partition {
         if offset < start {
             return Err(ErrorCode::OffsetOutOfRange);
         }
-        let Some(replica) = self.replica() else {
+        let Some((replica, replication)) = &self.setup.replica else {
             let mut read = self
                 .log()
                 .read(offset, max_bytes)
@@ -602,7 +602,8 @@ impl Partition {
         // Below it, what the partition log does not hold yet — its writes
         // trail the Raft log, most of all on a follower just elected — is
         // an empty answer the client asks again for, not out of range.
-        let end = replica.log_end().max(log.offset_next());
+        let raft_end = replication.log_end(replica.group).unwrap_or(0);
+        let end = raft_end.max(log.offset_next());
         if offset > end.max(high_watermark) {
             return Err(ErrorCode::OffsetOutOfRange);
         }
@@ -783,7 +784,8 @@ fn check_keyed(records: &[u8]) -> Result<(), ErrorCode> {
         // As Kafka: a compressed batch is decompressed to check its keys
         // (compacted topics only), bounded as the log's lookups are.
         use fjord_core::compression::{DecompressError, decompressed_records};
-        let decompressed = decompressed_records(&batch, DECOMPRESSED_MAX).map_err(|e| match e {
+        let max = fjord_storage::log::DECOMPRESSED_MAX;
+        let decompressed = decompressed_records(&batch, max).map_err(|e| match e {
             DecompressError::TooLarge(_) => ErrorCode::MessageTooLarge,
             DecompressError::Corrupt { .. } => ErrorCode::CorruptMessage,
         })?;
@@ -796,10 +798,6 @@ fn check_keyed(records: &[u8]) -> Result<(), ErrorCode> {
     }
     Ok(())
 }
-
-/// Largest records section a compressed batch may decompress to when its
-/// keys are checked.
-const DECOMPRESSED_MAX: usize = 64 << 20;
 
 /// Cuts a read at `end`: batches at or past it are not returned.
 fn cut_at(read: &mut LogRead, end: u64) {

@@ -131,8 +131,9 @@ impl ProducerState {
             Some(offset) => {
                 let current = self.table.borrow();
                 let mut table = current.clone();
+                // Settled at `offset` above: cut there, it keeps five a
+                // producer, as a snapshot holds.
                 table.truncate(offset);
-                table.settle(offset);
                 let whole = table == *current;
                 (offset, table, whole)
             }

@@ -143,9 +143,6 @@ struct View {
     leading: bool,
     commit: Offset,
     durable: Offset,
-    /// The Raft log's end as this shard has carried it out: the partition
-    /// log reaches it once its storage worker has written what is queued.
-    end: Offset,
     acks: Vec<Ack>,
     readers: Vec<(Offset, oneshot::Sender<()>)>,
     failed: bool,
@@ -265,12 +262,6 @@ impl Replica {
     /// The high watermark this replica knows.
     pub fn high_watermark(&self) -> Offset {
         self.view.borrow().commit
-    }
-
-    /// The Raft log's end (Kafka's log end offset): the partition log may
-    /// trail it while its writes are queued.
-    pub fn log_end(&self) -> Offset {
-        self.view.borrow().end
     }
 
     /// Whether the high watermark is one clients may be given: not while
@@ -502,7 +493,6 @@ impl Replication {
             epochs,
             configs: configs.clone(),
         };
-        replica.view.borrow_mut().end = state.end;
         *replica.configs.borrow_mut() = configs;
         let mut config = Config::new(
             self.settings.node,
@@ -562,6 +552,12 @@ impl Replication {
     /// need them start their logs again at the new start.
     pub fn log_start_advanced(self: &Rc<Self>, group: GroupId, start: Offset) {
         self.round(group, Source::None, |g, _| g.log_start_advanced(start));
+    }
+
+    /// A group's Raft log end (Kafka's log end offset): the partition log
+    /// trails it while its writes are queued.
+    pub fn log_end(&self, group: GroupId) -> Option<Offset> {
+        self.mux.borrow().get(group).map(|g| g.log_end())
     }
 
     /// A group's state, for describe.
@@ -1081,7 +1077,6 @@ impl Replication {
                         let mut view = replica.view.borrow_mut();
                         view.recent.push(entry.term, entry.offset, entry.end, kept);
                     }
-                    replica.view.borrow_mut().end = entry.end;
                     replica.push(StorageOp::Append {
                         entry,
                         payload,
@@ -1092,14 +1087,12 @@ impl Replication {
             }
             Output::Truncate { end, .. } => {
                 partition.truncate_producers(end);
-                replica.view.borrow_mut().end = end;
                 StorageOp::Truncate { end }
             }
             Output::Reset {
                 start, membership, ..
             } => {
                 partition.clear_producers();
-                replica.view.borrow_mut().end = start;
                 StorageOp::Reset { start, membership }
             }
             Output::Sync { end, generation } => StorageOp::Sync { end, generation },

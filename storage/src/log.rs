@@ -42,10 +42,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes read per step when a timestamp search walks a segment.
 const READ_WINDOW_BYTES: usize = 256 * 1024;
-/// Most bytes a compressed batch's records may decompress to in a
-/// timestamp lookup (Kafka's default `max.message.bytes` is 1 MiB
-/// compressed; records rarely compress beyond 10×).
-const DECOMPRESSED_MAX: usize = 64 << 20;
+/// Most bytes a compressed batch's records may decompress to when the
+/// broker reads them (a timestamp lookup, a compacted topic's key check;
+/// Kafka's default `max.message.bytes` is 1 MiB compressed; records rarely
+/// compress beyond 10×).
+pub const DECOMPRESSED_MAX: usize = 64 << 20;
 /// Largest single disk read a fetch makes; larger fetches read in steps.
 const READ_BYTES_MAX: usize = 8 << 20;
 /// Read beyond `max_bytes`: an index interval skipped before the offset, and
