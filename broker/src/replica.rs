@@ -233,8 +233,9 @@ impl Replica {
     }
 
     fn push(&self, op: StorageOp) {
-        // Unbounded: followers' appends are bounded by the leader's
-        // in-flight budget, a leader's by `room`. Gone: the group stopped.
+        // Unbounded: a follower's appends are bounded by its leader's
+        // budget of bytes sent and not yet reported durable, a leader's by
+        // `room`. Gone: the group stopped.
         if let Some(ops) = self.ops.borrow().as_ref() {
             let _ = ops.try_send(op);
         }

@@ -70,7 +70,8 @@ pub struct Config {
     pub quiesce: bool,
     /// When a copy counts toward the quorum.
     pub durability: Durability,
-    /// Bytes a leader keeps in flight to one follower.
+    /// Bytes a leader sends one follower ahead of what it reports durable:
+    /// what a follower holds in memory for its disk (`Progress::unwritten`).
     pub max_inflight_bytes: u64,
     /// Bytes in one append message (at least one batch is always sent).
     pub max_append_bytes: u64,
@@ -523,7 +524,7 @@ impl Group {
             && self.hard_state_durable()
             && l.progress.values().all(|p| {
                 p.mode == Mode::Replicate
-                    && p.inflight.is_empty()
+                    && p.unwritten.is_empty()
                     && p.matched == end
                     && p.durable == end
                     && self.now - p.heard_at < lease
@@ -1187,8 +1188,8 @@ impl Group {
             }
             for p in l.progress.values_mut() {
                 if p.mode == Mode::Replicate && p.next < l.recent_start {
-                    let next = p.matched;
-                    p.probe(next);
+                    let next = p.next.min(p.matched);
+                    p.reprobe(next);
                 }
             }
         }
@@ -1204,6 +1205,7 @@ impl Group {
     fn on_append_response(&mut self, from: NodeId, r: AppendResponse, out: &mut Vec<Output>) {
         let now = self.now;
         let end = self.log.end();
+        let max_append = self.cfg.max_append_bytes;
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -1238,23 +1240,27 @@ impl Group {
             p.matched = p.matched.min(next);
             p.probe(next);
         } else {
-            p.acknowledge(matched, durable, now);
+            let took = p.acknowledge(matched, durable, now);
             match p.mode {
                 // The probe was accepted: the follower's log matches up to
-                // where it looked.
+                // where it looked. The pipeline starts where the follower's
+                // log ends, which is below `p.matched` if it restarted and
+                // lost what it had not written.
                 Mode::Probe { .. } if matched >= p.next => {
-                    p.probe(matched);
-                    if p.next >= l.recent_start {
-                        p.mode = Mode::Replicate;
+                    if took {
+                        p.took(p.matched, max_append);
                     }
+                    p.next = matched;
+                    p.mode = if matched >= l.recent_start {
+                        Mode::Replicate
+                    } else {
+                        Mode::Probe { inflight: false }
+                    };
                 }
                 // A heartbeat's answer, or a probe's that was lost: it
                 // proves no match where the probe looks (a new replica
                 // answers with nothing matched). Probe again.
-                Mode::Probe { .. } => {
-                    let next = p.next;
-                    p.probe(next);
-                }
+                Mode::Probe { .. } => p.mode = Mode::Probe { inflight: false },
                 Mode::Replicate => {}
             }
         }
@@ -1311,13 +1317,23 @@ impl Group {
         match p.mode {
             Mode::Probe { inflight: true } => return,
             Mode::Probe { inflight: false } => {
+                // A look at what the follower took already adds nothing to
+                // what it holds, whatever the budget: it may be what finds
+                // that a restarted follower lost its unwritten entries.
+                let to = if p.next < p.matched {
+                    p.matched
+                } else if p.unwritten_bytes < max_inflight {
+                    end
+                } else {
+                    return;
+                };
                 p.mode = Mode::Probe { inflight: true };
                 p.progressed_at = now;
-                requests.push((p.next, end, max_append));
+                requests.push((p.next, to, max_append));
             }
             Mode::Replicate => {
-                while p.next < end && p.inflight_bytes < max_inflight {
-                    let budget = max_append.min(max_inflight - p.inflight_bytes);
+                while p.next < end && p.unwritten_bytes < max_inflight {
+                    let budget = max_append.min(max_inflight - p.unwritten_bytes);
                     let skip = l.recent.partition_point(|&(o, _, _)| o < p.next);
                     debug_assert!(
                         l.recent.get(skip).is_some_and(|&(o, _, _)| o == p.next),
@@ -1363,8 +1379,9 @@ impl Group {
         }
     }
 
-    /// A pipeline with nothing acknowledged for a while lost a message:
-    /// probe again from what the follower confirmed.
+    /// A follower that answered nothing new for a while: a request or its
+    /// answer was lost, its disk stalls, or it restarted and lost what it
+    /// had not written. Look again from what it wrote.
     fn resume_stalled_pipelines(&mut self) {
         let stall = 2 * u64::from(self.cfg.heartbeat_ticks);
         let now = self.now;
@@ -1372,12 +1389,15 @@ impl Group {
             return;
         };
         for p in l.progress.values_mut() {
+            if now - p.progressed_at <= stall {
+                continue;
+            }
             match p.mode {
-                Mode::Replicate if !p.inflight.is_empty() && now - p.progressed_at > stall => {
-                    let next = p.matched;
-                    p.probe(next);
+                _ if !p.unwritten.is_empty() => {
+                    let next = p.durable;
+                    p.reprobe(next);
                 }
-                Mode::Probe { inflight: true } if now - p.progressed_at > stall => {
+                Mode::Probe { inflight: true } => {
                     p.progressed_at = now;
                     p.mode = Mode::Probe { inflight: false };
                 }

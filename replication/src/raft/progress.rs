@@ -31,12 +31,16 @@ pub struct Progress {
     pub durable: Offset,
     /// Probe or pipeline.
     pub mode: Mode,
-    /// Pipelined requests not yet acknowledged: `(end, bytes)`.
-    pub inflight: VecDeque<(Offset, u64)>,
-    /// Sum of `inflight` bytes.
-    pub inflight_bytes: u64,
-    /// Tick of the last acknowledgement that moved `matched`, or of the
-    /// last send into an empty pipeline.
+    /// Requests whose entries the follower may hold only in memory, queued
+    /// for its disk: `(end, bytes)`, released as it reports them durable.
+    /// Their sum is the budget that bounds what a follower holds: released
+    /// on a match instead, a follower whose disk stalls would take the
+    /// leader's sends without end, as fast as it answers them.
+    pub unwritten: VecDeque<(Offset, u64)>,
+    /// Sum of `unwritten` bytes.
+    pub unwritten_bytes: u64,
+    /// Tick of the last acknowledgement that moved `matched` or `durable`,
+    /// or of the last send with every earlier one answered.
     pub progressed_at: u64,
     /// Tick of the follower's last answer (check-quorum).
     pub heard_at: u64,
@@ -50,19 +54,40 @@ impl Progress {
             matched: 0,
             durable: 0,
             mode: Mode::Probe { inflight: false },
-            inflight: VecDeque::new(),
-            inflight_bytes: 0,
+            unwritten: VecDeque::new(),
+            unwritten_bytes: 0,
             progressed_at: now,
             heard_at: now,
         }
     }
 
-    /// Back to probing from `next`, forgetting the pipeline.
+    /// Back to probing from `next`, after a rejection: what the follower
+    /// holds is not known, so neither is what it has left to write.
     pub fn probe(&mut self, next: Offset) {
         self.next = next;
         self.mode = Mode::Probe { inflight: false };
-        self.inflight.clear();
-        self.inflight_bytes = 0;
+        self.unwritten.clear();
+        self.unwritten_bytes = 0;
+    }
+
+    /// Back to probing from `next` (at most `matched`), after a request
+    /// went unanswered or left the leader's recent window. What was sent
+    /// past `matched` may be lost and stops counting (if it arrives after
+    /// all, the follower holds that much past the budget, once); what
+    /// matched still counts until it is durable.
+    pub fn reprobe(&mut self, next: Offset) {
+        assert!(next <= self.matched, "a reprobe looks at what matched");
+        while self
+            .unwritten
+            .back()
+            .is_some_and(|&(end, _)| end > self.matched)
+        {
+            if let Some((_, bytes)) = self.unwritten.pop_back() {
+                self.unwritten_bytes -= bytes;
+            }
+        }
+        self.next = next;
+        self.mode = Mode::Probe { inflight: false };
     }
 
     /// Records an acknowledgement of everything below `matched` (durable
@@ -72,32 +97,44 @@ impl Progress {
             durable <= matched,
             "durable {durable} past matched {matched}"
         );
-        self.durable = self.durable.max(durable);
+        if durable > self.durable {
+            self.durable = durable;
+            self.progressed_at = now;
+            while let Some(&(end, bytes)) = self.unwritten.front() {
+                if end > durable {
+                    break;
+                }
+                self.unwritten.pop_front();
+                self.unwritten_bytes -= bytes;
+            }
+        }
         if matched <= self.matched {
             return false;
         }
         self.matched = matched;
         self.next = self.next.max(matched);
         self.progressed_at = now;
-        while let Some(&(end, bytes)) = self.inflight.front() {
-            if end > matched {
-                break;
-            }
-            self.inflight.pop_front();
-            self.inflight_bytes -= bytes;
-        }
         true
+    }
+
+    /// Records that the follower took up to `end` new entries of at most
+    /// `bytes` (an accepted probe's), held until durable.
+    pub fn took(&mut self, end: Offset, bytes: u64) {
+        if end > self.durable {
+            self.unwritten.push_back((end, bytes));
+            self.unwritten_bytes += bytes;
+        }
     }
 
     /// Records a pipelined request covering up to `end`.
     pub fn sent(&mut self, end: Offset, bytes: u64, now: u64) {
         assert_eq!(self.mode, Mode::Replicate, "only a pipeline tracks sends");
         assert!(end > self.next, "a request must cover something");
-        if self.inflight.is_empty() {
+        if self.next == self.matched {
             self.progressed_at = now;
         }
-        self.inflight.push_back((end, bytes));
-        self.inflight_bytes += bytes;
+        self.unwritten.push_back((end, bytes));
+        self.unwritten_bytes += bytes;
         self.next = end;
     }
 }

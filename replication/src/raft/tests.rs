@@ -5,7 +5,7 @@
 use crate::raft::mux::{Mux, Outbox};
 use crate::raft::{
     Config, Durability, Entry, Event, Group, HardState, LogState, Membership, MembershipChange,
-    Message, NodeId, Output, ProposeError, Role, VoteResponse,
+    Message, NodeId, Output, ProposeError, Replicate, Role, VoteResponse,
 };
 
 struct Cluster {
@@ -71,7 +71,7 @@ impl Cluster {
                         // Entries travel as metadata only here: the leader's
                         // log view is the source of truth for the test.
                         let to = read.to;
-                        let request = read.request(self.entries_of(n, read.from));
+                        let request = read.request(self.entries_of(n, &read));
                         let mut out = Vec::new();
                         self.groups[to as usize].receive(
                             n as NodeId,
@@ -96,10 +96,18 @@ impl Cluster {
         }
     }
 
-    fn entries_of(&self, n: usize, from: u64) -> Vec<Entry> {
+    /// What node `n`'s log gives `read`: whole entries from its start, up
+    /// to its end and byte budget (at least one).
+    fn entries_of(&self, n: usize, read: &Replicate) -> Vec<Entry> {
+        let mut bytes = 0;
         self.logs[n]
             .iter()
-            .filter(|e| e.offset >= from)
+            .filter(|e| e.offset >= read.from && e.offset < read.end)
+            .take_while(|e| {
+                let first = bytes == 0;
+                bytes += u64::from(e.bytes);
+                first || bytes <= read.max_bytes
+            })
             .cloned()
             .collect()
     }
@@ -621,4 +629,60 @@ fn the_mux_stops_ticking_quiet_groups_until_a_node_they_rely_on_goes_silent() {
         "each group heartbeats its followers again"
     );
     assert!((0..GROUPS).all(|id| mux.get(id).is_some_and(|g| g.role() == Role::Leader)));
+}
+
+/// Bytes of appends node `n` was given and has not written yet.
+fn unwritten_bytes(c: &Cluster, n: usize) -> u64 {
+    c.pending[n]
+        .iter()
+        .filter_map(|o| match o {
+            Output::Append { entries, .. } => {
+                Some(entries.iter().map(|e| u64::from(e.bytes)).sum::<u64>())
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+#[test]
+fn a_follower_whose_disk_stalls_is_sent_no_more_than_the_budget_then_catches_up() {
+    let mut c = Cluster::new(3, Durability::Written);
+    elect(&mut c, 0);
+    let budget = Config::new(0, Durability::Written, 7).max_inflight_bytes;
+    let batch = 100_000;
+    let mut held_most = 0;
+    // Node 2's disk takes nothing for 40 MB of appends; the quorum of the
+    // other two goes on, ticking as time passes.
+    for i in 0..400 {
+        let mut out = Vec::new();
+        let entry = c.groups[0].propose(1, batch, &mut out).expect("leader");
+        c.route(0, out);
+        c.flush(0);
+        c.flush(1);
+        if i % 10 == 0 {
+            for n in 0..3 {
+                let mut out = Vec::new();
+                c.groups[n].tick(&|_| Some(0), &mut out);
+                c.route(n, out);
+            }
+            c.flush(0);
+            c.flush(1);
+        }
+        assert_eq!(c.groups[0].commit(), entry.end, "the quorum commits");
+        held_most = held_most.max(unwritten_bytes(&c, 2));
+    }
+    assert!(
+        held_most <= budget + u64::from(batch),
+        "a stalled follower was given {held_most} bytes to hold, past the {budget} budget"
+    );
+    // Its disk comes back: it catches up.
+    let end = c.groups[0].log_end();
+    for _ in 0..200 {
+        c.tick_all_hearing(1);
+        if c.groups[2].durable_end() == end {
+            break;
+        }
+    }
+    assert_eq!(c.groups[2].durable_end(), end, "the follower caught up");
+    assert_eq!(c.groups[2].commit(), end);
 }

@@ -37,6 +37,8 @@ const TICK: Time = 10;
 const FAULT_PHASE: Time = 2500;
 const LIVENESS_BOUND: Time = 2500;
 const CONVERGE: Time = 800;
+/// A client's batch is smaller than this.
+const BATCH_BYTES_MAX: u32 = 20_000;
 
 /// What a run did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -324,7 +326,10 @@ impl World {
         cfg.election_ticks = ELECTION_TICKS;
         cfg.heartbeat_ticks = HEARTBEAT_TICKS;
         cfg.max_append_bytes = self.max_append_bytes;
-        cfg.max_inflight_bytes = 4 * self.max_append_bytes;
+        // Room for two batches at least: the budget spans a follower's
+        // write as well as the round trip, and a pipeline one batch deep
+        // falls behind the clients.
+        cfg.max_inflight_bytes = (4 * self.max_append_bytes).max(2 * u64::from(BATCH_BYTES_MAX));
         cfg.seed = self.seed
             ^ self.nodes[n]
                 .incarnation
@@ -740,7 +745,7 @@ impl World {
         let payload = self.payload_next;
         self.payload_next += 1;
         let all = self.healed_at.is_some() || self.rng.gen_bool(0.5);
-        let bytes = self.rng.gen_range(100..20_000);
+        let bytes = self.rng.gen_range(100..BATCH_BYTES_MAX);
         let records = self.rng.gen_range(1..5);
         let mut out = Vec::new();
         let Some(group) = self.nodes[n].group.as_mut() else {
