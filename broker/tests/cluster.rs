@@ -35,6 +35,12 @@ impl Cluster {
 
     /// As `start`, each node's data directory under `disk` when given.
     fn start_on(disk: Option<&Path>) -> Cluster {
+        Cluster::start_placed(|_| disk, &[])
+    }
+
+    /// As `start`, node `id`'s data directory under `disk(id)` when given,
+    /// and `extra` arguments for node 3.
+    fn start_placed<'a>(disk: impl Fn(&str) -> Option<&'a Path>, extra: &[&str]) -> Cluster {
         // Leadership goes back to preferred leaders within a second; a
         // small __consumer_offsets for the group test.
         let rebalance = [
@@ -48,7 +54,7 @@ impl Cluster {
             .collect();
         let admin = |i: usize| ["--admin-listen", admins[i].as_str()];
         let launch = |id: &str| Launch {
-            data_dir: disk.map(|d| d.join(format!("node-{id}"))),
+            data_dir: disk(id).map(|d| d.join(format!("node-{id}"))),
             ..Launch::default()
         };
         let first = Broker::launch(
@@ -63,6 +69,7 @@ impl Cluster {
                 &["--node-id", id, "--seeds", &seed][..],
                 &rebalance,
                 &admin(i),
+                if id == "3" { extra } else { &[] },
             ]
             .concat();
             nodes.push(Broker::launch(1, &args, launch(id)));
@@ -617,6 +624,68 @@ fn killing_every_node_while_their_disks_are_frozen_loses_no_acknowledged_record(
     cluster.leaders(&client);
     let got = consume_through(&client, &acked);
     assert_all_acknowledged_present(&acked, &got);
+    cluster.caught_up(&client);
+    cluster.assert_replicas_identical();
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+fn a_follower_whose_disk_stops_holds_no_more_than_its_leaders_budget() {
+    // Node 3's data directory alone is on a disk that stops, its staging
+    // area small: once that is full, its log takes nothing. The other two
+    // commit on; node 3's queue for its log must stay within what its
+    // leaders send ahead of its durable reports (4 MiB a partition), not
+    // grow by all they take (200 MB here), and it catches up once thawed.
+    let Some(disk) = freezable_disk("a_follower_whose_disk_stops_holds…") else {
+        return;
+    };
+    let staging = 16 << 20;
+    let mut cluster = Cluster::start_placed(
+        |id| (id == "3").then_some(disk.mount.as_path()),
+        &["--staging-bytes-per-shard", &staging.to_string()],
+    );
+    let client = cluster.client();
+    create_topic(&client);
+    cluster.assert_preferred_leaders_return(&client);
+    let leaders = cluster.leaders(&client);
+    assert!(!leaders.contains(&3), "node 3 leads nothing: {leaders:?}");
+    produce(&client, 0..100);
+    cluster.caught_up(&client);
+    let before = resident_bytes(cluster.node(3).pid());
+
+    let freeze = Freeze::start(&disk.mount, Duration::from_secs(60));
+    let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+    let value = vec![b'v'; 16 << 10];
+    let sent: Vec<_> = (0..12_800)
+        .map(|i| producer.send(TOPIC, Some(i % PARTITIONS), None, Some(&value), &[]))
+        .collect();
+    let mut big = BTreeMap::<i32, usize>::new();
+    for ack in sent {
+        let metadata = block_on(ack).expect("acks=all from nodes 1 and 2");
+        *big.entry(metadata.partition).or_default() += 1;
+    }
+    let held = resident_bytes(cluster.node(3).pid()).saturating_sub(before);
+    assert!(
+        !freeze.timed_out(),
+        "acks=all waited for node 3's frozen disk"
+    );
+    freeze.thaw();
+    assert!(
+        held < 100 << 20,
+        "node 3 grew by {held} bytes while its disk stopped (staging {staging})"
+    );
+    assert_eq!(big.values().sum::<usize>(), 12_800);
     cluster.caught_up(&client);
     cluster.assert_replicas_identical();
 }

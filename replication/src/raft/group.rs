@@ -576,9 +576,8 @@ impl Group {
             Message::Append(r) => self.on_append(from, r, out),
             Message::Reset(r) => self.on_reset(from, r, out),
             Message::Heartbeat(h) => self.on_heartbeat(from, h, out),
-            Message::AppendResponse(r) | Message::HeartbeatResponse(r) => {
-                self.on_append_response(from, r, out)
-            }
+            Message::AppendResponse(r) => self.on_append_response(from, r, false, out),
+            Message::HeartbeatResponse(r) => self.on_append_response(from, r, true, out),
             Message::TimeoutNow { .. } => {
                 if self.leader == Some(from) && self.membership.is_voter(self.cfg.id) {
                     self.start_election(true, out);
@@ -1202,7 +1201,14 @@ impl Group {
         entry
     }
 
-    fn on_append_response(&mut self, from: NodeId, r: AppendResponse, out: &mut Vec<Output>) {
+    /// A follower's answer to an append, or to a heartbeat (`beat`).
+    fn on_append_response(
+        &mut self,
+        from: NodeId,
+        r: AppendResponse,
+        beat: bool,
+        out: &mut Vec<Output>,
+    ) {
         let now = self.now;
         let end = self.log.end();
         let max_append = self.cfg.max_append_bytes;
@@ -1240,22 +1246,33 @@ impl Group {
             p.matched = p.matched.min(next);
             p.probe(next);
         } else {
+            let probed = p.next;
             let took = p.acknowledge(matched, durable, now);
             match p.mode {
                 // The probe was accepted: the follower's log matches up to
                 // where it looked. The pipeline starts where the follower's
                 // log ends, which is below `p.matched` if it restarted and
                 // lost what it had not written.
-                Mode::Probe { .. } if matched >= p.next => {
+                Mode::Probe { inflight } if matched >= p.next => {
                     if took {
                         p.took(p.matched, max_append);
                     }
-                    p.next = matched;
-                    p.mode = if matched >= l.recent_start {
-                        Mode::Replicate
-                    } else {
-                        Mode::Probe { inflight: false }
-                    };
+                    let caught_up = matched >= l.recent_start;
+                    // Below the recent window a probe carries entries, and
+                    // its answer shows more than where it started. A report
+                    // of what the follower wrote that does not leaves the
+                    // probe out, not sent again for every batch of a
+                    // backlog the follower writes; a heartbeat's answer
+                    // sends it again (at most once a heartbeat), in case it
+                    // was lost.
+                    if beat || !(inflight && matched == probed && !caught_up) {
+                        p.next = matched;
+                        p.mode = if caught_up {
+                            Mode::Replicate
+                        } else {
+                            Mode::Probe { inflight: false }
+                        };
+                    }
                 }
                 // A heartbeat's answer, or a probe's that was lost: it
                 // proves no match where the probe looks (a new replica
