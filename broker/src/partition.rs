@@ -376,6 +376,12 @@ impl Partition {
         &self.setup.dir
     }
 
+    /// The largest batch the log takes, as its topic was configured when
+    /// it opened.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.setup.config.max_batch_bytes
+    }
+
     /// Whether produce is refused now: the disk is low, or the log stopped
     /// for want of room.
     pub fn is_read_only(&self) -> bool {

@@ -508,6 +508,11 @@ impl Replication {
         // Three quarters of an election timeout: three heartbeats.
         config.lease_ticks = Some((self.settings.election_ticks * 3 / 4).max(1));
         config.heartbeat_ticks = self.settings.election_ticks / HEARTBEATS_PER_ELECTION;
+        // Two batches at least ahead of a follower's durable reports: one
+        // at a time, a topic of batches past the budget would replicate
+        // one per round trip and write.
+        let two_batches = 2 * partition.max_batch_bytes() as u64;
+        config.max_inflight_bytes = config.max_inflight_bytes.max(two_batches);
         // Idle partitions go quiet, their liveness carried by the beats
         // every link sends. Not the metadata group: its traffic reaches
         // shard 0 through a voter's listener on any shard, so shard 0 may

@@ -293,10 +293,12 @@ impl ClassicGroup {
         if self.members.is_empty() {
             self.protocol_type = join.protocol_type.clone();
         }
+        let known = self.members.get(&id).is_some_and(|m| !m.pending);
         let member = self
             .members
             .entry(id.clone())
             .or_insert_with(|| Member::new(&join, now_ms));
+        let unchanged = known && member.protocols == join.protocols;
         member.protocols = join.protocols;
         member.session_timeout_ms = join.session_timeout_ms;
         member.rebalance_timeout_ms = join.rebalance_timeout_ms;
@@ -304,8 +306,28 @@ impl ClassicGroup {
         member.client_host = join.client_host;
         member.instance_id = join.instance_id;
         member.deadline_ms = now_ms.saturating_add(member.session_timeout_ms);
-        member.joined = true;
         member.pending = false;
+        // As Kafka: in a stable group, a member other than the leader that
+        // joins again with the protocols it had (a static member's new
+        // process, KIP-345; a member that lost an answer) is answered with
+        // the current generation and syncs for the assignment it had. The
+        // others go on; only a change the leader must assign for
+        // rebalances.
+        if unchanged && self.state == State::Stable && self.leader.as_deref() != Some(&id) {
+            answers.joins.push((
+                id.clone(),
+                Ok(Joined {
+                    member_id: id.clone(),
+                    generation: self.generation,
+                    protocol: self.protocol.clone(),
+                    protocol_type: self.protocol_type.clone(),
+                    leader: self.leader.clone().unwrap_or_default(),
+                    members: Vec::new(),
+                }),
+            ));
+            return Ok(JoinOutcome::Parked(id, answers));
+        }
+        member.joined = true;
         if self.state != State::PreparingRebalance {
             self.prepare(now_ms, &mut answers);
         }
@@ -777,7 +799,7 @@ mod tests {
     #[test]
     fn commits_of_the_current_generation_are_taken_while_members_rejoin() {
         let (mut g, a, b) = stable_pair(10_000);
-        parked(g.join(join(&b, &["range"]), 10));
+        parked(g.join(join(&b, &["range", "roundrobin"]), 10));
         assert_eq!(g.state(), State::PreparingRebalance);
         assert_eq!(g.check_commit(&a, 2, 11), Ok(()));
         parked(g.join(join(&a, &["range"]), 12));
@@ -830,6 +852,46 @@ mod tests {
         );
         g.leave("", Some("i1"), 5).unwrap();
         assert!(g.is_empty());
+    }
+
+    /// As Kafka (KIP-345): a static member's new process, or a member
+    /// joining again with what it had, takes its place in a stable group
+    /// with no rebalance, and syncs for the assignment it had; a change of
+    /// its protocols rebalances.
+    #[test]
+    fn a_member_joining_again_unchanged_keeps_its_place_without_a_rebalance() {
+        let mut g = ClassicGroup::default();
+        let (a, _) = parked(g.join(join("", &["range"]), 0));
+        let mut first = join("", &["range"]);
+        first.instance_id = Some("i1".into());
+        let (old, _) = parked(g.join(first.clone(), 1));
+        parked(g.join(join(&a, &["range"]), 2));
+        g.sync(&old, 2, vec![], 3).unwrap();
+        let assigned = vec![(a.clone(), b"A".to_vec()), (old.clone(), b"I".to_vec())];
+        g.sync(&a, 2, assigned, 3).unwrap();
+        assert_eq!((g.state(), g.generation()), (State::Stable, 2));
+
+        let (new, answers) = parked(g.join(first, 10));
+        assert_ne!(new, old);
+        let joined = answers.joins.iter().find(|(id, _)| *id == new);
+        let joined = joined.and_then(|(_, j)| j.clone().ok()).expect("answered");
+        assert_eq!((joined.generation, joined.leader.as_str()), (2, a.as_str()));
+        assert_eq!((g.state(), g.generation()), (State::Stable, 2));
+        assert_eq!(g.heartbeat(&a, 2, 11), Ok(()), "the leader goes on");
+        assert_eq!(
+            g.sync(&new, 2, vec![], 12),
+            Ok(SyncOutcome::Assigned(b"I".to_vec()))
+        );
+        let mut again = join(&new, &["range"]);
+        again.instance_id = Some("i1".into());
+        let (_, answers) = parked(g.join(again, 13));
+        assert_eq!(answers.joins.len(), 1, "a known member, unchanged");
+        assert_eq!(g.state(), State::Stable);
+
+        let mut changed = join(&new, &["range", "roundrobin"]);
+        changed.instance_id = Some("i1".into());
+        parked(g.join(changed, 14));
+        assert_eq!(g.state(), State::PreparingRebalance);
     }
 
     /// The group is rebuilt empty when dropped or when its coordinator

@@ -576,8 +576,9 @@ impl Group {
             Message::Append(r) => self.on_append(from, r, out),
             Message::Reset(r) => self.on_reset(from, r, out),
             Message::Heartbeat(h) => self.on_heartbeat(from, h, out),
-            Message::AppendResponse(r) => self.on_append_response(from, r, false, out),
-            Message::HeartbeatResponse(r) => self.on_append_response(from, r, true, out),
+            Message::AppendResponse(r) | Message::HeartbeatResponse(r) => {
+                self.on_append_response(from, r, out)
+            }
             Message::TimeoutNow { .. } => {
                 if self.leader == Some(from) && self.membership.is_voter(self.cfg.id) {
                     self.start_election(true, out);
@@ -1187,8 +1188,7 @@ impl Group {
             }
             for p in l.progress.values_mut() {
                 if p.mode == Mode::Replicate && p.next < l.recent_start {
-                    let next = p.next.min(p.matched);
-                    p.reprobe(next);
+                    p.rewind();
                 }
             }
         }
@@ -1201,14 +1201,7 @@ impl Group {
         entry
     }
 
-    /// A follower's answer to an append, or to a heartbeat (`beat`).
-    fn on_append_response(
-        &mut self,
-        from: NodeId,
-        r: AppendResponse,
-        beat: bool,
-        out: &mut Vec<Output>,
-    ) {
+    fn on_append_response(&mut self, from: NodeId, r: AppendResponse, out: &mut Vec<Output>) {
         let now = self.now;
         let end = self.log.end();
         let max_append = self.cfg.max_append_bytes;
@@ -1234,6 +1227,9 @@ impl Group {
             if prev <= start && start > 0 {
                 // The follower lacks this log's first entry, and nothing
                 // older is left to look for: it starts again here.
+                // Its log starts again, empty: nothing of it is unwritten.
+                p.matched = p.matched.min(start);
+                p.probe(start);
                 p.mode = Mode::Probe { inflight: true };
                 p.progressed_at = now;
                 let reset = self.reset_request();
@@ -1248,37 +1244,33 @@ impl Group {
         } else {
             let probed = p.next;
             let took = p.acknowledge(matched, durable, now);
-            match p.mode {
-                // The probe was accepted: the follower's log matches up to
-                // where it looked. The pipeline starts where the follower's
-                // log ends, which is below `p.matched` if it restarted and
-                // lost what it had not written.
-                Mode::Probe { inflight } if matched >= p.next => {
-                    if took {
-                        p.took(p.matched, max_append);
-                    }
-                    let caught_up = matched >= l.recent_start;
-                    // Below the recent window a probe carries entries, and
-                    // its answer shows more than where it started. A report
-                    // of what the follower wrote that does not leaves the
-                    // probe out, not sent again for every batch of a
-                    // backlog the follower writes; a heartbeat's answer
-                    // sends it again (at most once a heartbeat), in case it
-                    // was lost.
-                    if beat || !(inflight && matched == probed && !caught_up) {
-                        p.next = matched;
-                        p.mode = if caught_up {
-                            Mode::Replicate
-                        } else {
-                            Mode::Probe { inflight: false }
-                        };
-                    }
+            if let Mode::Probe { inflight } = p.mode {
+                if took {
+                    // A probe's entries; read from the log by byte budget,
+                    // their size is not known here.
+                    p.took(p.matched, max_append);
                 }
-                // A heartbeat's answer, or a probe's that was lost: it
-                // proves no match where the probe looks (a new replica
-                // answers with nothing matched). Probe again.
-                Mode::Probe { .. } => p.mode = Mode::Probe { inflight: false },
-                Mode::Replicate => {}
+                let caught_up = matched >= l.recent_start;
+                // A probe out below the recent window carries entries: its
+                // own answer shows more than where it looked. Any other
+                // answer (a heartbeat's, a report of what the follower
+                // wrote) leaves it out in the tick it was sent: sent again
+                // for every batch of a backlog the follower reports
+                // written, the same megabyte would go out dozens of times.
+                let waiting = inflight && matched <= probed && !caught_up && now == p.probe_sent_at;
+                if !waiting && matched >= probed {
+                    // Accepted: the follower's log matches up to `matched`.
+                    p.next = matched;
+                    p.mode = if caught_up {
+                        Mode::Replicate
+                    } else {
+                        Mode::Probe { inflight: false }
+                    };
+                } else if !waiting {
+                    // No match where the probe looks (a new replica answers
+                    // with nothing matched): probe again.
+                    p.mode = Mode::Probe { inflight: false };
+                }
             }
         }
         self.maybe_commit(out);
@@ -1334,18 +1326,19 @@ impl Group {
         match p.mode {
             Mode::Probe { inflight: true } => return,
             Mode::Probe { inflight: false } => {
-                // A look at what the follower took already adds nothing to
-                // what it holds, whatever the budget: it may be what finds
-                // that a restarted follower lost its unwritten entries.
-                let to = if p.next < p.matched {
-                    p.matched
-                } else if p.unwritten_bytes < max_inflight {
+                debug_assert!(p.next >= p.matched, "a probe looks past what matched");
+                // With the budget spent the probe carries nothing: it only
+                // checks that the follower still holds what it matched. One
+                // that restarted and lost what it had not written rejects
+                // it, and is probed from what it holds.
+                let to = if p.unwritten_bytes < max_inflight {
                     end
                 } else {
-                    return;
+                    p.next
                 };
                 p.mode = Mode::Probe { inflight: true };
                 p.progressed_at = now;
+                p.probe_sent_at = now;
                 requests.push((p.next, to, max_append));
             }
             Mode::Replicate => {
@@ -1396,9 +1389,10 @@ impl Group {
         }
     }
 
-    /// A follower that answered nothing new for a while: a request or its
-    /// answer was lost, its disk stalls, or it restarted and lost what it
-    /// had not written. Look again from what it wrote.
+    /// Followers that answered or wrote nothing new for a while: a request
+    /// or its answer was lost, a follower's disk stalls, or it restarted and
+    /// lost what it had not written. Look again from what each matched: one
+    /// that lost it rejects the look.
     fn resume_stalled_pipelines(&mut self) {
         let stall = 2 * u64::from(self.cfg.heartbeat_ticks);
         let now = self.now;
@@ -1409,16 +1403,12 @@ impl Group {
             if now - p.progressed_at <= stall {
                 continue;
             }
-            match p.mode {
-                _ if !p.unwritten.is_empty() => {
-                    let next = p.durable;
-                    p.reprobe(next);
-                }
-                Mode::Probe { inflight: true } => {
-                    p.progressed_at = now;
-                    p.mode = Mode::Probe { inflight: false };
-                }
-                _ => {}
+            if !p.unwritten.is_empty() || p.durable < p.matched {
+                p.rewind();
+                p.progressed_at = now;
+            } else if p.mode == (Mode::Probe { inflight: true }) {
+                p.mode = Mode::Probe { inflight: false };
+                p.progressed_at = now;
             }
         }
     }

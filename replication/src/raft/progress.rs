@@ -44,6 +44,8 @@ pub struct Progress {
     pub progressed_at: u64,
     /// Tick of the follower's last answer (check-quorum).
     pub heard_at: u64,
+    /// Tick the last probe went out.
+    pub probe_sent_at: u64,
 }
 
 impl Progress {
@@ -58,11 +60,13 @@ impl Progress {
             unwritten_bytes: 0,
             progressed_at: now,
             heard_at: now,
+            probe_sent_at: now,
         }
     }
 
-    /// Back to probing from `next`, after a rejection: what the follower
-    /// holds is not known, so neither is what it has left to write.
+    /// Back to probing from `next`, after a rejection, forgetting the
+    /// budget: what the follower holds is not known, so neither is what it
+    /// has left to write.
     pub fn probe(&mut self, next: Offset) {
         self.next = next;
         self.mode = Mode::Probe { inflight: false };
@@ -70,23 +74,21 @@ impl Progress {
         self.unwritten_bytes = 0;
     }
 
-    /// Back to probing from `next` (at most `matched`), after a request
-    /// went unanswered or left the leader's recent window. What was sent
-    /// past `matched` may be lost and stops counting (if it arrives after
-    /// all, the follower holds that much past the budget, once); what
-    /// matched still counts until it is durable.
-    pub fn reprobe(&mut self, next: Offset) {
-        assert!(next <= self.matched, "a reprobe looks at what matched");
-        while self
-            .unwritten
-            .back()
-            .is_some_and(|&(end, _)| end > self.matched)
-        {
-            if let Some((_, bytes)) = self.unwritten.pop_back() {
-                self.unwritten_bytes -= bytes;
+    /// Back to probing from `matched`, keeping the budget, after a request
+    /// went unanswered, the follower wrote nothing for a while, or it fell
+    /// out of the leader's recent window. What was sent past `matched` may
+    /// be lost and stops counting (should it arrive after all, the
+    /// follower holds that much past the budget); what matched still
+    /// counts until it is durable.
+    pub fn rewind(&mut self) {
+        while let Some(&(end, bytes)) = self.unwritten.back() {
+            if end <= self.matched {
+                break;
             }
+            self.unwritten.pop_back();
+            self.unwritten_bytes -= bytes;
         }
-        self.next = next;
+        self.next = self.matched;
         self.mode = Mode::Probe { inflight: false };
     }
 
