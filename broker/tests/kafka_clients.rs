@@ -546,6 +546,66 @@ fn confluent_kafka_consumers_share_a_topic_in_a_group() {
     );
 }
 
+/// KIP-345 with librdkafka: two static members share a topic; one's
+/// process stops (a static member sends no LeaveGroup) and a new one of the
+/// same `group.instance.id` takes its place within the session.
+const CONFLUENT_STATIC: &str = r#"
+import sys, json, time
+from confluent_kafka import Consumer
+boot, topic = sys.argv[1], sys.argv[2]
+events = []
+def member(instance, name):
+    c = Consumer({"bootstrap.servers": boot, "group.id": "sg", "group.instance.id": instance,
+                  "auto.offset.reset": "earliest", "session.timeout.ms": 10000,
+                  "heartbeat.interval.ms": 500})
+    c.subscribe([topic],
+                on_assign=lambda c, ps: events.append([name, "assign", sorted(p.partition for p in ps)]),
+                on_revoke=lambda c, ps: events.append([name, "revoke", sorted(p.partition for p in ps)]))
+    return c
+def owned(c):
+    return sorted(p.partition for p in c.assignment())
+def poll_until(cs, done, secs):
+    end = time.time() + secs
+    while not done() and time.time() < end:
+        for c in cs:
+            c.poll(0.1)
+a, b = member("a", "a"), member("b", "b")
+poll_until([a, b], lambda: owned(a) and owned(b) and len(owned(a)) + len(owned(b)) == 4, 60)
+poll_until([a, b], lambda: False, 2)
+before = [owned(a), owned(b)]
+mark = len(events)
+b.close()
+b = member("b", "b2")
+poll_until([a, b], lambda: owned(b), 30)
+poll_until([a, b], lambda: False, 3)
+after = [owned(a), owned(b)]
+later = events[mark:]
+a.close()
+b.close()
+print(json.dumps({"before": before, "after": after, "events": later}))
+"#;
+
+/// A static member's new process takes its place with no rebalance: the
+/// other member is not touched, and each holds the partitions it held.
+#[test]
+fn a_static_confluent_kafka_member_restarts_without_a_rebalance() {
+    let Some((v, _broker, _)) =
+        script_on_new_topic::<serde_json::Value>(CONFLUENT_STATIC, "static", 4, 120)
+    else {
+        return;
+    };
+    assert_eq!(v["after"], v["before"], "each holds what it held: {v}");
+    let events = v["events"].as_array().unwrap();
+    assert!(
+        events.iter().all(|e| e[0] != "a"),
+        "the other member was rebalanced: {v}"
+    );
+    assert!(
+        events.iter().any(|e| e[0] == "b2" && e[1] == "assign"),
+        "{v}"
+    );
+}
+
 /// kafka-python's admin client: commits a group's offsets, lists them,
 /// deletes one partition's (OffsetDelete) and lists again.
 const KAFKA_PYTHON_OFFSETS: &str = r#"

@@ -247,6 +247,8 @@ impl ClassicGroup {
                 .find(|(_, m)| m.instance_id.as_ref() == Some(i))
                 .map(|(id, _)| id.clone())
         });
+        // The static member whose place a new process of its instance took.
+        let mut replaced = None;
         let id = match (join.member_id.is_empty(), static_place) {
             // As Kafka: a member id its instance no longer holds is an
             // older process of that instance, fenced.
@@ -271,6 +273,7 @@ impl ClassicGroup {
                     member.joined = false;
                 }
                 self.members.insert(id.clone(), member);
+                replaced = Some(old);
                 id
             }
             (true, _) => {
@@ -298,7 +301,8 @@ impl ClassicGroup {
             .members
             .entry(id.clone())
             .or_insert_with(|| Member::new(&join, now_ms));
-        let unchanged = known && member.protocols == join.protocols;
+        let unchanged =
+            known && member.protocols == join.protocols && member.instance_id == join.instance_id;
         member.protocols = join.protocols;
         member.session_timeout_ms = join.session_timeout_ms;
         member.rebalance_timeout_ms = join.rebalance_timeout_ms;
@@ -307,13 +311,30 @@ impl ClassicGroup {
         member.instance_id = join.instance_id;
         member.deadline_ms = now_ms.saturating_add(member.session_timeout_ms);
         member.pending = false;
-        // As Kafka: in a stable group, a member other than the leader that
-        // joins again with the protocols it had (a static member's new
-        // process, KIP-345; a member that lost an answer) is answered with
-        // the current generation and syncs for the assignment it had. The
-        // others go on; only a change the leader must assign for
-        // rebalances.
-        if unchanged && self.state == State::Stable && self.leader.as_deref() != Some(&id) {
+        // As Kafka: a member joining again with what it had is answered
+        // with the current generation, the others untouched; only a change
+        // the leader must assign for rebalances.
+        // - Stable: a static member's new process (KIP-345), or a member
+        //   other than the leader, syncs for the assignment it had. A new
+        //   process of the leader is shown its old id as the leader's, so
+        //   that it syncs as a follower: a stable group would not pass on
+        //   an assignment it made.
+        // - Waiting for the leader's assignment: a member that lost its
+        //   join's answer gets it again (the leader with every member).
+        let leading = self.leader.as_deref() == Some(id.as_str());
+        let answer_again = match self.state {
+            State::Stable => replaced.is_some() || !leading,
+            State::CompletingRebalance => replaced.is_none(),
+            _ => false,
+        };
+        if unchanged && answer_again {
+            let (leader, members) = match replaced {
+                Some(old) if leading => (old, Vec::new()),
+                _ if leading && self.state == State::CompletingRebalance => {
+                    (id.clone(), self.everyone())
+                }
+                _ => (self.leader.clone().unwrap_or_default(), Vec::new()),
+            };
             answers.joins.push((
                 id.clone(),
                 Ok(Joined {
@@ -321,8 +342,8 @@ impl ClassicGroup {
                     generation: self.generation,
                     protocol: self.protocol.clone(),
                     protocol_type: self.protocol_type.clone(),
-                    leader: self.leader.clone().unwrap_or_default(),
-                    members: Vec::new(),
+                    leader,
+                    members,
                 }),
             ));
             return Ok(JoinOutcome::Parked(id, answers));
@@ -562,18 +583,7 @@ impl ClassicGroup {
         };
         self.leader = Some(leader.clone());
         self.state = State::CompletingRebalance;
-        let everyone: Vec<(String, Option<String>, Vec<u8>)> = self
-            .members
-            .iter()
-            .filter(|(_, m)| !m.pending)
-            .map(|(id, m)| {
-                (
-                    id.clone(),
-                    m.instance_id.clone(),
-                    m.metadata(&self.protocol).to_vec(),
-                )
-            })
-            .collect();
+        let everyone = self.everyone();
         for (id, m) in self.members.iter_mut().filter(|(_, m)| !m.pending) {
             m.joined = false;
             // Its session runs from the answer, as Kafka's: a member that
@@ -596,6 +606,22 @@ impl ClassicGroup {
             ));
         }
         answers
+    }
+
+    /// Every member of the generation, with its instance id and metadata
+    /// for the chosen protocol: what the leader assigns from.
+    fn everyone(&self) -> Vec<(String, Option<String>, Vec<u8>)> {
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.pending)
+            .map(|(id, m)| {
+                (
+                    id.clone(),
+                    m.instance_id.clone(),
+                    m.metadata(&self.protocol).to_vec(),
+                )
+            })
+            .collect()
     }
 
     /// The protocol every member supports that most members prefer (each
@@ -892,6 +918,55 @@ mod tests {
         changed.instance_id = Some("i1".into());
         parked(g.join(changed, 14));
         assert_eq!(g.state(), State::PreparingRebalance);
+    }
+
+    /// A member that lost its join's answer while the group waits for the
+    /// leader's assignment gets it again, the leader with every member;
+    /// the rebalance is not started over.
+    #[test]
+    fn a_join_answer_lost_is_given_again_while_the_leader_assigns() {
+        let (mut g, a, b) = stable_pair(10_000);
+        parked(g.join(join(&b, &["range", "roundrobin"]), 10));
+        parked(g.join(join(&a, &["range"]), 11));
+        assert_eq!((g.state(), g.generation()), (State::CompletingRebalance, 3));
+        let (_, answers) = parked(g.join(join(&b, &["range", "roundrobin"]), 12));
+        let again = answers.joins[0].1.clone().unwrap();
+        assert_eq!((again.generation, again.leader.as_str()), (3, a.as_str()));
+        let (_, answers) = parked(g.join(join(&a, &["range"]), 13));
+        assert_eq!(answers.joins[0].1.clone().unwrap().members.len(), 2);
+        assert_eq!((g.state(), g.generation()), (State::CompletingRebalance, 3));
+    }
+
+    /// A known member that joins again under another instance id (or none)
+    /// is not answered as unchanged: its place is not silently renamed.
+    #[test]
+    fn a_member_changing_its_instance_id_rebalances() {
+        let (mut g, _a, b) = stable_pair(10_000);
+        let mut renamed = join(&b, &["range"]);
+        renamed.instance_id = Some("other".into());
+        parked(g.join(renamed, 10));
+        assert_eq!(g.state(), State::PreparingRebalance);
+    }
+
+    /// The leader's new process, static, takes its place too, told the
+    /// old id leads so that it syncs as a follower (as Kafka).
+    #[test]
+    fn a_static_leaders_new_process_keeps_its_place_as_a_follower_would() {
+        let mut g = ClassicGroup::default();
+        let mut first = join("", &["range"]);
+        first.instance_id = Some("lead".into());
+        let (old, _) = parked(g.join(first.clone(), 0));
+        g.sync(&old, 1, vec![(old.clone(), b"L".to_vec())], 1)
+            .unwrap();
+        let (new, answers) = parked(g.join(first, 2));
+        let joined = answers.joins[0].1.clone().unwrap();
+        assert_eq!((joined.generation, joined.leader), (1, old));
+        assert!(joined.members.is_empty());
+        assert_eq!((g.state(), g.generation()), (State::Stable, 1));
+        assert_eq!(
+            g.sync(&new, 1, vec![], 3),
+            Ok(SyncOutcome::Assigned(b"L".to_vec()))
+        );
     }
 
     /// The group is rebuilt empty when dropped or when its coordinator

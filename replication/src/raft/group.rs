@@ -1205,6 +1205,8 @@ impl Group {
         let now = self.now;
         let end = self.log.end();
         let max_append = self.cfg.max_append_bytes;
+        let max_inflight = self.cfg.max_inflight_bytes;
+        let heartbeat_ticks = u64::from(self.cfg.heartbeat_ticks);
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -1232,6 +1234,8 @@ impl Group {
                 p.probe(start);
                 p.mode = Mode::Probe { inflight: true };
                 p.progressed_at = now;
+                p.probe_sent_at = now;
+                p.probe_empty = true;
                 let reset = self.reset_request();
                 self.send(from, Message::Reset(reset), out);
                 return;
@@ -1246,18 +1250,24 @@ impl Group {
             let took = p.acknowledge(matched, durable, now);
             if let Mode::Probe { inflight } = p.mode {
                 if took {
-                    // A probe's entries; read from the log by byte budget,
-                    // their size is not known here.
-                    p.took(p.matched, max_append);
+                    // A probe's entries, read from the log by byte budget:
+                    // their size is not known here. At most `max_append`,
+                    // or one batch past it, and a batch fits in half the
+                    // budget (the caller sizes the budget so).
+                    p.took(p.matched, max_append.max(max_inflight / 2));
                 }
                 let caught_up = matched >= l.recent_start;
-                // A probe out below the recent window carries entries: its
-                // own answer shows more than where it looked. Any other
-                // answer (a heartbeat's, a report of what the follower
-                // wrote) leaves it out in the tick it was sent: sent again
-                // for every batch of a backlog the follower reports
+                // A probe out below the recent window carries entries
+                // (unless empty): its own answer shows more than where it
+                // looked. Any other answer (a heartbeat's, a report of what
+                // the follower wrote) leaves it out for a heartbeat: sent
+                // again for every batch of a backlog the follower reports
                 // written, the same megabyte would go out dozens of times.
-                let waiting = inflight && matched <= probed && !caught_up && now == p.probe_sent_at;
+                let waiting = inflight
+                    && matched <= probed
+                    && !caught_up
+                    && !p.probe_empty
+                    && now - p.probe_sent_at < heartbeat_ticks;
                 if !waiting && matched >= probed {
                     // Accepted: the follower's log matches up to `matched`.
                     p.next = matched;
@@ -1327,18 +1337,23 @@ impl Group {
             Mode::Probe { inflight: true } => return,
             Mode::Probe { inflight: false } => {
                 debug_assert!(p.next >= p.matched, "a probe looks past what matched");
-                // With the budget spent the probe carries nothing: it only
-                // checks that the follower still holds what it matched. One
-                // that restarted and lost what it had not written rejects
-                // it, and is probed from what it holds.
+                // With the budget spent, a probe goes only when a rewind
+                // asks, and carries nothing: it checks that the follower
+                // still holds what it matched. One that restarted and lost
+                // what it had not written rejects it, and is probed from
+                // what it holds.
                 let to = if p.unwritten_bytes < max_inflight {
                     end
-                } else {
+                } else if std::mem::take(&mut p.recheck) {
                     p.next
+                } else {
+                    return;
                 };
                 p.mode = Mode::Probe { inflight: true };
                 p.progressed_at = now;
                 p.probe_sent_at = now;
+                p.probe_empty = to == p.next;
+                p.recheck = false;
                 requests.push((p.next, to, max_append));
             }
             Mode::Replicate => {

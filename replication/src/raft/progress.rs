@@ -46,6 +46,12 @@ pub struct Progress {
     pub heard_at: u64,
     /// Tick the last probe went out.
     pub probe_sent_at: u64,
+    /// The last probe carried no entries: its answer shows no more than
+    /// where it looked.
+    pub probe_empty: bool,
+    /// A rewind asks that the follower be checked: with the budget spent,
+    /// by one probe that carries nothing.
+    pub recheck: bool,
 }
 
 impl Progress {
@@ -61,6 +67,8 @@ impl Progress {
             progressed_at: now,
             heard_at: now,
             probe_sent_at: now,
+            probe_empty: false,
+            recheck: false,
         }
     }
 
@@ -90,6 +98,7 @@ impl Progress {
         }
         self.next = self.matched;
         self.mode = Mode::Probe { inflight: false };
+        self.recheck = true;
     }
 
     /// Records an acknowledgement of everything below `matched` (durable
