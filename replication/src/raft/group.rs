@@ -190,6 +190,10 @@ struct Leadership {
     recent: VecDeque<(Offset, Offset, u32)>,
     /// Where `recent` starts.
     recent_start: Offset,
+    /// The largest entry proposed in this term: what an accepted probe,
+    /// read from the log by byte budget, is charged at least (it always
+    /// carries a whole entry).
+    largest_entry: u64,
     heartbeat_elapsed: u32,
     transfer: Option<(NodeId, u64)>,
     durable_reported: Offset,
@@ -856,6 +860,7 @@ impl Group {
             progress,
             recent: VecDeque::new(),
             recent_start: end,
+            largest_entry: 0,
             heartbeat_elapsed: 0,
             transfer: None,
             durable_reported: self.durable_end(),
@@ -1182,6 +1187,7 @@ impl Group {
             unreachable!("checked by the caller")
         };
         l.recent.push_back((entry.offset, entry.end, entry.bytes));
+        l.largest_entry = l.largest_entry.max(u64::from(entry.bytes));
         if l.recent.len() > RECENT_ENTRIES_MAX {
             if let Some((_, end, _)) = l.recent.pop_front() {
                 l.recent_start = end;
@@ -1205,7 +1211,6 @@ impl Group {
         let now = self.now;
         let end = self.log.end();
         let max_append = self.cfg.max_append_bytes;
-        let max_inflight = self.cfg.max_inflight_bytes;
         let heartbeat_ticks = u64::from(self.cfg.heartbeat_ticks);
         let RoleState::Leader(l) = &mut self.role else {
             return;
@@ -1252,9 +1257,8 @@ impl Group {
                 if took {
                     // A probe's entries, read from the log by byte budget:
                     // their size is not known here. At most `max_append`,
-                    // or one batch past it, and a batch fits in half the
-                    // budget (the caller sizes the budget so).
-                    p.took(p.matched, max_append.max(max_inflight / 2));
+                    // or one entry past it.
+                    p.took(p.matched, max_append.max(l.largest_entry));
                 }
                 let caught_up = matched >= l.recent_start;
                 // A probe out below the recent window carries entries

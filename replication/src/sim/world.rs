@@ -326,10 +326,11 @@ impl World {
         cfg.election_ticks = ELECTION_TICKS;
         cfg.heartbeat_ticks = HEARTBEAT_TICKS;
         cfg.max_append_bytes = self.max_append_bytes;
-        // Room for two batches at least: the budget spans a follower's
-        // write as well as the round trip, and a pipeline one batch deep
-        // falls behind the clients.
-        cfg.max_inflight_bytes = (4 * self.max_append_bytes).max(2 * u64::from(BATCH_BYTES_MAX));
+        // Room for four of the largest batches, as a broker's budget holds
+        // four appends: the budget spans a follower's write as well as the
+        // round trip, and a pipeline a batch or two deep falls behind the
+        // clients.
+        cfg.max_inflight_bytes = 4 * self.max_append_bytes.max(u64::from(BATCH_BYTES_MAX));
         cfg.seed = self.seed
             ^ self.nodes[n]
                 .incarnation
