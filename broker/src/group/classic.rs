@@ -335,17 +335,8 @@ impl ClassicGroup {
                 }
                 _ => (self.leader.clone().unwrap_or_default(), Vec::new()),
             };
-            answers.joins.push((
-                id.clone(),
-                Ok(Joined {
-                    member_id: id.clone(),
-                    generation: self.generation,
-                    protocol: self.protocol.clone(),
-                    protocol_type: self.protocol_type.clone(),
-                    leader,
-                    members,
-                }),
-            ));
+            let joined = self.joined(&id, leader, members);
+            answers.joins.push((id.clone(), Ok(joined)));
             return Ok(JoinOutcome::Parked(id, answers));
         }
         member.joined = true;
@@ -584,28 +575,46 @@ impl ClassicGroup {
         self.leader = Some(leader.clone());
         self.state = State::CompletingRebalance;
         let everyone = self.everyone();
-        for (id, m) in self.members.iter_mut().filter(|(_, m)| !m.pending) {
-            m.joined = false;
-            // Its session runs from the answer, as Kafka's: a member that
-            // joined early must not expire while slower ones rejoin.
-            m.deadline_ms = now_ms.saturating_add(m.session_timeout_ms);
-            answers.joins.push((
-                id.clone(),
-                Ok(Joined {
-                    member_id: id.clone(),
-                    generation: self.generation,
-                    protocol: self.protocol.clone(),
-                    protocol_type: self.protocol_type.clone(),
-                    leader: leader.clone(),
-                    members: if *id == leader {
-                        everyone.clone()
-                    } else {
-                        Vec::new()
-                    },
-                }),
-            ));
+        let joined: Vec<String> = self
+            .members
+            .iter_mut()
+            .filter(|(_, m)| !m.pending)
+            .map(|(id, m)| {
+                m.joined = false;
+                // Its session runs from the answer, as Kafka's: a member
+                // that joined early must not expire while slower ones
+                // rejoin.
+                m.deadline_ms = now_ms.saturating_add(m.session_timeout_ms);
+                id.clone()
+            })
+            .collect();
+        for id in joined {
+            let members = if id == leader {
+                everyone.clone()
+            } else {
+                Vec::new()
+            };
+            let answer = self.joined(&id, leader.clone(), members);
+            answers.joins.push((id, Ok(answer)));
         }
         answers
+    }
+
+    /// A join's answer in the current generation.
+    fn joined(
+        &self,
+        id: &str,
+        leader: String,
+        members: Vec<(String, Option<String>, Vec<u8>)>,
+    ) -> Joined {
+        Joined {
+            member_id: id.to_owned(),
+            generation: self.generation,
+            protocol: self.protocol.clone(),
+            protocol_type: self.protocol_type.clone(),
+            leader,
+            members,
+        }
     }
 
     /// Every member of the generation, with its instance id and metadata
