@@ -1233,8 +1233,8 @@ impl Group {
             let start = self.log.start();
             if prev <= start && start > 0 {
                 // The follower lacks this log's first entry, and nothing
-                // older is left to look for: it starts again here.
-                // Its log starts again, empty: nothing of it is unwritten.
+                // older is left to look for: it starts again here, empty,
+                // with nothing left to write.
                 p.matched = p.matched.min(start);
                 p.probe(start);
                 p.mode = Mode::Probe { inflight: true };
