@@ -210,6 +210,7 @@ impl ClassicGroup {
     pub fn describe(&self) -> Vec<Described> {
         self.members
             .iter()
+            .filter(|(_, m)| !m.pending)
             .map(|(id, m)| Described {
                 member_id: id.clone(),
                 instance_id: m.instance_id.clone(),
@@ -502,10 +503,13 @@ impl ClassicGroup {
         } else {
             expired
         };
+        // A pending member (given an id, never back with it) was no part
+        // of any generation: its going changes nothing the others hold.
+        let mut members_left = false;
         for id in &dropped {
-            self.members.remove(id);
+            members_left |= self.members.remove(id).is_some_and(|m| !m.pending);
         }
-        if !dropped.is_empty() {
+        if members_left {
             self.after_removal(now_ms, &mut answers);
         }
         answers
@@ -668,9 +672,11 @@ impl ClassicGroup {
         generation: i32,
         now_ms: i64,
     ) -> Result<(), ErrorCode> {
+        // As Kafka: a pending member is known only to its next join.
         let m = self
             .members
             .get_mut(member_id)
+            .filter(|m| !m.pending)
             .ok_or(ErrorCode::UnknownMemberId)?;
         m.deadline_ms = now_ms.saturating_add(m.session_timeout_ms);
         if generation != self.generation {
@@ -927,6 +933,29 @@ mod tests {
         changed.instance_id = Some("i1".into());
         parked(g.join(changed, 14));
         assert_eq!(g.state(), State::PreparingRebalance);
+    }
+
+    /// A member given an id (MEMBER_ID_REQUIRED) that never joins with it
+    /// is no member: not described, not heard, and its expiry does not
+    /// rebalance a stable group.
+    #[test]
+    fn a_pending_member_that_never_returns_changes_nothing() {
+        let (mut g, a, b) = stable_pair(10_000);
+        let mut first = join("", &["range"]);
+        first.require_known_member_id = true;
+        let Ok(JoinOutcome::MemberIdRequired(pending)) = g.join(first, 10) else {
+            panic!()
+        };
+        assert_eq!(g.describe().len(), 2);
+        assert_eq!(
+            g.heartbeat(&pending, 2, 11),
+            Err(ErrorCode::UnknownMemberId)
+        );
+        assert_eq!(g.heartbeat(&a, 2, 9_000), Ok(()));
+        assert_eq!(g.heartbeat(&b, 2, 9_000), Ok(()));
+        g.tick(10_020);
+        assert_eq!((g.state(), g.generation()), (State::Stable, 2));
+        assert_eq!(g.heartbeat(&a, 2, 10_030), Ok(()));
     }
 
     /// A member that lost its join's answer while the group waits for the
