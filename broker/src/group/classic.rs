@@ -393,6 +393,21 @@ impl ClassicGroup {
         }
     }
 
+    /// As Kafka: a SyncGroup naming a protocol type or name (v5+) other
+    /// than the group's is refused (`INCONSISTENT_GROUP_PROTOCOL`).
+    pub fn check_protocol(
+        &self,
+        protocol_type: Option<&str>,
+        protocol: Option<&str>,
+    ) -> Result<(), ErrorCode> {
+        let differs = protocol_type.is_some_and(|t| t != self.protocol_type)
+            || protocol.is_some_and(|p| p != self.protocol);
+        if differs {
+            return Err(ErrorCode::InconsistentGroupProtocol);
+        }
+        Ok(())
+    }
+
     /// A static member's call under an id its instance no longer holds:
     /// another process took the instance's place, and this one is fenced
     /// (Kafka's `FENCED_INSTANCE_ID`, which its client takes as fatal).
@@ -933,6 +948,21 @@ mod tests {
         changed.instance_id = Some("i1".into());
         parked(g.join(changed, 14));
         assert_eq!(g.state(), State::PreparingRebalance);
+    }
+
+    #[test]
+    fn a_sync_naming_another_protocol_is_refused() {
+        let (g, _a, _b) = stable_pair(10_000);
+        assert_eq!(g.check_protocol(Some("consumer"), Some("range")), Ok(()));
+        assert_eq!(g.check_protocol(None, None), Ok(()));
+        assert_eq!(
+            g.check_protocol(Some("consumer"), Some("roundrobin")),
+            Err(ErrorCode::InconsistentGroupProtocol)
+        );
+        assert_eq!(
+            g.check_protocol(Some("connect"), None),
+            Err(ErrorCode::InconsistentGroupProtocol)
+        );
     }
 
     /// A member given an id (MEMBER_ID_REQUIRED) that never joins with it

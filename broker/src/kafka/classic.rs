@@ -116,6 +116,10 @@ pub(super) async fn sync_group(shard: &Shard, request: SyncGroupRequest) -> Sync
             .iter()
             .map(|a| (text(&a.member_id), a.assignment.to_vec()))
             .collect(),
+        protocol: (
+            request.protocol_type.as_ref().map(text),
+            request.protocol_name.as_ref().map(text),
+        ),
     };
     let response = SyncGroupResponse::default()
         .with_protocol_type(request.protocol_type.clone())

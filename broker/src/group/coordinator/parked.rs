@@ -35,6 +35,8 @@ pub enum ClassicCall {
         assignments: Vec<(String, Vec<u8>)>,
         /// A static member's instance id.
         instance_id: Option<String>,
+        /// The protocol type and name the member was given (SyncGroup v5+).
+        protocol: (Option<String>, Option<String>),
     },
     /// Heartbeat.
     Heartbeat {
@@ -137,8 +139,10 @@ impl Coordinator {
                 generation,
                 assignments,
                 instance_id,
+                protocol: (protocol_type, protocol),
             } => match g
                 .check_instance(&member_id, instance_id.as_deref())
+                .and_then(|()| g.check_protocol(protocol_type.as_deref(), protocol.as_deref()))
                 .and_then(|()| g.sync(&member_id, generation, assignments, now_ms))
             {
                 Ok(SyncOutcome::Assigned(bytes)) => Ok(ready(ClassicReply::Synced(bytes))),
@@ -321,6 +325,7 @@ mod tests {
                             generation: 2,
                             assignments: Vec::new(),
                             instance_id: None,
+                            protocol: (None, None),
                         },
                         now,
                     )
@@ -333,6 +338,7 @@ mod tests {
                             generation: 2,
                             assignments: vec![(b.member_id.clone(), b"for b".to_vec())],
                             instance_id: None,
+                            protocol: (None, None),
                         },
                         now,
                     )
