@@ -745,6 +745,14 @@ mod tests {
         }
     }
 
+    /// `join` of the static member `instance`.
+    fn static_join(id: &str, protocols: &[&str], instance: &str) -> Join {
+        Join {
+            instance_id: Some(instance.into()),
+            ..join(id, protocols)
+        }
+    }
+
     fn parked(outcome: Result<JoinOutcome, ErrorCode>) -> (String, Answers) {
         match outcome.unwrap() {
             JoinOutcome::Parked(id, answers) => (id, answers),
@@ -888,8 +896,7 @@ mod tests {
     #[test]
     fn a_static_members_old_process_is_fenced_and_an_admin_removes_it() {
         let mut g = ClassicGroup::default();
-        let mut first = join("", &["range"]);
-        first.instance_id = Some("i1".into());
+        let first = static_join("", &["range"], "i1");
         let (old, _) = parked(g.join(first.clone(), 0));
         g.sync(&old, 1, vec![(old.clone(), vec![1])], 1).unwrap();
         let (new, _) = parked(g.join(first, 2));
@@ -899,8 +906,7 @@ mod tests {
             Err(ErrorCode::FencedInstanceId)
         );
         assert_eq!(g.check_instance(&new, Some("i1")), Ok(()));
-        let mut zombie = join(&old, &["range"]);
-        zombie.instance_id = Some("i1".into());
+        let zombie = static_join(&old, &["range"], "i1");
         assert_eq!(g.join(zombie, 3).unwrap_err(), ErrorCode::FencedInstanceId);
         assert_eq!(
             g.leave(&old, Some("i1"), 4).unwrap_err(),
@@ -918,8 +924,7 @@ mod tests {
     fn a_member_joining_again_unchanged_keeps_its_place_without_a_rebalance() {
         let mut g = ClassicGroup::default();
         let (a, _) = parked(g.join(join("", &["range"]), 0));
-        let mut first = join("", &["range"]);
-        first.instance_id = Some("i1".into());
+        let first = static_join("", &["range"], "i1");
         let (old, _) = parked(g.join(first.clone(), 1));
         parked(g.join(join(&a, &["range"]), 2));
         g.sync(&old, 2, vec![], 3).unwrap();
@@ -938,14 +943,12 @@ mod tests {
             g.sync(&new, 2, vec![], 12),
             Ok(SyncOutcome::Assigned(b"I".to_vec()))
         );
-        let mut again = join(&new, &["range"]);
-        again.instance_id = Some("i1".into());
+        let again = static_join(&new, &["range"], "i1");
         let (_, answers) = parked(g.join(again, 13));
         assert_eq!(answers.joins.len(), 1, "a known member, unchanged");
         assert_eq!(g.state(), State::Stable);
 
-        let mut changed = join(&new, &["range", "roundrobin"]);
-        changed.instance_id = Some("i1".into());
+        let changed = static_join(&new, &["range", "roundrobin"], "i1");
         parked(g.join(changed, 14));
         assert_eq!(g.state(), State::PreparingRebalance);
     }
@@ -1010,8 +1013,7 @@ mod tests {
     #[test]
     fn a_member_changing_its_instance_id_rebalances() {
         let (mut g, _a, b) = stable_pair(10_000);
-        let mut renamed = join(&b, &["range"]);
-        renamed.instance_id = Some("other".into());
+        let renamed = static_join(&b, &["range"], "other");
         parked(g.join(renamed, 10));
         assert_eq!(g.state(), State::PreparingRebalance);
     }
@@ -1021,8 +1023,7 @@ mod tests {
     #[test]
     fn a_static_leaders_new_process_keeps_its_place_as_a_follower_would() {
         let mut g = ClassicGroup::default();
-        let mut first = join("", &["range"]);
-        first.instance_id = Some("lead".into());
+        let first = static_join("", &["range"], "lead");
         let (old, _) = parked(g.join(first.clone(), 0));
         g.sync(&old, 1, vec![(old.clone(), b"L".to_vec())], 1)
             .unwrap();
