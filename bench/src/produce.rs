@@ -187,7 +187,8 @@ impl Sink {
     ) -> Result<(), Failed> {
         match self {
             Sink::Native(client) => {
-                let request = produce_request(topic, partition, acks, batch.len());
+                let timeout = client.config().request_timeout;
+                let request = produce_request(topic, partition, acks, timeout, batch.len());
                 let answered = acks != api::ACKS_NONE;
                 let answer = client
                     .call(addr, Lane::Prompt, request, batch, answered)

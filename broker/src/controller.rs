@@ -27,11 +27,11 @@
 //! opened again (replaying what it holds) and the command retried once.
 
 use crate::mesh::NotServed;
-use crate::partition::{Partition, PartitionSetup};
+use crate::partition::{Acks, Partition, PartitionSetup};
 use crate::replica::{Layout, Replica};
 use crate::shard::{Shard, topic_dir_name, topics_dir};
 use fjord_core::{BatchBuilder, FsyncPolicy, batch};
-use fjord_net::{ErrorCode, api};
+use fjord_net::ErrorCode;
 use fjord_replication::control::{METADATA_GROUP, Proposal};
 use fjord_replication::metadata::{ClusterMetadata, Command, MetadataError};
 use fjord_replication::raft::{Durability, NodeId};
@@ -467,7 +467,7 @@ impl Controller {
             &[],
         );
         let partition = quorum.partition();
-        if let Err(code) = partition.produce(&builder.build(), api::ACKS_ALL).await {
+        if let Err(code) = partition.produce(&builder.build(), Acks::internal()).await {
             quorum.waiting.borrow_mut().remove(&id);
             return Err(match code {
                 ErrorCode::NotLeaderOrFollower => not_controller(),

@@ -3,7 +3,7 @@
 //! without a second mesh hop, and the waiting task is woken on its own shard.
 
 use crate::controller::CommandError;
-use crate::partition::{Described, Produced};
+use crate::partition::{Acks, Described, Produced};
 use fjord_net::ErrorCode;
 use fjord_replication::control::{LeaderReport, Proposal};
 use fjord_replication::metadata::ClusterMetadata;
@@ -151,8 +151,8 @@ pub enum PartitionOp {
         frame: Arc<Vec<u8>>,
         /// Where the batches lie in it.
         range: Range<usize>,
-        /// What the producer waits for (Kafka's acks).
-        acks: i16,
+        /// What the producer waits for, and until when.
+        acks: Acks,
         /// The outcome.
         reply: oneshot::Sender<Result<Produced, ErrorCode>>,
     },

@@ -39,7 +39,58 @@ use futures::channel::oneshot;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long the broker's own appends (group offsets, metadata) wait for
+/// their acknowledgement: a Kafka producer's default `request.timeout.ms`.
+const INTERNAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a produce's answer waits for: Kafka's `acks`, and until when (the
+/// request's `timeout_ms`, counted from its arrival). Past the deadline the
+/// answer is `REQUEST_TIMED_OUT`, as Kafka's, and what was taken stays
+/// appended: it may yet commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Acks {
+    /// 0, 1 or -1 (all): see [`Partition::produce`].
+    pub required: i16,
+    /// The latest moment to answer.
+    pub deadline: Instant,
+}
+
+impl Acks {
+    /// A request's: `timeout_ms` from now. A negative or zero one waits for
+    /// nothing (answered at once unless already acknowledged), as Kafka's.
+    pub fn of_request(required: i16, timeout_ms: i32) -> Acks {
+        let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+        Acks {
+            required,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// The broker's own appends: acks=all within [`INTERNAL_ACK_TIMEOUT`].
+    pub fn internal() -> Acks {
+        Acks {
+            required: api::ACKS_ALL,
+            deadline: Instant::now() + INTERNAL_ACK_TIMEOUT,
+        }
+    }
+
+    /// `waiting`'s outcome, or `REQUEST_TIMED_OUT` once the deadline passes
+    /// first. `waiting` must be safe to drop unfinished.
+    pub async fn within<T>(
+        &self,
+        waiting: impl Future<Output = Result<T, ErrorCode>>,
+    ) -> Result<T, ErrorCode> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let waiting = std::pin::pin!(waiting);
+        let timer = std::pin::pin!(glommio::timer::sleep(left));
+        match futures::future::select(waiting, timer).await {
+            futures::future::Either::Left((outcome, _)) => outcome,
+            futures::future::Either::Right(_) => Err(ErrorCode::RequestTimedOut),
+        }
+    }
+}
 
 /// Where a produce landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,10 +506,10 @@ impl Partition {
     /// waits as `acks` says: not at all (0); until they are as durable as
     /// the topic's fsync policy promises on the leader (1); until a quorum
     /// of the replicas has them so (-1, all; the leader alone when the
-    /// partition is not replicated). Either every batch is accepted or the
-    /// first refusal is the answer; batches before it stay appended, as in
-    /// Kafka.
-    pub async fn produce(&self, records: &[u8], acks: i16) -> Result<Produced, ErrorCode> {
+    /// partition is not replicated); never past its deadline. Either every
+    /// batch is accepted or the first refusal is the answer; batches before
+    /// it stay appended, as in Kafka.
+    pub async fn produce(&self, records: &[u8], acks: Acks) -> Result<Produced, ErrorCode> {
         let started = std::time::Instant::now();
         let produced = self.append_batches(records, acks).await;
         if produced.is_ok() {
@@ -470,7 +521,7 @@ impl Partition {
     }
 
     /// [`Partition::produce`], uncounted.
-    async fn append_batches(&self, records: &[u8], acks: i16) -> Result<Produced, ErrorCode> {
+    async fn append_batches(&self, records: &[u8], acks: Acks) -> Result<Produced, ErrorCode> {
         if records.is_empty() {
             return Err(ErrorCode::InvalidRequest);
         }
@@ -491,7 +542,6 @@ impl Partition {
                 log_start_offset: self.log_start() as i64,
             });
         }
-        let wait = acks != api::ACKS_NONE;
         let log = self.writable_log().await?;
         let mut rest = records;
         let mut base_offset = None;
@@ -526,13 +576,19 @@ impl Partition {
             base_offset.get_or_insert(base);
         }
         // Parked readers wait on the log's visible mark, not on this answer.
-        if wait {
-            futures::future::try_join_all(durable)
-                .await
-                .map_err(|e| error_code(&e))?;
-            if duplicates_end > 0 {
-                log.wait_visible(duplicates_end).await;
-            }
+        // The appends themselves are not cut short by the deadline: a log's
+        // append stopped half-way would leave its state half-changed.
+        if acks.required != api::ACKS_NONE {
+            acks.within(async {
+                futures::future::try_join_all(durable)
+                    .await
+                    .map_err(|e| error_code(&e))?;
+                if duplicates_end > 0 {
+                    log.wait_visible(duplicates_end).await;
+                }
+                Ok(())
+            })
+            .await?;
         }
         Ok(Produced {
             base_offset: base_offset.unwrap_or(0) as i64,

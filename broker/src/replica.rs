@@ -32,7 +32,7 @@ mod recent;
 
 pub use membership::{Configs, read_configs};
 
-use crate::partition::Partition;
+use crate::partition::{Acks, Partition};
 use crate::peer::Links;
 use fjord_core::batch::{self, Batch};
 use fjord_net::{ErrorCode, api};
@@ -63,8 +63,6 @@ const HEARTBEATS_PER_ELECTION: u32 = 4;
 const LINK_SWEEP_TICKS: u64 = 200;
 /// Bytes of proposals a leader holds before its log takes them.
 const PROPOSED_BYTES_MAX: u64 = 64 << 20;
-/// Longest a produce waits for its acknowledgement.
-const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A batch's bytes until its log takes them; validated already, whichever
 /// the variant (its log does not read its CRC again).
@@ -835,7 +833,7 @@ impl Replication {
         self: &Rc<Self>,
         partition: &Partition,
         records: &[u8],
-        acks: i16,
+        acks: Acks,
         max_batch_bytes: usize,
     ) -> Result<Offset, ErrorCode> {
         let replica = partition.replica().ok_or(ErrorCode::UnknownServerError)?;
@@ -862,15 +860,9 @@ impl Replication {
             let parsed = Batch::validate(&rest[..len]).map_err(|_| ErrorCode::CorruptMessage)?;
             let count =
                 u32::try_from(parsed.offset_count()).map_err(|_| ErrorCode::CorruptMessage)?;
-            let room = std::pin::pin!(replica.room.acquire(len as u64));
-            let timeout = std::pin::pin!(glommio::timer::sleep(ACK_TIMEOUT));
-            match futures::future::select(room, timeout).await {
-                futures::future::Either::Left((Ok(()), _)) => {}
-                futures::future::Either::Left((Err(_), _)) => {
-                    return Err(ErrorCode::NotLeaderOrFollower);
-                }
-                futures::future::Either::Right(_) => return Err(ErrorCode::RequestTimedOut),
-            }
+            let room = replica.room.acquire(len as u64);
+            acks.within(async { room.await.map_err(|_| ErrorCode::NotLeaderOrFollower) })
+                .await?;
             // Checked and proposed with no await between: the table takes
             // the batch in the same round (`carry_out`).
             if let Some(producer) = ProducerBatch::of(&parsed) {
@@ -921,12 +913,12 @@ impl Replication {
         if term.is_some_and(|term| replica.leading_term() != Some(term)) {
             return Err(ErrorCode::NotLeaderOrFollower);
         }
-        if acks == api::ACKS_NONE {
+        if acks.required == api::ACKS_NONE {
             return Ok(base);
         }
         let rx = {
             let mut view = replica.view.borrow_mut();
-            let all = acks == api::ACKS_ALL;
+            let all = acks.required == api::ACKS_ALL;
             let (tx, rx) = oneshot::channel();
             let done = if all {
                 view.commit >= end
@@ -941,13 +933,13 @@ impl Replication {
             view.acks.push(Ack { end, all, tx });
             rx
         };
-        let timeout = std::pin::pin!(glommio::timer::sleep(ACK_TIMEOUT));
-        match futures::future::select(rx, timeout).await {
-            futures::future::Either::Left((Ok(Ok(())), _)) => Ok(base),
-            futures::future::Either::Left((Ok(Err(code)), _)) => Err(code),
-            futures::future::Either::Left((Err(_), _)) => Err(ErrorCode::NotLeaderOrFollower),
-            futures::future::Either::Right(_) => Err(ErrorCode::RequestTimedOut),
-        }
+        let acked = acks.within(async {
+            match rx.await {
+                Ok(acked) => acked,
+                Err(_) => Err(ErrorCode::NotLeaderOrFollower),
+            }
+        });
+        acked.await.map(|()| base)
     }
 
     /// Hands leadership of every group this shard leads to another voter

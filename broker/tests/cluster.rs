@@ -317,6 +317,20 @@ fn described_until<T>(
     }
 }
 
+/// The first shard of `node`, as `client`'s metadata lists it (every node
+/// here runs one, on loopback).
+fn shard_of(client: &Client, node: i32) -> SocketAddr {
+    let metadata = block_on(client.metadata(None)).expect("metadata");
+    let broker = metadata
+        .brokers
+        .into_iter()
+        .flatten()
+        .find(|b| b.node_id == node)
+        .expect("the node's broker");
+    let port = broker.shard_ports.and_then(|p| p.first().copied());
+    SocketAddr::from(([127, 0, 0, 1], port.expect("its shard port")))
+}
+
 fn create_topic(client: &Client) {
     block_on(Admin::new(client.clone()).create_replicated_topic(TOPIC, PARTITIONS, Some(3), &[]))
         .expect("create");
@@ -714,25 +728,55 @@ fn a_stopped_leader_is_replaced_and_acknowledges_nothing() {
     // The deposed leader, asked directly at once, acknowledges nothing:
     // not even acks=1, which a leader in good standing answers alone.
     let direct = Client::new(ClientConfig::new(old_addr)).expect("client");
-    let shard_port = block_on(direct.metadata(None))
-        .expect("metadata")
-        .brokers
-        .into_iter()
-        .flatten()
-        .find(|b| b.node_id == leader)
-        .and_then(|b| b.shard_ports.and_then(|ports| ports.first().copied()))
-        .expect("the old leader's shard port");
+    let shard = shard_of(&direct, leader);
     let mut builder = fjord_core::BatchBuilder::new();
     builder.push(0, None, Some(b"from the past"), &[]);
     let batch = builder.build();
-    let body = produce_request(TOPIC, 0, fjord_net::api::ACKS_LEADER, batch.len());
-    let shard = SocketAddr::new(old_addr.ip(), shard_port);
+    let body = produce_request(
+        TOPIC,
+        0,
+        fjord_net::api::ACKS_LEADER,
+        direct.config().request_timeout,
+        batch.len(),
+    );
     let answer = block_on(direct.request(shard, Lane::Prompt, body, batch))
         .and_then(|response| produce_result(&response, TOPIC, 0));
     assert!(
         answer.is_err(),
         "a deposed leader acknowledged a produce: {answer:?}"
     );
+    cluster.assert_all_kept(&client, &acked);
+}
+
+/// A produce waits for its acknowledgement no longer than its request's
+/// `timeout_ms` says (Kafka's): with both followers stopped, an `acks=all`
+/// produce to the leader is answered `REQUEST_TIMED_OUT` once its 300 ms
+/// have passed (before the leader steps down, at 3/4 of an election
+/// timeout), not after the broker's own 30 s; the partition serves again
+/// once they are back.
+#[test]
+fn an_acks_all_produce_that_cannot_commit_times_out_when_its_request_says() {
+    let mut cluster = Cluster::start();
+    let client = cluster.client();
+    create_topic(&client);
+    let mut acked = produce(&client, 0..100);
+    let leader = cluster.leaders(&client)[0];
+    let shard = shard_of(&client, leader);
+    let followers: Vec<u32> = (1..=3)
+        .filter(|&id| id != leader)
+        .map(|id| cluster.node(id).pid())
+        .collect();
+    for &pid in &followers {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    }
+    let acks = fjord_net::api::ACKS_ALL;
+    common::assert_produce_times_out(&client, shard, TOPIC, acks, Duration::from_millis(300));
+    for &pid in &followers {
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
+    }
+    merge(&mut acked, produce(&client, 100..200));
     cluster.assert_all_kept(&client, &acked);
 }
 
@@ -1333,26 +1377,15 @@ fn list_offsets_is_answered_by_the_leader_only() {
     create_topic(&client);
     produce(&client, 0..100);
     let leader = cluster.leaders(&client)[0];
-    let metadata = block_on(client.metadata(None)).expect("metadata");
-    let shard_of = |node: i32| {
-        let broker = metadata
-            .brokers
-            .iter()
-            .flatten()
-            .find(|b| b.node_id == node)
-            .expect("the node's broker");
-        let port = broker.shard_ports.as_ref().and_then(|p| p.first().copied());
-        SocketAddr::new(cluster.nodes[0].addr.ip(), port.expect("its shard port"))
-    };
     let follower = if leader == 1 { 2 } else { 1 };
     let latest = fjord_net::api::LATEST;
-    let refused = block_on(client.list_offset(shard_of(follower), TOPIC, 0, latest));
+    let refused = block_on(client.list_offset(shard_of(&client, follower), TOPIC, 0, latest));
     let refused = format!(
         "{:?}",
         refused.expect_err("a follower answered ListOffsets")
     );
     assert!(refused.contains("NotLeader"), "{refused}");
-    let (end, _) = block_on(client.list_offset(shard_of(leader), TOPIC, 0, latest))
+    let (end, _) = block_on(client.list_offset(shard_of(&client, leader), TOPIC, 0, latest))
         .expect("the leader answers");
     // Partition 0's 50 records, and the leaders' empty marks of their terms.
     assert!((50..60).contains(&end), "end {end}");

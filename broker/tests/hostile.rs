@@ -81,7 +81,8 @@ fn batch(value: &[u8]) -> Vec<u8> {
 }
 
 fn produce_request(correlation_id: u32, topic: &str, batch: &[u8]) -> Vec<u8> {
-    let body = fjord_client::producer::produce_request(topic, 0, 1, batch.len());
+    let timeout = Duration::from_secs(30);
+    let body = fjord_client::producer::produce_request(topic, 0, 1, timeout, batch.len());
     request(correlation_id, 0, body, batch)
 }
 

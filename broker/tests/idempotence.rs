@@ -318,7 +318,13 @@ fn raw_produce(
         builder.push(now, None, Some(b"raw"), &[]);
     }
     let batch = builder.build();
-    let body = produce_request(TOPIC, 0, api::ACKS_ALL, batch.len());
+    let body = produce_request(
+        TOPIC,
+        0,
+        api::ACKS_ALL,
+        client.config().request_timeout,
+        batch.len(),
+    );
     let response = block_on(client.request(addr, Lane::Prompt, body, batch)).unwrap();
     produce_result(&response, TOPIC, 0).map_err(|e| match e {
         ClientError::Broker { code, .. } => code,

@@ -126,7 +126,7 @@ fn requests_on_the_wrong_shard_are_forwarded() {
         let mut builder = fjord_core::BatchBuilder::new();
         builder.push(1, None, Some(format!("forwarded {i}").as_bytes()), &[]);
         let batch = builder.build();
-        let body = produce_request("events", 0, 1, batch.len());
+        let body = produce_request("events", 0, 1, client.config().request_timeout, batch.len());
         let response = block_on(client.request(addr, Lane::Prompt, body, batch)).unwrap();
         // No error for the partition, and its offsets follow one another.
         assert_eq!(produce_result(&response, "events", 0).unwrap(), i as i64);

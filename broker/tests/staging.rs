@@ -736,6 +736,25 @@ fn serving_line(broker: &Broker) -> String {
     line
 }
 
+/// An answer that waits for its write (staging off) waits no longer than
+/// its request's `timeout_ms` says: on a frozen disk an `acks=1` produce
+/// with 300 ms is answered `REQUEST_TIMED_OUT`, and its record, appended,
+/// is there once the disk thaws (as on Kafka, a timeout is not a refusal).
+#[test]
+fn an_answer_waiting_for_a_frozen_disk_comes_when_its_request_times_out() {
+    let Some(disk) = freezable_disk("an_answer_waiting_for_a_frozen_disk…") else {
+        return;
+    };
+    let no_staging = ["--staging-dir", "/proc/fjord-no-staging"];
+    let (broker, _) = on_disk(&disk, &no_staging, None, "late", 1 << 30);
+    let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
+    let acks = fjord_net::api::ACKS_LEADER;
+    let timeout = Duration::from_millis(300);
+    common::assert_produce_times_out(&broker.client(), broker.addr, "late", acks, timeout);
+    freeze.thaw();
+    assert_eq!(values(&broker, "late"), ["before", "late"]);
+}
+
 #[test]
 fn without_shared_memory_the_node_says_so_and_acks_wait_for_the_write() {
     // Nothing can be created under /proc, not even by root.

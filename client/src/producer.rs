@@ -784,7 +784,13 @@ impl Core {
             );
             return futures::future::ready(Err(error)).boxed_local();
         };
-        let body = produce_request(&topic.name, queue.partition, self.config.acks, batch.len());
+        let body = produce_request(
+            &topic.name,
+            queue.partition,
+            self.config.acks,
+            self.client.config().request_timeout,
+            batch.len(),
+        );
         let expect = self.config.acks != api::ACKS_NONE;
         let call = self
             .client
@@ -826,11 +832,19 @@ impl Core {
 }
 
 /// A produce request for one partition whose batches are the whole payload
-/// of `len` bytes.
-pub fn produce_request(topic: &str, partition: i32, acks: i16, len: usize) -> wire::RequestT {
+/// of `len` bytes, answered within `timeout` (as Kafka's producer, the
+/// client's request timeout: `REQUEST_TIMED_OUT` from the broker, and the
+/// batch may yet be written).
+pub fn produce_request(
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    timeout: Duration,
+    len: usize,
+) -> wire::RequestT {
     wire::RequestT::ProduceRequest(Box::new(wire::ProduceRequestT {
         acks,
-        timeout_ms: 30_000,
+        timeout_ms: i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX),
         topics: Some(vec![wire::ProduceTopicT {
             name: Some(topic.to_owned()),
             partitions: Some(vec![wire::ProducePartitionT {

@@ -4,7 +4,7 @@
 
 use super::{Reply, code};
 use crate::mesh::PartitionOp;
-use crate::partition::Produced;
+use crate::partition::{Acks, Produced};
 use crate::shard::Shard;
 use fjord_net::{ErrorCode, api, wire};
 use std::ops::Range;
@@ -17,10 +17,10 @@ pub(super) async fn produce(
     frame: Vec<u8>,
     payload: Range<usize>,
 ) -> Option<Reply> {
-    let acks = request.acks;
-    if ![api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&acks) {
+    if ![api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&request.acks) {
         return Some(Reply::error(correlation_id, ErrorCode::InvalidRequiredAcks));
     }
+    let acks = Acks::of_request(request.acks, request.timeout_ms);
     // Where each partition's batches lie in the frame, checked once here.
     let mut plan = Vec::new();
     for topic in request.topics.unwrap_or_default() {
@@ -43,7 +43,7 @@ pub(super) async fn produce(
         async move { append(shard, topic, *partition, frame, range.clone()?, acks).await }
     }))
     .await;
-    if acks == api::ACKS_NONE {
+    if acks.required == api::ACKS_NONE {
         return None;
     }
     let mut topics: Vec<wire::ProduceTopicResultT> = Vec::new();
@@ -92,7 +92,7 @@ pub(crate) async fn append(
     partition: i32,
     frame: &Arc<Vec<u8>>,
     range: Range<usize>,
-    acks: i16,
+    acks: Acks,
 ) -> Result<Produced, ErrorCode> {
     if crate::group::is_internal(topic) {
         return Err(ErrorCode::InvalidTopicException);

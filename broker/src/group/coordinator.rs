@@ -10,12 +10,12 @@
 use super::classic::ClassicGroup;
 use super::members::{self, Group, Heartbeat, Limits};
 use super::records::{self, CommitKey, Committed, Stored};
-use crate::partition::Partition;
+use crate::partition::{Acks, Partition};
 use fjord_core::BatchBuilder;
 use fjord_net::api::{
     topic_partitions_from_wire as from_wire, topic_partitions_to_wire as to_wire,
 };
-use fjord_net::{ErrorCode, api, wire};
+use fjord_net::{ErrorCode, wire};
 use glommio::sync::Semaphore;
 
 mod parked;
@@ -418,7 +418,7 @@ impl Coordinator {
             });
         }
         if !written.is_empty() {
-            if let Err(code) = partition.produce(&batch.build(), api::ACKS_ALL).await {
+            if let Err(code) = partition.produce(&batch.build(), Acks::internal()).await {
                 let code = coordinator_error(code).code();
                 for p in results
                     .iter_mut()
@@ -727,7 +727,7 @@ async fn write_tombstones(
         batch.push(now_ms, Some(&records::encode_key(&key)), None, &[]);
     }
     partition
-        .produce(&batch.build(), api::ACKS_ALL)
+        .produce(&batch.build(), Acks::internal())
         .await
         .map(drop)
         .map_err(coordinator_error)

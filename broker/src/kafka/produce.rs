@@ -5,6 +5,7 @@
 
 use super::str_bytes;
 use crate::api::produce::append;
+use crate::partition::Acks;
 use crate::shard::Shard;
 use fjord_net::kafka::kafka_protocol::messages::produce_request::ProduceRequest;
 use fjord_net::kafka::kafka_protocol::messages::produce_response::{
@@ -32,8 +33,8 @@ pub(super) async fn produce(
     request: ProduceRequest,
     frame: &Arc<Vec<u8>>,
 ) -> Answer {
-    let acks = request.acks;
-    let acks_valid = [api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&acks);
+    let acks = Acks::of_request(request.acks, request.timeout_ms);
+    let acks_valid = [api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&acks.required);
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in &request.topic_data {
         let name = topic.name.as_str();
@@ -69,7 +70,7 @@ pub(super) async fn produce(
                 .with_partition_responses(partitions),
         );
     }
-    if acks != api::ACKS_NONE {
+    if acks.required != api::ACKS_NONE {
         return Answer::Response(ProduceResponse::default().with_responses(topics));
     }
     let refused = topics

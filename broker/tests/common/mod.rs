@@ -447,3 +447,39 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
     }
 }
+
+/// Produces one record to partition 0 of `topic` at `addr` with `acks`
+/// and a request `timeout_ms` of `timeout`, and asserts the broker's answer
+/// is `REQUEST_TIMED_OUT`, given once the timeout passed and well before
+/// its own 30 s would have.
+pub fn assert_produce_times_out(
+    client: &Client,
+    addr: SocketAddr,
+    topic: &str,
+    acks: i16,
+    timeout: Duration,
+) {
+    let mut builder = fjord_core::BatchBuilder::new();
+    builder.push(0, None, Some(b"late"), &[]);
+    let batch = builder.build();
+    let body = fjord_client::producer::produce_request(topic, 0, acks, timeout, batch.len());
+    let started = std::time::Instant::now();
+    let lane = fjord_client::transport::Lane::Prompt;
+    let answer = block_on(client.request(addr, lane, body, batch))
+        .and_then(|response| fjord_client::producer::produce_result(&response, topic, 0));
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            answer,
+            Err(fjord_client::ClientError::Broker {
+                code: fjord_net::ErrorCode::RequestTimedOut,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        waited >= timeout && waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+}
