@@ -231,15 +231,47 @@ pub fn commit_request(
     }))
 }
 
+/// Sends `body` to the node at `addr`, for the groups it coordinates
+/// itself (ListGroups), and again while one of them is loading or not
+/// available, for up to 30 s: Kafka's admin client retries those.
+pub(crate) async fn call_node(
+    client: &Client,
+    addr: SocketAddr,
+    body: wire::RequestT,
+) -> Result<wire::ResponseT> {
+    let deadline = Instant::now() + COORDINATOR_WAIT;
+    loop {
+        let response = client
+            .request(addr, Lane::Prompt, body.clone(), Vec::new())
+            .await?;
+        let answer = response.unpack()?.0;
+        match check(top_error(&answer), || format!("node {addr}")) {
+            Err(e) if not_ready(&e) && Instant::now() < deadline => {
+                client.sleep(COORDINATOR_BACKOFF).await;
+            }
+            checked => return checked.map(|()| answer),
+        }
+    }
+}
+
+/// Whether a coordinator is there but not ready yet.
+fn not_ready(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Broker {
+            code: ErrorCode::CoordinatorNotAvailable | ErrorCode::CoordinatorLoadInProgress,
+            ..
+        }
+    )
+}
+
 /// Whether the coordinator moved or is not ready: ask where it is again.
 fn moved(e: &ClientError) -> bool {
+    if not_ready(e) {
+        return true;
+    }
     match e {
-        ClientError::Broker { code, .. } => matches!(
-            code,
-            ErrorCode::NotCoordinator
-                | ErrorCode::CoordinatorNotAvailable
-                | ErrorCode::CoordinatorLoadInProgress
-        ),
+        ClientError::Broker { code, .. } => *code == ErrorCode::NotCoordinator,
         ClientError::Connect { .. } | ClientError::Connection { .. } | ClientError::Timeout(_) => {
             true
         }

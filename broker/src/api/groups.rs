@@ -181,18 +181,21 @@ pub(super) async fn for_group(
 /// ListGroups: the groups of every `__consumer_offsets` partition led on
 /// this node (a client asks every node and merges).
 pub(super) async fn list_groups(shard: &Shard, correlation_id: u32) -> Reply {
-    let groups = listed_groups(shard).await;
+    let (groups, error) = listed_groups(shard).await;
     Reply::body(
         correlation_id,
         wire::ResponseT::ListGroupsResponse(Box::new(wire::ListGroupsResponseT {
-            error_code: 0,
+            error_code: error.map_or(0, |e| e.code()),
             groups: Some(groups),
         })),
     )
 }
 
-/// The groups of every `__consumer_offsets` partition led on this node.
-pub(crate) async fn listed_groups(shard: &Shard) -> Vec<wire::GroupListingT> {
+/// The groups of every `__consumer_offsets` partition led on this node,
+/// and what to answer with if one of them could not list its own (still
+/// loading, or its log unavailable): as Kafka's ListGroups, an error the
+/// client retries on, with the groups the others listed.
+pub(crate) async fn listed_groups(shard: &Shard) -> (Vec<wire::GroupListingT>, Option<ErrorCode>) {
     let partitions = shard
         .metadata()
         .topics
@@ -202,14 +205,32 @@ pub(crate) async fn listed_groups(shard: &Shard) -> Vec<wire::GroupListingT> {
         let body = wire::RequestT::ListGroupsRequest(Box::default());
         call_partition(shard, p, GroupRequest::Native(body))
     });
+    merge_listings(futures::future::join_all(calls).await)
+}
+
+/// Each partition's ListGroups outcome as one listing (see
+/// [`listed_groups`]).
+fn merge_listings(
+    outcomes: Vec<Result<GroupReply, ErrorCode>>,
+) -> (Vec<wire::GroupListingT>, Option<ErrorCode>) {
     let mut groups = Vec::new();
-    for outcome in futures::future::join_all(calls).await {
-        // Partitions led elsewhere answer on their own node.
-        if let Ok(GroupReply::Native(wire::ResponseT::ListGroupsResponse(list))) = outcome {
-            groups.extend(list.groups.unwrap_or_default());
+    let mut error = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok(GroupReply::Native(wire::ResponseT::ListGroupsResponse(list))) => {
+                groups.extend(list.groups.unwrap_or_default());
+            }
+            // Partitions led elsewhere answer on their own node.
+            Err(ErrorCode::NotCoordinator) => {}
+            Err(code) => {
+                error.get_or_insert(code);
+            }
+            Ok(_) => {
+                error.get_or_insert(ErrorCode::UnknownServerError);
+            }
         }
     }
-    groups
+    (groups, error)
 }
 
 /// DescribeGroups and DeleteGroups: each group on its own coordinator.
@@ -370,5 +391,57 @@ fn failed(kind: wire::Request, group_id: &str, code: ErrorCode) -> wire::Respons
             error_code,
             groups: None,
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(groups: &[&str]) -> Result<GroupReply, ErrorCode> {
+        let groups = groups
+            .iter()
+            .map(|&g| wire::GroupListingT {
+                group_id: Some(g.to_owned()),
+                ..Default::default()
+            })
+            .collect();
+        Ok(GroupReply::Native(wire::ResponseT::ListGroupsResponse(
+            Box::new(wire::ListGroupsResponseT {
+                error_code: 0,
+                groups: Some(groups),
+            }),
+        )))
+    }
+
+    fn ids(groups: &[wire::GroupListingT]) -> Vec<&str> {
+        groups
+            .iter()
+            .filter_map(|g| g.group_id.as_deref())
+            .collect()
+    }
+
+    #[test]
+    fn partitions_led_elsewhere_are_left_to_their_nodes() {
+        let (groups, error) = merge_listings(vec![
+            listing(&["a"]),
+            Err(ErrorCode::NotCoordinator),
+            listing(&["b", "c"]),
+        ]);
+        assert_eq!(ids(&groups), ["a", "b", "c"]);
+        assert_eq!(error, None);
+    }
+
+    /// As Kafka's: a partition still loading makes the answer an error the
+    /// client retries on, rather than a list that silently lacks its groups.
+    #[test]
+    fn a_partition_still_loading_is_an_error_with_the_others_groups() {
+        let (groups, error) = merge_listings(vec![
+            listing(&["a"]),
+            Err(ErrorCode::CoordinatorLoadInProgress),
+            Err(ErrorCode::CoordinatorNotAvailable),
+        ]);
+        assert_eq!(ids(&groups), ["a"]);
+        assert_eq!(error, Some(ErrorCode::CoordinatorLoadInProgress));
     }
 }

@@ -38,8 +38,8 @@ pub(super) async fn list_groups(shard: &Shard, request: ListGroupsRequest) -> Li
                 .iter()
                 .any(|f| f.as_str().eq_ignore_ascii_case(value))
     };
-    let groups = listed_groups(shard)
-        .await
+    let (groups, error) = listed_groups(shard).await;
+    let groups = groups
         .into_iter()
         .filter_map(|g| {
             let state = g.state.unwrap_or_default();
@@ -55,7 +55,9 @@ pub(super) async fn list_groups(shard: &Shard, request: ListGroupsRequest) -> Li
             )
         })
         .collect();
-    ListGroupsResponse::default().with_groups(groups)
+    ListGroupsResponse::default()
+        .with_error_code(error.map_or(0, |e| e.code()))
+        .with_groups(groups)
 }
 
 pub(super) async fn describe_groups(

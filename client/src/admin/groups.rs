@@ -3,9 +3,8 @@
 //! `kafka-consumer-groups.sh`.
 
 use super::Admin;
-use crate::error::{ClientError, Result, check};
-use crate::group::{Coordinator, TopicPartition};
-use crate::transport::Lane;
+use crate::error::{ClientError, Result};
+use crate::group::{Coordinator, TopicPartition, call_node};
 use fjord_net::api::topic_partitions_from_wire as from_wire;
 use fjord_net::wire;
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,21 +108,17 @@ impl Admin {
         let body = wire::RequestT::ListGroupsRequest(Box::default());
         let mut groups = BTreeMap::new();
         for addr in self.node_addresses().await? {
-            let response = match self
-                .client
-                .request(addr, Lane::Prompt, body.clone(), Vec::new())
-                .await
-            {
-                Ok(response) => response,
-                Err(e) if e.is_retriable() => continue, // That node is away.
+            let list = match call_node(&self.client, addr, body.clone()).await {
+                Ok(wire::ResponseT::ListGroupsResponse(list)) => list,
+                Ok(_) => {
+                    return Err(ClientError::Protocol(
+                        "expected a ListGroups response".into(),
+                    ));
+                }
+                // That node is away (a connection refused or timed out).
+                Err(e) if e.is_retriable() && !matches!(e, ClientError::Broker { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            let wire::ResponseT::ListGroupsResponse(list) = response.unpack()?.0 else {
-                return Err(ClientError::Protocol(
-                    "expected a ListGroups response".into(),
-                ));
-            };
-            check(list.error_code, || "list groups".into())?;
             for g in list.groups.into_iter().flatten() {
                 let id = g.group_id.unwrap_or_default();
                 groups.insert(
