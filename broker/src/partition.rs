@@ -41,14 +41,14 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// How long the broker's own appends (group offsets, metadata) wait for
-/// their acknowledgement: a Kafka producer's default `request.timeout.ms`.
-const INTERNAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a produce waits for its acknowledgement when its request's
+/// timeout does not bound it (`acks=1`, the broker's own appends): a Kafka
+/// producer's default `request.timeout.ms`.
+const ACK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
-/// What a produce's answer waits for: Kafka's `acks`, and until when (the
-/// request's `timeout_ms`, counted from its arrival). Past the deadline the
-/// answer is `REQUEST_TIMED_OUT`, as Kafka's, and what was taken stays
-/// appended: it may yet commit.
+/// What a produce's answer waits for: Kafka's `acks`, and until when. Past
+/// the deadline the answer is `REQUEST_TIMED_OUT`, as Kafka's, and a batch
+/// taken stays appended: it may yet commit.
 #[derive(Debug, Clone, Copy)]
 pub struct Acks {
     /// 0, 1 or -1 (all): see [`Partition::produce`].
@@ -58,21 +58,32 @@ pub struct Acks {
 }
 
 impl Acks {
-    /// A request's: `timeout_ms` from now. A negative or zero one waits for
-    /// nothing (answered at once unless already acknowledged), as Kafka's.
+    /// A request's, from when the broker takes it up. As Kafka's, the
+    /// request's `timeout_ms` bounds an `acks=all` wait for the replicas
+    /// (none at all when zero or negative: answered at once unless already
+    /// acknowledged); `acks=1`, which Kafka answers once its leader has the
+    /// batch whatever the timeout, waits up to [`ACK_TIMEOUT_DEFAULT`].
     pub fn of_request(required: i16, timeout_ms: i32) -> Acks {
-        let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+        let timeout = match required {
+            api::ACKS_ALL => Duration::from_millis(timeout_ms.max(0) as u64),
+            _ => ACK_TIMEOUT_DEFAULT,
+        };
         Acks {
             required,
             deadline: Instant::now() + timeout,
         }
     }
 
-    /// The broker's own appends: acks=all within [`INTERNAL_ACK_TIMEOUT`].
+    /// Whether `required` is an `acks` Kafka knows.
+    pub fn is_valid(required: i16) -> bool {
+        [api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&required)
+    }
+
+    /// The broker's own appends: acks=all within [`ACK_TIMEOUT_DEFAULT`].
     pub fn internal() -> Acks {
         Acks {
             required: api::ACKS_ALL,
-            deadline: Instant::now() + INTERNAL_ACK_TIMEOUT,
+            deadline: Instant::now() + ACK_TIMEOUT_DEFAULT,
         }
     }
 

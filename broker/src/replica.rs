@@ -860,6 +860,8 @@ impl Replication {
             let parsed = Batch::validate(&rest[..len]).map_err(|_| ErrorCode::CorruptMessage)?;
             let count =
                 u32::try_from(parsed.offset_count()).map_err(|_| ErrorCode::CorruptMessage)?;
+            // Past the deadline the batch is not taken. A wait dropped once
+            // granted hands its units on (the vendored semaphore's fix).
             let room = replica.room.acquire(len as u64);
             acks.within(async { room.await.map_err(|_| ErrorCode::NotLeaderOrFollower) })
                 .await?;

@@ -35,20 +35,33 @@ impl Cluster {
 
     /// As `start`, each node's data directory under `disk` when given.
     fn start_on(disk: Option<&Path>) -> Cluster {
-        Cluster::start_placed(|_| disk, &[])
+        Cluster::start_placed(|_| disk, &[], &[])
+    }
+
+    /// As `start`, with `every` node's arguments added to its own.
+    fn start_with(every: &[&str]) -> Cluster {
+        Cluster::start_placed(|_| None, every, &[])
     }
 
     /// As `start`, node `id`'s data directory under `disk(id)` when given,
-    /// and `extra` arguments for node 3.
-    fn start_placed<'a>(disk: impl Fn(&str) -> Option<&'a Path>, extra: &[&str]) -> Cluster {
+    /// `every` node's arguments and `extra` ones for node 3.
+    fn start_placed<'a>(
+        disk: impl Fn(&str) -> Option<&'a Path>,
+        every: &[&str],
+        extra: &[&str],
+    ) -> Cluster {
         // Leadership goes back to preferred leaders within a second; a
         // small __consumer_offsets for the group test.
         let rebalance = [
-            "--leader-rebalance-interval-ms",
-            "1000",
-            "--offsets-topic-partitions",
-            "3",
-        ];
+            &[
+                "--leader-rebalance-interval-ms",
+                "1000",
+                "--offsets-topic-partitions",
+                "3",
+            ][..],
+            every,
+        ]
+        .concat();
         let admins: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
             .collect();
@@ -667,6 +680,7 @@ fn a_follower_whose_disk_stops_holds_no_more_than_its_leaders_budget() {
     let staging = 16 << 20;
     let mut cluster = Cluster::start_placed(
         |id| (id == "3").then_some(disk.mount.as_path()),
+        &[],
         &["--staging-bytes-per-shard", &staging.to_string()],
     );
     let client = cluster.client();
@@ -751,12 +765,13 @@ fn a_stopped_leader_is_replaced_and_acknowledges_nothing() {
 /// A produce waits for its acknowledgement no longer than its request's
 /// `timeout_ms` says (Kafka's): with both followers stopped, an `acks=all`
 /// produce to the leader is answered `REQUEST_TIMED_OUT` once its 300 ms
-/// have passed (before the leader steps down, at 3/4 of an election
-/// timeout), not after the broker's own 30 s; the partition serves again
-/// once they are back.
+/// have passed, not after the broker's own 30 s; the partition serves again
+/// once they are back. Elections wait 4 s here, so that the leader, which
+/// steps down at 3/4 of that without a quorum, is still leading when the
+/// produce times out, however slow the machine.
 #[test]
 fn an_acks_all_produce_that_cannot_commit_times_out_when_its_request_says() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_with(&["--election-timeout-ms", "4000"]);
     let client = cluster.client();
     create_topic(&client);
     let mut acked = produce(&client, 0..100);

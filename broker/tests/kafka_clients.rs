@@ -709,6 +709,129 @@ fn compressed_batches_round_trip_and_a_timestamp_finds_its_offset() {
     );
 }
 
+/// confluent-kafka overwriting 20 keys 20 times in each codec's partition
+/// of a compacted topic (fillers of keys of their own roll the overwrites
+/// out of the active segment), then reading each partition from the start
+/// until every key is there once: how many records and keys it read, and
+/// whether each key's value is its newest.
+const CONFLUENT_COMPACTED_CODECS: &str = r#"
+import sys, json, time, random
+from confluent_kafka import Producer, Consumer, TopicPartition
+boot, topic = sys.argv[1], sys.argv[2]
+codecs = ["gzip", "snappy", "lz4", "zstd"]
+def value(codec, r, k):
+    # Hex of random bytes: compressed to about half, so that the rounds
+    # fill segments in every codec.
+    return "%s-r%d-k%d-" % (codec, r, k) + random.Random(r * 100 + k).randbytes(100).hex()
+for p, codec in enumerate(codecs):
+    pr = Producer({"bootstrap.servers": boot, "compression.type": codec, "linger.ms": 20})
+    for r in range(20):
+        for k in range(20):
+            pr.produce(topic, key=b"k%d" % k, value=value(codec, r, k), partition=p)
+        assert pr.flush(30) == 0
+    for f in range(100):
+        pr.produce(topic, key=b"f%d" % f, value=value(codec, 99, f), partition=p)
+    assert pr.flush(30) == 0
+c = Consumer({"bootstrap.servers": boot, "group.id": "cc", "enable.auto.commit": False})
+def read(p):
+    lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+    c.assign([TopicPartition(topic, p, lo)])
+    out, end = [], time.time() + 20
+    while (not out or out[-1][0] < hi - 1) and time.time() < end:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            out.append((m.offset(), m.key().decode(), m.value().decode()))
+    return out
+result, deadline = {}, time.time() + 90
+for p, codec in enumerate(codecs):
+    while True:
+        got = read(p)
+        keys = set(k for _, k, _ in got)
+        if len(got) == len(keys) or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    last = dict((k, v) for _, k, v in got)
+    newest = all(last.get("k%d" % k) == value(codec, 19, k) for k in range(20))
+    result[codec] = {"records": len(got), "keys": len(keys), "newest": newest}
+c.close()
+print(json.dumps(result))
+"#;
+
+/// The batches of the segment files under `dir`, each as (codec bits,
+/// record count), walked by their lengths to the preallocated zeros.
+fn segment_batches(dir: &std::path::Path) -> Vec<(i16, i32)> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    let mut batches = Vec::new();
+    for log in logs {
+        let bytes = std::fs::read(&log).unwrap();
+        let mut rest = &bytes[..];
+        while let Ok(len) = fjord_core::Batch::peek_len(rest) {
+            let Ok(batch) = fjord_core::Batch::validate(&rest[..len.min(rest.len())]) else {
+                break;
+            };
+            batches.push((batch.attributes() & 7, batch.record_count()));
+            rest = &rest[len..];
+        }
+    }
+    batches
+}
+
+/// Kafka's cleaner cleans compressed batches too, and writes what they keep
+/// compressed again: confluent-kafka's gzip, snappy, lz4 and zstd batches on
+/// a compacted topic are cleaned to the newest value of each key, which
+/// librdkafka reads back, and every batch on disk that holds records is
+/// still in its partition's codec.
+#[test]
+fn compressed_batches_of_a_compacted_topic_are_cleaned_and_stay_compressed() {
+    let Some(python) = python() else {
+        return;
+    };
+    let kafka = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let broker = Broker::start_with(
+        1,
+        &[
+            "--kafka-listen",
+            &kafka.to_string(),
+            "--log-cleaner-backoff-ms",
+            "200",
+        ],
+    );
+    let configs = [
+        "cleanup.policy=compact",
+        "segment.bytes=4096",
+        "min.cleanable.dirty.ratio=0.01",
+    ];
+    let mut args = vec!["topic", "create", "cc", "--partitions", "4"];
+    for config in &configs {
+        args.extend(["--config", config]);
+    }
+    let out = broker.cli(&args, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = python_json(&python, CONFLUENT_COMPACTED_CODECS, kafka, "cc", 240);
+    let dirs = broker.partition_dirs("cc");
+    for (p, codec) in ["gzip", "snappy", "lz4", "zstd"].into_iter().enumerate() {
+        assert_eq!(v[codec]["keys"], 120, "{codec}: {v}");
+        assert_eq!(v[codec]["records"], 120, "{codec}: cleaned? {v}");
+        assert_eq!(v[codec]["newest"], true, "{codec}: {v}");
+        let batches = segment_batches(&dirs[p]);
+        let wrong: Vec<_> = batches
+            .iter()
+            .filter(|&&(bits, records)| records > 0 && bits != p as i16 + 1)
+            .collect();
+        assert!(wrong.is_empty(), "{codec}: {wrong:?} of {batches:?}");
+    }
+}
+
 /// A confluent-kafka group member that prints its assignment's size on
 /// every change and commits what it reads, until killed.
 const CONFLUENT_MEMBER: &str = r#"

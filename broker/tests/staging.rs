@@ -737,7 +737,7 @@ fn serving_line(broker: &Broker) -> String {
 }
 
 /// An answer that waits for its write (staging off) waits no longer than
-/// its request's `timeout_ms` says: on a frozen disk an `acks=1` produce
+/// its request's `timeout_ms` says: on a frozen disk an `acks=all` produce
 /// with 300 ms is answered `REQUEST_TIMED_OUT`, and its record, appended,
 /// is there once the disk thaws (as on Kafka, a timeout is not a refusal).
 #[test]
@@ -746,13 +746,15 @@ fn an_answer_waiting_for_a_frozen_disk_comes_when_its_request_times_out() {
         return;
     };
     let no_staging = ["--staging-dir", "/proc/fjord-no-staging"];
-    let (broker, _) = on_disk(&disk, &no_staging, None, "late", 1 << 30);
+    let (broker, producer) = on_disk(&disk, &no_staging, None, "late", 1 << 30);
     let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
-    let acks = fjord_net::api::ACKS_LEADER;
+    let acks = fjord_net::api::ACKS_ALL;
     let timeout = Duration::from_millis(300);
     common::assert_produce_times_out(&broker.client(), broker.addr, "late", acks, timeout);
     freeze.thaw();
-    assert_eq!(values(&broker, "late"), ["before", "late"]);
+    // Answered once written, after the batch before it.
+    block_on(producer.send("late", Some(0), None, Some(b"after"), &[])).unwrap();
+    assert_eq!(values(&broker, "late"), ["before", "late", "after"]);
 }
 
 #[test]

@@ -22,7 +22,10 @@ pub struct ClientConfig {
     pub bootstrap: Vec<SocketAddr>,
     /// Sent with every request, for the broker's logs.
     pub client_id: String,
-    /// Longest wait for an answer (long polls add their own wait to it).
+    /// Longest wait for an answer, past what the broker may wait before it
+    /// answers (a fetch's long poll; a produce's `timeout_ms`, which the
+    /// producer sets to this: the broker's `REQUEST_TIMED_OUT` then comes
+    /// before the client gives up on the connection).
     pub request_timeout: Duration,
     /// Pin the transport thread to this core.
     pub pin_core: Option<usize>,
@@ -108,9 +111,15 @@ impl Client {
             client_id: Some(self.config.client_id.clone()),
             body,
         };
+        // What the broker may wait before it answers, on top of the
+        // request timeout: a fetch's long poll, a produce's acknowledgement
+        // (answered `REQUEST_TIMED_OUT` once its own timeout passes).
         let wait = match &header.body {
             wire::RequestT::FetchRequest(fetch) => {
                 Duration::from_millis(fetch.max_wait_ms.max(0) as u64)
+            }
+            wire::RequestT::ProduceRequest(produce) => {
+                Duration::from_millis(produce.timeout_ms.max(0) as u64)
             }
             _ => Duration::ZERO,
         };

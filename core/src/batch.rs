@@ -353,28 +353,46 @@ impl<'a> Batch<'a> {
     }
 
     /// This batch with only `records` (encoded records taken from it, in
-    /// order) left in it: the log cleaner's rewrite. Base offset, last
-    /// offset delta, timestamps, producer fields and attributes stay, so
-    /// the batch spans the same offsets and every record keeps its offset
-    /// and timestamp; length, record count and CRC are recomputed. An
-    /// empty `records` gives a header-only batch (Kafka keeps those for a
-    /// producer's last sequence).
-    pub fn with_records(&self, records: &[&[u8]]) -> Vec<u8> {
+    /// order, decompressed) left in it: the log cleaner's rewrite, as
+    /// Kafka's. Base offset, last offset delta, base timestamp, producer
+    /// fields and attributes stay, so the batch spans the same offsets and
+    /// every record keeps its offset and timestamp (their deltas are from
+    /// the base timestamp); `max_timestamp` is the largest of the records
+    /// kept (under create time; the header's stays under log-append time
+    /// and for no record); length, record count and CRC are recomputed. A
+    /// compressed batch's records are compressed again with its codec. An
+    /// empty `records` gives a header-only batch, uncompressed (Kafka keeps
+    /// those for a producer's last sequence).
+    pub fn with_records(&self, records: &[&[u8]], max_timestamp: i64) -> std::io::Result<Vec<u8>> {
+        let codec = match records {
+            [] => Compression::None,
+            _ => self.compression(),
+        };
         let body: usize = records.iter().map(|r| r.len()).sum();
         let mut out = Vec::with_capacity(HEADER_LEN + body);
         out.extend_from_slice(&self.bytes[..HEADER_LEN]);
-        for record in records {
-            out.extend_from_slice(record);
+        if codec == Compression::None {
+            records.iter().for_each(|r| out.extend_from_slice(r));
+        } else {
+            out.extend(crate::compression::compressed(codec, &records.concat())?);
         }
-        // Fewer bytes and records than the batch had: both fit.
-        let batch_length = i32::try_from(out.len() - LOG_OVERHEAD).unwrap_or(i32::MAX);
+        let attributes = self.attributes() & !ATTRIBUTE_COMPRESSION_MASK | codec.attribute_bits();
+        out[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+        if !records.is_empty() && !self.is_log_append_time() {
+            out[OFFSET_MAX_TIMESTAMP..OFFSET_MAX_TIMESTAMP + 8]
+                .copy_from_slice(&max_timestamp.to_be_bytes());
+        }
+        // Compression can make a batch larger: its length is checked.
+        let batch_length = i32::try_from(out.len() - LOG_OVERHEAD)
+            .map_err(|_| std::io::Error::other("a rewritten batch past i32::MAX bytes"))?;
+        // Fewer records than the batch had.
         let count = i32::try_from(records.len()).unwrap_or(i32::MAX);
         out[OFFSET_BATCH_LENGTH..OFFSET_BATCH_LENGTH + 4]
             .copy_from_slice(&batch_length.to_be_bytes());
         out[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4].copy_from_slice(&count.to_be_bytes());
         let crc = crc32c::crc32c(&out[OFFSET_ATTRIBUTES..]);
         out[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
-        out
+        Ok(out)
     }
 
     /// Iterates the records of an uncompressed batch.
@@ -384,6 +402,12 @@ impl<'a> Batch<'a> {
             codec => Err(BatchError::Compressed(codec)),
         }
     }
+}
+
+/// The max timestamp of the batch at the start of `bytes` (-1 when the bytes
+/// are too short).
+pub fn max_timestamp_of(bytes: &[u8]) -> i64 {
+    read_i64(bytes, OFFSET_MAX_TIMESTAMP).unwrap_or(-1)
 }
 
 /// Writes the base offset into the batch header at the start of `bytes`.
@@ -489,8 +513,9 @@ mod tests {
                 kept.push(raw);
             }
         }
-        let rewritten = batch.with_records(&kept);
+        let rewritten = batch.with_records(&kept, 1003).expect("rewritten");
         let again = Batch::validate(&rewritten).expect("valid after rewrite");
+        assert_eq!(again.max_timestamp(), 1003, "the largest of those kept");
         assert_eq!(again.base_offset(), 40);
         assert_eq!(again.last_offset(), 44, "still spans its offsets");
         assert_eq!(again.record_count(), 2);
@@ -503,8 +528,9 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("decodable");
         assert_eq!(offsets, vec![(41, 1001), (43, 1003)]);
-        let empty = batch.with_records(&[]);
+        let empty = batch.with_records(&[], -1).expect("rewritten");
         let empty = Batch::validate(&empty).expect("an empty batch is valid");
         assert_eq!((empty.record_count(), empty.last_offset()), (0, 44));
+        assert_eq!(empty.max_timestamp(), 1004, "the header's, with no record");
     }
 }

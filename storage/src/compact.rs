@@ -420,13 +420,16 @@ async fn rewrite_segment(
             }
             read += batch.len();
             let rewritten;
-            let bytes = match rules.apply(&batch) {
-                Outcome::Keep => batch.as_bytes(),
+            let (bytes, batch_max_timestamp) = match rules.apply(&batch) {
+                Outcome::Keep => (batch.as_bytes(), batch.max_timestamp()),
                 Outcome::Rewrite { bytes, removed } => {
                     changed = true;
                     records_removed += removed;
                     rewritten = bytes;
-                    &rewritten[..]
+                    // Of the records kept: the one that set the old may be
+                    // gone (ListOffsets' MAX_TIMESTAMP, retention by time).
+                    let written = fjord_core::batch::max_timestamp_of(&rewritten);
+                    (&rewritten[..], written)
                 }
                 Outcome::Drop { removed } => {
                     changed = true;
@@ -437,7 +440,7 @@ async fn rewrite_segment(
             };
             let (at, space) = log.reserve(bytes.len());
             space.copy_from_slice(bytes);
-            max_timestamp = max_timestamp.max(batch.max_timestamp());
+            max_timestamp = max_timestamp.max(batch_max_timestamp);
             if let Some(entry) = segment::index_entry_due(
                 entries.last(),
                 target.base,

@@ -192,9 +192,9 @@ pub(super) async fn list_groups(shard: &Shard, correlation_id: u32) -> Reply {
 }
 
 /// The groups of every `__consumer_offsets` partition led on this node,
-/// and what to answer with if one of them could not list its own (still
-/// loading, or its log unavailable): as Kafka's ListGroups, an error the
-/// client retries on, with the groups the others listed.
+/// and `COORDINATOR_LOAD_IN_PROGRESS` if one of them is still loading its
+/// own: as Kafka's ListGroups, an error the client retries on, with the
+/// groups the others listed.
 pub(crate) async fn listed_groups(shard: &Shard) -> (Vec<wire::GroupListingT>, Option<ErrorCode>) {
     let partitions = shard
         .metadata()
@@ -220,14 +220,14 @@ fn merge_listings(
             Ok(GroupReply::Native(wire::ResponseT::ListGroupsResponse(list))) => {
                 groups.extend(list.groups.unwrap_or_default());
             }
-            // Partitions led elsewhere answer on their own node.
-            Err(ErrorCode::NotCoordinator) => {}
-            Err(code) => {
+            Err(code @ ErrorCode::CoordinatorLoadInProgress) => {
                 error.get_or_insert(code);
             }
-            Ok(_) => {
-                error.get_or_insert(ErrorCode::UnknownServerError);
-            }
+            // Partitions led elsewhere answer on their own node; a replica
+            // this node does not serve (or not yet, or no longer) is a
+            // follower, or its leader's groups are nobody's for now.
+            Err(_) => {}
+            Ok(other) => debug_assert!(false, "a ListGroups answered {other:?}"),
         }
     }
     (groups, error)
@@ -426,6 +426,8 @@ mod tests {
         let (groups, error) = merge_listings(vec![
             listing(&["a"]),
             Err(ErrorCode::NotCoordinator),
+            // A replica this node does not serve.
+            Err(ErrorCode::CoordinatorNotAvailable),
             listing(&["b", "c"]),
         ]);
         assert_eq!(ids(&groups), ["a", "b", "c"]);
@@ -438,8 +440,8 @@ mod tests {
     fn a_partition_still_loading_is_an_error_with_the_others_groups() {
         let (groups, error) = merge_listings(vec![
             listing(&["a"]),
-            Err(ErrorCode::CoordinatorLoadInProgress),
             Err(ErrorCode::CoordinatorNotAvailable),
+            Err(ErrorCode::CoordinatorLoadInProgress),
         ]);
         assert_eq!(ids(&groups), ["a"]);
         assert_eq!(error, Some(ErrorCode::CoordinatorLoadInProgress));

@@ -17,7 +17,7 @@ pub(super) async fn produce(
     frame: Vec<u8>,
     payload: Range<usize>,
 ) -> Option<Reply> {
-    if ![api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&request.acks) {
+    if !Acks::is_valid(request.acks) {
         return Some(Reply::error(correlation_id, ErrorCode::InvalidRequiredAcks));
     }
     let acks = Acks::of_request(request.acks, request.timeout_ms);

@@ -34,7 +34,7 @@ pub(super) async fn produce(
     frame: &Arc<Vec<u8>>,
 ) -> Answer {
     let acks = Acks::of_request(request.acks, request.timeout_ms);
-    let acks_valid = [api::ACKS_NONE, api::ACKS_LEADER, api::ACKS_ALL].contains(&acks.required);
+    let acks_valid = Acks::is_valid(acks.required);
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in &request.topic_data {
         let name = topic.name.as_str();

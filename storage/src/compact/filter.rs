@@ -1,16 +1,21 @@
 //! The cleaner's two decisions, free of I/O: which offset is the newest of
 //! each key (pass 1, the offset map) and what of a batch survives (pass 2).
 //!
-//! Batches the cleaner cannot or must not judge record by record are kept
-//! whole and never mapped: compressed ones (core iterates uncompressed
-//! records only, and the broker never re-compresses), control batches
-//! (transaction markers, leader changes) and transactional ones (aborted
-//! transactions are not tracked, so a transactional record must not hide an
-//! older committed value). Records without a key are kept: Kafka refuses
-//! them at produce on a compacted topic, but a topic may have been switched
-//! to `compact` with some in it.
+//! A compressed batch is judged as Kafka's cleaner judges one: its records
+//! decompressed, and those kept compressed again with its codec. Batches the
+//! cleaner must not or cannot judge record by record are kept whole and
+//! never mapped: control batches (transaction markers, leader changes),
+//! transactional ones (aborted transactions are not tracked, so a
+//! transactional record must not hide an older committed value), and
+//! damaged ones (records that do not decompress or decode, a rewrite that
+//! does not check). Records without a key are kept: Kafka refuses them at
+//! produce on a compacted topic, but a topic may have been switched to
+//! `compact` with some in it.
 
-use fjord_core::{Batch, Compression};
+use fjord_core::Batch;
+use fjord_core::compression::decompressed_records;
+use fjord_core::record::Records;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
 
@@ -74,7 +79,18 @@ impl OffsetMap {
 
 /// Whether the cleaner judges this batch's records one by one.
 fn judged(batch: &Batch<'_>) -> bool {
-    !batch.is_control() && !batch.is_transactional() && batch.compression() == Compression::None
+    !batch.is_control() && !batch.is_transactional()
+}
+
+/// The records section of `batch`, decompressed; `None` when it does not
+/// decompress within the bound a batch may take (it is then kept whole).
+fn records_section<'a>(batch: &Batch<'a>) -> Option<Cow<'a, [u8]>> {
+    match batch.compression() {
+        fjord_core::Compression::None => Some(Cow::Borrowed(batch.records_bytes())),
+        _ => decompressed_records(batch, fjord_core::batch::BATCH_LEN_MAX)
+            .ok()
+            .map(Cow::Owned),
+    }
 }
 
 /// What pass 1 gathers over the dirty range.
@@ -114,10 +130,8 @@ impl DirtyScan {
         }
         // Validated (CRC) when appended and again by recovery: records that
         // do not decode are left alone, unmapped.
-        let Ok(records) = batch.records() else {
-            return None;
-        };
-        for record in records {
+        let section = records_section(batch)?;
+        for record in Records::over(*batch, &section) {
             let Ok(record) = record else {
                 return None;
             };
@@ -140,7 +154,7 @@ impl DirtyScan {
 /// Pass 2's rules for one segment.
 pub(crate) struct Rules<'a> {
     pub(crate) scan: &'a DirtyScan,
-    /// A batch kept whole without being judged (compressed, transactional)
+    /// A batch kept whole without being judged (transactional, damaged)
     /// came before, in this pass over the log from its start: it may hold
     /// an older value of any key, which a tombstone must go on hiding, so
     /// no tombstone after it is dropped.
@@ -207,35 +221,43 @@ impl Rules<'_> {
             }
             return Outcome::Keep;
         }
-        let Ok(mut records) = batch.records() else {
-            return Outcome::Keep;
-        };
+        let outcome = self.judge(batch);
+        if outcome.is_none() {
+            self.unjudged_below.set(true);
+        }
+        outcome.unwrap_or(Outcome::Keep)
+    }
+
+    /// [`Rules::apply`] for a batch judged; `None` when it turns out
+    /// damaged, and is kept whole.
+    fn judge(&self, batch: &Batch<'_>) -> Option<Outcome> {
+        let section = records_section(batch)?;
+        let mut records = Records::over(*batch, &section);
         let mut kept: Vec<&[u8]> = Vec::new();
+        let mut kept_max_timestamp = -1;
         let mut removed = 0u64;
         while let Some(next) = records.next_with_bytes() {
-            let Ok((record, raw)) = next else {
-                return Outcome::Keep;
-            };
+            let (record, raw) = next.ok()?;
             if self.keeps(record.offset as u64, record.key, record.value) {
                 kept.push(raw);
+                kept_max_timestamp = kept_max_timestamp.max(record.timestamp);
             } else {
                 removed += 1;
             }
         }
         if removed == 0 {
-            return Outcome::Keep;
+            return Some(Outcome::Keep);
         }
         if kept.is_empty() && !self.keep_empty && !self.keeps_header(batch) {
-            return Outcome::Drop { removed };
+            return Some(Outcome::Drop { removed });
         }
-        let bytes = batch.with_records(&kept);
+        let bytes = batch.with_records(&kept, kept_max_timestamp).ok()?;
         // Checked before it is written, as every batch of the log is: one
         // that does not check (the batch was damaged on disk in a way its
         // framing did not show) is kept as it was, untouched.
-        if !Batch::validate(&bytes).is_ok_and(|b| b.last_offset() == batch.last_offset()) {
-            return Outcome::Keep;
-        }
-        Outcome::Rewrite { bytes, removed }
+        Batch::validate(&bytes)
+            .is_ok_and(|b| b.last_offset() == batch.last_offset())
+            .then_some(Outcome::Rewrite { bytes, removed })
     }
 }
 
@@ -369,8 +391,74 @@ mod tests {
         assert_eq!(parse(&bytes).last_offset(), 0);
     }
 
+    /// A compressed batch is judged as an uncompressed one: what it keeps
+    /// comes back compressed with its codec, its max timestamp that of the
+    /// records kept; emptied, it is a header, uncompressed.
+    #[test]
+    fn compressed_batches_are_cleaned_and_compressed_again() {
+        use fjord_core::Compression;
+        use fjord_core::compression::compressed;
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut builder = BatchBuilder::new().producer(4, 0, 0);
+            builder.push(10, Some(b"a"), Some(b"old"), &[]);
+            builder.push(20, Some(b"b"), Some(b"kept"), &[]);
+            builder.push(30, Some(b"c"), Some(b"old"), &[]);
+            let first = builder.build_with(codec, |r| compressed(codec, r).unwrap());
+            let later = batch_at(3, &[(Some("a"), Some("new")), (Some("c"), Some("new"))], -1);
+            let mut scan = DirtyScan::new(10);
+            assert_eq!(scan.map_batch(&parse(&first), 0), None);
+            assert_eq!(scan.map_batch(&parse(&later), 0), None);
+            assert_eq!(scan.map.len(), 3, "{codec:?}: the compressed keys mapped");
+            let seen = Cell::new(false);
+            let rules = Rules {
+                scan: &scan,
+                unjudged_below: &seen,
+                offset_mapped_end: 5,
+                drop_tombstones: true,
+                keep_empty: false,
+            };
+            let Outcome::Rewrite { bytes, removed: 2 } = rules.apply(&parse(&first)) else {
+                panic!("{codec:?}: a and c are superseded");
+            };
+            assert!(!seen.get(), "{codec:?}: judged");
+            let rewritten = parse(&bytes);
+            assert_eq!(rewritten.compression(), codec);
+            assert_eq!(rewritten.max_timestamp(), 20, "{codec:?}: b's");
+            assert_eq!((rewritten.base_offset(), rewritten.last_offset()), (0, 2));
+            let section = decompressed_records(&rewritten, 1 << 20).unwrap();
+            let kept: Vec<(i64, i64, Option<&[u8]>)> = Records::over(rewritten, &section)
+                .map(|r| r.map(|r| (r.offset, r.timestamp, r.value)))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(kept, [(1, 20, Some(&b"kept"[..]))], "{codec:?}");
+
+            // b superseded too: producer 4's last batch keeps its header.
+            let newest_b = batch_at(5, &[(Some("b"), Some("new"))], -1);
+            let mut scan = DirtyScan::new(10);
+            for batch in [&first, &later, &newest_b] {
+                assert_eq!(scan.map_batch(&parse(batch), 0), None);
+            }
+            let rules = Rules {
+                scan: &scan,
+                offset_mapped_end: 6,
+                ..rules
+            };
+            let Outcome::Rewrite { bytes, removed: 3 } = rules.apply(&parse(&first)) else {
+                panic!("{codec:?}: emptied, header kept");
+            };
+            let header = parse(&bytes);
+            assert_eq!(header.record_count(), 0);
+            assert_eq!(header.compression(), Compression::None);
+        }
+    }
+
     /// A value kept whole in a batch the cleaner does not judge (here a
-    /// transactional one; compressed ones alike) is hidden by a later
+    /// transactional one; a damaged one alike) is hidden by a later
     /// tombstone, which must then stay: dropping it once expired would
     /// bring the value back.
     #[test]
