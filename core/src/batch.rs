@@ -353,11 +353,12 @@ impl<'a> Batch<'a> {
     }
 
     /// This batch with only `records` (encoded records taken from it, in
-    /// order, decompressed) left in it: the log cleaner's rewrite, as
-    /// Kafka's. Base offset, last offset delta, base timestamp, producer
-    /// fields and attributes stay, so the batch spans the same offsets and
-    /// every record keeps its offset and timestamp (their deltas are from
-    /// the base timestamp); `max_timestamp` is the largest of the records
+    /// order, decompressed) left in it: the log cleaner's rewrite. Base
+    /// offset, last offset delta, base timestamp, producer fields and
+    /// attributes stay, so the batch spans the same offsets and every record
+    /// keeps its offset and timestamp (their deltas are from the base
+    /// timestamp, which Kafka's rewrite moves to the first record kept:
+    /// the same timestamps either way); `max_timestamp` is the largest of the records
     /// kept (under create time; the header's stays under log-append time
     /// and for no record); length, record count and CRC are recomputed. A
     /// compressed batch's records are compressed again with its codec. An

@@ -42,9 +42,10 @@ pub fn decompressed_records(batch: &Batch<'_>, limit: usize) -> Result<Vec<u8>, 
             limit,
             corrupt,
         ),
+        // The decoder's window is bounded too (zstd's default limit,
+        // 128 MiB): a frame asking for more is refused.
         Compression::Zstd => {
-            let decoder =
-                ruzstd::decoding::StreamingDecoder::new(compressed).map_err(|e| corrupt(&e))?;
+            let decoder = zstd::stream::read::Decoder::new(compressed).map_err(|e| corrupt(&e))?;
             bounded(decoder, limit, corrupt)
         }
         Compression::Snappy => snappy(compressed, limit).map_err(|e| match e {
@@ -57,7 +58,8 @@ pub fn decompressed_records(batch: &Batch<'_>, limit: usize) -> Result<Vec<u8>, 
 /// `records` (a records section) compressed with `codec`, in the form Kafka's
 /// own broker writes when it rewrites a batch: a gzip stream; LZ4 frames of
 /// independent 64 KiB blocks; snappy in xerial framing (32 KiB blocks, what
-/// Kafka's Java client writes and every client reads); a zstd frame.
+/// Kafka's Java client writes and every client reads); a zstd frame at
+/// Kafka's default level, with its content size.
 pub fn compressed(codec: Compression, records: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     Ok(match codec {
@@ -68,7 +70,11 @@ pub fn compressed(codec: Compression, records: &[u8]) -> std::io::Result<Vec<u8>
             e.finish()?
         }
         Compression::Lz4 => {
-            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            // 64 KiB blocks, as Kafka's: lz4_flex would otherwise size
+            // them by the first write.
+            let frame =
+                lz4_flex::frame::FrameInfo::new().block_size(lz4_flex::frame::BlockSize::Max64KB);
+            let mut e = lz4_flex::frame::FrameEncoder::with_frame_info(frame, Vec::new());
             e.write_all(records)?;
             e.finish().map_err(std::io::Error::other)?
         }
@@ -83,9 +89,7 @@ pub fn compressed(codec: Compression, records: &[u8]) -> std::io::Result<Vec<u8>
             }
             out
         }
-        Compression::Zstd => {
-            ruzstd::encoding::compress_to_vec(records, ruzstd::encoding::CompressionLevel::Fastest)
-        }
+        Compression::Zstd => zstd::bulk::compress(records, ZSTD_LEVEL)?,
     })
 }
 
@@ -109,6 +113,8 @@ fn bounded(
 /// The start of the xerial framing Kafka's Java client writes around its
 /// snappy blocks (magic, then version and compatible version, 4 bytes each).
 const XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+/// Kafka's default `compression.zstd.level`.
+const ZSTD_LEVEL: i32 = 3;
 /// Uncompressed bytes per xerial block (the xerial library's default).
 const XERIAL_BLOCK_BYTES: usize = 32 * 1024;
 
@@ -267,6 +273,18 @@ mod tests {
             });
             let batch = Batch::parse(&bytes).unwrap();
             assert!(batch.records_bytes().len() < section.len(), "{codec:?}");
+            let records = batch.records_bytes();
+            match codec {
+                // The frame descriptor: independent blocks, no checksums or
+                // size (FLG 0x60), 64 KiB blocks (BD 0x40), as Kafka's.
+                Compression::Lz4 => assert_eq!(records[4..6], [0x60, 0x40]),
+                Compression::Zstd => assert_eq!(
+                    zstd::zstd_safe::get_frame_content_size(records).ok(),
+                    Some(Some(section.len() as u64)),
+                    "the content size is in the frame: every client sizes its buffer by it"
+                ),
+                _ => {}
+            }
             assert_eq!(
                 decompressed_records(&batch, 1 << 20).unwrap(),
                 section,

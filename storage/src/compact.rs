@@ -292,6 +292,7 @@ impl Log {
                 unjudged_below: &unjudged_below,
                 offset_mapped_end,
                 keep_empty: compaction.keep_empty_batches,
+                decompressed: Default::default(),
                 drop_tombstones: target
                     .cleaned_ms
                     .is_some_and(|at| at.saturating_add(retention_ms) <= now_ms),
@@ -418,9 +419,10 @@ async fn rewrite_segment(
             if read >= CHUNK_BYTES {
                 return Visit::Stop;
             }
-            read += batch.len();
             let rewritten;
-            let (bytes, batch_max_timestamp) = match rules.apply(&batch) {
+            let outcome = rules.apply(&batch);
+            read += batch.len() + rules.decompressed.take();
+            let (bytes, batch_max_timestamp) = match outcome {
                 Outcome::Keep => (batch.as_bytes(), batch.max_timestamp()),
                 Outcome::Rewrite { bytes, removed } => {
                     changed = true;

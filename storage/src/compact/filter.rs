@@ -167,6 +167,10 @@ pub(crate) struct Rules<'a> {
     /// Batches left without records stay, empty (see
     /// `Compaction::keep_empty_batches`).
     pub(crate) keep_empty: bool,
+    /// Bytes of compressed batches' records decompressed since the caller
+    /// last took them: its work between yields counts them, not only the
+    /// bytes read from disk.
+    pub(crate) decompressed: std::cell::Cell<usize>,
 }
 
 /// What becomes of a batch.
@@ -232,6 +236,10 @@ impl Rules<'_> {
     /// damaged, and is kept whole.
     fn judge(&self, batch: &Batch<'_>) -> Option<Outcome> {
         let section = records_section(batch)?;
+        if let Cow::Owned(records) = &section {
+            self.decompressed
+                .set(self.decompressed.get() + records.len());
+        }
         let mut records = Records::over(*batch, &section);
         let mut kept: Vec<&[u8]> = Vec::new();
         let mut kept_max_timestamp = -1;
@@ -254,10 +262,16 @@ impl Rules<'_> {
         let bytes = batch.with_records(&kept, kept_max_timestamp).ok()?;
         // Checked before it is written, as every batch of the log is: one
         // that does not check (the batch was damaged on disk in a way its
-        // framing did not show) is kept as it was, untouched.
-        Batch::validate(&bytes)
-            .is_ok_and(|b| b.last_offset() == batch.last_offset())
-            .then_some(Outcome::Rewrite { bytes, removed })
+        // framing did not show) is kept as it was, untouched. Compressed
+        // again, it is read back too: an encoder's fault must never
+        // replace records with bytes no client can read.
+        let again = Batch::validate(&bytes).ok()?;
+        let whole = again.last_offset() == batch.last_offset()
+            && match (&section, records_section(&again)?) {
+                (Cow::Owned(_), records) => records == kept.concat(),
+                _ => true,
+            };
+        whole.then_some(Outcome::Rewrite { bytes, removed })
     }
 }
 
@@ -304,6 +318,7 @@ mod tests {
             offset_mapped_end: 4,
             drop_tombstones: false,
             keep_empty: false,
+            decompressed: Default::default(),
         };
         let Outcome::Rewrite { bytes, removed } = rules.apply(&parse(&first)) else {
             panic!("a is superseded in the first batch");
@@ -342,6 +357,7 @@ mod tests {
             offset_mapped_end: 1,
             drop_tombstones: false,
             keep_empty: false,
+            decompressed: Default::default(),
         };
         // Offset 0 is a's newest in the mapped range; 1 and 2 lie past it.
         assert_eq!(rules.apply(&parse(&bytes)), Outcome::Keep);
@@ -359,6 +375,7 @@ mod tests {
             offset_mapped_end: 1,
             drop_tombstones: false,
             keep_empty: false,
+            decompressed: Default::default(),
         };
         assert_eq!(keep.apply(&parse(&tomb)), Outcome::Keep);
         let expire = Rules {
@@ -377,6 +394,7 @@ mod tests {
             offset_mapped_end: 2,
             drop_tombstones: true,
             keep_empty: false,
+            decompressed: Default::default(),
         };
         assert_eq!(expire.apply(&parse(&tomb)), Outcome::Drop { removed: 1 });
         // A replica's log keeps the emptied batch: no gap in its entries.
@@ -421,6 +439,7 @@ mod tests {
                 offset_mapped_end: 5,
                 drop_tombstones: true,
                 keep_empty: false,
+                decompressed: Default::default(),
             };
             let Outcome::Rewrite { bytes, removed: 2 } = rules.apply(&parse(&first)) else {
                 panic!("{codec:?}: a and c are superseded");
@@ -457,6 +476,27 @@ mod tests {
         }
     }
 
+    /// A compressed batch whose records do not decompress is kept as it
+    /// is, and counts as one not judged: tombstones after it stay.
+    #[test]
+    fn a_compressed_batch_that_does_not_decompress_is_kept_whole() {
+        let mut builder = BatchBuilder::new();
+        builder.push(0, Some(b"a"), Some(b"1"), &[]);
+        let damaged = builder.build_with(fjord_core::Compression::Gzip, |_| b"not gzip".to_vec());
+        let scan = DirtyScan::new(10);
+        let seen = Cell::new(false);
+        let rules = Rules {
+            scan: &scan,
+            unjudged_below: &seen,
+            offset_mapped_end: 1,
+            drop_tombstones: true,
+            keep_empty: false,
+            decompressed: Default::default(),
+        };
+        assert_eq!(rules.apply(&parse(&damaged)), Outcome::Keep);
+        assert!(seen.get());
+    }
+
     /// A value kept whole in a batch the cleaner does not judge (here a
     /// transactional one; a damaged one alike) is hidden by a later
     /// tombstone, which must then stay: dropping it once expired would
@@ -477,6 +517,7 @@ mod tests {
             offset_mapped_end: 2,
             drop_tombstones: true,
             keep_empty: false,
+            decompressed: Default::default(),
         };
         assert_eq!(expire.apply(&parse(&whole)), Outcome::Keep);
         assert!(seen.get());
