@@ -18,8 +18,14 @@ use std::time::Duration;
 
 /// A broker with a Kafka listener on a free loopback port.
 fn kafka_broker() -> (Broker, SocketAddr) {
+    kafka_broker_with(2, &[])
+}
+
+/// As `kafka_broker`, with `cores` and `extra` arguments.
+fn kafka_broker_with(cores: usize, extra: &[&str]) -> (Broker, SocketAddr) {
     let kafka = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let broker = Broker::start_with(2, &["--kafka-listen", &kafka.to_string()]);
+    let listen = ["--kafka-listen", &kafka.to_string()];
+    let broker = Broker::start_with(cores, &[&listen[..], extra].concat());
     (broker, kafka)
 }
 
@@ -797,16 +803,7 @@ fn compressed_batches_of_a_compacted_topic_are_cleaned_and_stay_compressed() {
     let Some(python) = python() else {
         return;
     };
-    let kafka = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let broker = Broker::start_with(
-        1,
-        &[
-            "--kafka-listen",
-            &kafka.to_string(),
-            "--log-cleaner-backoff-ms",
-            "200",
-        ],
-    );
+    let (broker, kafka) = kafka_broker_with(1, &["--log-cleaner-backoff-ms", "200"]);
     let configs = [
         "cleanup.policy=compact",
         "segment.bytes=4096",
@@ -1695,16 +1692,7 @@ fn a_kafka_broker_per_shard_serves_each_partition_from_its_core() {
     let Some(python) = python() else {
         return;
     };
-    let kafka = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let broker = Broker::start_with(
-        2,
-        &[
-            "--kafka-listen",
-            &kafka.to_string(),
-            "--kafka-brokers",
-            "shard",
-        ],
-    );
+    let (broker, kafka) = kafka_broker_with(2, &["--kafka-brokers", "shard"]);
     create_topic(&broker, "sharded", 4);
     let v: serde_json::Value = python_json(&python, PER_SHARD, kafka, "sharded", 120);
     // Shards 0 and 1 of the node (id 0), each at a port of its own.

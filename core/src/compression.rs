@@ -64,8 +64,11 @@ pub fn compressed(codec: Compression, records: &[u8]) -> std::io::Result<Vec<u8>
     use std::io::Write;
     Ok(match codec {
         Compression::None => records.to_vec(),
+        // Level 1, not Kafka's 6: the cleaner compresses on a shard that
+        // serves produce and fetch, and a megabyte takes about 3.4 ms there
+        // against 8.8 (for about a third more bytes).
         Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             e.write_all(records)?;
             e.finish()?
         }
