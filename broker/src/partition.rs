@@ -93,8 +93,12 @@ impl Acks {
         &self,
         waiting: impl Future<Output = Result<T, ErrorCode>>,
     ) -> Result<T, ErrorCode> {
+        let mut waiting = std::pin::pin!(waiting);
+        // Most answers are ready at once (a staged batch): no timer for them.
+        if let std::task::Poll::Ready(outcome) = futures::poll!(waiting.as_mut()) {
+            return outcome;
+        }
         let left = self.deadline.saturating_duration_since(Instant::now());
-        let waiting = std::pin::pin!(waiting);
         let timer = std::pin::pin!(glommio::timer::sleep(left));
         match futures::future::select(waiting, timer).await {
             futures::future::Either::Left((outcome, _)) => outcome,
