@@ -299,7 +299,7 @@ fn cleaner_codecs(c: &mut Criterion) {
         let mut builder = BatchBuilder::new();
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut i = 0i64;
-        while builder.len() < 1 << 20 {
+        while builder.encoded_len() < 1 << 20 {
             // xorshift: deterministic, as varied as user ids and events are.
             seed ^= seed << 13;
             seed ^= seed >> 7;
