@@ -99,6 +99,9 @@ impl Acks {
             return outcome;
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorCode::RequestTimedOut);
+        }
         let timer = std::pin::pin!(glommio::timer::sleep(left));
         match futures::future::select(waiting, timer).await {
             futures::future::Either::Left((outcome, _)) => outcome,

@@ -352,8 +352,9 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
-    /// This batch with only `records` (encoded records taken from it, in
-    /// order, decompressed) left in it: the log cleaner's rewrite. Base
+    /// This batch with only `records`, `count` of them (encoded records
+    /// taken from it, in order, decompressed, end to end), left in it: the
+    /// log cleaner's rewrite. Base
     /// offset, last offset delta, base timestamp, producer fields and
     /// attributes stay, so the batch spans the same offsets and every record
     /// keeps its offset and timestamp (their deltas are from the base
@@ -361,25 +362,29 @@ impl<'a> Batch<'a> {
     /// the same timestamps either way); `max_timestamp` is the largest of the records
     /// kept (under create time; the header's stays under log-append time
     /// and for no record); length, record count and CRC are recomputed. A
-    /// compressed batch's records are compressed again with its codec. An
-    /// empty `records` gives a header-only batch, uncompressed (Kafka keeps
+    /// compressed batch's records are compressed again with its codec. No
+    /// record gives a header-only batch, uncompressed (Kafka keeps
     /// those for a producer's last sequence).
-    pub fn with_records(&self, records: &[&[u8]], max_timestamp: i64) -> std::io::Result<Vec<u8>> {
-        let codec = match records {
-            [] => Compression::None,
+    pub fn with_records(
+        &self,
+        count: usize,
+        records: &[u8],
+        max_timestamp: i64,
+    ) -> std::io::Result<Vec<u8>> {
+        let codec = match count {
+            0 => Compression::None,
             _ => self.compression(),
         };
-        let body: usize = records.iter().map(|r| r.len()).sum();
-        let mut out = Vec::with_capacity(HEADER_LEN + body);
+        let mut out = Vec::with_capacity(HEADER_LEN + records.len());
         out.extend_from_slice(&self.bytes[..HEADER_LEN]);
         if codec == Compression::None {
-            records.iter().for_each(|r| out.extend_from_slice(r));
+            out.extend_from_slice(records);
         } else {
-            out.extend(crate::compression::compressed(codec, &records.concat())?);
+            out.extend(crate::compression::compressed(codec, records)?);
         }
         let attributes = self.attributes() & !ATTRIBUTE_COMPRESSION_MASK | codec.attribute_bits();
         out[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-        if !records.is_empty() && !self.is_log_append_time() {
+        if count > 0 && !self.is_log_append_time() {
             out[OFFSET_MAX_TIMESTAMP..OFFSET_MAX_TIMESTAMP + 8]
                 .copy_from_slice(&max_timestamp.to_be_bytes());
         }
@@ -387,7 +392,7 @@ impl<'a> Batch<'a> {
         let batch_length = i32::try_from(out.len() - LOG_OVERHEAD)
             .map_err(|_| std::io::Error::other("a rewritten batch past i32::MAX bytes"))?;
         // Fewer records than the batch had.
-        let count = i32::try_from(records.len()).unwrap_or(i32::MAX);
+        let count = i32::try_from(count).unwrap_or(i32::MAX);
         out[OFFSET_BATCH_LENGTH..OFFSET_BATCH_LENGTH + 4]
             .copy_from_slice(&batch_length.to_be_bytes());
         out[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4].copy_from_slice(&count.to_be_bytes());
@@ -514,7 +519,8 @@ mod tests {
                 kept.push(raw);
             }
         }
-        let rewritten = batch.with_records(&kept, 1003).expect("rewritten");
+        let rewritten = batch.with_records(kept.len(), &kept.concat(), 1003);
+        let rewritten = rewritten.expect("rewritten");
         let again = Batch::validate(&rewritten).expect("valid after rewrite");
         assert_eq!(again.max_timestamp(), 1003, "the largest of those kept");
         assert_eq!(again.base_offset(), 40);
@@ -529,7 +535,7 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("decodable");
         assert_eq!(offsets, vec![(41, 1001), (43, 1003)]);
-        let empty = batch.with_records(&[], -1).expect("rewritten");
+        let empty = batch.with_records(0, &[], -1).expect("rewritten");
         let empty = Batch::validate(&empty).expect("an empty batch is valid");
         assert_eq!((empty.record_count(), empty.last_offset()), (0, 44));
         assert_eq!(empty.max_timestamp(), 1004, "the header's, with no record");

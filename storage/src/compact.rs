@@ -52,10 +52,11 @@ pub const CLEANED_SUFFIX: &str = ".cleaned";
 /// Bytes a pass reads between two looks at its I/O budget.
 const CHUNK_BYTES: usize = 1 << 20;
 /// What a byte of a compressed batch's records weighs against the chunk:
-/// the cleaner decompresses it, compresses it again and reads that back, at
-/// 2.5–7 ms a MiB in all (gzip the slowest; `perf` bench
-/// `cleaner_codec_1MiB`), on the shard that serves produce. Counted four
-/// times, a chunk of them is about 2 ms of work between yields.
+/// the cleaner decompresses it (to map it, and again to judge it),
+/// compresses it again and reads that back, at 2.5–7 ms a MiB in all (gzip
+/// the slowest; `perf` bench `cleaner_codec_1MiB`), on the shard that
+/// serves produce. Counted four times, a chunk of them is about 2 ms of
+/// work between yields.
 const DECOMPRESSED_WEIGHT: usize = 4;
 
 /// The files a cleaning writes for the segment of `base_offset`: (log, index).
@@ -348,11 +349,12 @@ async fn map_segment(
     throttle: &mut Throttle,
 ) -> Result<Option<u64>> {
     let mut position = target.dirty_position;
+    let mut window = CHUNK_BYTES;
     loop {
         let start = position;
         let mut read = 0usize;
         let mut full = None;
-        let walk = segment::walk(&target.reader, position, CHUNK_BYTES, |_, batch, _, _| {
+        let walk = segment::walk(&target.reader, position, window, |_, batch, _, _| {
             if read >= CHUNK_BYTES {
                 return Visit::Stop;
             }
@@ -361,6 +363,7 @@ async fn map_segment(
                 return Visit::Next;
             }
             full = scan.map_batch(&batch, from);
+            read += DECOMPRESSED_WEIGHT * std::mem::take(&mut scan.decompressed);
             if full.is_some() {
                 Visit::Stop
             } else {
@@ -376,8 +379,16 @@ async fn map_segment(
         if matches!(walk.end, WalkEnd::Limit) {
             return Ok(None);
         }
+        window = next_window(start, walk.position);
         position = walk.position;
     }
+}
+
+/// The window the next walk of a pass reads: about what the last one used.
+/// A walk that codec work stopped a few batches into its window would
+/// otherwise have the next one read most of that window again.
+fn next_window(start: u64, end: u64) -> usize {
+    ((end - start) as usize).clamp(appender::BLOCK as usize, CHUNK_BYTES)
 }
 
 /// A segment written anew, ready to swap in.
@@ -418,10 +429,11 @@ async fn rewrite_segment(
     let (mut records_removed, mut batches_removed) = (0u64, 0u64);
     let mut changed = false;
     let mut position = 0;
+    let mut window = CHUNK_BYTES;
     loop {
         let start = position;
         let mut read = 0usize;
-        let walk = segment::walk(&target.reader, position, CHUNK_BYTES, |_, batch, _, _| {
+        let walk = segment::walk(&target.reader, position, window, |_, batch, _, _| {
             if read >= CHUNK_BYTES {
                 return Visit::Stop;
             }
@@ -474,6 +486,7 @@ async fn rewrite_segment(
         if matches!(walk.end, WalkEnd::Limit) {
             break;
         }
+        window = next_window(start, walk.position);
         position = walk.position;
     }
     if !changed {
