@@ -41,7 +41,7 @@ use crate::index::{ENTRY_LEN, Index, IndexEntry};
 use crate::log::Log;
 use crate::recovery::{RecoveryReport, remove};
 use crate::segment::{self, Segment, SegmentReader, Visit, WalkEnd};
-use filter::{DirtyScan, Outcome, Rules};
+use filter::{DirtyScan, Outcome, Rules, Tally};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -81,6 +81,9 @@ pub struct CompactionReport {
     pub records_removed: u64,
     /// Batches removed whole.
     pub batches_removed: u64,
+    /// Batches kept whole because they are damaged: no tombstone after one
+    /// is dropped (it may hide an older value in it).
+    pub batches_damaged: u64,
     /// Segments rewritten and swapped in.
     pub segments_rewritten: usize,
     /// Distinct keys in the offset map.
@@ -299,12 +302,15 @@ impl Log {
                 unjudged_below: &unjudged_below,
                 offset_mapped_end,
                 keep_empty: compaction.keep_empty_batches,
-                decompressed: Default::default(),
+                tally: Tally::default(),
                 drop_tombstones: target
                     .cleaned_ms
                     .is_some_and(|at| at.saturating_add(retention_ms) <= now_ms),
             };
-            match rewrite_segment(&inner.dir, target, &rules, &inner.config, &mut throttle).await {
+            let done =
+                rewrite_segment(&inner.dir, target, &rules, &inner.config, &mut throttle).await;
+            report.batches_damaged += rules.tally.damaged.get();
+            match done {
                 Ok(Some(done)) => rewritten.push(done),
                 Ok(None) => {}
                 Err(e) => {
@@ -336,6 +342,15 @@ impl Log {
             offset_clean = report.offset_clean,
             "log compacted"
         );
+        // Once a cleaning: each finds them again, at most every
+        // `log_cleaner_backoff_ms`.
+        if report.batches_damaged > 0 {
+            tracing::warn!(
+                dir = %inner.dir.display(),
+                batches = report.batches_damaged,
+                "compaction kept damaged batches whole; tombstones after them stay"
+            );
+        }
         Ok(report)
     }
 }
@@ -439,7 +454,7 @@ async fn rewrite_segment(
             }
             let rewritten;
             let outcome = rules.apply(&batch);
-            read += batch.len() + DECOMPRESSED_WEIGHT * rules.decompressed.take();
+            read += batch.len() + DECOMPRESSED_WEIGHT * rules.tally.decompressed.take();
             let (bytes, batch_max_timestamp) = match outcome {
                 Outcome::Keep => (batch.as_bytes(), batch.max_timestamp()),
                 Outcome::Rewrite { bytes, removed } => {

@@ -102,7 +102,7 @@ pub(crate) struct DirtyScan {
     pub(crate) producers: BTreeMap<i64, u64>,
     pub(crate) producers_complete: bool,
     /// Bytes of compressed batches' records decompressed since the caller
-    /// last took them (see [`Rules::decompressed`]).
+    /// last took them (see [`Tally::decompressed`]).
     pub(crate) decompressed: usize,
 }
 
@@ -174,10 +174,20 @@ pub(crate) struct Rules<'a> {
     /// Batches left without records stay, empty (see
     /// `Compaction::keep_empty_batches`).
     pub(crate) keep_empty: bool,
+    /// What judging took beyond the rules.
+    pub(crate) tally: Tally,
+}
+
+/// What pass 2 counts as it judges.
+#[derive(Default)]
+pub(crate) struct Tally {
     /// Bytes of compressed batches' records decompressed since the caller
     /// last took them: its work between yields counts them, not only the
     /// bytes read from disk.
     pub(crate) decompressed: std::cell::Cell<usize>,
+    /// Batches kept whole because they are damaged (records that do not
+    /// decompress or decode, a rewrite that does not check or read back).
+    pub(crate) damaged: std::cell::Cell<u64>,
 }
 
 /// What becomes of a batch.
@@ -235,6 +245,7 @@ impl Rules<'_> {
         let outcome = self.judge(batch);
         if outcome.is_none() {
             self.unjudged_below.set(true);
+            self.tally.damaged.set(self.tally.damaged.get() + 1);
         }
         outcome.unwrap_or(Outcome::Keep)
     }
@@ -245,8 +256,8 @@ impl Rules<'_> {
         let section = records_section(batch)?;
         let compressed = batch.compression() != Compression::None;
         if compressed {
-            self.decompressed
-                .set(self.decompressed.get() + section.len());
+            let decompressed = &self.tally.decompressed;
+            decompressed.set(decompressed.get() + section.len());
         }
         let mut records = Records::over(*batch, &section);
         let mut kept: Vec<&[u8]> = Vec::new();
@@ -326,7 +337,7 @@ mod tests {
             offset_mapped_end: 4,
             drop_tombstones: false,
             keep_empty: false,
-            decompressed: Default::default(),
+            tally: Tally::default(),
         };
         let Outcome::Rewrite { bytes, removed } = rules.apply(&parse(&first)) else {
             panic!("a is superseded in the first batch");
@@ -365,7 +376,7 @@ mod tests {
             offset_mapped_end: 1,
             drop_tombstones: false,
             keep_empty: false,
-            decompressed: Default::default(),
+            tally: Tally::default(),
         };
         // Offset 0 is a's newest in the mapped range; 1 and 2 lie past it.
         assert_eq!(rules.apply(&parse(&bytes)), Outcome::Keep);
@@ -383,7 +394,7 @@ mod tests {
             offset_mapped_end: 1,
             drop_tombstones: false,
             keep_empty: false,
-            decompressed: Default::default(),
+            tally: Tally::default(),
         };
         assert_eq!(keep.apply(&parse(&tomb)), Outcome::Keep);
         let expire = Rules {
@@ -402,7 +413,7 @@ mod tests {
             offset_mapped_end: 2,
             drop_tombstones: true,
             keep_empty: false,
-            decompressed: Default::default(),
+            tally: Tally::default(),
         };
         assert_eq!(expire.apply(&parse(&tomb)), Outcome::Drop { removed: 1 });
         // A replica's log keeps the emptied batch: no gap in its entries.
@@ -446,7 +457,7 @@ mod tests {
                 offset_mapped_end: 5,
                 drop_tombstones: true,
                 keep_empty: false,
-                decompressed: Default::default(),
+                tally: Tally::default(),
             };
             let Outcome::Rewrite { bytes, removed: 2 } = rules.apply(&parse(&first)) else {
                 panic!("{codec:?}: a and c are superseded");
@@ -498,10 +509,11 @@ mod tests {
             offset_mapped_end: 1,
             drop_tombstones: true,
             keep_empty: false,
-            decompressed: Default::default(),
+            tally: Tally::default(),
         };
         assert_eq!(rules.apply(&parse(&damaged)), Outcome::Keep);
         assert!(seen.get());
+        assert_eq!(rules.tally.damaged.get(), 1, "counted for the report");
     }
 
     /// A value kept whole in a batch the cleaner does not judge (here a
@@ -524,7 +536,7 @@ mod tests {
             offset_mapped_end: 2,
             drop_tombstones: true,
             keep_empty: false,
-            decompressed: Default::default(),
+            tally: Tally::default(),
         };
         assert_eq!(expire.apply(&parse(&whole)), Outcome::Keep);
         assert!(seen.get());
