@@ -530,10 +530,14 @@ impl Partition {
     pub async fn produce(&self, records: &[u8], acks: Acks) -> Result<Produced, ErrorCode> {
         let started = std::time::Instant::now();
         let produced = self.append_batches(records, acks).await;
-        if produced.is_ok() {
-            let metrics = &self.setup.metrics;
-            metrics.record_append(started.elapsed());
-            metrics.record_produced(&self.setup.topic, records);
+        let metrics = &self.setup.metrics;
+        match produced {
+            Ok(_) => {
+                metrics.record_append(started.elapsed());
+                metrics.record_produced(&self.setup.topic, records);
+            }
+            Err(ErrorCode::RequestTimedOut) => metrics.record_produce_timeout(&self.setup.topic),
+            Err(_) => {}
         }
         produced
     }

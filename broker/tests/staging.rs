@@ -739,18 +739,28 @@ fn serving_line(broker: &Broker) -> String {
 /// An answer that waits for its write (staging off) waits no longer than
 /// its request's `timeout_ms` says: on a frozen disk an `acks=all` produce
 /// with 300 ms is answered `REQUEST_TIMED_OUT`, and its record, appended,
-/// is there once the disk thaws (as on Kafka, a timeout is not a refusal).
+/// is there once the disk thaws (as on Kafka, a timeout is not a refusal);
+/// `/metrics` counts the timeout.
 #[test]
 fn an_answer_waiting_for_a_frozen_disk_comes_when_its_request_times_out() {
     let Some(disk) = freezable_disk("an_answer_waiting_for_a_frozen_disk…") else {
         return;
     };
-    let no_staging = ["--staging-dir", "/proc/fjord-no-staging"];
-    let (broker, producer) = on_disk(&disk, &no_staging, None, "late", 1 << 30);
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let args = [
+        "--staging-dir",
+        "/proc/fjord-no-staging",
+        "--admin-listen",
+        &admin,
+    ];
+    let (broker, producer) = on_disk(&disk, &args, None, "late", 1 << 30);
     let freeze = Freeze::start(&disk.mount, Duration::from_secs(30));
     let acks = fjord_net::api::ACKS_ALL;
     let timeout = Duration::from_millis(300);
     common::assert_produce_times_out(&broker.client(), broker.addr, "late", acks, timeout);
+    let metrics = get(&admin, "/metrics").unwrap();
+    let counted = "fjord_topic_produce_timeouts_total{topic=\"late\"} 1";
+    assert!(metrics.contains(counted), "{metrics}");
     freeze.thaw();
     // Answered once written, after the batch before it.
     block_on(producer.send("late", Some(0), None, Some(b"after"), &[])).unwrap();

@@ -225,6 +225,13 @@ impl Exposition {
             "Records read by consumers",
             MetricType::Counter,
             per_topic(|c| c.fetched_records),
+        )?;
+        family(
+            e,
+            "fjord_topic_produce_timeouts",
+            "Produces answered REQUEST_TIMED_OUT: their batches may yet have been written",
+            MetricType::Counter,
+            per_topic(|c| c.produce_timeouts),
         )
     }
 

@@ -60,6 +60,9 @@ pub struct TopicCounts {
     pub fetched_bytes: u64,
     /// Records read by consumers.
     pub fetched_records: u64,
+    /// Produces answered `REQUEST_TIMED_OUT` (their batches may yet have
+    /// been written).
+    pub produce_timeouts: u64,
 }
 
 impl TopicCounts {
@@ -69,6 +72,7 @@ impl TopicCounts {
         self.produced_records += other.produced_records;
         self.fetched_bytes += other.fetched_bytes;
         self.fetched_records += other.fetched_records;
+        self.produce_timeouts += other.produce_timeouts;
     }
 
     fn minus(&self, earlier: &TopicCounts) -> TopicCounts {
@@ -77,6 +81,7 @@ impl TopicCounts {
             produced_records: self.produced_records - earlier.produced_records,
             fetched_bytes: self.fetched_bytes - earlier.fetched_bytes,
             fetched_records: self.fetched_records - earlier.fetched_records,
+            produce_timeouts: self.produce_timeouts - earlier.produce_timeouts,
         }
     }
 }
@@ -160,6 +165,14 @@ impl ShardMetrics {
                 c.produced_bytes += batches.len() as u64;
                 c.produced_records += records;
             });
+        }
+    }
+
+    /// Counts a produce to a partition of `topic` answered
+    /// `REQUEST_TIMED_OUT`.
+    pub fn record_produce_timeout(&self, topic: &str) {
+        if self.enabled {
+            self.count(topic, |c| c.produce_timeouts += 1);
         }
     }
 
