@@ -49,7 +49,7 @@ pub fn run(client: &Client, topic: &str, progress: &Arc<Progress>) -> Result<Dur
         })
     };
     let start = Instant::now();
-    crate::watch(progress, start, || {
+    crate::watch(progress, None, start, || {
         done.load(Ordering::Relaxed) || reader.is_finished()
     });
     let elapsed = start.elapsed();
@@ -133,7 +133,7 @@ pub fn run_kafka(
         })
         .map_err(|e| format!("cannot start the consumer: {e}"))?;
     let start = Instant::now();
-    crate::watch(progress, start, || done.load(Ordering::Relaxed));
+    crate::watch(progress, None, start, || done.load(Ordering::Relaxed));
     let elapsed = start.elapsed();
     if let Some(why) = failed.get() {
         return Err(why.clone());
@@ -308,7 +308,7 @@ pub fn run_group(
             })
         })
         .collect();
-    crate::watch(progress, start, || {
+    crate::watch(progress, None, start, || {
         done.load(Ordering::Relaxed) || members.iter().all(|m| m.is_finished())
     });
     let elapsed = start.elapsed();

@@ -5,7 +5,7 @@
 
 use crate::kafka::KafkaClient;
 use crate::produce::{self, ProduceConfig, STAMP_LEN};
-use crate::report::{Progress, histogram};
+use crate::report::{MERGE_EVERY, Progress, histogram};
 use fjord_client::{Admin, Client, Consumer, ConsumerConfig, Seek};
 use fjord_core::batch::Batch;
 use futures::executor::block_on;
@@ -46,7 +46,7 @@ pub fn run(
         None => follow_native(follow, consumer_client, &config.topic)?,
         Some(bootstrap) => follow_kafka(follow, consumer_client, bootstrap, &config.topic)?,
     };
-    let elapsed = produce::run(config, producers, routes, acked);
+    let elapsed = produce::run(config, producers, routes, acked, Some(delivered));
     producing.store(false, Ordering::Relaxed);
     reader()?;
     elapsed
@@ -96,11 +96,11 @@ impl Follow {
         Ok(())
     }
 
-    /// After each poll: merges latencies once a second; whether to stop
+    /// After each poll: merges latencies every [`MERGE_EVERY`]; whether to stop
     /// (production over and everything acknowledged delivered, or the
     /// catch-up time spent).
     fn done(&mut self) -> bool {
-        if self.last_merge.elapsed() >= Duration::from_secs(1) {
+        if self.last_merge.elapsed() >= MERGE_EVERY {
             self.delivered.merge(&mut self.latencies);
             self.last_merge = Instant::now();
         }

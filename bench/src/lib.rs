@@ -98,8 +98,14 @@ pub fn ensure_topic(
 const LEADERS_WAIT: Duration = Duration::from_secs(15);
 
 /// Prints a progress line every second until `done`, with the share of
-/// that second the host stole from this machine's cores where known.
-pub fn watch(progress: &Progress, start: Instant, done: impl Fn() -> bool) {
+/// that second the host stole from this machine's cores where known, and,
+/// for `e2e`, the latencies of what was `delivered`.
+pub fn watch(
+    progress: &Progress,
+    delivered: Option<&Progress>,
+    start: Instant,
+    done: impl Fn() -> bool,
+) {
     let mut last = (0, 0);
     let mut last_at = start;
     let mut cpu = host::CpuTimes::now();
@@ -115,8 +121,9 @@ pub fn watch(progress: &Progress, start: Instant, done: impl Fn() -> bool) {
                     format!("  steal {:>2.0} %", s.steal_percent)
                 });
             cpu = cpu_now;
+            let delivery = delivered.map_or(String::new(), Progress::delivery_line);
             eprintln!(
-                "{}{steal}",
+                "{}{delivery}{steal}",
                 progress.line(start.elapsed(), last, now - last_at)
             );
             last = (

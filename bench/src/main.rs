@@ -375,7 +375,7 @@ fn run_produce(args: ProduceArgs, e2e: bool) -> Result<bool, String> {
             },
         )
     } else {
-        let elapsed = produce::run(&config, producers, routes, &acked)?;
+        let elapsed = produce::run(&config, producers, routes, &acked, None)?;
         ("produce", Summary::new(&acked, elapsed, config.rate))
     };
     summary.print(what);
@@ -433,7 +433,13 @@ fn run_consume(args: ConsumeArgs) -> Result<bool, String> {
         // Filling is setup, not measured: the native protocol.
         let config = produce_config(&fill_args, routes.len(), None)?;
         let filled = Arc::new(Progress::default());
-        let elapsed = produce::run(&config, clients(&addr, 1, &config.cpus)?, routes, &filled)?;
+        let elapsed = produce::run(
+            &config,
+            clients(&addr, 1, &config.cpus)?,
+            routes,
+            &filled,
+            None,
+        )?;
         Summary::new(&filled, elapsed, 0.0).print("fill");
     }
     if args.cold {

@@ -15,7 +15,7 @@
 //! (no coordinated omission).
 
 use crate::kafka::KafkaClient;
-use crate::report::{Progress, histogram};
+use crate::report::{MERGE_EVERY, Progress, histogram};
 use fjord_client::Client;
 use fjord_client::producer::{produce_request, produce_result};
 use fjord_client::transport::Lane;
@@ -91,6 +91,7 @@ pub fn run(
     clients: Vec<Client>,
     routes: Vec<SocketAddr>,
     progress: &Arc<Progress>,
+    delivered: Option<&Progress>,
 ) -> Result<Duration, String> {
     assert_eq!(clients.len(), config.producers);
     let start = Instant::now();
@@ -142,7 +143,7 @@ pub fn run(
         }
     }
     let producers = config.producers;
-    crate::watch(progress, start, || {
+    crate::watch(progress, delivered, start, || {
         finished.load(Ordering::Relaxed) == producers || stuck.get().is_some()
     });
     match stuck.get() {
@@ -432,7 +433,7 @@ impl Engine {
                     }
                 }
             }
-            if last_merge.elapsed() >= Duration::from_secs(1) {
+            if last_merge.elapsed() >= MERGE_EVERY {
                 self.progress.merge(&mut self.latencies.borrow_mut());
                 last_merge = Instant::now();
             }

@@ -13,9 +13,15 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// How often a thread merges its latencies into the run's. Often enough
+/// that a progress line's percentiles are those of its own second (give or
+/// take this much), rarely enough that the lock is no cost.
+pub const MERGE_EVERY: Duration = Duration::from_millis(50);
+
 /// Counters and latencies shared by a run's threads. Threads record into
-/// histograms of their own and merge them here once a second, so the lock
-/// is taken rarely and never by the broker (which is another process).
+/// histograms of their own and merge them here every [`MERGE_EVERY`], so
+/// the lock is taken rarely and never by the broker (which is another
+/// process).
 pub struct Progress {
     /// Messages acknowledged (or delivered, for consumers).
     pub messages: AtomicU64,
@@ -65,37 +71,75 @@ impl Progress {
             .map_or_else(|_| histogram(), |h| h.clone())
     }
 
+    /// p50 and p99 of the latencies merged since the last call (0 when
+    /// none were), which it clears.
+    fn take_recent(&self) -> (u64, u64) {
+        let Ok(mut recent) = self.recent.lock() else {
+            return (0, 0);
+        };
+        let quantiles = if recent.is_empty() {
+            (0, 0)
+        } else {
+            (
+                recent.value_at_quantile(0.5),
+                recent.value_at_quantile(0.99),
+            )
+        };
+        recent.reset();
+        quantiles
+    }
+
     /// The one-line progress report: rates and percentiles of the interval
-    /// since the previous line (threads merge once a second, so the
-    /// percentiles cover about the last second).
+    /// since the previous line (threads merge every [`MERGE_EVERY`], so the
+    /// percentiles are those of the last second, not of the run so far).
     pub fn line(&self, elapsed: Duration, last: (u64, u64), interval: Duration) -> String {
         let messages = self.messages.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed);
         let seconds = interval.as_secs_f64().max(1e-9);
-        let h = self.recent.lock().map_or_else(
-            |_| histogram(),
-            |mut recent| {
-                let h = recent.clone();
-                recent.reset();
-                h
-            },
-        );
-        let quantile = |q| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(q)
-            }
-        };
+        let (p50, p99) = self.take_recent();
         format!(
-            "{:6.1}s  {:>10.0} msg/s  {:>8.1} MB/s  p50 {:>7} µs  p99 {:>7} µs  errors {}",
+            "{:6.1}s  {:>10.0} msg/s  {:>8.1} MB/s  p50 {p50:>7} µs  p99 {p99:>7} µs  errors {}",
             elapsed.as_secs_f64(),
             (messages - last.0) as f64 / seconds,
             (bytes - last.1) as f64 / seconds / 1e6,
-            quantile(0.5),
-            quantile(0.99),
             self.errors.load(Ordering::Relaxed),
         )
+    }
+
+    /// What `e2e`'s progress line adds: the delivery latencies of the
+    /// interval since the previous line.
+    pub fn delivery_line(&self) -> String {
+        let (p50, p99) = self.take_recent();
+        format!("  delivered p50 {p50:>7} µs  p99 {p99:>7} µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_shows_the_latencies_since_the_one_before() {
+        let progress = Progress::default();
+        let mut local = histogram();
+        // A stall at the start...
+        for _ in 0..100 {
+            local.record(200_000).unwrap();
+        }
+        progress.merge(&mut local);
+        let first = progress.line(Duration::from_secs(1), (0, 0), Duration::from_secs(1));
+        assert!(first.contains("p99  200063 µs"), "{first}");
+        // ...is not in the next second's line.
+        for _ in 0..100 {
+            local.record(300).unwrap();
+        }
+        progress.merge(&mut local);
+        let second = progress.line(Duration::from_secs(2), (0, 0), Duration::from_secs(1));
+        assert!(second.contains("p99     300 µs"), "{second}");
+        // The run's own figures keep both.
+        assert_eq!(progress.latencies().len(), 200);
+        let quiet = progress.delivery_line();
+        assert!(quiet.contains("p99       0 µs"), "{quiet}");
     }
 }
 

@@ -266,6 +266,13 @@ fn open_staging(
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    staging::check_staging_dir_changed(
+        &config.staging_dir,
+        &config.data_dir,
+        id,
+        config.staging_bytes_per_shard > 0,
+    )
+    .map_err(NodeError::Staging)?;
     if config.staging_bytes_per_shard == 0 {
         staging::check_staging_off(&config.staging_dir, &config.data_dir, id)
             .map_err(NodeError::Staging)?;
@@ -308,8 +315,7 @@ fn open_staging(
             Err(e @ StagingError::Refused { .. }) => return Err(NodeError::Staging(e)),
             Err(e @ StagingError::Unavailable { .. }) => {
                 // This shard runs without staging; the others still open
-                // theirs (they may hold batches to replay).
-                tracing::warn!(shard, error = %e, "staging off: acks=1 waits for the disk write");
+                // theirs (they may hold batches to replay). Said once, below.
                 files.push(None);
                 off.push((shard, e));
             }
@@ -318,6 +324,7 @@ fn open_staging(
     if off.len() == count - first_data_shard
         && let Some((_, e)) = off.first()
     {
+        tracing::warn!(error = %e, "staging off: acks=1 waits for the disk write");
         return Ok((files, format!("staging off: {e}")));
     }
     let staged: usize = files.iter().flatten().map(|f| f.staged_batches()).sum();
@@ -331,6 +338,14 @@ fn open_staging(
     } else {
         String::new()
     };
+    // Said, not refused: a user may mean it (a RAM disk tmpfs does not
+    // recognise, say), and acknowledgements still survive a killed process.
+    let on_disk = match staging::is_in_memory(&config.staging_dir) {
+        Ok(false) => {
+            "; not in memory (a file system on a disk): a stalled disk can stall staging too"
+        }
+        _ => "",
+    };
     let partly_off = match off.first() {
         Some((_, e)) => {
             let shards: Vec<String> = off.iter().map(|(shard, _)| shard.to_string()).collect();
@@ -339,11 +354,11 @@ fn open_staging(
         None => String::new(),
     };
     let note = format!(
-        "staging {} B per shard{shrunk} in {}, {staged} batches to replay{partly_off}",
+        "staging {} B per shard{shrunk} in {}{on_disk}, {staged} batches to replay{partly_off}",
         bytes,
         config.staging_dir.display()
     );
-    if shrunk.is_empty() && off.is_empty() {
+    if shrunk.is_empty() && off.is_empty() && on_disk.is_empty() {
         tracing::info!("{note}");
     } else {
         tracing::warn!("{note}");

@@ -58,11 +58,22 @@ fn random_below(n: u64) -> u64 {
 
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_record() {
-    let mut broker = Broker::start(2);
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let mut broker = Broker::start_with(2, &["--admin-listen", &admin]);
     block_on(Admin::new(broker.client()).create_topic("staged", 2, &[])).unwrap();
     let mut acked: Vec<BTreeMap<i64, Vec<u8>>> = vec![BTreeMap::new(), BTreeMap::new()];
     let mut staged_at_kills = 0;
     for round in 0..ROUNDS {
+        // Staging is on in every shard, so the acks below come from the
+        // staging area, not from the write: a node that fell back to waiting
+        // for the disk would pass the checks without testing the promise.
+        for shard in 0..2 {
+            let capacity = shard_metric(&admin, shard, "fjord_staging_capacity_bytes");
+            assert!(
+                capacity > 0.0,
+                "round {round}: shard {shard} runs without staging"
+            );
+        }
         let config = ProducerConfig {
             acks: fjord_net::api::ACKS_LEADER,
             idempotence: false,
@@ -161,8 +172,13 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
 
 /// Shard 0's value of the metric `name` on the node's `/metrics`.
 fn shard0_metric(admin: &str, name: &str) -> f64 {
+    shard_metric(admin, 0, name)
+}
+
+/// A shard's value of the metric `name` on the node's `/metrics`.
+fn shard_metric(admin: &str, shard: usize, name: &str) -> f64 {
     let metrics = get(admin, "/metrics").unwrap();
-    let prefix = format!("{name}{{shard=\"0\"}} ");
+    let prefix = format!("{name}{{shard=\"{shard}\"}} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -50,6 +50,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering, compiler_fence};
 use std::time::{Duration, Instant};
@@ -83,6 +84,9 @@ const KIND_WRAP: u32 = 2;
 /// Smallest staging file worth having.
 pub const BYTES_MIN: usize = 1 << 20;
 const ID_FILE: &str = "fjord.id";
+/// The staging directory this data directory's last run staged in: a node
+/// started with another one would not find what that run acknowledged.
+const STAGING_DIR_FILE: &str = "staging.dir";
 /// A full staging area is reported at most this often.
 const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// A full ring whose oldest entry has not been released for this long is
@@ -184,6 +188,30 @@ pub fn bytes_fitting(
     let room = (ours + space.free_bytes) / 4 * 3;
     let each = (room / count).min(wanted as u64);
     file_bytes(each as usize)
+}
+
+/// Whether `dir` is on a file system held in memory (tmpfs, ramfs), as
+/// the staging area must be: a mapped file on a disk is
+/// written back by the kernel, and a stalled disk then stalls the shard
+/// that writes into the mapping — the very wait staging exists to hide.
+/// Blocking (one `statfs`).
+pub fn is_in_memory(dir: &Path) -> std::io::Result<bool> {
+    // Linux's magic numbers (linux/magic.h); the libc crate does not
+    // export them for every target. (hugetlbfs is memory too, but cannot
+    // map a file of 4 KiB pages: opening the area there fails anyway.)
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `statfs` is plain old data; zeroed is a valid value.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and out-pointer for the call.
+    if unsafe { libc::statfs(c_dir.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // `f_type`'s width and sign differ by target; the magic is 32 bits.
+    let kind = stat.f_type as u32;
+    Ok(matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC))
 }
 
 /// The size a staging file asked for `bytes` gets: whole pages, at least
@@ -516,8 +544,17 @@ fn inspect(
         return Err(refused("no magic, yet it holds staged batches".into()));
     }
     check_layout(&map).map_err(&refused)?;
+    if map.u64_at(32) != len as u64 {
+        // Cut short or grown after it was made: what it held cannot be
+        // trusted, and the batches it may have held are the user's to
+        // look at, not this start's to throw away.
+        return Err(refused(format!(
+            "header says {} bytes, the file has {len}",
+            map.u64_at(32)
+        )));
+    }
     let (found, next_seq) = walk(&map);
-    if let Err(reason) = check_owner(&map, id, shard, len) {
+    if let Err(reason) = check_owner(&map, id, shard) {
         // Made for a directory at this very path with another identity: the
         // data directory was removed and made anew after a kill. Holding
         // nothing to replay, it is nobody's loss: made afresh. A file made
@@ -607,8 +644,17 @@ fn check_unopened(
 ) -> Result<(), StagingError> {
     for shard in shards {
         let path = file_path(staging_dir, data_dir, shard);
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
-            continue;
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // It may hold acknowledged batches that no shard would replay:
+            // as `StagingFile::open`, not being able to look stops the start.
+            Err(e) => {
+                return Err(StagingError::Refused {
+                    path,
+                    reason: format!("cannot open it to see whether it holds staged batches: {e}"),
+                });
+            }
         };
         remove_unless_staged(path, &file, data_dir, id, shard, |staged| {
             why(shard, staged)
@@ -641,6 +687,79 @@ fn remove_unless_staged(
     })
 }
 
+/// Checks the staging directory this data directory's last run staged in,
+/// when it is not `staging_dir`: its files of this data directory that hold
+/// staged batches stop the start (they would be passed over); empty ones
+/// are removed. Then records `staging_dir` as the one staged in, when
+/// `staging_on`. Blocking.
+pub fn check_staging_dir_changed(
+    staging_dir: &Path,
+    data_dir: &Path,
+    id: u128,
+    staging_on: bool,
+) -> Result<(), StagingError> {
+    let marker = data_dir.join(STAGING_DIR_FILE);
+    if staging_on {
+        // Made now, so that the path recorded is the one it resolves to at
+        // every later start. A failure shows when the files are opened.
+        let _ = std::fs::create_dir_all(staging_dir);
+    }
+    let now = std::fs::canonicalize(staging_dir).ok();
+    // Not being able to keep the record stops the start, as not being able
+    // to keep the data directory's identity does: the directory is not
+    // writable, and the node could not serve from it anyway.
+    let unwritable = |e: std::io::Error| StagingError::Unavailable {
+        path: marker.clone(),
+        reason: e.to_string(),
+    };
+    match std::fs::read(&marker) {
+        Ok(bytes) => {
+            let before = Path::new(std::ffi::OsStr::from_bytes(&bytes));
+            // An empty or relative record (a power loss cut its write short,
+            // or it was edited by hand) names no directory to look in.
+            if before.is_absolute() && !same_dir(before, now.as_deref()) {
+                check_unopened(before, data_dir, id, 0..SHARDS_MAX, |shard, staged| {
+                    format!(
+                        "shard {shard} staged {staged} batches in {} (the staging_dir of this \
+                         data directory's last run, recorded in {}), and this node stages in \
+                         {}: start it with staging_dir = {} to replay them",
+                        before.display(),
+                        marker.display(),
+                        staging_dir.display(),
+                        before.display()
+                    )
+                })?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(unwritable(e)),
+    }
+    if staging_on && let Some(now) = now {
+        // Replaced whole (a kill mid-write leaves the old one), not synced:
+        // what it guards, the staging area, does not outlive a power loss.
+        let tmp = data_dir.join(format!("{STAGING_DIR_FILE}.tmp"));
+        std::fs::write(&tmp, now.as_os_str().as_bytes()).map_err(unwritable)?;
+        std::fs::rename(&tmp, &marker).map_err(unwritable)?;
+    }
+    Ok(())
+}
+
+/// Whether `before` is the directory `now` (by device and inode: a tmpfs
+/// mounted twice, or bound elsewhere, has two canonical paths).
+fn same_dir(before: &Path, now: Option<&Path>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(now) = now else {
+        return false;
+    };
+    if before == now {
+        return true;
+    }
+    match (std::fs::metadata(before), std::fs::metadata(now)) {
+        (Ok(b), Ok(n)) => (b.dev(), b.ino()) == (n.dev(), n.ino()),
+        _ => false,
+    }
+}
+
 /// Checks the staging files of this data directory left under another
 /// name. A file is named after the directory's path, so a directory moved
 /// (or mounted elsewhere) after a crash would not find its file, and the
@@ -661,8 +780,22 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
             continue;
         }
         let path = entry.path();
-        let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path) else {
-            continue;
+        let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            // Another user's node's: not ours to look at.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => continue,
+            Err(e) => {
+                // Not this start's to stop for, but a file left by this
+                // directory under its old name would be passed over, so
+                // say so.
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot open a staging file to see whether it is this data directory's \
+                     under an old name"
+                );
+                continue;
+            }
         };
         // The header first, without a lock: another data directory's file
         // is never locked by this node, so its own start never finds it
@@ -717,7 +850,6 @@ pub fn check_moved(staging_dir: &Path, data_dir: &Path, id: u128) -> Result<(), 
 /// The data directory a staging file was made for, as its header records
 /// it (files of builds before the record have none).
 fn recorded_dir(header: &[u8]) -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
     let len = u32::from_le_bytes(header.get(DIR_AT..DIR_AT + 4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header.get(DIR_AT + 4..DIR_AT + 8)?.try_into().ok()?);
     let dir = header.get(DIR_AT + 8..(DIR_AT + 8).checked_add(len)?)?;
@@ -796,7 +928,7 @@ fn check_layout(map: &Mapping) -> Result<(), String> {
 }
 
 /// Whether a file of a readable layout is this shard's of this directory.
-fn check_owner(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(), String> {
+fn check_owner(map: &Mapping, id: u128, shard: usize) -> Result<(), String> {
     let owner = u128::from_le_bytes(map.bytes(16, 16).try_into().unwrap_or([0; 16]));
     if owner != id {
         return Err(format!(
@@ -806,12 +938,6 @@ fn check_owner(map: &Mapping, id: u128, shard: usize, len: usize) -> Result<(), 
     let owner_shard = map.u32_at(12) as usize;
     if owner_shard != shard {
         return Err(format!("written by shard {owner_shard}, not {shard}"));
-    }
-    if map.u64_at(32) != len as u64 {
-        return Err(format!(
-            "header says {} bytes, the file has {len}",
-            map.u64_at(32)
-        ));
     }
     Ok(())
 }
@@ -831,7 +957,13 @@ fn walk(map: &Mapping) -> (Vec<Found>, u64) {
     // across runs when nothing is found.
     let seq_hint = map.u64_at(HEAD_SEQ_AT).max(1);
     let mut found: Vec<Found> = Vec::new();
-    if position < HEADER_BYTES || position >= end || !position.is_multiple_of(8) {
+    // A file too short for one entry (damaged, or cut by hand) holds none:
+    // the wrap below would otherwise read past its end.
+    if position < HEADER_BYTES
+        || position >= end
+        || !position.is_multiple_of(8)
+        || end < HEADER_BYTES + ENTRY_HEADER_BYTES
+    {
         return (found, seq_hint);
     }
     loop {
@@ -862,6 +994,9 @@ fn walk(map: &Mapping) -> (Vec<Found>, u64) {
 /// The entry at `position`, if whole and, when given, numbered `seq`.
 fn read_entry(map: &Mapping, position: usize, seq: Option<u64>) -> Option<Found> {
     let end = map.len;
+    if end.checked_sub(position)? < ENTRY_HEADER_BYTES {
+        return None;
+    }
     let found_seq = map.u64_at(position + 8);
     let magic = map.u32_at(position);
     if magic != ENTRY_MAGIC && magic != ENTRY_MAGIC_RELEASED || seq.is_some_and(|s| s != found_seq)
@@ -2091,5 +2226,94 @@ mod tests {
         bytes[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(file(tmp.path(), 3, BYTES_MIN).unwrap().staged_batches(), 1);
+    }
+
+    #[test]
+    fn a_node_staging_elsewhere_than_its_last_run_replays_or_refuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, a, b) = (
+            tmp.path().join("data"),
+            tmp.path().join("a"),
+            tmp.path().join("b"),
+        );
+        std::fs::create_dir(&data).unwrap();
+        let open = |dir: &Path| {
+            check_staging_dir_changed(dir, &data, 7, true)?;
+            StagingFile::open(dir, &data, 7, 0, 2, BYTES_MIN)
+        };
+        let staging = Staging::new(open(&a).unwrap(), data.clone());
+        let ticket = staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
+        // Killed with a batch staged in `a`, started with `b`: refused,
+        // naming the directory to go back to, and `a`'s file is kept.
+        let err = check_staging_dir_changed(&b, &data, 7, true).err().unwrap();
+        assert!(matches!(err, StagingError::Refused { .. }), "{err}");
+        assert!(err.to_string().contains("staging_dir = "), "{err}");
+        let err = check_staging_dir_changed(&b, &data, 7, false)
+            .err()
+            .unwrap();
+        assert!(matches!(err, StagingError::Refused { .. }), "{err}");
+        assert!(file_path(&a, &data, 0).exists());
+        // Once its batch is written (released), the move goes ahead and
+        // the old file goes.
+        staging.release(ticket);
+        drop(staging);
+        let moved = open(&b).unwrap();
+        assert_eq!(moved.staged_batches(), 0);
+        assert!(!file_path(&a, &data, 0).exists());
+        // And `b` is now the one recorded: back to `a` finds `b`'s file.
+        drop(moved);
+        check_staging_dir_changed(&a, &data, 7, true).unwrap();
+        assert!(!file_path(&b, &data, 0).exists());
+    }
+
+    #[test]
+    fn shared_memory_is_told_from_a_disk() {
+        // procfs is memory, but not a place for files: not shared memory.
+        assert!(!is_in_memory(Path::new("/proc")).unwrap());
+        if Path::new("/dev/shm").is_dir() {
+            assert!(is_in_memory(Path::new("/dev/shm")).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_file_no_shard_opens_that_cannot_be_looked_at_stops_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory where shard 1's file would be: opening it read-write
+        // fails (EISDIR) even for root, as a file of another owner would.
+        std::fs::create_dir(file_path(tmp.path(), tmp.path(), 1)).unwrap();
+        let err = check_staging_off(tmp.path(), tmp.path(), 3).err().unwrap();
+        assert!(matches!(err, StagingError::Refused { .. }), "{err}");
+        assert!(err.to_string().contains("cannot open it"), "{err}");
+    }
+
+    #[test]
+    fn a_file_cut_short_after_its_header_is_refused_without_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
+        staging.stage("k", 0, 0, &[1; 64], None).unwrap();
+        let path = staging.path().to_path_buf();
+        drop(staging);
+        // Every length from the header to past the first entry's header:
+        // the walk stays inside the file, and the size the header records
+        // no longer matches, so the file is refused, never half-read.
+        let mut bytes = std::fs::read(&path).unwrap();
+        for len in [
+            HEADER_BYTES + 1,
+            HEADER_BYTES + 8,
+            HEADER_BYTES + 47,
+            HEADER_BYTES + 56,
+        ] {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            let err = file(tmp.path(), 3, BYTES_MIN).err().unwrap();
+            assert!(err.to_string().contains("the file has"), "{len}: {err}");
+        }
+        // Without its magic (its making cut short), the walk alone decides:
+        // it must stay inside the file, find nothing, and let it be made
+        // again.
+        bytes[..8].fill(0);
+        for len in [HEADER_BYTES + 8, HEADER_BYTES + 47] {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            assert_eq!(file(tmp.path(), 3, BYTES_MIN).unwrap().staged_batches(), 0);
+        }
     }
 }

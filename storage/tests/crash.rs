@@ -1,7 +1,9 @@
 //! Crash safety for real: a child process appends from several tasks and
-//! reports each acknowledged batch over a pipe; even rounds use
-//! `fsync=always`, odd ones `fsync=never` with many more tasks (acknowledged
-//! once written, with several writes in flight: see `pipeline`). The parent
+//! reports each acknowledged batch over a pipe; rounds take turns between
+//! `fsync=always`, `fsync=never` with many more tasks (acknowledged once
+//! written, with several writes in flight: see `pipeline`), and
+//! `fsync=never` with a staging area (acknowledged once staged, before the
+//! write: what a killed process leaves there is replayed at open). The parent
 //! SIGKILLs it at random moments, many times, and after each kill reopens
 //! the log and checks that every acknowledged batch is present and
 //! byte-identical, offsets are contiguous and every batch served is valid.
@@ -14,7 +16,8 @@ mod common;
 use common::*;
 use fjord_core::FsyncPolicy;
 use fjord_core::batch::{self, Batch};
-use fjord_storage::{BatchCache, DataDir, LogConfig};
+use fjord_storage::staging::{Staging, StagingFile};
+use fjord_storage::{BatchCache, DataDir, Log, LogConfig};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -22,16 +25,41 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
 
-const ROUNDS: u64 = 25;
+const ROUNDS: u64 = 27;
+/// What the child says once its log is open.
+const READY: &str = "ready";
+/// The staging area's size: room for most of what 64 writers keep in
+/// flight, so that most acknowledgements come from it.
+const STAGING_BYTES: usize = 16 << 20;
 
-/// Even rounds sync each group commit; odd ones only write, from enough
-/// tasks to keep several writes in flight.
-fn policy(round: u64) -> (FsyncPolicy, u64) {
-    if round.is_multiple_of(2) {
-        (FsyncPolicy::Always, 8)
-    } else {
-        (FsyncPolicy::Never, 64)
+/// A third of the rounds sync each group commit; the others only write,
+/// from enough tasks to keep several writes in flight, and half of those
+/// answer once a batch is staged.
+fn policy(round: u64) -> (FsyncPolicy, u64, bool) {
+    match round % 3 {
+        0 => (FsyncPolicy::Always, 8, false),
+        1 => (FsyncPolicy::Never, 64, false),
+        _ => (FsyncPolicy::Never, 64, true),
     }
+}
+
+/// The log `p0`, with the data directory's staging area when `staged`.
+async fn open_log(dir: &DataDir, config: LogConfig, cache: &Rc<BatchCache>, staged: bool) -> Log {
+    let area = staged.then(|| {
+        let file = StagingFile::open(
+            &dir.path().join("staging"),
+            dir.path(),
+            1,
+            0,
+            2,
+            STAGING_BYTES,
+        )
+        .expect("staging file");
+        Rc::new(Staging::new(file, dir.path().to_path_buf()))
+    });
+    Log::open_staged(dir.path().join("p0"), config, cache.clone(), area)
+        .await
+        .expect("open log")
 }
 
 fn config(fsync: FsyncPolicy) -> LogConfig {
@@ -61,8 +89,9 @@ fn child(path: String, round: u64) {
     let dir = DataDir::create(&path).expect("data dir");
     run(&dir, move |dir| async move {
         let cache = BatchCache::new(8 << 20);
-        let (fsync, writers) = policy(round);
-        let log = Rc::new(open(&dir, "p0", config(fsync), &cache).await);
+        let (fsync, writers, staged) = policy(round);
+        let log = Rc::new(open_log(&dir, config(fsync), &cache, staged).await);
+        println!("{READY}");
         let mut tasks = Vec::new();
         for writer in 0..writers {
             let log = log.clone();
@@ -89,7 +118,9 @@ fn verify(dir: &DataDir, acked: &BTreeMap<u64, u64>) -> u64 {
     let (tx, rx) = std::sync::mpsc::channel();
     run(dir, move |dir| async move {
         let cache = BatchCache::new(0);
-        let log = open(&dir, "p0", config(FsyncPolicy::Always), &cache).await;
+        // With the staging area always: what a staged round left there is
+        // appended again before the log serves.
+        let log = open_log(&dir, config(FsyncPolicy::Always), &cache, true).await;
         let served = read_all(&log, 0).await;
         let mut by_offset = BTreeMap::new();
         let mut next = 0i64;
@@ -133,16 +164,30 @@ fn main() {
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().expect("child stdout");
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
                 .filter_map(|line| {
+                    if line == READY {
+                        let _ = ready_tx.send(());
+                        return None;
+                    }
                     let (seed, offset) = line.split_once(' ')?;
                     Some((offset.parse::<u64>().ok()?, seed.parse::<u64>().ok()?))
                 })
                 .collect::<Vec<_>>()
         });
+        // Every other three rounds (each policy both ways) the window starts
+        // at the spawn, so that kills land in the open (recovery, a replay
+        // of what was staged: a grown log takes longer to open than the
+        // window); the others start it once the log serves.
+        if (round / 3).is_multiple_of(2) {
+            ready
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the child opened its log");
+        }
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..300)));
         child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
         child.wait().expect("reap");

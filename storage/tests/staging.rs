@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use fjord_core::FsyncPolicy;
 use fjord_core::batch;
 use fjord_storage::staging::{Staging, StagingFile};
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
@@ -79,6 +80,39 @@ fn staged_appends_are_acknowledged_and_readable_before_their_write() {
         assert!(got == want, "staged batches read back differ");
         log.close().await.expect("close");
         assert_eq!(area.staged_batches(), 0, "written batches are released");
+    });
+}
+
+#[test]
+fn under_fsync_always_an_append_is_answered_after_its_sync_not_once_staged() {
+    let (_tmp, dir) = data_dir();
+    let file = staging_file(&dir);
+    run(&dir, move |dir| async move {
+        let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
+        let config = LogConfig {
+            fsync: FsyncPolicy::Always,
+            ..LogConfig::default()
+        };
+        let log = Log::open_staged(
+            dir.path().join("p"),
+            config,
+            BatchCache::new(8 << 20),
+            Some(area.clone()),
+        )
+        .await
+        .expect("open");
+        let appended = log.append(&batch(0, 3, 40, 1000)).await.expect("append");
+        // The staging area would survive a killed process, not a power
+        // loss: `always` promises the latter, so it waits for the sync.
+        assert_eq!(area.staged_batches(), 0, "nothing staged under always");
+        let mut durable = appended.durable;
+        assert!(
+            (&mut durable).now_or_never().is_none(),
+            "answered before the write and its sync"
+        );
+        durable.await.expect("durable");
+        assert_eq!(log.offset_durable(), 3);
+        log.close().await.expect("close");
     });
 }
 
