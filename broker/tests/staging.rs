@@ -612,6 +612,43 @@ fn a_data_directory_moved_after_a_crash_is_told_where_its_staged_batches_are() {
     assert_eq!(values(&broker, "t"), ["first", "second-0", "second-1"]);
 }
 
+/// The data directory records where its last run staged: a node started
+/// with another `staging_dir`, or with staging off, would pass over what
+/// was acknowledged there. The start is refused, naming the directory;
+/// started with it again, the node replays.
+#[test]
+fn a_node_started_with_another_staging_dir_is_told_where_its_staged_batches_are() {
+    let mut broker = Broker::start(1);
+    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
+    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
+    block_on(producer.send("t", Some(0), None, Some(b"first"), &[])).unwrap();
+    broker.kill();
+    stage(&broker, "t", &[(1, 2, batch_at("second", 1, 2))]);
+    let elsewhere = broker.data_dir().with_file_name("elsewhere");
+    let elsewhere = elsewhere.display().to_string();
+    // Staging elsewhere, and off as well (where no file of its own would
+    // tell it of the batches).
+    for bytes in ["134217728", "0"] {
+        let mut args = broker.serve_args();
+        let at = args.iter().position(|a| a == "--staging-dir").unwrap();
+        args[at + 1] = elsewhere.clone();
+        args.extend(["--staging-bytes-per-shard".to_owned(), bytes.to_owned()]);
+        // Bounded: a node that starts anyway serves until killed.
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(FJORD)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started without its staged batches");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let wanted = format!("staging_dir = {}", broker.staging_dir().display());
+        assert!(stderr.contains(&wanted), "{stderr}");
+    }
+    broker.restart();
+    assert_eq!(values(&broker, "t"), ["first", "second-0", "second-1"]);
+}
+
 #[test]
 fn a_staging_file_of_another_data_dir_or_layout_is_refused() {
     let mut broker = Broker::start(1);
