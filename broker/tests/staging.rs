@@ -490,13 +490,32 @@ fn values(broker: &Broker, topic: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn staged_batches_past_the_end_are_replayed_and_a_torn_one_dropped() {
-    let mut broker = Broker::start(1);
+/// Makes topic `t` of one partition, writes "first" to it, and kills the
+/// broker.
+fn write_first_then_kill(broker: &mut Broker) {
     block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
     let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
     block_on(producer.send("t", Some(0), None, Some(b"first"), &[])).unwrap();
     broker.kill();
+}
+
+/// Runs `fjord` with `args`, which must refuse to start; its stderr.
+fn refused_start(args: &[String]) -> String {
+    // Bounded: a node that starts anyway serves until killed.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(FJORD)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started without its staged batches");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn staged_batches_past_the_end_are_replayed_and_a_torn_one_dropped() {
+    let mut broker = Broker::start(1);
+    write_first_then_kill(&mut broker);
     // What a broker killed mid-stall leaves: two batches staged past the
     // log's end, and a third torn while it was being copied.
     let torn = batch_at("torn", 4, 1);
@@ -581,24 +600,13 @@ fn a_data_directory_moved_after_a_crash_is_told_where_its_staged_batches_are() {
             ..common::Launch::default()
         },
     );
-    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
-    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
-    block_on(producer.send("t", Some(0), None, Some(b"first"), &[])).unwrap();
-    broker.kill();
+    write_first_then_kill(&mut broker);
     let left = stage(&broker, "t", &[(1, 2, batch_at("second", 1, 2))]);
 
     let moved = root.path().join("after");
     std::fs::rename(root.path().join("before"), &moved).unwrap();
     broker.set_data_dir(moved.clone());
-    // Bounded: a node that starts anyway serves until killed.
-    let out = Command::new("timeout")
-        .arg("20")
-        .arg(FJORD)
-        .args(broker.serve_args())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "started without its staged batches");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(&broker.serve_args());
     let wanted = staging::file_path(&broker.staging_dir(), &moved, 0);
     assert!(
         stderr.contains("staged for this data directory"),
@@ -619,10 +627,7 @@ fn a_data_directory_moved_after_a_crash_is_told_where_its_staged_batches_are() {
 #[test]
 fn a_node_started_with_another_staging_dir_is_told_where_its_staged_batches_are() {
     let mut broker = Broker::start(1);
-    block_on(Admin::new(broker.client()).create_topic("t", 1, &[])).unwrap();
-    let producer = Producer::new(&broker.client(), ProducerConfig::default()).unwrap();
-    block_on(producer.send("t", Some(0), None, Some(b"first"), &[])).unwrap();
-    broker.kill();
+    write_first_then_kill(&mut broker);
     stage(&broker, "t", &[(1, 2, batch_at("second", 1, 2))]);
     let elsewhere = broker.data_dir().with_file_name("elsewhere");
     let elsewhere = elsewhere.display().to_string();
@@ -633,15 +638,7 @@ fn a_node_started_with_another_staging_dir_is_told_where_its_staged_batches_are(
         let at = args.iter().position(|a| a == "--staging-dir").unwrap();
         args[at + 1] = elsewhere.clone();
         args.extend(["--staging-bytes-per-shard".to_owned(), bytes.to_owned()]);
-        // Bounded: a node that starts anyway serves until killed.
-        let out = Command::new("timeout")
-            .arg("20")
-            .arg(FJORD)
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "started without its staged batches");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused_start(&args);
         let wanted = format!("staging_dir = {}", broker.staging_dir().display());
         assert!(stderr.contains(&wanted), "{stderr}");
     }

@@ -93,14 +93,7 @@ fn under_fsync_always_an_append_is_answered_after_its_sync_not_once_staged() {
             fsync: FsyncPolicy::Always,
             ..LogConfig::default()
         };
-        let log = Log::open_staged(
-            dir.path().join("p"),
-            config,
-            BatchCache::new(8 << 20),
-            Some(area.clone()),
-        )
-        .await
-        .expect("open");
+        let log = open_in(&dir, &area, config).await;
         let appended = log.append(&batch(0, 3, 40, 1000)).await.expect("append");
         // The staging area would survive a killed process, not a power
         // loss: `always` promises the latter, so it waits for the sync.
@@ -116,6 +109,18 @@ fn under_fsync_always_an_append_is_answered_after_its_sync_not_once_staged() {
     });
 }
 
+/// The log `p` of `dir` with `config`, staging in `area`.
+async fn open_in(dir: &fjord_storage::DataDir, area: &Rc<Staging>, config: LogConfig) -> Log {
+    Log::open_staged(
+        dir.path().join("p"),
+        config,
+        BatchCache::new(8 << 20),
+        Some(area.clone()),
+    )
+    .await
+    .expect("open")
+}
+
 /// A staged log whose write-behind lingers long enough that only the byte
 /// threshold or a waiter ends it.
 async fn open_lingering(dir: &fjord_storage::DataDir, file: StagingFile) -> Log {
@@ -124,14 +129,7 @@ async fn open_lingering(dir: &fjord_storage::DataDir, file: StagingFile) -> Log 
         write_behind: Duration::from_secs(30),
         ..LogConfig::default()
     };
-    Log::open_staged(
-        dir.path().join("p"),
-        config,
-        BatchCache::new(8 << 20),
-        Some(area),
-    )
-    .await
-    .expect("open")
+    open_in(dir, &area, config).await
 }
 
 #[test]
@@ -468,14 +466,7 @@ fn a_ring_held_by_an_entry_no_log_writes_does_not_stop_appends() {
         let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
         let held = area.key(&dir.path().join("failed"));
         let _held = area.stage(&held, 0, 2, &stored(0, 0), None).expect("stage");
-        let log = Log::open_staged(
-            dir.path().join("p"),
-            LogConfig::default(),
-            BatchCache::new(8 << 20),
-            Some(area.clone()),
-        )
-        .await
-        .expect("open");
+        let log = open_in(&dir, &area, LogConfig::default()).await;
         let appends = async {
             let mut bytes = 0;
             let mut seed = 1;
@@ -514,14 +505,7 @@ fn a_batch_behind_an_unstaged_one_is_not_answered_before_it() {
             max_batch_bytes: 8 << 20,
             ..LogConfig::default()
         };
-        let log = Log::open_staged(
-            dir.path().join("p"),
-            config,
-            BatchCache::new(8 << 20),
-            Some(area.clone()),
-        )
-        .await
-        .expect("open");
+        let log = open_in(&dir, &area, config).await;
         // More than half the ring: never staged.
         let large = log
             .append(&batch(0, 3, STAGING_BYTES / 5, 1000))
