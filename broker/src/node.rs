@@ -340,7 +340,7 @@ fn open_staging(
     };
     // Said, not refused: a user may mean it (a RAM disk tmpfs does not
     // recognise, say), and acknowledgements still survive a killed process.
-    let on_disk = match staging::is_in_memory(&config.staging_dir) {
+    let on_disk = match fjord_storage::space::is_in_memory(&config.staging_dir) {
         Ok(false) => {
             "; not in memory (a file system on a disk): a stalled disk can stall staging too"
         }

@@ -29,9 +29,7 @@ pub struct Space {
 /// `statvfs` of the filesystem holding `path`. A single syscall that does
 /// no I/O (the kernel answers from its superblock counters).
 pub fn space_of(path: &Path) -> std::io::Result<Space> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let c_path = c_path(path)?;
     // SAFETY: `statvfs` is plain old data; zeroed is a valid value.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a valid
@@ -44,6 +42,36 @@ pub fn space_of(path: &Path) -> std::io::Result<Space> {
         free_bytes: (stat.f_bavail as u64).saturating_mul(block),
         total_bytes: (stat.f_blocks as u64).saturating_mul(block),
     })
+}
+
+/// Whether `dir` is on a file system held in memory (tmpfs, ramfs), as
+/// the staging area must be: a mapped file on a disk is
+/// written back by the kernel, and a stalled disk then stalls the shard
+/// that writes into the mapping — the very wait staging exists to hide.
+/// Blocking (one `statfs`).
+pub fn is_in_memory(dir: &Path) -> std::io::Result<bool> {
+    // Linux's magic numbers (linux/magic.h); the libc crate does not
+    // export them for every target. (hugetlbfs is memory too, but cannot
+    // map a file of 4 KiB pages: opening the area there fails anyway.)
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    let c_dir = c_path(dir)?;
+    // SAFETY: `statfs` is plain old data; zeroed is a valid value.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and out-pointer for the call.
+    if unsafe { libc::statfs(c_dir.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // `f_type`'s width and sign differ by target; the magic is 32 bits.
+    let kind = stat.f_type as u32;
+    Ok(matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC))
+}
+
+/// `path` as the C string a syscall takes.
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// When free space counts as low.
@@ -186,6 +214,15 @@ impl Reserve {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_memory_is_told_from_a_disk() {
+        // procfs is memory, but not a place for files: not shared memory.
+        assert!(!is_in_memory(Path::new("/proc")).unwrap());
+        if Path::new("/dev/shm").is_dir() {
+            assert!(is_in_memory(Path::new("/dev/shm")).unwrap());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -190,30 +190,6 @@ pub fn bytes_fitting(
     file_bytes(each as usize)
 }
 
-/// Whether `dir` is on a file system held in memory (tmpfs, ramfs), as
-/// the staging area must be: a mapped file on a disk is
-/// written back by the kernel, and a stalled disk then stalls the shard
-/// that writes into the mapping — the very wait staging exists to hide.
-/// Blocking (one `statfs`).
-pub fn is_in_memory(dir: &Path) -> std::io::Result<bool> {
-    // Linux's magic numbers (linux/magic.h); the libc crate does not
-    // export them for every target. (hugetlbfs is memory too, but cannot
-    // map a file of 4 KiB pages: opening the area there fails anyway.)
-    const TMPFS_MAGIC: u32 = 0x0102_1994;
-    const RAMFS_MAGIC: u32 = 0x8584_58f6;
-    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `statfs` is plain old data; zeroed is a valid value.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid NUL-terminated path and out-pointer for the call.
-    if unsafe { libc::statfs(c_dir.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // `f_type`'s width and sign differ by target; the magic is 32 bits.
-    let kind = stat.f_type as u32;
-    Ok(matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC))
-}
-
 /// The size a staging file asked for `bytes` gets: whole pages, at least
 /// [`BYTES_MIN`].
 pub fn file_bytes(bytes: usize) -> usize {
@@ -2264,15 +2240,6 @@ mod tests {
         drop(moved);
         check_staging_dir_changed(&a, &data, 7, true).unwrap();
         assert!(!file_path(&b, &data, 0).exists());
-    }
-
-    #[test]
-    fn shared_memory_is_told_from_a_disk() {
-        // procfs is memory, but not a place for files: not shared memory.
-        assert!(!is_in_memory(Path::new("/proc")).unwrap());
-        if Path::new("/dev/shm").is_dir() {
-            assert!(is_in_memory(Path::new("/dev/shm")).unwrap());
-        }
     }
 
     #[test]
