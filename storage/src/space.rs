@@ -45,9 +45,9 @@ pub fn space_of(path: &Path) -> std::io::Result<Space> {
 }
 
 /// Whether `dir` is on a file system held in memory (tmpfs, ramfs), as
-/// the staging area must be: a mapped file on a disk is
-/// written back by the kernel, and a stalled disk then stalls the shard
-/// that writes into the mapping — the very wait staging exists to hide.
+/// the staging area must be: a mapped file on a disk is written back by
+/// the kernel, and a stalled disk then stalls the shard that writes into
+/// the mapping — the very wait staging exists to hide.
 /// Blocking (one `statfs`).
 pub fn is_in_memory(dir: &Path) -> std::io::Result<bool> {
     // Linux's magic numbers (linux/magic.h); the libc crate does not
@@ -214,6 +214,8 @@ impl Reserve {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn shared_memory_is_told_from_a_disk() {
         // procfs is memory, but not a place for files: not shared memory.
@@ -222,8 +224,6 @@ mod tests {
             assert!(is_in_memory(Path::new("/dev/shm")).unwrap());
         }
     }
-
-    use super::*;
 
     #[test]
     fn the_threshold_is_the_larger_of_bytes_and_percentage() {
