@@ -338,8 +338,9 @@ fn open_staging(
     } else {
         String::new()
     };
-    // Said, not refused: a user may mean it (a RAM disk tmpfs does not
-    // recognise, say), and acknowledgements still survive a killed process.
+    // Said, not refused: a user may mean it (an ext4 on a RAM disk is
+    // memory that statfs cannot tell from a disk), and acknowledgements
+    // still survive a killed process.
     let on_disk = match fjord_storage::space::is_in_memory(&config.staging_dir) {
         Ok(false) => {
             "; not in memory (a file system on a disk): a stalled disk can stall staging too"
