@@ -933,13 +933,7 @@ fn walk(map: &Mapping) -> (Vec<Found>, u64) {
     // across runs when nothing is found.
     let seq_hint = map.u64_at(HEAD_SEQ_AT).max(1);
     let mut found: Vec<Found> = Vec::new();
-    // A file too short for one entry (damaged, or cut by hand) holds none:
-    // the wrap below would otherwise read past its end.
-    if position < HEADER_BYTES
-        || position >= end
-        || !position.is_multiple_of(8)
-        || end < HEADER_BYTES + ENTRY_HEADER_BYTES
-    {
+    if position < HEADER_BYTES || position >= end || !position.is_multiple_of(8) {
         return (found, seq_hint);
     }
     loop {
@@ -970,6 +964,8 @@ fn walk(map: &Mapping) -> (Vec<Found>, u64) {
 /// The entry at `position`, if whole and, when given, numbered `seq`.
 fn read_entry(map: &Mapping, position: usize, seq: Option<u64>) -> Option<Found> {
     let end = map.len;
+    // Room for a header first: a file too short for one (damaged, or cut
+    // by hand) holds none, and the walk's wrap may land here in one.
     if end.checked_sub(position)? < ENTRY_HEADER_BYTES {
         return None;
     }
