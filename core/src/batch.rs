@@ -410,12 +410,6 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// The max timestamp of the batch at the start of `bytes` (-1 when the bytes
-/// are too short).
-pub fn max_timestamp_of(bytes: &[u8]) -> i64 {
-    read_i64(bytes, OFFSET_MAX_TIMESTAMP).unwrap_or(-1)
-}
-
 /// Writes the base offset into the batch header at the start of `bytes`.
 /// The field lies outside the CRC, so the batch stays valid.
 pub fn set_base_offset(bytes: &mut [u8], base_offset: i64) {

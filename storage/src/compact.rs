@@ -457,14 +457,17 @@ async fn rewrite_segment(
             read += batch.len() + DECOMPRESSED_WEIGHT * rules.tally.decompressed.take();
             let (bytes, batch_max_timestamp) = match outcome {
                 Outcome::Keep => (batch.as_bytes(), batch.max_timestamp()),
-                Outcome::Rewrite { bytes, removed } => {
+                Outcome::Rewrite {
+                    bytes,
+                    removed,
+                    max_timestamp,
+                } => {
                     changed = true;
                     records_removed += removed;
                     rewritten = bytes;
-                    // Of the records kept: the one that set the old may be
-                    // gone (ListOffsets' MAX_TIMESTAMP, retention by time).
-                    let written = fjord_core::batch::max_timestamp_of(&rewritten);
-                    (&rewritten[..], written)
+                    // Of the records kept (ListOffsets' MAX_TIMESTAMP,
+                    // retention by time).
+                    (&rewritten[..], max_timestamp)
                 }
                 Outcome::Drop { removed } => {
                     changed = true;

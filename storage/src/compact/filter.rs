@@ -196,8 +196,13 @@ pub(crate) enum Outcome {
     /// Unchanged.
     Keep,
     /// Rewritten with fewer records (possibly none, for a producer's last
-    /// batch), `removed` of them gone.
-    Rewrite { bytes: Vec<u8>, removed: u64 },
+    /// batch), `removed` of them gone; `max_timestamp` is the rewritten
+    /// batch's (the record that set the old one may be gone).
+    Rewrite {
+        bytes: Vec<u8>,
+        removed: u64,
+        max_timestamp: i64,
+    },
     /// Gone with its `removed` records.
     Drop { removed: u64 },
 }
@@ -260,13 +265,14 @@ impl Rules<'_> {
             decompressed.set(decompressed.get() + section.len());
         }
         let mut records = Records::over(*batch, &section);
-        let mut kept: Vec<&[u8]> = Vec::new();
+        let (mut kept, mut kept_bytes) = (0, Vec::new());
         let mut kept_max_timestamp = -1;
         let mut removed = 0u64;
         while let Some(next) = records.next_with_bytes() {
             let (record, raw) = next.ok()?;
             if self.keeps(record.offset as u64, record.key, record.value) {
-                kept.push(raw);
+                kept += 1;
+                kept_bytes.extend_from_slice(raw);
                 kept_max_timestamp = kept_max_timestamp.max(record.timestamp);
             } else {
                 removed += 1;
@@ -275,12 +281,11 @@ impl Rules<'_> {
         if removed == 0 {
             return Some(Outcome::Keep);
         }
-        if kept.is_empty() && !self.keep_empty && !self.keeps_header(batch) {
+        if kept == 0 && !self.keep_empty && !self.keeps_header(batch) {
             return Some(Outcome::Drop { removed });
         }
-        let kept_bytes = kept.concat();
         let bytes = batch
-            .with_records(kept.len(), &kept_bytes, kept_max_timestamp)
+            .with_records(kept, &kept_bytes, kept_max_timestamp)
             .ok()?;
         // Checked before it is written, as every batch of the log is: one
         // that does not check (the batch was damaged on disk in a way its
@@ -290,7 +295,11 @@ impl Rules<'_> {
         let again = Batch::validate(&bytes).ok()?;
         let whole = again.last_offset() == batch.last_offset()
             && (!compressed || records_section(&again)? == kept_bytes);
-        whole.then_some(Outcome::Rewrite { bytes, removed })
+        whole.then_some(Outcome::Rewrite {
+            max_timestamp: again.max_timestamp(),
+            bytes,
+            removed,
+        })
     }
 }
 
@@ -339,7 +348,7 @@ mod tests {
             keep_empty: false,
             tally: Tally::default(),
         };
-        let Outcome::Rewrite { bytes, removed } = rules.apply(&parse(&first)) else {
+        let Outcome::Rewrite { bytes, removed, .. } = rules.apply(&parse(&first)) else {
             panic!("a is superseded in the first batch");
         };
         assert_eq!(removed, 1);
@@ -402,7 +411,10 @@ mod tests {
             ..keep
         };
         // Producer 9's last batch seen is this one: its header stays.
-        let Outcome::Rewrite { bytes, removed: 1 } = expire.apply(&parse(&tomb)) else {
+        let Outcome::Rewrite {
+            bytes, removed: 1, ..
+        } = expire.apply(&parse(&tomb))
+        else {
             panic!("header kept");
         };
         assert_eq!(parse(&bytes).record_count(), 0);
@@ -421,7 +433,10 @@ mod tests {
             keep_empty: true,
             ..expire
         };
-        let Outcome::Rewrite { bytes, removed: 1 } = replica.apply(&parse(&tomb)) else {
+        let Outcome::Rewrite {
+            bytes, removed: 1, ..
+        } = replica.apply(&parse(&tomb))
+        else {
             panic!("emptied batch kept");
         };
         assert_eq!(parse(&bytes).record_count(), 0);
@@ -459,7 +474,10 @@ mod tests {
                 keep_empty: false,
                 tally: Tally::default(),
             };
-            let Outcome::Rewrite { bytes, removed: 2 } = rules.apply(&parse(&first)) else {
+            let Outcome::Rewrite {
+                bytes, removed: 2, ..
+            } = rules.apply(&parse(&first))
+            else {
                 panic!("{codec:?}: a and c are superseded");
             };
             assert!(!seen.get(), "{codec:?}: judged");
@@ -485,7 +503,10 @@ mod tests {
                 offset_mapped_end: 6,
                 ..rules
             };
-            let Outcome::Rewrite { bytes, removed: 3 } = rules.apply(&parse(&first)) else {
+            let Outcome::Rewrite {
+                bytes, removed: 3, ..
+            } = rules.apply(&parse(&first))
+            else {
                 panic!("{codec:?}: emptied, header kept");
             };
             let header = parse(&bytes);
