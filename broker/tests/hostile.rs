@@ -333,3 +333,65 @@ fn a_frame_of_the_largest_size_is_served_and_one_byte_more_is_refused() {
     assert_eq!(code, ErrorCode::MessageTooLarge.code());
     assert_closed(&mut s);
 }
+
+/// Large produce frames, whose payload a shard receives straight into a
+/// log's buffer (`fjord_storage::received`), on every shard's port (the
+/// partition's own, where they are placed, and another): a header that
+/// fills the frame, leaving no payload, a batch with a bad CRC and a frame
+/// cut off half-way are refused, the connection going on where it can, and
+/// only the valid batches are there afterwards.
+#[test]
+fn hostile_frames_received_in_place_are_refused_and_nothing_is_lost() {
+    let broker = Broker::start(2);
+    let client = broker.client();
+    block_on(Admin::new(client.clone()).create_topic("big", 1, &[])).unwrap();
+    let value = |i: u8| vec![i; 256 << 10];
+    for shard in 0..2u16 {
+        let addr = (broker.addr.ip(), broker.shard_port_base() + shard);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let id = u32::from(shard) * 10;
+
+        // A valid header padded to fill a frame past the threshold, with an
+        // empty payload and a range of zero bytes.
+        let head = produce_request(id, "big", &[]);
+        let mut padded = head[8..].to_vec();
+        padded.resize(padded.len() + (70 << 10), 0);
+        let mut frame = Vec::new();
+        frame::encode_head(&padded, 0, &mut frame);
+        s.write_all(&frame).unwrap();
+        let (got, _, _) = read_response(&mut s).expect("an answer");
+        assert_eq!(got, id);
+        assert_serves(&mut s, id + 1);
+
+        // A large batch with a bad CRC.
+        let mut corrupt = batch(&value(0xcc));
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0x55;
+        s.write_all(&produce_request(id + 2, "big", &corrupt))
+            .unwrap();
+        let (got, code, response) = read_response(&mut s).unwrap();
+        assert_eq!((got, code), (id + 2, 0));
+        assert_eq!(produce_error(&response), ErrorCode::CorruptMessage.code());
+
+        // A valid one.
+        let valid = produce_request(id + 3, "big", &batch(&value(shard as u8)));
+        s.write_all(&valid).unwrap();
+        let (got, code, response) = read_response(&mut s).unwrap();
+        assert_eq!((got, code, produce_error(&response)), (id + 3, 0, 0));
+
+        // A frame cut off half-way, the sender gone.
+        let mut cut = TcpStream::connect(addr).unwrap();
+        cut.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let half = produce_request(id + 4, "big", &batch(&value(0xdd)));
+        cut.write_all(&half[..half.len() / 2]).unwrap();
+        cut.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_closed(&mut cut);
+        assert_serves(&mut s, id + 5);
+    }
+    let values: Vec<Vec<u8>> = broker.records("big", 0).into_values().collect();
+    assert!(
+        values == [value(0), value(1)],
+        "exactly the valid batches, nothing corrupt or cut"
+    );
+}
