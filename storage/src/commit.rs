@@ -474,7 +474,7 @@ impl Inner {
         kicked: &LocalReceiver<()>,
     ) -> Result<bool> {
         // Taken and not yet issued, in file order.
-        let mut queued: VecDeque<(u64, Rc<SegmentFile>, Vec<Write>)> = VecDeque::new();
+        let mut queued: VecDeque<(u64, Rc<SegmentFile>, Write)> = VecDeque::new();
         // Staged batches whose bytes are taken and not yet published.
         let mut batches_taken = 0usize;
         let mut bytes_taken = 0u64;
@@ -523,9 +523,9 @@ impl Inner {
                         index.get().await?;
                     }
                     flush.preallocate().await?;
-                    for writes in crate::pipeline::operations(&flush.writes) {
-                        bytes_taken += writes.iter().map(|w| w.len as u64).sum::<u64>();
-                        queued.push_back((base, flush.file().clone(), writes));
+                    for write in flush.writes.iter() {
+                        bytes_taken += write.len as u64;
+                        queued.push_back((base, flush.file().clone(), write.clone()));
                     }
                 }
             }
@@ -556,10 +556,8 @@ impl Inner {
             };
             completed?;
             hear = true;
-            while let Some((base, writes)) = pipeline.take_published() {
-                for write in &writes {
-                    batches_taken -= self.publish_write(base, write);
-                }
+            while let Some((base, write)) = pipeline.take_published() {
+                batches_taken -= self.publish_write(base, &write);
             }
         }
     }

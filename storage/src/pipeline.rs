@@ -47,34 +47,6 @@ use std::time::Instant;
 /// crash leaves unpublished.
 pub const WRITES_IN_FLIGHT_MAX: usize = 4;
 
-/// A flush's consecutive writes go to the device as one vectored operation
-/// until it holds this much: a batch received into a buffer of its own
-/// (see `received`) is a write of its own, and written one by one such
-/// writes would cost an operation and a head write each.
-const OPERATION_BYTES: u64 = 1 << 20;
-/// Most writes one operation gathers (the kernel takes 1024 `iovec`s).
-const OPERATION_WRITES_MAX: usize = 64;
-
-/// Splits a flush's writes, in file order, into the operations that issue
-/// them (see [`OPERATION_BYTES`]).
-pub(crate) fn operations(writes: &[Write]) -> Vec<Vec<Write>> {
-    let mut operations: Vec<Vec<Write>> = Vec::new();
-    let mut bytes = 0;
-    for write in writes {
-        match operations.last_mut() {
-            Some(op) if bytes < OPERATION_BYTES && op.len() < OPERATION_WRITES_MAX => {
-                op.push(write.clone());
-            }
-            _ => {
-                operations.push(vec![write.clone()]);
-                bytes = 0;
-            }
-        }
-        bytes += write.len as u64;
-    }
-    operations
-}
-
 /// A block of a segment file: (segment base offset, aligned file position).
 type BlockKey = (u64, u64);
 
@@ -129,13 +101,13 @@ struct Issued {
     op: Op,
 }
 
-/// An issued operation's writes, not yet published.
+/// An issued write, not yet published.
 struct Pending {
-    /// Its operation's [`Issued::id`] (allocated even when it has no
-    /// operation of its own: one block, and that block held).
+    /// Its operation's [`Issued::id`] (allocated even when the write has no
+    /// operation of its own: a one-block write whose block is held).
     id: u64,
     segment: u64,
-    writes: Vec<Write>,
+    write: Write,
     first: BlockKey,
     /// Its own operation completed.
     done: bool,
@@ -192,75 +164,55 @@ impl Pipeline {
         self.heads
     }
 
-    /// Issues `writes`, consecutive writes of segment `segment`'s `file`
-    /// (each starting at the block the one before ended in), as one
-    /// operation: of each write but the last only the blocks before the
-    /// next one's, since the next one carries that block's newest content.
-    /// Writes of a segment go in file order.
-    pub(crate) fn issue(&mut self, segment: u64, file: &Rc<SegmentFile>, writes: Vec<Write>) {
-        let position = writes
-            .first()
-            .expect("an operation writes something")
-            .position;
-        let mut pieces = Vec::with_capacity(writes.len());
-        let mut end = position;
-        for (i, write) in writes.iter().enumerate() {
-            let size = write.buffer.len() as u64;
-            assert!(
-                size > 0 && size.is_multiple_of(BLOCK) && write.position == end - end % BLOCK,
-                "writes are whole aligned blocks, each from the last block of the one before"
-            );
-            let until = writes
-                .get(i + 1)
-                .map_or(write.position + size, |next| next.position);
-            assert!(
-                until >= end && until <= write.position + size,
-                "writes overlap only in a block"
-            );
-            if until > write.position {
-                pieces.push((write.buffer.clone(), 0..(until - write.position) as usize));
-            }
-            end = until;
-        }
-        let first = (segment, position);
-        let last = (segment, end - BLOCK);
+    /// Issues `write` to segment `segment`'s `file`; writes of a segment go
+    /// in file order.
+    pub(crate) fn issue(&mut self, segment: u64, file: &Rc<SegmentFile>, write: Write) {
+        let size = write.buffer.len() as u64;
+        assert!(
+            size > 0 && size.is_multiple_of(BLOCK) && write.position.is_multiple_of(BLOCK),
+            "writes are whole aligned blocks"
+        );
+        let first = (segment, write.position);
+        let last = (segment, write.position + size - BLOCK);
         match self.ends.iter_mut().find(|e| e.0 == segment) {
-            Some(e) => {
-                assert!(first.1 >= e.1, "write at {} behind {}", first.1, e.1);
-                *e = last;
+            Some(end) => {
+                assert!(first.1 >= end.1, "write at {} behind {}", first.1, end.1);
+                *end = last;
             }
             None => self.ends.push(last),
         }
         let id = self.take_id();
-        // Only an operation's first block can be covered already: by the
-        // last block of the one before it, or by that block's own head write.
+        // Only a write's first block can be covered already: by the last
+        // block of the write before it, or by that block's own head write.
         let overlap = ADVERSARY.with(|a| a.get()).overlap;
         let held = match self.blocks.iter_mut().find(|b| b.key == first) {
             Some(block) if !overlap => {
                 block.held = Some(Version {
-                    buffer: pieces[0].0.clone(),
+                    buffer: write.buffer.clone(),
                     at: 0,
                 });
                 true
             }
             _ => false,
         };
-        if held {
-            pieces[0].1.start += BLOCK as usize;
-            if pieces[0].1.is_empty() {
-                pieces.remove(0);
-            }
-        }
         let from = if held { BLOCK } else { 0 };
-        let size = end - position;
         if from < size {
-            let start = (segment, position + from);
+            let start = (segment, write.position + from);
             let blocks = [Some(start), (last != start).then_some(last)];
             for key in blocks.into_iter().flatten() {
-                let version = version_of(&pieces, start.1, key.1);
+                let version = Version {
+                    buffer: write.buffer.clone(),
+                    at: (key.1 - write.position) as usize,
+                };
                 self.enter(key, file, version);
             }
-            let op = timed(write_ranges_at(file.clone(), pieces, start.1));
+            let range = from as usize..size as usize;
+            let op = timed(write_range_at(
+                file.clone(),
+                write.buffer.clone(),
+                range,
+                start.1,
+            ));
             self.push(
                 Issued {
                     id,
@@ -273,7 +225,7 @@ impl Pipeline {
         self.pending.push_back(Pending {
             id,
             segment,
-            writes,
+            write,
             first,
             done: from == size,
             settled: !held,
@@ -324,14 +276,14 @@ impl Pipeline {
         Some(result)
     }
 
-    /// The next operation's writes, in file order, now written for good.
-    pub(crate) fn take_published(&mut self) -> Option<(u64, Vec<Write>)> {
+    /// The next write, in file order, that is now written for good.
+    pub(crate) fn take_published(&mut self) -> Option<(u64, Write)> {
         let front = self.pending.front()?;
         if !(front.done && front.settled) {
             return None;
         }
         let p = self.pending.pop_front()?;
-        Some((p.segment, p.writes))
+        Some((p.segment, p.write))
     }
 
     /// Waits for everything in flight, whatever its outcome: after a
@@ -411,46 +363,6 @@ async fn timed(write: impl Future<Output = Result<()>>) -> Result<()> {
     Ok(())
 }
 
-/// The version of block `block` that `pieces`, written from `start` on,
-/// hold.
-fn version_of(pieces: &[(Rc<DmaBuffer>, Range<usize>)], start: u64, block: u64) -> Version {
-    let mut at = start;
-    for (buffer, range) in pieces {
-        let len = range.len() as u64;
-        if block < at + len {
-            let offset = range.start + (block - at) as usize;
-            return Version {
-                buffer: buffer.clone(),
-                at: offset,
-            };
-        }
-        at += len;
-    }
-    panic!("block {block} past the pieces written from {start}");
-}
-
-/// Writes `pieces` one after another at `position` of `file`: one write,
-/// vectored when there are several.
-async fn write_ranges_at(
-    file: Rc<SegmentFile>,
-    mut pieces: Vec<(Rc<DmaBuffer>, Range<usize>)>,
-    position: u64,
-) -> Result<()> {
-    if pieces.len() == 1 {
-        let (buffer, range) = pieces.remove(0);
-        return write_range_at(file, buffer, range, position).await;
-    }
-    let len: usize = pieces.iter().map(|(_, range)| range.len()).sum();
-    let _pending = crate::io_stats::pending("write", file.path().clone());
-    let done = file
-        .get()
-        .await?
-        .write_rc_ranges_at(pieces, position)
-        .await
-        .map_err(StorageError::io("write", &**file.path()))?;
-    check_written(&file, done, len)
-}
-
 /// Writes the bytes `range` of `buffer` at `position` of `file`.
 pub(crate) async fn write_range_at(
     file: Rc<SegmentFile>,
@@ -466,11 +378,6 @@ pub(crate) async fn write_range_at(
         .write_rc_range_at(buffer, range, position)
         .await
         .map_err(StorageError::io("write", &**file.path()))?;
-    check_written(&file, done, len)
-}
-
-/// A write that wrote `done` of its `len` bytes is an error unless whole.
-fn check_written(file: &SegmentFile, done: usize, len: usize) -> Result<()> {
     if done != len {
         return Err(StorageError::Io {
             op: "write",
@@ -530,74 +437,28 @@ mod tests {
             let file = SegmentFile::open(&segment, true).await.unwrap();
             let mut pipeline = Pipeline::default();
             let block = BLOCK as usize;
-            pipeline.issue(0, &file, vec![write(0, 4, 3 * block + 100)]);
-            pipeline.issue(0, &file, vec![write(3, 1, 3 * block + 200)]);
-            pipeline.issue(0, &file, vec![write(3, 3, 5 * block + 300)]);
-            let published = publish_all(&mut pipeline, &segment).await;
-            assert_eq!(published, vec![3 * block + 100, 200, 2 * block + 300]);
-            assert_eq!(pipeline.heads(), 1);
-        });
-        let bytes = std::fs::read(&path).unwrap();
-        let end = 5 * BLOCK as usize + 300;
-        assert!(bytes[..end].iter().enumerate().all(|(i, &b)| b == byte(i)));
-    }
-
-    /// The same writes as one vectored operation write each block once,
-    /// from its newest content (the middle write's block only from the one
-    /// after it), with no head write; one more operation on the block the
-    /// first ends in holds that block as before.
-    #[test]
-    fn writes_of_one_operation_write_each_block_once() {
-        let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let dir = DataDir::create(tmp.path().join("data")).unwrap();
-        let path = dir.path().join("segment");
-        let segment = path.clone();
-        crate::shard::run_test(&dir, move |_| async move {
-            let file = SegmentFile::open(&segment, true).await.unwrap();
-            let mut pipeline = Pipeline::default();
-            let block = BLOCK as usize;
-            let writes = vec![
-                write(0, 4, 3 * block + 100),
-                write(3, 1, 3 * block + 200),
-                write(3, 3, 5 * block + 300),
-            ];
-            assert_eq!(operations(&writes).len(), 1, "a few KiB: one operation");
-            pipeline.issue(0, &file, writes);
-            pipeline.issue(0, &file, vec![write(5, 2, 6 * block + 50)]);
-            let published = publish_all(&mut pipeline, &segment).await;
-            assert_eq!(
-                published,
-                vec![3 * block + 100, 200, 2 * block + 300, block + 50]
-            );
-            assert_eq!(
-                pipeline.heads(),
-                1,
-                "only the second operation's first block"
-            );
-        });
-        let bytes = std::fs::read(&path).unwrap();
-        let end = 6 * BLOCK as usize + 50;
-        assert!(bytes[..end].iter().enumerate().all(|(i, &b)| b == byte(i)));
-    }
-
-    /// Completes everything in flight; the lengths of the writes published,
-    /// each checked on disk when published.
-    async fn publish_all(pipeline: &mut Pipeline, segment: &std::path::Path) -> Vec<usize> {
-        let mut published = Vec::new();
-        while let Some(result) = pipeline.complete_next().await {
-            result.unwrap();
-            while let Some((_, writes)) = pipeline.take_published() {
-                for w in writes {
+            pipeline.issue(0, &file, write(0, 4, 3 * block + 100));
+            pipeline.issue(0, &file, write(3, 1, 3 * block + 200));
+            pipeline.issue(0, &file, write(3, 3, 5 * block + 300));
+            let mut published = Vec::new();
+            while let Some(result) = pipeline.complete_next().await {
+                result.unwrap();
+                while let Some((_, w)) = pipeline.take_published() {
                     // Published means on disk: a held write's block too
                     // (a blocking read is fine in a test).
-                    let on_disk = std::fs::read(segment).unwrap();
+                    let on_disk = std::fs::read(&segment).unwrap();
                     let at = w.position as usize;
                     let held = &w.buffer.as_bytes()[..w.len];
                     assert!(&on_disk[at..at + w.len] == held, "published, not on disk");
                     published.push(w.len);
                 }
             }
-        }
-        published
+            let block = BLOCK as usize;
+            assert_eq!(published, vec![3 * block + 100, 200, 2 * block + 300]);
+            assert_eq!(pipeline.heads(), 1);
+        });
+        let bytes = std::fs::read(&path).unwrap();
+        let end = 5 * BLOCK as usize + 300;
+        assert!(bytes[..end].iter().enumerate().all(|(i, &b)| b == byte(i)));
     }
 }

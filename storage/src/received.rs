@@ -40,7 +40,7 @@ impl Received {
     pub(crate) fn new(at: usize, len: usize, receiving: Rc<Cell<u64>>) -> Received {
         assert!((at as u64) < BLOCK, "{at} is not a place within a block");
         assert!(len > 0, "a batch has bytes");
-        let buffer = glommio::allocate_pooled_dma_buffer(align_up((at + len) as u64) as usize);
+        let buffer = glommio::allocate_dma_buffer(align_up((at + len) as u64) as usize);
         receiving.set(receiving.get() + len as u64);
         Received {
             buffer: Some(buffer),

@@ -323,10 +323,6 @@ impl Reactor {
         self.sys.alloc_dma_buffer(size)
     }
 
-    pub(crate) fn alloc_pooled_dma_buffer(&self, size: usize) -> DmaBuffer {
-        self.sys.alloc_pooled_dma_buffer(size)
-    }
-
     pub(crate) fn write_dma(
         &self,
         raw: RawFd,

@@ -1950,13 +1950,6 @@ pub fn allocate_dma_buffer(size: usize) -> DmaBuffer {
     executor().reactor().alloc_dma_buffer(size)
 }
 
-/// FJORD-PATCH: like [`allocate_dma_buffer`], from the executor's pool
-/// whatever the size (a pool on huge pages serves only large buffers to
-/// [`allocate_dma_buffer`]); from the heap when the pool is full.
-pub fn allocate_pooled_dma_buffer(size: usize) -> DmaBuffer {
-    executor().reactor().alloc_pooled_dma_buffer(size)
-}
-
 /// Allocates a buffer that is suitable for using to write to Direct Memory
 /// Access File (DMA). If you do not plan to keep allocated buffer for a long
 /// time please use ['crate::allocate_dma_buffer'] instead.

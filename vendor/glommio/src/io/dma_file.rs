@@ -392,27 +392,6 @@ impl DmaFile {
         enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
     }
 
-    /// Fjord's patch: writes the `ranges` of their buffers one after another
-    /// at `pos`, in one vectored operation, as [`DmaFile::write_rc_range_at`]
-    /// writes one. Each range's start and length and `pos` must be aligned
-    /// for direct I/O; the buffers are kept alive until the write completes.
-    pub async fn write_rc_ranges_at(
-        &self,
-        ranges: Vec<(Rc<DmaBuffer>, std::ops::Range<usize>)>,
-        pos: u64,
-    ) -> Result<usize> {
-        for (buf, range) in &ranges {
-            assert!(range.end <= buf.len(), "range past the buffer's end");
-        }
-        let source = self.file.reactor.upgrade().unwrap().write_dma(
-            self.as_raw_fd(),
-            DmaSource::Vectored(crate::sys::Vectored::new(ranges)),
-            pos,
-            self.pollable,
-        );
-        enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
-    }
-
     /// Reads from a specific position in the file and returns the buffer.
     ///
     /// The position must be aligned to for Direct I/O. In most platforms

@@ -372,45 +372,6 @@ pub(crate) enum DmaSource {
     Shared(Rc<DmaBuffer>),
     /// Fjord's patch: part of a shared buffer (see `DmaFile::write_rc_range_at`).
     SharedRange(Rc<DmaBuffer>, std::ops::Range<usize>),
-    /// Fjord's patch: parts of several shared buffers, written as one
-    /// (see `DmaFile::write_rc_ranges_at`).
-    Vectored(Vectored),
-}
-
-/// Fjord's patch: the pieces of a vectored write and the `iovec`s that
-/// point into them, both kept until the write completes (the kernel reads
-/// the array when the request is submitted, the buffers until it is done).
-pub(crate) struct Vectored {
-    pieces: Vec<(Rc<DmaBuffer>, std::ops::Range<usize>)>,
-    iovecs: Box<[libc::iovec]>,
-}
-
-impl Vectored {
-    pub(crate) fn new(pieces: Vec<(Rc<DmaBuffer>, std::ops::Range<usize>)>) -> Vectored {
-        let iovecs = pieces
-            .iter()
-            .map(|(buffer, range)| {
-                let bytes = &buffer.as_bytes()[range.clone()];
-                libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut libc::c_void,
-                    iov_len: bytes.len(),
-                }
-            })
-            .collect();
-        Vectored { pieces, iovecs }
-    }
-
-    /// The array to submit: its address and length.
-    pub(crate) fn iovecs(&self) -> (*const libc::iovec, usize) {
-        (self.iovecs.as_ptr(), self.iovecs.len())
-    }
-}
-
-impl std::fmt::Debug for Vectored {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let lens: Vec<usize> = self.pieces.iter().map(|(_, r)| r.len()).collect();
-        f.debug_struct("Vectored").field("pieces", &lens).finish()
-    }
 }
 
 impl DmaSource {
@@ -419,7 +380,6 @@ impl DmaSource {
             DmaSource::Owned(buffer) => buffer.uring_buffer_id(),
             DmaSource::Shared(buffer) => buffer.uring_buffer_id(),
             DmaSource::SharedRange(buffer, _) => buffer.uring_buffer_id(),
-            DmaSource::Vectored(_) => None,
         }
     }
 }
@@ -432,8 +392,6 @@ impl Deref for DmaSource {
             Self::Owned(buffer) => buffer.as_bytes(),
             Self::Shared(buffer) => buffer.as_bytes(),
             Self::SharedRange(buffer, range) => &buffer.as_bytes()[range.clone()],
-            // No one slice: its submission takes its iovecs.
-            Self::Vectored(_) => &[],
         }
     }
 }

@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, DmaSource, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -60,8 +60,6 @@ enum UringOpDescriptor {
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
-    /// Fjord's patch: a vectored write (`iovec`s, their count, position).
-    WriteV(*const libc::iovec, usize, u64),
     WriteFixed(*const u8, usize, u64, u32),
     ReadFixed(u64, usize),
     Read(u64, usize),
@@ -223,14 +221,6 @@ impl UringBufferAllocator {
         if self.is_mapped() && size < HUGE_PAGE_BUFFER_MIN {
             return DmaBuffer::new(size);
         }
-        self.new_pooled_buffer(size)
-    }
-
-    /// FJORD-PATCH: a buffer from the pool whatever its size (from the heap
-    /// when the pool is full), for a caller that writes a smaller buffer
-    /// whole and often: the pool's pages are warm and huge, the heap's are
-    /// faulted in afresh and pinned one 4 KiB page at a time.
-    fn new_pooled_buffer(self: &Rc<Self>, size: usize) -> Option<DmaBuffer> {
         let mut alloc = self.allocator.borrow_mut();
         match ptr::NonNull::new(alloc.malloc(size)) {
             Some(data) => {
@@ -381,11 +371,6 @@ fn fill_sqe<F>(
             UringOpDescriptor::Write(ptr, len, pos) => {
                 let buf = std::slice::from_raw_parts(ptr, len);
                 sqe.prep_write(op.fd, buf, pos);
-            }
-            UringOpDescriptor::WriteV(iovecs, count, pos) => {
-                // `IoSlice` is an `iovec` on Unix (guaranteed ABI-compatible).
-                let bufs = std::slice::from_raw_parts(iovecs as *const std::io::IoSlice<'_>, count);
-                sqe.prep_write_vectored(op.fd, bufs, pos);
             }
             UringOpDescriptor::Read(pos, len) => {
                 source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
@@ -887,10 +872,6 @@ impl PollRing {
 
     pub(crate) fn alloc_dma_buffer(&mut self, size: usize) -> DmaBuffer {
         self.allocator.new_buffer(size).unwrap()
-    }
-
-    pub(crate) fn alloc_pooled_dma_buffer(&mut self, size: usize) -> DmaBuffer {
-        self.allocator.new_pooled_buffer(size).unwrap()
     }
 }
 
@@ -1507,17 +1488,8 @@ impl Reactor {
         poll_ring.alloc_dma_buffer(size)
     }
 
-    pub(crate) fn alloc_pooled_dma_buffer(&self, size: usize) -> DmaBuffer {
-        let mut poll_ring = self.poll_ring.borrow_mut();
-        poll_ring.alloc_pooled_dma_buffer(size)
-    }
-
     pub(crate) fn write_dma(&self, source: &Source, pos: u64) {
         let op = match &*source.source_type() {
-            SourceType::Write(_, IoBuffer::DmaSource(DmaSource::Vectored(vectored))) => {
-                let (iovecs, count) = vectored.iovecs();
-                UringOpDescriptor::WriteV(iovecs, count, pos)
-            }
             SourceType::Write(
                 PollableStatus::NonPollable(DirectIo::Disabled),
                 IoBuffer::DmaSource(buf),
