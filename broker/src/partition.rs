@@ -892,6 +892,34 @@ impl Partition {
 }
 
 /// Kafka refuses records without a key on a compacted topic: compaction
+/// What a produce's appends have to answer with.
+#[derive(Default)]
+struct Appends {
+    /// The first batch's offset.
+    base_offset: Option<u64>,
+    /// Each appended batch's durability, which `acks` waits for.
+    durable: Vec<fjord_storage::Durable>,
+    /// Where the first copies of duplicates end: the answer waits for them
+    /// to be readable.
+    duplicates_end: u64,
+}
+
+impl Appends {
+    fn add(&mut self, outcome: Result<fjord_storage::Appended, (u64, u64)>) {
+        let base = match outcome {
+            Ok(appended) => {
+                self.durable.push(appended.durable);
+                appended.base_offset
+            }
+            Err((base, end)) => {
+                self.duplicates_end = self.duplicates_end.max(end);
+                base
+            }
+        };
+        self.base_offset.get_or_insert(base);
+    }
+}
+
 /// could never tell which to keep.
 fn check_keyed(records: &[u8]) -> Result<(), ErrorCode> {
     let mut rest = records;
@@ -918,35 +946,6 @@ fn check_keyed(records: &[u8]) -> Result<(), ErrorCode> {
         }
     }
     Ok(())
-}
-
-/// What a produce's appends have to answer with.
-#[derive(Default)]
-struct Appends {
-    /// The first batch's offset.
-    base_offset: Option<u64>,
-    /// Each appended batch's durability, which `acks` waits for.
-    durable: Vec<fjord_storage::Durable>,
-    /// Where the first copies of duplicates end: the answer waits for them
-    /// to be readable.
-    duplicates_end: u64,
-}
-
-impl Appends {
-    /// Takes one batch's outcome (see `Partition::append_one`).
-    fn add(&mut self, outcome: Result<fjord_storage::Appended, (u64, u64)>) {
-        let base = match outcome {
-            Ok(appended) => {
-                self.durable.push(appended.durable);
-                appended.base_offset
-            }
-            Err((base, end)) => {
-                self.duplicates_end = self.duplicates_end.max(end);
-                base
-            }
-        };
-        self.base_offset.get_or_insert(base);
-    }
 }
 
 /// Cuts a read at `end`: batches at or past it are not returned.

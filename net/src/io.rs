@@ -66,21 +66,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         };
         let len = frame::frame_len(&prefix, limits)?.unwrap_or(0);
-        Ok(Some(
-            self.read_whole(prefix, frame::PREFIX_LEN + len).await?,
-        ))
-    }
-
-    /// The frame of `frame_bytes` whose `prefix` was read, whole.
-    async fn read_whole(
-        &mut self,
-        prefix: [u8; frame::PREFIX_LEN],
-        frame_bytes: usize,
-    ) -> std::io::Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(frame_bytes);
+        let mut buf = Vec::with_capacity(frame::PREFIX_LEN + len);
         buf.extend_from_slice(&prefix);
-        self.read_to(&mut buf, frame_bytes).await?;
-        Ok(buf)
+        self.read_to(&mut buf, frame::PREFIX_LEN + len).await?;
+        Ok(Some(buf))
     }
 
     /// Like [`FrameReader::read_frame`], but a frame of at least `min`
@@ -100,13 +89,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         let len = frame::frame_len(&prefix, limits)?.unwrap_or(0);
         let frame_bytes = frame::PREFIX_LEN + len;
-        if frame_bytes < min.max(frame::HEAD_FIELDS_LEN) {
-            let buf = self.read_whole(prefix, frame_bytes).await?;
-            return Ok(Some(Read::Whole(buf)));
-        }
         let peek = frame_bytes.min(frame::HEAD_FIELDS_LEN + HEAD_PEEK_BYTES);
         let mut buf = Vec::with_capacity(peek);
         buf.extend_from_slice(&prefix);
+        if frame_bytes < min.max(frame::HEAD_FIELDS_LEN) {
+            self.read_to(&mut buf, frame_bytes).await?;
+            return Ok(Some(Read::Whole(buf)));
+        }
         // The head, and what came of the payload with it: a header within
         // the peek costs one receive.
         self.read_to(&mut buf, peek).await?;

@@ -177,8 +177,6 @@ pub struct Appender {
     /// trickle of small appends does not pin large buffers in the cache.
     buffer_bytes: usize,
     buffer_bytes_max: usize,
-    /// Bytes adopted (see [`Appender::adopt`]) since the last flush.
-    adopted: u64,
 }
 
 impl Appender {
@@ -254,7 +252,6 @@ impl Appender {
             sealed: Vec::new(),
             buffer_bytes: BUFFER_BYTES_MIN,
             buffer_bytes_max: buffer_bytes_max.max(BUFFER_BYTES_MIN),
-            adopted: 0,
         }
     }
 
@@ -308,11 +305,6 @@ impl Appender {
             let next = self.next_chunk(capacity);
             self.replace_open(next);
         }
-        self.extend_open(n)
-    }
-
-    /// Takes the next `n` bytes of the open buffer, which has room for them.
-    fn extend_open(&mut self, n: usize) -> (u64, &mut [u8]) {
         let at = self.open.len;
         let position = self.open.position + at as u64;
         debug_assert_eq!(position, self.len);
@@ -342,10 +334,16 @@ impl Appender {
             "a received buffer holds its batch"
         );
         self.replace_open(next);
-        // Its bytes came with a buffer of their own: not what sizes the next.
-        self.adopted += n as u64;
-        let (position, space) = self.extend_open(n);
-        (position, space, false)
+        let at = self.open.len;
+        let position = self.open.position + at as u64;
+        debug_assert_eq!(position, self.len);
+        self.open.len += n;
+        self.len += n as u64;
+        (
+            position,
+            &mut self.open.buffer.as_bytes_mut()[at..at + n],
+            false,
+        )
     }
 
     /// Makes `next` the open chunk; the one it replaces is sealed for the
@@ -372,10 +370,8 @@ impl Appender {
         // It shrinks by half a flush at most: a small flush between large
         // ones (taken as a write completed, before the appenders it
         // released staged again) leaves room for their next round in one
-        // buffer instead of filling many small ones. Batches adopted with
-        // buffers of their own do not count: they need none.
-        let staged = (self.len - self.len_written).saturating_sub(self.adopted) as usize;
-        self.adopted = 0;
+        // buffer instead of filling many small ones.
+        let staged = (self.len - self.len_written) as usize;
         self.buffer_bytes = (staged * 2)
             .next_power_of_two()
             .max(self.buffer_bytes / 2)

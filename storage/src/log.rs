@@ -426,26 +426,29 @@ impl Log {
     /// appends are called. Waits only for a roll or when too many bytes are
     /// staged (backpressure).
     pub async fn append(&self, batch: &[u8]) -> Result<Appended> {
-        self.append_incoming(Incoming::Bytes(batch)).await
+        append(
+            &self.inner,
+            &self.kick,
+            Incoming::Bytes(batch),
+            None,
+            Epoch::OfLog,
+            Origin::Outside,
+            &mut None,
+        )
+        .await
     }
 
     /// A buffer to receive a batch of `len` bytes into, placed where the
     /// batch will lie in the log's write buffer if it is the next one
     /// appended (see `received`). Append it with [`Log::append_incoming`].
-    /// `None` for a length no batch the log takes has, when the log is not
-    /// writable, or when as many bytes as it may stage are being received
-    /// for it already (slow senders hold their buffers): not worth DMA
-    /// memory.
+    /// `None` for a batch the log would refuse as too large, or when the log
+    /// is not writable: not worth DMA memory.
     pub fn receive(&self, len: usize) -> Option<Received> {
         let st = self.inner.state.borrow();
-        let receiving = &self.inner.receiving;
-        let config = &self.inner.config;
-        if !(batch::HEADER_LEN..=config.max_batch_bytes).contains(&len)
-            || receiving.get() + len as u64 > config.staged_bytes_max as u64
-            || st.check_writable().is_err()
-        {
+        if len > self.inner.config.max_batch_bytes || st.check_writable().is_err() {
             return None;
         }
+        let receiving = &self.inner.receiving;
         let tail = st.active().log.len() + receiving.get();
         Some(Received::new(
             (tail % BLOCK) as usize,

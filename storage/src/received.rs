@@ -39,7 +39,6 @@ impl Received {
     /// until dropped. Allocates on the calling shard.
     pub(crate) fn new(at: usize, len: usize, receiving: Rc<Cell<u64>>) -> Received {
         assert!((at as u64) < BLOCK, "{at} is not a place within a block");
-        assert!(len > 0, "a batch has bytes");
         let buffer = glommio::allocate_dma_buffer(align_up((at + len) as u64) as usize);
         receiving.set(receiving.get() + len as u64);
         Received {
@@ -57,13 +56,10 @@ impl Received {
 
     /// The batch's bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.buffer().as_bytes()[self.at..self.at + self.len]
-    }
-
-    fn buffer(&self) -> &DmaBuffer {
-        self.buffer
-            .as_ref()
-            .expect("a received buffer is read only before the log takes it")
+        match &self.buffer {
+            Some(buffer) => &buffer.as_bytes()[self.at..self.at + self.len],
+            None => &[],
+        }
     }
 
     /// The buffer, for the log to write from. Taken once: the appender takes
@@ -76,12 +72,10 @@ impl Received {
 /// The memory the payload is received into.
 impl AsMut<[u8]> for Received {
     fn as_mut(&mut self) -> &mut [u8] {
-        let (at, len) = (self.at, self.len);
-        let buffer = self
-            .buffer
-            .as_mut()
-            .expect("a received buffer is filled only before the log takes it");
-        &mut buffer.as_bytes_mut()[at..at + len]
+        match &mut self.buffer {
+            Some(buffer) => &mut buffer.as_bytes_mut()[self.at..self.at + self.len],
+            None => &mut [],
+        }
     }
 }
 

@@ -130,9 +130,7 @@ pub async fn handle_received(shard: Rc<Shard>, head: Vec<u8>, payload: Received)
         .ok()
         .map(|h| (h.correlation_id(), h.body_type().0, h.unpack().body));
     let Some((correlation_id, api, wire::RequestT::ProduceRequest(request))) = request else {
-        // Not reached: only Produce requests are received in place (a
-        // header that fails here was verified by the placement). Served
-        // whole, as any frame, should that change.
+        // Only Produce requests are received in place: served whole.
         return handle(shard, [head.as_slice(), payload.bytes()].concat()).await;
     };
     let started = std::time::Instant::now();
