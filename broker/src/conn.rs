@@ -17,7 +17,7 @@ use crate::logging::Repeated;
 use crate::shard::Shard;
 use fjord_net::frame::Limits;
 use fjord_net::gather::GatherWriter;
-use fjord_net::io::{FrameReader, Read, ReadError};
+use fjord_net::io::{FrameReader, ReadError};
 use fjord_net::{ErrorCode, frame};
 use futures::FutureExt;
 use futures::future::{Either, Shared, select};
@@ -32,11 +32,6 @@ use std::time::Duration;
 
 /// Requests of one connection being served or waiting to be answered.
 pub const PIPELINE_MAX: usize = 128;
-/// Native frames at least this long have their header read first, and a
-/// Produce's batch is received into its log's buffer (see
-/// `fjord_storage::received`). Below it the copy saved costs less than the
-/// extra receive for the header and a write of its own for the batch.
-const RECEIVE_IN_PLACE_MIN: usize = 64 << 10;
 /// Answers queued past this many bytes are sent without waiting for the
 /// next to be ready; below it, pipelined answers share a send.
 const SEND_BYTES: usize = 64 << 10;
@@ -157,22 +152,14 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
         ..Limits::default()
     };
     let writing = glommio::spawn_local(write_replies(fd, writer, rx, budget.clone()));
-    // Kafka's requests are read whole: their batches lie behind fields
-    // read only by decoding the request.
-    let receive_in_place_min = match protocol {
-        Protocol::Native => RECEIVE_IN_PLACE_MIN,
-        Protocol::Kafka => usize::MAX,
-    };
     loop {
-        let reading = frames.read_frame_placed(&limits, receive_in_place_min, |header, len| {
-            api::produce::receive_in_place(shard, header, len)
-        });
+        let reading = frames.read_frame(&limits);
         let read = match select(Box::pin(reading), stop.clone()).await {
             Either::Left((read, _)) => read,
             Either::Right(_) => break,
         };
-        let request = match read {
-            Ok(Some(request)) => request,
+        let buf = match read {
+            Ok(Some(buf)) => buf,
             Ok(None) | Err(ReadError::Io(_)) => break,
             Err(ReadError::Frame(e)) if protocol == Protocol::Kafka => {
                 // Kafka has no answer without a request header: close.
@@ -194,25 +181,16 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, stop: Stop, protocol: P
         // loop waits here, and unread bytes back up into the client. A frame
         // larger than the whole budget (its prefix can tip a maximal frame
         // over) takes all of it rather than waiting forever.
-        let len = match &request {
-            Read::Whole(buf) => buf.len(),
-            Read::Placed { head, payload } => head.len() + payload.bytes().len(),
-        };
-        let len = len.min(shard.config.max_inflight_bytes);
+        let len = buf.len().min(shard.config.max_inflight_bytes);
         if budget.acquire(len as u64).await.is_err() {
             break;
         }
-        let shard = shard.clone();
-        let handler = match request {
-            Read::Placed { head, payload } => {
-                glommio::spawn_local(api::handle_received(shard, head, payload))
+        let handler = match protocol {
+            Protocol::Native => glommio::spawn_local(api::handle(shard.clone(), buf)).detach(),
+            Protocol::Kafka => {
+                glommio::spawn_local(crate::kafka::handle(shard.clone(), buf)).detach()
             }
-            Read::Whole(buf) if protocol == Protocol::Kafka => {
-                glommio::spawn_local(crate::kafka::handle(shard, buf))
-            }
-            Read::Whole(buf) => glommio::spawn_local(api::handle(shard, buf)),
-        }
-        .detach();
+        };
         if tx.send((handler, len)).await.is_err() {
             break;
         }

@@ -32,8 +32,8 @@ use fjord_net::{ErrorCode, api};
 use fjord_replication::control::METADATA_GROUP;
 use fjord_storage::space::SpaceWatch;
 use fjord_storage::{
-    BatchCache, Incoming, Log, LogConfig, LogRead, ProducerBatch, Received, SequenceError, Staging,
-    StorageError, Verdict, producer_snapshot,
+    BatchCache, Log, LogConfig, LogRead, ProducerBatch, SequenceError, Staging, StorageError,
+    Verdict, producer_snapshot,
 };
 use futures::channel::oneshot;
 use glommio::sync::Semaphore;
@@ -528,48 +528,13 @@ impl Partition {
     /// batch is accepted or the first refusal is the answer; batches before
     /// it stay appended, as in Kafka.
     pub async fn produce(&self, records: &[u8], acks: Acks) -> Result<Produced, ErrorCode> {
-        self.produce_counted(Incoming::Bytes(records), acks).await
-    }
-
-    /// A buffer to receive a batch of `len` bytes for this partition into,
-    /// so that its log writes the batch from where it was received (see
-    /// `fjord_storage::received`); produce it with
-    /// [`Partition::produce_received`]. `None` when the log would copy it
-    /// anyway: a replicated partition's batch goes into its Raft log first,
-    /// and a read-only log takes nothing.
-    pub fn receive(&self, len: usize) -> Option<Received> {
-        if self.setup.replica.is_some() || self.is_read_only() {
-            return None;
-        }
-        self.log().receive(len)
-    }
-
-    /// [`Partition::produce`] of a batch received into a buffer of
-    /// [`Partition::receive`], which its log writes from when it lies where
-    /// the log expects it (several batches in one buffer are copied).
-    pub async fn produce_received(
-        &self,
-        received: Received,
-        acks: Acks,
-    ) -> Result<Produced, ErrorCode> {
-        self.produce_counted(Incoming::Received(received), acks)
-            .await
-    }
-
-    /// [`Partition::produce`], counted in the shard's metrics.
-    async fn produce_counted(
-        &self,
-        records: Incoming<'_>,
-        acks: Acks,
-    ) -> Result<Produced, ErrorCode> {
         let started = std::time::Instant::now();
-        let metrics = &self.setup.metrics;
-        let tally = metrics.tally_produced(records.bytes());
         let produced = self.append_batches(records, acks).await;
+        let metrics = &self.setup.metrics;
         match produced {
             Ok(_) => {
                 metrics.record_append(started.elapsed());
-                metrics.record_produced(&self.setup.topic, tally);
+                metrics.record_produced(&self.setup.topic, records);
             }
             Err(ErrorCode::RequestTimedOut) => metrics.record_produce_timeout(&self.setup.topic),
             Err(_) => {}
@@ -578,17 +543,12 @@ impl Partition {
     }
 
     /// [`Partition::produce`], uncounted.
-    async fn append_batches(
-        &self,
-        records: Incoming<'_>,
-        acks: Acks,
-    ) -> Result<Produced, ErrorCode> {
-        let bytes = records.bytes();
-        if bytes.is_empty() {
+    async fn append_batches(&self, records: &[u8], acks: Acks) -> Result<Produced, ErrorCode> {
+        if records.is_empty() {
             return Err(ErrorCode::InvalidRequest);
         }
         if self.log().cleanup().0.compact {
-            check_keyed(bytes)?;
+            check_keyed(records)?;
         }
         if let Some((replica, replication)) = &self.setup.replica {
             // Metadata must change on a low disk: deleting a topic is how
@@ -598,85 +558,88 @@ impl Partition {
                 return Err(ErrorCode::KafkaStorageError);
             }
             let max = self.setup.config.max_batch_bytes;
-            let base_offset = replication.produce(self, bytes, acks, max).await?;
+            let base_offset = replication.produce(self, records, acks, max).await?;
             return Ok(Produced {
                 base_offset: base_offset as i64,
                 log_start_offset: self.log_start() as i64,
             });
         }
         let log = self.writable_log().await?;
-        let mut appends = Appends::default();
-        // One batch received into the log's buffer is appended from there;
-        // several are appended one by one, each copied.
-        let single = Batch::peek_len(bytes).is_ok_and(|len| len == bytes.len());
-        match records {
-            Incoming::Received(received) if single => {
-                let batch = Incoming::Received(received);
-                appends.add(self.append_one(&log, batch).await?);
-            }
-            records => {
-                let mut rest = records.bytes();
-                while !rest.is_empty() {
-                    let len = match Batch::peek_len(rest) {
-                        Ok(len) if len <= rest.len() => len,
-                        _ => return Err(ErrorCode::CorruptMessage),
-                    };
-                    let batch = Incoming::Bytes(&rest[..len]);
-                    rest = &rest[len..];
-                    appends.add(self.append_one(&log, batch).await?);
+        let mut rest = records;
+        let mut base_offset = None;
+        let mut durable = Vec::new();
+        // A duplicate's answer waits for its first copy to be readable.
+        let mut duplicates_end = 0;
+        while !rest.is_empty() {
+            let len = match Batch::peek_len(rest) {
+                Ok(len) if len <= rest.len() => len,
+                _ => return Err(ErrorCode::CorruptMessage),
+            };
+            let batch = &rest[..len];
+            rest = &rest[len..];
+            let producer = ProducerBatch::peek(batch);
+            let base = match producer {
+                None => {
+                    let appended = log.append(batch).await.map_err(|e| error_code(&e))?;
+                    durable.push(appended.durable);
+                    appended.base_offset
                 }
-            }
+                Some(producer) => match self.append_idempotent(&log, batch, &producer).await? {
+                    Ok(appended) => {
+                        durable.push(appended.durable);
+                        appended.base_offset
+                    }
+                    Err((base, end)) => {
+                        duplicates_end = duplicates_end.max(end);
+                        base
+                    }
+                },
+            };
+            base_offset.get_or_insert(base);
         }
         // Parked readers wait on the log's visible mark, not on this answer.
         // The appends themselves are not cut short by the deadline: a log's
         // append stopped half-way would leave its state half-changed.
         if acks.required != api::ACKS_NONE {
             acks.within(async {
-                futures::future::try_join_all(appends.durable)
+                futures::future::try_join_all(durable)
                     .await
                     .map_err(|e| error_code(&e))?;
-                if appends.duplicates_end > 0 {
-                    log.wait_visible(appends.duplicates_end).await;
+                if duplicates_end > 0 {
+                    log.wait_visible(duplicates_end).await;
                 }
                 Ok(())
             })
             .await?;
         }
         Ok(Produced {
-            base_offset: appends.base_offset.unwrap_or(0) as i64,
+            base_offset: base_offset.unwrap_or(0) as i64,
             log_start_offset: self.log_start() as i64,
         })
     }
 
-    /// Appends one batch; an idempotent producer's only if it is not a
-    /// duplicate, with the check, the append and the table's update under
-    /// the producer turn. `Err((base, end))`: a duplicate, first written at
-    /// `base..end`.
-    async fn append_one(
+    /// Appends an idempotent producer's batch unless it is a duplicate:
+    /// check, append and the table's update under the producer turn.
+    /// `Err((base, end))`: a duplicate, first written at `base..end`.
+    async fn append_idempotent(
         &self,
         log: &Log,
-        batch: Incoming<'_>,
+        batch: &[u8],
+        producer: &ProducerBatch,
     ) -> Result<Result<fjord_storage::Appended, (u64, u64)>, ErrorCode> {
-        let Some(producer) = ProducerBatch::peek(batch.bytes()) else {
-            let appended = log.append_incoming(batch).await;
-            return appended.map(Ok).map_err(|e| error_code(&e));
-        };
         let _turn = self
             .producers
             .turn()
             .await
             .map_err(|_| ErrorCode::KafkaStorageError)?;
-        match self.check_producer(&producer)? {
+        match self.check_producer(producer)? {
             Verdict::Duplicate {
                 base_offset,
                 last_offset,
             } => Ok(Err((base_offset, last_offset + 1))),
             Verdict::Append => {
-                let appended = log
-                    .append_incoming(batch)
-                    .await
-                    .map_err(|e| error_code(&e))?;
-                self.apply_producer(&producer, appended.base_offset, appended.last_offset);
+                let appended = log.append(batch).await.map_err(|e| error_code(&e))?;
+                self.apply_producer(producer, appended.base_offset, appended.last_offset);
                 Ok(Ok(appended))
             }
         }
@@ -892,34 +855,6 @@ impl Partition {
 }
 
 /// Kafka refuses records without a key on a compacted topic: compaction
-/// What a produce's appends have to answer with.
-#[derive(Default)]
-struct Appends {
-    /// The first batch's offset.
-    base_offset: Option<u64>,
-    /// Each appended batch's durability, which `acks` waits for.
-    durable: Vec<fjord_storage::Durable>,
-    /// Where the first copies of duplicates end: the answer waits for them
-    /// to be readable.
-    duplicates_end: u64,
-}
-
-impl Appends {
-    fn add(&mut self, outcome: Result<fjord_storage::Appended, (u64, u64)>) {
-        let base = match outcome {
-            Ok(appended) => {
-                self.durable.push(appended.durable);
-                appended.base_offset
-            }
-            Err((base, end)) => {
-                self.duplicates_end = self.duplicates_end.max(end);
-                base
-            }
-        };
-        self.base_offset.get_or_insert(base);
-    }
-}
-
 /// could never tell which to keep.
 fn check_keyed(records: &[u8]) -> Result<(), ErrorCode> {
     let mut rest = records;

@@ -163,38 +163,30 @@ pub fn decode<'a>(
     let Some(body) = bytes.get(PREFIX_LEN..PREFIX_LEN + frame_len) else {
         return Ok(None);
     };
-    let header_len = header_len(body, frame_len, limits)?;
-    let (header, payload) = body[HEADER_LEN_FIELD..].split_at(header_len);
-    Ok(Some((Frame { header, payload }, PREFIX_LEN + frame_len)))
-}
-
-/// Bytes of a frame before its header: the prefix and the header length.
-pub const HEAD_FIELDS_LEN: usize = PREFIX_LEN + HEADER_LEN_FIELD;
-
-/// The header length of a frame of `frame_len` bytes whose body starts with
-/// `body` (at least [`HEADER_LEN_FIELD`] bytes of it, or the whole body),
-/// checked against the limits and the frame.
-pub fn header_len(body: &[u8], frame_len: usize, limits: &Limits) -> Result<usize, FrameError> {
-    let Some(field) = body.first_chunk::<HEADER_LEN_FIELD>() else {
-        return Err(FrameError::HeaderPastFrame {
-            header_len: HEADER_LEN_FIELD,
-            frame_len,
-        });
+    let header_len = match body.first_chunk::<HEADER_LEN_FIELD>() {
+        Some(field) => u32::from_be_bytes(*field) as usize,
+        None => {
+            return Err(FrameError::HeaderPastFrame {
+                header_len: HEADER_LEN_FIELD,
+                frame_len,
+            });
+        }
     };
-    let header_len = u32::from_be_bytes(*field) as usize;
     if header_len > limits.header_bytes_max {
         return Err(FrameError::HeaderTooLarge {
             len: header_len,
             max: limits.header_bytes_max,
         });
     }
-    if header_len > frame_len.saturating_sub(HEADER_LEN_FIELD) {
+    let rest = &body[HEADER_LEN_FIELD..];
+    if header_len > rest.len() {
         return Err(FrameError::HeaderPastFrame {
             header_len,
             frame_len,
         });
     }
-    Ok(header_len)
+    let (header, payload) = rest.split_at(header_len);
+    Ok(Some((Frame { header, payload }, PREFIX_LEN + frame_len)))
 }
 
 /// Writes a frame's prefix and header for a payload of `payload_len` bytes;

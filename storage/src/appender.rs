@@ -12,7 +12,6 @@
 
 use crate::error::{Result, StorageError};
 use crate::files::SegmentFile;
-use crate::received::Received;
 use glommio::io::DmaBuffer;
 use glommio::task::JoinHandle;
 use std::rc::Rc;
@@ -303,7 +302,10 @@ impl Appender {
                 (self.open.len - align_down(self.open.len as u64) as usize + n) as u64,
             ) as usize);
             let next = self.next_chunk(capacity);
-            self.replace_open(next);
+            let full = std::mem::replace(&mut self.open, next);
+            if full.len > full.written {
+                self.sealed.push(seal(full));
+            }
         }
         let at = self.open.len;
         let position = self.open.position + at as u64;
@@ -311,48 +313,6 @@ impl Appender {
         self.open.len += n;
         self.len += n as u64;
         (position, &mut self.open.buffer.as_bytes_mut()[at..at + n])
-    }
-
-    /// Like [`Appender::reserve`] for a batch already received into a
-    /// buffer of its own (see `received`): when it lies where the file's end
-    /// falls in its block, the buffer becomes the open one, with the bytes
-    /// of that block before it carried over, and the batch is written from
-    /// where it was received; otherwise it is copied in as `reserve` would.
-    /// Returns the batch's position, its bytes in the open buffer, and
-    /// whether it was copied.
-    pub fn adopt(&mut self, mut received: Received) -> (u64, &mut [u8], bool) {
-        let n = received.bytes().len();
-        let keep_from = align_down(self.open.len as u64) as usize;
-        if self.open.len - keep_from != received.at() {
-            let (position, space) = self.reserve(n);
-            space.copy_from_slice(received.bytes());
-            return (position, space, true);
-        }
-        let next = self.carry_into(received.take());
-        assert!(
-            next.len + n <= next.buffer.len(),
-            "a received buffer holds its batch"
-        );
-        self.replace_open(next);
-        let at = self.open.len;
-        let position = self.open.position + at as u64;
-        debug_assert_eq!(position, self.len);
-        self.open.len += n;
-        self.len += n as u64;
-        (
-            position,
-            &mut self.open.buffer.as_bytes_mut()[at..at + n],
-            false,
-        )
-    }
-
-    /// Makes `next` the open chunk; the one it replaces is sealed for the
-    /// next flush if it holds bytes not yet handed to one.
-    fn replace_open(&mut self, next: Chunk) {
-        let full = std::mem::replace(&mut self.open, next);
-        if full.len > full.written {
-            self.sealed.push(seal(full));
-        }
     }
 
     /// Seals everything staged since the last flush into writes; `None` when
@@ -469,16 +429,9 @@ impl Appender {
     /// A chunk that continues the file after the open one: it starts at the
     /// open chunk's last block and carries that block's bytes.
     fn next_chunk(&self, capacity: usize) -> Chunk {
-        self.carry_into(glommio::allocate_dma_buffer(
-            align_up(capacity as u64) as usize
-        ))
-    }
-
-    /// `buffer` as the chunk that continues the file after the open one (see
-    /// [`Appender::next_chunk`]).
-    fn carry_into(&self, mut buffer: DmaBuffer) -> Chunk {
         let keep_from = align_down(self.open.len as u64) as usize;
         let head = self.open.len - keep_from;
+        let mut buffer = glommio::allocate_dma_buffer(align_up(capacity as u64) as usize);
         buffer.as_bytes_mut()[..head]
             .copy_from_slice(&self.open.buffer.as_bytes()[keep_from..self.open.len]);
         // The carried bytes are on disk, or about to be: the open chunk is

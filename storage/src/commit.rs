@@ -292,9 +292,6 @@ pub(crate) struct Inner {
     /// Where acknowledged batches wait for their write, when the log
     /// answers before it (not under `fsync=always`).
     pub(crate) staging: Option<LogStaging>,
-    /// Bytes received into buffers of [`crate::Log::receive`] and not yet
-    /// appended: where the next one is placed counts them.
-    pub(crate) receiving: Rc<std::cell::Cell<u64>>,
 }
 
 impl Inner {

@@ -38,12 +38,6 @@ pub struct IoStats {
     /// Appends that found the staging area full and waited for room
     /// (backpressure while a stall holds it full).
     pub staging_full_waits: u64,
-    /// Bytes of batches received into a log's own buffer and written from
-    /// where they were received (see `received`).
-    pub received_in_place_bytes: u64,
-    /// Bytes of batches received into a log's own buffer but copied: the
-    /// log's tail had moved since the buffer was placed.
-    pub received_copied_bytes: u64,
 }
 
 impl IoStats {
@@ -60,8 +54,6 @@ impl IoStats {
             group_commit_batches: histogram(GROUP_COMMIT_BATCHES_MAX),
             appends_waiting_for_write: 0,
             staging_full_waits: 0,
-            received_in_place_bytes: 0,
-            received_copied_bytes: 0,
         }
     }
 }
@@ -175,16 +167,6 @@ pub(crate) fn record_group_commit(batches: usize) {
 /// not sync on every write.
 pub(crate) fn record_append_waiting_for_write() {
     with(|s| s.appends_waiting_for_write += 1);
-}
-
-/// Counts the bytes of a batch received into a log's buffer, written from
-/// there or `copied`.
-pub(crate) fn record_received(len: usize, copied: bool) {
-    let len = len as u64;
-    with(|s| match copied {
-        true => s.received_copied_bytes += len,
-        false => s.received_in_place_bytes += len,
-    });
 }
 
 /// Counts an append that found the staging area full.

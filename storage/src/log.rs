@@ -13,13 +13,11 @@
 //! nobody waits for the write, small appends first gather for up to
 //! `LogConfig::write_behind` (write-behind: fewer writes, less CPU).
 
-use crate::appender::BLOCK;
 use crate::cache::BatchCache;
 use crate::commit::{Failure, Inner, LogStaging, Staged, State, Waiter, run_flusher};
 use crate::config::LogConfig;
 use crate::epochs::EpochCheck;
 use crate::error::{Result, StorageError};
-use crate::received::{Incoming, Received};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, Segment, SegmentReader, Visit};
 use crate::slice::BatchSlice;
@@ -291,7 +289,6 @@ impl Log {
         let inner = Rc::new(Inner {
             staging,
             staged_room: Semaphore::new(config.staged_bytes_max as u64),
-            receiving: Rc::default(),
             retention: std::cell::Cell::new((config.retention_bytes, config.retention_age)),
             cleanup: std::cell::Cell::new((config.cleanup, config.compaction)),
             clean_turn: Semaphore::new(1),
@@ -429,41 +426,6 @@ impl Log {
         append(
             &self.inner,
             &self.kick,
-            Incoming::Bytes(batch),
-            None,
-            Epoch::OfLog,
-            Origin::Outside,
-            &mut None,
-        )
-        .await
-    }
-
-    /// A buffer to receive a batch of `len` bytes into, placed where the
-    /// batch will lie in the log's write buffer if it is the next one
-    /// appended (see `received`). Append it with [`Log::append_incoming`].
-    /// `None` for a batch the log would refuse as too large, or when the log
-    /// is not writable: not worth DMA memory.
-    pub fn receive(&self, len: usize) -> Option<Received> {
-        let st = self.inner.state.borrow();
-        if len > self.inner.config.max_batch_bytes || st.check_writable().is_err() {
-            return None;
-        }
-        let receiving = &self.inner.receiving;
-        let tail = st.active().log.len() + receiving.get();
-        Some(Received::new(
-            (tail % BLOCK) as usize,
-            len,
-            receiving.clone(),
-        ))
-    }
-
-    /// [`Log::append`] of bytes, or of a batch received into a buffer from
-    /// [`Log::receive`]: written from that buffer when it lies where the log
-    /// expects it, copied otherwise.
-    pub async fn append_incoming(&self, batch: Incoming<'_>) -> Result<Appended> {
-        append(
-            &self.inner,
-            &self.kick,
             batch,
             None,
             Epoch::OfLog,
@@ -490,7 +452,7 @@ impl Log {
         append(
             &self.inner,
             &self.kick,
-            Incoming::Bytes(batch),
+            batch,
             Some(base_offset),
             epoch,
             Origin::Outside,
@@ -514,7 +476,7 @@ impl Log {
         append(
             &self.inner,
             &self.kick,
-            Incoming::Bytes(batch),
+            batch,
             Some(base_offset),
             Epoch::Set(epoch),
             Origin::Validated,
@@ -1092,7 +1054,7 @@ enum Origin {
 async fn append(
     inner: &Inner,
     kick: &LocalSender<()>,
-    input: Incoming<'_>,
+    batch: &[u8],
     base_offset: Option<u64>,
     epoch: Epoch,
     origin: Origin,
@@ -1102,7 +1064,6 @@ async fn append(
     // lowered `max.message.bytes` keeps it, as Kafka keeps what it holds.
     // It must still fit what the log stages at once, which its opening
     // widened to the largest it replays.
-    let batch = input.bytes();
     let max = match origin {
         Origin::Replay => inner.config.staged_bytes_max,
         Origin::Outside | Origin::Validated => inner.config.max_batch_bytes,
@@ -1122,9 +1083,6 @@ async fn append(
             fjord_core::BatchError::LengthOutOfRange(batch.len() as i64),
         ));
     }
-    let len = batch.len();
-    let (offset_count, crc, max_timestamp) =
-        (parsed.offset_count(), parsed.crc(), parsed.max_timestamp());
     let _turn = inner
         .append_turn
         .acquire_permit(1)
@@ -1157,11 +1115,11 @@ async fn append(
     };
     inner
         .staged_room
-        .acquire(len as u64)
+        .acquire(batch.len() as u64)
         .await
         .map_err(|_| inner.closed_or_failed())?;
     let now = now_ms();
-    if inner.roll_due(len, now) {
+    if inner.roll_due(batch.len(), now) {
         inner.roll(now);
     }
     if new_epoch {
@@ -1170,15 +1128,18 @@ async fn append(
         inner.state.borrow_mut().epoch_pending = Some((epoch, offset_next));
         if let Err(e) = inner.write_epochs().await {
             inner.state.borrow_mut().epoch_pending = None;
-            inner.staged_room.signal(len as u64);
+            inner.staged_room.signal(batch.len() as u64);
             return Err(e);
         }
     }
-    let staging = inner.staging.as_ref().filter(|s| s.area.fits(&s.key, len));
+    let staging = inner
+        .staging
+        .as_ref()
+        .filter(|s| s.area.fits(&s.key, batch.len()));
     if let Some(s) = staging.filter(|_| origin != Origin::Replay && !inner.behind_unstaged()) {
         // The last await before the batch is staged: no other append of
         // this shard can take the room in between.
-        s.area.wait_room(&s.key, len).await;
+        s.area.wait_room(&s.key, batch.len()).await;
     }
     let appended = {
         // A batch behind one that waits for its write is not staged either:
@@ -1198,20 +1159,10 @@ async fn append(
             );
             st.epochs.push(epoch, base_offset);
         }
-        let last_offset = base_offset + offset_count - 1;
+        let last_offset = base_offset + parsed.offset_count() - 1;
         let active = st.active_mut();
-        let (position, space) = match input {
-            Incoming::Bytes(bytes) => {
-                let (position, space) = active.log.reserve(len);
-                space.copy_from_slice(bytes);
-                (position, space)
-            }
-            Incoming::Received(received) => {
-                let (position, space, copied) = active.log.adopt(received);
-                crate::io_stats::record_received(len, copied);
-                (position, space)
-            }
-        };
+        let (position, space) = active.log.reserve(batch.len());
+        space.copy_from_slice(batch);
         batch::set_base_offset(space, base_offset as i64);
         batch::set_partition_leader_epoch(space, epoch);
         // A replayed batch keeps the entry it was found in, which holds
@@ -1222,10 +1173,15 @@ async fn append(
         let ticket = adopt.take().or_else(|| {
             staging.and_then(|s| {
                 s.area
-                    .stage(&s.key, base_offset, last_offset, space, Some(crc))
+                    .stage(&s.key, base_offset, last_offset, space, Some(parsed.crc()))
             })
         });
-        active.note_batch(position, base_offset, offset_count, max_timestamp);
+        active.note_batch(
+            position,
+            base_offset,
+            parsed.offset_count(),
+            parsed.max_timestamp(),
+        );
         let segment = active.base_offset;
         st.offset_next = last_offset + 1;
         st.stats.appends += 1;
@@ -1251,7 +1207,7 @@ async fn append(
             base_offset,
             last_offset,
             position,
-            len,
+            len: batch.len(),
             ticket,
         });
         if staged {
@@ -1348,7 +1304,7 @@ async fn replay_one(
     let appended = append(
         inner,
         kick,
-        Incoming::Bytes(&batch),
+        &batch,
         Some(base_offset),
         Epoch::Kept,
         Origin::Replay,

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use fjord_core::FsyncPolicy;
 use fjord_core::batch::Batch;
-use fjord_storage::{BatchCache, Incoming, LogConfig, StorageError};
+use fjord_storage::{BatchCache, LogConfig, StorageError};
 use std::time::Duration;
 
 #[test]
@@ -643,135 +643,6 @@ fn kafka_topic_configs_drive_the_log() {
             log.segment_count() >= 2,
             "segment.bytes ignored: {} segments",
             log.segment_count()
-        );
-        log.close().await.expect("close");
-    });
-}
-
-/// Batches received into buffers the log placed (`Log::receive`) are
-/// written from those buffers when the log's tail is where it was placed —
-/// one after another, and pipelined, each placed behind the one before —
-/// and copied when another append or a roll moved the tail meanwhile.
-/// Either way the log holds exactly what was appended, in the cache and on
-/// disk.
-#[test]
-fn received_batches_are_written_where_they_were_received_or_copied() {
-    run_fresh(|dir| async move {
-        let cache = BatchCache::new(64 << 20);
-        const SEGMENT_BYTES: u64 = 64 * 1024;
-        let config = LogConfig {
-            segment_bytes: SEGMENT_BYTES,
-            ..LogConfig::default()
-        };
-        let log = open(&dir, "p0", config.clone(), &cache).await;
-        let before = fjord_storage::io_stats::snapshot();
-        let receive = |bytes: &[u8]| {
-            let mut received = log.receive(bytes.len()).expect("a writable log");
-            received.as_mut().copy_from_slice(bytes);
-            received
-        };
-        // Where the active segment ends: a batch that does not fit rolls.
-        let mut tail = 0u64;
-        let mut land = |len: usize| {
-            if tail > 0 && tail + len as u64 > SEGMENT_BYTES {
-                tail = 0;
-            }
-            let at = tail % 4096;
-            tail += len as u64;
-            at as usize
-        };
-        let mut appended = Vec::new();
-        let (mut in_place, mut copied) = (0u64, 0u64);
-        let mut count = |received: &fjord_storage::Received, at: usize| {
-            let len = received.bytes().len() as u64;
-            match received.at() == at {
-                true => in_place += len,
-                false => copied += len,
-            }
-        };
-        for seed in 0..60u64 {
-            // Sizes that end anywhere in a block, a few over a block.
-            let one = batch(seed, 1 + (seed % 5) as usize, 37 + seed as usize * 61, 0);
-            let two = batch(seed + 1000, 2, 900 + seed as usize * 13, 0);
-            match seed % 4 {
-                0 => {
-                    let received = receive(&one);
-                    count(&received, land(one.len()));
-                    log.append_incoming(Incoming::Received(received))
-                        .await
-                        .expect("append");
-                    appended.push(one);
-                }
-                // Two received before either is appended: the second is
-                // placed behind the first.
-                1 => {
-                    let (first, second) = (receive(&one), receive(&two));
-                    count(&first, land(one.len()));
-                    count(&second, land(two.len()));
-                    log.append_incoming(Incoming::Received(first))
-                        .await
-                        .expect("append");
-                    log.append_incoming(Incoming::Received(second))
-                        .await
-                        .expect("append");
-                    appended.extend([one, two]);
-                }
-                // Another append moves the tail in between.
-                2 => {
-                    let late = receive(&two);
-                    land(one.len());
-                    log.append(&one).await.expect("append");
-                    count(&late, land(two.len()));
-                    log.append_incoming(Incoming::Received(late))
-                        .await
-                        .expect("append");
-                    appended.extend([one, two]);
-                }
-                // A plain append, and a received batch given up.
-                _ => {
-                    drop(receive(&two));
-                    land(one.len());
-                    log.append(&one).await.expect("append");
-                    appended.push(one);
-                }
-            }
-        }
-        log.flush().await.expect("flush");
-        let after = fjord_storage::io_stats::snapshot();
-        assert_eq!(
-            (
-                after.received_in_place_bytes - before.received_in_place_bytes,
-                after.received_copied_bytes - before.received_copied_bytes
-            ),
-            (in_place, copied),
-            "bytes written in place and copied"
-        );
-        assert!(in_place > copied && copied > 0, "{in_place} {copied}");
-        assert!(log.segment_count() > 3, "the batches span several rolls");
-        let expected: Vec<Vec<u8>> = appended
-            .into_iter()
-            .scan(0u64, |next, mut bytes| {
-                fjord_core::batch::set_base_offset(&mut bytes, *next as i64);
-                fjord_core::batch::set_partition_leader_epoch(&mut bytes, 0);
-                *next += Batch::validate(&bytes).expect("valid").offset_count();
-                Some(bytes)
-            })
-            .collect();
-        assert!(
-            read_all(&log, 0).await == expected,
-            "read back from the cache"
-        );
-        assert!(
-            log.receive(LogConfig::default().max_batch_bytes + 1)
-                .is_none(),
-            "a batch the log refuses is not received into its memory"
-        );
-        log.close().await.expect("close");
-        drop(log);
-        let log = open(&dir, "p0", config, &BatchCache::new(0)).await;
-        assert!(
-            read_all(&log, 0).await == expected,
-            "read back from the disk"
         );
         log.close().await.expect("close");
     });

@@ -402,26 +402,6 @@ impl Exposition {
         )?;
         family(
             e,
-            "fjord_storage_received_in_place_bytes",
-            "Bytes of produced batches received from the network into their log's write \
-             buffer and written from there, never copied in the broker",
-            MetricType::Counter,
-            shards
-                .iter()
-                .map(|s| (shard_label(s.shard), counter(s.io.received_in_place_bytes))),
-        )?;
-        family(
-            e,
-            "fjord_storage_received_copied_bytes",
-            "Bytes of produced batches received into their log's write buffer but copied: \
-             another append had moved the log's end meanwhile",
-            MetricType::Counter,
-            shards
-                .iter()
-                .map(|s| (shard_label(s.shard), counter(s.io.received_copied_bytes))),
-        )?;
-        family(
-            e,
             "fjord_raft_groups_ticking",
             "Raft groups ticked every tick; idle ones go quiet and are not",
             MetricType::Gauge,

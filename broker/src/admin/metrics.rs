@@ -86,13 +86,6 @@ impl TopicCounts {
     }
 }
 
-/// What one produce's batches count for.
-#[derive(Debug, Clone, Copy)]
-pub struct Produced {
-    bytes: u64,
-    records: u64,
-}
-
 /// A latency histogram: since start, the second under way, and the last
 /// whole second.
 #[derive(Debug, Clone)]
@@ -164,22 +157,13 @@ impl ShardMetrics {
         })
     }
 
-    /// What batches about to be appended count for, taken before the append
-    /// (a batch received into a log's buffer is the log's once appended);
-    /// `None` when counting is off.
-    pub fn tally_produced(&self, batches: &[u8]) -> Option<Produced> {
-        self.enabled.then(|| Produced {
-            bytes: batches.len() as u64,
-            records: records_in(batches),
-        })
-    }
-
     /// Counts batches appended to a partition of `topic`.
-    pub fn record_produced(&self, topic: &str, tally: Option<Produced>) {
-        if let Some(tally) = tally {
+    pub fn record_produced(&self, topic: &str, batches: &[u8]) {
+        if self.enabled {
+            let records = records_in(batches);
             self.count(topic, |c| {
-                c.produced_bytes += tally.bytes;
-                c.produced_records += tally.records;
+                c.produced_bytes += batches.len() as u64;
+                c.produced_records += records;
             });
         }
     }
@@ -321,11 +305,10 @@ mod tests {
         let mut builder = fjord_core::BatchBuilder::new();
         builder.push(0, None, Some(b"v"), &[]);
         let batch = builder.build();
-        let tally = || metrics.tally_produced(&batch);
-        metrics.record_produced("t", tally());
+        metrics.record_produced("t", &batch);
         metrics.rotate();
-        metrics.record_produced("t", tally());
-        metrics.record_produced("t", tally());
+        metrics.record_produced("t", &batch);
+        metrics.record_produced("t", &batch);
         metrics.rotate();
         let traffic = metrics.copy().topics[0].1;
         assert_eq!(traffic.total.produced_records, 3);
@@ -337,7 +320,7 @@ mod tests {
     fn off_counts_nothing() {
         let metrics = ShardMetrics::new(false);
         metrics.record_request(Api::Native(1), Duration::from_millis(1));
-        metrics.record_produced("t", metrics.tally_produced(&[]));
+        metrics.record_produced("t", &[]);
         let counted = metrics.copy();
         assert!(counted.topics.is_empty() && counted.requests.is_empty());
         assert!(counted.append.total.is_empty());

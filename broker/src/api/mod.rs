@@ -12,7 +12,7 @@ pub(crate) mod producer_id;
 
 use crate::shard::Shard;
 use fjord_net::{ErrorCode, api, frame, wire};
-use fjord_storage::{BatchSlice, Received};
+use fjord_storage::BatchSlice;
 use std::rc::Rc;
 
 /// A piece of a response payload: batches still in the shard's buffers, or
@@ -113,29 +113,6 @@ pub async fn handle(shard: Rc<Shard>, buf: Vec<u8>) -> Option<Reply> {
     let request = header.unpack().body;
     let started = std::time::Instant::now();
     let reply = serve(&shard, correlation_id, request, buf, payload).await;
-    shard.metrics().record_request(api, started.elapsed());
-    reply
-}
-
-/// Serves a Produce frame whose payload was received into a partition's
-/// log buffer (`produce::receive_in_place`); `head` is the frame up to the
-/// payload.
-pub async fn handle_received(shard: Rc<Shard>, head: Vec<u8>, payload: Received) -> Option<Reply> {
-    let frame = frame::Frame {
-        header: &head[frame::HEAD_FIELDS_LEN..],
-        payload: payload.bytes(),
-    };
-    let request = frame
-        .request_header()
-        .ok()
-        .map(|h| (h.correlation_id(), h.body_type().0, h.unpack().body));
-    let Some((correlation_id, api, wire::RequestT::ProduceRequest(request))) = request else {
-        // Only Produce requests are received in place: served whole.
-        return handle(shard, [head.as_slice(), payload.bytes()].concat()).await;
-    };
-    let started = std::time::Instant::now();
-    let reply = produce::produce_received(&shard, correlation_id, *request, payload).await;
-    let api = crate::admin::metrics::Api::Native(api);
     shard.metrics().record_request(api, started.elapsed());
     reply
 }

@@ -6,8 +6,7 @@ use super::{Reply, code};
 use crate::mesh::PartitionOp;
 use crate::partition::{Acks, Produced};
 use crate::shard::Shard;
-use fjord_net::{ErrorCode, api, frame, wire};
-use fjord_storage::Received;
+use fjord_net::{ErrorCode, api, wire};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -44,90 +43,11 @@ pub(super) async fn produce(
         async move { append(shard, topic, *partition, frame, range.clone()?, acks).await }
     }))
     .await;
-    let answers = plan
-        .into_iter()
-        .zip(outcomes)
-        .map(|((topic, partition, _), outcome)| (topic, partition, outcome));
-    respond(correlation_id, acks, answers)
-}
-
-/// Where a large frame's payload is received, known from its header alone
-/// (see `FrameReader::read_frame_placed`): into a buffer of a partition's
-/// log, so that the log writes the batch from where it was received, when
-/// the frame is a Produce of one range, the whole payload, for a partition
-/// of this shard whose log can (`Partition::receive`). `None`: the frame is
-/// read whole, as any other.
-pub(crate) fn receive_in_place(shard: &Shard, header: &[u8], len: usize) -> Option<Received> {
-    let header = frame::Frame {
-        header,
-        payload: &[],
-    }
-    .request_header()
-    .ok()?;
-    if api::supports(header.body_type(), header.version()) != Some(true) {
-        return None;
-    }
-    let topics = header.body_as_produce_request()?.topics()?;
-    let topic = (topics.len() == 1).then(|| topics.get(0))?;
-    let partitions = topic.partitions()?;
-    let partition = (partitions.len() == 1).then(|| partitions.get(0))?;
-    let range = partition.records()?;
-    let name = topic.name()?;
-    if range.offset() != 0 || range.len() as usize != len || crate::group::is_internal(name) {
-        return None;
-    }
-    let id = partition.partition();
-    if shard.owner_of(name, id).ok()? != shard.id {
-        return None;
-    }
-    shard.partition(name, id)?.receive(len)
-}
-
-/// [`produce`] of a request whose one batch range was received into its
-/// partition's log (`receive_in_place`). A partition no longer on this shard
-/// (moved since) is produced to as any other, from a copy.
-pub(super) async fn produce_received(
-    shard: &Shard,
-    correlation_id: u32,
-    request: wire::ProduceRequestT,
-    received: Received,
-) -> Option<Reply> {
-    if !Acks::is_valid(request.acks) {
-        return Some(Reply::error(correlation_id, ErrorCode::InvalidRequiredAcks));
-    }
-    let acks = Acks::of_request(request.acks, request.timeout_ms);
-    let target = request.topics.into_iter().flatten().next().and_then(|t| {
-        let partition = t.partitions?.first()?.partition;
-        Some((t.name?, partition))
-    });
-    let Some((topic, partition)) = target else {
-        return Some(Reply::error(correlation_id, ErrorCode::InvalidRequest));
-    };
-    let local = shard
-        .partition(&topic, partition)
-        .filter(|_| shard.owner_of(&topic, partition) == Ok(shard.id));
-    let outcome = match local {
-        Some(p) => p.produce_received(received, acks).await,
-        None => {
-            let frame = Arc::new(received.bytes().to_vec());
-            append(shard, &topic, partition, &frame, 0..frame.len(), acks).await
-        }
-    };
-    respond(correlation_id, acks, [(topic, partition, outcome)])
-}
-
-/// The answer to a produce: each partition's outcome, topics in request
-/// order; none under acks 0.
-fn respond(
-    correlation_id: u32,
-    acks: Acks,
-    answers: impl IntoIterator<Item = (String, i32, Result<Produced, ErrorCode>)>,
-) -> Option<Reply> {
     if acks.required == api::ACKS_NONE {
         return None;
     }
     let mut topics: Vec<wire::ProduceTopicResultT> = Vec::new();
-    for (topic, partition, outcome) in answers {
+    for ((topic, partition, _), outcome) in plan.into_iter().zip(outcomes) {
         let result = match outcome {
             Ok(produced) => wire::ProducePartitionResultT {
                 partition,
