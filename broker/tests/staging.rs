@@ -16,7 +16,7 @@ use common::{Broker, FJORD};
 use fjord_broker::cli::top::get;
 use fjord_client::{Admin, Producer, ProducerConfig, RecordMetadata};
 use fjord_core::{BatchBuilder, batch};
-use fjord_storage::staging::{self, Staging, StagingFile};
+use fjord_storage::staging::{self, Pieces, Staging, StagingFile};
 use futures::executor::block_on;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -580,7 +580,8 @@ fn stage(broker: &Broker, topic: &str, batches: &[(u64, u64, Vec<u8>)]) -> std::
     let area = Staging::new(file, broker.data_dir().to_path_buf());
     let key = area.key(&dir);
     for (base, last, batch) in batches {
-        area.stage(&key, *base, *last, batch, None).unwrap();
+        area.stage(&key, *base, *last, Pieces::whole(batch), None)
+            .unwrap();
     }
     path
 }
@@ -707,7 +708,7 @@ fn stage_one(staging_dir: &Path, data_dir: &Path, bytes: usize, dir: &Path) {
     let area = Staging::new(file, data_dir.to_path_buf());
     let mut batch = BatchBuilder::new();
     batch.push(0, None, Some(b"staged"), &[]);
-    area.stage(&area.key(dir), 0, 0, &batch.build(), None)
+    area.stage(&area.key(dir), 0, 0, Pieces::whole(&batch.build()), None)
         .unwrap();
 }
 

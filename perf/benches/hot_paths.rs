@@ -73,7 +73,13 @@ fn staging(c: &mut Criterion) {
             let mut live = VecDeque::new();
             b.iter(|| {
                 let ticket = area
-                    .stage("topics/t.1/0", 0, 0, batch, Some(crc))
+                    .stage(
+                        "topics/t.1/0",
+                        0,
+                        0,
+                        staging::Pieces::whole(batch),
+                        Some(crc),
+                    )
                     .expect("room");
                 live.push_back(ticket);
                 if live.len() * batch.len() > STAGED_LIVE {

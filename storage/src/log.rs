@@ -22,9 +22,10 @@ use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, Segment, SegmentReader, Visit};
 use crate::slice::BatchSlice;
 use crate::staging::{self, Replay, Staging, Ticket};
+use crate::stream_copy;
 use fjord_core::FsyncPolicy;
 use fjord_core::batch::Compression;
-use fjord_core::batch::{self, Batch};
+use fjord_core::batch::{self, Batch, OFFSET_ATTRIBUTES};
 use fjord_core::compression::decompressed_records;
 use fjord_core::record::Records;
 use futures::channel::oneshot;
@@ -1162,18 +1163,28 @@ async fn append(
         let last_offset = base_offset + parsed.offset_count() - 1;
         let active = st.active_mut();
         let (position, space) = active.log.reserve(batch.len());
-        space.copy_from_slice(batch);
+        // Around the cache: the buffer is cold (the batch cache keeps
+        // written buffers, so they cycle through the whole DMA pool), and
+        // what reads it next is the device, then maybe much later a fetch.
+        // A plain copy would first read every line it overwrites.
+        // SAFETY: `space` is `batch.len()` bytes of the log's buffer, an
+        // allocation of its own, not the request's.
+        unsafe { stream_copy::copy(space.as_mut_ptr(), batch) };
         batch::set_base_offset(space, base_offset as i64);
         batch::set_partition_leader_epoch(space, epoch);
         // A replayed batch keeps the entry it was found in, which holds
         // these very bytes (same offsets, its own epoch). Otherwise the
         // second copy: the DMA buffer cannot live in shared memory (glommio
-        // allocates it), so the staged bytes are copied from it.
+        // allocates it), so the staged bytes are copied: the first ones from
+        // the buffer, where the offsets were assigned, the rest from the
+        // request, still in the cache (the buffer's copy went around it).
         debug_assert!(adopt.is_none() || inner.staging.is_some());
         let ticket = adopt.take().or_else(|| {
             staging.and_then(|s| {
+                let (head, rest) = (&space[..OFFSET_ATTRIBUTES], &batch[OFFSET_ATTRIBUTES..]);
+                let pieces = staging::Pieces::split(head, rest);
                 s.area
-                    .stage(&s.key, base_offset, last_offset, space, Some(parsed.crc()))
+                    .stage(&s.key, base_offset, last_offset, pieces, Some(parsed.crc()))
             })
         });
         active.note_batch(

@@ -1006,6 +1006,41 @@ fn read_entry(map: &Mapping, position: usize, seq: Option<u64>) -> Option<Found>
     }
 }
 
+/// A batch to stage, in two pieces that follow one another: its first
+/// [`batch::OFFSET_ATTRIBUTES`] bytes (base offset, length, leader epoch,
+/// magic and CRC), and the rest, which its CRC covers. The log stages the
+/// first from its write buffer, where it assigned the offsets, and the rest
+/// from the request, still in the cache (its write buffer's copy is written
+/// around the cache: `stream_copy`).
+#[derive(Clone, Copy)]
+pub struct Pieces<'a> {
+    head: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Pieces<'a> {
+    /// A batch in one piece.
+    pub fn whole(batch: &'a [u8]) -> Pieces<'a> {
+        let (head, rest) = batch.split_at(batch.len().min(batch::OFFSET_ATTRIBUTES));
+        Pieces { head, rest }
+    }
+
+    /// A batch whose first bytes are `head` and the rest `rest`.
+    pub fn split(head: &'a [u8], rest: &'a [u8]) -> Pieces<'a> {
+        assert_eq!(
+            head.len(),
+            batch::OFFSET_ATTRIBUTES,
+            "a batch's first bytes"
+        );
+        Pieces { head, rest }
+    }
+
+    /// Bytes of the batch.
+    fn len(&self) -> usize {
+        self.head.len() + self.rest.len()
+    }
+}
+
 /// A staged batch's place in the ring; give it back with
 /// [`Staging::release`] once the batch is written.
 #[derive(Debug, PartialEq, Eq)]
@@ -1290,7 +1325,7 @@ impl Staging {
         key: &str,
         base_offset: u64,
         last_offset: u64,
-        batch: &[u8],
+        batch: Pieces<'_>,
         batch_crc: Option<u32>,
     ) -> Option<Ticket> {
         debug_assert!(self.fits(key, batch.len()));
@@ -1352,7 +1387,8 @@ impl Staging {
             let at = position + ENTRY_HEADER_BYTES + f.key.len();
             let batch = self.map.bytes(at, f.batch_len).to_vec();
             let key = f.key;
-            let Some(copy) = self.put(ring, &key, base_offset, last_offset, &batch, None) else {
+            let batch = Pieces::whole(&batch);
+            let Some(copy) = self.put(ring, &key, base_offset, last_offset, batch, None) else {
                 return;
             };
             let copy_index = ring.index_of(&copy);
@@ -1397,7 +1433,7 @@ impl Staging {
         key: &str,
         base_offset: u64,
         last_offset: u64,
-        batch: &[u8],
+        batch: Pieces<'_>,
         batch_crc: Option<u32>,
     ) -> Option<Ticket> {
         let n = entry_bytes(key.len(), batch.len());
@@ -1415,7 +1451,7 @@ impl Staging {
                 "wrap without room for its marker"
             );
             let seq = ring.head_seq + ring.slots.len() as u64;
-            self.write_entry(tail, seq, KIND_WRAP, "", 0, 0, &[], None);
+            self.write_entry(tail, seq, KIND_WRAP, "", 0, 0, Pieces::whole(&[]), None);
             ring.slots.push_back(Slot {
                 position: tail,
                 batch_at: tail + ENTRY_HEADER_BYTES,
@@ -1464,7 +1500,7 @@ impl Staging {
         key: &str,
         base_offset: u64,
         last_offset: u64,
-        batch: &[u8],
+        batch: Pieces<'_>,
         batch_crc: Option<u32>,
     ) {
         let total = entry_bytes(key.len(), batch.len());
@@ -1480,20 +1516,21 @@ impl Staging {
         let pad = total - ENTRY_HEADER_BYTES - key.len() - batch.len();
         let mut crc = crc32c::crc32c(&header[8..]);
         crc = crc32c::crc32c_append(crc, key.as_bytes());
-        crc = match batch_crc.filter(|_| batch.len() >= batch::OFFSET_ATTRIBUTES) {
+        crc = crc32c::crc32c_append(crc, batch.head);
+        crc = match batch_crc.filter(|_| !batch.rest.is_empty()) {
             Some(covered) => {
-                let (head, rest) = batch.split_at(batch::OFFSET_ATTRIBUTES);
-                debug_assert_eq!(covered, crc32c::crc32c(rest), "the batch's own CRC");
-                let crc = crc32c::crc32c_append(crc, head);
-                fjord_core::crc::crc32c_combine(crc, covered, rest.len())
+                debug_assert_eq!(covered, crc32c::crc32c(batch.rest), "the batch's own CRC");
+                fjord_core::crc::crc32c_combine(crc, covered, batch.rest.len())
             }
-            None => crc32c::crc32c_append(crc, batch),
+            None => crc32c::crc32c_append(crc, batch.rest),
         };
         crc = crc32c::crc32c_append(crc, &padding[..pad]);
         header[4..8].copy_from_slice(&crc.to_le_bytes());
         let body = position + ENTRY_HEADER_BYTES;
         self.map.write(body, key.as_bytes());
-        self.map.write(body + key.len(), batch);
+        self.map.write(body + key.len(), batch.head);
+        self.map
+            .write(body + key.len() + batch.head.len(), batch.rest);
         self.map
             .write(body + key.len() + batch.len(), &padding[..pad]);
         // The header last: a walk that finds a whole header with the next
@@ -1822,7 +1859,9 @@ mod tests {
         std::fs::create_dir(&after).unwrap();
         let open = || StagingFile::open(tmp.path(), &before, 7, 0, 2, BYTES_MIN).unwrap();
         let staging = Staging::new(open(), before.clone());
-        staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
+        staging
+            .stage("t/0", 0, 0, Pieces::whole(&[1; 64]), None)
+            .unwrap();
         let left = staging.path().to_path_buf();
         // Mapped by a running node (a copy of the directory, same id): its
         // lock keeps the file out of the search.
@@ -1873,7 +1912,9 @@ mod tests {
         let made = file(tmp.path(), 7, BYTES_MIN).unwrap();
         assert_eq!(made.staged_batches(), 0);
         let staging = Staging::new(made, tmp.path().into());
-        staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
+        staging
+            .stage("t/0", 0, 0, Pieces::whole(&[1; 64]), None)
+            .unwrap();
         drop(staging);
         assert_eq!(file(tmp.path(), 7, BYTES_MIN).unwrap().staged_batches(), 1);
         // A magic lost from a file that holds batches is damage, refused.
@@ -1896,7 +1937,9 @@ mod tests {
         let staged = |dir: &Path| {
             let file = StagingFile::open(&shm, dir, data_dir_id(dir).unwrap(), 0, 2, BYTES_MIN);
             let staging = Staging::new(file.unwrap(), dir.to_path_buf());
-            staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
+            staging
+                .stage("t/0", 0, 0, Pieces::whole(&[1; 64]), None)
+                .unwrap();
             staging
         };
         let [gone, anew, alive, running, moved, ours] =
@@ -1933,11 +1976,17 @@ mod tests {
         let staging = open();
         for i in 0..40 {
             staging
-                .stage("failed/0", 10 * i, 10 * i + 9, &batch(i), None)
+                .stage(
+                    "failed/0",
+                    10 * i,
+                    10 * i + 9,
+                    Pieces::whole(&batch(i)),
+                    None,
+                )
                 .unwrap();
             if i % 13 == 0 {
                 staging
-                    .stage("gone/1", i, i, &batch(i + 100), None)
+                    .stage("gone/1", i, i, Pieces::whole(&batch(i + 100)), None)
                     .unwrap();
             }
         }
@@ -1952,7 +2001,8 @@ mod tests {
             let mut n = 0usize;
             while staged < 3 * BYTES_MIN {
                 let len = 1000 + (n * 7919) % 20_000;
-                let ticket = staging.stage("t/0", 0, 0, &vec![round as u8; len], None);
+                let ticket =
+                    staging.stage("t/0", 0, 0, Pieces::whole(&vec![round as u8; len]), None);
                 live.push_back(ticket.expect("room: the held entries moved along"));
                 staged += len;
                 n += 1;
@@ -1979,9 +2029,15 @@ mod tests {
     fn entries_survive_reopen_and_released_ones_do_not() {
         let tmp = tempfile::tempdir().unwrap();
         let staging = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
-        let a = staging.stage("t/0", 0, 4, &[1; 100], None).unwrap();
-        let _b = staging.stage("t/0", 5, 9, &[2; 200], None).unwrap();
-        let _c = staging.stage("u/1", 0, 0, &[3; 50], None).unwrap();
+        let a = staging
+            .stage("t/0", 0, 4, Pieces::whole(&[1; 100]), None)
+            .unwrap();
+        let _b = staging
+            .stage("t/0", 5, 9, Pieces::whole(&[2; 200]), None)
+            .unwrap();
+        let _c = staging
+            .stage("u/1", 0, 0, Pieces::whole(&[3; 50]), None)
+            .unwrap();
         staging.release(a);
         drop(staging);
         let reopened = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
@@ -2015,8 +2071,12 @@ mod tests {
             ticket,
         };
         let (one, two) = ([1u8; 100], [2u8; 200]);
-        let a = staging.stage("t/0", 0, 4, &one, None).unwrap();
-        let b = staging.stage("t/0", 5, 9, &two, None).unwrap();
+        let a = staging
+            .stage("t/0", 0, 4, Pieces::whole(&one), None)
+            .unwrap();
+        let b = staging
+            .stage("t/0", 5, 9, Pieces::whole(&two), None)
+            .unwrap();
         let log = [staged(0, 4, &one, Some(a)), staged(5, 9, &two, Some(b))];
         let (bytes, next) = staging.read(&log, 3, 1).expect("one batch at least");
         assert_eq!((&bytes[..], next), (&one[..], 5));
@@ -2028,7 +2088,9 @@ mod tests {
     }
 
     /// An entry's CRC combined from the batch's own is the one a walk reads
-    /// over the whole entry.
+    /// over the whole entry; also for a batch staged in two pieces, its
+    /// first bytes patched elsewhere (as the log stages them: offsets from
+    /// its buffer, the rest from the request).
     #[test]
     fn a_validated_batch_is_staged_without_reading_it_again() {
         let mut builder = fjord_core::BatchBuilder::new();
@@ -2037,14 +2099,27 @@ mod tests {
         }
         let bytes = builder.build();
         let crc = fjord_core::Batch::validate(&bytes).unwrap().crc();
+        let mut patched = bytes.clone();
+        batch::set_base_offset(&mut patched, 3);
+        batch::set_partition_leader_epoch(&mut patched, 5);
         let tmp = tempfile::tempdir().unwrap();
         let staging = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
-        staging.stage("t/0", 0, 2, &bytes, Some(crc)).unwrap();
+        staging
+            .stage("t/0", 0, 2, Pieces::whole(&bytes), Some(crc))
+            .unwrap();
+        let (head, rest) = (
+            &patched[..batch::OFFSET_ATTRIBUTES],
+            &bytes[batch::OFFSET_ATTRIBUTES..],
+        );
+        staging
+            .stage("t/0", 3, 5, Pieces::split(head, rest), Some(crc))
+            .unwrap();
         drop(staging);
         let reopened = Staging::new(file(tmp.path(), 7, BYTES_MIN).unwrap(), tmp.path().into());
         let found = reopened.take_replay(&tmp.path().join("t/0"));
-        assert_eq!(found.len(), 1);
+        assert_eq!(found.len(), 2, "both entries whole");
         assert_eq!(found[0].batch, bytes);
+        assert_eq!(found[1].batch, patched);
     }
 
     /// Random stages, out-of-order releases and reopens (a killed process)
@@ -2075,9 +2150,13 @@ mod tests {
                         let big = next(10) == 0;
                         let len = 1 + next(if big { 200_000 } else { 3000 }) as usize;
                         let bytes: Vec<u8> = (0..len).map(|i| (i as u64 ^ step) as u8).collect();
-                        if let Some(ticket) =
-                            staging.stage(keys[k], offsets[k], offsets[k], &bytes, None)
-                        {
+                        if let Some(ticket) = staging.stage(
+                            keys[k],
+                            offsets[k],
+                            offsets[k],
+                            Pieces::whole(&bytes),
+                            None,
+                        ) {
                             live[k].push((ticket, offsets[k], bytes));
                             offsets[k] += 1;
                         }
@@ -2131,7 +2210,7 @@ mod tests {
         let mut live = VecDeque::new();
         let mut staged = 0u64;
         for round in 0..50u64 {
-            while let Some(ticket) = staging.stage("k", round, round, &batch, None) {
+            while let Some(ticket) = staging.stage("k", round, round, Pieces::whole(&batch), None) {
                 live.push_back((ticket, round));
                 staged += 1;
             }
@@ -2159,8 +2238,12 @@ mod tests {
     fn a_torn_entry_is_dropped() {
         let tmp = tempfile::tempdir().unwrap();
         let staging = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
-        staging.stage("k", 0, 0, &[1; 64], None).unwrap();
-        staging.stage("k", 1, 1, &[2; 64], None).unwrap();
+        staging
+            .stage("k", 0, 0, Pieces::whole(&[1; 64]), None)
+            .unwrap();
+        staging
+            .stage("k", 1, 1, Pieces::whole(&[2; 64]), None)
+            .unwrap();
         let path = staging.path().to_path_buf();
         drop(staging);
         // The process died while copying the second batch: its tail is old.
@@ -2173,14 +2256,20 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].batch, vec![1; 64]);
         // The ring goes on after the good entry.
-        assert!(reopened.stage("k", 1, 1, &[5; 64], None).is_some());
+        assert!(
+            reopened
+                .stage("k", 1, 1, Pieces::whole(&[5; 64]), None)
+                .is_some()
+        );
     }
 
     #[test]
     fn a_foreign_or_older_file_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let staging = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
-        staging.stage("k", 0, 0, &[1; 64], None).unwrap();
+        staging
+            .stage("k", 0, 0, Pieces::whole(&[1; 64]), None)
+            .unwrap();
         let path = staging.path().to_path_buf();
         drop(staging);
         let err = file(tmp.path(), 4, BYTES_MIN).err().unwrap();
@@ -2214,7 +2303,9 @@ mod tests {
             StagingFile::open(dir, &data, 7, 0, 2, BYTES_MIN)
         };
         let staging = Staging::new(open(&a).unwrap(), data.clone());
-        let ticket = staging.stage("t/0", 0, 0, &[1; 64], None).unwrap();
+        let ticket = staging
+            .stage("t/0", 0, 0, Pieces::whole(&[1; 64]), None)
+            .unwrap();
         // Killed with a batch staged in `a`, started with `b`: refused,
         // naming the directory to go back to, and `a`'s file is kept.
         let err = check_staging_dir_changed(&b, &data, 7, true).err().unwrap();
@@ -2253,7 +2344,9 @@ mod tests {
     fn a_file_cut_short_after_its_header_is_refused_without_a_panic() {
         let tmp = tempfile::tempdir().unwrap();
         let staging = Staging::new(file(tmp.path(), 3, BYTES_MIN).unwrap(), tmp.path().into());
-        staging.stage("k", 0, 0, &[1; 64], None).unwrap();
+        staging
+            .stage("k", 0, 0, Pieces::whole(&[1; 64]), None)
+            .unwrap();
         let path = staging.path().to_path_buf();
         drop(staging);
         // Every length from the header to past the first entry's header:

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use fjord_core::batch;
 use fjord_storage::epochs::{self, EpochCache};
-use fjord_storage::staging::{Staging, StagingFile};
+use fjord_storage::staging::{Pieces, Staging, StagingFile};
 use fjord_storage::{BatchCache, DataDir, Log, LogConfig, StorageError, checkpoint};
 use futures::FutureExt;
 use std::path::{Path, PathBuf};
@@ -286,7 +286,7 @@ fn truncated_staged_batches_never_come_back_after_a_kill() {
         // Another log's entry, never written, holds the ring's head: every
         // entry after it is found again after a kill unless marked released.
         let other = area.key(&dir.path().join("q"));
-        area.stage(&other, 0, 2, &stored(99, 0, 1), None)
+        area.stage(&other, 0, 2, Pieces::whole(&stored(99, 0, 1)), None)
             .expect("stage");
         for seed in 3..6 {
             let base = log.offset_next();

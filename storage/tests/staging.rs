@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use fjord_core::FsyncPolicy;
 use fjord_core::batch;
-use fjord_storage::staging::{Staging, StagingFile};
+use fjord_storage::staging::{Pieces, Staging, StagingFile};
 use fjord_storage::{BatchCache, Log, LogConfig, StorageError};
 use futures::FutureExt;
 use std::rc::Rc;
@@ -305,16 +305,20 @@ fn batches_staged_past_the_end_are_appended_at_open_and_a_gap_is_refused() {
         // What a process killed mid-stall leaves: one batch already
         // written (0..=2), then two the log never wrote.
         let key = area.key(&path);
-        area.stage(&key, 0, 2, &stored(0, 0), None).expect("stage");
-        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
-        area.stage(&key, 6, 8, &stored(2, 6), None).expect("stage");
+        area.stage(&key, 0, 2, Pieces::whole(&stored(0, 0)), None)
+            .expect("stage");
+        area.stage(&key, 3, 5, Pieces::whole(&stored(1, 3)), None)
+            .expect("stage");
+        area.stage(&key, 6, 8, Pieces::whole(&stored(2, 6)), None)
+            .expect("stage");
         // A second copy of one of them, later in the ring: what a kill
         // leaves between the copy and the release of an entry the ring
         // moved along (`move_unclaimed_head`). Appended once.
-        area.stage(&key, 3, 5, &stored(1, 3), None).expect("stage");
+        area.stage(&key, 3, 5, Pieces::whole(&stored(1, 3)), None)
+            .expect("stage");
         // And for another log, one that would leave a gap.
         let other = dir.path().join("q");
-        area.stage(&area.key(&other), 5, 7, &stored(3, 5), None)
+        area.stage(&area.key(&other), 5, 7, Pieces::whole(&stored(3, 5)), None)
             .expect("stage");
         drop(area);
         let area = Rc::new(Staging::new(
@@ -365,7 +369,7 @@ fn left_staged(
     let area = Staging::new(file, dir.path().to_path_buf());
     let key = area.key(path);
     for &(base, last, seed) in entries {
-        area.stage(&key, base, last, &stored(seed, base), None)
+        area.stage(&key, base, last, Pieces::whole(&stored(seed, base)), None)
             .expect("stage");
     }
     drop(area);
@@ -465,7 +469,9 @@ fn a_ring_held_by_an_entry_no_log_writes_does_not_stop_appends() {
     run(&dir, move |dir| async move {
         let area = Rc::new(Staging::new(file, dir.path().to_path_buf()));
         let held = area.key(&dir.path().join("failed"));
-        let _held = area.stage(&held, 0, 2, &stored(0, 0), None).expect("stage");
+        let _held = area
+            .stage(&held, 0, 2, Pieces::whole(&stored(0, 0)), None)
+            .expect("stage");
         let log = open_in(&dir, &area, LogConfig::default()).await;
         let appends = async {
             let mut bytes = 0;
