@@ -1163,15 +1163,16 @@ async fn append(
         let last_offset = base_offset + parsed.offset_count() - 1;
         let active = st.active_mut();
         let (position, space) = active.log.reserve(batch.len());
-        // Around the cache: the buffer is cold (the batch cache keeps
-        // written buffers, so they cycle through the whole DMA pool), and
-        // what reads it next is the device, then maybe much later a fetch.
-        // A plain copy would first read every line it overwrites.
-        // SAFETY: `space` is `batch.len()` bytes of the log's buffer, an
-        // allocation of its own, not the request's.
-        unsafe { stream_copy::copy(space.as_mut_ptr(), batch) };
+        // Around the cache from 16 KiB: the buffer is cold (the batch cache
+        // keeps written buffers, so they cycle through the whole DMA pool),
+        // and what reads it next is the device, then maybe much later a
+        // fetch. A plain copy would first read every line it overwrites.
+        stream_copy::copy_into(space, batch);
+        // Only the first OFFSET_ATTRIBUTES bytes may change here: the rest
+        // is staged from the request.
         batch::set_base_offset(space, base_offset as i64);
         batch::set_partition_leader_epoch(space, epoch);
+        debug_assert!(space[OFFSET_ATTRIBUTES..] == batch[OFFSET_ATTRIBUTES..]);
         // A replayed batch keeps the entry it was found in, which holds
         // these very bytes (same offsets, its own epoch). Otherwise the
         // second copy: the DMA buffer cannot live in shared memory (glommio

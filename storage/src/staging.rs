@@ -34,8 +34,9 @@
 //! its place until written (no copy: a kill during the replay finds the
 //! same entries).
 //!
-//! Writes into the mapping are plain `memcpy`s: the region is memory, not a
-//! file the ring drives, so nothing here blocks or goes through io_uring.
+//! Writes into the mapping are memory copies (batches with streaming
+//! stores, `stream_copy`): the region is memory, not a file the ring drives,
+//! so nothing here blocks or goes through io_uring.
 //! Mapping and sizing the file (`open`) are blocking calls, made on the
 //! main thread before the shards start.
 

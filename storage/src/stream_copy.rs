@@ -1,7 +1,10 @@
 //! A copy that goes around the CPU caches, for memory nothing reads soon.
 //!
 //! The staging area is written once per batch and read back only after a
-//! crash, and its ring (128 MiB per shard by default) is cold: a plain copy
+//! crash, and its ring (128 MiB per shard by default) is cold; so is a log's
+//! write buffer, read next by the device (the batch cache keeps written
+//! buffers, so new ones cycle through the whole DMA pool; BENCHMARKS.md,
+//! "The request's copies: into the cold buffer around the cache"). A plain copy
 //! first reads every destination line into the cache (read-for-ownership)
 //! and then evicts lines the shard is working on to make room. Streaming
 //! (non-temporal) stores write whole lines through write-combining buffers
@@ -16,6 +19,14 @@
 
 /// Copies shorter than this take a plain copy.
 pub const STREAMING_MIN: usize = 16 << 10;
+
+/// [`copy`] into a slice of the same length.
+pub fn copy_into(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "a copy between equal lengths");
+    // SAFETY: `dst` is `src.len()` writable bytes, and a `&mut` never
+    // overlaps a `&`.
+    unsafe { copy(dst.as_mut_ptr(), src) }
+}
 
 /// Copies `src` to `dst`, with streaming stores where `src` is at least
 /// [`STREAMING_MIN`] long, and fenced: once it returns, the bytes are
