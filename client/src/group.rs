@@ -111,13 +111,7 @@ impl Coordinator {
                 at
             }
         };
-        let response = self
-            .client
-            .request(at, Lane::Prompt, body, Vec::new())
-            .await?;
-        let body = response.unpack()?.0;
-        check(top_error(&body), || format!("group {}", self.group))?;
-        Ok(body)
+        ask(&self.client, at, body, || format!("group {}", self.group)).await
     }
 
     /// Commits `offsets` for the group: by a member at its epoch, or (member
@@ -241,17 +235,27 @@ pub(crate) async fn call_node(
 ) -> Result<wire::ResponseT> {
     let deadline = Instant::now() + COORDINATOR_WAIT;
     loop {
-        let response = client
-            .request(addr, Lane::Prompt, body.clone(), Vec::new())
-            .await?;
-        let answer = response.unpack()?.0;
-        match check(top_error(&answer), || format!("node {addr}")) {
+        match ask(client, addr, body.clone(), || format!("node {addr}")).await {
             Err(e) if not_ready(&e) && Instant::now() < deadline => {
                 client.sleep(COORDINATOR_BACKOFF).await;
             }
-            checked => return checked.map(|()| answer),
+            outcome => return outcome,
         }
     }
+}
+
+/// Sends `body` to `addr` once; the answer, or its error as a whole
+/// (`what` names whose) as an error.
+async fn ask(
+    client: &Client,
+    addr: SocketAddr,
+    body: wire::RequestT,
+    what: impl FnOnce() -> String,
+) -> Result<wire::ResponseT> {
+    let response = client.request(addr, Lane::Prompt, body, Vec::new()).await?;
+    let answer = response.unpack()?.0;
+    check(top_error(&answer), what)?;
+    Ok(answer)
 }
 
 /// Whether a coordinator is there but not ready yet.
