@@ -11,7 +11,8 @@
 set -u
 F=$1; B=$2; shift 2
 W=$(mktemp -d -p "${TMPDIR:-/tmp}")
-trap 'kill "$pid" 2>/dev/null; rm -rf "$W"' EXIT
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$W"' EXIT
 "$F" serve --data-dir "$W/data" --listen 127.0.0.1:19093 --kafka-listen none \
   --admin-listen 127.0.0.1:19644 > "$W/serve.out" 2> "$W/serve.err" &
 pid=$!

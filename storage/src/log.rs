@@ -1163,27 +1163,32 @@ async fn append(
         let last_offset = base_offset + parsed.offset_count() - 1;
         let active = st.active_mut();
         let (position, space) = active.log.reserve(batch.len());
-        // Around the cache from 16 KiB: the buffer is cold (the batch cache
-        // keeps written buffers, so they cycle through the whole DMA pool),
-        // and what reads it next is the device, then maybe much later a
-        // fetch. A plain copy would first read every line it overwrites.
-        stream_copy::copy_into(space, batch);
-        // Only the first OFFSET_ATTRIBUTES bytes may change here: the rest
-        // is staged from the request.
-        batch::set_base_offset(space, base_offset as i64);
-        batch::set_partition_leader_epoch(space, epoch);
-        debug_assert!(space[OFFSET_ATTRIBUTES..] == batch[OFFSET_ATTRIBUTES..]);
+        // The batch's header, with the offsets and epoch assigned (both in
+        // its first OFFSET_ATTRIBUTES bytes, which its CRC does not cover):
+        // the buffer and the staging entry both take them from here.
+        let mut header = [0u8; batch::HEADER_LEN];
+        header.copy_from_slice(&batch[..batch::HEADER_LEN]);
+        batch::set_base_offset(&mut header, base_offset as i64);
+        batch::set_partition_leader_epoch(&mut header, epoch);
+        let (space_header, space_rest) = space.split_at_mut(batch::HEADER_LEN);
+        space_header.copy_from_slice(&header);
+        // The rest around the cache from 16 KiB: the buffer is cold (the
+        // batch cache keeps written buffers, so they cycle through the whole
+        // DMA pool), and what reads it next is the device, then maybe much
+        // later a fetch. A plain copy would first read every line it
+        // overwrites.
+        stream_copy::copy_into(space_rest, &batch[batch::HEADER_LEN..]);
         // A replayed batch keeps the entry it was found in, which holds
         // these very bytes (same offsets, its own epoch). Otherwise the
         // second copy: the DMA buffer cannot live in shared memory (glommio
-        // allocates it), so the staged bytes are copied: the first ones from
-        // the buffer, where the offsets were assigned, the rest from the
-        // request, still in the cache (the buffer's copy went around it).
+        // allocates it), so the staged bytes are copied from where the
+        // buffer's came: the patched header's first bytes, and the request,
+        // still in the cache (the buffer's copy went around it).
         debug_assert!(adopt.is_none() || inner.staging.is_some());
         let ticket = adopt.take().or_else(|| {
             staging.and_then(|s| {
-                let (head, rest) = (&space[..OFFSET_ATTRIBUTES], &batch[OFFSET_ATTRIBUTES..]);
-                let pieces = staging::Pieces::split(head, rest);
+                let head = &header[..OFFSET_ATTRIBUTES];
+                let pieces = staging::Pieces::split(head, &batch[OFFSET_ATTRIBUTES..]);
                 s.area
                     .stage(&s.key, base_offset, last_offset, pieces, Some(parsed.crc()))
             })
